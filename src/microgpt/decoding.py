@@ -1,0 +1,69 @@
+"""Turning logits into tokens: temperature, top-k, top-p, and the draw from a `random.Random`.
+
+Standard library only, shared by every engine, so that the same logits and the same random stream
+give the same names whatever engine computed them. The arithmetic is microgpt's
+`softmax([l / temperature for l in logits])` written on floats, operation for operation
+(`l / t` is `l * t**-1` there, the sum runs left to right, `e / total` is `e * total**-1`).
+"""
+
+import math
+
+
+def token_probabilities(logits, temperature, top_k=0, top_p=1.0):
+    """Probabilities (floats, in vocabulary order) for the next token; filtered entries are 0.0."""
+    inverse_temperature = temperature ** -1
+    scaled = [logit * inverse_temperature for logit in logits]
+    max_val = max(scaled)
+    exps = [math.exp(s + (-max_val)) for s in scaled]
+    total = 0
+    for e in exps:  # left to right; builtin sum() of floats is compensated on Python >= 3.12
+        total = total + e
+    inverse_total = total ** -1
+    probs = [e * inverse_total for e in exps]
+    if top_k or top_p < 1.0:
+        probs = _filter(probs, top_k, top_p)
+    return probs
+
+
+def _filter(probs, top_k, top_p):
+    """Keep the top_k most likely tokens, then the smallest set whose mass reaches top_p."""
+    ranked = sorted(range(len(probs)), key=lambda i: -probs[i])
+    if top_k:
+        ranked = ranked[:top_k]
+    if top_p < 1.0:
+        kept, mass = [], 0.0
+        for i in ranked:
+            kept.append(i)
+            mass += probs[i]
+            if mass >= top_p:
+                break
+        ranked = kept
+    keep = set(ranked)
+    return [p if i in keep else 0.0 for i, p in enumerate(probs)]
+
+
+def draw(probs, rng):
+    """One token id, drawn exactly as microgpt's `random.choices(range(V), weights=probs)[0]`."""
+    return rng.choices(range(len(probs)), weights=probs)[0]
+
+
+def generate(decoder, bos_id, block_size, rng, temperature, top_k=0, top_p=1.0, prompt_ids=()):
+    """Token ids of one sample (prompt included, BOS excluded).
+
+    `decoder.reset()` empties its KV cache; `decoder.step(token_id, pos_id)` returns the logits for the
+    next position as floats. Generation starts from BOS, feeds the prompt, and stops at BOS or after
+    block_size tokens, as microgpt's inference loop does.
+    """
+    decoder.reset()
+    out = list(prompt_ids)
+    token_id = bos_id
+    for pos_id in range(block_size):
+        logits = decoder.step(token_id, pos_id)
+        if pos_id < len(prompt_ids):
+            token_id = prompt_ids[pos_id]
+            continue
+        token_id = draw(token_probabilities(logits, temperature, top_k, top_p), rng)
+        if token_id == bos_id:
+            break
+        out.append(token_id)
+    return out

@@ -1,0 +1,17 @@
+"""The engines by name. Each is imported only when asked for, so `--engine reference` never loads NumPy."""
+
+from .errors import MicrogptError
+
+ENGINES = ('reference',)
+DEFAULT_ENGINE = 'reference'
+
+
+def make_engine(name, cfg, rng, dtype='float64'):
+    """A freshly initialised engine; its parameters are drawn from `rng` in state-dict order."""
+    if name == 'reference':
+        if dtype != 'float64':
+            raise MicrogptError("the reference engine computes in Python floats (float64) only; "
+                                "use --engine numpy for --dtype float32")
+        from .reference import ReferenceEngine
+        return ReferenceEngine(cfg, rng)
+    raise MicrogptError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
