@@ -6,7 +6,7 @@ functions over a state dict of named matrices (lists of rows of `Value`s); one t
 per call, with a KV cache, exactly as in microgpt.
 """
 
-from .autograd import Value
+from .autograd import Value, without_cycle_collector
 from .config import init_parameters, num_parameters
 
 
@@ -113,9 +113,12 @@ class ReferenceEngine:
         """Loss of the batch; leaves d(loss)/d(param) in each parameter's .grad."""
         for p in self.params:
             p.grad = 0
-        loss = batch_loss(batch, self.state_dict, self.cfg)
-        loss.backward()
-        return loss.data
+        with without_cycle_collector():
+            loss = batch_loss(batch, self.state_dict, self.cfg)
+            loss.backward()
+            loss_value = loss.data
+            del loss  # free the graph by reference counting while the collector is off
+        return loss_value
 
     def train_step(self, batch, lr_t, tcfg):
         """One Adam step on a list of token sequences; returns the loss before the update."""
@@ -175,5 +178,6 @@ class _ReferenceDecoder:
         self.values = [[] for _ in range(self.cfg.n_layer)]
 
     def step(self, token_id, pos_id):
-        logits = gpt(token_id, pos_id, self.keys, self.values, self.state_dict, self.cfg)
-        return [logit.data for logit in logits]
+        with without_cycle_collector():
+            logits = gpt(token_id, pos_id, self.keys, self.values, self.state_dict, self.cfg)
+            return [logit.data for logit in logits]
