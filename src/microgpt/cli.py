@@ -13,7 +13,7 @@ from . import __version__
 from .config import ModelConfig, TrainConfig
 from .data import Vocabulary, bundled_dataset_path, load_documents, shuffled
 from .decoding import generate
-from .engines import DEFAULT_ENGINE, ENGINES, make_engine
+from .engines import DEFAULT_ENGINE, DTYPES, ENGINES, make_engine
 from .errors import MicrogptError
 from .training import train
 
@@ -61,7 +61,10 @@ def build_parser():
     p.add_argument('--data', default=None,
                    help='UTF-8 text file, one document per line (default: the bundled US baby names list)')
     p.add_argument('--engine', choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f'compute engine (default: {DEFAULT_ENGINE})')
+                   help=f'compute engine: numpy (fast, hand-derived gradients) or reference (pure-Python '
+                        f'scalar autograd, microgpt itself) (default: {DEFAULT_ENGINE})')
+    p.add_argument('--dtype', choices=DTYPES, default='float64',
+                   help='floating-point type of the numpy engine (default: float64, for exactness)')
     p.add_argument('--seed', type=int, default=42, help='seed of the one random stream: shuffle, init, sampling '
                                                         '(default: 42)')
     _add_model_flags(p)
@@ -90,7 +93,7 @@ def cmd_train(args, out, err):
     vocab = Vocabulary.from_documents(docs)
     print(f"vocab size: {vocab.size}", file=out)
     cfg = ModelConfig(vocab_size=vocab.size, **model_flags).validate()
-    engine = make_engine(args.engine, cfg, rng)
+    engine = make_engine(args.engine, cfg, rng, args.dtype)
     print(f"num params: {engine.num_params()}", file=out)
 
     doc_tokens = [vocab.document_tokens(doc) for doc in docs]

@@ -2,16 +2,22 @@
 
 from .errors import MicrogptError
 
-ENGINES = ('reference',)
-DEFAULT_ENGINE = 'reference'
+ENGINES = ('numpy', 'reference')
+DEFAULT_ENGINE = 'numpy'
+DTYPES = ('float64', 'float32')
 
 
 def make_engine(name, cfg, rng, dtype='float64'):
     """A freshly initialised engine; its parameters are drawn from `rng` in state-dict order."""
+    if dtype not in DTYPES:
+        raise MicrogptError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     if name == 'reference':
         if dtype != 'float64':
             raise MicrogptError("the reference engine computes in Python floats (float64) only; "
                                 "use --engine numpy for --dtype float32")
         from .reference import ReferenceEngine
         return ReferenceEngine(cfg, rng)
+    if name == 'numpy':
+        from .numpy_engine import NumpyEngine
+        return NumpyEngine(cfg, rng, dtype)
     raise MicrogptError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

@@ -1,0 +1,212 @@
+"""The NumPy engine: whole documents as matrices, hand-derived gradients, Adam on flat buffers.
+
+Parameters, gradients and Adam moments each live in one flat buffer (P,), with named views in the
+reference's names and order; the same seeded `random.Random` stream initialises them, so a seeded run
+follows the reference step by step. Because a layer's attn_wq, attn_wk and attn_wv are adjacent in
+that order, they are also one (3C, C) view: q, k and v come out of a single matmul.
+"""
+
+import numpy as np
+
+from .config import init_parameters, parameter_shapes
+from .numpy_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
+                           cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
+
+
+
+class NumpyEngine:
+    name = 'numpy'
+
+    def __init__(self, cfg, rng, dtype='float64'):
+        self.cfg = cfg
+        self.dtype = np.dtype(dtype)
+        shapes = parameter_shapes(cfg)
+        total = sum(rows * cols for rows, cols in shapes.values())
+        self.flat = np.zeros(total, self.dtype)       # (P,) parameters
+        self.grad_flat = np.zeros(total, self.dtype)  # (P,) d loss / d parameters
+        self.m = np.zeros(total, self.dtype)          # (P,) Adam first moment
+        self.v = np.zeros(total, self.dtype)          # (P,) Adam second moment
+        self.adam_steps = 0
+        self.params, self.grads, self.offsets = {}, {}, {}
+        offset = 0
+        for name, (rows, cols) in shapes.items():
+            self.offsets[name] = offset
+            self.params[name] = self.flat[offset:offset + rows * cols].reshape(rows, cols)
+            self.grads[name] = self.grad_flat[offset:offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+        for name, rows in init_parameters(cfg, rng).items():
+            self.params[name][...] = rows
+        self._layers = [self._layer_views(i) for i in range(cfg.n_layer)]
+        T = cfg.block_size
+        allowed = np.tril(np.ones((T, T), bool)) if cfg.attention == 'causal' else np.eye(T, dtype=bool)
+        self.mask_bias = np.where(allowed, 0.0, -np.inf).astype(self.dtype)  # (T, T)
+
+    def _layer_views(self, i):
+        """Weights and gradients of layer i, with q/k/v fused into one (3C, C) view."""
+        C = self.cfg.n_embd
+        start = self.offsets[f'layer{i}.attn_wq']
+        p = f'layer{i}.'
+        return {
+            'w_qkv': self.flat[start:start + 3 * C * C].reshape(3 * C, C),
+            'd_qkv': self.grad_flat[start:start + 3 * C * C].reshape(3 * C, C),
+            'w_o': self.params[p + 'attn_wo'], 'd_o': self.grads[p + 'attn_wo'],
+            'w_fc1': self.params[p + 'mlp_fc1'], 'd_fc1': self.grads[p + 'mlp_fc1'],
+            'w_fc2': self.params[p + 'mlp_fc2'], 'd_fc2': self.grads[p + 'mlp_fc2'],
+        }
+
+    def num_params(self):
+        return self.flat.size
+
+    def _lm_head(self):
+        return 'wte' if self.cfg.tie_lm_head else 'lm_head'
+
+    def prepare(self, batch):
+        """Token sequences -> inputs, targets (B, T) and loss weights (B, T): 1/N on the N real positions."""
+        block_size = self.cfg.block_size
+        lengths = [min(block_size, len(tokens) - 1) for tokens in batch]
+        T = max(lengths)
+        inputs = np.full((len(batch), T), self.cfg.bos_id, np.intp)   # (B, T), padded with BOS
+        targets = np.full((len(batch), T), self.cfg.bos_id, np.intp)  # (B, T)
+        weights = np.zeros((len(batch), T), self.dtype)               # (B, T)
+        scale = 1 / sum(lengths)
+        for b, (tokens, n) in enumerate(zip(batch, lengths)):
+            inputs[b, :n] = tokens[:n]
+            targets[b, :n] = tokens[1:n + 1]
+            weights[b, :n] = scale
+        return inputs, targets, weights
+
+    def loss_and_grads(self, batch):
+        """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse."""
+        cfg = self.cfg
+        inputs, targets, weights = self.prepare(batch)
+        B, T = inputs.shape
+        C = cfg.n_embd
+        P, G = self.params, self.grads
+        mask_bias = self.mask_bias[:T, :T]
+
+        # ---- forward
+        x = P['wte'][inputs] + P['wpe'][:T]                                  # (B, T, C)
+        embed_norm = None
+        if cfg.norm == 'microgpt':
+            x, embed_norm = rmsnorm_forward(x)
+        caches = []
+        for layer in self._layers:
+            residual = x
+            xn, norm1 = rmsnorm_forward(x) if cfg.norm != 'none' else (x, None)
+            qkv = xn @ layer['w_qkv'].T                                      # (B, T, 3C)
+            y, attn = attention_forward(qkv, cfg.n_head, mask_bias)          # (B, T, C)
+            x = y @ layer['w_o'].T + residual                                # (B, T, C)
+            residual = x
+            xn2, norm2 = rmsnorm_forward(x) if cfg.norm == 'microgpt' else (x, None)
+            h = xn2 @ layer['w_fc1'].T                                       # (B, T, 4C)
+            a, act = activation_forward(h, cfg.mlp_activation)               # (B, T, 4C)
+            x = a @ layer['w_fc2'].T + residual                              # (B, T, C)
+            caches.append((xn, norm1, y, attn, xn2, norm2, a, act))
+        lm_head = P[self._lm_head()]
+        logits = x @ lm_head.T                                               # (B, T, V)
+        loss, ce = cross_entropy_forward(logits, targets, weights)
+
+        # ---- backward; every matrix but wte is used once per step, so its gradient is written, not summed
+        self.grad_flat.fill(0.0)
+        dlogits = cross_entropy_backward(ce)                                 # (B, T, V)
+        d_lm_head = dlogits.reshape(-1, dlogits.shape[-1]).T @ x.reshape(-1, C)  # (V, C)
+        G[self._lm_head()] += d_lm_head
+        dx = dlogits @ lm_head                                               # (B, T, C)
+        for layer, (xn, norm1, y, attn, xn2, norm2, a, act) in zip(reversed(self._layers), reversed(caches)):
+            # mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
+            np.matmul(dx.reshape(-1, C).T, a.reshape(-1, a.shape[-1]), out=layer['d_fc2'])
+            dh = activation_backward(dx @ layer['w_fc2'], act, cfg.mlp_activation)  # (B, T, 4C)
+            np.matmul(dh.reshape(-1, 4 * C).T, xn2.reshape(-1, C), out=layer['d_fc1'])
+            dxn2 = dh @ layer['w_fc1']                                       # (B, T, C)
+            dx = dx + (rmsnorm_backward(dxn2, norm2) if norm2 is not None else dxn2)
+            # attention block: x_mid = attn(xn @ qkv.T) @ o.T + x_in
+            np.matmul(dx.reshape(-1, C).T, y.reshape(-1, C), out=layer['d_o'])
+            dqkv = attention_backward(dx @ layer['w_o'], attn)               # (B, T, 3C)
+            np.matmul(dqkv.reshape(-1, 3 * C).T, xn.reshape(-1, C), out=layer['d_qkv'])
+            dxn = dqkv @ layer['w_qkv']                                      # (B, T, C)
+            dx = dx + (rmsnorm_backward(dxn, norm1) if norm1 is not None else dxn)
+        if embed_norm is not None:
+            dx = rmsnorm_backward(dx, embed_norm)
+        G['wpe'][:T] = dx.sum(0)
+        np.add.at(G['wte'], inputs, dx)
+        return float(loss)
+
+    def train_step(self, batch, lr_t, tcfg):
+        loss = self.loss_and_grads(batch)
+        self.adam_update(lr_t, tcfg)
+        return loss
+
+    def adam_update(self, lr_t, tcfg):
+        """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""
+        g, m, v, p = self.grad_flat, self.m, self.v, self.flat
+        if tcfg.grad_clip:
+            norm = float(np.sqrt(g @ g))
+            g *= min(1.0, tcfg.grad_clip / (norm + 1e-6))
+        t = self.adam_steps + 1
+        m *= tcfg.beta1
+        m += (1 - tcfg.beta1) * g
+        v *= tcfg.beta2
+        v += (1 - tcfg.beta2) * (g * g)
+        if tcfg.weight_decay:
+            p -= (lr_t * tcfg.weight_decay) * p  # decoupled (AdamW) decay
+        m_hat = m / (1 - tcfg.beta1 ** t)
+        v_hat = v / (1 - tcfg.beta2 ** t)
+        update = lr_t * m_hat
+        update /= np.sqrt(v_hat) + tcfg.eps
+        p -= update
+        self.adam_steps = t
+
+    def decoder(self):
+        return _NumpyDecoder(self)
+
+    def weights(self):
+        """Name -> a copy of the (rows, cols) array."""
+        return {name: view.copy() for name, view in self.params.items()}
+
+    def gradients(self):
+        return {name: view.copy() for name, view in self.grads.items()}
+
+    def load_weights(self, weights):
+        for name, view in self.params.items():
+            view[...] = weights[name]
+
+
+class _NumpyDecoder:
+    """One position per call, with a KV cache of (NH, block_size, HS) per layer."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        cfg = engine.cfg
+        shape = (cfg.n_layer, cfg.n_head, cfg.block_size, cfg.head_dim)
+        self.keys = np.zeros(shape, engine.dtype)    # (L, NH, block_size, HS)
+        self.values = np.zeros(shape, engine.dtype)  # (L, NH, block_size, HS)
+
+    def reset(self):
+        pass  # positions are overwritten before they are read: position p only reads cache[:p + 1]
+
+    def step(self, token_id, pos_id):
+        e, cfg = self.engine, self.engine.cfg
+        NH, HS = cfg.n_head, cfg.head_dim
+        P = e.params
+        x = P['wte'][token_id] + P['wpe'][pos_id]                            # (C,)
+        if cfg.norm == 'microgpt':
+            x = rmsnorm_forward(x)[0]
+        for li, layer in enumerate(e._layers):
+            residual = x
+            xn = rmsnorm_forward(x)[0] if cfg.norm != 'none' else x
+            q, k, v = (layer['w_qkv'] @ xn).reshape(3, NH, HS)               # each (NH, HS)
+            self.keys[li, :, pos_id] = k
+            self.values[li, :, pos_id] = v
+            first = pos_id if cfg.attention == 'self' else 0
+            keys = self.keys[li, :, first:pos_id + 1]                         # (NH, t, HS)
+            values = self.values[li, :, first:pos_id + 1]                     # (NH, t, HS)
+            att = np.einsum('hd,htd->ht', q, keys) * (HS ** 0.5) ** -1        # (NH, t)
+            att = np.exp(att - att.max(-1, keepdims=True))
+            att /= att.sum(-1, keepdims=True)
+            y = np.einsum('ht,htd->hd', att, values).reshape(-1)             # (C,)
+            x = layer['w_o'] @ y + residual
+            residual = x
+            xn2 = rmsnorm_forward(x)[0] if cfg.norm == 'microgpt' else x
+            a = activation_forward(layer['w_fc1'] @ xn2, cfg.mlp_activation)[0]  # (4C,)
+            x = layer['w_fc2'] @ a + residual
+        return (P[e._lm_head()] @ x).tolist()                                # (V,)
