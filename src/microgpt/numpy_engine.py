@@ -27,6 +27,7 @@ class NumpyEngine:
         self.m = np.zeros(total, self.dtype)          # (P,) Adam first moment
         self.v = np.zeros(total, self.dtype)          # (P,) Adam second moment
         self.adam_steps = 0
+        self._adam_tmp = (np.empty(total, self.dtype), np.empty(total, self.dtype))  # (P,) scratch
         self.params, self.grads, self.offsets = {}, {}, {}
         offset = 0
         for name, (rows, cols) in shapes.items():
@@ -40,6 +41,7 @@ class NumpyEngine:
         T = cfg.block_size
         allowed = np.tril(np.ones((T, T), bool)) if cfg.attention == 'causal' else np.eye(T, dtype=bool)
         self.mask_bias = np.where(allowed, 0.0, -np.inf).astype(self.dtype)  # (T, T)
+        self._row_starts = np.arange(T) * cfg.vocab_size                   # (T,) offsets of logits rows
 
     def _layer_views(self, i):
         """Weights and gradients of layer i, with q/k/v fused into one (3C, C) view."""
@@ -61,24 +63,29 @@ class NumpyEngine:
         return 'wte' if self.cfg.tie_lm_head else 'lm_head'
 
     def prepare(self, batch):
-        """Token sequences -> inputs, targets (B, T) and loss weights (B, T): 1/N on the N real positions."""
-        block_size = self.cfg.block_size
+        """Token sequences -> inputs (B, T), flat target indices (B*T,) into the (B*T, V) logits, and loss
+        weights (B*T,): 1/N on the N real positions, 0 on padding (padded with BOS)."""
+        block_size, V = self.cfg.block_size, self.cfg.vocab_size
+        if len(batch) == 1:  # the common case, kept to a handful of NumPy calls
+            n = min(block_size, len(batch[0]) - 1)
+            tokens = np.array(batch[0][:n + 1])                               # (n + 1,)
+            return tokens[None, :n], self._row_starts[:n] + tokens[1:], np.full(n, 1 / n, self.dtype)
         lengths = [min(block_size, len(tokens) - 1) for tokens in batch]
-        T = max(lengths)
-        inputs = np.full((len(batch), T), self.cfg.bos_id, np.intp)   # (B, T), padded with BOS
-        targets = np.full((len(batch), T), self.cfg.bos_id, np.intp)  # (B, T)
-        weights = np.zeros((len(batch), T), self.dtype)               # (B, T)
+        B, T = len(batch), max(lengths)
+        inputs = np.full((B, T), self.cfg.bos_id, np.intp)                   # (B, T)
+        targets = np.full((B, T), self.cfg.bos_id, np.intp)                  # (B, T)
+        weights = np.zeros((B, T), self.dtype)                               # (B, T)
         scale = 1 / sum(lengths)
         for b, (tokens, n) in enumerate(zip(batch, lengths)):
             inputs[b, :n] = tokens[:n]
             targets[b, :n] = tokens[1:n + 1]
             weights[b, :n] = scale
-        return inputs, targets, weights
+        return inputs, np.arange(B * T) * V + targets.ravel(), weights.ravel()
 
     def loss_and_grads(self, batch):
         """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse."""
         cfg = self.cfg
-        inputs, targets, weights = self.prepare(batch)
+        inputs, target_index, weights = self.prepare(batch)
         B, T = inputs.shape
         C = cfg.n_embd
         P, G = self.params, self.grads
@@ -103,15 +110,18 @@ class NumpyEngine:
             x = a @ layer['w_fc2'].T + residual                              # (B, T, C)
             caches.append((xn, norm1, y, attn, xn2, norm2, a, act))
         lm_head = P[self._lm_head()]
-        logits = x @ lm_head.T                                               # (B, T, V)
-        loss, ce = cross_entropy_forward(logits, targets, weights)
+        x = x.reshape(B * T, C)
+        logits = x @ lm_head.T                                               # (B*T, V)
+        loss, ce = cross_entropy_forward(logits, target_index, weights)
 
         # ---- backward; every matrix but wte is used once per step, so its gradient is written, not summed
         self.grad_flat.fill(0.0)
-        dlogits = cross_entropy_backward(ce)                                 # (B, T, V)
-        d_lm_head = dlogits.reshape(-1, dlogits.shape[-1]).T @ x.reshape(-1, C)  # (V, C)
-        G[self._lm_head()] += d_lm_head
-        dx = dlogits @ lm_head                                               # (B, T, C)
+        dlogits = cross_entropy_backward(ce)                                 # (B*T, V)
+        if cfg.tie_lm_head:
+            G['wte'] += dlogits.T @ x                                        # (V, C), summed with the embedding's below
+        else:
+            np.matmul(dlogits.T, x, out=G['lm_head'])                        # (V, C)
+        dx = (dlogits @ lm_head).reshape(B, T, C)                            # (B, T, C)
         for layer, (xn, norm1, y, attn, xn2, norm2, a, act) in zip(reversed(self._layers), reversed(caches)):
             # mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
             np.matmul(dx.reshape(-1, C).T, a.reshape(-1, a.shape[-1]), out=layer['d_fc2'])
@@ -139,20 +149,24 @@ class NumpyEngine:
     def adam_update(self, lr_t, tcfg):
         """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""
         g, m, v, p = self.grad_flat, self.m, self.v, self.flat
+        tmp, update = self._adam_tmp
         if tcfg.grad_clip:
             norm = float(np.sqrt(g @ g))
             g *= min(1.0, tcfg.grad_clip / (norm + 1e-6))
         t = self.adam_steps + 1
         m *= tcfg.beta1
-        m += (1 - tcfg.beta1) * g
+        m += np.multiply(g, 1 - tcfg.beta1, out=tmp)            # m = beta1 m + (1 - beta1) g
         v *= tcfg.beta2
-        v += (1 - tcfg.beta2) * (g * g)
+        np.multiply(g, g, out=tmp)
+        v += np.multiply(tmp, 1 - tcfg.beta2, out=tmp)          # v = beta2 v + (1 - beta2) g^2
         if tcfg.weight_decay:
-            p -= (lr_t * tcfg.weight_decay) * p  # decoupled (AdamW) decay
-        m_hat = m / (1 - tcfg.beta1 ** t)
-        v_hat = v / (1 - tcfg.beta2 ** t)
-        update = lr_t * m_hat
-        update /= np.sqrt(v_hat) + tcfg.eps
+            p -= np.multiply(p, lr_t * tcfg.weight_decay, out=tmp)  # decoupled (AdamW) decay
+        np.divide(v, 1 - tcfg.beta2 ** t, out=tmp)              # v_hat
+        np.sqrt(tmp, out=tmp)
+        tmp += tcfg.eps
+        np.divide(m, 1 - tcfg.beta1 ** t, out=update)           # m_hat
+        update *= lr_t
+        update /= tmp                                           # lr m_hat / (sqrt(v_hat) + eps)
         p -= update
         self.adam_steps = t
 

@@ -15,15 +15,16 @@ def rmsnorm_forward(x):
     """y = x / sqrt(mean(x^2) + eps) over the last axis (no learned gain, as in microgpt)."""
     ms = np.einsum('...c,...c->...', x, x)[..., None] * (1.0 / x.shape[-1])  # (..., 1)
     scale = (ms + RMSNORM_EPS) ** -0.5                                      # (..., 1)
-    return x * scale, (x, scale)
+    out = x * scale
+    return out, (out, scale)
 
 
 def rmsnorm_backward(dout, cache):
     # y_i = x_i * s, s = (mean(x^2) + eps)^-1/2, ds/dx_i = -s^3 x_i / C
-    # => dx = s * dout - x * s^3 * sum_j(dout_j x_j) / C
-    x, scale = cache
-    dot = np.einsum('...c,...c->...', dout, x)[..., None]                  # (..., 1)
-    return scale * dout - x * (scale ** 3 * dot * (1.0 / x.shape[-1]))
+    # => dx = s * dout - x * s^3 * sum_j(dout_j x_j) / C = s * (dout - y * sum_j(dout_j y_j) / C)
+    out, scale = cache
+    dot = np.einsum('...c,...c->...', dout, out)[..., None] * (1.0 / out.shape[-1])  # (..., 1)
+    return scale * (dout - out * dot)
 
 
 def attention_forward(qkv, n_head, mask_bias):
@@ -34,9 +35,11 @@ def attention_forward(qkv, n_head, mask_bias):
     q, k, v = qkv.reshape(B, T, 3, n_head, HS).transpose(2, 0, 3, 1, 4)    # each (B, NH, T, HS)
     # microgpt divides by head_dim**0.5, i.e. multiplies by (head_dim**0.5)**-1: same constant here
     scale = (HS ** 0.5) ** -1
-    att = (q @ k.swapaxes(-1, -2)) * scale + mask_bias                      # (B, NH, T, T)
+    att = q @ k.swapaxes(-1, -2)                                            # (B, NH, T, T)
+    att *= scale
+    att += mask_bias
     att -= att.max(-1, keepdims=True)
-    probs = np.exp(att)
+    probs = np.exp(att, out=att)
     probs /= probs.sum(-1, keepdims=True)                                   # (B, NH, T, T)
     y = probs @ v                                                           # (B, NH, T, HS)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, C)                          # (B, T, C)
@@ -48,14 +51,15 @@ def attention_backward(dout, cache):
     B, NH, T, HS = q.shape
     dy = dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3)                   # (B, NH, T, HS)
     dprobs = dy @ v.swapaxes(-1, -2)                                        # (B, NH, T, T)
-    dv = probs.swapaxes(-1, -2) @ dy                                        # (B, NH, T, HS)
     # softmax: d_att = p * (d_p - sum_j(d_p_j p_j)); masked entries have p = 0 and get no gradient
+    dv = probs.swapaxes(-1, -2) @ dy                                        # (B, NH, T, HS)
     datt = probs * (dprobs - np.einsum('...t,...t->...', dprobs, probs)[..., None])
     datt *= scale                                                           # (B, NH, T, T)
-    dq = datt @ k                                                           # (B, NH, T, HS)
-    dk = datt.swapaxes(-1, -2) @ q                                          # (B, NH, T, HS)
-    dqkv = np.stack((dq, dk, dv), axis=2)                                   # (B, NH, 3, T, HS)
-    return dqkv.transpose(0, 3, 2, 1, 4).reshape(B, T, 3 * NH * HS)         # (B, T, 3C)
+    dqkv = np.empty((B, T, 3, NH, HS), q.dtype)                             # (B, T, 3, NH, HS)
+    np.matmul(datt, k, out=dqkv[:, :, 0].transpose(0, 2, 1, 3))             # dq (B, NH, T, HS)
+    np.matmul(datt.swapaxes(-1, -2), q, out=dqkv[:, :, 1].transpose(0, 2, 1, 3))  # dk
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    return dqkv.reshape(B, T, 3 * NH * HS)                                  # (B, T, 3C)
 
 
 def activation_forward(h, kind):
@@ -72,24 +76,24 @@ def activation_backward(dout, cache, kind):
     return dout * (2.0 * cache)  # d relu(h)^2 / dh = 2 relu(h)
 
 
-def cross_entropy_forward(logits, targets, weights):
-    """Mean of -log softmax(logits)[target] over positions, weighted by `weights` (B, T): 1/N on real
-    tokens, 0 on padding, so the result is the mean over the N real tokens."""
-    shifted = logits - logits.max(-1, keepdims=True)                        # (B, T, V)
-    exp = np.exp(shifted)
-    sumexp = exp.sum(-1, keepdims=True)                                     # (B, T, 1)
-    probs = exp / sumexp                                                    # (B, T, V)
-    B, T = targets.shape
-    b, t = np.indices((B, T))
-    logp = shifted[b, t, targets] - np.log(sumexp[..., 0])                  # (B, T)
-    loss = -np.einsum('bt,bt->', logp, weights)
-    return loss, (probs, targets, weights, b, t)
+def cross_entropy_forward(logits, target_index, weights):
+    """Weighted sum of -log softmax(logits)[target] over rows.
+
+    logits (N, V); target_index (N,) indexes logits.ravel() at each row's target; weights (N,) are 1/n
+    on the n real positions and 0 on padding, so the loss is the mean over real tokens.
+    """
+    shifted = logits - logits.max(-1, keepdims=True)                        # (N, V)
+    exp = np.exp(shifted)                                                   # (N, V)
+    sumexp = exp.sum(-1)                                                    # (N,)
+    logp = shifted.ravel()[target_index] - np.log(sumexp)                   # (N,)
+    loss = -(logp @ weights)
+    return loss, (exp, sumexp, target_index, weights)
 
 
 def cross_entropy_backward(cache):
     # softmax followed by NLL: d_logits = (probs - onehot(target)) * weight
-    probs, targets, weights, b, t = cache
-    dlogits = probs.copy()
-    dlogits[b, t, targets] -= 1.0
-    dlogits *= weights[..., None]                                           # (B, T, V)
+    exp, sumexp, target_index, weights = cache
+    dlogits = exp / sumexp[:, None]                                         # (N, V)
+    dlogits.ravel()[target_index] -= 1.0
+    dlogits *= weights[:, None]
     return dlogits
