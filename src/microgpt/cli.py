@@ -71,6 +71,16 @@ def build_parser():
     _add_optim_flags(p)
     _add_sampling_flags(p)
     p.set_defaults(run=cmd_train)
+
+    p = commands.add_parser('bench', help='time the engines side by side on the default job',
+                            description='Time each engine on the same seeded job and print per-step times and '
+                                        'their ratio to the reference engine, plus the wall time of `microgpt train`.')
+    p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
+    p.add_argument('--reference-steps', type=int, default=30,
+                   help='steps to time the slow reference engine on (default: 30)')
+    p.add_argument('--steps', type=int, default=1000, help='steps to time the fast engines on (default: 1000)')
+    p.add_argument('--engines', default=','.join(ENGINES), help=f'engines to time (default: {",".join(ENGINES)})')
+    p.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -109,6 +119,34 @@ def cmd_train(args, out, err):
     for sample_idx in range(args.num_samples):
         ids = generate(decoder, vocab.bos_id, cfg.block_size, rng, args.temperature)
         print(f"sample {sample_idx + 1:2d}: {vocab.decode(ids)}", file=out)
+
+
+def cmd_bench(args, out, err):
+    from .benchmark import time_cli_train, time_engine
+    data = args.data or bundled_dataset_path()
+    names = [name.strip() for name in args.engines.split(',') if name.strip()]
+    unknown = set(names) - set(ENGINES)
+    if unknown:
+        raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+    if args.steps < 1 or args.reference_steps < 1:
+        raise MicrogptError("--steps and --reference-steps must be at least 1")
+    rows = []
+    for name in ['reference'] + [n for n in names if n != 'reference']:
+        for dtype in (['float64'] if name == 'reference' else ['float64', 'float32']):
+            steps = args.reference_steps if name == 'reference' else args.steps
+            warmup = 0 if name == 'reference' else 20
+            print(f"timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
+            rows.append(time_engine(name, data, steps, dtype, warmup_steps=warmup))
+    reference_us = rows[0].us_per_step
+    print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11} {'x reference':>12}", file=out)
+    for row in rows:
+        print(f"{row.engine:<10} {row.dtype:<8} {row.steps:>6} {row.us_per_step:>11.1f} "
+              f"{row.tokens_per_second:>11.0f} {reference_us / row.us_per_step:>12.0f}", file=out)
+    wall_args = ['--data', args.data] if args.data else []
+    for name in names:
+        if name != 'reference':
+            wall = time_cli_train(wall_args + ['--engine', name])
+            print(f"wall time of `microgpt train --engine {name}` (defaults, best of 3): {wall:.3f} s", file=out)
 
 
 def main(argv=None, out=None, err=None):
