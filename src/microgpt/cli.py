@@ -1,21 +1,17 @@
-"""The `microgpt` command line. The only module that prints.
+"""The `microgpt` command line: parsers and `main`. Commands live in commands.py; only these two print.
 
 Standard output of `microgpt train` with default flags is exactly microgpt.py's; everything else
-(progress, timings) goes to standard error, and only when it is a terminal.
+(progress, timings, notices) goes to standard error, and only when it is a terminal.
 """
 
 import argparse
-import random
 import sys
-import time
 
 from . import __version__
-from .config import ModelConfig, TrainConfig
-from .data import Vocabulary, bundled_dataset_path, load_documents, shuffled
-from .decoding import generate
-from .engines import DEFAULT_ENGINE, DTYPES, ENGINES, make_engine
+from .config import LR_SCHEDULES
+from .engines import DEFAULT_ENGINE, DTYPES, ENGINES
 from .errors import MicrogptError
-from .training import train
+from .presets import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,128 +21,106 @@ class _Parser(argparse.ArgumentParser):
         raise MicrogptError(f"{message}; see '{self.prog} --help'")
 
 
-def _add_model_flags(p):
-    g = p.add_argument_group('model')
-    g.add_argument('--n-embd', type=int, default=16, help='embedding width, a multiple of --n-head (default: 16)')
-    g.add_argument('--n-head', type=int, default=4, help='attention heads per layer (default: 4)')
-    g.add_argument('--n-layer', type=int, default=1, help='transformer layers (default: 1)')
-    g.add_argument('--block-size', type=int, default=16,
-                   help='context length in tokens; longer documents are truncated (default: 16)')
-
-
-def _add_optim_flags(p):
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--steps', type=int, default=1000, help='training steps (default: 1000)')
-    g.add_argument('--lr', type=float, default=0.01, help='Adam learning rate, decayed linearly to 0 (default: 0.01)')
-    g.add_argument('--beta1', type=float, default=0.85, help='Adam beta1 (default: 0.85)')
-    g.add_argument('--beta2', type=float, default=0.99, help='Adam beta2 (default: 0.99)')
-
-
-def _add_sampling_flags(p):
-    g = p.add_argument_group('sampling')
-    g.add_argument('--num-samples', type=int, default=20, help='names to sample after training (default: 20)')
-    g.add_argument('--temperature', type=float, default=0.5,
-                   help='sampling temperature > 0; lower is more conservative (default: 0.5)')
-
-
-def build_parser():
-    parser = _Parser(prog='microgpt', description='Train and sample tiny GPT language models on a text file '
-                                                  'with one item (name, word, place) per line.')
-    parser.add_argument('--version', action='version', version=f'microgpt {__version__}')
-    commands = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
-    commands.required = True
-
-    p = commands.add_parser('train', help='train a model and print samples',
-                            description='Train a GPT on a text file (one document per line), then sample from it.')
+def _add_train_flags(p):
     p.add_argument('--data', default=None,
                    help='UTF-8 text file, one document per line (default: the bundled US baby names list)')
     p.add_argument('--engine', choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f'compute engine: numpy (fast, hand-derived gradients) or reference (pure-Python '
-                        f'scalar autograd, microgpt itself) (default: {DEFAULT_ENGINE})')
+                   help=f'compute engine: numpy (hand-derived gradients), fused (compiled with numba, fastest), '
+                        f'reference (pure-Python scalar autograd, microgpt itself) (default: {DEFAULT_ENGINE})')
     p.add_argument('--dtype', choices=DTYPES, default='float64',
-                   help='floating-point type of the numpy engine (default: float64, for exactness)')
-    p.add_argument('--seed', type=int, default=42, help='seed of the one random stream: shuffle, init, sampling '
-                                                        '(default: 42)')
-    _add_model_flags(p)
-    _add_optim_flags(p)
-    _add_sampling_flags(p)
-    p.set_defaults(run=cmd_train)
+                   help='floating-point type of the numpy and fused engines (default: float64, for exactness)')
+    p.add_argument('--seed', type=int, default=42,
+                   help='seed of the one random stream: shuffle, init, sampling (default: 42)')
+    p.add_argument('--preset', choices=list(PRESETS), default='microgpt',
+                   help='a named configuration; flags given explicitly override it (default: microgpt)')
 
-    p = commands.add_parser('bench', help='time the engines side by side on the default job',
-                            description='Time each engine on the same seeded job and print per-step times and '
-                                        'their ratio to the reference engine, plus the wall time of `microgpt train`.')
+    g = p.add_argument_group('model (defaults: microgpt, or the preset)')
+    g.add_argument('--n-embd', type=int, help='embedding width, a multiple of --n-head (default: 16)')
+    g.add_argument('--n-head', type=int, help='attention heads per layer (default: 4)')
+    g.add_argument('--n-layer', type=int, help='transformer layers (default: 1)')
+    g.add_argument('--block-size', type=int, help='context length in tokens; longer documents are truncated '
+                                                  '(default: 16)')
+
+    g = p.add_argument_group('optimisation (defaults: microgpt, or the preset)')
+    g.add_argument('--steps', type=int, help='training steps (default: 1000)')
+    g.add_argument('--lr', type=float, help='peak Adam learning rate (default: 0.01)')
+    g.add_argument('--beta1', type=float, help='Adam beta1 (default: 0.85)')
+    g.add_argument('--beta2', type=float, help='Adam beta2 (default: 0.99)')
+    g.add_argument('--batch-size', type=int, help='documents per step, padded and masked; the loss is the '
+                                                  'mean over real tokens (default: 1)')
+    g.add_argument('--weight-decay', type=float, help='decoupled (AdamW) weight decay (default: 0)')
+    g.add_argument('--grad-clip', type=float, help='clip the global gradient norm to this; 0 = off (default: 0)')
+    g.add_argument('--lr-schedule', choices=LR_SCHEDULES, help='decay after warmup (default: linear to 0)')
+    g.add_argument('--warmup', type=int, help='linear warmup steps (default: 0)')
+
+    g = p.add_argument_group('evaluation and output')
+    g.add_argument('--eval-every', type=int,
+                   help='hold out a validation split and print its loss every N steps; 0 = off, training on '
+                        'every document as microgpt does (default: 0)')
+    g.add_argument('--val-fraction', type=float, default=None,
+                   help='fraction of distinct documents held out when evaluating '
+                        '(default: like makemore, min(1000 documents, 10%%))')
+    g.add_argument('--out', default=None, metavar='DIR',
+                   help='write DIR/model.safetensors (best validation loss, or last step), DIR/resume.safetensors '
+                        '(latest state, for --resume) and DIR/metrics.jsonl')
+    g.add_argument('--resume', action='store_true', help='continue the run saved in --out DIR')
+    g.add_argument('--save-every', type=int, default=0,
+                   help='also save the resume state every N steps; 0 = only at evaluations, at the end and '
+                        'on Ctrl-C (default: 0)')
+    g.add_argument('--plot', action='store_true', help='write DIR/loss.png of train and validation loss (needs --out)')
+    _add_sampling_flags(p, temperature_default=None)
+
+
+def _add_sampling_flags(p, temperature_default):
+    g = p.add_argument_group('sampling')
+    g.add_argument('--num-samples', type=int, default=20, help='names to sample (default: 20)')
+    g.add_argument('--temperature', type=float, default=temperature_default,
+                   help='sampling temperature > 0; lower is more conservative (default: 0.5, or the preset\'s)')
+    g.add_argument('--top-k', type=int, default=0, help='sample only from the k most likely tokens; 0 = all (default: 0)')
+    g.add_argument('--top-p', type=float, default=1.0,
+                   help='sample from the smallest set of tokens whose probability reaches p (default: 1.0 = all)')
+
+
+def build_parser():
+    from . import commands
+    parser = _Parser(prog='microgpt', description='Train and sample tiny GPT language models on a text file '
+                                                  'with one item (name, word, place) per line.')
+    parser.add_argument('--version', action='version', version=f'microgpt {__version__}')
+    sub = sub_parsers = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+    sub_parsers.required = True
+
+    p = sub.add_parser('train', help='train a model and print samples',
+                       description='Train a GPT on a text file (one document per line), then sample from it.')
+    _add_train_flags(p)
+    p.set_defaults(run=commands.cmd_train)
+
+    p = sub.add_parser('sample', help='sample names from a checkpoint',
+                       description='Sample from a saved model; names already in its training data are marked *.')
+    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    p.add_argument('--prompt', default='', help='start every sample with this prefix')
+    p.add_argument('--seed', type=int, default=42, help='sampling seed (default: 42)')
+    p.add_argument('--data', default=None, help='training data for the novelty check (default: the path '
+                                                'recorded in the checkpoint, if it still exists)')
+    _add_sampling_flags(p, temperature_default=None)
+    p.set_defaults(run=commands.cmd_sample)
+
+    p = sub.add_parser('eval', help='held-out loss of a checkpoint',
+                       description='Mean negative log-likelihood per character (nats) of a checkpoint on its '
+                                   'held-out split, or on every line of --data.')
+    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    p.add_argument('--data', default=None, help='evaluate on every document of this file instead')
+    p.set_defaults(run=commands.cmd_eval)
+
+    p = sub.add_parser('bench', help='time the engines side by side on the default job',
+                       description='Time each engine on the same seeded job and print per-step times and '
+                                   'their ratio to the reference engine, plus the wall time of `microgpt train`.')
     p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
     p.add_argument('--reference-steps', type=int, default=30,
                    help='steps to time the slow reference engine on (default: 30)')
     p.add_argument('--steps', type=int, default=1000, help='steps to time the fast engines on (default: 1000)')
     p.add_argument('--engines', default=','.join(ENGINES), help=f'engines to time (default: {",".join(ENGINES)})')
-    p.set_defaults(run=cmd_bench)
+    p.set_defaults(run=commands.cmd_bench)
     return parser
-
-
-def _check_sampling_flags(args):
-    if args.num_samples < 0:
-        raise MicrogptError(f"--num-samples must be >= 0, got {args.num_samples}")
-    if not args.temperature > 0:
-        raise MicrogptError(f"--temperature must be > 0, got {args.temperature}")
-
-
-def cmd_train(args, out, err):
-    tcfg = TrainConfig(steps=args.steps, lr=args.lr, beta1=args.beta1, beta2=args.beta2, seed=args.seed).validate()
-    model_flags = dict(n_embd=args.n_embd, n_head=args.n_head, n_layer=args.n_layer, block_size=args.block_size)
-    ModelConfig(vocab_size=1, **model_flags).validate()  # flag errors before any file is read
-    _check_sampling_flags(args)
-
-    rng = random.Random(tcfg.seed)
-    docs = shuffled(load_documents(args.data or bundled_dataset_path()), rng)
-    print(f"num docs: {len(docs)}", file=out)
-    vocab = Vocabulary.from_documents(docs)
-    print(f"vocab size: {vocab.size}", file=out)
-    cfg = ModelConfig(vocab_size=vocab.size, **model_flags).validate()
-    engine = make_engine(args.engine, cfg, rng, args.dtype)
-    print(f"num params: {engine.num_params()}", file=out)
-
-    doc_tokens = [vocab.document_tokens(doc) for doc in docs]
-    started = time.perf_counter()
-    for report in train(engine, doc_tokens, tcfg):
-        print(f"step {report.step:4d} / {report.steps:4d} | loss {report.loss:.4f}", file=out)
-    if err.isatty():
-        elapsed = time.perf_counter() - started
-        print(f"trained {tcfg.steps} steps in {elapsed:.2f} s ({1e3 * elapsed / tcfg.steps:.3f} ms/step)", file=err)
-
-    print("\n--- inference (new, hallucinated names) ---", file=out)
-    decoder = engine.decoder()
-    for sample_idx in range(args.num_samples):
-        ids = generate(decoder, vocab.bos_id, cfg.block_size, rng, args.temperature)
-        print(f"sample {sample_idx + 1:2d}: {vocab.decode(ids)}", file=out)
-
-
-def cmd_bench(args, out, err):
-    from .benchmark import time_cli_train, time_engine
-    data = args.data or bundled_dataset_path()
-    names = [name.strip() for name in args.engines.split(',') if name.strip()]
-    unknown = set(names) - set(ENGINES)
-    if unknown:
-        raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
-    if args.steps < 1 or args.reference_steps < 1:
-        raise MicrogptError("--steps and --reference-steps must be at least 1")
-    rows = []
-    for name in ['reference'] + [n for n in names if n != 'reference']:
-        for dtype in (['float64'] if name == 'reference' else ['float64', 'float32']):
-            steps = args.reference_steps if name == 'reference' else args.steps
-            warmup = 0 if name == 'reference' else 20
-            print(f"timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
-            rows.append(time_engine(name, data, steps, dtype, warmup_steps=warmup))
-    reference_us = rows[0].us_per_step
-    print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11} {'x reference':>12}", file=out)
-    for row in rows:
-        print(f"{row.engine:<10} {row.dtype:<8} {row.steps:>6} {row.us_per_step:>11.1f} "
-              f"{row.tokens_per_second:>11.0f} {reference_us / row.us_per_step:>12.0f}", file=out)
-    wall_args = ['--data', args.data] if args.data else []
-    for name in names:
-        if name != 'reference':
-            wall = time_cli_train(wall_args + ['--engine', name])
-            print(f"wall time of `microgpt train --engine {name}` (defaults, best of 3): {wall:.3f} s", file=out)
 
 
 def main(argv=None, out=None, err=None):

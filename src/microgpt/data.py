@@ -106,3 +106,26 @@ def shuffled(docs, rng: random.Random):
     docs = list(docs)
     rng.shuffle(docs)
     return docs
+
+
+def holdout_split(docs, val_fraction=None, seed=42):
+    """(train_docs, val_docs), split by distinct document so no name is on both sides.
+
+    val_fraction None means makemore's choice: min(1000, 10%) of the distinct documents. The draw uses
+    its own random stream, so the training stream (shuffle, init, sampling) stays microgpt's.
+    """
+    distinct = sorted(set(docs))
+    if val_fraction is None:
+        n_val = min(1000, len(distinct) // 10)
+    elif not 0 < val_fraction < 1:
+        raise MicrogptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    else:
+        n_val = round(len(distinct) * val_fraction)
+    if n_val == 0:
+        raise MicrogptError(f"the validation split is empty: {len(distinct)} distinct documents are too few to "
+                            f"hold some out; give more data or a larger --val-fraction")
+    if n_val >= len(distinct):
+        raise MicrogptError(f"the validation split would take all {len(distinct)} distinct documents; "
+                            f"give a smaller --val-fraction")
+    held_out = set(random.Random(f'holdout:{seed}').sample(distinct, n_val))
+    return [d for d in docs if d not in held_out], sorted(held_out)

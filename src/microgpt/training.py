@@ -37,3 +37,18 @@ def train(engine, doc_tokens, tcfg, start_step=0):
         lr_t = learning_rate(tcfg, step)
         loss = engine.train_step(batch, lr_t, tcfg)
         yield StepReport(step + 1, tcfg.steps, loss, lr_t, predicted_tokens(batch, block_size))
+
+
+def evaluate(engine, doc_tokens, batch_size=64):
+    """Mean negative log-likelihood per predicted token over all documents (nats per character).
+
+    Uses the engine's loss_and_grads (the gradients it leaves are overwritten by the next step).
+    """
+    total, count = 0.0, 0
+    block_size = engine.cfg.block_size
+    for start in range(0, len(doc_tokens), batch_size):
+        batch = doc_tokens[start:start + batch_size]
+        n = predicted_tokens(batch, block_size)
+        total += engine.loss_and_grads(batch) * n
+        count += n
+    return total / count
