@@ -15,6 +15,8 @@ import pytest
 
 from microgpt.cli import main
 
+sys.path.insert(0, os.path.dirname(__file__))  # tests import torch_gpt, the PyTorch oracle
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / 'shared'
 NAMES_PATH = SHARED / 'data' / 'names.txt'

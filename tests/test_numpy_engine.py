@@ -1,48 +1,15 @@
 """The NumPy engine equals the reference engine, PyTorch autograd, and finite differences."""
 
-import io
-import os
 import random
 
 import numpy as np
 import pytest
 
 from microgpt import numpy_layers as L
-from microgpt.cli import main
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.engines import make_engine
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared')
-
-
-def _shared_file(*parts):  # TEMP until conftest lands
-    path = os.path.join(SHARED, *parts)
-    if not os.path.exists(path):
-        if os.environ.get('CI'):
-            pytest.fail(f'{path} is missing')
-        pytest.skip(f'{path} is missing')
-    return path
-
-
-@pytest.fixture
-def names_path():
-    return _shared_file('data', 'names.txt')
-
-
-@pytest.fixture
-def golden_path():
-    return _shared_file('golden', 'microgpt_seed42_names.txt')
-
-
-@pytest.fixture
-def require_torch():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        if os.environ.get('CI'):
-            pytest.fail('torch is required in CI (pip install torch==2.13.0)')
-        pytest.skip('torch not installed')
-
+from conftest import run_cli_in_process
 
 SWITCHES = [
     {},
@@ -206,10 +173,9 @@ def test_padding_does_not_change_the_gradient():
 # ---- the default seeded job against microgpt.py's recorded output
 
 def run_train(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = main(['train', *args], out=out, err=err)
-    assert code == 0, err.getvalue()
-    return out.getvalue()
+    code, out, err = run_cli_in_process('train', *args)
+    assert code == 0, err
+    return out
 
 
 def assert_matches_golden(got, golden):
