@@ -13,6 +13,8 @@ import random
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from .config import ModelConfig
 from .data import Vocabulary, holdout_split, load_documents, shuffled
 from .engines import make_engine
@@ -101,6 +103,13 @@ class TrainingRun:
         doc_tokens = [self.vocab.document_tokens(d) for d in docs]
         val_tokens = [self.vocab.document_tokens(d) for d in val_docs]
         last_time = time.perf_counter()
+        # overflow or NaN inside a step is reported once, as a diverged loss, not as NumPy warnings
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            yield from self._steps(doc_tokens, val_tokens, start, last_time, should_stop)
+        self._close_metrics()
+
+    def _steps(self, doc_tokens, val_tokens, start, last_time, should_stop):
+        s, tcfg = self.s, self.tcfg
         for report in train(self.engine, doc_tokens, tcfg, start_step=start):
             self.step = report.step
             now = time.perf_counter()
@@ -130,7 +139,6 @@ class TrainingRun:
                     yield self._save(BEST_CHECKPOINT, {'train_loss': report.loss})
             if stopping and not finished:
                 return
-        self._close_metrics()
 
     # ---- checkpoints
 

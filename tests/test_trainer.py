@@ -1,0 +1,248 @@
+"""The practical trainer: held-out split, checkpoints, resume, sampling, evaluation, presets, and their errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from microgpt.config import ModelConfig, num_parameters
+from microgpt.data import holdout_split
+from microgpt.presets import PRESETS, resolve
+
+from conftest import run_cli_in_process as run
+
+NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail',
+         'emily', 'ella', 'elizabeth', 'camila', 'luna', 'sofia', 'avery', 'mila', 'aria', 'scarlett',
+         'penelope', 'layla', 'chloe', 'victoria', 'madison', 'eleanor', 'grace', 'nora', 'riley', 'zoey']
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    path = tmp_path / 'names.txt'
+    path.write_text('\n'.join(NAMES * 2) + '\n', encoding='utf-8')  # duplicates, as in names.txt
+    return str(path)
+
+
+def assert_error(code, out, err, *fragments):
+    assert code == 2, (code, err)
+    assert err.startswith('microgpt: error:') and err.count('\n') == 1, err
+    assert 'Traceback' not in err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_holdout_split_is_by_distinct_document_and_seeded():
+    docs = NAMES * 3
+    train, val = holdout_split(docs, 0.2, seed=1)
+    assert not set(train) & set(val), set(train) & set(val)
+    assert len(val) == 6 and len(train) == 3 * 24, (len(val), len(train))
+    assert holdout_split(docs, 0.2, seed=1) == (train, val)
+    assert holdout_split(docs, 0.2, seed=2)[1] != val
+
+
+def test_default_split_size_is_makemores(names_path):
+    from microgpt.data import load_documents
+    train, val = holdout_split(load_documents(names_path))
+    assert len(val) == 1000 and not set(train) & set(val), len(val)
+
+
+def test_preset_parameter_counts():
+    counts = {}
+    for name in PRESETS:
+        s = resolve(name, {})
+        model = {k: s[k] for k in ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm',
+                                   'mlp_activation', 'tie_lm_head', 'zero_init', 'attention', 'bos')}
+        counts[name] = num_parameters(ModelConfig(vocab_size=27, **model))
+    assert counts == {'microgpt': 4192, 'zeroclaw': 3632, 'esp32': 4192, 'makemore': 201088}, counts
+
+
+def test_explicit_flag_overrides_preset():
+    assert resolve('zeroclaw', {'block_size': 12, 'steps': None})['block_size'] == 12
+    assert resolve('zeroclaw', {'steps': None})['steps'] == 5000
+
+
+def train_args(data, out, *extra):
+    return ['train', '--data', data, '--steps', '40', '--eval-every', '20', '--val-fraction', '0.2',
+            '--out', out, '--num-samples', '4', *extra]
+
+
+def test_checkpoint_metadata_and_files(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    code, stdout, err = run(*train_args(small_data, out, '--plot'))
+    assert code == 0, err
+    assert 'val loss' in stdout
+    for name in ('model.safetensors', 'resume.safetensors', 'metrics.jsonl', 'loss.png'):
+        assert os.path.exists(os.path.join(out, name)), name
+    with safe_open(os.path.join(out, 'model.safetensors'), framework='numpy') as f:
+        meta = f.metadata()
+    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '1', meta
+    assert json.loads(meta['vocab'])['chars'] == ''.join(sorted(set(''.join(NAMES))))
+    assert json.loads(meta['model_config'])['n_embd'] == 16
+    records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [r['step'] for r in records] == list(range(1, 41))
+    assert {'train_loss', 'lr', 'tokens_per_s'} <= records[0].keys() and 'val_loss' in records[19]
+    weights = load_file(os.path.join(out, 'model.safetensors'))
+    assert weights['wte'].shape == (27, 16) or weights['wte'].shape[1] == 16
+
+
+def test_weights_load_into_torch(small_data, tmp_path, require_torch):
+    from safetensors.torch import load_file as load_torch
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    tensors = load_torch(os.path.join(out, 'model.safetensors'))
+    assert tensors['layer0.mlp_fc1'].shape == (64, 16), tensors['layer0.mlp_fc1'].shape
+
+
+def test_ctrl_c_then_resume_is_identical(small_data, tmp_path):
+    """SIGINT a real process mid-run; --resume must print the same samples and save the same weights."""
+    straight = str(tmp_path / 'straight')
+    args = ['--data', small_data, '--steps', '3000', '--out']
+    full = subprocess.run([sys.executable, '-m', 'microgpt', 'train', *args, straight], capture_output=True,
+                          text=True, check=True)
+    interrupted = str(tmp_path / 'interrupted')
+    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'train', *args, interrupted],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith('step  200 '):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert 'continue with --resume' in err and 'Traceback' not in err, err
+    resumed = subprocess.run([sys.executable, '-m', 'microgpt', 'train', *args, interrupted, '--resume'],
+                             capture_output=True, text=True, check=True)
+    assert 'resuming from step' in resumed.stderr
+    assert resumed.stdout.split('--- inference')[1] == full.stdout.split('--- inference')[1]
+    want = load_file(os.path.join(straight, 'model.safetensors'))
+    got = load_file(os.path.join(interrupted, 'model.safetensors'))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_sample_and_eval_commands(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    ckpt = os.path.join(out, 'model.safetensors')
+    code, stdout, err = run('sample', '--checkpoint', ckpt, '--prompt', 'em', '--top-p', '0.9', '--top-k', '5',
+                            '--num-samples', '5')
+    assert code == 0, err
+    samples = [line.split(': ', 1)[1] for line in stdout.splitlines() if line.startswith('sample')]
+    assert len(samples) == 5 and all(s.startswith('em') for s in samples), samples
+    assert stdout.splitlines()[-1].startswith('novel: '), stdout
+    code, stdout, err = run('eval', '--checkpoint', ckpt)
+    assert code == 0 and stdout.startswith('loss '), (stdout, err)
+    code, stdout, err = run('eval', '--checkpoint', ckpt, '--data', small_data)
+    assert code == 0 and f'on {len(NAMES) * 2} documents' in stdout, stdout
+
+
+def test_sampling_is_seeded(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    ckpt = os.path.join(out, 'model.safetensors')
+    assert run('sample', '--checkpoint', ckpt, '--seed', '3')[1] == run('sample', '--checkpoint', ckpt, '--seed', '3')[1]
+
+
+# ---- bad input
+
+def test_prompt_with_unknown_characters(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    assert_error(*run('sample', '--checkpoint', os.path.join(out, 'model.safetensors'), '--prompt', 'eQ!'),
+                 "'!'", "'Q'", 'vocabulary')
+
+
+@pytest.fixture
+def checkpoint(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    return os.path.join(out, 'model.safetensors')
+
+
+@pytest.mark.parametrize('command', ['sample', 'eval'])
+def test_missing_checkpoint(tmp_path, command):
+    assert_error(*run(command, '--checkpoint', str(tmp_path / 'nope.safetensors')), 'no such checkpoint')
+    assert_error(*run(command, '--checkpoint', str(tmp_path)), 'is a directory')
+
+
+def test_truncated_checkpoint(checkpoint):
+    data = open(checkpoint, 'rb').read()
+    open(checkpoint, 'wb').write(data[:len(data) // 2])
+    assert_error(*run('sample', '--checkpoint', checkpoint), 'corrupted')
+
+
+def test_corrupted_checkpoint(checkpoint):
+    data = bytearray(open(checkpoint, 'rb').read())
+    data[8:40] = b'\xff' * 32
+    open(checkpoint, 'wb').write(bytes(data))
+    assert_error(*run('eval', '--checkpoint', checkpoint), 'corrupted')
+    open(checkpoint, 'wb').write(b'not a checkpoint at all')
+    assert_error(*run('eval', '--checkpoint', checkpoint), 'corrupted')
+
+
+def rewrite(checkpoint, change_meta=None, drop=None):
+    with safe_open(checkpoint, framework='numpy') as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k != drop}
+    if change_meta:
+        meta.update(change_meta)
+    save_file(tensors, checkpoint, metadata=meta)
+
+
+def test_checkpoint_of_another_format_version(checkpoint):
+    rewrite(checkpoint, {'format_version': '2'})
+    assert_error(*run('sample', '--checkpoint', checkpoint), 'format version 2', 'reads version 1')
+
+
+def test_safetensors_file_that_is_not_a_checkpoint(checkpoint):
+    save_file({'x': np.zeros(3)}, checkpoint)
+    assert_error(*run('sample', '--checkpoint', checkpoint), 'not a microgpt checkpoint')
+
+
+def test_checkpoint_missing_a_tensor(checkpoint):
+    rewrite(checkpoint, drop='layer0.attn_wq')
+    assert_error(*run('sample', '--checkpoint', checkpoint), 'layer0.attn_wq is missing')
+
+
+def test_resume_with_mismatched_config(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    assert_error(*run(*train_args(small_data, out, '--n-embd', '8', '--resume')), 'n_embd: checkpoint 16, now 8')
+
+
+def test_resume_without_a_checkpoint(small_data, tmp_path):
+    assert_error(*run(*train_args(small_data, str(tmp_path / 'empty'), '--resume')), 'nothing to resume')
+
+
+def test_empty_validation_split(tmp_path):
+    path = tmp_path / 'tiny.txt'
+    path.write_text('ab\ncd\nef\n')
+    assert_error(*run('train', '--data', str(path), '--eval-every', '5'), 'validation split is empty')
+
+
+def test_batch_larger_than_data(small_data):
+    assert_error(*run('train', '--data', small_data, '--batch-size', '1000'), 'larger than the', 'training documents')
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    before = open(os.path.join(out, 'model.safetensors'), 'rb').read()
+    code, stdout, err = run('train', '--data', small_data, '--steps', '50', '--lr', '1e300', '--out', out)
+    assert_error(code, stdout, err, 'the loss became', 'diverged', out)
+    assert open(os.path.join(out, 'model.safetensors'), 'rb').read() == before
+
+
+@pytest.mark.parametrize('flags, fragment', [
+    (['--top-p', '0'], '--top-p'), (['--top-p', '1.5'], '--top-p'), (['--top-k', '-1'], '--top-k'),
+    (['--val-fraction', '1.5', '--eval-every', '5'], '--val-fraction'), (['--plot'], 'needs --out'),
+    (['--resume'], 'needs --out'), (['--weight-decay', '-1'], '--weight-decay'), (['--warmup', '5000'], '--warmup'),
+    (['--preset', 'nope'], 'invalid choice'),
+])
+def test_bad_trainer_flags(small_data, flags, fragment):
+    assert_error(*run('train', '--data', small_data, *flags), fragment)
