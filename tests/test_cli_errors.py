@@ -73,6 +73,7 @@ def test_directory(tmp_path, run_cli):
     (['--steps', '2.5'], ('--steps', '2.5')),
     (['--n-embd', 'x'], ('--n-embd',)),
     (['--engine', 'tpu'], ('--engine', 'tpu')),
+    (['--dtype', 'float32'], ('float32',)),
 ], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
 def test_bad_flag(good_data, run_cli, flags, mentions):
     code, out, err = run_cli('train', '--engine', 'reference', '--data', good_data, *flags)

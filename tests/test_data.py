@@ -129,3 +129,9 @@ def test_bundled_dataset_loads():
     assert len(docs) > 0, path
     chars = set(''.join(docs))
     assert chars and chars <= set(string.ascii_lowercase), sorted(chars - set(string.ascii_lowercase))
+
+
+def test_decode_skips_bos_wherever_it_is():
+    from microgpt.data import Vocabulary
+    assert Vocabulary.from_documents(['abc'], bos_first=True).decode([0, 1, 3, 0]) == 'ac'
+    assert Vocabulary.from_documents(['abc']).decode([3, 0, 2, 3]) == 'ac'

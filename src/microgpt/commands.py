@@ -38,7 +38,7 @@ def _settings_from_args(args):
     tcfg = TrainConfig(seed=args.seed, **{k: settings[k] for k in TRAIN_KEYS})
     if args.plot and not args.out:
         raise MicrogptError("--plot writes DIR/loss.png and needs --out DIR")
-    return RunSettings(data_path=args.data or bundled_dataset_path(), engine=args.engine, dtype=args.dtype,
+    return RunSettings(data_path=bundled_dataset_path() if args.data is None else args.data, engine=args.engine, dtype=args.dtype,
                        model={k: settings[k] for k in MODEL_KEYS}, tcfg=tcfg, eval_every=settings['eval_every'],
                        val_fraction=args.val_fraction, out_dir=args.out, resume=args.resume,
                        save_every=args.save_every, preset=args.preset)

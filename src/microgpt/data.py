@@ -1,7 +1,8 @@
 """Documents and the character tokenizer. Knows nothing of models.
 
-A document is a stripped, non-blank line of a UTF-8 text file, read exactly as microgpt's
-`[line.strip() for line in open('input.txt') if line.strip()]` reads it (universal newlines).
+A document is a stripped, non-blank line of a UTF-8 text file, read as microgpt's
+`[line.strip() for line in open('input.txt') if line.strip()]` reads it (universal newlines), except that
+a leading UTF-8 byte-order mark is dropped rather than becoming part of the first document.
 """
 
 import os
@@ -24,6 +25,8 @@ def bundled_dataset_path():
 def load_documents(path):
     """Return the documents of the text file at `path`, raising MicrogptError for anything unusable."""
     hint = "give a UTF-8 text file with one item (a name, a word) per line"
+    if not path:
+        raise MicrogptError(f"no data file given; {hint}")
     if not os.path.exists(path):
         raise MicrogptError(f"{path}: no such file; {hint}")
     if os.path.isdir(path):
@@ -87,8 +90,9 @@ class Vocabulary:
         return [index[ch] for ch in text]
 
     def decode(self, ids):
+        """Text of token ids; BOS marks document boundaries and has no character, so it is skipped."""
         offset = 1 if self.bos_first else 0
-        return ''.join(self.chars[i - offset] for i in ids)
+        return ''.join(self.chars[i - offset] for i in ids if i != self.bos_id)
 
     def document_tokens(self, doc):
         """[BOS] + doc + [BOS], the sequence microgpt trains on."""
