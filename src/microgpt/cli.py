@@ -120,6 +120,17 @@ def build_parser():
     p.add_argument('--steps', type=int, default=1000, help='steps to time the fast engines on (default: 1000)')
     p.add_argument('--engines', default=','.join(ENGINES), help=f'engines to time (default: {",".join(ENGINES)})')
     p.set_defaults(run=commands.cmd_bench)
+
+    p = sub.add_parser('study', help='run the ablation study over several seeds',
+                       description='Train each named experiment over several seeds, score each run by held-out '
+                                   'loss, and write RESULTS.md and results.png. Resumes where it stopped.')
+    p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
+    p.add_argument('--out', default='results', metavar='DIR', help='results folder (default: results)')
+    p.add_argument('--seeds', type=int, default=5, help='seeds per experiment, 1..N (default: 5)')
+    p.add_argument('--experiments', default=None, help='comma-separated experiment names (default: all)')
+    p.add_argument('--workers', type=int, default=2, help='parallel training processes (default: 2)')
+    p.add_argument('--list', action='store_true', help='list the experiments and exit')
+    p.set_defaults(run=commands.cmd_study)
     return parser
 
 

@@ -209,3 +209,32 @@ def cmd_bench(args, out, err):
         if name != 'reference':
             wall = time_cli_train(wall_args + ['--engine', name])
             print(f"wall time of `microgpt train --engine {name}` (defaults, best of 3): {wall:.3f} s", file=out)
+
+
+def cmd_study(args, out, err):
+    from .study import EXPERIMENTS, run_study, summarize, write_report
+    if args.list:
+        for e in EXPERIMENTS:
+            print(f"{e.name:<28} {e.claim}", file=out)
+        return
+    chosen = EXPERIMENTS
+    if args.experiments:
+        names = [n.strip() for n in args.experiments.split(',') if n.strip()]
+        unknown = set(names) - {e.name for e in EXPERIMENTS}
+        if unknown:
+            raise MicrogptError(f"unknown experiments {sorted(unknown)}; see `microgpt study --list`")
+        chosen = [e for e in EXPERIMENTS if e.name in names]
+    if args.seeds < 1 or args.workers < 1:
+        raise MicrogptError("--seeds and --workers must be at least 1")
+    data = bundled_dataset_path() if args.data is None else args.data
+    load_documents(data)  # bad data is reported before any worker starts
+    seeds = list(range(1, args.seeds + 1))
+    for result in run_study(chosen, seeds, data, args.out, args.workers):
+        print(f"{result['experiment']:<28} seed {result['seed']}: held-out loss {result['val_loss']:.4f}", file=err)
+    rows = summarize(chosen, seeds, args.out)
+    command = f"microgpt study --data {args.data or '(bundled)'} --seeds {args.seeds}"
+    write_report(rows, args.out, command)
+    print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
+    for e, mean, std, n in rows:
+        print(f"{e.name:<28} {mean:>10.4f} +/- {std:.4f} {n:>5}", file=out)
+    print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and {os.path.join(args.out, 'results.png')}", file=out)

@@ -1,0 +1,148 @@
+"""The study: named experiments, each trained over several seeds and scored by held-out loss.
+
+Every run holds out the same distinct-name validation split (its own seed, fixed across runs, so the
+scores compare) and reports the mean NLL per character on it after the last step. Results are one JSON
+file per (experiment, seed) in the results folder, so an interrupted study resumes where it stopped;
+runs go to a process pool (one worker per core). Quiet: the CLI prints and writes the report.
+"""
+
+import json
+import math
+import os
+import random
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from .config import ModelConfig, TrainConfig
+from .data import Vocabulary, holdout_split, load_documents, shuffled
+from .engines import make_engine
+from .presets import DEFAULTS, PRESETS
+from .training import evaluate, train
+
+SPLIT_SEED = 42  # one held-out split for every run of the study
+MODEL_KEYS = ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm', 'mlp_activation', 'tie_lm_head',
+              'zero_init', 'attention', 'bos')
+TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup')
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    claim: str               # what a seed system claimed, or what the row measures
+    overrides: dict          # settings on top of microgpt's defaults (presets.DEFAULTS)
+
+
+def _preset(name, **extra):
+    return {**PRESETS[name], **extra}
+
+
+EXPERIMENTS = [
+    Experiment('baseline', 'microgpt.py as published: 1000 steps, one name per step', {}),
+    Experiment('preset-zeroclaw', 'zeroclaw: "final loss 0.69 after 5000 steps" (one document, toy list)',
+               _preset('zeroclaw')),
+    Experiment('preset-esp32', 'the ESP32 port as configured', _preset('esp32')),
+    Experiment('preset-makemore-1000', 'makemore-size model, 1000 steps of batch 32',
+               _preset('makemore', steps=1000, eval_every=0)),
+    Experiment('no-kv-cache', '"loss stalls ~2.0 without the KV cache" (each position attends only to itself)',
+               {'attention': 'self'}),
+    Experiment('no-lr-decay', '"final loss 0.5-1.0 higher without LR decay"', {'lr_schedule': 'constant'}),
+    Experiment('beta2-0.999', '"slower convergence with beta2 0.999"', {'beta2': 0.999}),
+    Experiment('beta2-0.95', 'beta2 0.95', {'beta2': 0.95}),
+    Experiment('zeroclaw-outproj-std-0.02', 'zeroclaw: "less stable with std 0.02 on the output projections" '
+               '(attn_wo, mlp_fc2 drawn at std 0.02 instead of zero)', _preset('zeroclaw', zero_init=())),
+    Experiment('no-rmsnorm', 'one port left out RMSNorm altogether', {'norm': 'none'}),
+    Experiment('tied-lm-head', 'lm_head tied to wte', {'tie_lm_head': True}),
+    Experiment('squared-relu', 'squared ReLU instead of ReLU', {'mlp_activation': 'relu2'}),
+    Experiment('steps-5000', '5000 steps instead of 1000', {'steps': 5000}),
+    Experiment('batch-8-equal-tokens', 'batch 8 at equal tokens seen (125 steps)', {'batch_size': 8, 'steps': 125}),
+    Experiment('batch-32-equal-tokens', 'batch 32 at equal tokens seen (32 steps)',
+               {'batch_size': 32, 'steps': 32}),
+]
+
+
+def run_one(experiment, seed, data_path, engine='numpy'):
+    """Train one (experiment, seed) and return its held-out loss and final training-loss mean."""
+    settings = {**DEFAULTS, **experiment.overrides}
+    rng = random.Random(seed)
+    train_docs, val_docs = holdout_split(load_documents(data_path), None, SPLIT_SEED)
+    docs = shuffled(train_docs, rng)
+    vocab = Vocabulary.from_documents(docs + val_docs, bos_first=settings['bos'] == 'first')
+    cfg = ModelConfig(vocab_size=vocab.size, **{k: settings[k] for k in MODEL_KEYS}).validate()
+    tcfg = TrainConfig(seed=seed, **{k: settings[k] for k in TRAIN_KEYS}).validate()
+    model = make_engine(engine, cfg, rng)
+    losses = [r.loss for r in train(model, [vocab.document_tokens(d) for d in docs], tcfg)]
+    val_loss = evaluate(model, [vocab.document_tokens(d) for d in val_docs])
+    tail = losses[-max(1, len(losses) // 10):]
+    return {'experiment': experiment.name, 'seed': seed, 'val_loss': val_loss,
+            'train_loss_tail': sum(tail) / len(tail), 'steps': tcfg.steps, 'params': model.num_params()}
+
+
+def result_path(folder, name, seed):
+    return os.path.join(folder, 'runs', f'{name}.seed{seed}.json')
+
+
+def _run_and_save(args):
+    experiment, seed, data_path, folder = args
+    result = run_one(experiment, seed, data_path)
+    path = result_path(folder, experiment.name, seed)
+    tmp = path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump(result, f)
+    os.replace(tmp, path)
+    return result
+
+
+def run_study(experiments, seeds, data_path, folder, workers=2):
+    """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
+    os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
+    todo = [(e, s, data_path, folder) for e in experiments for s in seeds
+            if not os.path.exists(result_path(folder, e.name, s))]
+    if workers <= 1:
+        for job in todo:
+            yield _run_and_save(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_run_and_save, todo)
+
+
+def summarize(experiments, seeds, folder):
+    """(experiment, mean, std, n) of held-out loss over the seeds that have finished."""
+    rows = []
+    for e in experiments:
+        losses = []
+        for s in seeds:
+            path = result_path(folder, e.name, s)
+            if os.path.exists(path):
+                with open(path, encoding='utf-8') as f:
+                    losses.append(json.load(f)['val_loss'])
+        if losses:
+            mean = sum(losses) / len(losses)
+            std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else 0.0
+            rows.append((e, mean, std, len(losses)))
+    return rows
+
+
+def write_report(rows, folder, command):
+    """RESULTS.md (a Markdown table) and results.png (mean +/- std per experiment) in `folder`."""
+    lines = ['# microgpt study: held-out loss by experiment', '',
+             f'Reproduce: `{command}`', '',
+             'Held-out loss: mean negative log-likelihood per character (nats) on 1000 distinct names never '
+             'trained on, after the last step; mean +/- sample standard deviation over seeds.', '',
+             '| experiment | claim / what it measures | held-out loss | seeds |', '| --- | --- | ---: | ---: |']
+    for e, mean, std, n in rows:
+        lines.append(f'| {e.name} | {e.claim} | {mean:.4f} +/- {std:.4f} | {n} |')
+    with open(os.path.join(folder, 'RESULTS.md'), 'w', encoding='utf-8') as f:
+        f.write('\n'.join(lines) + '\n')
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
+    ax.errorbar([m for _, m, _, _ in rows], range(len(rows)), xerr=[s for _, _, s, _ in rows], fmt='o')
+    ax.set_yticks(range(len(rows)), [e.name for e, *_ in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel('held-out loss (nats per character)')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, 'results.png'), dpi=120)
+    plt.close(fig)

@@ -1,0 +1,30 @@
+"""The study runner: results per (experiment, seed), resume, report."""
+
+import json
+import os
+
+from microgpt.study import EXPERIMENTS, run_study, summarize, write_report
+
+from conftest import run_cli_in_process as run
+
+
+def test_study_runs_resumes_and_reports(names_path, tmp_path):
+    folder = str(tmp_path / 'study')
+    chosen = [e for e in EXPERIMENTS if e.name in ('baseline', 'batch-32-equal-tokens')]
+    first = list(run_study(chosen, [1, 2], names_path, folder, workers=2))
+    assert sorted((r['experiment'], r['seed']) for r in first) == [
+        ('baseline', 1), ('baseline', 2), ('batch-32-equal-tokens', 1), ('batch-32-equal-tokens', 2)]
+    assert all(2.0 < r['val_loss'] < 3.0 for r in first), first
+    assert list(run_study(chosen, [1, 2], names_path, folder, workers=2)) == []  # all done: nothing re-run
+    rows = summarize(chosen, [1, 2], folder)
+    assert [(e.name, n) for e, _, _, n in rows] == [('baseline', 2), ('batch-32-equal-tokens', 2)]
+    write_report(rows, folder, 'microgpt study')
+    report = open(os.path.join(folder, 'RESULTS.md'), encoding='utf-8').read()
+    assert '| baseline |' in report and os.path.getsize(os.path.join(folder, 'results.png')) > 1000
+    with open(os.path.join(folder, 'runs', 'baseline.seed1.json')) as f:
+        assert json.load(f)['steps'] == 1000
+
+
+def test_study_bad_experiment_name(tmp_path):
+    code, out, err = run('study', '--experiments', 'nope', '--out', str(tmp_path))
+    assert code == 2 and err.startswith('microgpt: error: unknown experiments'), err
