@@ -92,8 +92,11 @@ def load_checkpoint(path):
         raise MicrogptError(f"{path}: a safetensors file, but not a microgpt checkpoint; {hint}")
     version = raw_meta.get('format_version')
     if version != str(FORMAT_VERSION):
-        raise MicrogptError(f"{path}: checkpoint format version {version}, but this microgpt reads version "
-                            f"{FORMAT_VERSION}; use the microgpt version that wrote it, or train again")
+        newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
+        advice = ("upgrade microgpt to read it" if newer
+                  else "load it with the microgpt version that wrote it, or train again")
+        raise MicrogptError(f"{path}: checkpoint format version {version or '(none)'}, but this microgpt reads "
+                            f"version {FORMAT_VERSION}; {advice}")
     try:
         meta = {k: (v if k in ('format', 'format_version') else json.loads(v)) for k, v in raw_meta.items()}
         model_cfg = ModelConfig.from_dict(meta['model_config']).validate()
@@ -115,6 +118,11 @@ def load_checkpoint(path):
         if not np.all(np.isfinite(tensors[name])):
             raise MicrogptError(f"{path}: tensor {name} holds NaN or infinite values; {hint}")
         weights[name] = tensors[name]
+    n_params = sum(rows * cols for rows, cols in parameter_shapes(model_cfg).values())
+    for name in ('adam.m', 'adam.v'):
+        if name in tensors and tuple(tensors[name].shape) != (n_params,):
+            raise MicrogptError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, the config says "
+                                f"({n_params},); the checkpoint is damaged; {hint}")
     return Checkpoint(model_cfg, train_cfg, vocab, weights, tensors.get('adam.m'), tensors.get('adam.v'),
                       adam_steps, step, meta.get('metrics', {}), meta)
 

@@ -121,6 +121,19 @@ def build_parser():
     p.add_argument('--engines', default=','.join(ENGINES), help=f'engines to time (default: {",".join(ENGINES)})')
     p.set_defaults(run=commands.cmd_bench)
 
+    p = sub.add_parser('export', help='write a checkpoint as a self-contained C99 program (microcontrollers)',
+                       description='Write DIR/weights.h (weights as static const float arrays) and '
+                                   'DIR/microgpt_names.c (inference, no malloc), and print the memory budget.')
+    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    p.add_argument('--c', required=True, metavar='DIR', help='folder for weights.h and microgpt_names.c')
+    p.set_defaults(run=commands.cmd_export)
+
+    p = sub.add_parser('info', help='describe a checkpoint and its memory budget',
+                       description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '
+                                   'weights, RAM for inference, and what on-device training would need (float32).')
+    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    p.set_defaults(run=commands.cmd_info)
+
     p = sub.add_parser('study', help='run the ablation study over several seeds',
                        description='Train each named experiment over several seeds, score each run by held-out '
                                    'loss, and write RESULTS.md and results.png. Resumes where it stopped.')

@@ -238,3 +238,41 @@ def cmd_study(args, out, err):
     for e, mean, std, n in rows:
         print(f"{e.name:<28} {mean:>10.4f} +/- {std:.4f} {n:>5}", file=out)
     print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and {os.path.join(args.out, 'results.png')}", file=out)
+
+
+def _print_memory(rows, out):
+    for item, size in rows:
+        print(f"{item:<62} {size:>9,} bytes", file=out)
+
+
+def cmd_export(args, out, err):
+    from .checkpoint import load_checkpoint
+    from .export_c import export_c
+    info = export_c(load_checkpoint(args.checkpoint), args.c)
+    for path in info.files:
+        print(f"wrote {path}", file=out)
+    print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
+    print("run:   ./microgpt_names 20 0.5 42   (names, temperature, seed)", file=out)
+    _print_memory(info.memory, out)
+
+
+def cmd_info(args, out, err):
+    from dataclasses import asdict
+    from .checkpoint import load_checkpoint
+    from .config import num_parameters
+    from .export_c import memory_budget
+    ckpt = load_checkpoint(args.checkpoint)
+    meta = ckpt.meta
+    print(f"checkpoint: {args.checkpoint} (format {meta['format_version']}, engine {meta.get('engine')}, "
+          f"dtype {meta.get('dtype')})", file=out)
+    print(f"step: {ckpt.step} / {ckpt.train_cfg.steps} (Adam steps {ckpt.adam_steps})", file=out)
+    print("model: " + ' '.join(f"{k}={v}" for k, v in ckpt.model_cfg.to_dict().items()), file=out)
+    print(f"num params: {num_parameters(ckpt.model_cfg)}", file=out)
+    print(f"vocab: {ckpt.vocab.size} tokens: {ckpt.vocab.chars!r} + BOS ({ckpt.model_cfg.bos})", file=out)
+    print("train: " + ' '.join(f"{k}={v}" for k, v in asdict(ckpt.train_cfg).items()), file=out)
+    print(f"metrics: {ckpt.metrics}", file=out)
+    for key in ('data_path', 'best_val_loss'):
+        if key in meta:
+            print(f"{key}: {meta[key]}", file=out)
+    print("memory budget (float32):", file=out)
+    _print_memory(memory_budget(ckpt.model_cfg), out)

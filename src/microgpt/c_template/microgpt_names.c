@@ -1,0 +1,228 @@
+/* microgpt_names.c: a microgpt character model that makes up names, in C99 with no malloc.
+ *
+ * Build: cc -std=c99 -O2 -Wall -Wextra -pedantic -o microgpt_names microgpt_names.c -lm
+ * Usage: ./microgpt_names [N [TEMPERATURE [SEED]]]   N names (default 20, 0.5, 42), one per line
+ *        ./microgpt_names --logits TOKEN_ID...        the logits after the last token, one per line
+ *
+ * weights.h (written by `microgpt export`) holds the configuration, the vocabulary and the weights as
+ * const arrays, which a microcontroller keeps in flash. Everything that changes lives in the static
+ * buffers below: the KV cache, the activations of one position, and the state of the random generator.
+ * Dimension letters: C channels (N_EMBD), T positions (BLOCK_SIZE), V vocabulary, NH heads, HS head size.
+ *
+ * The arithmetic is float32 in the same order as microgpt's Python mirror of this file
+ * (microgpt.export_c.sample_like_c): dot products accumulate left to right, and exp runs in double
+ * (libm's exp, which Python's math.exp calls too), so both print the same names for the same seed.
+ */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* no fused multiply-add: keep the rounding of the Python mirror (GCC: off in -std=c99) */
+#endif
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "weights.h"
+
+/* ---- RAM: these buffers are all the memory the program writes (memory_budget counts exactly these) */
+static float kv_keys[N_LAYER][BLOCK_SIZE][N_EMBD];   /* (L, T, C) keys of every position so far */
+static float kv_values[N_LAYER][BLOCK_SIZE][N_EMBD]; /* (L, T, C) values */
+static float act_x[N_EMBD];                          /* (C) the residual stream */
+static float act_xn[N_EMBD];                         /* (C) the normalised input of attention or MLP */
+static float act_q[N_EMBD];                          /* (C) query, NH heads of HS */
+static float act_att[BLOCK_SIZE];                    /* (T) attention weights of one head */
+static float act_y[N_EMBD];                          /* (C) attention output, heads side by side */
+static float act_h[4 * N_EMBD];                      /* (4C) MLP hidden layer */
+static float act_logits[VOCAB_SIZE];                 /* (V) next-token logits */
+static uint64_t rng_state;                           /* splitmix64 state */
+
+/* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
+static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
+{
+    for (int i = 0; i < rows; i++) {
+        float acc = 0.0f;
+        for (int j = 0; j < cols; j++)
+            acc += w[i * cols + j] * x[j];
+        out[i] = accumulate ? out[i] + acc : acc;
+    }
+}
+
+/* out = x / sqrt(mean(x^2) + 1e-5): RMSNorm without a learned gain, as in microgpt */
+static void rmsnorm(float *out, const float *x)
+{
+    float ms = 0.0f;
+    for (int i = 0; i < N_EMBD; i++)
+        ms += x[i] * x[i];
+    ms = ms / N_EMBD;
+    float scale = 1.0f / sqrtf(ms + 1e-5f);
+    for (int i = 0; i < N_EMBD; i++)
+        out[i] = x[i] * scale;
+}
+
+/* act_y = softmax(q k^T / sqrt(HS)) v per head, over positions 0..pos of layer l's cache
+   (only pos itself when the model was trained with attention = self) */
+static void attention(int l, int pos)
+{
+    int first = ATTENTION_SELF ? pos : 0;
+    for (int h = 0; h < N_HEAD; h++) {
+        const float *q = act_q + h * HEAD_DIM;
+        float max_score = 0.0f, sum = 0.0f;
+        for (int t = first; t <= pos; t++) {
+            const float *k = kv_keys[l][t] + h * HEAD_DIM;
+            float dot = 0.0f;
+            for (int j = 0; j < HEAD_DIM; j++)
+                dot += q[j] * k[j];
+            act_att[t] = dot * ATTN_SCALE;
+            if (t == first || act_att[t] > max_score)
+                max_score = act_att[t];
+        }
+        for (int t = first; t <= pos; t++) {
+            act_att[t] = (float)exp((double)(act_att[t] - max_score));
+            sum += act_att[t];
+        }
+        for (int t = first; t <= pos; t++)
+            act_att[t] = act_att[t] / sum;
+        for (int j = 0; j < HEAD_DIM; j++) {
+            float acc = 0.0f;
+            for (int t = first; t <= pos; t++)
+                acc += act_att[t] * kv_values[l][t][h * HEAD_DIM + j];
+            act_y[h * HEAD_DIM + j] = acc;
+        }
+    }
+}
+
+/* one transformer block on act_x at position pos: x += attn(norm(x)); x += mlp(norm(x)) */
+static void block(int l, int pos, const float *wq, const float *wk, const float *wv, const float *wo,
+                  const float *fc1, const float *fc2)
+{
+    if (NORM_BEFORE_ATTN)
+        rmsnorm(act_xn, act_x);
+    else
+        memcpy(act_xn, act_x, sizeof act_xn);
+    matvec(act_q, wq, act_xn, N_EMBD, N_EMBD, 0);
+    matvec(kv_keys[l][pos], wk, act_xn, N_EMBD, N_EMBD, 0);
+    matvec(kv_values[l][pos], wv, act_xn, N_EMBD, N_EMBD, 0);
+    attention(l, pos);
+    matvec(act_x, wo, act_y, N_EMBD, N_EMBD, 1);
+
+    if (NORM_BEFORE_MLP)
+        rmsnorm(act_xn, act_x);
+    else
+        memcpy(act_xn, act_x, sizeof act_xn);
+    matvec(act_h, fc1, act_xn, 4 * N_EMBD, N_EMBD, 0);
+    for (int i = 0; i < 4 * N_EMBD; i++) {
+        float relu = act_h[i] > 0.0f ? act_h[i] : 0.0f;
+        act_h[i] = MLP_RELU2 ? relu * relu : relu;
+    }
+    matvec(act_x, fc2, act_h, N_EMBD, 4 * N_EMBD, 1);
+}
+
+/* act_logits for the token after `token` at position `pos`; keys and values of pos go into the cache */
+static void forward(int token, int pos)
+{
+    for (int i = 0; i < N_EMBD; i++)
+        act_x[i] = wte[token * N_EMBD + i] + wpe[pos * N_EMBD + i];
+    if (NORM_EMBEDDING)
+        rmsnorm(act_x, act_x);
+#define RUN_BLOCK(l, wq, wk, wv, wo, fc1, fc2) block(l, pos, wq, wk, wv, wo, fc1, fc2);
+    FOR_EACH_LAYER(RUN_BLOCK)
+#undef RUN_BLOCK
+    matvec(act_logits, LM_HEAD, act_x, VOCAB_SIZE, N_EMBD, 0);
+}
+
+/* splitmix64, and a uniform double in [0, 1) from its top 53 bits */
+static double random_uniform(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z = z ^ (z >> 31);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* a token drawn from softmax(logits / temperature) by inverse CDF: the first token whose cumulative
+   weight exceeds u * total, u ~ U[0, 1). The weights are recomputed rather than stored, to save RAM. */
+static int sample_token(double temperature)
+{
+    float max_logit = act_logits[0];
+    for (int i = 1; i < VOCAB_SIZE; i++)
+        if (act_logits[i] > max_logit)
+            max_logit = act_logits[i];
+    double total = 0.0, cumulative = 0.0;
+    for (int i = 0; i < VOCAB_SIZE; i++)
+        total += exp(((double)act_logits[i] - (double)max_logit) / temperature);
+    double u = random_uniform() * total;
+    for (int i = 0; i < VOCAB_SIZE; i++) {
+        cumulative += exp(((double)act_logits[i] - (double)max_logit) / temperature);
+        if (u < cumulative)
+            return i;
+    }
+    return VOCAB_SIZE - 1; /* not reached: the last cumulative weight equals total, and u < total */
+}
+
+/* one name: start from BOS, stop at BOS or after BLOCK_SIZE tokens, as microgpt's inference loop does */
+static void print_name(double temperature)
+{
+    int token = BOS_ID;
+    for (int pos = 0; pos < BLOCK_SIZE; pos++) {
+        forward(token, pos);
+        token = sample_token(temperature);
+        if (token == BOS_ID)
+            break;
+        fputs(token_text[token], stdout);
+    }
+    putchar('\n');
+}
+
+static int usage(const char *why)
+{
+    fprintf(stderr, "microgpt_names: %s\nusage: microgpt_names [N [TEMPERATURE [SEED]]]\n"
+                    "       microgpt_names --logits TOKEN_ID... (1 to %d ids below %d)\n",
+            why, BLOCK_SIZE, VOCAB_SIZE);
+    return 2;
+}
+
+/* strtol/strtod/strtoull with the whole argument checked */
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtol(s, &end, 10);
+    return *s && !*end && !errno && *out >= lo && *out <= hi;
+}
+
+int main(int argc, char **argv)
+{
+    long n = 20, id;
+    double temperature = 0.5;
+    char *end = NULL;
+    if (argc > 1 && strcmp(argv[1], "--logits") == 0) {
+        if (argc < 3 || argc - 2 > BLOCK_SIZE)
+            return usage("wrong number of token ids after --logits");
+        for (int pos = 0; pos < argc - 2; pos++) {
+            if (!parse_long(argv[pos + 2], 0, VOCAB_SIZE - 1, &id))
+                return usage("a token id after --logits is not a whole number below VOCAB_SIZE");
+            forward((int)id, pos);
+        }
+        for (int i = 0; i < VOCAB_SIZE; i++)
+            printf("%.9g\n", (double)act_logits[i]);
+        return 0;
+    }
+    if (argc > 4)
+        return usage("too many arguments");
+    if (argc > 1 && !parse_long(argv[1], 0, 1000000000L, &n))
+        return usage("N must be a whole number >= 0");
+    if (argc > 2 && (temperature = strtod(argv[2], &end), *end || !(temperature > 0)))
+        return usage("TEMPERATURE must be a number > 0");
+    rng_state = 42;
+    if (argc > 3) {
+        errno = 0;
+        rng_state = strtoull(argv[3], &end, 10);
+        if (!*argv[3] || *end || errno || argv[3][0] == '-')
+            return usage("SEED must be a whole number in [0, 2^64)");
+    }
+    for (long i = 0; i < n; i++)
+        print_name(temperature);
+    return 0;
+}

@@ -1,0 +1,310 @@
+"""Export a checkpoint as a C99 program that makes up names on a microcontroller, and its memory budget.
+
+`export_c` writes DIR/weights.h (configuration, vocabulary and weights as const arrays, which stay in
+flash) next to a copy of c_template/microgpt_names.c (the model with a static KV cache, no malloc).
+`sample_like_c` is that C program written again in NumPy float32, operation for operation: the same
+left-to-right sums, exp in double through libm, the same splitmix64 stream, the same inverse-CDF draw,
+so a test can check that both print the same names for the same seed.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from .config import num_parameters, parameter_shapes
+from .errors import MicrogptError
+
+C_SOURCE = 'microgpt_names.c'
+C_HEADER = 'weights.h'
+BUILD_COMMAND = 'cc -std=c99 -O2 -Wall -Wextra -pedantic -o microgpt_names microgpt_names.c -lm'
+TOKEN_BYTES = 5  # the longest UTF-8 character (4 bytes) and its NUL: token_text is (V, 5) chars
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    out_dir: str
+    files: tuple          # the paths written
+    build_command: str    # run in out_dir
+    memory: list          # memory_budget rows
+
+
+def export_c(ckpt, out_dir):
+    """Write the C program of `ckpt` (a checkpoint.Checkpoint) into out_dir; MicrogptError if it cannot."""
+    cfg, vocab = ckpt.model_cfg, ckpt.vocab
+    _check_exportable(ckpt)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise MicrogptError(f"{out_dir}: exists and is not a directory; give a directory for the C program")
+    template = (resources.files('microgpt') / 'c_template' / C_SOURCE).read_text(encoding='utf-8')
+    files = (os.path.join(out_dir, C_HEADER), os.path.join(out_dir, C_SOURCE))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(files[0], 'w', encoding='ascii', newline='\n') as f:
+            f.write(weights_header(ckpt.weights, cfg, vocab))
+        with open(files[1], 'w', encoding='utf-8', newline='\n') as f:
+            f.write(template)
+    except OSError as e:
+        raise MicrogptError(f"{out_dir}: cannot write the C program: {e.strerror}") from None
+    return ExportInfo(out_dir, files, BUILD_COMMAND, memory_budget(cfg))
+
+
+def _check_exportable(ckpt):
+    cfg, vocab = ckpt.model_cfg, ckpt.vocab
+    if vocab.size != cfg.vocab_size or vocab.bos_first != (cfg.bos == 'first'):
+        bos = 'first' if vocab.bos_first else 'last'
+        raise MicrogptError(f"the checkpoint's vocabulary ({vocab.size} tokens, BOS {bos}) does not match its model "
+                            f"({cfg.vocab_size} tokens, BOS {cfg.bos}); the checkpoint is damaged; re-train it")
+    for ch in vocab.chars:
+        if ch == '\0' or 0xD800 <= ord(ch) <= 0xDFFF:
+            raise MicrogptError(f"the vocabulary holds {ch!r}, which a C string cannot print; "
+                                f"re-train on data without it")
+    for name, shape in parameter_shapes(cfg).items():
+        w = np.asarray(ckpt.weights.get(name, np.zeros(0)))
+        if w.shape != shape:
+            raise MicrogptError(f"weight {name} is missing or not of shape {shape}; export a checkpoint "
+                                f"that `microgpt sample` can load")
+        with np.errstate(over='ignore'):
+            if not np.all(np.isfinite(w.astype(np.float32))):
+                raise MicrogptError(f"weight {name} holds values that are NaN or infinite in float32 (the C "
+                                    f"program's precision); export an earlier checkpoint of the run")
+
+
+# ---- weights.h
+
+def weights_header(weights, cfg, vocab):
+    """The text of weights.h: #defines of the configuration, the token table, the weights in float32."""
+    shapes = parameter_shapes(cfg)
+    out = [
+        f'/* weights.h: a microgpt model of {num_parameters(cfg)} parameters, written by `microgpt export`.',
+        f' * Build: {BUILD_COMMAND} */',
+        '#ifndef MICROGPT_WEIGHTS_H', '#define MICROGPT_WEIGHTS_H', '',
+        f'#define VOCAB_SIZE {cfg.vocab_size}  /* V: the characters and BOS */',
+        f'#define N_EMBD {cfg.n_embd}  /* C */', f'#define N_HEAD {cfg.n_head}  /* NH */',
+        f'#define HEAD_DIM {cfg.head_dim}  /* HS = C / NH */', f'#define N_LAYER {cfg.n_layer}',
+        f'#define BLOCK_SIZE {cfg.block_size}  /* T: the longest context */',
+        f'#define BOS_ID {cfg.bos_id}',
+        f'#define NORM_EMBEDDING {int(cfg.norm == "microgpt")}  /* norm = {cfg.norm} */',
+        f'#define NORM_BEFORE_ATTN {int(cfg.norm != "none")}',
+        f'#define NORM_BEFORE_MLP {int(cfg.norm == "microgpt")}',
+        f'#define MLP_RELU2 {int(cfg.mlp_activation == "relu2")}  /* mlp_activation = {cfg.mlp_activation} */',
+        f'#define ATTENTION_SELF {int(cfg.attention == "self")}  /* attention = {cfg.attention} */',
+        f'#define ATTN_SCALE {_c_float(_attention_scale(cfg))}  /* float32 of 1 / sqrt(HEAD_DIM) */',
+        f'#define LM_HEAD {"wte" if cfg.tie_lm_head else "lm_head"}  /* tie_lm_head = {cfg.tie_lm_head} */',
+        f'#define VOCAB_CHARS {_c_string(vocab.chars)}  /* the characters in token order, UTF-8; BOS excluded */',
+        '',
+        '/* the UTF-8 bytes of each token; BOS prints nothing */',
+        f'static const char token_text[VOCAB_SIZE][{TOKEN_BYTES}] = {{',
+    ]
+    texts = [''] * cfg.vocab_size
+    for ch, token_id in vocab.index.items():
+        texts[token_id] = ch
+    out += ['    ' + ', '.join(_c_string(text) for text in texts[i:i + 16]) + ',' for i in range(0, len(texts), 16)]
+    out.append('};')
+    for name, (rows, cols) in shapes.items():
+        values = np.asarray(weights[name], np.float32).ravel()
+        out.append(f'\nstatic const float {_c_name(name)}[{rows} * {cols}] = {{  /* ({rows}, {cols}) {name} */')
+        out += ['    ' + ', '.join(_c_float(v) for v in values[i:i + 8]) + ',' for i in range(0, values.size, 8)]
+        out.append('};')
+    out += ['', '/* X(layer, attn_wq, attn_wk, attn_wv, attn_wo, mlp_fc1, mlp_fc2) for each layer, in order */',
+            '#define FOR_EACH_LAYER(X) \\']
+    out += ['    X(' + ', '.join([str(i)] + [_c_name(f'layer{i}.{kind}') for kind in
+                                            ('attn_wq', 'attn_wk', 'attn_wv', 'attn_wo', 'mlp_fc1', 'mlp_fc2')])
+            + (') \\' if i < cfg.n_layer - 1 else ')') for i in range(cfg.n_layer)]
+    out += ['', '#endif', '']
+    return '\n'.join(out)
+
+
+def _c_name(name):
+    return name.replace('.', '_')
+
+
+def _c_float(value):
+    """A C float literal that parses back to exactly this float32 (9 significant digits suffice)."""
+    text = f'{float(np.float32(value)):.9g}'
+    if '.' not in text and 'e' not in text:
+        text += '.0'
+    return text + 'f'
+
+
+def _c_string(text):
+    """A C99 string literal of text's UTF-8 bytes; non-ASCII and control bytes as \\x escapes."""
+    out, after_hex = ['"'], False
+    for byte in text.encode('utf-8'):
+        ch = chr(byte)
+        if after_hex and ch in '0123456789abcdefABCDEF':
+            out.append('" "')  # a hex escape would swallow a following hex digit
+        after_hex = not 0x20 <= byte < 0x7f
+        out.append(f'\\x{byte:02x}' if after_hex else '\\' + ch if ch in '"\\' else ch)
+    return ''.join(out) + '"'
+
+
+def _attention_scale(cfg):
+    return np.float32((cfg.head_dim ** 0.5) ** -1)  # the engines' constant, rounded as they round it
+
+
+# ---- the memory a device needs
+
+def memory_budget(cfg):
+    """(item, bytes) rows: flash and RAM of microgpt_names.c, and what training on the device would take.
+
+    Letters: P parameters, V vocabulary, C n_embd, T block_size, L n_layer, NH n_head; 4 bytes a float32.
+    Flash: the weights, P * 4, and the token table, V * 5 chars.
+    RAM of inference: exactly the C program's static buffers:
+      KV cache     kv_keys + kv_values              2 * L * T * C floats
+      activations  act_x, act_xn, act_q, act_y (C each), act_h (4C), act_att (T), act_logits (V)
+                                                    8C + T + V floats
+      PRNG state   rng_state                        8 bytes
+    Training (one document of T tokens, float32): parameters, gradients and Adam's m and v, P floats each,
+    plus what the forward pass keeps for the backward pass (the NumPy engine's caches):
+      per block    xn (TC) and its RMSNorm scale (T, unless norm = none); q, k, v (3TC); attention
+                   probabilities (NH T T); attention output y (TC); the MLP input xn2 (TC) and its scale
+                   (T, norm = microgpt only); the pre-activation h or relu(h) (4TC); the activation (4TC)
+                   = 14TC + NH T^2 + (0, 1 or 2) T floats
+      outside      the embedding's RMSNorm output and scale (TC + T, norm = microgpt only), the final
+                   residual stream (TC), and the cross-entropy's exp(logits) and their row sums (TV + T)
+    Transient gradient buffers of the backward pass (a few (T, 4C) and (NH, T, T) arrays) come on top.
+    """
+    P, V, C, T, L, NH = num_parameters(cfg), cfg.vocab_size, cfg.n_embd, cfg.block_size, cfg.n_layer, cfg.n_head
+    n_block_norms = (cfg.norm != 'none') + (cfg.norm == 'microgpt')
+    kv_cache = 2 * L * T * C * FLOAT_BYTES
+    activations = (8 * C + T + V) * FLOAT_BYTES
+    rng_state = 8
+    per_block = (14 * T * C + NH * T * T + n_block_norms * T) * FLOAT_BYTES
+    outside = ((T * C + T) * (cfg.norm == 'microgpt') + T * C + T * V + T) * FLOAT_BYTES
+    state = P * FLOAT_BYTES
+    inference_ram = kv_cache + activations + rng_state
+    training_ram = 4 * state + L * per_block + outside
+    return [
+        ('flash: weights (float32)', state),
+        ('flash: token table', V * TOKEN_BYTES),
+        ('inference RAM: KV cache', kv_cache),
+        ('inference RAM: activations', activations),
+        ('inference RAM: PRNG state', rng_state),
+        ('inference RAM: total', inference_ram),
+        ('training RAM: parameters', state),
+        ('training RAM: gradients', state),
+        ('training RAM: Adam m', state),
+        ('training RAM: Adam v', state),
+        ('training RAM: activations of one block, saved for backward', per_block),
+        ('training RAM: activations outside the blocks', outside),
+        ('training RAM: total', training_ram),
+    ]
+
+
+# ---- the C program in Python, operation for operation
+
+class SplitMix64:
+    """The C program's generator: splitmix64, uniform doubles from the top 53 bits."""
+    MASK = 2 ** 64 - 1
+
+    def __init__(self, seed):
+        if not 0 <= seed <= self.MASK:
+            raise MicrogptError(f"the C program's seed must be in [0, 2^64), got {seed}")
+        self.state = seed
+
+    def uniform(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        z ^= z >> 31
+        return (z >> 11) * (1.0 / 9007199254740992.0)
+
+
+def _matvec(w, x):
+    """w @ x with each row's sum running left to right in float32, as the C loop does (rows side by side)."""
+    acc = np.zeros(w.shape[0], np.float32)                                 # (rows,)
+    for j in range(w.shape[1]):
+        acc += w[:, j] * x[j]
+    return acc
+
+
+def _rmsnorm(x):
+    ms = _matvec(x[None, :], x)[0] / np.float32(x.size)
+    return x * (np.float32(1.0) / np.sqrt(ms + np.float32(1e-5)))
+
+
+class _CDecoder:
+    """microgpt_names.c's forward(): one position per call, logits (V,) float32."""
+
+    def __init__(self, weights, cfg):
+        self.cfg = cfg
+        self.w = {name: np.asarray(weights[name], np.float32) for name in parameter_shapes(cfg)}
+        self.keys = np.zeros((cfg.n_layer, cfg.block_size, cfg.n_embd), np.float32)    # (L, T, C)
+        self.values = np.zeros((cfg.n_layer, cfg.block_size, cfg.n_embd), np.float32)  # (L, T, C)
+        self.scale = _attention_scale(cfg)
+
+    def step(self, token, pos):
+        cfg, w = self.cfg, self.w
+        x = w['wte'][token] + w['wpe'][pos]                                # (C,)
+        if cfg.norm == 'microgpt':
+            x = _rmsnorm(x)
+        for l in range(cfg.n_layer):
+            p = f'layer{l}.'
+            xn = _rmsnorm(x) if cfg.norm != 'none' else x
+            q = _matvec(w[p + 'attn_wq'], xn)                              # (C,)
+            self.keys[l, pos] = _matvec(w[p + 'attn_wk'], xn)
+            self.values[l, pos] = _matvec(w[p + 'attn_wv'], xn)
+            x = x + _matvec(w[p + 'attn_wo'], self._attention(l, pos, q))
+            xn = _rmsnorm(x) if cfg.norm == 'microgpt' else x
+            h = _matvec(w[p + 'mlp_fc1'], xn)                              # (4C,)
+            relu = np.where(h > 0, h, np.float32(0))                       # (4C,)
+            x = x + _matvec(w[p + 'mlp_fc2'], relu * relu if cfg.mlp_activation == 'relu2' else relu)
+        return _matvec(w['wte' if cfg.tie_lm_head else 'lm_head'], x)     # (V,)
+
+    def _attention(self, l, pos, q):
+        HS = self.cfg.head_dim
+        first = pos if self.cfg.attention == 'self' else 0
+        y = np.empty_like(q)                                               # (C,)
+        for h in range(self.cfg.n_head):
+            cols = slice(h * HS, (h + 1) * HS)
+            scores = _matvec(self.keys[l, first:pos + 1, cols], q[cols]) * self.scale  # (t,)
+            top = scores.max()
+            att = np.array([math.exp(float(s - top)) for s in scores]).astype(np.float32)  # (t,)
+            total = np.float32(0)
+            for a in att:
+                total = total + a
+            y[cols] = _matvec(self.values[l, first:pos + 1, cols].T, att / total)  # (HS,)
+        return y
+
+
+def logits_like_c(weights, cfg, token_ids):
+    """What `microgpt_names --logits TOKEN_IDS...` prints: the logits after the last token, float32."""
+    decoder = _CDecoder(weights, cfg)
+    for pos, token in enumerate(token_ids):
+        logits = decoder.step(token, pos)
+    return logits
+
+
+def _sample_token(logits, temperature, rng):
+    top = float(logits.max())
+    weights = [math.exp((float(logit) - top) / temperature) for logit in logits]
+    total = 0.0
+    for weight in weights:
+        total += weight
+    u = rng.uniform() * total
+    cumulative = 0.0
+    for token, weight in enumerate(weights):
+        cumulative += weight
+        if u < cumulative:
+            return token
+    return len(weights) - 1
+
+
+def sample_like_c(weights, cfg, vocab, n, temperature, seed):
+    """The n names `microgpt_names n temperature seed` prints, as strings."""
+    if not temperature > 0:
+        raise MicrogptError(f"temperature must be > 0, got {temperature}")
+    rng, decoder, names = SplitMix64(seed), _CDecoder(weights, cfg), []
+    for _ in range(n):
+        token, ids = cfg.bos_id, []
+        for pos in range(cfg.block_size):
+            token = _sample_token(decoder.step(token, pos), temperature, rng)
+            if token == cfg.bos_id:
+                break
+            ids.append(token)
+        names.append(vocab.decode(ids))
+    return names
