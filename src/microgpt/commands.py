@@ -232,7 +232,7 @@ def cmd_study(args, out, err):
     for result in run_study(chosen, seeds, data, args.out, args.workers):
         print(f"{result['experiment']:<28} seed {result['seed']}: held-out loss {result['val_loss']:.4f}", file=err)
     rows = summarize(chosen, seeds, args.out)
-    command = f"microgpt study --data {args.data or '(bundled)'} --seeds {args.seeds}"
+    command = f"microgpt study --data {args.data or '(bundled)'} --seeds {args.seeds} --out {args.out}"
     write_report(rows, args.out, command)
     print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
     for e, mean, std, n in rows:
