@@ -128,13 +128,13 @@ class NumpyEngine:
             dh = activation_backward(dx @ layer['w_fc2'], act, cfg.mlp_activation)  # (B, T, 4C)
             np.matmul(dh.reshape(-1, 4 * C).T, xn2.reshape(-1, C), out=layer['d_fc1'])
             dxn2 = dh @ layer['w_fc1']                                       # (B, T, C)
-            dx = dx + (rmsnorm_backward(dxn2, norm2) if norm2 is not None else dxn2)
+            dx += rmsnorm_backward(dxn2, norm2) if norm2 is not None else dxn2
             # attention block: x_mid = attn(xn @ qkv.T) @ o.T + x_in
             np.matmul(dx.reshape(-1, C).T, y.reshape(-1, C), out=layer['d_o'])
             dqkv = attention_backward(dx @ layer['w_o'], attn)               # (B, T, 3C)
             np.matmul(dqkv.reshape(-1, 3 * C).T, xn.reshape(-1, C), out=layer['d_qkv'])
             dxn = dqkv @ layer['w_qkv']                                      # (B, T, C)
-            dx = dx + (rmsnorm_backward(dxn, norm1) if norm1 is not None else dxn)
+            dx += rmsnorm_backward(dxn, norm1) if norm1 is not None else dxn
         if embed_norm is not None:
             dx = rmsnorm_backward(dx, embed_norm)
         G['wpe'][:T] = dx.sum(0)

@@ -13,8 +13,10 @@ RMSNORM_EPS = 1e-5
 
 def rmsnorm_forward(x):
     """y = x / sqrt(mean(x^2) + eps) over the last axis (no learned gain, as in microgpt)."""
-    ms = np.einsum('...c,...c->...', x, x)[..., None] * (1.0 / x.shape[-1])  # (..., 1)
-    scale = (ms + RMSNORM_EPS) ** -0.5                                      # (..., 1)
+    ms = np.square(x).sum(-1, keepdims=True)                                # (..., 1)
+    ms *= 1.0 / x.shape[-1]  # microgpt's sum(x^2) / C is sum * C**-1
+    ms += RMSNORM_EPS
+    scale = ms ** -0.5                                                      # (..., 1)
     out = x * scale
     return out, (out, scale)
 
@@ -23,8 +25,12 @@ def rmsnorm_backward(dout, cache):
     # y_i = x_i * s, s = (mean(x^2) + eps)^-1/2, ds/dx_i = -s^3 x_i / C
     # => dx = s * dout - x * s^3 * sum_j(dout_j x_j) / C = s * (dout - y * sum_j(dout_j y_j) / C)
     out, scale = cache
-    dot = np.einsum('...c,...c->...', dout, out)[..., None] * (1.0 / out.shape[-1])  # (..., 1)
-    return scale * (dout - out * dot)
+    dot = (dout * out).sum(-1, keepdims=True)                              # (..., 1)
+    dot *= 1.0 / out.shape[-1]
+    dx = out * dot
+    np.subtract(dout, dx, out=dx)
+    dx *= scale
+    return dx
 
 
 def attention_forward(qkv, n_head, mask_bias):
@@ -53,7 +59,8 @@ def attention_backward(dout, cache):
     dprobs = dy @ v.swapaxes(-1, -2)                                        # (B, NH, T, T)
     # softmax: d_att = p * (d_p - sum_j(d_p_j p_j)); masked entries have p = 0 and get no gradient
     dv = probs.swapaxes(-1, -2) @ dy                                        # (B, NH, T, HS)
-    datt = probs * (dprobs - np.einsum('...t,...t->...', dprobs, probs)[..., None])
+    datt = dprobs - (dprobs * probs).sum(-1, keepdims=True)
+    datt *= probs
     datt *= scale                                                           # (B, NH, T, T)
     dqkv = np.empty((B, T, 3, NH, HS), q.dtype)                             # (B, T, 3, NH, HS)
     np.matmul(datt, k, out=dqkv[:, :, 0].transpose(0, 2, 1, 3))             # dq (B, NH, T, HS)
