@@ -60,7 +60,7 @@ class _StopRequest:
 def cmd_train(args, out, err):
     settings = _settings_from_args(args)
     if settings.engine == 'fused':
-        _notice_compilation(err)
+        _notice_compilation(err, settings.dtype)
     run = TrainingRun(settings)
     stop = _StopRequest(err)
     previous_handler = signal.signal(signal.SIGINT, stop)
@@ -120,9 +120,9 @@ def _progress_bar(err, total, initial):
     return tqdm(total=total, initial=initial, file=err, unit='step', dynamic_ncols=True, leave=False)
 
 
-def _notice_compilation(err):
+def _notice_compilation(err, dtype):
     from .fused_engine import kernels_are_cached
-    if not kernels_are_cached():
+    if not kernels_are_cached(dtype):
         print("microgpt: compiling the fused engine's kernels (first run only, ~10-30 s)...", file=err, flush=True)
 
 

@@ -2,7 +2,7 @@
 
 from .errors import MicrogptError
 
-ENGINES = ('numpy', 'reference')
+ENGINES = ('numpy', 'fused', 'reference')
 DEFAULT_ENGINE = 'numpy'
 DTYPES = ('float64', 'float32')
 
@@ -20,4 +20,7 @@ def make_engine(name, cfg, rng, dtype='float64'):
     if name == 'numpy':
         from .numpy_engine import NumpyEngine
         return NumpyEngine(cfg, rng, dtype)
+    if name == 'fused':
+        from .fused_engine import FusedEngine
+        return FusedEngine(cfg, rng, dtype)
     raise MicrogptError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

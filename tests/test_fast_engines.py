@@ -1,4 +1,4 @@
-"""The NumPy engine equals the reference engine, PyTorch autograd, and finite differences."""
+"""The fast engines (numpy, fused) equal the reference engine, PyTorch autograd, and finite differences."""
 
 import random
 
@@ -31,8 +31,16 @@ def random_batch(rng, cfg, batch_size, max_len):
             for _ in range(batch_size)]
 
 
-def engines_pair(cfg, seed):
-    return make_engine('reference', cfg, random.Random(seed)), make_engine('numpy', cfg, random.Random(seed))
+FAST_ENGINES = ['numpy', 'fused']
+
+
+@pytest.fixture(params=FAST_ENGINES)
+def fast_engine(request):
+    return request.param
+
+
+def engines_pair(cfg, seed, name):
+    return make_engine('reference', cfg, random.Random(seed)), make_engine(name, cfg, random.Random(seed))
 
 
 def assert_grads_equal(got, want, rtol, atol):
@@ -44,10 +52,10 @@ def assert_grads_equal(got, want, rtol, atol):
 
 @pytest.mark.parametrize('switches', SWITCHES, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'default')
 @pytest.mark.parametrize('batch_size', [1, 3])
-def test_loss_and_gradients_equal_reference(switches, batch_size):
+def test_loss_and_gradients_equal_reference(switches, batch_size, fast_engine):
     rng = random.Random(hash((str(switches), batch_size)) % 1000)
     cfg = ModelConfig(vocab_size=rng.randrange(3, 30), **switches).validate()
-    reference, engine = engines_pair(cfg, seed=rng.randrange(1000))
+    reference, engine = engines_pair(cfg, rng.randrange(1000), fast_engine)
     batch = random_batch(rng, cfg, batch_size, max_len=cfg.block_size + 4)
     want_loss = reference.loss_and_grads(batch)
     got_loss = engine.loss_and_grads(batch)
@@ -55,11 +63,11 @@ def test_loss_and_gradients_equal_reference(switches, batch_size):
     assert_grads_equal(engine.gradients(), reference.gradients(), rtol=1e-10, atol=1e-13)
 
 
-def test_adam_steps_track_reference():
+def test_adam_steps_track_reference(fast_engine):
     """Three Adam steps (with weight decay and clipping) leave the same weights in both engines."""
     cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6)
     tcfg = TrainConfig(weight_decay=0.1, grad_clip=0.5)
-    reference, engine = engines_pair(cfg, seed=3)
+    reference, engine = engines_pair(cfg, 3, fast_engine)
     rng = random.Random(4)
     for step in range(3):
         batch = random_batch(rng, cfg, 2, max_len=8)
@@ -68,11 +76,11 @@ def test_adam_steps_track_reference():
 
 
 @pytest.mark.parametrize('switches', SWITCHES, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'default')
-def test_gradients_equal_torch_autograd(switches, require_torch):
+def test_gradients_equal_torch_autograd(switches, require_torch, fast_engine):
     from torch_gpt import torch_loss_and_grads
     rng = random.Random(7)
     cfg = ModelConfig(vocab_size=11, **switches).validate()
-    engine = make_engine('numpy', cfg, random.Random(1))
+    engine = make_engine(fast_engine, cfg, random.Random(1))
     batch = random_batch(rng, cfg, 3, max_len=cfg.block_size + 3)
     loss = engine.loss_and_grads(batch)
     want_loss, want = torch_loss_and_grads(engine.weights(), cfg, batch)
@@ -80,9 +88,9 @@ def test_gradients_equal_torch_autograd(switches, require_torch):
     assert_grads_equal(engine.gradients(), want, rtol=1e-10, atol=1e-13)
 
 
-def test_decoder_logits_equal_reference():
+def test_decoder_logits_equal_reference(fast_engine):
     cfg = ModelConfig(vocab_size=13, n_layer=2, block_size=6)
-    reference, engine = engines_pair(cfg, seed=5)
+    reference, engine = engines_pair(cfg, 5, fast_engine)
     ref_dec, np_dec = reference.decoder(), engine.decoder()
     for tokens in ([12, 3, 4, 5], [12, 0, 0, 1, 2, 3]):
         ref_dec.reset()
@@ -153,10 +161,10 @@ def test_cross_entropy_backward_finite_differences():
     np.testing.assert_allclose(dlogits, want, rtol=1e-6, atol=1e-9)
 
 
-def test_padding_does_not_change_the_gradient():
+def test_padding_does_not_change_the_gradient(fast_engine):
     """A batch of one document equals the same document inside a padded batch, scaled by token counts."""
     cfg = ModelConfig(vocab_size=7, block_size=8)
-    engine = make_engine('numpy', cfg, random.Random(0))
+    engine = make_engine(fast_engine, cfg, random.Random(0))
     short, long_ = [6, 1, 2, 6], [6, 1, 2, 3, 4, 5, 0, 6]
     engine.loss_and_grads([short])
     g_short = engine.gradients()
@@ -193,10 +201,10 @@ def assert_matches_golden(got, golden):
     assert len(off_by_one) <= 2, off_by_one
 
 
-def test_default_run_reproduces_golden_trajectory(names_path, golden_path):
+def test_default_run_reproduces_golden_trajectory(names_path, golden_path, fast_engine):
     with open(golden_path, encoding='utf-8') as f:
         golden = f.read()
-    assert_matches_golden(run_train('--data', names_path), golden)
+    assert_matches_golden(run_train('--data', names_path, '--engine', fast_engine), golden)
 
 
 def last_mean_loss(output, last=100):
@@ -204,13 +212,14 @@ def last_mean_loss(output, last=100):
     return sum(losses[-last:]) / last
 
 
-def test_float32_trains_as_well_as_float64(names_path):
-    f64 = last_mean_loss(run_train('--data', names_path, '--num-samples', '0'))
-    f32 = last_mean_loss(run_train('--data', names_path, '--num-samples', '0', '--dtype', 'float32'))
+def test_float32_trains_as_well_as_float64(names_path, fast_engine):
+    common = ('--data', names_path, '--num-samples', '0', '--engine', fast_engine)
+    f64 = last_mean_loss(run_train(*common))
+    f32 = last_mean_loss(run_train(*common, '--dtype', 'float32'))
     assert abs(f32 - f64) <= 0.01, (f32, f64)
 
 
-def test_float32_buffers_are_float32():
-    engine = make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0), 'float32')
+def test_float32_buffers_are_float32(fast_engine):
+    engine = make_engine(fast_engine, ModelConfig(vocab_size=5), random.Random(0), 'float32')
     engine.loss_and_grads([[4, 0, 1, 4]])
     assert {engine.flat.dtype, engine.grad_flat.dtype, engine.m.dtype} == {np.dtype('float32')}

@@ -1,0 +1,219 @@
+"""The fused engine: the NumPy engine's model and interface, with each training step one compiled call.
+
+Parameters, gradients and Adam moments are the rows of one (4, P) buffer, with named views in the
+reference's names and order, initialised from the same seeded `random.Random` stream as every engine.
+The kernels (fused_kernels.py) are compiled by numba on first use and cached on disk next to the
+module, so only the first run pays for compilation (see `kernels_are_cached`).
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import fused_kernels as K
+from .config import init_parameters, learning_rate, parameter_shapes
+
+
+def kernels_are_cached(dtype='float64'):
+    """Whether numba's disk cache already holds the entry kernels for `dtype` (False when unsure).
+
+    The CLI calls this before building the engine to announce a first-run compilation.
+    """
+    try:
+        from numba import typeof
+        for kernel, args in _entry_signatures(dtype):
+            cache = kernel._cache
+            key = cache._index_key(tuple(typeof(a) for a in args), kernel.targetctx.codegen())
+            if key not in cache._cache_file._load_index():
+                return False
+        return True
+    except Exception:  # numba's cache internals are not public API; when they move, say "not cached"
+        return False
+
+
+def _entry_signatures(dtype):
+    """(kernel, example arguments) of every entry point the engine calls, for compiling them up front."""
+    state, ws, plan, adam = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
+    ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    return [(K.train_step, (state, ws, plan, adam, 0.0, 0)),
+            (K.loss_and_grads, (state, ws, plan)),
+            (K.adam_update, (state, adam, 0.0, 0)),
+            (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, 0, floats)),
+            (K.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+
+
+@contextmanager
+def _slp_vectorizer():
+    """LLVM's SLP vectorizer on while our kernels compile (numba turns it off by default since numba#8852).
+
+    The matmul micro-kernel's eight scalar accumulators become one SIMD register only through it
+    (a 4-5x speed-up). numba reads the setting when it optimises a function, so switching it on around
+    the compiling calls affects our kernels only; a kernel loaded from the cache is not recompiled.
+    """
+    from numba.core import config
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
+
+
+def _compile(dtype):
+    """Compile (or load from the cache) every entry kernel for `dtype`."""
+    from numba import typeof
+    with _slp_vectorizer():
+        for kernel, args in _entry_signatures(dtype):
+            kernel.compile(tuple(typeof(a) for a in args))
+
+
+class FusedEngine:
+    name = 'fused'
+    _compiled = set()  # dtypes whose kernels this process has compiled or loaded
+
+    def __init__(self, cfg, rng, dtype='float64'):
+        self.cfg = cfg
+        self.dtype = np.dtype(dtype)
+        if self.dtype.name not in FusedEngine._compiled:
+            _compile(self.dtype)
+            FusedEngine._compiled.add(self.dtype.name)
+        shapes = parameter_shapes(cfg)
+        total = sum(rows * cols for rows, cols in shapes.values())
+        self._state = np.zeros((4, total), self.dtype)  # (4, P) parameters, gradients, Adam m, Adam v
+        self.flat, self.grad_flat, self.m, self.v = self._state
+        self.adam_steps = 0
+        self.params, self.grads, self.offsets = {}, {}, {}
+        offset = 0
+        for name, (rows, cols) in shapes.items():
+            self.offsets[name] = offset
+            self.params[name] = self.flat[offset:offset + rows * cols].reshape(rows, cols)
+            self.grads[name] = self.grad_flat[offset:offset + rows * cols].reshape(rows, cols)
+            offset += rows * cols
+        for name, rows in init_parameters(cfg, rng).items():
+            self.params[name][...] = rows
+        self._adam = np.zeros(5)   # TrainConfig's Adam settings, see fused_kernels.BETA1 ...
+        self._adam_source = None
+        self._max_batch = 0
+        self._reserve(1)
+
+    def _reserve(self, batch_size):
+        """Size the workspace and the plan for batches of up to `batch_size` documents."""
+        if batch_size <= self._max_batch:
+            return
+        cfg = self.cfg
+        T = cfg.block_size
+        capacity = -(-batch_size * T // K.LANES) * K.LANES  # columns: every predicted position of the batch
+        rows = K.workspace_rows(cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer, T)
+        batch_at = K.COLUMNS + 4 * capacity
+        plan = np.zeros(batch_at + 1 + batch_size * (T + 2), np.int64)
+        plan[K.V], plan[K.C], plan[K.NH], plan[K.L], plan[K.T] = (cfg.vocab_size, cfg.n_embd, cfg.n_head,
+                                                                   cfg.n_layer, T)
+        plan[K.NORM] = ('microgpt', 'esp32', 'none').index(cfg.norm)
+        plan[K.RELU2] = cfg.mlp_activation == 'relu2'
+        plan[K.CAUSAL] = cfg.attention == 'causal'
+        plan[K.OFF_WPE] = self.offsets['wpe']
+        plan[K.OFF_LM] = self.offsets['wte' if cfg.tie_lm_head else 'lm_head']
+        plan[K.OFF_LAYERS] = self.offsets['layer0.attn_wq']
+        plan[K.NP] = capacity
+        plan[K.BATCH_AT] = batch_at
+        start = 0
+        for i, name in enumerate(K.WORKSPACE):
+            plan[K.WS + i] = start
+            start += rows[name]
+        self._plan = plan
+        self._batch_at = batch_at
+        self._ws = np.zeros((start, capacity), self.dtype)  # (rows, NP) activations, feature-major
+        self._max_batch = batch_size
+
+    def num_params(self):
+        return self.flat.size
+
+    def _load_batch(self, batch):
+        """Write the batch's token sequences into the plan (only the first block_size + 1 tokens are used)."""
+        keep = self.cfg.block_size + 1
+        if len(batch) == 1:  # the common case, kept to one NumPy call
+            tokens = batch[0] if len(batch[0]) <= keep else batch[0][:keep]
+            self._plan[self._batch_at:self._batch_at + 2 + len(tokens)] = [1, len(tokens), *tokens]
+            return
+        if len(batch) > self._max_batch:
+            self._reserve(len(batch))
+        docs = [tokens if len(tokens) <= keep else tokens[:keep] for tokens in batch]
+        values = [len(docs), *map(len, docs)]
+        for tokens in docs:
+            values += tokens
+        self._plan[self._batch_at:self._batch_at + len(values)] = values
+
+    def _adam_settings(self, tcfg):
+        if tcfg is not self._adam_source:
+            self._adam[:] = tcfg.beta1, tcfg.beta2, tcfg.eps, tcfg.weight_decay, tcfg.grad_clip
+            self._adam_source = tcfg
+        return self._adam
+
+    def loss_and_grads(self, batch):
+        """Loss of the batch (mean NLL over every predicted position); fills self.grads."""
+        self._load_batch(batch)
+        return K.loss_and_grads(self._state, self._ws, self._plan)
+
+    def adam_update(self, lr_t, tcfg):
+        self.adam_steps += 1
+        K.adam_update(self._state, self._adam_settings(tcfg), lr_t, self.adam_steps)
+
+    def train_step(self, batch, lr_t, tcfg):
+        self._load_batch(batch)
+        self.adam_steps += 1
+        return K.train_step(self._state, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
+
+    def train_steps(self, doc_tokens, start, stop, tcfg):
+        """Steps start .. stop - 1 of training.train's loop in one compiled call; returns their losses (stop - start,).
+
+        The same batches as training.batch_for_step (documents step*B .. step*B + B - 1, wrapping around), the
+        same learning rates and the same arithmetic as one train_step per step, without a Python call per step.
+        """
+        B, keep = tcfg.batch_size, self.cfg.block_size + 1
+        self._reserve(B)
+        tokens, lengths = [], []
+        for d in range(start * B, stop * B):
+            doc = doc_tokens[d % len(doc_tokens)]
+            tokens += doc[:keep]
+            lengths.append(min(len(doc), keep))
+        starts = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        lrs = np.array([learning_rate(tcfg, step) for step in range(start, stop)])
+        losses = np.empty(stop - start)
+        K.train_steps(self._state, self._ws, self._plan, self._adam_settings(tcfg), np.array(tokens, np.int64),
+                      starts, B, lrs, self.adam_steps + 1, losses)
+        self.adam_steps += stop - start
+        return losses
+
+    def decoder(self):
+        return _FusedDecoder(self)
+
+    def weights(self):
+        """Name -> a copy of the (rows, cols) array."""
+        return {name: view.copy() for name, view in self.params.items()}
+
+    def gradients(self):
+        return {name: view.copy() for name, view in self.grads.items()}
+
+    def load_weights(self, weights):
+        for name, view in self.params.items():
+            view[...] = weights[name]
+
+
+class _FusedDecoder:
+    """One position per call, with a KV cache of (L, 2, block_size, C)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        cfg = engine.cfg
+        self.kv_cache = np.zeros((cfg.n_layer, 2, cfg.block_size, cfg.n_embd), engine.dtype)  # (L, 2, T, C)
+        self.scratch = np.zeros((6, max(4 * cfg.n_embd, cfg.block_size)), engine.dtype)
+        self.logits = np.zeros(cfg.vocab_size, engine.dtype)  # (V,)
+
+    def reset(self):
+        pass  # positions are overwritten before they are read: position p only reads cache[:p + 1]
+
+    def step(self, token_id, pos_id):
+        e = self.engine
+        K.decode_step(e.flat, e._plan, self.kv_cache, self.scratch, token_id, pos_id, self.logits)
+        return self.logits.tolist()
