@@ -246,3 +246,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path):
 ])
 def test_bad_trainer_flags(small_data, flags, fragment):
     assert_error(*run('train', '--data', small_data, *flags), fragment)
+
+
+def test_plot_after_an_error_keeps_the_one_line_error(tmp_path):
+    path = tmp_path / 'empty.txt'
+    path.write_text('\n\n')
+    assert_error(*run('train', '--data', str(path), '--out', str(tmp_path / 'run'), '--plot'), 'no non-blank lines')

@@ -91,9 +91,10 @@ def cmd_train(args, out, err):
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-        if args.plot:
+        metrics = os.path.join(args.out, 'metrics.jsonl') if args.out else None
+        if args.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
             from .plotting import plot_metrics
-            plot_metrics(os.path.join(args.out, 'metrics.jsonl'), os.path.join(args.out, 'loss.png'))
+            plot_metrics(metrics, os.path.join(args.out, 'loss.png'))
     if stop.requested and run.step < settings.tcfg.steps:
         where = f"; continue with --resume --out {args.out}" if args.out else ""
         print(f"microgpt: stopped at step {run.step}{where}", file=err)
