@@ -2,52 +2,65 @@
 
 Parameters, gradients and Adam moments are the rows of one (4, P) buffer, with named views in the
 reference's names and order, initialised from the same seeded `random.Random` stream as every engine.
-The kernels (fused_kernels.py) are compiled by numba on first use and cached on disk next to the
-module, so only the first run pays for compilation (see `kernels_are_cached`).
+The kernels (fused_kernels and the modules it uses) are compiled by numba on first use, 20-40 s, and
+cached on disk next to the package (__pycache__), so later runs load them in a fraction of a second;
+`kernels_are_cached` tells which case the next engine will be in.
 """
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
 
+from . import fused_decoder, fused_lanes, fused_layers
 from . import fused_kernels as K
 from .config import init_parameters, learning_rate, parameter_shapes
 
+KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder))
+
 
 def kernels_are_cached(dtype='float64'):
-    """Whether numba's disk cache already holds the entry kernels for `dtype` (False when unsure).
-
-    The CLI calls this before building the engine to announce a first-run compilation.
-    """
+    """Whether numba's disk cache holds every entry point for `dtype`, so that building an engine will not
+    compile (False when unsure). For the CLI, to announce the one-time compilation."""
     try:
-        from numba import typeof
-        for kernel, args in _entry_signatures(dtype):
-            cache = kernel._cache
-            key = cache._index_key(tuple(typeof(a) for a in args), kernel.targetctx.codegen())
-            if key not in cache._cache_file._load_index():
+        for kernel, args in _entry_points(dtype):
+            key = kernel._cache._index_key(_signature(args), kernel.targetctx.codegen())
+            if _cache_is_stale(kernel) or key not in kernel._cache._cache_file._load_index():
                 return False
         return True
-    except Exception:  # numba's cache internals are not public API; when they move, say "not cached"
+    except Exception:  # numba's cache internals are not public API: if they move, say "not cached"
         return False
 
 
-def _entry_signatures(dtype):
-    """(kernel, example arguments) of every entry point the engine calls, for compiling them up front."""
+def _entry_points(dtype):
+    """(entry point, example arguments) for everything FusedEngine calls, to compile it up front."""
     state, ws, plan, adam = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     return [(K.train_step, (state, ws, plan, adam, 0.0, 0)),
             (K.loss_and_grads, (state, ws, plan)),
             (K.adam_update, (state, adam, 0.0, 0)),
             (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, 0, floats)),
-            (K.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+            (fused_decoder.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+
+
+def _signature(args):
+    from numba import typeof
+    return tuple(typeof(a) for a in args)
+
+
+def _cache_is_stale(kernel):
+    """numba checks a cached function against its own source file only, but an entry point has the kernels
+    of all KERNEL_FILES compiled into it: its cache is stale when any of them is newer."""
+    index = kernel._cache._cache_file._index_path
+    return os.path.exists(index) and os.path.getmtime(index) < max(map(os.path.getmtime, KERNEL_FILES))
 
 
 @contextmanager
 def _slp_vectorizer():
     """LLVM's SLP vectorizer on while our kernels compile (numba turns it off by default since numba#8852).
 
-    The matmul micro-kernel's eight scalar accumulators become one SIMD register only through it
-    (a 4-5x speed-up). numba reads the setting when it optimises a function, so switching it on around
+    The kernels' 8-lane tuples (fused_lanes) become SIMD registers only through it: 4-5x faster
+    matrix products. numba reads the setting when it optimises a function, so switching it on around
     the compiling calls affects our kernels only; a kernel loaded from the cache is not recompiled.
     """
     from numba.core import config
@@ -60,11 +73,15 @@ def _slp_vectorizer():
 
 
 def _compile(dtype):
-    """Compile (or load from the cache) every entry kernel for `dtype`."""
-    from numba import typeof
+    """Compile, or load from the disk cache, every entry point for `dtype`."""
     with _slp_vectorizer():
-        for kernel, args in _entry_signatures(dtype):
-            kernel.compile(tuple(typeof(a) for a in args))
+        for kernel, args in _entry_points(dtype):
+            try:
+                if _cache_is_stale(kernel):
+                    kernel._cache.flush()
+            except (AttributeError, OSError):  # cache internals moved, or a read-only cache: numba's check remains
+                pass
+            kernel.compile(_signature(args))
 
 
 class FusedEngine:
@@ -215,5 +232,7 @@ class _FusedDecoder:
 
     def step(self, token_id, pos_id):
         e = self.engine
-        K.decode_step(e.flat, e._plan, self.kv_cache, self.scratch, token_id, pos_id, self.logits)
+        if not (0 <= token_id < e.cfg.vocab_size and 0 <= pos_id < e.cfg.block_size):
+            raise ValueError(f"token {token_id} at position {pos_id} is outside the vocabulary or the block")
+        fused_decoder.decode_step(e.flat, e._plan, self.kv_cache, self.scratch, token_id, pos_id, self.logits)
         return self.logits.tolist()

@@ -1,0 +1,246 @@
+"""Timings of the fused engine against the NumPy engine (and PyTorch) on two jobs, with a profile of a step.
+
+    python benchmarks/bench_fused.py [--data names.txt] [--repeats 3]
+
+1. microgpt's default job (1000 steps, batch 1, the default model): microseconds per step, through
+   training.train (one train_step call per step) and through FusedEngine.train_steps (one call in all).
+2. Where a fused step's time goes: the compiled step alone, numba's call overhead, the Python wrapper,
+   and training.train's own loop.
+3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
+   engine (float64, float32), the fused engine (float64, float32) and an equivalent PyTorch model
+   (float32, float64) given as many threads as NumPy's BLAS has.
+Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
+"""
+
+import argparse
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+
+from microgpt.benchmark import prepared_job
+from microgpt.config import ModelConfig, TrainConfig, learning_rate
+from microgpt.data import bundled_dataset_path
+from microgpt.engines import make_engine
+from microgpt.training import batch_for_step, predicted_tokens, train
+
+SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
+MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}
+
+
+def time_train(engine_name, data, steps, dtype='float64', model=None, batch_size=1, mode='train'):
+    """(seconds, predicted tokens) of `steps` steps of the seeded job, after building the engine."""
+    rng, doc_tokens, cfg = prepared_job(data, 42, model)
+    engine = make_engine(engine_name, cfg, rng, dtype)
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size)
+    tokens = sum(predicted_tokens(batch_for_step(doc_tokens, s, batch_size), cfg.block_size) for s in range(steps))
+    start = time.perf_counter()
+    if mode == 'train_steps':
+        engine.train_steps(doc_tokens, 0, steps, tcfg)
+    else:
+        for _ in train(engine, doc_tokens, tcfg):
+            pass
+    return time.perf_counter() - start, tokens
+
+
+def repeated(fn, repeats):
+    """min and median seconds of `repeats` calls of fn() -> (seconds, tokens), and the tokens."""
+    runs = [fn() for _ in range(repeats)]
+    seconds = [s for s, _ in runs]
+    return min(seconds), statistics.median(seconds), runs[0][1]
+
+
+def default_job(data, repeats):
+    print("1. default job: 1000 steps, batch 1, n_embd 16, n_head 4, n_layer 1, block 16 (float64)")
+    print(f"   {'engine':<28} {'best us/step':>13} {'median':>9}")
+    for label, engine, mode in (('numpy  (training.train)', 'numpy', 'train'),
+                                ('fused  (training.train)', 'fused', 'train'),
+                                ('fused  (train_steps)', 'fused', 'train_steps')):
+        best, median, _ = repeated(lambda: time_train(engine, data, 1000, mode=mode), repeats)
+        print(f"   {label:<28} {best * 1e3:>13.2f} {median * 1e3:>9.2f}")
+
+
+def profile_step(data, repeats):
+    """Per-step cost of each layer of the fused path, on the default job's first document."""
+    from numba import njit
+    from microgpt import fused_kernels as K
+    from microgpt.fused_engine import _slp_vectorizer
+    rng, doc_tokens, cfg = prepared_job(data, 42)
+    engine = make_engine('fused', cfg, rng)
+    tcfg, batch = TrainConfig(), [doc_tokens[0]]
+    engine._load_batch(batch)
+    state, ws, plan, adam = engine._state, engine._ws, engine._plan, engine._adam_settings(tcfg)
+
+    @njit
+    def noop(a, b, c, d, e, f):
+        return 0.0
+
+    @njit
+    def steps_in_one_call(state, ws, plan, adam, k):
+        total = 0.0
+        for i in range(k):
+            total += K.train_step(state, ws, plan, adam, 1e-9, 1 + i)
+        return total
+
+    @njit
+    def loss_in_one_call(state, ws, plan, k):
+        total = 0.0
+        for _ in range(k):
+            total += K.loss_and_grads(state, ws, plan)
+        return total
+
+    class NoEngine:  # training.train's own loop: batch selection, learning rate, StepReport, generator
+        def __init__(self):
+            self.cfg = cfg
+
+        def train_step(self, batch, lr_t, tcfg):
+            return 0.0
+
+    n = 1000
+    with _slp_vectorizer():  # these loops compile the kernels into themselves, so as FusedEngine does
+        noop(state, ws, plan, adam, 0.0, 1)
+        steps_in_one_call(state, ws, plan, adam, 1)
+        loss_in_one_call(state, ws, plan, 1)
+    rows = [
+        ('compiled step (loss, grads, Adam), in a compiled loop', lambda: steps_in_one_call(state, ws, plan, adam, n)),
+        ('  of which loss and gradients', lambda: loss_in_one_call(state, ws, plan, n)),
+        ('numba call of a no-op with the same 6 arguments',
+         lambda: [noop(state, ws, plan, adam, 0.0, 1) for _ in range(n)]),
+        ('FusedEngine.train_step (wrapper + call + step)',
+         lambda: [engine.train_step(batch, 1e-9, tcfg) for _ in range(n)]),
+        ('  of which _load_batch (tokens into the plan)', lambda: [engine._load_batch(batch) for _ in range(n)]),
+        ('training.train loop with a do-nothing engine',
+         lambda: [r for r in train(NoEngine(), doc_tokens, TrainConfig(steps=n))]),
+    ]
+    print("2. profile of one default step (doc of", len(batch[0]) - 1, "predicted tokens); best of", repeats)
+    fresh = state.copy()
+    for label, fn in rows:
+        best = float('inf')
+        for _ in range(repeats):
+            # from the same state each time: thousands of steps on one document would decay the Adam moments of
+            # unused rows into subnormal numbers, which are slow, and which no real run reaches
+            state[...] = fresh
+            best = min(best, _seconds(fn))
+        print(f"   {label:<58} {best / n * 1e6:>7.2f} us")
+
+
+def _seconds(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def makemore_job(data, repeats, steps, with_torch):
+    print(f"3. makemore size: n_layer 4, n_embd 64, n_head 4, block 16, batch 32; {steps} steps after 5 warm-up")
+    print(f"   {'engine':<20} {'tokens/s':>10} {'ms/step':>9}")
+    runs = [('numpy', 'float64'), ('numpy', 'float32'), ('fused', 'float64'), ('fused', 'float32')]
+    for engine, dtype in runs:
+        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps), repeats)
+        print(f"   {engine + ' ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}")
+    if with_torch:
+        import torch
+        torch.set_num_threads(_blas_threads())  # as many as NumPy's BLAS; the fused engine uses one
+        for dtype in ('float32', 'float64'):
+            best, _, tokens = repeated(lambda: time_torch(dtype, data, steps), repeats)
+            print(f"   {'torch ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}   "
+                  f"({torch.get_num_threads()} threads)")
+
+
+def time_makemore(engine_name, dtype, data, steps, warmup=5):
+    rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
+    engine = make_engine(engine_name, cfg, rng, dtype)
+    tcfg = TrainConfig(steps=warmup + steps, batch_size=32)
+    reports = train(engine, doc_tokens, tcfg)
+    for _ in range(warmup):
+        next(reports)
+    start, tokens = time.perf_counter(), 0
+    for report in reports:
+        tokens += report.tokens
+    return time.perf_counter() - start, tokens
+
+
+def _blas_threads():
+    """Threads NumPy's OpenBLAS uses: its environment variable, else one per core."""
+    for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return os.cpu_count()
+
+
+def time_torch(dtype, data, steps, warmup=5):
+    """The same model and job in PyTorch: padded (B, T) batches, the loss averaged over real positions."""
+    import torch
+    import torch.nn.functional as F
+    torch_dtype = getattr(torch, dtype)
+    rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
+    engine = make_engine('numpy', cfg, rng)  # the same initial weights as the other engines
+    weights = {name: torch.tensor(w, dtype=torch_dtype, requires_grad=True) for name, w in engine.weights().items()}
+    tcfg = TrainConfig(steps=warmup + steps, batch_size=32)
+    optimizer = torch.optim.Adam(weights.values(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+    T, C, NH = cfg.block_size, cfg.n_embd, cfg.n_head
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def rmsnorm(x):
+        return x * (x.pow(2).mean(-1, keepdim=True) + 1e-5).rsqrt()
+
+    def loss_of(batch):
+        lengths = [min(T, len(tokens) - 1) for tokens in batch]
+        t = max(lengths)
+        inputs = torch.full((len(batch), t), cfg.bos_id)
+        targets = torch.full((len(batch), t), -1)
+        for b, (tokens, n) in enumerate(zip(batch, lengths)):
+            inputs[b, :n] = torch.tensor(tokens[:n])
+            targets[b, :n] = torch.tensor(tokens[1:n + 1])
+        x = rmsnorm(weights['wte'][inputs] + weights['wpe'][:t])                  # (B, T, C)
+        for i in range(cfg.n_layer):
+            w = lambda name: weights[f'layer{i}.{name}']
+            xn = rmsnorm(x)
+            q, k, v = (xn @ torch.cat([w('attn_wq'), w('attn_wk'), w('attn_wv')]).T).split(C, -1)
+            q, k, v = (z.view(len(batch), t, NH, C // NH).transpose(1, 2) for z in (q, k, v))  # (B, NH, T, HS)
+            att = (q @ k.transpose(-1, -2) / (C // NH) ** 0.5).masked_fill(~causal[:t, :t], float('-inf'))
+            y = (att.softmax(-1) @ v).transpose(1, 2).reshape(len(batch), t, C)
+            x = x + y @ w('attn_wo').T
+            x = x + torch.relu(rmsnorm(x) @ w('mlp_fc1').T) @ w('mlp_fc2').T
+        logits = x @ weights['lm_head'].T                                       # (B, T, V)
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
+
+    start, tokens = None, 0
+    for step in range(tcfg.steps):
+        if step == warmup:
+            start = time.perf_counter()
+        batch = batch_for_step(doc_tokens, step, tcfg.batch_size)
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate(tcfg, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss_of(batch).backward()
+        optimizer.step()
+        if step >= warmup:
+            tokens += predicted_tokens(batch, T)
+    return time.perf_counter() - start, tokens
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    default = SHARED_NAMES if os.path.exists(SHARED_NAMES) else bundled_dataset_path()
+    parser.add_argument('--data', default=default, help=f'documents to train on (default: {default})')
+    parser.add_argument('--repeats', type=int, default=3, help='runs of each timing; the best is reported (default: 3)')
+    parser.add_argument('--makemore-steps', type=int, default=50,
+                        help='timed steps of the makemore-size job (default: 50)')
+    parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch timings')
+    parser.add_argument('--only', choices=('default', 'profile', 'makemore'), help='run one part only')
+    args = parser.parse_args()
+    make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed
+    make_engine('fused', ModelConfig(vocab_size=3), random.Random(0), 'float32')
+    print(f"data: {args.data}; numpy {np.__version__}; {os.cpu_count()} cores\n")
+    if args.only in (None, 'default'):
+        default_job(args.data, args.repeats)
+    if args.only in (None, 'profile'):
+        profile_step(args.data, args.repeats)
+    if args.only in (None, 'makemore'):
+        makemore_job(args.data, args.repeats, args.makemore_steps, not args.no_torch)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,109 @@
+"""Eight lanes: tuples of 8 floats, one per column of a feature-major activation, for the fused kernels.
+
+Each helper is inlined into the calling kernel's numba IR (inline='always'), so LLVM sees eight scalar
+chains side by side and its SLP vectorizer makes one SIMD register of them. That needs the lanes' loads
+before their stores (they are, in a tuple) and 8 consecutive addresses (load8 and store8 go through a
+slice, so that the lanes are constant offsets from one pointer, with no negative-index fix-up per lane).
+"""
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+LANES = 8
+lanes = njit(error_model='numpy', inline='always')
+
+
+@lanes
+def load8(row, j):
+    """row[j:j + 8] as a tuple."""
+    r = row[j:j + LANES]
+    return r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+
+
+@lanes
+def store8(row, j, x):
+    r = row[j:j + LANES]
+    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] = x
+
+
+@lanes
+def fill8(s):
+    return s, s, s, s, s, s, s, s
+
+
+@lanes
+def axpy8(acc, s, x):
+    """acc + s x, s a scalar."""
+    return (acc[0] + s * x[0], acc[1] + s * x[1], acc[2] + s * x[2], acc[3] + s * x[3],
+            acc[4] + s * x[4], acc[5] + s * x[5], acc[6] + s * x[6], acc[7] + s * x[7])
+
+
+@lanes
+def mac8(acc, a, b):
+    """acc + a b, lane by lane."""
+    return (acc[0] + a[0] * b[0], acc[1] + a[1] * b[1], acc[2] + a[2] * b[2], acc[3] + a[3] * b[3],
+            acc[4] + a[4] * b[4], acc[5] + a[5] * b[5], acc[6] + a[6] * b[6], acc[7] + a[7] * b[7])
+
+
+@lanes
+def add8(a, b):
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7]
+
+
+@lanes
+def max8(a, b):
+    return (max(a[0], b[0]), max(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]),
+            max(a[4], b[4]), max(a[5], b[5]), max(a[6], b[6]), max(a[7], b[7]))
+
+
+@lanes
+def mul8(a, b):
+    return a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3], a[4] * b[4], a[5] * b[5], a[6] * b[6], a[7] * b[7]
+
+
+@lanes
+def div8(a, b):
+    return a[0] / b[0], a[1] / b[1], a[2] / b[2], a[3] / b[3], a[4] / b[4], a[5] / b[5], a[6] / b[6], a[7] / b[7]
+
+
+@lanes
+def dot8(a, b):
+    """sum_i a_i b_i, left to right."""
+    return (a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3] + a[4] * b[4] + a[5] * b[5] + a[6] * b[6]
+            + a[7] * b[7])
+
+
+@lanes
+def exp8(x, peak):
+    """e^(x - peak), lane by lane."""
+    return (exp_nonpositive(x[0] - peak[0]), exp_nonpositive(x[1] - peak[1]), exp_nonpositive(x[2] - peak[2]),
+            exp_nonpositive(x[3] - peak[3]), exp_nonpositive(x[4] - peak[4]), exp_nonpositive(x[5] - peak[5]),
+            exp_nonpositive(x[6] - peak[6]), exp_nonpositive(x[7] - peak[7]))
+
+
+@intrinsic
+def _bits_to_float(typingctx, bits):
+    """The float64 whose IEEE-754 bit pattern is the int64 `bits`."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@lanes
+def exp_nonpositive(x):
+    """e^x for x <= 0, within an ulp of libm's exp, with neither a branch nor a call, so that it vectorizes.
+
+    e^x = 2^k e^r with k = round(x / ln 2) and r = x - k ln 2 (ln 2 in fdlibm's two parts, so k ln2_hi is
+    exact), |r| <= ln 2 / 2; e^r is its Taylor series to r^13 (truncation error < 2e-17). Below 2^-1022: 0.
+    """
+    x = max(x, -746.0)
+    k = math.floor(x * 1.4426950408889634 + 0.5)
+    r = (x - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10
+    p = ((((((1 / 6227020800 * r + 1 / 479001600) * r + 1 / 39916800) * r + 1 / 3628800) * r + 1 / 362880) * r
+          + 1 / 40320) * r + 1 / 5040) * r + 1 / 720
+    p = (((((p * r + 1 / 120) * r + 1 / 24) * r + 1 / 6) * r + 1 / 2) * r + 1) * r + 1
+    return p * _bits_to_float((max(np.int64(k), -1023) + 1023) << 52)  # 2^k; the bits of 0.0 below 2^-1022

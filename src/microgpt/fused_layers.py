@@ -1,0 +1,262 @@
+"""The fused engine's layers: forward/backward pairs on feature-major activations, compiled by numba.
+
+An activation is (features, NP): llm.c's (B, T, C) turned into (C, NP), one column per predicted position
+of the packed batch (documents back to back; attention stays within a document), the columns padded to a
+multiple of 8 with zero columns that attend to themselves. Kernels run over the first nb columns, 8 at a
+time (fused_lanes). So a linear layer out = W @ in needs no transposed copy of W, the backward's
+d_in = W.T @ d_out is the same `matmul`, and d_W = d_out @ in.T reads `in` transposed once (`transpose`).
+No fastmath: every sum runs in a fixed order, the reference's where it has one. Dimension letters as in
+numpy_layers: C channels, NH heads, HS head size, V vocabulary, T block size, NP column capacity.
+"""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .fused_lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
+                          mul8, store8)
+
+RMSNORM_EPS = 1e-5  # as numpy_layers.RMSNORM_EPS
+kernel = njit(error_model='numpy')  # numpy's error model: no ZeroDivisionError branch in the loops
+
+
+@kernel
+def matmul(out, a, b, n_rows, n_cols, n_inner, accumulate):
+    """out[r, j] (+)= sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
+
+    Eight rows by 8 columns at a time: eight independent chains of 8 accumulators. With a row count that is
+    not a multiple of 8 the last rows repeat (each row's loads all come before its stores: harmless).
+    """
+    zero = out.dtype.type(0)
+    n8 = n_cols - n_cols % LANES
+    last = n_rows - 1
+    for r0 in range(0, n_rows, 8):
+        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
+        r4, r5, r6, r7 = min(r0 + 4, last), min(r0 + 5, last), min(r0 + 6, last), min(r0 + 7, last)
+        for j in range(0, n8, LANES):
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = fill8(zero)
+            for k in range(n_inner):
+                x = load8(b[k], j)
+                c0, c1, c2, c3 = axpy8(c0, a[r0, k], x), axpy8(c1, a[r1, k], x), axpy8(c2, a[r2, k], x), \
+                    axpy8(c3, a[r3, k], x)
+                c4, c5, c6, c7 = axpy8(c4, a[r4, k], x), axpy8(c5, a[r5, k], x), axpy8(c6, a[r6, k], x), \
+                    axpy8(c7, a[r7, k], x)
+            if accumulate:
+                c0, c1 = add8(c0, load8(out[r0], j)), add8(c1, load8(out[r1], j))
+                c2, c3 = add8(c2, load8(out[r2], j)), add8(c3, load8(out[r3], j))
+                c4, c5 = add8(c4, load8(out[r4], j)), add8(c5, load8(out[r5], j))
+                c6, c7 = add8(c6, load8(out[r6], j)), add8(c7, load8(out[r7], j))
+            store8(out[r0], j, c0)
+            store8(out[r1], j, c1)
+            store8(out[r2], j, c2)
+            store8(out[r3], j, c3)
+            store8(out[r4], j, c4)
+            store8(out[r5], j, c5)
+            store8(out[r6], j, c6)
+            store8(out[r7], j, c7)
+        for row in range(r0, r7 + 1):
+            for j in range(n8, n_cols):  # weight gradients of a width that is not a multiple of 8
+                acc = zero
+                for k in range(n_inner):
+                    acc += a[row, k] * b[k, j]
+                out[row, j] = acc + out[row, j] if accumulate else acc
+
+
+@kernel
+def transpose(rows, x, n):
+    """x (K, NP) -> its first n columns as row-major (n, K), in rows (NP, K): the form weight gradients read."""
+    for c in range(x.shape[0]):
+        for j in range(n):
+            rows[j, c] = x[c, j]
+    return rows[:n]
+
+
+@kernel
+def rmsnorm_forward(out, scale, x, nb):
+    """out = x / sqrt(mean(x^2) + eps) per column (no learned gain); scale (NP,) keeps the factor."""
+    for j in range(0, nb, LANES):
+        ms = fill8(0.0)
+        for c in range(x.shape[0]):
+            x_c = load8(x[c], j)
+            ms = mac8(ms, x_c, x_c)
+        s = _rsqrt8(ms, x.shape[0])
+        store8(scale, j, s)
+        for c in range(x.shape[0]):
+            store8(out[c], j, mul8(load8(x[c], j), s))
+
+
+@lanes
+def _rsqrt8(ms, n):
+    """(ms / n + eps)^-1/2 as 1 / sqrt: no call to pow."""
+    return (1.0 / math.sqrt(ms[0] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[1] / n + RMSNORM_EPS),
+            1.0 / math.sqrt(ms[2] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[3] / n + RMSNORM_EPS),
+            1.0 / math.sqrt(ms[4] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[5] / n + RMSNORM_EPS),
+            1.0 / math.sqrt(ms[6] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[7] / n + RMSNORM_EPS))
+
+
+@kernel
+def rmsnorm_backward(dx, dout, out, scale, nb, accumulate):
+    # y = x s, s = (mean(x^2) + eps)^-1/2  =>  dx = s (dout - y sum_c(dout_c y_c) / C)
+    for j in range(0, nb, LANES):
+        dot = fill8(0.0)
+        for c in range(out.shape[0]):
+            dot = mac8(dot, load8(dout[c], j), load8(out[c], j))
+        dot, s = mul8(dot, fill8(1.0 / out.shape[0])), load8(scale, j)
+        for c in range(out.shape[0]):
+            d = mul8(s, axpy8(load8(dout[c], j), -1.0, mul8(load8(out[c], j), dot)))
+            store8(dx[c], j, add8(load8(dx[c], j), d) if accumulate else d)
+
+
+@kernel
+def attention_forward(y, probs, qkv, first, nb, n_head):
+    """Softmax attention per head for 8 query columns t at a time, each over the keys u in first[t] .. t.
+
+    first[t] is the column of t's document start (t itself for self attention and padding columns).
+    qkv (3C, NP) stacks q, k, v; probs (NH U, NP) keeps p[h U + u - first[j], t] for the block of columns
+    j .. j + 7 (0 where t does not attend to u), for the backward.
+    """
+    C_ = y.shape[0]
+    hs, U = C_ // n_head, probs.shape[0] // n_head
+    sqrt_hs = hs ** 0.5  # microgpt divides the scores by head_dim ** 0.5
+    for j in range(0, nb, LANES):
+        lo, hi = first[j], j + LANES  # the keys any query of the block attends to
+        starts = load8(first, j)
+        for h in range(n_head):
+            q, k, v, row = h * hs, C_ + h * hs, 2 * C_ + h * hs, h * U - lo
+            peak = fill8(-np.inf)
+            for u in range(lo, hi):
+                score = fill8(0.0)
+                for d in range(hs):
+                    score = axpy8(score, qkv[k + d, u], load8(qkv[q + d], j))
+                score = _mask8(score, sqrt_hs, u, starts, j)
+                store8(probs[row + u], j, score)
+                peak = max8(peak, score)
+            total = fill8(0.0)
+            for u in range(lo, hi):
+                e = exp8(load8(probs[row + u], j), peak)
+                store8(probs[row + u], j, e)
+                total = add8(total, e)
+            for u in range(lo, hi):
+                store8(probs[row + u], j, div8(load8(probs[row + u], j), total))
+            for d in range(hs):
+                acc = fill8(0.0)
+                for u in range(lo, hi):
+                    acc = axpy8(acc, qkv[v + d, u], load8(probs[row + u], j))
+                store8(y[q + d], j, acc)
+
+
+@lanes
+def _mask8(score, sqrt_hs, u, starts, j):
+    """score / sqrt(HS) where query j + i attends to key u (starts[i] <= u <= j + i), else -inf."""
+    return (score[0] / sqrt_hs if (starts[0] <= u) & (u <= j) else -np.inf,
+            score[1] / sqrt_hs if (starts[1] <= u) & (u <= j + 1) else -np.inf,
+            score[2] / sqrt_hs if (starts[2] <= u) & (u <= j + 2) else -np.inf,
+            score[3] / sqrt_hs if (starts[3] <= u) & (u <= j + 3) else -np.inf,
+            score[4] / sqrt_hs if (starts[4] <= u) & (u <= j + 4) else -np.inf,
+            score[5] / sqrt_hs if (starts[5] <= u) & (u <= j + 5) else -np.inf,
+            score[6] / sqrt_hs if (starts[6] <= u) & (u <= j + 6) else -np.inf,
+            score[7] / sqrt_hs if (starts[7] <= u) & (u <= j + 7) else -np.inf)
+
+
+@kernel
+def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
+    """dqkv (3C, NP) from dy (C, NP): keys and values get gradient from every later query of their document.
+
+    dp (U, NP) is scratch: d loss / d p, then d loss / d score.
+    """
+    C_ = dy.shape[0]
+    hs, U = C_ // n_head, probs.shape[0] // n_head
+    sqrt_hs = hs ** 0.5
+    for r in range(3 * C_):
+        for j in range(nb):
+            dqkv[r, j] = 0.0
+    for j in range(0, nb, LANES):
+        lo, hi = first[j], j + LANES
+        for h in range(n_head):
+            q, k, v, row = h * hs, C_ + h * hs, 2 * C_ + h * hs, h * U - lo
+            dsum = fill8(0.0)
+            for u in range(lo, hi):
+                p, g = load8(probs[row + u], j), fill8(0.0)
+                for d in range(hs):
+                    dy_d = load8(dy[q + d], j)
+                    g = axpy8(g, qkv[v + d, u], dy_d)
+                    dqkv[v + d, u] += dot8(p, dy_d)       # d v_u = sum_t p[u, t] dy_t
+                store8(dp[u - lo], j, g)                  # d p[u, t] = dy_t . v_u
+                dsum = mac8(dsum, g, p)
+            # softmax: d score = p (d p - sum_u d p_u p_u), and the score is q.k / sqrt(HS)
+            for u in range(lo, hi):
+                g = mul8(load8(probs[row + u], j), axpy8(load8(dp[u - lo], j), -1.0, dsum))
+                store8(dp[u - lo], j, mul8(g, fill8(1.0 / sqrt_hs)))
+            for d in range(hs):
+                dq, q_d = load8(dqkv[q + d], j), load8(qkv[q + d], j)
+                for u in range(lo, hi):
+                    ds = load8(dp[u - lo], j)
+                    dq = axpy8(dq, qkv[k + d, u], ds)
+                    dqkv[k + d, u] += dot8(ds, q_d)
+                store8(dqkv[q + d], j, dq)
+
+
+@kernel
+def activation_forward(a, h, nb, relu2):
+    """ReLU, or squared ReLU (relu(h)^2)."""
+    zero = fill8(0.0)
+    for c in range(h.shape[0]):
+        for j in range(0, nb, LANES):
+            r = max8(load8(h[c], j), zero)
+            store8(a[c], j, mul8(r, r) if relu2 else r)
+
+
+@kernel
+def activation_backward(dh, h, nb, relu2):
+    """In place: dh *= relu'(h) (1 where h > 0), or 2 relu(h) for relu2."""
+    zero = fill8(0.0)
+    for c in range(h.shape[0]):
+        for j in range(0, nb, LANES):
+            r = max8(load8(h[c], j), zero)
+            slope = add8(r, r) if relu2 else _positive8(r)
+            store8(dh[c], j, mul8(load8(dh[c], j), slope))
+
+
+@lanes
+def _positive8(r):
+    return (1.0 if r[0] > 0 else 0.0, 1.0 if r[1] > 0 else 0.0, 1.0 if r[2] > 0 else 0.0, 1.0 if r[3] > 0 else 0.0,
+            1.0 if r[4] > 0 else 0.0, 1.0 if r[5] > 0 else 0.0, 1.0 if r[6] > 0 else 0.0, 1.0 if r[7] > 0 else 0.0)
+
+
+@kernel
+def cross_entropy(logits, targets, scratch, n, nb):
+    """Mean of -log softmax(logits)[target] over the first n columns; logits (V, NP) become d_logits in place
+    (0 in the padding columns n .. nb). scratch (2, NP)."""
+    V_ = logits.shape[0]
+    weight = 1.0 / n  # each predicted position counts 1/n towards the mean
+    for j in range(0, nb, LANES):
+        peak = load8(logits[0], j)
+        for v in range(1, V_):
+            peak = max8(peak, load8(logits[v], j))
+        store8(scratch[1], j, peak)
+        for t in range(j, j + LANES):
+            scratch[1, t] = logits[targets[t], t] - scratch[1, t]  # the target's shifted logit
+        total = fill8(0.0)
+        for v in range(V_):
+            e = exp8(load8(logits[v], j), peak)
+            store8(logits[v], j, e)
+            total = add8(total, e)
+        store8(scratch[0], j, total)
+        # softmax followed by NLL: d_logits = (probs - onehot(target)) / n
+        weights = _weights8(j, n, weight)
+        for v in range(V_):
+            store8(logits[v], j, mul8(div8(load8(logits[v], j), total), weights))
+    loss = 0.0
+    for t in range(n):
+        loss -= scratch[1, t] - math.log(scratch[0, t])
+        logits[targets[t], t] = (exp_nonpositive(scratch[1, t]) / scratch[0, t] - 1.0) * weight
+    return loss * weight
+
+
+@lanes
+def _weights8(j, n, weight):
+    """weight on the columns below n, 0 on the padding."""
+    return (weight if j < n else 0.0, weight if j + 1 < n else 0.0, weight if j + 2 < n else 0.0,
+            weight if j + 3 < n else 0.0, weight if j + 4 < n else 0.0, weight if j + 5 < n else 0.0,
+            weight if j + 6 < n else 0.0, weight if j + 7 < n else 0.0)

@@ -1,0 +1,204 @@
+"""The fused engine equals the reference engine and the NumPy engine, and reproduces microgpt's seeded run."""
+
+import random
+
+import numpy as np
+import pytest
+
+from microgpt.config import ModelConfig, TrainConfig, learning_rate
+from microgpt.data import Vocabulary, load_documents, shuffled
+from microgpt.decoding import generate
+from microgpt.engines import make_engine
+from microgpt.fused_engine import kernels_are_cached
+from microgpt.training import batch_for_step, train
+
+CONFIGS = [
+    {},
+    {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
+    {'n_layer': 3, 'n_embd': 12, 'n_head': 3, 'block_size': 7},
+    {'n_layer': 2, 'n_embd': 24, 'n_head': 6, 'block_size': 11},
+    {'n_embd': 8, 'n_head': 1, 'block_size': 3},
+    {'n_embd': 20, 'n_head': 4, 'block_size': 9, 'mlp_activation': 'relu2'},
+    {'norm': 'esp32', 'bos': 'first', 'init_std': 0.1},
+    {'norm': 'none', 'n_layer': 2},
+    {'tie_lm_head': True, 'mlp_activation': 'relu2', 'zero_init': ('attn_wo', 'mlp_fc2'), 'init_std': 0.02},
+    {'tie_lm_head': True, 'n_layer': 2, 'n_embd': 12, 'n_head': 2},
+    {'attention': 'self'},
+    {'attention': 'self', 'n_layer': 2, 'norm': 'esp32', 'block_size': 6},
+]
+
+
+def config_id(switches):
+    return ','.join(f'{k}={v}' for k, v in switches.items()) or 'default'
+
+
+def random_batch(rng, cfg, batch_size, max_len):
+    """Documents of random length (some longer than the block), wrapped in BOS."""
+    bos = cfg.bos_id
+    chars = [i for i in range(cfg.vocab_size) if i != bos]
+    return [[bos] + [rng.choice(chars) for _ in range(rng.randrange(0, max_len))] + [bos]
+            for _ in range(batch_size)]
+
+
+def assert_arrays_equal(got, want, rtol, atol, what):
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=rtol, atol=atol,
+                                   err_msg=f'{what} of {name}')
+
+
+@pytest.mark.parametrize('switches', CONFIGS, ids=config_id)
+@pytest.mark.parametrize('batch_size', [1, 3])
+def test_loss_and_gradients_equal_reference(switches, batch_size):
+    rng = random.Random(f'{config_id(switches)}/{batch_size}')
+    cfg = ModelConfig(vocab_size=rng.randrange(3, 40), **switches).validate()
+    seed = rng.randrange(1000)
+    reference = make_engine('reference', cfg, random.Random(seed))
+    engine = make_engine('fused', cfg, random.Random(seed))
+    for _ in range(2):  # a second batch reuses the workspace the first one left behind
+        batch = random_batch(rng, cfg, batch_size, max_len=cfg.block_size + 4)
+        want_loss = reference.loss_and_grads(batch)
+        got_loss = engine.loss_and_grads(batch)
+        assert abs(got_loss - want_loss) <= 1e-12 * abs(want_loss), (got_loss, want_loss)
+        assert_arrays_equal(engine.gradients(), reference.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
+
+
+def test_workspace_grows_for_larger_batches():
+    cfg = ModelConfig(vocab_size=11, n_layer=2, block_size=6)
+    numpy_engine, engine = make_engine('numpy', cfg, random.Random(2)), make_engine('fused', cfg, random.Random(2))
+    rng = random.Random(3)
+    for batch_size in (1, 7, 2, 40, 1):
+        batch = random_batch(rng, cfg, batch_size, max_len=9)
+        want_loss, got_loss = numpy_engine.loss_and_grads(batch), engine.loss_and_grads(batch)
+        assert abs(got_loss - want_loss) <= 1e-12 * want_loss, (batch_size, got_loss, want_loss)
+        assert_arrays_equal(engine.gradients(), numpy_engine.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
+
+
+@pytest.mark.parametrize('tcfg', [TrainConfig(), TrainConfig(weight_decay=0.1, grad_clip=0.5, beta1=0.9, beta2=0.95)],
+                         ids=['adam', 'adamw-clipped'])
+@pytest.mark.parametrize('switches', [{}, {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True}],
+                         ids=config_id)
+def test_adam_steps_track_numpy_engine(switches, tcfg):
+    """Eight Adam steps (batches of 1 and 3) leave the same parameters and moments in both engines."""
+    cfg = ModelConfig(vocab_size=13, block_size=8, **switches)
+    numpy_engine, engine = make_engine('numpy', cfg, random.Random(5)), make_engine('fused', cfg, random.Random(5))
+    rng = random.Random(6)
+    for step in range(8):
+        batch = random_batch(rng, cfg, 1 + 2 * (step % 2), max_len=11)
+        lr = learning_rate(tcfg, step)
+        want, got = numpy_engine.train_step(batch, lr, tcfg), engine.train_step(batch, lr, tcfg)
+        assert abs(got - want) <= 1e-10 * want, (step, got, want)
+    assert engine.adam_steps == numpy_engine.adam_steps == 8
+    assert_arrays_equal(engine.weights(), numpy_engine.weights(), rtol=1e-9, atol=1e-12, what='parameter')
+    np.testing.assert_allclose(engine.m, numpy_engine.m, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(engine.v, numpy_engine.v, rtol=1e-9, atol=1e-15)
+
+
+def test_separate_loss_and_adam_calls_equal_train_step():
+    cfg, tcfg = ModelConfig(vocab_size=9), TrainConfig(weight_decay=0.01)
+    split, fused = make_engine('fused', cfg, random.Random(7)), make_engine('fused', cfg, random.Random(7))
+    batch = [[8, 1, 2, 3, 8], [8, 4, 8]]
+    loss = split.loss_and_grads(batch)
+    split.adam_update(0.01, tcfg)
+    assert fused.train_step(batch, 0.01, tcfg) == loss
+    np.testing.assert_array_equal(split.flat, fused.flat)
+
+
+@pytest.mark.parametrize('batch_size', [1, 3])
+def test_train_steps_equal_train_step_calls(batch_size):
+    """train_steps (the loop inside one compiled call) gives the same bits as train() calling train_step."""
+    cfg = ModelConfig(vocab_size=10, block_size=6)
+    tcfg = TrainConfig(steps=30, batch_size=batch_size, warmup=3, lr_schedule='cosine')
+    rng = random.Random(8)
+    docs = random_batch(rng, cfg, 11, max_len=9)
+    stepped, looped = make_engine('fused', cfg, random.Random(9)), make_engine('fused', cfg, random.Random(9))
+    want = [report.loss for report in train(stepped, docs, tcfg)]
+    got = list(looped.train_steps(docs, 0, 12, tcfg)) + list(looped.train_steps(docs, 12, 30, tcfg))
+    assert got == want, (got, want)
+    np.testing.assert_array_equal(looped.flat, stepped.flat)
+    np.testing.assert_array_equal(looped.v, stepped.v)
+    assert looped.adam_steps == stepped.adam_steps == 30
+    assert batch_for_step(docs, 29, batch_size) == batch_for_step(docs, 29 + 11, batch_size)  # wrapping around
+
+
+@pytest.mark.parametrize('switches', [{}, {'n_layer': 2, 'block_size': 6, 'bos': 'first'},
+                                      {'norm': 'none', 'mlp_activation': 'relu2', 'tie_lm_head': True},
+                                      {'attention': 'self', 'norm': 'esp32', 'n_embd': 12, 'n_head': 3}],
+                         ids=config_id)
+def test_decoder_logits_equal_numpy_engine(switches):
+    cfg = ModelConfig(vocab_size=13, **switches)
+    numpy_engine, engine = make_engine('numpy', cfg, random.Random(5)), make_engine('fused', cfg, random.Random(5))
+    batch = random_batch(random.Random(1), cfg, 4, max_len=8)
+    engine.train_step(batch, 0.01, TrainConfig())  # trained weights, not just the initial ones
+    numpy_engine.load_weights(engine.weights())
+    want_decoder, got_decoder = numpy_engine.decoder(), engine.decoder()
+    for tokens in batch:
+        want_decoder.reset()
+        got_decoder.reset()
+        for pos, token in enumerate(tokens[:cfg.block_size]):
+            got = got_decoder.step(token, pos)
+            assert isinstance(got, list) and len(got) == cfg.vocab_size
+            np.testing.assert_allclose(got, want_decoder.step(token, pos), rtol=1e-10, atol=1e-13)
+
+
+def test_float32_computes_in_float32_and_close_to_float64():
+    cfg = ModelConfig(vocab_size=7, n_layer=2)
+    f32, f64 = make_engine('fused', cfg, random.Random(0), 'float32'), make_engine('fused', cfg, random.Random(0))
+    batch = random_batch(random.Random(2), cfg, 3, max_len=20)
+    loss32, loss64 = f32.loss_and_grads(batch), f64.loss_and_grads(batch)
+    assert {f32.flat.dtype, f32.grad_flat.dtype, f32.m.dtype, f32.v.dtype} == {np.dtype('float32')}
+    assert abs(loss32 - loss64) <= 1e-5 * loss64, (loss32, loss64)
+    assert_arrays_equal(f32.gradients(), f64.gradients(), rtol=1e-3, atol=1e-6, what='float32 gradient')
+    assert kernels_are_cached('float32') and kernels_are_cached('float64')
+
+
+def test_bad_token_ids_raise_instead_of_reading_outside_the_weights():
+    engine = make_engine('fused', ModelConfig(vocab_size=5), random.Random(0))
+    for batch in ([[4, 1, 5, 4]], [[4, 1, 4], [4, -1, 4]]):
+        with pytest.raises(ValueError, match='outside the vocabulary'):
+            engine.loss_and_grads(batch)
+    with pytest.raises(ValueError, match='no token to predict'):
+        engine.loss_and_grads([[4]])
+    with pytest.raises(ValueError, match='outside the vocabulary or the block'):
+        engine.decoder().step(0, engine.cfg.block_size)
+
+
+def test_views_and_weight_round_trip():
+    cfg = ModelConfig(vocab_size=6, n_layer=2, tie_lm_head=True)
+    engine = make_engine('fused', cfg, random.Random(4))
+    numpy_engine = make_engine('numpy', cfg, random.Random(4))
+    assert engine.name == 'fused' and engine.num_params() == numpy_engine.num_params()
+    assert list(engine.params) == list(numpy_engine.params)
+    assert_arrays_equal(engine.weights(), numpy_engine.weights(), rtol=0, atol=0, what='initial parameter')
+    assert np.shares_memory(engine.params['layer1.mlp_fc2'], engine.flat)
+    weights = {name: w + 1.0 for name, w in engine.weights().items()}
+    engine.load_weights(weights)
+    assert_arrays_equal(engine.weights(), weights, rtol=0, atol=0, what='loaded parameter')
+
+
+# ---- the default seeded job against microgpt.py's recorded output
+
+def test_default_run_reproduces_golden_trajectory_and_samples(names_path, golden_path):
+    with open(golden_path, encoding='utf-8') as f:
+        golden = f.read().splitlines()
+    rng = random.Random(42)
+    docs = shuffled(load_documents(names_path), rng)
+    vocab = Vocabulary.from_documents(docs)
+    cfg = ModelConfig(vocab_size=vocab.size)
+    engine = make_engine('fused', cfg, rng)
+    tcfg = TrainConfig()
+    got_steps = [f"step {r.step:4d} / {r.steps:4d} | loss {r.loss:.4f}"
+                 for r in train(engine, [vocab.document_tokens(d) for d in docs], tcfg)]
+    want_steps = [line for line in golden if line.startswith('step')]
+    assert len(got_steps) == len(want_steps) == 1000
+    off_by_one = []
+    for got, want in zip(got_steps, want_steps):
+        if got != want:
+            got_loss, want_loss = float(got.rsplit(' ', 1)[1]), float(want.rsplit(' ', 1)[1])
+            assert round(abs(got_loss - want_loss) * 1e4) == 1, (got, want)
+            off_by_one.append(got)
+    assert len(off_by_one) <= 2, off_by_one
+    decoder = engine.decoder()
+    got_samples = [f"sample {i + 1:2d}: {vocab.decode(generate(decoder, vocab.bos_id, cfg.block_size, rng, 0.5))}"
+                   for i in range(20)]
+    assert got_samples == [line for line in golden if line.startswith('sample')]
