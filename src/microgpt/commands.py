@@ -124,7 +124,7 @@ def _progress_bar(err, total, initial):
 def _notice_compilation(err, dtype):
     from .fused_engine import kernels_are_cached
     if not kernels_are_cached(dtype):
-        print("microgpt: compiling the fused engine's kernels (first run only, ~10-30 s)...", file=err, flush=True)
+        print("microgpt: compiling the fused engine's kernels (first run with this dtype only, about 30 s)...", file=err, flush=True)
 
 
 def _print_samples(engine, vocab, rng, args, out, prompt_ids, known=None):
