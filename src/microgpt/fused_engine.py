@@ -15,6 +15,7 @@ import numpy as np
 from . import fused_decoder, fused_lanes, fused_layers
 from . import fused_kernels as K
 from .config import init_parameters, learning_rate, parameter_shapes
+from .named_views import NamedViews
 
 KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder))
 
@@ -84,7 +85,7 @@ def _compile(dtype):
             kernel.compile(_signature(args))
 
 
-class FusedEngine:
+class FusedEngine(NamedViews):
     name = 'fused'
     _compiled = set()  # dtypes whose kernels this process has compiled or loaded
 
@@ -204,17 +205,6 @@ class FusedEngine:
 
     def decoder(self):
         return _FusedDecoder(self)
-
-    def weights(self):
-        """Name -> a copy of the (rows, cols) array."""
-        return {name: view.copy() for name, view in self.params.items()}
-
-    def gradients(self):
-        return {name: view.copy() for name, view in self.grads.items()}
-
-    def load_weights(self, weights):
-        for name, view in self.params.items():
-            view[...] = weights[name]
 
 
 class _FusedDecoder:

@@ -9,12 +9,12 @@ that order, they are also one (3C, C) view: q, k and v come out of a single matm
 import numpy as np
 
 from .config import init_parameters, parameter_shapes
+from .named_views import NamedViews
 from .numpy_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
                            cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
 
 
-
-class NumpyEngine:
+class NumpyEngine(NamedViews):
     name = 'numpy'
 
     def __init__(self, cfg, rng, dtype='float64'):
@@ -172,17 +172,6 @@ class NumpyEngine:
 
     def decoder(self):
         return _NumpyDecoder(self)
-
-    def weights(self):
-        """Name -> a copy of the (rows, cols) array."""
-        return {name: view.copy() for name, view in self.params.items()}
-
-    def gradients(self):
-        return {name: view.copy() for name, view in self.grads.items()}
-
-    def load_weights(self, weights):
-        for name, view in self.params.items():
-            view[...] = weights[name]
 
 
 class _NumpyDecoder:
