@@ -87,6 +87,24 @@ def test_checkpoint_metadata_and_files(small_data, tmp_path):
     records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
     assert [r['step'] for r in records] == list(range(1, 41))
     assert {'train_loss', 'lr', 'tokens_per_s'} <= records[0].keys() and 'val_loss' in records[19]
+
+
+@pytest.mark.parametrize('flags', [[], ['--save-every', '7']])
+def test_fused_chunks_give_the_same_run_as_numpy(small_data, tmp_path, flags):
+    """Chunked compiled steps evaluate and save at exactly the steps the numpy engine does, with the same numbers."""
+    outputs = {}
+    for engine in ('numpy', 'fused'):
+        out = str(tmp_path / engine)
+        code, stdout, err = run(*train_args(small_data, out, '--engine', engine, *flags))
+        assert code == 0, err
+        records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+        outputs[engine] = (stdout, [(r['step'], r.get('val_loss')) for r in records],
+                           load_file(os.path.join(out, 'resume.safetensors')))
+    assert outputs['fused'][0] == outputs['numpy'][0]
+    assert outputs['fused'][1] == outputs['numpy'][1] or all(
+        a[0] == b[0] and (a[1] is None) == (b[1] is None) for a, b in zip(outputs['fused'][1], outputs['numpy'][1]))
+    for name, want in outputs['numpy'][2].items():
+        np.testing.assert_allclose(outputs['fused'][2][name], want, rtol=1e-9, atol=1e-12, err_msg=name)
     weights = load_file(os.path.join(out, 'model.safetensors'))
     assert weights['wte'].shape == (27, 16) or weights['wte'].shape[1] == 16
 
@@ -99,10 +117,13 @@ def test_weights_load_into_torch(small_data, tmp_path, require_torch):
     assert tensors['layer0.mlp_fc1'].shape == (64, 16), tensors['layer0.mlp_fc1'].shape
 
 
-def test_ctrl_c_then_resume_is_identical(small_data, tmp_path):
-    """SIGINT a real process mid-run; --resume must print the same samples and save the same weights."""
+@pytest.mark.parametrize('engine', ['numpy', 'fused'])
+def test_ctrl_c_then_resume_is_identical(small_data, tmp_path, engine):
+    """SIGINT a real process mid-run; --resume must print the same samples and save the same weights.
+
+    The fused engine runs chunks of steps per compiled call, so this also checks it stops on a chunk's end."""
     straight = str(tmp_path / 'straight')
-    args = ['--data', small_data, '--steps', '3000', '--out']
+    args = ['--data', small_data, '--steps', '3000', '--engine', engine, '--out']
     full = subprocess.run([sys.executable, '-m', 'microgpt', 'train', *args, straight], capture_output=True,
                           text=True, check=True)
     interrupted = str(tmp_path / 'interrupted')
@@ -118,6 +139,7 @@ def test_ctrl_c_then_resume_is_identical(small_data, tmp_path):
     resumed = subprocess.run([sys.executable, '-m', 'microgpt', 'train', *args, interrupted, '--resume'],
                              capture_output=True, text=True, check=True)
     assert 'resuming from step' in resumed.stderr
+    assert resumed.stdout.count('\nstep ') + 1 < full.stdout.count('\nstep '), 'the interrupted run did not stop early'
     assert resumed.stdout.split('--- inference')[1] == full.stdout.split('--- inference')[1]
     want = load_file(os.path.join(straight, 'model.safetensors'))
     got = load_file(os.path.join(interrupted, 'model.safetensors'))

@@ -110,18 +110,25 @@ class TrainingRun:
 
     def _steps(self, doc_tokens, val_tokens, start, last_time, should_stop):
         s, tcfg = self.s, self.tcfg
-        for report in train(self.engine, doc_tokens, tcfg, start_step=start):
+        tokens_since = 0
+        for report in train(self.engine, doc_tokens, tcfg, start_step=start,
+                            sync_every=(s.eval_every, s.save_every)):
             self.step = report.step
-            now = time.perf_counter()
-            record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr,
-                      'tokens_per_s': report.tokens / max(now - last_time, 1e-9)}
-            last_time = now
+            record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr}
+            tokens_since += report.tokens
+            if report.synced:  # throughput over the steps since the last synced one (a chunk, or one step)
+                now = time.perf_counter()
+                record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
+                last_time, tokens_since = now, 0
             if not math.isfinite(report.loss):
                 kept = f"; the last good checkpoint is kept in {s.out_dir}" if s.out_dir else ""
                 raise MicrogptError(f"the loss became {report.loss} at step {report.step}: training diverged{kept}; "
                                     f"lower --lr or set --grad-clip")
             yield report
             finished = report.step == tcfg.steps
+            if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
+                self._write_metrics(record)
+                continue
             if s.eval_every and (report.step % s.eval_every == 0 or finished):
                 val_loss = evaluate(self.engine, val_tokens)
                 record['val_loss'] = val_loss
