@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 from microgpt.config import ModelConfig, num_parameters
 from microgpt.data import holdout_split
-from microgpt.presets import PRESETS, resolve
+from microgpt.presets import PRESETS, model_settings, resolve
 
 from conftest import run_cli_in_process as run
 
@@ -56,9 +56,7 @@ def test_preset_parameter_counts():
     counts = {}
     for name in PRESETS:
         s = resolve(name, {})
-        model = {k: s[k] for k in ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm',
-                                   'mlp_activation', 'tie_lm_head', 'zero_init', 'attention', 'bos')}
-        counts[name] = num_parameters(ModelConfig(vocab_size=27, **model))
+        counts[name] = num_parameters(ModelConfig(vocab_size=27, **model_settings(s)))
     assert counts == {'microgpt': 4192, 'zeroclaw': 3632, 'esp32': 4192, 'makemore': 201088}, counts
 
 

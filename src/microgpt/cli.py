@@ -81,6 +81,10 @@ def _add_sampling_flags(p, temperature_default):
                    help='sample from the smallest set of tokens whose probability reaches p (default: 1.0 = all)')
 
 
+def _add_checkpoint_flag(p):
+    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+
+
 def build_parser():
     from . import commands
     parser = _Parser(prog='microgpt', description='Train and sample tiny GPT language models on a text file '
@@ -96,7 +100,7 @@ def build_parser():
 
     p = sub.add_parser('sample', help='sample names from a checkpoint',
                        description='Sample from a saved model; names already in its training data are marked *.')
-    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    _add_checkpoint_flag(p)
     p.add_argument('--prompt', default='', help='start every sample with this prefix')
     p.add_argument('--seed', type=int, default=42, help='sampling seed (default: 42)')
     p.add_argument('--data', default=None, help='training data for the novelty check (default: the path '
@@ -107,7 +111,7 @@ def build_parser():
     p = sub.add_parser('eval', help='held-out loss of a checkpoint',
                        description='Mean negative log-likelihood per character (nats) of a checkpoint on its '
                                    'held-out split, or on every line of --data.')
-    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    _add_checkpoint_flag(p)
     p.add_argument('--data', default=None, help='evaluate on every document of this file instead')
     p.set_defaults(run=commands.cmd_eval)
 
@@ -124,14 +128,14 @@ def build_parser():
     p = sub.add_parser('export', help='write a checkpoint as a self-contained C99 program (microcontrollers)',
                        description='Write DIR/weights.h (weights as static const float arrays) and '
                                    'DIR/microgpt_names.c (inference, no malloc), and print the memory budget.')
-    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    _add_checkpoint_flag(p)
     p.add_argument('--c', required=True, metavar='DIR', help='folder for weights.h and microgpt_names.c')
     p.set_defaults(run=commands.cmd_export)
 
     p = sub.add_parser('info', help='describe a checkpoint and its memory budget',
                        description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '
                                    'weights, RAM for inference, and what on-device training would need (float32).')
-    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+    _add_checkpoint_flag(p)
     p.set_defaults(run=commands.cmd_info)
 
     p = sub.add_parser('study', help='run the ablation study over several seeds',

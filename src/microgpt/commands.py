@@ -10,16 +10,11 @@ from .data import bundled_dataset_path, holdout_split, load_documents
 from .decoding import generate
 from .engines import ENGINES, make_engine
 from .errors import MicrogptError
-from .presets import resolve
+from .presets import MODEL_KEYS, TRAIN_KEYS, model_settings, resolve, train_settings
 from .trainer import EvalReport, Header, RunSettings, Saved, TrainingRun
 from .training import StepReport, evaluate
 
-MODEL_KEYS = ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm', 'mlp_activation', 'tie_lm_head',
-              'zero_init', 'attention', 'bos')
-TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup')
-
-
-def _check_sampling_flags(args, vocab_size=None):
+def _check_sampling_flags(args):
     if args.num_samples < 0:
         raise MicrogptError(f"--num-samples must be >= 0, got {args.num_samples}")
     if not args.temperature > 0:
@@ -35,11 +30,11 @@ def _settings_from_args(args):
     settings = resolve(args.preset, explicit)
     args.temperature = settings['temperature']
     _check_sampling_flags(args)
-    tcfg = TrainConfig(seed=args.seed, **{k: settings[k] for k in TRAIN_KEYS})
+    tcfg = TrainConfig(seed=args.seed, **train_settings(settings))
     if args.plot and not args.out:
         raise MicrogptError("--plot writes DIR/loss.png and needs --out DIR")
     return RunSettings(data_path=bundled_dataset_path() if args.data is None else args.data, engine=args.engine, dtype=args.dtype,
-                       model={k: settings[k] for k in MODEL_KEYS}, tcfg=tcfg, eval_every=settings['eval_every'],
+                       model=model_settings(settings), tcfg=tcfg, eval_every=settings['eval_every'],
                        val_fraction=args.val_fraction, out_dir=args.out, resume=args.resume,
                        save_every=args.save_every, preset=args.preset)
 

@@ -14,6 +14,11 @@ DEFAULTS = {
     'eval_every': 0, 'temperature': 0.5,
 }
 
+# Which of those settings build the ModelConfig and which the TrainConfig.
+MODEL_KEYS = ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm', 'mlp_activation', 'tie_lm_head',
+              'zero_init', 'attention', 'bos')
+TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup')
+
 PRESETS = {
     # Karpathy's microgpt.py: 4,192 parameters on names
     'microgpt': {},
@@ -39,3 +44,13 @@ def resolve(preset, explicit):
     settings = {**DEFAULTS, **PRESETS[preset]}
     settings.update({k: v for k, v in explicit.items() if v is not None})
     return settings
+
+
+def model_settings(settings):
+    """The ModelConfig fields (all but vocab_size) of resolved settings."""
+    return {k: settings[k] for k in MODEL_KEYS}
+
+
+def train_settings(settings):
+    """The TrainConfig fields (all but seed) of resolved settings."""
+    return {k: settings[k] for k in TRAIN_KEYS}

@@ -16,13 +16,10 @@ from dataclasses import dataclass
 from .config import ModelConfig, TrainConfig
 from .data import Vocabulary, holdout_split, load_documents, shuffled
 from .engines import make_engine
-from .presets import DEFAULTS, PRESETS
+from .presets import DEFAULTS, PRESETS, model_settings, train_settings
 from .training import evaluate, train
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
-MODEL_KEYS = ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm', 'mlp_activation', 'tie_lm_head',
-              'zero_init', 'attention', 'bos')
-TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup')
 
 
 @dataclass(frozen=True)
@@ -67,8 +64,8 @@ def run_one(experiment, seed, data_path, engine='numpy'):
     train_docs, val_docs = holdout_split(load_documents(data_path), None, SPLIT_SEED)
     docs = shuffled(train_docs, rng)
     vocab = Vocabulary.from_documents(docs + val_docs, bos_first=settings['bos'] == 'first')
-    cfg = ModelConfig(vocab_size=vocab.size, **{k: settings[k] for k in MODEL_KEYS}).validate()
-    tcfg = TrainConfig(seed=seed, **{k: settings[k] for k in TRAIN_KEYS}).validate()
+    cfg = ModelConfig(vocab_size=vocab.size, **model_settings(settings)).validate()
+    tcfg = TrainConfig(seed=seed, **train_settings(settings)).validate()
     model = make_engine(engine, cfg, rng)
     losses = [r.loss for r in train(model, [vocab.document_tokens(d) for d in docs], tcfg)]
     val_loss = evaluate(model, [vocab.document_tokens(d) for d in val_docs])
