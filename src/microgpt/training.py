@@ -40,7 +40,7 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     chunk, and only the chunk's last is `synced`. Chunks end on every multiple of each `sync_every`, so
     evaluation and checkpoints there see the right state; a stop request waits for the chunk's end.
     """
-    block_size = engine.cfg.block_size
+    block_size, n_docs, B = engine.cfg.block_size, len(doc_tokens), tcfg.batch_size
     chunked = hasattr(engine, 'train_steps')
     step = start_step
     while step < tcfg.steps:
@@ -51,10 +51,9 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
         if chunked:
             losses = engine.train_steps(doc_tokens, step, stop, tcfg).tolist()
         else:
-            losses = [engine.train_step(batch_for_step(doc_tokens, step, tcfg.batch_size),
-                                        learning_rate(tcfg, step), tcfg)]
-        n_docs, B = len(doc_tokens), tcfg.batch_size
+            losses = [engine.train_step(batch_for_step(doc_tokens, step, B), learning_rate(tcfg, step), tcfg)]
         for s, loss in enumerate(losses, start=step):
+            # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
             tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
             yield StepReport(s + 1, tcfg.steps, loss, learning_rate(tcfg, s), tokens, s + 1 == stop)
         step = stop
