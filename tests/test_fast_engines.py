@@ -127,13 +127,14 @@ def test_rmsnorm_backward_finite_differences():
 def test_attention_backward_finite_differences(causal):
     rng = np.random.default_rng(1)
     T, n_head = 5, 2
-    qkv = rng.normal(size=(2, T, 3 * 8))
+    B = 2
+    qkv = rng.normal(size=(B * T, 3 * 8))
     allowed = np.tril(np.ones((T, T), bool)) if causal else np.eye(T, dtype=bool)
     mask = np.where(allowed, 0.0, -np.inf)
-    dout = rng.normal(size=(2, T, 8))
-    out, cache = L.attention_forward(qkv, n_head, mask)
+    dout = rng.normal(size=(B * T, 8))
+    out, cache = L.attention_forward(qkv, B, n_head, mask)
     dqkv = L.attention_backward(dout, cache)
-    want = numerical_grad(lambda z: L.attention_forward(z, n_head, mask)[0], qkv, dout)
+    want = numerical_grad(lambda z: L.attention_forward(z, B, n_head, mask)[0], qkv, dout)
     np.testing.assert_allclose(dqkv, want, rtol=1e-6, atol=1e-8)
 
 

@@ -22,12 +22,16 @@ class NumpyEngine(NamedViews):
         self.dtype = np.dtype(dtype)
         shapes = parameter_shapes(cfg)
         total = sum(rows * cols for rows, cols in shapes.values())
-        self.flat = np.zeros(total, self.dtype)       # (P,) parameters
-        self.grad_flat = np.zeros(total, self.dtype)  # (P,) d loss / d parameters
-        self.m = np.zeros(total, self.dtype)          # (P,) Adam first moment
-        self.v = np.zeros(total, self.dtype)          # (P,) Adam second moment
+        self.flat = np.zeros(total, self.dtype)            # (P,) parameters
+        # Adam works on (2, P) pairs so that m and v (and g and g^2) move in one NumPy call each
+        self._grad_and_square = np.zeros((2, total), self.dtype)  # (2, P) d loss / d parameters; its square
+        self.grad_flat = self._grad_and_square[0]           # (P,)
+        self.moments = np.zeros((2, total), self.dtype)     # (2, P) Adam's m and v
+        self.m, self.v = self.moments                       # (P,) each, views
         self.adam_steps = 0
-        self._adam_tmp = (np.empty(total, self.dtype), np.empty(total, self.dtype))  # (P,) scratch
+        self._adam_scratch = np.empty((2, total), self.dtype)  # (2, P)
+        self._adam_coefficients = {}                        # (beta1, beta2) -> (2, 1) betas, 1 - betas
+        self._bias_correction = np.empty((2, 1), self.dtype)  # (2, 1) 1 - beta1^t, 1 - beta2^t
         self.params, self.grads, self.offsets = {}, {}, {}
         offset = 0
         for name, (rows, cols) in shapes.items():
@@ -38,10 +42,13 @@ class NumpyEngine(NamedViews):
         for name, rows in init_parameters(cfg, rng).items():
             self.params[name][...] = rows
         self._layers = [self._layer_views(i) for i in range(cfg.n_layer)]
+        embeddings = (cfg.vocab_size + cfg.block_size) * cfg.n_embd  # wte and wpe lead the state-dict order
+        self._embedding_grads = self.grad_flat[:embeddings]                # (V*C + T*C,)
         T = cfg.block_size
         allowed = np.tril(np.ones((T, T), bool)) if cfg.attention == 'causal' else np.eye(T, dtype=bool)
         self.mask_bias = np.where(allowed, 0.0, -np.inf).astype(self.dtype)  # (T, T)
         self._row_starts = np.arange(T) * cfg.vocab_size                   # (T,) offsets of logits rows
+        self._mean_weights = [None] + [np.full(n, 1 / n, self.dtype) for n in range(1, T + 1)]  # n -> (n,) 1/n
 
     def _layer_views(self, i):
         """Weights and gradients of layer i, with q/k/v fused into one (3C, C) view."""
@@ -54,6 +61,10 @@ class NumpyEngine(NamedViews):
             'w_o': self.params[p + 'attn_wo'], 'd_o': self.grads[p + 'attn_wo'],
             'w_fc1': self.params[p + 'mlp_fc1'], 'd_fc1': self.grads[p + 'mlp_fc1'],
             'w_fc2': self.params[p + 'mlp_fc2'], 'd_fc2': self.grads[p + 'mlp_fc2'],
+            # transposed views, made once: the forward multiplies by them every step
+            'w_qkv.T': self.flat[start:start + 3 * C * C].reshape(3 * C, C).T,
+            'w_o.T': self.params[p + 'attn_wo'].T, 'w_fc1.T': self.params[p + 'mlp_fc1'].T,
+            'w_fc2.T': self.params[p + 'mlp_fc2'].T,
         }
 
     def num_params(self):
@@ -69,7 +80,7 @@ class NumpyEngine(NamedViews):
         if len(batch) == 1:  # the common case, kept to a handful of NumPy calls
             n = min(block_size, len(batch[0]) - 1)
             tokens = np.array(batch[0][:n + 1])                               # (n + 1,)
-            return tokens[None, :n], self._row_starts[:n] + tokens[1:], np.full(n, 1 / n, self.dtype)
+            return tokens[None, :n], self._row_starts[:n] + tokens[1:], self._mean_weights[n]
         lengths = [min(block_size, len(tokens) - 1) for tokens in batch]
         B, T = len(batch), max(lengths)
         inputs = np.full((B, T), self.cfg.bos_id, np.intp)                   # (B, T)
@@ -83,16 +94,22 @@ class NumpyEngine(NamedViews):
         return inputs, np.arange(B * T) * V + targets.ravel(), weights.ravel()
 
     def loss_and_grads(self, batch):
-        """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse."""
+        """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse.
+
+        Activations are (N, C) with N = B*T rows, position-major within each document, so every matrix
+        product is one 2-D np.dot (a third cheaper to call than matmul at this size); only attention
+        views them as (B, NH, T, HS).
+        """
         cfg = self.cfg
         inputs, target_index, weights = self.prepare(batch)
         B, T = inputs.shape
         C = cfg.n_embd
         P, G = self.params, self.grads
+        dot = np.dot
         mask_bias = self.mask_bias[:T, :T]
 
         # ---- forward
-        x = P['wte'][inputs] + P['wpe'][:T]                                  # (B, T, C)
+        x = (P['wte'][inputs] + P['wpe'][:T]).reshape(B * T, C)              # (N, C)
         embed_norm = None
         if cfg.norm == 'microgpt':
             x, embed_norm = rmsnorm_forward(x)
@@ -100,45 +117,44 @@ class NumpyEngine(NamedViews):
         for layer in self._layers:
             residual = x
             xn, norm1 = rmsnorm_forward(x) if cfg.norm != 'none' else (x, None)
-            qkv = xn @ layer['w_qkv'].T                                      # (B, T, 3C)
-            y, attn = attention_forward(qkv, cfg.n_head, mask_bias)          # (B, T, C)
-            x = y @ layer['w_o'].T + residual                                # (B, T, C)
+            qkv = dot(xn, layer['w_qkv.T'])                                  # (N, 3C)
+            y, attn = attention_forward(qkv, B, cfg.n_head, mask_bias)       # (N, C)
+            x = dot(y, layer['w_o.T']) + residual                            # (N, C)
             residual = x
             xn2, norm2 = rmsnorm_forward(x) if cfg.norm == 'microgpt' else (x, None)
-            h = xn2 @ layer['w_fc1'].T                                       # (B, T, 4C)
-            a, act = activation_forward(h, cfg.mlp_activation)               # (B, T, 4C)
-            x = a @ layer['w_fc2'].T + residual                              # (B, T, C)
+            a, act = activation_forward(dot(xn2, layer['w_fc1.T']), cfg.mlp_activation)  # (N, 4C)
+            x = dot(a, layer['w_fc2.T']) + residual                          # (N, C)
             caches.append((xn, norm1, y, attn, xn2, norm2, a, act))
         lm_head = P[self._lm_head()]
-        x = x.reshape(B * T, C)
-        logits = x @ lm_head.T                                               # (B*T, V)
+        logits = dot(x, lm_head.T)                                           # (N, V)
         loss, ce = cross_entropy_forward(logits, target_index, weights)
 
-        # ---- backward; every matrix but wte is used once per step, so its gradient is written, not summed
-        self.grad_flat.fill(0.0)
-        dlogits = cross_entropy_backward(ce)                                 # (B*T, V)
+        # ---- backward; every matrix but wte is used once per step, so its gradient is written, not summed;
+        # wte's is summed (embedding rows, and the tied lm_head), and wpe's is written for T of its rows
+        self._embedding_grads.fill(0.0)
+        dlogits = cross_entropy_backward(ce)                                 # (N, V)
         if cfg.tie_lm_head:
-            G['wte'] += dlogits.T @ x                                        # (V, C), summed with the embedding's below
+            G['wte'] += dot(dlogits.T, x)                                    # (V, C), summed with the embedding's below
         else:
-            np.matmul(dlogits.T, x, out=G['lm_head'])                        # (V, C)
-        dx = (dlogits @ lm_head).reshape(B, T, C)                            # (B, T, C)
+            dot(dlogits.T, x, out=G['lm_head'])                              # (V, C)
+        dx = dot(dlogits, lm_head)                                           # (N, C)
         for layer, (xn, norm1, y, attn, xn2, norm2, a, act) in zip(reversed(self._layers), reversed(caches)):
             # mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
-            np.matmul(dx.reshape(-1, C).T, a.reshape(-1, a.shape[-1]), out=layer['d_fc2'])
-            dh = activation_backward(dx @ layer['w_fc2'], act, cfg.mlp_activation)  # (B, T, 4C)
-            np.matmul(dh.reshape(-1, 4 * C).T, xn2.reshape(-1, C), out=layer['d_fc1'])
-            dxn2 = dh @ layer['w_fc1']                                       # (B, T, C)
+            dot(dx.T, a, out=layer['d_fc2'])                                 # (C, 4C)
+            dh = activation_backward(dot(dx, layer['w_fc2']), act, cfg.mlp_activation)  # (N, 4C)
+            dot(dh.T, xn2, out=layer['d_fc1'])                               # (4C, C)
+            dxn2 = dot(dh, layer['w_fc1'])                                   # (N, C)
             dx += rmsnorm_backward(dxn2, norm2) if norm2 is not None else dxn2
             # attention block: x_mid = attn(xn @ qkv.T) @ o.T + x_in
-            np.matmul(dx.reshape(-1, C).T, y.reshape(-1, C), out=layer['d_o'])
-            dqkv = attention_backward(dx @ layer['w_o'], attn)               # (B, T, 3C)
-            np.matmul(dqkv.reshape(-1, 3 * C).T, xn.reshape(-1, C), out=layer['d_qkv'])
-            dxn = dqkv @ layer['w_qkv']                                      # (B, T, C)
+            dot(dx.T, y, out=layer['d_o'])                                   # (C, C)
+            dqkv = attention_backward(dot(dx, layer['w_o']), attn)           # (N, 3C)
+            dot(dqkv.T, xn, out=layer['d_qkv'])                              # (3C, C)
+            dxn = dot(dqkv, layer['w_qkv'])                                  # (N, C)
             dx += rmsnorm_backward(dxn, norm1) if norm1 is not None else dxn
         if embed_norm is not None:
             dx = rmsnorm_backward(dx, embed_norm)
-        G['wpe'][:T] = dx.sum(0)
-        np.add.at(G['wte'], inputs, dx)
+        np.add.reduce(dx.reshape(B, T, C), 0, out=G['wpe'][:T])
+        np.add.at(G['wte'], inputs.ravel(), dx)
         return float(loss)
 
     def train_step(self, batch, lr_t, tcfg):
@@ -148,26 +164,30 @@ class NumpyEngine(NamedViews):
 
     def adam_update(self, lr_t, tcfg):
         """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""
-        g, m, v, p = self.grad_flat, self.m, self.v, self.flat
-        tmp, update = self._adam_tmp
+        g, p = self.grad_flat, self.flat
+        g_g2, m_v, scratch = self._grad_and_square, self.moments, self._adam_scratch  # (2, P) each
         if tcfg.grad_clip:
             norm = float(np.sqrt(g @ g))
             g *= min(1.0, tcfg.grad_clip / (norm + 1e-6))
+        key = (tcfg.beta1, tcfg.beta2)
+        if key not in self._adam_coefficients:
+            betas = np.array([[tcfg.beta1], [tcfg.beta2]], self.dtype)    # (2, 1)
+            self._adam_coefficients[key] = (betas, np.array([[1 - tcfg.beta1], [1 - tcfg.beta2]], self.dtype))
+        betas, one_minus_betas = self._adam_coefficients[key]
         t = self.adam_steps + 1
-        m *= tcfg.beta1
-        m += np.multiply(g, 1 - tcfg.beta1, out=tmp)            # m = beta1 m + (1 - beta1) g
-        v *= tcfg.beta2
-        np.multiply(g, g, out=tmp)
-        v += np.multiply(tmp, 1 - tcfg.beta2, out=tmp)          # v = beta2 v + (1 - beta2) g^2
+        np.multiply(g, g, out=g_g2[1])
+        m_v *= betas
+        m_v += np.multiply(g_g2, one_minus_betas, out=scratch)  # m = beta1 m + (1 - beta1) g; v likewise with g^2
         if tcfg.weight_decay:
-            p -= np.multiply(p, lr_t * tcfg.weight_decay, out=tmp)  # decoupled (AdamW) decay
-        np.divide(v, 1 - tcfg.beta2 ** t, out=tmp)              # v_hat
-        np.sqrt(tmp, out=tmp)
-        tmp += tcfg.eps
-        np.divide(m, 1 - tcfg.beta1 ** t, out=update)           # m_hat
-        update *= lr_t
-        update /= tmp                                           # lr m_hat / (sqrt(v_hat) + eps)
-        p -= update
+            p -= np.multiply(p, lr_t * tcfg.weight_decay, out=scratch[0])  # decoupled (AdamW) decay
+        correction = self._bias_correction
+        correction[0, 0], correction[1, 0] = 1 - tcfg.beta1 ** t, 1 - tcfg.beta2 ** t
+        m_hat, v_hat = np.divide(m_v, correction, out=scratch)
+        np.sqrt(v_hat, out=v_hat)
+        v_hat += tcfg.eps
+        m_hat *= lr_t
+        m_hat /= v_hat                                           # lr m_hat / (sqrt(v_hat) + eps)
+        p -= m_hat
         self.adam_steps = t
 
     def decoder(self):

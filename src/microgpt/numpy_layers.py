@@ -13,10 +13,11 @@ RMSNORM_EPS = 1e-5
 
 def rmsnorm_forward(x):
     """y = x / sqrt(mean(x^2) + eps) over the last axis (no learned gain, as in microgpt)."""
-    ms = np.square(x).sum(-1, keepdims=True)                                # (..., 1)
+    # one NumPy call per line: at microgpt's size each costs about as much as its arithmetic
+    ms = np.vecdot(x, x)                                                    # (...,)
     ms *= 1.0 / x.shape[-1]  # microgpt's sum(x^2) / C is sum * C**-1
     ms += RMSNORM_EPS
-    scale = ms ** -0.5                                                      # (..., 1)
+    scale = (ms ** -0.5)[..., None]                                         # (..., 1)
     out = x * scale
     return out, (out, scale)
 
@@ -25,18 +26,18 @@ def rmsnorm_backward(dout, cache):
     # y_i = x_i * s, s = (mean(x^2) + eps)^-1/2, ds/dx_i = -s^3 x_i / C
     # => dx = s * dout - x * s^3 * sum_j(dout_j x_j) / C = s * (dout - y * sum_j(dout_j y_j) / C)
     out, scale = cache
-    dot = (dout * out).sum(-1, keepdims=True)                              # (..., 1)
+    dot = np.vecdot(dout, out)                                              # (...,)
     dot *= 1.0 / out.shape[-1]
-    dx = out * dot
+    dx = out * dot[..., None]
     np.subtract(dout, dx, out=dx)
     dx *= scale
     return dx
 
 
-def attention_forward(qkv, n_head, mask_bias):
-    """Multi-head attention of q over k, v, all packed in qkv (B, T, 3C); mask_bias (T, T) is 0 or -inf."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
+def attention_forward(qkv, B, n_head, mask_bias):
+    """Multi-head attention of q over k, v, all packed in qkv (B*T, 3C); mask_bias (T, T) is 0 or -inf."""
+    N, C3 = qkv.shape
+    T, C = N // B, C3 // 3
     HS = C // n_head
     q, k, v = qkv.reshape(B, T, 3, n_head, HS).transpose(2, 0, 3, 1, 4)    # each (B, NH, T, HS)
     # microgpt divides by head_dim**0.5, i.e. multiplies by (head_dim**0.5)**-1: same constant here
@@ -44,29 +45,28 @@ def attention_forward(qkv, n_head, mask_bias):
     att = q @ k.swapaxes(-1, -2)                                            # (B, NH, T, T)
     att *= scale
     att += mask_bias
-    att -= att.max(-1, keepdims=True)
+    att -= np.maximum.reduce(att, -1, keepdims=True)
     probs = np.exp(att, out=att)
-    probs /= probs.sum(-1, keepdims=True)                                   # (B, NH, T, T)
+    probs /= np.add.reduce(probs, -1, keepdims=True)                        # (B, NH, T, T)
     y = probs @ v                                                           # (B, NH, T, HS)
-    out = y.transpose(0, 2, 1, 3).reshape(B, T, C)                          # (B, T, C)
+    out = y.transpose(0, 2, 1, 3).reshape(N, C)                             # (B*T, C)
     return out, (q, k, v, probs, scale)
 
 
 def attention_backward(dout, cache):
     q, k, v, probs, scale = cache
     B, NH, T, HS = q.shape
-    dy = dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3)                   # (B, NH, T, HS)
+    dy = dout.reshape(B, T, NH, HS).transpose(0, 2, 1, 3)                   # (B, NH, T, HS) from (B*T, C)
     dprobs = dy @ v.swapaxes(-1, -2)                                        # (B, NH, T, T)
     # softmax: d_att = p * (d_p - sum_j(d_p_j p_j)); masked entries have p = 0 and get no gradient
-    dv = probs.swapaxes(-1, -2) @ dy                                        # (B, NH, T, HS)
-    datt = dprobs - (dprobs * probs).sum(-1, keepdims=True)
+    datt = dprobs - np.vecdot(dprobs, probs)[..., None]
     datt *= probs
     datt *= scale                                                           # (B, NH, T, T)
-    dqkv = np.empty((B, T, 3, NH, HS), q.dtype)                             # (B, T, 3, NH, HS)
-    np.matmul(datt, k, out=dqkv[:, :, 0].transpose(0, 2, 1, 3))             # dq (B, NH, T, HS)
-    np.matmul(datt.swapaxes(-1, -2), q, out=dqkv[:, :, 1].transpose(0, 2, 1, 3))  # dk
-    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
-    return dqkv.reshape(B, T, 3 * NH * HS)                                  # (B, T, 3C)
+    dq_dk_dv = np.empty((3, B, NH, T, HS), q.dtype)                         # (3, B, NH, T, HS)
+    np.matmul(datt, k, out=dq_dk_dv[0])
+    np.matmul(datt.swapaxes(-1, -2), q, out=dq_dk_dv[1])
+    np.matmul(probs.swapaxes(-1, -2), dy, out=dq_dk_dv[2])
+    return dq_dk_dv.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * NH * HS)   # (B*T, 3C), packed like qkv
 
 
 def activation_forward(h, kind):
@@ -89,18 +89,17 @@ def cross_entropy_forward(logits, target_index, weights):
     logits (N, V); target_index (N,) indexes logits.ravel() at each row's target; weights (N,) are 1/n
     on the n real positions and 0 on padding, so the loss is the mean over real tokens.
     """
-    shifted = logits - logits.max(-1, keepdims=True)                        # (N, V)
-    exp = np.exp(shifted)                                                   # (N, V)
-    sumexp = exp.sum(-1)                                                    # (N,)
-    logp = shifted.ravel()[target_index] - np.log(sumexp)                   # (N,)
-    loss = -(logp @ weights)
+    shifted = logits - np.maximum.reduce(logits, -1, keepdims=True)        # (N, V)
+    target_logit = shifted.ravel()[target_index]                            # (N,)
+    exp = np.exp(shifted, out=shifted)                                      # (N, V)
+    sumexp = np.add.reduce(exp, -1)                                         # (N,)
+    loss = (np.log(sumexp) - target_logit) @ weights                        # -log p[target], weighted
     return loss, (exp, sumexp, target_index, weights)
 
 
 def cross_entropy_backward(cache):
-    # softmax followed by NLL: d_logits = (probs - onehot(target)) * weight
+    # softmax followed by NLL: d_logits = (probs - onehot(target)) * weight = exp * (weight / sumexp) - onehot * weight
     exp, sumexp, target_index, weights = cache
-    dlogits = exp / sumexp[:, None]                                         # (N, V)
-    dlogits.ravel()[target_index] -= 1.0
-    dlogits *= weights[:, None]
+    dlogits = np.multiply(exp, (weights / sumexp)[:, None], out=exp)        # (N, V), in place of the cache's exp
+    dlogits.ravel()[target_index] -= weights
     return dlogits

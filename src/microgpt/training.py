@@ -41,17 +41,24 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     evaluation and checkpoints there see the right state; a stop request waits for the chunk's end.
     """
     block_size, n_docs, B = engine.cfg.block_size, len(doc_tokens), tcfg.batch_size
-    chunked = hasattr(engine, 'train_steps')
+    if not hasattr(engine, 'train_steps'):  # one step per call, every report synced
+        for step in range(start_step, tcfg.steps):
+            if B == 1:  # microgpt's one document per step, without the general case's comprehensions
+                batch = [doc_tokens[step % n_docs]]
+                tokens = min(block_size, len(batch[0]) - 1)
+            else:
+                batch = batch_for_step(doc_tokens, step, B)
+                tokens = predicted_tokens(batch, block_size)
+            lr = learning_rate(tcfg, step)
+            yield StepReport(step + 1, tcfg.steps, engine.train_step(batch, lr, tcfg), lr, tokens)
+        return
     step = start_step
     while step < tcfg.steps:
-        stop = min(tcfg.steps, step + CHUNK_STEPS) if chunked else step + 1
+        stop = min(tcfg.steps, step + CHUNK_STEPS)
         for every in sync_every:
             if every:
                 stop = min(stop, (step // every + 1) * every)
-        if chunked:
-            losses = engine.train_steps(doc_tokens, step, stop, tcfg).tolist()
-        else:
-            losses = [engine.train_step(batch_for_step(doc_tokens, step, B), learning_rate(tcfg, step), tcfg)]
+        losses = engine.train_steps(doc_tokens, step, stop, tcfg).tolist()
         for s, loss in enumerate(losses, start=step):
             # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
             tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
