@@ -7,8 +7,9 @@
 2. Where a fused step's time goes: the compiled step alone, numba's call overhead, the Python wrapper,
    and training.train's own loop.
 3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
-   engine (float64, float32), the fused engine (float64, float32) and an equivalent PyTorch model
-   (float32, float64) given as many threads as NumPy's BLAS has.
+   engine (float64, float32), the fused engine (float64, float32; its batch split in groups on every core,
+   fused_groups) and an equivalent PyTorch model (float32, float64), each in its own process, all with
+   the same number of threads (one per core).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
 """
 
@@ -16,8 +17,11 @@ import argparse
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 
+import numba
 import numpy as np
 
 from microgpt.benchmark import prepared_job
@@ -134,25 +138,44 @@ def _seconds(fn):
 
 def makemore_job(data, repeats, steps, with_torch):
     print(f"3. makemore size: n_layer 4, n_embd 64, n_head 4, block 16, batch 32; {steps} steps after 5 warm-up")
+    print(f"   each row in a fresh process: two OpenMP runtimes (numba's and torch's) in one process, or one")
+    print(f"   spinning after its parallel regions, slow each other down up to tenfold")
     print(f"   {'engine':<20} {'tokens/s':>10} {'ms/step':>9}")
     runs = [('numpy', 'float64'), ('numpy', 'float32'), ('fused', 'float64'), ('fused', 'float32')]
-    for engine, dtype in runs:
-        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps), repeats)
-        print(f"   {engine + ' ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}")
     if with_torch:
+        runs += [('torch', 'float32'), ('torch', 'float64')]
+    for engine, dtype in runs:
+        command = [sys.executable, __file__, '--makemore-row', f'{engine}:{dtype}', '--data', data,
+                   '--repeats', str(repeats), '--makemore-steps', str(steps)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"   {engine + ' ' + dtype:<20} failed: {result.stderr.strip().splitlines()[-1]}")
+            continue
+        tokens, best, threads = result.stdout.split()
+        tokens, best = int(tokens), float(best)
+        print(f"   {engine + ' ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}   ({threads} threads)")
+
+
+def makemore_row(row, data, repeats, steps):
+    """Prints `tokens best_seconds threads` of one engine:dtype on the makemore-size job (run in its own process)."""
+    engine, dtype = row.split(':')
+    if engine == 'torch':
         import torch
-        torch.set_num_threads(_blas_threads())  # as many as NumPy's BLAS; the fused engine uses one
-        for dtype in ('float32', 'float64'):
-            best, _, tokens = repeated(lambda: time_torch(dtype, data, steps), repeats)
-            print(f"   {'torch ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}   "
-                  f"({torch.get_num_threads()} threads)")
+        torch.set_num_threads(_blas_threads())  # as many as NumPy's BLAS and numba have
+        best, _, tokens = repeated(lambda: time_torch(dtype, data, steps), repeats)
+        threads = torch.get_num_threads()
+    else:
+        make_engine(engine, ModelConfig(vocab_size=3), random.Random(0), dtype)  # compile or load, untimed
+        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps), repeats)
+        threads = _blas_threads() if engine == 'numpy' else numba.get_num_threads()
+    print(tokens, best, threads)
 
 
 def time_makemore(engine_name, dtype, data, steps, warmup=5):
     rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
     engine = make_engine(engine_name, cfg, rng, dtype)
     tcfg = TrainConfig(steps=warmup + steps, batch_size=32)
-    reports = train(engine, doc_tokens, tcfg)
+    reports = train(engine, doc_tokens, tcfg, sync_every=(warmup,))  # a chunked engine's first chunk ends there
     for _ in range(warmup):
         next(reports)
     start, tokens = time.perf_counter(), 0
@@ -230,7 +253,10 @@ def main():
                         help='timed steps of the makemore-size job (default: 50)')
     parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch timings')
     parser.add_argument('--only', choices=('default', 'profile', 'makemore'), help='run one part only')
+    parser.add_argument('--makemore-row', metavar='ENGINE:DTYPE', help=argparse.SUPPRESS)  # one row, in a subprocess
     args = parser.parse_args()
+    if args.makemore_row:
+        return makemore_row(args.makemore_row, args.data, args.repeats, args.makemore_steps)
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0), 'float32')
     print(f"data: {args.data}; numpy {np.__version__}; {os.cpu_count()} cores\n")

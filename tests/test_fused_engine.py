@@ -74,6 +74,37 @@ def test_workspace_grows_for_larger_batches():
         assert_arrays_equal(engine.gradients(), numpy_engine.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
 
 
+def test_split_batches_give_the_same_bits_on_any_number_of_threads():
+    """Batches of 2+ documents run in groups on every core (fused_groups); the split depends on the batch
+    size alone, so one thread and two give the same parameters, bit for bit."""
+    import numba
+    cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
+    tcfg = TrainConfig(steps=20, batch_size=9, weight_decay=0.1, grad_clip=1.0)
+    docs = random_batch(random.Random(10), cfg, 23, max_len=10)
+    results = []
+    threads = numba.get_num_threads()
+    try:
+        for n in sorted({1, threads}):
+            numba.set_num_threads(n)
+            engine = make_engine('fused', cfg, random.Random(11))
+            losses = engine.train_steps(docs, 0, tcfg.steps, tcfg)
+            results.append((losses, engine.flat.copy()))
+    finally:
+        numba.set_num_threads(threads)
+    for losses, flat in results[1:]:
+        np.testing.assert_array_equal(losses, results[0][0])
+        np.testing.assert_array_equal(flat, results[0][1])
+
+
+def test_a_group_of_one_token_documents_adds_nothing():
+    """Group 0 of this batch holds only a one-token document: no positions to predict, no gradient."""
+    cfg = ModelConfig(vocab_size=5, block_size=4)
+    numpy_engine, engine = make_engine('numpy', cfg, random.Random(12)), make_engine('fused', cfg, random.Random(12))
+    batch = [[4], [4, 1, 2, 4]]
+    assert engine.loss_and_grads(batch) == pytest.approx(numpy_engine.loss_and_grads(batch), rel=1e-12)
+    assert_arrays_equal(engine.gradients(), numpy_engine.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
+
+
 @pytest.mark.parametrize('tcfg', [TrainConfig(), TrainConfig(weight_decay=0.1, grad_clip=0.5, beta1=0.9, beta2=0.95)],
                          ids=['adam', 'adamw-clipped'])
 @pytest.mark.parametrize('switches', [{}, {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True}],

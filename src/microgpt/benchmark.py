@@ -46,7 +46,7 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
     engine = make_engine(engine_name, cfg, rng, dtype)
     total_steps = warmup_steps + steps
     tcfg = TrainConfig(steps=total_steps, batch_size=batch_size, seed=seed)
-    reports = train(engine, doc_tokens, tcfg)
+    reports = train(engine, doc_tokens, tcfg, sync_every=(warmup_steps,))  # chunks end after the warm-up
     for _ in range(warmup_steps):
         next(reports)
     tokens = 0

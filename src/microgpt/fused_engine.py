@@ -12,12 +12,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import fused_decoder, fused_lanes, fused_layers
+from . import fused_decoder, fused_groups, fused_lanes, fused_layers
 from . import fused_kernels as K
 from .config import init_parameters, learning_rate, parameter_shapes
 from .named_views import NamedViews
 
-KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder))
+KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder, fused_groups))
 
 
 def kernels_are_cached(dtype='float64'):
@@ -37,10 +37,14 @@ def _entry_points(dtype):
     """(entry point, example arguments) for everything FusedEngine calls, to compile it up front."""
     state, ws, plan, adam = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
     return [(K.train_step, (state, ws, plan, adam, 0.0, 0)),
             (K.loss_and_grads, (state, ws, plan)),
             (K.adam_update, (state, adam, 0.0, 0)),
             (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, 0, floats)),
+            (fused_groups.loss_and_grads, (state, group_grads, wss, plans)),
+            (fused_groups.adam_update, (state, adam, 0.0, 0)),
+            (fused_groups.train_steps, (state, group_grads, wss, plans, adam, ints, ints, 0, floats, 0, floats)),
             (fused_decoder.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
 
 
@@ -111,19 +115,23 @@ class FusedEngine(NamedViews):
             self.params[name][...] = rows
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see fused_kernels.BETA1 ...
         self._adam_source = None
-        self._max_batch = 0
+        self._groups = self._group_size = 0
         self._reserve(1)
 
     def _reserve(self, batch_size):
-        """Size the workspace and the plan for batches of up to `batch_size` documents."""
-        if batch_size <= self._max_batch:
+        """Size the workspaces and plans for batches of `batch_size` documents (fused_groups splits those of 2
+        or more into groups, each with its own plan, workspace and gradients; one document uses group 0's)."""
+        bounds = fused_groups.group_bounds(batch_size)
+        groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
+        if groups <= self._groups and group_size <= self._group_size:
             return
+        groups, group_size = max(groups, self._groups), max(group_size, self._group_size)
         cfg = self.cfg
         T = cfg.block_size
-        capacity = -(-batch_size * T // K.LANES) * K.LANES  # columns: every predicted position of the batch
+        capacity = -(-group_size * T // K.LANES) * K.LANES  # columns: every predicted position of a group
         rows = K.workspace_rows(cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer, T)
         batch_at = K.COLUMNS + 4 * capacity
-        plan = np.zeros(batch_at + 1 + batch_size * (T + 2), np.int64)
+        plan = np.zeros(batch_at + 1 + group_size * (T + 2), np.int64)
         plan[K.V], plan[K.C], plan[K.NH], plan[K.L], plan[K.T] = (cfg.vocab_size, cfg.n_embd, cfg.n_head,
                                                                    cfg.n_layer, T)
         plan[K.NORM] = ('microgpt', 'esp32', 'none').index(cfg.norm)
@@ -138,28 +146,35 @@ class FusedEngine(NamedViews):
         for i, name in enumerate(K.WORKSPACE):
             plan[K.WS + i] = start
             start += rows[name]
-        self._plan = plan
+        self._plans = np.tile(plan, (groups, 1))                          # (G, plan)
+        self._wss = np.zeros((groups, start, capacity), self.dtype)       # (G, rows, NP) activations, feature-major
+        self._group_grads = np.zeros((groups - 1, self.flat.size), self.dtype)  # (G - 1, P) groups 1 ..'s gradients
+        self._plan, self._ws = self._plans[0], self._wss[0]
         self._batch_at = batch_at
-        self._ws = np.zeros((start, capacity), self.dtype)  # (rows, NP) activations, feature-major
-        self._max_batch = batch_size
+        self._groups, self._group_size = groups, group_size
 
     def num_params(self):
         return self.flat.size
 
     def _load_batch(self, batch):
-        """Write the batch's token sequences into the plan (only the first block_size + 1 tokens are used)."""
+        """Write one document's token sequence into the plan (only the first block_size + 1 tokens are used)."""
         keep = self.cfg.block_size + 1
-        if len(batch) == 1:  # the common case, kept to one NumPy call
-            tokens = batch[0] if len(batch[0]) <= keep else batch[0][:keep]
-            self._plan[self._batch_at:self._batch_at + 2 + len(tokens)] = [1, len(tokens), *tokens]
-            return
-        if len(batch) > self._max_batch:
-            self._reserve(len(batch))
-        docs = [tokens if len(tokens) <= keep else tokens[:keep] for tokens in batch]
-        values = [len(docs), *map(len, docs)]
-        for tokens in docs:
-            values += tokens
-        self._plan[self._batch_at:self._batch_at + len(values)] = values
+        tokens = batch[0] if len(batch[0]) <= keep else batch[0][:keep]
+        self._plan[self._batch_at:self._batch_at + 2 + len(tokens)] = [1, len(tokens), *tokens]
+
+    def _load_groups(self, batch):
+        """Write a batch of 2 or more documents into its groups' plans; returns (group_grads, wss, plans) for them."""
+        self._reserve(len(batch))
+        keep = self.cfg.block_size + 1
+        bounds = fused_groups.group_bounds(len(batch))
+        for plan, first, stop in zip(self._plans, bounds, bounds[1:]):
+            docs = [tokens if len(tokens) <= keep else tokens[:keep] for tokens in batch[first:stop]]
+            values = [len(docs), *map(len, docs)]
+            for tokens in docs:
+                values += tokens
+            plan[self._batch_at:self._batch_at + len(values)] = values
+        groups = len(bounds) - 1
+        return self._group_grads[:groups - 1], self._wss[:groups], self._plans[:groups]
 
     def _adam_settings(self, tcfg):
         if tcfg is not self._adam_source:
@@ -169,6 +184,8 @@ class FusedEngine(NamedViews):
 
     def loss_and_grads(self, batch):
         """Loss of the batch (mean NLL over every predicted position); fills self.grads."""
+        if len(batch) > 1:
+            return fused_groups.loss_and_grads(self._state, *self._load_groups(batch))
         self._load_batch(batch)
         return K.loss_and_grads(self._state, self._ws, self._plan)
 
@@ -177,6 +194,10 @@ class FusedEngine(NamedViews):
         K.adam_update(self._state, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
+        if len(batch) > 1:
+            loss = self.loss_and_grads(batch)
+            self.adam_update(lr_t, tcfg)
+            return loss
         self._load_batch(batch)
         self.adam_steps += 1
         return K.train_step(self._state, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
@@ -198,8 +219,15 @@ class FusedEngine(NamedViews):
         np.cumsum(lengths, out=starts[1:])
         lrs = np.array([learning_rate(tcfg, step) for step in range(start, stop)])
         losses = np.empty(stop - start)
-        K.train_steps(self._state, self._ws, self._plan, self._adam_settings(tcfg), np.array(tokens, np.int64),
-                      starts, B, lrs, self.adam_steps + 1, losses)
+        docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)
+        if B == 1:
+            K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, self.adam_steps + 1,
+                          losses)
+        else:  # the same batches in groups on every core (fused_groups)
+            groups = len(fused_groups.group_bounds(B)) - 1
+            fused_groups.train_steps(self._state, self._group_grads[:groups - 1], self._wss[:groups],
+                                     self._plans[:groups], settings, docs, starts, B, lrs, self.adam_steps + 1,
+                                     losses)
         self.adam_steps += stop - start
         return losses
 

@@ -91,8 +91,9 @@ def _pack_columns(plan, columns):
 
 
 @kernel
-def _forward(pm, ws, plan, columns, n):
-    """Mean loss of the packed batch; leaves every activation, and d_logits, in the workspace."""
+def _forward(pm, ws, plan, columns, n, n_mean):
+    """Loss of the packed batch (summed, divided by n_mean); leaves every activation, and d_logits, in the
+    workspace."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
     nb = n + (-n) % LANES  # the micro-kernels' columns; the padding columns stay zero
     wte, wpe = pm[:V_], pm[plan[OFF_WPE] // C_:plan[OFF_WPE] // C_ + plan[T]]
@@ -125,7 +126,7 @@ def _forward(pm, ws, plan, columns, n):
     logits = _block(ws, plan, LOGITS, 0, V_)
     lm_head = pm[plan[OFF_LM] // C_:plan[OFF_LM] // C_ + V_]
     matmul(logits, lm_head, _block(ws, plan, XS, L_, C_), V_, nb, C_, False)  # (V, N)
-    return cross_entropy(logits, columns[1], _block(ws, plan, SCRATCH, 0, 2), n, nb)
+    return cross_entropy(logits, columns[1], _block(ws, plan, SCRATCH, 0, 2), n, nb, n_mean)
 
 
 @kernel
@@ -187,15 +188,39 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
 @kernel
 def _loss_and_grads(state, ws, plan):
     """Loss of the batch in plan; fills state[1] with the gradients."""
-    C_, NP_, P = plan[C], plan[NP], state.shape[1]
+    return _group_loss_and_grads(state[0], state[1], ws, plan, 0)
+
+
+@kernel
+def _group_loss_and_grads(params, grads, ws, plan, n_mean):
+    """Loss of the documents in plan, summed and divided by n_mean (0: by their own predicted positions);
+    fills grads with its gradient."""
+    C_, NP_, P = plan[C], plan[NP], params.size
     columns = plan[COLUMNS:COLUMNS + 4 * NP_].reshape((4, NP_))
     rows = _block(ws, plan, ROWS, 0, 4 * C_)
     n = _pack_columns(plan, columns)
-    pm = state[0].reshape((P // C_, C_))
-    loss = _forward(pm, ws, plan, columns, n)
-    _backward(pm, state[1].reshape((P // C_, C_)), ws, plan, columns, rows[:C_].reshape((NP_, C_)),
+    pm = params.reshape((P // C_, C_))
+    loss = _forward(pm, ws, plan, columns, n, n if n_mean == 0 else n_mean)
+    _backward(pm, grads.reshape((P // C_, C_)), ws, plan, columns, rows[:C_].reshape((NP_, C_)),
               rows.reshape((NP_, 4 * C_)), n)
     return loss
+
+
+@kernel
+def _checked_positions(plan):
+    """Predicted positions of the documents in plan (min(T, length - 1) each), after _pack_columns' checks of
+    their token ids: for callers that must raise before a parallel region (an exception inside one is lost)."""
+    V_, T_, at = plan[V], plan[T], plan[BATCH_AT]
+    n_docs = plan[at]
+    token, total = at + 1 + n_docs, 0
+    for b in range(n_docs):
+        length = plan[at + 1 + b]
+        for p in range(min(T_, length - 1) + 1):
+            if not 0 <= plan[token + p] < V_:
+                raise ValueError("a token id is outside the vocabulary")
+        total += max(0, min(T_, length - 1))
+        token += length
+    return total
 
 
 @kernel
@@ -206,21 +231,40 @@ def _adam(state, adam, lr, t):
     bias-correction divisions turned into multiplications (one division per parameter instead of three:
     Adam is then ~1/3 less of a step; results move by an ulp). beta^t is C's pow, as in Python.
     """
+    _clip_gradients(state[1], adam)
+    settings = _adam_settings(adam, lr, t)
     p, g, m, v = state[0], state[1], state[2], state[3]
-    beta1, beta2, eps = adam[BETA1], adam[BETA2], adam[EPS]
-    step_size = lr / (1 - beta1 ** np.float64(t))
-    inverse_bias2, decay = 1.0 / (1 - beta2 ** np.float64(t)), lr * adam[WEIGHT_DECAY]
+    for i in range(p.size):
+        _adam_parameter(p, g, m, v, i, settings)
+
+
+@kernel
+def _clip_gradients(g, adam):
+    """Scale g to the global norm adam[GRAD_CLIP] when it is above it (0: off); the norm summed in order."""
     if adam[GRAD_CLIP] > 0:
         total = 0.0
         for i in range(g.size):
             total += g[i] * g[i]
         g *= min(1.0, adam[GRAD_CLIP] / (math.sqrt(total) + 1e-6))
-    for i in range(p.size):
-        m[i] = m[i] * beta1 + g[i] * (1 - beta1)
-        v[i] = v[i] * beta2 + g[i] * g[i] * (1 - beta2)
-        if decay:
-            p[i] -= p[i] * decay  # decoupled (AdamW) decay
-        p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)
+
+
+@kernel
+def _adam_settings(adam, lr, t):
+    """(beta1, beta2, eps, step size, 1 / (1 - beta2^t), decay) of Adam step t."""
+    beta1, beta2 = adam[BETA1], adam[BETA2]
+    return (beta1, beta2, adam[EPS], lr / (1 - beta1 ** np.float64(t)), 1.0 / (1 - beta2 ** np.float64(t)),
+            lr * adam[WEIGHT_DECAY])
+
+
+@kernel
+def _adam_parameter(p, g, m, v, i, settings):
+    """Adam on parameter i (params p, grads g, moments m and v): independent of every other parameter's update."""
+    beta1, beta2, eps, step_size, inverse_bias2, decay = settings
+    m[i] = m[i] * beta1 + g[i] * (1 - beta1)
+    v[i] = v[i] * beta2 + g[i] * g[i] * (1 - beta2)
+    if decay:
+        p[i] -= p[i] * decay  # decoupled (AdamW) decay
+    p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)
 
 
 # ---- entry points, called from FusedEngine

@@ -225,11 +225,12 @@ def _positive8(r):
 
 
 @kernel
-def cross_entropy(logits, targets, scratch, n, nb):
-    """Mean of -log softmax(logits)[target] over the first n columns; logits (V, NP) become d_logits in place
-    (0 in the padding columns n .. nb). scratch (2, NP)."""
+def cross_entropy(logits, targets, scratch, n, nb, n_mean):
+    """Sum of -log softmax(logits)[target] over the first n columns, divided by n_mean (n, or the whole
+    batch's count when these columns are one group of it); logits (V, NP) become d_logits in place (0 in the
+    padding columns n .. nb). scratch (2, NP)."""
     V_ = logits.shape[0]
-    weight = 1.0 / n  # each predicted position counts 1/n towards the mean
+    weight = 1.0 / n_mean  # each predicted position counts 1/n_mean towards the mean
     for j in range(0, nb, LANES):
         peak = load8(logits[0], j)
         for v in range(1, V_):

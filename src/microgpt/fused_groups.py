@@ -1,0 +1,85 @@
+"""The fused engine on every core: a batch of B >= 2 documents split into groups that run in parallel.
+
+Documents b of the batch go to group b * G // B, G = min(B, GROUPS): each group packs its documents into
+its own plan and workspace and writes its own gradients (numba prange over the groups); the groups'
+gradients are then summed in group order, and Adam runs in parallel over the parameters (each parameter's
+update is independent of the others'). The split depends on B alone, never on the number of threads, so a
+run gives the same numbers on any machine; they differ from a one-group computation only by rounding,
+since each weight gradient's sum over positions is cut into G partial sums.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .fused_kernels import BATCH_AT, _adam_parameter, _adam_settings, _clip_gradients, _group_loss_and_grads
+from .fused_kernels import _checked_positions
+
+GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
+
+parallel_entry_point = njit(cache=True, error_model='numpy', parallel=True)
+
+
+def group_bounds(batch_size):
+    """G + 1 document indices: group g has documents bounds[g] .. bounds[g + 1] - 1 of the batch."""
+    groups = min(batch_size, GROUPS)
+    return [g * batch_size // groups for g in range(groups + 1)]
+
+
+@parallel_entry_point
+def loss_and_grads(state, group_grads, wss, plans):
+    """Mean loss of the documents in plans (G, ·) (each group's loaded); fills state[1] with the batch's gradient.
+
+    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1]); wss (G, rows, NP)."""
+    groups = plans.shape[0]
+    positions, n_mean = np.zeros(groups, np.int64), 0
+    for g in range(groups):  # also checks the token ids: an exception raised inside prange would be lost
+        positions[g] = _checked_positions(plans[g])
+        n_mean += positions[g]
+    if n_mean == 0:
+        raise ValueError("the batch has no token to predict: a document needs at least 2 tokens")
+    losses = np.zeros(groups)
+    for g in prange(groups):
+        group_out = state[1] if g == 0 else group_grads[g - 1]
+        if positions[g] == 0:  # only documents of one token: no loss, no gradient
+            group_out[:] = 0
+        else:
+            losses[g] = _group_loss_and_grads(state[0], group_out, wss[g], plans[g], n_mean)
+    grads = state[1]
+    for i in prange(grads.size):  # summed in group order, whatever the thread count
+        for g in range(groups - 1):
+            grads[i] += group_grads[g, i]
+    loss = 0.0
+    for g in range(groups):  # a loop, not losses.sum(): parallel=True would make that a parallel reduction
+        loss += losses[g]
+    return loss
+
+
+@parallel_entry_point
+def adam_update(state, adam, lr, t):
+    """fused_kernels._adam, in parallel over the parameters (the clipping norm still summed in order)."""
+    _clip_gradients(state[1], adam)
+    settings = _adam_settings(adam, lr, t)
+    p, g, m, v = state[0], state[1], state[2], state[3]
+    for i in prange(p.size):
+        _adam_parameter(p, g, m, v, i, settings)
+
+
+@parallel_entry_point
+def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, first_t, losses):
+    """fused_kernels.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
+    groups = plans.shape[0]
+    for i in range(losses.size):
+        for g in range(groups):
+            plan = plans[g]
+            at = plan[BATCH_AT]
+            first, stop = g * batch_size // groups, (g + 1) * batch_size // groups
+            plan[at] = stop - first
+            token = at + 1 + stop - first
+            for b in range(first, stop):
+                d = i * batch_size + b
+                length = doc_starts[d + 1] - doc_starts[d]
+                plan[at + 1 + b - first] = length
+                plan[token:token + length] = docs[doc_starts[d]:doc_starts[d + 1]]
+                token += length
+        losses[i] = loss_and_grads(state, group_grads, wss, plans)
+        adam_update(state, adam, lrs[i], first_t + i)
