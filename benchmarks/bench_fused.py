@@ -25,9 +25,10 @@ import numba
 import numpy as np
 
 from microgpt.benchmark import prepared_job
-from microgpt.config import ModelConfig, TrainConfig, learning_rate
+from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
+from microgpt import torch_baseline
 from microgpt.training import batch_for_step, predicted_tokens, train
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
@@ -138,8 +139,8 @@ def _seconds(fn):
 
 def makemore_job(data, repeats, steps, with_torch):
     print(f"3. makemore size: n_layer 4, n_embd 64, n_head 4, block 16, batch 32; {steps} steps after 5 warm-up")
-    print(f"   each row in a fresh process: two OpenMP runtimes (numba's and torch's) in one process, or one")
-    print(f"   spinning after its parallel regions, slow each other down up to tenfold")
+    print("   each row in a fresh process: two OpenMP runtimes (numba's and torch's) in one process, or one")
+    print("   spinning after its parallel regions, slow each other down up to tenfold")
     print(f"   {'engine':<20} {'tokens/s':>10} {'ms/step':>9}")
     runs = [('numpy', 'float64'), ('numpy', 'float32'), ('fused', 'float64'), ('fused', 'float32')]
     if with_torch:
@@ -192,56 +193,9 @@ def _blas_threads():
     return os.cpu_count()
 
 
-def time_torch(dtype, data, steps, warmup=5):
-    """The same model and job in PyTorch: padded (B, T) batches, the loss averaged over real positions."""
-    import torch
-    import torch.nn.functional as F
-    torch_dtype = getattr(torch, dtype)
+def time_torch(dtype, data, steps):
     rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
-    engine = make_engine('numpy', cfg, rng)  # the same initial weights as the other engines
-    weights = {name: torch.tensor(w, dtype=torch_dtype, requires_grad=True) for name, w in engine.weights().items()}
-    tcfg = TrainConfig(steps=warmup + steps, batch_size=32)
-    optimizer = torch.optim.Adam(weights.values(), lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
-    T, C, NH = cfg.block_size, cfg.n_embd, cfg.n_head
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-
-    def rmsnorm(x):
-        return x * (x.pow(2).mean(-1, keepdim=True) + 1e-5).rsqrt()
-
-    def loss_of(batch):
-        lengths = [min(T, len(tokens) - 1) for tokens in batch]
-        t = max(lengths)
-        inputs = torch.full((len(batch), t), cfg.bos_id)
-        targets = torch.full((len(batch), t), -1)
-        for b, (tokens, n) in enumerate(zip(batch, lengths)):
-            inputs[b, :n] = torch.tensor(tokens[:n])
-            targets[b, :n] = torch.tensor(tokens[1:n + 1])
-        x = rmsnorm(weights['wte'][inputs] + weights['wpe'][:t])                  # (B, T, C)
-        for i in range(cfg.n_layer):
-            w = lambda name: weights[f'layer{i}.{name}']
-            xn = rmsnorm(x)
-            q, k, v = (xn @ torch.cat([w('attn_wq'), w('attn_wk'), w('attn_wv')]).T).split(C, -1)
-            q, k, v = (z.view(len(batch), t, NH, C // NH).transpose(1, 2) for z in (q, k, v))  # (B, NH, T, HS)
-            att = (q @ k.transpose(-1, -2) / (C // NH) ** 0.5).masked_fill(~causal[:t, :t], float('-inf'))
-            y = (att.softmax(-1) @ v).transpose(1, 2).reshape(len(batch), t, C)
-            x = x + y @ w('attn_wo').T
-            x = x + torch.relu(rmsnorm(x) @ w('mlp_fc1').T) @ w('mlp_fc2').T
-        logits = x @ weights['lm_head'].T                                       # (B, T, V)
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-1)
-
-    start, tokens = None, 0
-    for step in range(tcfg.steps):
-        if step == warmup:
-            start = time.perf_counter()
-        batch = batch_for_step(doc_tokens, step, tcfg.batch_size)
-        for group in optimizer.param_groups:
-            group['lr'] = learning_rate(tcfg, step)
-        optimizer.zero_grad(set_to_none=True)
-        loss_of(batch).backward()
-        optimizer.step()
-        if step >= warmup:
-            tokens += predicted_tokens(batch, T)
-    return time.perf_counter() - start, tokens
+    return torch_baseline.time_torch(doc_tokens, cfg, rng, steps, batch_size=32, dtype=dtype)
 
 
 def main():

@@ -88,6 +88,20 @@ def test_gradients_equal_torch_autograd(switches, require_torch, fast_engine):
     assert_grads_equal(engine.gradients(), want, rtol=1e-10, atol=1e-13)
 
 
+def test_benchmark_torch_baseline_computes_the_same_loss_and_gradients(require_torch):
+    """`microgpt bench`'s PyTorch row times this model: it must be the same model (padded batch, masked loss)."""
+    from microgpt.torch_baseline import batch_loss
+    torch = require_torch
+    cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6).validate()
+    engine = make_engine('numpy', cfg, random.Random(3))
+    batch = random_batch(random.Random(4), cfg, 4, max_len=cfg.block_size + 3)
+    weights = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in engine.weights().items()}
+    loss = batch_loss(weights, cfg, batch)
+    loss.backward()
+    assert loss.item() == pytest.approx(engine.loss_and_grads(batch), rel=1e-12)
+    assert_grads_equal(engine.gradients(), {k: t.grad.numpy() for k, t in weights.items()}, rtol=1e-10, atol=1e-13)
+
+
 def test_decoder_logits_equal_reference(fast_engine):
     cfg = ModelConfig(vocab_size=13, n_layer=2, block_size=6)
     reference, engine = engines_pair(cfg, 5, fast_engine)

@@ -3,7 +3,9 @@
 import json
 import os
 
-from microgpt.study import EXPERIMENTS, run_study, summarize, write_report
+import pytest
+
+from microgpt.study import EXPERIMENTS, run_one, run_study, summarize, write_report
 
 from conftest import run_cli_in_process as run
 
@@ -18,9 +20,10 @@ def test_study_runs_resumes_and_reports(names_path, tmp_path):
     assert list(run_study(chosen, [1, 2], names_path, folder, workers=2)) == []  # all done: nothing re-run
     rows = summarize(chosen, [1, 2], folder)
     assert [(e.name, n) for e, _, _, n in rows] == [('baseline', 2), ('batch-32-equal-tokens', 2)]
-    write_report(rows, folder, 'microgpt study')
+    write_report(rows, folder, 'microgpt study', speed=(74_000.0, 12.5))
     report = open(os.path.join(folder, 'RESULTS.md'), encoding='utf-8').read()
     assert '| baseline |' in report and os.path.getsize(os.path.join(folder, 'results.png')) > 1000
+    assert 'takes 12.5 us per training step' in report and '74.0 ms: 5,920x |' in report
     with open(os.path.join(folder, 'runs', 'baseline.seed1.json')) as f:
         assert json.load(f)['steps'] == 1000
 
@@ -28,3 +31,11 @@ def test_study_runs_resumes_and_reports(names_path, tmp_path):
 def test_study_bad_experiment_name(tmp_path):
     code, out, err = run('study', '--experiments', 'nope', '--out', str(tmp_path))
     assert code == 2 and err.startswith('microgpt: error: unknown experiments'), err
+
+
+def test_study_runs_on_the_fused_engine_give_the_numpy_engines_numbers(names_path):
+    """The study trains with the fused engine (fast); its scores are the exact engines' to ~1e-12."""
+    experiment = next(e for e in EXPERIMENTS if e.name == 'batch-8-equal-tokens')
+    fused, numpy_ = run_one(experiment, 3, names_path, 'fused'), run_one(experiment, 3, names_path, 'numpy')
+    assert fused['val_loss'] == pytest.approx(numpy_['val_loss'], rel=1e-12, abs=0)
+    assert fused['train_loss_tail'] == pytest.approx(numpy_['train_loss_tail'], rel=1e-12, abs=0)

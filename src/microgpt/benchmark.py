@@ -57,6 +57,14 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
     return EngineTiming(engine_name, dtype, steps, seconds, tokens)
 
 
+def time_torch(data_path, steps, dtype='float64', seed=42, warmup_steps=20):
+    """time_engine's timing of the same job on the PyTorch baseline (torch_baseline; needs torch)."""
+    from .torch_baseline import time_torch as run
+    rng, doc_tokens, cfg = prepared_job(data_path, seed)
+    seconds, tokens = run(doc_tokens, cfg, rng, steps, dtype=dtype, warmup=warmup_steps)
+    return EngineTiming('torch', dtype, steps, seconds, tokens)
+
+
 def time_cli_train(extra_args=(), repeats=3):
     """Best whole-process wall time of `python -m microgpt train` (start-up and sampling included)."""
     best = float('inf')

@@ -9,7 +9,7 @@ import sys
 
 from . import __version__
 from .config import LR_SCHEDULES
-from .engines import DEFAULT_ENGINE, DTYPES, ENGINES
+from .engines import BENCH_ENGINES, DEFAULT_ENGINE, DTYPES, ENGINES
 from .errors import MicrogptError
 from .presets import PRESETS
 
@@ -116,13 +116,16 @@ def build_parser():
     p.set_defaults(run=commands.cmd_eval)
 
     p = sub.add_parser('bench', help='time the engines side by side on the default job',
-                       description='Time each engine on the same seeded job and print per-step times and '
-                                   'their ratio to the reference engine, plus the wall time of `microgpt train`.')
+                       description='Time each engine (and PyTorch, when installed) on the same seeded job, side by '
+                                   'side in one process, and print per-step times and their ratio to the reference '
+                                   'engine, plus the wall time of `microgpt train`.')
     p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
     p.add_argument('--reference-steps', type=int, default=30,
                    help='steps to time the slow reference engine on (default: 30)')
     p.add_argument('--steps', type=int, default=1000, help='steps to time the fast engines on (default: 1000)')
-    p.add_argument('--engines', default=','.join(ENGINES), help=f'engines to time (default: {",".join(ENGINES)})')
+    p.add_argument('--engines', default=','.join(BENCH_ENGINES),
+                   help=f'engines to time; torch is the same model in PyTorch autograd, when installed '
+                        f'(default: {",".join(BENCH_ENGINES)})')
     p.set_defaults(run=commands.cmd_bench)
 
     p = sub.add_parser('export', help='write a checkpoint as a self-contained C99 program (microcontrollers)',

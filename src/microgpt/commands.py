@@ -8,7 +8,7 @@ import time
 from .config import TrainConfig
 from .data import bundled_dataset_path, holdout_split, load_documents
 from .decoding import generate
-from .engines import ENGINES, make_engine
+from .engines import BENCH_ENGINES, ENGINES, make_engine
 from .errors import MicrogptError
 from .presets import MODEL_KEYS, TRAIN_KEYS, model_settings, resolve, train_settings
 from .trainer import EvalReport, Header, RunSettings, Saved, TrainingRun
@@ -180,21 +180,28 @@ def cmd_eval(args, out, err):
 
 
 def cmd_bench(args, out, err):
-    from .benchmark import time_cli_train, time_engine
+    from importlib.util import find_spec
+
+    from .benchmark import time_cli_train, time_engine, time_torch
     data = args.data or bundled_dataset_path()
     names = [name.strip() for name in args.engines.split(',') if name.strip()]
-    unknown = set(names) - set(ENGINES)
+    unknown = set(names) - set(BENCH_ENGINES)
     if unknown:
-        raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(ENGINES)}")
+        raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(BENCH_ENGINES)}")
     if args.steps < 1 or args.reference_steps < 1:
         raise MicrogptError("--steps and --reference-steps must be at least 1")
+    if 'torch' in names and find_spec('torch') is None:
+        print("PyTorch is not installed: no torch row (pip install torch)", file=err)
+        names.remove('torch')
     rows = []
     for name in ['reference'] + [n for n in names if n != 'reference']:
         for dtype in (['float64'] if name == 'reference' else ['float64', 'float32']):
             steps = args.reference_steps if name == 'reference' else args.steps
-            warmup = 0 if name == 'reference' else 20
             print(f"timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
-            rows.append(time_engine(name, data, steps, dtype, warmup_steps=warmup))
+            if name == 'torch':
+                rows.append(time_torch(data, steps, dtype))
+            else:
+                rows.append(time_engine(name, data, steps, dtype, warmup_steps=0 if name == 'reference' else 20))
     reference_us = rows[0].us_per_step
     print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11} {'x reference':>12}", file=out)
     for row in rows:
@@ -202,13 +209,13 @@ def cmd_bench(args, out, err):
               f"{row.tokens_per_second:>11.0f} {reference_us / row.us_per_step:>12.0f}", file=out)
     wall_args = ['--data', args.data] if args.data else []
     for name in names:
-        if name != 'reference':
+        if name in ENGINES and name != 'reference':
             wall = time_cli_train(wall_args + ['--engine', name])
             print(f"wall time of `microgpt train --engine {name}` (defaults, best of 3): {wall:.3f} s", file=out)
 
 
 def cmd_study(args, out, err):
-    from .study import EXPERIMENTS, run_study, summarize, write_report
+    from .study import EXPERIMENTS, measure_speed, run_study, summarize, write_report
     if args.list:
         for e in EXPERIMENTS:
             print(f"{e.name:<28} {e.claim}", file=out)
@@ -229,7 +236,7 @@ def cmd_study(args, out, err):
         print(f"{result['experiment']:<28} seed {result['seed']}: held-out loss {result['val_loss']:.4f}", file=err)
     rows = summarize(chosen, seeds, args.out)
     command = f"microgpt study --data {args.data or '(bundled)'} --seeds {args.seeds} --out {args.out}"
-    write_report(rows, args.out, command)
+    write_report(rows, args.out, command, measure_speed(data))
     print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
     for e, mean, std, n in rows:
         print(f"{e.name:<28} {mean:>10.4f} +/- {std:.4f} {n:>5}", file=out)

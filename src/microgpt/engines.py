@@ -3,6 +3,7 @@
 from .errors import MicrogptError
 
 ENGINES = ('numpy', 'fused', 'reference')
+BENCH_ENGINES = ENGINES + ('torch',)  # `microgpt bench` also times the PyTorch baseline (torch_baseline)
 DEFAULT_ENGINE = 'numpy'
 DTYPES = ('float64', 'float32')
 
