@@ -28,6 +28,7 @@ from microgpt.benchmark import prepared_job
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
+from microgpt.fused_engine import compile_kernels
 from microgpt import torch_baseline
 from microgpt.training import batch_for_step, predicted_tokens, train
 
@@ -166,7 +167,8 @@ def makemore_row(row, data, repeats, steps):
         best, _, tokens = repeated(lambda: time_torch(dtype, data, steps), repeats)
         threads = torch.get_num_threads()
     else:
-        make_engine(engine, ModelConfig(vocab_size=3), random.Random(0), dtype)  # compile or load, untimed
+        if engine == 'fused':
+            compile_kernels(dtype)  # or load them; untimed
         best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps), repeats)
         threads = _blas_threads() if engine == 'numpy' else numba.get_num_threads()
     print(tokens, best, threads)

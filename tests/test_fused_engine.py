@@ -181,6 +181,7 @@ def test_float32_computes_in_float32_and_close_to_float64():
     assert abs(loss32 - loss64) <= 1e-5 * loss64, (loss32, loss64)
     assert_arrays_equal(f32.gradients(), f64.gradients(), rtol=1e-3, atol=1e-6, what='float32 gradient')
     assert kernels_are_cached('float32') and kernels_are_cached('float64')
+    assert kernels_are_cached('float32', grouped=True) and kernels_are_cached('float64', grouped=True)  # batches of 3
 
 
 def test_bad_token_ids_raise_instead_of_reading_outside_the_weights():

@@ -55,7 +55,7 @@ class _StopRequest:
 def cmd_train(args, out, err):
     settings = _settings_from_args(args)
     if settings.engine == 'fused':
-        _notice_compilation(err, settings.dtype)
+        _notice_compilation(err, settings.dtype, settings.tcfg.batch_size > 1 or settings.eval_every > 0)
     run = TrainingRun(settings)
     stop = _StopRequest(err)
     previous_handler = signal.signal(signal.SIGINT, stop)
@@ -116,10 +116,12 @@ def _progress_bar(err, total, initial):
     return tqdm(total=total, initial=initial, file=err, unit='step', dynamic_ncols=True, leave=False)
 
 
-def _notice_compilation(err, dtype):
+def _notice_compilation(err, dtype, grouped):
     from .fused_engine import kernels_are_cached
-    if not kernels_are_cached(dtype):
-        print("microgpt: compiling the fused engine's kernels (first run with this dtype only, about 30 s)...", file=err, flush=True)
+    if not kernels_are_cached(dtype, grouped):
+        seconds = '30-60 s' if grouped else '30 s'  # batches of 2+ documents also compile the parallel kernels
+        print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, about {seconds})...",
+              file=err, flush=True)
 
 
 def _print_samples(engine, vocab, rng, args, out, prompt_ids, known=None):

@@ -20,11 +20,12 @@ from .named_views import NamedViews
 KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder, fused_groups))
 
 
-def kernels_are_cached(dtype='float64'):
-    """Whether numba's disk cache holds every entry point for `dtype`, so that building an engine will not
-    compile (False when unsure). For the CLI, to announce the one-time compilation."""
+def kernels_are_cached(dtype='float64', grouped=False):
+    """Whether numba's disk cache holds every entry point for `dtype` (and, with `grouped`, those for batches of
+    2+ documents, fused_groups), so that using the engine will not compile (False when unsure). For the CLI,
+    to announce the one-time compilation."""
     try:
-        for kernel, args in _entry_points(dtype):
+        for kernel, args in _entry_points(dtype) + (_group_entry_points(dtype) if grouped else []):
             key = kernel._cache._index_key(_signature(args), kernel.targetctx.codegen())
             if _cache_is_stale(kernel) or key not in kernel._cache._cache_file._load_index():
                 return False
@@ -34,18 +35,26 @@ def kernels_are_cached(dtype='float64'):
 
 
 def _entry_points(dtype):
-    """(entry point, example arguments) for everything FusedEngine calls, to compile it up front."""
+    """(entry point, example arguments) for everything FusedEngine calls with one document per step (and for
+    sampling), to compile it up front."""
     state, ws, plan, adam = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
-    group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
     return [(K.train_step, (state, ws, plan, adam, 0.0, 0)),
             (K.loss_and_grads, (state, ws, plan)),
             (K.adam_update, (state, adam, 0.0, 0)),
             (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, 0, floats)),
-            (fused_groups.loss_and_grads, (state, group_grads, wss, plans)),
-            (fused_groups.adam_update, (state, adam, 0.0, 0)),
-            (fused_groups.train_steps, (state, group_grads, wss, plans, adam, ints, ints, 0, floats, 0, floats)),
             (fused_decoder.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+
+
+def _group_entry_points(dtype):
+    """Those for batches of 2+ documents (fused_groups), compiled when the first such batch comes: parallel
+    kernels take as long again to compile, and microgpt's own job never needs them."""
+    state, adam = np.zeros((4, 1), dtype), np.zeros(5)
+    ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
+    return [(fused_groups.loss_and_grads, (state, group_grads, wss, plans)),
+            (fused_groups.adam_update, (state, adam, 0.0, 0)),
+            (fused_groups.train_steps, (state, group_grads, wss, plans, adam, ints, ints, 0, floats, 0, floats))]
 
 
 def _signature(args):
@@ -77,10 +86,10 @@ def _slp_vectorizer():
         config.SLP_VECTORIZE = saved
 
 
-def _compile(dtype):
-    """Compile, or load from the disk cache, every entry point for `dtype`."""
+def _compile(entry_points):
+    """Compile, or load from the disk cache, these (entry point, example arguments)."""
     with _slp_vectorizer():
-        for kernel, args in _entry_points(dtype):
+        for kernel, args in entry_points:
             try:
                 if _cache_is_stale(kernel):
                     kernel._cache.flush()
@@ -89,16 +98,23 @@ def _compile(dtype):
             kernel.compile(_signature(args))
 
 
+def compile_kernels(dtype='float64', grouped=True):
+    """Compile (or load from the cache) now what engines of `dtype` will call: before starting worker processes,
+    say, so that they do not each compile."""
+    for flag in (False, True) if grouped else (False,):
+        if (np.dtype(dtype).name, flag) not in FusedEngine._compiled:
+            _compile(_group_entry_points(dtype) if flag else _entry_points(dtype))
+            FusedEngine._compiled.add((np.dtype(dtype).name, flag))
+
+
 class FusedEngine(NamedViews):
     name = 'fused'
-    _compiled = set()  # dtypes whose kernels this process has compiled or loaded
+    _compiled = set()  # (dtype, grouped) whose kernels this process has compiled or loaded
 
     def __init__(self, cfg, rng, dtype='float64'):
         self.cfg = cfg
         self.dtype = np.dtype(dtype)
-        if self.dtype.name not in FusedEngine._compiled:
-            _compile(self.dtype)
-            FusedEngine._compiled.add(self.dtype.name)
+        compile_kernels(self.dtype, grouped=False)
         shapes = parameter_shapes(cfg)
         total = sum(rows * cols for rows, cols in shapes.values())
         self._state = np.zeros((4, total), self.dtype)  # (4, P) parameters, gradients, Adam m, Adam v
@@ -123,6 +139,8 @@ class FusedEngine(NamedViews):
         or more into groups, each with its own plan, workspace and gradients; one document uses group 0's)."""
         bounds = fused_groups.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
+        if groups > 1:
+            compile_kernels(self.dtype, grouped=True)
         if groups <= self._groups and group_size <= self._group_size:
             return
         groups, group_size = max(groups, self._groups), max(group_size, self._group_size)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .config import ModelConfig, TrainConfig
 from .data import Vocabulary, holdout_split, load_documents, shuffled
 from .engines import make_engine
+from .fused_engine import compile_kernels
 from .presets import DEFAULTS, PRESETS, model_settings, train_settings
 from .training import evaluate, train
 
@@ -106,7 +107,7 @@ def run_study(experiments, seeds, data_path, folder, workers=2):
         for job in todo:
             yield _run_and_save(job)
         return
-    make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))  # compile (or load) once, before the workers
+    compile_kernels('float64')  # once, before the workers
     # spawned, not forked: a process that has loaded the fused engine's OpenMP runtime must not fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
                              initializer=_one_thread_per_worker) as pool:
