@@ -234,3 +234,14 @@ def test_default_run_reproduces_golden_trajectory_and_samples(names_path, golden
     got_samples = [f"sample {i + 1:2d}: {vocab.decode(generate(decoder, vocab.bos_id, cfg.block_size, rng, 0.5))}"
                    for i in range(20)]
     assert got_samples == [line for line in golden if line.startswith('sample')]
+
+
+def test_first_run_says_it_compiles_and_a_cached_run_does_not(tmp_path, monkeypatch):
+    """With an empty numba cache the CLI announces the compilation on stderr; the next run loads the cache."""
+    from conftest import run_cli_subprocess
+    monkeypatch.setenv('NUMBA_CACHE_DIR', str(tmp_path / 'numba-cache'))
+    runs = [run_cli_subprocess('train', '--engine', 'fused', '--steps', '3', '--num-samples', '1') for _ in range(2)]
+    (code1, out1, err1), (code2, out2, err2) = runs
+    assert code1 == code2 == 0, (err1, err2)
+    assert b"compiling the fused engine's kernels" in err1 and b'compiling' not in err2, (err1, err2)
+    assert out1 == out2
