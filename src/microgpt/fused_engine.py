@@ -220,11 +220,12 @@ class FusedEngine(NamedViews):
         self.adam_steps += 1
         return K.train_step(self._state, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
-    def train_steps(self, doc_tokens, start, stop, tcfg):
+    def train_steps(self, doc_tokens, start, stop, tcfg, lrs=None):
         """Steps start .. stop - 1 of training.train's loop in one compiled call; returns their losses (stop - start,).
 
         The same batches as training.batch_for_step (documents step*B .. step*B + B - 1, wrapping around), the
-        same learning rates and the same arithmetic as one train_step per step, without a Python call per step.
+        same learning rates (learning_rate's, or the caller's `lrs` of them) and the same arithmetic as one
+        train_step per step, without a Python call per step.
         """
         B, keep = tcfg.batch_size, self.cfg.block_size + 1
         self._reserve(B)
@@ -235,7 +236,7 @@ class FusedEngine(NamedViews):
             lengths.append(min(len(doc), keep))
         starts = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=starts[1:])
-        lrs = np.array([learning_rate(tcfg, step) for step in range(start, stop)])
+        lrs = np.array([learning_rate(tcfg, step) for step in range(start, stop)] if lrs is None else lrs)
         losses = np.empty(stop - start)
         docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)
         if B == 1:

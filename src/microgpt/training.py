@@ -58,11 +58,15 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
         for every in sync_every:
             if every:
                 stop = min(stop, (step // every + 1) * every)
-        losses = engine.train_steps(doc_tokens, step, stop, tcfg).tolist()
-        for s, loss in enumerate(losses, start=step):
+        lrs = [learning_rate(tcfg, s) for s in range(step, stop)]
+        losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs).tolist()
+        for s, loss, lr in zip(range(step, stop), losses, lrs):
             # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
-            tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
-            yield StepReport(s + 1, tcfg.steps, loss, learning_rate(tcfg, s), tokens, s + 1 == stop)
+            if B == 1:
+                tokens = min(block_size, len(doc_tokens[s % n_docs]) - 1)
+            else:
+                tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
+            yield StepReport(s + 1, tcfg.steps, loss, lr, tokens, s + 1 == stop)
         step = stop
 
 
