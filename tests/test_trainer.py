@@ -52,6 +52,27 @@ def test_default_split_size_is_makemores(names_path):
     assert len(val) == 1000 and not set(train) & set(val), len(val)
 
 
+def test_line_split_is_makemores_random_lines(names_path):
+    """--val-split line: random lines, so a name on several lines can be on both sides, as in makemore."""
+    from microgpt.data import load_documents
+    docs = load_documents(names_path)
+    train, val = holdout_split(docs, by='line')
+    assert len(val) == 1000 and len(train) + len(val) == len(docs)
+    assert sorted(train + val) == sorted(docs)
+    assert set(train) & set(val), "names.txt repeats 2,539 names: some held-out lines are also trained on"
+    assert holdout_split(docs, by='line') == (train, val) and holdout_split(docs, seed=7, by='line')[1] != val
+
+
+def test_eval_restores_the_runs_line_split(small_data, tmp_path):
+    out = str(tmp_path / 'run')
+    code, stdout, err = run(*train_args(small_data, out), '--val-split', 'line', '--val-fraction', '0.25')
+    assert code == 0, err
+    best_val = [line for line in stdout.splitlines() if 'val loss' in line][-1].split('best ')[1]  # model.safetensors'
+    code, stdout, err = run('eval', '--checkpoint', os.path.join(out, 'model.safetensors'))
+    assert code == 0 and stdout.startswith(f'loss {best_val} ') and f'on {len(NAMES) * 2 // 4} documents' in stdout, \
+        (best_val, stdout, err)
+
+
 def test_preset_parameter_counts():
     counts = {}
     for name in PRESETS:

@@ -9,6 +9,7 @@ import sys
 
 from . import __version__
 from .config import LR_SCHEDULES
+from .data import VAL_SPLITS
 from .engines import BENCH_ENGINES, DEFAULT_ENGINE, DTYPES, ENGINES
 from .errors import MicrogptError
 from .presets import PRESETS
@@ -60,6 +61,10 @@ def _add_train_flags(p):
     g.add_argument('--val-fraction', type=float, default=None,
                    help='fraction of distinct documents held out when evaluating '
                         '(default: like makemore, min(1000 documents, 10%%))')
+    g.add_argument('--val-split', choices=VAL_SPLITS, default='name',
+                   help='hold out distinct names (a name is never on both sides), or random lines as makemore '
+                        'does (a name on several lines can be on both sides: only for comparing with makemore\'s '
+                        'figures) (default: name)')
     g.add_argument('--out', default=None, metavar='DIR',
                    help='write DIR/model.safetensors (best validation loss, or last step), DIR/resume.safetensors '
                         '(latest state, for --resume) and DIR/metrics.jsonl')

@@ -35,7 +35,8 @@ def _settings_from_args(args):
         raise MicrogptError("--plot writes DIR/loss.png and needs --out DIR")
     return RunSettings(data_path=bundled_dataset_path() if args.data is None else args.data, engine=args.engine, dtype=args.dtype,
                        model=model_settings(settings), tcfg=tcfg, eval_every=settings['eval_every'],
-                       val_fraction=args.val_fraction, out_dir=args.out, resume=args.resume,
+                       val_fraction=args.val_fraction, val_split=args.val_split,
+                       out_dir=args.out, resume=args.resume,
                        save_every=args.save_every, preset=args.preset)
 
 
@@ -174,7 +175,8 @@ def cmd_eval(args, out, err):
         if not eval_every:
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
-        _, docs = holdout_split(load_documents(data_path), ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed)
+        _, docs = holdout_split(load_documents(data_path), ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed,
+                                ckpt.meta.get('val_split', 'name'))
         what = f"the held-out split of {data_path}"
     tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
     loss = evaluate(engine, tokens)

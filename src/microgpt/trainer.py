@@ -35,6 +35,7 @@ class RunSettings:
     tcfg: object             # TrainConfig
     eval_every: int = 0      # 0: no held-out split, no evaluation (microgpt's behaviour)
     val_fraction: float = None
+    val_split: str = 'name'  # data.holdout_split's `by`
     out_dir: str = None
     resume: bool = False
     save_every: int = 0
@@ -86,7 +87,7 @@ class TrainingRun:
         docs = load_documents(s.data_path)
         val_docs = []
         if s.eval_every:
-            docs, val_docs = holdout_split(docs, s.val_fraction, tcfg.seed)
+            docs, val_docs = holdout_split(docs, s.val_fraction, tcfg.seed, s.val_split)
         docs = shuffled(docs, self.rng)
         if tcfg.batch_size > len(docs):
             raise MicrogptError(f"--batch-size {tcfg.batch_size} is larger than the {len(docs)} training documents; "
@@ -152,7 +153,8 @@ class TrainingRun:
     def _meta(self):
         s = self.s
         return {'data_path': os.path.abspath(s.data_path), 'eval_every': s.eval_every,
-                'val_fraction': s.val_fraction, 'preset': s.preset, 'best_val_loss': self.best_val_loss}
+                'val_fraction': s.val_fraction, 'val_split': s.val_split, 'preset': s.preset,
+                'best_val_loss': self.best_val_loss}
 
     def _save(self, name, metrics):
         from .checkpoint import save_checkpoint
