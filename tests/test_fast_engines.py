@@ -238,3 +238,10 @@ def test_float32_buffers_are_float32(fast_engine):
     engine = make_engine(fast_engine, ModelConfig(vocab_size=5), random.Random(0), 'float32')
     engine.loss_and_grads([[4, 0, 1, 4]])
     assert {engine.flat.dtype, engine.grad_flat.dtype, engine.m.dtype} == {np.dtype('float32')}
+
+
+@pytest.mark.parametrize('batch', [[[4]], [[4], [4]], [[4], [], [4]]], ids=['one', 'two', 'three'])
+def test_a_batch_with_nothing_to_predict_is_a_clear_error(fast_engine, batch):
+    engine = make_engine(fast_engine, ModelConfig(vocab_size=5), random.Random(0))
+    with pytest.raises(ValueError, match='no token to predict'):
+        engine.loss_and_grads(batch)

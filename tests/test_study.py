@@ -21,7 +21,8 @@ def test_study_runs_resumes_and_reports(names_path, tmp_path):
     rows = summarize(chosen, [1, 2], folder)
     assert [(e.name, n) for e, _, _, n in rows] == [('baseline', 2), ('batch-32-equal-tokens', 2)]
     write_report(rows, folder, 'microgpt study', speed=(74_000.0, 12.5))
-    report = open(os.path.join(folder, 'RESULTS.md'), encoding='utf-8').read()
+    with open(os.path.join(folder, 'RESULTS.md'), encoding='utf-8') as f:
+        report = f.read()
     assert '| baseline |' in report and os.path.getsize(os.path.join(folder, 'results.png')) > 1000
     assert 'takes 12.5 us per training step' in report and '74.0 ms: 5,920x.' in report and '22,640x |' in report
     with open(os.path.join(folder, 'runs', 'baseline.seed1.json')) as f:

@@ -254,6 +254,13 @@ def test_resume_with_mismatched_config(small_data, tmp_path):
     out = str(tmp_path / 'run')
     assert run(*train_args(small_data, out))[0] == 0
     assert_error(*run(*train_args(small_data, out, '--n-embd', '8', '--resume')), 'n_embd: checkpoint 16, now 8')
+    # another held-out split would train on other documents and compare losses measured on other names
+    assert_error(*run(*train_args(small_data, out, '--val-split', 'line', '--resume')),
+                 "val_split: checkpoint 'name', now 'line'")
+    assert_error(*run(*train_args(small_data, out, '--val-fraction', '0.3', '--resume')),
+                 'val_fraction: checkpoint 0.2, now 0.3')
+    assert_error(*run(*train_args(small_data, out, '--eval-every', '0', '--resume')),
+                 'evaluation: checkpoint True, now False')
 
 
 def test_resume_without_a_checkpoint(small_data, tmp_path):

@@ -234,11 +234,11 @@ class FusedEngine(NamedViews):
             doc = doc_tokens[d % len(doc_tokens)]
             tokens += doc[:keep]
             lengths.append(min(len(doc), keep))
-        starts = np.zeros(len(lengths) + 1, np.int64)
+        starts = np.zeros(len(lengths) + 1, np.int64)  # (D + 1,) where each of the D documents starts in docs
         np.cumsum(lengths, out=starts[1:])
         lrs = np.array([learning_rate(tcfg, step) for step in range(start, stop)] if lrs is None else lrs)
-        losses = np.empty(stop - start)
-        docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)
+        losses = np.empty(stop - start)                # (steps,)
+        docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)  # (tokens,) back to back
         if B == 1:
             K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, self.adam_steps + 1,
                           losses)

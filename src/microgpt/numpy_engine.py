@@ -14,6 +14,9 @@ from .numpy_layers import (activation_backward, activation_forward, attention_ba
                            cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
 
 
+NOTHING_TO_PREDICT = "the batch has no token to predict: a document needs at least 2 tokens"  # as the fused engine's
+
+
 class NumpyEngine(NamedViews):
     name = 'numpy'
 
@@ -79,9 +82,13 @@ class NumpyEngine(NamedViews):
         block_size, V = self.cfg.block_size, self.cfg.vocab_size
         if len(batch) == 1:  # the common case, kept to a handful of NumPy calls
             n = min(block_size, len(batch[0]) - 1)
+            if n < 1:
+                raise ValueError(NOTHING_TO_PREDICT)
             tokens = np.array(batch[0][:n + 1])                               # (n + 1,)
             return tokens[None, :n], self._row_starts[:n] + tokens[1:], self._mean_weights[n]
-        lengths = [min(block_size, len(tokens) - 1) for tokens in batch]
+        lengths = [max(0, min(block_size, len(tokens) - 1)) for tokens in batch]
+        if not any(lengths):
+            raise ValueError(NOTHING_TO_PREDICT)
         B, T = len(batch), max(lengths)
         inputs = np.full((B, T), self.cfg.bos_id, np.intp)                   # (B, T)
         targets = np.full((B, T), self.cfg.bos_id, np.intp)                  # (B, T)

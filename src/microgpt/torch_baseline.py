@@ -23,12 +23,12 @@ def batch_loss(weights, cfg, batch):
     T, C, NH = cfg.block_size, cfg.n_embd, cfg.n_head
     lengths = [min(T, len(tokens) - 1) for tokens in batch]
     t = max(lengths)
-    inputs = torch.full((len(batch), t), cfg.bos_id)
-    targets = torch.full((len(batch), t), -1)                                   # -1: padding, ignored
+    inputs = torch.full((len(batch), t), cfg.bos_id)                           # (B, T)
+    targets = torch.full((len(batch), t), -1)                                   # (B, T); -1: padding, ignored
     for b, (tokens, n) in enumerate(zip(batch, lengths)):
         inputs[b, :n] = torch.tensor(tokens[:n])
         targets[b, :n] = torch.tensor(tokens[1:n + 1])
-    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    causal = torch.ones(t, t, dtype=torch.bool).tril()                         # (T, T)
     x = _rmsnorm(weights['wte'][inputs] + weights['wpe'][:t])                   # (B, T, C)
     for i in range(cfg.n_layer):
         w = {name.split('.', 1)[1]: weights[name] for name in weights if name.startswith(f'layer{i}.')}

@@ -177,6 +177,12 @@ class TrainingRun:
             differences.append("vocabulary (a different --data?)")
         if ckpt.meta.get('dtype', self.s.dtype) != self.s.dtype:
             differences.append(f"dtype: checkpoint {ckpt.meta.get('dtype')}, now {self.s.dtype}")
+        # the held-out split decides which documents are trained on: evaluation on or off, and how it splits
+        split = {'evaluation': bool(ckpt.meta.get('eval_every')), 'val_fraction': ckpt.meta.get('val_fraction'),
+                 'val_split': ckpt.meta.get('val_split', 'name')}
+        now = {'evaluation': bool(self.s.eval_every), 'val_fraction': self.s.val_fraction, 'val_split': self.s.val_split}
+        if split['evaluation'] or now['evaluation']:
+            differences += [f"{k}: checkpoint {split[k]!r}, now {now[k]!r}" for k in split if split[k] != now[k]]
         if differences:
             raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); "
                                 f"resume with the original flags, or train into a new --out folder")
