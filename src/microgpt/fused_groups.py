@@ -22,6 +22,7 @@ from .fused_layers import kernel
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
 
 parallel_entry_point = njit(cache=True, error_model='numpy', parallel=True)
+entry_point = njit(cache=True, error_model='numpy')  # one that only calls the parallel ones
 
 
 def group_bounds(batch_size):
@@ -62,7 +63,7 @@ def adam_update(state, adam, lr, t):
         _adam_parameter(p, g, m, v, i, settings)
 
 
-@parallel_entry_point
+@entry_point
 def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, first_t, losses):
     """fused_kernels.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
     for i in range(losses.size):
