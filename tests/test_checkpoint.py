@@ -30,10 +30,10 @@ def small_cfg(engine):
     return ModelConfig(vocab_size=VOCAB.size)
 
 
-def trained(engine, dtype, steps):
-    """An engine after `steps` of TCFG's 10-step schedule, and its losses."""
+def trained(engine, dtype, steps, tcfg=TCFG):
+    """An engine after `steps` of tcfg's 10-step schedule, and its losses."""
     e = make_engine(engine, small_cfg(engine), random.Random(0), dtype)
-    losses = [report.loss for report in islice(train(e, DOCS, TCFG), steps)]
+    losses = [report.loss for report in islice(train(e, DOCS, tcfg), steps)]
     return e, losses
 
 
@@ -42,16 +42,21 @@ def flat_state(e):
     return weights, np.asarray(e.m, np.float64), np.asarray(e.v, np.float64), e.adam_steps
 
 
-@pytest.mark.parametrize('engine, dtype', [('numpy', 'float64'), ('numpy', 'float32'), ('reference', 'float64')])
-def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype):
-    path = str(tmp_path / 'model.safetensors')
-    straight, straight_losses = trained(engine, dtype, 10)
+DROPOUT_TCFG = TrainConfig(steps=10, batch_size=2, seed=3, dropout=0.2)  # masks drawn from (seed, step)
 
-    first, first_losses = trained(engine, dtype, 5)
-    save_checkpoint(path, first, VOCAB, TCFG, 5, {'train_loss': first_losses[-1]}, {'note': json.dumps('hi')})
+
+@pytest.mark.parametrize('engine, dtype, tcfg', [('numpy', 'float64', TCFG), ('numpy', 'float32', TCFG),
+                                                 ('reference', 'float64', TCFG), ('numpy', 'float64', DROPOUT_TCFG)],
+                         ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout'])
+def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype, tcfg):
+    path = str(tmp_path / 'model.safetensors')
+    straight, straight_losses = trained(engine, dtype, 10, tcfg)
+
+    first, first_losses = trained(engine, dtype, 5, tcfg)
+    save_checkpoint(path, first, VOCAB, tcfg, 5, {'train_loss': first_losses[-1]}, {'note': json.dumps('hi')})
     ckpt = load_checkpoint(path)
     assert (ckpt.model_cfg, ckpt.train_cfg, ckpt.vocab, ckpt.step, ckpt.adam_steps) == \
-        (first.cfg, TCFG, VOCAB, 5, 5), (ckpt.model_cfg, ckpt.train_cfg, ckpt.vocab, ckpt.step, ckpt.adam_steps)
+        (first.cfg, tcfg, VOCAB, 5, 5), (ckpt.model_cfg, ckpt.train_cfg, ckpt.vocab, ckpt.step, ckpt.adam_steps)
     assert ckpt.metrics == {'train_loss': first_losses[-1]} and ckpt.meta['note'] == 'hi', (ckpt.metrics, ckpt.meta)
     assert ckpt.meta['dtype'] == dtype and ckpt.meta['engine'] == engine, ckpt.meta
 
@@ -59,7 +64,7 @@ def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype):
     restore_engine(ckpt, resumed)
     for got, want in zip(flat_state(resumed), flat_state(first)):
         np.testing.assert_array_equal(got, want)
-    resumed_losses = [report.loss for report in train(resumed, DOCS, TCFG, start_step=ckpt.step)]
+    resumed_losses = [report.loss for report in train(resumed, DOCS, tcfg, start_step=ckpt.step)]
 
     assert first_losses + resumed_losses == straight_losses, (first_losses + resumed_losses, straight_losses)
     for got, want in zip(flat_state(resumed), flat_state(straight)):

@@ -245,3 +245,33 @@ def test_a_batch_with_nothing_to_predict_is_a_clear_error(fast_engine, batch):
     engine = make_engine(fast_engine, ModelConfig(vocab_size=5), random.Random(0))
     with pytest.raises(ValueError, match='no token to predict'):
         engine.loss_and_grads(batch)
+
+
+def test_dropout_gradients_equal_finite_differences_under_the_same_masks():
+    """Dropout's masks come from a seed, so the loss is a fixed function of the weights: its gradient is checked
+    like any other, and it differs from the loss without dropout."""
+    cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6).validate()
+    engine = make_engine('numpy', cfg, random.Random(5))
+    batch = random_batch(random.Random(6), cfg, 3, max_len=8)
+    seed = (3, 17)
+    loss = engine.loss_and_grads(batch, 0.3, seed)
+    grads = engine.grad_flat.copy()
+    assert abs(loss - engine.loss_and_grads(batch)) > 1e-3
+    h = 1e-6
+    for i in random.Random(7).sample(range(engine.flat.size), 60):
+        old = engine.flat[i]
+        engine.flat[i] = old + h
+        plus = engine.loss_and_grads(batch, 0.3, seed)
+        engine.flat[i] = old - h
+        minus = engine.loss_and_grads(batch, 0.3, seed)
+        engine.flat[i] = old
+        assert (plus - minus) / (2 * h) == pytest.approx(grads[i], rel=1e-5, abs=1e-8), i
+
+
+def test_dropout_masks_drop_the_asked_share_and_scale_the_rest():
+    engine = make_engine('numpy', ModelConfig(vocab_size=5, n_layer=2), random.Random(0))
+    masks = engine._dropout_masks(0.25, (1, 2), 500)                     # (1 + 2L, rows, C)
+    assert masks.shape == (5, 500, 16) and set(np.unique(masks)) == {0.0, 1 / 0.75}
+    assert (masks == 0).mean() == pytest.approx(0.25, abs=0.01)
+    np.testing.assert_array_equal(masks, engine._dropout_masks(0.25, (1, 2), 500))
+    assert not np.array_equal(masks, engine._dropout_masks(0.25, (1, 3), 500))

@@ -245,3 +245,12 @@ def test_first_run_says_it_compiles_and_a_cached_run_does_not(tmp_path, monkeypa
     assert code1 == code2 == 0, (err1, err2)
     assert b"compiling the fused engine's kernels" in err1 and b'compiling' not in err2, (err1, err2)
     assert out1 == out2
+
+
+def test_dropout_is_refused_with_the_engine_that_has_it():
+    from microgpt.errors import MicrogptError
+    engine = make_engine('fused', ModelConfig(vocab_size=5), random.Random(0))
+    tcfg = TrainConfig(steps=2, dropout=0.1)
+    for call in (lambda: engine.train_steps([[4, 1, 4]], 0, 2, tcfg), lambda: engine.train_step([[4, 1, 4]], 0.01, tcfg)):
+        with pytest.raises(MicrogptError, match='numpy engine only'):
+            call()

@@ -97,6 +97,7 @@ class TrainConfig:
     grad_clip: float = 0.0         # 0 = no clipping; else clip the global gradient norm to this value
     lr_schedule: str = 'linear'
     warmup: int = 0
+    dropout: float = 0.0           # of the embeddings and of each residual branch's output, while training
 
     def validate(self):
         if self.steps < 1:
@@ -118,7 +119,15 @@ class TrainConfig:
             raise MicrogptError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.warmup < self.steps:
             raise MicrogptError(f"--warmup must be in [0, steps), got {self.warmup} with --steps {self.steps}")
+        if not 0 <= self.dropout < 1:
+            raise MicrogptError(f"--dropout must be in [0, 1), got {self.dropout}")
         return self
+
+    def check_engine(self, engine_name):
+        """Refuse settings the engine does not build, naming the one that does."""
+        if self.dropout and engine_name != 'numpy':
+            raise MicrogptError(f"--dropout is built in the numpy engine only, not in the {engine_name} engine: "
+                                f"train with --engine numpy")
 
 
 def parameter_shapes(cfg):

@@ -212,6 +212,7 @@ class FusedEngine(NamedViews):
         K.adam_update(self._state, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
+        tcfg.check_engine(self.name)
         if len(batch) > 1:
             loss = self.loss_and_grads(batch)
             self.adam_update(lr_t, tcfg)
@@ -227,6 +228,7 @@ class FusedEngine(NamedViews):
         same learning rates (learning_rate's, or the caller's `lrs` of them) and the same arithmetic as one
         train_step per step, without a Python call per step.
         """
+        tcfg.check_engine(self.name)
         B, keep = tcfg.batch_size, self.cfg.block_size + 1
         self._reserve(B)
         tokens, lengths = [], []

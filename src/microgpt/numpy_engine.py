@@ -100,12 +100,13 @@ class NumpyEngine(NamedViews):
             weights[b, :n] = scale
         return inputs, np.arange(B * T) * V + targets.ravel(), weights.ravel()
 
-    def loss_and_grads(self, batch):
+    def loss_and_grads(self, batch, dropout=0.0, dropout_seed=None):
         """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse.
 
         Activations are (N, C) with N = B*T rows, position-major within each document, so every matrix
         product is one 2-D np.dot (a third cheaper to call than matmul at this size); only attention
-        views them as (B, NH, T, HS).
+        views them as (B, NH, T, HS). With `dropout`, the embeddings and each attention and MLP output are
+        dropped out (inverted dropout) by masks drawn from `dropout_seed`: the same seed, the same masks.
         """
         cfg = self.cfg
         inputs, target_index, weights = self.prepare(batch)
@@ -114,23 +115,32 @@ class NumpyEngine(NamedViews):
         P, G = self.params, self.grads
         dot = np.dot
         mask_bias = self.mask_bias[:T, :T]
+        masks = self._dropout_masks(dropout, dropout_seed, B * T) if dropout else None  # (1 + 2L, N, C)
 
         # ---- forward
         x = (P['wte'][inputs] + P['wpe'][:T]).reshape(B * T, C)              # (N, C)
+        if masks is not None:
+            x = x * masks[0]
         embed_norm = None
         if cfg.norm == 'microgpt':
             x, embed_norm = rmsnorm_forward(x)
         caches = []
-        for layer in self._layers:
+        for i, layer in enumerate(self._layers):
             residual = x
             xn, norm1 = rmsnorm_forward(x) if cfg.norm != 'none' else (x, None)
             qkv = dot(xn, layer['w_qkv.T'])                                  # (N, 3C)
             y, attn = attention_forward(qkv, B, cfg.n_head, mask_bias)       # (N, C)
-            x = dot(y, layer['w_o.T']) + residual                            # (N, C)
+            x = dot(y, layer['w_o.T'])                                       # (N, C)
+            if masks is not None:
+                x *= masks[1 + 2 * i]
+            x += residual
             residual = x
             xn2, norm2 = rmsnorm_forward(x) if cfg.norm == 'microgpt' else (x, None)
             a, act = activation_forward(dot(xn2, layer['w_fc1.T']), cfg.mlp_activation)  # (N, 4C)
-            x = dot(a, layer['w_fc2.T']) + residual                          # (N, C)
+            x = dot(a, layer['w_fc2.T'])                                     # (N, C)
+            if masks is not None:
+                x *= masks[2 + 2 * i]
+            x += residual
             caches.append((xn, norm1, y, attn, xn2, norm2, a, act))
         lm_head = P[self._lm_head()]
         logits = dot(x, lm_head.T)                                           # (N, V)
@@ -145,29 +155,42 @@ class NumpyEngine(NamedViews):
         else:
             dot(dlogits.T, x, out=G['lm_head'])                              # (V, C)
         dx = dot(dlogits, lm_head)                                           # (N, C)
-        for layer, (xn, norm1, y, attn, xn2, norm2, a, act) in zip(reversed(self._layers), reversed(caches)):
-            # mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
-            dot(dx.T, a, out=layer['d_fc2'])                                 # (C, 4C)
-            dh = activation_backward(dot(dx, layer['w_fc2']), act, cfg.mlp_activation)  # (N, 4C)
+        for i in reversed(range(cfg.n_layer)):
+            layer, (xn, norm1, y, attn, xn2, norm2, a, act) = self._layers[i], caches[i]
+            # mlp block: x_out = mask * (act(xn2 @ fc1.T) @ fc2.T) + x_mid
+            d_branch = dx if masks is None else dx * masks[2 + 2 * i]         # (N, C)
+            dot(d_branch.T, a, out=layer['d_fc2'])                           # (C, 4C)
+            dh = activation_backward(dot(d_branch, layer['w_fc2']), act, cfg.mlp_activation)  # (N, 4C)
             dot(dh.T, xn2, out=layer['d_fc1'])                               # (4C, C)
             dxn2 = dot(dh, layer['w_fc1'])                                   # (N, C)
             dx += rmsnorm_backward(dxn2, norm2) if norm2 is not None else dxn2
-            # attention block: x_mid = attn(xn @ qkv.T) @ o.T + x_in
-            dot(dx.T, y, out=layer['d_o'])                                   # (C, C)
-            dqkv = attention_backward(dot(dx, layer['w_o']), attn)           # (N, 3C)
+            # attention block: x_mid = mask * (attn(xn @ qkv.T) @ o.T) + x_in
+            d_branch = dx if masks is None else dx * masks[1 + 2 * i]         # (N, C)
+            dot(d_branch.T, y, out=layer['d_o'])                             # (C, C)
+            dqkv = attention_backward(dot(d_branch, layer['w_o']), attn)     # (N, 3C)
             dot(dqkv.T, xn, out=layer['d_qkv'])                              # (3C, C)
             dxn = dot(dqkv, layer['w_qkv'])                                  # (N, C)
             dx += rmsnorm_backward(dxn, norm1) if norm1 is not None else dxn
         if embed_norm is not None:
             dx = rmsnorm_backward(dx, embed_norm)
+        if masks is not None:
+            dx = dx * masks[0]
         np.add.reduce(dx.reshape(B, T, C), 0, out=G['wpe'][:T])
         np.add.at(G['wte'], inputs.ravel(), dx)
         return float(loss)
 
     def train_step(self, batch, lr_t, tcfg):
-        loss = self.loss_and_grads(batch)
+        # a step's masks depend only on the seed and the step, so a resumed run draws the same ones
+        loss = self.loss_and_grads(batch, tcfg.dropout, (tcfg.seed, self.adam_steps + 1))
         self.adam_update(lr_t, tcfg)
         return loss
+
+    def _dropout_masks(self, dropout, seed, rows):
+        """(1 + 2L, rows, C) inverted-dropout masks: 0 with probability `dropout`, else 1 / (1 - dropout); one
+        for the embeddings, then each layer's attention and MLP outputs."""
+        keep = 1.0 - dropout
+        draws = np.random.default_rng(seed).random((1 + 2 * self.cfg.n_layer, rows, self.cfg.n_embd), np.float32)
+        return np.where(draws < keep, self.dtype.type(1 / keep), self.dtype.type(0))
 
     def adam_update(self, lr_t, tcfg):
         """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""

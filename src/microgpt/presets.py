@@ -9,7 +9,7 @@ DEFAULTS = {
     'mlp_activation': 'relu', 'tie_lm_head': False, 'zero_init': (), 'attention': 'causal', 'bos': 'last',
     # optimisation
     'steps': 1000, 'lr': 0.01, 'beta1': 0.85, 'beta2': 0.99, 'batch_size': 1, 'weight_decay': 0.0,
-    'grad_clip': 0.0, 'lr_schedule': 'linear', 'warmup': 0,
+    'grad_clip': 0.0, 'lr_schedule': 'linear', 'warmup': 0, 'dropout': 0.0,
     # evaluation and sampling
     'eval_every': 0, 'temperature': 0.5,
 }
@@ -17,7 +17,8 @@ DEFAULTS = {
 # Which of those settings build the ModelConfig and which the TrainConfig.
 MODEL_KEYS = ('n_embd', 'n_head', 'n_layer', 'block_size', 'init_std', 'norm', 'mlp_activation', 'tie_lm_head',
               'zero_init', 'attention', 'bos')
-TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup')
+TRAIN_KEYS = ('steps', 'lr', 'beta1', 'beta2', 'batch_size', 'weight_decay', 'grad_clip', 'lr_schedule', 'warmup',
+              'dropout')
 
 PRESETS = {
     # Karpathy's microgpt.py: 4,192 parameters on names

@@ -122,6 +122,7 @@ class ReferenceEngine:
 
     def train_step(self, batch, lr_t, tcfg):
         """One Adam step on a list of token sequences; returns the loss before the update."""
+        tcfg.check_engine(self.name)
         loss = self.loss_and_grads(batch)
         self.adam_update(lr_t, tcfg)
         return loss

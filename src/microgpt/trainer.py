@@ -73,6 +73,7 @@ class TrainingRun:
             raise MicrogptError("--eval-every and --save-every must be >= 0")
         self.s = settings
         self.tcfg = settings.tcfg.validate()
+        self.tcfg.check_engine(settings.engine)
         ModelConfig(vocab_size=1, **settings.model).validate()  # flag errors before any file is read
         self.rng = random.Random(self.tcfg.seed)
         self.engine = self.vocab = None
