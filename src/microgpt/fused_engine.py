@@ -191,7 +191,11 @@ class FusedEngine(NamedViews):
             for tokens in docs:
                 values += tokens
             plan[self._batch_at:self._batch_at + len(values)] = values
-        groups = len(bounds) - 1
+        return self._group_buffers(len(batch))
+
+    def _group_buffers(self, batch_size):
+        """(group_grads, wss, plans) of the groups a batch of `batch_size` documents is split into."""
+        groups = len(fused_groups.group_bounds(batch_size)) - 1
         return self._group_grads[:groups - 1], self._wss[:groups], self._plans[:groups]
 
     def _adam_settings(self, tcfg):
@@ -245,10 +249,8 @@ class FusedEngine(NamedViews):
             K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, self.adam_steps + 1,
                           losses)
         else:  # the same batches in groups on every core (fused_groups)
-            groups = len(fused_groups.group_bounds(B)) - 1
-            fused_groups.train_steps(self._state, self._group_grads[:groups - 1], self._wss[:groups],
-                                     self._plans[:groups], settings, docs, starts, B, lrs, self.adam_steps + 1,
-                                     losses)
+            fused_groups.train_steps(self._state, *self._group_buffers(B), settings, docs, starts, B, lrs,
+                                     self.adam_steps + 1, losses)
         self.adam_steps += stop - start
         return losses
 
