@@ -64,9 +64,9 @@ def _add_train_flags(p):
                    help='fraction of distinct documents held out when evaluating '
                         '(default: like makemore, min(1000 documents, 10%%))')
     g.add_argument('--val-split', choices=VAL_SPLITS, default='name',
-                   help='hold out distinct names (a name is never on both sides), or random lines as makemore '
-                        'does (a name on several lines can be on both sides: only for comparing with makemore\'s '
-                        'figures) (default: name)')
+                   help='hold out distinct names (a name is never on both sides), random lines as makemore '
+                        'does (a name on several lines can be on both sides), or makemore\'s own test set (its '
+                        'seed 3407); line and makemore are for comparing with makemore\'s figures (default: name)')
     g.add_argument('--out', default=None, metavar='DIR',
                    help='write DIR/model.safetensors (best validation loss, or last step), DIR/resume.safetensors '
                         '(latest state, for --resume) and DIR/metrics.jsonl')

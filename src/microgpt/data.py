@@ -12,6 +12,7 @@ from functools import cached_property
 from importlib import resources
 
 from .errors import MicrogptError
+from .makemore_split import makemore_split
 
 MAX_FILE_BYTES = 256 * 2**20  # a list of short items this large is a mistake, and would not fit a char-level model's budget
 BUNDLED_DATASET = 'names.txt'
@@ -112,13 +113,14 @@ def shuffled(docs, rng: random.Random):
     return docs
 
 
-VAL_SPLITS = ('name', 'line')
+VAL_SPLITS = ('name', 'line', 'makemore')
 
 
 def holdout_split(docs, val_fraction=None, seed=42, by='name'):
     """(train_docs, val_docs): by 'name', split by distinct document so no name is on both sides; by 'line',
     makemore's split of random lines, so a name on several lines can be on both sides (names.txt has 2,539
-    such repeats), which scores lower than by name. Use 'line' only to compare with makemore's figures.
+    such repeats), which scores lower than by name; by 'makemore', makemore's own test set (makemore_split),
+    which fixes its size and seed. Use 'line' and 'makemore' only to compare with makemore's figures.
 
     val_fraction None means makemore's choice: min(1000, 10%) of the distinct documents (of the lines, by
     line). The draw uses its own random stream, so the training stream (shuffle, init, sampling) stays
@@ -126,6 +128,10 @@ def holdout_split(docs, val_fraction=None, seed=42, by='name'):
     """
     if by not in VAL_SPLITS:
         raise MicrogptError(f"unknown validation split {by!r}; choose one of: {', '.join(VAL_SPLITS)}")
+    if by == 'makemore':
+        if val_fraction is not None:
+            raise MicrogptError("--val-split makemore holds out makemore's own test set; leave out --val-fraction")
+        return makemore_split(docs)
     units = sorted(set(docs)) if by == 'name' else docs
     what = 'distinct documents' if by == 'name' else 'lines'
     if val_fraction is None:
