@@ -9,7 +9,7 @@ from microgpt.errors import MicrogptError
 from microgpt.makemore_split import MAKEMORE_SEED, torch_randperm
 
 from conftest import run_cli_in_process as run
-from test_trainer import NAMES, assert_error, small_data  # noqa: F401 (small_data is a fixture)
+from test_trainer import NAMES, assert_error
 
 
 @pytest.mark.parametrize('seed', [MAKEMORE_SEED, 0, 123456789])
@@ -41,8 +41,9 @@ def test_makemore_split_of_a_small_file_holds_out_a_tenth():
         holdout_split(docs, 0.2, by='makemore')
 
 
-def test_train_and_eval_on_the_makemore_split(small_data, tmp_path):
-    out = str(tmp_path / 'run')
+def test_train_and_eval_on_the_makemore_split(tmp_path):
+    small_data, out = str(tmp_path / 'names.txt'), str(tmp_path / 'run')
+    (tmp_path / 'names.txt').write_text('\n'.join(NAMES * 2) + '\n', encoding='utf-8')
     code, stdout, err = run('train', '--data', small_data, '--steps', '30', '--eval-every', '10', '--val-split',
                             'makemore', '--out', out, '--num-samples', '2')
     assert code == 0, err
