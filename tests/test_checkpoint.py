@@ -33,7 +33,7 @@ def small_cfg(engine):
 def trained(engine, dtype, steps, tcfg=TCFG):
     """An engine after `steps` of tcfg's 10-step schedule, and its losses."""
     e = make_engine(engine, small_cfg(engine), random.Random(0), dtype)
-    losses = [report.loss for report in islice(train(e, DOCS, tcfg), steps)]
+    losses = [report.loss for report in islice(train(e, DOCS, tcfg, sync_every=(steps,)), steps)]  # chunks end there
     return e, losses
 
 
@@ -46,8 +46,9 @@ DROPOUT_TCFG = TrainConfig(steps=10, batch_size=2, seed=3, dropout=0.2)  # masks
 
 
 @pytest.mark.parametrize('engine, dtype, tcfg', [('numpy', 'float64', TCFG), ('numpy', 'float32', TCFG),
-                                                 ('reference', 'float64', TCFG), ('numpy', 'float64', DROPOUT_TCFG)],
-                         ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout'])
+                                                 ('reference', 'float64', TCFG), ('numpy', 'float64', DROPOUT_TCFG),
+                                                 ('fused', 'float32', DROPOUT_TCFG)],
+                         ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout', 'fused-dropout'])
 def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype, tcfg):
     path = str(tmp_path / 'model.safetensors')
     straight, straight_losses = trained(engine, dtype, 10, tcfg)

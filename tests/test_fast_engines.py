@@ -270,8 +270,18 @@ def test_dropout_gradients_equal_finite_differences_under_the_same_masks():
 
 def test_dropout_masks_drop_the_asked_share_and_scale_the_rest():
     engine = make_engine('numpy', ModelConfig(vocab_size=5, n_layer=2), random.Random(0))
-    masks = engine._dropout_masks(0.25, (1, 2), 500)                     # (1 + 2L, rows, C)
+    masks = engine._dropout_masks(0.25, (1, 2), 50, 10)                  # (1 + 2L, B * T, C)
     assert masks.shape == (5, 500, 16) and set(np.unique(masks)) == {0.0, 1 / 0.75}
     assert (masks == 0).mean() == pytest.approx(0.25, abs=0.01)
-    np.testing.assert_array_equal(masks, engine._dropout_masks(0.25, (1, 2), 500))
-    assert not np.array_equal(masks, engine._dropout_masks(0.25, (1, 3), 500))
+    np.testing.assert_array_equal(masks, engine._dropout_masks(0.25, (1, 2), 50, 10))
+    assert not np.array_equal(masks, engine._dropout_masks(0.25, (1, 3), 50, 10))
+    assert not np.array_equal(masks, engine._dropout_masks(0.25, (2, 2), 50, 10))
+
+
+def test_a_dropout_mask_element_is_the_same_whatever_the_batchs_padded_length():
+    """An element depends on (seed, step, document, position, site, channel) only, so the fused engine can draw
+    it in any group and any order."""
+    engine = make_engine('numpy', ModelConfig(vocab_size=5, n_layer=1, n_embd=10), random.Random(0))
+    short, full = engine._dropout_masks(0.5, (4, 9), 3, 5), engine._dropout_masks(0.5, (4, 9), 3, 16)
+    np.testing.assert_array_equal(short.reshape(3, 3, 5, 10), full.reshape(3, 3, 16, 10)[:, :, :5])
+    assert not np.array_equal(full[0], full[1]) and not np.array_equal(full[:, :16], full[:, 16:32])

@@ -247,10 +247,53 @@ def test_first_run_says_it_compiles_and_a_cached_run_does_not(tmp_path, monkeypa
     assert out1 == out2
 
 
-def test_dropout_is_refused_with_the_engine_that_has_it():
+DROPOUT_CONFIGS = [{}, {'n_layer': 2, 'n_embd': 10, 'n_head': 2, 'block_size': 6},  # 10: a part-filled draw
+                   {'norm': 'esp32', 'tie_lm_head': True, 'mlp_activation': 'relu2'}, {'norm': 'none', 'n_layer': 2}]
+
+
+@pytest.mark.parametrize('switches', DROPOUT_CONFIGS, ids=config_id)
+@pytest.mark.parametrize('batch_size', [1, 2, 7])
+def test_dropout_loss_and_gradients_equal_numpy_engine(switches, batch_size):
+    """The fused engine draws each mask element where it needs it (in parallel groups for 2+ documents) and gets
+    the numpy engine's masks: dropout.py's elements depend on the document, not on the group."""
+    rng = random.Random(f'dropout/{config_id(switches)}/{batch_size}')
+    cfg = ModelConfig(vocab_size=rng.randrange(3, 30), **switches).validate()
+    numpy_engine, engine = make_engine('numpy', cfg, random.Random(4)), make_engine('fused', cfg, random.Random(4))
+    for step in (1, 2):
+        batch = random_batch(rng, cfg, batch_size, max_len=cfg.block_size + 3)
+        want = numpy_engine.loss_and_grads(batch, 0.3, (5, step))
+        got = engine.loss_and_grads(batch, 0.3, (5, step))
+        assert got == pytest.approx(want, rel=1e-12) and abs(got - engine.loss_and_grads(batch)) > 1e-6, (got, want)
+        engine.loss_and_grads(batch, 0.3, (5, step))
+        assert_arrays_equal(engine.gradients(), numpy_engine.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
+
+
+@pytest.mark.parametrize('batch_size', [1, 4])
+def test_dropout_training_tracks_numpy_engine(batch_size):
+    """train_steps (keys per step inside the compiled loop) and train_step give the numpy engine's run."""
+    cfg = ModelConfig(vocab_size=10, n_layer=2, block_size=6)
+    tcfg = TrainConfig(steps=12, batch_size=batch_size, dropout=0.2, seed=3, weight_decay=0.1)
+    docs = random_batch(random.Random(8), cfg, 9, max_len=9)
+    numpy_engine = make_engine('numpy', cfg, random.Random(9))
+    looped, stepped = make_engine('fused', cfg, random.Random(9)), make_engine('fused', cfg, random.Random(9))
+    want = [report.loss for report in train(numpy_engine, docs, tcfg)]
+    got = list(looped.train_steps(docs, 0, 5, tcfg)) + list(looped.train_steps(docs, 5, 12, tcfg))
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    assert [report.loss for report in train(stepped, docs, tcfg)] == got
+    assert_arrays_equal(looped.weights(), numpy_engine.weights(), rtol=1e-8, atol=1e-11, what='parameter')
+
+
+def test_an_evaluation_after_dropout_training_has_no_dropout():
+    cfg = ModelConfig(vocab_size=10, block_size=6)
+    docs = random_batch(random.Random(1), cfg, 4, max_len=9)
+    engine, numpy_engine = make_engine('fused', cfg, random.Random(2)), make_engine('numpy', cfg, random.Random(2))
+    engine.train_steps(docs, 0, 3, TrainConfig(steps=3, batch_size=2, dropout=0.5))
+    numpy_engine.flat[:] = engine.flat
+    for batch in (docs[:1], docs):
+        assert engine.loss_and_grads(batch) == pytest.approx(numpy_engine.loss_and_grads(batch), rel=1e-12)
+
+
+def test_dropout_is_refused_by_the_reference_engine():
     from microgpt.errors import MicrogptError
-    engine = make_engine('fused', ModelConfig(vocab_size=5), random.Random(0))
-    tcfg = TrainConfig(steps=2, dropout=0.1)
-    for call in (lambda: engine.train_steps([[4, 1, 4]], 0, 2, tcfg), lambda: engine.train_step([[4, 1, 4]], 0.01, tcfg)):
-        with pytest.raises(MicrogptError, match='numpy engine only'):
-            call()
+    with pytest.raises(MicrogptError, match='train with --engine fused'):
+        TrainConfig(steps=2, dropout=0.1).check_engine('reference')

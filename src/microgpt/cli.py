@@ -54,7 +54,8 @@ def _add_train_flags(p):
     g.add_argument('--lr-schedule', choices=LR_SCHEDULES, help='decay after warmup (default: linear to 0)')
     g.add_argument('--warmup', type=int, help='linear warmup steps (default: 0)')
     g.add_argument('--dropout', type=float, help='dropout of the embeddings and of each attention and MLP output '
-                                                 'while training; numpy engine only (default: 0)')
+                                                 'while training, rounded to a multiple of 1/65536; numpy and fused '
+                                                 'engines (default: 0)')
 
     g = p.add_argument_group('evaluation and output')
     g.add_argument('--eval-every', type=int,

@@ -119,15 +119,15 @@ class TrainConfig:
             raise MicrogptError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.warmup < self.steps:
             raise MicrogptError(f"--warmup must be in [0, steps), got {self.warmup} with --steps {self.steps}")
-        if not 0 <= self.dropout < 1:
+        if not 0 <= self.dropout < 1 - 2 ** -17:  # dropout.py rounds to 1/65536: 1 would drop everything
             raise MicrogptError(f"--dropout must be in [0, 1), got {self.dropout}")
         return self
 
     def check_engine(self, engine_name):
         """Refuse settings the engine does not build, naming the one that does."""
-        if self.dropout and engine_name != 'numpy':
-            raise MicrogptError(f"--dropout is built in the numpy engine only, not in the {engine_name} engine: "
-                                f"train with --engine numpy")
+        if self.dropout and engine_name not in ('numpy', 'fused'):
+            raise MicrogptError(f"--dropout is built in the numpy and fused engines, not in the {engine_name} "
+                                f"engine: train with --engine fused")
 
 
 def parameter_shapes(cfg):

@@ -12,12 +12,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import fused_decoder, fused_groups, fused_lanes, fused_layers
+from . import dropout, fused_decoder, fused_groups, fused_lanes, fused_layers
 from . import fused_kernels as K
 from .config import init_parameters, learning_rate, parameter_shapes
 from .named_views import NamedViews
 
-KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder, fused_groups))
+KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder, fused_groups,
+                                                    dropout))
 
 
 def kernels_are_cached(dtype='float64', grouped=False):
@@ -42,7 +43,7 @@ def _entry_points(dtype):
     return [(K.train_step, (state, ws, plan, adam, 0.0, 0)),
             (K.loss_and_grads, (state, ws, plan)),
             (K.adam_update, (state, adam, 0.0, 0)),
-            (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, 0, floats)),
+            (K.train_steps, (state, ws, plan, adam, ints, ints, 0, floats, ints, 0, floats)),
             (fused_decoder.decode_step, (state[0], plan, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
 
 
@@ -54,7 +55,8 @@ def _group_entry_points(dtype):
     group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
     return [(fused_groups.loss_and_grads, (state, group_grads, wss, plans)),
             (fused_groups.adam_update, (state, adam, 0.0, 0)),
-            (fused_groups.train_steps, (state, group_grads, wss, plans, adam, ints, ints, 0, floats, 0, floats))]
+            (fused_groups.train_steps, (state, group_grads, wss, plans, adam, ints, ints, 0, floats, ints, 0,
+                                        floats))]
 
 
 def _signature(args):
@@ -148,7 +150,7 @@ class FusedEngine(NamedViews):
         T = cfg.block_size
         capacity = -(-group_size * T // K.LANES) * K.LANES  # columns: every predicted position of a group
         rows = K.workspace_rows(cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer, T)
-        batch_at = K.COLUMNS + 4 * capacity
+        batch_at = K.COLUMNS + K.COLUMN_ROWS * capacity
         plan = np.zeros(batch_at + 1 + group_size * (T + 2), np.int64)
         plan[K.V], plan[K.C], plan[K.NH], plan[K.L], plan[K.T] = (cfg.vocab_size, cfg.n_embd, cfg.n_head,
                                                                    cfg.n_layer, T)
@@ -191,6 +193,7 @@ class FusedEngine(NamedViews):
             for tokens in docs:
                 values += tokens
             plan[self._batch_at:self._batch_at + len(values)] = values
+            plan[K.FIRST_DOC] = first
         return self._group_buffers(len(batch))
 
     def _group_buffers(self, batch_size):
@@ -204,8 +207,19 @@ class FusedEngine(NamedViews):
             self._adam_source = tcfg
         return self._adam
 
-    def loss_and_grads(self, batch):
-        """Loss of the batch (mean NLL over every predicted position); fills self.grads."""
+    def _set_dropout(self, rate, seed_and_step):
+        """Dropout (dropout.py) in every plan: off with rate 0, else the masks of (seed, step) (None: the caller
+        sets each step's key)."""
+        self._plans[:, K.DROP_THRESHOLD] = dropout.drop_threshold(rate)
+        if rate and seed_and_step is not None:
+            self._plans[:, K.DROP_KEY] = dropout.step_key(*seed_and_step)
+
+    def loss_and_grads(self, batch, dropout_rate=0.0, dropout_seed=None):
+        """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
+        under the masks of `dropout_seed`, (seed, step), as the numpy engine's."""
+        if len(batch) > 1:
+            self._reserve(len(batch))
+        self._set_dropout(dropout_rate, dropout_seed)
         if len(batch) > 1:
             return fused_groups.loss_and_grads(self._state, *self._load_groups(batch))
         self._load_batch(batch)
@@ -216,11 +230,12 @@ class FusedEngine(NamedViews):
         K.adam_update(self._state, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
-        tcfg.check_engine(self.name)
+        # a step's masks depend only on the seed and the step, so a resumed run draws the same ones
         if len(batch) > 1:
-            loss = self.loss_and_grads(batch)
+            loss = self.loss_and_grads(batch, tcfg.dropout, (tcfg.seed, self.adam_steps + 1))
             self.adam_update(lr_t, tcfg)
             return loss
+        self._set_dropout(tcfg.dropout, (tcfg.seed, self.adam_steps + 1))
         self._load_batch(batch)
         self.adam_steps += 1
         return K.train_step(self._state, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
@@ -232,9 +247,12 @@ class FusedEngine(NamedViews):
         same learning rates (learning_rate's, or the caller's `lrs` of them) and the same arithmetic as one
         train_step per step, without a Python call per step.
         """
-        tcfg.check_engine(self.name)
         B, keep = tcfg.batch_size, self.cfg.block_size + 1
         self._reserve(B)
+        self._set_dropout(tcfg.dropout, None)
+        first_t = self.adam_steps + 1
+        keys = np.array([dropout.step_key(tcfg.seed, t) if tcfg.dropout else 0
+                         for t in range(first_t, first_t + stop - start)], np.int64)  # (steps,)
         tokens, lengths = [], []
         for d in range(start * B, stop * B):
             doc = doc_tokens[d % len(doc_tokens)]
@@ -246,11 +264,10 @@ class FusedEngine(NamedViews):
         losses = np.empty(stop - start)                # (steps,)
         docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)  # (tokens,) back to back
         if B == 1:
-            K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, self.adam_steps + 1,
-                          losses)
+            K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, keys, first_t, losses)
         else:  # the same batches in groups on every core (fused_groups)
-            fused_groups.train_steps(self._state, *self._group_buffers(B), settings, docs, starts, B, lrs,
-                                     self.adam_steps + 1, losses)
+            fused_groups.train_steps(self._state, *self._group_buffers(B), settings, docs, starts, B, lrs, keys,
+                                     first_t, losses)
         self.adam_steps += stop - start
         return losses
 

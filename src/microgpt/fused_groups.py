@@ -15,7 +15,7 @@ entry points hold only their prange loops, and everything else is in plain kerne
 import numpy as np
 from numba import njit, prange
 
-from .fused_kernels import (BATCH_AT, _adam_parameter, _adam_settings, _checked_positions, _clip_gradients,
+from .fused_kernels import (BATCH_AT, DROP_KEY, FIRST_DOC, _adam_parameter, _adam_settings, _checked_positions, _clip_gradients,
                             _group_loss_and_grads)
 from .fused_layers import kernel
 
@@ -64,10 +64,12 @@ def adam_update(state, adam, lr, t):
 
 
 @entry_point
-def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, first_t, losses):
+def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses):
     """fused_kernels.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
     for i in range(losses.size):
         _load_groups(plans, docs, doc_starts, i * batch_size, batch_size)
+        for g in range(plans.shape[0]):
+            plans[g, DROP_KEY] = keys[i]
         losses[i] = loss_and_grads(state, group_grads, wss, plans)
         adam_update(state, adam, lrs[i], first_t + i)
 
@@ -81,7 +83,7 @@ def _load_groups(plans, docs, doc_starts, first_doc, batch_size):
         plan = plans[g]
         at = plan[BATCH_AT]
         first, stop = g * batch_size // groups, (g + 1) * batch_size // groups
-        plan[at] = stop - first
+        plan[at], plan[FIRST_DOC] = stop - first, first
         token = at + 1 + stop - first
         for b in range(first, stop):
             d = first_doc + b

@@ -13,17 +13,22 @@ import numpy as np
 from numba import njit
 
 from .fused_lanes import LANES, load8, store8
-from .fused_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
-                           cross_entropy, kernel, matmul, rmsnorm_backward, rmsnorm_forward, transpose)
+from .fused_layers import (activation_backward, activation_forward, add_columns, attention_backward,
+                           attention_forward, cross_entropy, dropout, kernel, matmul, rmsnorm_backward,
+                           rmsnorm_forward, transpose)
 
 # plan: the int64 array describing the model, the workspace and the batch (FusedEngine._reserve fills it)
 V, C, NH, L, T, NORM, RELU2, CAUSAL, OFF_WPE, OFF_LM, OFF_LAYERS, NP, BATCH_AT = range(13)
+# dropout (see dropout.py): drop_threshold (0: off), the step's key, and the batch index of the plan's first
+# document (a group's documents are not the batch's first)
+DROP_THRESHOLD, DROP_KEY, FIRST_DOC = range(13, 16)
 NORM_MICROGPT, NORM_ESP32, NORM_NONE = 0, 1, 2
 WORKSPACE = ('xs', 'xmid', 'xn1', 'xn2', 'scales', 'qkv', 'y', 'h', 'a', 'probs', 'logits',
              'dx', 'dtmp', 'dqkv', 'dy', 'dh', 'dp', 'rows', 'scratch')
 XS, XMID, XN1, XN2, SCALES, QKV, Y, H, A, PROBS, LOGITS, DX, DTMP, DQKV, DY, DH, DP, ROWS, SCRATCH = range(19)
-WS = 13                        # plan[WS + k]: first workspace row of WORKSPACE[k]
-COLUMNS = WS + len(WORKSPACE)  # plan[COLUMNS:COLUMNS + 4 NP]: (4, NP) input token, target, position, first key
+WS = 16                        # plan[WS + k]: first workspace row of WORKSPACE[k]
+COLUMNS = WS + len(WORKSPACE)  # plan[COLUMNS:COLUMNS + 5 NP]: (5, NP) input token, target, position, first key,
+COLUMN_ROWS = 5                # and the dropout row: the batch's document index * T + position
 # plan[plan[BATCH_AT]:]: B, then the B documents' lengths, then their tokens back to back
 # adam: the float64 array of Adam's settings (TrainConfig's)
 BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = range(5)
@@ -67,8 +72,8 @@ def _copy_columns(out, x, nb):
 
 @kernel
 def _pack_columns(plan, columns):
-    """Fills columns (4, NP) from the batch: per predicted position its input token, target, position, and the
-    first column it attends to. Returns n, the number of columns; the padding up to a multiple of 8 attends
+    """Fills columns (5, NP) from the batch: per predicted position its input token, target, position, the
+    first column it attends to, and its dropout row. Returns n, the number of columns; the padding up to a multiple of 8 attends
     to itself only. Token ids are checked here: the kernels index with them unchecked."""
     V_, T_, at, causal = plan[V], plan[T], plan[BATCH_AT], plan[CAUSAL] == 1
     n_docs = plan[at]
@@ -79,6 +84,7 @@ def _pack_columns(plan, columns):
         for p in range(min(T_, length - 1)):
             columns[0, j], columns[1, j], columns[2, j] = plan[token + p], plan[token + p + 1], p
             columns[3, j] = j - p if causal else j
+            columns[4, j] = (plan[FIRST_DOC] + b) * T_ + p
             if not (0 <= columns[0, j] < V_ and 0 <= columns[1, j] < V_):
                 raise ValueError("a token id is outside the vocabulary")
             j += 1
@@ -86,15 +92,17 @@ def _pack_columns(plan, columns):
     if j == 0:
         raise ValueError("the batch has no token to predict: a document needs at least 2 tokens")
     for pad in range(j, j + (-j) % LANES):
-        columns[0, pad], columns[1, pad], columns[2, pad], columns[3, pad] = 0, 0, 0, pad
+        columns[0, pad], columns[1, pad], columns[2, pad], columns[3, pad], columns[4, pad] = 0, 0, 0, pad, 0
     return j
 
 
 @kernel
 def _forward(pm, ws, plan, columns, n, n_mean):
     """Loss of the packed batch (summed, divided by n_mean); leaves every activation, and d_logits, in the
-    workspace."""
+    workspace. With dropout, the embeddings and each attention and MLP output are multiplied by their masks."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
+    threshold, key, sites = plan[DROP_THRESHOLD], plan[DROP_KEY], 1 + 2 * L_
+    branch = _block(ws, plan, DTMP, 0, C_)  # a residual branch's output, before its mask
     nb = n + (-n) % LANES  # the micro-kernels' columns; the padding columns stay zero
     wte, wpe = pm[:V_], pm[plan[OFF_WPE] // C_:plan[OFF_WPE] // C_ + plan[T]]
     scales = _block(ws, plan, SCALES, 0, 2 * L_ + 1)
@@ -102,6 +110,8 @@ def _forward(pm, ws, plan, columns, n, n_mean):
     for c in range(C_):
         for j in range(nb):
             x[c, j] = wte[columns[0, j], c] + wpe[columns[2, j], c] if j < n else 0.0
+    if threshold:
+        dropout(x, x, columns[4], n, 0, sites, key, threshold)
     if norm == NORM_MICROGPT:
         rmsnorm_forward(x, scales[0], x, nb)
     for i in range(L_):
@@ -114,15 +124,25 @@ def _forward(pm, ws, plan, columns, n, n_mean):
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
         matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C_, nb, C_, False)  # (3C, N)
         attention_forward(y, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), qkv, columns[3], nb, NH_)
-        _copy_columns(x_mid, x_in, nb)
-        matmul(x_mid, w_o, y, C_, nb, C_, True)                        # x = attn_wo @ y + residual
+        if threshold:                                                  # x = mask * (attn_wo @ y) + residual
+            matmul(branch, w_o, y, C_, nb, C_, False)
+            dropout(branch, branch, columns[4], n, 1 + 2 * i, sites, key, threshold)
+            add_columns(x_mid, x_in, branch, nb)
+        else:
+            _copy_columns(x_mid, x_in, nb)
+            matmul(x_mid, w_o, y, C_, nb, C_, True)                    # x = attn_wo @ y + residual
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
         matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, 4 * C_, nb, C_, False)  # (4C, N)
         activation_forward(a, h, nb, plan[RELU2] == 1)
         x_out = _block(ws, plan, XS, i + 1, C_)
-        _copy_columns(x_out, x_mid, nb)
-        matmul(x_out, w_fc2, a, C_, nb, 4 * C_, True)                  # x = mlp_fc2 @ a + residual
+        if threshold:                                                  # x = mask * (mlp_fc2 @ a) + residual
+            matmul(branch, w_fc2, a, C_, nb, 4 * C_, False)
+            dropout(branch, branch, columns[4], n, 2 + 2 * i, sites, key, threshold)
+            add_columns(x_out, x_mid, branch, nb)
+        else:
+            _copy_columns(x_out, x_mid, nb)
+            matmul(x_out, w_fc2, a, C_, nb, 4 * C_, True)              # x = mlp_fc2 @ a + residual
     logits = _block(ws, plan, LOGITS, 0, V_)
     lm_head = pm[plan[OFF_LM] // C_:plan[OFF_LM] // C_ + V_]
     matmul(logits, lm_head, _block(ws, plan, XS, L_, C_), V_, nb, C_, False)  # (V, N)
@@ -133,6 +153,7 @@ def _forward(pm, ws, plan, columns, n, n_mean):
 def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
     """Fills gm (grads as (P / C, C)) from the activations _forward left; each layer's backward in reverse."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
+    threshold, key, sites = plan[DROP_THRESHOLD], plan[DROP_KEY], 1 + 2 * L_
     nb = n + (-n) % LANES
     scales, d_logits = _block(ws, plan, SCALES, 0, 2 * L_ + 1), _block(ws, plan, LOGITS, 0, V_)
     dx, dtmp, dqkv = _block(ws, plan, DX, 0, C_), _block(ws, plan, DTMP, 0, C_), _block(ws, plan, DQKV, 0, 3 * C_)
@@ -154,9 +175,13 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
                              _block(ws, plan, QKV, i, 3 * C_), _block(ws, plan, Y, i, C_))
         x_mid, xn2, h, a = (_block(ws, plan, XMID, i, C_), _block(ws, plan, XN2, i, C_),
                             _block(ws, plan, H, i, 4 * C_), _block(ws, plan, A, i, 4 * C_))
-        # mlp block: x_out = mlp_fc2 @ act(mlp_fc1 @ xn2) + x_mid
-        matmul(d_fc2, dx, transpose(rows_4c, a, n), C_, 4 * C_, n, False)
-        matmul(dh, w_fc2.T, dx, 4 * C_, nb, C_, False)                # (4C, N)
+        # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
+        d_branch = dx
+        if threshold:
+            d_branch = dtmp
+            dropout(d_branch, dx, columns[4], n, 2 + 2 * i, sites, key, threshold)
+        matmul(d_fc2, d_branch, transpose(rows_4c, a, n), C_, 4 * C_, n, False)
+        matmul(dh, w_fc2.T, d_branch, 4 * C_, nb, C_, False)          # (4C, N)
         activation_backward(dh, h, nb, plan[RELU2] == 1)
         matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), 4 * C_, C_, n, False)
         if norm == NORM_MICROGPT:
@@ -164,9 +189,13 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
             rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, True)
         else:
             matmul(dx, w_fc1.T, dh, C_, nb, 4 * C_, True)
-        # attention block: x_mid = attn_wo @ attention(w_qkv @ xn1) + x_in
-        matmul(d_o, dx, transpose(rows_c, y, n), C_, C_, n, False)
-        matmul(dy, w_o.T, dx, C_, nb, C_, False)                      # (C, N)
+        # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
+        d_branch = dx
+        if threshold:
+            d_branch = dtmp
+            dropout(d_branch, dx, columns[4], n, 1 + 2 * i, sites, key, threshold)
+        matmul(d_o, d_branch, transpose(rows_c, y, n), C_, C_, n, False)
+        matmul(dy, w_o.T, d_branch, C_, nb, C_, False)                # (C, N)
         attention_backward(dqkv, dy, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), dp, qkv, columns[3],
                            nb, NH_)
         matmul(d_qkv, dqkv, transpose(rows_c, x_in if norm == NORM_NONE else xn1, n), 3 * C_, C_, n, False)
@@ -178,6 +207,8 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
     if norm == NORM_MICROGPT:
         rmsnorm_backward(dtmp, dx, _block(ws, plan, XS, 0, C_), scales[0], nb, False)
         dx = dtmp
+    if threshold:
+        dropout(dx, dx, columns[4], n, 0, sites, key, threshold)
     d_wte, d_wpe = gm[:V_], gm[wpe:]
     for j in range(n):
         for c in range(C_):
@@ -196,7 +227,7 @@ def _group_loss_and_grads(params, grads, ws, plan, n_mean):
     """Loss of the documents in plan, summed and divided by n_mean (0: by their own predicted positions);
     fills grads with its gradient."""
     C_, NP_, P = plan[C], plan[NP], params.size
-    columns = plan[COLUMNS:COLUMNS + 4 * NP_].reshape((4, NP_))
+    columns = plan[COLUMNS:COLUMNS + COLUMN_ROWS * NP_].reshape((COLUMN_ROWS, NP_))
     rows = _block(ws, plan, ROWS, 0, 4 * C_)
     n = _pack_columns(plan, columns)
     pm = params.reshape((P // C_, C_))
@@ -288,11 +319,13 @@ def train_step(state, ws, plan, adam, lr, t):
 
 
 @entry_point
-def train_steps(state, ws, plan, adam, docs, doc_starts, batch_size, lrs, first_t, losses):
+def train_steps(state, ws, plan, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses):
     """len(losses) steps: step i trains on documents i B .. i B + B - 1 of docs (tokens back to back,
-    document d at docs[doc_starts[d]:doc_starts[d + 1]]) with learning rate lrs[i], as Adam step first_t + i."""
+    document d at docs[doc_starts[d]:doc_starts[d + 1]]) with learning rate lrs[i] and dropout key keys[i]
+    (used when plan's DROP_THRESHOLD is not 0), as Adam step first_t + i."""
     at = plan[BATCH_AT]
     for i in range(losses.size):
+        plan[DROP_KEY] = keys[i]
         plan[at] = batch_size
         token = at + 1 + batch_size
         for b in range(batch_size):

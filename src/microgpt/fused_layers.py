@@ -14,11 +14,13 @@ import math
 import numpy as np
 from numba import njit
 
+from . import dropout as _dropout
 from .fused_lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
                           mul8, store8)
 
 RMSNORM_EPS = 1e-5  # as numpy_layers.RMSNORM_EPS
 kernel = njit(error_model='numpy')  # numpy's error model: no ZeroDivisionError branch in the loops
+_draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 
 
 @kernel
@@ -261,3 +263,28 @@ def _weights8(j, n, weight):
     return (weight if j < n else 0.0, weight if j + 1 < n else 0.0, weight if j + 2 < n else 0.0,
             weight if j + 3 < n else 0.0, weight if j + 4 < n else 0.0, weight if j + 5 < n else 0.0,
             weight if j + 6 < n else 0.0, weight if j + 7 < n else 0.0)
+
+
+@kernel
+def dropout(out, x, rows, n, site, n_sites, key, threshold):
+    """out = x * mask over the first n columns (out may be x), the mask being dropout.masks' elements of `site`:
+    rows (NP,) holds each column's document * block_size + position, key (int64) the step's dropout.step_key."""
+    C_ = x.shape[0]
+    n_chunks = -(-C_ // _dropout.CHUNKS)
+    scale, zero = out.dtype.type(_keep_scale(threshold)), out.dtype.type(0)
+    key_bits = np.uint64(key)
+    for j in range(n):
+        for chunk in range(n_chunks):
+            bits = _draw(key_bits, np.uint64(_group_index(rows[j], site, chunk, n_sites, n_chunks)))
+            for k in range(min(_dropout.CHUNKS, C_ - chunk * _dropout.CHUNKS)):
+                c = chunk * _dropout.CHUNKS + k
+                kept = (bits >> np.uint64(_dropout.CHUNK_BITS * k)) & np.uint64(0xFFFF) >= threshold
+                out[c, j] = x[c, j] * (scale if kept else zero)
+
+
+@kernel
+def add_columns(out, a, b, nb):
+    """out = a + b over the first nb columns (out may be a or b)."""
+    for c in range(out.shape[0]):
+        for j in range(0, nb, LANES):
+            store8(out[c], j, add8(load8(a[c], j), load8(b[c], j)))

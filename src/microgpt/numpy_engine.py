@@ -8,6 +8,7 @@ that order, they are also one (3C, C) view: q, k and v come out of a single matm
 
 import numpy as np
 
+from .dropout import masks as dropout_masks
 from .config import init_parameters, parameter_shapes
 from .named_views import NamedViews
 from .numpy_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
@@ -100,12 +101,12 @@ class NumpyEngine(NamedViews):
             weights[b, :n] = scale
         return inputs, np.arange(B * T) * V + targets.ravel(), weights.ravel()
 
-    def loss_and_grads(self, batch, dropout=0.0, dropout_seed=None):
+    def loss_and_grads(self, batch, dropout_rate=0.0, dropout_seed=None):
         """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse.
 
         Activations are (N, C) with N = B*T rows, position-major within each document, so every matrix
         product is one 2-D np.dot (a third cheaper to call than matmul at this size); only attention
-        views them as (B, NH, T, HS). With `dropout`, the embeddings and each attention and MLP output are
+        views them as (B, NH, T, HS). With `dropout_rate`, the embeddings and each attention and MLP output are
         dropped out (inverted dropout) by masks drawn from `dropout_seed`: the same seed, the same masks.
         """
         cfg = self.cfg
@@ -115,7 +116,7 @@ class NumpyEngine(NamedViews):
         P, G = self.params, self.grads
         dot = np.dot
         mask_bias = self.mask_bias[:T, :T]
-        masks = self._dropout_masks(dropout, dropout_seed, B * T) if dropout else None  # (1 + 2L, N, C)
+        masks = self._dropout_masks(dropout_rate, dropout_seed, B, T) if dropout_rate else None  # (1 + 2L, N, C)
 
         # ---- forward
         x = (P['wte'][inputs] + P['wpe'][:T]).reshape(B * T, C)              # (N, C)
@@ -185,12 +186,12 @@ class NumpyEngine(NamedViews):
         self.adam_update(lr_t, tcfg)
         return loss
 
-    def _dropout_masks(self, dropout, seed, rows):
-        """(1 + 2L, rows, C) inverted-dropout masks: 0 with probability `dropout`, else 1 / (1 - dropout); one
-        for the embeddings, then each layer's attention and MLP outputs."""
-        keep = 1.0 - dropout
-        draws = np.random.default_rng(seed).random((1 + 2 * self.cfg.n_layer, rows, self.cfg.n_embd), np.float32)
-        return np.where(draws < keep, self.dtype.type(1 / keep), self.dtype.type(0))
+    def _dropout_masks(self, dropout, seed_and_step, B, T):
+        """(1 + 2L, B * T, C) inverted-dropout masks (dropout.masks): 0 with probability `dropout`, else
+        1 / (1 - dropout); one for the embeddings, then each layer's attention and MLP outputs."""
+        cfg = self.cfg
+        seed, step = seed_and_step
+        return dropout_masks(dropout, seed, step, B, T, cfg.block_size, 1 + 2 * cfg.n_layer, cfg.n_embd, self.dtype)
 
     def adam_update(self, lr_t, tcfg):
         """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""
