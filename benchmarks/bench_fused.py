@@ -9,7 +9,8 @@
 3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
    engine (float64, float32), the fused engine (float64, float32; its batch split in groups on every core,
    fused_groups) and an equivalent PyTorch model (float32, float64), each in its own process, all with
-   the same number of threads (one per core).
+   the same number of threads (one per core); then numpy and fused (float32) with --dropout 0.1, the best
+   recipe's setting, whose masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
 """
 
@@ -142,25 +143,28 @@ def makemore_job(data, repeats, steps, with_torch):
     print(f"3. makemore size: n_layer 4, n_embd 64, n_head 4, block 16, batch 32; {steps} steps after 5 warm-up")
     print("   each row in a fresh process: two OpenMP runtimes (numba's and torch's) in one process, or one")
     print("   spinning after its parallel regions, slow each other down up to tenfold")
-    print(f"   {'engine':<20} {'tokens/s':>10} {'ms/step':>9}")
-    runs = [('numpy', 'float64'), ('numpy', 'float32'), ('fused', 'float64'), ('fused', 'float32')]
+    print(f"   {'engine':<28} {'tokens/s':>10} {'ms/step':>9}")
+    runs = [('numpy', 'float64', 0), ('numpy', 'float32', 0), ('fused', 'float64', 0), ('fused', 'float32', 0)]
     if with_torch:
-        runs += [('torch', 'float32'), ('torch', 'float64')]
-    for engine, dtype in runs:
-        command = [sys.executable, __file__, '--makemore-row', f'{engine}:{dtype}', '--data', data,
+        runs += [('torch', 'float32', 0), ('torch', 'float64', 0)]
+    runs += [('numpy', 'float32', 0.1), ('fused', 'float32', 0.1)]
+    for engine, dtype, dropout in runs:
+        command = [sys.executable, __file__, '--makemore-row', f'{engine}:{dtype}:{dropout}', '--data', data,
                    '--repeats', str(repeats), '--makemore-steps', str(steps)]
         result = subprocess.run(command, capture_output=True, text=True)
+        label = f"{engine} {dtype}" + (f" dropout {dropout}" if dropout else "")
         if result.returncode != 0:
-            print(f"   {engine + ' ' + dtype:<20} failed: {result.stderr.strip().splitlines()[-1]}")
+            print(f"   {label:<28} failed: {result.stderr.strip().splitlines()[-1]}")
             continue
         tokens, best, threads = result.stdout.split()
         tokens, best = int(tokens), float(best)
-        print(f"   {engine + ' ' + dtype:<20} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}   ({threads} threads)")
+        print(f"   {label:<28} {tokens / best:>10.0f} {best / steps * 1e3:>9.2f}   ({threads} threads)")
 
 
 def makemore_row(row, data, repeats, steps):
-    """Prints `tokens best_seconds threads` of one engine:dtype on the makemore-size job (run in its own process)."""
-    engine, dtype = row.split(':')
+    """Prints `tokens best_seconds threads` of one engine:dtype:dropout on the makemore-size job (run in its own
+    process)."""
+    engine, dtype, dropout = row.split(':')
     if engine == 'torch':
         import torch
         torch.set_num_threads(_blas_threads())  # as many as NumPy's BLAS and numba have
@@ -169,15 +173,15 @@ def makemore_row(row, data, repeats, steps):
     else:
         if engine == 'fused':
             compile_kernels(dtype)  # or load them; untimed
-        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps), repeats)
+        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps, float(dropout)), repeats)
         threads = _blas_threads() if engine == 'numpy' else numba.get_num_threads()
     print(tokens, best, threads)
 
 
-def time_makemore(engine_name, dtype, data, steps, warmup=5):
+def time_makemore(engine_name, dtype, data, steps, dropout=0.0, warmup=5):
     rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
     engine = make_engine(engine_name, cfg, rng, dtype)
-    tcfg = TrainConfig(steps=warmup + steps, batch_size=32)
+    tcfg = TrainConfig(steps=warmup + steps, batch_size=32, dropout=dropout)
     reports = train(engine, doc_tokens, tcfg, sync_every=(warmup,))  # a chunked engine's first chunk ends there
     for _ in range(warmup):
         next(reports)
