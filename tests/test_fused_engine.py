@@ -74,12 +74,14 @@ def test_workspace_grows_for_larger_batches():
         assert_arrays_equal(engine.gradients(), numpy_engine.gradients(), rtol=1e-10, atol=1e-13, what='gradient')
 
 
-def test_split_batches_give_the_same_bits_on_any_number_of_threads():
+@pytest.mark.parametrize('dropout', [0.0, 0.2])
+def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
     """Batches of 2+ documents run in groups on every core (fused_groups); the split depends on the batch
-    size alone, so one thread and two give the same parameters, bit for bit."""
+    size alone, and a dropout mask on the document alone, so one thread and two give the same parameters, bit
+    for bit."""
     import numba
     cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
-    tcfg = TrainConfig(steps=20, batch_size=9, weight_decay=0.1, grad_clip=1.0)
+    tcfg = TrainConfig(steps=20, batch_size=9, weight_decay=0.1, grad_clip=1.0, dropout=dropout)
     docs = random_batch(random.Random(10), cfg, 23, max_len=10)
     results = []
     threads = numba.get_num_threads()
