@@ -268,7 +268,8 @@ def _weights8(j, n, weight):
 @kernel
 def dropout(out, x, rows, n, site, n_sites, key, threshold):
     """out = x * mask over the first n columns (out may be x), the mask being dropout.masks' elements of `site`:
-    rows (NP,) holds each column's document * block_size + position, key (int64) the step's dropout.step_key."""
+    rows (NP,) holds each column's document * block_size + position, key (int64) the step's dropout.step_key.
+    The padding columns up to a multiple of 8 are set to 0, as they are without dropout."""
     C_ = x.shape[0]
     n_chunks = -(-C_ // _dropout.CHUNKS)
     scale, zero = out.dtype.type(_keep_scale(threshold)), out.dtype.type(0)
@@ -280,6 +281,9 @@ def dropout(out, x, rows, n, site, n_sites, key, threshold):
                 c = chunk * _dropout.CHUNKS + k
                 kept = (bits >> np.uint64(_dropout.CHUNK_BITS * k)) & np.uint64(0xFFFF) >= threshold
                 out[c, j] = x[c, j] * (scale if kept else zero)
+    for c in range(C_):
+        for j in range(n, n + (-n) % LANES):
+            out[c, j] = zero
 
 
 @kernel
