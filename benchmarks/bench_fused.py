@@ -9,8 +9,8 @@
 3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
    engine (float64, float32), the fused engine (float64, float32; its batch split in groups on every core,
    fused_groups) and an equivalent PyTorch model (float32, float64), each in its own process, all with
-   the same number of threads (one per core); then numpy and fused (float32) with --dropout 0.1, the best
-   recipe's setting, whose masks the fused engine draws inside its kernels (dropout.py).
+   the same number of threads (one per core); then numpy and fused (float32) with --dropout 0.1, whose
+   masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
 """
 

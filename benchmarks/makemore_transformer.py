@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from microgpt.data import load_documents
-from microgpt.makemore_split import MAKEMORE_SEED, makemore_split
+from microgpt.data import bundled_dataset_path, load_documents
+from microgpt.makemore_split import MAKEMORE_SEED, makemore_split, torch_randperm
 
-SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
+SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')  # beside the clone
 N_LAYER, N_EMBD, N_HEAD = 4, 64, 4
 
 
@@ -82,13 +82,16 @@ def test_loss(model, X, Y):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--data', default=SHARED_NAMES)
-    parser.add_argument('--steps', type=int, default=20000)
-    parser.add_argument('--threads', type=int, default=1)
+    default = SHARED_NAMES if os.path.exists(SHARED_NAMES) else bundled_dataset_path()
+    parser.add_argument('--data', default=default, help=f'one name per line (default: {default})')
+    parser.add_argument('--steps', type=int, default=20000, help='training steps (default: 20000)')
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default: 1)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(MAKEMORE_SEED)
     words = load_documents(args.data)
+    # makemore draws its split first, then initialises the model: the same generator state here
+    assert torch.randperm(len(words)).tolist() == torch_randperm(len(words)), "makemore_split is not torch's draw"
     train_words, test_words = makemore_split(words)
     chars = sorted(set(''.join(words)))
     stoi = {ch: i + 1 for i, ch in enumerate(chars)}                         # 0 is <START>/<END>, as in makemore

@@ -285,3 +285,10 @@ def test_a_dropout_mask_element_is_the_same_whatever_the_batchs_padded_length():
     short, full = engine._dropout_masks(0.5, (4, 9), 3, 5), engine._dropout_masks(0.5, (4, 9), 3, 16)
     np.testing.assert_array_equal(short.reshape(3, 3, 5, 10), full.reshape(3, 3, 16, 10)[:, :, :5])
     assert not np.array_equal(full[0], full[1]) and not np.array_equal(full[:, :16], full[:, 16:32])
+
+
+def test_dropout_levels_agree_between_config_and_the_masks():
+    """config validates --dropout without importing NumPy, so it keeps its own copy of the resolution."""
+    from microgpt.config import DROPOUT_LEVELS
+    from microgpt.dropout import LEVELS, drop_threshold
+    assert DROPOUT_LEVELS == LEVELS and drop_threshold(0.1) == 6554

@@ -35,7 +35,7 @@ def test_makemore_split_of_a_small_file_holds_out_a_tenth():
     docs = [f'name{i}' for i in range(57)]
     train, test = holdout_split(docs, by='makemore')
     assert len(test) == 5 and sorted(train + test) == sorted(docs)
-    with pytest.raises(MicrogptError, match='none of these 9'):
+    with pytest.raises(MicrogptError, match='9 lines give none'):
         holdout_split(docs[:9], by='makemore')
     with pytest.raises(MicrogptError, match='leave out --val-fraction'):
         holdout_split(docs, 0.2, by='makemore')

@@ -290,7 +290,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path):
     (['--top-p', '0'], '--top-p'), (['--top-p', '1.5'], '--top-p'), (['--top-k', '-1'], '--top-k'),
     (['--val-fraction', '1.5', '--eval-every', '5'], '--val-fraction'), (['--plot'], 'needs --out'),
     (['--resume'], 'needs --out'), (['--weight-decay', '-1'], '--weight-decay'), (['--warmup', '5000'], '--warmup'),
-    (['--dropout', '1'], '--dropout must be in [0, 1)'), (['--dropout', '0.999999'], '--dropout must be in [0, 1)'),
+    (['--dropout', '1'], '--dropout must be 0 or in [1/65536'), (['--dropout', '0.999999'], 'rounded to a multiple'),
+    (['--dropout', '1e-6'], '--dropout must be 0 or in [1/65536'),
     (['--dropout', '0.1', '--engine', 'reference'], 'not in the reference engine: train with --engine fused'),
     (['--preset', 'nope'], 'invalid choice'),
 ])

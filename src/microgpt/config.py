@@ -18,6 +18,7 @@ ATTENTION_KINDS = ('causal', 'self')
 BOS_POSITIONS = ('last', 'first')
 LR_SCHEDULES = ('linear', 'cosine', 'constant')
 ZERO_INIT_CHOICES = ('attn_wo', 'mlp_fc2')
+DROPOUT_LEVELS = 1 << 16  # dropout rates are multiples of 1 / 65536: a mask element is 16 random bits (dropout.py)
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ class TrainConfig:
             raise MicrogptError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.warmup < self.steps:
             raise MicrogptError(f"--warmup must be in [0, steps), got {self.warmup} with --steps {self.steps}")
-        if not 0 <= self.dropout < 1 - 2 ** -17:  # dropout.py rounds to 1/65536: 1 would drop everything
-            raise MicrogptError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not (self.dropout == 0 or 0 < round(self.dropout * DROPOUT_LEVELS) < DROPOUT_LEVELS):
+            raise MicrogptError(f"--dropout must be 0 or in [1/65536, 1 - 1/65536] (it is rounded to a multiple of "
+                                f"1/65536), got {self.dropout}")
         return self
 
     def check_engine(self, engine_name):

@@ -20,7 +20,8 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
 CHUNK_BITS = 16
-CHUNKS = 4  # channels per 64-bit draw
+LEVELS = 1 << CHUNK_BITS  # config.DROPOUT_LEVELS, which validates --dropout without importing NumPy (tested equal)
+CHUNKS = 4                # channels per 64-bit draw
 
 
 def draw(key, index):
@@ -40,12 +41,12 @@ def draw(key, index):
 
 def drop_threshold(dropout):
     """Elements whose 16 bits are below this are dropped: the rate `dropout` rounded to a multiple of 1/65536."""
-    return round(dropout * (1 << CHUNK_BITS))
+    return round(dropout * LEVELS)
 
 
 def keep_scale(threshold):
     """What a kept element is multiplied by, so that the expected value is unchanged."""
-    return (1 << CHUNK_BITS) / ((1 << CHUNK_BITS) - threshold)
+    return LEVELS / (LEVELS - threshold)
 
 
 def step_key(seed, step):
@@ -63,19 +64,19 @@ def group_index(row, site, chunk, n_sites, n_chunks):
 def masks(dropout, seed, step, n_docs, T, block_size, n_sites, C, dtype):
     """(n_sites, n_docs * T, C) masks of a batch padded to T positions: 0 (dropped) or keep_scale."""
     threshold = drop_threshold(dropout)
-    index = _indices(n_docs, T, block_size, n_sites, C)                                  # (S, N, C / 4)
-    bits = draw(np.uint64(step_key(seed, step) & 0xFFFFFFFFFFFFFFFF), index)
+    index = _indices(n_docs, block_size, n_sites, C)[:, :, :T]                           # (S, B, T, C / 4)
+    bits = draw(np.uint64(step_key(seed, step) & 0xFFFFFFFFFFFFFFFF), index)              # (S, B, T, C / 4)
     # chunk k is the k-th 16 bits from the bottom: the k-th uint16 of the little-endian word
-    chunks = bits.astype('<u8', copy=False).view('<u2')[:, :, :C]                         # (S, N, C)
+    chunks = bits.astype('<u8', copy=False).view('<u2')[..., :C].reshape(n_sites, n_docs * T, C)  # (S, N, C)
     return (chunks >= threshold) * np.dtype(dtype).type(keep_scale(threshold))
 
 
-@lru_cache(maxsize=64)
-def _indices(n_docs, T, block_size, n_sites, C):
-    """(n_sites, n_docs * T, C / 4) draw indices, uint64; cached, as a batch shape recurs every step."""
+@lru_cache(maxsize=16)
+def _indices(n_docs, block_size, n_sites, C):
+    """(n_sites, n_docs, block_size, C / 4) draw indices, uint64; cached, as a batch size recurs every step."""
     n_chunks = -(-C // CHUNKS)
-    rows = (np.arange(n_docs)[:, None] * block_size + np.arange(T)).reshape(-1)           # (N,)
-    index = group_index(rows[None, :, None], np.arange(n_sites)[:, None, None], np.arange(n_chunks),
-                        n_sites, n_chunks).astype(np.uint64)
+    rows = np.arange(n_docs)[:, None] * block_size + np.arange(block_size)               # (B, block_size)
+    index = group_index(rows[None, :, :, None], np.arange(n_sites)[:, None, None, None], np.arange(n_chunks),
+                        n_sites, n_chunks).astype(np.uint64)                             # (S, B, block_size, C / 4)
     index.flags.writeable = False
     return index

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import dropout, fused_decoder, fused_groups, fused_lanes, fused_layers
+from . import dropout, fused_adam, fused_decoder, fused_groups, fused_lanes, fused_layers
 from . import fused_kernels as K
 from .config import init_parameters, learning_rate, parameter_shapes
 from .named_views import NamedViews
 
-KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, K, fused_decoder, fused_groups,
-                                                    dropout))
+KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, fused_adam, K, fused_decoder,
+                                                    fused_groups, dropout))
 
 
 def kernels_are_cached(dtype='float64', grouped=False):
@@ -131,7 +131,7 @@ class FusedEngine(NamedViews):
             offset += rows * cols
         for name, rows in init_parameters(cfg, rng).items():
             self.params[name][...] = rows
-        self._adam = np.zeros(5)   # TrainConfig's Adam settings, see fused_kernels.BETA1 ...
+        self._adam = np.zeros(5)   # TrainConfig's Adam settings, see fused_adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = 0
         self._reserve(1)
@@ -180,6 +180,7 @@ class FusedEngine(NamedViews):
         """Write one document's token sequence into the plan (only the first block_size + 1 tokens are used)."""
         keep = self.cfg.block_size + 1
         tokens = batch[0] if len(batch[0]) <= keep else batch[0][:keep]
+        self._plan[K.FIRST_DOC] = 0
         self._plan[self._batch_at:self._batch_at + 2 + len(tokens)] = [1, len(tokens), *tokens]
 
     def _load_groups(self, batch):
@@ -214,12 +215,14 @@ class FusedEngine(NamedViews):
         if rate and seed_and_step is not None:
             self._plans[:, K.DROP_KEY] = dropout.step_key(*seed_and_step)
 
-    def loss_and_grads(self, batch, dropout_rate=0.0, dropout_seed=None):
+    def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
         """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
-        under the masks of `dropout_seed`, (seed, step), as the numpy engine's."""
+        under the masks of `seed_and_step`, (seed, step), as the numpy engine's."""
+        if dropout_rate and seed_and_step is None:
+            raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
         if len(batch) > 1:
             self._reserve(len(batch))
-        self._set_dropout(dropout_rate, dropout_seed)
+        self._set_dropout(dropout_rate, seed_and_step)
         if len(batch) > 1:
             return fused_groups.loss_and_grads(self._state, *self._load_groups(batch))
         self._load_batch(batch)

@@ -2,19 +2,17 @@
 
 The entry points see the model, the workspace and the batch through `plan`, one int64 array, so that a
 step is one numba call with few arguments (each costs ~70 ns to pass). Layers are in fused_layers, the
-8-lane helpers in fused_lanes, the decoder in fused_decoder. Only the entry points are cached on disk;
-numba checks a cache against the entry point's own file only, so FusedEngine also drops it when another
-fused_* file is newer (`KERNEL_FILES`).
+8-lane helpers in fused_lanes, Adam in fused_adam, the decoder in fused_decoder. Only the entry points are
+cached on disk; numba checks a cache against the entry point's own file only, so FusedEngine also drops it
+when another file of the kernels (`KERNEL_FILES`: the fused_* modules and dropout.py) is newer.
 """
 
-import math
-
-import numpy as np
 from numba import njit
 
+from .fused_adam import _adam
 from .fused_lanes import LANES, load8, store8
 from .fused_layers import (activation_backward, activation_forward, add_columns, attention_backward,
-                           attention_forward, cross_entropy, dropout, kernel, matmul, rmsnorm_backward,
+                           attention_forward, cross_entropy, dropout_columns, kernel, matmul, rmsnorm_backward,
                            rmsnorm_forward, transpose)
 
 # plan: the int64 array describing the model, the workspace and the batch (FusedEngine._reserve fills it)
@@ -30,8 +28,6 @@ WS = 16                        # plan[WS + k]: first workspace row of WORKSPACE[
 COLUMNS = WS + len(WORKSPACE)  # plan[COLUMNS:COLUMNS + 5 NP]: (5, NP) input token, target, position, first key,
 COLUMN_ROWS = 5                # and the dropout row: the batch's document index * T + position
 # plan[plan[BATCH_AT]:]: B, then the B documents' lengths, then their tokens back to back
-# adam: the float64 array of Adam's settings (TrainConfig's)
-BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = range(5)
 
 entry_point = njit(cache=True, error_model='numpy')
 
@@ -73,8 +69,8 @@ def _copy_columns(out, x, nb):
 @kernel
 def _pack_columns(plan, columns):
     """Fills columns (5, NP) from the batch: per predicted position its input token, target, position, the
-    first column it attends to, and its dropout row. Returns n, the number of columns; the padding up to a multiple of 8 attends
-    to itself only. Token ids are checked here: the kernels index with them unchecked."""
+    first column it attends to, and its dropout row. Returns n, the number of columns; the padding up to a
+    multiple of 8 attends to itself only. Token ids are checked here: the kernels index with them unchecked."""
     V_, T_, at, causal = plan[V], plan[T], plan[BATCH_AT], plan[CAUSAL] == 1
     n_docs = plan[at]
     token = at + 1 + n_docs
@@ -102,7 +98,7 @@ def _forward(pm, ws, plan, columns, n, n_mean):
     workspace. With dropout, the embeddings and each attention and MLP output are multiplied by their masks."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
     threshold, key, sites = plan[DROP_THRESHOLD], plan[DROP_KEY], 1 + 2 * L_
-    branch = _block(ws, plan, DTMP, 0, C_)  # a residual branch's output, before its mask
+    branch = _block(ws, plan, DTMP, 0, C_)  # (C, NP) a residual branch's output, before its mask
     nb = n + (-n) % LANES  # the micro-kernels' columns; the padding columns stay zero
     wte, wpe = pm[:V_], pm[plan[OFF_WPE] // C_:plan[OFF_WPE] // C_ + plan[T]]
     scales = _block(ws, plan, SCALES, 0, 2 * L_ + 1)
@@ -111,7 +107,7 @@ def _forward(pm, ws, plan, columns, n, n_mean):
         for j in range(nb):
             x[c, j] = wte[columns[0, j], c] + wpe[columns[2, j], c] if j < n else 0.0
     if threshold:
-        dropout(x, x, columns[4], n, 0, sites, key, threshold)
+        dropout_columns(x, x, columns[4], n, 0, sites, key, threshold)
     if norm == NORM_MICROGPT:
         rmsnorm_forward(x, scales[0], x, nb)
     for i in range(L_):
@@ -126,7 +122,7 @@ def _forward(pm, ws, plan, columns, n, n_mean):
         attention_forward(y, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), qkv, columns[3], nb, NH_)
         if threshold:                                                  # x = mask * (attn_wo @ y) + residual
             matmul(branch, w_o, y, C_, nb, C_, False)
-            dropout(branch, branch, columns[4], n, 1 + 2 * i, sites, key, threshold)
+            dropout_columns(branch, branch, columns[4], n, 1 + 2 * i, sites, key, threshold)
             add_columns(x_mid, x_in, branch, nb)
         else:
             _copy_columns(x_mid, x_in, nb)
@@ -138,7 +134,7 @@ def _forward(pm, ws, plan, columns, n, n_mean):
         x_out = _block(ws, plan, XS, i + 1, C_)
         if threshold:                                                  # x = mask * (mlp_fc2 @ a) + residual
             matmul(branch, w_fc2, a, C_, nb, 4 * C_, False)
-            dropout(branch, branch, columns[4], n, 2 + 2 * i, sites, key, threshold)
+            dropout_columns(branch, branch, columns[4], n, 2 + 2 * i, sites, key, threshold)
             add_columns(x_out, x_mid, branch, nb)
         else:
             _copy_columns(x_out, x_mid, nb)
@@ -179,7 +175,7 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
         d_branch = dx
         if threshold:
             d_branch = dtmp
-            dropout(d_branch, dx, columns[4], n, 2 + 2 * i, sites, key, threshold)
+            dropout_columns(d_branch, dx, columns[4], n, 2 + 2 * i, sites, key, threshold)
         matmul(d_fc2, d_branch, transpose(rows_4c, a, n), C_, 4 * C_, n, False)
         matmul(dh, w_fc2.T, d_branch, 4 * C_, nb, C_, False)          # (4C, N)
         activation_backward(dh, h, nb, plan[RELU2] == 1)
@@ -193,7 +189,7 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
         d_branch = dx
         if threshold:
             d_branch = dtmp
-            dropout(d_branch, dx, columns[4], n, 1 + 2 * i, sites, key, threshold)
+            dropout_columns(d_branch, dx, columns[4], n, 1 + 2 * i, sites, key, threshold)
         matmul(d_o, d_branch, transpose(rows_c, y, n), C_, C_, n, False)
         matmul(dy, w_o.T, d_branch, C_, nb, C_, False)                # (C, N)
         attention_backward(dqkv, dy, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), dp, qkv, columns[3],
@@ -208,7 +204,7 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
         rmsnorm_backward(dtmp, dx, _block(ws, plan, XS, 0, C_), scales[0], nb, False)
         dx = dtmp
     if threshold:
-        dropout(dx, dx, columns[4], n, 0, sites, key, threshold)
+        dropout_columns(dx, dx, columns[4], n, 0, sites, key, threshold)
     d_wte, d_wpe = gm[:V_], gm[wpe:]
     for j in range(n):
         for c in range(C_):
@@ -252,50 +248,6 @@ def _checked_positions(plan):
         total += max(0, min(T_, length - 1))
         token += length
     return total
-
-
-@kernel
-def _adam(state, adam, lr, t):
-    """Adam step t (1-based) with learning rate lr, optionally AdamW and clipped, on state = (params, grads, m, v).
-
-    p -= lr m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps), the reference's expression with its two
-    bias-correction divisions turned into multiplications (one division per parameter instead of three:
-    Adam is then ~1/3 less of a step; results move by an ulp). beta^t is C's pow, as in Python.
-    """
-    _clip_gradients(state[1], adam)
-    settings = _adam_settings(adam, lr, t)
-    p, g, m, v = state[0], state[1], state[2], state[3]
-    for i in range(p.size):
-        _adam_parameter(p, g, m, v, i, settings)
-
-
-@kernel
-def _clip_gradients(g, adam):
-    """Scale g to the global norm adam[GRAD_CLIP] when it is above it (0: off); the norm summed in order."""
-    if adam[GRAD_CLIP] > 0:
-        total = 0.0
-        for i in range(g.size):
-            total += g[i] * g[i]
-        g *= min(1.0, adam[GRAD_CLIP] / (math.sqrt(total) + 1e-6))
-
-
-@kernel
-def _adam_settings(adam, lr, t):
-    """(beta1, beta2, eps, step size, 1 / (1 - beta2^t), decay) of Adam step t."""
-    beta1, beta2 = adam[BETA1], adam[BETA2]
-    return (beta1, beta2, adam[EPS], lr / (1 - beta1 ** np.float64(t)), 1.0 / (1 - beta2 ** np.float64(t)),
-            lr * adam[WEIGHT_DECAY])
-
-
-@kernel
-def _adam_parameter(p, g, m, v, i, settings):
-    """Adam on parameter i (params p, grads g, moments m and v): independent of every other parameter's update."""
-    beta1, beta2, eps, step_size, inverse_bias2, decay = settings
-    m[i] = m[i] * beta1 + g[i] * (1 - beta1)
-    v[i] = v[i] * beta2 + g[i] * g[i] * (1 - beta2)
-    if decay:
-        p[i] -= p[i] * decay  # decoupled (AdamW) decay
-    p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)
 
 
 # ---- entry points, called from FusedEngine

@@ -266,7 +266,7 @@ def _weights8(j, n, weight):
 
 
 @kernel
-def dropout(out, x, rows, n, site, n_sites, key, threshold):
+def dropout_columns(out, x, rows, n, site, n_sites, key, threshold):
     """out = x * mask over the first n columns (out may be x), the mask being dropout.masks' elements of `site`:
     rows (NP,) holds each column's document * block_size + position, key (int64) the step's dropout.step_key.
     The padding columns up to a multiple of 8 are set to 0, as they are without dropout."""

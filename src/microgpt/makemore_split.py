@@ -15,7 +15,8 @@ _N = 624  # MT19937 state words
 
 
 def _mt19937(seed):
-    """A random.Random whose getrandbits(32) yields MT19937's outputs after init_genrand(seed), as std::mt19937(seed)."""
+    """A random.Random whose getrandbits(32) yields MT19937's outputs after init_genrand(seed), as
+    std::mt19937(seed) does."""
     state = [seed & 0xFFFFFFFF]
     for i in range(1, _N):
         previous = state[-1]
@@ -39,7 +40,7 @@ def makemore_split(docs):
     permutation, in its order; train the rest, in its order."""
     n_test = min(1000, len(docs) // 10)
     if n_test == 0:
-        raise MicrogptError(f"the validation split is empty: makemore holds out 10% of the lines, none of "
-                            f"these {len(docs)}; give more data or another --val-split")
+        raise MicrogptError(f"--val-split makemore holds out a tenth of the lines (at most 1000): {len(docs)} "
+                            f"lines give none; give at least 10 or another --val-split")
     perm = torch_randperm(len(docs))
     return [docs[i] for i in perm[:len(docs) - n_test]], [docs[i] for i in perm[len(docs) - n_test:]]

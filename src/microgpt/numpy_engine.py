@@ -8,8 +8,8 @@ that order, they are also one (3C, C) view: q, k and v come out of a single matm
 
 import numpy as np
 
-from .dropout import masks as dropout_masks
 from .config import init_parameters, parameter_shapes
+from .dropout import masks as dropout_masks
 from .named_views import NamedViews
 from .numpy_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
                            cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
@@ -101,22 +101,24 @@ class NumpyEngine(NamedViews):
             weights[b, :n] = scale
         return inputs, np.arange(B * T) * V + targets.ravel(), weights.ravel()
 
-    def loss_and_grads(self, batch, dropout_rate=0.0, dropout_seed=None):
+    def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
         """Loss of the batch; fills self.grads. Forward then backward, each layer's backward in reverse.
 
         Activations are (N, C) with N = B*T rows, position-major within each document, so every matrix
         product is one 2-D np.dot (a third cheaper to call than matmul at this size); only attention
         views them as (B, NH, T, HS). With `dropout_rate`, the embeddings and each attention and MLP output are
-        dropped out (inverted dropout) by masks drawn from `dropout_seed`: the same seed, the same masks.
+        dropped out (inverted dropout) by the masks of `seed_and_step`, (seed, step): see dropout.py.
         """
         cfg = self.cfg
+        if dropout_rate and seed_and_step is None:
+            raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
         inputs, target_index, weights = self.prepare(batch)
         B, T = inputs.shape
         C = cfg.n_embd
         P, G = self.params, self.grads
         dot = np.dot
         mask_bias = self.mask_bias[:T, :T]
-        masks = self._dropout_masks(dropout_rate, dropout_seed, B, T) if dropout_rate else None  # (1 + 2L, N, C)
+        masks = self._dropout_masks(dropout_rate, seed_and_step, B, T) if dropout_rate else None  # (1 + 2L, N, C)
 
         # ---- forward
         x = (P['wte'][inputs] + P['wpe'][:T]).reshape(B * T, C)              # (N, C)
