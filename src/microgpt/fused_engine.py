@@ -220,11 +220,10 @@ class FusedEngine(NamedViews):
         under the masks of `seed_and_step`, (seed, step), as the numpy engine's."""
         if dropout_rate and seed_and_step is None:
             raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
-        if len(batch) > 1:
-            self._reserve(len(batch))
+        group_buffers = self._load_groups(batch) if len(batch) > 1 else None  # may rebuild the plans: first
         self._set_dropout(dropout_rate, seed_and_step)
-        if len(batch) > 1:
-            return fused_groups.loss_and_grads(self._state, *self._load_groups(batch))
+        if group_buffers:
+            return fused_groups.loss_and_grads(self._state, *group_buffers)
         self._load_batch(batch)
         return K.loss_and_grads(self._state, self._ws, self._plan)
 

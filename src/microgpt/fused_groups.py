@@ -55,7 +55,7 @@ def loss_and_grads(state, group_grads, wss, plans):
 
 @parallel_entry_point
 def adam_update(state, adam, lr, t):
-    """fused_kernels._adam, in parallel over the parameters (the clipping norm still summed in order)."""
+    """fused_adam._adam, in parallel over the parameters (the clipping norm still summed in order)."""
     _clip_gradients(state[1], adam)
     settings = _adam_settings(adam, lr, t)
     p, g, m, v = state[0], state[1], state[2], state[3]

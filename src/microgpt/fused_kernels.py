@@ -97,7 +97,6 @@ def _forward(pm, ws, plan, columns, n, n_mean):
     """Loss of the packed batch (summed, divided by n_mean); leaves every activation, and d_logits, in the
     workspace. With dropout, the embeddings and each attention and MLP output are multiplied by their masks."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
-    threshold, key, sites = plan[DROP_THRESHOLD], plan[DROP_KEY], 1 + 2 * L_
     branch = _block(ws, plan, DTMP, 0, C_)  # (C, NP) a residual branch's output, before its mask
     nb = n + (-n) % LANES  # the micro-kernels' columns; the padding columns stay zero
     wte, wpe = pm[:V_], pm[plan[OFF_WPE] // C_:plan[OFF_WPE] // C_ + plan[T]]
@@ -106,8 +105,8 @@ def _forward(pm, ws, plan, columns, n, n_mean):
     for c in range(C_):
         for j in range(nb):
             x[c, j] = wte[columns[0, j], c] + wpe[columns[2, j], c] if j < n else 0.0
-    if threshold:
-        dropout_columns(x, x, columns[4], n, 0, sites, key, threshold)
+    if plan[DROP_THRESHOLD]:
+        _dropout(x, x, plan, columns, n, 0)
     if norm == NORM_MICROGPT:
         rmsnorm_forward(x, scales[0], x, nb)
     for i in range(L_):
@@ -120,25 +119,13 @@ def _forward(pm, ws, plan, columns, n, n_mean):
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
         matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C_, nb, C_, False)  # (3C, N)
         attention_forward(y, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), qkv, columns[3], nb, NH_)
-        if threshold:                                                  # x = mask * (attn_wo @ y) + residual
-            matmul(branch, w_o, y, C_, nb, C_, False)
-            dropout_columns(branch, branch, columns[4], n, 1 + 2 * i, sites, key, threshold)
-            add_columns(x_mid, x_in, branch, nb)
-        else:
-            _copy_columns(x_mid, x_in, nb)
-            matmul(x_mid, w_o, y, C_, nb, C_, True)                    # x = attn_wo @ y + residual
+        _add_branch(x_mid, x_in, w_o, y, C_, branch, plan, columns, n, nb, 1 + 2 * i)  # x += attn_wo @ y
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
         matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, 4 * C_, nb, C_, False)  # (4C, N)
         activation_forward(a, h, nb, plan[RELU2] == 1)
         x_out = _block(ws, plan, XS, i + 1, C_)
-        if threshold:                                                  # x = mask * (mlp_fc2 @ a) + residual
-            matmul(branch, w_fc2, a, C_, nb, 4 * C_, False)
-            dropout_columns(branch, branch, columns[4], n, 2 + 2 * i, sites, key, threshold)
-            add_columns(x_out, x_mid, branch, nb)
-        else:
-            _copy_columns(x_out, x_mid, nb)
-            matmul(x_out, w_fc2, a, C_, nb, 4 * C_, True)              # x = mlp_fc2 @ a + residual
+        _add_branch(x_out, x_mid, w_fc2, a, 4 * C_, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
     logits = _block(ws, plan, LOGITS, 0, V_)
     lm_head = pm[plan[OFF_LM] // C_:plan[OFF_LM] // C_ + V_]
     matmul(logits, lm_head, _block(ws, plan, XS, L_, C_), V_, nb, C_, False)  # (V, N)
@@ -149,7 +136,6 @@ def _forward(pm, ws, plan, columns, n, n_mean):
 def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
     """Fills gm (grads as (P / C, C)) from the activations _forward left; each layer's backward in reverse."""
     V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
-    threshold, key, sites = plan[DROP_THRESHOLD], plan[DROP_KEY], 1 + 2 * L_
     nb = n + (-n) % LANES
     scales, d_logits = _block(ws, plan, SCALES, 0, 2 * L_ + 1), _block(ws, plan, LOGITS, 0, V_)
     dx, dtmp, dqkv = _block(ws, plan, DX, 0, C_), _block(ws, plan, DTMP, 0, C_), _block(ws, plan, DQKV, 0, 3 * C_)
@@ -172,10 +158,7 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
         x_mid, xn2, h, a = (_block(ws, plan, XMID, i, C_), _block(ws, plan, XN2, i, C_),
                             _block(ws, plan, H, i, 4 * C_), _block(ws, plan, A, i, 4 * C_))
         # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
-        d_branch = dx
-        if threshold:
-            d_branch = dtmp
-            dropout_columns(d_branch, dx, columns[4], n, 2 + 2 * i, sites, key, threshold)
+        d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 2 + 2 * i)
         matmul(d_fc2, d_branch, transpose(rows_4c, a, n), C_, 4 * C_, n, False)
         matmul(dh, w_fc2.T, d_branch, 4 * C_, nb, C_, False)          # (4C, N)
         activation_backward(dh, h, nb, plan[RELU2] == 1)
@@ -186,10 +169,7 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
         else:
             matmul(dx, w_fc1.T, dh, C_, nb, 4 * C_, True)
         # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
-        d_branch = dx
-        if threshold:
-            d_branch = dtmp
-            dropout_columns(d_branch, dx, columns[4], n, 1 + 2 * i, sites, key, threshold)
+        d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 1 + 2 * i)
         matmul(d_o, d_branch, transpose(rows_c, y, n), C_, C_, n, False)
         matmul(dy, w_o.T, d_branch, C_, nb, C_, False)                # (C, N)
         attention_backward(dqkv, dy, _block(ws, plan, PROBS, i, NH_ * (plan[T] + LANES - 1)), dp, qkv, columns[3],
@@ -203,13 +183,43 @@ def _backward(pm, gm, ws, plan, columns, rows_c, rows_4c, n):
     if norm == NORM_MICROGPT:
         rmsnorm_backward(dtmp, dx, _block(ws, plan, XS, 0, C_), scales[0], nb, False)
         dx = dtmp
-    if threshold:
-        dropout_columns(dx, dx, columns[4], n, 0, sites, key, threshold)
+    if plan[DROP_THRESHOLD]:
+        _dropout(dx, dx, plan, columns, n, 0)
     d_wte, d_wpe = gm[:V_], gm[wpe:]
     for j in range(n):
         for c in range(C_):
             d_wpe[columns[2, j], c] += dx[c, j]
             d_wte[columns[0, j], c] += dx[c, j]
+
+
+@kernel
+def _dropout(out, x, plan, columns, n, site):
+    """out = x times the dropout mask of `site` (0: the embeddings, 1 + 2i / 2 + 2i: layer i's attention / MLP
+    output) under plan's key, over the first n columns."""
+    dropout_columns(out, x, columns[4], n, site, 1 + 2 * plan[L], plan[DROP_KEY], plan[DROP_THRESHOLD])
+
+
+@kernel
+def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, site):
+    """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is built in `branch` and
+    multiplied by its mask of `site` first."""
+    C_ = x_out.shape[0]
+    if plan[DROP_THRESHOLD]:
+        matmul(branch, w, inputs, C_, nb, n_inner, False)
+        _dropout(branch, branch, plan, columns, n, site)
+        add_columns(x_out, x_in, branch, nb)
+    else:
+        _copy_columns(x_out, x_in, nb)
+        matmul(x_out, w, inputs, C_, nb, n_inner, True)
+
+
+@kernel
+def _branch_gradient(scratch, dx, plan, columns, n, site):
+    """The gradient of a residual branch's output: dx, or with dropout dx times the branch's mask (in scratch)."""
+    if plan[DROP_THRESHOLD]:
+        _dropout(scratch, dx, plan, columns, n, site)
+        return scratch
+    return dx
 
 
 @kernel
