@@ -25,13 +25,13 @@ import time
 import numba
 import numpy as np
 
-from microgpt.benchmark import prepared_job
+from microgpt.bench.benchmark import prepared_job
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
-from microgpt.fused_engine import compile_kernels
-from microgpt import torch_baseline
-from microgpt.training import batch_for_step, predicted_tokens, train
+from microgpt.engines.fused.engine import compile_kernels
+from microgpt.bench import torch_gpt as torch_baseline
+from microgpt.train.loop import batch_for_step, predicted_tokens, train
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
 MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}
@@ -72,8 +72,8 @@ def default_job(data, repeats):
 def profile_step(data, repeats):
     """Per-step cost of each layer of the fused path, on the default job's first document."""
     from numba import njit
-    from microgpt import fused_kernels as K
-    from microgpt.fused_engine import _slp_vectorizer
+    from microgpt.engines.fused import gpt as K
+    from microgpt.engines.fused.engine import _slp_vectorizer
     rng, doc_tokens, cfg = prepared_job(data, 42)
     engine = make_engine('fused', cfg, rng)
     tcfg, batch = TrainConfig(), [doc_tokens[0]]

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from microgpt.autograd import Value, topological_order
+from microgpt.engines.reference.autograd import Value, topological_order
 from microgpt.config import ModelConfig, init_parameters
-from microgpt.reference import batch_loss
+from microgpt.engines.reference.gpt import batch_loss
 
 FD_STEP = 1e-6
 FD_RTOL = 1e-6  # central differences: truncation ~h^2, rounding ~1e-16/h = 1e-10, both far below this

@@ -11,12 +11,12 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from microgpt.checkpoint import load_checkpoint, restore_engine, save_checkpoint
+from microgpt.train.checkpoint import load_checkpoint, restore_engine, save_checkpoint
 from microgpt.config import ModelConfig, TrainConfig, parameter_shapes
 from microgpt.data import Vocabulary
 from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
-from microgpt.training import train
+from microgpt.train.loop import train
 
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
 VOCAB = Vocabulary.from_documents(NAMES)

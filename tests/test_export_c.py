@@ -11,13 +11,13 @@ from itertools import islice
 import numpy as np
 import pytest
 
-from microgpt.checkpoint import load_checkpoint, save_checkpoint
+from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.config import ModelConfig, TrainConfig, num_parameters
 from microgpt.data import Vocabulary
 from microgpt.errors import MicrogptError
-from microgpt.export_c import BUILD_COMMAND, export_c, logits_like_c, memory_budget, sample_like_c
-from microgpt.numpy_engine import NumpyEngine
-from microgpt.training import train
+from microgpt.export.c import BUILD_COMMAND, export_c, logits_like_c, memory_budget, sample_like_c
+from microgpt.engines.numpy.engine import NumpyEngine
+from microgpt.train.loop import train
 
 from conftest import in_ci
 

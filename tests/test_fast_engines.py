@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from microgpt import numpy_layers as L
+from microgpt.engines.numpy import layers as L
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.engines import make_engine
 
@@ -90,7 +90,7 @@ def test_gradients_equal_torch_autograd(switches, require_torch, fast_engine):
 
 def test_benchmark_torch_baseline_computes_the_same_loss_and_gradients(require_torch):
     """`microgpt bench`'s PyTorch row times this model: it must be the same model (padded batch, masked loss)."""
-    from microgpt.torch_baseline import batch_loss
+    from microgpt.bench.torch_gpt import batch_loss
     torch = require_torch
     cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6).validate()
     engine = make_engine('numpy', cfg, random.Random(3))

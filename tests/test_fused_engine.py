@@ -7,10 +7,10 @@ import pytest
 
 from microgpt.config import ModelConfig, TrainConfig, learning_rate
 from microgpt.data import Vocabulary, load_documents, shuffled
-from microgpt.decoding import generate
+from microgpt.sampling import generate
 from microgpt.engines import make_engine
-from microgpt.fused_engine import kernels_are_cached
-from microgpt.training import batch_for_step, train
+from microgpt.engines.fused.engine import kernels_are_cached
+from microgpt.train.loop import batch_for_step, train
 
 CONFIGS = [
     {},

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from microgpt.study import EXPERIMENTS, run_one, run_study, summarize, write_report
+from microgpt.bench.study import EXPERIMENTS, run_one, run_study, summarize, write_report
 
 from conftest import run_cli_in_process as run
 

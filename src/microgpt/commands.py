@@ -7,12 +7,12 @@ import time
 
 from .config import TrainConfig
 from .data import bundled_dataset_path, holdout_split, load_documents
-from .decoding import generate
+from .sampling import generate
 from .engines import BENCH_ENGINES, ENGINES, make_engine
 from .errors import MicrogptError
 from .presets import MODEL_KEYS, TRAIN_KEYS, model_settings, resolve, train_settings
-from .trainer import EvalReport, Header, RunSettings, Saved, TrainingRun
-from .training import StepReport, evaluate
+from .train.run import EvalReport, Header, RunSettings, Saved, TrainingRun
+from .train.loop import StepReport, evaluate
 
 def _check_sampling_flags(args):
     if args.num_samples < 0:
@@ -89,7 +89,7 @@ def cmd_train(args, out, err):
             bar.close()
         metrics = os.path.join(args.out, 'metrics.jsonl') if args.out else None
         if args.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
-            from .plotting import plot_metrics
+            from .train.plotting import plot_metrics
             plot_metrics(metrics, os.path.join(args.out, 'loss.png'))
     if stop.requested and run.step < settings.tcfg.steps:
         where = f"; continue with --resume --out {args.out}" if args.out else ""
@@ -118,7 +118,7 @@ def _progress_bar(err, total, initial):
 
 
 def _notice_compilation(err, dtype, grouped):
-    from .fused_engine import kernels_are_cached
+    from .engines.fused.engine import kernels_are_cached
     if not kernels_are_cached(dtype, grouped):
         seconds = '30-60 s' if grouped else '30 s'  # batches of 2+ documents also compile the parallel kernels
         print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, about {seconds})...",
@@ -142,7 +142,7 @@ def _print_samples(engine, vocab, rng, args, out, prompt_ids, known=None):
 
 
 def _engine_from_checkpoint(path):
-    from .checkpoint import load_checkpoint, restore_engine
+    from .train.checkpoint import load_checkpoint, restore_engine
     ckpt = load_checkpoint(path)
     engine = make_engine('numpy', ckpt.model_cfg, random.Random(0), ckpt.meta.get('dtype', 'float64'))
     restore_engine(ckpt, engine)
@@ -186,7 +186,7 @@ def cmd_eval(args, out, err):
 def cmd_bench(args, out, err):
     from importlib.util import find_spec
 
-    from .benchmark import time_cli_train, time_engine, time_torch
+    from .bench.benchmark import time_cli_train, time_engine, time_torch
     data = args.data or bundled_dataset_path()
     names = [name.strip() for name in args.engines.split(',') if name.strip()]
     unknown = set(names) - set(BENCH_ENGINES)
@@ -219,7 +219,7 @@ def cmd_bench(args, out, err):
 
 
 def cmd_study(args, out, err):
-    from .study import EXPERIMENTS, measure_speed, run_study, summarize, write_report
+    from .bench.study import EXPERIMENTS, measure_speed, run_study, summarize, write_report
     if args.list:
         for e in EXPERIMENTS:
             print(f"{e.name:<28} {e.claim}", file=out)
@@ -253,8 +253,8 @@ def _print_memory(rows, out):
 
 
 def cmd_export(args, out, err):
-    from .checkpoint import load_checkpoint
-    from .export_c import export_c
+    from .train.checkpoint import load_checkpoint
+    from .export.c import export_c
     info = export_c(load_checkpoint(args.checkpoint), args.c)
     for path in info.files:
         print(f"wrote {path}", file=out)
@@ -265,9 +265,9 @@ def cmd_export(args, out, err):
 
 def cmd_info(args, out, err):
     from dataclasses import asdict
-    from .checkpoint import load_checkpoint
+    from .train.checkpoint import load_checkpoint
     from .config import num_parameters
-    from .export_c import memory_budget
+    from .export.c import memory_budget
     ckpt = load_checkpoint(args.checkpoint)
     meta = ckpt.meta
     print(f"checkpoint: {args.checkpoint} (format {meta['format_version']}, engine {meta.get('engine')}, "

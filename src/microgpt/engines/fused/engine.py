@@ -12,10 +12,15 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from . import dropout, fused_adam, fused_decoder, fused_groups, fused_lanes, fused_layers
-from . import fused_kernels as K
-from .config import init_parameters, learning_rate, parameter_shapes
-from .named_views import NamedViews
+from ... import dropout
+from . import adam as fused_adam
+from . import decoder as fused_decoder
+from . import parallel as fused_groups
+from . import lanes as fused_lanes
+from . import layers as fused_layers
+from . import gpt as K
+from ...config import init_parameters, learning_rate, parameter_shapes
+from ..params import NamedViews
 
 KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, fused_adam, K, fused_decoder,
                                                     fused_groups, dropout))

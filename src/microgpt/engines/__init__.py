@@ -1,6 +1,6 @@
 """The engines by name. Each is imported only when asked for, so `--engine reference` never loads NumPy."""
 
-from .errors import MicrogptError
+from ..errors import MicrogptError
 
 ENGINES = ('numpy', 'fused', 'reference')
 BENCH_ENGINES = ENGINES + ('torch',)  # `microgpt bench` also times the PyTorch baseline (torch_baseline)
@@ -16,12 +16,12 @@ def make_engine(name, cfg, rng, dtype='float64'):
         if dtype != 'float64':
             raise MicrogptError("the reference engine computes in Python floats (float64) only; "
                                 "use --engine numpy for --dtype float32")
-        from .reference import ReferenceEngine
+        from .reference.gpt import ReferenceEngine
         return ReferenceEngine(cfg, rng)
     if name == 'numpy':
-        from .numpy_engine import NumpyEngine
+        from .numpy.engine import NumpyEngine
         return NumpyEngine(cfg, rng, dtype)
     if name == 'fused':
-        from .fused_engine import FusedEngine
+        from .fused.engine import FusedEngine
         return FusedEngine(cfg, rng, dtype)
     raise MicrogptError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")

@@ -9,9 +9,9 @@ when another file of the kernels (`KERNEL_FILES`: the fused_* modules and dropou
 
 from numba import njit
 
-from .fused_adam import _adam
-from .fused_lanes import LANES, load8, store8
-from .fused_layers import (activation_backward, activation_forward, add_columns, attention_backward,
+from .adam import _adam
+from .lanes import LANES, load8, store8
+from .layers import (activation_backward, activation_forward, add_columns, attention_backward,
                            attention_forward, cross_entropy, dropout_columns, kernel, matmul, rmsnorm_backward,
                            rmsnorm_forward, transpose)
 

@@ -6,7 +6,7 @@ microgpt's `docs[step % len(docs)]`.
 
 from dataclasses import dataclass
 
-from .config import learning_rate
+from ..config import learning_rate
 
 
 @dataclass(slots=True)  # not frozen: one is made per step, and a frozen dataclass's __init__ is 3x slower

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from .fused_layers import kernel
+from .layers import kernel
 
 BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = range(5)
 

@@ -7,10 +7,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .config import ModelConfig, TrainConfig
-from .data import Vocabulary, load_documents, shuffled
-from .engines import make_engine
-from .training import train
+from ..config import ModelConfig, TrainConfig
+from ..data import Vocabulary, load_documents, shuffled
+from ..engines import make_engine
+from ..train.loop import train
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
 
 def time_torch(data_path, steps, dtype='float64', seed=42, warmup_steps=20):
     """time_engine's timing of the same job on the PyTorch baseline (torch_baseline; needs torch)."""
-    from .torch_baseline import time_torch as run
+    from .torch_gpt import time_torch as run
     rng, doc_tokens, cfg = prepared_job(data_path, seed)
     seconds, tokens = run(doc_tokens, cfg, rng, steps, dtype=dtype, warmup=warmup_steps)
     return EngineTiming('torch', dtype, steps, seconds, tokens)

@@ -15,9 +15,9 @@ entry points hold only their prange loops, and everything else is in plain kerne
 import numpy as np
 from numba import njit, prange
 
-from .fused_adam import _adam_parameter, _adam_settings, _clip_gradients
-from .fused_kernels import BATCH_AT, DROP_KEY, FIRST_DOC, _checked_positions, _group_loss_and_grads
-from .fused_layers import kernel
+from .adam import _adam_parameter, _adam_settings, _clip_gradients
+from .gpt import BATCH_AT, DROP_KEY, FIRST_DOC, _checked_positions, _group_loss_and_grads
+from .layers import kernel
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
 

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import ModelConfig, TrainConfig, parameter_shapes
-from .data import Vocabulary
-from .errors import MicrogptError
+from ..config import ModelConfig, TrainConfig, parameter_shapes
+from ..data import Vocabulary
+from ..errors import MicrogptError
 
 FORMAT = 'microgpt-checkpoint'
 FORMAT_VERSION = 1

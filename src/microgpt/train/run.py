@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import ModelConfig
-from .data import Vocabulary, holdout_split, load_documents, shuffled
-from .engines import make_engine
-from .errors import MicrogptError
-from .training import evaluate, train
+from ..config import ModelConfig
+from ..data import Vocabulary, holdout_split, load_documents, shuffled
+from ..engines import make_engine
+from ..errors import MicrogptError
+from .loop import evaluate, train
 
 BEST_CHECKPOINT = 'model.safetensors'
 RESUME_CHECKPOINT = 'resume.safetensors'

@@ -15,12 +15,12 @@ import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from .config import ModelConfig, TrainConfig
-from .data import Vocabulary, holdout_split, load_documents, shuffled
-from .engines import make_engine
-from .fused_engine import compile_kernels
-from .presets import DEFAULTS, PRESETS, model_settings, train_settings
-from .training import evaluate, train
+from ..config import ModelConfig, TrainConfig
+from ..data import Vocabulary, holdout_split, load_documents, shuffled
+from ..engines import make_engine
+from ..engines.fused.engine import compile_kernels
+from ..presets import DEFAULTS, PRESETS, model_settings, train_settings
+from ..train.loop import evaluate, train
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
 ORIGINAL_MS_PER_STEP = 283  # microgpt.py's own step on the 2-core development machine (the project's recording)

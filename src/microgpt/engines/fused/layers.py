@@ -14,8 +14,8 @@ import math
 import numpy as np
 from numba import njit
 
-from . import dropout as _dropout
-from .fused_lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
+from ... import dropout as _dropout
+from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
                           mul8, store8)
 
 RMSNORM_EPS = 1e-5  # as numpy_layers.RMSNORM_EPS

@@ -7,7 +7,7 @@ per call, with a KV cache, exactly as in microgpt.
 """
 
 from .autograd import Value, without_cycle_collector
-from .config import init_parameters, num_parameters
+from ...config import init_parameters, num_parameters
 
 
 def linear(x, w):

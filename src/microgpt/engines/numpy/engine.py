@@ -8,10 +8,10 @@ that order, they are also one (3C, C) view: q, k and v come out of a single matm
 
 import numpy as np
 
-from .config import init_parameters, parameter_shapes
-from .dropout import masks as dropout_masks
-from .named_views import NamedViews
-from .numpy_layers import (activation_backward, activation_forward, attention_backward, attention_forward,
+from ...config import init_parameters, parameter_shapes
+from ...dropout import masks as dropout_masks
+from ..params import NamedViews
+from .layers import (activation_backward, activation_forward, attention_backward, attention_forward,
                            cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
 
 

@@ -14,8 +14,8 @@ from importlib import resources
 
 import numpy as np
 
-from .config import num_parameters, parameter_shapes
-from .errors import MicrogptError
+from ..config import num_parameters, parameter_shapes
+from ..errors import MicrogptError
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
@@ -38,7 +38,7 @@ def export_c(ckpt, out_dir):
     _check_exportable(ckpt)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise MicrogptError(f"{out_dir}: exists and is not a directory; give a directory for the C program")
-    template = (resources.files('microgpt') / 'c_template' / C_SOURCE).read_text(encoding='utf-8')
+    template = (resources.files('microgpt.export') / 'c_template' / C_SOURCE).read_text(encoding='utf-8')
     files = (os.path.join(out_dir, C_HEADER), os.path.join(out_dir, C_SOURCE))
     try:
         os.makedirs(out_dir, exist_ok=True)

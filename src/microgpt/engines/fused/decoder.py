@@ -8,8 +8,8 @@ import math
 
 from numba import njit
 
-from .fused_kernels import C, CAUSAL, L, NH, NORM, NORM_MICROGPT, NORM_NONE, OFF_LM, OFF_WPE, RELU2, T, V, _layer
-from .fused_layers import RMSNORM_EPS, kernel
+from .gpt import C, CAUSAL, L, NH, NORM, NORM_MICROGPT, NORM_NONE, OFF_LM, OFF_WPE, RELU2, T, V, _layer
+from .layers import RMSNORM_EPS, kernel
 
 
 @njit(cache=True, error_model='numpy')

@@ -9,9 +9,9 @@ attention) are built: enough for the benchmarks, which time those.
 
 import time
 
-from .config import TrainConfig, learning_rate
-from .engines import make_engine
-from .training import batch_for_step, predicted_tokens
+from ..config import TrainConfig, learning_rate
+from ..engines import make_engine
+from ..train.loop import batch_for_step, predicted_tokens
 
 
 def batch_loss(weights, cfg, batch):
