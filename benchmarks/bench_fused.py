@@ -31,7 +31,8 @@ from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
 from microgpt.engines.fused.engine import compile_kernels
 from microgpt.bench import torch_gpt as torch_baseline
-from microgpt.train.loop import batch_for_step, predicted_tokens, train
+from microgpt.data import batch_for_step
+from microgpt.train.loop import predicted_tokens, train
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
 MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}

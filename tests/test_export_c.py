@@ -14,6 +14,7 @@ import pytest
 from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.config import ModelConfig, TrainConfig, num_parameters
 from microgpt.data import Vocabulary
+from microgpt.engines import EngineState
 from microgpt.errors import MicrogptError
 from microgpt.export.c import BUILD_COMMAND, export_c, logits_like_c, memory_budget, sample_like_c
 from microgpt.engines.numpy.engine import NumpyEngine
@@ -68,7 +69,7 @@ def run_c(out_dir, *args):
 
 def engine_logits(ckpt, token_ids):
     engine = NumpyEngine(ckpt.model_cfg, random.Random(0), 'float32')
-    engine.load_weights(ckpt.weights)
+    engine.load_state(EngineState(ckpt.weights, None, None, 0))
     decoder = engine.decoder()
     decoder.reset()
     for pos, token in enumerate(token_ids):

@@ -8,9 +8,10 @@ import pytest
 from microgpt.config import ModelConfig, TrainConfig, learning_rate
 from microgpt.data import Vocabulary, load_documents, shuffled
 from microgpt.sampling import generate
-from microgpt.engines import make_engine
+from microgpt.engines import EngineState, make_engine
 from microgpt.engines.fused.engine import kernels_are_cached
-from microgpt.train.loop import batch_for_step, train
+from microgpt.data import batch_for_step
+from microgpt.train.loop import train
 
 CONFIGS = [
     {},
@@ -165,7 +166,7 @@ def test_decoder_logits_equal_numpy_engine(switches):
     numpy_engine, engine = make_engine('numpy', cfg, random.Random(5)), make_engine('fused', cfg, random.Random(5))
     batch = random_batch(random.Random(1), cfg, 4, max_len=8)
     engine.train_step(batch, 0.01, TrainConfig())  # trained weights, not just the initial ones
-    numpy_engine.load_weights(engine.weights())
+    numpy_engine.load_state(EngineState(engine.weights(), None, None, 0))
     want_decoder, got_decoder = numpy_engine.decoder(), engine.decoder()
     for tokens in batch:
         want_decoder.reset()
@@ -208,7 +209,7 @@ def test_views_and_weight_round_trip():
     assert_arrays_equal(engine.weights(), numpy_engine.weights(), rtol=0, atol=0, what='initial parameter')
     assert np.shares_memory(engine.params['layer1.mlp_fc2'], engine.flat)
     weights = {name: w + 1.0 for name, w in engine.weights().items()}
-    engine.load_weights(weights)
+    engine.load_state(EngineState(weights, None, None, 0))
     assert_arrays_equal(engine.weights(), weights, rtol=0, atol=0, what='loaded parameter')
 
 

@@ -132,24 +132,66 @@ class TrainConfig:
                                 f"engine: train with --engine fused")
 
 
-def parameter_shapes(cfg):
-    """Name -> (rows, cols) in state-dict order, the order parameters are drawn and stored in."""
+# ---- the one parameter table: every engine's flat layout, the checkpoint names, the C and JavaScript
+# exports and the PyTorch model derive from it
+
+MLP_EXPANSION = 4   # the MLP's hidden width is MLP_EXPANSION * n_embd
+RMSNORM_EPS = 1e-5  # RMSNorm: x / sqrt(mean(x^2) + RMSNORM_EPS), no learned gain (microgpt's)
+NOTHING_TO_PREDICT = "the batch has no token to predict: a document needs at least 2 tokens"
+
+# Per layer, in state-dict order: (kind, rows, cols) in units of n_embd. attn_wq, attn_wk and attn_wv are
+# adjacent, so the engines may read them as one (3C, C) matrix.
+LAYER_PARAMETERS = (('attn_wq', 1, 1), ('attn_wk', 1, 1), ('attn_wv', 1, 1), ('attn_wo', 1, 1),
+                    ('mlp_fc1', MLP_EXPANSION, 1), ('mlp_fc2', 1, MLP_EXPANSION))
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One row of the parameter table: a (rows, cols) matrix stored at `offset` in a flat buffer."""
+    name: str        # state-dict name: 'wte', 'wpe', 'lm_head', 'layer0.attn_wq', ...
+    kind: str        # the name without its layer: 'wte', ..., 'attn_wq', ..., 'mlp_fc2'
+    layer: int       # layer index, or -1 outside the layers
+    rows: int
+    cols: int
+    offset: int      # first element in the flat (P,) buffer
+
+    @property
+    def shape(self):
+        return (self.rows, self.cols)
+
+    @property
+    def size(self):
+        return self.rows * self.cols
+
+
+def parameter_table(cfg):
+    """The model's parameters in state-dict order (the order they are drawn and stored in): wte, wpe,
+    lm_head (unless tied to wte), then each layer's LAYER_PARAMETERS. Offsets are into one flat buffer."""
     C, V = cfg.n_embd, cfg.vocab_size
-    shapes = {'wte': (V, C), 'wpe': (cfg.block_size, C)}
+    rows = [('wte', -1, V, C), ('wpe', -1, cfg.block_size, C)]
     if not cfg.tie_lm_head:
-        shapes['lm_head'] = (V, C)
-    for i in range(cfg.n_layer):
-        shapes[f'layer{i}.attn_wq'] = (C, C)
-        shapes[f'layer{i}.attn_wk'] = (C, C)
-        shapes[f'layer{i}.attn_wv'] = (C, C)
-        shapes[f'layer{i}.attn_wo'] = (C, C)
-        shapes[f'layer{i}.mlp_fc1'] = (4 * C, C)
-        shapes[f'layer{i}.mlp_fc2'] = (C, 4 * C)
-    return shapes
+        rows.append(('lm_head', -1, V, C))
+    rows += [(kind, i, r * C, c * C) for i in range(cfg.n_layer) for kind, r, c in LAYER_PARAMETERS]
+    table, offset = [], 0
+    for kind, layer, r, c in rows:
+        name = kind if layer < 0 else f'layer{layer}.{kind}'
+        table.append(Parameter(name, kind, layer, r, c, offset))
+        offset += r * c
+    return tuple(table)
+
+
+def parameter_shapes(cfg):
+    """Name -> (rows, cols) in state-dict order."""
+    return {p.name: p.shape for p in parameter_table(cfg)}
 
 
 def num_parameters(cfg):
-    return sum(rows * cols for rows, cols in parameter_shapes(cfg).values())
+    return sum(p.size for p in parameter_table(cfg))
+
+
+def dropout_sites(cfg):
+    """Dropout is applied at 1 + 2 * n_layer places: the embeddings, then each layer's attention and MLP output."""
+    return 1 + 2 * cfg.n_layer
 
 
 def init_parameters(cfg, rng: random.Random):
@@ -158,11 +200,11 @@ def init_parameters(cfg, rng: random.Random):
     Zero-initialised matrices draw nothing, so they do not shift the random stream of the others.
     """
     params = {}
-    for name, (rows, cols) in parameter_shapes(cfg).items():
-        if name.rsplit('.', 1)[-1] in cfg.zero_init:
-            params[name] = [[0.0] * cols for _ in range(rows)]
+    for p in parameter_table(cfg):
+        if p.kind in cfg.zero_init:
+            params[p.name] = [[0.0] * p.cols for _ in range(p.rows)]
         else:
-            params[name] = [[rng.gauss(0, cfg.init_std) for _ in range(cols)] for _ in range(rows)]
+            params[p.name] = [[rng.gauss(0, cfg.init_std) for _ in range(p.cols)] for _ in range(p.rows)]
     return params
 
 

@@ -153,3 +153,10 @@ def holdout_split(docs, val_fraction=None, seed=42, by='name'):
                 [d for i, d in enumerate(docs) if i in held_lines])
     held_out = set(draw.sample(units, n_val))
     return [d for d in docs if d not in held_out], sorted(held_out)
+
+
+def batch_for_step(doc_tokens, step, batch_size):
+    """The token sequences of 0-based `step`: documents step*B ... step*B + B - 1, wrapping around."""
+    n = len(doc_tokens)
+    start = step * batch_size
+    return [doc_tokens[(start + b) % n] for b in range(batch_size)]

@@ -11,7 +11,8 @@ import time
 
 from ..config import TrainConfig, learning_rate
 from ..engines import make_engine
-from ..train.loop import batch_for_step, predicted_tokens
+from ..data import batch_for_step
+from ..train.loop import predicted_tokens
 
 
 def batch_loss(weights, cfg, batch):

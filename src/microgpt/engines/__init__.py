@@ -1,15 +1,87 @@
-"""The engines by name. Each is imported only when asked for, so `--engine reference` never loads NumPy."""
+"""The engine contract and the registry of engines.
 
+An engine owns one model's parameters and Adam state and computes with them. Every engine honours
+`Engine` below; the training loop, evaluation, checkpoints and sampling use nothing else, so they never
+ask which engine they hold. Each engine is imported only when asked for, so `--engine reference` never
+loads NumPy.
+
+A batch is a list of token sequences (lists of ints); each document predicts its tokens 1..n from
+0..n-1 with n = min(block_size, len - 1), and a batch's loss is the mean negative log-likelihood over
+every predicted token of every document.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from ..data import batch_for_step
 from ..errors import MicrogptError
 
 ENGINES = ('numpy', 'fused', 'reference')
-BENCH_ENGINES = ENGINES + ('torch',)  # `microgpt bench` also times the PyTorch baseline (torch_baseline)
 DEFAULT_ENGINE = 'numpy'
+BENCH_ENGINES = ENGINES + ('torch',)  # `microgpt bench` also times the PyTorch model (bench/torch_gpt.py)
 DTYPES = ('float64', 'float32')
 
 
+@dataclass
+class EngineState:
+    """What a checkpoint saves and `load_state` restores: the whole state that the next step depends on."""
+    weights: dict        # name -> (rows, cols) array-like, in the parameter table's order
+    adam_m: Sequence     # (P,) Adam first moments, flat in the parameter table's order
+    adam_v: Sequence     # (P,) Adam second moments
+    adam_steps: int      # Adam updates applied so far (its bias correction and the dropout masks use it)
+
+
+class Decoder(Protocol):
+    def reset(self) -> None:
+        """Empty the KV cache before a new sample."""
+
+    def step(self, token_id: int, pos_id: int) -> list:
+        """Feed one token at one position; return the next token's logits as floats (V,)."""
+
+
+class Engine(Protocol):
+    name: str            # 'reference', 'numpy', 'fused'
+    cfg: object          # its ModelConfig
+    dtype: str           # 'float64' or 'float32'
+    chunk_steps: int     # steps per train_steps call that keep Ctrl-C and progress responsive
+
+    def num_params(self) -> int:
+        """P, the number of parameters (config.num_parameters of cfg)."""
+
+    def loss(self, batch) -> float:
+        """The batch's loss, forward only (evaluation): no gradients are computed or changed."""
+
+    def loss_and_grads(self, batch, dropout=0.0, seed_and_step=None) -> float:
+        """The batch's loss; leaves d loss / d parameters for `gradients`. With `dropout`, under the masks of
+        (seed, step) (dropout.py), which must then be given."""
+
+    def train_step(self, batch, lr: float, tcfg) -> float:
+        """One optimiser step (Adam, with tcfg's decay, clipping and dropout) on the batch; returns the loss
+        before the update."""
+
+    def train_steps(self, doc_tokens, start: int, stop: int, tcfg, lrs) -> list:
+        """Steps start .. stop - 1 of a run over `doc_tokens` (step s takes documents s*B .. s*B + B - 1,
+        wrapping around; see train.loop.batch_for_step) with learning rates `lrs`; returns their losses.
+        The same numbers as one train_step per step."""
+
+    def decoder(self) -> Decoder:
+        """A decoder over the current weights, for sampling one token at a time."""
+
+    def weights(self) -> dict:
+        """Name -> a copy of each parameter, (rows, cols)."""
+
+    def gradients(self) -> dict:
+        """Name -> a copy of the gradient left by the last loss_and_grads, (rows, cols)."""
+
+    def state(self) -> EngineState:
+        """Weights and Adam state, for a checkpoint."""
+
+    def load_state(self, state: EngineState) -> None:
+        """Restore `state` (weights; Adam moments and steps when given) into this engine."""
+
+
 def make_engine(name, cfg, rng, dtype='float64'):
-    """A freshly initialised engine; its parameters are drawn from `rng` in state-dict order."""
+    """A freshly initialised engine; its parameters are drawn from `rng` in the parameter table's order."""
     if dtype not in DTYPES:
         raise MicrogptError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     if name == 'reference':
@@ -25,3 +97,9 @@ def make_engine(name, cfg, rng, dtype='float64'):
         from .fused.engine import FusedEngine
         return FusedEngine(cfg, rng, dtype)
     raise MicrogptError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINES)}")
+
+
+def run_steps(engine, doc_tokens, start, stop, tcfg, lrs):
+    """`train_steps` as a plain loop of `train_step`, for engines with nothing to compile."""
+    return [engine.train_step(batch_for_step(doc_tokens, step, tcfg.batch_size), lr, tcfg)
+            for step, lr in zip(range(start, stop), lrs)]

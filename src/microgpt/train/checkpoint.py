@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import ModelConfig, TrainConfig, parameter_shapes
 from ..data import Vocabulary
+from ..engines import EngineState
 from ..errors import MicrogptError
 
 FORMAT = 'microgpt-checkpoint'
@@ -37,16 +38,17 @@ class Checkpoint:
 
 def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
     from safetensors.numpy import save
-    dtype = getattr(engine, 'dtype', np.dtype('float64'))
-    tensors = {name: np.ascontiguousarray(np.asarray(w, dtype=dtype)) for name, w in engine.weights().items()}
-    tensors['adam.m'] = np.asarray(engine.m, dtype=dtype)
-    tensors['adam.v'] = np.asarray(engine.v, dtype=dtype)
+    dtype = engine.dtype
+    state = engine.state()
+    tensors = {name: np.ascontiguousarray(np.asarray(w, dtype=dtype)) for name, w in state.weights.items()}
+    tensors['adam.m'] = np.asarray(state.adam_m, dtype=dtype)
+    tensors['adam.v'] = np.asarray(state.adam_v, dtype=dtype)
     meta = {
         'format': FORMAT, 'format_version': str(FORMAT_VERSION),
         'model_config': json.dumps(engine.cfg.to_dict()), 'train_config': json.dumps(asdict(tcfg)),
         'vocab': json.dumps({'chars': vocab.chars, 'bos_first': vocab.bos_first}),
-        'step': str(step), 'adam_steps': str(engine.adam_steps), 'metrics': json.dumps(metrics),
-        'dtype': json.dumps(str(np.dtype(dtype))), 'engine': json.dumps(engine.name),
+        'step': str(step), 'adam_steps': str(state.adam_steps), 'metrics': json.dumps(metrics),
+        'dtype': json.dumps(dtype), 'engine': json.dumps(engine.name),
         **(extra_meta or {}),
     }
     _atomic_write(path, save(tensors, metadata=meta))
@@ -129,14 +131,5 @@ def load_checkpoint(path):
 
 def restore_engine(ckpt, engine):
     """Weights and Adam state of `ckpt` into an engine built with ckpt.model_cfg."""
-    engine.load_weights(ckpt.weights)
-    if ckpt.adam_m is not None and ckpt.adam_v is not None:
-        if isinstance(engine.m, list):
-            engine.m[:] = [float(x) for x in ckpt.adam_m]
-            engine.v[:] = [float(x) for x in ckpt.adam_v]
-        else:
-            engine.m[...] = ckpt.adam_m
-            engine.v[...] = ckpt.adam_v
-    engine.adam_steps = ckpt.adam_steps
+    engine.load_state(EngineState(ckpt.weights, ckpt.adam_m, ckpt.adam_v, ckpt.adam_steps))
     return engine
-

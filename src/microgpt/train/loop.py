@@ -19,67 +19,43 @@ class StepReport:
     synced: bool = True  # the engine's state is this step's: safe to evaluate, save or stop here
 
 
-def batch_for_step(doc_tokens, step, batch_size):
-    """The token sequences of 0-based `step`: documents step*B ... step*B + B - 1, wrapping around."""
-    n = len(doc_tokens)
-    start = step * batch_size
-    return [doc_tokens[(start + b) % n] for b in range(batch_size)]
-
-
 def predicted_tokens(batch, block_size):
     return sum(min(block_size, len(tokens) - 1) for tokens in batch)
-
-
-CHUNK_STEPS = 64  # steps per compiled call for engines that have train_steps (~1 ms of the default job)
 
 
 def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     """Run steps start_step .. tcfg.steps - 1, yielding a StepReport after each.
 
-    Engines with `train_steps` run up to CHUNK_STEPS steps per call; their reports are yielded after the
-    chunk, and only the chunk's last is `synced`. Chunks end on every multiple of each `sync_every`, so
+    The engine runs up to `engine.chunk_steps` steps per train_steps call; their reports are yielded after
+    the chunk, and only the chunk's last is `synced`. Chunks end on every multiple of each `sync_every`, so
     evaluation and checkpoints there see the right state; a stop request waits for the chunk's end.
     """
     block_size, n_docs, B = engine.cfg.block_size, len(doc_tokens), tcfg.batch_size
-    if not hasattr(engine, 'train_steps'):  # one step per call, every report synced
-        for step in range(start_step, tcfg.steps):
-            if B == 1:  # microgpt's one document per step, without the general case's comprehensions
-                batch = [doc_tokens[step % n_docs]]
-                tokens = min(block_size, len(batch[0]) - 1)
-            else:
-                batch = batch_for_step(doc_tokens, step, B)
-                tokens = predicted_tokens(batch, block_size)
-            lr = learning_rate(tcfg, step)
-            yield StepReport(step + 1, tcfg.steps, engine.train_step(batch, lr, tcfg), lr, tokens)
-        return
     step = start_step
     while step < tcfg.steps:
-        stop = min(tcfg.steps, step + CHUNK_STEPS)
+        stop = min(tcfg.steps, step + engine.chunk_steps)
         for every in sync_every:
             if every:
                 stop = min(stop, (step // every + 1) * every)
         lrs = [learning_rate(tcfg, s) for s in range(step, stop)]
-        losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs).tolist()
+        losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs)
         for s, loss, lr in zip(range(step, stop), losses, lrs):
             # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
             if B == 1:
                 tokens = min(block_size, len(doc_tokens[s % n_docs]) - 1)
             else:
                 tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
-            yield StepReport(s + 1, tcfg.steps, loss, lr, tokens, s + 1 == stop)
+            yield StepReport(s + 1, tcfg.steps, float(loss), lr, tokens, s + 1 == stop)
         step = stop
 
 
 def evaluate(engine, doc_tokens, batch_size=64):
-    """Mean negative log-likelihood per predicted token over all documents (nats per character).
-
-    Uses the engine's loss_and_grads (the gradients it leaves are overwritten by the next step).
-    """
+    """Mean negative log-likelihood per predicted token over all documents (nats per character), forward only."""
     total, count = 0.0, 0
     block_size = engine.cfg.block_size
     for start in range(0, len(doc_tokens), batch_size):
         batch = doc_tokens[start:start + batch_size]
         n = predicted_tokens(batch, block_size)
-        total += engine.loss_and_grads(batch) * n
+        total += engine.loss(batch) * n
         count += n
     return total / count

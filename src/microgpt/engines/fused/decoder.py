@@ -9,7 +9,8 @@ import math
 from numba import njit
 
 from .gpt import C, CAUSAL, L, NH, NORM, NORM_MICROGPT, NORM_NONE, OFF_LM, OFF_WPE, RELU2, T, V, _layer
-from .layers import RMSNORM_EPS, kernel
+from ...config import RMSNORM_EPS
+from .layers import kernel
 
 
 @njit(cache=True, error_model='numpy')

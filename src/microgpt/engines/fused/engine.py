@@ -19,8 +19,8 @@ from . import parallel as fused_groups
 from . import lanes as fused_lanes
 from . import layers as fused_layers
 from . import gpt as K
-from ...config import init_parameters, learning_rate, parameter_shapes
-from ..params import NamedViews
+from ...config import learning_rate
+from ..params import ParameterBuffers
 
 KERNEL_FILES = tuple(module.__file__ for module in (fused_lanes, fused_layers, fused_adam, K, fused_decoder,
                                                     fused_groups, dropout))
@@ -114,28 +114,14 @@ def compile_kernels(dtype='float64', grouped=True):
             FusedEngine._compiled.add((np.dtype(dtype).name, flag))
 
 
-class FusedEngine(NamedViews):
+class FusedEngine(ParameterBuffers):
     name = 'fused'
+    chunk_steps = 64  # ~1 ms of the default job per compiled call
     _compiled = set()  # (dtype, grouped) whose kernels this process has compiled or loaded
 
     def __init__(self, cfg, rng, dtype='float64'):
-        self.cfg = cfg
-        self.dtype = np.dtype(dtype)
+        super().__init__(cfg, rng, dtype)
         compile_kernels(self.dtype, grouped=False)
-        shapes = parameter_shapes(cfg)
-        total = sum(rows * cols for rows, cols in shapes.values())
-        self._state = np.zeros((4, total), self.dtype)  # (4, P) parameters, gradients, Adam m, Adam v
-        self.flat, self.grad_flat, self.m, self.v = self._state
-        self.adam_steps = 0
-        self.params, self.grads, self.offsets = {}, {}, {}
-        offset = 0
-        for name, (rows, cols) in shapes.items():
-            self.offsets[name] = offset
-            self.params[name] = self.flat[offset:offset + rows * cols].reshape(rows, cols)
-            self.grads[name] = self.grad_flat[offset:offset + rows * cols].reshape(rows, cols)
-            offset += rows * cols
-        for name, rows in init_parameters(cfg, rng).items():
-            self.params[name][...] = rows
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see fused_adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = 0
@@ -177,9 +163,6 @@ class FusedEngine(NamedViews):
         self._plan, self._ws = self._plans[0], self._wss[0]
         self._batch_at = batch_at
         self._groups, self._group_size = groups, group_size
-
-    def num_params(self):
-        return self.flat.size
 
     def _load_batch(self, batch):
         """Write one document's token sequence into the plan (only the first block_size + 1 tokens are used)."""
@@ -228,13 +211,13 @@ class FusedEngine(NamedViews):
         group_buffers = self._load_groups(batch) if len(batch) > 1 else None  # may rebuild the plans: first
         self._set_dropout(dropout_rate, seed_and_step)
         if group_buffers:
-            return fused_groups.loss_and_grads(self._state, *group_buffers)
+            return fused_groups.loss_and_grads(self.state_buffer, *group_buffers)
         self._load_batch(batch)
-        return K.loss_and_grads(self._state, self._ws, self._plan)
+        return K.loss_and_grads(self.state_buffer, self._ws, self._plan)
 
     def adam_update(self, lr_t, tcfg):
         self.adam_steps += 1
-        K.adam_update(self._state, self._adam_settings(tcfg), lr_t, self.adam_steps)
+        K.adam_update(self.state_buffer, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
         # a step's masks depend only on the seed and the step, so a resumed run draws the same ones
@@ -245,7 +228,7 @@ class FusedEngine(NamedViews):
         self._set_dropout(tcfg.dropout, (tcfg.seed, self.adam_steps + 1))
         self._load_batch(batch)
         self.adam_steps += 1
-        return K.train_step(self._state, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
+        return K.train_step(self.state_buffer, self._ws, self._plan, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_steps(self, doc_tokens, start, stop, tcfg, lrs=None):
         """Steps start .. stop - 1 of training.train's loop in one compiled call; returns their losses (stop - start,).
@@ -271,12 +254,15 @@ class FusedEngine(NamedViews):
         losses = np.empty(stop - start)                # (steps,)
         docs, settings = np.array(tokens, np.int64), self._adam_settings(tcfg)  # (tokens,) back to back
         if B == 1:
-            K.train_steps(self._state, self._ws, self._plan, settings, docs, starts, B, lrs, keys, first_t, losses)
+            K.train_steps(self.state_buffer, self._ws, self._plan, settings, docs, starts, B, lrs, keys, first_t, losses)
         else:  # the same batches in groups on every core (fused_groups)
-            fused_groups.train_steps(self._state, *self._group_buffers(B), settings, docs, starts, B, lrs, keys,
+            fused_groups.train_steps(self.state_buffer, *self._group_buffers(B), settings, docs, starts, B, lrs, keys,
                                      first_t, losses)
         self.adam_steps += stop - start
         return losses
+
+    def loss(self, batch):
+        return self.loss_and_grads(batch)  # TODO forward only
 
     def decoder(self):
         return _FusedDecoder(self)

@@ -9,6 +9,7 @@ when another file of the kernels (`KERNEL_FILES`: the fused_* modules and dropou
 
 from numba import njit
 
+from ...config import NOTHING_TO_PREDICT
 from .adam import _adam
 from .lanes import LANES, load8, store8
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward,
@@ -86,7 +87,7 @@ def _pack_columns(plan, columns):
             j += 1
         token += length
     if j == 0:
-        raise ValueError("the batch has no token to predict: a document needs at least 2 tokens")
+        raise ValueError(NOTHING_TO_PREDICT)
     for pad in range(j, j + (-j) % LANES):
         columns[0, pad], columns[1, pad], columns[2, pad], columns[3, pad], columns[4, pad] = 0, 0, 0, pad, 0
     return j

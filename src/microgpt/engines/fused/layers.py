@@ -18,7 +18,7 @@ from ... import dropout as _dropout
 from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
                           mul8, store8)
 
-RMSNORM_EPS = 1e-5  # as numpy_layers.RMSNORM_EPS
+from ...config import RMSNORM_EPS
 kernel = njit(error_model='numpy')  # numpy's error model: no ZeroDivisionError branch in the loops
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 

@@ -15,6 +15,7 @@ entry points hold only their prange loops, and everything else is in plain kerne
 import numpy as np
 from numba import njit, prange
 
+from ...config import NOTHING_TO_PREDICT
 from .adam import _adam_parameter, _adam_settings, _clip_gradients
 from .gpt import BATCH_AT, DROP_KEY, FIRST_DOC, _checked_positions, _group_loss_and_grads
 from .layers import kernel
@@ -102,7 +103,7 @@ def _group_positions(plans):
         positions[g] = _checked_positions(plans[g])
         total += positions[g]
     if total == 0:
-        raise ValueError("the batch has no token to predict: a document needs at least 2 tokens")
+        raise ValueError(NOTHING_TO_PREDICT)
     return positions, total
 
 

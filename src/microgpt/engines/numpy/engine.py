@@ -8,43 +8,28 @@ that order, they are also one (3C, C) view: q, k and v come out of a single matm
 
 import numpy as np
 
-from ...config import init_parameters, parameter_shapes
 from ...dropout import masks as dropout_masks
-from ..params import NamedViews
+from ...config import NOTHING_TO_PREDICT
+from .. import run_steps
+from ..params import ParameterBuffers
 from .layers import (activation_backward, activation_forward, attention_backward, attention_forward,
                            cross_entropy_backward, cross_entropy_forward, rmsnorm_backward, rmsnorm_forward)
 
 
-NOTHING_TO_PREDICT = "the batch has no token to predict: a document needs at least 2 tokens"  # as the fused engine's
 
-
-class NumpyEngine(NamedViews):
+class NumpyEngine(ParameterBuffers):
     name = 'numpy'
+    chunk_steps = 1
 
     def __init__(self, cfg, rng, dtype='float64'):
-        self.cfg = cfg
-        self.dtype = np.dtype(dtype)
-        shapes = parameter_shapes(cfg)
-        total = sum(rows * cols for rows, cols in shapes.values())
-        self.flat = np.zeros(total, self.dtype)            # (P,) parameters
+        super().__init__(cfg, rng, dtype)
+        total = self.flat.size
+        self.moments = self.state_buffer[2:]                # (2, P) Adam's m and v, moved together
         # Adam works on (2, P) pairs so that m and v (and g and g^2) move in one NumPy call each
         self._grad_and_square = np.zeros((2, total), self.dtype)  # (2, P) d loss / d parameters; its square
-        self.grad_flat = self._grad_and_square[0]           # (P,)
-        self.moments = np.zeros((2, total), self.dtype)     # (2, P) Adam's m and v
-        self.m, self.v = self.moments                       # (P,) each, views
-        self.adam_steps = 0
         self._adam_scratch = np.empty((2, total), self.dtype)  # (2, P)
         self._adam_coefficients = {}                        # (beta1, beta2) -> (2, 1) betas, 1 - betas
         self._bias_correction = np.empty((2, 1), self.dtype)  # (2, 1) 1 - beta1^t, 1 - beta2^t
-        self.params, self.grads, self.offsets = {}, {}, {}
-        offset = 0
-        for name, (rows, cols) in shapes.items():
-            self.offsets[name] = offset
-            self.params[name] = self.flat[offset:offset + rows * cols].reshape(rows, cols)
-            self.grads[name] = self.grad_flat[offset:offset + rows * cols].reshape(rows, cols)
-            offset += rows * cols
-        for name, rows in init_parameters(cfg, rng).items():
-            self.params[name][...] = rows
         self._layers = [self._layer_views(i) for i in range(cfg.n_layer)]
         embeddings = (cfg.vocab_size + cfg.block_size) * cfg.n_embd  # wte and wpe lead the state-dict order
         self._embedding_grads = self.grad_flat[:embeddings]                # (V*C + T*C,)
@@ -70,9 +55,6 @@ class NumpyEngine(NamedViews):
             'w_o.T': self.params[p + 'attn_wo'].T, 'w_fc1.T': self.params[p + 'mlp_fc1'].T,
             'w_fc2.T': self.params[p + 'mlp_fc2'].T,
         }
-
-    def num_params(self):
-        return self.flat.size
 
     def _lm_head(self):
         return 'wte' if self.cfg.tie_lm_head else 'lm_head'
@@ -199,6 +181,8 @@ class NumpyEngine(NamedViews):
         """Adam (optionally AdamW, clipped) in place on the flat buffers, in the reference's operation order."""
         g, p = self.grad_flat, self.flat
         g_g2, m_v, scratch = self._grad_and_square, self.moments, self._adam_scratch  # (2, P) each
+        g_g2[0] = g
+        g = g_g2[0]
         if tcfg.grad_clip:
             norm = float(np.sqrt(g @ g))
             g *= min(1.0, tcfg.grad_clip / (norm + 1e-6))
@@ -222,6 +206,12 @@ class NumpyEngine(NamedViews):
         m_hat /= v_hat                                           # lr m_hat / (sqrt(v_hat) + eps)
         p -= m_hat
         self.adam_steps = t
+
+    def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
+        return run_steps(self, doc_tokens, start, stop, tcfg, lrs)
+
+    def loss(self, batch):
+        return self.loss_and_grads(batch)  # TODO forward only
 
     def decoder(self):
         return _NumpyDecoder(self)

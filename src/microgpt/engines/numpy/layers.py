@@ -8,7 +8,7 @@ differences and PyTorch autograd.
 
 import numpy as np
 
-RMSNORM_EPS = 1e-5
+from ...config import RMSNORM_EPS
 
 
 def rmsnorm_forward(x):

@@ -7,7 +7,8 @@ per call, with a KV cache, exactly as in microgpt.
 """
 
 from .autograd import Value, without_cycle_collector
-from ...config import init_parameters, num_parameters
+from ...config import RMSNORM_EPS, init_parameters, num_parameters
+from .. import EngineState, run_steps
 
 
 def linear(x, w):
@@ -23,7 +24,7 @@ def softmax(logits):
 
 def rmsnorm(x):
     ms = sum(xi * xi for xi in x) / len(x)
-    scale = (ms + 1e-5) ** -0.5
+    scale = (ms + RMSNORM_EPS) ** -0.5
     return [xi * scale for xi in x]
 
 
@@ -95,6 +96,8 @@ def batch_loss(batch, state_dict, cfg):
 class ReferenceEngine:
     """Parameters as `Value`s, gradients by the scalar autograd, Adam on Python floats."""
     name = 'reference'
+    dtype = 'float64'
+    chunk_steps = 1
 
     def __init__(self, cfg, rng):
         self.cfg = cfg
@@ -109,8 +112,15 @@ class ReferenceEngine:
     def num_params(self):
         return len(self.params)
 
-    def loss_and_grads(self, batch):
+    def loss(self, batch):
+        """Loss of the batch, forward only: the graph is built but not walked back."""
+        with without_cycle_collector():
+            return batch_loss(batch, self.state_dict, self.cfg).data
+
+    def loss_and_grads(self, batch, dropout=0.0, seed_and_step=None):
         """Loss of the batch; leaves d(loss)/d(param) in each parameter's .grad."""
+        if dropout:
+            raise ValueError("the reference engine has no dropout")
         for p in self.params:
             p.grad = 0
         with without_cycle_collector():
@@ -162,11 +172,21 @@ class ReferenceEngine:
         """Name -> rows of floats: the gradients left by the last loss_and_grads."""
         return {name: [[p.grad for p in row] for row in rows] for name, rows in self.state_dict.items()}
 
-    def load_weights(self, weights):
+    def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
+        return run_steps(self, doc_tokens, start, stop, tcfg, lrs)
+
+    def state(self):
+        return EngineState(self.weights(), list(self.m), list(self.v), self.adam_steps)
+
+    def load_state(self, state):
         for name, rows in self.state_dict.items():
-            for row, values in zip(rows, weights[name]):
+            for row, values in zip(rows, state.weights[name]):
                 for p, x in zip(row, values):
                     p.data = float(x)
+        if state.adam_m is not None and state.adam_v is not None:
+            self.m[:] = [float(x) for x in state.adam_m]
+            self.v[:] = [float(x) for x in state.adam_v]
+        self.adam_steps = state.adam_steps
 
 
 class _ReferenceDecoder:
