@@ -183,25 +183,45 @@ static int usage(const char *why)
     return 2;
 }
 
-/* strtol/strtod/strtoull with the whole argument checked */
-static int parse_long(const char *s, long lo, long hi, long *out)
+/* An argument that is only decimal digits (no sign, no spaces) and at most `hi`; strtoull alone would take
+ * " -1" as 2^64 - 1. */
+static int parse_digits(const char *s, uint64_t hi, uint64_t *out)
+{
+    uint64_t value = 0;
+    if (!*s)
+        return 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return 0;
+        unsigned digit = (unsigned)(*s - '0');
+        if (value > (hi - digit) / 10)
+            return 0;
+        value = value * 10 + digit;
+    }
+    *out = value;
+    return 1;
+}
+
+/* A finite number > 0 written as strtod reads it, with no leading space, "inf" or "nan" */
+static int parse_temperature(const char *s, double *out)
 {
     char *end;
+    if (!((*s >= '0' && *s <= '9') || *s == '.'))
+        return 0;
     errno = 0;
-    *out = strtol(s, &end, 10);
-    return *s && !*end && !errno && *out >= lo && *out <= hi;
+    *out = strtod(s, &end);
+    return !*end && !errno && isfinite(*out) && *out > 0;
 }
 
 int main(int argc, char **argv)
 {
-    long n = 20, id;
+    uint64_t n = 20, id;
     double temperature = 0.5;
-    char *end = NULL;
     if (argc > 1 && strcmp(argv[1], "--logits") == 0) {
         if (argc < 3 || argc - 2 > BLOCK_SIZE)
             return usage("wrong number of token ids after --logits");
         for (int pos = 0; pos < argc - 2; pos++) {
-            if (!parse_long(argv[pos + 2], 0, VOCAB_SIZE - 1, &id))
+            if (!parse_digits(argv[pos + 2], VOCAB_SIZE - 1, &id))
                 return usage("a token id after --logits is not a whole number below VOCAB_SIZE");
             forward((int)id, pos);
         }
@@ -211,18 +231,14 @@ int main(int argc, char **argv)
     }
     if (argc > 4)
         return usage("too many arguments");
-    if (argc > 1 && !parse_long(argv[1], 0, 1000000000L, &n))
-        return usage("N must be a whole number >= 0");
-    if (argc > 2 && (temperature = strtod(argv[2], &end), *end || !(temperature > 0)))
-        return usage("TEMPERATURE must be a number > 0");
+    if (argc > 1 && !parse_digits(argv[1], 1000000000u, &n))
+        return usage("N must be a whole number from 0 to 1000000000, digits only");
+    if (argc > 2 && !parse_temperature(argv[2], &temperature))
+        return usage("TEMPERATURE must be a finite number > 0");
     rng_state = 42;
-    if (argc > 3) {
-        errno = 0;
-        rng_state = strtoull(argv[3], &end, 10);
-        if (!*argv[3] || *end || errno || argv[3][0] == '-')
-            return usage("SEED must be a whole number in [0, 2^64)");
-    }
-    for (long i = 0; i < n; i++)
+    if (argc > 3 && !parse_digits(argv[3], UINT64_MAX, &rng_state))
+        return usage("SEED must be a whole number in [0, 2^64), digits only");
+    for (uint64_t i = 0; i < n; i++)
         print_name(temperature);
     return 0;
 }
