@@ -79,7 +79,7 @@ def test_file_layout_and_metadata(tmp_path):
     with safe_open(path, framework='numpy') as f:
         meta, names = f.metadata(), set(f.keys())
     assert names == set(parameter_shapes(e.cfg)) | {'adam.m', 'adam.v'}, names
-    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '1', meta
+    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '2', meta
     assert json.loads(meta['model_config']) == e.cfg.to_dict(), meta['model_config']
     assert json.loads(meta['train_config']) == asdict(TCFG), meta['train_config']
     assert json.loads(meta['vocab']) == {'chars': VOCAB.chars, 'bos_first': False}, meta['vocab']
@@ -172,8 +172,8 @@ def test_safetensors_that_is_not_a_microgpt_checkpoint(saved):
 
 
 def test_other_format_version(saved):
-    rewrite(saved, {'format_version': '2'})
-    assert_load_fails(saved, 'format version 2', 'reads version 1', 'upgrade microgpt')
+    rewrite(saved, {'format_version': '3'})
+    assert_load_fails(saved, 'format version 3', 'reads versions 1 and 2', 'upgrade microgpt')
 
 
 def test_damaged_metadata(saved):

@@ -1,12 +1,23 @@
 """Checkpoints as safetensors: the weights under their model names, the Adam state, and JSON metadata.
 
-Metadata (all JSON strings): format, format_version, model_config, train_config, vocab, step,
-adam_steps, metrics, dtype, engine, plus what the trainer adds (data_path, eval_every, ...). The file
-loads with plain `safetensors.numpy.load_file` or `safetensors.torch.load_file`. Writes are atomic:
-a temporary file in the same folder, fsync, rename, fsync of the folder; a crash leaves the old file.
+Metadata (all strict JSON strings: a non-finite number is written null): format, format_version,
+model_config, train_config, vocab, step, adam_steps, metrics, dtype, engine, tensors_sha256, plus what the
+trainer adds (data_path, eval_every, ...). The file loads with plain `safetensors.numpy.load_file` or
+`safetensors.torch.load_file`.
+
+The same state gives the same bytes: we write the safetensors layout ourselves (8-byte header length, JSON
+header with sorted keys, then the tensors back to back in the parameter table's order), because the
+safetensors library writes its metadata in a random order. `tensors_sha256` is the SHA-256 of the tensor
+bytes, checked on loading (format version 2; version 1 files have none and load unchecked).
+
+Writes are atomic: a temporary `.tmp-PID-*.safetensors` in the same folder, fsync, rename, fsync of the
+folder; a crash leaves the old file, and the next save into that folder removes the temporaries of saves
+whose process is gone. A failed write (full disk, read-only folder) is a MicrogptError naming the path.
 """
 
+import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -19,7 +30,10 @@ from ..engines import EngineState
 from ..errors import MicrogptError
 
 FORMAT = 'microgpt-checkpoint'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = ('1', '2')  # 1: no tensors_sha256
+TEMPORARY_PREFIX = '.tmp-'
+SAFETENSORS_DTYPES = {'float32': 'F32', 'float64': 'F64'}
 
 
 @dataclass
@@ -37,10 +51,11 @@ class Checkpoint:
 
 
 def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
-    from safetensors.numpy import save
+    """Write the engine's weights and Adam state with this metadata to `path`, atomically. `extra_meta` maps
+    names to JSON strings."""
     dtype = engine.dtype
     state = engine.state()
-    tensors = {name: np.ascontiguousarray(np.asarray(w, dtype=dtype)) for name, w in state.weights.items()}
+    tensors = {name: np.asarray(w, dtype=dtype) for name, w in state.weights.items()}
     tensors['adam.m'] = np.asarray(state.adam_m, dtype=dtype)
     tensors['adam.v'] = np.asarray(state.adam_v, dtype=dtype)
     meta = {
@@ -51,27 +66,95 @@ def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
         'dtype': json.dumps(dtype), 'engine': json.dumps(engine.name),
         **(extra_meta or {}),
     }
-    _atomic_write(path, save(tensors, metadata=meta))
+    meta = {k: (v if k in ('format', 'format_version') else _strict_json(v)) for k, v in meta.items()}
+    _atomic_write(path, safetensors_bytes(tensors, meta))
+
+
+def _strict_json(text):
+    """`text` re-encoded as strict JSON: NaN and infinities (which json.dumps writes as bare words that are
+    not JSON) become null."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+    return json.dumps(finite(json.loads(text)), allow_nan=False, ensure_ascii=False)
+
+
+def safetensors_bytes(tensors, meta):
+    """The safetensors file of `tensors` (name -> array, in this order) with `meta` and its tensors_sha256;
+    the same input gives the same bytes."""
+    header, offset, chunks = {}, 0, []
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder('<'), copy=False).tobytes()
+        header[name] = {'dtype': SAFETENSORS_DTYPES[array.dtype.name], 'shape': list(array.shape),
+                        'data_offsets': [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    payload = b''.join(chunks)
+    header['__metadata__'] = {**meta, 'tensors_sha256': json.dumps(hashlib.sha256(payload).hexdigest())}
+    encoded = json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
+    encoded += b' ' * (-len(encoded) % 8)  # safetensors pads the header with spaces to 8-byte alignment
+    return len(encoded).to_bytes(8, 'little') + encoded + payload
 
 
 def _atomic_write(path, payload):
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix='.safetensors')
+    reason = "free some space or give another --out; the checkpoints already there are kept"
+    try:
+        remove_stale_temporaries(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{TEMPORARY_PREFIX}{os.getpid()}-', suffix='.safetensors')
+    except OSError as e:
+        raise MicrogptError(f"{path}: cannot write the checkpoint there ({e.strerror}); give another --out") from None
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        _remove_quietly(tmp)
+        raise MicrogptError(f"{path}: cannot write the checkpoint ({e.strerror}); {reason}") from None
+    except BaseException:  # Ctrl-C in the middle of the write: no partial file stays behind
+        _remove_quietly(tmp)
         raise
-    dir_fd = os.open(folder, os.O_RDONLY)
+
+
+def remove_stale_temporaries(folder):
+    """Remove what interrupted saves left in `folder`: `.tmp-PID-*.safetensors` of processes that are gone,
+    and the `.tmp-*.safetensors` of versions that did not name the process."""
+    for name in os.listdir(folder):
+        if not (name.startswith(TEMPORARY_PREFIX) and name.endswith('.safetensors')):
+            continue
+        pid = name[len(TEMPORARY_PREFIX):].split('-', 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_is_alive(int(pid)):
+            continue  # another run saving into this folder right now
+        _remove_quietly(os.path.join(folder, name))
+
+
+def _process_is_alive(pid):
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def load_checkpoint(path):
@@ -93,12 +176,12 @@ def load_checkpoint(path):
     if raw_meta.get('format') != FORMAT:
         raise MicrogptError(f"{path}: a safetensors file, but not a microgpt checkpoint; {hint}")
     version = raw_meta.get('format_version')
-    if version != str(FORMAT_VERSION):
+    if version not in READABLE_VERSIONS:
         newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
         advice = ("upgrade microgpt to read it" if newer
                   else "load it with the microgpt version that wrote it, or train again")
         raise MicrogptError(f"{path}: checkpoint format version {version or '(none)'}, but this microgpt reads "
-                            f"version {FORMAT_VERSION}; {advice}")
+                            f"versions {' and '.join(READABLE_VERSIONS)}; {advice}")
     try:
         meta = {k: (v if k in ('format', 'format_version') else json.loads(v)) for k, v in raw_meta.items()}
         model_cfg = ModelConfig.from_dict(meta['model_config']).validate()
@@ -125,8 +208,22 @@ def load_checkpoint(path):
         if name in tensors and tuple(tensors[name].shape) != (n_params,):
             raise MicrogptError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, the config says "
                                 f"({n_params},); the checkpoint is damaged; {hint}")
+    if version != '1':
+        _verify_checksum(path, meta.get('tensors_sha256'), hint)
     return Checkpoint(model_cfg, train_cfg, vocab, weights, tensors.get('adam.m'), tensors.get('adam.v'),
                       adam_steps, step, meta.get('metrics', {}), meta)
+
+
+def _verify_checksum(path, want, hint):
+    """The SHA-256 of the file's tensor bytes (everything after the header) against the recorded one."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        f.seek(8 + int.from_bytes(f.read(8), 'little'))
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    if digest.hexdigest() != want:
+        raise MicrogptError(f"{path}: the tensor data does not match its checksum (tensors_sha256), so the file "
+                            f"was damaged after it was written; {hint}, or use an earlier copy")
 
 
 def restore_engine(ckpt, engine):

@@ -1,0 +1,182 @@
+"""Checkpoint integrity: the same state gives the same bytes (also in another process); a flipped byte in the
+tensor data is caught by the recorded SHA-256; every metadata value is strict JSON; format-1 files still load;
+interrupted saves leave nothing a later run could take, and the next save removes their temporaries."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from itertools import islice
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.data import Vocabulary
+from microgpt.engines import make_engine
+from microgpt.errors import MicrogptError
+from microgpt.train import checkpoint
+from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
+from microgpt.train.loop import train
+
+NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
+VOCAB = Vocabulary.from_documents(NAMES)
+TCFG = TrainConfig(steps=4, batch_size=2, seed=3)
+META = {'best_val_loss': json.dumps(math.inf), 'val_loss': json.dumps(float('nan')), 'note': json.dumps('zoë')}
+
+# run in a fresh interpreter: the safetensors library's metadata order changes from process to process
+SAVE_SCRIPT = textwrap.dedent('''
+    import json, math, random, sys
+    from itertools import islice
+    from microgpt.config import ModelConfig, TrainConfig
+    from microgpt.data import Vocabulary
+    from microgpt.engines import make_engine
+    from microgpt.train.checkpoint import save_checkpoint
+    from microgpt.train.loop import train
+    names = {names!r}
+    vocab = Vocabulary.from_documents(names)
+    tcfg = TrainConfig(steps=4, batch_size=2, seed=3)
+    engine = make_engine('numpy', ModelConfig(vocab_size=vocab.size), random.Random(0), 'float64')
+    losses = [r.loss for r in islice(train(engine, [vocab.document_tokens(d) for d in names], tcfg), 3)]
+    save_checkpoint(sys.argv[1], engine, vocab, tcfg, 3, {{'train_loss': losses[-1]}}, {meta!r})
+''').format(names=NAMES, meta=META)
+
+
+def trained(steps=3, dtype='float64'):
+    engine = make_engine('numpy', ModelConfig(vocab_size=VOCAB.size), random.Random(0), dtype)
+    losses = [r.loss for r in islice(train(engine, [VOCAB.document_tokens(d) for d in NAMES], TCFG), steps)]
+    return engine, losses
+
+
+def saved_bytes(path, dtype='float64'):
+    engine, losses = trained(dtype=dtype)
+    save_checkpoint(str(path), engine, VOCAB, TCFG, 3, {'train_loss': losses[-1]}, META)
+    return path.read_bytes()
+
+
+def test_same_state_gives_the_same_bytes_in_this_and_another_process(tmp_path):
+    first, second = saved_bytes(tmp_path / 'a.safetensors'), saved_bytes(tmp_path / 'b.safetensors')
+    assert first == second, 'two saves of the same state differ'
+    subprocess.run([sys.executable, '-c', SAVE_SCRIPT, str(tmp_path / 'c.safetensors')], check=True)
+    other = (tmp_path / 'c.safetensors').read_bytes()
+    assert other == first, (len(other), len(first), next(i for i, (x, y) in enumerate(zip(other, first)) if x != y))
+
+
+def test_every_metadata_value_is_strict_json(tmp_path):
+    saved_bytes(tmp_path / 'model.safetensors')
+    with safe_open(str(tmp_path / 'model.safetensors'), framework='numpy') as f:
+        meta = f.metadata()
+
+    def refuse(word):
+        raise AssertionError(f"{word} is not JSON")
+    decoded = {k: json.loads(v, parse_constant=refuse) for k, v in meta.items() if k not in ('format', 'format_version')}
+    assert decoded['best_val_loss'] is None and decoded['val_loss'] is None, decoded
+    assert decoded['note'] == 'zoë', decoded['note']
+    assert load_checkpoint(str(tmp_path / 'model.safetensors')).meta['best_val_loss'] is None
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float64'])
+def test_a_flipped_byte_in_the_tensor_data_is_caught(tmp_path, dtype):
+    path = tmp_path / 'model.safetensors'
+    data = saved_bytes(path, dtype)
+    header_end = 8 + int.from_bytes(data[:8], 'little')
+    itemsize = np.dtype(dtype).itemsize
+    load_checkpoint(str(path))  # the intact file loads
+    n_floats = (len(data) - header_end) // itemsize
+    for index in (0, 1, n_floats // 3, n_floats // 2, n_floats - 1):  # weights, and the Adam moments at the end
+        damaged = bytearray(data)
+        damaged[header_end + index * itemsize] ^= 0x01  # the lowest mantissa bit: still a finite number
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(MicrogptError) as info:
+            load_checkpoint(str(path))
+        message = str(info.value)
+        assert 'checksum' in message and str(path) in message and '\n' not in message, (index, message)
+
+
+def test_format_version_1_still_loads(tmp_path):
+    path = tmp_path / 'model.safetensors'
+    engine, _ = trained()
+    saved_bytes(path)
+    with safe_open(str(path), framework='numpy') as f:
+        meta = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    del meta['tensors_sha256']
+    meta['format_version'] = '1'
+    meta['best_val_loss'] = 'Infinity'  # what version 1 wrote
+    save_file(tensors, str(path), metadata=meta)
+    ckpt = load_checkpoint(str(path))
+    assert ckpt.meta['best_val_loss'] == math.inf and ckpt.step == 3, (ckpt.meta['best_val_loss'], ckpt.step)
+    for name, want in engine.weights().items():
+        np.testing.assert_array_equal(ckpt.weights[name], want)
+
+
+def test_a_version_2_file_without_its_checksum_is_refused(tmp_path):
+    path = tmp_path / 'model.safetensors'
+    saved_bytes(path)
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework='numpy') as f:
+        meta = dict(f.metadata())
+    del meta['tensors_sha256']
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(MicrogptError, match='checksum'):
+        load_checkpoint(str(path))
+
+
+def test_the_next_save_removes_what_interrupted_saves_left(tmp_path):
+    alive = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        leftovers = {name: True for name in ('.tmp-abc123.safetensors', '.tmp-999999999-x.safetensors',
+                                             f'.tmp-{os.getpid()}-old.safetensors')}
+        leftovers[f'.tmp-{alive.pid}-saving.safetensors'] = False  # another live process is saving there
+        for name in leftovers:
+            (tmp_path / name).write_bytes(b'partial')
+        (tmp_path / 'notes.tmp').write_bytes(b'not ours')
+        saved_bytes(tmp_path / 'model.safetensors')
+        left = {p.name for p in tmp_path.iterdir()}
+        assert left == {'model.safetensors', 'notes.tmp', f'.tmp-{alive.pid}-saving.safetensors'}, sorted(left)
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+KILLED_SAVE = textwrap.dedent('''
+    import os, sys, time
+    from microgpt.train import checkpoint
+    def stall(fd):  # the payload is written but not yet renamed: the process is killed here
+        print('writing', flush=True)
+        time.sleep(60)
+    checkpoint.os.fsync = stall
+    checkpoint._atomic_write(sys.argv[1], b'x' * 100000)
+''')
+
+
+def test_a_killed_save_leaves_the_old_checkpoint_and_a_temporary_the_next_save_removes(tmp_path):
+    path = tmp_path / 'model.safetensors'
+    before = saved_bytes(path)
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_SAVE, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == 'writing\n'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    temporaries = [p.name for p in tmp_path.glob('.tmp-*')]
+    assert len(temporaries) == 1 and path.read_bytes() == before, temporaries
+    load_checkpoint(str(path))
+    saved_bytes(tmp_path / 'resume.safetensors')
+    assert not list(tmp_path.glob('.tmp-*')), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_ctrl_c_during_a_save_leaves_no_temporary_and_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / 'model.safetensors'
+    before = saved_bytes(path)
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint.os, 'fsync', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        saved_bytes(path)
+    assert path.read_bytes() == before and not list(tmp_path.glob('.tmp-*')), sorted(p.name for p in tmp_path.iterdir())
