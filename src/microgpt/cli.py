@@ -176,6 +176,10 @@ def main(argv=None, out=None, err=None):
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:  # a file or folder that cannot be written or read: a full disk, --out naming a file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"microgpt: error: {where}{e.strerror or e}", file=err)
+        return 2
     return 0
 
 

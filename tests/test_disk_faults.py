@@ -1,0 +1,165 @@
+"""Writes that fail: --out naming a file, a read-only folder, a disk that is full from the start or fills in
+the middle of a run, `study --out` naming a file. Each is one line naming the path and the reason, exit 2,
+and the checkpoints written before stay loadable. The full disk is a small tmpfs when the test runs as root
+(as in CI); a fault-injecting file object stands in for it everywhere."""
+
+import errno
+import os
+import random
+import subprocess
+from itertools import islice
+
+import pytest
+
+from conftest import in_ci, run_cli_in_process
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.data import Vocabulary
+from microgpt.engines import make_engine
+from microgpt.errors import MicrogptError
+from microgpt.train import checkpoint
+from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
+from microgpt.train.loop import train
+
+NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
+VOCAB = Vocabulary.from_documents(NAMES)
+TCFG = TrainConfig(steps=3)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / 'names.txt'
+    path.write_text('\n'.join(NAMES) + '\n')
+    return str(path)
+
+
+def mount(folder, options):
+    """Mount a tmpfs on `folder` (root only); skipped elsewhere, failed in CI, which runs as root."""
+    folder.mkdir(exist_ok=True)
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("CI runs the disk-fault tests as root, to mount a small tmpfs")
+        pytest.skip("mounting a tmpfs needs root; the fault-injecting tests cover the save path")
+    proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(folder)], capture_output=True, text=True)
+    if proc.returncode:
+        if in_ci():
+            pytest.fail(f"mount -t tmpfs failed in CI: {proc.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr}")
+    return folder
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: two checkpoints of the default model (100 KB each) fit, a third file does not."""
+    folder = mount(tmp_path / 'disk', 'size=256k')
+    yield folder
+    subprocess.run(['umount', str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    folder = mount(tmp_path / 'ro', 'size=64k,ro')
+    yield folder
+    subprocess.run(['umount', str(folder)], check=True)
+
+
+def trained_engine():
+    engine = make_engine('numpy', ModelConfig(vocab_size=VOCAB.size), random.Random(0), 'float64')
+    for _ in islice(train(engine, [VOCAB.document_tokens(d) for d in NAMES], TCFG), 1):
+        pass
+    return engine
+
+
+def assert_one_line_error(code, err, *fragments):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith('microgpt: error: '), (code, err)
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert 'Traceback' not in err, err
+
+
+def test_out_naming_an_existing_file(tmp_path, data_file):
+    target = tmp_path / 'not-a-folder'
+    target.write_text('keep me')
+    code, out, err = run_cli_in_process('train', '--data', data_file, '--steps', 2, '--out', target)
+    assert_one_line_error(code, err, str(target))
+    assert target.read_text() == 'keep me'
+
+
+def test_study_out_naming_an_existing_file(tmp_path, data_file):
+    target = tmp_path / 'results'
+    target.write_text('keep me')
+    code, out, err = run_cli_in_process('study', '--data', data_file, '--seeds', 1, '--workers', 1,
+                                        '--experiments', 'baseline', '--out', target)
+    assert_one_line_error(code, err, str(target))
+    assert target.read_text() == 'keep me'
+
+
+def test_out_in_a_read_only_folder(read_only_disk, data_file):
+    for out in (read_only_disk, read_only_disk / 'run'):
+        code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 2, '--out', out)
+        assert_one_line_error(code, err, str(read_only_disk), 'Read-only file system')
+
+
+def test_saving_onto_a_full_disk_keeps_the_previous_checkpoint(small_disk):
+    engine = trained_engine()
+    path = small_disk / 'model.safetensors'
+    save_checkpoint(str(path), engine, VOCAB, TCFG, 1, {})
+    before = path.read_bytes()
+    (small_disk / 'filler').write_bytes(b'x' * (256 * 1024 - 2 * len(before)))  # less room than one more file
+    with pytest.raises(MicrogptError) as info:
+        save_checkpoint(str(path), engine, VOCAB, TCFG, 2, {})
+    message = str(info.value)
+    assert str(path) in message and 'No space left on device' in message and '\n' not in message, message
+    assert path.read_bytes() == before and load_checkpoint(str(path)).step == 1
+    assert sorted(p.name for p in small_disk.iterdir()) == ['filler', 'model.safetensors']
+
+
+def test_the_disk_filling_in_the_middle_of_a_run(small_disk, data_file):
+    """The first save (resume and model, about 200 KB) fits; the second needs room for a temporary and fails."""
+    code, out, err = run_cli_in_process('train', '--data', data_file, '--steps', 5, '--save-every', 1,
+                                        '--out', small_disk)
+    assert_one_line_error(code, err, str(small_disk), 'No space left on device')
+    assert 'step    1 /    5' in out and 'step    5' not in out, out
+    for name in ('model.safetensors', 'resume.safetensors'):
+        ckpt = load_checkpoint(str(small_disk / name))
+        assert ckpt.step == 1, (name, ckpt.step)
+    assert not list(small_disk.glob('.tmp-*')), sorted(p.name for p in small_disk.iterdir())
+
+
+class _FullDisk:
+    """A file object that takes `room` bytes and then fails as a full disk does."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+
+@pytest.mark.parametrize('room', [0, 1000, 50000])
+def test_a_write_that_fails_as_a_full_disk(tmp_path, monkeypatch, room):
+    engine = trained_engine()
+    path = tmp_path / 'model.safetensors'
+    save_checkpoint(str(path), engine, VOCAB, TCFG, 1, {})
+    before = path.read_bytes()
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint.os, 'fdopen', lambda fd, mode: _FullDisk(real_fdopen(fd, mode), room))
+    with pytest.raises(MicrogptError) as info:
+        save_checkpoint(str(path), engine, VOCAB, TCFG, 2, {})
+    message = str(info.value)
+    assert str(path) in message and 'No space left on device' in message and '\n' not in message, message
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_checkpoint(str(path)).step == 1
+    assert [p.name for p in tmp_path.iterdir()] == ['model.safetensors'], sorted(p.name for p in tmp_path.iterdir())
