@@ -1,0 +1,607 @@
+/* microgpt_train.c: train a microgpt character model on the device itself, then make up names. C99, no malloc.
+ *
+ * Build: cc -std=c99 -O2 -Wall -Wextra -pedantic -o microgpt_train microgpt_train.c -lm
+ * Usage: ./microgpt_train [STEPS [SEED [N]]]   train STEPS steps (default DEFAULT_STEPS), print microgpt's
+ *                                              `step k / n | loss x` lines, then N names (default 20)
+ *        ./microgpt_train --gradcheck          analytic gradients of the first document against central
+ *                                              finite differences, a few elements of every matrix
+ *
+ * train_data.h (written by `microgpt export --train`) holds the configuration, the parameter table, the
+ * vocabulary and the training documents as const arrays, which a microcontroller keeps in flash. What
+ * changes lives in the static buffers below, and `microgpt info` counts exactly these.
+ * Dimension letters: C channels (N_EMBD), T positions (BLOCK_SIZE), V vocabulary, NH heads, HS head size,
+ * P parameters, n the positions of the current document (n <= T).
+ *
+ * The algorithm is microgpt's: one document per step, [BOS] name [BOS], predicting tokens 1..n from 0..n-1;
+ * RMSNorm without gain; causal multi-head attention; a ReLU MLP; cross-entropy; Adam with bias correction
+ * and a learning rate decayed linearly to 0. Every backward pass takes a matrix's gradient one element at a
+ * time, as a sum over positions, after the column of the matrix it belongs to was used for the gradient
+ * of the input; so Adam may update an element the moment its gradient is known.
+ *
+ * LOW_MEMORY 1 (`--low-memory`) keeps no gradient buffer: each element gets its Adam update at once. It
+ * stores no attention probabilities (each row is recomputed from q and k in the backward pass) and, with
+ * several layers, keeps one layer's activations, recomputing each earlier layer from its saved input. The
+ * arithmetic is the same operation for operation, so both builds print the same lines.
+ */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF /* no fused multiply-add, so every build rounds alike (GCC: off in -std=c99) */
+#endif
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "train_data.h"
+
+#define C N_EMBD
+#define T BLOCK_SIZE
+#define V VOCAB_SIZE
+#define HS HEAD_DIM
+#define H4 (MLP_EXPANSION * N_EMBD) /* the MLP's hidden width */
+
+/* ---- RAM: these buffers are all the memory the program writes (training_memory_budget counts exactly these) */
+static float params[N_PARAMS]; /* (P) the weights, laid out by the parameter table */
+static float adam_m[N_PARAMS]; /* (P) Adam's first moments */
+static float adam_v[N_PARAMS]; /* (P) Adam's second moments */
+#if !LOW_MEMORY
+static float grads[N_PARAMS];  /* (P) d loss / d params of the current document */
+#endif
+
+/* what one layer's forward pass keeps for its backward pass, every position of the document */
+struct layer_activations {
+    float xn[T][C];      /* (T, C) attention input: RMSNorm of the residual (the residual itself if not normed) */
+    float scale1[T];     /* (T) its 1 / rms */
+    float qkv[T][3 * C]; /* (T, 3C) query, key, value; the backward pass reuses it for their gradients */
+    float y[T][C];       /* (T, C) attention output, heads side by side; later its gradient */
+    float xn2[T][C];     /* (T, C) MLP input */
+    float scale2[T];     /* (T) its 1 / rms */
+    float r[T][H4];      /* (T, 4C) relu(fc1 xn2); later the gradient of the MLP's hidden layer */
+#if !LOW_MEMORY
+    float att[N_HEAD][T][T]; /* (NH, T, T) attention probabilities */
+#endif
+};
+#if LOW_MEMORY
+static struct layer_activations acts[1];
+#if N_LAYER > 1
+static float layer_input[N_LAYER - 1][T][C]; /* (L-1, T, C) the residual entering layers 0..L-2 */
+static float x_row[C];                       /* (C) residual of one position while a layer is recomputed */
+#endif
+#define ACTS(l) (&acts[0])
+#else
+static struct layer_activations acts[N_LAYER];
+#define ACTS(l) (&acts[l])
+#endif
+static float resid[T][C];       /* (T, C) residual stream; after the forward pass its gradient */
+static float dlogits[T][V];     /* (T, V) logits, then d loss / d logits */
+static float d_xn[T][C];        /* (T, C) gradient of a normalised input */
+#if TIE_LM_HEAD
+static float lm_grad[V][C];     /* (V, C) wte's gradient as lm_head, until the embedding's is added */
+#endif
+#if LOW_MEMORY
+static float att_row[T];        /* (T) attention probabilities of one query, recomputed */
+#endif
+static float d_col[T];          /* (T) one column of an input's gradient */
+static float act_row[H4];       /* (4C) MLP activation of one position */
+static token_t sample_tokens[T]; /* (T) the name being sampled, after BOS */
+static struct { float lr, bias1, bias2; } adam; /* this step's learning rate and bias corrections */
+static int checking_gradients;  /* --gradcheck: record chosen gradient elements instead of updating */
+static float checked_grads[N_TENSORS][GRADCHECK_PER_TENSOR]; /* their analytic values */
+static uint64_t rng_state;      /* splitmix64 state */
+
+/* ---- forward pieces */
+
+/* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
+static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
+{
+    for (int i = 0; i < rows; i++) {
+        float acc = 0.0f;
+        for (int j = 0; j < cols; j++)
+            acc += w[i * cols + j] * x[j];
+        out[i] = accumulate ? out[i] + acc : acc;
+    }
+}
+
+/* out = x * scale, scale = 1 / sqrt(mean(x^2) + eps): RMSNorm without a learned gain, as in microgpt */
+static float rmsnorm(float *out, const float *x)
+{
+    float ms = 0.0f;
+    for (int i = 0; i < C; i++)
+        ms += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ms * (1.0f / C) + RMSNORM_EPS);
+    for (int i = 0; i < C; i++)
+        out[i] = x[i] * scale;
+    return scale;
+}
+
+/* dx += d rmsnorm: y = x s  =>  dx = s (dy - y sum_j(dy_j y_j) / C) */
+static void rmsnorm_backward(float *dx, const float *dy, const float *y, float scale)
+{
+    float dot = 0.0f;
+    for (int i = 0; i < C; i++)
+        dot += dy[i] * y[i];
+    dot *= 1.0f / C;
+    for (int i = 0; i < C; i++)
+        dx[i] += (dy[i] - y[i] * dot) * scale;
+}
+
+static float mlp_activation(float r)
+{
+    return MLP_RELU2 ? r * r : r;
+}
+
+/* probs[s] = softmax_s(q . k_s * ATTN_SCALE) of head h over the positions position t attends to */
+static void attention_row(float *probs, const struct layer_activations *a, int h, int t, int first)
+{
+    const float *q = a->qkv[t] + h * HS;
+    float max_score = 0.0f, sum = 0.0f;
+    for (int s = first; s <= t; s++) {
+        const float *k = a->qkv[s] + C + h * HS;
+        float dot = 0.0f;
+        for (int j = 0; j < HS; j++)
+            dot += q[j] * k[j];
+        probs[s] = dot * ATTN_SCALE;
+        if (s == first || probs[s] > max_score)
+            max_score = probs[s];
+    }
+    for (int s = first; s <= t; s++) {
+        probs[s] = (float)exp((double)(probs[s] - max_score));
+        sum += probs[s];
+    }
+    for (int s = first; s <= t; s++)
+        probs[s] = probs[s] / sum;
+}
+
+/* layer l at position t (earlier positions done): x += attn(norm(x)); x += mlp(norm(x)) */
+static void layer_forward(int l, struct layer_activations *a, float *x, int t)
+{
+    const float *w = params + layer_offset[l];
+    int first = ATTENTION_SELF ? t : 0;
+    if (NORM_BEFORE_ATTN)
+        a->scale1[t] = rmsnorm(a->xn[t], x);
+    else
+        memcpy(a->xn[t], x, sizeof a->xn[t]);
+    matvec(a->qkv[t], w + ATTN_WQ, a->xn[t], 3 * C, C, 0); /* attn_wq, attn_wk, attn_wv: one (3C, C) matrix */
+    for (int h = 0; h < N_HEAD; h++) {
+#if LOW_MEMORY
+        float *probs = att_row;
+#else
+        float *probs = a->att[h][t];
+#endif
+        attention_row(probs, a, h, t, first);
+        for (int j = 0; j < HS; j++) {
+            float acc = 0.0f;
+            for (int s = first; s <= t; s++)
+                acc += probs[s] * a->qkv[s][2 * C + h * HS + j];
+            a->y[t][h * HS + j] = acc;
+        }
+    }
+    matvec(x, w + ATTN_WO, a->y[t], C, C, 1);
+    if (NORM_BEFORE_MLP)
+        a->scale2[t] = rmsnorm(a->xn2[t], x);
+    else
+        memcpy(a->xn2[t], x, sizeof a->xn2[t]);
+    matvec(a->r[t], w + MLP_FC1, a->xn2[t], H4, C, 0);
+    for (int i = 0; i < H4; i++) {
+        a->r[t][i] = a->r[t][i] > 0.0f ? a->r[t][i] : 0.0f;
+        act_row[i] = mlp_activation(a->r[t][i]);
+    }
+    matvec(x, w + MLP_FC2, act_row, C, H4, 1);
+}
+
+/* the embedding of tokens[t] at position t, normalised when the model norms it; returns the 1 / rms */
+static float embed(float *x, const token_t *tokens, int t)
+{
+    for (int i = 0; i < C; i++)
+        x[i] = params[OFFSET_WTE + tokens[t] * C + i] + params[OFFSET_WPE + t * C + i];
+    return NORM_EMBEDDING ? rmsnorm(x, x) : 1.0f;
+}
+
+/* resid[t] = the final residual of positions 0..n-1, layer after layer */
+static void forward(const token_t *tokens, int n)
+{
+    for (int t = 0; t < n; t++)
+        embed(resid[t], tokens, t);
+    for (int l = 0; l < N_LAYER; l++) {
+#if LOW_MEMORY && N_LAYER > 1
+        if (l < N_LAYER - 1)
+            memcpy(layer_input[l], resid, (size_t)n * sizeof resid[0]);
+#endif
+        for (int t = 0; t < n; t++)
+            layer_forward(l, ACTS(l), resid[t], t);
+    }
+}
+
+/* mean cross-entropy of predicting tokens[1..n] from positions 0..n-1; dlogits[t] = its gradient */
+static float loss_and_dlogits(const token_t *tokens, int n)
+{
+    float weight = (float)(1.0 / n), loss = 0.0f;
+    for (int t = 0; t < n; t++) {
+        float *row = dlogits[t];
+        matvec(row, params + OFFSET_LM_HEAD, resid[t], V, C, 0);
+        float max_logit = row[0], sum = 0.0f;
+        for (int i = 1; i < V; i++)
+            if (row[i] > max_logit)
+                max_logit = row[i];
+        float target = row[tokens[t + 1]] - max_logit;
+        for (int i = 0; i < V; i++) {
+            row[i] = (float)exp((double)(row[i] - max_logit));
+            sum += row[i];
+        }
+        loss += ((float)log((double)sum) - target) * weight;
+        /* softmax followed by NLL: d_logits = (probs - onehot(target)) / n */
+        float per_sum = weight / sum;
+        for (int i = 0; i < V; i++)
+            row[i] = row[i] * per_sum;
+        row[tokens[t + 1]] -= weight;
+    }
+    return loss;
+}
+
+/* ---- Adam, element by element */
+
+/* Adam with bias correction on params[i], in numpy's float32 operation order */
+static void adam_update(long i, float g)
+{
+    adam_m[i] = adam_m[i] * (float)BETA1 + g * (float)(1.0 - BETA1);
+    adam_v[i] = adam_v[i] * (float)BETA2 + (g * g) * (float)(1.0 - BETA2);
+    float m_hat = adam_m[i] / adam.bias1, v_hat = adam_v[i] / adam.bias2;
+    params[i] -= (m_hat * adam.lr) / (sqrtf(v_hat) + (float)ADAM_EPS);
+}
+
+/* the element checked by --gradcheck as number k of parameter tensor p */
+static long checked_element(int p, int k)
+{
+    long size = parameters[p].rows * parameters[p].cols;
+    return parameters[p].offset + (size * k) / GRADCHECK_PER_TENSOR + k % parameters[p].cols;
+}
+
+/* the complete gradient of params[i]: stored (normal build) or applied at once (LOW_MEMORY) */
+static void gradient(long i, float g)
+{
+    if (checking_gradients) {
+        for (int p = 0; p < N_TENSORS; p++)
+            for (int k = 0; k < GRADCHECK_PER_TENSOR; k++)
+                if (checked_element(p, k) == i)
+                    checked_grads[p][k] = g;
+        return;
+    }
+#if LOW_MEMORY
+    adam_update(i, g);
+#else
+    grads[i] = g;
+#endif
+}
+
+/* ---- backward pieces */
+
+enum { D_IN_SET, D_IN_ADD, D_IN_ACT }; /* d_in = col, d_in += col, d_in = col * mlp_activation'(in) */
+
+/* Backward of out[t] = W f(in[t]) for t < n, W (R, K) at params[w]; f is the MLP activation in D_IN_ACT mode.
+   Column by column j: d_in[t][j] = sum_i W[i][j] d_out[t][i] (written as `mode` says, possibly over in),
+   and dW[i][j] = sum_t d_out[t][i] f(in[t][j]), complete, so it goes to gradient() (or to grad_sink). */
+static void linear_backward(float *d_in, int mode, const float *d_out, int d_out_stride, const float *in,
+                            int in_stride, long w, int R, int K, int n, float *grad_sink)
+{
+    for (int j = 0; j < K; j++) {
+        for (int t = 0; t < n; t++) {
+            float acc = 0.0f;
+            for (int i = 0; i < R; i++)
+                acc += params[w + i * K + j] * d_out[t * d_out_stride + i];
+            d_col[t] = acc;
+        }
+        for (int i = 0; i < R; i++) {
+            float g = 0.0f;
+            for (int t = 0; t < n; t++) {
+                float x = in[t * in_stride + j];
+                g += d_out[t * d_out_stride + i] * (mode == D_IN_ACT ? mlp_activation(x) : x);
+            }
+            if (grad_sink)
+                grad_sink[i * K + j] = g;
+            else
+                gradient(w + i * K + j, g);
+        }
+        for (int t = 0; t < n; t++) {
+            float *d = &d_in[t * in_stride + j];
+            if (mode == D_IN_SET)
+                *d = d_col[t];
+            else if (mode == D_IN_ADD)
+                *d += d_col[t];
+            else /* relu: 1 where r > 0; squared relu: 2 r */
+                *d = MLP_RELU2 ? d_col[t] * (2.0f * *d) : (*d > 0.0f ? d_col[t] : 0.0f);
+        }
+    }
+}
+
+/* dq, dk, dv into a->qkv from dy in a->y: p = softmax(q k^T scale), y = p v;
+   d_att = p (dp - sum_s dp_s p_s) scale, dq = d_att k, dk += d_att^T q (earlier positions too), dv += p^T dy */
+static void attention_backward(struct layer_activations *a, float (*d_qkv)[3 * C], int n)
+{
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < 3 * C; i++)
+            d_qkv[t][i] = 0.0f;
+    for (int h = 0; h < N_HEAD; h++) {
+        for (int t = 0; t < n; t++) {
+            int first = ATTENTION_SELF ? t : 0;
+#if LOW_MEMORY
+            float *probs = att_row;
+            attention_row(probs, a, h, t, first);
+#else
+            float *probs = a->att[h][t];
+#endif
+            const float *dy = a->y[t] + h * HS, *q = a->qkv[t] + h * HS;
+            float dp_dot_p = 0.0f;
+            for (int s = first; s <= t; s++) {
+                float dp = 0.0f;
+                for (int j = 0; j < HS; j++)
+                    dp += dy[j] * a->qkv[s][2 * C + h * HS + j];
+                d_col[s] = dp;
+                dp_dot_p += dp * probs[s];
+            }
+            for (int s = first; s <= t; s++) {
+                float d_att = (d_col[s] - dp_dot_p) * probs[s] * ATTN_SCALE;
+                for (int j = 0; j < HS; j++) {
+                    d_qkv[t][h * HS + j] += d_att * a->qkv[s][C + h * HS + j];
+                    d_qkv[s][C + h * HS + j] += d_att * q[j];
+                    d_qkv[s][2 * C + h * HS + j] += probs[s] * dy[j];
+                }
+            }
+        }
+    }
+}
+
+/* layer l backward: resid holds d loss / d (its output) and becomes d loss / d (its input) */
+static void layer_backward(int l, struct layer_activations *a, int n)
+{
+    long w = layer_offset[l];
+    float (*d_qkv)[3 * C] = (float (*)[3 * C])&a->r[0][0]; /* (T, 3C) in the MLP's buffer, free by then */
+    /* mlp: x_out = x_mid + fc2 act(fc1 xn2) */
+    linear_backward(&a->r[0][0], D_IN_ACT, &resid[0][0], C, &a->r[0][0], H4, w + MLP_FC2, C, H4, n, NULL);
+    linear_backward(&d_xn[0][0], D_IN_SET, &a->r[0][0], H4, &a->xn2[0][0], C, w + MLP_FC1, H4, C, n, NULL);
+    for (int t = 0; t < n; t++)
+        if (NORM_BEFORE_MLP)
+            rmsnorm_backward(resid[t], d_xn[t], a->xn2[t], a->scale2[t]);
+        else
+            for (int i = 0; i < C; i++)
+                resid[t][i] += d_xn[t][i];
+    /* attention: x_mid = x_in + wo attn(wqkv xn) */
+    linear_backward(&a->y[0][0], D_IN_SET, &resid[0][0], C, &a->y[0][0], C, w + ATTN_WO, C, C, n, NULL);
+    attention_backward(a, d_qkv, n);
+    linear_backward(&d_xn[0][0], D_IN_SET, &d_qkv[0][0], 3 * C, &a->xn[0][0], C, w + ATTN_WQ, 3 * C, C, n, NULL);
+    for (int t = 0; t < n; t++)
+        if (NORM_BEFORE_ATTN)
+            rmsnorm_backward(resid[t], d_xn[t], a->xn[t], a->scale1[t]);
+        else
+            for (int i = 0; i < C; i++)
+                resid[t][i] += d_xn[t][i];
+}
+
+/* gradients of the document tokens[0..n] (forward already run, dlogits filled), each handed to gradient() */
+static void backward(const token_t *tokens, int n)
+{
+    /* lm_head: logits[t] = W x[t]; the residual's gradient overwrites the residual column by column */
+#if TIE_LM_HEAD
+    float *lm_head_grad = &lm_grad[0][0]; /* wte's gradient is complete only after the embedding's part */
+#else
+    float *lm_head_grad = NULL;
+#endif
+    linear_backward(&resid[0][0], D_IN_SET, &dlogits[0][0], V, &resid[0][0], C, OFFSET_LM_HEAD, V, C, n,
+                    lm_head_grad);
+    for (int l = N_LAYER - 1; l >= 0; l--) {
+#if LOW_MEMORY && N_LAYER > 1
+        if (l < N_LAYER - 1) /* recompute layer l's activations from its saved input */
+            for (int t = 0; t < n; t++) {
+                memcpy(x_row, layer_input[l][t], sizeof x_row);
+                layer_forward(l, ACTS(l), x_row, t);
+            }
+#endif
+        layer_backward(l, ACTS(l), n);
+    }
+    if (NORM_EMBEDDING)
+        for (int t = 0; t < n; t++) {
+            memcpy(d_xn[t], resid[t], sizeof d_xn[t]);
+            memset(resid[t], 0, sizeof resid[t]);
+            float scale = embed(act_row, tokens, t); /* the normalised embedding again, in a free row */
+            rmsnorm_backward(resid[t], d_xn[t], act_row, scale);
+        }
+    for (int p = 0; p < T; p++) /* wpe: row p's gradient is position p's, 0 past the document */
+        for (int i = 0; i < C; i++)
+            gradient(OFFSET_WPE + p * C + i, p < n ? resid[p][i] : 0.0f);
+    for (int v = 0; v < V; v++) /* wte: the sum over the positions holding token v (and lm_head's part) */
+        for (int i = 0; i < C; i++) {
+#if TIE_LM_HEAD
+            float g = lm_grad[v][i];
+#else
+            float g = 0.0f;
+#endif
+            for (int t = 0; t < n; t++)
+                if (tokens[t] == v)
+                    g += resid[t][i];
+            gradient(OFFSET_WTE + v * C + i, g);
+        }
+}
+
+/* ---- random numbers: splitmix64, uniform doubles from its top 53 bits, Gaussians by Box-Muller */
+
+static double random_uniform(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z = z ^ (z >> 31);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+static double random_gauss(void)
+{
+    double u1 = 1.0 - random_uniform(), u2 = random_uniform(); /* u1 in (0, 1]: log(u1) is finite */
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* the weights exported with the program, or microgpt's init: N(0, INIT_STD), zero for zero-init matrices */
+static void init_params(void)
+{
+#if HAS_INIT_WEIGHTS
+    memcpy(params, init_weights, sizeof params);
+#else
+    for (int p = 0; p < N_TENSORS; p++)
+        for (long i = 0; i < parameters[p].rows * parameters[p].cols; i++)
+            params[parameters[p].offset + i] = parameters[p].zero_init ? 0.0f : (float)(INIT_STD * random_gauss());
+#endif
+}
+
+/* ---- training */
+
+/* the document whose leading BOS is doc_tokens[start]: returns its predictions n = min(T, length + 1) and
+   sets *next to the start of the following document, wrapping around after the last */
+static int document(long start, long *next)
+{
+    long end = start + 1;
+    while (doc_tokens[end] != BOS_ID)
+        end++;
+    *next = end == N_DOC_TOKENS - 1 ? 0 : end;
+    return end - start < T ? (int)(end - start) : T;
+}
+
+/* one step of microgpt on one document: forward, backward, Adam at the linearly decayed learning rate */
+static float train_step(const token_t *tokens, int n, long step, long steps)
+{
+    adam.lr = (float)(LEARNING_RATE * (1.0 - (double)step / (double)steps));
+    adam.bias1 = (float)(1.0 - pow(BETA1, (double)(step + 1)));
+    adam.bias2 = (float)(1.0 - pow(BETA2, (double)(step + 1)));
+    forward(tokens, n);
+    float loss = loss_and_dlogits(tokens, n);
+    backward(tokens, n);
+#if !LOW_MEMORY
+    for (long i = 0; i < N_PARAMS; i++)
+        adam_update(i, grads[i]);
+#endif
+    return loss;
+}
+
+/* --gradcheck: the analytic gradient of chosen elements on the first document against
+   (loss(p + h) - loss(p - h)) / 2h; prints both and fails if any differs by more than GRADCHECK_TOLERANCE */
+static int gradcheck(void)
+{
+    long next;
+    int n = document(0, &next);
+    checking_gradients = 1;
+    forward(doc_tokens, n);
+    printf("loss %.6f\n", (double)loss_and_dlogits(doc_tokens, n));
+    backward(doc_tokens, n);
+    double worst = 0.0;
+    for (int p = 0; p < N_TENSORS; p++)
+        for (int k = 0; k < GRADCHECK_PER_TENSOR; k++) {
+            long i = checked_element(p, k);
+            float saved = params[i];
+            params[i] = saved + GRADCHECK_STEP;
+            forward(doc_tokens, n);
+            double up = loss_and_dlogits(doc_tokens, n);
+            params[i] = saved - GRADCHECK_STEP;
+            forward(doc_tokens, n);
+            double down = loss_and_dlogits(doc_tokens, n);
+            params[i] = saved;
+            double numeric = (up - down) / (2.0 * GRADCHECK_STEP), analytic = checked_grads[p][k];
+            double error = fabs(analytic - numeric) / (fabs(analytic) + fabs(numeric) + GRADCHECK_FLOOR);
+            worst = error > worst ? error : worst;
+            printf("%s[%ld] analytic %.9g numeric %.9g\n", parameters[p].name, i - parameters[p].offset,
+                   analytic, numeric);
+        }
+    printf("gradcheck: largest relative error %.3g (tolerance %g): %s\n", worst, GRADCHECK_TOLERANCE,
+           worst <= GRADCHECK_TOLERANCE ? "ok" : "FAILED");
+    return worst <= GRADCHECK_TOLERANCE ? 0 : 1;
+}
+
+/* ---- sampling */
+
+/* a token drawn from softmax(logits / TEMPERATURE) by inverse CDF, as microgpt_names.c draws it */
+static int sample_token(const float *logits)
+{
+    float max_logit = logits[0];
+    for (int i = 1; i < V; i++)
+        if (logits[i] > max_logit)
+            max_logit = logits[i];
+    double total = 0.0, cumulative = 0.0;
+    for (int i = 0; i < V; i++)
+        total += exp(((double)logits[i] - (double)max_logit) / TEMPERATURE);
+    double u = random_uniform() * total;
+    for (int i = 0; i < V; i++) {
+        cumulative += exp(((double)logits[i] - (double)max_logit) / TEMPERATURE);
+        if (u < cumulative)
+            return i;
+    }
+    return V - 1; /* not reached: the last cumulative weight equals total, and u < total */
+}
+
+/* one name: from BOS, one token per position until BOS or BLOCK_SIZE tokens, as microgpt's inference loop;
+   each position runs the forward pass over the name so far (no KV cache beyond the training buffers) */
+static void print_name(long index)
+{
+    printf("sample %2ld: ", index);
+    sample_tokens[0] = BOS_ID;
+    for (int pos = 0; pos < T; pos++) {
+        forward(sample_tokens, pos + 1);
+        matvec(dlogits[0], params + OFFSET_LM_HEAD, resid[pos], V, C, 0);
+        int token = sample_token(dlogits[0]);
+        if (token == BOS_ID)
+            break;
+        fputs(token_text[token], stdout);
+        if (pos + 1 < T)
+            sample_tokens[pos + 1] = (token_t)token;
+    }
+    putchar('\n');
+}
+
+/* ---- command line */
+
+static int usage(const char *why)
+{
+    fprintf(stderr, "microgpt_train: %s\nusage: microgpt_train [STEPS [SEED [N]]]   (default %d 42 20)\n"
+                    "       microgpt_train --gradcheck\n", why, DEFAULT_STEPS);
+    return 2;
+}
+
+/* strtol with the whole argument checked */
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtol(s, &end, 10);
+    return *s && !*end && !errno && *out >= lo && *out <= hi;
+}
+
+int main(int argc, char **argv)
+{
+    long steps = DEFAULT_STEPS, n = 20;
+    char *end = NULL;
+    rng_state = 42;
+    if (argc == 2 && strcmp(argv[1], "--gradcheck") == 0) {
+        init_params();
+        return gradcheck();
+    }
+    if (argc > 4)
+        return usage("too many arguments");
+    if (argc > 1 && !parse_long(argv[1], 1, 1000000000L, &steps))
+        return usage("STEPS must be a whole number >= 1");
+    if (argc > 2) {
+        errno = 0;
+        rng_state = strtoull(argv[2], &end, 10);
+        if (!*argv[2] || *end || errno || argv[2][0] == '-')
+            return usage("SEED must be a whole number in [0, 2^64)");
+    }
+    if (argc > 3 && !parse_long(argv[3], 0, 1000000000L, &n))
+        return usage("N must be a whole number >= 0");
+    init_params();
+    long start = 0, next;
+    for (long step = 0; step < steps; step++) {
+        int n_predicted = document(start, &next);
+        float loss = train_step(doc_tokens + start, n_predicted, step, steps);
+        printf("step %4ld / %4ld | loss %.4f\n", step + 1, steps, (double)loss);
+        start = next;
+    }
+    printf("\n--- inference (new, hallucinated names) ---\n");
+    for (long i = 0; i < n; i++)
+        print_name(i + 1);
+    return 0;
+}
