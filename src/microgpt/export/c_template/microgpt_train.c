@@ -433,11 +433,13 @@ static double random_uniform(void)
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
+#if !HAS_INIT_WEIGHTS
 static double random_gauss(void)
 {
     double u1 = 1.0 - random_uniform(), u2 = random_uniform(); /* u1 in (0, 1]: log(u1) is finite */
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
+#endif
 
 /* the weights exported with the program, or microgpt's init: N(0, INIT_STD), zero for zero-init matrices */
 static void init_params(void)
