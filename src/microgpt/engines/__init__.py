@@ -10,16 +10,18 @@ A batch is a list of token sequences (lists of ints); each document predicts its
 every predicted token of every document.
 """
 
+import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..data import batch_for_step
 from ..errors import MicrogptError
 
-ENGINES = ('numpy', 'fused', 'reference')
+ENGINES = ('numpy', 'fused', 'reference', 'torch')
 DEFAULT_ENGINE = 'numpy'
-BENCH_ENGINES = ENGINES + ('torch',)  # `microgpt bench` also times the PyTorch model (bench/torch_gpt.py)
-DTYPES = ('float64', 'float32')
+BENCH_ENGINES = ENGINES
+DTYPES = ('float64', 'float32', 'bfloat16')  # bfloat16: autocast, in the torch engine on a CUDA GPU
+DEVICES = ('auto', 'cpu', 'cuda', 'mps')     # the torch engine's; auto: cuda, else mps, else cpu
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Decoder(Protocol):
 
 
 class Engine(Protocol):
-    name: str            # 'reference', 'numpy', 'fused'
+    name: str            # 'reference', 'numpy', 'fused', 'torch'
     cfg: object          # its ModelConfig
     dtype: str           # 'float64' or 'float32'
     chunk_steps: int     # steps per train_steps call that keep Ctrl-C and progress responsive
@@ -80,10 +82,26 @@ class Engine(Protocol):
         """Restore `state` (weights; Adam moments and steps when given) into this engine."""
 
 
-def make_engine(name, cfg, rng, dtype='float64'):
-    """A freshly initialised engine; its parameters are drawn from `rng` in the parameter table's order."""
+def make_engine(name, cfg, rng, dtype='float64', device='auto'):
+    """A freshly initialised engine; its parameters are drawn from `rng` in the parameter table's order.
+    `device` is the torch engine's; the others compute on the CPU."""
     if dtype not in DTYPES:
         raise MicrogptError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+    if name == 'torch':
+        from importlib.util import find_spec
+        if find_spec('torch') is None:
+            raise MicrogptError('the torch engine needs PyTorch, which is not installed: pip install "microgpt[torch]"')
+        from .torch.engine import TorchEngine
+        return TorchEngine(cfg, rng, dtype, device)
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise MicrogptError(f"this is one of several processes started by torchrun, which trains with the torch "
+                            f"engine only: add --engine torch (the {name} engine runs in one process)")
+    if device not in ('auto', 'cpu'):
+        raise MicrogptError(f"--device {device} is the torch engine's; the {name} engine computes on the CPU: "
+                            f"add --engine torch, or drop --device")
+    if dtype == 'bfloat16':
+        raise MicrogptError(f"--dtype bfloat16 is autocast in the torch engine on a CUDA GPU; the {name} engine "
+                            f"computes in float64 or float32")
     if name == 'reference':
         if dtype != 'float64':
             raise MicrogptError("the reference engine computes in Python floats (float64) only; "

@@ -1,0 +1,286 @@
+"""The torch engine (the one PyTorch model, engines/torch) equals the numpy engine on the CPU in float64: loss,
+gradients, Adam with dropout, sampling, the golden run; its data-parallel run over 2 processes equals one
+process; its checkpoints resume in the numpy and fused engines and theirs in it; bad devices and precisions
+are one-line errors. Tests that need a GPU say so in their name and skip without one."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from microgpt.config import ModelConfig, TrainConfig, learning_rate
+from microgpt.engines import make_engine
+from microgpt.errors import MicrogptError
+
+SWITCHES = [
+    {},
+    {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
+    {'norm': 'esp32', 'bos': 'first', 'init_std': 0.1},
+    {'norm': 'none'},
+    {'tie_lm_head': True, 'mlp_activation': 'relu2', 'zero_init': ('attn_wo', 'mlp_fc2'), 'init_std': 0.02},
+    {'attention': 'self'},
+]
+
+
+@pytest.fixture(autouse=True)
+def torch(require_torch):
+    return require_torch
+
+
+def switches_id(switches):
+    return ','.join(f'{k}={v}' for k, v in switches.items()) or 'default'
+
+
+def random_batch(rng, cfg, batch_size, max_len):
+    """Documents of random length (some longer than the block, so a batch is padded), wrapped in BOS."""
+    bos = cfg.bos_id
+    chars = [i for i in range(cfg.vocab_size) if i != bos]
+    return [[bos] + [rng.choice(chars) for _ in range(rng.randrange(0, max_len))] + [bos]
+            for _ in range(batch_size)]
+
+
+def assert_named_close(got, want, rtol, atol, what):
+    assert list(got) == list(want), (list(got), list(want))
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=f'{what} of {name}')
+
+
+def pair(cfg, seed, dtype='float64'):
+    return make_engine('numpy', cfg, random.Random(seed), dtype), make_engine('torch', cfg, random.Random(seed), dtype)
+
+
+# ---- exact where exactness is possible: CPU, float64
+
+@pytest.mark.parametrize('switches', SWITCHES, ids=switches_id)
+@pytest.mark.parametrize('batch_size', [1, 3])
+def test_loss_and_gradients_equal_numpy_engine(switches, batch_size):
+    rng = random.Random(batch_size * 100 + SWITCHES.index(switches))
+    cfg = ModelConfig(vocab_size=rng.randrange(3, 30), **switches).validate()
+    numpy_engine, torch_engine = pair(cfg, rng.randrange(1000))
+    batch = random_batch(rng, cfg, batch_size, max_len=cfg.block_size + 4)
+    want, got = numpy_engine.loss_and_grads(batch), torch_engine.loss_and_grads(batch)
+    assert abs(got - want) <= 1e-12 * want, (got, want)
+    assert_named_close(torch_engine.gradients(), numpy_engine.gradients(), 1e-10, 1e-13, 'gradient')
+    assert_named_close(torch_engine.weights(), numpy_engine.weights(), 0, 0, 'initial weight')
+
+
+def test_loss_is_forward_only():
+    cfg = ModelConfig(vocab_size=9, n_layer=2).validate()
+    numpy_engine, torch_engine = pair(cfg, 2)
+    rng = random.Random(3)
+    first, second = random_batch(rng, cfg, 2, 20), random_batch(rng, cfg, 4, 20)
+    torch_engine.loss_and_grads(first)
+    before = torch_engine.gradients()
+    got, want = torch_engine.loss(second), numpy_engine.loss_and_grads(second)
+    assert abs(got - want) <= 1e-12 * want, (got, want)
+    assert_named_close(torch_engine.gradients(), before, 0, 0, 'gradient after loss()')
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.25])
+def test_adam_steps_with_decay_clipping_and_dropout_track_numpy(dropout):
+    """Five steps of AdamW with clipping and the shared dropout masks, batches of 3 padded documents."""
+    cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6).validate()
+    tcfg = TrainConfig(steps=5, weight_decay=0.1, grad_clip=0.5, dropout=dropout, seed=11)
+    numpy_engine, torch_engine = pair(cfg, 3)
+    rng = random.Random(4)
+    for step in range(5):
+        batch = random_batch(rng, cfg, 3, max_len=8)
+        lr = learning_rate(tcfg, step)
+        want, got = numpy_engine.train_step(batch, lr, tcfg), torch_engine.train_step(batch, lr, tcfg)
+        assert abs(got - want) <= 1e-12 * want, (step, got, want)
+    assert_named_close(torch_engine.weights(), numpy_engine.weights(), 1e-10, 1e-13, 'weight')
+    want_state, got_state = numpy_engine.state(), torch_engine.state()
+    assert got_state.adam_steps == want_state.adam_steps == 5, (got_state.adam_steps, want_state.adam_steps)
+    np.testing.assert_allclose(got_state.adam_v, want_state.adam_v, rtol=1e-9, atol=1e-16)
+
+
+def test_train_steps_equal_one_train_step_per_step():
+    cfg = ModelConfig(vocab_size=9).validate()
+    docs = random_batch(random.Random(5), cfg, 7, max_len=20)
+    tcfg = TrainConfig(steps=40, batch_size=2, dropout=0.1)
+    lrs = [learning_rate(tcfg, s) for s in range(40)]
+    chunked, stepped = (make_engine('torch', cfg, random.Random(6)) for _ in range(2))
+    got = chunked.train_steps(docs, 0, 40, tcfg, lrs)
+    want = [stepped.train_step([docs[(2 * s + b) % 7] for b in range(2)], lrs[s], tcfg) for s in range(40)]
+    assert got == want, (got[:3], want[:3])
+    assert_named_close(chunked.weights(), stepped.weights(), 0, 0, 'weight')
+
+
+def test_decoder_logits_equal_numpy_decoder():
+    cfg = ModelConfig(vocab_size=13, n_layer=2, block_size=6).validate()
+    numpy_engine, torch_engine = pair(cfg, 5)
+    want_decoder, got_decoder = numpy_engine.decoder(), torch_engine.decoder()
+    for tokens in ([12, 3, 4, 5], [12, 0, 0, 1, 2, 3]):
+        want_decoder.reset()
+        got_decoder.reset()
+        for pos, token in enumerate(tokens):
+            np.testing.assert_allclose(got_decoder.step(token, pos), want_decoder.step(token, pos),
+                                       rtol=1e-12, atol=1e-13)
+
+
+def test_float32_state_is_float32_and_close_to_float64():
+    cfg = ModelConfig(vocab_size=11).validate()
+    batch = random_batch(random.Random(8), cfg, 3, max_len=20)
+    f64, f32 = (make_engine('torch', cfg, random.Random(9), dtype) for dtype in ('float64', 'float32'))
+    assert f32.dtype == 'float32' and f32.state().adam_m.dtype == np.float32, (f32.dtype, f32.state().adam_m.dtype)
+    assert all(w.dtype == np.float32 for w in f32.weights().values())
+    want, got = f64.loss_and_grads(batch), f32.loss_and_grads(batch)
+    assert abs(got - want) <= 1e-5 * want, (got, want)
+
+
+def assert_matches_golden(got, golden):
+    """Same header and samples; step lines equal except at most 2 differing by one unit in the last digit (the
+    fast engines' tolerance: their float64 sums run in another order than the reference's)."""
+    got_lines, want_lines = got.splitlines(), golden.splitlines()
+    assert len(got_lines) == len(want_lines), (len(got_lines), len(want_lines))
+    off_by_one = []
+    for got_line, want_line in zip(got_lines, want_lines):
+        if got_line != want_line:
+            assert got_line.startswith('step') and want_line.startswith('step'), (got_line, want_line)
+            got_loss, want_loss = float(got_line.rsplit(' ', 1)[1]), float(want_line.rsplit(' ', 1)[1])
+            assert round(abs(got_loss - want_loss) * 1e4) == 1, (got_line, want_line)
+            off_by_one.append(got_line)
+    assert len(off_by_one) <= 2, off_by_one
+
+
+@pytest.mark.slow
+def test_default_run_reproduces_golden_trajectory(names_path, golden_path, run_cli):
+    with open(golden_path, encoding='utf-8') as f:
+        golden = f.read()
+    code, out, err = run_cli('train', '--data', names_path, '--engine', 'torch', '--device', 'cpu')
+    assert code == 0, err
+    assert_matches_golden(out, golden)
+
+
+# ---- data parallel: 2 processes (gloo) equal one process on the same global batch
+
+def _train_rank(rank, world_size, store, cfg, docs, tcfg, out_dir):
+    """One process of the data-parallel run: joins the group, trains, saves its weights and losses."""
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world_size)
+    try:
+        engine = make_engine('torch', cfg, random.Random(tcfg.seed), 'float64', 'cpu')
+        lrs = [learning_rate(tcfg, s) for s in range(tcfg.steps)]
+        losses = engine.train_steps(docs, 0, 12, tcfg, lrs[:12])
+        losses += [engine.train_step([docs[(s * tcfg.batch_size + b) % len(docs)] for b in range(tcfg.batch_size)],
+                                     lrs[s], tcfg) for s in range(12, tcfg.steps)]
+        np.savez(os.path.join(out_dir, f'rank{rank}.npz'), losses=np.array(losses), main=engine.is_main_process,
+                 **engine.weights())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, torch):
+    """20 steps, a global batch of 5 documents split 2 + 3, with dropout: the same weights as one process."""
+    import torch.multiprocessing as mp
+    cfg = ModelConfig(vocab_size=11, n_layer=2, n_embd=8, n_head=2, block_size=8).validate()
+    docs = random_batch(random.Random(12), cfg, 23, max_len=12)
+    tcfg = TrainConfig(steps=20, batch_size=5, dropout=0.1, seed=13, grad_clip=1.0)
+    mp.spawn(_train_rank, args=(2, str(tmp_path / 'store'), cfg, docs, tcfg, str(tmp_path)), nprocs=2)
+
+    single = make_engine('torch', cfg, random.Random(tcfg.seed), 'float64', 'cpu')
+    want_losses = single.train_steps(docs, 0, 20, tcfg, [learning_rate(tcfg, s) for s in range(20)])
+    want = single.weights()
+    for rank in range(2):
+        saved = np.load(tmp_path / f'rank{rank}.npz')
+        assert bool(saved['main']) == (rank == 0), (rank, saved['main'])
+        np.testing.assert_allclose(saved['losses'], want_losses, rtol=1e-12, atol=0, err_msg=f'losses of rank {rank}')
+        got = {name: saved[name] for name in want}
+        assert_named_close(got, want, 0, 1e-12, f'rank {rank} weight')
+    changed = max(np.abs(want[name] - w).max() for name, w in make_engine(
+        'torch', cfg, random.Random(tcfg.seed)).weights().items())
+    assert changed > 1e-3, changed  # training moved the weights: the comparison is not of initial weights
+
+
+# ---- checkpoints are interchangeable with the other engines
+
+@pytest.mark.parametrize('writer, reader', [('torch', 'numpy'), ('numpy', 'torch'),
+                                            pytest.param('torch', 'fused', marks=pytest.mark.slow),
+                                            pytest.param('fused', 'torch', marks=pytest.mark.slow)])
+def test_checkpoint_resumes_in_another_engine(writer, reader, tmp_path):
+    """5 steps in one engine, its checkpoint, 5 more in another: the weights of 10 steps in the reader alone."""
+    from microgpt.data import Vocabulary
+    from microgpt.train.checkpoint import load_checkpoint, restore_engine, save_checkpoint
+    from microgpt.train.loop import evaluate, train
+    vocab = Vocabulary.from_documents(['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny'])
+    docs = [vocab.document_tokens(d) for d in ['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny']]
+    cfg = ModelConfig(vocab_size=vocab.size, n_layer=2).validate()
+    tcfg = TrainConfig(steps=10, batch_size=2, dropout=0.1, weight_decay=0.01)
+    first = make_engine(writer, cfg, random.Random(1))
+    for report in train(first, docs, tcfg, sync_every=(5,)):
+        if report.step == 5:
+            break
+    path = str(tmp_path / 'ckpt.safetensors')
+    save_checkpoint(path, first, vocab, tcfg, 5, {})
+    ckpt = load_checkpoint(path)
+    assert ckpt.meta['engine'] == writer and ckpt.adam_steps == 5, ckpt.meta
+
+    resumed = restore_engine(ckpt, make_engine(reader, ckpt.model_cfg, random.Random(0)))
+    assert abs(evaluate(resumed, docs) - evaluate(first, docs)) <= 1e-12, (evaluate(resumed, docs), evaluate(first, docs))
+    losses = [r.loss for r in train(resumed, docs, tcfg, start_step=5)]
+    alone = make_engine(reader, cfg, random.Random(1))
+    want = [r.loss for r in train(alone, docs, tcfg)][5:]
+    np.testing.assert_allclose(losses, want, rtol=1e-10)
+    assert_named_close(resumed.weights(), alone.weights(), 1e-9, 1e-12, 'weight')
+
+
+# ---- bad input: one-line errors saying what to do
+
+def test_cuda_without_a_gpu_is_a_one_line_error(torch):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(MicrogptError, match=r'--device cuda, but PyTorch sees no CUDA GPU here.*use --device cpu'):
+        make_engine('torch', ModelConfig(vocab_size=5), random.Random(0), 'float64', 'cuda')
+
+
+def test_bfloat16_on_the_cpu_is_a_one_line_error():
+    with pytest.raises(MicrogptError, match=r'bfloat16 is autocast on a CUDA GPU.*use --dtype float32'):
+        make_engine('torch', ModelConfig(vocab_size=5), random.Random(0), 'bfloat16', 'cpu')
+    with pytest.raises(MicrogptError, match=r'bfloat16 is autocast in the torch engine'):
+        make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0), 'bfloat16')
+
+
+def test_a_device_for_another_engine_is_a_one_line_error():
+    with pytest.raises(MicrogptError, match=r"--device cuda is the torch engine's.*add --engine torch"):
+        make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0), 'float64', 'cuda')
+
+
+def test_torchrun_without_the_torch_engine_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', '1')
+    with pytest.raises(MicrogptError, match=r'started by torchrun.*add --engine torch'):
+        make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0))
+
+
+def test_without_torch_installed_the_engine_says_how_to_install_it(monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'torch' else find_spec(name, *a))
+    with pytest.raises(MicrogptError, match=r'pip install "microgpt\[torch\]"'):
+        make_engine('torch', ModelConfig(vocab_size=5), random.Random(0))
+
+
+def test_a_batch_smaller_than_the_processes_is_a_one_line_error():
+    from microgpt.engines.torch.devices import share
+    assert [share(5, rank, 2) for rank in range(2)] == [(0, 2), (2, 5)]
+    with pytest.raises(MicrogptError, match=r'--batch-size 1 gives some of the 2 processes no document'):
+        share(1, 1, 2)
+
+
+# ---- on a GPU
+
+def test_bfloat16_autocast_trains_on_cuda(torch):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    cfg = ModelConfig(vocab_size=11, n_layer=2).validate()
+    batch = random_batch(random.Random(8), cfg, 8, max_len=20)
+    f64 = make_engine('torch', cfg, random.Random(9), 'float64', 'cpu')
+    bf16 = make_engine('torch', cfg, random.Random(9), 'bfloat16', 'cuda')
+    assert bf16.dtype == 'float32' and bf16.device.type == 'cuda', (bf16.dtype, bf16.device)
+    want, got = f64.loss_and_grads(batch), bf16.loss_and_grads(batch)
+    assert abs(got - want) <= 2e-2 * want, (got, want)
+    tcfg = TrainConfig(steps=30, batch_size=8)
+    losses = [bf16.train_step(batch, 0.01, tcfg) for _ in range(30)]
+    assert losses[-1] < 0.8 * losses[0], losses
