@@ -3,6 +3,11 @@
 A document is a stripped, non-blank line of a UTF-8 text file, read as microgpt's
 `[line.strip() for line in open('input.txt') if line.strip()]` reads it (universal newlines), except that
 a leading UTF-8 byte-order mark is dropped rather than becoming part of the first document.
+
+Files are read in pieces that end on a line break (read_pieces), so a read never takes more than a piece's
+memory at once, Ctrl-C is seen between pieces, and a file that claims one size and streams another
+(/dev/zero, a pipe) is bounded: a regular file is read up to the size it had when opened, anything else
+up to MAX_STREAM_BYTES. Large files go through corpus.py, which keeps them as one token array on disk.
 """
 
 import os
@@ -14,8 +19,12 @@ from importlib import resources
 from .errors import MicrogptError
 from .makemore_split import makemore_split
 
-MAX_FILE_BYTES = 256 * 2**20  # a list of short items this large is a mistake, and would not fit a char-level model's budget
+MAX_STREAM_BYTES = 2**30   # a pipe or device (no size of its own) is read up to this
+MAX_LINE_BYTES = 2**26     # one item per line: a 64 MiB line is not an item
+READ_BYTES = 2**23         # one read: small enough to stay interruptible, large enough to be fast
+BYTE_ORDER_MARK = '\ufeff'
 BUNDLED_DATASET = 'names.txt'
+TEXT_HINT = "give a UTF-8 text file with one item (a name, a word) per line"
 
 
 def bundled_dataset_path():
@@ -23,39 +32,78 @@ def bundled_dataset_path():
     return str(resources.files('microgpt') / 'datasets' / BUNDLED_DATASET)
 
 
-def load_documents(path):
-    """Return the documents of the text file at `path`, raising MicrogptError for anything unusable."""
-    hint = "give a UTF-8 text file with one item (a name, a word) per line"
+def check_data_path(path):
+    """Refuse a missing path or a folder, before anything is read."""
     if not path:
-        raise MicrogptError(f"no data file given; {hint}")
+        raise MicrogptError(f"no data file given; {TEXT_HINT}")
     if not os.path.exists(path):
-        raise MicrogptError(f"{path}: no such file; {hint}")
+        raise MicrogptError(f"{path}: no such file; {TEXT_HINT}")
     if os.path.isdir(path):
-        raise MicrogptError(f"{path}: is a directory; {hint}")
+        raise MicrogptError(f"{path}: is a directory; {TEXT_HINT}")
+
+
+def read_pieces(path):
+    """Yield (offset, bytes) pieces of the file that end just after a line break (the last one may not),
+    refusing binary data (NUL bytes) and runaway inputs with a MicrogptError."""
+    check_data_path(path)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise MicrogptError(f"{path}: {size / 2**20:.0f} MiB is larger than the {MAX_FILE_BYTES // 2**20} MiB "
-                                f"this tool reads; {hint}, or split the file")
         with open(path, 'rb') as f:
-            raw = f.read()
+            info = os.fstat(f.fileno())
+            regular = os.path.isfile(path) and info.st_size > 0  # /proc files and devices claim size 0
+            limit = info.st_size if regular else MAX_STREAM_BYTES
+            offset, carry = 0, b''
+            while True:
+                block = f.read(min(READ_BYTES, limit - offset - len(carry)) if regular else READ_BYTES)
+                if not block:
+                    break
+                if b'\x00' in block:
+                    at = offset + len(carry) + block.index(b'\x00')
+                    raise MicrogptError(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
+                carry += block
+                cut = max(carry.rfind(b'\n'), carry.rfind(b'\r')) + 1
+                if cut:
+                    yield offset, carry[:cut]
+                    offset, carry = offset + cut, carry[cut:]
+                if len(carry) > MAX_LINE_BYTES:
+                    raise MicrogptError(f"{path}: a line longer than {MAX_LINE_BYTES // 2**20} MiB at offset {offset}; "
+                                        f"{TEXT_HINT}")
+                if not regular and offset + len(carry) >= MAX_STREAM_BYTES and f.read(1):
+                    raise MicrogptError(f"{path}: a stream longer than {MAX_STREAM_BYTES // 2**30} GiB; save it "
+                                        f"into a file first (files of any size are read)")
+                if regular and offset + len(carry) >= limit:
+                    break
+            if carry:
+                yield offset, carry
     except OSError as e:
         raise MicrogptError(f"{path}: cannot read: {e.strerror}") from None
-    if b'\x00' in raw:
-        raise MicrogptError(f"{path}: looks like a binary file (it contains NUL bytes); {hint}")
+
+
+def decode_piece(path, offset, piece):
+    """The text of a piece of read_pieces; the first piece loses its byte-order mark."""
     try:
-        text = raw.decode('utf-8')
+        text = piece.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise MicrogptError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); {hint}") from None
-    docs = split_documents(text)
+        raise MicrogptError(f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}); {TEXT_HINT}") from None
+    return text.removeprefix(BYTE_ORDER_MARK) if offset == 0 else text
+
+
+def load_documents(path):
+    """Return the documents of the text file at `path` as strings, raising MicrogptError for anything
+    unusable. For large files, corpus.load_corpus keeps them as a token array instead."""
+    docs = []
+    for offset, piece in read_pieces(path):
+        docs += split_lines(decode_piece(path, offset, piece))
     if not docs:
-        raise MicrogptError(f"{path}: no non-blank lines; {hint}")
+        raise MicrogptError(f"{path}: no non-blank lines; {TEXT_HINT}")
     return docs
 
 
 def split_documents(text):
     """Stripped non-blank lines, with CRLF and CR treated as line ends like Python's text mode does."""
-    text = text.removeprefix('\ufeff')  # a byte-order mark is an encoding artefact, not a character of the first item
+    return split_lines(text.removeprefix(BYTE_ORDER_MARK))  # a byte-order mark is an encoding artefact
+
+
+def split_lines(text):
     lines = text.replace('\r\n', '\n').replace('\r', '\n').split('\n')
     return [line.strip() for line in lines if line.strip()]
 
@@ -108,6 +156,8 @@ class Vocabulary:
 
 def shuffled(docs, rng: random.Random):
     """A shuffled copy, drawing from rng exactly as microgpt's `random.shuffle(docs)` does."""
+    if not isinstance(docs, (list, tuple)):  # a documents.Documents: the same permutation, of indices
+        return docs.shuffled(rng)
     docs = list(docs)
     rng.shuffle(docs)
     return docs
@@ -126,33 +176,51 @@ def holdout_split(docs, val_fraction=None, seed=42, by='name'):
     line). The draw uses its own random stream, so the training stream (shuffle, init, sampling) stays
     microgpt's.
     """
-    if by not in VAL_SPLITS:
-        raise MicrogptError(f"unknown validation split {by!r}; choose one of: {', '.join(VAL_SPLITS)}")
+    if not isinstance(docs, (list, tuple)):  # a documents.Documents over a token array: the same split, by index
+        return docs.holdout(val_fraction, seed, by)
+    check_split(val_fraction, by)
     if by == 'makemore':
-        if val_fraction is not None:
-            raise MicrogptError("--val-split makemore holds out makemore's own test set; leave out --val-fraction")
         return makemore_split(docs)
     units = sorted(set(docs)) if by == 'name' else docs
-    what = 'distinct documents' if by == 'name' else 'lines'
-    if val_fraction is None:
-        n_val = min(1000, len(units) // 10)
-    elif not 0 < val_fraction < 1:
-        raise MicrogptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    else:
-        n_val = round(len(units) * val_fraction)
-    if n_val == 0:
-        raise MicrogptError(f"the validation split is empty: {len(units)} {what} are too few to "
-                            f"hold some out; give more data or a larger --val-fraction")
-    if n_val >= len(units):
-        raise MicrogptError(f"the validation split would take all {len(units)} {what}; "
-                            f"give a smaller --val-fraction")
-    draw = random.Random(f'holdout:{seed}')
+    n_val = validation_size(len(units), val_fraction, by)
+    draw = holdout_draw(seed)
     if by == 'line':
         held_lines = set(draw.sample(range(len(docs)), n_val))
         return ([d for i, d in enumerate(docs) if i not in held_lines],
                 [d for i, d in enumerate(docs) if i in held_lines])
     held_out = set(draw.sample(units, n_val))
     return [d for d in docs if d not in held_out], sorted(held_out)
+
+
+def check_split(val_fraction, by):
+    if by not in VAL_SPLITS:
+        raise MicrogptError(f"unknown validation split {by!r}; choose one of: {', '.join(VAL_SPLITS)}")
+    if by == 'makemore' and val_fraction is not None:
+        raise MicrogptError("--val-split makemore holds out makemore's own test set; leave out --val-fraction")
+
+
+def validation_size(n_units, val_fraction, by):
+    """How many of `n_units` (distinct documents by name, lines by line) are held out."""
+    what = 'distinct documents' if by == 'name' else 'lines'
+    if val_fraction is None:
+        n_val = min(1000, n_units // 10)
+    elif not 0 < val_fraction < 1:
+        raise MicrogptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    else:
+        n_val = round(n_units * val_fraction)
+    if n_val == 0:
+        raise MicrogptError(f"the validation split is empty: {n_units} {what} are too few to "
+                            f"hold some out; give more data or a larger --val-fraction")
+    if n_val >= n_units:
+        raise MicrogptError(f"the validation split would take all {n_units} {what}; "
+                            f"give a smaller --val-fraction")
+    return n_val
+
+
+def holdout_draw(seed):
+    """The held-out split's own stream: sample() picks depend only on the population's length, so a draw
+    over range(n) picks the same positions as one over n sorted documents."""
+    return random.Random(f'holdout:{seed}')
 
 
 def batch_for_step(doc_tokens, step, batch_size):

@@ -38,9 +38,15 @@ def torch_randperm(n, seed=MAKEMORE_SEED):
 def makemore_split(docs):
     """(train_docs, test_docs) as makemore splits these lines: test is the last min(1000, n // 10) of the
     permutation, in its order; train the rest, in its order."""
-    n_test = min(1000, len(docs) // 10)
+    train, test = makemore_positions(len(docs))
+    return [docs[i] for i in train], [docs[i] for i in test]
+
+
+def makemore_positions(n):
+    """(train, test) positions of makemore's split of n lines."""
+    n_test = min(1000, n // 10)
     if n_test == 0:
-        raise MicrogptError(f"--val-split makemore holds out a tenth of the lines (at most 1000): {len(docs)} "
+        raise MicrogptError(f"--val-split makemore holds out a tenth of the lines (at most 1000): {n} "
                             f"lines give none; give at least 10 or another --val-split")
-    perm = torch_randperm(len(docs))
-    return [docs[i] for i in perm[:len(docs) - n_test]], [docs[i] for i in perm[len(docs) - n_test:]]
+    perm = torch_randperm(n)
+    return perm[:n - n_test], perm[n - n_test:]

@@ -1,0 +1,307 @@
+"""A data file as one token array, memory-mapped from a cache on disk: data at any size.
+
+The documents of data.py (stripped non-blank lines) are tokenised once, piece by piece, into
+
+    tokens  (N,) uint8 or uint16   character ids, BOS (= len(chars)) before every document and after the last:
+                                   [BOS] d0 [BOS] d1 ... [BOS]; document i with its BOS on both sides is
+                                   tokens[bounds[i]:bounds[i + 1] + 1], the sequence microgpt trains on
+    bounds  (D + 1,) uint32/uint64 position of each BOS
+
+and written to the cache folder ($MICROGPT_CACHE, else $XDG_CACHE_HOME/microgpt, else ~/.cache/microgpt) as
+one file: tokens, bounds, a JSON footer, its length and a magic line. The footer records the source's path,
+size, modification and change times, inode and a hash of its first and last 64 KiB: a file that changed
+since is tokenised again, as is a cache file that is truncated or of another version. The file is written
+under a temporary name and renamed, so an interrupted tokenisation leaves nothing a later run would read.
+A cache folder that cannot be written means tokenising in memory, with a notice. Pipes and devices, and
+files under CACHE_MIN_BYTES (faster to tokenise than to cache), are tokenised in memory.
+
+Documents (documents.py) read these arrays without a Python object per document.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .data import TEXT_HINT, check_data_path, decode_piece, read_pieces
+from .errors import MicrogptError
+
+CACHE_VERSION = 1
+MAGIC = b'microgpt-token-cache\n'
+CACHE_MIN_BYTES = 2**20
+MAX_CHARS = 2**16 - 1      # token ids are uint16 at most, BOS included
+EDGE_BYTES = 2**16         # the hashed head and tail of the source
+SLICE = 2**24             # ids remapped or widened at a time
+LINE_BREAKS = (10, 13)     # \n and \r: the line ends of Python's text mode ('\r\n' is both, with an empty line)
+
+
+@dataclass
+class Corpus:
+    chars: str                # the vocabulary's characters, sorted; BOS is len(chars)
+    tokens: np.ndarray        # (N,) character ids with BOS around every document
+    bounds: np.ndarray        # (D + 1,) positions of BOS in tokens
+    longest: int              # characters of the longest document
+    notice: str = None        # something the user should know (the cache could not be written)
+    cache_path: str = None    # the memory-mapped cache file, or None when tokenised in memory
+    source: dict = field(default_factory=dict)
+
+    @property
+    def bos(self):
+        return len(self.chars)
+
+    def __len__(self):
+        return len(self.bounds) - 1
+
+
+def cache_folder():
+    if os.environ.get('MICROGPT_CACHE'):
+        return os.environ['MICROGPT_CACHE']
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'microgpt')
+
+
+def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES):
+    """The documents of `path` as a Corpus: memory-mapped from the cache when it is current, else tokenised
+    (and cached when the file is large enough and the cache folder writable)."""
+    check_data_path(path)
+    source = source_identity(path)
+    if source is None or source['size'] < min_cache_bytes:
+        return tokenise(path, _MemorySink(source))
+    folder = cache_dir or cache_folder()
+    cache_path = os.path.join(folder, f"tokens-{hashlib.sha256(source['path'].encode()).hexdigest()[:32]}.bin")
+    cached = open_cache(cache_path, source)
+    if cached is not None:
+        return cached
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-tokens-', suffix='.bin')
+    except OSError as e:
+        corpus = tokenise(path, _MemorySink(source))
+        corpus.notice = (f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory "
+                         f"(set MICROGPT_CACHE to a writable folder to cache it)")
+        return corpus
+    try:
+        with os.fdopen(fd, 'w+b') as f:
+            tokenise(path, _FileSink(f, source))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache_path)
+    except OSError as e:  # a full disk: tokenise in memory instead
+        _remove_quietly(tmp)
+        corpus = tokenise(path, _MemorySink(source))
+        corpus.notice = f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory"
+        return corpus
+    except BaseException:  # Ctrl-C, or an error in the data: no partial cache stays behind
+        _remove_quietly(tmp)
+        raise
+    corpus = open_cache(cache_path, source)
+    if corpus is None:
+        raise MicrogptError(f"{cache_path}: the token cache just written does not read back; remove it and retry")
+    return corpus
+
+
+def _remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def source_identity(path):
+    """What must be unchanged for a cache of `path` to be current; None for pipes and devices."""
+    if not os.path.isfile(path):
+        return None
+    info = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        digest.update(f.read(EDGE_BYTES))
+        f.seek(max(0, info.st_size - EDGE_BYTES))
+        digest.update(f.read(EDGE_BYTES))
+    return {'path': os.path.abspath(path), 'size': info.st_size, 'mtime_ns': info.st_mtime_ns,
+            'ctime_ns': info.st_ctime_ns, 'inode': info.st_ino, 'device': info.st_dev, 'edges': digest.hexdigest()}
+
+
+# ---- tokenising: one pass over the pieces, provisional ids in order of first appearance, then one remap
+
+WHITESPACE = np.array([chr(c).isspace() for c in range(128)])  # (128,) what str.strip() strips, in ASCII
+
+
+def tokenise(path, sink):
+    """Tokenise the documents of `path` into `sink` and return sink.finish's Corpus; provisional id 0 is BOS,
+    characters 1.. in order of first appearance, remapped at the end to the sorted vocabulary's ids."""
+    provisional = np.full(0x110000, -1, np.int32)  # code point -> provisional id
+    first_seen = []                                 # provisional id - 1 -> code point
+    sink.write(np.zeros(1, np.uint8), np.zeros(1, np.int64))  # the leading BOS
+    written, longest = 1, 0
+    for offset, piece in read_pieces(path):
+        if piece.isascii():
+            points = np.frombuffer(piece, np.uint8)  # (n,) code points, one byte each
+        else:
+            # decode_piece drops the first piece's byte-order mark (an ASCII piece has none)
+            points = np.frombuffer(decode_piece(path, offset, piece).encode('utf-32-le'), '<u4')  # (n,)
+        starts, ends = document_spans(points) if len(points) else (points, points)
+        if not len(starts):
+            continue
+        lengths = ends - starts                                   # (d,)
+        inside = np.zeros(len(points) + 1, np.int8)
+        inside[starts] += 1
+        inside[ends] -= 1
+        kept = points[np.cumsum(inside[:-1], dtype=np.int8).astype(bool)]  # (sum lengths,) the documents' characters
+        present = np.flatnonzero(np.bincount(kept))
+        new = present[provisional[present] < 0]
+        if len(first_seen) + len(new) > MAX_CHARS:
+            raise MicrogptError(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
+                                f"needs a smaller alphabet; {TEXT_HINT}")
+        provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
+        first_seen += new.tolist()
+        out = np.zeros(len(kept) + len(starts), np.uint8 if len(first_seen) < 256 else np.uint16)
+        bos_at = np.cumsum(lengths + 1) - 1                       # (d,) the BOS after each document
+        body = np.ones(len(out), bool)
+        body[bos_at] = False
+        out[body] = provisional[kept]
+        sink.write(out, written + bos_at)
+        written += len(out)
+        longest = max(longest, int(lengths.max()))
+    if written == 1:
+        raise MicrogptError(f"{path}: no non-blank lines; {TEXT_HINT}")
+    chars = ''.join(sorted(map(chr, first_seen)))
+    final = np.empty(len(first_seen) + 1, token_dtype(len(chars)))  # provisional id -> final id
+    final[0] = len(chars)
+    rank = {ch: i for i, ch in enumerate(chars)}
+    final[1:] = [rank[chr(c)] for c in first_seen]
+    return sink.finish(final, written, chars, longest)
+
+
+def token_dtype(n_chars):
+    return np.uint8 if n_chars < 256 else np.uint16
+
+
+def bound_dtype(n_tokens):
+    return np.uint32 if n_tokens < 2**32 else np.uint64
+
+
+def document_spans(points):
+    """(starts, ends) of the stripped non-blank lines of a piece of code points: every run of characters
+    between line breaks, without the whitespace at its ends."""
+    if points.dtype == np.uint8:
+        blank = WHITESPACE[points]                                   # (n,)
+    else:
+        present = np.flatnonzero(np.bincount(points))
+        table = np.zeros(int(present[-1]) + 1, bool)
+        table[present] = [chr(c).isspace() for c in present]
+        blank = table[points]                                        # (n,)
+    line = np.cumsum((points == LINE_BREAKS[0]) | (points == LINE_BREAKS[1]), dtype=np.int64)  # (n,) line number
+    visible = np.flatnonzero(~blank)                                 # (v,) positions of non-whitespace
+    if not len(visible):
+        return visible, visible
+    line_of = line[visible]
+    first = np.ones(len(visible), bool)
+    first[1:] = line_of[1:] != line_of[:-1]                          # the first visible character of its line
+    last = np.ones(len(visible), bool)
+    last[:-1] = first[1:]
+    return visible[first], visible[last] + 1
+
+
+class _MemorySink:
+    """Token ids and bounds in memory, for files not worth caching, pipes, and unwritable cache folders."""
+
+    def __init__(self, source):
+        self.source, self.pieces, self.bound_pieces = source, [], []
+
+    def write(self, ids, bounds):
+        self.pieces.append(ids)
+        self.bound_pieces.append(bounds)
+
+    def finish(self, final, total, chars, longest):
+        tokens = np.empty(total, final.dtype)  # (N,)
+        at = 0
+        for piece in self.pieces:
+            tokens[at:at + len(piece)] = final[piece]
+            at += len(piece)
+        self.pieces = []
+        bounds = np.concatenate(self.bound_pieces).astype(bound_dtype(total))  # (D + 1,)
+        return Corpus(chars, tokens, bounds, longest, source=self.source)
+
+
+class _FileSink:
+    """Token ids go straight to the file, as uint8 until a 256th character appears (the file is then widened
+    to uint16 in place); bounds stay in memory until the end, where they follow the tokens, then the footer."""
+
+    def __init__(self, f, source):
+        self.f, self.source, self.dtype, self.count = f, source, np.uint8, 0
+        self.bound_pieces = []
+
+    def write(self, ids, bounds):
+        if ids.dtype != self.dtype:
+            self._widen()
+        self.f.write(ids.astype(self.dtype, copy=False).tobytes())
+        self.count += len(ids)
+        self.bound_pieces.append(bounds)
+
+    def _widen(self):
+        """uint8 -> uint16 in place, from the end backwards, so a slice is read before it is overwritten."""
+        for end in range(self.count, 0, -SLICE):
+            start = max(0, end - SLICE)
+            self.f.seek(start)
+            ids = np.frombuffer(self.f.read(end - start), np.uint8)
+            self.f.seek(2 * start)
+            self.f.write(ids.astype(np.uint16).tobytes())
+        self.f.seek(2 * self.count)
+        self.dtype = np.uint16
+
+    def finish(self, final, total, chars, longest):
+        itemsize = np.dtype(self.dtype).itemsize
+        for start in range(0, total, SLICE):  # the provisional ids -> final ids, in place
+            self.f.seek(start * itemsize)
+            ids = np.frombuffer(self.f.read(min(SLICE, total - start) * itemsize), self.dtype)
+            self.f.seek(start * itemsize)
+            self.f.write(final[ids].astype(self.dtype).tobytes())
+        self.f.seek(total * itemsize)
+        self.f.write(b'\0' * (-(total * itemsize) % 8))
+        bounds_at = self.f.tell()
+        n_bounds = 0
+        for piece in self.bound_pieces:
+            self.f.write(piece.astype(bound_dtype(total)).tobytes())
+            n_bounds += len(piece)
+        self.bound_pieces = []
+        footer = json.dumps({'version': CACHE_VERSION, 'source': self.source, 'chars': chars, 'longest': longest,
+                             'token_dtype': np.dtype(self.dtype).name, 'n_tokens': total,
+                             'bound_dtype': np.dtype(bound_dtype(total)).name, 'n_bounds': n_bounds,
+                             'bounds_at': bounds_at}, sort_keys=True).encode('utf-8')
+        self.f.write(footer + len(footer).to_bytes(8, 'little') + MAGIC)
+        return None
+
+
+def open_cache(cache_path, source):
+    """The Corpus memory-mapped from `cache_path` if that file is complete, of this version and made from this
+    very `source`; else None (and the caller tokenises again)."""
+    try:
+        with open(cache_path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            trailer = len(MAGIC) + 8
+            if size < trailer:
+                return None
+            f.seek(size - trailer)
+            end = f.read(trailer)
+            footer_bytes = int.from_bytes(end[:8], 'little')
+            if end[8:] != MAGIC or footer_bytes > size - trailer:
+                return None
+            f.seek(size - trailer - footer_bytes)
+            footer = json.loads(f.read(footer_bytes))
+        if footer.get('version') != CACHE_VERSION or footer.get('source') != source:
+            return None
+        tokens_dtype, bounds_dtype = np.dtype(footer['token_dtype']), np.dtype(footer['bound_dtype'])
+        n_tokens, n_bounds, bounds_at = footer['n_tokens'], footer['n_bounds'], footer['bounds_at']
+        if bounds_at + n_bounds * bounds_dtype.itemsize != size - trailer - footer_bytes or n_bounds < 2:
+            return None
+        tokens = np.memmap(cache_path, tokens_dtype, 'r', 0, (n_tokens,))            # (N,)
+        bounds = np.memmap(cache_path, bounds_dtype, 'r', bounds_at, (n_bounds,))    # (D + 1,)
+        bos = len(footer['chars'])
+        if not (tokens[0] == tokens[-1] == bos and bounds[0] == 0 and bounds[-1] == n_tokens - 1):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Corpus(footer['chars'], tokens, bounds, footer['longest'], cache_path=cache_path, source=source)

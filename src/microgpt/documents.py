@@ -1,0 +1,105 @@
+"""The documents of a Corpus as a sequence of token lists, in a chosen order, with no Python object per document.
+
+`Documents` stands where a list of `vocab.document_tokens(doc)` stood: `len(docs)`, `docs[i]` (the list
+[BOS] + ids + [BOS]), `docs[a:b]` (a list of them), so the training loop, the engines and evaluation take
+either. Shuffling and the held-out splits give the same documents in the same order as data.py's functions
+on the list of strings: shuffling permutes positions with the very same draws, and the split by name ranks
+distinct documents in string order (token ids follow code points, so the order of the token rows is the
+order of the strings).
+"""
+
+import random
+from array import array
+
+import numpy as np
+
+from .data import Vocabulary, check_split, holdout_draw, validation_size
+from .makemore_split import makemore_positions
+
+RANK_ROWS = 2**20  # documents written into the sort keys at a time
+
+
+class Documents:
+    def __init__(self, corpus, order=None, bos_first=False):
+        self.corpus = corpus
+        self.order = np.arange(len(corpus), dtype=np.int64) if order is None else order  # (D,) corpus indices
+        self.bos_first = bos_first
+
+    def __len__(self):
+        return len(self.order)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        d = int(self.order[i])
+        bounds = self.corpus.bounds
+        ids = self.corpus.tokens[int(bounds[d]):int(bounds[d + 1]) + 1]
+        if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
+            ids = (ids.astype(np.int64) + 1) % (len(self.corpus.chars) + 1)
+        return ids.tolist()
+
+    def text(self, i):
+        """Document i as a string."""
+        d, bounds, chars = int(self.order[i]), self.corpus.bounds, self.corpus.chars
+        return ''.join(chars[t] for t in self.corpus.tokens[int(bounds[d]) + 1:int(bounds[d + 1])].tolist())
+
+    def vocabulary(self):
+        return Vocabulary(self.corpus.chars, self.bos_first)
+
+    @property
+    def longest(self):
+        """Characters of the longest document of the whole corpus."""
+        return self.corpus.longest
+
+    def lengths(self):
+        """(D,) tokens of each document with its two BOS, in this order."""
+        return (np.diff(self.corpus.bounds.astype(np.int64)) + 1)[self.order]
+
+    def take(self, positions):
+        """The documents at `positions` of this sequence, in that order."""
+        return Documents(self.corpus, self.order[np.asarray(positions, dtype=np.int64)], self.bos_first)
+
+    def shuffled(self, rng: random.Random):
+        """data.shuffled: random.shuffle's draws, applied to positions (8 bytes each, no object per document)."""
+        positions = array('q')
+        positions.frombytes(np.arange(len(self), dtype=np.int64).tobytes())
+        rng.shuffle(positions)
+        return self.take(np.frombuffer(positions, np.int64))
+
+    def holdout(self, val_fraction, seed, by):
+        """data.holdout_split's (train, val), as Documents."""
+        check_split(val_fraction, by)
+        if by == 'makemore':
+            train, test = makemore_positions(len(self))
+            return self.take(train), self.take(test)
+        if by == 'line':
+            held = np.zeros(len(self), bool)
+            held[holdout_draw(seed).sample(range(len(self)), validation_size(len(self), val_fraction, by))] = True
+            return self.take(np.flatnonzero(~held)), self.take(np.flatnonzero(held))
+        ranks, n_units = self.distinct_ranks()                      # (D,) string-order rank of each document
+        picks = holdout_draw(seed).sample(range(n_units), validation_size(n_units, val_fraction, by))
+        held_units = np.zeros(n_units, bool)
+        held_units[picks] = True
+        train = np.flatnonzero(~held_units[ranks])
+        one_of_unit = np.empty(n_units, np.int64)                  # a position of a document of each unit
+        one_of_unit[ranks] = np.arange(len(self))
+        return self.take(train), self.take(one_of_unit[np.sort(np.asarray(picks, np.int64))])
+
+    def distinct_ranks(self):
+        """((D,) rank of each document among the distinct documents in string order, their number)."""
+        bounds = self.corpus.bounds.astype(np.int64)
+        lengths = np.diff(bounds)[self.order] - 1                   # (D,) characters
+        width = max(1, int(lengths.max()))
+        wide = len(self.corpus.chars) >= 255
+        keys = np.zeros((len(self), width), '>u2' if wide else np.uint8)  # (D, width) ids + 1, 0-padded
+        for start in range(0, len(self), RANK_ROWS):
+            rows = np.arange(start, min(len(self), start + RANK_ROWS))
+            n = lengths[rows]
+            row = np.repeat(rows, n)
+            col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+            first = bounds[self.order[rows]] + 1
+            keys[row, col] = self.corpus.tokens[np.repeat(first, n) + col] + 1
+        # a row's bytes compare as its string does: big-endian ids in code-point order, shorter prefix first
+        rows = keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel()  # (D,)
+        units, ranks = np.unique(rows, return_inverse=True)
+        return ranks.ravel(), len(units)

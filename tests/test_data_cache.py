@@ -1,0 +1,275 @@
+"""The token cache (corpus.py) and Documents (documents.py): a data file tokenised piece by piece gives exactly
+the documents and token ids of data.load_documents and Vocabulary.document_tokens, whatever the pieces' size;
+shuffling and every held-out split give the same documents in the same order; a cache is reused only while
+its source is unchanged and the file is whole and of this version; interruptions and unwritable or full
+cache folders leave nothing half-written behind."""
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import in_ci
+from microgpt import corpus as corpus_module
+from microgpt import data
+from microgpt.corpus import load_corpus
+from microgpt.data import Vocabulary, holdout_split, load_documents, shuffled
+from microgpt.documents import Documents
+from microgpt.errors import MicrogptError
+
+# line breaks, ASCII and Unicode whitespace (stripped, but not line ends), a byte-order mark, multi-byte text
+ALPHABET = ['a', 'b', 'z', ' ', '\t', '\n', '\r', '\r\n', '\x0b', '\x0c', '\x1c', '\x85', '\u00a0', '\u2028',
+            '\u3000', '\ufeff', 'é', 'ß', '東', '🙂', '-', '_']
+
+
+def want_tokens(path, bos_first=False):
+    docs = load_documents(path)
+    vocab = Vocabulary.from_documents(docs, bos_first)
+    return docs, vocab, [vocab.document_tokens(d) for d in docs]
+
+
+def assert_same(corpus, path, bos_first=False):
+    docs, vocab, tokens = want_tokens(path, bos_first)
+    got = Documents(corpus, bos_first=bos_first)
+    assert got.vocabulary() == vocab, (got.vocabulary(), vocab)
+    assert len(got) == len(docs), (len(got), len(docs))
+    assert got[:] == tokens, next((i, got[i], tokens[i]) for i in range(len(docs)) if got[i] != tokens[i])
+    assert corpus.longest == max(map(len, docs)), (corpus.longest, max(map(len, docs)))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(ALPHABET), min_size=1, max_size=60), piece=st.integers(1, 9),
+       cached=st.booleans(), bos_first=st.booleans())
+def test_tokenised_pieces_are_the_documents_of_load_documents(tmp_path_factory, monkeypatch, parts, piece, cached,
+                                                                bos_first):
+    text = ''.join(parts)
+    folder = tmp_path_factory.mktemp('text')
+    path = str(folder / 'docs.txt')
+    with open(path, 'wb') as f:
+        f.write(text.encode('utf-8'))
+    monkeypatch.setattr(data, 'READ_BYTES', piece)  # pieces end on line breaks wherever the reads end (set anew each example)
+    try:
+        docs = load_documents(path)
+    except MicrogptError as e:
+        with pytest.raises(MicrogptError) as info:
+            load_corpus(path, cache_dir=str(folder / 'cache'), min_cache_bytes=0)
+        assert str(info.value) == str(e), (str(info.value), str(e))
+        return
+    assert docs == data.split_documents(text), (docs, text)
+    corpus = load_corpus(path, cache_dir=str(folder / 'cache'), min_cache_bytes=0 if cached else 2**40)
+    assert (corpus.cache_path is not None) == cached, corpus.cache_path
+    assert_same(corpus, path, bos_first)
+
+
+def write_words(path, n, alphabet='abcdefghijklmnopqrstuvwxyz', seed=0):
+    rng = random.Random(seed)
+    lines = [''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+    path.write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    return str(path)
+
+
+def test_more_than_255_characters_widen_the_cached_ids_to_uint16(tmp_path, monkeypatch):
+    """The first pieces fit uint8; a later one brings the 256th character and the file is widened in place."""
+    monkeypatch.setattr(data, 'READ_BYTES', 4096)
+    plain = write_words(tmp_path / 'plain.txt', 3000)
+    wide_alphabet = ''.join(chr(c) for c in range(0x100, 0x100 + 300))
+    with open(plain, 'a', encoding='utf-8') as f:
+        f.write(open(write_words(tmp_path / 'wide.txt', 200, wide_alphabet), encoding='utf-8').read())
+    corpus = load_corpus(plain, cache_dir=str(tmp_path / 'cache'), min_cache_bytes=0)
+    assert corpus.tokens.dtype == np.uint16 and len(corpus.chars) > 255, (corpus.tokens.dtype, len(corpus.chars))
+    assert_same(corpus, plain)
+    assert_same(load_corpus(plain, min_cache_bytes=2**40), plain)
+
+
+@pytest.fixture
+def cached_file(tmp_path):
+    return write_words(tmp_path / 'words.txt', 5000), str(tmp_path / 'cache')
+
+
+def test_a_current_cache_is_memory_mapped_and_not_tokenised_again(cached_file, monkeypatch):
+    path, cache = cached_file
+    first = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    files = os.listdir(cache)
+    assert len(files) == 1 and files[0].startswith('tokens-'), files
+
+    def refuse(*args):
+        raise AssertionError("tokenised again although the cache is current")
+    monkeypatch.setattr(corpus_module, 'tokenise', refuse)
+    again = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    assert isinstance(again.tokens, np.memmap) and isinstance(again.bounds, np.memmap), type(again.tokens)
+    assert again.cache_path == first.cache_path and again.chars == first.chars
+    np.testing.assert_array_equal(again.tokens, first.tokens)
+    assert_same(again, path)
+
+
+def rewrite(path, text):
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize('change', ['same-size-new-text', 'appended', 'same-mtime', 'replaced-file'])
+def test_a_changed_source_is_tokenised_again(cached_file, change):
+    path, cache = cached_file
+    load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    text = open(path, encoding='utf-8').read()
+    stat = os.stat(path)
+    if change == 'same-size-new-text':
+        rewrite(path, text.replace('a', 'q'))
+    elif change == 'appended':
+        rewrite(path, text + 'zzzzzz\n')
+    elif change == 'same-mtime':  # the content changes and the modification time is set back
+        rewrite(path, 'Q' + text[1:])
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    else:
+        os.replace(write_words(Path(path).parent / 'other.txt', 5000, seed=1), path)
+    assert_same(load_corpus(path, cache_dir=cache, min_cache_bytes=0), path)
+    assert len(os.listdir(cache)) == 1, os.listdir(cache)  # the entry of this path is replaced, not added to
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'garbage-tail', 'other-version', 'footer-lies'])
+def test_a_damaged_or_foreign_cache_is_rebuilt(cached_file, monkeypatch, damage):
+    path, cache = cached_file
+    corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    cache_path = corpus.cache_path
+    raw = open(cache_path, 'rb').read()
+    del corpus
+    if damage == 'truncated':
+        open(cache_path, 'wb').write(raw[:len(raw) // 2])
+    elif damage == 'empty':
+        open(cache_path, 'wb').write(b'')
+    elif damage == 'garbage-tail':
+        open(cache_path, 'wb').write(raw + b'garbage')
+    elif damage == 'other-version':
+        monkeypatch.setattr(corpus_module, 'CACHE_VERSION', corpus_module.CACHE_VERSION + 1)
+    else:  # a footer that claims another token count
+        open(cache_path, 'wb').write(raw.replace(b'"n_tokens": ', b'"n_tokens": 1'))
+    rebuilt = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    assert_same(rebuilt, path)
+    assert corpus_module.open_cache(cache_path, rebuilt.source) is not None, 'the rebuilt cache does not open'
+
+
+def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_file, tmp_path):
+    path, _ = cached_file
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    corpus = load_corpus(path, cache_dir=str(blocker / 'cache'), min_cache_bytes=0)
+    assert corpus.cache_path is None and corpus.notice and '\n' not in corpus.notice, corpus.notice
+    assert str(blocker / 'cache') in corpus.notice and 'in memory' in corpus.notice, corpus.notice
+    assert_same(corpus, path)
+
+
+def test_a_read_only_cache_folder(cached_file, tmp_path):
+    path, _ = cached_file
+    folder = tmp_path / 'ro'
+    folder.mkdir()
+    if os.geteuid() == 0:
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k,ro', 'tmpfs', str(folder)], capture_output=True)
+        if proc.returncode:
+            if in_ci():
+                pytest.fail(f"mount -t tmpfs failed in CI: {proc.stderr}")
+            pytest.skip("cannot mount a read-only tmpfs here")
+    else:
+        folder.chmod(0o555)
+    try:
+        corpus = load_corpus(path, cache_dir=str(folder), min_cache_bytes=0)
+        assert corpus.cache_path is None and ('Read-only' in corpus.notice or 'Permission' in corpus.notice), \
+            corpus.notice
+        assert_same(corpus, path)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_a_full_cache_disk_tokenises_in_memory(cached_file, tmp_path):
+    path, _ = cached_file
+    if os.geteuid() != 0:
+        if in_ci():
+            pytest.fail("CI runs as root, to mount a small tmpfs")
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / 'small'
+    folder.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=8k', 'tmpfs', str(folder)], check=True)
+    try:
+        corpus = load_corpus(path, cache_dir=str(folder), min_cache_bytes=0)
+        assert corpus.cache_path is None and 'No space left' in corpus.notice, corpus.notice
+        assert os.listdir(folder) == [], os.listdir(folder)
+        assert_same(corpus, path)
+    finally:
+        subprocess.run(['umount', str(folder)], check=True)
+
+
+def test_interrupted_tokenising_leaves_no_cache(cached_file, monkeypatch):
+    path, cache = cached_file
+    monkeypatch.setattr(data, 'READ_BYTES', 4096)
+    real, calls = corpus_module.document_spans, []
+
+    def interrupted(points):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(points)
+    monkeypatch.setattr(corpus_module, 'document_spans', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    assert os.listdir(cache) == [], os.listdir(cache)
+    monkeypatch.undo()
+    assert_same(load_corpus(path, cache_dir=cache, min_cache_bytes=0), path)
+
+
+def test_the_cache_folder_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'mine'))
+    assert corpus_module.cache_folder() == str(tmp_path / 'mine')
+    monkeypatch.delenv('MICROGPT_CACHE')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
+    assert corpus_module.cache_folder() == str(tmp_path / 'xdg' / 'microgpt')
+
+
+# ---- Documents: the same shuffles and splits as the lists of strings
+
+@pytest.mark.slow
+@pytest.mark.parametrize('bos_first', [False, True])
+def test_shuffles_and_splits_match_the_lists_of_strings(names_path, bos_first):
+    docs = load_documents(names_path)
+    vocab = Vocabulary.from_documents(docs, bos_first)
+    every = Documents(load_corpus(names_path), bos_first=bos_first)
+    assert every.vocabulary() == vocab
+
+    def tokens(strings):
+        return [vocab.document_tokens(d) for d in strings]
+    assert shuffled(every, random.Random(42))[:] == tokens(shuffled(docs, random.Random(42)))
+    for by, fraction in (('name', None), ('name', 0.25), ('line', None), ('line', 0.05), ('makemore', None)):
+        train, val = holdout_split(docs, fraction, 7, by)
+        got_train, got_val = holdout_split(every, fraction, 7, by)
+        assert len(got_train) == len(train) and len(got_val) == len(val), (by, len(got_train), len(train))
+        assert got_train[:] == tokens(train), by
+        assert got_val[:] == tokens(val), by
+        again_train, _ = holdout_split(shuffled(every, random.Random(1)), fraction, 7, by)
+        strings_train, _ = holdout_split(shuffled(docs, random.Random(1)), fraction, 7, by)
+        assert again_train[:] == tokens(strings_train), by
+
+
+def test_split_by_name_ranks_documents_as_strings_sort(tmp_path):
+    """Prefixes first, every character's code point order, ids beyond 255 (big-endian sort keys)."""
+    words = ['b', 'ab', 'a', 'abc', 'a b', 'é', 'ab', 'Z', 'z', '東京', '東', 'b'] + \
+        [chr(0x100 + i) for i in range(300)]
+    path = tmp_path / 'words.txt'
+    path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+    every = Documents(load_corpus(str(path)))
+    ranks, n_units = every.distinct_ranks()
+    units = sorted(set(words))
+    assert n_units == len(units), (n_units, len(units))
+    assert [units[r] for r in ranks] == words, [units[r] for r in ranks][:12]
+
+
+def test_documents_read_like_a_list(names_path):
+    docs = load_documents(names_path)
+    every = Documents(load_corpus(names_path))
+    assert every[-1] == every[len(every) - 1] and every[3:6] == [every[3], every[4], every[5]]
+    assert [every.text(i) for i in (0, 100, len(docs) - 1)] == [docs[0], docs[100], docs[-1]]
+    np.testing.assert_array_equal(every.lengths(), [len(d) + 2 for d in docs])
+    with pytest.raises(IndexError):
+        every[len(every)]
