@@ -1,0 +1,512 @@
+/* microgpt.js: microgpt's GPT a fourth time, in JavaScript and float32, for the exported web page.
+ *
+ * The same model as the numpy engine (src/microgpt/engines/numpy), written for one document at a time:
+ *   - the layout is the ONE parameter table (microgpt.config.parameter_table), emitted into the page as data:
+ *     every matrix is a view of one flat Float32Array at the table's offset, (rows, cols) row-major, as the
+ *     engines' ParameterBuffers are; nothing here knows the order or the shapes by itself;
+ *   - Decoder.step is engines/numpy's decoder (and the C export's forward()), operation for operation like the
+ *     C program: each matrix-vector row sums left to right in float32, softmax's exp in double rounded to float32;
+ *     so microgpt.export.c.logits_like_c is a bit-exact Python mirror of its logits;
+ *   - lossAndGrads is engines/numpy/engine.py's loss_and_grads for a batch of one document (B = 1), each
+ *     layer's backward in reverse, gradients summed with +=, attention's gradient into every earlier key and
+ *     value; adamUpdate is its adam_update (no weight decay, no clipping: microgpt's optimiser);
+ *   - PythonRandom is CPython's random.Random (MT19937, seeded from an int as random.seed does; random,
+ *     gauss, shuffle), so a seed gives microgpt's document order and initial weights;
+ *   - tokenProbabilities and draw are src/microgpt/sampling.py on doubles: temperature, top-k, top-p, and
+ *     random.choices' draw.
+ * Every float32 result is rounded with f32 (Math.fround); rounding a double +, -, *, / or sqrt of float32
+ * operands to float32 gives exactly the float32 operation.
+ *
+ * Dimension letters as in the engines: T positions, C n_embd, NH heads, HS head size (C / NH), H = 4C the
+ * MLP's width, V vocabulary. No DOM here: the page (page.js) and the training worker (worker.js) both load it.
+ */
+'use strict';
+
+const f32 = Math.fround;
+
+// ---- the parameters: views of one flat buffer, from the parameter table
+
+function parameterViews(table, flat) {
+  const w = {};
+  for (const p of table) w[p.name] = flat.subarray(p.offset, p.offset + p.rows * p.cols);  // (rows, cols)
+  return w;
+}
+
+function numParameters(table) {
+  return table.reduce((total, p) => total + p.rows * p.cols, 0);
+}
+
+// out (rows,) = w (rows, cols) @ x (cols,), each row's sum left to right in float32 (the C export's matvec)
+function matvec(w, rows, cols, x, out) {
+  for (let r = 0; r < rows; r++) {
+    let acc = 0;
+    const row = r * cols;
+    for (let j = 0; j < cols; j++) acc = f32(acc + f32(w[row + j] * x[j]));
+    out[r] = acc;
+  }
+  return out;
+}
+
+// RMSNorm without gain: out = x * (mean(x^2) + eps)^-1/2; returns the scale, which the backward needs
+function rmsnorm(x, out, eps) {
+  const C = x.length;
+  let ms = 0;
+  for (let i = 0; i < C; i++) ms = f32(ms + f32(x[i] * x[i]));
+  ms = f32(ms / C);
+  const scale = f32(1 / f32(Math.sqrt(f32(ms + eps))));
+  for (let i = 0; i < C; i++) out[i] = f32(x[i] * scale);
+  return scale;
+}
+
+// dx = s * (dout - y * sum(dout * y) / C), from y = x * s (engines/numpy/layers.py: rmsnorm_backward)
+function rmsnormBackward(dout, y, scale, dx) {
+  const C = y.length;
+  let dot = 0;
+  for (let i = 0; i < C; i++) dot = f32(dot + f32(dout[i] * y[i]));
+  dot = f32(dot / C);
+  for (let i = 0; i < C; i++) dx[i] = f32(scale * f32(dout[i] - f32(y[i] * dot)));
+  return dx;
+}
+
+// ---- inference: one position per call, with a KV cache (engines/numpy's _NumpyDecoder, the C forward())
+
+class Decoder {
+  constructor(spec, flat) {
+    const cfg = spec.cfg;
+    this.cfg = cfg;
+    this.eps = f32(spec.rmsnorm_eps);
+    this.scale = f32(spec.attn_scale);          // float32 of (HS ** 0.5) ** -1, as the engines round it
+    this.w = parameterViews(spec.table, flat);
+    const C = cfg.n_embd, T = cfg.block_size;
+    this.keys = new Float32Array(cfg.n_layer * T * C);    // (L, T, C)
+    this.values = new Float32Array(cfg.n_layer * T * C);  // (L, T, C)
+    this.x = new Float32Array(C);
+    this.xn = new Float32Array(C);
+    this.q = new Float32Array(C);
+    this.y = new Float32Array(C);
+    this.branch = new Float32Array(C);
+    this.h = new Float32Array(spec.mlp_expansion * C);     // (H,)
+    this.logits = new Float32Array(cfg.vocab_size);        // (V,)
+    this.attention = [];  // [layer][head][pos] -> (t,) attention probabilities of that query, for the heatmaps
+    this.reset();
+  }
+
+  reset() {
+    this.attention = Array.from({length: this.cfg.n_layer}, () => Array.from({length: this.cfg.n_head}, () => []));
+  }
+
+  step(token, pos) {
+    const cfg = this.cfg, w = this.w, C = cfg.n_embd, H = this.h.length, T = cfg.block_size;
+    const x = this.x, xn = this.xn;
+    for (let i = 0; i < C; i++) x[i] = f32(w.wte[token * C + i] + w.wpe[pos * C + i]);
+    if (cfg.norm === 'microgpt') rmsnorm(x, x, this.eps);
+    for (let l = 0; l < cfg.n_layer; l++) {
+      const p = 'layer' + l + '.';
+      if (cfg.norm !== 'none') rmsnorm(x, xn, this.eps); else xn.set(x);
+      const cache = l * T * C + pos * C;
+      matvec(w[p + 'attn_wq'], C, C, xn, this.q);
+      matvec(w[p + 'attn_wk'], C, C, xn, this.keys.subarray(cache, cache + C));
+      matvec(w[p + 'attn_wv'], C, C, xn, this.values.subarray(cache, cache + C));
+      this.attend(l, pos);
+      matvec(w[p + 'attn_wo'], C, C, this.y, this.branch);
+      for (let i = 0; i < C; i++) x[i] = f32(x[i] + this.branch[i]);
+      if (cfg.norm === 'microgpt') rmsnorm(x, xn, this.eps); else xn.set(x);
+      matvec(w[p + 'mlp_fc1'], H, C, xn, this.h);
+      for (let j = 0; j < H; j++) {
+        const relu = this.h[j] > 0 ? this.h[j] : 0;
+        this.h[j] = cfg.mlp_activation === 'relu2' ? f32(relu * relu) : relu;
+      }
+      matvec(w[p + 'mlp_fc2'], C, H, this.h, this.branch);
+      for (let i = 0; i < C; i++) x[i] = f32(x[i] + this.branch[i]);
+    }
+    return matvec(cfg.tie_lm_head ? w.wte : w.lm_head, cfg.vocab_size, C, x, this.logits);
+  }
+
+  // y = softmax(q . k_t * scale) @ v over the cached positions, head by head
+  attend(l, pos) {
+    const cfg = this.cfg, C = cfg.n_embd, HS = C / cfg.n_head, T = cfg.block_size;
+    const first = cfg.attention === 'self' ? pos : 0;
+    const keys = this.keys, values = this.values, base = l * T * C;
+    for (let h = 0; h < cfg.n_head; h++) {
+      const att = new Float32Array(pos + 1 - first);  // (t,)
+      let top = -Infinity;
+      for (let t = first; t <= pos; t++) {
+        let acc = 0;
+        for (let d = 0; d < HS; d++) acc = f32(acc + f32(keys[base + t * C + h * HS + d] * this.q[h * HS + d]));
+        att[t - first] = f32(acc * this.scale);
+        top = Math.max(top, att[t - first]);
+      }
+      let total = 0;
+      for (let t = 0; t < att.length; t++) {
+        att[t] = f32(Math.exp(f32(att[t] - top)));
+        total = f32(total + att[t]);
+      }
+      for (let t = 0; t < att.length; t++) att[t] = f32(att[t] / total);
+      for (let d = 0; d < HS; d++) {
+        let acc = 0;
+        for (let t = first; t <= pos; t++) acc = f32(acc + f32(values[base + t * C + h * HS + d] * att[t - first]));
+        this.y[h * HS + d] = acc;
+      }
+      this.attention[l][h][pos] = att;
+    }
+  }
+}
+
+// ---- sampling: src/microgpt/sampling.py on doubles
+
+function tokenProbabilities(logits, temperature, topK, topP) {
+  const inverseTemperature = 1 / temperature;
+  const scaled = Array.from(logits, logit => logit * inverseTemperature);
+  const maxVal = Math.max(...scaled);
+  const exps = scaled.map(s => Math.exp(s + (-maxVal)));
+  let total = 0;
+  for (const e of exps) total = total + e;  // left to right, as sampling.py sums
+  const inverseTotal = 1 / total;
+  let probs = exps.map(e => e * inverseTotal);
+  if (topK || topP < 1) {
+    // keep the top_k most likely tokens, then the smallest set whose mass reaches top_p (a stable sort, as Python's)
+    let ranked = probs.map((_, i) => i).sort((a, b) => probs[b] - probs[a]);
+    if (topK) ranked = ranked.slice(0, topK);
+    if (topP < 1) {
+      const kept = [];
+      let mass = 0;
+      for (const i of ranked) {
+        kept.push(i);
+        mass += probs[i];
+        if (mass >= topP) break;
+      }
+      ranked = kept;
+    }
+    const keep = new Set(ranked);
+    probs = probs.map((p, i) => (keep.has(i) ? p : 0));
+  }
+  return probs;
+}
+
+// random.choices(range(V), weights=probs)[0]: cumulative weights, then bisect_right(cum, random() * total, 0, V - 1)
+function draw(probs, rng) {
+  const cumulative = [];
+  let sum = 0;
+  for (const p of probs) cumulative.push(sum = sum + p);
+  const u = rng.random() * (cumulative[cumulative.length - 1] + 0);
+  let lo = 0, hi = probs.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (u < cumulative[mid]) hi = mid; else lo = mid + 1;
+  }
+  return lo;
+}
+
+// one sample, as sampling.generate: from BOS, stop at BOS or after block_size tokens; each step keeps the
+// distribution it drew from, for the page's step-through
+function generate(decoder, rng, temperature, topK, topP) {
+  const cfg = decoder.cfg, steps = [];
+  decoder.reset();
+  let token = cfg.bos_id;
+  for (let pos = 0; pos < cfg.block_size; pos++) {
+    const probs = tokenProbabilities(decoder.step(token, pos), temperature, topK, topP);
+    token = draw(probs, rng);
+    steps.push({probs, token});
+    if (token === cfg.bos_id) break;
+  }
+  return steps;
+}
+
+// ---- CPython's random.Random: MT19937 (genrand_uint32), seeded as random.seed(int) seeds it
+
+class PythonRandom {
+  constructor(seed) {
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new Error('seed must be a whole number >= 0');
+    const key = [];  // the seed's 32-bit words, least significant first ([0] for 0), as random_seed splits an int
+    for (let n = seed; n > 0 || key.length === 0; n = Math.floor(n / 4294967296)) key.push(n % 4294967296);
+    this.mt = new Uint32Array(624);
+    this.index = 624;
+    this.gaussNext = null;
+    this.initGenrand(19650218);
+    const mt = this.mt;
+    let i = 1, j = 0;
+    for (let k = Math.max(624, key.length); k > 0; k--) {
+      const prev = mt[i - 1] ^ (mt[i - 1] >>> 30);
+      mt[i] = ((mt[i] ^ Math.imul(prev, 1664525)) + key[j] + j) >>> 0;
+      i++; j++;
+      if (i >= 624) { mt[0] = mt[623]; i = 1; }
+      if (j >= key.length) j = 0;
+    }
+    for (let k = 623; k > 0; k--) {
+      const prev = mt[i - 1] ^ (mt[i - 1] >>> 30);
+      mt[i] = ((mt[i] ^ Math.imul(prev, 1566083941)) - i) >>> 0;
+      i++;
+      if (i >= 624) { mt[0] = mt[623]; i = 1; }
+    }
+    mt[0] = 0x80000000;
+  }
+
+  initGenrand(s) {
+    const mt = this.mt;
+    mt[0] = s >>> 0;
+    for (let i = 1; i < 624; i++) mt[i] = (Math.imul(1812433253, mt[i - 1] ^ (mt[i - 1] >>> 30)) + i) >>> 0;
+  }
+
+  uint32() {
+    const mt = this.mt;
+    if (this.index >= 624) {
+      for (let k = 0; k < 624; k++) {
+        const y = (mt[k] & 0x80000000) | (mt[(k + 1) % 624] & 0x7fffffff);
+        mt[k] = mt[(k + 397) % 624] ^ (y >>> 1) ^ (y & 1 ? 0x9908b0df : 0);
+      }
+      this.index = 0;
+    }
+    let y = mt[this.index++];
+    y ^= y >>> 11;
+    y ^= (y << 7) & 0x9d2c5680;
+    y ^= (y << 15) & 0xefc60000;
+    y ^= y >>> 18;
+    return y >>> 0;
+  }
+
+  random() {  // 53 random bits: (a * 2^26 + b) / 2^53
+    const a = this.uint32() >>> 5, b = this.uint32() >>> 6;
+    return (a * 67108864 + b) / 9007199254740992;
+  }
+
+  gauss(mu, sigma) {  // random.gauss: Box-Muller, the second value kept for the next call
+    let z = this.gaussNext;
+    this.gaussNext = null;
+    if (z === null) {
+      const x2pi = this.random() * (2 * Math.PI);
+      const g2rad = Math.sqrt(-2 * Math.log(1 - this.random()));
+      z = Math.cos(x2pi) * g2rad;
+      this.gaussNext = Math.sin(x2pi) * g2rad;
+    }
+    return mu + z * sigma;
+  }
+
+  randbelow(n) {  // _randbelow_with_getrandbits: getrandbits(n.bit_length()) until it is below n
+    const k = 32 - Math.clz32(n);
+    let r = this.uint32() >>> (32 - k);
+    while (r >= n) r = this.uint32() >>> (32 - k);
+    return r;
+  }
+
+  shuffle(items) {
+    for (let i = items.length - 1; i > 0; i--) {
+      const j = this.randbelow(i + 1);
+      [items[i], items[j]] = [items[j], items[i]];
+    }
+    return items;
+  }
+}
+
+// config.init_parameters in float32: each matrix drawn from rng.gauss(0, init_std) in the table's order;
+// zero-initialised kinds draw nothing
+function initParameters(spec, rng) {
+  const flat = new Float32Array(numParameters(spec.table));
+  for (const p of spec.table) {
+    if (spec.cfg.zero_init.includes(p.kind)) continue;
+    for (let i = 0; i < p.rows * p.cols; i++) flat[p.offset + i] = rng.gauss(0, spec.cfg.init_std);
+  }
+  return flat;
+}
+
+// ---- training: loss and gradients of one document (engines/numpy's loss_and_grads with B = 1)
+
+// out (T, rows) = x (T, cols) @ w.T, w (rows, cols)
+function linear(x, w, T, rows, cols) {
+  const out = new Float32Array(T * rows);
+  for (let t = 0; t < T; t++) matvec(w, rows, cols, x.subarray(t * cols, (t + 1) * cols), out.subarray(t * rows));
+  return out;
+}
+
+// the backward of linear: dw (rows, cols) += dout.T @ x; returns dx (T, cols) = dout @ w
+function linearBackward(dout, x, w, dw, T, rows, cols) {
+  const dx = new Float32Array(T * cols);
+  for (let t = 0; t < T; t++) {
+    for (let r = 0; r < rows; r++) {
+      const g = dout[t * rows + r];
+      if (g === 0) continue;  // adding 0 * anything finite changes nothing
+      for (let j = 0; j < cols; j++) {
+        dw[r * cols + j] = f32(dw[r * cols + j] + f32(g * x[t * cols + j]));
+        dx[t * cols + j] = f32(dx[t * cols + j] + f32(g * w[r * cols + j]));
+      }
+    }
+  }
+  return dx;
+}
+
+// rows of RMSNorm: returns {out (T, C), scale (T,)}
+function rmsnormRows(x, T, C, eps) {
+  const out = new Float32Array(T * C), scale = new Float32Array(T);
+  for (let t = 0; t < T; t++) scale[t] = rmsnorm(x.subarray(t * C, (t + 1) * C), out.subarray(t * C, (t + 1) * C), eps);
+  return {out, scale};
+}
+
+function rmsnormRowsBackward(dout, norm, T, C) {
+  const dx = new Float32Array(T * C);
+  for (let t = 0; t < T; t++) {
+    const rows = [t * C, (t + 1) * C];
+    rmsnormBackward(dout.subarray(...rows), norm.out.subarray(...rows), norm.scale[t], dx.subarray(...rows));
+  }
+  return dx;
+}
+
+// causal (or self-only) multi-head attention of q over k, v, each (T, C); returns {y (T, C), probs (NH, T, T)}
+function attentionForward(q, k, v, T, cfg, scale) {
+  const C = cfg.n_embd, NH = cfg.n_head, HS = C / NH;
+  const y = new Float32Array(T * C), probs = new Float32Array(NH * T * T);
+  for (let h = 0; h < NH; h++) {
+    for (let t = 0; t < T; t++) {
+      const first = cfg.attention === 'self' ? t : 0, row = (h * T + t) * T;
+      let top = -Infinity;
+      for (let s = first; s <= t; s++) {
+        let acc = 0;
+        for (let d = 0; d < HS; d++) acc = f32(acc + f32(q[t * C + h * HS + d] * k[s * C + h * HS + d]));
+        probs[row + s] = f32(acc * scale);
+        top = Math.max(top, probs[row + s]);
+      }
+      let total = 0;
+      for (let s = first; s <= t; s++) total = f32(total + (probs[row + s] = f32(Math.exp(f32(probs[row + s] - top)))));
+      for (let s = first; s <= t; s++) probs[row + s] = f32(probs[row + s] / total);
+      for (let s = first; s <= t; s++) {
+        const p = probs[row + s];
+        for (let d = 0; d < HS; d++) y[t * C + h * HS + d] = f32(y[t * C + h * HS + d] + f32(p * v[s * C + h * HS + d]));
+      }
+    }
+  }
+  return {y, probs};
+}
+
+// softmax: d_att = p * (d_p - sum_s(d_p_s p_s)) * scale; masked entries have p = 0 and get no gradient.
+// The gradient reaches every earlier position's key and value: dk[s] += d_att[t, s] q[t], dv[s] += p[t, s] dy[t]
+function attentionBackward(dy, q, k, v, probs, T, cfg, scale) {
+  const C = cfg.n_embd, NH = cfg.n_head, HS = C / NH;
+  const dq = new Float32Array(T * C), dk = new Float32Array(T * C), dv = new Float32Array(T * C);
+  const dprobs = new Float32Array(T);
+  for (let h = 0; h < NH; h++) {
+    for (let t = 0; t < T; t++) {
+      const first = cfg.attention === 'self' ? t : 0, row = (h * T + t) * T;
+      let weighted = 0;
+      for (let s = first; s <= t; s++) {
+        let acc = 0;
+        for (let d = 0; d < HS; d++) acc = f32(acc + f32(dy[t * C + h * HS + d] * v[s * C + h * HS + d]));
+        dprobs[s] = acc;
+        weighted = f32(weighted + f32(acc * probs[row + s]));
+      }
+      for (let s = first; s <= t; s++) {
+        const p = probs[row + s], datt = f32(f32(p * f32(dprobs[s] - weighted)) * scale);
+        for (let d = 0; d < HS; d++) {
+          const i = h * HS + d;
+          dq[t * C + i] = f32(dq[t * C + i] + f32(datt * k[s * C + i]));
+          dk[s * C + i] = f32(dk[s * C + i] + f32(datt * q[t * C + i]));
+          dv[s * C + i] = f32(dv[s * C + i] + f32(p * dy[t * C + i]));
+        }
+      }
+    }
+  }
+  return {dq, dk, dv};
+}
+
+function addInto(a, b) {  // a += b, float32
+  for (let i = 0; i < a.length; i++) a[i] = f32(a[i] + b[i]);
+  return a;
+}
+
+// The loss of one document [BOS, c1, ..., BOS]: predict tokens 1..n from 0..n-1, n = min(block_size, len - 1);
+// the mean of -log p(target). Fills grads (a flat (P,) buffer, zeroed here) with d loss / d parameters.
+function lossAndGrads(spec, flat, grads, tokens) {
+  const cfg = spec.cfg, C = cfg.n_embd, H = spec.mlp_expansion * C, V = cfg.vocab_size, eps = f32(spec.rmsnorm_eps);
+  const scale = f32(spec.attn_scale);
+  const T = Math.min(cfg.block_size, tokens.length - 1);
+  if (T < 1) throw new Error('a document needs at least 2 tokens');
+  const w = parameterViews(spec.table, flat), g = parameterViews(spec.table, grads);
+  grads.fill(0);
+
+  // ---- forward
+  let x = new Float32Array(T * C);                                              // (T, C)
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < C; i++) x[t * C + i] = f32(w.wte[tokens[t] * C + i] + w.wpe[t * C + i]);
+  }
+  let embedNorm = null;
+  if (cfg.norm === 'microgpt') { embedNorm = rmsnormRows(x, T, C, eps); x = embedNorm.out; }
+  const caches = [];
+  for (let l = 0; l < cfg.n_layer; l++) {
+    const p = 'layer' + l + '.';
+    const norm1 = cfg.norm !== 'none' ? rmsnormRows(x, T, C, eps) : null;
+    const xn = norm1 ? norm1.out : x;                                           // (T, C)
+    const q = linear(xn, w[p + 'attn_wq'], T, C, C);                            // (T, C)
+    const k = linear(xn, w[p + 'attn_wk'], T, C, C);                            // (T, C)
+    const v = linear(xn, w[p + 'attn_wv'], T, C, C);                            // (T, C)
+    const attn = attentionForward(q, k, v, T, cfg, scale);                      // y (T, C), probs (NH, T, T)
+    x = addInto(linear(attn.y, w[p + 'attn_wo'], T, C, C), x);                  // (T, C) residual
+    const norm2 = cfg.norm === 'microgpt' ? rmsnormRows(x, T, C, eps) : null;
+    const xn2 = norm2 ? norm2.out : x;                                          // (T, C)
+    const h = linear(xn2, w[p + 'mlp_fc1'], T, H, C);                           // (T, H) pre-activation
+    const a = h.map(z => (z > 0 ? (cfg.mlp_activation === 'relu2' ? f32(z * z) : z) : 0));  // (T, H)
+    x = addInto(linear(a, w[p + 'mlp_fc2'], T, C, H), x);                       // (T, C) residual
+    caches.push({norm1, xn, q, k, v, attn, norm2, xn2, h, a});
+  }
+  const lmHead = cfg.tie_lm_head ? 'wte' : 'lm_head';
+  const logits = linear(x, w[lmHead], T, V, C);                                 // (T, V)
+
+  // cross-entropy, mean over the T positions; d_logits = (softmax - onehot(target)) / T
+  let loss = 0;
+  const dlogits = new Float32Array(T * V);                                      // (T, V)
+  for (let t = 0; t < T; t++) {
+    const row = logits.subarray(t * V, (t + 1) * V);
+    let top = -Infinity;
+    for (let j = 0; j < V; j++) top = Math.max(top, row[j]);
+    let sumexp = 0;
+    for (let j = 0; j < V; j++) sumexp = f32(sumexp + (dlogits[t * V + j] = f32(Math.exp(f32(row[j] - top)))));
+    const target = tokens[t + 1];
+    loss = f32(loss + f32(f32(f32(Math.log(sumexp)) - f32(row[target] - top)) / T));
+    for (let j = 0; j < V; j++) dlogits[t * V + j] = f32(dlogits[t * V + j] * f32(f32(1 / T) / sumexp));
+    dlogits[t * V + target] = f32(dlogits[t * V + target] - f32(1 / T));
+  }
+
+  // ---- backward: each step's backward in reverse order
+  let dx = linearBackward(dlogits, x, w[lmHead], g[lmHead], T, V, C);           // (T, C)
+  for (let l = cfg.n_layer - 1; l >= 0; l--) {
+    const p = 'layer' + l + '.', c = caches[l];
+    // mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
+    const da = linearBackward(dx, c.a, w[p + 'mlp_fc2'], g[p + 'mlp_fc2'], T, C, H);  // (T, H)
+    for (let i = 0; i < da.length; i++) {  // relu: dh = da (h > 0); relu2: dh = da * 2 relu(h)
+      da[i] = c.h[i] > 0 ? (cfg.mlp_activation === 'relu2' ? f32(da[i] * f32(2 * c.h[i])) : da[i]) : 0;
+    }
+    const dxn2 = linearBackward(da, c.xn2, w[p + 'mlp_fc1'], g[p + 'mlp_fc1'], T, H, C);  // (T, C)
+    addInto(dx, c.norm2 ? rmsnormRowsBackward(dxn2, c.norm2, T, C) : dxn2);
+    // attention block: x_mid = attn(xn @ [wq; wk; wv].T) @ wo.T + x_in
+    const dy = linearBackward(dx, c.attn.y, w[p + 'attn_wo'], g[p + 'attn_wo'], T, C, C);  // (T, C)
+    const {dq, dk, dv} = attentionBackward(dy, c.q, c.k, c.v, c.attn.probs, T, cfg, scale);
+    const dxn = linearBackward(dq, c.xn, w[p + 'attn_wq'], g[p + 'attn_wq'], T, C, C);  // (T, C)
+    addInto(dxn, linearBackward(dk, c.xn, w[p + 'attn_wk'], g[p + 'attn_wk'], T, C, C));
+    addInto(dxn, linearBackward(dv, c.xn, w[p + 'attn_wv'], g[p + 'attn_wv'], T, C, C));
+    addInto(dx, c.norm1 ? rmsnormRowsBackward(dxn, c.norm1, T, C) : dxn);
+  }
+  if (embedNorm) dx = rmsnormRowsBackward(dx, embedNorm, T, C);
+  for (let t = 0; t < T; t++) {
+    for (let i = 0; i < C; i++) {
+      g.wpe[t * C + i] = f32(g.wpe[t * C + i] + dx[t * C + i]);
+      g.wte[tokens[t] * C + i] = f32(g.wte[tokens[t] * C + i] + dx[t * C + i]);
+    }
+  }
+  return loss;
+}
+
+// ---- Adam, in engines/numpy's operation order: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+// p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+function adamUpdate(flat, grads, m, v, lr, train, t) {
+  const b1 = f32(train.beta1), b2 = f32(train.beta2), oneMinusB1 = f32(1 - train.beta1), oneMinusB2 = f32(1 - train.beta2);
+  const c1 = f32(1 - train.beta1 ** t), c2 = f32(1 - train.beta2 ** t), eps = f32(train.eps), lr32 = f32(lr);
+  for (let i = 0; i < flat.length; i++) {
+    const gi = grads[i];
+    m[i] = f32(f32(m[i] * b1) + f32(gi * oneMinusB1));
+    v[i] = f32(f32(v[i] * b2) + f32(f32(gi * gi) * oneMinusB2));
+    const mHat = f32(m[i] / c1), vHat = f32(v[i] / c2);
+    flat[i] = f32(flat[i] - f32(f32(mHat * lr32) / f32(f32(Math.sqrt(vHat)) + eps)));
+  }
+}
+
+// config.learning_rate for microgpt's schedule: linear decay to 0 at `steps`
+function learningRate(train, step) {
+  return train.lr * (1 - step / train.steps);
+}
