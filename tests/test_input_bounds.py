@@ -4,15 +4,21 @@ exported C program) is refused with one line, before it costs memory or time."""
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
 import threading
+import time
 from itertools import islice
 
 import pytest
 
 from conftest import in_ci
+from microgpt import data
 from microgpt.config import ModelConfig, TrainConfig
-from microgpt.data import Vocabulary
+from microgpt.corpus import load_corpus
+from microgpt.data import Vocabulary, load_documents
+from microgpt.errors import MicrogptError
 from microgpt.engines.numpy.engine import NumpyEngine
 from microgpt.export.c import export_c
 from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
@@ -66,3 +72,127 @@ def test_c_program_accepts_the_extremes(c_program):
         assert proc.returncode == 0 and proc.stdout.count('\n') == lines, (args, proc.returncode, proc.stderr)
     same = run_program(c_program, '5', '0.5', '7').stdout
     assert run_program(c_program, '5', '0.5', '007').stdout == same, 'leading zeros change the seed'
+
+
+# ---- runaway and non-text data files
+
+@pytest.mark.parametrize('load', [load_documents, load_corpus], ids=['strings', 'tokens'])
+def test_an_endless_stream_of_nul_bytes_is_refused_at_once(load):
+    started = time.perf_counter()
+    with pytest.raises(MicrogptError) as info:
+        load('/dev/zero')
+    seconds = time.perf_counter() - started
+    assert 'not a text file' in str(info.value) and 'offset 0' in str(info.value), str(info.value)
+    assert seconds < 5, f"{seconds:.1f} s to refuse /dev/zero"
+
+
+@pytest.mark.parametrize('raw, fragment', [
+    (b'anna\nbob\x00\n', 'offset 8'), (b'anna\n\xff\xfe\n', 'offset 5'), (bytes(range(256)) * 4, 'not a text file'),
+    (b'\x89PNG\r\n\x1a\n' + bytes(100), 'not a text file'), (b'ok\n' * 10 + 'é'.encode('utf-8')[:1], 'offset 30'),
+])
+@pytest.mark.parametrize('load', [load_documents, load_corpus], ids=['strings', 'tokens'])
+def test_a_file_that_is_not_text_is_one_line(tmp_path, raw, fragment, load):
+    path = tmp_path / 'data.bin'
+    path.write_bytes(raw)
+    with pytest.raises(MicrogptError) as info:
+        load(str(path))
+    message = str(info.value)
+    assert fragment in message and str(path) in message and '\n' not in message, message
+
+
+def endless_writer(fifo, stop):
+    """Write 'abc\\n' into the named pipe until the reader closes it."""
+    try:
+        with open(fifo, 'wb') as f:
+            while not stop.is_set():
+                f.write(b'abc\n' * 4096)
+    except BrokenPipeError:
+        pass
+
+
+@pytest.mark.parametrize('load', [load_documents, load_corpus], ids=['strings', 'tokens'])
+def test_an_endless_text_stream_is_bounded(tmp_path, monkeypatch, load):
+    monkeypatch.setattr(data, 'MAX_STREAM_BYTES', 2**20)
+    fifo = str(tmp_path / 'fifo')
+    os.mkfifo(fifo)
+    stop = threading.Event()
+    writer = threading.Thread(target=endless_writer, args=(fifo, stop), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(MicrogptError) as info:
+            load(fifo)
+    finally:
+        stop.set()
+    assert 'a stream of more than 1,048,576 bytes' in str(info.value) and 'into a file' in str(info.value), \
+        str(info.value)
+
+
+def test_a_bounded_stream_loads_like_the_file(tmp_path):
+    fifo = str(tmp_path / 'fifo')
+    os.mkfifo(fifo)
+    text = b'anna\r\nbob\n\n  cy  \n'
+    writer = threading.Thread(target=lambda: open(fifo, 'wb').write(text), daemon=True)
+    writer.start()
+    assert load_documents(fifo) == ['anna', 'bob', 'cy']
+
+
+def test_an_endless_line_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, 'MAX_LINE_BYTES', 1000)
+    monkeypatch.setattr(data, 'READ_BYTES', 256)
+    path = tmp_path / 'one-line.txt'
+    path.write_bytes(b'ok\n' + b'a' * 5000)
+    with pytest.raises(MicrogptError, match='a line of more than 1,000 bytes at offset 3'):
+        load_documents(str(path))
+
+
+def test_a_file_that_grows_while_read_is_read_up_to_its_size_at_opening(tmp_path, monkeypatch):
+    path = tmp_path / 'growing.txt'
+    path.write_bytes(b'anna\nbob\n')
+    real_read_pieces = data.read_pieces
+
+    def grow_then_read(p):
+        pieces = real_read_pieces(p)
+        first = next(pieces)
+        with open(path, 'ab') as f:
+            f.write(b'late\n' * 1000)
+        yield first
+        yield from pieces
+    monkeypatch.setattr(data, 'READ_BYTES', 4)
+    monkeypatch.setattr(data, 'read_pieces', grow_then_read)
+    assert load_documents(str(path)) == ['anna', 'bob'], load_documents(str(path))
+
+
+CTRL_C_WHILE_READING = '''
+import sys
+from microgpt.{module} import {function}
+print('reading', flush=True)
+{function}('/dev/stdin')
+'''
+
+
+@pytest.mark.parametrize('module, function', [('data', 'load_documents'), ('corpus', 'load_corpus')])
+def test_ctrl_c_while_reading_an_endless_stream(module, function):
+    """A slow endless pipe: Ctrl-C stops the read within a second (pieces are read in Python)."""
+    proc = subprocess.Popen([sys.executable, '-c', CTRL_C_WHILE_READING.format(module=module, function=function)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b'reading\n'
+    stop = threading.Event()
+
+    def feed():
+        try:
+            while not stop.is_set():
+                proc.stdin.write(b'abc\n' * 1000)
+                proc.stdin.flush()
+                time.sleep(0.01)
+        except (BrokenPipeError, ValueError):
+            pass
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        stop.set()
+        proc.kill()
+    assert proc.returncode != 0 and b'KeyboardInterrupt' in err, (proc.returncode, err[-500:])

@@ -65,11 +65,11 @@ def read_pieces(path):
                     yield offset, carry[:cut]
                     offset, carry = offset + cut, carry[cut:]
                 if len(carry) > MAX_LINE_BYTES:
-                    raise MicrogptError(f"{path}: a line longer than {MAX_LINE_BYTES // 2**20} MiB at offset {offset}; "
+                    raise MicrogptError(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
                                         f"{TEXT_HINT}")
                 if not regular and offset + len(carry) >= MAX_STREAM_BYTES and f.read(1):
-                    raise MicrogptError(f"{path}: a stream longer than {MAX_STREAM_BYTES // 2**30} GiB; save it "
-                                        f"into a file first (files of any size are read)")
+                    raise MicrogptError(f"{path}: a stream of more than {MAX_STREAM_BYTES:,} bytes; save it into "
+                                        f"a file first (files of any size are read)")
                 if regular and offset + len(carry) >= limit:
                     break
             if carry:
