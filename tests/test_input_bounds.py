@@ -19,6 +19,7 @@ from microgpt.config import ModelConfig, TrainConfig
 from microgpt.corpus import load_corpus
 from microgpt.data import Vocabulary, load_documents
 from microgpt.errors import MicrogptError
+from microgpt.memory import available_bytes, check_memory, estimate_bytes
 from microgpt.engines.numpy.engine import NumpyEngine
 from microgpt.export.c import export_c
 from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
@@ -196,3 +197,40 @@ def test_ctrl_c_while_reading_an_endless_stream(module, function):
         stop.set()
         proc.kill()
     assert proc.returncode != 0 and b'KeyboardInterrupt' in err, (proc.returncode, err[-500:])
+
+
+# ---- a model too large for the machine is one line before any allocation; memory follows the data
+
+def test_memory_follows_the_data_not_the_block():
+    """Growing the block past the longest document grows only what is sized by the block: wpe (a parameter,
+    8 copies with gradients, Adam's moments and scratch) and the sampling KV cache (L, 2, block, C)."""
+    small, huge = ModelConfig(vocab_size=27, block_size=16), ModelConfig(vocab_size=27, block_size=100000)
+    grown = estimate_bytes(huge, 32, 15) - estimate_bytes(small, 32, 15)
+    want = 8 * (8 * 16 + 2 * 1 * 16) * (100000 - 16)
+    assert grown == want, (grown, want)
+    check_memory(huge, 32, 15, available=2**30)  # 100,000 positions of names fit in 1 GiB: the data is short
+
+
+def test_a_long_document_counts_up_to_the_block():
+    cfg = ModelConfig(vocab_size=27, block_size=64)
+    assert estimate_bytes(cfg, 1, 1000) == estimate_bytes(cfg, 1, 63) > estimate_bytes(cfg, 1, 62), \
+        (estimate_bytes(cfg, 1, 1000), estimate_bytes(cfg, 1, 63), estimate_bytes(cfg, 1, 62))
+
+
+@pytest.mark.parametrize('cfg, batch, longest, dtype', [
+    (ModelConfig(vocab_size=27, n_embd=4096, n_head=4, n_layer=64, block_size=100000), 1, 15, 'float64'),
+    (ModelConfig(vocab_size=27, block_size=100000), 64, 100000, 'float32'),
+    (ModelConfig(vocab_size=60000, n_embd=2048, block_size=64), 512, 63, 'float64'),
+], ids=['wide-deep', 'long-documents', 'large-vocabulary-batch'])
+def test_a_model_too_large_for_the_machine_is_one_line(cfg, batch, longest, dtype):
+    need = estimate_bytes(cfg, batch, longest, dtype)
+    with pytest.raises(MicrogptError) as info:
+        check_memory(cfg, batch, longest, dtype, available=need)  # 80% of it is usable: too little
+    message = str(info.value)
+    assert '\n' not in message and 'GiB' in message and '--block-size' in message, message
+    check_memory(cfg, batch, longest, dtype, available=2 * need)
+
+
+def test_available_memory_is_read():
+    have = available_bytes()
+    assert 2**26 < have <= os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE'), have
