@@ -229,8 +229,9 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
     out += ['static const long layer_offset[N_LAYER] = {  /* where each layer\'s parameters start */',
             '    ' + ', '.join(str(by_name[f'layer{layer}.{kinds[0]}'].offset) for layer in range(cfg.n_layer)),
             '};',
-            'static const struct parameter {',
-            '    const char *name;', '    long offset, rows, cols;', '    int zero_init;  /* drawn as zeros */',
+            'static const struct parameter {  /* no pointers, so the table needs no relocation: flash only */',
+            f'    char name[{max(len(p.name) for p in table) + 1}];', '    long offset, rows, cols;',
+            '    int zero_init;  /* drawn as zeros */',
             '} parameters[N_TENSORS] = {']
     out += [f'    {{"{p.name}", {p.offset}, {p.rows}, {p.cols}, {int(p.kind in cfg.zero_init)}}},' for p in table]
     out += ['};', '', '/* ---- vocabulary: the UTF-8 bytes of each token; BOS prints nothing */',
