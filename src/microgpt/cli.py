@@ -141,6 +141,9 @@ def build_parser():
                                    'DIR/microgpt_names.c (inference, no malloc), and print the memory budget.')
     _add_checkpoint_flag(p)
     p.add_argument('--c', required=True, metavar='DIR', help='folder for weights.h and microgpt_names.c')
+    p.add_argument('--web', action='store_true',
+                   help='write DIR/index.html instead: one self-contained web page that runs the model in the browser')
+    p.add_argument('--force', action='store_true', help='with --web, write into DIR even if it is not empty')
     p.set_defaults(run=commands.cmd_export)
 
     p = sub.add_parser('info', help='describe a checkpoint and its memory budget',

@@ -253,6 +253,11 @@ def _print_memory(rows, out):
 
 
 def cmd_export(args, out, err):
+    if args.web:
+        from .export.web import export_web
+        info = export_web(args.checkpoint, args.c, force=args.force)
+        print(f"wrote {info.page}: open it in a browser (no server needed)", file=out)
+        return
     from .train.checkpoint import load_checkpoint
     from .export.c import export_c
     info = export_c(load_checkpoint(args.checkpoint), args.c)
