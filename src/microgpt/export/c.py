@@ -148,35 +148,22 @@ def _attention_scale(cfg):
 # ---- the memory a device needs
 
 def memory_budget(cfg):
-    """(item, bytes) rows: flash and RAM of microgpt_names.c, and what training on the device would take.
+    """(item, bytes) rows: flash and RAM of microgpt_names.c (training: c_train.training_memory_budget).
 
-    Letters: P parameters, V vocabulary, C n_embd, T block_size, L n_layer, NH n_head; 4 bytes a float32.
+    Letters: P parameters, V vocabulary, C n_embd, T block_size, L n_layer; 4 bytes a float32.
     Flash: the weights, P * 4, and the token table, V * 5 chars.
     RAM of inference: exactly the C program's static buffers:
       KV cache     kv_keys + kv_values              2 * L * T * C floats
       activations  act_x, act_xn, act_q, act_y (C each), act_h (4C), act_att (T), act_logits (V)
                                                     8C + T + V floats
       PRNG state   rng_state                        8 bytes
-    Training (one document of T tokens, float32): parameters, gradients and Adam's m and v, P floats each,
-    plus what the forward pass keeps for the backward pass (the NumPy engine's caches):
-      per block    xn (TC) and its RMSNorm scale (T, unless norm = none); q, k, v (3TC); attention
-                   probabilities (NH T T); attention output y (TC); the MLP input xn2 (TC) and its scale
-                   (T, norm = microgpt only); the pre-activation h or relu(h) (4TC); the activation (4TC)
-                   = 14TC + NH T^2 + (0, 1 or 2) T floats
-      outside      the embedding's RMSNorm output and scale (TC + T, norm = microgpt only), the final
-                   residual stream (TC), and the cross-entropy's exp(logits) and their row sums (TV + T)
-    Transient gradient buffers of the backward pass (a few (T, 4C) and (NH, T, T) arrays) come on top.
     """
-    P, V, C, T, L, NH = num_parameters(cfg), cfg.vocab_size, cfg.n_embd, cfg.block_size, cfg.n_layer, cfg.n_head
-    n_block_norms = (cfg.norm != 'none') + (cfg.norm == 'microgpt')
+    P, V, C, T, L = num_parameters(cfg), cfg.vocab_size, cfg.n_embd, cfg.block_size, cfg.n_layer
     kv_cache = 2 * L * T * C * FLOAT_BYTES
     activations = (8 * C + T + V) * FLOAT_BYTES
     rng_state = 8
-    per_block = (14 * T * C + NH * T * T + n_block_norms * T) * FLOAT_BYTES
-    outside = ((T * C + T) * (cfg.norm == 'microgpt') + T * C + T * V + T) * FLOAT_BYTES
     state = P * FLOAT_BYTES
     inference_ram = kv_cache + activations + rng_state
-    training_ram = 4 * state + L * per_block + outside
     return [
         ('flash: weights (float32)', state),
         ('flash: token table', V * TOKEN_BYTES),
@@ -184,13 +171,6 @@ def memory_budget(cfg):
         ('inference RAM: activations', activations),
         ('inference RAM: PRNG state', rng_state),
         ('inference RAM: total', inference_ram),
-        ('training RAM: parameters', state),
-        ('training RAM: gradients', state),
-        ('training RAM: Adam m', state),
-        ('training RAM: Adam v', state),
-        ('training RAM: activations of one block, saved for backward', per_block),
-        ('training RAM: activations outside the blocks', outside),
-        ('training RAM: total', training_ram),
     ]
 
 
