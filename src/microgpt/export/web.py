@@ -1,7 +1,7 @@
 """Export a checkpoint as one self-contained web page that runs the model in the browser.
 
 `export_web` writes DIR/index.html: web_template/index.html with the model (microgpt.js), the training worker
-(worker.js) and the interface (page.js) inlined, and the page's data as JSON: the configuration, THE parameter
+(worker.js), the sampler (sampling.js), the charts (charts.js) and the interface (page.js) inlined, and the page's data as JSON: the configuration, THE parameter
 table (config.parameter_table; the JavaScript takes every offset and shape from it), the weights as base64
 little-endian float32 in that table's flat order, the vocabulary, the run's metrics (metrics.jsonl beside the
 checkpoint) and the training documents. No CDN, no server, no build step: it opens from file:// and from any
@@ -25,7 +25,8 @@ from ..train.checkpoint import load_checkpoint
 from ..train.run import METRICS_FILE
 
 PAGE = 'index.html'
-TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@PAGE_JS@': 'page.js'}
+TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
+                    '@CHARTS_JS@': 'charts.js', '@PAGE_JS@': 'page.js'}
 MAX_CURVE_POINTS = 2000              # a longer training curve is drawn from the means of this many bins of steps
 MAX_EMBEDDED_CHARS = 4 * 2**20       # training documents beyond this are left out of the page (paste a list instead)
 
