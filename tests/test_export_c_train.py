@@ -25,7 +25,8 @@ from microgpt.export.c_train import (BUILD_COMMAND, C_HEADER, C_SOURCE, GRADCHEC
                                      RAM_LIMIT, budget_total, export_c_train, training_memory_budget)
 from microgpt.train.loop import train
 
-from helpers import NAMES, NAMES_PATH, require_file, require_tool, run_cli_in_process, switches_id, write_names
+from helpers import (NAMES, NAMES_PATH, assert_one_line_error, require_file, require_tool, run_cli_in_process,
+                     switches_id, write_names)
 
 WARNINGS = ['-Wall', '-Wextra', '-pedantic', '-Werror', '-std=c99', '-O2']
 STEP_TOLERANCE = 1e-4   # per-step loss, C against numpy float32, first 100 steps
@@ -255,3 +256,44 @@ def test_build_command_is_the_one_printed(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([C_HEADER, C_SOURCE])
     proc = subprocess.run(BUILD_COMMAND.split() + ['-Werror'], cwd=out, capture_output=True, text=True)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
+
+
+# ---- the command line
+
+def test_cli_exports_a_program_that_builds_and_info_prints_both_budgets(tmp_path):
+    data = write_names(tmp_path / 'names.txt')
+    code, out, err = run_cli_in_process('export', '--train', '--out', str(tmp_path / 'c'), '--data', data)
+    assert code == 0, err
+    cfg = ModelConfig(vocab_size=Vocabulary.from_documents(NAMES).size)
+    total = next(line for line in out.splitlines() if line.startswith('training RAM: total'))
+    assert total.split()[-2] == f"{budget_total(cfg):,}", (total, budget_total(cfg))
+    assert run(build(tmp_path / 'c'), 3, 1, 2).count('\n') == 3 + 2 + 2
+    code, out, err = run_cli_in_process('train', '--steps', '3', '--data', data, '--out', str(tmp_path / 'run'))
+    assert code == 0, err
+    code, out, err = run_cli_in_process('info', '--checkpoint', str(tmp_path / 'run' / 'model.safetensors'))
+    assert code == 0, err
+    for label, low_memory in (('training RAM', False), ('training RAM, low memory', True)):
+        line = next(line for line in out.splitlines() if line.startswith(f'{label}: total'))
+        assert line.split()[-2] == f"{budget_total(cfg, low_memory):,}", (line, low_memory)
+
+
+@pytest.mark.parametrize('flags, fragment', [
+    (['--n-embd-is-not-a-flag'], 'unrecognized'),
+    (['--ram', '1000'], 'more than the 1,000 allowed'),
+    (['--data', 'EMPTY'], 'no non-blank lines'),
+    (['--checkpoint', 'CKPT', '--data', 'ACCENTED'], 'not in the checkpoint\'s vocabulary'),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, fragment):
+    names = write_names(tmp_path / 'names.txt')
+    (tmp_path / 'empty.txt').write_text('\n \n')
+    (tmp_path / 'accented.txt').write_text('zoë\nemma\n')
+    if 'CKPT' in flags:
+        assert run_cli_in_process('train', '--steps', '2', '--data', names, '--out', str(tmp_path / 'run'))[0] == 0
+    paths = {'EMPTY': str(tmp_path / 'empty.txt'), 'ACCENTED': str(tmp_path / 'accented.txt'),
+             'CKPT': str(tmp_path / 'run' / 'model.safetensors')}
+    flags = [paths.get(flag, flag) for flag in flags]
+    if '--data' not in flags:
+        flags += ['--data', names]
+    code, out, err = run_cli_in_process('export', '--train', '--out', str(tmp_path / 'c'), *flags)
+    assert_one_line_error(code, out, err, fragment)
+    assert not (tmp_path / 'c').exists()

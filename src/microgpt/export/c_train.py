@@ -54,24 +54,24 @@ def training_memory_budget(cfg, low_memory=False):
     if not low_memory:
         rows.append(('gradients', P * f))
     if low_memory:
-        rows.append(('activations of one layer, saved for backward', layer))
+        rows.append(('activations of one layer', layer))
         if L > 1:
-            rows.append(('inputs of the earlier layers, to recompute them', ((L - 1) * T * C + C) * f))
+            rows.append(('inputs of the earlier layers', ((L - 1) * T * C + C) * f))
     else:
-        rows.append((f'activations of {L} layer(s), saved for backward', L * layer))
+        rows.append((f'activations of {L} layer(s)', L * layer))
     rows += [
-        ('residual stream and its gradient', T * C * f),
-        ('logits and their gradient', T * V * f),
+        ('residual stream', T * C * f),
+        ('logits', T * V * f),
         ('gradient of a normalised input', T * C * f),
     ]
     if cfg.tie_lm_head:
-        rows.append(("wte's gradient as lm_head (tied)", V * C * f))
+        rows.append(("wte's gradient as lm_head", V * C * f))
     tensors = len(parameter_table(cfg))
     rows += [
-        ('rows: a gradient column, MLP activation' + (', attention' if low_memory else ''),
+        ('rows of one position',
          (T + H + (T if low_memory else 0)) * f),
         ('sampled name', T * token_bytes(cfg)),
-        ('Adam step constants, PRNG, gradient check', 3 * f + RNG_BYTES + INT_BYTES + tensors * GRADCHECK_PER_TENSOR * f),
+        ('step constants, PRNG, gradcheck', 3 * f + RNG_BYTES + INT_BYTES + tensors * GRADCHECK_PER_TENSOR * f),
     ]
     rows.append(('total', sum(size for _, size in rows)))
     return rows
@@ -254,3 +254,33 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
         out.append('};')
     out += ['', '#endif', '']
     return '\n'.join(out)
+
+
+# ---- what `microgpt export --train` exports
+
+def export_training_program(out_dir, checkpoint=None, data=None, low_memory=False, ram_limit=None, seed=42):
+    """export_c_train for the command line. With a checkpoint: its model, vocabulary and weights (fine-tuning
+    starts from them), and its training data unless `data` is given; without: microgpt's model on `data`
+    (default: the bundled names), initialised on the device. Documents are shuffled by random.Random(seed)
+    as microgpt shuffles them."""
+    import random
+
+    from ..config import ModelConfig
+    from ..data import Vocabulary, bundled_dataset_path, load_documents, shuffled
+    if checkpoint is not None:
+        from ..train.checkpoint import load_checkpoint
+        ckpt = load_checkpoint(checkpoint)
+        data = data or ckpt.meta.get('data_path')
+        if not data or not os.path.exists(data):
+            raise MicrogptError(f"the checkpoint's training data {data!r} is not there; give --data FILE")
+        cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
+    data = data or bundled_dataset_path()
+    docs = shuffled(load_documents(data), random.Random(seed))
+    if checkpoint is None:
+        vocab = Vocabulary.from_documents(docs)
+        cfg, weights = ModelConfig(vocab_size=vocab.size), None
+    unknown = sorted(set(''.join(docs)) - set(vocab.chars))
+    if unknown:
+        raise MicrogptError(f"{data}: {', '.join(map(repr, unknown[:10]))} not in the checkpoint's vocabulary; "
+                            f"give data with only these characters: {vocab.chars!r}")
+    return export_c_train(out_dir, docs, cfg, vocab, None, weights, low_memory, ram_limit)
