@@ -139,11 +139,23 @@ def build_parser():
     p = sub.add_parser('export', help='write a checkpoint as a self-contained C99 program (microcontrollers)',
                        description='Write DIR/weights.h (weights as static const float arrays) and '
                                    'DIR/microgpt_names.c (inference, no malloc), and print the memory budget.')
-    _add_checkpoint_flag(p)
+    p.add_argument('--checkpoint', default=None,
+                   help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
     p.add_argument('--c', required=True, metavar='DIR', help='folder for weights.h and microgpt_names.c')
     p.add_argument('--web', action='store_true',
                    help='write DIR/index.html instead: one self-contained web page that runs the model in the browser')
     p.add_argument('--force', action='store_true', help='with --web, write into DIR even if it is not empty')
+    g = p.add_argument_group('--train: a C program that trains on the device')
+    g.add_argument('--train', action='store_true',
+                   help='write DIR/train_data.h and DIR/microgpt_train.c instead: training on the device (from the '
+                        'checkpoint\'s weights, or from a seed without --checkpoint), then sampling')
+    g.add_argument('--data', default=None, metavar='FILE',
+                   help='the documents to train on (default: the checkpoint\'s data, or the bundled names)')
+    g.add_argument('--low-memory', action='store_true',
+                   help='keep no gradient buffer and recompute attention: 64 KB of RAM for the default model')
+    g.add_argument('--ram', type=int, default=None, metavar='BYTES',
+                   help='the most RAM training may take (default: 98304, or 65536 with --low-memory)')
+    g.add_argument('--seed', type=int, default=42, help='seed of the document shuffle, as microgpt\'s (default: 42)')
     p.set_defaults(run=commands.cmd_export)
 
     p = sub.add_parser('info', help='describe a checkpoint and its memory budget',

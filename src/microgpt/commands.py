@@ -253,6 +253,13 @@ def _print_memory(rows, out):
 
 
 def cmd_export(args, out, err):
+    if args.train:
+        _export_training_program(args, out)
+        return
+    if args.checkpoint is None:
+        raise MicrogptError("export needs --checkpoint PATH; only --train can start without one")
+    if args.low_memory or args.ram is not None or args.data is not None:
+        raise MicrogptError("--data, --low-memory and --ram go with --train")
     if args.web:
         from .export.web import export_web
         info = export_web(args.checkpoint, args.c, force=args.force)
@@ -266,6 +273,16 @@ def cmd_export(args, out, err):
     print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
     print("run:   ./microgpt_names 20 0.5 42   (names, temperature, seed)", file=out)
     _print_memory(info.memory, out)
+
+
+def _export_training_program(args, out):
+    from .export.c_train import export_training_program
+    info = export_training_program(args.c, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
+    for path in info.files:
+        print(f"wrote {path}", file=out)
+    print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
+    print("run:   ./microgpt_train 1000 42 20   (steps, seed, names)", file=out)
+    _print_memory([(f"training RAM: {item}", size) for item, size in info.memory], out)
 
 
 def cmd_info(args, out, err):
@@ -288,3 +305,7 @@ def cmd_info(args, out, err):
             print(f"{key}: {meta[key]}", file=out)
     print("memory budget (float32):", file=out)
     _print_memory(memory_budget(ckpt.model_cfg), out)
+    from .export.c_train import training_memory_budget
+    for low_memory, what in ((False, 'training RAM'), (True, 'training RAM, low memory')):
+        _print_memory([(f"{what}: {item}", size) for item, size in training_memory_budget(ckpt.model_cfg, low_memory)],
+                      out)
