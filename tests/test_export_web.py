@@ -21,12 +21,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microgpt.config import ModelConfig, TrainConfig, learning_rate
+from dataclasses import asdict
+
+from microgpt.config import ModelConfig, TrainConfig, learning_rate, parameter_table
 from microgpt.data import Vocabulary, bundled_dataset_path, load_documents, shuffled
 from microgpt.engines import EngineState, make_engine
 from microgpt.errors import MicrogptError
 from microgpt.export.c import logits_like_c
 from microgpt.export.web import PAGE, export_web, flat_weights
+from microgpt.train.checkpoint import load_checkpoint
 from microgpt.sampling import generate
 from microgpt.train.checkpoint import save_checkpoint
 
@@ -144,7 +147,6 @@ def names_page(tmp_path_factory):
     records[99]['val_loss'] = 2.5
     (folder / 'run' / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records), encoding='utf-8')
     info = export_web(path, str(folder / 'page'))
-    from microgpt.train.checkpoint import load_checkpoint
     return info.page, load_checkpoint(path)
 
 
@@ -156,7 +158,6 @@ def test_page_logits_equal_numpy_float32(browser, tmp_path, name):
     docs = NAMES + ODD_NAMES if name == 'default' else NAMES
     path = checkpoint_of(tmp_path / 'run', docs, **model)
     page = export_web(path, str(tmp_path / 'page')).page
-    from microgpt.train.checkpoint import load_checkpoint
     ckpt = load_checkpoint(path)
     cfg = ckpt.model_cfg
     open_page(browser, page)
@@ -305,7 +306,7 @@ def test_the_run_screenshot_is_not_blank_and_no_console_errors(browser, names_pa
     page, ckpt = names_page
     open_page(browser, page)
     info = browser.find_element('id', 'run-info').text
-    assert '200 / 200' in info and 'held-out loss' in info, info
+    assert '200 / 200' in info and '2.5000 nats per character (best in metrics.jsonl)' in info, info
     assert browser.find_element('id', 'loss-chart').is_displayed()
     assert 'held-out (orange)' in browser.find_element('id', 'loss-caption').text
     shot = tmp_path / 'page.png'
@@ -423,3 +424,30 @@ def test_damaged_metrics_are_named(tmp_path):
         export_web(path, str(tmp_path / 'page2'), metrics_path=str(tmp_path / 'absent.jsonl'))
     (tmp_path / 'run' / 'metrics.jsonl').unlink()
     assert export_web(path, str(tmp_path / 'page3')).metrics_path is None
+
+
+# ---- what the page carries, and the command line
+
+def page_data(page):
+    text = Path(page).read_text(encoding='utf-8')
+    start = text.index('<script id="microgpt-data" type="application/json">') + len('<script id="microgpt-data" type="application/json">')
+    return json.loads(text[start:text.index('</script>', start)])
+
+
+def test_the_page_carries_the_parameter_table_and_the_weights_in_its_order(tmp_path):
+    import base64
+    data_path = tmp_path / 'odd.txt'
+    data_path.write_text('\n'.join(NAMES + ODD_NAMES), encoding='utf-8')
+    path = checkpoint_of(tmp_path / 'run', NAMES + ODD_NAMES, steps=3, data_path=data_path, n_layer=2, tie_lm_head=True)
+    ckpt = load_checkpoint(path)
+    data = page_data(export_web(path, str(tmp_path / 'page')).page)
+    assert data['spec']['table'] == [asdict(p) for p in parameter_table(ckpt.model_cfg)]
+    flat = np.frombuffer(base64.b64decode(data['weights']), '<f4')
+    for p in parameter_table(ckpt.model_cfg):
+        assert np.array_equal(flat[p.offset:p.offset + p.size].reshape(p.shape), ckpt.weights[p.name]), p.name
+    assert data['tokens'][ckpt.model_cfg.bos_id] is None
+    assert {ch: i for i, ch in enumerate(data['tokens']) if ch is not None} == ckpt.vocab.index
+    assert data['train']['spec']['table'] == [asdict(p) for p in parameter_table(ModelConfig(vocab_size=ckpt.vocab.size))]
+    assert data['train']['documents'] == NAMES + ODD_NAMES
+    assert '</script>b' not in Path(tmp_path / 'page' / PAGE).read_text(encoding='utf-8')  # '<' is escaped in the JSON
+

@@ -166,8 +166,12 @@ def page_data(ckpt, metrics, documents, source):
         tokens[token_id] = ch
     data_path = ckpt.meta.get('data_path')
     best = ckpt.meta.get('best_val_loss')
-    held_out = (f"{best:.4f} nats per character (best of the run)" if isinstance(best, (int, float)) and math.isfinite(best)
-                else "not measured (trained without --eval-every)")
+    if isinstance(best, (int, float)) and math.isfinite(best):
+        held_out = f"{best:.4f} nats per character (best of the run)"
+    elif metrics and metrics['val']:
+        held_out = f"{min(loss for _, loss in metrics['val']):.4f} nats per character (best in metrics.jsonl)"
+    else:
+        held_out = "not measured (trained without --eval-every)"
     switches = (f"norm {cfg.norm}, {cfg.mlp_activation}, attention {cfg.attention}, BOS {cfg.bos}"
                 + (", lm_head tied to wte" if cfg.tie_lm_head else ""))
     info = {
