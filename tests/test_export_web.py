@@ -358,6 +358,28 @@ def test_train_in_worker_equals_numpy_float32(browser, tmp_path):
     assert console_errors(browser) == []
 
 
+@pytest.mark.parametrize('name', [name for name in CONFIGS if name != 'default'])
+def test_train_in_worker_equals_numpy_float32_for_every_switch(browser, tmp_path, name):
+    """The worker's backward and Adam for the other norms, relu2, a tied lm_head, self-attention, BOS first and
+    two layers: 100 steps from the checkpoint's weights, against the numpy engine's float32 steps."""
+    path = checkpoint_of(tmp_path / 'run', NAMES, steps=5, **CONFIGS[name])
+    ckpt = load_checkpoint(path)
+    open_page(browser, export_web(path, str(tmp_path / 'page')).page)
+    engine = make_engine('numpy', ckpt.model_cfg, random.Random(0), 'float32')
+    engine.load_state(EngineState(ckpt.weights, None, None, 0))
+    tcfg = TrainConfig(steps=100)  # the page's run of 100 steps decays the learning rate to 0 at step 100 too
+    tokens = [ckpt.vocab.document_tokens(d) for d in shuffled(NAMES, random.Random(1))]
+    want = [engine.train_step([tokens[step % len(tokens)]], learning_rate(tcfg, step), tcfg) for step in range(100)]
+    result = browser.execute_async_script(
+        'const done = arguments[arguments.length - 1];'
+        'window.microgpt.trainWith(arguments[0], arguments[1], arguments[2], true).then(done, e => done(String(e)));',
+        flat_weights(ckpt.weights, ckpt.model_cfg).tolist(), tokens, 100)
+    assert isinstance(result, dict), result
+    worst = max(abs(a - b) for a, b in zip(result['losses'], want))
+    assert len(result['losses']) == 100 and worst <= TRAIN_TOLERANCE, (name, worst, result['losses'][:3], want[:3])
+    assert console_errors(browser) == []
+
+
 def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     from selenium.webdriver.support.ui import WebDriverWait
     page, ckpt = names_page

@@ -316,7 +316,9 @@ window.microgpt = {
   logits: ids => Array.from(feed(ids)),
   sample: settings => sampleWith(settings).map(s => s.name),
   initTraining: (seed, docs) => { const {order, weights} = startTraining(seed, docs); return {order, weights: Array.from(weights)}; },
-  // trains DATA.train.spec from the given weights on the given documents (token ids) in the given order
-  trainWith: (weights, documents, steps) => trainInWorker(DATA.train.spec, Float32Array.from(weights), documents, steps, () => {}).done
+  // trains microgpt's default model (or, with checkpointModel, the checkpoint's) from the given weights on the
+  // given documents (token ids) in the given order, with microgpt's optimiser
+  trainWith: (weights, documents, steps, checkpointModel) => trainInWorker(
+    checkpointModel ? DATA.spec : DATA.train.spec, Float32Array.from(weights), documents, steps, () => {}).done
     .then(result => ({losses: result.losses, ms: result.ms})),
 };
