@@ -1,0 +1,250 @@
+"""Run a search: trials are whole training runs on the fused engine, told to one Optuna study.
+
+Each trial asks the study for a point of the space (space.py), trains it as `microgpt train` would with those
+flags (the makemore preset as the base, float32, a held-out split of distinct names, evaluation 8 times a run)
+into DIR/trials/NNNN, reports every held-out loss to the study's pruner, and is told back as complete (its best
+held-out loss), pruned, or failed. Trials are asked and told one at a time (Optuna's ask-and-tell), so several
+processes, here or on other machines, can share one storage: the storage gives each trial to one process.
+"""
+
+import hashlib
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from ..config import ModelConfig, TrainConfig, flag_name
+from ..data import bundled_dataset_path, holdout_split, load_documents
+from ..errors import MicrogptError
+from ..presets import fields_of, model_settings, resolve
+from ..train.run import EvalReport, TrainingRun
+from ..train.setup import RunConfig, RunSettings
+from . import space
+
+BASE_PRESET = 'makemore'    # what a trial's flags override: init std 0.02, Adam betas 0.9 / 0.99
+EVALUATIONS = 8             # held-out evaluations per trial, each reported to the pruner
+STUDY_DB = 'tune.db'
+TRIALS_DIR = 'trials'
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    data: str                # None: the bundled names
+    out: str
+    trials: int = None       # the study's total number of finished trials to reach
+    minutes: float = None    # wall-clock budget of this invocation: no trial starts after it
+    storage: str = None      # an Optuna storage URL; None: sqlite in out
+    workers: int = 1
+    study: str = 'microgpt'
+    max_steps: int = 20000   # cap on a trial's steps
+    seed: int = 42
+
+    def check(self):
+        if self.trials is None and self.minutes is None:
+            raise MicrogptError("give a budget: --trials N and/or --minutes M")
+        if self.trials is not None and self.trials < 1:
+            raise MicrogptError(f"--trials must be at least 1, got {self.trials}")
+        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
+            raise MicrogptError(f"--minutes must be a positive number, got {self.minutes}")
+        if self.workers < 1:
+            raise MicrogptError(f"--workers must be at least 1, got {self.workers}")
+        if self.max_steps < 50:
+            raise MicrogptError(f"--max-steps must be at least 50, got {self.max_steps}")
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            raise MicrogptError(f"{self.out}: exists and is not a folder; give another --out DIR")
+        return self
+
+    @property
+    def data_path(self):
+        return bundled_dataset_path() if self.data is None else self.data
+
+    @property
+    def storage_url(self):
+        return self.storage or f"sqlite:///{os.path.abspath(os.path.join(self.out, STUDY_DB))}"
+
+
+# ---- the study and its storage
+
+def make_storage(url):
+    """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql, ...) or `journal:PATH` / a `.log` file
+    (Optuna's journal file, for file systems shared between machines)."""
+    import optuna
+    try:
+        if url.startswith('journal:') or url.endswith('.log'):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+            path = url[len('journal:'):] if url.startswith('journal:') else url
+            return JournalStorage(JournalFileBackend(path))
+        return optuna.storages.RDBStorage(url, engine_kwargs={'connect_args': {'timeout': 60}}
+                                          if url.startswith('sqlite') else {})
+    except Exception as e:  # SQLAlchemy and the drivers raise many types; each is one line for the user
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MicrogptError(f"cannot open the study storage {url!r} ({reason}); give an Optuna storage URL such "
+                            f"as sqlite:///tune.db, postgresql://user@host/db or journal:FILE") from None
+
+
+def fingerprint(options):
+    """What a study must keep to stay one search: the data's bytes, the space and the trial length cap."""
+    digest = hashlib.sha256()
+    with open(options.data_path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return {'data_sha256': digest.hexdigest(), 'space_version': space.SPACE_VERSION, 'max_steps': options.max_steps}
+
+
+def open_study(options):
+    """The study in the options' storage, created on first use; refused if it was made for other data or space."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(options.storage_url)
+    study = optuna.create_study(storage=storage, study_name=options.study, direction='minimize', load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=6),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    want = fingerprint(options)
+    have = study.user_attrs
+    if not have:
+        for key, value in want.items():
+            study.set_user_attr(key, value)
+    elif {k: have.get(k) for k in want} != want:
+        differ = ', '.join(k for k in want if have.get(k) != want[k])
+        raise MicrogptError(f"study {options.study!r} in {options.storage_url} was made with another {differ}; "
+                            f"give another --out DIR or --study NAME for this search")
+    return study
+
+
+# ---- one trial
+
+def trial_flags(model, train, options, eval_every):
+    """The settings a trial gives on top of the base preset: what `microgpt train` is given as flags."""
+    return {'data': options.data_path, 'engine': 'fused', 'dtype': 'float32', 'eval_every': eval_every,
+            **model, **train, 'seed': options.seed}
+
+
+def command_line(flags, out_dir):
+    """`microgpt train ...` with exactly these settings: it reproduces the trial."""
+    import shlex
+    fields_by_name = {f.name: f for cls in (RunConfig, ModelConfig, TrainConfig) for f in cls.__dataclass_fields__.values()}
+    words = ['microgpt', 'train', '--preset', BASE_PRESET]
+    for name, value in flags.items():
+        words += [flag_name(fields_by_name[name]), str(value)]
+    return shlex.join(words + ['--out', out_dir])
+
+
+def run_trial(trial, options, n_train_docs, should_stop):
+    """Train one trial; returns its best held-out loss. Raises optuna.TrialPruned when the pruner says so."""
+    import optuna
+    model, train = space.suggest(trial, n_train_docs, options.max_steps)
+    eval_every = max(1, train['steps'] // EVALUATIONS)
+    flags = trial_flags(model, train, options, eval_every)
+    out_dir = os.path.join(options.out, TRIALS_DIR, f"{trial.number:04d}")
+    trial.set_user_attr('command', command_line(flags, out_dir))
+    trial.set_user_attr('out', out_dir)
+    trial.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
+    settings = resolve(BASE_PRESET, {**flags, 'out': out_dir, 'overwrite': True})
+    run = TrainingRun(RunSettings(RunConfig(**fields_of(RunConfig, settings)), model_settings(settings),
+                                  TrainConfig(**fields_of(TrainConfig, settings)), BASE_PRESET))
+    started = time.perf_counter()
+    best = math.inf
+    for event in run.events(should_stop=should_stop):
+        if isinstance(event, EvalReport):
+            best = event.best_val_loss
+            trial.report(event.val_loss, event.step)
+            if trial.should_prune():
+                trial.set_user_attr('seconds', time.perf_counter() - started)
+                raise optuna.TrialPruned(f"held-out loss {event.val_loss:.4f} at step {event.step}")
+    trial.set_user_attr('seconds', time.perf_counter() - started)
+    if run.step < train['steps']:
+        raise Interrupted
+    return best
+
+
+class Interrupted(Exception):
+    """The trial's run stopped early on request; it saved its state and is told as failed."""
+
+
+def finished_trials(study):
+    from optuna.trial import TrialState
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
+
+
+def work(options, deadline, stop_requested, on_trial=lambda trial, state, value: None):
+    """Ask, train and tell trials until the budget is spent or a stop is requested. One process's share."""
+    import optuna
+    from optuna.trial import TrialState
+    study = open_study(options)
+    n_train_docs = len(holdout_split(load_documents(options.data_path), None, options.seed, 'name')[0])
+    while not stop_requested():
+        if options.trials is not None and finished_trials(study) >= options.trials:
+            return
+        if deadline is not None and time.time() >= deadline:
+            return
+        trial = study.ask()
+        try:
+            value = run_trial(trial, options, n_train_docs, stop_requested)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            on_trial(trial, 'pruned', None)
+        except Interrupted:
+            trial.set_user_attr('interrupted', True)
+            study.tell(trial, state=TrialState.FAIL)
+            on_trial(trial, 'interrupted', None)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, value)
+            on_trial(trial, 'complete', value)
+
+
+# ---- several processes on one storage
+
+class _StopFlag:
+    """SIGINT sets the flag: running trials finish their step, save and are told; no trial starts after."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def _worker(options, deadline, threads):
+    os.environ['NUMBA_NUM_THREADS'] = str(threads)  # before numba loads: each worker takes its share of the cores
+    stop = _StopFlag()
+    signal.signal(signal.SIGINT, stop)
+    work(options, deadline, lambda: stop.requested)
+
+
+def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lambda: False):
+    """Run this invocation's share of the search; returns the study."""
+    options.check()
+    load_documents(options.data_path)  # bad data is one line before any study or process starts
+    os.makedirs(options.out, exist_ok=True)
+    study = open_study(options)
+    deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
+    if options.workers == 1:
+        work(options, deadline, stop_requested, on_trial)
+        return study
+    from ..engines.fused.compile import compile_kernels
+    compile_kernels('float32', grouped=True)  # once here, so the workers load it from the cache
+    threads = max(1, (os.cpu_count() or 1) // options.workers)
+    context = multiprocessing.get_context('spawn')  # numba's OpenMP runtime does not survive a fork
+    processes = [context.Process(target=_worker, args=(options, deadline, threads)) for _ in range(options.workers)]
+    for p in processes:
+        p.start()
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: they save, tell their trials, and end
+        for p in processes:
+            p.join()
+        raise
+    failed = [p.exitcode for p in processes if p.exitcode]
+    if failed:
+        raise MicrogptError(f"{len(failed)} of {options.workers} tune workers failed (exit {failed[0]}); the "
+                            f"study keeps every trial they told; run the command again to continue")
+    return study

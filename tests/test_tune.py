@@ -1,0 +1,128 @@
+"""`microgpt tune`: a real Optuna study over real (tiny) training runs, continued, shared by two processes, and
+reproduced by the command it prints; its bad inputs are one-line errors that leave the study as it was."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip('optuna') if not os.environ.get('CI') else __import__('optuna')
+
+from microgpt.errors import MicrogptError
+from microgpt.tune.report import summarize
+from microgpt.tune.search import TuneOptions, open_study, tune
+from microgpt.train.checkpoint import load_checkpoint
+
+NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'charlotte', 'amelia', 'evelyn', 'abigail', 'liam',
+         'noah', 'william', 'james', 'oliver', 'benjamin', 'elijah', 'lucas', 'mason', 'logan', 'harper', 'ella',
+         'emily', 'madison', 'scarlett', 'victoria', 'aria', 'grace', 'chloe', 'camila', 'penelope', 'riley',
+         'layla', 'lillian', 'nora', 'zoey', 'mila', 'aubrey', 'hannah', 'lily', 'addison', 'eleanor', 'natalie',
+         'luna', 'savannah', 'brooklyn', 'leah', 'zoe', 'stella', 'hazel', 'ellie', 'paisley', 'audrey', 'skylar']
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    path = tmp_path / 'names.txt'
+    path.write_text('\n'.join(NAMES * 4) + '\n')
+    return str(path)
+
+
+def options(data, out, **kw):
+    return TuneOptions(data=data, out=str(out), **{'trials': 2, 'max_steps': 50, **kw})
+
+
+@pytest.mark.slow
+def test_study_runs_continues_and_reports(small_data, tmp_path):
+    out = tmp_path / 'tune'
+    seen = []
+    study = tune(options(small_data, out), on_trial=lambda t, state, value: seen.append((t.number, state)))
+    assert [n for n, _ in seen] == [0, 1], seen
+    assert (out / 'tune.db').is_file()
+    # the same command again: the budget is the study's total, already reached
+    tune(options(small_data, out))
+    assert len(study.trials) == 2, len(study.trials)
+    # a larger budget continues the same study
+    tune(options(small_data, out, trials=3))
+    study = open_study(options(small_data, out))
+    assert [t.number for t in study.trials] == [0, 1, 2], [t.number for t in study.trials]
+    summary = summarize(study, str(out))
+    table = (out / 'TRIALS.md').read_text()
+    assert len(re.findall(r'^\| \d+ \|', table, re.M)) == 3, table
+    assert (out / 'history.png').stat().st_size > 1000
+    complete = [t for t in study.trials if t.state.name == 'COMPLETE']
+    assert summary.best_value == min(t.value for t in complete), (summary.best_value, complete)
+    assert load_checkpoint(str(out / 'best' / 'model.safetensors')).meta['best_val_loss'] == summary.best_value
+
+
+@pytest.mark.slow
+def test_printed_command_reproduces_the_best_trial(small_data, tmp_path):
+    from microgpt.cli import main
+    out = tmp_path / 'tune'
+    study = tune(options(small_data, out, trials=1))
+    summary = summarize(study, str(out))
+    again = tmp_path / 'again'
+    words = summary.command.split()
+    words[words.index('--out') + 1] = str(again)
+    assert words[:2] == ['microgpt', 'train'], words
+    lines = []
+
+    class Capture:
+        def write(self, s):
+            lines.append(s)
+
+        def flush(self):
+            pass
+
+        def isatty(self):
+            return False
+
+    assert main(words[2:], out=Capture(), err=Capture()) == 0, ''.join(lines)
+    best = load_checkpoint(str(again / 'model.safetensors')).meta['best_val_loss']
+    assert best == summary.best_value, (best, summary.best_value)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study(small_data, tmp_path):
+    out = tmp_path / 'tune'
+    study = tune(options(small_data, out, trials=4, workers=2))
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state.name in ('COMPLETE', 'PRUNED')]
+    assert len(finished) >= 4, [(t.number, t.state) for t in trials]
+    workers = {t.user_attrs['worker'] for t in finished}
+    assert len(workers) == 2, workers   # both processes ran trials
+    dirs = [t.user_attrs['out'] for t in finished]
+    assert len(set(dirs)) == len(dirs), dirs  # no trial run twice
+    assert all(Path(d, 'metrics.jsonl').is_file() for d in dirs), dirs
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'trials': 0}, '--trials must be at least 1'),
+    ({'trials': None}, 'give a budget'),
+    ({'minutes': float('nan')}, '--minutes must be a positive number'),
+    ({'workers': 0}, '--workers must be at least 1'),
+    ({'storage': 'nosuchdb://x/y'}, 'cannot open the study storage'),
+    ({'storage': 'sqlite:////nonexistent-dir/sub/tune.db'}, 'cannot open the study storage'),
+])
+def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
+    with pytest.raises(MicrogptError, match=re.escape(message)) as e:
+        tune(options(small_data, tmp_path / 'tune', **change))
+    assert '\n' not in str(e.value), str(e.value)
+
+
+def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
+    out = tmp_path / 'tune'
+    open_study(options(small_data, out)) if out.mkdir() is None else None
+    before = (out / 'tune.db').read_bytes()
+    other = tmp_path / 'other.txt'
+    other.write_text('\n'.join(reversed(NAMES)) + '\n')
+    with pytest.raises(MicrogptError, match='was made with another data_sha256'):
+        tune(options(str(other), out))
+    assert (out / 'tune.db').read_bytes() == before
+
+
+def test_data_too_small_for_a_held_out_split(tmp_path):
+    tiny = tmp_path / 'tiny.txt'
+    tiny.write_text('ab\n')
+    with pytest.raises(MicrogptError):
+        tune(options(str(tiny), tmp_path / 'tune'))
