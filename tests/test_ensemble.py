@@ -1,0 +1,55 @@
+"""Ensembles average their members' next-token probabilities: one member is the model itself, two identical
+members are that model again, and by Jensen's inequality an ensemble never scores worse than its members' mean."""
+
+import math
+import random
+
+import pytest
+
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.engines import make_engine
+from microgpt.ensemble import EnsembleDecoder, ensemble_loss
+from microgpt.sampling import generate
+from microgpt.train.loop import evaluate, train
+
+DOCS = [[26, 4, 12, 12, 0, 26], [26, 0, 21, 0, 26], [26, 11, 8, 0, 12, 26], [26, 2, 7, 11, 14, 4, 26]] * 3
+
+
+def trained(seed, steps=30):
+    cfg = ModelConfig(vocab_size=27)
+    engine = make_engine('numpy', cfg, random.Random(seed))
+    for _ in train(engine, DOCS, TrainConfig(steps=steps, seed=seed)):
+        pass
+    return engine
+
+
+def test_one_member_scores_as_the_engine_does():
+    engine = trained(1)
+    got = ensemble_loss(EnsembleDecoder([engine.decoder()]), DOCS, engine.cfg.block_size)
+    want = evaluate(engine, DOCS)
+    assert got == pytest.approx(want, rel=1e-12), (got, want)
+
+
+def test_identical_members_change_nothing():
+    a, b = trained(1), trained(1)
+    single = ensemble_loss(EnsembleDecoder([a.decoder()]), DOCS, 16)
+    double = ensemble_loss(EnsembleDecoder([a.decoder(), b.decoder()]), DOCS, 16)
+    assert double == pytest.approx(single, rel=1e-12), (double, single)
+    names = [generate(EnsembleDecoder([a.decoder(), b.decoder()]), 26, 16, random.Random(5), 0.5) for _ in range(5)]
+    alone = [generate(EnsembleDecoder([a.decoder()]), 26, 16, random.Random(5), 0.5) for _ in range(5)]
+    assert names == alone, (names, alone)
+
+
+def test_an_ensemble_is_no_worse_than_its_members_mean():
+    members = [trained(seed) for seed in (1, 2, 3)]
+    losses = [evaluate(m, DOCS) for m in members]
+    together = ensemble_loss(EnsembleDecoder([m.decoder() for m in members]), DOCS, 16)
+    assert together <= sum(losses) / len(losses) + 1e-12, (together, losses)
+    assert math.isfinite(together)
+
+
+def test_an_empty_ensemble_and_nothing_to_predict_are_errors():
+    with pytest.raises(ValueError, match='at least one model'):
+        EnsembleDecoder([])
+    with pytest.raises(ValueError, match='no token to predict'):
+        ensemble_loss(EnsembleDecoder([trained(1, steps=1).decoder()]), [[26]], 16)
