@@ -300,8 +300,10 @@ function lossAndGrads(spec, flat, grads, tokens) {
   const lmHead = cfg.tie_lm_head ? 'wte' : 'lm_head';
   const logits = linear(x, w[lmHead], T, V, C);                                 // (T, V)
 
-  // cross-entropy, mean over the T positions; d_logits = (softmax - onehot(target)) / T
+  // cross-entropy, each position weighted 1/T (the numpy engine's loss weights): loss = sum_t (log sumexp - logit[target]) / T;
+  // softmax followed by NLL: d_logits = (softmax - onehot(target)) / T
   let loss = 0;
+  const weight = f32(1 / T);
   const dlogits = new Float32Array(T * V);                                      // (T, V)
   for (let t = 0; t < T; t++) {
     const row = logits.subarray(t * V, (t + 1) * V);
@@ -310,9 +312,9 @@ function lossAndGrads(spec, flat, grads, tokens) {
     let sumexp = 0;
     for (let j = 0; j < V; j++) sumexp = f32(sumexp + (dlogits[t * V + j] = f32(Math.exp(f32(row[j] - top)))));
     const target = tokens[t + 1];
-    loss = f32(loss + f32(f32(f32(Math.log(sumexp)) - f32(row[target] - top)) / T));
-    for (let j = 0; j < V; j++) dlogits[t * V + j] = f32(dlogits[t * V + j] * f32(f32(1 / T) / sumexp));
-    dlogits[t * V + target] = f32(dlogits[t * V + target] - f32(1 / T));
+    loss = f32(loss + f32(f32(f32(Math.log(sumexp)) - f32(row[target] - top)) * weight));
+    for (let j = 0; j < V; j++) dlogits[t * V + j] = f32(dlogits[t * V + j] * f32(weight / sumexp));
+    dlogits[t * V + target] = f32(dlogits[t * V + target] - weight);
   }
 
   // ---- backward: each step's backward in reverse order
