@@ -205,14 +205,14 @@ def test_a_full_cache_disk_tokenises_in_memory(cached_file, tmp_path):
 def test_interrupted_tokenising_leaves_no_cache(cached_file, monkeypatch):
     path, cache = cached_file
     monkeypatch.setattr(data, 'READ_BYTES', 4096)
-    real, calls = corpus_module.document_spans, []
+    real, calls = corpus_module.ascii_documents, []
 
-    def interrupted(points):
+    def interrupted(piece):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(points)
-    monkeypatch.setattr(corpus_module, 'document_spans', interrupted)
+        return real(piece)
+    monkeypatch.setattr(corpus_module, 'ascii_documents', interrupted)
     with pytest.raises(KeyboardInterrupt):
         load_corpus(path, cache_dir=cache, min_cache_bytes=0)
     assert os.listdir(cache) == [], os.listdir(cache)

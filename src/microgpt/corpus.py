@@ -26,16 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import TEXT_HINT, check_data_path, decode_piece, read_pieces
+from .data import TEXT_HINT, check_data_path, decode_piece, read_pieces, split_lines
 from .errors import MicrogptError
 
 CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
 CACHE_MIN_BYTES = 2**20
-MAX_CHARS = 2**16 - 1      # token ids are uint16 at most, BOS included
+MAX_CHARS = 2**16 - 2      # token ids are uint16 at most, BOS included (0xFFFF marks an unseen character)
 EDGE_BYTES = 2**16         # the hashed head and tail of the source
 SLICE = 2**24             # ids remapped or widened at a time
-LINE_BREAKS = (10, 13)     # \n and \r: the line ends of Python's text mode ('\r\n' is both, with an empty line)
 
 
 @dataclass
@@ -126,45 +125,54 @@ def source_identity(path):
 
 # ---- tokenising: one pass over the pieces, provisional ids in order of first appearance, then one remap
 
-WHITESPACE = np.array([chr(c).isspace() for c in range(128)])  # (128,) what str.strip() strips, in ASCII
+UNSEEN = 0xFFFF
+BOS_SEPARATOR = 10  # documents are joined with '\n', which no stripped document contains: it marks each BOS
+ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.strip() strips, in ASCII
+UNTIDY = [bytes([c]) for c in ASCII_WHITESPACE if c != BOS_SEPARATOR] + [b'\n\n']  # for split_lines to do
+
+
+def ascii_documents(piece):
+    """The documents of an ASCII piece, each followed by b'\n' (data.split_lines on bytes: bytes.strip with
+    every ASCII character str.strip strips). A piece of clean lines is that already."""
+    if not piece.startswith(b'\n') and not any(untidy in piece for untidy in UNTIDY):  # a memchr each
+        return piece if piece.endswith(b'\n') else piece + b'\n'
+    lines = piece.replace(b'\r\n', b'\n').replace(b'\r', b'\n').split(b'\n')
+    docs = list(filter(None, [line.strip(ASCII_WHITESPACE) for line in lines]))
+    return b'\n'.join(docs) + b'\n' if docs else b''
 
 
 def tokenise(path, sink):
     """Tokenise the documents of `path` into `sink` and return sink.finish's Corpus; provisional id 0 is BOS,
     characters 1.. in order of first appearance, remapped at the end to the sorted vocabulary's ids."""
-    provisional = np.full(0x110000, -1, np.int32)  # code point -> provisional id
-    first_seen = []                                 # provisional id - 1 -> code point
-    sink.write(np.zeros(1, np.uint8), np.zeros(1, np.int64))  # the leading BOS
+    provisional = np.full(0x110000, UNSEEN, np.uint16)  # code point -> provisional id
+    provisional[BOS_SEPARATOR] = 0
+    first_seen = []                                      # provisional id - 1 -> code point
+    sink.write(np.zeros(1, np.uint8), np.zeros(1, np.uint32))  # the leading BOS
     written, longest = 1, 0
     for offset, piece in read_pieces(path):
         if piece.isascii():
-            points = np.frombuffer(piece, np.uint8)  # (n,) code points, one byte each
-        else:
-            # decode_piece drops the first piece's byte-order mark (an ASCII piece has none)
-            points = np.frombuffer(decode_piece(path, offset, piece).encode('utf-32-le'), '<u4')  # (n,)
-        starts, ends = document_spans(points) if len(points) else (points, points)
-        if not len(starts):
+            points = np.frombuffer(ascii_documents(piece), np.uint8)  # (n,) code points, '\n' after each document
+        else:  # decode_piece drops the first piece's byte-order mark
+            docs = split_lines(decode_piece(path, offset, piece))
+            points = np.frombuffer(''.join(doc + '\n' for doc in docs).encode('utf-32-le'), '<u4')  # (n,)
+        if not len(points):
             continue
-        lengths = ends - starts                                   # (d,)
-        inside = np.zeros(len(points) + 1, np.int8)
-        inside[starts] += 1
-        inside[ends] -= 1
-        kept = points[np.cumsum(inside[:-1], dtype=np.int8).astype(bool)]  # (sum lengths,) the documents' characters
-        present = np.flatnonzero(np.bincount(kept))
-        new = present[provisional[present] < 0]
-        if len(first_seen) + len(new) > MAX_CHARS:
-            raise MicrogptError(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
-                                f"needs a smaller alphabet; {TEXT_HINT}")
-        provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
-        first_seen += new.tolist()
-        out = np.zeros(len(kept) + len(starts), np.uint8 if len(first_seen) < 256 else np.uint16)
-        bos_at = np.cumsum(lengths + 1) - 1                       # (d,) the BOS after each document
-        body = np.ones(len(out), bool)
-        body[bos_at] = False
-        out[body] = provisional[kept]
-        sink.write(out, written + bos_at)
-        written += len(out)
-        longest = max(longest, int(lengths.max()))
+        ids = provisional[points]                       # (n,) BOS where '\n' was
+        if (ids == UNSEEN).any():                         # characters seen for the first time
+            present = np.flatnonzero(np.bincount(points))
+            new = present[provisional[present] == UNSEEN]
+            if len(first_seen) + len(new) > MAX_CHARS:
+                raise MicrogptError(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
+                                    f"needs a smaller alphabet; {TEXT_HINT}")
+            provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
+            first_seen += new.tolist()
+            ids = provisional[points]
+        ids = ids.astype(token_dtype(len(first_seen)), copy=False)
+        bos_at = np.flatnonzero(points == BOS_SEPARATOR)                           # (d,)
+        bounds = written + bos_at                         # (d,) in the file's token positions
+        sink.write(ids, bounds.astype(bound_dtype(written + len(ids)), copy=False))
+        longest = max(longest, int(np.diff(bos_at, prepend=-1).max()) - 1)
+        written += len(ids)
     if written == 1:
         raise MicrogptError(f"{path}: no non-blank lines; {TEXT_HINT}")
     chars = ''.join(sorted(map(chr, first_seen)))
@@ -181,28 +189,6 @@ def token_dtype(n_chars):
 
 def bound_dtype(n_tokens):
     return np.uint32 if n_tokens < 2**32 else np.uint64
-
-
-def document_spans(points):
-    """(starts, ends) of the stripped non-blank lines of a piece of code points: every run of characters
-    between line breaks, without the whitespace at its ends."""
-    if points.dtype == np.uint8:
-        blank = WHITESPACE[points]                                   # (n,)
-    else:
-        present = np.flatnonzero(np.bincount(points))
-        table = np.zeros(int(present[-1]) + 1, bool)
-        table[present] = [chr(c).isspace() for c in present]
-        blank = table[points]                                        # (n,)
-    line = np.cumsum((points == LINE_BREAKS[0]) | (points == LINE_BREAKS[1]), dtype=np.int64)  # (n,) line number
-    visible = np.flatnonzero(~blank)                                 # (v,) positions of non-whitespace
-    if not len(visible):
-        return visible, visible
-    line_of = line[visible]
-    first = np.ones(len(visible), bool)
-    first[1:] = line_of[1:] != line_of[:-1]                          # the first visible character of its line
-    last = np.ones(len(visible), bool)
-    last[:-1] = first[1:]
-    return visible[first], visible[last] + 1
 
 
 class _MemorySink:

@@ -1,0 +1,109 @@
+"""Data at any size: load time and memory of a word list from 10 MB up, before (a list of strings and of token
+lists, the old path) and after (corpus.load_corpus: tokenise once into a cached token array, memory-map it).
+
+Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; the cache folder
+is a fresh temporary folder per size. Figures: first load (tokenise + write the cache) in MB/s of source, peak
+memory against the token array's bytes, and the cached reload (a new process, cache present) in seconds.
+
+    python benchmarks/bench_data.py                      # 10, 30, 100, 300 MB
+    python benchmarks/bench_data.py --sizes 10,100,1000  # up to 1 GB (needs about 3 GB of disk)
+    python benchmarks/bench_data.py --base /work/base/src  # also the old path of that tree (to --base-up-to MB)
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+NEW_PATH = '''
+import json, resource, sys, time
+from microgpt.corpus import load_corpus
+from microgpt.documents import Documents
+started = time.perf_counter()
+corpus = load_corpus(sys.argv[1], cache_dir=sys.argv[2])
+docs = Documents(corpus)
+n = len(docs); docs[n // 2]  # a document read back
+seconds = time.perf_counter() - started
+print(json.dumps({'seconds': seconds, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  'token_bytes': int(corpus.tokens.nbytes), 'bound_bytes': int(corpus.bounds.nbytes),
+                  'docs': n, 'cached': corpus.cache_path is not None}))
+'''
+
+OLD_PATH = '''
+import json, resource, sys, time
+from microgpt.data import Vocabulary, load_documents
+started = time.perf_counter()
+docs = load_documents(sys.argv[1])
+vocab = Vocabulary.from_documents(docs)
+tokens = [vocab.document_tokens(d) for d in docs]
+seconds = time.perf_counter() - started
+print(json.dumps({'seconds': seconds, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  'docs': len(docs)}))
+'''
+
+BASELINE = '''
+import json, resource
+import numpy, microgpt.corpus, microgpt.documents
+print(json.dumps({'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+'''
+
+
+def write_word_list(path, megabytes, seed=0):
+    """Lowercase words of 2-12 letters, one per line, `megabytes` MB (10^6 bytes) in all."""
+    rng = random.Random(seed)
+    letters = 'abcdefghijklmnopqrstuvwxyz'
+    pool = [''.join(rng.choice(letters) for _ in range(rng.randint(2, 12))) + '\n' for _ in range(200000)]
+    target, written = megabytes * 10**6, 0
+    with open(path, 'w', encoding='ascii') as f:
+        while written < target:
+            block = ''.join(rng.choices(pool, k=100000))[:target - written]
+            f.write(block)
+            written += len(block)
+        f.write('\n')
+
+
+def measure(script, *args, src=None):
+    env = dict(os.environ, PYTHONPATH=src) if src else dict(os.environ)
+    proc = subprocess.run([sys.executable, '-c', script, *args], capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise SystemExit(f"measurement failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--sizes', default='10,30,100,300', help='word-list sizes in MB (default: 10,30,100,300)')
+    p.add_argument('--base', default=None, help='a source tree whose load_documents path to time as "before"')
+    p.add_argument('--base-up-to', type=int, default=100, help='largest size in MB to time the old path on (default: 100)')
+    p.add_argument('--folder', default=None, help='where to write the word lists (default: a temporary folder)')
+    args = p.parse_args()
+    sizes = [int(s) for s in args.sizes.split(',')]
+    baseline = measure(BASELINE)['peak']
+    print(f"interpreter with numpy and microgpt imported: {baseline / 2**20:.0f} MiB resident")
+    header = (f"{'MB':>6} {'docs':>11} {'first load s':>12} {'MB/s':>7} {'tokens MiB':>10} {'peak MiB':>9} "
+              f"{'peak-base / tokens':>18} {'reload s':>9} {'old s':>8} {'old peak MiB':>12}")
+    print(header)
+    with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        for mb in sizes:
+            path, cache = os.path.join(folder, f'words-{mb}.txt'), os.path.join(folder, f'cache-{mb}')
+            write_word_list(path, mb)
+            first = measure(NEW_PATH, path, cache)
+            reload = measure(NEW_PATH, path, cache)
+            assert first['cached'] and reload['cached'], (first, reload)
+            old = measure(OLD_PATH, path, src=args.base) if args.base and mb <= args.base_up_to else None
+            source_mb = os.path.getsize(path) / 1e6
+            print(f"{mb:>6} {first['docs']:>11,} {first['seconds']:>12.2f} {source_mb / first['seconds']:>7.0f} "
+                  f"{first['token_bytes'] / 2**20:>10.0f} {first['peak'] / 2**20:>9.0f} "
+                  f"{(first['peak'] - baseline) / first['token_bytes']:>18.2f} {reload['seconds']:>9.3f} "
+                  + (f"{old['seconds']:>8.2f} {old['peak'] / 2**20:>12.0f}" if old else f"{'-':>8} {'-':>12}"),
+                  flush=True)
+            os.remove(path)
+            for name in os.listdir(cache):
+                os.remove(os.path.join(cache, name))
+
+
+if __name__ == '__main__':
+    main()
