@@ -273,3 +273,88 @@ def test_documents_read_like_a_list(names_path):
     np.testing.assert_array_equal(every.lengths(), [len(d) + 2 for d in docs])
     with pytest.raises(IndexError):
         every[len(every)]
+
+
+# ---- --data URL: fetched once into the cache, from a local HTTP server
+
+class _Server:
+    """An HTTP server on 127.0.0.1 in a thread: `routes` maps a path to (status, headers, body)."""
+
+    def __init__(self, routes):
+        import http.server
+        import threading
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                status, headers, body = routes.get(self.path, (404, {}, b'no such file'))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+        self.requests = []
+        self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+NAMES_BODY = b'emma\nolivia\nava\n' * 1000
+
+
+@pytest.fixture
+def server():
+    served = _Server({
+        '/names.txt': (200, {'Content-Length': str(len(NAMES_BODY))}, NAMES_BODY),
+        '/no-length.txt': (200, {}, NAMES_BODY),
+        '/partial.txt': (200, {'Content-Length': str(len(NAMES_BODY) + 500)}, NAMES_BODY),
+        '/forbidden.txt': (403, {}, b'go away'),
+    })
+    yield served
+    served.close()
+
+
+def test_a_url_is_fetched_once_and_reused(server, tmp_path):
+    from microgpt.fetch import fetch, is_url
+    url = server.url + '/names.txt'
+    assert is_url(url) and not is_url(str(tmp_path / 'names.txt')) and not is_url('ftp://x/y')
+    seen = []
+    path = fetch(url, cache_dir=str(tmp_path), progress=lambda done, total: seen.append((done, total)))
+    assert open(path, 'rb').read() == NAMES_BODY
+    assert seen[0] == (0, len(NAMES_BODY)) and seen[-1] == (len(NAMES_BODY), len(NAMES_BODY)), seen
+    assert fetch(url, cache_dir=str(tmp_path)) == path and server.requests == ['/names.txt'], server.requests
+    assert load_documents(path)[:3] == ['emma', 'olivia', 'ava']
+    assert fetch(server.url + '/no-length.txt', cache_dir=str(tmp_path)) != path
+
+
+@pytest.mark.parametrize('route, fragment', [
+    ('/missing.txt', '404'), ('/forbidden.txt', '403 Forbidden'), ('/partial.txt', 'partial download, 16,000 of 16,500 bytes'),
+])
+def test_a_failed_or_partial_download_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment):
+    from microgpt.fetch import fetch
+    with pytest.raises(MicrogptError) as info:
+        fetch(server.url + route, cache_dir=str(tmp_path))
+    message = str(info.value)
+    assert fragment in message and server.url + route in message and '\n' not in message, message
+    assert os.listdir(tmp_path / 'downloads') == [], os.listdir(tmp_path / 'downloads')
+
+
+def test_a_refused_connection_is_one_line(tmp_path):
+    import socket
+    from microgpt.fetch import fetch
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    with pytest.raises(MicrogptError, match='cannot download .*refused'):
+        fetch(f"http://127.0.0.1:{port}/names.txt", cache_dir=str(tmp_path))

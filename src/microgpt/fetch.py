@@ -1,0 +1,90 @@
+"""`--data https://...`: a data file fetched once into the cache folder (corpus.cache_folder()) and reused, as
+microgpt.py fetches its names file. Quiet: progress goes to a callback, which the CLI turns into a bar.
+
+A download goes to a temporary file that is renamed only once every byte the server announced has arrived;
+a failed, refused or broken-off download is a one-line MicrogptError and leaves nothing behind.
+"""
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from urllib.parse import urlparse
+
+from .corpus import cache_folder
+from .data import MAX_STREAM_BYTES
+from .errors import MicrogptError
+
+URL_SCHEMES = ('http', 'https')
+BLOCK_BYTES = 2**20
+TIMEOUT_S = 30
+
+
+def is_url(path):
+    return urlparse(path).scheme in URL_SCHEMES
+
+
+def download_path(url, cache_dir=None):
+    """Where the download of `url` is kept: one file per address, named after its last path segment."""
+    name = os.path.basename(urlparse(url).path) or 'data.txt'
+    safe = ''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in name)[:80]
+    key = hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
+    return os.path.join(cache_dir or cache_folder(), 'downloads', f'{key}-{safe}')
+
+
+def fetch(url, cache_dir=None, progress=None):
+    """The local path of `url`'s file, downloading it on first use; `progress(done_bytes, total_bytes_or_None)`
+    is called as blocks arrive."""
+    path = download_path(url, cache_dir)
+    if os.path.isfile(path):
+        return path
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-download-')
+    except OSError as e:
+        raise MicrogptError(f"{url}: cannot keep the download in {folder} ({e.strerror}); set MICROGPT_CACHE to a "
+                            f"writable folder, or download the file and give its path") from None
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            _download(url, f, progress)
+        os.replace(tmp, path)
+    except BaseException:  # an error, Ctrl-C: no partial download stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _download(url, f, progress):
+    hint = "check the address and the network, or download the file and give its path"
+    done = 0
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            length = response.headers.get('Content-Length')
+            total = int(length) if length and length.isdigit() else None
+            if progress:
+                progress(0, total)
+            while True:
+                block = response.read(BLOCK_BYTES)
+                if not block:
+                    break
+                f.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+                if total is None and done > MAX_STREAM_BYTES:
+                    raise MicrogptError(f"{url}: more than {MAX_STREAM_BYTES:,} bytes with no announced size; "
+                                        f"download the file and give its path")
+    except urllib.error.HTTPError as e:
+        raise MicrogptError(f"{url}: the server answered {e.code} {e.reason}; {hint}") from None
+    except urllib.error.URLError as e:
+        raise MicrogptError(f"{url}: cannot download ({getattr(e.reason, 'strerror', None) or e.reason}); "
+                            f"{hint}") from None
+    except (OSError, ValueError, http.client.HTTPException) as e:  # cut off, reset or timed out; malformed
+        reason = type(e).__name__ if isinstance(e, http.client.IncompleteRead) else (str(e) or type(e).__name__)
+        raise MicrogptError(f"{url}: the download broke off after {done:,} bytes ({reason}); {hint}") from None
+    if total is not None and done != total:
+        raise MicrogptError(f"{url}: partial download, {done:,} of {total:,} bytes; {hint}")
