@@ -185,41 +185,12 @@ def test_topological_order_is_microgpts_recursive_post_order(seed):
 
 # ---- the reference model's gradients equal PyTorch autograd in float64
 
-def torch_model_loss(torch, weights, cfg, batch):
-    """Microgpt written with whole-sequence tensors: y = x @ W.T for W (out, in), causal mask, mean NLL."""
-    def rmsnorm(x):
-        return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5)
-
-    C, NH, HS = cfg.n_embd, cfg.n_head, cfg.n_embd // cfg.n_head
-    total, count = 0, 0
-    for tokens in batch:
-        T = min(cfg.block_size, len(tokens) - 1)
-        inputs, targets = torch.tensor(tokens[:T]), torch.tensor(tokens[1:T + 1])
-        x = rmsnorm(weights['wte'][inputs] + weights['wpe'][:T])        # (T, C)
-        for i in range(cfg.n_layer):
-            w = lambda name: weights[f'layer{i}.{name}']
-            xn = rmsnorm(x)
-            q = (xn @ w('attn_wq').T).reshape(T, NH, HS).transpose(0, 1)  # (NH, T, HS)
-            k = (xn @ w('attn_wk').T).reshape(T, NH, HS).transpose(0, 1)  # (NH, T, HS)
-            v = (xn @ w('attn_wv').T).reshape(T, NH, HS).transpose(0, 1)  # (NH, T, HS)
-            att = (q @ k.transpose(1, 2)) / math.sqrt(HS)                  # (NH, T, T)
-            causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
-            att = torch.softmax(att.masked_fill(~causal, float('-inf')), dim=-1)
-            heads = (att @ v).transpose(0, 1).reshape(T, C)                # (T, C)
-            x = heads @ w('attn_wo').T + x
-            h = torch.relu(rmsnorm(x) @ w('mlp_fc1').T)                    # (T, 4C)
-            x = h @ w('mlp_fc2').T + x
-        logits = x @ weights['lm_head'].T                                  # (T, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        total = total - logp[torch.arange(T), targets].sum()
-        count += T
-    return total / count
-
-
 @pytest.mark.parametrize('sizes', [dict(n_embd=8, n_head=2, n_layer=2, block_size=6),
                                    dict(n_embd=16, n_head=4, n_layer=1, block_size=16)],
                          ids=['2-layer-tiny', 'microgpt-default'])
 def test_reference_model_gradients_equal_torch_float64(sizes, require_torch):
+    """The one PyTorch model (engines/torch/model.py) by autograd, on a padded batch of four documents."""
+    from microgpt.engines.torch.model import loss_and_grads as torch_loss_and_grads
     torch = require_torch
     rng = random.Random(5)
     cfg = ModelConfig(vocab_size=7, init_std=0.3, **sizes).validate()
@@ -231,14 +202,12 @@ def test_reference_model_gradients_equal_torch_float64(sizes, require_torch):
     loss = batch_loss(batch, state_dict, cfg)
     loss.backward()
 
-    weights = {name: torch.tensor(rows, dtype=torch.float64, requires_grad=True) for name, rows in floats.items()}
-    torch_loss = torch_model_loss(torch, weights, cfg, batch)
-    torch_loss.backward()
+    torch_loss, torch_grads = torch_loss_and_grads(floats, cfg, batch)
 
-    assert loss.data == pytest.approx(torch_loss.item(), rel=1e-12), (loss.data, torch_loss.item())
+    assert loss.data == pytest.approx(torch_loss, rel=1e-12), (loss.data, torch_loss)
     for name, rows in state_dict.items():
         got = torch.tensor([[p.grad for p in row] for row in rows], dtype=torch.float64)
-        want = weights[name].grad
+        want = torch.from_numpy(torch_grads[name])
         assert want is not None and want.abs().max() > 0, name
         err = ((got - want).abs() / want.abs().clamp_min(1e-300)).max().item()
         ok = torch.allclose(got, want, rtol=1e-10, atol=0)

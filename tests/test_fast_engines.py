@@ -77,7 +77,7 @@ def test_adam_steps_track_reference(fast_engine):
 
 @pytest.mark.parametrize('switches', SWITCHES, ids=lambda s: ','.join(f'{k}={v}' for k, v in s.items()) or 'default')
 def test_gradients_equal_torch_autograd(switches, require_torch, fast_engine):
-    from torch_gpt import torch_loss_and_grads
+    from microgpt.engines.torch.model import loss_and_grads as torch_loss_and_grads
     rng = random.Random(7)
     cfg = ModelConfig(vocab_size=11, **switches).validate()
     engine = make_engine(fast_engine, cfg, random.Random(1))
@@ -86,20 +86,6 @@ def test_gradients_equal_torch_autograd(switches, require_torch, fast_engine):
     want_loss, want = torch_loss_and_grads(engine.weights(), cfg, batch)
     assert abs(loss - want_loss) <= 1e-12 * want_loss, (loss, want_loss)
     assert_grads_equal(engine.gradients(), want, rtol=1e-10, atol=1e-13)
-
-
-def test_benchmark_torch_baseline_computes_the_same_loss_and_gradients(require_torch):
-    """`microgpt bench`'s PyTorch row times this model: it must be the same model (padded batch, masked loss)."""
-    from microgpt.bench.torch_gpt import batch_loss
-    torch = require_torch
-    cfg = ModelConfig(vocab_size=9, n_layer=2, n_embd=8, n_head=2, block_size=6).validate()
-    engine = make_engine('numpy', cfg, random.Random(3))
-    batch = random_batch(random.Random(4), cfg, 4, max_len=cfg.block_size + 3)
-    weights = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in engine.weights().items()}
-    loss = batch_loss(weights, cfg, batch)
-    loss.backward()
-    assert loss.item() == pytest.approx(engine.loss_and_grads(batch), rel=1e-12)
-    assert_grads_equal(engine.gradients(), {k: t.grad.numpy() for k, t in weights.items()}, rtol=1e-10, atol=1e-13)
 
 
 def test_decoder_logits_equal_reference(fast_engine):

@@ -11,9 +11,15 @@ step's global batch (devices.share), its loss is that share's NLL over the globa
 DistributedDataParallel sums the gradients across processes during the backward pass. Each process then
 applies the same Adam update to the same summed gradient, so their weights stay equal, and equal to one
 process's on the global batch. Only `is_main_process` should print, evaluate, or write files.
+
+On a CPU the engine computes on one thread (CPU_THREADS), set for the duration of each call and restored:
+microgpt's matrices are too small for PyTorch's intra-op threads, which only contend with each other and any
+other job (the default job, 2 threads beside a busy machine: 460 ms a step; one thread: 5.5 ms). To use more
+cores, run more processes: `torchrun --nproc-per-node N`.
 """
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -25,6 +31,23 @@ from ...data import batch_for_step
 from .. import EngineState
 from .devices import placement, share, sum_gradients_hook
 from .model import GPT, batch_tensors, nll_sum, predicted_count
+
+
+CPU_THREADS = 1
+
+
+@contextmanager
+def _cpu_threads(device):
+    """PyTorch's intra-op threads limited to CPU_THREADS while computing on the CPU, then restored."""
+    if device.type != 'cpu':
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(CPU_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class TorchEngine:
@@ -104,13 +127,14 @@ class TorchEngine:
         return losses.tolist()
 
     def loss(self, batch):
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._autocast(), _cpu_threads(self.device):
             inputs, targets = batch_tensors(batch, self.cfg, self.device)
             logits = self.model(inputs)                                           # (B, T, V)
             return (self._nll_sum(logits, targets) / predicted_count(batch, self.cfg.block_size)).item()
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
-        return self._global([self._backward(batch, dropout_rate, seed_and_step)])[0]
+        with _cpu_threads(self.device):
+            return self._global([self._backward(batch, dropout_rate, seed_and_step)])[0]
 
     @torch.no_grad()
     def adam_update(self, lr_t, tcfg):
@@ -136,12 +160,14 @@ class TorchEngine:
         return loss
 
     def train_step(self, batch, lr_t, tcfg):
-        return self._global([self._step(batch, lr_t, tcfg)])[0]
+        with _cpu_threads(self.device):
+            return self._global([self._step(batch, lr_t, tcfg)])[0]
 
     def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
         """The steps one by one; their losses stay on the device until the chunk's end."""
-        return self._global([self._step(batch_for_step(doc_tokens, step, tcfg.batch_size), lr, tcfg)
-                             for step, lr in zip(range(start, stop), lrs)])
+        with _cpu_threads(self.device):
+            return self._global([self._step(batch_for_step(doc_tokens, step, tcfg.batch_size), lr, tcfg)
+                                 for step, lr in zip(range(start, stop), lrs)])
 
     # ---- weights and state, as NumPy arrays in the parameter table's names
 
@@ -187,6 +213,6 @@ class TorchDecoder:
             raise ValueError(f"token {token_id} at position {pos_id} is outside the vocabulary or the block")
         self.tokens = self.tokens[:pos_id] + [token_id]
         inputs = torch.tensor([self.tokens], device=e.device)                     # (1, T)
-        with e._autocast():
+        with e._autocast(), _cpu_threads(e.device):
             logits = e.model(inputs)[0, -1]                                       # (V,)
         return logits.double().tolist()
