@@ -393,6 +393,18 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert len(names) == 20, names
     browser.find_element('id', 'explore-button').click()
     assert browser.find_element('id', 'title').text == 'the model trained in this page'
+    # a long run: the page stays responsive while the worker trains, and Stop ends it
+    set_field(browser, 'train-steps', 200000)
+    browser.find_element('id', 'train-button').click()
+    WebDriverWait(browser, 30).until(lambda b: b.find_element('id', 'train-status').text.startswith('step '))
+    before = bars(browser, 'next-bars')
+    browser.find_element('id', 'prefix').send_keys('e')
+    assert bars(browser, 'next-bars') != before
+    status = browser.find_element('id', 'train-status').text
+    assert status.startswith('step ') and '/ 200000' in status, status
+    browser.find_element('id', 'stop-button').click()
+    assert browser.find_element('id', 'train-status').text.endswith('(stopped)')
+    assert browser.find_element('id', 'train-button').is_enabled()
     # a pasted character outside the vocabulary is named, and nothing trains
     browser.find_element('id', 'docs-text').send_keys('\nq9')
     browser.find_element('id', 'train-button').click()
