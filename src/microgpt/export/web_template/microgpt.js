@@ -3,7 +3,8 @@
  * The same model as the numpy engine (src/microgpt/engines/numpy), written for one document at a time:
  *   - the layout is the ONE parameter table (microgpt.config.parameter_table), emitted into the page as data:
  *     every matrix is a view of one flat Float32Array at the table's offset, (rows, cols) row-major, as the
- *     engines' ParameterBuffers are; nothing here knows the order or the shapes by itself;
+ *     engines' ParameterBuffers are, and carries the table's rows and cols, which every matrix product reads;
+ *     nothing here knows the order or the shapes by itself;
  *   - Decoder.step is engines/numpy's decoder (and the C export's forward()), operation for operation like the
  *     C program: each matrix-vector row sums left to right in float32, softmax's exp in double rounded to float32;
  *     so microgpt.export.c.logits_like_c is a bit-exact Python mirror of its logits;
@@ -26,7 +27,10 @@ const f32 = Math.fround;
 
 function parameterViews(table, flat) {
   const w = {};
-  for (const p of table) w[p.name] = flat.subarray(p.offset, p.offset + p.rows * p.cols);  // (rows, cols)
+  for (const p of table) {
+    const view = flat.subarray(p.offset, p.offset + p.rows * p.cols);  // (rows, cols), row-major
+    w[p.name] = Object.assign(view, {rows: p.rows, cols: p.cols});
+  }
   return w;
 }
 
@@ -34,8 +38,10 @@ function numParameters(table) {
   return table.reduce((total, p) => total + p.rows * p.cols, 0);
 }
 
-// out (rows,) = w (rows, cols) @ x (cols,), each row's sum left to right in float32 (the C export's matvec)
-function matvec(w, rows, cols, x, out) {
+// out (rows,) = w (rows, cols) @ x (cols,), each row's sum left to right in float32 (the C export's matvec);
+// the shape is the parameter table's
+function matvec(w, x, out) {
+  const rows = w.rows, cols = w.cols;
   for (let r = 0; r < rows; r++) {
     let acc = 0;
     const row = r * cols;
@@ -102,22 +108,22 @@ class Decoder {
       const p = 'layer' + l + '.';
       if (cfg.norm !== 'none') rmsnorm(x, xn, this.eps); else xn.set(x);
       const cache = l * T * C + pos * C;
-      matvec(w[p + 'attn_wq'], C, C, xn, this.q);
-      matvec(w[p + 'attn_wk'], C, C, xn, this.keys.subarray(cache, cache + C));
-      matvec(w[p + 'attn_wv'], C, C, xn, this.values.subarray(cache, cache + C));
+      matvec(w[p + 'attn_wq'], xn, this.q);
+      matvec(w[p + 'attn_wk'], xn, this.keys.subarray(cache, cache + C));
+      matvec(w[p + 'attn_wv'], xn, this.values.subarray(cache, cache + C));
       this.attend(l, pos);
-      matvec(w[p + 'attn_wo'], C, C, this.y, this.branch);
+      matvec(w[p + 'attn_wo'], this.y, this.branch);
       for (let i = 0; i < C; i++) x[i] = f32(x[i] + this.branch[i]);
       if (cfg.norm === 'microgpt') rmsnorm(x, xn, this.eps); else xn.set(x);
-      matvec(w[p + 'mlp_fc1'], H, C, xn, this.h);
+      matvec(w[p + 'mlp_fc1'], xn, this.h);
       for (let j = 0; j < H; j++) {
         const relu = this.h[j] > 0 ? this.h[j] : 0;
         this.h[j] = cfg.mlp_activation === 'relu2' ? f32(relu * relu) : relu;
       }
-      matvec(w[p + 'mlp_fc2'], C, H, this.h, this.branch);
+      matvec(w[p + 'mlp_fc2'], this.h, this.branch);
       for (let i = 0; i < C; i++) x[i] = f32(x[i] + this.branch[i]);
     }
-    return matvec(cfg.tie_lm_head ? w.wte : w.lm_head, cfg.vocab_size, C, x, this.logits);
+    return matvec(cfg.tie_lm_head ? w.wte : w.lm_head, x, this.logits);
   }
 
   // y = softmax(q . k_t * scale) @ v over the cached positions, head by head
@@ -164,15 +170,16 @@ function initParameters(spec, rng) {
 // ---- training: loss and gradients of one document (engines/numpy's loss_and_grads with B = 1)
 
 // out (T, rows) = x (T, cols) @ w.T, w (rows, cols)
-function linear(x, w, T, rows, cols) {
-  const out = new Float32Array(T * rows);
-  for (let t = 0; t < T; t++) matvec(w, rows, cols, x.subarray(t * cols, (t + 1) * cols), out.subarray(t * rows));
+function linear(x, w, T) {
+  const out = new Float32Array(T * w.rows);                                     // (T, rows)
+  for (let t = 0; t < T; t++) matvec(w, x.subarray(t * w.cols, (t + 1) * w.cols), out.subarray(t * w.rows));
   return out;
 }
 
 // the backward of linear: dw (rows, cols) += dout.T @ x; returns dx (T, cols) = dout @ w
-function linearBackward(dout, x, w, dw, T, rows, cols) {
-  const dx = new Float32Array(T * cols);
+function linearBackward(dout, x, w, dw, T) {
+  const rows = w.rows, cols = w.cols;
+  const dx = new Float32Array(T * cols);                                        // (T, cols)
   for (let t = 0; t < T; t++) {
     for (let r = 0; r < rows; r++) {
       const g = dout[t * rows + r];
@@ -266,7 +273,7 @@ function addInto(a, b) {  // a += b, float32
 // The loss of one document [BOS, c1, ..., BOS]: predict tokens 1..n from 0..n-1, n = min(block_size, len - 1);
 // the mean of -log p(target). Fills grads (a flat (P,) buffer, zeroed here) with d loss / d parameters.
 function lossAndGrads(spec, flat, grads, tokens) {
-  const cfg = spec.cfg, C = cfg.n_embd, H = spec.mlp_expansion * C, V = cfg.vocab_size, eps = f32(spec.rmsnorm_eps);
+  const cfg = spec.cfg, C = cfg.n_embd, V = cfg.vocab_size, eps = f32(spec.rmsnorm_eps);
   const scale = f32(spec.attn_scale);
   const T = Math.min(cfg.block_size, tokens.length - 1);
   if (T < 1) throw new Error('a document needs at least 2 tokens');
@@ -285,20 +292,20 @@ function lossAndGrads(spec, flat, grads, tokens) {
     const p = 'layer' + l + '.';
     const norm1 = cfg.norm !== 'none' ? rmsnormRows(x, T, C, eps) : null;
     const xn = norm1 ? norm1.out : x;                                           // (T, C)
-    const q = linear(xn, w[p + 'attn_wq'], T, C, C);                            // (T, C)
-    const k = linear(xn, w[p + 'attn_wk'], T, C, C);                            // (T, C)
-    const v = linear(xn, w[p + 'attn_wv'], T, C, C);                            // (T, C)
+    const q = linear(xn, w[p + 'attn_wq'], T);                                  // (T, C)
+    const k = linear(xn, w[p + 'attn_wk'], T);                                  // (T, C)
+    const v = linear(xn, w[p + 'attn_wv'], T);                                  // (T, C)
     const attn = attentionForward(q, k, v, T, cfg, scale);                      // y (T, C), probs (NH, T, T)
-    x = addInto(linear(attn.y, w[p + 'attn_wo'], T, C, C), x);                  // (T, C) residual
+    x = addInto(linear(attn.y, w[p + 'attn_wo'], T), x);                        // (T, C) residual
     const norm2 = cfg.norm === 'microgpt' ? rmsnormRows(x, T, C, eps) : null;
     const xn2 = norm2 ? norm2.out : x;                                          // (T, C)
-    const h = linear(xn2, w[p + 'mlp_fc1'], T, H, C);                           // (T, H) pre-activation
+    const h = linear(xn2, w[p + 'mlp_fc1'], T);                                 // (T, H) pre-activation
     const a = h.map(z => (z > 0 ? (cfg.mlp_activation === 'relu2' ? f32(z * z) : z) : 0));  // (T, H)
-    x = addInto(linear(a, w[p + 'mlp_fc2'], T, C, H), x);                       // (T, C) residual
+    x = addInto(linear(a, w[p + 'mlp_fc2'], T), x);                             // (T, C) residual
     caches.push({norm1, xn, q, k, v, attn, norm2, xn2, h, a});
   }
   const lmHead = cfg.tie_lm_head ? 'wte' : 'lm_head';
-  const logits = linear(x, w[lmHead], T, V, C);                                 // (T, V)
+  const logits = linear(x, w[lmHead], T);                                       // (T, V)
 
   // cross-entropy, each position weighted 1/T (the numpy engine's loss weights): loss = sum_t (log sumexp - logit[target]) / T;
   // softmax followed by NLL: d_logits = (softmax - onehot(target)) / T
@@ -318,22 +325,22 @@ function lossAndGrads(spec, flat, grads, tokens) {
   }
 
   // ---- backward: each step's backward in reverse order
-  let dx = linearBackward(dlogits, x, w[lmHead], g[lmHead], T, V, C);           // (T, C)
+  let dx = linearBackward(dlogits, x, w[lmHead], g[lmHead], T);                 // (T, C)
   for (let l = cfg.n_layer - 1; l >= 0; l--) {
     const p = 'layer' + l + '.', c = caches[l];
     // mlp block: x_out = act(xn2 @ fc1.T) @ fc2.T + x_mid
-    const da = linearBackward(dx, c.a, w[p + 'mlp_fc2'], g[p + 'mlp_fc2'], T, C, H);  // (T, H)
+    const da = linearBackward(dx, c.a, w[p + 'mlp_fc2'], g[p + 'mlp_fc2'], T);  // (T, H)
     for (let i = 0; i < da.length; i++) {  // relu: dh = da (h > 0); relu2: dh = da * 2 relu(h)
       da[i] = c.h[i] > 0 ? (cfg.mlp_activation === 'relu2' ? f32(da[i] * f32(2 * c.h[i])) : da[i]) : 0;
     }
-    const dxn2 = linearBackward(da, c.xn2, w[p + 'mlp_fc1'], g[p + 'mlp_fc1'], T, H, C);  // (T, C)
+    const dxn2 = linearBackward(da, c.xn2, w[p + 'mlp_fc1'], g[p + 'mlp_fc1'], T);  // (T, C)
     addInto(dx, c.norm2 ? rmsnormRowsBackward(dxn2, c.norm2, T, C) : dxn2);
     // attention block: x_mid = attn(xn @ [wq; wk; wv].T) @ wo.T + x_in
-    const dy = linearBackward(dx, c.attn.y, w[p + 'attn_wo'], g[p + 'attn_wo'], T, C, C);  // (T, C)
+    const dy = linearBackward(dx, c.attn.y, w[p + 'attn_wo'], g[p + 'attn_wo'], T);  // (T, C)
     const {dq, dk, dv} = attentionBackward(dy, c.q, c.k, c.v, c.attn.probs, T, cfg, scale);
-    const dxn = linearBackward(dq, c.xn, w[p + 'attn_wq'], g[p + 'attn_wq'], T, C, C);  // (T, C)
-    addInto(dxn, linearBackward(dk, c.xn, w[p + 'attn_wk'], g[p + 'attn_wk'], T, C, C));
-    addInto(dxn, linearBackward(dv, c.xn, w[p + 'attn_wv'], g[p + 'attn_wv'], T, C, C));
+    const dxn = linearBackward(dq, c.xn, w[p + 'attn_wq'], g[p + 'attn_wq'], T);  // (T, C)
+    addInto(dxn, linearBackward(dk, c.xn, w[p + 'attn_wk'], g[p + 'attn_wk'], T));
+    addInto(dxn, linearBackward(dv, c.xn, w[p + 'attn_wv'], g[p + 'attn_wv'], T));
     addInto(dx, c.norm1 ? rmsnormRowsBackward(dxn, c.norm1, T, C) : dxn);
   }
   if (embedNorm) dx = rmsnormRowsBackward(dx, embedNorm, T, C);
