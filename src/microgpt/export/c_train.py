@@ -41,35 +41,33 @@ def training_memory_budget(cfg, low_memory=False):
     """(item, bytes) rows: every static buffer of microgpt_train.c, then the total (its data + bss).
 
     Letters: P parameters, V vocabulary, C n_embd, T block_size, L n_layer, NH n_head, H = 4C the MLP width.
-    Per layer the forward pass keeps xn, y, xn2 (TC each), qkv (3TC), relu(fc1 xn2) (TH) and two RMSNorm
-    scales (T), plus the attention probabilities (NH T T) in the normal build. The low-memory build keeps
-    no gradients (Adam updates each element when its gradient is complete), recomputes the attention
-    probabilities, and keeps one layer's activations plus the input of each earlier layer.
+    Per layer the forward pass keeps xn, y, xn2 (TC each), k and v (2TC) and two RMSNorm scales (T); the
+    normal build also keeps q (TC), relu(fc1 xn2) (TH, later the gradients of q, k, v) and the attention
+    probabilities (NH T T). The low-memory build keeps no gradients (Adam updates each element when its
+    gradient is complete), recomputes q, the MLP's hidden units and the attention probabilities in the
+    backward pass, and keeps one layer's activations plus the input of each earlier layer.
     """
     P, V, C, T, L, NH = num_parameters(cfg), cfg.vocab_size, cfg.n_embd, cfg.block_size, cfg.n_layer, cfg.n_head
     H = MLP_EXPANSION * C
     f = FLOAT_BYTES
-    layer = (6 * T * C + T * H + 2 * T + (0 if low_memory else NH * T * T)) * f
     rows = [('parameters', P * f), ('Adam m', P * f), ('Adam v', P * f)]
-    if not low_memory:
-        rows.append(('gradients', P * f))
     if low_memory:
-        rows.append(('activations of one layer', layer))
+        rows.append(('activations of one layer', (5 * T * C + 2 * T) * f))
         if L > 1:
             rows.append(('inputs of the earlier layers', ((L - 1) * T * C + C) * f))
+        rows.append(('gradients of q, k, v', 3 * T * C * f))
     else:
-        rows.append((f'activations of {L} layer(s)', L * layer))
+        rows.append(('gradients', P * f))
+        rows.append((f'activations of {L} layer(s)', L * (6 * T * C + T * H + 2 * T + NH * T * T) * f))
     rows += [
         ('residual stream', T * C * f),
-        ('logits', T * V * f),
-        ('gradient of a normalised input', T * C * f),
+        ('logits, then a normalised input\'s gradient', max(T * V, T * C) * f),
     ]
     if cfg.tie_lm_head:
         rows.append(("wte's gradient as lm_head", V * C * f))
     tensors = len(parameter_table(cfg))
     rows += [
-        ('rows of one position',
-         (T + H + (T if low_memory else 0)) * f),
+        ('rows of one position', (2 * T + H + ((T + C) if low_memory else 0)) * f),
         ('sampled name', T * token_bytes(cfg)),
         ('step constants, PRNG, gradcheck', 3 * f + RNG_BYTES + INT_BYTES + tensors * GRADCHECK_PER_TENSOR * f),
     ]

@@ -53,12 +53,13 @@ static float grads[N_PARAMS];  /* (P) d loss / d params of the current document 
 struct layer_activations {
     float xn[T][C];      /* (T, C) attention input: RMSNorm of the residual (the residual itself if not normed) */
     float scale1[T];     /* (T) its 1 / rms */
-    float qkv[T][3 * C]; /* (T, 3C) query, key, value; the backward pass reuses it for their gradients */
-    float y[T][C];       /* (T, C) attention output, heads side by side; later its gradient */
+    float kv[T][2 * C];  /* (T, 2C) key and value, heads side by side */
+    float y[T][C];       /* (T, C) attention output; later its gradient */
     float xn2[T][C];     /* (T, C) MLP input */
     float scale2[T];     /* (T) its 1 / rms */
-    float r[T][H4];      /* (T, 4C) relu(fc1 xn2); later the gradient of the MLP's hidden layer */
 #if !LOW_MEMORY
+    float q[T][C];       /* (T, C) query */
+    float r[T][H4];      /* (T, 4C) relu(fc1 xn2); later the gradients of q, k, v */
     float att[N_HEAD][T][T]; /* (NH, T, T) attention probabilities */
 #endif
 };
@@ -68,21 +69,28 @@ static struct layer_activations acts[1];
 static float layer_input[N_LAYER - 1][T][C]; /* (L-1, T, C) the residual entering layers 0..L-2 */
 static float x_row[C];                       /* (C) residual of one position while a layer is recomputed */
 #endif
+static float d_qkv_buffer[T][3 * C];         /* (T, 3C) gradients of q, k, v */
+static float q_row[C];                       /* (C) the query of one position, recomputed */
+static float att_row[T];                     /* (T) attention probabilities of one query, recomputed */
 #define ACTS(l) (&acts[0])
+#define D_QKV(a) d_qkv_buffer
 #else
 static struct layer_activations acts[N_LAYER];
 #define ACTS(l) (&acts[l])
+#define D_QKV(a) ((float (*)[3 * C])&(a)->r[0][0]) /* in the MLP's buffer, free by then */
 #endif
 static float resid[T][C];       /* (T, C) residual stream; after the forward pass its gradient */
-static float dlogits[T][V];     /* (T, V) logits, then d loss / d logits */
-static float d_xn[T][C];        /* (T, C) gradient of a normalised input */
+static union {
+    float dlogits[T][V];        /* (T, V) logits, then d loss / d logits, until lm_head's backward */
+    float d_xn[T][C];           /* (T, C) then the gradient of a normalised input */
+} rows_of;
+#define dlogits rows_of.dlogits
+#define d_xn rows_of.d_xn
 #if TIE_LM_HEAD
 static float lm_grad[V][C];     /* (V, C) wte's gradient as lm_head, until the embedding's is added */
 #endif
-#if LOW_MEMORY
-static float att_row[T];        /* (T) attention probabilities of one query, recomputed */
-#endif
-static float d_col[T];          /* (T) one column of an input's gradient */
+static float d_col[T];          /* (T) one column of an input's gradient; the MLP's d hidden of one unit */
+static float unit_r[T];         /* (T) relu of one MLP hidden unit at every position */
 static float act_row[H4];       /* (4C) MLP activation of one position */
 static token_t sample_tokens[T]; /* (T) the name being sampled, after BOS */
 static struct { float lr, bias1, bias2; } adam; /* this step's learning rate and bias corrections */
@@ -132,12 +140,12 @@ static float mlp_activation(float r)
 }
 
 /* probs[s] = softmax_s(q . k_s * ATTN_SCALE) of head h over the positions position t attends to */
-static void attention_row(float *probs, const struct layer_activations *a, int h, int t, int first)
+static void attention_row(float *probs, const struct layer_activations *a, const float *q, int h, int t, int first)
 {
-    const float *q = a->qkv[t] + h * HS;
     float max_score = 0.0f, sum = 0.0f;
+    q += h * HS;
     for (int s = first; s <= t; s++) {
-        const float *k = a->qkv[s] + C + h * HS;
+        const float *k = a->kv[s] + h * HS;
         float dot = 0.0f;
         for (int j = 0; j < HS; j++)
             dot += q[j] * k[j];
@@ -153,6 +161,18 @@ static void attention_row(float *probs, const struct layer_activations *a, int h
         probs[s] = probs[s] / sum;
 }
 
+/* the query of position t: computed from xn[t] (the low-memory build keeps one, and recomputes it) */
+static const float *query(const float *w, struct layer_activations *a, int t)
+{
+#if LOW_MEMORY
+    float *q = q_row;
+#else
+    float *q = a->q[t];
+#endif
+    matvec(q, w + ATTN_WQ, a->xn[t], C, C, 0);
+    return q;
+}
+
 /* layer l at position t (earlier positions done): x += attn(norm(x)); x += mlp(norm(x)) */
 static void layer_forward(int l, struct layer_activations *a, float *x, int t)
 {
@@ -162,18 +182,19 @@ static void layer_forward(int l, struct layer_activations *a, float *x, int t)
         a->scale1[t] = rmsnorm(a->xn[t], x);
     else
         memcpy(a->xn[t], x, sizeof a->xn[t]);
-    matvec(a->qkv[t], w + ATTN_WQ, a->xn[t], 3 * C, C, 0); /* attn_wq, attn_wk, attn_wv: one (3C, C) matrix */
+    const float *q = query(w, a, t);
+    matvec(a->kv[t], w + ATTN_WK, a->xn[t], 2 * C, C, 0); /* attn_wk, attn_wv: one (2C, C) matrix */
     for (int h = 0; h < N_HEAD; h++) {
 #if LOW_MEMORY
         float *probs = att_row;
 #else
         float *probs = a->att[h][t];
 #endif
-        attention_row(probs, a, h, t, first);
+        attention_row(probs, a, q, h, t, first);
         for (int j = 0; j < HS; j++) {
             float acc = 0.0f;
             for (int s = first; s <= t; s++)
-                acc += probs[s] * a->qkv[s][2 * C + h * HS + j];
+                acc += probs[s] * a->kv[s][C + h * HS + j];
             a->y[t][h * HS + j] = acc;
         }
     }
@@ -182,10 +203,15 @@ static void layer_forward(int l, struct layer_activations *a, float *x, int t)
         a->scale2[t] = rmsnorm(a->xn2[t], x);
     else
         memcpy(a->xn2[t], x, sizeof a->xn2[t]);
-    matvec(a->r[t], w + MLP_FC1, a->xn2[t], H4, C, 0);
+#if LOW_MEMORY
+    float *hidden = act_row; /* relu(fc1 xn2) is recomputed in the backward pass */
+#else
+    float *hidden = a->r[t];
+#endif
+    matvec(hidden, w + MLP_FC1, a->xn2[t], H4, C, 0);
     for (int i = 0; i < H4; i++) {
-        a->r[t][i] = a->r[t][i] > 0.0f ? a->r[t][i] : 0.0f;
-        act_row[i] = mlp_activation(a->r[t][i]);
+        hidden[i] = hidden[i] > 0.0f ? hidden[i] : 0.0f;
+        act_row[i] = mlp_activation(hidden[i]);
     }
     matvec(x, w + MLP_FC2, act_row, C, H4, 1);
 }
@@ -276,13 +302,11 @@ static void gradient(long i, float g)
 
 /* ---- backward pieces */
 
-enum { D_IN_SET, D_IN_ADD, D_IN_ACT }; /* d_in = col, d_in += col, d_in = col * mlp_activation'(in) */
-
-/* Backward of out[t] = W f(in[t]) for t < n, W (R, K) at params[w]; f is the MLP activation in D_IN_ACT mode.
-   Column by column j: d_in[t][j] = sum_i W[i][j] d_out[t][i] (written as `mode` says, possibly over in),
-   and dW[i][j] = sum_t d_out[t][i] f(in[t][j]), complete, so it goes to gradient() (or to grad_sink). */
-static void linear_backward(float *d_in, int mode, const float *d_out, int d_out_stride, const float *in,
-                            int in_stride, long w, int R, int K, int n, float *grad_sink)
+/* Backward of out[t] = W in[t] for t < n, W (R, K) at params[w]. Column by column j:
+   d_in[t][j] = sum_i W[i][j] d_out[t][i] (d_in may be `in` itself: column j of in is read first), and
+   dW[i][j] = sum_t d_out[t][i] in[t][j], complete, so it goes to gradient() (or to grad_sink). */
+static void linear_backward(float *d_in, const float *d_out, int d_out_stride, const float *in, long w, int R,
+                            int K, int n, float *grad_sink)
 {
     for (int j = 0; j < K; j++) {
         for (int t = 0; t < n; t++) {
@@ -293,57 +317,95 @@ static void linear_backward(float *d_in, int mode, const float *d_out, int d_out
         }
         for (int i = 0; i < R; i++) {
             float g = 0.0f;
-            for (int t = 0; t < n; t++) {
-                float x = in[t * in_stride + j];
-                g += d_out[t * d_out_stride + i] * (mode == D_IN_ACT ? mlp_activation(x) : x);
-            }
+            for (int t = 0; t < n; t++)
+                g += d_out[t * d_out_stride + i] * in[t * K + j];
             if (grad_sink)
                 grad_sink[i * K + j] = g;
             else
                 gradient(w + i * K + j, g);
         }
+        for (int t = 0; t < n; t++)
+            d_in[t * K + j] = d_col[t];
+    }
+}
+
+/* MLP backward, one hidden unit i at a time: r_t = relu(fc1[i] . xn2[t]), out[t] += fc2[:, i] act(r_t).
+   Row i of fc1 and column i of fc2 get complete gradients together; d_xn gets fc1[i] d_h before row i may
+   change, in the order of a column-wise pass (the sums run over i). */
+static void mlp_backward(long w, const struct layer_activations *a, int n)
+{
+    for (int t = 0; t < n; t++)
+        for (int k = 0; k < C; k++)
+            d_xn[t][k] = 0.0f;
+    for (int i = 0; i < H4; i++) {
         for (int t = 0; t < n; t++) {
-            float *d = &d_in[t * in_stride + j];
-            if (mode == D_IN_SET)
-                *d = d_col[t];
-            else if (mode == D_IN_ADD)
-                *d += d_col[t];
-            else /* relu: 1 where r > 0; squared relu: 2 r */
-                *d = MLP_RELU2 ? d_col[t] * (2.0f * *d) : (*d > 0.0f ? d_col[t] : 0.0f);
+#if LOW_MEMORY
+            float h = 0.0f; /* fc1 xn2 again, as the forward pass summed it */
+            for (int k = 0; k < C; k++)
+                h += params[w + MLP_FC1 + i * C + k] * a->xn2[t][k];
+            unit_r[t] = h > 0.0f ? h : 0.0f;
+#else
+            unit_r[t] = a->r[t][i];
+#endif
+            float d_act = 0.0f;
+            for (int c = 0; c < C; c++)
+                d_act += params[w + MLP_FC2 + c * H4 + i] * resid[t][c];
+            /* relu: 1 where r > 0; squared relu: 2 r */
+            d_col[t] = MLP_RELU2 ? d_act * (2.0f * unit_r[t]) : (unit_r[t] > 0.0f ? d_act : 0.0f);
+        }
+        for (int c = 0; c < C; c++) { /* column i of fc2 */
+            float g = 0.0f;
+            for (int t = 0; t < n; t++)
+                g += resid[t][c] * mlp_activation(unit_r[t]);
+            gradient(w + MLP_FC2 + c * H4 + i, g);
+        }
+        for (int k = 0; k < C; k++) { /* row i of fc1 */
+            float g = 0.0f;
+            for (int t = 0; t < n; t++) {
+                g += d_col[t] * a->xn2[t][k];
+                d_xn[t][k] += params[w + MLP_FC1 + i * C + k] * d_col[t];
+            }
+            gradient(w + MLP_FC1 + i * C + k, g);
         }
     }
 }
 
-/* dq, dk, dv into a->qkv from dy in a->y: p = softmax(q k^T scale), y = p v;
+/* dq, dk, dv into d_qkv (T, 3C) from dy in a->y: p = softmax(q k^T scale), y = p v;
    d_att = p (dp - sum_s dp_s p_s) scale, dq = d_att k, dk += d_att^T q (earlier positions too), dv += p^T dy */
-static void attention_backward(struct layer_activations *a, float (*d_qkv)[3 * C], int n)
+static void attention_backward(const float *w, struct layer_activations *a, float (*d_qkv)[3 * C], int n)
 {
     for (int t = 0; t < n; t++)
         for (int i = 0; i < 3 * C; i++)
             d_qkv[t][i] = 0.0f;
-    for (int h = 0; h < N_HEAD; h++) {
-        for (int t = 0; t < n; t++) {
-            int first = ATTENTION_SELF ? t : 0;
+    for (int t = 0; t < n; t++) {
+        int first = ATTENTION_SELF ? t : 0;
+#if LOW_MEMORY
+        const float *q = query(w, a, t);
+#else
+        const float *q = a->q[t];
+        (void)w;
+#endif
+        for (int h = 0; h < N_HEAD; h++) {
 #if LOW_MEMORY
             float *probs = att_row;
-            attention_row(probs, a, h, t, first);
+            attention_row(probs, a, q, h, t, first);
 #else
             float *probs = a->att[h][t];
 #endif
-            const float *dy = a->y[t] + h * HS, *q = a->qkv[t] + h * HS;
+            const float *dy = a->y[t] + h * HS;
             float dp_dot_p = 0.0f;
             for (int s = first; s <= t; s++) {
                 float dp = 0.0f;
                 for (int j = 0; j < HS; j++)
-                    dp += dy[j] * a->qkv[s][2 * C + h * HS + j];
+                    dp += dy[j] * a->kv[s][C + h * HS + j];
                 d_col[s] = dp;
                 dp_dot_p += dp * probs[s];
             }
             for (int s = first; s <= t; s++) {
                 float d_att = (d_col[s] - dp_dot_p) * probs[s] * ATTN_SCALE;
                 for (int j = 0; j < HS; j++) {
-                    d_qkv[t][h * HS + j] += d_att * a->qkv[s][C + h * HS + j];
-                    d_qkv[s][C + h * HS + j] += d_att * q[j];
+                    d_qkv[t][h * HS + j] += d_att * a->kv[s][h * HS + j];
+                    d_qkv[s][C + h * HS + j] += d_att * q[h * HS + j];
                     d_qkv[s][2 * C + h * HS + j] += probs[s] * dy[j];
                 }
             }
@@ -355,20 +417,19 @@ static void attention_backward(struct layer_activations *a, float (*d_qkv)[3 * C
 static void layer_backward(int l, struct layer_activations *a, int n)
 {
     long w = layer_offset[l];
-    float (*d_qkv)[3 * C] = (float (*)[3 * C])&a->r[0][0]; /* (T, 3C) in the MLP's buffer, free by then */
     /* mlp: x_out = x_mid + fc2 act(fc1 xn2) */
-    linear_backward(&a->r[0][0], D_IN_ACT, &resid[0][0], C, &a->r[0][0], H4, w + MLP_FC2, C, H4, n, NULL);
-    linear_backward(&d_xn[0][0], D_IN_SET, &a->r[0][0], H4, &a->xn2[0][0], C, w + MLP_FC1, H4, C, n, NULL);
+    mlp_backward(w, a, n);
     for (int t = 0; t < n; t++)
         if (NORM_BEFORE_MLP)
             rmsnorm_backward(resid[t], d_xn[t], a->xn2[t], a->scale2[t]);
         else
             for (int i = 0; i < C; i++)
                 resid[t][i] += d_xn[t][i];
-    /* attention: x_mid = x_in + wo attn(wqkv xn) */
-    linear_backward(&a->y[0][0], D_IN_SET, &resid[0][0], C, &a->y[0][0], C, w + ATTN_WO, C, C, n, NULL);
-    attention_backward(a, d_qkv, n);
-    linear_backward(&d_xn[0][0], D_IN_SET, &d_qkv[0][0], 3 * C, &a->xn[0][0], C, w + ATTN_WQ, 3 * C, C, n, NULL);
+    /* attention: x_mid = x_in + wo attn(wq xn, wk xn, wv xn) */
+    linear_backward(&a->y[0][0], &resid[0][0], C, &a->y[0][0], w + ATTN_WO, C, C, n, NULL);
+    attention_backward(params + w, a, D_QKV(a), n);
+    /* attn_wq, attn_wk, attn_wv: one (3C, C) matrix */
+    linear_backward(&d_xn[0][0], &D_QKV(a)[0][0], 3 * C, &a->xn[0][0], w + ATTN_WQ, 3 * C, C, n, NULL);
     for (int t = 0; t < n; t++)
         if (NORM_BEFORE_ATTN)
             rmsnorm_backward(resid[t], d_xn[t], a->xn[t], a->scale1[t]);
@@ -386,8 +447,7 @@ static void backward(const token_t *tokens, int n)
 #else
     float *lm_head_grad = NULL;
 #endif
-    linear_backward(&resid[0][0], D_IN_SET, &dlogits[0][0], V, &resid[0][0], C, OFFSET_LM_HEAD, V, C, n,
-                    lm_head_grad);
+    linear_backward(&resid[0][0], &dlogits[0][0], V, &resid[0][0], OFFSET_LM_HEAD, V, C, n, lm_head_grad);
     for (int l = N_LAYER - 1; l >= 0; l--) {
 #if LOW_MEMORY && N_LAYER > 1
         if (l < N_LAYER - 1) /* recompute layer l's activations from its saved input */
