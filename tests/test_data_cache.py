@@ -359,3 +359,16 @@ def test_a_refused_connection_is_one_line(tmp_path):
         port = s.getsockname()[1]
     with pytest.raises(MicrogptError, match='cannot download .*refused'):
         fetch(f"http://127.0.0.1:{port}/names.txt", cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize('bos_first', [False, True])
+def test_pack_is_the_documents_back_to_back(names_path, bos_first):
+    every = shuffled(Documents(load_corpus(names_path), bos_first=bos_first), random.Random(3))
+    for first, count, keep in ((0, 1, 17), (5, 64, 17), (len(every) - 3, 10, 4), (2 * len(every) + 7, 5, 100)):
+        tokens, starts = every.pack(first, count, keep)
+        want, want_starts = [], [0]
+        for d in range(first, first + count):
+            want += every[d % len(every)][:keep]
+            want_starts.append(len(want))
+        assert tokens.dtype == np.int64 and tokens.tolist() == want, (first, count, keep)
+        assert starts.tolist() == want_starts, (first, count, keep)

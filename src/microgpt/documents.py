@@ -55,6 +55,21 @@ class Documents:
         """(D,) tokens of each document with its two BOS, in this order."""
         return (np.diff(self.corpus.bounds.astype(np.int64)) + 1)[self.order]
 
+    def pack(self, first, count, keep):
+        """(tokens, starts): documents first .. first + count - 1 (wrapping around), each cut to its first `keep`
+        tokens, back to back as int64, and the (count + 1,) index where each starts; what a list of token
+        lists gives through `tokens += doc[:keep]`, without a Python object per document."""
+        d = self.order[(first + np.arange(count)) % len(self)]               # (count,) corpus indices
+        begin = self.corpus.bounds[d].astype(np.int64)                        # (count,) each document's first BOS
+        lengths = np.minimum(self.corpus.bounds[d + 1].astype(np.int64) - begin + 1, keep)  # (count,)
+        starts = np.zeros(count + 1, np.int64)                                # (count + 1,)
+        np.cumsum(lengths, out=starts[1:])
+        at = np.repeat(begin - starts[:-1], lengths) + np.arange(starts[-1])  # (tokens,) positions in the corpus
+        tokens = self.corpus.tokens[at].astype(np.int64)
+        if self.bos_first:
+            tokens = (tokens + 1) % (len(self.corpus.chars) + 1)
+        return tokens, starts
+
     def take(self, positions):
         """The documents at `positions` of this sequence, in that order."""
         return Documents(self.corpus, self.order[np.asarray(positions, dtype=np.int64)], self.bos_first)
