@@ -372,3 +372,13 @@ def test_pack_is_the_documents_back_to_back(names_path, bos_first):
             want_starts.append(len(want))
         assert tokens.dtype == np.int64 and tokens.tolist() == want, (first, count, keep)
         assert starts.tolist() == want_starts, (first, count, keep)
+
+
+def test_tokenising_reports_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, 'READ_BYTES', 4096)
+    path = write_words(tmp_path / 'words.txt', 5000)
+    size, seen = os.path.getsize(path), []
+    load_corpus(path, cache_dir=str(tmp_path / 'cache'), min_cache_bytes=0,
+                progress=lambda done, total: seen.append((done, total)))
+    assert len(seen) >= size // 4096 and seen[-1] == (size, size), (len(seen), seen[-1], size)
+    assert all(a[0] < b[0] for a, b in zip(seen, seen[1:])), seen

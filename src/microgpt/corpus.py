@@ -34,7 +34,7 @@ MAGIC = b'microgpt-token-cache\n'
 CACHE_MIN_BYTES = 2**20
 MAX_CHARS = 2**16 - 2      # token ids are uint16 at most, BOS included (0xFFFF marks an unseen character)
 EDGE_BYTES = 2**16         # the hashed head and tail of the source
-SLICE = 2**24             # ids remapped or widened at a time
+SLICE = 2**22             # ids remapped or widened at a time
 
 
 @dataclass
@@ -62,13 +62,14 @@ def cache_folder():
     return os.path.join(base, 'microgpt')
 
 
-def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES):
+def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=None):
     """The documents of `path` as a Corpus: memory-mapped from the cache when it is current, else tokenised
-    (and cached when the file is large enough and the cache folder writable)."""
+    (and cached when the file is large enough and the cache folder writable). While tokenising,
+    `progress(bytes_read, total_bytes_or_None)` is called after each piece."""
     check_data_path(path)
     source = source_identity(path)
     if source is None or source['size'] < min_cache_bytes:
-        return tokenise(path, _MemorySink(source))
+        return tokenise(path, _MemorySink(source), progress)
     folder = cache_dir or cache_folder()
     cache_path = os.path.join(folder, f"tokens-{hashlib.sha256(source['path'].encode()).hexdigest()[:32]}.bin")
     cached = open_cache(cache_path, source)
@@ -78,19 +79,19 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-tokens-', suffix='.bin')
     except OSError as e:
-        corpus = tokenise(path, _MemorySink(source))
+        corpus = tokenise(path, _MemorySink(source), progress)
         corpus.notice = (f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory "
                          f"(set MICROGPT_CACHE to a writable folder to cache it)")
         return corpus
     try:
         with os.fdopen(fd, 'w+b') as f:
-            tokenise(path, _FileSink(f, source))
+            tokenise(path, _FileSink(f, source), progress)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, cache_path)
     except OSError as e:  # a full disk: tokenise in memory instead
         _remove_quietly(tmp)
-        corpus = tokenise(path, _MemorySink(source))
+        corpus = tokenise(path, _MemorySink(source), progress)
         corpus.notice = f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory"
         return corpus
     except BaseException:  # Ctrl-C, or an error in the data: no partial cache stays behind
@@ -141,7 +142,7 @@ def ascii_documents(piece):
     return b'\n'.join(docs) + b'\n' if docs else b''
 
 
-def tokenise(path, sink):
+def tokenise(path, sink, progress=None):
     """Tokenise the documents of `path` into `sink` and return sink.finish's Corpus; provisional id 0 is BOS,
     characters 1.. in order of first appearance, remapped at the end to the sorted vocabulary's ids."""
     provisional = np.full(0x110000, UNSEEN, np.uint16)  # code point -> provisional id
@@ -149,7 +150,10 @@ def tokenise(path, sink):
     first_seen = []                                      # provisional id - 1 -> code point
     sink.write(np.zeros(1, np.uint8), np.zeros(1, np.uint32))  # the leading BOS
     written, longest = 1, 0
+    total = os.path.getsize(path) if os.path.isfile(path) else None
     for offset, piece in read_pieces(path):
+        if progress:
+            progress(offset + len(piece), total)
         if piece.isascii():
             points = np.frombuffer(ascii_documents(piece), np.uint8)  # (n,) code points, '\n' after each document
         else:  # decode_piece drops the first piece's byte-order mark
