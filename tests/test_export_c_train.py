@@ -34,10 +34,15 @@ MEAN_TOLERANCE = 0.01   # mean loss of the last 100 of 1000 steps
 SWITCHES = [{}, {'n_layer': 2}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}, {'tie_lm_head': True},
             {'norm': 'none'}, {'norm': 'esp32'}, {'mlp_activation': 'relu2'}, {'attention': 'self'},
             {'bos': 'first'}, {'zero_init': ('attn_wo', 'mlp_fc2')}, {'block_size': 4}]
-# cross-compilers for microcontrollers: (compiler, flags); each object's data + bss must equal the budget
+# cross-compilers for microcontrollers: (compiler, flags, flags to link a whole image with the C library);
+# each object's data + bss must equal the budget, and the image's (with the library's own RAM) fit the limit
 BARE_METAL = {
-    'cortex-m4f': ('arm-none-eabi-gcc', ['-mcpu=cortex-m4', '-mthumb', '-mfpu=fpv4-sp-d16', '-mfloat-abi=hard']),
-    'rv32imc': ('riscv64-unknown-elf-gcc', ['-march=rv32imc', '-mabi=ilp32', '--specs=picolibc.specs']),
+    'cortex-m4f': ('arm-none-eabi-gcc', ['-mcpu=cortex-m4', '-mthumb', '-mfpu=fpv4-sp-d16', '-mfloat-abi=hard'],
+                   ['--specs=nosys.specs']),  # newlib, system calls stubbed
+    # picolibc with semihosting for stdout, laid out as an ESP32-C3: 4 MB of flash, 400 KB of SRAM
+    'rv32imc': ('riscv64-unknown-elf-gcc', ['-march=rv32imc', '-mabi=ilp32', '--specs=picolibc.specs'],
+                ['--oslib=semihost', '-Wl,--defsym=__flash=0x42000000', '-Wl,--defsym=__flash_size=0x400000',
+                 '-Wl,--defsym=__ram=0x3FC80000', '-Wl,--defsym=__ram_size=0x64000', '-Wl,--defsym=__stack_size=0x1000']),
 }
 
 
@@ -204,7 +209,7 @@ def test_arm_under_qemu_prints_the_host_lines(tmp_path):
 @pytest.mark.parametrize('target', list(BARE_METAL))
 @pytest.mark.parametrize('low_memory', [False, True], ids=['normal', 'low-memory'])
 def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):
-    compiler, flags = BARE_METAL[target]
+    compiler, flags, link_flags = BARE_METAL[target]
     require_tool(compiler)
     size_tool = compiler.replace('-gcc', '-size')
     require_tool(size_tool)
@@ -212,14 +217,21 @@ def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):
     vocab = Vocabulary.from_documents(docs)
     cfg = ModelConfig(vocab_size=vocab.size)
     export_c_train(str(tmp_path), docs, cfg, vocab, low_memory=low_memory)
+
+    def size(path):
+        line = subprocess.run([size_tool, str(path)], capture_output=True, text=True, check=True).stdout.splitlines()[1]
+        return tuple(map(int, line.split()[:3]))  # text (flash), data, bss
+
     obj = build(tmp_path, compiler=compiler, flags=[*flags, '-c'], output='train.o')
-    text, data, bss = map(int, subprocess.run([size_tool, str(obj)], capture_output=True, text=True,
-                                              check=True).stdout.splitlines()[1].split()[:3])
+    text, data, bss = size(obj)
     budget, limit = budget_total(cfg, low_memory), LOW_MEMORY_RAM_LIMIT if low_memory else RAM_LIMIT
     assert writable_bytes(obj, compiler.replace('-gcc', '-nm')) == budget, (target, budget)
     # the sections add at most the alignment of the 8-byte PRNG state to the symbols
     assert budget <= data + bss < budget + 8 and data + bss <= limit, (target, data, bss, budget, limit)
     assert text > len(docs), text  # the documents are in flash
+    image_text, image_data, image_bss = size(build(tmp_path, compiler=compiler, flags=[*flags, *link_flags],
+                                                   output='train.elf'))
+    assert budget < image_data + image_bss <= limit, (target, 'with the C library', image_data, image_bss, limit)
 
 
 # ---- bad input
