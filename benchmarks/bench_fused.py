@@ -29,7 +29,8 @@ from microgpt.bench.benchmark import prepared_job
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
-from microgpt.engines.fused.engine import compile_kernels
+from microgpt.engines.fused.compile import compile_kernels
+from microgpt.engines.fused.engine import FusedEngine
 from microgpt.bench import torch_gpt as torch_baseline
 from microgpt.data import batch_for_step
 from microgpt.train.loop import predicted_tokens, train
@@ -71,54 +72,58 @@ def default_job(data, repeats):
 
 
 def profile_step(data, repeats):
-    """Per-step cost of each layer of the fused path, on the default job's first document."""
+    """Per-step cost of each part of the fused path, on the default job's first document."""
     from numba import njit
-    from microgpt.engines.fused import gpt as K
-    from microgpt.engines.fused.engine import _slp_vectorizer
+    from microgpt.engines.fused import gpt
+    from microgpt.engines.fused.compile import slp_vectorizer
     rng, doc_tokens, cfg = prepared_job(data, 42)
     engine = make_engine('fused', cfg, rng)
     tcfg, batch = TrainConfig(), [doc_tokens[0]]
-    engine._load_batch(batch)
-    state, ws, plan, adam = engine._state, engine._ws, engine._plan, engine._adam_settings(tcfg)
+    n = 1000
+    state, ws, plan, adam = engine.state_buffer, engine._wss[0], engine._plans[0], engine._adam_settings(tcfg)
+    docs, doc_starts = engine._documents(batch)
+    run_docs, run_starts = engine._documents(batch * n)                  # the document n times: n steps
+    lrs, keys, losses = np.full(n, 1e-9), np.zeros(n, np.int64), np.empty(n)
 
     @njit
     def noop(a, b, c, d, e, f):
         return 0.0
 
     @njit
-    def steps_in_one_call(state, ws, plan, adam, k):
+    def loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, k):
         total = 0.0
-        for i in range(k):
-            total += K.train_step(state, ws, plan, adam, 1e-9, 1 + i)
+        for _ in range(k):
+            total += gpt.loss_and_grads(state, ws, plan, docs, doc_starts)
         return total
 
     @njit
-    def loss_in_one_call(state, ws, plan, k):
+    def loss_in_one_call(state, ws, plan, docs, doc_starts, k):
         total = 0.0
         for _ in range(k):
-            total += K.loss_and_grads(state, ws, plan)
+            total += gpt.loss(state, ws, plan, docs, doc_starts)
         return total
 
     class NoEngine:  # training.train's own loop: batch selection, learning rate, StepReport, generator
         def __init__(self):
             self.cfg = cfg
+            self.chunk_steps = FusedEngine.chunk_steps
 
-        def train_step(self, batch, lr_t, tcfg):
-            return 0.0
+        def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
+            return [0.0] * (stop - start)
 
-    n = 1000
-    with _slp_vectorizer():  # these loops compile the kernels into themselves, so as FusedEngine does
+    with slp_vectorizer():  # these loops compile the kernels into themselves, so as FusedEngine does
         noop(state, ws, plan, adam, 0.0, 1)
-        steps_in_one_call(state, ws, plan, adam, 1)
-        loss_in_one_call(state, ws, plan, 1)
+        loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, 1)
+        loss_in_one_call(state, ws, plan, docs, doc_starts, 1)
     rows = [
-        ('compiled step (loss, grads, Adam), in a compiled loop', lambda: steps_in_one_call(state, ws, plan, adam, n)),
-        ('  of which loss and gradients', lambda: loss_in_one_call(state, ws, plan, n)),
-        ('numba call of a no-op with the same 6 arguments',
-         lambda: [noop(state, ws, plan, adam, 0.0, 1) for _ in range(n)]),
+        ('compiled steps (loss, grads, Adam), n in one call',
+         lambda: gpt.train_steps(state, ws, plan, adam, run_docs, run_starts, 1, lrs, keys, 1, losses)),
+        ('  of which loss and gradients', lambda: loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, n)),
+        ('  of which the forward (FusedEngine.loss\'s kernel)',
+         lambda: loss_in_one_call(state, ws, plan, docs, doc_starts, n)),
+        ('numba call of a no-op with 6 arguments', lambda: [noop(state, ws, plan, adam, 0.0, 1) for _ in range(n)]),
         ('FusedEngine.train_step (wrapper + call + step)',
          lambda: [engine.train_step(batch, 1e-9, tcfg) for _ in range(n)]),
-        ('  of which _load_batch (tokens into the plan)', lambda: [engine._load_batch(batch) for _ in range(n)]),
         ('training.train loop with a do-nothing engine',
          lambda: [r for r in train(NoEngine(), doc_tokens, TrainConfig(steps=n))]),
     ]
@@ -127,9 +132,7 @@ def profile_step(data, repeats):
     for label, fn in rows:
         best = float('inf')
         for _ in range(repeats):
-            # from the same state each time: thousands of steps on one document would decay the Adam moments of
-            # unused rows into subnormal numbers, which are slow, and which no real run reaches
-            state[...] = fresh
+            state[...] = fresh  # from the same state each time
             best = min(best, _seconds(fn))
         print(f"   {label:<58} {best / n * 1e6:>7.2f} us")
 

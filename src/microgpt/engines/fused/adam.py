@@ -1,35 +1,35 @@
 """The fused engine's Adam: one pass over the parameters, in the reference's operation order.
 
 `adam` is the float64 array of Adam's settings (TrainConfig's), indexed by BETA1 ... GRAD_CLIP; the update of
-each parameter is independent of the others' (`_adam_parameter`), so fused_groups runs it in parallel.
+each parameter is independent of the others' (`adam_parameter`), so parallel.py runs it in parallel.
 """
 
 import math
 
 import numpy as np
 
-from .layers import kernel
+from .lanes import kernel
 
 BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = range(5)
 
 
 @kernel
-def _adam(state, adam, lr, t):
+def adam_step(state, adam, lr, t):
     """Adam step t (1-based) with learning rate lr, optionally AdamW and clipped, on state = (params, grads, m, v).
 
     p -= lr m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps), the reference's expression with its two
     bias-correction divisions turned into multiplications (one division per parameter instead of three:
     Adam is then ~1/3 less of a step; results move by an ulp). beta^t is C's pow, as in Python.
     """
-    _clip_gradients(state[1], adam)
-    settings = _adam_settings(adam, lr, t)
+    clip_gradients(state[1], adam)
+    settings = adam_settings(adam, lr, t)
     p, g, m, v = state[0], state[1], state[2], state[3]
     for i in range(p.size):
-        _adam_parameter(p, g, m, v, i, settings)
+        adam_parameter(p, g, m, v, i, settings)
 
 
 @kernel
-def _clip_gradients(g, adam):
+def clip_gradients(g, adam):
     """Scale g to the global norm adam[GRAD_CLIP] when it is above it (0: off); the norm summed in order."""
     if adam[GRAD_CLIP] > 0:
         total = 0.0
@@ -39,7 +39,7 @@ def _clip_gradients(g, adam):
 
 
 @kernel
-def _adam_settings(adam, lr, t):
+def adam_settings(adam, lr, t):
     """(beta1, beta2, eps, step size, 1 / (1 - beta2^t), decay) of Adam step t."""
     beta1, beta2 = adam[BETA1], adam[BETA2]
     return (beta1, beta2, adam[EPS], lr / (1 - beta1 ** np.float64(t)), 1.0 / (1 - beta2 ** np.float64(t)),
@@ -47,7 +47,7 @@ def _adam_settings(adam, lr, t):
 
 
 @kernel
-def _adam_parameter(p, g, m, v, i, settings):
+def adam_parameter(p, g, m, v, i, settings):
     """Adam on parameter i (params p, grads g, moments m and v): independent of every other parameter's update."""
     beta1, beta2, eps, step_size, inverse_bias2, decay = settings
     m[i] = m[i] * beta1 + g[i] * (1 - beta1)

@@ -8,27 +8,28 @@ import math
 
 from numba import njit
 
-from .gpt import C, CAUSAL, L, NH, NORM, NORM_MICROGPT, NORM_NONE, OFF_LM, OFF_WPE, RELU2, T, V, _layer
 from ...config import RMSNORM_EPS
-from .layers import kernel
+from .lanes import kernel
+from .plan import (NORM_MICROGPT, NORM_NONE, SLOT_C, SLOT_CAUSAL, SLOT_L, SLOT_LM_HEAD, SLOT_NH, SLOT_NORM,
+                   SLOT_RELU2, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, layer_weights)
 
 
 @njit(cache=True, error_model='numpy')
 def decode_step(params, plan, kv_cache, scratch, token, pos, logits):
     """Logits (V,) of the token after `token` at `pos`; stores its keys and values in kv_cache (L, 2, T, C)."""
-    V_, C_, NH_, L_, norm = plan[V], plan[C], plan[NH], plan[L], plan[NORM]
+    V_, C_, NH_, L_, norm = plan[SLOT_V], plan[SLOT_C], plan[SLOT_NH], plan[SLOT_L], plan[SLOT_NORM]
     hs = C_ // NH_
     pm = params.reshape((params.size // C_, C_))
     x, x_in, qkv, y = scratch[0, :C_], scratch[1, :C_], scratch[2, :3 * C_], scratch[3, :C_]
-    hidden, scores = scratch[4, :4 * C_], scratch[5, :plan[T]]
-    wte, wpe = pm[:V_], pm[plan[OFF_WPE] // C_:]
+    hidden, scores = scratch[4, :4 * C_], scratch[5, :plan[SLOT_T]]
+    wte, wpe = pm[plan[SLOT_WTE]:plan[SLOT_WTE] + V_], pm[plan[SLOT_WPE]:]
     for c in range(C_):
         x[c] = wte[token, c] + wpe[pos, c]
     if norm == NORM_MICROGPT:
         _rmsnorm(x, x)
-    first = 0 if plan[CAUSAL] == 1 else pos  # self attention: each position sees only itself
+    first = 0 if plan[SLOT_CAUSAL] == 1 else pos  # self attention: each position sees only itself
     for i in range(L_):
-        w_qkv, w_o, w_fc1, w_fc2 = _layer(pm, plan, i)
+        w_qkv, w_o, w_fc1, w_fc2 = layer_weights(pm, plan, i)
         _rmsnorm(x_in, x) if norm != NORM_NONE else _copy(x_in, x)
         _matvec(qkv, w_qkv, x_in)
         kv_cache[i, 0, pos] = qkv[C_:2 * C_]
@@ -56,10 +57,10 @@ def decode_step(params, plan, kv_cache, scratch, token, pos, logits):
         _matvec(hidden, w_fc1, x_in)
         for k in range(hidden.size):
             r = max(hidden[k], 0.0)
-            hidden[k] = r * r if plan[RELU2] == 1 else r
+            hidden[k] = r * r if plan[SLOT_RELU2] == 1 else r
         _matvec(x_in, w_fc2, hidden)
         _add_residual(x, x_in)
-    _matvec(logits, pm[plan[OFF_LM] // C_:plan[OFF_LM] // C_ + V_], x)
+    _matvec(logits, pm[plan[SLOT_LM_HEAD]:plan[SLOT_LM_HEAD] + V_], x)
 
 
 @kernel

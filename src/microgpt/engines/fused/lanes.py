@@ -15,6 +15,7 @@ from numba.extending import intrinsic
 
 LANES = 8
 lanes = njit(error_model='numpy', inline='always')
+kernel = njit(error_model='numpy')  # the kernels' decorator; numpy's error model: no ZeroDivisionError branches
 
 
 @lanes

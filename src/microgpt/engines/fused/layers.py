@@ -12,14 +12,11 @@ numpy_layers: C channels, NH heads, HS head size, V vocabulary, T block size, NP
 import math
 
 import numpy as np
-from numba import njit
-
 from ... import dropout as _dropout
-from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, lanes, load8, mac8, max8,
-                          mul8, store8)
-
 from ...config import RMSNORM_EPS
-kernel = njit(error_model='numpy')  # numpy's error model: no ZeroDivisionError branch in the loops
+from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lanes, load8, mac8,
+                    max8, mul8, store8)
+
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 
 
@@ -227,34 +224,44 @@ def _positive8(r):
 
 
 @kernel
-def cross_entropy(logits, targets, scratch, n, nb, n_mean):
-    """Sum of -log softmax(logits)[target] over the first n columns, divided by n_mean (n, or the whole
-    batch's count when these columns are one group of it); logits (V, NP) become d_logits in place (0 in the
-    padding columns n .. nb). scratch (2, NP)."""
+def cross_entropy_forward(probs, logits, targets, stats, n, nb, n_mean):
+    """Sum of -log softmax(logits)[target] over the first n columns, divided by n_mean (n, or the whole batch's
+    count when these columns are one group of it). probs (V, NP) gets softmax(logits) (may be logits); stats
+    (2, NP) keeps, per column, the sum of e^(logit - peak) and the target's logit - peak, for the backward."""
     V_ = logits.shape[0]
-    weight = 1.0 / n_mean  # each predicted position counts 1/n_mean towards the mean
     for j in range(0, nb, LANES):
         peak = load8(logits[0], j)
         for v in range(1, V_):
             peak = max8(peak, load8(logits[v], j))
-        store8(scratch[1], j, peak)
+        store8(stats[1], j, peak)
         for t in range(j, j + LANES):
-            scratch[1, t] = logits[targets[t], t] - scratch[1, t]  # the target's shifted logit
+            stats[1, t] = logits[targets[t], t] - stats[1, t]  # the target's shifted logit
         total = fill8(0.0)
         for v in range(V_):
             e = exp8(load8(logits[v], j), peak)
-            store8(logits[v], j, e)
+            store8(probs[v], j, e)
             total = add8(total, e)
-        store8(scratch[0], j, total)
-        # softmax followed by NLL: d_logits = (probs - onehot(target)) / n
-        weights = _weights8(j, n, weight)
+        store8(stats[0], j, total)
         for v in range(V_):
-            store8(logits[v], j, mul8(div8(load8(logits[v], j), total), weights))
+            store8(probs[v], j, div8(load8(probs[v], j), total))
     loss = 0.0
     for t in range(n):
-        loss -= scratch[1, t] - math.log(scratch[0, t])
-        logits[targets[t], t] = (exp_nonpositive(scratch[1, t]) / scratch[0, t] - 1.0) * weight
-    return loss * weight
+        loss -= stats[1, t] - math.log(stats[0, t])
+    return loss * (1.0 / n_mean)
+
+
+@kernel
+def cross_entropy_backward(d_logits, probs, targets, stats, n, nb, n_mean):
+    """softmax followed by NLL: d_logits = (probs - onehot(target)) / n_mean over the first n columns, 0 in the
+    padding columns n .. nb. The target's probability minus 1 is computed from stats, not from probs (it
+    would lose the digits of a probability near 1)."""
+    weight = 1.0 / n_mean  # each predicted position counts 1/n_mean towards the mean
+    for j in range(0, nb, LANES):
+        weights = _weights8(j, n, weight)
+        for v in range(probs.shape[0]):
+            store8(d_logits[v], j, mul8(load8(probs[v], j), weights))
+    for t in range(n):
+        d_logits[targets[t], t] = (exp_nonpositive(stats[1, t]) / stats[0, t] - 1.0) * weight
 
 
 @lanes

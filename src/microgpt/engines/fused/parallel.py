@@ -16,9 +16,10 @@ import numpy as np
 from numba import njit, prange
 
 from ...config import NOTHING_TO_PREDICT
-from .adam import _adam_parameter, _adam_settings, _clip_gradients
-from .gpt import BATCH_AT, DROP_KEY, FIRST_DOC, _checked_positions, _group_loss_and_grads
-from .layers import kernel
+from .adam import adam_parameter, adam_settings, clip_gradients
+from .gpt import group_loss, group_loss_and_grads
+from .lanes import kernel
+from .plan import SLOT_DROP_KEY, pack_columns
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
 
@@ -33,74 +34,68 @@ def group_bounds(batch_size):
 
 
 @parallel_entry_point
-def loss_and_grads(state, group_grads, wss, plans):
-    """Mean loss of the documents in plans (G, ·) (each group's loaded); fills state[1] with the batch's gradient.
+def loss(state, wss, plans, docs, doc_starts):
+    """Mean loss of the batch (docs, doc_starts as gpt.loss's), forward only, its groups in parallel.
 
-    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1]); wss (G, rows, NP)."""
-    groups = plans.shape[0]
-    positions, n_mean = _group_positions(plans)                     # (G,) predicted positions per group
-    losses = np.empty(groups)                                       # (G,) each group's share of the loss
-    for g in prange(groups):
+    wss (G, rows, NP), plans (G, ·): each group's workspace and plan."""
+    positions, total = pack_groups(plans, docs, doc_starts, 0, doc_starts.size - 1)  # (G,) and their sum
+    losses = np.empty(plans.shape[0])                              # (G,) each group's share of the loss
+    for g in prange(plans.shape[0]):
+        losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total) if positions[g] else 0.0
+    return sum_in_order(losses)
+
+
+@parallel_entry_point
+def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first, batch_size):
+    """Mean loss of documents batch_first .. batch_first + batch_size - 1 of docs; fills state[1] with its gradient.
+
+    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
+    positions, total = pack_groups(plans, docs, doc_starts, batch_first, batch_size)
+    losses = np.empty(plans.shape[0])
+    for g in prange(plans.shape[0]):
         group_out = state[1] if g == 0 else group_grads[g - 1]
         if positions[g] == 0:  # only documents of one token: no loss, no gradient
             losses[g] = 0.0
             _zero(group_out)
         else:
-            losses[g] = _group_loss_and_grads(state[0], group_out, wss[g], plans[g], n_mean)
+            losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], positions[g], total)
     grads = state[1]
     for i in prange(grads.size):  # summed in group order, whatever the thread count
-        for g in range(groups - 1):
+        for g in range(plans.shape[0] - 1):
             grads[i] += group_grads[g, i]
-    return _sum_in_order(losses)
+    return sum_in_order(losses)
 
 
 @parallel_entry_point
 def adam_update(state, adam, lr, t):
-    """fused_adam._adam, in parallel over the parameters (the clipping norm still summed in order)."""
-    _clip_gradients(state[1], adam)
-    settings = _adam_settings(adam, lr, t)
+    """adam.adam_step, in parallel over the parameters (the clipping norm still summed in order)."""
+    clip_gradients(state[1], adam)
+    settings = adam_settings(adam, lr, t)
     p, g, m, v = state[0], state[1], state[2], state[3]
     for i in prange(p.size):
-        _adam_parameter(p, g, m, v, i, settings)
+        adam_parameter(p, g, m, v, i, settings)
 
 
 @entry_point
 def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses):
-    """fused_kernels.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
+    """gpt.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
     for i in range(losses.size):
-        _load_groups(plans, docs, doc_starts, i * batch_size, batch_size)
         for g in range(plans.shape[0]):
-            plans[g, DROP_KEY] = keys[i]
-        losses[i] = loss_and_grads(state, group_grads, wss, plans)
+            plans[g, SLOT_DROP_KEY] = keys[i]
+        losses[i] = loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, i * batch_size, batch_size)
         adam_update(state, adam, lrs[i], first_t + i)
 
 
 @kernel
-def _load_groups(plans, docs, doc_starts, first_doc, batch_size):
-    """Documents first_doc .. first_doc + B - 1 of docs (tokens back to back, document d at
-    docs[doc_starts[d]:doc_starts[d + 1]]) into the groups' plans, group g taking its group_bounds share."""
+def pack_groups(plans, docs, doc_starts, batch_first, batch_size):
+    """pack_columns of each group's share of the batch (group_bounds'): returns (G,) the predicted positions of
+    each group, and their total. Raises here, before the parallel loop (an exception inside one is lost), on a
+    bad token id or when the batch has nothing to predict."""
     groups = plans.shape[0]
+    positions, total = np.empty(groups, np.int64), 0
     for g in range(groups):
-        plan = plans[g]
-        at = plan[BATCH_AT]
-        first, stop = g * batch_size // groups, (g + 1) * batch_size // groups
-        plan[at], plan[FIRST_DOC] = stop - first, first
-        token = at + 1 + stop - first
-        for b in range(first, stop):
-            d = first_doc + b
-            length = doc_starts[d + 1] - doc_starts[d]
-            plan[at + 1 + b - first] = length
-            plan[token:token + length] = docs[doc_starts[d]:doc_starts[d + 1]]
-            token += length
-
-
-@kernel
-def _group_positions(plans):
-    """(G,) predicted positions of each group, and their total; checks the token ids first (an exception raised
-    inside prange would be lost) and raises when the batch has nothing to predict."""
-    positions, total = np.empty(plans.shape[0], np.int64), 0
-    for g in range(plans.shape[0]):
-        positions[g] = _checked_positions(plans[g])
+        first, stop = batch_first + g * batch_size // groups, batch_first + (g + 1) * batch_size // groups
+        positions[g] = pack_columns(plans[g], docs, doc_starts, batch_first, first, stop)
         total += positions[g]
     if total == 0:
         raise ValueError(NOTHING_TO_PREDICT)
@@ -113,7 +108,7 @@ def _zero(values):
 
 
 @kernel
-def _sum_in_order(values):
+def sum_in_order(values):
     total = 0.0
     for v in values:
         total += v

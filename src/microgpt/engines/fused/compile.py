@@ -1,0 +1,106 @@
+"""Compiling the fused engine's entry points, and numba's disk cache of them.
+
+numba compiles an entry point on its first call, 20-40 s for the whole engine, and caches it on disk next to
+the package (__pycache__), so later runs load it in a fraction of a second. Entry points are compiled here up
+front, from example arguments of the types FusedEngine passes, with LLVM's SLP vectorizer on; a batch of 2+
+documents needs the parallel ones (parallel.py), compiled only when such a batch first comes.
+"""
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+
+from ... import dropout
+from . import adam, decoder, gpt, lanes, layers, parallel, plan
+
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, decoder, parallel, dropout))
+_compiled = set()  # (dtype, grouped) whose entry points this process has compiled or loaded
+
+
+def kernels_are_cached(dtype='float64', grouped=False):
+    """Whether numba's disk cache holds every entry point for `dtype` (and, with `grouped`, those for batches of
+    2+ documents), so that using the engine will not compile (False when unsure). For the CLI, to announce the
+    one-time compilation."""
+    try:
+        for kernel, args in _entry_points(dtype) + (_group_entry_points(dtype) if grouped else []):
+            key = kernel._cache._index_key(_signature(args), kernel.targetctx.codegen())
+            if _cache_is_stale(kernel) or key not in kernel._cache._cache_file._load_index():
+                return False
+        return True
+    except Exception:  # numba's cache internals are not public API: if they move, say "not cached"
+        return False
+
+
+def compile_kernels(dtype='float64', grouped=True):
+    """Compile (or load from the cache) now what engines of `dtype` will call: before starting worker processes,
+    say, so that they do not each compile."""
+    for flag in (False, True) if grouped else (False,):
+        if (np.dtype(dtype).name, flag) not in _compiled:
+            _compile(_group_entry_points(dtype) if flag else _entry_points(dtype))
+            _compiled.add((np.dtype(dtype).name, flag))
+
+
+def _entry_points(dtype):
+    """(entry point, example arguments) for everything FusedEngine calls with one document per step (and for
+    sampling)."""
+    state, ws, plan_, adam_ = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
+    ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    return [(gpt.loss, (state, ws, plan_, ints, ints)),
+            (gpt.loss_and_grads, (state, ws, plan_, ints, ints)),
+            (gpt.adam_update, (state, adam_, 0.0, 0)),
+            (gpt.train_steps, (state, ws, plan_, adam_, ints, ints, 0, floats, ints, 0, floats)),
+            (decoder.decode_step, (state[0], plan_, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+
+
+def _group_entry_points(dtype):
+    """Those for batches of 2+ documents (parallel.py): parallel kernels take as long again to compile, and
+    microgpt's own job never needs them."""
+    state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)
+    ints, floats = np.zeros(1, np.int64), np.zeros(1)
+    group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
+    return [(parallel.loss, (state, wss, plans, ints, ints)),
+            (parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0)),
+            (parallel.adam_update, (state, adam_, 0.0, 0)),
+            (parallel.train_steps, (state, group_grads, wss, plans, adam_, ints, ints, 0, floats, ints, 0, floats))]
+
+
+def _signature(args):
+    from numba import typeof
+    return tuple(typeof(a) for a in args)
+
+
+def _cache_is_stale(kernel):
+    """numba checks a cached function against its own source file only, but an entry point has the kernels
+    of all KERNEL_FILES compiled into it: its cache is stale when any of them is newer."""
+    index = kernel._cache._cache_file._index_path
+    return os.path.exists(index) and os.path.getmtime(index) < max(map(os.path.getmtime, KERNEL_FILES))
+
+
+@contextmanager
+def slp_vectorizer():
+    """LLVM's SLP vectorizer on while our kernels compile (numba turns it off by default since numba#8852).
+
+    The kernels' 8-lane tuples (lanes.py) become SIMD registers only through it: 4-5x faster matrix
+    products. numba reads the setting when it optimises a function, so switching it on around the compiling
+    calls affects our kernels only; a kernel loaded from the cache is not recompiled.
+    """
+    from numba.core import config
+    saved = config.SLP_VECTORIZE
+    config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        config.SLP_VECTORIZE = saved
+
+
+def _compile(entry_points):
+    """Compile, or load from the disk cache, these (entry point, example arguments)."""
+    with slp_vectorizer():
+        for kernel, args in entry_points:
+            try:
+                if _cache_is_stale(kernel):
+                    kernel._cache.flush()
+            except (AttributeError, OSError):  # cache internals moved, or a read-only cache: numba's check remains
+                pass
+            kernel.compile(_signature(args))
