@@ -8,6 +8,7 @@ memory against the token array's bytes, and the cached reload (a new process, ca
     python benchmarks/bench_data.py                      # 10, 30, 100, 300 MB
     python benchmarks/bench_data.py --sizes 10,100,1000  # up to 1 GB (needs about 3 GB of disk)
     python benchmarks/bench_data.py --base /work/base/src  # also the old path of that tree (to --base-up-to MB)
+    python benchmarks/bench_data.py --plot data_scaling.png  # load time and peak memory against size
 """
 
 import argparse
@@ -79,6 +80,7 @@ def main():
     p.add_argument('--base', default=None, help='a source tree whose load_documents path to time as "before"')
     p.add_argument('--base-up-to', type=int, default=100, help='largest size in MB to time the old path on (default: 100)')
     p.add_argument('--folder', default=None, help='where to write the word lists (default: a temporary folder)')
+    p.add_argument('--plot', default=None, metavar='PNG', help='also plot load time and peak memory against size')
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(',')]
     baseline = measure(BASELINE)['peak']
@@ -86,6 +88,7 @@ def main():
     header = (f"{'MB':>6} {'docs':>11} {'first load s':>12} {'MB/s':>7} {'tokens MiB':>10} {'peak MiB':>9} "
               f"{'peak-base / tokens':>18} {'reload s':>9} {'old s':>8} {'old peak MiB':>12}")
     print(header)
+    rows = []
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         for mb in sizes:
             path, cache = os.path.join(folder, f'words-{mb}.txt'), os.path.join(folder, f'cache-{mb}')
@@ -100,9 +103,36 @@ def main():
                   f"{(first['peak'] - baseline) / first['token_bytes']:>18.2f} {reload['seconds']:>9.3f} "
                   + (f"{old['seconds']:>8.2f} {old['peak'] / 2**20:>12.0f}" if old else f"{'-':>8} {'-':>12}"),
                   flush=True)
+            rows.append((source_mb, first, reload, old))
             os.remove(path)
             for name in os.listdir(cache):
                 os.remove(os.path.join(cache, name))
+    if args.plot:
+        plot(rows, args.plot)
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    mb = [row[0] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.loglog(mb, [row[1]['seconds'] for row in rows], 'o-', label='first load (tokenise + cache)')
+    left.loglog(mb, [row[2]['seconds'] for row in rows], 's-', label='cached reload')
+    old = [(row[0], row[3]) for row in rows if row[3]]
+    if old:
+        left.loglog([m for m, _ in old], [o['seconds'] for _, o in old], 'x--', label='before: strings + token lists')
+    left.set(xlabel='word list (MB)', ylabel='seconds', title='load time')
+    right.loglog(mb, [row[1]['peak'] / 2**20 for row in rows], 'o-', label='first load')
+    right.loglog(mb, [row[1]['token_bytes'] / 2**20 for row in rows], ':', label='token array')
+    if old:
+        right.loglog([m for m, _ in old], [o['peak'] / 2**20 for _, o in old], 'x--', label='before')
+    right.set(xlabel='word list (MB)', ylabel='MiB', title='peak resident memory')
+    for ax in (left, right):
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == '__main__':
