@@ -1,14 +1,55 @@
 """Forward/backward pairs of the GPT's layers on NumPy arrays, llm.c style.
 
-`out, cache = layer_forward(...)` and `d_in = layer_backward(d_out, cache)`. Dimension letters:
-B batch, T time (positions), C channels (n_embd), NH heads, HS head size (C // NH), V vocabulary.
-Each backward is the hand-derived gradient of its forward; tests check each against finite
-differences and PyTorch autograd.
+`out, cache = layer_forward(...)` and `d_in = layer_backward(d_out, cache)`; the weight layers (encoder,
+matmul) take their inputs and weight gradients explicitly, as llm.c's do. Dimension letters: B batch,
+T time (positions), N = B*T rows, C channels (n_embd), NH heads, HS head size (C // NH), V vocabulary.
+Each backward is the hand-derived gradient of its forward; tests check each against finite differences
+and PyTorch autograd.
 """
+
+from functools import lru_cache
 
 import numpy as np
 
 from ...config import RMSNORM_EPS
+
+
+def encoder_forward(inputs, wte, wpe):
+    """Token plus position embeddings: x[b, t] = wte[inputs[b, t]] + wpe[t], as rows (B*T, C)."""
+    B, T = inputs.shape
+    return (wte[inputs] + wpe[:T]).reshape(B * T, wte.shape[1])           # (N, C)
+
+
+def encoder_backward(dout, inputs, dwte, dwpe):
+    """Adds each row's gradient to its token's row of dwte (a token may occur many times, and with a tied
+    lm_head dwte already holds that use's gradient); writes dwpe, whose rows past T get 0."""
+    B, T = inputs.shape
+    np.add.reduce(dout.reshape(B, T, -1), 0, out=dwpe[:T])                  # (T, C), summed over documents
+    dwpe[T:] = 0.0
+    np.add.at(dwte, inputs.ravel(), dout)                                   # (V, C) += rows of (N, C)
+
+
+def matmul_forward(x, w):
+    """out = x @ w.T for a weight w (out, in), as microgpt's linear(); np.dot is cheaper to call than @."""
+    return np.dot(x, w.T)                                                   # (N, out)
+
+
+def matmul_backward(dout, x, w, dw):
+    """Writes dw = dout.T @ x (every weight matrix is used once per step, so nothing is summed into it);
+    returns dx = dout @ w."""
+    np.dot(dout.T, x, out=dw)                                               # (out, in)
+    return np.dot(dout, w)                                                  # (N, in)
+
+
+def dropout_forward(x, mask):
+    """Inverted dropout under a given mask (0, or 1 / (1 - rate): dropout.masks), in place; None: identity."""
+    if mask is not None:
+        x *= mask
+    return x
+
+
+def dropout_backward(dout, mask):
+    return dout if mask is None else dout * mask
 
 
 def rmsnorm_forward(x):
@@ -32,6 +73,19 @@ def rmsnorm_backward(dout, cache):
     np.subtract(dout, dx, out=dx)
     dx *= scale
     return dx
+
+
+@lru_cache(maxsize=None)
+def attention_mask_bias(attention, block_size, dtype):
+    """(block_size, block_size) added to the attention scores: 0 where position t may attend to s (s <= t
+    for 'causal', s == t for 'self'), -inf elsewhere. Read-only; one per (attention, block_size, dtype)."""
+    if attention == 'causal':
+        allowed = np.tril(np.ones((block_size, block_size), bool))          # (T, T)
+    else:
+        allowed = np.eye(block_size, dtype=bool)                            # (T, T)
+    bias = np.where(allowed, 0.0, -np.inf).astype(dtype)                  # (T, T)
+    bias.flags.writeable = False
+    return bias
 
 
 def attention_forward(qkv, B, n_head, mask_bias):

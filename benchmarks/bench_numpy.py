@@ -1,0 +1,127 @@
+"""Old against new numpy engine, side by side: the default `microgpt train` job (numpy engine, float64, batch 1,
+1000 steps on the bundled names) through the training loop, alternating between two worker processes.
+
+One worker imports microgpt from another source tree (default /work/base/src, the code before the redesign),
+the other from this repository's src/. Each run builds a fresh engine from seed 42, as `microgpt train` does,
+and times only the loop over train()'s reports. The workers take turns, run after run, so that both see the
+same machine load; the script prints us/step (median and best) of each, their ratio, and the CPU's name, and
+checks that both gave the same 1000 losses and the same final weights, bit for bit.
+
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--repeats 7] [--steps 1000]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NEW_SRC = Path(__file__).resolve().parent.parent / 'src'
+
+
+def worker(steps):
+    """Answer each line on stdin with one timed run of the default job, as a JSON line on stdout."""
+    import random
+
+    from microgpt.config import ModelConfig, TrainConfig
+    from microgpt.data import Vocabulary, bundled_dataset_path, load_documents, shuffled
+    from microgpt.engines import make_engine
+    try:
+        from microgpt.train.loop import train
+    except ImportError:  # the layout before the redesign
+        from microgpt.training import train
+
+    documents = load_documents(bundled_dataset_path())
+    for _ in sys.stdin:
+        rng = random.Random(42)
+        docs = shuffled(documents, rng)
+        vocab = Vocabulary.from_documents(docs)
+        cfg = ModelConfig(vocab_size=vocab.size).validate()
+        doc_tokens = [vocab.document_tokens(d) for d in docs]
+        engine = make_engine('numpy', cfg, rng, 'float64')
+        losses = []
+        start, start_cpu = time.perf_counter(), time.process_time()
+        for report in train(engine, doc_tokens, TrainConfig(steps=steps)):
+            losses.append(report.loss)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+        result = {'seconds': seconds, 'cpu_seconds': cpu_seconds, 'losses': hashlib.sha256(repr(losses).encode()).hexdigest(),
+                  'weights': hashlib.sha256(engine.flat.tobytes()).hexdigest(), 'last_loss': losses[-1]}
+        print(json.dumps(result), flush=True)
+
+
+def start_worker(src, steps):
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
+    return subprocess.Popen([sys.executable, __file__, '--worker', '--steps', str(steps)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def run_once(proc):
+    proc.stdin.write('run\n')
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"a worker ended without answering (exit code {proc.wait()})")
+    return json.loads(line)
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--old', default='/work/base/src', help="source tree of the old code (default: %(default)s)")
+    parser.add_argument('--repeats', type=int, default=7, help="timed runs of each, alternating (default: %(default)s)")
+    parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
+    parser.add_argument('--worker', action='store_true', help="internal: be a worker on stdin/stdout")
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.steps)
+        return
+    workers = {'old': start_worker(args.old, args.steps), 'new': start_worker(NEW_SRC, args.steps)}
+    times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
+    results = {}
+    try:
+        for name, proc in workers.items():  # untimed warm-up: imports, caches, first allocations
+            results[name] = run_once(proc)
+        for _ in range(args.repeats):
+            for name, proc in workers.items():
+                result = run_once(proc)
+                for clock in ('seconds', 'cpu_seconds'):
+                    times[name, clock].append(1e6 * result[clock] / args.steps)
+                results[name] = result
+    finally:
+        for proc in workers.values():
+            proc.stdin.close()
+            proc.wait()
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
+          f"{args.repeats} runs each, alternating")
+    print(f"old = {args.old}, new = {NEW_SRC}")
+    for clock, title in (('seconds', 'wall clock'), ('cpu_seconds', 'CPU time (less disturbed by other load)')):
+        print(f"{title}:")
+        for name in workers:
+            print(f"  {name}: median {statistics.median(times[name, clock]):7.1f} us/step, "
+                  f"best {min(times[name, clock]):7.1f} us/step")
+        median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
+        print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
+    print(f"last loss: old {results['old']['last_loss']:.6f}, new {results['new']['last_loss']:.6f}")
+    same = all(results['new'][key] == results['old'][key] for key in ('losses', 'weights'))
+    print("losses and final weights: " + ("bit-identical" if same else "DIFFERENT"))
+    if not same:
+        raise SystemExit(1)
+
+
+if __name__ == '__main__':
+    main()
