@@ -1,18 +1,25 @@
 """The `microgpt` command line: parsers and `main`. Commands live in commands.py; only these two print.
 
-Standard output of `microgpt train` with default flags is exactly microgpt.py's; everything else
-(progress, timings, notices) goes to standard error, and only when it is a terminal.
+The flags of every setting, their defaults and their help text come from the config dataclasses (config.py,
+train/setup.py, bench/): a field with help text is a flag. Standard output of `microgpt train` with default
+flags is exactly microgpt.py's; everything else goes to standard error: notices (compilation, resuming, a
+deprecated flag) always, the progress bar, save lines and timings only on a terminal.
+
+Every error ends here, in `main`: one line `microgpt: error: ...` and exit status 2.
 """
 
 import argparse
+import os
 import sys
+from dataclasses import MISSING, fields
 
 from . import __version__
-from .config import LR_SCHEDULES
-from .data import VAL_SPLITS
-from .engines import BENCH_ENGINES, DEFAULT_ENGINE, DTYPES, ENGINES
+from .bench.benchmark import BenchConfig
+from .bench.study import StudyConfig
+from .config import ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
 from .errors import MicrogptError
-from .presets import PRESETS
+from .presets import DEFAULT_PRESET, PRESETS
+from .train.setup import RunConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,71 +29,49 @@ class _Parser(argparse.ArgumentParser):
         raise MicrogptError(f"{message}; see '{self.prog} --help'")
 
 
-def _add_train_flags(p):
-    p.add_argument('--data', default=None,
-                   help='UTF-8 text file, one document per line (default: the bundled US baby names list)')
-    p.add_argument('--engine', choices=ENGINES, default=DEFAULT_ENGINE,
-                   help=f'compute engine: numpy (hand-derived gradients), fused (compiled with numba, fastest), '
-                        f'reference (pure-Python scalar autograd, microgpt itself) (default: {DEFAULT_ENGINE})')
-    p.add_argument('--dtype', choices=DTYPES, default='float64',
-                   help='floating-point type of the numpy and fused engines (default: float64, for exactness)')
-    p.add_argument('--seed', type=int, default=42,
-                   help='seed of the one random stream: shuffle, init, sampling (default: 42)')
-    p.add_argument('--preset', choices=list(PRESETS), default='microgpt',
-                   help='a named configuration; flags given explicitly override it (default: microgpt)')
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: it still works, and main says the new one on standard error."""
 
-    g = p.add_argument_group('model (defaults: microgpt, or the preset)')
-    g.add_argument('--n-embd', type=int, help='embedding width, a multiple of --n-head (default: 16)')
-    g.add_argument('--n-head', type=int, help='attention heads per layer (default: 4)')
-    g.add_argument('--n-layer', type=int, help='transformer layers (default: 1)')
-    g.add_argument('--block-size', type=int, help='context length in tokens; longer documents are truncated '
-                                                  '(default: 16)')
+    def __init__(self, option_strings, dest, new, **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
-    g = p.add_argument_group('optimisation (defaults: microgpt, or the preset)')
-    g.add_argument('--steps', type=int, help='training steps (default: 1000)')
-    g.add_argument('--lr', type=float, help='peak Adam learning rate (default: 0.01)')
-    g.add_argument('--beta1', type=float, help='Adam beta1 (default: 0.85)')
-    g.add_argument('--beta2', type=float, help='Adam beta2 (default: 0.99)')
-    g.add_argument('--batch-size', type=int, help='documents per step, padded and masked; the loss is the '
-                                                  'mean over real tokens (default: 1)')
-    g.add_argument('--weight-decay', type=float, help='decoupled (AdamW) weight decay (default: 0)')
-    g.add_argument('--grad-clip', type=float, help='clip the global gradient norm to this; 0 = off (default: 0)')
-    g.add_argument('--lr-schedule', choices=LR_SCHEDULES, help='decay after warmup (default: linear to 0)')
-    g.add_argument('--warmup', type=int, help='linear warmup steps (default: 0)')
-    g.add_argument('--dropout', type=float, help='dropout of the embeddings and of each attention and MLP output '
-                                                 'while training, rounded to a multiple of 1/65536; numpy and fused '
-                                                 'engines (default: 0)')
-
-    g = p.add_argument_group('evaluation and output')
-    g.add_argument('--eval-every', type=int,
-                   help='hold out a validation split and print its loss every N steps; 0 = off, training on '
-                        'every document as microgpt does (default: 0)')
-    g.add_argument('--val-fraction', type=float, default=None,
-                   help='fraction of distinct documents held out when evaluating '
-                        '(default: like makemore, min(1000 documents, 10%%))')
-    g.add_argument('--val-split', choices=VAL_SPLITS, default='name',
-                   help='hold out distinct names (a name is never on both sides), random lines as makemore '
-                        'does (a name on several lines can be on both sides), or makemore\'s own test set (its '
-                        'seed 3407); line and makemore are for comparing with makemore\'s figures (default: name)')
-    g.add_argument('--out', default=None, metavar='DIR',
-                   help='write DIR/model.safetensors (best validation loss, or last step), DIR/resume.safetensors '
-                        '(latest state, for --resume) and DIR/metrics.jsonl')
-    g.add_argument('--resume', action='store_true', help='continue the run saved in --out DIR')
-    g.add_argument('--save-every', type=int, default=0,
-                   help='also save the resume state every N steps; 0 = only at evaluations, at the end and '
-                        'on Ctrl-C (default: 0)')
-    g.add_argument('--plot', action='store_true', help='write DIR/loss.png of train and validation loss (needs --out)')
-    _add_sampling_flags(p, temperature_default=None)
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        notices = getattr(namespace, 'notices', ())
+        setattr(namespace, 'notices', notices + (f"{option_string} is deprecated; write {self.new}",))
 
 
-def _add_sampling_flags(p, temperature_default):
-    g = p.add_argument_group('sampling')
-    g.add_argument('--num-samples', type=int, default=20, help='names to sample (default: 20)')
-    g.add_argument('--temperature', type=float, default=temperature_default,
-                   help='sampling temperature > 0; lower is more conservative (default: 0.5, or the preset\'s)')
-    g.add_argument('--top-k', type=int, default=0, help='sample only from the k most likely tokens; 0 = all (default: 0)')
-    g.add_argument('--top-p', type=float, default=1.0,
-                   help='sample from the smallest set of tokens whose probability reaches p (default: 1.0 = all)')
+def _shown(value):
+    return 'off' if value is False else ('on' if value is True else value)
+
+
+def _help(f, presets):
+    """A field's help text with its default, and the presets that change it."""
+    meta = f.metadata
+    default = meta['shown_default'] or _shown(f.default)
+    changed = [f"{name} {_shown(overrides[f.name])}" for name, overrides in presets.items() if f.name in overrides]
+    text = f"{meta['help']} (default: {default}" + (f"; preset {', '.join(changed)}" if changed else '') + ')'
+    return text.replace('%', '%%')  # argparse formats help with %
+
+
+def _add_settings(parser, config_class, title=None, presets=None):
+    """A flag for each field of `config_class` that has help text. A flag left out is absent from the parsed
+    namespace, so the dataclass's default (or the preset's) applies: defaults live in the dataclass only."""
+    group = parser.add_argument_group(title) if title else parser
+    for f in fields(config_class):
+        meta = f.metadata
+        if not meta.get('help'):
+            continue  # a switch of the presets and the study, not of the command line
+        assert f.default is not MISSING, f.name
+        kwargs = {'dest': f.name, 'default': argparse.SUPPRESS, 'help': _help(f, presets or {})}
+        if f.type is bool:
+            kwargs['action'] = 'store_true'
+        else:
+            metavar = meta['metavar'] or (None if meta['choices'] else {int: 'N', float: 'X', str: 'TEXT'}[f.type])
+            kwargs.update(type=f.type, choices=meta['choices'], metavar=metavar)
+        group.add_argument(flag_name(f), **kwargs)
+        parser.flag_fields.add(f.name)
 
 
 def _add_checkpoint_flag(p):
@@ -97,51 +82,57 @@ def build_parser():
     from . import commands
     parser = _Parser(prog='microgpt', description='Train and sample tiny GPT language models on a text file '
                                                   'with one item (name, word, place) per line.')
+    parser.flag_fields = set()  # fields that are flags: errors about them name the flag
     parser.add_argument('--version', action='version', version=f'microgpt {__version__}')
-    sub = sub_parsers = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
-    sub_parsers.required = True
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
+    sub.required = True
 
-    p = sub.add_parser('train', help='train a model and print samples',
-                       description='Train a GPT on a text file (one document per line), then sample from it.')
-    _add_train_flags(p)
-    p.set_defaults(run=commands.cmd_train)
+    def command(name, run, **kwargs):
+        p = sub.add_parser(name, **kwargs)
+        p.flag_fields = parser.flag_fields
+        p.set_defaults(run=run)
+        return p
 
-    p = sub.add_parser('sample', help='sample names from a checkpoint',
-                       description='Sample from a saved model; names already in its training data are marked *.')
+    p = command('train', commands.cmd_train, help='train a model and print samples',
+                description='Train a GPT on a text file (one document per line), then sample from it.')
+    p.add_argument('--preset', choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help=f'a named configuration; flags given explicitly override it (default: {DEFAULT_PRESET})')
+    _add_settings(p, RunConfig, 'data, engine, evaluation and output', PRESETS)
+    _add_settings(p, ModelConfig, 'model', PRESETS)
+    _add_settings(p, TrainConfig, 'optimisation', PRESETS)
+    _add_settings(p, SampleConfig, 'sampling', PRESETS)
+
+    p = command('sample', commands.cmd_sample, help='sample names from a checkpoint',
+                description='Sample from a saved model; names already in its training data are marked *.')
     _add_checkpoint_flag(p)
     p.add_argument('--prompt', default='', help='start every sample with this prefix')
     p.add_argument('--seed', type=int, default=42, help='sampling seed (default: 42)')
-    p.add_argument('--data', default=None, help='training data for the novelty check (default: the path '
-                                                'recorded in the checkpoint, if it still exists)')
-    _add_sampling_flags(p, temperature_default=None)
-    p.set_defaults(run=commands.cmd_sample)
+    p.add_argument('--data', default=None, metavar='FILE',
+                   help='training data for the novelty check (default: the path recorded in the checkpoint, if '
+                        'it still exists)')
+    _add_settings(p, SampleConfig, 'sampling')
 
-    p = sub.add_parser('eval', help='held-out loss of a checkpoint',
-                       description='Mean negative log-likelihood per character (nats) of a checkpoint on its '
-                                   'held-out split, or on every line of --data.')
+    p = command('eval', commands.cmd_eval, help='held-out loss of a checkpoint',
+                description='Mean negative log-likelihood per character (nats) of a checkpoint on its held-out '
+                            'split, or on every line of --data.')
     _add_checkpoint_flag(p)
-    p.add_argument('--data', default=None, help='evaluate on every document of this file instead')
-    p.set_defaults(run=commands.cmd_eval)
+    p.add_argument('--data', default=None, metavar='FILE', help='evaluate on every document of this file instead')
 
-    p = sub.add_parser('bench', help='time the engines side by side on the default job',
-                       description='Time each engine (and PyTorch, when installed) on the same seeded job, side by '
-                                   'side in one process, and print per-step times and their ratio to the reference '
-                                   'engine, plus the wall time of `microgpt train`.')
-    p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
-    p.add_argument('--reference-steps', type=int, default=30,
-                   help='steps to time the slow reference engine on (default: 30)')
-    p.add_argument('--steps', type=int, default=1000, help='steps to time the fast engines on (default: 1000)')
-    p.add_argument('--engines', default=','.join(BENCH_ENGINES),
-                   help=f'engines to time; torch is the same model in PyTorch autograd, when installed '
-                        f'(default: {",".join(BENCH_ENGINES)})')
-    p.set_defaults(run=commands.cmd_bench)
+    p = command('bench', commands.cmd_bench, help='time the engines side by side on the default job',
+                description='Time each engine (and PyTorch, when installed) on the same seeded job, side by side '
+                            'in one process, and print per-step times (and their ratio to the reference engine '
+                            'when it is timed), plus the wall time of `microgpt train`.')
+    _add_settings(p, BenchConfig)
 
-    p = sub.add_parser('export', help='write a checkpoint as a self-contained C99 program (microcontrollers)',
-                       description='Write DIR/weights.h (weights as static const float arrays) and '
-                                   'DIR/microgpt_names.c (inference, no malloc), and print the memory budget.')
+    p = command('export', commands.cmd_export,
+                help='write a checkpoint as a self-contained C99 program (microcontrollers)',
+                description='Write DIR/weights.h (weights as static const float arrays) and DIR/microgpt_names.c '
+                            '(inference, no malloc), and print the memory budget.')
     p.add_argument('--checkpoint', default=None,
                    help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
-    p.add_argument('--c', required=True, metavar='DIR', help='folder for weights.h and microgpt_names.c')
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument('--out', metavar='DIR', help='folder for weights.h and microgpt_names.c')
+    out.add_argument('--c', dest='out', metavar='DIR', action=_Deprecated, new='--out DIR')
     p.add_argument('--web', action='store_true',
                    help='write DIR/index.html instead: one self-contained web page that runs the model in the browser')
     p.add_argument('--force', action='store_true', help='with --web, write into DIR even if it is not empty')
@@ -156,45 +147,97 @@ def build_parser():
     g.add_argument('--ram', type=int, default=None, metavar='BYTES',
                    help='the most RAM training may take (default: 98304, or 65536 with --low-memory)')
     g.add_argument('--seed', type=int, default=42, help='seed of the document shuffle, as microgpt\'s (default: 42)')
-    p.set_defaults(run=commands.cmd_export)
 
-    p = sub.add_parser('info', help='describe a checkpoint and its memory budget',
-                       description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '
-                                   'weights, RAM for inference, and what on-device training would need (float32).')
+    p = command('info', commands.cmd_info, help='describe a checkpoint and its memory budget',
+                description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '
+                            'weights, RAM for inference, and what on-device training would need (float32).')
     _add_checkpoint_flag(p)
-    p.set_defaults(run=commands.cmd_info)
 
-    p = sub.add_parser('study', help='run the ablation study over several seeds',
-                       description='Train each named experiment over several seeds, score each run by held-out '
-                                   'loss, and write RESULTS.md and results.png. Resumes where it stopped.')
-    p.add_argument('--data', default=None, help='dataset (default: the bundled names)')
-    p.add_argument('--out', default='results', metavar='DIR', help='results folder (default: results)')
-    p.add_argument('--seeds', type=int, default=5, help='seeds per experiment, 1..N (default: 5)')
-    p.add_argument('--experiments', default=None, help='comma-separated experiment names (default: all)')
-    p.add_argument('--workers', type=int, default=2, help='parallel training processes (default: 2)')
-    p.add_argument('--list', action='store_true', help='list the experiments and exit')
-    p.set_defaults(run=commands.cmd_study)
+    p = command('study', commands.cmd_study, help='run the ablation study over several seeds',
+                description='Train each named experiment over several seeds, score each run by held-out loss, '
+                            'and write RESULTS.md and results.png. Resumes where it stopped.')
+    _add_settings(p, StudyConfig)
+    p.add_argument('--seeds', dest='num_seeds', type=int, action=_Deprecated, new='--num-seeds N')
     return parser
 
 
-def main(argv=None, out=None, err=None):
-    out = out or sys.stdout
-    err = err or sys.stderr
+def _flag_namer(parser):
+    """Names a field by its flag where it has one, else by itself."""
+    by_field = {f.name: flag_name(f) for cls in (RunConfig, ModelConfig, TrainConfig, SampleConfig, BenchConfig,
+                                                 StudyConfig) for f in fields(cls)}
+    return lambda field: by_field[field] if field in parser.flag_fields else field
+
+
+class _OutputError(MicrogptError):
+    """Standard output cannot be written."""
+
+
+class _Output:
+    """Standard output, where a failed write (a full disk, a character its encoding cannot write) is an error."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        try:
+            return self.stream.write(text)
+        except UnicodeEncodeError as e:
+            raise _OutputError(f"cannot print {e.object[e.start:e.end]!r} in standard output's encoding "
+                                f"{e.encoding}; set PYTHONIOENCODING=utf-8") from None
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(f"cannot write standard output: {e.strerror or e}") from None
+
+    def flush(self):
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _OutputError(f"cannot write standard output: {e.strerror or e}") from None
+
+    def isatty(self):
+        return self.stream.isatty()
+
+
+def _discard_pending(stream):
+    """Point a failed stream at /dev/null, so the interpreter's flush at exit does not fail a second time."""
     try:
-        args = build_parser().parse_args(argv)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a file (a test's buffer): nothing is flushed at exit
+
+
+def main(argv=None, out=None, err=None):
+    stdout = out or sys.stdout
+    err = err or sys.stderr
+    out = _Output(stdout)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        for notice in getattr(args, 'notices', ()):
+            print(f"microgpt: {notice}", file=err)
         args.run(args, out, err)
+        out.flush()
+    except SettingError as e:
+        print(f"microgpt: error: {e.words(_flag_namer(parser))}", file=err)
+        return 2
+    except _OutputError as e:
+        _discard_pending(stdout)
+        print(f"microgpt: error: {e}", file=err)
+        return 2
     except MicrogptError as e:
         print(f"microgpt: error: {e}", file=err)
         return 2
     except KeyboardInterrupt:
         print("microgpt: interrupted", file=err)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        _discard_pending(stdout)
         return 1
-    except OSError as e:  # a file or folder that cannot be written or read: a full disk, --out naming a file
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"microgpt: error: {where}{e.strerror or e}", file=err)
-        return 2
     return 0
 
 

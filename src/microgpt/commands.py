@@ -1,47 +1,34 @@
-"""What each `microgpt` command does and prints. Parsing lives in cli.py."""
+"""What each `microgpt` command does and prints. Parsing lives in cli.py; a command reads its flags from the
+parsed namespace into config dataclasses (a flag left out takes the dataclass's default, or the preset's) and
+never changes the namespace."""
 
 import os
 import random
+import shlex
 import signal
 import time
+from dataclasses import fields
 
-from .config import TrainConfig
+from .config import ModelConfig, SampleConfig, TrainConfig
 from .data import bundled_dataset_path, holdout_split, load_documents
 from .sampling import generate
-from .engines import BENCH_ENGINES, ENGINES, make_engine
+from .engines import ENGINES, make_engine
 from .errors import MicrogptError
-from .presets import MODEL_KEYS, TRAIN_KEYS, model_settings, resolve, train_settings
-from .train.run import EvalReport, Header, RunSettings, Saved, TrainingRun
+from .presets import fields_of, model_settings, resolve
+from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun
+from .train.setup import RunConfig, RunSettings
 from .train.loop import StepReport, evaluate
 
-def _check_sampling_flags(args):
-    if args.num_samples < 0:
-        raise MicrogptError(f"--num-samples must be >= 0, got {args.num_samples}")
-    if not args.temperature > 0:
-        raise MicrogptError(f"--temperature must be > 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise MicrogptError(f"--top-k must be >= 0 (0 keeps every token), got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise MicrogptError(f"--top-p must be in (0, 1], got {args.top_p}")
+MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS = 20, 80
 
 
-def _settings_from_args(args):
-    explicit = {key: getattr(args, key, None) for key in (*MODEL_KEYS, *TRAIN_KEYS, 'eval_every', 'temperature')}
-    settings = resolve(args.preset, explicit)
-    args.temperature = settings['temperature']
-    _check_sampling_flags(args)
-    tcfg = TrainConfig(seed=args.seed, **train_settings(settings))
-    if args.plot and not args.out:
-        raise MicrogptError("--plot writes DIR/loss.png and needs --out DIR")
-    return RunSettings(data_path=bundled_dataset_path() if args.data is None else args.data, engine=args.engine, dtype=args.dtype,
-                       model=model_settings(settings), tcfg=tcfg, eval_every=settings['eval_every'],
-                       val_fraction=args.val_fraction, val_split=args.val_split,
-                       out_dir=args.out, resume=args.resume,
-                       save_every=args.save_every, preset=args.preset)
+def given(args, *config_classes):
+    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace)."""
+    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls) if hasattr(args, f.name)}
 
 
 class _StopRequest:
-    """First Ctrl-C: finish the step, save, stop. A second one interrupts at once."""
+    """Ctrl-C while steps run: the first finishes the step, saves, stops; a second one interrupts at once."""
 
     def __init__(self, err):
         self.requested, self.err = False, err
@@ -54,12 +41,16 @@ class _StopRequest:
 
 
 def cmd_train(args, out, err):
-    settings = _settings_from_args(args)
-    if settings.engine == 'fused':
-        _notice_compilation(err, settings.dtype, settings.tcfg.batch_size > 1 or settings.eval_every > 0)
-    run = TrainingRun(settings)
+    settings = resolve(args.preset, given(args, RunConfig, ModelConfig, TrainConfig, SampleConfig))
+    run_cfg, tcfg = RunConfig(**fields_of(RunConfig, settings)), TrainConfig(**fields_of(TrainConfig, settings))
+    sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
+    run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, args.preset))
+    if run_cfg.engine == 'fused':
+        _notice_compilation(err, run_cfg.dtype, tcfg.batch_size > 1 or run_cfg.eval_every > 0)
+    # Ctrl-C before the first step (reading, compiling) interrupts at once; from the first step on, it stops
+    # after the step under way, so that the run is saved
     stop = _StopRequest(err)
-    previous_handler = signal.signal(signal.SIGINT, stop)
+    previous_handler = signal.getsignal(signal.SIGINT)
     bar = None
     started = time.perf_counter()
     try:
@@ -81,18 +72,19 @@ def cmd_train(args, out, err):
                 print(f"vocab size: {event.vocab_size}", file=out)
                 print(f"num params: {event.num_params}", file=out)
                 if event.resumed_from:
-                    print(f"resuming from step {event.resumed_from}", file=err)
-                bar = _progress_bar(err, settings.tcfg.steps, event.resumed_from)
+                    print(f"microgpt: resuming from step {event.resumed_from}", file=err)
+                bar = _progress_bar(err, tcfg.steps, event.resumed_from)
+                signal.signal(signal.SIGINT, stop)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-        metrics = os.path.join(args.out, 'metrics.jsonl') if args.out else None
-        if args.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
+        metrics = os.path.join(run_cfg.out, METRICS_FILE) if run_cfg.out else None
+        if run_cfg.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
             from .train.plotting import plot_metrics
-            plot_metrics(metrics, os.path.join(args.out, 'loss.png'))
-    if stop.requested and run.step < settings.tcfg.steps:
-        where = f"; continue with --resume --out {args.out}" if args.out else ""
+            plot_metrics(metrics, os.path.join(run_cfg.out, PLOT_FILE))
+    if stop.requested and run.step < tcfg.steps:
+        where = f"; continue with --resume --out {run_cfg.out}" if run_cfg.out else ""
         print(f"microgpt: stopped at step {run.step}{where}", file=err)
         raise KeyboardInterrupt
     if err.isatty():
@@ -100,7 +92,7 @@ def cmd_train(args, out, err):
         print(f"trained in {elapsed:.2f} s", file=err)
 
     print("\n--- inference (new, hallucinated names) ---", file=out)
-    _print_samples(run.engine, run.vocab, run.rng, args, out, prompt_ids=())
+    _print_samples(run.run.engine, run.run.vocab, run.run.rng, sample_cfg, out, prompt_ids=())
 
 
 def _emit(line, stream, bar):
@@ -114,31 +106,40 @@ def _progress_bar(err, total, initial):
     if not err.isatty():
         return None
     from tqdm import tqdm
-    return tqdm(total=total, initial=initial, file=err, unit='step', dynamic_ncols=True, leave=False)
+    # a terminal that reports no width (0 columns, as some do) would get a bar of zero width
+    try:
+        columns = os.get_terminal_size(err.fileno()).columns
+    except (OSError, ValueError, AttributeError):
+        columns = 0
+    sized = columns >= MIN_BAR_COLUMNS
+    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, dynamic_ncols=sized,
+                ncols=None if sized else FALLBACK_BAR_COLUMNS)
 
 
 def _notice_compilation(err, dtype, grouped):
     from .engines.fused.engine import kernels_are_cached
     if not kernels_are_cached(dtype, grouped):
-        seconds = '30-60 s' if grouped else '30 s'  # batches of 2+ documents also compile the parallel kernels
-        print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, about {seconds})...",
+        # measured on the 2-core machine: about 30 s alone, 60 s with another job beside it; batches of 2+
+        # documents also compile the parallel kernels, about twice that
+        wait = 'one to two minutes' if grouped else 'about a minute'
+        print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, {wait})...",
               file=err, flush=True)
 
 
-def _print_samples(engine, vocab, rng, args, out, prompt_ids, known=None):
+def _print_samples(engine, vocab, rng, sample_cfg, out, prompt_ids, known=None):
     decoder = engine.decoder()
     novel = 0
-    for sample_idx in range(args.num_samples):
-        ids = generate(decoder, vocab.bos_id, engine.cfg.block_size, rng, args.temperature, args.top_k, args.top_p,
-                       prompt_ids)
+    for sample_idx in range(sample_cfg.num_samples):
+        ids = generate(decoder, vocab.bos_id, engine.cfg.block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
+                       sample_cfg.top_p, prompt_ids)
         name = vocab.decode(ids)
         mark = ''
         if known is not None:
             mark = ' *' if name in known else ''
             novel += name not in known
         print(f"sample {sample_idx + 1:2d}: {name}{mark}", file=out)
-    if known is not None and args.num_samples:
-        print(f"novel: {novel} / {args.num_samples} (* = already in the training data)", file=out)
+    if known is not None and sample_cfg.num_samples:
+        print(f"novel: {novel} / {sample_cfg.num_samples} (* = already in the training data)", file=out)
 
 
 def _engine_from_checkpoint(path):
@@ -150,22 +151,26 @@ def _engine_from_checkpoint(path):
 
 
 def cmd_sample(args, out, err):
-    if args.temperature is None:
-        args.temperature = 0.5
-    _check_sampling_flags(args)
+    sample_cfg = SampleConfig(**given(args, SampleConfig))
     ckpt, engine = _engine_from_checkpoint(args.checkpoint)
     prompt_ids = ckpt.vocab.encode(args.prompt)
     if len(prompt_ids) >= engine.cfg.block_size:
         raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
                             f"{engine.cfg.block_size} tokens with BOS, so give at most {engine.cfg.block_size - 1}")
-    data_path = args.data or ckpt.meta.get('data_path')
-    known = set(load_documents(data_path)) if data_path and os.path.exists(data_path) else None
-    _print_samples(engine, ckpt.vocab, random.Random(args.seed), args, out, prompt_ids, known)
+    if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
+        known = set(load_documents(args.data))
+    else:
+        recorded = ckpt.meta.get('data_path')
+        known = set(load_documents(recorded)) if recorded and os.path.isfile(recorded) else None
+        if known is None:
+            print(f"microgpt: the training data {recorded!r} is not there: no novelty check (give --data FILE)",
+                  file=err)
+    _print_samples(engine, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
 
 
 def cmd_eval(args, out, err):
     ckpt, engine = _engine_from_checkpoint(args.checkpoint)
-    if args.data:
+    if args.data is not None:
         docs, what = load_documents(args.data), args.data
     else:
         data_path = ckpt.meta.get('data_path')
@@ -186,32 +191,31 @@ def cmd_eval(args, out, err):
 def cmd_bench(args, out, err):
     from importlib.util import find_spec
 
-    from .bench.benchmark import time_cli_train, time_engine, time_torch
-    data = args.data or bundled_dataset_path()
-    names = [name.strip() for name in args.engines.split(',') if name.strip()]
-    unknown = set(names) - set(BENCH_ENGINES)
-    if unknown:
-        raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(BENCH_ENGINES)}")
-    if args.steps < 1 or args.reference_steps < 1:
-        raise MicrogptError("--steps and --reference-steps must be at least 1")
+    from .bench.benchmark import BenchConfig, time_cli_train, time_engine, time_torch
+    bench = BenchConfig(**given(args, BenchConfig))
+    data = bundled_dataset_path() if bench.data is None else bench.data
+    load_documents(data)  # bad data is reported before any timing
+    names = bench.engine_names
     if 'torch' in names and find_spec('torch') is None:
-        print("PyTorch is not installed: no torch row (pip install torch)", file=err)
+        print("microgpt: PyTorch is not installed: no torch row (pip install torch)", file=err)
         names.remove('torch')
     rows = []
-    for name in ['reference'] + [n for n in names if n != 'reference']:
+    for name in sorted(names, key=lambda n: n != 'reference'):  # the reference first: the others' ratios use it
         for dtype in (['float64'] if name == 'reference' else ['float64', 'float32']):
-            steps = args.reference_steps if name == 'reference' else args.steps
-            print(f"timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
+            steps = bench.reference_steps if name == 'reference' else bench.steps
+            print(f"microgpt: timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
             if name == 'torch':
                 rows.append(time_torch(data, steps, dtype))
             else:
                 rows.append(time_engine(name, data, steps, dtype, warmup_steps=0 if name == 'reference' else 20))
-    reference_us = rows[0].us_per_step
-    print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11} {'x reference':>12}", file=out)
+    reference_us = rows[0].us_per_step if rows and rows[0].engine == 'reference' else None
+    ratio = f" {'x reference':>12}" if reference_us else ''
+    print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11}{ratio}", file=out)
     for row in rows:
+        ratio = f" {reference_us / row.us_per_step:>12.0f}" if reference_us else ''
         print(f"{row.engine:<10} {row.dtype:<8} {row.steps:>6} {row.us_per_step:>11.1f} "
-              f"{row.tokens_per_second:>11.0f} {reference_us / row.us_per_step:>12.0f}", file=out)
-    wall_args = ['--data', args.data] if args.data else []
+              f"{row.tokens_per_second:>11.0f}{ratio}", file=out)
+    wall_args = ['--data', bench.data] if bench.data is not None else []
     for name in names:
         if name in ENGINES and name != 'reference':
             wall = time_cli_train(wall_args + ['--engine', name])
@@ -219,32 +223,29 @@ def cmd_bench(args, out, err):
 
 
 def cmd_study(args, out, err):
-    from .bench.study import EXPERIMENTS, measure_speed, run_study, summarize, write_report
-    if args.list:
+    from .bench.study import (EXPERIMENTS, StudyConfig, format_score, measure_speed, run_study, summarize,
+                              write_report)
+    study = StudyConfig(**given(args, StudyConfig))
+    if study.list_experiments:
         for e in EXPERIMENTS:
             print(f"{e.name:<28} {e.claim}", file=out)
         return
-    chosen = EXPERIMENTS
-    if args.experiments:
-        names = [n.strip() for n in args.experiments.split(',') if n.strip()]
-        unknown = set(names) - {e.name for e in EXPERIMENTS}
-        if unknown:
-            raise MicrogptError(f"unknown experiments {sorted(unknown)}; see `microgpt study --list`")
-        chosen = [e for e in EXPERIMENTS if e.name in names]
-    if args.seeds < 1 or args.workers < 1:
-        raise MicrogptError("--seeds and --workers must be at least 1")
-    data = bundled_dataset_path() if args.data is None else args.data
+    chosen = study.chosen
+    data = bundled_dataset_path() if study.data is None else study.data
     load_documents(data)  # bad data is reported before any worker starts
-    seeds = list(range(1, args.seeds + 1))
-    for result in run_study(chosen, seeds, data, args.out, args.workers):
+    if os.path.exists(study.out) and not os.path.isdir(study.out):
+        raise MicrogptError(f"{study.out}: is a file, not a folder; give another --out DIR")
+    for result in run_study(chosen, study.seeds, data, study.out, study.workers):
         print(f"{result['experiment']:<28} seed {result['seed']}: held-out loss {result['val_loss']:.4f}", file=err)
-    rows = summarize(chosen, seeds, args.out)
-    command = f"microgpt study --data {args.data or '(bundled)'} --seeds {args.seeds} --out {args.out}"
-    write_report(rows, args.out, command, measure_speed(data))
+    rows = summarize(chosen, study.seeds, study.out)
+    command = ' '.join(['microgpt', 'study', *(['--data', shlex.quote(study.data)] if study.data is not None else []),
+                        '--num-seeds', str(study.num_seeds), '--out', shlex.quote(study.out),
+                        *(['--experiments', shlex.quote(study.experiments)] if study.experiments else [])])
+    write_report(rows, study.out, command, measure_speed(data))
     print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
     for e, mean, std, n in rows:
-        print(f"{e.name:<28} {mean:>10.4f} +/- {std:.4f} {n:>5}", file=out)
-    print(f"wrote {os.path.join(args.out, 'RESULTS.md')} and {os.path.join(args.out, 'results.png')}", file=out)
+        print(f"{e.name:<28} {format_score(mean, std):>20} {n:>5}", file=out)
+    print(f"wrote {os.path.join(study.out, 'RESULTS.md')} and {os.path.join(study.out, 'results.png')}", file=out)
 
 
 def _print_memory(rows, out):
@@ -262,12 +263,12 @@ def cmd_export(args, out, err):
         raise MicrogptError("--data, --low-memory and --ram go with --train")
     if args.web:
         from .export.web import export_web
-        info = export_web(args.checkpoint, args.c, force=args.force)
+        info = export_web(args.checkpoint, args.out, force=args.force)
         print(f"wrote {info.page}: open it in a browser (no server needed)", file=out)
         return
     from .train.checkpoint import load_checkpoint
     from .export.c import export_c
-    info = export_c(load_checkpoint(args.checkpoint), args.c)
+    info = export_c(load_checkpoint(args.checkpoint), args.out)
     for path in info.files:
         print(f"wrote {path}", file=out)
     print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
@@ -277,7 +278,7 @@ def cmd_export(args, out, err):
 
 def _export_training_program(args, out):
     from .export.c_train import export_training_program
-    info = export_training_program(args.c, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
+    info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
     for path in info.files:
         print(f"wrote {path}", file=out)
     print(f"build: cd {info.out_dir} && {info.build_command}", file=out)

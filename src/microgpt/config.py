@@ -8,7 +8,7 @@ every engine starts from the same weights as Karpathy's script for the same seed
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import MicrogptError
 
@@ -21,21 +21,67 @@ ZERO_INIT_CHOICES = ('attn_wo', 'mlp_fc2')
 DROPOUT_LEVELS = 1 << 16  # dropout rates are multiples of 1 / 65536: a mask element is 16 random bits (dropout.py)
 
 
+# ---- settings: config fields that carry their own help text, choices and bounds, so that the command line's
+# flags, their validation and the README's defaults all come from the dataclasses below
+
+
+def setting(default, help=None, *, choices=None, at_least=None, metavar=None, shown_default=None, flag=None):
+    """A config field. With `help` it is also a command-line flag, `flag` or `--name-with-dashes` (cli.py builds
+    the parser from these); `choices` and `at_least` are checked by check_settings wherever the config is made."""
+    return field(default=default, metadata={'help': help, 'choices': choices, 'at_least': at_least,
+                                            'metavar': metavar, 'shown_default': shown_default, 'flag': flag})
+
+
+def flag_name(f):
+    """The command-line flag of a dataclass field that has one."""
+    return f.metadata.get('flag') or '--' + f.name.replace('_', '-')
+
+
+class SettingError(MicrogptError, ValueError):
+    """An invalid config value. `words(name)` says what is wrong with each setting named by `name(field)`: the
+    command line names its flags, a checkpoint its fields (str() names the fields)."""
+
+    def __init__(self, words):
+        super().__init__(words(str))
+        self.words = words
+
+
+def check_settings(config):
+    """What every config checks, from its fields' metadata: floats are finite, choices are honoured, bounds
+    are met. Each dataclass adds the checks that relate two fields."""
+    for f in fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingError(lambda name, f=f, value=value: f"{name(f.name)} must be a finite number, got {value}")
+        if meta.get('choices') and value not in meta['choices']:
+            raise SettingError(lambda name, f=f, value=value, allowed=meta['choices']:
+                               f"{name(f.name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        if meta.get('at_least') is not None and value is not None and value < meta['at_least']:
+            raise SettingError(lambda name, f=f, value=value, bound=meta['at_least']:
+                               f"{name(f.name)} must be at least {bound}, got {value}")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture. The defaults are Karpathy's microgpt; the switches exist for the presets and the study."""
-    vocab_size: int
-    n_embd: int = 16
-    n_head: int = 4
-    n_layer: int = 1
-    block_size: int = 16
-    init_std: float = 0.08
-    norm: str = 'microgpt'         # microgpt: after embedding + before attn + before mlp; esp32: before attn only
-    mlp_activation: str = 'relu'   # relu2: squared ReLU
-    tie_lm_head: bool = False      # logits = x @ wte.T, no separate lm_head matrix
-    zero_init: tuple = ()          # matrix kinds initialised to zero (drawing no random numbers)
-    attention: str = 'causal'      # self: each position attends only to itself (the "no KV cache" ablation)
-    bos: str = 'last'              # id of the BOS token: 'last' = vocab_size - 1, 'first' = 0
+    """Architecture. The defaults are Karpathy's microgpt; the switches without a flag exist for the presets and
+    the study."""
+    vocab_size: int = field(metadata={'at_least': 1})  # the data decides it
+    n_embd: int = setting(16, 'embedding width, a multiple of --n-head', at_least=1)
+    n_head: int = setting(4, 'attention heads per layer', at_least=1)
+    n_layer: int = setting(1, 'transformer layers', at_least=1)
+    block_size: int = setting(16, 'context length in tokens; longer documents are truncated', at_least=1)
+    init_std: float = setting(0.08, at_least=0)
+    # microgpt: after embedding + before attn + before mlp; esp32: before attn only
+    norm: str = setting('microgpt', choices=NORM_PLACEMENTS)
+    mlp_activation: str = setting('relu', choices=MLP_ACTIVATIONS)  # relu2: squared ReLU
+    tie_lm_head: bool = setting(False)       # logits = x @ wte.T, no separate lm_head matrix
+    zero_init: tuple = setting(())           # matrix kinds initialised to zero (drawing no random numbers)
+    # self: each position attends only to itself (the "no KV cache" ablation)
+    attention: str = setting('causal', choices=ATTENTION_KINDS)
+    bos: str = setting('last', choices=BOS_POSITIONS)  # id of the BOS token: 'last' = vocab_size - 1, 'first' = 0
+
+    def __post_init__(self):
+        self.validate()
 
     @property
     def head_dim(self):
@@ -46,25 +92,14 @@ class ModelConfig:
         return 0 if self.bos == 'first' else self.vocab_size - 1
 
     def validate(self):
-        positive = {'vocab_size': self.vocab_size, 'n_embd': self.n_embd, 'n_head': self.n_head,
-                    'n_layer': self.n_layer, 'block_size': self.block_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise MicrogptError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        check_settings(self)
         if self.n_embd % self.n_head:
-            raise MicrogptError(f"--n-embd {self.n_embd} is not divisible by --n-head {self.n_head}; "
-                                f"choose sizes where n_embd is a multiple of n_head")
-        if self.init_std < 0:
-            raise MicrogptError(f"init std must be >= 0, got {self.init_std}")
-        for name, value, allowed in (('norm', self.norm, NORM_PLACEMENTS),
-                                     ('mlp_activation', self.mlp_activation, MLP_ACTIVATIONS),
-                                     ('attention', self.attention, ATTENTION_KINDS),
-                                     ('bos', self.bos, BOS_POSITIONS)):
-            if value not in allowed:
-                raise MicrogptError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            raise SettingError(lambda name: f"{name('n_embd')} {self.n_embd} is not divisible by {name('n_head')} "
+                                            f"{self.n_head}; choose sizes where n_embd is a multiple of n_head")
         unknown = set(self.zero_init) - set(ZERO_INIT_CHOICES)
         if unknown:
-            raise MicrogptError(f"zero_init accepts {', '.join(ZERO_INIT_CHOICES)}, got {sorted(unknown)}")
+            raise SettingError(lambda name: f"{name('zero_init')} accepts {', '.join(ZERO_INIT_CHOICES)}, "
+                                            f"got {sorted(unknown)}")
         return self
 
     def to_dict(self):
@@ -87,42 +122,37 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation. The defaults are microgpt's: 1000 steps of one document, Adam, lr 0.01 decayed linearly to 0."""
-    steps: int = 1000
-    lr: float = 0.01
-    beta1: float = 0.85
-    beta2: float = 0.99
-    eps: float = 1e-8
-    seed: int = 42
-    batch_size: int = 1
-    weight_decay: float = 0.0
-    grad_clip: float = 0.0         # 0 = no clipping; else clip the global gradient norm to this value
-    lr_schedule: str = 'linear'
-    warmup: int = 0
-    dropout: float = 0.0           # of the embeddings and of each residual branch's output, while training
+    steps: int = setting(1000, 'training steps', at_least=1)
+    lr: float = setting(0.01, 'peak Adam learning rate', at_least=0)
+    beta1: float = setting(0.85, 'Adam beta1, in [0, 1)', at_least=0)
+    beta2: float = setting(0.99, 'Adam beta2, in [0, 1)', at_least=0)
+    eps: float = setting(1e-8)
+    seed: int = setting(42, 'seed of the one random stream: shuffle, init, sampling')
+    batch_size: int = setting(1, 'documents per step, padded and masked; the loss is the mean over real tokens',
+                              at_least=1)
+    weight_decay: float = setting(0.0, 'decoupled (AdamW) weight decay', at_least=0)
+    grad_clip: float = setting(0.0, 'clip the global gradient norm to this; 0 = off', at_least=0)
+    lr_schedule: str = setting('linear', 'decay after warmup, towards 0 at the last step', choices=LR_SCHEDULES)
+    warmup: int = setting(0, 'linear warmup steps', at_least=0)
+    dropout: float = setting(0.0, 'dropout of the embeddings and of each attention and MLP output while training, '
+                                  'rounded to a multiple of 1/65536; numpy and fused engines')
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self):
-        if self.steps < 1:
-            raise MicrogptError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise MicrogptError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr >= 0:
-            raise MicrogptError(f"--lr must be >= 0, got {self.lr}")
-        for name, beta in (('beta1', self.beta1), ('beta2', self.beta2)):
-            if not 0 <= beta < 1:
-                raise MicrogptError(f"--{name} must be in [0, 1), got {beta}")
+        check_settings(self)
+        for beta in ('beta1', 'beta2'):
+            if not getattr(self, beta) < 1:
+                raise SettingError(lambda name: f"{name(beta)} must be in [0, 1), got {getattr(self, beta)}")
         if not self.eps > 0:
-            raise MicrogptError(f"Adam eps must be > 0, got {self.eps}")
-        if not self.weight_decay >= 0:
-            raise MicrogptError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not self.grad_clip >= 0:
-            raise MicrogptError(f"--grad-clip must be >= 0 (0 turns clipping off), got {self.grad_clip}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise MicrogptError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if not 0 <= self.warmup < self.steps:
-            raise MicrogptError(f"--warmup must be in [0, steps), got {self.warmup} with --steps {self.steps}")
+            raise SettingError(lambda name: f"Adam {name('eps')} must be > 0, got {self.eps}")
+        if not self.warmup < self.steps:
+            raise SettingError(lambda name: f"{name('warmup')} must be in [0, steps), got {self.warmup} with "
+                                            f"{name('steps')} {self.steps}")
         if not (self.dropout == 0 or 0 < round(self.dropout * DROPOUT_LEVELS) < DROPOUT_LEVELS):
-            raise MicrogptError(f"--dropout must be 0 or in [1/65536, 1 - 1/65536] (it is rounded to a multiple of "
-                                f"1/65536), got {self.dropout}")
+            raise SettingError(lambda name: f"{name('dropout')} must be 0 or in [1/65536, 1 - 1/65536] (it is "
+                                            f"rounded to a multiple of 1/65536), got {self.dropout}")
         return self
 
     def check_engine(self, engine_name):
@@ -130,6 +160,22 @@ class TrainConfig:
         if self.dropout and engine_name not in ('numpy', 'fused'):
             raise MicrogptError(f"--dropout is built in the numpy and fused engines, not in the {engine_name} "
                                 f"engine: train with --engine fused")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling after training, and `microgpt sample`."""
+    num_samples: int = setting(20, 'names to sample', at_least=0)
+    temperature: float = setting(0.5, 'sampling temperature > 0; lower is more conservative')
+    top_k: int = setting(0, 'sample only from the k most likely tokens; 0 = all', at_least=0)
+    top_p: float = setting(1.0, 'sample from the smallest set of tokens whose probability reaches p; 1 = all')
+
+    def __post_init__(self):
+        check_settings(self)
+        if not self.temperature > 0:
+            raise SettingError(lambda name: f"{name('temperature')} must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SettingError(lambda name: f"{name('top_p')} must be in (0, 1], got {self.top_p}")
 
 
 # ---- the one parameter table: every engine's flat layout, the checkpoint names, the C and JavaScript

@@ -1,16 +1,36 @@
 """Side-by-side timing of the engines on the same seeded job. Quiet: returns numbers; the CLI prints them."""
 
 import os
-import random
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
-from ..config import ModelConfig, TrainConfig
-from ..data import Vocabulary, load_documents, shuffled
-from ..engines import make_engine
-from ..train.loop import train
+from ..config import TrainConfig, check_settings, setting
+from ..engines import BENCH_ENGINES
+from ..errors import MicrogptError
+from ..train.loop import train, training_threads
+from ..train.setup import prepare_run
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`microgpt bench`: which engines, on how many steps."""
+    data: str = setting(None, 'dataset', metavar='FILE', shown_default='the bundled names')
+    reference_steps: int = setting(30, 'steps to time the slow reference engine on', at_least=1, metavar='N')
+    steps: int = setting(1000, 'steps to time the other engines on', at_least=1, metavar='N')
+    engines: str = setting(','.join(BENCH_ENGINES), 'comma-separated engines to time; torch is the same model in '
+                                                    'PyTorch autograd, when installed')
+
+    def __post_init__(self):
+        check_settings(self)
+        unknown = set(self.engine_names) - set(BENCH_ENGINES)
+        if unknown:
+            raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(BENCH_ENGINES)}")
+
+    @property
+    def engine_names(self):
+        return [name.strip() for name in self.engines.split(',') if name.strip()]
 
 
 @dataclass(frozen=True)
@@ -31,37 +51,35 @@ class EngineTiming:
 
 
 def prepared_job(data_path, seed, model_overrides=None):
-    """The seeded job microgpt runs: shuffled documents, vocabulary, config, and the rng to init from."""
-    rng = random.Random(seed)
-    docs = shuffled(load_documents(data_path), rng)
-    vocab = Vocabulary.from_documents(docs)
-    cfg = ModelConfig(vocab_size=vocab.size, **(model_overrides or {})).validate()
-    return rng, [vocab.document_tokens(d) for d in docs], cfg
+    """The seeded job's rng (positioned at initialisation), training tokens and config: train's setup for callers
+    that build their own model from the rng (the PyTorch baseline, benchmarks/)."""
+    run = prepare_run(data_path, model_overrides or {}, TrainConfig(seed=seed), engine=None)
+    return run.rng, run.train_tokens, run.cfg
 
 
 def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_overrides=None,
                 batch_size=1, warmup_steps=0):
-    """Time `steps` training steps of the seeded job; `warmup_steps` untimed steps first (JIT, caches)."""
-    rng, doc_tokens, cfg = prepared_job(data_path, seed, model_overrides)
-    engine = make_engine(engine_name, cfg, rng, dtype)
-    total_steps = warmup_steps + steps
-    tcfg = TrainConfig(steps=total_steps, batch_size=batch_size, seed=seed)
-    reports = train(engine, doc_tokens, tcfg, sync_every=(warmup_steps,))  # chunks end after the warm-up
-    for _ in range(warmup_steps):
-        next(reports)
-    tokens = 0
-    start = time.perf_counter()
-    for report in reports:
-        tokens += report.tokens
-    seconds = time.perf_counter() - start
+    """Time `steps` training steps of the seeded job (train's setup, without a held-out split); `warmup_steps`
+    untimed steps first (JIT, caches)."""
+    tcfg = TrainConfig(steps=warmup_steps + steps, batch_size=batch_size, seed=seed)
+    run = prepare_run(data_path, model_overrides or {}, tcfg, engine_name, dtype)
+    with training_threads():
+        reports = train(run.engine, run.train_tokens, tcfg, sync_every=(warmup_steps,))  # chunks end after warm-up
+        for _ in range(warmup_steps):
+            next(reports)
+        tokens = 0
+        start = time.perf_counter()
+        for report in reports:
+            tokens += report.tokens
+        seconds = time.perf_counter() - start
     return EngineTiming(engine_name, dtype, steps, seconds, tokens)
 
 
 def time_torch(data_path, steps, dtype='float64', seed=42, warmup_steps=20):
-    """time_engine's timing of the same job on the PyTorch baseline (torch_baseline; needs torch)."""
-    from .torch_gpt import time_torch as run
+    """time_engine's timing of the same job on the PyTorch baseline (torch_gpt; needs torch)."""
+    from .torch_gpt import time_torch as run_torch
     rng, doc_tokens, cfg = prepared_job(data_path, seed)
-    seconds, tokens = run(doc_tokens, cfg, rng, steps, dtype=dtype, warmup=warmup_steps)
+    seconds, tokens = run_torch(doc_tokens, cfg, rng, steps, dtype=dtype, warmup=warmup_steps)
     return EngineTiming('torch', dtype, steps, seconds, tokens)
 
 

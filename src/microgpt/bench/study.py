@@ -11,26 +11,55 @@ import json
 import math
 import multiprocessing
 import os
-import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ..config import ModelConfig, TrainConfig
-from ..data import Vocabulary, holdout_split, load_documents, shuffled
-from ..engines import make_engine
-from ..engines.fused.engine import compile_kernels
-from ..presets import DEFAULTS, PRESETS, model_settings, train_settings
-from ..train.loop import evaluate, train
+from ..config import TrainConfig, check_settings, setting
+from ..errors import MicrogptError
+from ..presets import PRESETS, fields_of, model_settings
+from ..train.loop import evaluate, train, training_threads
+from ..train.setup import Holdout, prepare_run
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
 ORIGINAL_MS_PER_STEP = 283  # microgpt.py's own step on the 2-core development machine (the project's recording)
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """`microgpt study`: which experiments, over how many seeds, where."""
+    data: str = setting(None, 'dataset', metavar='FILE', shown_default='the bundled names')
+    out: str = setting('results', 'results folder', metavar='DIR')
+    num_seeds: int = setting(5, 'seeds per experiment: each runs with seeds 1..N', at_least=1, metavar='N')
+    experiments: str = setting(None, 'comma-separated experiment names', shown_default='all')
+    workers: int = setting(2, 'parallel training processes', at_least=1)
+    list_experiments: bool = setting(False, 'list the experiments and exit', flag='--list')
+
+    def __post_init__(self):
+        check_settings(self)
+        if not self.out:
+            raise MicrogptError("--out needs a folder name")
+
+    @property
+    def chosen(self):
+        """The experiments to run, in EXPERIMENTS' order."""
+        if self.experiments is None:
+            return EXPERIMENTS
+        names = [n.strip() for n in self.experiments.split(',') if n.strip()]
+        unknown = set(names) - {e.name for e in EXPERIMENTS}
+        if unknown or not names:
+            raise MicrogptError(f"unknown experiments {sorted(unknown)}; see `microgpt study --list`")
+        return [e for e in EXPERIMENTS if e.name in names]
+
+    @property
+    def seeds(self):
+        return list(range(1, self.num_seeds + 1))
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     claim: str               # what a seed system claimed, or what the row measures
-    overrides: dict          # settings on top of microgpt's defaults (presets.DEFAULTS)
+    overrides: dict          # config fields that differ from their defaults, as a preset's (presets.py)
 
 
 def _preset(name, **extra):
@@ -63,19 +92,14 @@ EXPERIMENTS = [
 
 def run_one(experiment, seed, data_path, engine='fused'):
     """Train one (experiment, seed) and return its held-out loss and final training-loss mean."""
-    settings = {**DEFAULTS, **experiment.overrides}
-    rng = random.Random(seed)
-    train_docs, val_docs = holdout_split(load_documents(data_path), None, SPLIT_SEED)
-    docs = shuffled(train_docs, rng)
-    vocab = Vocabulary.from_documents(docs + val_docs, bos_first=settings['bos'] == 'first')
-    cfg = ModelConfig(vocab_size=vocab.size, **model_settings(settings)).validate()
-    tcfg = TrainConfig(seed=seed, **train_settings(settings)).validate()
-    model = make_engine(engine, cfg, rng)
-    losses = [r.loss for r in train(model, [vocab.document_tokens(d) for d in docs], tcfg)]
-    val_loss = evaluate(model, [vocab.document_tokens(d) for d in val_docs])
+    tcfg = TrainConfig(**{**fields_of(TrainConfig, experiment.overrides), 'seed': seed})
+    run = prepare_run(data_path, model_settings(experiment.overrides), tcfg, engine, holdout=Holdout(seed=SPLIT_SEED))
+    with training_threads():
+        losses = [r.loss for r in train(run.engine, run.train_tokens, tcfg)]
+        val_loss = evaluate(run.engine, run.val_tokens)
     tail = losses[-max(1, len(losses) // 10):]
     return {'experiment': experiment.name, 'seed': seed, 'val_loss': val_loss,
-            'train_loss_tail': sum(tail) / len(tail), 'steps': tcfg.steps, 'params': model.num_params()}
+            'train_loss_tail': sum(tail) / len(tail), 'steps': tcfg.steps, 'params': run.engine.num_params()}
 
 
 def result_path(folder, name, seed):
@@ -108,6 +132,7 @@ def run_study(experiments, seeds, data_path, folder, workers=2):
         for job in todo:
             yield _run_and_save(job)
         return
+    from ..engines.fused.engine import compile_kernels
     compile_kernels('float64')  # once, before the workers
     # spawned, not forked: a process that has loaded the fused engine's OpenMP runtime must not fork
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
@@ -116,7 +141,7 @@ def run_study(experiments, seeds, data_path, folder, workers=2):
 
 
 def summarize(experiments, seeds, folder):
-    """(experiment, mean, std, n) of held-out loss over the seeds that have finished."""
+    """(experiment, mean, std, n) of held-out loss over the seeds that have finished; std is None for one seed."""
     rows = []
     for e in experiments:
         losses = []
@@ -127,9 +152,14 @@ def summarize(experiments, seeds, folder):
                     losses.append(json.load(f)['val_loss'])
         if losses:
             mean = sum(losses) / len(losses)
-            std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else 0.0
+            std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else None
             rows.append((e, mean, std, len(losses)))
     return rows
+
+
+def format_score(mean, std):
+    """'mean +/- std', or the mean alone when one seed gives no spread."""
+    return f'{mean:.4f}' if std is None else f'{mean:.4f} +/- {std:.4f}'
 
 
 def measure_speed(data_path, reference_steps=30, fused_steps=1000):
@@ -154,7 +184,7 @@ def write_report(rows, folder, command, speed=None):
     baseline = next((mean for e, mean, _, _ in rows if e.name == 'baseline'), None)
     for e, mean, std, n in rows:
         delta = f'{mean - baseline:+.4f}' if baseline is not None else 'n/a'
-        lines.append(f'| {e.name} | {e.claim} | {mean:.4f} +/- {std:.4f} | {delta} | {n} |')
+        lines.append(f'| {e.name} | {e.claim} | {format_score(mean, std)} | {delta} | {n} |')
     if speed is not None:
         reference_us, fused_us = speed
         lines += ['', '## Speed', '',
@@ -171,7 +201,7 @@ def write_report(rows, folder, command, speed=None):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-    ax.errorbar([m for _, m, _, _ in rows], range(len(rows)), xerr=[s for _, _, s, _ in rows], fmt='o')
+    ax.errorbar([m for _, m, _, _ in rows], range(len(rows)), xerr=[s or 0.0 for _, _, s, _ in rows], fmt='o')
     ax.set_yticks(range(len(rows)), [e.name for e, *_ in rows])
     ax.invert_yaxis()
     ax.set_xlabel('held-out loss (nats per character)')

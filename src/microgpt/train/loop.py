@@ -4,6 +4,9 @@ Documents are taken in order, `batch_size` at a time, wrapping around: with batc
 microgpt's `docs[step % len(docs)]`.
 """
 
+import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..config import learning_rate
@@ -38,7 +41,14 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             if every:
                 stop = min(stop, (step // every + 1) * every)
         lrs = [learning_rate(tcfg, s) for s in range(step, stop)]
-        losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs)
+        try:
+            losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs)
+        except (ArithmeticError, ValueError) as e:
+            if not _left_float_range(e):
+                raise
+            # the scalar autograd (one step per call) cannot take log(0) or 0 ** -0.5: the loss is not a number
+            yield StepReport(step + 1, tcfg.steps, math.nan, lrs[0], 0, True)
+            return
         for s, loss, lr in zip(range(step, stop), losses, lrs):
             # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
             if B == 1:
@@ -47,6 +57,22 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
                 tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
             yield StepReport(s + 1, tcfg.steps, float(loss), lr, tokens, s + 1 == stop)
         step = stop
+
+
+def _left_float_range(error):
+    """Python's math raises where NumPy returns inf or NaN: log(0), 0.0 ** -0.5, an overflowing exp."""
+    return isinstance(error, ArithmeticError) or str(error) == 'math domain error'
+
+
+@contextmanager
+def training_threads():
+    """Train with one BLAS thread and no floating-point warnings. The matrices are small: more BLAS threads
+    only contend, with each other and with any other job on the cores. A diverging loss is reported once, as an
+    error, not as overflow warnings."""
+    from threadpoolctl import threadpool_limits  # it loads no NumPy: the reference engine stays without it
+    with threadpool_limits(limits=1, user_api='blas'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)
+        yield
 
 
 def evaluate(engine, doc_tokens, batch_size=64):

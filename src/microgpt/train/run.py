@@ -1,46 +1,29 @@
-"""A training run as `microgpt train` runs it: data, held-out split, engine, resume, steps, evaluation,
-checkpoints and metrics. Quiet: it yields events, and the CLI prints them.
+"""A training run as `microgpt train` runs it: the run setup, resume, steps, evaluation, checkpoints and
+metrics. Quiet: it yields events, and the CLI prints them.
 
 Randomness: one `random.Random(seed)` drives shuffle, initialisation and sampling in microgpt's order;
 the held-out split draws from its own stream, so turning evaluation on changes which documents are
-trained on but never the order of the main stream.
+trained on but never the order of the main stream (setup.prepare_run).
 """
 
 import json
 import math
 import os
-import random
 import time
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from ..config import ModelConfig
-from ..data import Vocabulary, holdout_split, load_documents, shuffled
-from ..engines import make_engine
 from ..errors import MicrogptError
-from .loop import evaluate, train
+from .loop import evaluate, train, training_threads
+from .setup import Holdout, prepare_run
 
 BEST_CHECKPOINT = 'model.safetensors'
 RESUME_CHECKPOINT = 'resume.safetensors'
 METRICS_FILE = 'metrics.jsonl'
+PLOT_FILE = 'loss.png'
+RUN_FILES = (BEST_CHECKPOINT, RESUME_CHECKPOINT, METRICS_FILE)
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    data_path: str
-    engine: str
-    dtype: str
-    model: dict              # ModelConfig fields except vocab_size
-    tcfg: object             # TrainConfig
-    eval_every: int = 0      # 0: no held-out split, no evaluation (microgpt's behaviour)
-    val_fraction: float = None
-    val_split: str = 'name'  # data.holdout_split's `by`
-    out_dir: str = None
-    resume: bool = False
-    save_every: int = 0
-    preset: str = 'microgpt'
-
+# ---- events
 
 @dataclass(frozen=True)
 class Header:
@@ -67,54 +50,43 @@ class Saved:
 
 class TrainingRun:
     def __init__(self, settings):
-        if settings.resume and not settings.out_dir:
-            raise MicrogptError("--resume needs --out DIR, the folder of the run to continue")
-        if settings.eval_every < 0 or settings.save_every < 0:
-            raise MicrogptError("--eval-every and --save-every must be >= 0")
-        self.s = settings
-        self.tcfg = settings.tcfg.validate()
-        self.tcfg.check_engine(settings.engine)
-        ModelConfig(vocab_size=1, **settings.model).validate()  # flag errors before any file is read
-        self.rng = random.Random(self.tcfg.seed)
-        self.engine = self.vocab = None
+        self.s, self.cfg, self.tcfg = settings, settings.run, settings.train
+        if self.cfg.out and not self.cfg.resume and not self.cfg.overwrite:
+            existing = [name for name in RUN_FILES if os.path.exists(self.path(name))]
+            if existing:
+                raise MicrogptError(f"{self.cfg.out} already holds a run ({', '.join(existing)}); continue it with "
+                                    f"--resume, replace it with --overwrite, or give another --out DIR")
+        self.run = None          # the prepared Run, once events() has read the data
         self.best_val_loss = math.inf
         self.step = 0
+        self.saved_step = None   # the step of the last resume state in --out DIR: resumed from, or saved
 
     def path(self, name):
-        return os.path.join(self.s.out_dir, name)
+        return os.path.join(self.cfg.out, name)
 
     def events(self, should_stop=lambda: False):
-        s, tcfg = self.s, self.tcfg
-        docs = load_documents(s.data_path)
-        val_docs = []
-        if s.eval_every:
-            docs, val_docs = holdout_split(docs, s.val_fraction, tcfg.seed, s.val_split)
-        docs = shuffled(docs, self.rng)
-        if tcfg.batch_size > len(docs):
-            raise MicrogptError(f"--batch-size {tcfg.batch_size} is larger than the {len(docs)} training documents; "
-                                f"give a smaller batch or more data")
-        self.vocab = Vocabulary.from_documents(docs + val_docs, bos_first=s.model.get('bos') == 'first')
-        cfg = ModelConfig(vocab_size=self.vocab.size, **s.model).validate()
-        self.engine = make_engine(s.engine, cfg, self.rng, s.dtype)
-        if s.out_dir:
-            os.makedirs(s.out_dir, exist_ok=True)
-        start = self._resume(cfg) if s.resume else 0
+        cfg, tcfg = self.cfg, self.tcfg
+        holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
+        self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout)
+        if cfg.out:
+            try:
+                os.makedirs(cfg.out, exist_ok=True)
+            except OSError as e:
+                raise MicrogptError(f"{cfg.out}: cannot make the output folder ({e.strerror}); "
+                                    f"give another --out DIR") from None
+        start = self._resume() if cfg.resume else 0
         self._open_metrics(start)
-        yield Header(len(docs), self.vocab.size, self.engine.num_params(), len(val_docs), start)
+        yield Header(len(run.docs), run.vocab.size, run.engine.num_params(), len(run.val_docs), start)
+        try:
+            with training_threads():
+                yield from self._steps(run.train_tokens, run.val_tokens, start, should_stop)
+        finally:
+            self._close_metrics()
 
-        doc_tokens = [self.vocab.document_tokens(d) for d in docs]
-        val_tokens = [self.vocab.document_tokens(d) for d in val_docs]
-        last_time = time.perf_counter()
-        # overflow or NaN inside a step is reported once, as a diverged loss, not as NumPy warnings
-        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
-            yield from self._steps(doc_tokens, val_tokens, start, last_time, should_stop)
-        self._close_metrics()
-
-    def _steps(self, doc_tokens, val_tokens, start, last_time, should_stop):
-        s, tcfg = self.s, self.tcfg
-        tokens_since = 0
-        for report in train(self.engine, doc_tokens, tcfg, start_step=start,
-                            sync_every=(s.eval_every, s.save_every)):
+    def _steps(self, doc_tokens, val_tokens, start, should_stop):
+        cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
+        tokens_since, last_time = 0, time.perf_counter()
+        for report in train(engine, doc_tokens, tcfg, start_step=start, sync_every=(cfg.eval_every, cfg.save_every)):
             self.step = report.step
             record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr}
             tokens_since += report.tokens
@@ -123,96 +95,135 @@ class TrainingRun:
                 record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
                 last_time, tokens_since = now, 0
             if not math.isfinite(report.loss):
-                kept = f"; the last good checkpoint is kept in {s.out_dir}" if s.out_dir else ""
-                raise MicrogptError(f"the loss became {report.loss} at step {report.step}: training diverged{kept}; "
-                                    f"lower --lr or set --grad-clip")
+                self._diverged(f"the loss became {report.loss} at step {report.step}")
             yield report
             finished = report.step == tcfg.steps
             if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
                 self._write_metrics(record)
                 continue
-            if s.eval_every and (report.step % s.eval_every == 0 or finished):
-                val_loss = evaluate(self.engine, val_tokens)
+            if cfg.eval_every and (report.step % cfg.eval_every == 0 or finished):
+                val_loss = evaluate(engine, val_tokens)
+                if not math.isfinite(val_loss):
+                    self._diverged(f"the held-out loss became {val_loss} at step {report.step}")
                 record['val_loss'] = val_loss
                 improved = val_loss < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, val_loss)
                 yield EvalReport(report.step, tcfg.steps, val_loss, self.best_val_loss)
-                if s.out_dir and improved:
+                if cfg.out and improved:
                     yield self._save(BEST_CHECKPOINT, {'val_loss': val_loss})
             self._write_metrics(record)
             stopping = should_stop()
-            if s.out_dir and (finished or stopping or (s.save_every and report.step % s.save_every == 0)
-                              or (s.eval_every and report.step % s.eval_every == 0)):
+            if cfg.out and (finished or stopping or (cfg.save_every and report.step % cfg.save_every == 0)
+                            or (cfg.eval_every and report.step % cfg.eval_every == 0)):
                 yield self._save(RESUME_CHECKPOINT, {'train_loss': report.loss})
-                if not s.eval_every:
+                self.saved_step = report.step
+                if not cfg.eval_every:
                     yield self._save(BEST_CHECKPOINT, {'train_loss': report.loss})
             if stopping and not finished:
                 return
 
+    def _diverged(self, what):
+        """Stop with the one divergence error, saying which checkpoint is kept only where one is."""
+        if self.cfg.out is None:
+            kept = ""
+        elif self.saved_step is None:
+            kept = f"; this run saved no checkpoint in {self.cfg.out}"
+        else:
+            kept = f"; {self.path(RESUME_CHECKPOINT)} keeps step {self.saved_step}, the last finite state"
+        raise MicrogptError(f"{what}: training diverged{kept}; lower --lr or set --grad-clip")
+
     # ---- checkpoints
 
     def _meta(self):
-        s = self.s
-        return {'data_path': os.path.abspath(s.data_path), 'eval_every': s.eval_every,
-                'val_fraction': s.val_fraction, 'val_split': s.val_split, 'preset': s.preset,
+        cfg = self.cfg
+        return {'data_path': os.path.abspath(cfg.data_path), 'eval_every': cfg.eval_every,
+                'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split, 'preset': self.s.preset,
                 'best_val_loss': self.best_val_loss}
 
     def _save(self, name, metrics):
         from .checkpoint import save_checkpoint
+        if not _finite(self.run.engine.state()):  # the step's loss was finite, its update was not
+            self._diverged(f"the weights are no longer finite after step {self.step}")
         path = self.path(name)
-        save_checkpoint(path, self.engine, self.vocab, self.tcfg, self.step, metrics,
+        save_checkpoint(path, self.run.engine, self.run.vocab, self.tcfg, self.step, metrics,
                         {k: json.dumps(v) for k, v in self._meta().items()})
         return Saved(path, self.step)
 
-    def _resume(self, cfg):
+    def _resume(self):
         from .checkpoint import load_checkpoint, restore_engine
+        cfg, run = self.cfg, self.run
         path = self.path(RESUME_CHECKPOINT)
         if not os.path.exists(path):
             raise MicrogptError(f"{path}: nothing to resume (no checkpoint there); drop --resume to start fresh")
         ckpt = load_checkpoint(path)
-        differences = [f"{k}: checkpoint {v!r}, now {cfg.to_dict()[k]!r}"
-                       for k, v in ckpt.model_cfg.to_dict().items() if cfg.to_dict()[k] != v]
-        differences += [f"{k}: checkpoint {v!r}, now {asdict(self.tcfg)[k]!r}"
-                        for k, v in asdict(ckpt.train_cfg).items() if asdict(self.tcfg)[k] != v]
-        if ckpt.vocab != self.vocab:
+        model, saved_model = run.cfg.to_dict(), ckpt.model_cfg.to_dict()
+        differences = [f"{k}: checkpoint {v!r}, now {model[k]!r}" for k, v in saved_model.items() if model[k] != v]
+        # --steps may differ: a larger one trains on, with the schedule of the new total
+        train_now, train_saved = asdict(self.tcfg), asdict(ckpt.train_cfg)
+        differences += [f"{k}: checkpoint {v!r}, now {train_now[k]!r}"
+                        for k, v in train_saved.items() if k != 'steps' and train_now[k] != v]
+        if ckpt.vocab != run.vocab:
             differences.append("vocabulary (a different --data?)")
-        if ckpt.meta.get('dtype', self.s.dtype) != self.s.dtype:
-            differences.append(f"dtype: checkpoint {ckpt.meta.get('dtype')}, now {self.s.dtype}")
+        if ckpt.meta.get('dtype', cfg.dtype) != cfg.dtype:
+            differences.append(f"dtype: checkpoint {ckpt.meta.get('dtype')}, now {cfg.dtype}")
         # the held-out split decides which documents are trained on: evaluation on or off, and how it splits
         split = {'evaluation': bool(ckpt.meta.get('eval_every')), 'val_fraction': ckpt.meta.get('val_fraction'),
                  'val_split': ckpt.meta.get('val_split', 'name')}
-        now = {'evaluation': bool(self.s.eval_every), 'val_fraction': self.s.val_fraction, 'val_split': self.s.val_split}
+        now = {'evaluation': bool(cfg.eval_every), 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split}
         if split['evaluation'] or now['evaluation']:
             differences += [f"{k}: checkpoint {split[k]!r}, now {now[k]!r}" for k in split if split[k] != now[k]]
         if differences:
             raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); "
                                 f"resume with the original flags, or train into a new --out folder")
-        restore_engine(ckpt, self.engine)
+        if ckpt.step > self.tcfg.steps:
+            raise MicrogptError(f"{path} is at step {ckpt.step}, past --steps {self.tcfg.steps}; give --steps "
+                                f"{ckpt.step} or more to continue it")
+        restore_engine(ckpt, run.engine)
         best = ckpt.meta.get('best_val_loss')
         self.best_val_loss = json.loads(best) if isinstance(best, str) else (best if best is not None else math.inf)
-        self.step = ckpt.step
+        self.step = self.saved_step = ckpt.step
         return ckpt.step
 
     # ---- metrics.jsonl: one JSON object per step
 
     def _open_metrics(self, start):
         self._metrics = None
-        if not self.s.out_dir:
+        if not self.cfg.out:
             return
         path = self.path(METRICS_FILE)
-        kept = []
-        if start and os.path.exists(path):  # drop records of steps after the checkpoint we resume from
-            with open(path, encoding='utf-8') as f:
-                kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
-        self._metrics = open(path, 'w', encoding='utf-8')
-        self._metrics.writelines(kept)
+        try:
+            kept = []
+            if start and os.path.exists(path):  # drop records of steps after the checkpoint we resume from
+                with open(path, encoding='utf-8') as f:
+                    kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
+            self._metrics = open(path, 'w', encoding='utf-8')
+            self._metrics.writelines(kept)
+        except OSError as e:
+            raise MicrogptError(f"{path}: cannot write the metrics ({e.strerror}); give another --out DIR") from None
+        except (ValueError, KeyError, TypeError):
+            raise MicrogptError(f"{path}: damaged (not one JSON record with a step per line); move it away to "
+                                f"resume") from None
 
     def _write_metrics(self, record):
         if self._metrics:
-            self._metrics.write(json.dumps(record) + '\n')
-            self._metrics.flush()
+            try:
+                self._metrics.write(json.dumps(record) + '\n')
+                self._metrics.flush()
+            except OSError as e:
+                raise MicrogptError(f"{self.path(METRICS_FILE)}: cannot write the metrics ({e.strerror}); the "
+                                    f"checkpoints in {self.cfg.out} are kept") from None
 
     def _close_metrics(self):
         if self._metrics:
-            self._metrics.close()
-            self._metrics = None
+            metrics, self._metrics = self._metrics, None
+            try:
+                metrics.close()
+            except OSError:
+                pass  # the write that failed has been reported
+
+
+def _finite(state):
+    """Whether every weight and Adam moment is finite (NumPy is imported only here: checkpoints need it anyway)."""
+    import numpy as np
+    arrays = (*state.weights.values(), state.adam_m, state.adam_v)
+    return all(np.isfinite(np.asarray(a, dtype=float)).all() for a in arrays)

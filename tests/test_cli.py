@@ -1,0 +1,355 @@
+"""The command line's reliability, one test per class of fault, several cases each: non-finite flags, flags
+with no effect, an existing run, resuming to more steps, divergence, damaged checkpoints, failing standard
+output, Ctrl-C before the first step, the progress bar's width, bench and study output, deprecated spellings,
+BLAS threads."""
+
+import errno
+import io
+import json
+import math
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+
+import pytest
+from safetensors import safe_open
+
+from microgpt.bench.study import EXPERIMENTS, format_score, write_report
+from microgpt.cli import main
+from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_name
+from microgpt.train.setup import RunConfig
+
+from helpers import REPO_ROOT, assert_one_line_error, run_cli_in_process as run, write_names
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_names(tmp_path / 'names.txt')
+
+
+def small(data, *extra):
+    return ['train', '--data', data, '--steps', '20', '--num-samples', '2', *extra]
+
+
+def float_flags():
+    return [flag_name(f) for cls in (RunConfig, ModelConfig, TrainConfig, SampleConfig) for f in fields(cls)
+            if f.type is float and f.metadata.get('help')]
+
+
+def test_every_float_flag_is_listed():
+    assert {'--lr', '--beta1', '--beta2', '--weight-decay', '--grad-clip', '--dropout', '--val-fraction',
+            '--temperature', '--top-p'} <= set(float_flags()), float_flags()
+
+
+@pytest.mark.parametrize('flag', float_flags())
+@pytest.mark.parametrize('value', ['nan', 'inf', '-inf', 'NaN'])
+def test_non_finite_float_flags_are_one_line_errors(data, flag, value):
+    extra = ['--eval-every', '5'] if flag == '--val-fraction' else []
+    code, out, err = run(*small(data, *extra), f'{flag}={value}')
+    assert_one_line_error(code, out, err, flag)
+    assert out == '', out  # refused before the data is read
+
+
+@pytest.mark.parametrize('flags, fragments', [
+    (['--val-fraction', '0.1'], ('--val-fraction', '--eval-every')),
+    (['--val-split', 'line'], ('--val-split', '--eval-every')),
+    (['--out', ''], ('--out needs a folder name',)),
+    (['--plot'], ('--plot needs --out',)),
+    (['--save-every', '5'], ('--save-every needs --out',)),
+    (['--overwrite'], ('--overwrite needs --out',)),
+    (['--resume'], ('--resume needs --out',)),
+    (['--out', 'x', '--resume', '--overwrite'], ('--resume', '--overwrite', 'one of them')),
+    (['--val-split', 'makemore', '--val-fraction', '0.2', '--eval-every', '5'], ('--val-fraction',)),
+    (['--engine', 'reference', '--dtype', 'float32'], ('--dtype float32', 'reference')),
+], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
+def test_flags_without_effect_are_errors(data, flags, fragments):
+    assert_one_line_error(*run(*small(data), *flags), *fragments)
+
+
+def test_a_fresh_run_never_replaces_a_saved_one(data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out))[0] == 0
+    with open(os.path.join(out, 'model.safetensors'), 'rb') as f:
+        saved = f.read()
+    for extra in ([], ['--steps', '30'], ['--seed', '3']):
+        assert_one_line_error(*run(*small(data, '--out', out), *extra), out, '--resume', '--overwrite')
+    with open(os.path.join(out, 'model.safetensors'), 'rb') as f:
+        assert f.read() == saved
+    # a folder holding only metrics is a run too; an empty folder is not
+    os.remove(os.path.join(out, 'model.safetensors'))
+    os.remove(os.path.join(out, 'resume.safetensors'))
+    assert_one_line_error(*run(*small(data, '--out', out)), 'metrics.jsonl', '--overwrite')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert run(*small(data, '--out', str(empty)))[0] == 0
+    code, stdout, err = run(*small(data, '--out', out, '--overwrite', '--steps', '25'))
+    assert code == 0, err
+    records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [r['step'] for r in records] == list(range(1, 26)), records
+
+
+@pytest.mark.parametrize('engine', ['numpy', 'reference'])
+def test_resume_with_more_steps_trains_a_finished_run_on(data, tmp_path, engine):
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--engine', engine, '--steps', '10'))[0] == 0
+    code, stdout, err = run(*small(data, '--out', out, '--engine', engine, '--steps', '15', '--resume'))
+    assert code == 0, err
+    steps = [int(line.split()[1]) for line in stdout.splitlines() if line.startswith('step')]
+    assert steps == list(range(11, 16)), stdout
+    records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [r['step'] for r in records] == list(range(1, 16))
+    # the schedule is the new total's: linear decay from step 10 of 15 steps
+    assert records[10]['lr'] == pytest.approx(0.01 * (1 - 10 / 15), rel=1e-15), records[10]
+    with safe_open(os.path.join(out, 'resume.safetensors'), framework='numpy') as f:
+        assert json.loads(f.metadata()['step']) == 15
+    # the same steps again: nothing to train, the samples are printed; fewer: an error naming the step
+    code, stdout, err = run(*small(data, '--out', out, '--engine', engine, '--steps', '15', '--resume'))
+    assert code == 0 and 'step' not in stdout.split('--- inference')[0].split('num params')[1], stdout
+    assert_one_line_error(*run(*small(data, '--out', out, '--engine', engine, '--steps', '12', '--resume')),
+                          'at step 15', '--steps 15')
+
+
+def saved_steps(out):
+    steps = {}
+    for name in ('model.safetensors', 'resume.safetensors'):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            code, stdout, err = run('info', '--checkpoint', path)  # loading refuses non-finite weights
+            assert code == 0, err
+            steps[name] = int(stdout.splitlines()[1].split()[1])
+    return steps
+
+
+@pytest.mark.parametrize('engine, lr', [('reference', '1e30'), ('reference', '1e300'), ('numpy', '1e300')])
+@pytest.mark.parametrize('save', ['no-out', 'out', 'save-every-1'])
+def test_divergence_is_one_line_and_keeps_only_finite_states(data, tmp_path, engine, lr, save):
+    out = str(tmp_path / 'run')
+    extra = {'no-out': [], 'out': ['--out', out], 'save-every-1': ['--out', out, '--save-every', '1']}[save]
+    code, stdout, err = run(*small(data, '--engine', engine, '--lr', lr, '--steps', '50'), *extra)
+    assert code == 2 and err.startswith('microgpt: error: ') and err.count('\n') == 1, (code, err)
+    assert 'diverged' in err and 'Traceback' not in err, err
+    if save == 'no-out':
+        assert 'checkpoint' not in err and 'keeps' not in err, err
+        return
+    kept = saved_steps(out)  # every checkpoint written holds finite numbers
+    if kept:
+        assert f"keeps step {kept['resume.safetensors']}, the last finite state" in err, (kept, err)
+    else:
+        assert f'this run saved no checkpoint in {out}' in err, err
+
+
+@pytest.fixture
+def checkpoint(data, tmp_path):
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out))[0] == 0
+    return os.path.join(out, 'model.safetensors')
+
+
+def rewrite_model_config(path, **changes):
+    """The checkpoint's bytes with its model_config metadata changed, written back in place."""
+    with open(path, 'rb') as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], 'little')
+    header = json.loads(raw[8:8 + n])
+    config = json.loads(header['__metadata__']['model_config'])
+    config.update(changes)
+    header['__metadata__']['model_config'] = json.dumps(config)
+    encoded = json.dumps(header).encode()
+    encoded += b' ' * (-len(encoded) % 8)
+    with open(path, 'wb') as f:
+        f.write(len(encoded).to_bytes(8, 'little') + encoded + raw[8 + n:])
+
+
+@pytest.mark.parametrize('changes, field', [
+    ({'vocab_size': 0}, 'vocab_size'), ({'n_head': 0}, 'n_head'), ({'n_embd': 10}, 'n_embd'),
+    ({'block_size': -1}, 'block_size'), ({'init_std': -1.0}, 'init_std'), ({'norm': 'layer'}, 'norm'),
+], ids=lambda v: str(v) if isinstance(v, dict) else None)
+@pytest.mark.parametrize('command', ['sample', 'eval', 'info'])
+def test_damaged_checkpoint_errors_name_its_fields_not_flags(checkpoint, changes, field, command):
+    rewrite_model_config(checkpoint, **changes)
+    code, out, err = run(command, '--checkpoint', checkpoint)
+    assert_one_line_error(code, out, err, checkpoint, field)
+    assert '--' + field.replace('_', '-') not in err, err
+
+
+class FullDisk(io.TextIOBase):
+    """Standard output on a full disk: every write fails."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullAfter(io.StringIO):
+    """A disk that fills after `room` characters: the failure comes in the middle of the output."""
+
+    def __init__(self, room):
+        super().__init__()
+        self.room = room
+
+    def write(self, text):
+        if self.tell() + len(text) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(text)
+
+
+@pytest.fixture
+def accented(tmp_path):
+    """Names with a character that ASCII cannot print, and a checkpoint trained on them."""
+    path = tmp_path / 'accents.txt'
+    path.write_text('\n'.join(['éva', 'zoé', 'chloé', 'noé', 'léa'] * 4) + '\n', encoding='utf-8')
+    out = str(tmp_path / 'accented')
+    assert run(*small(str(path), '--out', out))[0] == 0
+    return str(path), os.path.join(out, 'model.safetensors')
+
+
+@pytest.mark.parametrize('stream', [FullDisk(), FullAfter(10), FullAfter(200),
+                                    io.TextIOWrapper(io.BytesIO(), encoding='ascii')],
+                         ids=['full-disk', 'full-after-10', 'full-after-200', 'ascii-encoding'])
+@pytest.mark.parametrize('command', ['train', 'sample'])
+def test_failing_standard_output_is_one_line(accented, stream, command):
+    data, checkpoint = accented
+    argv = (small(data, '--num-samples', '40') if command == 'train'
+            else ['sample', '--checkpoint', checkpoint, '--num-samples', '40'])
+    err = io.StringIO()
+    code = main(argv, out=stream, err=err)
+    assert code == 2, (code, err.getvalue())
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in err.getvalue(), lines
+    assert lines[0].startswith(('microgpt: error: cannot write standard output: No space left on device',
+                                "microgpt: error: cannot print 'é' in standard output's encoding ascii")), lines
+
+
+def test_standard_output_on_dev_full_in_a_real_process(data):
+    if not os.path.exists('/dev/full'):
+        pytest.skip('no /dev/full on this system')
+    with open('/dev/full', 'w') as full:
+        proc = subprocess.run([sys.executable, '-m', 'microgpt', *small(data)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
+
+
+@pytest.mark.parametrize('argv', [
+    ['sample', '--data', 'MISSING'],
+    ['sample', '--data', 'DIR'],
+    ['eval', '--data', 'MISSING'],
+], ids=lambda v: ' '.join(v))
+def test_a_data_file_given_for_a_checkpoint_must_be_readable(checkpoint, tmp_path, argv):
+    argv = [{'MISSING': str(tmp_path / 'missing.txt'), 'DIR': str(tmp_path)}.get(a, a) for a in argv]
+    assert_one_line_error(*run(*argv, '--checkpoint', checkpoint), argv[2])
+
+
+def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
+    """Reading and compiling run under Python's own SIGINT handler: the first Ctrl-C stops there, at once."""
+    import microgpt.train.run as run_module
+    handlers = []
+
+    def interrupted_setup(*args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGINT))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, 'prepare_run', interrupted_setup)
+    code, out, err = run(*small(data))
+    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
+    assert handlers == [signal.default_int_handler], handlers
+
+
+@pytest.mark.parametrize('extra', [[], ['--engine', 'reference']])
+def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
+    """The data is a FIFO that nobody writes: the process waits in open(); Ctrl-C ends it with 130 at once."""
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'train', '--data', str(fifo), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    time.sleep(3)  # start-up, then blocked in open()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert 'stopping after this step' not in err and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == 'microgpt: interrupted', err
+
+
+@pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5)])
+def test_progress_bar_on_a_terminal_without_a_width(rows, cols):
+    from microgpt.commands import FALLBACK_BAR_COLUMNS, _progress_bar
+    import fcntl
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+    with open(follower, 'w', closefd=True) as terminal:
+        assert terminal.isatty() and os.get_terminal_size(terminal.fileno()).columns == cols
+        bar = _progress_bar(terminal, 100, 0)
+        try:
+            assert bar.ncols == FALLBACK_BAR_COLUMNS and not bar.dynamic_ncols, (bar.ncols, bar.dynamic_ncols)
+        finally:
+            bar.close()
+    os.close(leader)
+
+
+def test_progress_bar_follows_a_terminal_with_a_width():
+    from microgpt.commands import _progress_bar
+    import fcntl
+    import struct
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', 30, 120, 0, 0))
+    with open(follower, 'w', closefd=True) as terminal:
+        bar = _progress_bar(terminal, 100, 0)
+        assert bar.dynamic_ncols, bar.ncols
+        bar.close()
+    os.close(leader)
+
+
+def test_bench_times_only_the_engines_asked_for(data):
+    code, out, err = run('bench', '--data', data, '--engines', 'numpy', '--steps', '5')
+    assert code == 0, err
+    assert 'reference' not in err and 'reference' not in out, (out, err)
+    header, *rows = [line for line in out.splitlines() if not line.startswith('wall')]
+    assert header.split() == ['engine', 'dtype', 'steps', 'us/step', 'tokens/s'], header
+    assert [row.split()[:3] for row in rows] == [['numpy', 'float64', '5'], ['numpy', 'float32', '5']], rows
+
+
+@pytest.mark.parametrize('losses, want', [([2.5], '2.5000'), ([2.5, 2.5], '2.5000 +/- 0.0000'),
+                                          ([2.0, 3.0], '2.5000 +/- 0.7071')])
+def test_study_shows_a_spread_only_over_several_seeds(tmp_path, losses, want):
+    mean = sum(losses) / len(losses)
+    std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else None
+    assert format_score(mean, std) == want
+    write_report([(EXPERIMENTS[0], mean, std, len(losses))], str(tmp_path), 'microgpt study --num-seeds 1')
+    report = (tmp_path / 'RESULTS.md').read_text(encoding='utf-8')
+    assert f'| {want} |' in report, report
+
+
+@pytest.mark.parametrize('argv, notice, check', [
+    (['study', '--seeds', '3', '--list'], '--seeds is deprecated; write --num-seeds N', 'baseline'),
+    (['export', '--checkpoint', 'CKPT', '--c', 'DIR'], '--c is deprecated; write --out DIR', 'weights.h'),
+], ids=['study --seeds', 'export --c'])
+def test_old_flag_spellings_work_with_a_notice(checkpoint, tmp_path, argv, notice, check):
+    argv = [{'CKPT': checkpoint, 'DIR': str(tmp_path / 'c')}.get(a, a) for a in argv]
+    code, out, err = run(*argv)
+    assert code == 0 and err == f'microgpt: {notice}\n', (code, err)
+    assert check in out, out
+
+
+def test_export_takes_out(checkpoint, tmp_path):
+    code, out, err = run('export', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
+    assert code == 0 and err == '' and (tmp_path / 'c' / 'weights.h').exists(), err
+    assert_one_line_error(*run('export', '--checkpoint', checkpoint), '--out')
+
+
+def test_training_runs_with_one_blas_thread():
+    """Inside training_threads every BLAS library NumPy loaded runs one thread; outside, its own count again."""
+    import numpy  # noqa: F401 (loads the BLAS library that threadpoolctl then sees)
+    from threadpoolctl import threadpool_info
+    from microgpt.train.loop import training_threads
+    before = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']
+    assert before, threadpool_info()
+    with training_threads():
+        inside = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']
+    after = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']
+    assert inside == [1] * len(before) and after == before, (before, inside, after)
