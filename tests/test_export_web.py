@@ -485,3 +485,17 @@ def test_the_page_carries_the_parameter_table_and_the_weights_in_its_order(tmp_p
     assert data['train']['documents'] == NAMES + ODD_NAMES
     assert '</script>b' not in Path(tmp_path / 'page' / PAGE).read_text(encoding='utf-8')  # '<' is escaped in the JSON
 
+
+def test_cli_export_web(tmp_path):
+    from microgpt.cli import main
+    import io
+    path = checkpoint_of(tmp_path / 'run', NAMES, steps=2)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(['export', '--checkpoint', path, '--out', str(tmp_path / 'page'), '--web'], out=out, err=err)
+    assert code == 0 and out.getvalue() == f"wrote {tmp_path / 'page' / PAGE}: open it in a browser (no server needed)\n", \
+        (code, out.getvalue(), err.getvalue())
+    out, err = io.StringIO(), io.StringIO()
+    code = main(['export', '--checkpoint', path, '--out', str(tmp_path / 'page'), '--web'], out=out, err=err)
+    assert code == 2 and err.getvalue().count('\n') == 1 and 'not empty' in err.getvalue(), (code, err.getvalue())
+    assert main(['export', '--checkpoint', path, '--out', str(tmp_path / 'page'), '--web', '--force'],
+                out=io.StringIO(), err=io.StringIO()) == 0

@@ -131,7 +131,7 @@ def build_parser():
     p.add_argument('--checkpoint', default=None,
                    help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument('--out', metavar='DIR', help='folder for weights.h and microgpt_names.c')
+    out.add_argument('--out', metavar='DIR', help='folder for weights.h and microgpt_names.c (with --web, for index.html)')
     out.add_argument('--c', dest='out', metavar='DIR', action=_Deprecated, new='--out DIR')
     p.add_argument('--web', action='store_true',
                    help='write DIR/index.html instead: one self-contained web page that runs the model in the browser')
