@@ -194,6 +194,47 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, torc
     assert changed > 1e-3, changed  # training moved the weights: the comparison is not of initial weights
 
 
+def _stop_at(rank, world_size, store, stop_step, out_dir):
+    """A data-parallel process; rank 1 dies at `stop_step`, rank 0 asks for a stop there and reports what it got."""
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=world_size)
+    cfg = ModelConfig(vocab_size=9).validate()
+    engine = make_engine('torch', cfg, random.Random(0), 'float64', 'cpu')
+    tcfg = TrainConfig(steps=100, batch_size=2)
+    docs = [[8, 1, 2, 3, 8], [8, 4, 8]]
+    for step in range(100):
+        if rank == 1 and step == stop_step:
+            os._exit(3)  # dies without a word, as a killed process does
+        try:
+            engine.train_step(docs, 0.01, tcfg)
+        except MicrogptError as e:
+            with open(os.path.join(out_dir, 'error.txt'), 'w') as f:
+                f.write(f'{step} {e}')
+            return
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_is_a_one_line_error_in_the_others(tmp_path, torch):
+    import torch.multiprocessing as mp
+    context = mp.get_context('spawn')
+    processes = [context.Process(target=_stop_at, args=(rank, 2, str(tmp_path / 'store'), 5, str(tmp_path)))
+                 for rank in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0, 3], [p.exitcode for p in processes]
+    step, error = (tmp_path / 'error.txt').read_text().split(' ', 1)
+    assert step == '5', step
+    assert error.startswith('another process of the data-parallel run stopped (') and '\n' not in error, error
+    assert error.endswith('the checkpoints already written are intact: continue with --resume'), error
+
+
+def test_any_process_in_one_process_is_the_flag_itself():
+    engine = make_engine('torch', ModelConfig(vocab_size=5), random.Random(0))
+    assert engine.is_main_process and engine.any_process(True) and not engine.any_process(False)
+
+
 # ---- checkpoints are interchangeable with the other engines
 
 @pytest.mark.parametrize('writer, reader', [('torch', 'numpy'), ('numpy', 'torch'),

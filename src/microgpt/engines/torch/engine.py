@@ -19,6 +19,7 @@ cores, run more processes: `torchrun --nproc-per-node N`.
 """
 
 import random
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from ... import dropout
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
 from ...data import batch_for_step
+from ...errors import MicrogptError
 from .. import EngineState
 from .devices import placement, share, sum_gradients_hook
 from .model import GPT, batch_tensors, nll_sum, predicted_count
@@ -50,6 +52,20 @@ def _cpu_threads(device):
         torch.set_num_threads(previous)
 
 
+@contextmanager
+def _peers_alive(world_size):
+    """A data-parallel step whose collective failed because another process stopped: one line, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world_size == 1 or not (isinstance(e, dist.DistError) or 'gloo' in str(e) or 'NCCL' in str(e)):
+            raise
+        # gloo's message: "...: RuntimeError: [.../pair.cc:553] Connection closed by peer [addr]:port. This is ..."
+        reason = re.sub(r'.*\[[^\]]*\.(cc|cpp):\d+\] ', '', str(e).splitlines()[0]).split('. ')[0][:160]
+        raise MicrogptError(f"another process of the data-parallel run stopped ({reason}); the checkpoints already "
+                            f"written are intact: continue with --resume") from None
+
+
 class TorchEngine:
     name = 'torch'
     chunk_steps = 32  # losses of a chunk are read back from the device (and summed across processes) together
@@ -70,13 +86,24 @@ class TorchEngine:
         self.trained = self.model
         if self.where.world_size > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+                broadcast_buffers=False)  # the one buffer, the attention mask, never changes
             self.trained.register_comm_hook(None, sum_gradients_hook)
 
     @property
     def is_main_process(self):
         """True in a single process, and on rank 0 of a data-parallel run: the one that prints and writes."""
         return self.where.rank == 0
+
+    def any_process(self, flag):
+        """Whether `flag` holds in any process of a data-parallel run (a stop request after Ctrl-C), so that every
+        process stops after the same step; in one process, `flag`. Every process must call it at the same step."""
+        if self.where.world_size == 1:
+            return bool(flag)
+        flags = torch.tensor([int(bool(flag))], device=self.device)
+        with _peers_alive(self.where.world_size):
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags.item())
 
     def num_params(self):
         return self.flat.numel()
@@ -115,15 +142,17 @@ class TorchEngine:
 
     def _backward(self, batch, dropout_rate, seed_and_step):
         self.flat.grad = None
-        loss = self._local_loss(batch, dropout_rate, seed_and_step)
-        loss.backward()
+        with _peers_alive(self.where.world_size):
+            loss = self._local_loss(batch, dropout_rate, seed_and_step)
+            loss.backward()                       # under DDP, also sums the gradients across processes
         return loss.detach()
 
     def _global(self, losses):
         """The global batch's losses (steps,) from this process's shares: summed across processes."""
         losses = torch.stack(losses)
         if self.where.world_size > 1:
-            dist.all_reduce(losses)
+            with _peers_alive(self.where.world_size):
+                dist.all_reduce(losses)
         return losses.tolist()
 
     def loss(self, batch):
