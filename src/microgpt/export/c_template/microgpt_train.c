@@ -19,9 +19,10 @@
  * of the input; so Adam may update an element the moment its gradient is known.
  *
  * LOW_MEMORY 1 (`--low-memory`) keeps no gradient buffer: each element gets its Adam update at once. It
- * stores no attention probabilities (each row is recomputed from q and k in the backward pass) and, with
- * several layers, keeps one layer's activations, recomputing each earlier layer from its saved input. The
- * arithmetic is the same operation for operation, so both builds print the same lines.
+ * stores neither q, nor the MLP's hidden units, nor the attention probabilities: the backward pass recomputes
+ * them (before the weights they come from change). With several layers it keeps one layer's activations and
+ * recomputes each earlier layer from its saved input. The arithmetic is the same operation for operation, so
+ * both builds print the same lines.
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF /* no fused multiply-add, so every build rounds alike (GCC: off in -std=c99) */
