@@ -2,8 +2,9 @@
 lists, the old path) and after (corpus.load_corpus: tokenise once into a cached token array, memory-map it).
 
 Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; the cache folder
-is a fresh temporary folder per size. Figures: first load (tokenise + write the cache) in MB/s of source, peak
-memory against the token array's bytes, and the cached reload (a new process, cache present) in seconds.
+is a fresh temporary folder per size. Figures: first load (tokenise + write the cache) in seconds and MB/s of
+source, wall and CPU time (on a shared machine the CPU figure is the steadier one), peak memory against the
+token array's bytes, and the cached reload (a new process, cache present) in seconds.
 
     python benchmarks/bench_data.py                      # 10, 30, 100, 300 MB
     python benchmarks/bench_data.py --sizes 10,100,1000  # up to 1 GB (needs about 3 GB of disk)
@@ -23,12 +24,12 @@ NEW_PATH = '''
 import json, resource, sys, time
 from microgpt.corpus import load_corpus
 from microgpt.documents import Documents
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 corpus = load_corpus(sys.argv[1], cache_dir=sys.argv[2])
 docs = Documents(corpus)
 n = len(docs); docs[n // 2]  # a document read back
-seconds = time.perf_counter() - started
-print(json.dumps({'seconds': seconds, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   'token_bytes': int(corpus.tokens.nbytes), 'bound_bytes': int(corpus.bounds.nbytes),
                   'docs': n, 'cached': corpus.cache_path is not None}))
 '''
@@ -36,12 +37,12 @@ print(json.dumps({'seconds': seconds, 'peak': resource.getrusage(resource.RUSAGE
 OLD_PATH = '''
 import json, resource, sys, time
 from microgpt.data import Vocabulary, load_documents
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 docs = load_documents(sys.argv[1])
 vocab = Vocabulary.from_documents(docs)
 tokens = [vocab.document_tokens(d) for d in docs]
-seconds = time.perf_counter() - started
-print(json.dumps({'seconds': seconds, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   'docs': len(docs)}))
 '''
 
@@ -85,8 +86,9 @@ def main():
     sizes = [int(s) for s in args.sizes.split(',')]
     baseline = measure(BASELINE)['peak']
     print(f"interpreter with numpy and microgpt imported: {baseline / 2**20:.0f} MiB resident")
-    header = (f"{'MB':>6} {'docs':>11} {'first load s':>12} {'MB/s':>7} {'tokens MiB':>10} {'peak MiB':>9} "
-              f"{'peak-base / tokens':>18} {'reload s':>9} {'old s':>8} {'old peak MiB':>12}")
+    header = (f"{'MB':>6} {'docs':>11} {'first load s':>12} {'MB/s':>6} {'cpu s':>6} {'MB/cpu s':>8} "
+              f"{'tokens MiB':>10} {'peak MiB':>9} {'peak / tokens':>13} {'reload s':>9} "
+              f"{'old s':>8} {'old cpu s':>9} {'old peak MiB':>12}")
     print(header)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
@@ -98,11 +100,12 @@ def main():
             assert first['cached'] and reload['cached'], (first, reload)
             old = measure(OLD_PATH, path, src=args.base) if args.base and mb <= args.base_up_to else None
             source_mb = os.path.getsize(path) / 1e6
-            print(f"{mb:>6} {first['docs']:>11,} {first['seconds']:>12.2f} {source_mb / first['seconds']:>7.0f} "
+            print(f"{mb:>6} {first['docs']:>11,} {first['seconds']:>12.2f} {source_mb / first['seconds']:>6.0f} "
+                  f"{first['cpu']:>6.2f} {source_mb / first['cpu']:>8.0f} "
                   f"{first['token_bytes'] / 2**20:>10.0f} {first['peak'] / 2**20:>9.0f} "
-                  f"{(first['peak'] - baseline) / first['token_bytes']:>18.2f} {reload['seconds']:>9.3f} "
-                  + (f"{old['seconds']:>8.2f} {old['peak'] / 2**20:>12.0f}" if old else f"{'-':>8} {'-':>12}"),
-                  flush=True)
+                  f"{first['peak'] / first['token_bytes']:>13.2f} {reload['seconds']:>9.3f} "
+                  + (f"{old['seconds']:>8.2f} {old['cpu']:>9.2f} {old['peak'] / 2**20:>12.0f}" if old
+                     else f"{'-':>8} {'-':>9} {'-':>12}"), flush=True)
             rows.append((source_mb, first, reload, old))
             os.remove(path)
             for name in os.listdir(cache):

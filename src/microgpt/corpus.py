@@ -84,10 +84,8 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
                          f"(set MICROGPT_CACHE to a writable folder to cache it)")
         return corpus
     try:
-        with os.fdopen(fd, 'w+b') as f:
+        with os.fdopen(fd, 'w+b') as f:  # no fsync: a cache that a crash left short or zeroed fails open_cache
             tokenise(path, _FileSink(f, source), progress)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, cache_path)
     except OSError as e:  # a full disk: tokenise in memory instead
         _remove_quietly(tmp)
