@@ -92,9 +92,9 @@ def export_c_train(out_dir, docs, cfg, vocab, tcfg=None, init_weights=None, low_
     limit = (LOW_MEMORY_RAM_LIMIT if low_memory else RAM_LIMIT) if ram_limit is None else ram_limit
     need = budget_total(cfg, low_memory)
     if need > limit:
-        hint = "" if low_memory else ", --low-memory"
+        hint = "" if low_memory else ", --low-memory,"
         raise MicrogptError(f"training this model on the device needs {need:,} bytes of RAM, more than the "
-                            f"{limit:,} allowed; give a smaller model{hint} or a larger RAM limit")
+                            f"{limit:,} allowed; give a smaller model{hint} or a larger --ram")
     tokens = _document_stream(docs, vocab)
     weights = None if init_weights is None else _check_weights(init_weights, cfg)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):

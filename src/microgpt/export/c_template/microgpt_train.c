@@ -281,7 +281,7 @@ static void adam_update(long i, float g)
 static long checked_element(int p, int k)
 {
     long size = parameters[p].rows * parameters[p].cols;
-    return parameters[p].offset + (size * k) / GRADCHECK_PER_TENSOR + k % parameters[p].cols;
+    return parameters[p].offset + ((size * k) / GRADCHECK_PER_TENSOR + k % parameters[p].cols) % size;
 }
 
 /* the complete gradient of params[i]: stored (normal build) or applied at once (LOW_MEMORY) */
