@@ -23,10 +23,11 @@ from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
 from microgpt.export.c_train import (BUILD_COMMAND, C_HEADER, C_SOURCE, GRADCHECK_PER_TENSOR, LOW_MEMORY_RAM_LIMIT,
                                      RAM_LIMIT, budget_total, export_c_train, training_memory_budget)
+from microgpt.train.checkpoint import load_checkpoint
 from microgpt.train.loop import train
 
-from helpers import (NAMES, NAMES_PATH, assert_one_line_error, require_file, require_tool, run_cli_in_process,
-                     switches_id, write_names)
+from helpers import (NAMES, NAMES_PATH, assert_one_line_error, load_weights, require_file, require_tool,
+                     run_cli_in_process, switches_id, write_names)
 
 WARNINGS = ['-Wall', '-Wextra', '-pedantic', '-Werror', '-std=c99', '-O2']
 STEP_TOLERANCE = 1e-4   # per-step loss, C against numpy float32, first 100 steps
@@ -309,3 +310,21 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, fragment)
     code, out, err = run_cli_in_process('export', '--train', '--out', str(tmp_path / 'c'), *flags)
     assert_one_line_error(code, out, err, fragment)
     assert not (tmp_path / 'c').exists()
+
+
+def test_cli_fine_tunes_a_checkpoint_on_microgpts_document_order(tmp_path):
+    """export --train --checkpoint: the checkpoint's weights are the start and the documents come in microgpt's
+    shuffled order, so 20 steps of the program equal 20 numpy float32 steps from that checkpoint."""
+    data = write_names(tmp_path / 'names.txt')
+    assert run_cli_in_process('train', '--steps', '5', '--data', data, '--out', str(tmp_path / 'run'))[0] == 0
+    checkpoint = str(tmp_path / 'run' / 'model.safetensors')
+    code, out, err = run_cli_in_process('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'),
+                                        '--seed', '7')
+    assert code == 0, err
+    ckpt = load_checkpoint(checkpoint)
+    engine = make_engine('numpy', ckpt.model_cfg, random.Random(0), 'float32')
+    load_weights(engine, ckpt.weights)
+    docs = shuffled(load_documents(data), random.Random(7))
+    want = numpy_losses(engine, ckpt.vocab, docs, 20)
+    got = losses_of(run(build(tmp_path / 'c'), 20, 1, 0))
+    assert np.abs(got - want).max() <= STEP_TOLERANCE, (got, want)
