@@ -88,8 +88,7 @@ def test_out_naming_an_existing_file(tmp_path, data_file):
 def test_study_out_naming_an_existing_file(tmp_path, data_file):
     target = tmp_path / 'results'
     target.write_text('keep me')
-    code, out, err = run_cli_in_process('study', '--data', data_file, '--seeds', 1, '--workers', 1,
-                                        '--experiments', 'baseline', '--out', target)
+    code, out, err = run_cli_in_process('study', '--data', data_file, '--experiments', 'baseline', '--out', target)
     assert_one_line_error(code, err, str(target))
     assert target.read_text() == 'keep me'
 
