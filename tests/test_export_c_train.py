@@ -244,7 +244,8 @@ def test_the_program_refuses_bad_arguments_with_usage(tmp_path):
         assert proc.returncode == 2 and proc.stdout == '' and 'usage: microgpt_train' in proc.stderr, (args, proc)
 
 
-@pytest.mark.parametrize('case', ['over budget', 'unknown character', 'no documents', 'batch size', 'vocabulary mismatch'])
+@pytest.mark.parametrize('case', ['over budget', 'unknown character', 'no documents', 'batch size', 'vocabulary mismatch',
+                                  'over 65536 tokens'])
 def test_export_refuses_what_it_cannot_do_and_writes_nothing(tmp_path, case):
     cfg, vocab, docs, engine = setup()
     kwargs = {}
@@ -256,6 +257,9 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing(tmp_path, case):
         docs = []
     elif case == 'batch size':
         kwargs['tcfg'] = TrainConfig(batch_size=2)
+    elif case == 'over 65536 tokens':  # token ids would not fit the program's 16-bit token_t
+        vocab = Vocabulary(''.join(chr(c) for c in range(0x100, 0x100 + 65536 + 0x800) if not 0xD800 <= c <= 0xDFFF))
+        cfg, docs = ModelConfig(vocab_size=vocab.size), [vocab.chars[:5]]
     else:
         cfg = ModelConfig(vocab_size=vocab.size + 1)
     out = tmp_path / 'c'
