@@ -238,6 +238,10 @@ def main(argv=None, out=None, err=None):
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
         _discard_pending(stdout)
         return 1
+    except OSError as e:  # a file or folder that cannot be written or read: a full disk, --out naming a file
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"microgpt: error: {where}{e.strerror or e}", file=err)
+        return 2
     return 0
 
 

@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..config import TrainConfig, check_settings, setting
@@ -102,6 +103,16 @@ def run_one(experiment, seed, data_path, engine='fused'):
             'train_loss_tail': sum(tail) / len(tail), 'steps': tcfg.steps, 'params': run.engine.num_params()}
 
 
+@contextmanager
+def _writing(path):
+    """A failed write (a file where the folder should be, no permission, a full disk) is one error naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise MicrogptError(f"{path}: cannot write the study's results ({e.strerror or e}); give another --out DIR") \
+            from None
+
+
 def result_path(folder, name, seed):
     return os.path.join(folder, 'runs', f'{name}.seed{seed}.json')
 
@@ -117,15 +128,17 @@ def _run_and_save(args):
     result = run_one(experiment, seed, data_path)
     path = result_path(folder, experiment.name, seed)
     tmp = path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(result, f)
-    os.replace(tmp, path)
+    with _writing(path):
+        with open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(result, f)
+        os.replace(tmp, path)
     return result
 
 
 def run_study(experiments, seeds, data_path, folder, workers=2):
     """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
-    os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
+    with _writing(folder):
+        os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
     todo = [(e, s, data_path, folder) for e in experiments for s in seeds
             if not os.path.exists(result_path(folder, e.name, s))]
     if workers <= 1:
@@ -194,7 +207,7 @@ def write_report(rows, folder, command, speed=None):
                   f'bit) {reference_us / 1000:.1f} ms: {reference_us / fused_us:,.0f}x. microgpt.py itself was '
                   f'recorded at {ORIGINAL_MS_PER_STEP} ms per step on the 2-core development machine, which makes '
                   f'{ORIGINAL_MS_PER_STEP * 1000 / fused_us:,.0f}x |']
-    with open(os.path.join(folder, 'RESULTS.md'), 'w', encoding='utf-8') as f:
+    with _writing(folder), open(os.path.join(folder, 'RESULTS.md'), 'w', encoding='utf-8') as f:
         f.write('\n'.join(lines) + '\n')
 
     import matplotlib
@@ -207,5 +220,6 @@ def write_report(rows, folder, command, speed=None):
     ax.set_xlabel('held-out loss (nats per character)')
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(folder, 'results.png'), dpi=120)
+    with _writing(folder):
+        fig.savefig(os.path.join(folder, 'results.png'), dpi=120)
     plt.close(fig)
