@@ -113,6 +113,18 @@ def test_resume_with_more_steps_trains_a_finished_run_on(data, tmp_path, engine)
                           'at step 15', '--steps 15')
 
 
+@pytest.mark.parametrize('first, then, fragment', [
+    (['--eval-every', '10'], ['--eval-every', '0'], 'evaluation: checkpoint True, now False'),
+    ([], ['--eval-every', '10'], 'evaluation: checkpoint False, now True'),
+    ([], ['--lr', '0.02'], 'lr: checkpoint 0.01, now 0.02'),
+    ([], ['--engine', 'numpy', '--dtype', 'float32'], 'dtype: checkpoint float64, now float32'),
+], ids=['evaluation-off', 'evaluation-on', 'lr', 'dtype'])
+def test_resume_refuses_another_configuration_but_steps(data, tmp_path, first, then, fragment):
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--steps', '10', *first))[0] == 0
+    assert_one_line_error(*run(*small(data, '--out', out, '--steps', '15', '--resume', *then)), fragment)
+
+
 def saved_steps(out):
     steps = {}
     for name in ('model.safetensors', 'resume.safetensors'):
@@ -149,28 +161,31 @@ def checkpoint(data, tmp_path):
     return os.path.join(out, 'model.safetensors')
 
 
-def rewrite_model_config(path, **changes):
-    """The checkpoint's bytes with its model_config metadata changed, written back in place."""
+def rewrite_config(path, key, changes):
+    """The checkpoint's bytes with its `key` metadata (model_config, train_config) changed, written back."""
     with open(path, 'rb') as f:
         raw = f.read()
     n = int.from_bytes(raw[:8], 'little')
     header = json.loads(raw[8:8 + n])
-    config = json.loads(header['__metadata__']['model_config'])
+    config = json.loads(header['__metadata__'][key])
     config.update(changes)
-    header['__metadata__']['model_config'] = json.dumps(config)
+    header['__metadata__'][key] = json.dumps(config)
     encoded = json.dumps(header).encode()
     encoded += b' ' * (-len(encoded) % 8)
     with open(path, 'wb') as f:
         f.write(len(encoded).to_bytes(8, 'little') + encoded + raw[8 + n:])
 
 
-@pytest.mark.parametrize('changes, field', [
-    ({'vocab_size': 0}, 'vocab_size'), ({'n_head': 0}, 'n_head'), ({'n_embd': 10}, 'n_embd'),
-    ({'block_size': -1}, 'block_size'), ({'init_std': -1.0}, 'init_std'), ({'norm': 'layer'}, 'norm'),
+@pytest.mark.parametrize('key, changes, field', [
+    ('model_config', {'vocab_size': 0}, 'vocab_size'), ('model_config', {'n_head': 0}, 'n_head'),
+    ('model_config', {'n_embd': 10}, 'n_embd'), ('model_config', {'block_size': -1}, 'block_size'),
+    ('model_config', {'init_std': -1.0}, 'init_std'), ('model_config', {'norm': 'layer'}, 'norm'),
+    ('train_config', {'steps': 0}, 'steps'), ('train_config', {'lr': -1.0}, 'lr'),
+    ('train_config', {'warmup': 5000}, 'warmup'),
 ], ids=lambda v: str(v) if isinstance(v, dict) else None)
 @pytest.mark.parametrize('command', ['sample', 'eval', 'info'])
-def test_damaged_checkpoint_errors_name_its_fields_not_flags(checkpoint, changes, field, command):
-    rewrite_model_config(checkpoint, **changes)
+def test_damaged_checkpoint_errors_name_its_fields_not_flags(checkpoint, key, changes, field, command):
+    rewrite_config(checkpoint, key, changes)
     code, out, err = run(command, '--checkpoint', checkpoint)
     assert_one_line_error(code, out, err, checkpoint, field)
     assert '--' + field.replace('_', '-') not in err, err
