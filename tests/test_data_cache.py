@@ -382,3 +382,13 @@ def test_tokenising_reports_progress(tmp_path, monkeypatch):
                 progress=lambda done, total: seen.append((done, total)))
     assert len(seen) >= size // 4096 and seen[-1] == (size, size), (len(seen), seen[-1], size)
     assert all(a[0] < b[0] for a, b in zip(seen, seen[1:])), seen
+
+
+def test_a_killed_tokenisation_leaves_a_temporary_the_next_one_removes(cached_file):
+    path, cache = cached_file
+    os.makedirs(cache)
+    for name in ('.tmp-tokens-999999999-x.bin', '.tmp-tokens-abc.bin'):
+        with open(os.path.join(cache, name), 'wb') as f:
+            f.write(b'partial')
+    corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    assert os.listdir(cache) == [os.path.basename(corpus.cache_path)], os.listdir(cache)

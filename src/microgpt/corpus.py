@@ -21,13 +21,13 @@ Documents (documents.py) read these arrays without a Python object per document.
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .data import TEXT_HINT, check_data_path, decode_piece, read_pieces, split_lines
 from .errors import MicrogptError
+from .tempfiles import make_temporary, remove_quietly
 
 CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
@@ -77,7 +77,7 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
         return cached
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-tokens-', suffix='.bin')
+        fd, tmp = make_temporary(folder, '.tmp-tokens-', '.bin')
     except OSError as e:
         corpus = tokenise(path, _MemorySink(source), progress)
         corpus.notice = (f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory "
@@ -88,24 +88,17 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
             tokenise(path, _FileSink(f, source), progress)
         os.replace(tmp, cache_path)
     except OSError as e:  # a full disk: tokenise in memory instead
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         corpus = tokenise(path, _MemorySink(source), progress)
         corpus.notice = f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory"
         return corpus
     except BaseException:  # Ctrl-C, or an error in the data: no partial cache stays behind
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
     corpus = open_cache(cache_path, source)
     if corpus is None:
         raise MicrogptError(f"{cache_path}: the token cache just written does not read back; remove it and retry")
     return corpus
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def source_identity(path):

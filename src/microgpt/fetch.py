@@ -8,7 +8,6 @@ a failed, refused or broken-off download is a one-line MicrogptError and leaves 
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
@@ -16,6 +15,7 @@ from urllib.parse import urlparse
 from .corpus import cache_folder
 from .data import MAX_STREAM_BYTES
 from .errors import MicrogptError
+from .tempfiles import make_temporary, remove_quietly
 
 URL_SCHEMES = ('http', 'https')
 BLOCK_BYTES = 2**20
@@ -43,7 +43,7 @@ def fetch(url, cache_dir=None, progress=None):
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-download-')
+        fd, tmp = make_temporary(folder, '.tmp-download-')
     except OSError as e:
         raise MicrogptError(f"{url}: cannot keep the download in {folder} ({e.strerror}); set MICROGPT_CACHE to a "
                             f"writable folder, or download the file and give its path") from None
@@ -52,8 +52,7 @@ def fetch(url, cache_dir=None, progress=None):
             _download(url, f, progress)
         os.replace(tmp, path)
     except BaseException:  # an error, Ctrl-C: no partial download stays behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        remove_quietly(tmp)
         raise
     return path
 

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -28,6 +27,7 @@ from ..config import ModelConfig, TrainConfig, parameter_shapes
 from ..data import Vocabulary
 from ..engines import EngineState
 from ..errors import MicrogptError
+from ..tempfiles import make_temporary, remove_quietly
 
 FORMAT = 'microgpt-checkpoint'
 FORMAT_VERSION = 2
@@ -105,8 +105,7 @@ def _atomic_write(path, payload):
     folder = os.path.dirname(os.path.abspath(path))
     reason = "free some space or give another --out; the checkpoints already there are kept"
     try:
-        remove_stale_temporaries(folder)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{TEMPORARY_PREFIX}{os.getpid()}-', suffix='.safetensors')
+        fd, tmp = make_temporary(folder, TEMPORARY_PREFIX, '.safetensors')
     except OSError as e:
         raise MicrogptError(f"{path}: cannot write the checkpoint there ({e.strerror}); give another --out") from None
     try:
@@ -121,40 +120,11 @@ def _atomic_write(path, payload):
         finally:
             os.close(dir_fd)
     except OSError as e:
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise MicrogptError(f"{path}: cannot write the checkpoint ({e.strerror}); {reason}") from None
     except BaseException:  # Ctrl-C in the middle of the write: no partial file stays behind
-        _remove_quietly(tmp)
+        remove_quietly(tmp)
         raise
-
-
-def remove_stale_temporaries(folder):
-    """Remove what interrupted saves left in `folder`: `.tmp-PID-*.safetensors` of processes that are gone,
-    and the `.tmp-*.safetensors` of versions that did not name the process."""
-    for name in os.listdir(folder):
-        if not (name.startswith(TEMPORARY_PREFIX) and name.endswith('.safetensors')):
-            continue
-        pid = name[len(TEMPORARY_PREFIX):].split('-', 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_is_alive(int(pid)):
-            continue  # another run saving into this folder right now
-        _remove_quietly(os.path.join(folder, name))
-
-
-def _process_is_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, but another user's
-        return True
-    return True
-
-
-def _remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def load_checkpoint(path):

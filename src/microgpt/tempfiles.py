@@ -1,0 +1,44 @@
+"""Temporary files of atomic writes (write under a temporary name, rename when complete), and the removal of
+those that an interrupted or killed write left behind.
+
+A temporary is named PREFIX + PID + '-' + random: the next write into the same folder removes the ones whose
+process is gone (and our own), never those of another run writing there now.
+"""
+
+import os
+import tempfile
+
+
+def make_temporary(folder, prefix, suffix=''):
+    """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there."""
+    remove_stale(folder, prefix, suffix)
+    return tempfile.mkstemp(dir=folder, prefix=f'{prefix}{os.getpid()}-', suffix=suffix)
+
+
+def remove_stale(folder, prefix, suffix=''):
+    """Remove `prefix`PID-*`suffix` files of processes that are gone or are this one, and `prefix`*`suffix`
+    files that name no process (written by versions that did not)."""
+    for name in os.listdir(folder):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix):].split('-', 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and process_is_alive(int(pid)):
+            continue  # another run writing into this folder right now
+        remove_quietly(os.path.join(folder, name))
+
+
+def process_is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
