@@ -12,6 +12,7 @@ up to MAX_STREAM_BYTES. Large files go through corpus.py, which keeps them as on
 
 import os
 import random
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -49,7 +50,7 @@ def read_pieces(path):
     try:
         with open(path, 'rb') as f:
             info = os.fstat(f.fileno())
-            regular = os.path.isfile(path) and info.st_size > 0  # /proc files and devices claim size 0
+            regular = stat.S_ISREG(info.st_mode) and info.st_size > 0  # /proc files and devices claim size 0
             limit = info.st_size if regular else MAX_STREAM_BYTES
             offset, carry = 0, b''
             while True:
