@@ -8,8 +8,8 @@
    and training.train's own loop.
 3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
    engine (float64, float32), the fused engine (float64, float32; its batch split in groups on every core,
-   fused_groups) and an equivalent PyTorch model (float32, float64), each in its own process, all with
-   the same number of threads (one per core); then numpy and fused (float32) with --dropout 0.1, whose
+   fused_groups) and the torch engine (float32, float64; one thread, as it computes on a CPU), each in its
+   own process, numpy and fused with one thread per core; then numpy and fused (float32) with --dropout 0.1, whose
    masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
 """
@@ -31,7 +31,6 @@ from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
 from microgpt.engines.fused.compile import compile_kernels
 from microgpt.engines.fused.engine import FusedEngine
-from microgpt.bench import torch_gpt as torch_baseline
 from microgpt.data import batch_for_step
 from microgpt.train.loop import predicted_tokens, train
 
@@ -169,15 +168,12 @@ def makemore_row(row, data, repeats, steps):
     """Prints `tokens best_seconds threads` of one engine:dtype:dropout on the makemore-size job (run in its own
     process)."""
     engine, dtype, dropout = row.split(':')
+    if engine == 'fused':
+        compile_kernels(dtype)  # or load them; untimed
+    best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps, float(dropout)), repeats)
     if engine == 'torch':
-        import torch
-        torch.set_num_threads(_blas_threads())  # as many as NumPy's BLAS and numba have
-        best, _, tokens = repeated(lambda: time_torch(dtype, data, steps), repeats)
-        threads = torch.get_num_threads()
+        from microgpt.engines.torch.engine import CPU_THREADS as threads  # more processes, not threads: torchrun
     else:
-        if engine == 'fused':
-            compile_kernels(dtype)  # or load them; untimed
-        best, _, tokens = repeated(lambda: time_makemore(engine, dtype, data, steps, float(dropout)), repeats)
         threads = _blas_threads() if engine == 'numpy' else numba.get_num_threads()
     print(tokens, best, threads)
 
@@ -201,11 +197,6 @@ def _blas_threads():
         if os.environ.get(name):
             return int(os.environ[name])
     return os.cpu_count()
-
-
-def time_torch(dtype, data, steps):
-    rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
-    return torch_baseline.time_torch(doc_tokens, cfg, rng, steps, batch_size=32, dtype=dtype)
 
 
 def main():
