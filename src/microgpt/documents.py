@@ -22,16 +22,25 @@ RANK_ROWS = 2**20  # documents written into the sort keys at a time
 class Documents:
     def __init__(self, corpus, order=None, bos_first=False):
         self.corpus = corpus
-        self.order = np.arange(len(corpus), dtype=np.int64) if order is None else order  # (D,) corpus indices
+        self.order = order  # (D,) corpus indices; None: all of them in the file's order (no array to build)
         self.bos_first = bos_first
 
     def __len__(self):
-        return len(self.order)
+        return len(self.corpus) if self.order is None else len(self.order)
+
+    def indices(self, positions=None):
+        """Corpus indices of `positions` of this sequence (all when None), as int64."""
+        if self.order is None:
+            return np.arange(len(self), dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+        return self.order if positions is None else self.order[np.asarray(positions, dtype=np.int64)]
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        d = int(self.order[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"document {i} of {len(self)}")
+        i = i % len(self)
+        d = i if self.order is None else int(self.order[i])
         bounds = self.corpus.bounds
         ids = self.corpus.tokens[int(bounds[d]):int(bounds[d + 1]) + 1]
         if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
@@ -40,7 +49,7 @@ class Documents:
 
     def text(self, i):
         """Document i as a string."""
-        d, bounds, chars = int(self.order[i]), self.corpus.bounds, self.corpus.chars
+        d, bounds, chars = int(self.indices([i])[0]), self.corpus.bounds, self.corpus.chars
         return ''.join(chars[t] for t in self.corpus.tokens[int(bounds[d]) + 1:int(bounds[d + 1])].tolist())
 
     def vocabulary(self):
@@ -53,13 +62,14 @@ class Documents:
 
     def lengths(self):
         """(D,) tokens of each document with its two BOS, in this order."""
-        return (np.diff(self.corpus.bounds.astype(np.int64)) + 1)[self.order]
+        lengths = np.diff(self.corpus.bounds.astype(np.int64)) + 1
+        return lengths if self.order is None else lengths[self.order]
 
     def pack(self, first, count, keep):
         """(tokens, starts): documents first .. first + count - 1 (wrapping around), each cut to its first `keep`
         tokens, back to back as int64, and the (count + 1,) index where each starts; what a list of token
         lists gives through `tokens += doc[:keep]`, without a Python object per document."""
-        d = self.order[(first + np.arange(count)) % len(self)]               # (count,) corpus indices
+        d = self.indices((first + np.arange(count)) % len(self))              # (count,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64)                        # (count,) each document's first BOS
         lengths = np.minimum(self.corpus.bounds[d + 1].astype(np.int64) - begin + 1, keep)  # (count,)
         starts = np.zeros(count + 1, np.int64)                                # (count + 1,)
@@ -72,7 +82,7 @@ class Documents:
 
     def take(self, positions):
         """The documents at `positions` of this sequence, in that order."""
-        return Documents(self.corpus, self.order[np.asarray(positions, dtype=np.int64)], self.bos_first)
+        return Documents(self.corpus, self.indices(positions), self.bos_first)
 
     def shuffled(self, rng: random.Random):
         """data.shuffled: random.shuffle's draws, applied to positions (8 bytes each, no object per document)."""
@@ -103,7 +113,8 @@ class Documents:
     def distinct_ranks(self):
         """((D,) rank of each document among the distinct documents in string order, their number)."""
         bounds = self.corpus.bounds.astype(np.int64)
-        lengths = np.diff(bounds)[self.order] - 1                   # (D,) characters
+        order = self.indices()
+        lengths = np.diff(bounds)[order] - 1                        # (D,) characters
         width = max(1, int(lengths.max()))
         wide = len(self.corpus.chars) >= 255
         keys = np.zeros((len(self), width), '>u2' if wide else np.uint8)  # (D, width) ids + 1, 0-padded
@@ -112,7 +123,7 @@ class Documents:
             n = lengths[rows]
             row = np.repeat(rows, n)
             col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            first = bounds[self.order[rows]] + 1
+            first = bounds[order[rows]] + 1
             keys[row, col] = self.corpus.tokens[np.repeat(first, n) + col] + 1
         # a row's bytes compare as its string does: big-endian ids in code-point order, shorter prefix first
         rows = keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel()  # (D,)
