@@ -1,6 +1,6 @@
 """The scalar autograd `Value`: every operation against central finite differences, gradient accumulation,
-deep graphs without recursion, the topological order of Karpathy's recursive `build_topo`, and the
-reference model's gradients against PyTorch autograd in float64."""
+deep graphs without recursion, the topological order of Karpathy's recursive `build_topo`; and the model's
+hand-derived gradients (reference, numpy and fused engines) against PyTorch autograd in float64."""
 
 import math
 import random
@@ -10,7 +10,10 @@ import pytest
 
 from microgpt.engines.reference.autograd import Value, topological_order
 from microgpt.config import ModelConfig, init_parameters
+from microgpt.engines import make_engine
 from microgpt.engines.reference.gpt import batch_loss
+
+from helpers import assert_named_arrays_close, random_batch, switches_id
 
 FD_STEP = 1e-6
 FD_RTOL = 1e-6  # central differences: truncation ~h^2, rounding ~1e-16/h = 1e-10, both far below this
@@ -183,7 +186,7 @@ def test_topological_order_is_microgpts_recursive_post_order(seed):
     assert not mismatches, mismatches[:5]
 
 
-# ---- the reference model's gradients equal PyTorch autograd in float64
+# ---- the engines' gradients equal PyTorch autograd (engines/torch/model.py) in float64
 
 @pytest.mark.parametrize('sizes', [dict(n_embd=8, n_head=2, n_layer=2, block_size=6),
                                    dict(n_embd=16, n_head=4, n_layer=1, block_size=16)],
@@ -213,3 +216,29 @@ def test_reference_model_gradients_equal_torch_float64(sizes, require_torch):
         ok = torch.allclose(got, want, rtol=1e-10, atol=0)
         assert ok, f"{name}: max relative error {err:.3g} > 1e-10; got {got.flatten()[:4].tolist()}, " \
                    f"want {want.flatten()[:4].tolist()}"
+
+
+TORCH_SWITCHES = [
+    {},
+    {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
+    {'n_layer': 3, 'n_embd': 12, 'n_head': 3, 'block_size': 7},
+    {'n_embd': 8, 'n_head': 1, 'block_size': 3},
+    {'norm': 'esp32', 'bos': 'first', 'init_std': 0.1},
+    {'tie_lm_head': True, 'mlp_activation': 'relu2', 'zero_init': ('attn_wo', 'mlp_fc2'), 'init_std': 0.02},
+    {'norm': 'none'},
+    {'attention': 'self'},
+]
+
+
+@pytest.mark.parametrize('switches', TORCH_SWITCHES, ids=switches_id)
+@pytest.mark.parametrize('engine_name', ['numpy', 'fused'])
+def test_fast_engine_gradients_equal_torch_autograd(engine_name, switches, require_torch):
+    """The hand-derived backward passes against autograd on a padded batch of three documents."""
+    from microgpt.engines.torch.model import loss_and_grads as torch_loss_and_grads
+    cfg = ModelConfig(vocab_size=11, **switches).validate()
+    engine = make_engine(engine_name, cfg, random.Random(1))
+    batch = random_batch(random.Random(7), cfg, 3, max_len=cfg.block_size + 3)
+    loss = engine.loss_and_grads(batch)
+    want_loss, want = torch_loss_and_grads(engine.weights(), cfg, batch)
+    assert abs(loss - want_loss) <= 1e-12 * want_loss, (loss, want_loss)
+    assert_named_arrays_close(engine.gradients(), want, rtol=1e-10, atol=1e-13, what='gradient')

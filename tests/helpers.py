@@ -1,0 +1,123 @@
+"""Helpers shared by the tests: where the shared data lives, running the command line, random batches, comparing
+engines' named arrays, and loading weights into an engine through the engine contract.
+
+Test modules import from here (`from helpers import ...`), never from conftest or from another test module;
+conftest holds only fixtures.
+"""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from microgpt.cli import main
+from microgpt.engines import EngineState
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / 'shared'
+NAMES_PATH = SHARED / 'data' / 'names.txt'
+GOLDEN_PATH = SHARED / 'golden' / 'microgpt_seed42_names.txt'
+
+# thirty of names.txt's names, for small runs that need no shared file
+NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail',
+         'emily', 'ella', 'elizabeth', 'camila', 'luna', 'sofia', 'avery', 'mila', 'aria', 'scarlett',
+         'penelope', 'layla', 'chloe', 'victoria', 'madison', 'eleanor', 'grace', 'nora', 'riley', 'zoey']
+
+
+# ---- what the environment lacks: skipped on a developer's machine, failed in CI
+
+def in_ci():
+    return os.environ.get('CI', '').lower() not in ('', '0', 'false', 'no')
+
+
+def missing(reason):
+    """Skip the test for `reason`, or fail it when CI is set: CI can never pass by skipping."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI must have it")
+    pytest.skip(reason)
+
+
+def require_file(path):
+    """`path` as a string; skips the test if the file is missing (fails it in CI)."""
+    if not Path(path).is_file():
+        missing(f"{path} is missing (it lives in the shared folder next to the repository, not in it)")
+    return str(path)
+
+
+def require_tool(name):
+    """Skips the test if the program `name` is not on PATH (fails it in CI)."""
+    if shutil.which(name) is None:
+        missing(f"no `{name}` on PATH")
+
+
+# ---- the command line
+
+def run_cli_in_process(*args):
+    """(exit_code, stdout, stderr) of `microgpt ARGS`, run through cli.main with string buffers."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in args], out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_cli_subprocess(*args, timeout=600, env=None):
+    """(exit_code, stdout_bytes, stderr_bytes) of `python -m microgpt ARGS` in a fresh interpreter.
+
+    Standard streams are UTF-8 whatever the machine's locale, so non-ASCII samples compare exactly.
+    """
+    env = dict(os.environ if env is None else env, PYTHONIOENCODING='utf-8')
+    proc = subprocess.run([sys.executable, '-m', 'microgpt', *[str(a) for a in args]],
+                          capture_output=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def assert_one_line_error(code, out, err, *fragments):
+    """Exit status 2 and one line `microgpt: error: ...` on stderr holding every fragment, no traceback."""
+    assert code == 2, (code, err)
+    assert err.startswith('microgpt: error:') and err.count('\n') == 1, err
+    assert 'Traceback' not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def write_names(path, repeats=2):
+    """NAMES, each `repeats` times (duplicates, as in names.txt), one a line; returns the path as a string."""
+    path.write_text('\n'.join(NAMES * repeats) + '\n', encoding='utf-8')
+    return str(path)
+
+
+# ---- engines
+
+def random_batch(rng, cfg, batch_size, max_len):
+    """Documents of random length (some longer than the block, some of one token: padding), wrapped in BOS."""
+    bos = cfg.bos_id
+    chars = [i for i in range(cfg.vocab_size) if i != bos]
+    return [[bos] + [rng.choice(chars) for _ in range(rng.randrange(0, max_len))] + [bos]
+            for _ in range(batch_size)]
+
+
+def switches_id(switches):
+    """A test id for a dict of ModelConfig switches: 'n_layer=2,norm=none', or 'default'."""
+    return ','.join(f'{k}={v}' for k, v in switches.items()) or 'default'
+
+
+def assert_named_arrays_close(got, want, rtol, atol, what):
+    """Two name -> array dicts (weights or gradients) with the same names, equal within rtol/atol each."""
+    assert list(got) == list(want), (list(got), list(want))
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name], np.float64), np.asarray(want[name], np.float64),
+                                   rtol=rtol, atol=atol, err_msg=f'{what} of {name}')
+
+
+def flat(named):
+    """A name -> array dict, concatenated in its order: (P,) float64."""
+    return np.concatenate([np.asarray(a, np.float64).ravel() for a in named.values()])
+
+
+def load_weights(engine, weights):
+    """Put `weights` (name -> (rows, cols)) into `engine`, with fresh Adam state."""
+    engine.load_state(EngineState(weights, None, None, 0))
