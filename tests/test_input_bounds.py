@@ -234,3 +234,15 @@ def test_a_model_too_large_for_the_machine_is_one_line(cfg, batch, longest, dtyp
 def test_available_memory_is_read():
     have = available_bytes()
     assert 2**26 < have <= os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE'), have
+
+
+@pytest.mark.parametrize('load', [load_documents, load_corpus], ids=['strings', 'tokens'])
+def test_an_unreadable_file_is_one_line(tmp_path, load):
+    path = tmp_path / 'secret.txt'
+    path.write_text('anna\n')
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: a path through a file stands for an unreadable one
+        path = tmp_path / 'secret.txt' / 'x'
+    with pytest.raises(MicrogptError) as info:
+        load(str(path))
+    assert str(path) in str(info.value) and '\n' not in str(info.value), str(info.value)

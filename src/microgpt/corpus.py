@@ -105,12 +105,15 @@ def source_identity(path):
     """What must be unchanged for a cache of `path` to be current; None for pipes and devices."""
     if not os.path.isfile(path):
         return None
-    info = os.stat(path)
     digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        digest.update(f.read(EDGE_BYTES))
-        f.seek(max(0, info.st_size - EDGE_BYTES))
-        digest.update(f.read(EDGE_BYTES))
+    try:
+        with open(path, 'rb') as f:
+            info = os.fstat(f.fileno())
+            digest.update(f.read(EDGE_BYTES))
+            f.seek(max(0, info.st_size - EDGE_BYTES))
+            digest.update(f.read(EDGE_BYTES))
+    except OSError as e:
+        raise MicrogptError(f"{path}: cannot read: {e.strerror}") from None
     return {'path': os.path.abspath(path), 'size': info.st_size, 'mtime_ns': info.st_mtime_ns,
             'ctime_ns': info.st_ctime_ns, 'inode': info.st_ino, 'device': info.st_dev, 'edges': digest.hexdigest()}
 
