@@ -21,6 +21,7 @@ from microgpt.config import ModelConfig, TrainConfig, parameter_table
 from microgpt.data import Vocabulary, load_documents, shuffled
 from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
+from microgpt.export.c import COMMON_HEADER
 from microgpt.export.c_train import (BUILD_COMMAND, C_HEADER, C_SOURCE, GRADCHECK_PER_TENSOR, LOW_MEMORY_RAM_LIMIT,
                                      RAM_LIMIT, budget_total, export_c_train, training_memory_budget)
 from microgpt.train.checkpoint import load_checkpoint
@@ -77,8 +78,8 @@ def losses_of(stdout):
     return np.array([float(line.rsplit('loss', 1)[1]) for line in stdout.splitlines() if line.startswith('step')])
 
 
-def numpy_losses(engine, vocab, docs, steps):
-    tcfg = TrainConfig(steps=steps)
+def numpy_losses(engine, vocab, docs, steps, **optimiser):
+    tcfg = TrainConfig(steps=steps, **optimiser)
     return np.array([report.loss for report in train(engine, [vocab.document_tokens(d) for d in docs], tcfg)])
 
 
@@ -239,7 +240,10 @@ def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):
 
 def test_the_program_refuses_bad_arguments_with_usage(tmp_path):
     program = build(exported(tmp_path)[0])
-    for args in (['x'], ['0'], ['10', '-1'], ['10', '1', 'many'], ['1', '2', '3', '4'], ['--gradcheck', '1'], ['']):
+    # strtoull would read ' -1' as 2^64 - 1: only digits are numbers, as in microgpt_names.c
+    for args in (['x'], ['0'], ['10', '-1'], ['10', '1', 'many'], ['1', '2', '3', '4'], ['--gradcheck', '1'], [''],
+                 [' 5'], ['+5'], ['5 '], ['1000000001'], ['10', ' -1'], ['10', '+1'], ['10', '18446744073709551616'],
+                 ['10', '1', ' 2'], ['10', '1', '1000000001'], ['99999999999999999999']):
         proc = subprocess.run([str(program), *args], capture_output=True, text=True)
         assert proc.returncode == 2 and proc.stdout == '' and 'usage: microgpt_train' in proc.stderr, (args, proc)
 
@@ -270,7 +274,7 @@ def test_export_refuses_what_it_cannot_do_and_writes_nothing(tmp_path, case):
 
 def test_build_command_is_the_one_printed(tmp_path):
     out = exported(tmp_path)[0]
-    assert sorted(p.name for p in out.iterdir()) == sorted([C_HEADER, C_SOURCE])
+    assert sorted(p.name for p in out.iterdir()) == sorted([C_HEADER, C_SOURCE, COMMON_HEADER])
     proc = subprocess.run(BUILD_COMMAND.split() + ['-Werror'], cwd=out, capture_output=True, text=True)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
 
@@ -317,10 +321,13 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, fragment)
 
 
 def test_cli_fine_tunes_a_checkpoint_on_microgpts_document_order(tmp_path):
-    """export --train --checkpoint: the checkpoint's weights are the start and the documents come in microgpt's
-    shuffled order, so 20 steps of the program equal 20 numpy float32 steps from that checkpoint."""
+    """export --train --checkpoint: the checkpoint's weights are the start, its optimiser's lr and betas are kept
+    (a zeroclaw-like run), and the documents come in microgpt's shuffled order, so 20 steps of the program equal
+    20 numpy float32 steps from that checkpoint."""
     data = write_names(tmp_path / 'names.txt')
-    assert run_cli_in_process('train', '--steps', '5', '--data', data, '--out', str(tmp_path / 'run'))[0] == 0
+    optimiser = {'lr': 0.02, 'beta1': 0.9, 'beta2': 0.95}
+    flags = [item for name, value in optimiser.items() for item in (f'--{name.replace("_", "-")}', str(value))]
+    assert run_cli_in_process('train', '--steps', '5', '--data', data, '--out', str(tmp_path / 'run'), *flags)[0] == 0
     checkpoint = str(tmp_path / 'run' / 'model.safetensors')
     code, out, err = run_cli_in_process('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'),
                                         '--seed', '7')
@@ -329,6 +336,23 @@ def test_cli_fine_tunes_a_checkpoint_on_microgpts_document_order(tmp_path):
     engine = make_engine('numpy', ckpt.model_cfg, random.Random(0), 'float32')
     load_weights(engine, ckpt.weights)
     docs = shuffled(load_documents(data), random.Random(7))
-    want = numpy_losses(engine, ckpt.vocab, docs, 20)
+    want = numpy_losses(engine, ckpt.vocab, docs, 20, **optimiser)
     got = losses_of(run(build(tmp_path / 'c'), 20, 1, 0))
     assert np.abs(got - want).max() <= STEP_TOLERANCE, (got, want)
+
+
+@pytest.mark.parametrize('flags, fragment', [
+    (['--train', '--web'], 'give one of them'),
+    (['--train', '--force'], 'leave --force out'),
+    (['--checkpoint', 'CKPT', '--force'], 'leave --force out'),
+    (['--checkpoint', 'CKPT', '--seed', '3'], '--seed go with --train'),
+    (['--checkpoint', 'CKPT', '--web', '--seed', '3'], '--seed go with --train'),
+])
+def test_cli_flags_that_would_be_ignored_are_refused(tmp_path, flags, fragment):
+    """A flag that does nothing in the export asked for is one line, not silently dropped; nothing is written."""
+    names = write_names(tmp_path / 'names.txt')
+    assert run_cli_in_process('train', '--steps', '2', '--data', names, '--out', str(tmp_path / 'run'))[0] == 0
+    flags = [str(tmp_path / 'run' / 'model.safetensors') if flag == 'CKPT' else flag for flag in flags]
+    code, out, err = run_cli_in_process('export', '--out', str(tmp_path / 'out'), *flags)
+    assert_one_line_error(code, out, err, fragment)
+    assert not (tmp_path / 'out').exists()

@@ -146,7 +146,8 @@ def build_parser():
                    help='keep no gradient buffer and recompute attention: 64 KB of RAM for the default model')
     g.add_argument('--ram', type=int, default=None, metavar='BYTES',
                    help='the most RAM training may take (default: 98304, or 65536 with --low-memory)')
-    g.add_argument('--seed', type=int, default=42, help='seed of the document shuffle, as microgpt\'s (default: 42)')
+    g.add_argument('--seed', type=int, default=None,
+                   help='seed of the document shuffle, as microgpt\'s (default: 42)')
 
     p = command('info', commands.cmd_info, help='describe a checkpoint and its memory budget',
                 description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '

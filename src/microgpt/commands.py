@@ -254,13 +254,19 @@ def _print_memory(rows, out):
 
 
 def cmd_export(args, out, err):
+    if args.train and args.web:
+        raise MicrogptError("--train writes a C program and --web a web page; give one of them (and another --out "
+                            "for the other)")
+    if args.force and not args.web:
+        raise MicrogptError("--force lets --web write into a folder that is not empty; the C programs replace only "
+                            "their own files, so leave --force out")
     if args.train:
         _export_training_program(args, out)
         return
     if args.checkpoint is None:
         raise MicrogptError("export needs --checkpoint PATH; only --train can start without one")
-    if args.low_memory or args.ram is not None or args.data is not None:
-        raise MicrogptError("--data, --low-memory and --ram go with --train")
+    if args.low_memory or args.ram is not None or args.data is not None or args.seed is not None:
+        raise MicrogptError("--data, --low-memory, --ram and --seed go with --train")
     if args.web:
         from .export.web import export_web
         info = export_web(args.checkpoint, args.out, force=args.force)

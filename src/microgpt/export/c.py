@@ -1,7 +1,8 @@
 """Export a checkpoint as a C99 program that makes up names on a microcontroller, and its memory budget.
 
 `export_c` writes DIR/weights.h (configuration, vocabulary and weights as const arrays, which stay in
-flash) next to a copy of c_template/microgpt_names.c (the model with a static KV cache, no malloc).
+flash) next to copies of c_template/microgpt_names.c (the model with a static KV cache, no malloc) and
+c_template/microgpt_common.h (matvec, splitmix64, sampling and argument parsing, shared with microgpt_train.c).
 `sample_like_c` is that C program written again in NumPy float32, operation for operation: the same
 left-to-right sums, exp in double through libm, the same splitmix64 stream, the same inverse-CDF draw,
 so a test can check that both print the same names for the same seed.
@@ -19,6 +20,7 @@ from ..errors import MicrogptError
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
+COMMON_HEADER = 'microgpt_common.h'  # matvec, splitmix64, sampling, argument parsing: shared with microgpt_train.c
 BUILD_COMMAND = 'cc -std=c99 -O2 -Wall -Wextra -pedantic -o microgpt_names microgpt_names.c -lm'
 TOKEN_BYTES = 5  # the longest UTF-8 character (4 bytes) and its NUL: token_text is (V, 5) chars
 FLOAT_BYTES = 4
@@ -38,17 +40,25 @@ def export_c(ckpt, out_dir):
     _check_exportable(ckpt)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise MicrogptError(f"{out_dir}: exists and is not a directory; give a directory for the C program")
-    template = (resources.files('microgpt.export') / 'c_template' / C_SOURCE).read_text(encoding='utf-8')
-    files = (os.path.join(out_dir, C_HEADER), os.path.join(out_dir, C_SOURCE))
+    files = write_program(out_dir, C_HEADER, weights_header(ckpt.weights, cfg, vocab), C_SOURCE)
+    return ExportInfo(out_dir, files, BUILD_COMMAND, memory_budget(cfg))
+
+
+def write_program(out_dir, header, header_text, source):
+    """Write out_dir/header, the template `source` and microgpt_common.h (the code both C programs share)
+    beside it; the paths written. MicrogptError if the folder cannot be written."""
+    templates = resources.files('microgpt.export') / 'c_template'
+    texts = {header: header_text, source: (templates / source).read_text(encoding='utf-8'),
+             COMMON_HEADER: (templates / COMMON_HEADER).read_text(encoding='utf-8')}
+    files = tuple(os.path.join(out_dir, name) for name in texts)
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with open(files[0], 'w', encoding='ascii', newline='\n') as f:
-            f.write(weights_header(ckpt.weights, cfg, vocab))
-        with open(files[1], 'w', encoding='utf-8', newline='\n') as f:
-            f.write(template)
+        for path, text in zip(files, texts.values()):
+            with open(path, 'w', encoding='utf-8', newline='\n') as f:
+                f.write(text)
     except OSError as e:
         raise MicrogptError(f"{out_dir}: cannot write the C program: {e.strerror}") from None
-    return ExportInfo(out_dir, files, BUILD_COMMAND, memory_budget(cfg))
+    return files
 
 
 def _check_exportable(ckpt):

@@ -1,8 +1,9 @@
 """Export a C99 program that trains microgpt on a microcontroller, and the RAM it takes.
 
 `export_c_train` writes DIR/train_data.h (configuration, parameter table, vocabulary, the training documents
-as token ids and, optionally, initial weights, all const: they stay in flash) next to a copy of
-c_template/microgpt_train.c (forward, backward, Adam and sampling in static buffers, no malloc).
+as token ids and, optionally, initial weights, all const: they stay in flash) next to copies of
+c_template/microgpt_train.c (forward, backward, Adam and sampling in static buffers, no malloc) and of
+c_template/microgpt_common.h (the code it shares with the inference program).
 `training_memory_budget` counts that program's static buffers byte for byte: a test compares it with the
 symbols of the compiled object.
 
@@ -11,13 +12,11 @@ shuffles them as microgpt does); the program takes them in that order, one per s
 """
 
 import os
-from importlib import resources
-
 import numpy as np
 
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError
-from .c import TOKEN_BYTES, ExportInfo, _attention_scale, _c_float, _c_string
+from .c import TOKEN_BYTES, ExportInfo, _attention_scale, _c_float, _c_string, write_program
 
 C_SOURCE = 'microgpt_train.c'
 C_HEADER = 'train_data.h'
@@ -100,16 +99,7 @@ def export_c_train(out_dir, docs, cfg, vocab, tcfg=None, init_weights=None, low_
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise MicrogptError(f"{out_dir}: exists and is not a directory; give a directory for the C program")
     header = train_header(cfg, vocab, tcfg, tokens, len(docs), weights, low_memory)
-    template = (resources.files('microgpt.export') / 'c_template' / C_SOURCE).read_text(encoding='utf-8')
-    files = (os.path.join(out_dir, C_HEADER), os.path.join(out_dir, C_SOURCE))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(files[0], 'w', encoding='ascii', newline='\n') as f:
-            f.write(header)
-        with open(files[1], 'w', encoding='utf-8', newline='\n') as f:
-            f.write(template)
-    except OSError as e:
-        raise MicrogptError(f"{out_dir}: cannot write the C program: {e.strerror}") from None
+    files = write_program(out_dir, C_HEADER, header, C_SOURCE)
     return ExportInfo(out_dir, files, BUILD_COMMAND, training_memory_budget(cfg, low_memory))
 
 
@@ -256,15 +246,18 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
 
 # ---- what `microgpt export --train` exports
 
-def export_training_program(out_dir, checkpoint=None, data=None, low_memory=False, ram_limit=None, seed=42):
+def export_training_program(out_dir, checkpoint=None, data=None, low_memory=False, ram_limit=None, seed=None):
     """export_c_train for the command line. With a checkpoint: its model, vocabulary and weights (fine-tuning
-    starts from them), and its training data unless `data` is given; without: microgpt's model on `data`
+    starts from them), its optimiser's lr, betas and eps (on microgpt's recipe: one document a step, linear
+    decay), and its training data unless `data` is given; without: microgpt's model and optimiser on `data`
     (default: the bundled names), initialised on the device. Documents are shuffled by random.Random(seed)
-    as microgpt shuffles them."""
+    (default: microgpt's 42) as microgpt shuffles them."""
     import random
+    from dataclasses import replace
 
     from ..config import ModelConfig
     from ..data import Vocabulary, bundled_dataset_path, load_documents, shuffled
+    tcfg = TrainConfig()
     if checkpoint is not None:
         from ..train.checkpoint import load_checkpoint
         ckpt = load_checkpoint(checkpoint)
@@ -272,8 +265,10 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         if not data or not os.path.exists(data):
             raise MicrogptError(f"the checkpoint's training data {data!r} is not there; give --data FILE")
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
+        trained = ckpt.train_cfg
+        tcfg = replace(tcfg, lr=trained.lr, beta1=trained.beta1, beta2=trained.beta2, eps=trained.eps)
     data = data or bundled_dataset_path()
-    docs = shuffled(load_documents(data), random.Random(seed))
+    docs = shuffled(load_documents(data), random.Random(tcfg.seed if seed is None else seed))
     if checkpoint is None:
         vocab = Vocabulary.from_documents(docs)
         cfg, weights = ModelConfig(vocab_size=vocab.size), None
@@ -281,4 +276,4 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
     if unknown:
         raise MicrogptError(f"{data}: {', '.join(map(repr, unknown[:10]))} not in the checkpoint's vocabulary; "
                             f"give data with only these characters: {vocab.chars!r}")
-    return export_c_train(out_dir, docs, cfg, vocab, None, weights, low_memory, ram_limit)
+    return export_c_train(out_dir, docs, cfg, vocab, tcfg, weights, low_memory, ram_limit)

@@ -6,7 +6,8 @@
  *
  * weights.h (written by `microgpt export`) holds the configuration, the vocabulary and the weights as
  * const arrays, which a microcontroller keeps in flash. Everything that changes lives in the static
- * buffers below: the KV cache, the activations of one position, and the state of the random generator.
+ * buffers below: the KV cache and the activations of one position, and in the state of the random generator
+ * (microgpt_common.h, with the code this program shares with the training program microgpt_train.c).
  * Dimension letters: C channels (N_EMBD), T positions (BLOCK_SIZE), V vocabulary, NH heads, HS head size.
  *
  * The arithmetic is float32 in the same order as microgpt's Python mirror of this file
@@ -24,8 +25,9 @@
 #include <string.h>
 
 #include "weights.h"
+#include "microgpt_common.h" /* matvec, splitmix64, sample_token, parse_digits */
 
-/* ---- RAM: these buffers are all the memory the program writes (memory_budget counts exactly these) */
+/* ---- RAM: these buffers and rng_state are all the memory the program writes (memory_budget counts exactly these) */
 static float kv_keys[N_LAYER][BLOCK_SIZE][N_EMBD];   /* (L, T, C) keys of every position so far */
 static float kv_values[N_LAYER][BLOCK_SIZE][N_EMBD]; /* (L, T, C) values */
 static float act_x[N_EMBD];                          /* (C) the residual stream */
@@ -35,18 +37,6 @@ static float act_att[BLOCK_SIZE];                    /* (T) attention weights of
 static float act_y[N_EMBD];                          /* (C) attention output, heads side by side */
 static float act_h[4 * N_EMBD];                      /* (4C) MLP hidden layer */
 static float act_logits[VOCAB_SIZE];                 /* (V) next-token logits */
-static uint64_t rng_state;                           /* splitmix64 state */
-
-/* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
-static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
-{
-    for (int i = 0; i < rows; i++) {
-        float acc = 0.0f;
-        for (int j = 0; j < cols; j++)
-            acc += w[i * cols + j] * x[j];
-        out[i] = accumulate ? out[i] + acc : acc;
-    }
-}
 
 /* out = x / sqrt(mean(x^2) + 1e-5): RMSNorm without a learned gain, as in microgpt */
 static void rmsnorm(float *out, const float *x)
@@ -131,43 +121,13 @@ static void forward(int token, int pos)
     matvec(act_logits, LM_HEAD, act_x, VOCAB_SIZE, N_EMBD, 0);
 }
 
-/* splitmix64, and a uniform double in [0, 1) from its top 53 bits */
-static double random_uniform(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z = z ^ (z >> 31);
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* a token drawn from softmax(logits / temperature) by inverse CDF: the first token whose cumulative
-   weight exceeds u * total, u ~ U[0, 1). The weights are recomputed rather than stored, to save RAM. */
-static int sample_token(double temperature)
-{
-    float max_logit = act_logits[0];
-    for (int i = 1; i < VOCAB_SIZE; i++)
-        if (act_logits[i] > max_logit)
-            max_logit = act_logits[i];
-    double total = 0.0, cumulative = 0.0;
-    for (int i = 0; i < VOCAB_SIZE; i++)
-        total += exp(((double)act_logits[i] - (double)max_logit) / temperature);
-    double u = random_uniform() * total;
-    for (int i = 0; i < VOCAB_SIZE; i++) {
-        cumulative += exp(((double)act_logits[i] - (double)max_logit) / temperature);
-        if (u < cumulative)
-            return i;
-    }
-    return VOCAB_SIZE - 1; /* not reached: the last cumulative weight equals total, and u < total */
-}
-
 /* one name: start from BOS, stop at BOS or after BLOCK_SIZE tokens, as microgpt's inference loop does */
 static void print_name(double temperature)
 {
     int token = BOS_ID;
     for (int pos = 0; pos < BLOCK_SIZE; pos++) {
         forward(token, pos);
-        token = sample_token(temperature);
+        token = sample_token(act_logits, temperature);
         if (token == BOS_ID)
             break;
         fputs(token_text[token], stdout);
@@ -181,25 +141,6 @@ static int usage(const char *why)
                     "       microgpt_names --logits TOKEN_ID... (1 to %d ids below %d)\n",
             why, BLOCK_SIZE, VOCAB_SIZE);
     return 2;
-}
-
-/* An argument that is only decimal digits (no sign, no spaces) and at most `hi`; strtoull alone would take
- * " -1" as 2^64 - 1. */
-static int parse_digits(const char *s, uint64_t hi, uint64_t *out)
-{
-    uint64_t value = 0;
-    if (!*s)
-        return 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9')
-            return 0;
-        unsigned digit = (unsigned)(*s - '0');
-        if (value > (hi - digit) / 10)
-            return 0;
-        value = value * 10 + digit;
-    }
-    *out = value;
-    return 1;
 }
 
 /* A finite number > 0 written as strtod reads it, with no leading space, "inf" or "nan" */

@@ -9,6 +9,8 @@
  * train_data.h (written by `microgpt export --train`) holds the configuration, the parameter table, the
  * vocabulary and the training documents as const arrays, which a microcontroller keeps in flash. What
  * changes lives in the static buffers below, and `microgpt info` counts exactly these.
+ * microgpt_common.h, copied beside it, holds what it shares with the inference program microgpt_names.c:
+ * matvec, the splitmix64 generator, temperature sampling and the parsing of arguments.
  * Dimension letters: C channels (N_EMBD), T positions (BLOCK_SIZE), V vocabulary, NH heads, HS head size,
  * P parameters, n the positions of the current document (n <= T).
  *
@@ -27,14 +29,13 @@
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF /* no fused multiply-add, so every build rounds alike (GCC: off in -std=c99) */
 #endif
-#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "train_data.h"
+#include "microgpt_common.h" /* matvec, splitmix64, sample_token, parse_digits */
 
 #define C N_EMBD
 #define T BLOCK_SIZE
@@ -42,7 +43,8 @@
 #define HS HEAD_DIM
 #define H4 (MLP_EXPANSION * N_EMBD) /* the MLP's hidden width */
 
-/* ---- RAM: these buffers are all the memory the program writes (training_memory_budget counts exactly these) */
+/* ---- RAM: these buffers and rng_state (microgpt_common.h) are all the memory the program writes
+   (training_memory_budget counts exactly these) */
 static float params[N_PARAMS]; /* (P) the weights, laid out by the parameter table */
 static float adam_m[N_PARAMS]; /* (P) Adam's first moments */
 static float adam_v[N_PARAMS]; /* (P) Adam's second moments */
@@ -97,20 +99,8 @@ static token_t sample_tokens[T]; /* (T) the name being sampled, after BOS */
 static struct { float lr, bias1, bias2; } adam; /* this step's learning rate and bias corrections */
 static int checking_gradients;  /* --gradcheck: record chosen gradient elements instead of updating */
 static float checked_grads[N_TENSORS][GRADCHECK_PER_TENSOR]; /* their analytic values */
-static uint64_t rng_state;      /* splitmix64 state */
 
 /* ---- forward pieces */
-
-/* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
-static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
-{
-    for (int i = 0; i < rows; i++) {
-        float acc = 0.0f;
-        for (int j = 0; j < cols; j++)
-            acc += w[i * cols + j] * x[j];
-        out[i] = accumulate ? out[i] + acc : acc;
-    }
-}
 
 /* out = x * scale, scale = 1 / sqrt(mean(x^2) + eps): RMSNorm without a learned gain, as in microgpt */
 static float rmsnorm(float *out, const float *x)
@@ -483,16 +473,7 @@ static void backward(const token_t *tokens, int n)
         }
 }
 
-/* ---- random numbers: splitmix64, uniform doubles from its top 53 bits, Gaussians by Box-Muller */
-
-static double random_uniform(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z = z ^ (z >> 31);
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
+/* ---- random numbers: Gaussians by Box-Muller from splitmix64's uniform doubles (microgpt_common.h) */
 
 #if !HAS_INIT_WEIGHTS
 static double random_gauss(void)
@@ -594,25 +575,6 @@ static int gradcheck(void)
 
 /* ---- sampling */
 
-/* a token drawn from softmax(logits / TEMPERATURE) by inverse CDF, as microgpt_names.c draws it */
-static int sample_token(const float *logits)
-{
-    float max_logit = logits[0];
-    for (int i = 1; i < V; i++)
-        if (logits[i] > max_logit)
-            max_logit = logits[i];
-    double total = 0.0, cumulative = 0.0;
-    for (int i = 0; i < V; i++)
-        total += exp(((double)logits[i] - (double)max_logit) / TEMPERATURE);
-    double u = random_uniform() * total;
-    for (int i = 0; i < V; i++) {
-        cumulative += exp(((double)logits[i] - (double)max_logit) / TEMPERATURE);
-        if (u < cumulative)
-            return i;
-    }
-    return V - 1; /* not reached: the last cumulative weight equals total, and u < total */
-}
-
 /* one name: from BOS, one token per position until BOS or BLOCK_SIZE tokens, as microgpt's inference loop;
    each position runs the forward pass over the name so far (no KV cache beyond the training buffers) */
 static void print_name(long index)
@@ -622,7 +584,7 @@ static void print_name(long index)
     for (int pos = 0; pos < T; pos++) {
         forward(sample_tokens, pos + 1);
         matvec(dlogits[0], params + OFFSET_LM_HEAD, resid[pos], V, C, 0);
-        int token = sample_token(dlogits[0]);
+        int token = sample_token(dlogits[0], TEMPERATURE); /* as microgpt_names.c draws it */
         if (token == BOS_ID)
             break;
         fputs(token_text[token], stdout);
@@ -641,19 +603,9 @@ static int usage(const char *why)
     return 2;
 }
 
-/* strtol with the whole argument checked */
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    *out = strtol(s, &end, 10);
-    return *s && !*end && !errno && *out >= lo && *out <= hi;
-}
-
 int main(int argc, char **argv)
 {
-    long steps = DEFAULT_STEPS, n = 20;
-    char *end = NULL;
+    uint64_t steps = DEFAULT_STEPS, n = 20;
     rng_state = 42;
     if (argc == 2 && strcmp(argv[1], "--gradcheck") == 0) {
         init_params();
@@ -661,26 +613,22 @@ int main(int argc, char **argv)
     }
     if (argc > 4)
         return usage("too many arguments");
-    if (argc > 1 && !parse_long(argv[1], 1, 1000000000L, &steps))
-        return usage("STEPS must be a whole number >= 1");
-    if (argc > 2) {
-        errno = 0;
-        rng_state = strtoull(argv[2], &end, 10);
-        if (!*argv[2] || *end || errno || argv[2][0] == '-')
-            return usage("SEED must be a whole number in [0, 2^64)");
-    }
-    if (argc > 3 && !parse_long(argv[3], 0, 1000000000L, &n))
-        return usage("N must be a whole number >= 0");
+    if (argc > 1 && (!parse_digits(argv[1], 1000000000u, &steps) || steps < 1))
+        return usage("STEPS must be a whole number from 1 to 1000000000, digits only");
+    if (argc > 2 && !parse_digits(argv[2], UINT64_MAX, &rng_state))
+        return usage("SEED must be a whole number in [0, 2^64), digits only");
+    if (argc > 3 && !parse_digits(argv[3], 1000000000u, &n))
+        return usage("N must be a whole number from 0 to 1000000000, digits only");
     init_params();
     long start = 0, next;
-    for (long step = 0; step < steps; step++) {
+    for (long step = 0; step < (long)steps; step++) {
         int n_predicted = document(start, &next);
-        float loss = train_step(doc_tokens + start, n_predicted, step, steps);
-        printf("step %4ld / %4ld | loss %.4f\n", step + 1, steps, (double)loss);
+        float loss = train_step(doc_tokens + start, n_predicted, step, (long)steps);
+        printf("step %4ld / %4ld | loss %.4f\n", step + 1, (long)steps, (double)loss);
         start = next;
     }
     printf("\n--- inference (new, hallucinated names) ---\n");
-    for (long i = 0; i < n; i++)
+    for (long i = 0; i < (long)n; i++)
         print_name(i + 1);
     return 0;
 }

@@ -1,0 +1,73 @@
+/* microgpt_common.h: the pieces microgpt_names.c (inference) and microgpt_train.c (training) share, copied
+ * beside each of them by `microgpt export`. Include it after weights.h or train_data.h, which define
+ * VOCAB_SIZE. Every function here is used by both programs, so neither warns of an unused one.
+ */
+#ifndef MICROGPT_COMMON_H
+#define MICROGPT_COMMON_H
+
+#include <math.h>
+#include <stdint.h>
+
+static uint64_t rng_state; /* splitmix64 state, 8 bytes of RAM (in each program's budget) */
+
+/* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
+static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
+{
+    for (int i = 0; i < rows; i++) {
+        float acc = 0.0f;
+        for (int j = 0; j < cols; j++)
+            acc += w[i * cols + j] * x[j];
+        out[i] = accumulate ? out[i] + acc : acc;
+    }
+}
+
+/* splitmix64, and a uniform double in [0, 1) from its top 53 bits */
+static double random_uniform(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z = z ^ (z >> 31);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* a token drawn from softmax(logits / temperature) by inverse CDF: the first token whose cumulative
+   weight exceeds u * total, u ~ U[0, 1). The weights are recomputed rather than stored, to save RAM. */
+static int sample_token(const float *logits, double temperature)
+{
+    float max_logit = logits[0];
+    for (int i = 1; i < VOCAB_SIZE; i++)
+        if (logits[i] > max_logit)
+            max_logit = logits[i];
+    double total = 0.0, cumulative = 0.0;
+    for (int i = 0; i < VOCAB_SIZE; i++)
+        total += exp(((double)logits[i] - (double)max_logit) / temperature);
+    double u = random_uniform() * total;
+    for (int i = 0; i < VOCAB_SIZE; i++) {
+        cumulative += exp(((double)logits[i] - (double)max_logit) / temperature);
+        if (u < cumulative)
+            return i;
+    }
+    return VOCAB_SIZE - 1; /* not reached: the last cumulative weight equals total, and u < total */
+}
+
+/* An argument that is only decimal digits (no sign, no spaces) and at most `hi`; strtoull alone would take
+ * " -1" as 2^64 - 1. */
+static int parse_digits(const char *s, uint64_t hi, uint64_t *out)
+{
+    uint64_t value = 0;
+    if (!*s)
+        return 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9')
+            return 0;
+        unsigned digit = (unsigned)(*s - '0');
+        if (value > (hi - digit) / 10)
+            return 0;
+        value = value * 10 + digit;
+    }
+    *out = value;
+    return 1;
+}
+
+#endif
