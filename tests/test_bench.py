@@ -1,8 +1,11 @@
 """`microgpt bench`: one table of every engine, PyTorch included, with ratios to the reference engine."""
 
-from conftest import run_cli_in_process as run
+import pytest
+
+from helpers import run_cli_in_process as run
 
 
+@pytest.mark.slow  # times every engine, PyTorch's first call and the reference engine included
 def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
     code, out, err = run('bench', '--data', names_path, '--reference-steps', '2', '--steps', '30',
                          '--engines', 'numpy,torch,reference')

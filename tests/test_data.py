@@ -123,8 +123,7 @@ def test_encoding_an_unknown_character_names_it():
 
 def test_bundled_dataset_loads():
     path = bundled_dataset_path()
-    if not os.path.exists(path):
-        pytest.skip(f"{path} does not exist yet (the bundled dataset is being added)")
+    assert os.path.isfile(path), f"{path} is missing: the package ships it (package-data datasets/*.txt)"
     docs = load_documents(path)
     assert len(docs) > 0, path
     chars = set(''.join(docs))

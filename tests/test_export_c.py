@@ -4,7 +4,6 @@ its Python mirror bit for bit), it prints the Python mirror's names, and its RAM
 Needs a C compiler `cc` (and `nm` for the memory test): skipped without one, failed in CI."""
 
 import random
-import shutil
 import subprocess
 from itertools import islice
 
@@ -14,27 +13,17 @@ import pytest
 from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.config import ModelConfig, TrainConfig, num_parameters
 from microgpt.data import Vocabulary
-from microgpt.engines import EngineState
 from microgpt.errors import MicrogptError
 from microgpt.export.c import BUILD_COMMAND, export_c, logits_like_c, memory_budget, sample_like_c
 from microgpt.engines.numpy.engine import NumpyEngine
 from microgpt.train.loop import train
 
-from conftest import in_ci
+from helpers import NAMES as ALL_NAMES, load_weights, require_tool
 
-NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail',
-         'emily', 'ella', 'elizabeth', 'camila', 'luna', 'sofia', 'avery', 'mila', 'aria', 'scarlett']
+NAMES = ALL_NAMES[:20]
 # quotes, a backslash, multi-byte UTF-8 (a 4-byte emoji too) and hex digits right after a multi-byte character
 UTF8_NAMES = ['zoë', 'josé', 'ñandú', 'øyvind', 'o"brien', 'back\\slash', 'ë1ea', 'ß', 'anaïs', '🙂bob']
 LOGIT_TOLERANCE = 1e-5
-
-
-def require_tool(name):
-    if shutil.which(name) is None:
-        reason = f"no `{name}` on PATH: the C export cannot be built here"
-        if in_ci():
-            pytest.fail(f"{reason}; CI must have a C toolchain")
-        pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +58,7 @@ def run_c(out_dir, *args):
 
 def engine_logits(ckpt, token_ids):
     engine = NumpyEngine(ckpt.model_cfg, random.Random(0), 'float32')
-    engine.load_state(EngineState(ckpt.weights, None, None, 0))
+    load_weights(engine, ckpt.weights)
     decoder = engine.decoder()
     decoder.reset()
     for pos, token in enumerate(token_ids):

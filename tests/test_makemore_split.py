@@ -8,8 +8,7 @@ from microgpt.data import holdout_split, load_documents
 from microgpt.errors import MicrogptError
 from microgpt.makemore_split import MAKEMORE_SEED, torch_randperm
 
-from conftest import run_cli_in_process as run
-from test_trainer import NAMES, assert_error
+from helpers import NAMES, assert_one_line_error, run_cli_in_process as run, write_names
 
 
 @pytest.mark.parametrize('seed', [MAKEMORE_SEED, 0, 123456789])
@@ -42,8 +41,7 @@ def test_makemore_split_of_a_small_file_holds_out_a_tenth():
 
 
 def test_train_and_eval_on_the_makemore_split(tmp_path):
-    small_data, out = str(tmp_path / 'names.txt'), str(tmp_path / 'run')
-    (tmp_path / 'names.txt').write_text('\n'.join(NAMES * 2) + '\n', encoding='utf-8')
+    small_data, out = write_names(tmp_path / 'names.txt'), str(tmp_path / 'run')
     code, stdout, err = run('train', '--data', small_data, '--steps', '30', '--eval-every', '10', '--val-split',
                             'makemore', '--out', out, '--num-samples', '2')
     assert code == 0, err
@@ -51,5 +49,5 @@ def test_train_and_eval_on_the_makemore_split(tmp_path):
     code, stdout, err = run('eval', '--checkpoint', os.path.join(out, 'model.safetensors'))
     assert code == 0 and stdout.startswith(f'loss {best_val} ') and f'on {len(NAMES) * 2 // 10} documents' in stdout, \
         (best_val, stdout, err)
-    assert_error(*run('train', '--data', small_data, '--eval-every', '10', '--val-split', 'makemore',
+    assert_one_line_error(*run('train', '--data', small_data, '--eval-every', '10', '--val-split', 'makemore',
                       '--val-fraction', '0.2'), 'leave out --val-fraction')

@@ -7,9 +7,10 @@ import pytest
 
 from microgpt.bench.study import EXPERIMENTS, run_one, run_study, summarize, write_report
 
-from conftest import run_cli_in_process as run
+from helpers import run_cli_in_process as run
 
 
+@pytest.mark.slow  # four 1000-step runs in two worker processes
 def test_study_runs_resumes_and_reports(names_path, tmp_path):
     folder = str(tmp_path / 'study')
     chosen = [e for e in EXPERIMENTS if e.name in ('baseline', 'batch-32-equal-tokens')]
