@@ -215,6 +215,8 @@ def _discard_pending(stream):
 def main(argv=None, out=None, err=None):
     stdout = out or sys.stdout
     err = err or sys.stderr
+    if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
+        stdout = err = open(os.devnull, 'w', encoding='utf-8')
     out = _Output(stdout)
     parser = build_parser()
     try:

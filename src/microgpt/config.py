@@ -157,8 +157,8 @@ class TrainConfig:
 
     def check_engine(self, engine_name):
         """Refuse settings the engine does not build, naming the one that does."""
-        if self.dropout and engine_name not in ('numpy', 'fused'):
-            raise MicrogptError(f"--dropout is built in the numpy and fused engines, not in the {engine_name} "
+        if self.dropout and engine_name not in ('numpy', 'fused', 'torch'):
+            raise MicrogptError(f"--dropout is built in the numpy, fused and torch engines, not in the {engine_name} "
                                 f"engine: train with --engine fused")
 
 

@@ -46,6 +46,11 @@ class Engine(Protocol):
     cfg: object          # its ModelConfig
     dtype: str           # 'float64' or 'float32'
     chunk_steps: int     # steps per train_steps call that keep Ctrl-C and progress responsive
+    is_main_process: bool  # False in every process of a data-parallel run (torchrun) but the first: they only train
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` holds in any process of a data-parallel run (a stop request), so that every process stops
+        after the same step; `flag` itself in one process. Every process calls it at the same steps."""
 
     def num_params(self) -> int:
         """P, the number of parameters (config.num_parameters of cfg)."""
@@ -80,6 +85,14 @@ class Engine(Protocol):
 
     def load_state(self, state: EngineState) -> None:
         """Restore `state` (weights; Adam moments and steps when given) into this engine."""
+
+
+class OneProcess:
+    """The data-parallel part of the contract for the engines that run in one process."""
+    is_main_process = True
+
+    def any_process(self, flag):
+        return bool(flag)
 
 
 def make_engine(name, cfg, rng, dtype='float64', device='auto'):

@@ -8,10 +8,10 @@ engine can work on whole buffers (Adam) or on named matrices (the model) without
 import numpy as np
 
 from ..config import init_parameters, parameter_table
-from . import EngineState
+from . import EngineState, OneProcess
 
 
-class ParameterBuffers:
+class ParameterBuffers(OneProcess):
     """state (4, P): parameters, gradients, Adam m, Adam v; params / grads: name -> (rows, cols) views."""
 
     def __init__(self, cfg, rng, dtype):

@@ -67,7 +67,9 @@ class TrainingRun:
     def events(self, should_stop=lambda: False):
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
-        self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout)
+        self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device)
+        # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
+        self.writes = run.engine.is_main_process
         if cfg.out:
             try:
                 os.makedirs(cfg.out, exist_ok=True)
@@ -101,7 +103,7 @@ class TrainingRun:
             if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
                 self._write_metrics(record)
                 continue
-            if cfg.eval_every and (report.step % cfg.eval_every == 0 or finished):
+            if cfg.eval_every and self.writes and (report.step % cfg.eval_every == 0 or finished):
                 val_loss = evaluate(engine, val_tokens)
                 if not math.isfinite(val_loss):
                     self._diverged(f"the held-out loss became {val_loss} at step {report.step}")
@@ -112,8 +114,8 @@ class TrainingRun:
                 if cfg.out and improved:
                     yield self._save(BEST_CHECKPOINT, {'val_loss': val_loss})
             self._write_metrics(record)
-            stopping = should_stop()
-            if cfg.out and (finished or stopping or (cfg.save_every and report.step % cfg.save_every == 0)
+            stopping = engine.any_process(should_stop())
+            if cfg.out and self.writes and (finished or stopping or (cfg.save_every and report.step % cfg.save_every == 0)
                             or (cfg.eval_every and report.step % cfg.eval_every == 0)):
                 yield self._save(RESUME_CHECKPOINT, {'train_loss': report.loss})
                 self.saved_step = report.step
@@ -188,7 +190,7 @@ class TrainingRun:
 
     def _open_metrics(self, start):
         self._metrics = None
-        if not self.cfg.out:
+        if not self.cfg.out or not self.writes:
             return
         path = self.path(METRICS_FILE)
         try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, setting
 from ..data import VAL_SPLITS, Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
-from ..engines import DEFAULT_ENGINE, DTYPES, ENGINES, make_engine
+from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine
 from ..errors import MicrogptError
 from ..presets import DEFAULT_PRESET
 
@@ -19,9 +19,13 @@ class RunConfig:
     data: str = setting(None, 'UTF-8 text file, one document per line', metavar='FILE',
                         shown_default='the bundled US baby names list')
     engine: str = setting(DEFAULT_ENGINE, 'compute engine: numpy (hand-derived gradients), fused (compiled with '
-                                          'numba, fastest), reference (pure-Python scalar autograd, microgpt itself)',
+                                          'numba, fastest on a CPU), reference (pure-Python scalar autograd, microgpt '
+                                          'itself), torch (PyTorch: GPUs, and many processes with torchrun)',
                           choices=ENGINES)
-    dtype: str = setting('float64', 'floating-point type of the numpy and fused engines', choices=DTYPES)
+    dtype: str = setting('float64', 'floating-point type; bfloat16 is autocast, in the torch engine on a CUDA GPU',
+                         choices=DTYPES)
+    device: str = setting('auto', "where the torch engine computes; auto: cuda, else mps, else cpu",
+                          choices=DEVICES)
     eval_every: int = setting(0, 'hold out a validation split and print its loss every N steps and at the end; '
                                  '0 = off, training on every document as microgpt does', at_least=0, metavar='N')
     val_fraction: float = setting(None, 'fraction of distinct documents held out (with --eval-every)',
@@ -111,7 +115,7 @@ class Run:
         return [self.vocab.document_tokens(d) for d in self.val_docs]
 
 
-def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', holdout=None):
+def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', holdout=None, device='auto'):
     """microgpt's setup in its random order: read the documents, hold out `holdout` (on its own stream), shuffle
     the rest with Random(tcfg.seed), build the vocabulary of both, the model config (`model`: its fields but
     vocab_size), and the engine, initialised from the same stream. `engine` None builds none (the PyTorch
@@ -127,5 +131,5 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
                             f"give a smaller batch or more data")
     vocab = Vocabulary.from_documents(docs + val_docs, bos_first=model.get('bos') == 'first')
     cfg = ModelConfig(vocab_size=vocab.size, **model)
-    engine = make_engine(engine, cfg, rng, dtype) if engine is not None else None
+    engine = make_engine(engine, cfg, rng, dtype, device) if engine is not None else None
     return Run(docs, val_docs, vocab, cfg, engine, rng)

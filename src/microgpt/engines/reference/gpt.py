@@ -8,7 +8,7 @@ per call, with a KV cache, exactly as in microgpt.
 
 from .autograd import Value, without_cycle_collector
 from ...config import RMSNORM_EPS, init_parameters, num_parameters
-from .. import EngineState, run_steps
+from .. import EngineState, OneProcess, run_steps
 
 
 def linear(x, w):
@@ -93,7 +93,7 @@ def batch_loss(batch, state_dict, cfg):
     return (1 / len(losses)) * sum(losses)
 
 
-class ReferenceEngine:
+class ReferenceEngine(OneProcess):
     """Parameters as `Value`s, gradients by the scalar autograd, Adam on Python floats."""
     name = 'reference'
     dtype = 'float64'
