@@ -18,6 +18,8 @@ from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
 from microgpt.train.loop import train
 
+from helpers import flat
+
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
 VOCAB = Vocabulary.from_documents(NAMES)
 DOCS = [VOCAB.document_tokens(name) for name in NAMES]
@@ -38,8 +40,9 @@ def trained(engine, dtype, steps, tcfg=TCFG):
 
 
 def flat_state(e):
-    weights = np.concatenate([np.asarray(w, np.float64).ravel() for w in e.weights().values()])
-    return weights, np.asarray(e.m, np.float64), np.asarray(e.v, np.float64), e.adam_steps
+    state = e.state()
+    return flat(state.weights), np.asarray(state.adam_m, np.float64), np.asarray(state.adam_v, np.float64), \
+        state.adam_steps
 
 
 DROPOUT_TCFG = TrainConfig(steps=10, batch_size=2, seed=3, dropout=0.2)  # masks drawn from (seed, step)
@@ -100,8 +103,8 @@ def test_weights_load_with_plain_safetensors_into_numpy_and_torch(tmp_path, requ
             np.testing.assert_array_equal(arrays[name], want)
             assert tensors[name].dtype == getattr(require_torch, dtype), (name, tensors[name].dtype)
             np.testing.assert_array_equal(tensors[name].numpy(), want)
-        np.testing.assert_array_equal(tensors['adam.m'].numpy(), e.m)
-        np.testing.assert_array_equal(arrays['adam.v'], e.v)
+        np.testing.assert_array_equal(tensors['adam.m'].numpy(), e.state().adam_m)
+        np.testing.assert_array_equal(arrays['adam.v'], e.state().adam_v)
 
 
 # ---- every damaged file is a one-line MicrogptError saying what to do

@@ -168,7 +168,7 @@ def test_inference_ram_is_the_c_programs_static_buffers(tmp_path):
     assert rows['inference RAM: PRNG state'] == ram['rng_state'], (rows, ram)
     assert rows['inference RAM: total'] == sum(ram.values()) == 2740, (rows, ram)
 
-    weight_symbols = {name.replace('.', '_') for name in engine.params}
+    weight_symbols = {name.replace('.', '_') for name in engine.weights()}
     assert rows['flash: weights (float32)'] == sum(flash[n] for n in weight_symbols) == 4 * num_parameters(cfg), \
         (rows, flash)
     assert rows['flash: token table'] == flash['token_text'], (rows, flash)
