@@ -194,6 +194,40 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, torc
     assert changed > 1e-3, changed  # training moved the weights: the comparison is not of initial weights
 
 
+@pytest.mark.slow
+def test_torchrun_train_and_resume_print_and_save_what_one_process_does(tmp_path, torch):
+    """`torchrun --nproc-per-node 2 -m microgpt train --engine torch`, 20 steps then --resume to 40, prints what one
+    process prints over 40 steps (only the first process speaks), evaluates, and saves the same weights."""
+    import subprocess
+    import sys
+    from safetensors.numpy import load_file
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny', 'gus', 'hal', 'ida', 'jo'] * 3) + '\n')
+    common = ['train', '--engine', 'torch', '--device', 'cpu', '--data', data, '--batch-size', '5', '--dropout', '0.1',
+              '--lr-schedule', 'constant', '--eval-every', '10', '--num-samples', '3']
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m', 'microgpt']
+
+    def run(launcher, *args):
+        proc = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    first = run(torchrun, *common, '--steps', '20', '--out', tmp_path / 'two')
+    resumed = run(torchrun, *common, '--steps', '40', '--out', tmp_path / 'two', '--resume')
+    alone = run([sys.executable, '-m', 'microgpt'], *common, '--steps', '40', '--out', tmp_path / 'one')
+    steps = [line for line in alone.splitlines() if line.startswith('step')]
+    assert len(steps) == 44, alone  # 40 steps and 4 evaluations
+    got = [line.replace('/   20', '/   40') for line in first.splitlines() if line.startswith('step')]
+    got += [line for line in resumed.splitlines() if line.startswith('step')]
+    assert got == steps, (got, steps)
+    assert resumed.split('--- inference')[1] == alone.split('--- inference')[1], (resumed, alone)
+    want, saved = load_file(tmp_path / 'one' / 'resume.safetensors'), load_file(tmp_path / 'two' / 'resume.safetensors')
+    assert_named_close(saved, want, 0, 1e-12, 'checkpoint tensor')
+    lines = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
+    assert len(lines) == 40, lines[-3:]  # written by one process only
+
+
 def _stop_at(rank, world_size, store, stop_step, out_dir):
     """A data-parallel process; rank 1 dies at `stop_step`, rank 0 asks for a stop there and reports what it got."""
     import torch.distributed as dist
