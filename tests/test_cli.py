@@ -23,7 +23,7 @@ from microgpt.cli import main
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_name
 from microgpt.train.setup import RunConfig
 
-from helpers import REPO_ROOT, assert_one_line_error, run_cli_in_process as run, write_names
+from helpers import REPO_ROOT, assert_one_line_error, missing, run_cli_in_process as run, write_names
 
 
 @pytest.fixture
@@ -240,7 +240,7 @@ def test_failing_standard_output_is_one_line(accented, stream, command):
 
 def test_standard_output_on_dev_full_in_a_real_process(data):
     if not os.path.exists('/dev/full'):
-        pytest.skip('no /dev/full on this system')
+        missing('no /dev/full on this system')
     with open('/dev/full', 'w') as full:
         proc = subprocess.run([sys.executable, '-m', 'microgpt', *small(data)], stdout=full, stderr=subprocess.PIPE,
                               text=True, timeout=120, cwd=REPO_ROOT)
@@ -273,14 +273,29 @@ def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
     assert handlers == [signal.default_int_handler], handlers
 
 
+def wait_until_blocked_in_open(pid, timeout=120):
+    """Linux names the kernel function a process sleeps in: opening a FIFO without a writer waits for a partner."""
+    wchan = f'/proc/{pid}/wchan'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(wchan) as f:
+            sleeping_in = f.read()
+        if 'partner' in sleeping_in or 'fifo' in sleeping_in:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not reach open() of the FIFO in {timeout} s")
+
+
 @pytest.mark.parametrize('extra', [[], ['--engine', 'reference']])
 def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
     """The data is a FIFO that nobody writes: the process waits in open(); Ctrl-C ends it with 130 at once."""
+    if not os.path.exists('/proc/self/wchan'):
+        missing('no /proc/PID/wchan (Linux) to see where the process waits')
     fifo = tmp_path / 'fifo'
     os.mkfifo(fifo)
     proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'train', '--data', str(fifo), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    time.sleep(3)  # start-up, then blocked in open()
+    wait_until_blocked_in_open(proc.pid)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, (proc.returncode, err)
