@@ -87,3 +87,46 @@ def test_loss_equals_the_numpy_engines_and_checks_its_batch():
     for nothing in ([[6]], [[6], [6]]):
         with pytest.raises(ValueError, match='no token to predict'):
             engine.loss(nothing)
+
+
+# ---- subnormal floats (fused/floating_point.py): read and written as 0 inside the compiled calls only
+
+def subnormal_quotient():
+    """1e-308 / 10 computed now by NumPy: 1e-309, a subnormal, unless this thread flushes them to 0."""
+    return float((np.array([1e-308]) / np.float64(10))[0])
+
+
+def test_flush_to_zero_holds_inside_its_block_only():
+    from microgpt.engines.fused.floating_point import X86_64, flush_to_zero
+    if not X86_64:
+        pytest.skip("flush-to-zero is x86-64's MXCSR; elsewhere it does nothing")
+    assert subnormal_quotient() == 1e-309
+    with flush_to_zero():
+        inside = subnormal_quotient()
+    assert inside == 0.0 and subnormal_quotient() == 1e-309, inside
+    with pytest.raises(ValueError, match='outside the vocabulary'):
+        with flush_to_zero():
+            make_engine('fused', ModelConfig(vocab_size=3), random.Random(0)).loss([[2, 5, 2]])
+    assert subnormal_quotient() == 1e-309
+
+
+@pytest.mark.parametrize('batch_size', [1, 3])
+def test_subnormal_adam_moments_become_zero_and_python_keeps_them(batch_size):
+    """Rows with no gradient (positions past the documents) whose moments are subnormal: the step's kernels
+    (one group, or parallel groups) read them as 0 and write 0; the other rows train as before."""
+    from microgpt.engines.fused.floating_point import X86_64
+    if not X86_64:
+        pytest.skip("flush-to-zero is x86-64's MXCSR; elsewhere it does nothing")
+    cfg = ModelConfig(vocab_size=5, block_size=8)
+    engine = make_engine('fused', cfg, random.Random(1))
+    tcfg = TrainConfig(steps=2, batch_size=batch_size)
+    docs = [[4, 1, 2, 4]] * batch_size  # positions 3 .. 7 predict nothing
+    engine.m[:], engine.v[:] = 1e-310, 1e-310
+    unused = slice(engine.offsets['wpe'] + 3 * cfg.n_embd, engine.offsets['wpe'] + cfg.block_size * cfg.n_embd)
+    engine.train_steps(docs, 0, 1, tcfg)
+    assert not engine.m[unused].any() and not engine.v[unused].any(), (engine.m[unused], engine.v[unused])
+    lm_head = slice(engine.offsets['lm_head'], engine.offsets['lm_head'] + cfg.vocab_size * cfg.n_embd)
+    assert np.all(engine.m[lm_head] != 0) and subnormal_quotient() == 1e-309  # every logit has a gradient
+    engine.m[unused] = 1e-310
+    engine.train_step(docs, 0.01, tcfg)
+    assert not engine.m[unused].any() and subnormal_quotient() == 1e-309

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 import numpy as np
 
 from ... import dropout
-from . import adam, decoder, gpt, lanes, layers, parallel, plan
+from . import adam, decoder, floating_point, gpt, lanes, layers, parallel, plan
 
-KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, decoder, parallel, dropout))
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, decoder, parallel, floating_point,
+                                                    dropout))
 _compiled = set()  # (dtype, grouped) whose entry points this process has compiled or loaded
 
 
@@ -50,7 +51,8 @@ def _entry_points(dtype):
             (gpt.loss_and_grads, (state, ws, plan_, ints, ints)),
             (gpt.adam_update, (state, adam_, 0.0, 0)),
             (gpt.train_steps, (state, ws, plan_, adam_, ints, ints, 0, floats, ints, 0, floats)),
-            (decoder.decode_step, (state[0], plan_, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0]))]
+            (decoder.decode_step, (state[0], plan_, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0])),
+            (floating_point.start_flushing_here, ()), (floating_point.stop_flushing_here, (0,))]
 
 
 def _group_entry_points(dtype):

@@ -14,6 +14,7 @@ from ...config import learning_rate
 from ..params import ParameterBuffers
 from . import decoder, gpt, parallel
 from .compile import compile_kernels, kernels_are_cached  # noqa: F401 (kernels_are_cached: for the CLI)
+from .floating_point import flush_to_zero
 from .lanes import LANES
 from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 
@@ -76,9 +77,10 @@ class FusedEngine(ParameterBuffers):
         docs, doc_starts = self._documents(batch)
         _, wss, plans = self._group_buffers(len(batch))
         self._set_dropout(0.0, None)
-        if len(plans) > 1:
-            return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
-        return gpt.loss(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+        with flush_to_zero():
+            if len(plans) > 1:
+                return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
+            return gpt.loss(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
         """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
@@ -88,13 +90,16 @@ class FusedEngine(ParameterBuffers):
         docs, doc_starts = self._documents(batch)
         group_grads, wss, plans = self._group_buffers(len(batch))
         self._set_dropout(dropout_rate, seed_and_step)
-        if len(plans) > 1:
-            return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts, 0, len(batch))
-        return gpt.loss_and_grads(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+        with flush_to_zero():
+            if len(plans) > 1:
+                return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts, 0,
+                                               len(batch))
+            return gpt.loss_and_grads(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def adam_update(self, lr_t, tcfg):
         self.adam_steps += 1
-        gpt.adam_update(self.state_buffer, self._adam_settings(tcfg), lr_t, self.adam_steps)
+        with flush_to_zero():
+            gpt.adam_update(self.state_buffer, self._adam_settings(tcfg), lr_t, self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
         docs, doc_starts = self._documents(batch)
@@ -122,12 +127,13 @@ class FusedEngine(ParameterBuffers):
                          for t in range(first_t, first_t + len(lrs))], np.int64)  # (steps,)
         lrs, losses = np.array(lrs, np.float64), np.empty(len(lrs))              # (steps,) each
         settings = self._adam_settings(tcfg)
-        if len(plans) > 1:  # the batches in groups on every core (parallel.py)
-            parallel.train_steps(self.state_buffer, group_grads, wss, plans, settings, docs, doc_starts, batch_size,
-                                 lrs, keys, first_t, losses)
-        else:
-            gpt.train_steps(self.state_buffer, wss[0], plans[0], settings, docs, doc_starts, batch_size, lrs, keys,
-                            first_t, losses)
+        with flush_to_zero():
+            if len(plans) > 1:  # the batches in groups on every core (parallel.py)
+                parallel.train_steps(self.state_buffer, group_grads, wss, plans, settings, docs, doc_starts,
+                                     batch_size, lrs, keys, first_t, losses)
+            else:
+                gpt.train_steps(self.state_buffer, wss[0], plans[0], settings, docs, doc_starts, batch_size, lrs, keys,
+                                first_t, losses)
         self.adam_steps += len(lrs)
         return losses
 

@@ -17,11 +17,13 @@ from numba import njit, prange
 
 from ...config import NOTHING_TO_PREDICT
 from .adam import adam_parameter, adam_settings, clip_gradients
+from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
 from .lanes import kernel
 from .plan import SLOT_DROP_KEY, pack_columns
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
+CHUNKS = 64  # the parameters are cut into this many ranges for the loops over them (a range per iteration)
 
 parallel_entry_point = njit(cache=True, error_model='numpy', parallel=True)
 entry_point = njit(cache=True, error_model='numpy')  # one that only calls the parallel ones
@@ -41,7 +43,9 @@ def loss(state, wss, plans, docs, doc_starts):
     positions, total = pack_groups(plans, docs, doc_starts, 0, doc_starts.size - 1)  # (G,) and their sum
     losses = np.empty(plans.shape[0])                              # (G,) each group's share of the loss
     for g in prange(plans.shape[0]):
+        saved = start_flushing()  # each parallel iteration on its own thread: see floating_point.py
         losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total) if positions[g] else 0.0
+        stop_flushing(saved)
     return sum_in_order(losses)
 
 
@@ -53,16 +57,21 @@ def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first
     positions, total = pack_groups(plans, docs, doc_starts, batch_first, batch_size)
     losses = np.empty(plans.shape[0])
     for g in prange(plans.shape[0]):
+        saved = start_flushing()
         group_out = state[1] if g == 0 else group_grads[g - 1]
         if positions[g] == 0:  # only documents of one token: no loss, no gradient
             losses[g] = 0.0
             _zero(group_out)
         else:
             losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], positions[g], total)
+        stop_flushing(saved)
     grads = state[1]
-    for i in prange(grads.size):  # summed in group order, whatever the thread count
-        for g in range(plans.shape[0] - 1):
-            grads[i] += group_grads[g, i]
+    for chunk in prange(CHUNKS):  # summed in group order, whatever the thread count
+        saved = start_flushing()
+        for i in range(chunk * grads.size // CHUNKS, (chunk + 1) * grads.size // CHUNKS):
+            for g in range(plans.shape[0] - 1):
+                grads[i] += group_grads[g, i]
+        stop_flushing(saved)
     return sum_in_order(losses)
 
 
@@ -72,8 +81,11 @@ def adam_update(state, adam, lr, t):
     clip_gradients(state[1], adam)
     settings = adam_settings(adam, lr, t)
     p, g, m, v = state[0], state[1], state[2], state[3]
-    for i in prange(p.size):
-        adam_parameter(p, g, m, v, i, settings)
+    for chunk in prange(CHUNKS):
+        saved = start_flushing()
+        for i in range(chunk * p.size // CHUNKS, (chunk + 1) * p.size // CHUNKS):
+            adam_parameter(p, g, m, v, i, settings)
+        stop_flushing(saved)
 
 
 @entry_point

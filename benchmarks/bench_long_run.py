@@ -1,0 +1,106 @@
+"""The fused engine's per-step cost over a long run, in windows: does a step cost the same at step 100,000 as
+at step 2,000?
+
+    python benchmarks/bench_long_run.py [--data names.txt] [--steps 100000] [--window 10000]
+        [--compare /work/base/src ...]
+
+Rows: microgpt's default model (batch 1) in float64 and float32 for --steps steps, and the makemore preset's
+size (batch 32) for --makemore-steps. Each row runs in its own process; with --compare, each row also runs
+against the package at that path (an older checkout's src/), one after the other, so that both see the same
+machine.
+A window's cost is the mean CPU time (this process's, all threads: steadier than wall time on a shared
+machine) of its last --sample steps (train_steps calls of the engine's chunk size), and the summary compares
+the window ending near step 2,000 with the last one. Slow late windows are the mark of
+subnormal floats (Adam moments of rarely used rows decaying below 2^-1022): the engine runs its kernels with
+flush-to-zero (fused/floating_point.py) to keep them out.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
+MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}
+
+
+def run_row(data, model, dtype, batch_size, steps, window, sample):
+    """Prints one line per window: `step us_per_step` (CPU time, mean over the window's last `sample` steps)."""
+    from microgpt.config import TrainConfig
+    from microgpt.engines import make_engine
+    try:
+        from microgpt.bench.benchmark import prepared_job
+    except ImportError:  # the layout before engines/ and bench/ became packages
+        from microgpt.benchmark import prepared_job
+    rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE if model == 'makemore' else None)
+    engine = make_engine('fused', cfg, rng, dtype)
+    tcfg = TrainConfig(steps=steps, batch_size=batch_size)
+    chunk = engine.chunk_steps
+    step = 0
+    for end in [min(2000, window)] + list(range(window, steps + 1, window)):
+        if end <= step:
+            continue
+        if end - sample > step:
+            _train(engine, doc_tokens, step, end - sample, tcfg, chunk)
+            step = end - sample
+        start = time.process_time()
+        _train(engine, doc_tokens, step, end, tcfg, chunk)
+        print(end, (time.process_time() - start) / (end - step) * 1e6, flush=True)
+        step = end
+
+
+def _train(engine, doc_tokens, start, stop, tcfg, chunk):
+    """Steps start .. stop - 1 in train_steps calls of `chunk` steps, as training.train makes them."""
+    for first in range(start, stop, chunk):
+        engine.train_steps(doc_tokens, first, min(stop, first + chunk), tcfg)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    default = SHARED_NAMES if os.path.exists(SHARED_NAMES) else None
+    parser.add_argument('--data', default=default, required=default is None,
+                        help=f'documents to train on (default: {default})')
+    parser.add_argument('--steps', type=int, default=100_000, help='steps of the default-model rows (default: 100000)')
+    parser.add_argument('--window', type=int, default=10_000, help='steps per reported window (default: 10000)')
+    parser.add_argument('--sample', type=int, default=1_000,
+                        help='timed steps at the end of each window (default: 1000)')
+    parser.add_argument('--makemore-steps', type=int, default=4_000,
+                        help='steps of the makemore-size row, batch 32 (default: 4000; windows of a tenth)')
+    parser.add_argument('--compare', metavar='SRC', action='append', default=[],
+                        help='also run each row with PYTHONPATH=SRC (an older checkout\'s src/); may be repeated')
+    parser.add_argument('--row', help=argparse.SUPPRESS)  # model:dtype:batch:steps:window:sample, in a subprocess
+    args = parser.parse_args()
+    if args.row:
+        model, dtype, batch, steps, window, sample = args.row.split(':')
+        return run_row(args.data, model, dtype, int(batch), int(steps), int(window), int(sample))
+    makemore_window = max(args.makemore_steps // 10, 1)
+    rows = [('default', 'float64', 1, args.steps, args.window, args.sample),
+            ('default', 'float32', 1, args.steps, args.window, args.sample),
+            ('makemore', 'float32', 32, args.makemore_steps, makemore_window, min(args.sample // 10, makemore_window))]
+    trees = [('this tree', None)] + [(src, src) for src in args.compare]
+    print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores")
+    for row in rows:
+        model, dtype, batch, steps, window, sample = row
+        print(f"\n{model} model, {dtype}, batch {batch}, {steps} steps (us/step over the last {sample} of each window)")
+        results = {}
+        for label, src in trees:
+            env = dict(os.environ, **({'PYTHONPATH': src} if src else {}))
+            command = [sys.executable, __file__, '--data', args.data, '--row', ':'.join(map(str, row))]
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                print(f"   {label}: failed: {done.stderr.strip().splitlines()[-1]}")
+                continue
+            lines = [line.split() for line in done.stdout.splitlines() if line]
+            results[label] = [(int(step), float(us)) for step, us in lines]
+        labels = list(results)
+        print(f"   {'step':>8} " + ' '.join(f'{label:>24}' for label in labels))
+        for i, (step, _) in enumerate(results[labels[0]] if labels else []):
+            print(f"   {step:>8} " + ' '.join(f'{results[label][i][1]:>24.2f}' for label in labels))
+        for label in labels:
+            (early_step, early), (late_step, late) = results[label][0], results[label][-1]
+            print(f"   {label}: step {late_step} costs {late / early:.2f}x step {early_step}")
+
+
+if __name__ == '__main__':
+    main()
