@@ -12,10 +12,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from ... import dropout
-from . import adam, decoder, floating_point, gpt, lanes, layers, parallel, plan
+from . import adam, floating_point, gpt, lanes, layers, parallel, plan
 
-KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, decoder, parallel, floating_point,
-                                                    dropout))
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout))
 _compiled = set()  # (dtype, grouped) whose entry points this process has compiled or loaded
 
 
@@ -43,15 +42,13 @@ def compile_kernels(dtype='float64', grouped=True):
 
 
 def _entry_points(dtype):
-    """(entry point, example arguments) for everything FusedEngine calls with one document per step (and for
-    sampling)."""
+    """(entry point, example arguments) for everything FusedEngine calls with one document per step."""
     state, ws, plan_, adam_ = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     return [(gpt.loss, (state, ws, plan_, ints, ints)),
             (gpt.loss_and_grads, (state, ws, plan_, ints, ints)),
             (gpt.adam_update, (state, adam_, 0.0, 0)),
             (gpt.train_steps, (state, ws, plan_, adam_, ints, ints, 0, floats, ints, 0, floats)),
-            (decoder.decode_step, (state[0], plan_, np.zeros((1, 2, 1, 1), dtype), ws, 0, 0, state[0])),
             (floating_point.start_flushing_here, ()), (floating_point.stop_flushing_here, (0,))]
 
 

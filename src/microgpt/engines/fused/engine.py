@@ -11,8 +11,9 @@ import numpy as np
 
 from ... import dropout
 from ...config import learning_rate
+from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
-from . import decoder, gpt, parallel
+from . import gpt, parallel
 from .compile import compile_kernels, kernels_are_cached  # noqa: F401 (kernels_are_cached: for the CLI)
 from .floating_point import flush_to_zero
 from .lanes import LANES
@@ -138,25 +139,6 @@ class FusedEngine(ParameterBuffers):
         return losses
 
     def decoder(self):
-        return _FusedDecoder(self)
-
-
-class _FusedDecoder:
-    """One position per call, with a KV cache of (L, 2, block_size, C)."""
-
-    def __init__(self, engine):
-        self.engine = engine
-        cfg = engine.cfg
-        self.kv_cache = np.zeros((cfg.n_layer, 2, cfg.block_size, cfg.n_embd), engine.dtype)  # (L, 2, T, C)
-        self.scratch = np.zeros((6, max(4 * cfg.n_embd, cfg.block_size)), engine.dtype)
-        self.logits = np.zeros(cfg.vocab_size, engine.dtype)  # (V,)
-
-    def reset(self):
-        pass  # positions are overwritten before they are read: position p only reads cache[:p + 1]
-
-    def step(self, token_id, pos_id):
-        e = self.engine
-        if not (0 <= token_id < e.cfg.vocab_size and 0 <= pos_id < e.cfg.block_size):
-            raise ValueError(f"token {token_id} at position {pos_id} is outside the vocabulary or the block")
-        decoder.decode_step(e.flat, e._plans[0], self.kv_cache, self.scratch, token_id, pos_id, self.logits)
-        return self.logits.tolist()
+        """The numpy engine's decoder over this engine's parameter views: sampling is one position at a time,
+        too little work for compiled kernels to matter (it follows the weights as they train)."""
+        return NumpyDecoder(self.cfg, self.params, self.dtype)
