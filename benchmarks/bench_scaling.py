@@ -149,6 +149,7 @@ def grid(text):
 
 
 CLOCKS = {'cpu': 'cpu_seconds', 'wall': 'seconds'}
+OTHER_CLOCK = {'cpu': 'wall', 'wall': 'cpu'}
 
 
 def tokens_per_second(result, clock):
@@ -188,6 +189,8 @@ def main():
                    help="about this long per train_steps call, at most the engine's own chunk (default: 0.5)")
     p.add_argument('--plot', default=None, metavar='PNG', help='also plot tokens/s against n_embd, per n_layer')
     p.add_argument('--json', default=None, metavar='FILE', help='also write every measurement as JSON')
+    p.add_argument('--from-json', default=None, metavar='FILE',
+                   help="measure nothing: print the table (and --plot) of an earlier run's --json FILE")
     p.add_argument('--worker', choices=ENGINES, help=argparse.SUPPRESS)  # the engine of a child process
     args = p.parse_args()
     if args.data is None:
@@ -196,15 +199,22 @@ def main():
     if args.worker:
         serve(args.worker, args)
         return
+    if args.from_json:
+        with open(args.from_json, encoding='utf-8') as f:
+            run = json.load(f)
+        clock = args.clock or run['clock']
+        print(table_header(clock))
+        for row in run['rows']:
+            print(table_row(row, clock))
+        if args.plot:
+            plot(run['rows'], args.plot, clock, f"{run['dtype']}, {threads_label(run['threads'])} each")
+        return
     clock = args.clock or ('cpu' if args.threads == 1 else 'wall')
-    other = 'wall' if clock == 'cpu' else 'cpu'
 
-    print(f"{args.dtype}, {args.threads} thread{'s' if args.threads > 1 else ''} per engine, block 16, batch 32, "
-          f"n_head 4; best of {args.repeats} x {args.seconds:g} s per engine and size, engines alternating, each "
-          f"in its own process; tokens per second of {clock} time", flush=True)
-    print(f"| n_layer | n_embd | parameters | {' | '.join(f'{e} tokens/s' for e in ENGINES)} | fused / torch "
-          f"| by {other} time |")
-    print('| ---: ' * (5 + len(ENGINES)) + '|', flush=True)
+    print(f"{args.dtype}, {threads_label(args.threads)} per engine, block 16, batch 32, n_head 4; best of "
+          f"{args.repeats} x {args.seconds:g} s per engine and size, engines alternating, each in its own process; "
+          f"tokens per second of {clock} time", flush=True)
+    print(table_header(clock), flush=True)
     started = time.perf_counter()
     workers = {engine_name: Worker(engine_name, args) for engine_name in ENGINES}
     rows = []
@@ -218,7 +228,7 @@ def main():
                         row[engine_name].append(workers[engine_name].measure(n_embd, n_layer))
                         time.sleep(0.2)  # the idle worker's OpenMP threads stop spinning before the other starts
                 rows.append(row)
-                print(table_row(row, clock, other), flush=True)
+                print(table_row(row, clock), flush=True)
     finally:
         for worker in workers.values():
             worker.close()
@@ -228,11 +238,21 @@ def main():
             json.dump({'dtype': args.dtype, 'threads': args.threads, 'clock': clock, 'seconds': args.seconds,
                        'rows': rows}, f, indent=1)
     if args.plot:
-        plot(rows, args.plot, clock, f"{args.dtype}, {args.threads} thread{'s' if args.threads > 1 else ''} each")
+        plot(rows, args.plot, clock, f"{args.dtype}, {threads_label(args.threads)} each")
 
 
-def table_row(row, clock, other):
-    """A Markdown row: each engine's best tokens/s and their ratio, by `clock` time and by the `other`."""
+def threads_label(threads):
+    return f"{threads} thread{'s' if threads > 1 else ''}"
+
+
+def table_header(clock):
+    return (f"| n_layer | n_embd | parameters | {' | '.join(f'{e} tokens/s' for e in ENGINES)} | fused / torch "
+            f"| by {OTHER_CLOCK[clock]} time |\n" + '| ---: ' * (5 + len(ENGINES)) + '|')
+
+
+def table_row(row, clock):
+    """A Markdown row: each engine's best tokens/s and their ratio, by `clock` time and by the other clock."""
+    other = OTHER_CLOCK[clock]
     cells = []
     for engine_name in ENGINES:
         result = best(row[engine_name], clock)
@@ -247,6 +267,7 @@ def plot(rows, path, clock, setting):
     import matplotlib
     matplotlib.use('Agg')  # files only; no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, (speed, ratios) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {'fused': '-', 'torch': '--'}
@@ -268,11 +289,12 @@ def plot(rows, path, clock, setting):
         ax.set_xlabel('n_embd (block 16, batch 32, 4 heads)')
         ax.grid(alpha=0.3, which='both')
     speed.set_yscale('log')
-    speed.set_ylabel(f'training tokens per {clock} second')
+    speed.set_ylabel(f"training tokens per {'CPU' if clock == 'cpu' else 'wall-clock'} second")
     speed.set_title(f'fused (solid) and torch (dashed), {setting}')
     speed.legend(fontsize=8)
     ratios.axhline(1.0, color='black', linewidth=0.8)
     ratios.set_yscale('log', base=2)
+    ratios.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f'{y:g}x'))
     ratios.set_ylabel('fused tokens/s / torch tokens/s')
     ratios.set_title('above 1: the fused engine is faster')
     ratios.legend(fontsize=8)
