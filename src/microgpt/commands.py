@@ -191,23 +191,20 @@ def cmd_eval(args, out, err):
 def cmd_bench(args, out, err):
     from importlib.util import find_spec
 
-    from .bench.benchmark import BenchConfig, time_cli_train, time_engine, time_torch
+    from .bench.benchmark import BenchConfig, time_cli_train, time_engine
     bench = BenchConfig(**given(args, BenchConfig))
     data = bundled_dataset_path() if bench.data is None else bench.data
     load_documents(data)  # bad data is reported before any timing
     names = bench.engine_names
     if 'torch' in names and find_spec('torch') is None:
-        print("microgpt: PyTorch is not installed: no torch row (pip install torch)", file=err)
+        print('microgpt: PyTorch is not installed: no torch row (pip install "microgpt[torch]")', file=err)
         names.remove('torch')
     rows = []
     for name in sorted(names, key=lambda n: n != 'reference'):  # the reference first: the others' ratios use it
         for dtype in (['float64'] if name == 'reference' else ['float64', 'float32']):
             steps = bench.reference_steps if name == 'reference' else bench.steps
             print(f"microgpt: timing {name} {dtype} ({steps} steps)...", file=err, flush=True)
-            if name == 'torch':
-                rows.append(time_torch(data, steps, dtype))
-            else:
-                rows.append(time_engine(name, data, steps, dtype, warmup_steps=0 if name == 'reference' else 20))
+            rows.append(time_engine(name, data, steps, dtype, warmup_steps=0 if name == 'reference' else 20))
     reference_us = rows[0].us_per_step if rows and rows[0].engine == 'reference' else None
     ratio = f" {'x reference':>12}" if reference_us else ''
     print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11}{ratio}", file=out)

@@ -52,7 +52,7 @@ class EngineTiming:
 
 def prepared_job(data_path, seed, model_overrides=None):
     """The seeded job's rng (positioned at initialisation), training tokens and config: train's setup for callers
-    that build their own model from the rng (the PyTorch baseline, benchmarks/)."""
+    that build their own model from the rng (benchmarks/)."""
     run = prepare_run(data_path, model_overrides or {}, TrainConfig(seed=seed), engine=None)
     return run.rng, run.train_tokens, run.cfg
 
@@ -73,14 +73,6 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
             tokens += report.tokens
         seconds = time.perf_counter() - start
     return EngineTiming(engine_name, dtype, steps, seconds, tokens)
-
-
-def time_torch(data_path, steps, dtype='float64', seed=42, warmup_steps=20):
-    """time_engine's timing of the same job on the PyTorch baseline (torch_gpt; needs torch)."""
-    from .torch_gpt import time_torch as run_torch
-    rng, doc_tokens, cfg = prepared_job(data_path, seed)
-    seconds, tokens = run_torch(doc_tokens, cfg, rng, steps, dtype=dtype, warmup=warmup_steps)
-    return EngineTiming('torch', dtype, steps, seconds, tokens)
 
 
 def time_cli_train(extra_args=(), repeats=3):
