@@ -301,6 +301,31 @@ def test_checkpoint_resumes_in_another_engine(writer, reader, tmp_path):
     assert_named_close(resumed.weights(), alone.weights(), 1e-9, 1e-12, 'weight')
 
 
+@pytest.mark.slow
+def test_a_torch_run_resumes_samples_and_evaluates_with_the_numpy_engine(tmp_path, run_cli):
+    """On the command line: 10 steps with --engine torch, --resume to 20 with numpy prints what numpy prints alone;
+    `sample` and `eval` read the torch engine's checkpoint."""
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny', 'gus', 'hal', 'ida', 'jo'] * 3) + '\n')
+    common = ('train', '--data', data, '--batch-size', '3', '--dropout', '0.1', '--lr-schedule', 'constant',
+              '--num-samples', '3')
+    code, first, err = run_cli(*common, '--engine', 'torch', '--device', 'cpu', '--steps', '10', '--out', tmp_path / 'run')
+    assert code == 0, err
+    code, resumed, err = run_cli(*common, '--engine', 'numpy', '--steps', '20', '--out', tmp_path / 'run', '--resume')
+    assert code == 0, err
+    code, alone, err = run_cli(*common, '--engine', 'numpy', '--steps', '20')
+    assert code == 0, err
+    got = [line.replace('/   10', '/   20') for line in first.splitlines() if line.startswith('step')]
+    got += [line for line in resumed.splitlines() if line.startswith('step')]
+    assert got == [line for line in alone.splitlines() if line.startswith('step')], (got, alone)
+    assert resumed.split('--- inference')[1] == alone.split('--- inference')[1], (resumed, alone)
+    checkpoint = tmp_path / 'run' / 'model.safetensors'
+    code, out, err = run_cli('sample', '--checkpoint', checkpoint, '--num-samples', '2')
+    assert code == 0 and out.count('sample ') == 2, (code, out, err)
+    code, out, err = run_cli('eval', '--checkpoint', checkpoint, '--data', data)
+    assert code == 0 and out.startswith('loss ') and 'step 20' in out, (code, out, err)
+
+
 # ---- bad input: one-line errors saying what to do
 
 def test_cuda_without_a_gpu_is_a_one_line_error(torch):

@@ -166,7 +166,8 @@ class TrainingRun:
                         for k, v in train_saved.items() if k != 'steps' and train_now[k] != v]
         if ckpt.vocab != run.vocab:
             differences.append("vocabulary (a different --data?)")
-        if ckpt.meta.get('dtype', cfg.dtype) != cfg.dtype:
+        # the state's dtype: a bfloat16 run (autocast) keeps its weights and Adam state in float32
+        if ckpt.meta.get('dtype', run.engine.dtype) != run.engine.dtype:
             differences.append(f"dtype: checkpoint {ckpt.meta.get('dtype')}, now {cfg.dtype}")
         # the held-out split decides which documents are trained on: evaluation on or off, and how it splits
         split = {'evaluation': bool(ckpt.meta.get('eval_every')), 'val_fraction': ckpt.meta.get('val_fraction'),
