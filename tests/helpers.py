@@ -101,8 +101,8 @@ def random_batch(rng, cfg, batch_size, max_len):
 
 
 def switches_id(switches):
-    """A test id for a dict of ModelConfig switches: 'n_layer=2,norm=none', or 'default'."""
-    return ','.join(f'{k}={v}' for k, v in switches.items()) or 'default'
+    """A test id for a dict of ModelConfig switches: 'n_layer=2,norm=none,zero_init=attn_wo+mlp_fc2', or 'default'."""
+    return ','.join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in switches.items()) or 'default'
 
 
 def assert_named_arrays_close(got, want, rtol, atol, what):

@@ -29,8 +29,8 @@ def good_data(tmp_path):
 @pytest.mark.parametrize('raw, mentions', [
     (b'\xff\xfe abc\n', ('UTF-8',)),
     (b'anna\nbob\n\xc3\n', ('UTF-8', 'offset 9')),
-    (b'anna\x00bob\n', ('binary',)),
-    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ('binary',)),
+    (b'anna\x00bob\n', ('not a text file', 'NUL byte at offset 4')),
+    (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ('not a text file', 'NUL byte at offset 8')),
     (b'\n\n   \n\t\r\n', ('no non-blank lines',)),
     (b'', ('no non-blank lines',)),
 ], ids=['utf16-bom', 'truncated-utf8', 'nul-byte', 'png', 'blank-lines-only', 'empty'])

@@ -74,8 +74,8 @@ def assert_loss_close(got, want, rtol, what=''):
 
 @functools.lru_cache(maxsize=None)
 def losses_and_gradients(name, switches_key, batch_size):
-    """[(loss_and_grads, gradients, loss)] of engine `name` on model_and_batches' batches; cached, so that the
-    reference engine computes each case once for its two pairs."""
+    """Initial weights and [(loss_and_grads, gradients, loss)] of engine `name` on model_and_batches' batches;
+    cached, so that the reference engine computes each case once for its two pairs."""
     cfg, init_seed, batches = model_and_batches(dict(switches_key), batch_size)
     engine = make_engine(name, cfg, random.Random(init_seed))
     results = []
