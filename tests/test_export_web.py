@@ -396,6 +396,11 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     # a long run: the page stays responsive while the worker trains, and Stop ends it
     set_field(browser, 'train-steps', 200000)
     browser.find_element('id', 'train-button').click()
+    # before its first report nothing of the finished run is on show (its status, samples and model were)
+    status = browser.find_element('id', 'train-status').text
+    assert status.startswith('step ') and status.endswith('/ 200000'), status
+    assert browser.find_elements('css selector', '#train-samples li') == []
+    assert not browser.find_element('id', 'explore-button').is_enabled()
     WebDriverWait(browser, 30).until(lambda b: b.find_element('id', 'train-status').text.startswith('step '))
     before = bars(browser, 'next-bars')
     browser.find_element('id', 'prefix').send_keys('e')
@@ -405,6 +410,10 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     browser.find_element('id', 'stop-button').click()
     assert browser.find_element('id', 'train-status').text.endswith('(stopped)')
     assert browser.find_element('id', 'train-button').is_enabled()
+    browser.find_element('id', 'train-button').click()  # again, stopped at once: one "(stopped)", this run's
+    browser.find_element('id', 'stop-button').click()
+    status = browser.find_element('id', 'train-status').text
+    assert status.startswith('step ') and status.count('(stopped)') == 1, status
     # a pasted character outside the vocabulary is named, and nothing trains
     browser.find_element('id', 'docs-text').send_keys('\nq9')
     browser.find_element('id', 'train-button').click()

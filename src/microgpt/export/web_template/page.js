@@ -251,6 +251,11 @@ function train() {
     return;
   }
   $('train-note').textContent = '';
+  // nothing of an earlier run stays on show: its status, its samples, its model to explore
+  $('train-status').textContent = `step 0 / ${steps}`;
+  $('train-samples').replaceChildren();
+  trained = null;
+  $('explore-button').disabled = true;
   const {rng, order, weights} = startTraining(seed, docs), bos = DATA.train.spec.cfg.bos_id;
   const losses = [];
   let drawPending = false;
