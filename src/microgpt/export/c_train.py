@@ -27,7 +27,7 @@ TEMPERATURE = 0.5                # microgpt's sampling temperature
 GRADCHECK_PER_TENSOR = 3         # elements of each parameter matrix that --gradcheck checks
 GRADCHECK_STEP = 1e-2            # finite-difference step: the loss is float32, so h cannot be small
 GRADCHECK_FLOOR = 1e-2           # relative error = |a - n| / (|a| + |n| + floor): tiny gradients compare absolutely
-GRADCHECK_TOLERANCE = 0.05
+GRADCHECK_TOLERANCE = 0.01      # measured at most 0.0036 where no ReLU changes sign within the step
 FLOAT_BYTES, INT_BYTES, RNG_BYTES = 4, 4, 8
 
 
