@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from microgpt.config import ModelConfig, TrainConfig, parameter_table
-from microgpt.data import Vocabulary, load_documents, shuffled
+from microgpt.data import Vocabulary, holdout_split, load_documents, shuffled
 from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
 from microgpt.export.c import COMMON_HEADER
@@ -357,6 +357,22 @@ def test_cli_fine_tunes_a_checkpoint_on_microgpts_document_order(tmp_path):
     want = numpy_losses(engine, ckpt.vocab, docs, 20, **optimiser)
     got = losses_of(run(build(tmp_path / 'c'), 20, 1, 0))
     assert np.abs(got - want).max() <= STEP_TOLERANCE, (got, want)
+
+
+def test_cli_fine_tunes_on_the_training_split_of_a_run_that_held_documents_out(tmp_path):
+    """A run trained with --eval-every held documents out; the program trains on the run's training split only."""
+    data = write_names(tmp_path / 'names.txt')
+    assert run_cli_in_process('train', '--steps', '4', '--data', data, '--out', str(tmp_path / 'run'),
+                              '--eval-every', '2', '--val-fraction', '0.25')[0] == 0
+    code, out, err = run_cli_in_process('export', '--train', '--checkpoint', str(tmp_path / 'run' / 'model.safetensors'),
+                                        '--out', str(tmp_path / 'c'))
+    assert code == 0, err
+    train_docs, held_out = holdout_split(load_documents(data), 0.25, 42, 'name')
+    header = (tmp_path / 'c' / C_HEADER).read_text()
+    stream = header.split('doc_tokens[N_DOC_TOKENS] = {')[1].split('};')[0]
+    tokens = [int(t) for t in stream.replace('\n', '').split(',') if t.strip()]
+    assert tokens.count(tokens[0]) - 1 == len(train_docs) and held_out, (tokens.count(tokens[0]) - 1, len(train_docs))
+    assert f'on {len(train_docs)} documents' in header.splitlines()[0], header.splitlines()[0]
 
 
 @pytest.mark.parametrize('flags, fragment', [

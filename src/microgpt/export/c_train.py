@@ -249,18 +249,21 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
 def export_training_program(out_dir, checkpoint=None, data=None, low_memory=False, ram_limit=None, seed=None):
     """export_c_train for the command line. With a checkpoint: its model, vocabulary and weights (fine-tuning
     starts from them), its optimiser's lr, betas and eps (on microgpt's recipe: one document a step, linear
-    decay), and its training data unless `data` is given; without: microgpt's model and optimiser on `data`
+    decay), and its training data unless `data` is given (the run's training split: what it held out stays
+    unseen); without: microgpt's model and optimiser on `data`
     (default: the bundled names), initialised on the device. Documents are shuffled by random.Random(seed)
     (default: microgpt's 42) as microgpt shuffles them."""
     import random
     from dataclasses import replace
 
     from ..config import ModelConfig
-    from ..data import Vocabulary, bundled_dataset_path, load_documents, shuffled
-    tcfg = TrainConfig()
+    from ..data import Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
+    tcfg, split = TrainConfig(), None
     if checkpoint is not None:
         from ..train.checkpoint import load_checkpoint
         ckpt = load_checkpoint(checkpoint)
+        if data is None and ckpt.meta.get('eval_every'):
+            split = (ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
         data = data or ckpt.meta.get('data_path')
         if not data or not os.path.exists(data):
             raise MicrogptError(f"the checkpoint's training data {data!r} is not there; give --data FILE")
@@ -268,7 +271,10 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         trained = ckpt.train_cfg
         tcfg = replace(tcfg, lr=trained.lr, beta1=trained.beta1, beta2=trained.beta2, eps=trained.eps)
     data = data or bundled_dataset_path()
-    docs = shuffled(load_documents(data), random.Random(tcfg.seed if seed is None else seed))
+    docs = load_documents(data)
+    if split is not None:
+        docs = holdout_split(docs, *split)[0]
+    docs = shuffled(docs, random.Random(tcfg.seed if seed is None else seed))
     if checkpoint is None:
         vocab = Vocabulary.from_documents(docs)
         cfg, weights = ModelConfig(vocab_size=vocab.size), None
