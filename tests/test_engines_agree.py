@@ -187,6 +187,19 @@ def test_float32_engines_agree_with_each_other(batch_size):
                               what='float32 gradient')
 
 
+@pytest.mark.parametrize('batch_size', BATCH_SIZES)
+def test_float32_trajectories_agree(batch_size):
+    """Eight Adam steps with decay, clipping and dropout in float32: both engines stay within float32 rounding."""
+    cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
+    tcfg = TrainConfig(steps=8, batch_size=batch_size, weight_decay=0.1, grad_clip=0.5, dropout=0.1, seed=2)
+    docs = random_batch(random.Random(5), cfg, 11, max_len=9)
+    lrs = [learning_rate(tcfg, s) for s in range(tcfg.steps)]
+    want_engine, got_engine = engine_pair(FAST_PAIR, cfg, 3, ('float32', 'float32'))
+    want, got = want_engine.train_steps(docs, 0, 8, tcfg, lrs), got_engine.train_steps(docs, 0, 8, tcfg, lrs)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert_named_arrays_close(got_engine.weights(), want_engine.weights(), rtol=1e-4, atol=1e-6, what='weight')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('engine_name', ['numpy', 'fused'])
 def test_float32_training_ends_as_low_as_float64(names_path, engine_name):
