@@ -319,6 +319,7 @@ def test_cli_exports_a_program_that_builds_and_info_prints_both_budgets(tmp_path
 @pytest.mark.parametrize('flags, fragment', [
     (['--n-embd-is-not-a-flag'], 'unrecognized'),
     (['--ram', '1000'], 'more than the 1,000 allowed'),
+    (['--ram', '-5'], '--ram must be a number of bytes of at least 1, got -5'),
     (['--data', 'EMPTY'], 'no non-blank lines'),
     (['--checkpoint', 'CKPT', '--data', 'ACCENTED'], 'not in the checkpoint\'s vocabulary'),
 ])

@@ -88,6 +88,8 @@ def export_c_train(out_dir, docs, cfg, vocab, tcfg=None, init_weights=None, low_
     """
     tcfg = TrainConfig() if tcfg is None else tcfg
     _check_trainable(cfg, vocab, tcfg)
+    if ram_limit is not None and ram_limit < 1:
+        raise MicrogptError(f"--ram must be a number of bytes of at least 1, got {ram_limit}")
     limit = (LOW_MEMORY_RAM_LIMIT if low_memory else RAM_LIMIT) if ram_limit is None else ram_limit
     need = budget_total(cfg, low_memory)
     if need > limit:
