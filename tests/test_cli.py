@@ -383,3 +383,30 @@ def test_training_runs_with_one_blas_thread():
         inside = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']
     after = [pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas']
     assert inside == [1] * len(before) and after == before, (before, inside, after)
+
+
+@pytest.mark.parametrize('argv', [
+    ['--num-seeds', '1', '--experiments', 'baseline'],
+    ['--data', 'DATA', '--num-seeds', '1', '--experiments', 'baseline,no-rmsnorm'],
+], ids=['bundled-data', 'data-file'])
+def test_the_reproduce_line_of_results_md_runs_as_written(data, tmp_path, monkeypatch, argv):
+    """The study's runs are stubbed (tests/test_study.py trains for real): this checks the report's command."""
+    import shlex
+    import microgpt.bench.study as study
+    from microgpt.cli import build_parser
+    out = tmp_path / 'the results'  # a space: the command must quote it
+    out.mkdir()  # run_study, stubbed here, makes it
+    argv = [data if a == 'DATA' else a for a in argv]
+    monkeypatch.setattr(study, 'run_study', lambda *args: iter(()))
+    monkeypatch.setattr(study, 'summarize', lambda chosen, seeds, folder: [(chosen[0], 2.1, None, 1)])
+    monkeypatch.setattr(study, 'measure_speed', lambda data_path: (74_000.0, 12.5))
+    code, stdout, err = run('study', '--out', out, *argv)
+    assert code == 0, err
+    assert stdout.splitlines()[1].split() == ['baseline', '2.1000', '1'], stdout  # one seed: no spread
+    report = (out / 'RESULTS.md').read_text(encoding='utf-8')
+    command = report.split('Reproduce: `')[1].split('`')[0]
+    words = shlex.split(command)
+    assert words[:2] == ['microgpt', 'study'], command
+    args = build_parser().parse_args(words[1:])
+    assert (args.out, args.num_seeds, args.experiments) == (str(out), 1, argv[argv.index('--experiments') + 1])
+    assert getattr(args, 'data', None) == (data if '--data' in argv else None), command
