@@ -253,10 +253,13 @@ def test_shuffles_and_splits_match_the_lists_of_strings(names_path, bos_first):
         assert again_train[:] == tokens(strings_train), by
 
 
-def test_split_by_name_ranks_documents_as_strings_sort(tmp_path):
-    """Prefixes first, every character's code point order, ids beyond 255 (big-endian sort keys)."""
+@pytest.mark.parametrize('extra', [[], ['abcdefghijklmnopqrstu', 'abcdefghijklmnopqrst', 'abcdefghijklmnopqrsu']],
+                         ids=['packed-keys', 'byte-row-keys'])
+def test_split_by_name_ranks_documents_as_strings_sort(tmp_path, extra):
+    """Prefixes first, every character's code point order, ids beyond 255 (big-endian sort keys); short
+    documents pack into one uint64, long ones compare as rows."""
     words = ['b', 'ab', 'a', 'abc', 'a b', 'é', 'ab', 'Z', 'z', '東京', '東', 'b'] + \
-        [chr(0x100 + i) for i in range(300)]
+        [chr(0x100 + i) for i in range(300)] + extra
     path = tmp_path / 'words.txt'
     path.write_text('\n'.join(words) + '\n', encoding='utf-8')
     every = Documents(load_corpus(str(path)))

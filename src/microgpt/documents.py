@@ -111,21 +111,32 @@ class Documents:
         return self.take(train), self.take(one_of_unit[np.sort(np.asarray(picks, np.int64))])
 
     def distinct_ranks(self):
-        """((D,) rank of each document among the distinct documents in string order, their number)."""
+        """((D,) rank of each document among the distinct documents in string order, their number).
+
+        Each document becomes a sort key whose order is its string's: its ids + 1 (code-point order), padded
+        with 0 to the longest document (a prefix sorts first). Short documents over a small alphabet pack into
+        one uint64 (bits per id x width <= 64), which sorts fast; others compare as rows of big-endian bytes."""
         bounds = self.corpus.bounds.astype(np.int64)
         order = self.indices()
         lengths = np.diff(bounds)[order] - 1                        # (D,) characters
         width = max(1, int(lengths.max()))
-        wide = len(self.corpus.chars) >= 255
-        keys = np.zeros((len(self), width), '>u2' if wide else np.uint8)  # (D, width) ids + 1, 0-padded
+        bits = int(len(self.corpus.chars) + 1).bit_length()         # ids + 1 run from 1 to len(chars)
+        packed = bits * width <= 64
+        if packed:
+            keys = np.zeros(len(self), np.uint64)                    # (D,)
+        else:
+            keys = np.zeros((len(self), width), '>u2' if bits > 8 else np.uint8)  # (D, width)
         for start in range(0, len(self), RANK_ROWS):
             rows = np.arange(start, min(len(self), start + RANK_ROWS))
             n = lengths[rows]
-            row = np.repeat(rows, n)
             col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            first = bounds[order[rows]] + 1
-            keys[row, col] = self.corpus.tokens[np.repeat(first, n) + col] + 1
-        # a row's bytes compare as its string does: big-endian ids in code-point order, shorter prefix first
-        rows = keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel()  # (D,)
-        units, ranks = np.unique(rows, return_inverse=True)
+            ids = self.corpus.tokens[np.repeat(bounds[order[rows]] + 1, n) + col].astype(np.uint64) + 1
+            if packed:  # the first character in the highest bits; the fields do not overlap, so a sum is an OR
+                fields = ids << (bits * (width - 1 - col)).astype(np.uint64)          # (characters,)
+                keys[start:start + len(rows)] = np.add.reduceat(fields, np.cumsum(n) - n)
+            else:
+                keys[np.repeat(rows, n), col] = ids
+        if not packed:
+            keys = keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel()  # (D,) one row each
+        units, ranks = np.unique(keys, return_inverse=True)
         return ranks.ravel(), len(units)
