@@ -9,8 +9,10 @@ float32 at every n_embd x n_layer of the grid, through train.loop.train as `micr
 runs in its own process, because two OpenMP runtimes in one process (numba's and torch's) slow each other down;
 the parent alternates between the two processes (fused, torch, fused, torch at each size), so a ratio is taken
 under the same machine load, and keeps each engine's best of --repeats. Both engines get the same number of
-threads (--threads): numba's parallel kernels, and PyTorch's intra-op threads (the torch engine itself uses
-one on a CPU, its CPU_THREADS, which this benchmark raises to --threads).
+threads (--threads): numba's parallel kernels, and PyTorch's intra-op threads (the torch engine uses its
+CPU_THREADS on a CPU, one, which this benchmark sets to --threads). On a busy machine give --threads 1: with
+more, every parallel region waits for its threads to be scheduled, and both engines slow down tens of times
+(docs/PERFORMANCE.md).
 
 Per measurement: the engine is built at that size (the fused kernels are compiled, or loaded from numba's disk
 cache, once per process: numba compiles per dtype, not per size), two untimed warm-up steps, then steps in
@@ -74,8 +76,8 @@ class Job:
                     return
 
     def time(self, seconds, chunk_seconds):
-        """{'tokens', 'seconds', 'cpu_seconds', 'steps', 'threads'} of chunks of about `chunk_seconds` until
-        `seconds` have passed (cpu_seconds: the process's CPU time, all its threads)."""
+        """{'tokens', 'seconds', 'cpu_seconds', 'steps'} of chunks of about `chunk_seconds` until `seconds` have
+        passed (cpu_seconds: the process's CPU time, all its threads)."""
         chunk = max(1, min(self.engine.chunk_steps, round(chunk_seconds / self.step_seconds)))
         tokens, steps = 0, 0
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -177,7 +179,8 @@ def main():
     p.add_argument('--data', default=default, help=f'names, one a line (default: {default or "the bundled names"})')
     p.add_argument('--n-embd', type=grid, default=[16, 64, 128, 256], help='channel counts (default: 16,64,128,256)')
     p.add_argument('--n-layer', type=grid, default=[1, 4, 8], help='layer counts (default: 1,4,8)')
-    p.add_argument('--dtype', default='float32', help='float32 or float64 (default: float32)')
+    p.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
+                   help='floating-point type of both engines (default: float32)')
     p.add_argument('--threads', type=int, default=2, help='threads of each engine (default: 2)')
     p.add_argument('--clock', choices=list(CLOCKS), default=None,
                    help='tokens per second of CPU time or of wall-clock time (default: cpu with one thread, where '
