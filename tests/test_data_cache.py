@@ -395,3 +395,13 @@ def test_a_killed_tokenisation_leaves_a_temporary_the_next_one_removes(cached_fi
             f.write(b'partial')
     corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
     assert os.listdir(cache) == [os.path.basename(corpus.cache_path)], os.listdir(cache)
+
+
+def test_ascii_pieces_give_the_documents_of_split_lines():
+    """ascii_documents' C-speed paths (CRLF, blank lines, clean lines) against split_lines, on many pieces."""
+    alphabet = ['a', 'b', ' ', '\t', '\n', '\r', '\r\n', '\x0b', '\x0c', '\x1c', '\x1f', '\n\n', '-']
+    rng = random.Random(0)
+    for _ in range(20000):
+        text = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        want = ''.join(doc + '\n' for doc in data.split_lines(text)).encode()
+        assert corpus_module.ascii_documents(text.encode()) == want, text
