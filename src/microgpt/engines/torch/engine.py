@@ -119,7 +119,8 @@ class TorchEngine:
         seed, step = seed_and_step
         S, C = dropout_sites(cfg), cfg.n_embd
         rows = dropout.masks(rate, seed, step, hi, T, cfg.block_size, S, C, np.dtype(self.dtype))  # (S, hi*T, C)
-        return torch.from_numpy(rows[:, lo * T:]).view(S, hi - lo, T, C).to(self.device)
+        masks = torch.from_numpy(rows[:, lo * T:]).view(S, hi - lo, T, C)                  # (S, B, T, C)
+        return masks.pin_memory().to(self.device, non_blocking=True) if self.device.type == 'cuda' else masks
 
     def _local_loss(self, batch, dropout_rate, seed_and_step):
         """This process's share of the global batch: its NLL sum over the global token count, as a tensor with

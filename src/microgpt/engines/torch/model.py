@@ -98,6 +98,8 @@ def batch_tensors(batch, cfg, device='cpu'):
     for b, (tokens, n) in enumerate(zip(batch, lengths)):
         inputs[b, :n] = torch.tensor(tokens[:n])
         targets[b, :n] = torch.tensor(tokens[1:n + 1])
+    if torch.device(device).type == 'cuda':  # pinned and asynchronous: the GPU keeps working on the last step
+        return inputs.pin_memory().to(device, non_blocking=True), targets.pin_memory().to(device, non_blocking=True)
     return inputs.to(device), targets.to(device)
 
 
