@@ -77,8 +77,9 @@ class TorchEngine:
         self.dtype = str(self.where.param_dtype).removeprefix('torch.')  # of the state; 'float32' under bfloat16
         self.model = GPT(cfg, self.where.param_dtype, self.device)
         with torch.no_grad():
+            views = self.model.views()
             for name, rows in init_parameters(cfg, rng).items():
-                self.model.views()[name].copy_(torch.tensor(rows, dtype=torch.float64))
+                views[name].copy_(torch.tensor(rows, dtype=torch.float64))
         self.flat = self.model.flat                                               # (P,)
         self.m = torch.zeros_like(self.flat.data)                                 # (P,) Adam first moments
         self.v = torch.zeros_like(self.flat.data)                                 # (P,) Adam second moments
