@@ -369,6 +369,33 @@ def test_a_batch_smaller_than_the_processes_is_a_one_line_error():
         share(1, 1, 2)
 
 
+# ---- benchmarks/gpu.sh
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
+
+
+def test_gpu_benchmark_without_a_gpu_says_so(torch):
+    import subprocess
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = subprocess.run(['bash', os.path.join(BENCHMARKS, 'gpu.sh')], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'PyTorch sees no CUDA GPU here' in proc.stderr, (proc.returncode, proc.stderr)
+    assert proc.stdout == '', proc.stdout
+
+
+@pytest.mark.slow
+def test_throughput_row_of_the_gpu_benchmark_runs_on_the_cpu(names_path):
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, os.path.join(BENCHMARKS, 'torch_throughput.py'), '--data', names_path,
+                           '--model', 'makemore', '--device', 'cpu', '--steps', '2', '--warmup', '1',
+                           '--batch-size', '4'], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, processes, device, dtype, batch, tokens_per_s, ms_per_step = proc.stdout.split()
+    assert (model, processes, device, dtype, batch) == ('makemore', '1', 'cpu', 'float32', '4'), proc.stdout
+    assert float(tokens_per_s) > 0 and float(ms_per_step) > 0, proc.stdout
+
+
 # ---- on a GPU
 
 def test_bfloat16_autocast_trains_on_cuda(torch):
