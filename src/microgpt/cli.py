@@ -126,22 +126,25 @@ def build_parser():
 
     p = command('export', commands.cmd_export,
                 help='write a checkpoint as a self-contained C99 program (microcontrollers)',
-                description='Write DIR/weights.h (weights as static const float arrays) and DIR/microgpt_names.c '
-                            '(inference, no malloc), and print the memory budget.')
+                description='Write DIR/weights.h (weights as static const float arrays), DIR/microgpt_names.c '
+                            '(inference, no malloc) and DIR/microgpt_common.h (the code it shares with --train\'s '
+                            'program), and print the memory budget.')
     p.add_argument('--checkpoint', default=None,
                    help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument('--out', metavar='DIR', help='folder for weights.h and microgpt_names.c (with --web, for index.html)')
+    out.add_argument('--out', metavar='DIR',
+                     help='folder for the C program (with --web, for index.html)')
     out.add_argument('--c', dest='out', metavar='DIR', action=_Deprecated, new='--out DIR')
     p.add_argument('--web', action='store_true',
                    help='write DIR/index.html instead: one self-contained web page that runs the model in the browser')
     p.add_argument('--force', action='store_true', help='with --web, write into DIR even if it is not empty')
     g = p.add_argument_group('--train: a C program that trains on the device')
     g.add_argument('--train', action='store_true',
-                   help='write DIR/train_data.h and DIR/microgpt_train.c instead: training on the device (from the '
+                   help='write DIR/train_data.h and DIR/microgpt_train.c (with microgpt_common.h) instead: training '
+                        'on the device (from the '
                         'checkpoint\'s weights, or from a seed without --checkpoint), then sampling')
     g.add_argument('--data', default=None, metavar='FILE',
-                   help='the documents to train on (default: the checkpoint\'s data, or the bundled names)')
+                   help='the documents to train on (default: the checkpoint\'s training documents, or the bundled names)')
     g.add_argument('--low-memory', action='store_true',
                    help='keep no gradient buffer and recompute attention: 64 KB of RAM for the default model')
     g.add_argument('--ram', type=int, default=None, metavar='BYTES',
