@@ -144,7 +144,8 @@ def build_parser():
                         'on the device (from the '
                         'checkpoint\'s weights, or from a seed without --checkpoint), then sampling')
     g.add_argument('--data', default=None, metavar='FILE',
-                   help='the documents to train on (default: the checkpoint\'s training documents, or the bundled names)')
+                   help='the documents to train on (default: the checkpoint\'s training documents, or the '
+                        'bundled names)')
     g.add_argument('--low-memory', action='store_true',
                    help='keep no gradient buffer and recompute attention: 64 KB of RAM for the default model')
     g.add_argument('--ram', type=int, default=None, metavar='BYTES',
