@@ -401,7 +401,10 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert status.startswith('step ') and status.endswith('/ 200000'), status
     assert browser.find_elements('css selector', '#train-samples li') == []
     assert not browser.find_element('id', 'explore-button').is_enabled()
-    WebDriverWait(browser, 30).until(lambda b: b.find_element('id', 'train-status').text.startswith('step '))
+    # the first report comes within REPORT_MS (100 ms), long before the 2000 steps of a hundredth of the run
+    WebDriverWait(browser, 30).until(lambda b: not b.find_element('id', 'train-status').text.startswith('step 0 '))
+    first = browser.find_element('id', 'train-status').text
+    assert first.startswith('step ') and int(first.split()[1]) < 2000, first
     before = bars(browser, 'next-bars')
     browser.find_element('id', 'prefix').send_keys('e')
     assert bars(browser, 'next-bars') != before
