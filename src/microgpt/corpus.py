@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import TEXT_HINT, check_data_path, decode_piece, read_pieces, split_lines
+from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, read_pieces, split_lines
 from .errors import MicrogptError
 from .tempfiles import make_temporary, remove_quietly
 
@@ -53,13 +53,6 @@ class Corpus:
 
     def __len__(self):
         return len(self.bounds) - 1
-
-
-def cache_folder():
-    if os.environ.get('MICROGPT_CACHE'):
-        return os.environ['MICROGPT_CACHE']
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'microgpt')
 
 
 def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=None):

@@ -33,6 +33,15 @@ def bundled_dataset_path():
     return str(resources.files('microgpt') / 'datasets' / BUNDLED_DATASET)
 
 
+def cache_folder():
+    """Where tokenised files (corpus.py) and downloads (fetch.py) are kept: $MICROGPT_CACHE, else
+    $XDG_CACHE_HOME/microgpt, else ~/.cache/microgpt."""
+    if os.environ.get('MICROGPT_CACHE'):
+        return os.environ['MICROGPT_CACHE']
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'microgpt')
+
+
 def check_data_path(path):
     """Refuse a missing path or a folder, before anything is read."""
     if not path:

@@ -1,4 +1,4 @@
-"""`--data https://...`: a data file fetched once into the cache folder (corpus.cache_folder()) and reused, as
+"""`--data https://...`: a data file fetched once into the cache folder (data.cache_folder()) and reused, as
 microgpt.py fetches its names file. Quiet: progress goes to a callback, which the CLI turns into a bar.
 
 A download goes to a temporary file that is renamed only once every byte the server announced has arrived;
@@ -12,8 +12,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlparse
 
-from .corpus import cache_folder
-from .data import MAX_STREAM_BYTES
+from .data import MAX_STREAM_BYTES, cache_folder
 from .errors import MicrogptError
 from .tempfiles import make_temporary, remove_quietly
 
