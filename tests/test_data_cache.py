@@ -405,3 +405,8 @@ def test_ascii_pieces_give_the_documents_of_split_lines():
         text = ''.join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         want = ''.join(doc + '\n' for doc in data.split_lines(text)).encode()
         assert corpus_module.ascii_documents(text.encode()) == want, text
+
+
+def test_texts_are_the_strings(names_path):
+    every = shuffled(Documents(load_corpus(names_path)), random.Random(5))
+    assert list(every.texts()) == shuffled(load_documents(names_path), random.Random(5))

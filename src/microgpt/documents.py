@@ -52,6 +52,10 @@ class Documents:
         d, bounds, chars = int(self.indices([i])[0]), self.corpus.bounds, self.corpus.chars
         return ''.join(chars[t] for t in self.corpus.tokens[int(bounds[d]) + 1:int(bounds[d + 1])].tolist())
 
+    def texts(self):
+        """Each document as a string, in this order (one Python object each: for small uses and tests)."""
+        return (self.text(i) for i in range(len(self)))
+
     def vocabulary(self):
         return Vocabulary(self.corpus.chars, self.bos_first)
 
