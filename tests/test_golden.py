@@ -35,7 +35,8 @@ def assert_same_output(got_bytes, want_text):
 
 @pytest.mark.slow
 def test_reference_engine_reproduces_golden_output(names_path, golden_path, run_cli_process):
-    code, out, err = run_cli_process('train', '--engine', 'reference', '--data', names_path)
+    # ~100 s of one core; the timeout only catches a hang, on a machine busy with other work too
+    code, out, err = run_cli_process('train', '--engine', 'reference', '--data', names_path, timeout=1800)
     assert code == 0, (code, err.decode('utf-8', errors='replace')[-2000:])
     with open(golden_path, 'rb') as f:
         golden = f.read()
