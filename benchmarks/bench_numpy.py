@@ -7,7 +7,7 @@ and times only the loop over train()'s reports. The workers take turns, run afte
 same machine load; the script prints us/step (median and best) of each, their ratio, and the CPU's name, and
 checks that both gave the same 1000 losses and the same final weights, bit for bit.
 
-    python benchmarks/bench_numpy.py [--old /work/base/src] [--repeats 7] [--steps 1000]
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
 """
 
 import argparse
@@ -83,6 +83,7 @@ def cpu_name():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--old', default='/work/base/src', help="source tree of the old code (default: %(default)s)")
+    parser.add_argument('--new', default=str(NEW_SRC), help="source tree of the new code (default: %(default)s)")
     parser.add_argument('--repeats', type=int, default=7, help="timed runs of each, alternating (default: %(default)s)")
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
     parser.add_argument('--worker', action='store_true', help="internal: be a worker on stdin/stdout")
@@ -90,7 +91,7 @@ def main():
     if args.worker:
         worker(args.steps)
         return
-    workers = {'old': start_worker(args.old, args.steps), 'new': start_worker(NEW_SRC, args.steps)}
+    workers = {'old': start_worker(args.old, args.steps), 'new': start_worker(args.new, args.steps)}
     times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
     results = {}
     try:
@@ -108,7 +109,7 @@ def main():
             proc.wait()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
           f"{args.repeats} runs each, alternating")
-    print(f"old = {args.old}, new = {NEW_SRC}")
+    print(f"old = {args.old}, new = {args.new}")
     for clock, title in (('seconds', 'wall clock'), ('cpu_seconds', 'CPU time (less disturbed by other load)')):
         print(f"{title}:")
         for name in workers:

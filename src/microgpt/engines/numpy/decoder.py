@@ -32,7 +32,7 @@ class NumpyDecoder:
         NH, HS = cfg.n_head, cfg.head_dim
         x = params['wte'][token_id] + params['wpe'][pos_id]                    # (C,)
         if cfg.norm == 'microgpt':
-            x = rmsnorm_forward(x)[0]
+            x = rmsnorm_forward(x)[0]                                           # (C,)
         for i in range(cfg.n_layer):
             p = f'layer{i}.'
             # attention block: this position's query against the keys and values of every position so far
@@ -45,7 +45,7 @@ class NumpyDecoder:
             values = self.values[i, :, first:pos_id + 1]                        # (NH, t, HS)
             # microgpt divides by head_dim**0.5, i.e. multiplies by (head_dim**0.5)**-1
             att = np.einsum('hd,htd->ht', q, keys) * (HS ** 0.5) ** -1          # (NH, t)
-            att = np.exp(att - att.max(-1, keepdims=True))
+            att = np.exp(att - att.max(-1, keepdims=True))                      # (NH, t)
             att /= att.sum(-1, keepdims=True)                                   # (NH, t) softmax
             y = np.einsum('ht,htd->hd', att, values).reshape(-1)               # (C,)
             x = params[p + 'attn_wo'] @ y + x                                   # (C,)

@@ -25,7 +25,7 @@ class NumpyEngine(ParameterBuffers):
         self.model_grads = {**self.grads, **qkv_views(self.table, self.grad_flat)}
 
     def loss(self, batch):
-        inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.dtype)
+        inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.flat.dtype)
         loss, _ = gpt_forward(self.model_params, inputs, target_index, loss_weights, self.cfg)
         return loss
 
@@ -35,7 +35,7 @@ class NumpyEngine(ParameterBuffers):
         dropout.py."""
         if dropout and seed_and_step is None:
             raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
-        inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.dtype)
+        inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.flat.dtype)
         B, T = inputs.shape
         masks = self._dropout_masks(dropout, seed_and_step, B, T) if dropout else None  # (1 + 2L, N, C)
         loss, cache = gpt_forward(self.model_params, inputs, target_index, loss_weights, self.cfg, masks)
@@ -69,7 +69,7 @@ class NumpyEngine(ParameterBuffers):
         m *= tcfg.beta1
         m += (1 - tcfg.beta1) * g                                               # m = beta1 m + (1 - beta1) g
         v *= tcfg.beta2
-        v += (1 - tcfg.beta2) * g ** 2                                          # v = beta2 v + (1 - beta2) g^2
+        v += (1 - tcfg.beta2) * (g * g)                                         # v = beta2 v + (1 - beta2) g^2
         m_hat = m / (1 - tcfg.beta1 ** t)                                       # (P,)
         v_hat = v / (1 - tcfg.beta2 ** t)                                       # (P,)
         if tcfg.weight_decay:

@@ -52,11 +52,14 @@ def batch_arrays(batch, cfg, dtype):
     if not predicted:
         raise ValueError(NOTHING_TO_PREDICT)
     B, T, V = len(batch), max(lengths), cfg.vocab_size
-    rows = np.array([list(tokens[:n + 1]) + [cfg.bos_id] * (T - n) for tokens, n in zip(batch, lengths)])  # (B, T + 1)
-    inputs, targets = rows[:, :-1], rows[:, 1:]                                                       # (B, T) each
-    target_index = np.arange(0, B * T * V, V) + targets.ravel()                                       # (N,)
-    loss_weights = np.array([[1 / predicted] * n + [0.0] * (T - n) for n in lengths], dtype)          # (B, T)
-    return inputs, target_index, loss_weights.ravel()
+    rows, loss_weights = [], []  # flat lists: np.array reads one much faster than a list of lists
+    for tokens, n in zip(batch, lengths):
+        rows += list(tokens[:n + 1]) + [cfg.bos_id] * (T - n)
+        loss_weights += [1 / predicted] * n + [0.0] * (T - n)
+    rows = np.array(rows).reshape(B, T + 1)                                 # (B, T + 1)
+    inputs, targets = rows[:, :-1], rows[:, 1:]                             # (B, T) each
+    target_index = np.arange(0, B * T * V, V) + targets.ravel()             # (N,)
+    return inputs, target_index, np.array(loss_weights, dtype)              # (N,)
 
 
 def gpt_logits(params, inputs, cfg, masks=None):
