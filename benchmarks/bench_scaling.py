@@ -3,6 +3,7 @@
     python benchmarks/bench_scaling.py                              # the table, 5-10 minutes on a busy 2-core machine
     python benchmarks/bench_scaling.py --plot docs/scaling.png      # and its plot
     python benchmarks/bench_scaling.py --n-embd 16,64 --n-layer 1   # a smaller grid
+    python benchmarks/bench_scaling.py --threads 1,2                # both engines at 1 and at 2 threads
 
 The makemore-like setup (the makemore preset's model and optimiser: block 16, batch 32, n_head 4, AdamW) in
 float32 at every n_embd x n_layer of the grid, through train.loop.train as `microgpt train` runs it. Each engine
@@ -10,9 +11,9 @@ runs in its own process, because two OpenMP runtimes in one process (numba's and
 the parent alternates between the two processes (fused, torch, fused, torch at each size), so a ratio is taken
 under the same machine load, and keeps each engine's best of --repeats. Both engines get the same number of
 threads (--threads): numba's parallel kernels, and PyTorch's intra-op threads (the torch engine uses its
-CPU_THREADS on a CPU, one, which this benchmark sets to --threads). On a busy machine give --threads 1: with
-more, every parallel region waits for its threads to be scheduled, and both engines slow down tens of times
-(docs/PERFORMANCE.md).
+CPU_THREADS on a CPU, one, which this benchmark sets to --threads). Several thread counts (--threads 1,2) run
+a process per engine and count, all alternating. On a busy machine give --threads 1: with more, every parallel
+region waits for its threads to be scheduled, and both engines slow down several times (docs/PERFORMANCE.md).
 
 Per measurement: the engine is built at that size (the fused kernels are compiled, or loaded from numba's disk
 cache, once per process: numba compiles per dtype, not per size), two untimed warm-up steps, then steps in
@@ -97,13 +98,13 @@ def threads_in_use(engine_name):
 
 
 class Worker:
-    """One engine's own process (with `args.threads` threads), measuring a size per request. The parent alternates
-    between the engines' workers, so both see the same machine load; the idle one waits on its input."""
+    """One engine's own process with `threads` threads, measuring a size per request. The parent alternates
+    between the workers, so all see the same machine load; the idle ones wait on their input."""
 
-    def __init__(self, engine_name, args):
-        env = {**os.environ, 'NUMBA_NUM_THREADS': str(args.threads), 'OMP_NUM_THREADS': str(args.threads)}
+    def __init__(self, engine_name, threads, args):
+        env = {**os.environ, 'NUMBA_NUM_THREADS': str(threads), 'OMP_NUM_THREADS': str(threads)}
         command = [sys.executable, __file__, '--worker', engine_name, '--data', args.data, '--dtype', args.dtype,
-                   '--threads', str(args.threads), '--seconds', str(args.seconds),
+                   '--threads', str(threads), '--seconds', str(args.seconds),
                    '--chunk-seconds', str(args.chunk_seconds)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
@@ -124,9 +125,10 @@ class Worker:
 def serve(engine_name, args):
     """The worker's loop: `n_embd n_layer` lines in, one JSON line out per line."""
     from microgpt.train.loop import training_threads
+    threads, = args.threads  # the Worker gives one
     if engine_name == 'torch':
         from microgpt.engines.torch import engine as torch_engine
-        torch_engine.CPU_THREADS = args.threads  # the engine sets PyTorch's intra-op threads to this in each call
+        torch_engine.CPU_THREADS = threads  # the engine sets PyTorch's intra-op threads to this in each call
     job = None
     with training_threads():
         for line in sys.stdin:
@@ -181,10 +183,11 @@ def main():
     p.add_argument('--n-layer', type=grid, default=[1, 4, 8], help='layer counts (default: 1,4,8)')
     p.add_argument('--dtype', choices=('float32', 'float64'), default='float32',
                    help='floating-point type of both engines (default: float32)')
-    p.add_argument('--threads', type=int, default=2, help='threads of each engine (default: 2)')
+    p.add_argument('--threads', type=grid, default=[2],
+                   help='threads of each engine; several (1,2) measure each engine at each (default: 2)')
     p.add_argument('--clock', choices=list(CLOCKS), default=None,
                    help='tokens per second of CPU time or of wall-clock time (default: cpu with one thread, where '
-                        'it is the steadier figure on a shared machine; wall with more, whose idle threads spin)')
+                        'it is the steadier figure on a shared machine; wall otherwise, as idle threads spin)')
     p.add_argument('--seconds', type=float, default=2.0, help='timed seconds per measurement (default: 2)')
     p.add_argument('--repeats', type=int, default=2,
                    help='measurements per engine and size, alternating engines; the best is kept (default: 2)')
@@ -210,47 +213,45 @@ def main():
         for row in run['rows']:
             print(table_row(row, clock))
         if args.plot:
-            plot(run['rows'], args.plot, clock, f"{run['dtype']}, {threads_label(run['threads'])} each")
+            plot(run['rows'], args.plot, clock, run['dtype'])
         return
-    clock = args.clock or ('cpu' if args.threads == 1 else 'wall')
+    clock = args.clock or ('cpu' if args.threads == [1] else 'wall')
 
-    print(f"{args.dtype}, {threads_label(args.threads)} per engine, block 16, batch 32, n_head 4; best of "
-          f"{args.repeats} x {args.seconds:g} s per engine and size, engines alternating, each in its own process; "
-          f"tokens per second of {clock} time", flush=True)
+    print(f"{args.dtype}, {' and '.join(map(str, args.threads))} thread(s) per engine, block 16, batch 32, "
+          f"n_head 4; best of {args.repeats} x {args.seconds:g} s per engine and size, all alternating, each in "
+          f"its own process; tokens per second of {clock} time", flush=True)
     print(table_header(clock), flush=True)
     started = time.perf_counter()
-    workers = {engine_name: Worker(engine_name, args) for engine_name in ENGINES}
+    workers = {(engine_name, threads): Worker(engine_name, threads, args)
+               for threads in args.threads for engine_name in ENGINES}
     rows = []
     try:
         for n_layer in args.n_layer:
             for n_embd in args.n_embd:
-                row = {'n_layer': n_layer, 'n_embd': n_embd, 'parameters': parameters(n_embd, n_layer),
-                       **{engine_name: [] for engine_name in ENGINES}}
+                size_rows = {threads: {'n_layer': n_layer, 'n_embd': n_embd, 'threads': threads,
+                                       'parameters': parameters(n_embd, n_layer),
+                                       **{engine_name: [] for engine_name in ENGINES}} for threads in args.threads}
                 for _ in range(args.repeats):
-                    for engine_name in ENGINES:
-                        row[engine_name].append(workers[engine_name].measure(n_embd, n_layer))
-                        time.sleep(0.2)  # the idle worker's OpenMP threads stop spinning before the other starts
-                rows.append(row)
-                print(table_row(row, clock), flush=True)
+                    for (engine_name, threads), worker in workers.items():
+                        size_rows[threads][engine_name].append(worker.measure(n_embd, n_layer))
+                        time.sleep(0.2)  # the idle worker's OpenMP threads stop spinning before the next starts
+                for row in size_rows.values():
+                    rows.append(row)
+                    print(table_row(row, clock), flush=True)
     finally:
         for worker in workers.values():
             worker.close()
     print(f"whole benchmark: {time.perf_counter() - started:.0f} s")
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump({'dtype': args.dtype, 'threads': args.threads, 'clock': clock, 'seconds': args.seconds,
-                       'rows': rows}, f, indent=1)
+            json.dump({'dtype': args.dtype, 'clock': clock, 'seconds': args.seconds, 'rows': rows}, f, indent=1)
     if args.plot:
-        plot(rows, args.plot, clock, f"{args.dtype}, {threads_label(args.threads)} each")
-
-
-def threads_label(threads):
-    return f"{threads} thread{'s' if threads > 1 else ''}"
+        plot(rows, args.plot, clock, args.dtype)
 
 
 def table_header(clock):
-    return (f"| n_layer | n_embd | parameters | {' | '.join(f'{e} tokens/s' for e in ENGINES)} | fused / torch "
-            f"| by {OTHER_CLOCK[clock]} time |\n" + '| ---: ' * (5 + len(ENGINES)) + '|')
+    return (f"| n_layer | n_embd | parameters | threads | {' | '.join(f'{e} tokens/s' for e in ENGINES)} "
+            f"| fused / torch | by {OTHER_CLOCK[clock]} time |\n" + '| ---: ' * (6 + len(ENGINES)) + '|')
 
 
 def table_row(row, clock):
@@ -262,16 +263,20 @@ def table_row(row, clock):
         cells.append(f"failed: {result['error']}" if 'error' in result else f"{tokens_per_second(result, clock):,.0f}")
     for c in (clock, other):
         cells.append('' if ratio(row, c) is None else f'{ratio(row, c):.2f}x')
-    return f"| {row['n_layer']} | {row['n_embd']} | {row['parameters']:,} | {' | '.join(cells)} |"
+    return f"| {row['n_layer']} | {row['n_embd']} | {row['parameters']:,} | {row['threads']} | {' | '.join(cells)} |"
 
 
-def plot(rows, path, clock, setting):
-    """tokens/s against n_embd (log-log), one line per engine and n_layer; the ratio fused/torch beside it."""
+def plot(rows, path, clock, dtype):
+    """tokens/s against n_embd (log-log), one line per engine and n_layer; the ratio fused/torch beside it. Of the
+    fewest threads measured."""
     import matplotlib
     matplotlib.use('Agg')  # files only; no display needed
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    threads = min(r['threads'] for r in rows)
+    rows = [r for r in rows if r['threads'] == threads]
+    setting = f"{dtype}, {threads} thread{'s' if threads > 1 else ''} each"
     fig, (speed, ratios) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {'fused': '-', 'torch': '--'}
     sizes = sorted({r['n_embd'] for r in rows})
