@@ -95,6 +95,20 @@ def test_adam_steps_with_decay_clipping_and_dropout_track_numpy(dropout):
     np.testing.assert_allclose(got_state.adam_v, want_state.adam_v, rtol=1e-9, atol=1e-16)
 
 
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('C, lo, hi, T', [(16, 0, 3, 5), (6, 2, 5, 7), (9, 1, 2, 1)])
+def test_dropout_masks_drawn_by_torch_equal_dropouts(dtype, C, lo, hi, T, torch):
+    """The device's masks (int64 arithmetic) are dropout.masks's, element for element, for a share lo .. hi - 1."""
+    from microgpt import dropout
+    from microgpt.engines.torch import dropout_masks
+    S, block_size = 5, 8
+    want = dropout.masks(0.3, 123, 45, hi, T, block_size, S, C, dtype).reshape(S, hi, T, C)[:, lo:]
+    got = dropout_masks.masks(0.3, 123, 45, lo, hi, T, block_size, S, C, getattr(torch, dtype), 'cpu')
+    assert got.dtype == getattr(torch, dtype), got.dtype
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert 0.2 < (want == 0).mean() < 0.4, (want == 0).mean()  # the comparison is of real masks
+
+
 def test_train_steps_equal_one_train_step_per_step():
     cfg = ModelConfig(vocab_size=9).validate()
     docs = random_batch(random.Random(5), cfg, 7, max_len=20)
@@ -205,7 +219,8 @@ def test_torchrun_train_and_resume_print_and_save_what_one_process_does(tmp_path
     data.write_text('\n'.join(['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny', 'gus', 'hal', 'ida', 'jo'] * 3) + '\n')
     common = ['train', '--engine', 'torch', '--device', 'cpu', '--data', data, '--batch-size', '5', '--dropout', '0.1',
               '--lr-schedule', 'constant', '--eval-every', '10', '--num-samples', '3']
-    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m', 'microgpt']
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
+                '-m', 'microgpt']
 
     def run(launcher, *args):
         proc = subprocess.run([*launcher, *map(str, args)], capture_output=True, text=True, timeout=300,
@@ -293,7 +308,8 @@ def test_checkpoint_resumes_in_another_engine(writer, reader, tmp_path):
     assert ckpt.meta['engine'] == writer and ckpt.adam_steps == 5, ckpt.meta
 
     resumed = restore_engine(ckpt, make_engine(reader, ckpt.model_cfg, random.Random(0)))
-    assert abs(evaluate(resumed, docs) - evaluate(first, docs)) <= 1e-12, (evaluate(resumed, docs), evaluate(first, docs))
+    got, want = evaluate(resumed, docs), evaluate(first, docs)
+    assert abs(got - want) <= 1e-12, (got, want)
     losses = [r.loss for r in train(resumed, docs, tcfg, start_step=5)]
     alone = make_engine(reader, cfg, random.Random(1))
     want = [r.loss for r in train(alone, docs, tcfg)][5:]
@@ -309,7 +325,8 @@ def test_a_torch_run_resumes_samples_and_evaluates_with_the_numpy_engine(tmp_pat
     data.write_text('\n'.join(['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny', 'gus', 'hal', 'ida', 'jo'] * 3) + '\n')
     common = ('train', '--data', data, '--batch-size', '3', '--dropout', '0.1', '--lr-schedule', 'constant',
               '--num-samples', '3')
-    code, first, err = run_cli(*common, '--engine', 'torch', '--device', 'cpu', '--steps', '10', '--out', tmp_path / 'run')
+    code, first, err = run_cli(*common, '--engine', 'torch', '--device', 'cpu', '--steps', '10',
+                               '--out', tmp_path / 'run')
     assert code == 0, err
     code, resumed, err = run_cli(*common, '--engine', 'numpy', '--steps', '20', '--out', tmp_path / 'run', '--resume')
     assert code == 0, err

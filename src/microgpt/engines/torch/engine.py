@@ -3,8 +3,8 @@ processes with DistributedDataParallel.
 
 Parameters, gradients and Adam's moments are flat (P,) tensors in the parameter table's order, initialised
 from the same seeded `random.Random` stream as every engine; Adam runs on them in the reference's order of
-operations, and dropout uses the same counter-based masks (dropout.py). So in float64 on a CPU a seeded run
-follows the numpy engine step by step.
+operations, and dropout uses the same counter-based masks (dropout.py), drawn on the device (dropout_masks.py).
+So in float64 on a CPU a seeded run follows the numpy engine step by step.
 
 Data parallel (torchrun): every process holds the whole model and every document; each takes its share of a
 step's global batch (devices.share), its loss is that share's NLL over the global batch's token count, and
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ... import dropout
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
 from ...data import batch_for_step
 from ...errors import MicrogptError
 from .. import EngineState
+from . import dropout_masks
 from .devices import placement, share, sum_gradients_hook
 from .model import GPT, batch_tensors, nll_sum, predicted_count
 
@@ -115,13 +115,12 @@ class TorchEngine:
         return torch.autocast(self.device.type, dtype=self.where.autocast, enabled=self.where.autocast is not None)
 
     def _masks(self, rate, seed_and_step, lo, hi, T):
-        """(S, hi - lo, T, C) dropout masks of documents lo .. hi - 1 of the global batch, padded to T."""
+        """(S, hi - lo, T, C) dropout masks of documents lo .. hi - 1 of the global batch, padded to T, drawn on
+        the device."""
         cfg = self.cfg
         seed, step = seed_and_step
-        S, C = dropout_sites(cfg), cfg.n_embd
-        rows = dropout.masks(rate, seed, step, hi, T, cfg.block_size, S, C, np.dtype(self.dtype))  # (S, hi*T, C)
-        masks = torch.from_numpy(rows[:, lo * T:]).view(S, hi - lo, T, C)                  # (S, B, T, C)
-        return masks.pin_memory().to(self.device, non_blocking=True) if self.device.type == 'cuda' else masks
+        return dropout_masks.masks(rate, seed, step, lo, hi, T, cfg.block_size, dropout_sites(cfg), cfg.n_embd,
+                                   self.flat.dtype, self.device)
 
     def _local_loss(self, batch, dropout_rate, seed_and_step):
         """This process's share of the global batch: its NLL sum over the global token count, as a tensor with
