@@ -5,6 +5,7 @@ import math
 import random
 
 import pytest
+from helpers import assert_one_line_error, run_cli_in_process, write_names
 
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.engines import make_engine
@@ -53,3 +54,30 @@ def test_an_empty_ensemble_and_nothing_to_predict_are_errors():
         EnsembleDecoder([])
     with pytest.raises(ValueError, match='no token to predict'):
         ensemble_loss(EnsembleDecoder([trained(1, steps=1).decoder()]), [[26]], 16)
+
+
+def test_eval_and_sample_take_several_checkpoints(tmp_path):
+    data = write_names(tmp_path / 'names.txt')
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f'run{seed}'
+        code, _, err = run_cli_in_process('train', '--data', str(data), '--steps', '40', '--eval-every', '20',
+                                          '--seed', str(seed), '--out', str(out), '--num-samples', '0')
+        assert code == 0, err
+        runs.append(str(out / 'model.safetensors'))
+    code, out, err = run_cli_in_process('eval', '--checkpoint', *runs, '--data', str(data))
+    assert code == 0, err
+    losses = [float(line.split()[1]) for line in out.splitlines()]
+    assert len(losses) == 3 and 'ensemble of 2' in out.splitlines()[2], out
+    assert losses[2] <= (losses[0] + losses[1]) / 2 + 1e-4, losses   # Jensen, up to the printed rounding
+    code, out, err = run_cli_in_process('sample', '--checkpoint', *runs, '--num-samples', '5', '--data', str(data))
+    assert code == 0, err
+    assert len([line for line in out.splitlines() if line.startswith('sample')]) == 5, out
+    other = tmp_path / 'other.txt'
+    other.write_text('xyz\nzyx\nqq\n' * 5)
+    code, _, err = run_cli_in_process('train', '--data', str(other), '--steps', '5', '--out', str(tmp_path / 'o'),
+                                      '--num-samples', '0')
+    assert code == 0, err
+    code, out, err = run_cli_in_process('eval', '--checkpoint', runs[0], str(tmp_path / 'o' / 'model.safetensors'),
+                                        '--data', str(data))
+    assert_one_line_error(code, out, err, 'vocabulary differs')

@@ -11,7 +11,7 @@ optuna = pytest.importorskip('optuna') if not os.environ.get('CI') else __import
 
 from microgpt.errors import MicrogptError
 from microgpt.tune.report import summarize
-from microgpt.tune.search import TuneOptions, open_study, tune
+from microgpt.tune.search import TuneConfig, open_study, tune
 from microgpt.train.checkpoint import load_checkpoint
 
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'charlotte', 'amelia', 'evelyn', 'abigail', 'liam',
@@ -29,7 +29,7 @@ def small_data(tmp_path):
 
 
 def options(data, out, **kw):
-    return TuneOptions(data=data, out=str(out), **{'trials': 2, 'max_steps': 50, **kw})
+    return TuneConfig(data=data, out=str(out), **{'trials': 2, 'max_steps': 50, **kw})
 
 
 @pytest.mark.slow
@@ -56,30 +56,22 @@ def test_study_runs_continues_and_reports(small_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_printed_command_reproduces_the_best_trial(small_data, tmp_path):
-    from microgpt.cli import main
-    out = tmp_path / 'tune'
-    study = tune(options(small_data, out, trials=1))
-    summary = summarize(study, str(out))
-    again = tmp_path / 'again'
-    words = summary.command.split()
-    words[words.index('--out') + 1] = str(again)
+def test_the_command_it_prints_reproduces_the_best_trial(small_data, tmp_path):
+    import shlex
+    from helpers import run_cli_in_process
+    code, out, err = run_cli_in_process('tune', '--data', small_data, '--out', tmp_path / 'tune', '--trials', '1',
+                                        '--max-steps', '50')
+    assert code == 0, err
+    best = float(re.search(r'held-out loss (\d+\.\d+)', out).group(1))
+    words = shlex.split(re.search(r'^train it again: (.*)$', out, re.M).group(1))
     assert words[:2] == ['microgpt', 'train'], words
-    lines = []
-
-    class Capture:
-        def write(self, s):
-            lines.append(s)
-
-        def flush(self):
-            pass
-
-        def isatty(self):
-            return False
-
-    assert main(words[2:], out=Capture(), err=Capture()) == 0, ''.join(lines)
-    best = load_checkpoint(str(again / 'model.safetensors')).meta['best_val_loss']
-    assert best == summary.best_value, (best, summary.best_value)
+    words[words.index('--out') + 1] = str(tmp_path / 'again')
+    code, _, err = run_cli_in_process(*words[1:])
+    assert code == 0, err
+    again = load_checkpoint(str(tmp_path / 'again' / 'model.safetensors')).meta['best_val_loss']
+    trial = load_checkpoint(str(tmp_path / 'tune' / 'best' / 'model.safetensors')).meta['best_val_loss']
+    assert again == trial, (again, trial)   # the same run, bit for bit
+    assert round(trial, 4) == best, (trial, best)
 
 
 @pytest.mark.slow
@@ -97,22 +89,24 @@ def test_two_workers_share_one_study(small_data, tmp_path):
 
 
 @pytest.mark.parametrize('change, message', [
-    ({'trials': 0}, '--trials must be at least 1'),
+    ({'trials': 0}, 'trials must be at least 1'),
     ({'trials': None}, 'give a budget'),
-    ({'minutes': float('nan')}, '--minutes must be a positive number'),
-    ({'workers': 0}, '--workers must be at least 1'),
+    ({'minutes': float('nan')}, 'minutes must be a finite number'),
+    ({'minutes': 0.0}, 'minutes must be > 0'),
+    ({'workers': 0}, 'workers must be at least 1'),
     ({'storage': 'nosuchdb://x/y'}, 'cannot open the study storage'),
     ({'storage': 'sqlite:////nonexistent-dir/sub/tune.db'}, 'cannot open the study storage'),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
     with pytest.raises(MicrogptError, match=re.escape(message)) as e:
-        tune(options(small_data, tmp_path / 'tune', **change))
+        tune(options(small_data, tmp_path / 'tune', **change))  # the config's own checks come first
     assert '\n' not in str(e.value), str(e.value)
 
 
 def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
     out = tmp_path / 'tune'
-    open_study(options(small_data, out)) if out.mkdir() is None else None
+    out.mkdir()
+    open_study(options(small_data, out))
     before = (out / 'tune.db').read_bytes()
     other = tmp_path / 'other.txt'
     other.write_text('\n'.join(reversed(NAMES)) + '\n')
@@ -126,3 +120,21 @@ def test_data_too_small_for_a_held_out_split(tmp_path):
     tiny.write_text('ab\n')
     with pytest.raises(MicrogptError):
         tune(options(str(tiny), tmp_path / 'tune'))
+
+
+def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_path):
+    import subprocess
+    import sys
+    from microgpt.tune.search import fail_abandoned_trials
+    out = tmp_path / 'tune'
+    out.mkdir()
+    study = open_study(options(small_data, out))
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    trial = study.ask()
+    import socket
+    trial.set_user_attr('worker', f"{socket.gethostname()}:{int(dead.stdout)}")
+    alive = study.ask()
+    alive.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
+    fail_abandoned_trials(study)
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {0: 'FAIL', 1: 'RUNNING'}, states

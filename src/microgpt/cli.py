@@ -20,6 +20,7 @@ from .config import ModelConfig, SampleConfig, SettingError, TrainConfig, flag_n
 from .errors import MicrogptError
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
+from .tune.search import TuneConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,8 +75,13 @@ def _add_settings(parser, config_class, title=None, presets=None):
         parser.flag_fields.add(f.name)
 
 
-def _add_checkpoint_flag(p):
-    p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+def _add_checkpoint_flag(p, several=False):
+    if several:
+        p.add_argument('--checkpoint', required=True, nargs='+', metavar='CHECKPOINT',
+                       help='a model.safetensors written by `microgpt train --out`; several (with one vocabulary) '
+                            'make an ensemble that averages their next-character probabilities')
+    else:
+        p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
 
 
 def build_parser():
@@ -103,8 +109,9 @@ def build_parser():
     _add_settings(p, SampleConfig, 'sampling', PRESETS)
 
     p = command('sample', commands.cmd_sample, help='sample names from a checkpoint',
-                description='Sample from a saved model; names already in its training data are marked *.')
-    _add_checkpoint_flag(p)
+                description='Sample from a saved model (or an ensemble of several); names already in its training '
+                            'data are marked *.')
+    _add_checkpoint_flag(p, several=True)
     p.add_argument('--prompt', default='', help='start every sample with this prefix')
     p.add_argument('--seed', type=int, default=42, help='sampling seed (default: 42)')
     p.add_argument('--data', default=None, metavar='FILE',
@@ -114,8 +121,9 @@ def build_parser():
 
     p = command('eval', commands.cmd_eval, help='held-out loss of a checkpoint',
                 description='Mean negative log-likelihood per character (nats) of a checkpoint on its held-out '
-                            'split, or on every line of --data.')
-    _add_checkpoint_flag(p)
+                            'split, or on every line of --data; several checkpoints are scored each and as an ensemble '
+                            'averaging their probabilities.')
+    _add_checkpoint_flag(p, several=True)
     p.add_argument('--data', default=None, metavar='FILE', help='evaluate on every document of this file instead')
 
     p = command('bench', commands.cmd_bench, help='time the engines side by side on the default job',
@@ -163,13 +171,21 @@ def build_parser():
                             'and write RESULTS.md and results.png. Resumes where it stopped.')
     _add_settings(p, StudyConfig)
     p.add_argument('--seeds', dest='num_seeds', type=int, action=_Deprecated, new='--num-seeds N')
+
+    p = command('tune', commands.cmd_tune, help='search the best settings for your data (Optuna)',
+                description='Search learning rate, schedule, warmup, weight decay, dropout, training length, width, '
+                            'depth and batch size with Optuna: each trial trains the fused engine in float32 and is '
+                            'pruned when its held-out loss falls clearly behind. The study lives in a database, so '
+                            'the same command continues it and workers on several machines can share it; at the end '
+                            'the best run is in DIR/best with the command that trains it again.')
+    _add_settings(p, TuneConfig)
     return parser
 
 
 def _flag_namer(parser):
     """Names a field by its flag where it has one, else by itself."""
     by_field = {f.name: flag_name(f) for cls in (RunConfig, ModelConfig, TrainConfig, SampleConfig, BenchConfig,
-                                                 StudyConfig) for f in fields(cls)}
+                                                 StudyConfig, TuneConfig) for f in fields(cls)}
     return lambda field: by_field[field] if field in parser.flag_fields else field
 
 

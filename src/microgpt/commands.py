@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from .config import ModelConfig, SampleConfig, TrainConfig
 from .data import bundled_dataset_path, holdout_split, load_documents
+from .ensemble import EnsembleDecoder, ensemble_loss
 from .sampling import generate
 from .engines import ENGINES, make_engine
 from .errors import MicrogptError
@@ -30,14 +31,14 @@ def given(args, *config_classes):
 class _StopRequest:
     """Ctrl-C while steps run: the first finishes the step, saves, stops; a second one interrupts at once."""
 
-    def __init__(self, err):
-        self.requested, self.err = False, err
+    def __init__(self, err, what='stopping after this step'):
+        self.requested, self.err, self.what = False, err, what
 
     def __call__(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nmicrogpt: stopping after this step (Ctrl-C again to abort at once)", file=self.err, flush=True)
+        print(f"\nmicrogpt: {self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
 
 
 def cmd_train(args, out, err):
@@ -92,7 +93,8 @@ def cmd_train(args, out, err):
         print(f"trained in {elapsed:.2f} s", file=err)
 
     print("\n--- inference (new, hallucinated names) ---", file=out)
-    _print_samples(run.run.engine, run.run.vocab, run.run.rng, sample_cfg, out, prompt_ids=())
+    engine = run.run.engine
+    _print_samples(engine.decoder(), engine.cfg.block_size, run.run.vocab, run.run.rng, sample_cfg, out, prompt_ids=())
 
 
 def _emit(line, stream, bar):
@@ -126,11 +128,10 @@ def _notice_compilation(err, dtype, grouped):
               file=err, flush=True)
 
 
-def _print_samples(engine, vocab, rng, sample_cfg, out, prompt_ids, known=None):
-    decoder = engine.decoder()
+def _print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, known=None):
     novel = 0
     for sample_idx in range(sample_cfg.num_samples):
-        ids = generate(decoder, vocab.bos_id, engine.cfg.block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
+        ids = generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
                        sample_cfg.top_p, prompt_ids)
         name = vocab.decode(ids)
         mark = ''
@@ -150,13 +151,32 @@ def _engine_from_checkpoint(path):
     return ckpt, engine
 
 
+def _models_from_checkpoints(paths):
+    """(checkpoint, engine) of each path; several must share one vocabulary (an ensemble averages over it)."""
+    models = [_engine_from_checkpoint(path) for path in paths]
+    for path, (ckpt, _) in zip(paths[1:], models[1:]):
+        if ckpt.vocab != models[0][0].vocab:
+            raise MicrogptError(f"{path}: its vocabulary differs from {paths[0]}'s; an ensemble needs models "
+                                f"trained on the same characters")
+    return models
+
+
+def _decoder(models):
+    """One model's decoder, or an ensemble's, and the context length they all hold."""
+    if len(models) == 1:
+        return models[0][1].decoder(), models[0][1].cfg.block_size
+    return EnsembleDecoder([engine.decoder() for _, engine in models]), min(e.cfg.block_size for _, e in models)
+
+
 def cmd_sample(args, out, err):
     sample_cfg = SampleConfig(**given(args, SampleConfig))
-    ckpt, engine = _engine_from_checkpoint(args.checkpoint)
+    models = _models_from_checkpoints(args.checkpoint)
+    ckpt = models[0][0]
+    decoder, block_size = _decoder(models)
     prompt_ids = ckpt.vocab.encode(args.prompt)
-    if len(prompt_ids) >= engine.cfg.block_size:
+    if len(prompt_ids) >= block_size:
         raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
-                            f"{engine.cfg.block_size} tokens with BOS, so give at most {engine.cfg.block_size - 1}")
+                            f"{block_size} tokens with BOS, so give at most {block_size - 1}")
     if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
         known = set(load_documents(args.data))
     else:
@@ -165,11 +185,12 @@ def cmd_sample(args, out, err):
         if known is None:
             print(f"microgpt: the training data {recorded!r} is not there: no novelty check (give --data FILE)",
                   file=err)
-    _print_samples(engine, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
+    _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
 
 
 def cmd_eval(args, out, err):
-    ckpt, engine = _engine_from_checkpoint(args.checkpoint)
+    models = _models_from_checkpoints(args.checkpoint)
+    ckpt = models[0][0]
     if args.data is not None:
         docs, what = load_documents(args.data), args.data
     else:
@@ -184,8 +205,16 @@ def cmd_eval(args, out, err):
                                 ckpt.meta.get('val_split', 'name'))
         what = f"the held-out split of {data_path}"
     tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
-    loss = evaluate(engine, tokens)
-    print(f"loss {loss:.4f} nats per character on {len(docs)} documents ({what}), step {ckpt.step}", file=out)
+    for path, (member, engine) in zip(args.checkpoint, models):
+        loss = evaluate(engine, tokens)
+        name = f" {path}" if len(models) > 1 else ''
+        print(f"loss {loss:.4f} nats per character on {len(docs)} documents ({what}), step {member.step}{name}",
+              file=out)
+    if len(models) > 1:
+        decoder, block_size = _decoder(models)
+        loss = ensemble_loss(decoder, tokens, block_size)
+        print(f"loss {loss:.4f} nats per character of the ensemble of {len(models)} (mean of their probabilities)",
+              file=out)
 
 
 def cmd_bench(args, out, err):
@@ -313,3 +342,27 @@ def cmd_info(args, out, err):
     for low_memory, what in ((False, 'training RAM'), (True, 'training RAM, low memory')):
         _print_memory([(f"{what}: {item}", size) for item, size in training_memory_budget(ckpt.model_cfg, low_memory)],
                       out)
+
+
+def cmd_tune(args, out, err):
+    from .tune.report import summarize
+    from .tune.search import TuneConfig, tune
+    config = TuneConfig(**given(args, TuneConfig))
+    stop = _StopRequest(err, what='the running trials finish their step, save and are recorded')
+    previous_handler = signal.signal(signal.SIGINT, stop)
+    try:
+        study = tune(config, on_trial=lambda trial, state, value: print(
+            f"trial {trial.number:4d} {state:<11}" + (f" held-out loss {value:.4f}" if value is not None else ''),
+            file=err, flush=True), stop_requested=lambda: stop.requested)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    summary = summarize(study, config.out)
+    counts = ', '.join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
+    print(f"trials: {counts}", file=out)
+    print(f"best: trial {summary.best_number}, held-out loss {summary.best_value:.4f} nats per character", file=out)
+    print(f"its run: {summary.best_dir}", file=out)
+    print(f"train it again: {summary.command}", file=out)
+    for path in summary.files:
+        print(f"wrote {path}", file=out)
+    if stop.requested:
+        raise KeyboardInterrupt

@@ -16,7 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from ..config import ModelConfig, TrainConfig, flag_name
+from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
 from ..data import bundled_dataset_path, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..presets import fields_of, model_settings, resolve
@@ -31,28 +31,37 @@ TRIALS_DIR = 'trials'
 
 
 @dataclass(frozen=True)
-class TuneOptions:
-    data: str                # None: the bundled names
-    out: str
-    trials: int = None       # the study's total number of finished trials to reach
-    minutes: float = None    # wall-clock budget of this invocation: no trial starts after it
-    storage: str = None      # an Optuna storage URL; None: sqlite in out
-    workers: int = 1
-    study: str = 'microgpt'
-    max_steps: int = 20000   # cap on a trial's steps
-    seed: int = 42
+class TuneConfig:
+    """`microgpt tune`'s settings; each is a flag."""
+    data: str = setting(None, 'UTF-8 text file, one document per line', metavar='FILE',
+                        shown_default='the bundled US baby names list')
+    out: str = setting('tune', 'folder of the search: the study (tune.db), each trial\'s run (trials/), the best '
+                               'run (best/), TRIALS.md and the plots', metavar='DIR')
+    trials: int = setting(None, "the study's total number of trials (complete or pruned) to reach; the same "
+                                "command again continues an interrupted search", at_least=1, metavar='N',
+                          shown_default='no limit: give --trials and/or --minutes')
+    minutes: float = setting(None, 'no trial starts after this many minutes of this invocation (a running one '
+                                   'finishes)', metavar='M', shown_default='no limit')
+    storage: str = setting(None, 'an Optuna storage URL shared by every worker, here or on other machines: '
+                                 'sqlite:///FILE, postgresql://..., mysql://..., or journal:FILE', metavar='URL',
+                           shown_default='sqlite:///DIR/tune.db')
+    workers: int = setting(1, 'processes here that run trials of the study at the same time (the cores are '
+                              'shared between them)', at_least=1, metavar='N')
+    study: str = setting('microgpt', 'the study\'s name in the storage', metavar='NAME')
+    max_steps: int = setting(20000, "the most steps one trial trains (a trial's length is searched in epochs)",
+                             at_least=50, metavar='N')
+    seed: int = setting(42, 'seed of every trial\'s run (its shuffle, initialisation and held-out split)')
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.trials is None and self.minutes is None:
+            raise SettingError(lambda name: f"give a budget: {name('trials')} N and/or {name('minutes')} M")
+        if self.minutes is not None and not self.minutes > 0:
+            raise SettingError(lambda name: f"{name('minutes')} must be > 0, got {self.minutes}")
+        if self.out == '':
+            raise SettingError(lambda name: f"{name('out')} needs a folder name")
 
     def check(self):
-        if self.trials is None and self.minutes is None:
-            raise MicrogptError("give a budget: --trials N and/or --minutes M")
-        if self.trials is not None and self.trials < 1:
-            raise MicrogptError(f"--trials must be at least 1, got {self.trials}")
-        if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
-            raise MicrogptError(f"--minutes must be a positive number, got {self.minutes}")
-        if self.workers < 1:
-            raise MicrogptError(f"--workers must be at least 1, got {self.workers}")
-        if self.max_steps < 50:
-            raise MicrogptError(f"--max-steps must be at least 50, got {self.max_steps}")
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise MicrogptError(f"{self.out}: exists and is not a folder; give another --out DIR")
         return self
@@ -164,6 +173,28 @@ class Interrupted(Exception):
     """The trial's run stopped early on request; it saved its state and is told as failed."""
 
 
+def fail_abandoned_trials(study):
+    """Trials left 'running' by a process of this machine that no longer exists (killed, or the machine
+    restarted) are told as failed, so they neither count against the budget nor stay running for ever.
+    Trials of other machines are left to those machines."""
+    from optuna.trial import TrialState
+    here = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = trial.user_attrs.get('worker', '').rpartition(':')
+        if host == here and pid.isdigit() and not _alive(int(pid)):
+            study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def finished_trials(study):
     from optuna.trial import TrialState
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)))
@@ -225,6 +256,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     load_documents(options.data_path)  # bad data is one line before any study or process starts
     os.makedirs(options.out, exist_ok=True)
     study = open_study(options)
+    fail_abandoned_trials(study)
     deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
     if options.workers == 1:
         work(options, deadline, stop_requested, on_trial)

@@ -25,8 +25,7 @@ def suggest(trial, n_train_docs, max_steps):
     dropout = trial.suggest_float('dropout', 0.0, 0.3, step=0.05)
     steps = min(max_steps, max(50, math.ceil(epochs * n_train_docs / batch_size)))
     warmup_fraction = trial.suggest_float('warmup_fraction', 0.0, 0.05, step=0.01)
-    model = {'n_embd': n_embd, 'n_head': 4, 'n_layer': n_layer, 'init_std': 0.02}
+    model = {'n_embd': n_embd, 'n_layer': n_layer}  # 4 heads, init std 0.02: the base preset's (search.py)
     train = {'steps': steps, 'batch_size': batch_size, 'lr': lr, 'lr_schedule': lr_schedule,
-             'warmup': int(warmup_fraction * steps), 'weight_decay': weight_decay, 'dropout': dropout,
-             'beta1': 0.9, 'beta2': 0.99}
+             'warmup': int(warmup_fraction * steps), 'weight_decay': weight_decay, 'dropout': dropout}
     return model, train
