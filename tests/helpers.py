@@ -107,7 +107,7 @@ def switches_id(switches):
 
 def assert_named_arrays_close(got, want, rtol, atol, what):
     """Two name -> array dicts (weights or gradients) with the same names, equal within rtol/atol each."""
-    assert list(got) == list(want), (list(got), list(want))
+    assert want and list(got) == list(want), (what, list(got), list(want))  # nothing to compare is a failure
     for name in want:
         np.testing.assert_allclose(np.asarray(got[name], np.float64), np.asarray(want[name], np.float64),
                                    rtol=rtol, atol=atol, err_msg=f'{what} of {name}')
