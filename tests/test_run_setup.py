@@ -43,7 +43,7 @@ def test_prepare_run_is_microgpts_order(data):
     assert run.engine.weights() == want
     assert run.rng.random() == rng.random()  # sampling continues the same stream
     held = prepare_run(data, {}, TrainConfig(seed=7), None, holdout=Holdout(0.2, 'name', 7))
-    assert len(held.val_docs) == 6 and not set(held.docs) & set(held.val_docs), held.val_docs
+    assert len(held.val_docs) == 6 and not set(held.docs.texts()) & set(held.val_docs.texts()), held.val_docs
     assert held.engine is None
 
 

@@ -72,6 +72,8 @@ def cmd_train(args, out, err):
                 print(f"num docs: {event.num_docs}", file=out)
                 print(f"vocab size: {event.vocab_size}", file=out)
                 print(f"num params: {event.num_params}", file=out)
+                if run.run.notice:  # the token cache could not be written: the data was read into memory
+                    print(f"microgpt: {run.run.notice}", file=err)
                 if event.resumed_from:
                     print(f"microgpt: resuming from step {event.resumed_from}", file=err)
                 bar = _progress_bar(err, tcfg.steps, event.resumed_from)

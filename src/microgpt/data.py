@@ -233,6 +233,14 @@ def holdout_draw(seed):
     return random.Random(f'holdout:{seed}')
 
 
+def document_lengths(doc_tokens):
+    """The number of tokens (BOS included) of each document: a list for a list of token lists, the (D,) array
+    of a documents.Documents (read without a Python object per document)."""
+    if isinstance(doc_tokens, list):
+        return [len(tokens) for tokens in doc_tokens]
+    return doc_tokens.lengths()
+
+
 def batch_for_step(doc_tokens, step, batch_size):
     """The token sequences of 0-based `step`: documents step*B ... step*B + B - 1, wrapping around."""
     n = len(doc_tokens)

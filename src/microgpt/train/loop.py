@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..config import learning_rate
+from ..data import document_lengths
 
 
 @dataclass(slots=True)  # not frozen: one is made per step, and a frozen dataclass's __init__ is 3x slower
@@ -33,7 +34,9 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     the chunk, and only the chunk's last is `synced`. Chunks end on every multiple of each `sync_every`, so
     evaluation and checkpoints there see the right state; a stop request waits for the chunk's end.
     """
-    block_size, n_docs, B = engine.cfg.block_size, len(doc_tokens), tcfg.batch_size
+    B, block_size = tcfg.batch_size, engine.cfg.block_size
+    lengths = document_lengths(doc_tokens)  # read once: reading a document per step is on the hot path
+    n_docs = len(lengths)
     step = start_step
     while step < tcfg.steps:
         stop = min(tcfg.steps, step + engine.chunk_steps)
@@ -50,11 +53,7 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             yield StepReport(step + 1, tcfg.steps, math.nan, lrs[0], 0, True)
             return
         for s, loss, lr in zip(range(step, stop), losses, lrs):
-            # predicted_tokens(batch_for_step(...)) without building the batch: this loop is on the hot path
-            if B == 1:
-                tokens = min(block_size, len(doc_tokens[s % n_docs]) - 1)
-            else:
-                tokens = sum(min(block_size, len(doc_tokens[d % n_docs]) - 1) for d in range(s * B, s * B + B))
+            tokens = sum(min(block_size, int(lengths[d % n_docs]) - 1) for d in range(s * B, s * B + B))
             yield StepReport(s + 1, tcfg.steps, float(loss), lr, tokens, s + 1 == stop)
         step = stop
 

@@ -10,6 +10,8 @@ from ..config import ModelConfig, SettingError, TrainConfig, check_settings, set
 from ..data import VAL_SPLITS, Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
 from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine
 from ..errors import MicrogptError
+from ..fetch import is_url, fetch
+from ..memory import check_memory
 from ..presets import DEFAULT_PRESET
 
 
@@ -99,37 +101,62 @@ class Holdout:
 
 @dataclass
 class Run:
-    docs: list               # training documents, shuffled
-    val_docs: list           # held-out documents ([] without a Holdout)
+    docs: list               # training documents, shuffled: strings (reference engine) or documents.Documents
+    val_docs: list           # held-out documents, the same kind (none without a Holdout)
     vocab: Vocabulary
     cfg: ModelConfig
     engine: object           # an engines.Engine, or None when none was asked for
     rng: random.Random       # the one stream, after the shuffle and the initialisation: sampling continues it
+    notice: str = None       # one line for the user (the token cache could not be written), or None
 
     @property
     def train_tokens(self):
-        return [self.vocab.document_tokens(d) for d in self.docs]
+        return self._tokens(self.docs)
 
     @property
     def val_tokens(self):
-        return [self.vocab.document_tokens(d) for d in self.val_docs]
+        return self._tokens(self.val_docs)
+
+    def _tokens(self, docs):
+        """[BOS] + ids + [BOS] of each document: Documents already are that sequence."""
+        return [self.vocab.document_tokens(d) for d in docs] if isinstance(docs, list) else docs
 
 
-def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', holdout=None, device='auto'):
+def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', holdout=None, device='auto',
+                progress=None):
     """microgpt's setup in its random order: read the documents, hold out `holdout` (on its own stream), shuffle
     the rest with Random(tcfg.seed), build the vocabulary of both, the model config (`model`: its fields but
     vocab_size), and the engine, initialised from the same stream. `engine` None builds none (the PyTorch
-    baseline initialises its own from `rng`)."""
+    baseline initialises its own from `rng`).
+
+    The documents are a token array (corpus.py: cached, memory-mapped, any size) read through
+    documents.Documents; the reference engine, which is microgpt itself and never loads NumPy, reads them as
+    strings. Both give the same documents in the same order. `progress(bytes, total or None)` follows a
+    download or a first tokenisation."""
     rng = random.Random(tcfg.seed)
-    docs = load_documents(data_path)
-    val_docs = []
+    if is_url(data_path):
+        data_path = fetch(data_path, progress=progress)
+    notice, bos_first = None, model.get('bos') == 'first'
+    if engine == 'reference':
+        docs, val_docs, longest = load_documents(data_path), [], None
+    else:
+        from ..corpus import load_corpus
+        from ..documents import Documents
+        corpus = load_corpus(data_path, progress=progress)
+        docs, notice, longest = Documents(corpus, bos_first=bos_first), corpus.notice, corpus.longest
+        val_docs = docs.take([])
     if holdout is not None:
         docs, val_docs = holdout_split(docs, holdout.fraction, holdout.seed, holdout.by)
     docs = shuffled(docs, rng)
     if tcfg.batch_size > len(docs):
         raise MicrogptError(f"--batch-size {tcfg.batch_size} is larger than the {len(docs)} training documents; "
                             f"give a smaller batch or more data")
-    vocab = Vocabulary.from_documents(docs + val_docs, bos_first=model.get('bos') == 'first')
+    if isinstance(docs, list):
+        vocab = Vocabulary.from_documents(docs + val_docs, bos_first=bos_first)
+        longest = max(map(len, docs + val_docs))
+    else:
+        vocab = docs.vocabulary()  # the characters of every document, train and held out
     cfg = ModelConfig(vocab_size=vocab.size, **model)
+    check_memory(cfg, tcfg.batch_size, longest, dtype)
     engine = make_engine(engine, cfg, rng, dtype, device) if engine is not None else None
-    return Run(docs, val_docs, vocab, cfg, engine, rng)
+    return Run(docs, val_docs, vocab, cfg, engine, rng, notice)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ... import dropout
 from ...config import learning_rate
+from ...documents import Documents
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
 from . import gpt, parallel
@@ -107,14 +108,17 @@ class FusedEngine(ParameterBuffers):
         return self._train(docs, doc_starts, len(batch), [lr_t], tcfg)[0]
 
     def train_steps(self, doc_tokens, start, stop, tcfg, lrs=None):
-        """Steps start .. stop - 1 of training.train's loop in one compiled call; returns their losses (stop - start,).
+        """Steps start .. stop - 1 of train.loop.train's loop in one compiled call; their losses (stop - start,).
 
         The same batches as data.batch_for_step (documents step*B .. step*B + B - 1, wrapping around), the
         same learning rates (learning_rate's, or the caller's `lrs` of them) and the same arithmetic as one
         train_step per step, without a Python call per step.
         """
         B = tcfg.batch_size
-        docs, doc_starts = self._documents(doc_tokens[d % len(doc_tokens)] for d in range(start * B, stop * B))
+        if isinstance(doc_tokens, Documents):  # a token array: packed with no Python object per document
+            docs, doc_starts = doc_tokens.pack(start * B, (stop - start) * B, self.cfg.block_size + 1)
+        else:
+            docs, doc_starts = self._documents(doc_tokens[d % len(doc_tokens)] for d in range(start * B, stop * B))
         lrs = [learning_rate(tcfg, step) for step in range(start, stop)] if lrs is None else lrs
         return self._train(docs, doc_starts, B, lrs, tcfg)
 
