@@ -11,7 +11,7 @@ from ...dropout import masks as dropout_masks
 from .. import run_steps
 from ..params import ParameterBuffers
 from .decoder import NumpyDecoder
-from .gpt import batch_arrays, gpt_backward, gpt_forward, qkv_views
+from .gpt import batch_arrays, gpt_backward, gpt_forward, model_views
 
 
 class NumpyEngine(ParameterBuffers):
@@ -20,9 +20,9 @@ class NumpyEngine(ParameterBuffers):
 
     def __init__(self, cfg, rng, dtype='float64'):
         super().__init__(cfg, rng, dtype)
-        # gpt.py's names: the parameter table's, plus each layer's attn_wq, attn_wk, attn_wv as one attn_wqkv
-        self.model_params = {**self.params, **qkv_views(self.table, self.flat)}
-        self.model_grads = {**self.grads, **qkv_views(self.table, self.grad_flat)}
+        # gpt.py's views (model_views): by name outside the layers, by kind in each layer
+        self.model_params = model_views(self.table, self.flat)
+        self.model_grads = model_views(self.table, self.grad_flat)
 
     def loss(self, batch):
         inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.flat.dtype)

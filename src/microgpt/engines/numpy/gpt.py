@@ -14,10 +14,12 @@ kind, and inverted dropout of the embeddings and of each residual branch under m
 Dimension letters: B documents, T positions (the batch's longest document, at most block_size), N = B*T,
 C = n_embd, NH = n_head, HS = C // NH, V = vocab_size, L = n_layer. Activations are (N, C), the documents'
 positions stacked as rows, so every matrix product is one 2-D product; only attention views them as
-(B, NH, T, HS). `params` and `grads` map the parameter table's names to (rows, cols) views, plus
-`layerN.attn_wqkv`: attn_wq, attn_wk and attn_wv stacked (see qkv_views), so q, k and v come out of one
-product.
+(B, NH, T, HS). `params` and `grads` are model_views of a flat buffer: the parameter table's (rows, cols)
+views by name outside the layers, and per layer by kind, with attn_wq, attn_wk and attn_wv stacked as
+attn_wqkv so that q, k and v come out of one product.
 """
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -28,14 +30,21 @@ from .layers import (activation_backward, activation_forward, attention_backward
                      rmsnorm_backward, rmsnorm_forward)
 
 
-def qkv_views(table, flat):
-    """`layerN.attn_wqkv` -> a (3C, C) view of `flat` over layer N's attn_wq, attn_wk and attn_wv, which the
-    parameter table stores back to back (config.LAYER_PARAMETERS), q first."""
-    views = {}
+def model_views(table, flat):
+    """gpt.py's names for the matrices of `flat` (parameters or gradients), made once: 'wte', 'wpe' and
+    'lm_head' (absent when tied) as in the parameter table, and 'layers', one dict per layer of its (rows,
+    cols) views by kind, plus 'attn_wqkv': a (3C, C) view over attn_wq, attn_wk and attn_wv, which the table
+    stores back to back (config.LAYER_PARAMETERS), q first. A step then looks its matrices up without
+    building names."""
+    views = {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape) for p in table if p.layer < 0}
+    views['layers'] = [{} for p in table if p.kind == 'attn_wq']
+    for p in table:
+        if p.layer >= 0:
+            views['layers'][p.layer][p.kind] = flat[p.offset:p.offset + p.size].reshape(p.shape)
     for q, k, v in zip(table, table[1:], table[2:]):
         if q.kind == 'attn_wq':
             assert (k.kind, v.kind, v.offset) == ('attn_wk', 'attn_wv', q.offset + 2 * q.size), (q, k, v)
-            views[f'layer{q.layer}.attn_wqkv'] = flat[q.offset:q.offset + 3 * q.size].reshape(3 * q.rows, q.cols)
+            views['layers'][q.layer]['attn_wqkv'] = flat[q.offset:q.offset + 3 * q.size].reshape(3 * q.rows, q.cols)
     return views
 
 
@@ -47,19 +56,41 @@ def batch_arrays(batch, cfg, dtype):
     target_index (N,), each position's next token as an index into the flat (N * V,) logits; loss_weights
     (N,), 1 / (tokens predicted in the batch) on predicted positions and 0 on padding.
     """
-    lengths = [max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch]
-    predicted = sum(lengths)
-    if not predicted:
+    lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch])
+    if not any(lengths):
         raise ValueError(NOTHING_TO_PREDICT)
-    B, T, V = len(batch), max(lengths), cfg.vocab_size
-    rows, loss_weights = [], []  # flat lists: np.array reads one much faster than a list of lists
+    B, T = len(batch), max(lengths)
+    rows = []  # one flat list: np.array reads one much faster than a list of lists
     for tokens, n in zip(batch, lengths):
-        rows += list(tokens[:n + 1]) + [cfg.bos_id] * (T - n)
-        loss_weights += [1 / predicted] * n + [0.0] * (T - n)
+        rows += tokens[:n + 1]
+        rows += [cfg.bos_id] * (T - n)
     rows = np.array(rows).reshape(B, T + 1)                                 # (B, T + 1)
     inputs, targets = rows[:, :-1], rows[:, 1:]                             # (B, T) each
-    target_index = np.arange(0, B * T * V, V) + targets.ravel()             # (N,)
-    return inputs, target_index, np.array(loss_weights, dtype)              # (N,)
+    target_index = logits_row_starts(B * T, cfg.vocab_size) + targets.ravel()  # (N,)
+    return inputs, target_index, loss_weights(lengths, T, dtype)
+
+
+@lru_cache(maxsize=None)
+def logits_row_starts(N, V):
+    """(N,) the index of each row's first logit in the flat (N * V,) logits: 0, V, 2V, ... Read-only, made
+    once per (N, V): a run sees at most block_size of them with batch size 1."""
+    starts = np.arange(0, N * V, V)                                         # (N,)
+    starts.flags.writeable = False
+    return starts
+
+
+@lru_cache(maxsize=1024)
+def loss_weights(lengths, T, dtype):
+    """(B * T,) 1 / sum(lengths) on each document's first n positions (n its entry of `lengths`), 0 on its
+    padding, so that the weighted sum of the losses is their mean over predicted tokens. Read-only, cached
+    per (lengths, T, dtype): with batch size 1 a run sees at most block_size different ones."""
+    predicted = sum(lengths)
+    weights = []
+    for n in lengths:
+        weights += [1 / predicted] * n + [0.0] * (T - n)
+    weights = np.array(weights, dtype)                                      # (N,)
+    weights.flags.writeable = False
+    return weights
 
 
 def gpt_logits(params, inputs, cfg, masks=None):
@@ -75,18 +106,17 @@ def gpt_logits(params, inputs, cfg, masks=None):
     if cfg.norm == 'microgpt':
         x, embed_norm = rmsnorm_forward(x)                                      # (N, C)
     layers = []
-    for i in range(cfg.n_layer):
-        p = f'layer{i}.'
+    for i, w in enumerate(params['layers']):
         # attention block: x = x + dropout(attn_wo(attention(rmsnorm(x))))
         xn1, norm1 = rmsnorm_forward(x) if cfg.norm != 'none' else (x, None)   # (N, C)
-        qkv = matmul_forward(xn1, params[p + 'attn_wqkv'])                      # (N, 3C)
+        qkv = matmul_forward(xn1, w['attn_wqkv'])                      # (N, 3C)
         y, attn = attention_forward(qkv, B, cfg.n_head, mask_bias)             # (N, C)
-        x = x + dropout_forward(matmul_forward(y, params[p + 'attn_wo']), sites[1 + 2 * i])  # (N, C)
+        x = x + dropout_forward(matmul_forward(y, w['attn_wo']), sites[1 + 2 * i])  # (N, C)
         # MLP block: x = x + dropout(mlp_fc2(relu(mlp_fc1(rmsnorm(x)))))
         xn2, norm2 = rmsnorm_forward(x) if cfg.norm == 'microgpt' else (x, None)  # (N, C)
-        h = matmul_forward(xn2, params[p + 'mlp_fc1'])                          # (N, 4C)
+        h = matmul_forward(xn2, w['mlp_fc1'])                          # (N, 4C)
         a, act = activation_forward(h, cfg.mlp_activation)                      # (N, 4C)
-        x = x + dropout_forward(matmul_forward(a, params[p + 'mlp_fc2']), sites[2 + 2 * i])  # (N, C)
+        x = x + dropout_forward(matmul_forward(a, w['mlp_fc2']), sites[2 + 2 * i])  # (N, C)
         layers.append({'xn1': xn1, 'norm1': norm1, 'attn': attn, 'y': y,
                        'xn2': xn2, 'norm2': norm2, 'act': act, 'a': a})
     logits = matmul_forward(x, params[lm_head_name(cfg)])                       # (N, V)
@@ -111,18 +141,18 @@ def gpt_backward(cache, grads):
     lm_head = lm_head_name(cfg)
     dx = matmul_backward(dlogits, cache['x'], params[lm_head], grads[lm_head])  # (N, C)
     for i in reversed(range(cfg.n_layer)):
-        p, c = f'layer{i}.', cache['layers'][i]
+        c, w, dw = cache['layers'][i], params['layers'][i], grads['layers'][i]
         # MLP block
         d_branch = dropout_backward(dx, sites[2 + 2 * i])                       # (N, C)
-        da = matmul_backward(d_branch, c['a'], params[p + 'mlp_fc2'], grads[p + 'mlp_fc2'])  # (N, 4C)
+        da = matmul_backward(d_branch, c['a'], w['mlp_fc2'], dw['mlp_fc2'])  # (N, 4C)
         dh = activation_backward(da, c['act'], cfg.mlp_activation)              # (N, 4C)
-        dxn2 = matmul_backward(dh, c['xn2'], params[p + 'mlp_fc1'], grads[p + 'mlp_fc1'])  # (N, C)
+        dxn2 = matmul_backward(dh, c['xn2'], w['mlp_fc1'], dw['mlp_fc1'])  # (N, C)
         dx = dx + (dxn2 if c['norm2'] is None else rmsnorm_backward(dxn2, c['norm2']))  # (N, C)
         # attention block
         d_branch = dropout_backward(dx, sites[1 + 2 * i])                       # (N, C)
-        dy = matmul_backward(d_branch, c['y'], params[p + 'attn_wo'], grads[p + 'attn_wo'])  # (N, C)
+        dy = matmul_backward(d_branch, c['y'], w['attn_wo'], dw['attn_wo'])  # (N, C)
         dqkv = attention_backward(dy, c['attn'])                                # (N, 3C)
-        dxn1 = matmul_backward(dqkv, c['xn1'], params[p + 'attn_wqkv'], grads[p + 'attn_wqkv'])  # (N, C)
+        dxn1 = matmul_backward(dqkv, c['xn1'], w['attn_wqkv'], dw['attn_wqkv'])  # (N, C)
         dx = dx + (dxn1 if c['norm1'] is None else rmsnorm_backward(dxn1, c['norm1']))  # (N, C)
     if cache['embed_norm'] is not None:
         dx = rmsnorm_backward(dx, cache['embed_norm'])                          # (N, C)
