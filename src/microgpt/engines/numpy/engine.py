@@ -74,7 +74,11 @@ class NumpyEngine(ParameterBuffers):
         v_hat = v / (1 - tcfg.beta2 ** t)                                       # (P,)
         if tcfg.weight_decay:
             p -= (lr_t * tcfg.weight_decay) * p                                 # decoupled (AdamW) decay
-        p -= lr_t * m_hat / (v_hat ** 0.5 + tcfg.eps)
+        # p -= lr_t * m_hat / (v_hat ** 0.5 + eps), each operation in place in the temporaries above
+        # (the same roundings in the same order: v ** 0.5 is NumPy's sqrt)
+        update = np.multiply(lr_t, m_hat, out=m_hat)
+        update /= np.add(np.sqrt(v_hat, out=v_hat), tcfg.eps, out=v_hat)
+        p -= update
         self.adam_steps = t
 
     def decoder(self):

@@ -135,7 +135,8 @@ def gpt_forward(params, inputs, target_index, loss_weights, cfg, masks=None):
 
 def gpt_backward(cache, grads):
     """Writes d loss / d parameters into `grads`: gpt_forward's steps in reverse, each through its layer's
-    backward. A residual connection x + branch passes d x to both x and the branch."""
+    backward. A residual connection x + branch passes d x to both x and the branch; the branch's gradient
+    accumulates into d x with +=."""
     cfg, params, sites = cache['cfg'], cache['params'], cache['sites']
     dlogits = cross_entropy_backward(cache['loss'])                             # (N, V)
     lm_head = lm_head_name(cfg)
@@ -147,13 +148,13 @@ def gpt_backward(cache, grads):
         da = matmul_backward(d_branch, c['a'], w['mlp_fc2'], dw['mlp_fc2'])  # (N, 4C)
         dh = activation_backward(da, c['act'], cfg.mlp_activation)              # (N, 4C)
         dxn2 = matmul_backward(dh, c['xn2'], w['mlp_fc1'], dw['mlp_fc1'])  # (N, C)
-        dx = dx + (dxn2 if c['norm2'] is None else rmsnorm_backward(dxn2, c['norm2']))  # (N, C)
+        dx += dxn2 if c['norm2'] is None else rmsnorm_backward(dxn2, c['norm2'])  # (N, C)
         # attention block
         d_branch = dropout_backward(dx, sites[1 + 2 * i])                       # (N, C)
         dy = matmul_backward(d_branch, c['y'], w['attn_wo'], dw['attn_wo'])  # (N, C)
         dqkv = attention_backward(dy, c['attn'])                                # (N, 3C)
         dxn1 = matmul_backward(dqkv, c['xn1'], w['attn_wqkv'], dw['attn_wqkv'])  # (N, C)
-        dx = dx + (dxn1 if c['norm1'] is None else rmsnorm_backward(dxn1, c['norm1']))  # (N, C)
+        dx += dxn1 if c['norm1'] is None else rmsnorm_backward(dxn1, c['norm1'])  # (N, C)
     if cache['embed_norm'] is not None:
         dx = rmsnorm_backward(dx, cache['embed_norm'])                          # (N, C)
     dx = dropout_backward(dx, sites[0])                                         # (N, C)
