@@ -9,7 +9,6 @@ machine, and fails them in CI (the environment variable CI is set), so CI can ne
 import pytest
 
 from helpers import GOLDEN_PATH, NAMES_PATH, missing, require_file, run_cli_in_process, run_cli_subprocess
-from helpers import in_ci  # noqa: F401 -- test_data_cache, test_disk_faults, test_input_bounds still import it here
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import in_ci
+from helpers import in_ci
 from microgpt import corpus as corpus_module
 from microgpt import data
 from microgpt.corpus import load_corpus

@@ -11,7 +11,7 @@ from itertools import islice
 
 import pytest
 
-from conftest import in_ci, run_cli_in_process
+from helpers import in_ci, run_cli_in_process
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import Vocabulary
 from microgpt.engines import make_engine

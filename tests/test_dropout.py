@@ -73,8 +73,3 @@ def test_dropout_is_refused_by_the_reference_engine():
         engine.loss_and_grads([[4, 1, 4]], 0.1, (1, 1))
 
 
-def test_dropout_levels_agree_between_config_and_the_masks():
-    """config validates --dropout without importing NumPy, so it keeps its own copy of the resolution."""
-    from microgpt.config import DROPOUT_LEVELS
-    from microgpt.dropout import LEVELS, drop_threshold
-    assert DROPOUT_LEVELS == LEVELS == 65536 and drop_threshold(0.1) == 6554, (DROPOUT_LEVELS, LEVELS)

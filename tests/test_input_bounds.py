@@ -13,7 +13,7 @@ from itertools import islice
 
 import pytest
 
-from conftest import in_ci
+from helpers import in_ci
 from microgpt import data
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.corpus import load_corpus
@@ -246,3 +246,49 @@ def test_an_unreadable_file_is_one_line(tmp_path, load):
     with pytest.raises(MicrogptError) as info:
         load(str(path))
     assert str(path) in str(info.value) and '\n' not in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+@pytest.mark.parametrize('attention', ['causal', 'self'])
+def test_a_numpy_step_allocates_for_the_batch_not_the_block(attention, dropout):
+    """The numpy engine's attention mask and dropout indices follow the batch's positions: a block of 4,000
+    over names of at most 9 characters (a (4000, 4000) float64 mask is 128 MB) takes what a block of 16 takes,
+    but for the larger wpe. Traced from the first step, where the caches fill; each case has its own block, so
+    no case reads what another cached."""
+    import tracemalloc
+    big = 4000 + 2 * (attention == 'self') + (dropout > 0)
+    vocab = Vocabulary.from_documents(NAMES)
+    batch = [vocab.document_tokens(d) for d in NAMES[:4]]
+    tcfg = TrainConfig(batch_size=4, dropout=dropout)
+    peaks = {}
+    for block in (16, big):
+        engine = NumpyEngine(ModelConfig(vocab_size=27, block_size=block, attention=attention), random.Random(1))
+        tracemalloc.start()
+        for _ in range(3):
+            engine.train_step(batch, 0.01, tcfg)
+        peaks[block] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    wpe_grown = 8 * 16 * (big - 16) * 8  # wpe's rows, 8 copies (weights, gradients, Adam, scratch)
+    assert peaks[big] < peaks[16] + wpe_grown, (peaks, wpe_grown)
+
+
+def test_the_parameter_count_of_a_million_layers_is_counted_at_once():
+    """num_parameters is arithmetic, not a table of 6 million rows: --n-layer 1000000 is refused at once."""
+    from microgpt.config import num_parameters, parameter_table
+    for cfg in (ModelConfig(vocab_size=27), ModelConfig(vocab_size=5, n_layer=3, tie_lm_head=True, block_size=7)):
+        assert num_parameters(cfg) == sum(p.size for p in parameter_table(cfg)), cfg
+    start = time.process_time()
+    count = num_parameters(ModelConfig(vocab_size=27, n_layer=10**6))
+    spent = time.process_time() - start
+    assert count == (27 + 16 + 27) * 16 + 10**6 * 12 * 16 * 16 and spent < 0.01, (count, spent)
+
+
+def test_the_reference_engine_counts_its_python_objects():
+    """The reference engine keeps a Python object per number: 2,000 layers (6 million parameters, a graph of
+    tens of GiB) are refused in one line naming the numpy engine."""
+    cfg = ModelConfig(vocab_size=27, n_layer=2000)
+    assert estimate_bytes(cfg, 1, 15, engine='reference') > 50 * estimate_bytes(cfg, 1, 15), \
+        (estimate_bytes(cfg, 1, 15, engine='reference'), estimate_bytes(cfg, 1, 15))
+    with pytest.raises(MicrogptError, match='--engine numpy'):
+        check_memory(cfg, 1, 15, engine='reference', available=16 * 2**30)
+    check_memory(ModelConfig(vocab_size=27), 1, 15, engine='reference', available=2**30)

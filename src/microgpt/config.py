@@ -232,7 +232,10 @@ def parameter_shapes(cfg):
 
 
 def num_parameters(cfg):
-    return sum(p.size for p in parameter_table(cfg))
+    """The table's total size, counted without building the table (a million layers are checked in no time)."""
+    C, V = cfg.n_embd, cfg.vocab_size
+    outside = (V + cfg.block_size + (0 if cfg.tie_lm_head else V)) * C
+    return outside + cfg.n_layer * sum(r * c for _, r, c in LAYER_PARAMETERS) * C * C
 
 
 def dropout_sites(cfg):

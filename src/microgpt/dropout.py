@@ -16,11 +16,13 @@ from functools import lru_cache
 
 import numpy as np
 
+from .config import DROPOUT_LEVELS
+
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S27, _S30, _S31 = np.uint64(27), np.uint64(30), np.uint64(31)
-CHUNK_BITS = 16
-LEVELS = 1 << CHUNK_BITS  # config.DROPOUT_LEVELS, which validates --dropout without importing NumPy (tested equal)
+LEVELS = DROPOUT_LEVELS   # a mask element is CHUNK_BITS random bits: rates are multiples of 1 / LEVELS
+CHUNK_BITS = LEVELS.bit_length() - 1
 CHUNKS = 4                # channels per 64-bit draw
 
 
@@ -64,7 +66,8 @@ def group_index(row, site, chunk, n_sites, n_chunks):
 def masks(dropout, seed, step, n_docs, T, block_size, n_sites, C, dtype):
     """(n_sites, n_docs * T, C) masks of a batch padded to T positions: 0 (dropped) or keep_scale."""
     threshold = drop_threshold(dropout)
-    index = _indices(n_docs, block_size, n_sites, C)[:, :, :T]                           # (S, B, T, C / 4)
+    cached_T = min(block_size, 1 << (T - 1).bit_length())  # a power of two: few sizes cached, memory follows T
+    index = _indices(n_docs, cached_T, block_size, n_sites, C)[:, :, :T]                 # (S, B, T, C / 4)
     bits = draw(np.uint64(step_key(seed, step) & 0xFFFFFFFFFFFFFFFF), index)              # (S, B, T, C / 4)
     # chunk k is the k-th 16 bits from the bottom: the k-th uint16 of the little-endian word
     chunks = bits.astype('<u8', copy=False).view('<u2')[..., :C].reshape(n_sites, n_docs * T, C)  # (S, N, C)
@@ -72,11 +75,12 @@ def masks(dropout, seed, step, n_docs, T, block_size, n_sites, C, dtype):
 
 
 @lru_cache(maxsize=16)
-def _indices(n_docs, block_size, n_sites, C):
-    """(n_sites, n_docs, block_size, C / 4) draw indices, uint64; cached, as a batch size recurs every step."""
+def _indices(n_docs, T, block_size, n_sites, C):
+    """(n_sites, n_docs, T, C / 4) draw indices of the first T positions, uint64; cached, as a batch size recurs
+    every step. Rows are numbered by block_size, so a position's draws do not depend on T."""
     n_chunks = -(-C // CHUNKS)
-    rows = np.arange(n_docs)[:, None] * block_size + np.arange(block_size)               # (B, block_size)
+    rows = np.arange(n_docs)[:, None] * block_size + np.arange(T)                        # (B, T)
     index = group_index(rows[None, :, :, None], np.arange(n_sites)[:, None, None, None], np.arange(n_chunks),
-                        n_sites, n_chunks).astype(np.uint64)                             # (S, B, block_size, C / 4)
+                        n_sites, n_chunks).astype(np.uint64)                             # (S, B, T, C / 4)
     index.flags.writeable = False
     return index

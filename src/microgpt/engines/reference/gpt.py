@@ -7,7 +7,7 @@ per call, with a KV cache, exactly as in microgpt.
 """
 
 from .autograd import Value, without_cycle_collector
-from ...config import RMSNORM_EPS, init_parameters, num_parameters
+from ...config import NOTHING_TO_PREDICT, RMSNORM_EPS, init_parameters, num_parameters
 from .. import EngineState, OneProcess, run_steps
 
 
@@ -90,6 +90,8 @@ def document_loss_terms(tokens, state_dict, cfg):
 def batch_loss(batch, state_dict, cfg):
     """Mean negative log-likelihood over every predicted token of the batch's documents."""
     losses = [term for tokens in batch for term in document_loss_terms(tokens, state_dict, cfg)]
+    if not losses:
+        raise ValueError(NOTHING_TO_PREDICT)
     return (1 / len(losses)) * sum(losses)
 
 
