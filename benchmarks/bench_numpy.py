@@ -2,12 +2,13 @@
 1000 steps on the bundled names) through the training loop, alternating between two worker processes.
 
 One worker imports microgpt from another source tree (default /work/base/src, the code before the redesign),
-the other from this repository's src/. Each run builds a fresh engine from seed 42, as `microgpt train` does,
-and times only the loop over train()'s reports. The workers take turns, run after run, so that both see the
+the other from this repository's src/. Each run builds a fresh engine from seed 42, as `microgpt train` does
+(through train.setup.prepare_run where the code has it, so the documents are what `microgpt train` reads;
+--lists: token lists for both), and times only the loop over train()'s reports. The workers take turns, run after run, so that both see the
 same machine load; the script prints us/step (median and best) of each, their ratio, and the CPU's name, and
 checks that both gave the same 1000 losses and the same final weights, bit for bit.
 
-    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000] [--lists]
 """
 
 import argparse
@@ -24,7 +25,7 @@ from pathlib import Path
 NEW_SRC = Path(__file__).resolve().parent.parent / 'src'
 
 
-def worker(steps):
+def worker(steps, lists):
     """Answer each line on stdin with one timed run of the default job, as a JSON line on stdout."""
     import random
 
@@ -35,15 +36,23 @@ def worker(steps):
         from microgpt.train.loop import train
     except ImportError:  # the layout before the redesign
         from microgpt.training import train
+    try:
+        from microgpt.train.setup import prepare_run
+    except ImportError:  # the code before the one run setup
+        prepare_run = None
 
     documents = load_documents(bundled_dataset_path())
     for _ in sys.stdin:
-        rng = random.Random(42)
-        docs = shuffled(documents, rng)
-        vocab = Vocabulary.from_documents(docs)
-        cfg = ModelConfig(vocab_size=vocab.size).validate()
-        doc_tokens = [vocab.document_tokens(d) for d in docs]
-        engine = make_engine('numpy', cfg, rng, 'float64')
+        if prepare_run is not None and not lists:
+            run = prepare_run(bundled_dataset_path(), {}, TrainConfig(steps=steps), engine='numpy')
+            engine, doc_tokens = run.engine, run.train_tokens
+        else:
+            rng = random.Random(42)
+            docs = shuffled(documents, rng)
+            vocab = Vocabulary.from_documents(docs)
+            cfg = ModelConfig(vocab_size=vocab.size).validate()
+            doc_tokens = [vocab.document_tokens(d) for d in docs]
+            engine = make_engine('numpy', cfg, rng, 'float64')
         losses = []
         start, start_cpu = time.perf_counter(), time.process_time()
         for report in train(engine, doc_tokens, TrainConfig(steps=steps)):
@@ -54,10 +63,10 @@ def worker(steps):
         print(json.dumps(result), flush=True)
 
 
-def start_worker(src, steps):
+def start_worker(src, steps, lists):
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
-    return subprocess.Popen([sys.executable, __file__, '--worker', '--steps', str(steps)], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, __file__, '--worker', '--steps', str(steps)] + ['--lists'] * lists,
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def run_once(proc):
@@ -86,12 +95,15 @@ def main():
     parser.add_argument('--new', default=str(NEW_SRC), help="source tree of the new code (default: %(default)s)")
     parser.add_argument('--repeats', type=int, default=7, help="timed runs of each, alternating (default: %(default)s)")
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
+    parser.add_argument('--lists', action='store_true',
+                        help="both read the documents as token lists, not through the new code's run setup")
     parser.add_argument('--worker', action='store_true', help="internal: be a worker on stdin/stdout")
     args = parser.parse_args()
     if args.worker:
-        worker(args.steps)
+        worker(args.steps, args.lists)
         return
-    workers = {'old': start_worker(args.old, args.steps), 'new': start_worker(args.new, args.steps)}
+    workers = {'old': start_worker(args.old, args.steps, args.lists),
+               'new': start_worker(args.new, args.steps, args.lists)}
     times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
     results = {}
     try:
@@ -108,7 +120,7 @@ def main():
             proc.stdin.close()
             proc.wait()
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
-          f"{args.repeats} runs each, alternating")
+          f"{args.repeats} runs each, alternating" + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")
     for clock, title in (('seconds', 'wall clock'), ('cpu_seconds', 'CPU time (less disturbed by other load)')):
         print(f"{title}:")
