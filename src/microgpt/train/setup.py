@@ -157,6 +157,6 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
     else:
         vocab = docs.vocabulary()  # the characters of every document, train and held out
     cfg = ModelConfig(vocab_size=vocab.size, **model)
-    check_memory(cfg, tcfg.batch_size, longest, dtype)
+    check_memory(cfg, tcfg.batch_size, longest, dtype, engine=engine or 'numpy')
     engine = make_engine(engine, cfg, rng, dtype, device) if engine is not None else None
     return Run(docs, val_docs, vocab, cfg, engine, rng, notice)

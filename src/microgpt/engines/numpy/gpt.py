@@ -98,7 +98,7 @@ def gpt_logits(params, inputs, cfg, masks=None):
     the embeddings, then each layer's attention and MLP branches) or None for no dropout."""
     B, T = inputs.shape
     sites = [None] * dropout_sites(cfg) if masks is None else masks
-    mask_bias = attention_mask_bias(cfg.attention, cfg.block_size, params['wte'].dtype)[:T, :T]  # (T, T)
+    mask_bias = attention_mask_bias(cfg.attention, T, params['wte'].dtype)  # (T, T)
 
     x = encoder_forward(inputs, params['wte'], params['wpe'])                   # (N, C)
     x = dropout_forward(x, sites[0])

@@ -75,15 +75,21 @@ def rmsnorm_backward(dout, cache):
     return dx
 
 
+def attention_mask_bias(attention, T, dtype):
+    """(T, T) added to the attention scores of T positions: 0 where position t may attend to s (s <= t for
+    'causal', s == t for 'self'), -inf elsewhere. Read-only. Sized by the batch, never by the block: a
+    --block-size 100000 over short names must not allocate (100000, 100000)."""
+    return _mask_bias(attention, 1 << (T - 1).bit_length(), dtype)[:T, :T]  # (T, T)
+
+
 @lru_cache(maxsize=None)
-def attention_mask_bias(attention, block_size, dtype):
-    """(block_size, block_size) added to the attention scores: 0 where position t may attend to s (s <= t
-    for 'causal', s == t for 'self'), -inf elsewhere. Read-only; one per (attention, block_size, dtype)."""
+def _mask_bias(attention, size, dtype):
+    """The bias of `size` positions, a power of two: a few sizes cover every T."""
     if attention == 'causal':
-        allowed = np.tril(np.ones((block_size, block_size), bool))          # (T, T)
+        allowed = np.tril(np.ones((size, size), bool))                      # (size, size)
     else:
-        allowed = np.eye(block_size, dtype=bool)                            # (T, T)
-    bias = np.where(allowed, 0.0, -np.inf).astype(dtype)                  # (T, T)
+        allowed = np.eye(size, dtype=bool)                                  # (size, size)
+    bias = np.where(allowed, 0.0, -np.inf).astype(dtype)                  # (size, size)
     bias.flags.writeable = False
     return bias
 
