@@ -8,7 +8,7 @@
    and training.train's own loop.
 3. makemore's size (n_layer 4, n_embd 64, n_head 4, block 16, batch 32): tokens per second for the NumPy
    engine (float64, float32), the fused engine (float64, float32; its batch split in groups on every core,
-   fused_groups) and the torch engine (float32, float64; one thread, as it computes on a CPU), each in its
+   parallel.py) and the torch engine (float32, float64; one thread, as it computes on a CPU), each in its
    own process, numpy and fused with one thread per core; then numpy and fused (float32) with --dropout 0.1, whose
    masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).

@@ -36,7 +36,7 @@ def run_row(data, model, dtype, batch_size, steps, window, sample):
     rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE if model == 'makemore' else None)
     engine = make_engine('fused', cfg, rng, dtype)
     tcfg = TrainConfig(steps=steps, batch_size=batch_size)
-    chunk = engine.chunk_steps
+    chunk = getattr(engine, 'chunk_steps', 64)  # an older tree's engine lacks it: its training.CHUNK_STEPS, 64
     step = 0
     for end in [min(2000, window)] + list(range(window, steps + 1, window)):
         if end <= step:

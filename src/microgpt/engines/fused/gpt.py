@@ -8,7 +8,7 @@ FusedEngine calls; only they are cached on disk (compile.py).
 
 from numba import njit
 
-from ...config import NOTHING_TO_PREDICT
+from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
 from .lanes import LANES, kernel, load8, store8
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
@@ -28,7 +28,8 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
     pm: the parameters as (P / C, C). With dropout, the embeddings and each attention and MLP output are
     multiplied by their masks."""
     V, C, NH, L, T, norm = plan[SLOT_V], plan[SLOT_C], plan[SLOT_NH], plan[SLOT_L], plan[SLOT_T], plan[SLOT_NORM]
-    nb = n + (-n) % LANES  # the micro-kernels' columns; the padding columns stay zero
+    FC = MLP_EXPANSION * C  # mlp_fc1's width (llm.c's 4*C)
+    nb = n + (-n) % LANES   # the micro-kernels' columns; the padding columns stay zero
     wte, wpe = pm[plan[SLOT_WTE]:plan[SLOT_WTE] + V], pm[plan[SLOT_WPE]:plan[SLOT_WPE] + T]
     scales = buffer(ws, plan, SCALES, 0, 2 * L + 1)                   # (2L + 1, NP)
     branch = buffer(ws, plan, BRANCH, 0, C)                           # (C, NP)
@@ -45,7 +46,7 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
         x_in, xn1, qkv, y = (buffer(ws, plan, XS, i, C), buffer(ws, plan, XN1, i, C),
                              buffer(ws, plan, QKV, i, 3 * C), buffer(ws, plan, Y, i, C))
         x_mid, xn2, h, a = (buffer(ws, plan, XMID, i, C), buffer(ws, plan, XN2, i, C),
-                            buffer(ws, plan, H, i, 4 * C), buffer(ws, plan, A, i, 4 * C))
+                            buffer(ws, plan, H, i, FC), buffer(ws, plan, A, i, FC))
         probs = buffer(ws, plan, PROBS, i, NH * (T + LANES - 1))      # (NH U, NP)
         if norm != NORM_NONE:
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
@@ -54,10 +55,10 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
         _add_branch(x_mid, x_in, w_o, y, C, branch, plan, columns, n, nb, 1 + 2 * i)  # x += attn_wo @ y
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
-        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, 4 * C, nb, C, False)  # (4C, NP)
+        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nb, C, False)  # (4C, NP)
         activation_forward(a, h, nb, plan[SLOT_RELU2] == 1)
         x_out = buffer(ws, plan, XS, i + 1, C)
-        _add_branch(x_out, x_mid, w_fc2, a, 4 * C, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
+        _add_branch(x_out, x_mid, w_fc2, a, FC, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
     logits = buffer(ws, plan, LOGITS, 0, V)                           # (V, NP)
     lm_head = pm[plan[SLOT_LM_HEAD]:plan[SLOT_LM_HEAD] + V]
     matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nb, C, False)
@@ -69,13 +70,13 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     """Fills gm (the gradients as (P / C, C)) from the activations gpt_forward left: each step's backward in
     reverse order."""
     V, C, NH, L, T, norm = plan[SLOT_V], plan[SLOT_C], plan[SLOT_NH], plan[SLOT_L], plan[SLOT_T], plan[SLOT_NORM]
-    NP, nb = plan[SLOT_NP], n + (-n) % LANES
+    FC, NP, nb = MLP_EXPANSION * C, plan[SLOT_NP], n + (-n) % LANES
     scales = buffer(ws, plan, SCALES, 0, 2 * L + 1)
     dx, dtmp, dqkv = buffer(ws, plan, DX, 0, C), buffer(ws, plan, DTMP, 0, C), buffer(ws, plan, DQKV, 0, 3 * C)
-    dy, dh = buffer(ws, plan, DY, 0, C), buffer(ws, plan, DH, 0, 4 * C)
+    dy, dh = buffer(ws, plan, DY, 0, C), buffer(ws, plan, DH, 0, FC)
     dp = buffer(ws, plan, DP, 0, T + LANES - 1)
-    rows = buffer(ws, plan, ROWS, 0, 4 * C)
-    rows_c, rows_4c = rows[:C].reshape((NP, C)), rows.reshape((NP, 4 * C))  # activations transposed
+    rows = buffer(ws, plan, ROWS, 0, FC)
+    rows_c, rows_h = rows[:C].reshape((NP, C)), rows.reshape((NP, FC))  # activations transposed
     d_logits = buffer(ws, plan, DLOGITS, 0, V)
     cross_entropy_backward(d_logits, buffer(ws, plan, LOGITS, 0, V), columns[1], buffer(ws, plan, CE_STATS, 0, 2),
                            n, nb, n_mean)
@@ -93,19 +94,19 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         x_in, xn1, qkv, y = (buffer(ws, plan, XS, i, C), buffer(ws, plan, XN1, i, C),
                              buffer(ws, plan, QKV, i, 3 * C), buffer(ws, plan, Y, i, C))
         x_mid, xn2, h, a = (buffer(ws, plan, XMID, i, C), buffer(ws, plan, XN2, i, C),
-                            buffer(ws, plan, H, i, 4 * C), buffer(ws, plan, A, i, 4 * C))
+                            buffer(ws, plan, H, i, FC), buffer(ws, plan, A, i, FC))
         probs = buffer(ws, plan, PROBS, i, NH * (T + LANES - 1))
         # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 2 + 2 * i)
-        matmul(d_fc2, d_branch, transpose(rows_4c, a, n), C, 4 * C, n, False)
-        matmul(dh, w_fc2.T, d_branch, 4 * C, nb, C, False)                  # (4C, NP)
+        matmul(d_fc2, d_branch, transpose(rows_h, a, n), C, FC, n, False)
+        matmul(dh, w_fc2.T, d_branch, FC, nb, C, False)                  # (4C, NP)
         activation_backward(dh, h, nb, plan[SLOT_RELU2] == 1)
-        matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), 4 * C, C, n, False)
+        matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), FC, C, n, False)
         if norm == NORM_MICROGPT:
-            matmul(dtmp, w_fc1.T, dh, C, nb, 4 * C, False)
+            matmul(dtmp, w_fc1.T, dh, C, nb, FC, False)
             rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, True)
         else:
-            matmul(dx, w_fc1.T, dh, C, nb, 4 * C, True)
+            matmul(dx, w_fc1.T, dh, C, nb, FC, True)
         # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 1 + 2 * i)
         matmul(d_o, d_branch, transpose(rows_c, y, n), C, C, n, False)

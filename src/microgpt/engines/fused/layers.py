@@ -3,10 +3,10 @@
 An activation is (features, NP): llm.c's (B, T, C) turned into (C, NP), one column per predicted position
 of the packed batch (documents back to back; attention stays within a document), the columns padded to a
 multiple of 8 with zero columns that attend to themselves. Kernels run over the first nb columns, 8 at a
-time (fused_lanes). So a linear layer out = W @ in needs no transposed copy of W, the backward's
+time (lanes.py). So a linear layer out = W @ in needs no transposed copy of W, the backward's
 d_in = W.T @ d_out is the same `matmul`, and d_W = d_out @ in.T reads `in` transposed once (`transpose`).
 No fastmath: every sum runs in a fixed order, the reference's where it has one. Dimension letters as in
-numpy_layers: C channels, NH heads, HS head size, V vocabulary, T block size, NP column capacity.
+numpy/layers.py: C channels, NH heads, HS head size, V vocabulary, T block size, NP column capacity.
 """
 
 import math

@@ -38,7 +38,7 @@ COLUMN_ROWS = 5  # input token, target, position, first column attended to, drop
 def buffer_rows(cfg):
     """Rows of each workspace buffer, by name in BUFFERS order; every row has NP columns."""
     V, C, NH, L, T = cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.block_size
-    H_ = MLP_EXPANSION * C
+    FC = MLP_EXPANSION * C
     U = T + LANES - 1  # keys a block of 8 queries can attend to
     return {
         'xs': (L + 1) * C,      # (L + 1, C, NP) residual stream into each layer, and out of the last
@@ -48,8 +48,8 @@ def buffer_rows(cfg):
         'scales': 2 * L + 1,    # (2L + 1, NP) each RMSNorm's 1 / rms
         'qkv': L * 3 * C,       # (L, 3C, NP) queries, keys, values
         'y': L * C,             # (L, C, NP) attention's output before attn_wo
-        'h': L * H_,            # (L, 4C, NP) mlp_fc1's output
-        'a': L * H_,            # (L, 4C, NP) the activation's output
+        'h': L * FC,            # (L, 4C, NP) mlp_fc1's output
+        'a': L * FC,            # (L, 4C, NP) the activation's output
         'probs': L * NH * U,    # (L, NH, U, NP) attention weights
         'branch': C,            # (C, NP) a residual branch's output before its dropout mask
         'logits': V,            # (V, NP) logits, then softmax's probabilities
@@ -58,14 +58,16 @@ def buffer_rows(cfg):
         'dtmp': C,              # (C, NP) d loss / d a branch's output, and before an RMSNorm's backward
         'dqkv': 3 * C,          # (3C, NP)
         'dy': C,                # (C, NP)
-        'dh': H_,               # (4C, NP)
+        'dh': FC,               # (4C, NP)
         'dp': U,                # (U, NP) one head's d loss / d attention weights, then / d scores
         'dlogits': V,           # (V, NP)
-        'rows': H_,             # (NP, 4C) an activation transposed, for a weight gradient
+        'rows': FC,             # (NP, 4C) an activation transposed, for a weight gradient
     }
 
 
+@kernel
 def columns_at(n_layer):
+    """Where the plan's columns start."""
     return LAYERS_AT + len(LAYER_MATRICES) * n_layer
 
 
@@ -104,15 +106,16 @@ def buffer(ws, plan, k, i, rows):
 @kernel
 def layer_weights(pm, plan, i):
     """Layer i's (w_qkv (3C, C), attn_wo (C, C), mlp_fc1 (4C, C), mlp_fc2 (C, 4C)) in pm, the (P / C, C) parameters."""
-    C, at = plan[SLOT_C], LAYERS_AT + 4 * i
+    C, at = plan[SLOT_C], LAYERS_AT + len(LAYER_MATRICES) * i
+    FC = MLP_EXPANSION * C
     wq, wo, fc1, fc2 = plan[at], plan[at + 1], plan[at + 2], plan[at + 3]
-    return pm[wq:wq + 3 * C], pm[wo:wo + C], pm[fc1:fc1 + 4 * C], pm[fc2:fc2 + 4 * C].reshape((C, 4 * C))
+    return pm[wq:wq + 3 * C], pm[wo:wo + C], pm[fc1:fc1 + FC], pm[fc2:fc2 + FC].reshape((C, FC))
 
 
 @kernel
 def columns_of(plan):
     """The plan's (COLUMN_ROWS, NP) columns."""
-    at, NP = LAYERS_AT + 4 * plan[SLOT_L], plan[SLOT_NP]
+    at, NP = columns_at(plan[SLOT_L]), plan[SLOT_NP]
     return plan[at:at + COLUMN_ROWS * NP].reshape((COLUMN_ROWS, NP))
 
 
