@@ -388,7 +388,7 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert browser.find_element('id', 'docs-pasted').is_selected()
     set_field(browser, 'train-steps', 300)
     browser.find_element('id', 'train-button').click()
-    WebDriverWait(browser, 30).until(lambda b: b.find_element('id', 'train-status').text.startswith('trained'))
+    WebDriverWait(browser, 120).until(lambda b: b.find_element('id', 'train-status').text.startswith('trained'))
     names = [li.text for li in browser.find_elements('css selector', '#train-samples li')]
     assert len(names) == 20, names
     browser.find_element('id', 'explore-button').click()
@@ -402,7 +402,7 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert browser.find_elements('css selector', '#train-samples li') == []
     assert not browser.find_element('id', 'explore-button').is_enabled()
     # the first report comes within REPORT_MS (100 ms), long before the 2000 steps of a hundredth of the run
-    WebDriverWait(browser, 30).until(lambda b: not b.find_element('id', 'train-status').text.startswith('step 0 '))
+    WebDriverWait(browser, 120).until(lambda b: not b.find_element('id', 'train-status').text.startswith('step 0 '))
     first = browser.find_element('id', 'train-status').text
     assert first.startswith('step ') and int(first.split()[1]) < 2000, first
     before = bars(browser, 'next-bars')

@@ -61,16 +61,21 @@ def write_program(out_dir, header, header_text, source):
     return files
 
 
-def _check_exportable(ckpt):
-    cfg, vocab = ckpt.model_cfg, ckpt.vocab
+def check_c_vocabulary(cfg, vocab, remedy):
+    """Refuse a vocabulary that does not fit the model, or that holds a character a C string cannot print."""
     if vocab.size != cfg.vocab_size or vocab.bos_first != (cfg.bos == 'first'):
         bos = 'first' if vocab.bos_first else 'last'
-        raise MicrogptError(f"the checkpoint's vocabulary ({vocab.size} tokens, BOS {bos}) does not match its model "
-                            f"({cfg.vocab_size} tokens, BOS {cfg.bos}); the checkpoint is damaged; re-train it")
+        raise MicrogptError(f"the vocabulary ({vocab.size} tokens, BOS {bos}) does not match the model "
+                            f"({cfg.vocab_size} tokens, BOS {cfg.bos}); {remedy}")
     for ch in vocab.chars:
         if ch == '\0' or 0xD800 <= ord(ch) <= 0xDFFF:
             raise MicrogptError(f"the vocabulary holds {ch!r}, which a C string cannot print; "
-                                f"re-train on data without it")
+                                f"use data without it")
+
+
+def _check_exportable(ckpt):
+    cfg = ckpt.model_cfg
+    check_c_vocabulary(cfg, ckpt.vocab, "the checkpoint is damaged; re-train it")
     for name, shape in parameter_shapes(cfg).items():
         w = np.asarray(ckpt.weights.get(name, np.zeros(0)))
         if w.shape != shape:
@@ -101,9 +106,9 @@ def weights_header(weights, cfg, vocab):
         f'#define NORM_BEFORE_MLP {int(cfg.norm == "microgpt")}',
         f'#define MLP_RELU2 {int(cfg.mlp_activation == "relu2")}  /* mlp_activation = {cfg.mlp_activation} */',
         f'#define ATTENTION_SELF {int(cfg.attention == "self")}  /* attention = {cfg.attention} */',
-        f'#define ATTN_SCALE {_c_float(_attention_scale(cfg))}  /* float32 of 1 / sqrt(HEAD_DIM) */',
+        f'#define ATTN_SCALE {c_float(attention_scale(cfg))}  /* float32 of 1 / sqrt(HEAD_DIM) */',
         f'#define LM_HEAD {"wte" if cfg.tie_lm_head else "lm_head"}  /* tie_lm_head = {cfg.tie_lm_head} */',
-        f'#define VOCAB_CHARS {_c_string(vocab.chars)}  /* the characters in token order, UTF-8; BOS excluded */',
+        f'#define VOCAB_CHARS {c_string(vocab.chars)}  /* the characters in token order, UTF-8; BOS excluded */',
         '',
         '/* the UTF-8 bytes of each token; BOS prints nothing */',
         f'static const char token_text[VOCAB_SIZE][{TOKEN_BYTES}] = {{',
@@ -111,12 +116,12 @@ def weights_header(weights, cfg, vocab):
     texts = [''] * cfg.vocab_size
     for ch, token_id in vocab.index.items():
         texts[token_id] = ch
-    out += ['    ' + ', '.join(_c_string(text) for text in texts[i:i + 16]) + ',' for i in range(0, len(texts), 16)]
+    out += ['    ' + ', '.join(c_string(text) for text in texts[i:i + 16]) + ',' for i in range(0, len(texts), 16)]
     out.append('};')
     for name, (rows, cols) in shapes.items():
         values = np.asarray(weights[name], np.float32).ravel()
         out.append(f'\nstatic const float {_c_name(name)}[{rows} * {cols}] = {{  /* ({rows}, {cols}) {name} */')
-        out += ['    ' + ', '.join(_c_float(v) for v in values[i:i + 8]) + ',' for i in range(0, values.size, 8)]
+        out += ['    ' + ', '.join(c_float(v) for v in values[i:i + 8]) + ',' for i in range(0, values.size, 8)]
         out.append('};')
     out += ['', '/* X(layer, attn_wq, attn_wk, attn_wv, attn_wo, mlp_fc1, mlp_fc2) for each layer, in order */',
             '#define FOR_EACH_LAYER(X) \\']
@@ -131,7 +136,7 @@ def _c_name(name):
     return name.replace('.', '_')
 
 
-def _c_float(value):
+def c_float(value):
     """A C float literal that parses back to exactly this float32 (9 significant digits suffice)."""
     text = f'{float(np.float32(value)):.9g}'
     if '.' not in text and 'e' not in text:
@@ -139,7 +144,7 @@ def _c_float(value):
     return text + 'f'
 
 
-def _c_string(text):
+def c_string(text):
     """A C99 string literal of text's UTF-8 bytes; non-ASCII and control bytes as \\x escapes."""
     out, after_hex = ['"'], False
     for byte in text.encode('utf-8'):
@@ -151,7 +156,7 @@ def _c_string(text):
     return ''.join(out) + '"'
 
 
-def _attention_scale(cfg):
+def attention_scale(cfg):
     return np.float32((cfg.head_dim ** 0.5) ** -1)  # the engines' constant, rounded as they round it
 
 
@@ -225,7 +230,7 @@ class _CDecoder:
         self.w = {name: np.asarray(weights[name], np.float32) for name in parameter_shapes(cfg)}
         self.keys = np.zeros((cfg.n_layer, cfg.block_size, cfg.n_embd), np.float32)    # (L, T, C)
         self.values = np.zeros((cfg.n_layer, cfg.block_size, cfg.n_embd), np.float32)  # (L, T, C)
-        self.scale = _attention_scale(cfg)
+        self.scale = attention_scale(cfg)
 
     def step(self, token, pos):
         cfg, w = self.cfg, self.w

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError
-from .c import TOKEN_BYTES, ExportInfo, _attention_scale, _c_float, _c_string, write_program
+from .c import TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, write_program
 
 C_SOURCE = 'microgpt_train.c'
 C_HEADER = 'train_data.h'
@@ -109,16 +109,10 @@ def _check_trainable(cfg, vocab, tcfg):
     """Refuse what microgpt_train.c does not express: it runs microgpt's recipe, one document a step."""
     cfg.validate()
     tcfg.validate()
-    if vocab.size != cfg.vocab_size or vocab.bos_first != (cfg.bos == 'first'):
-        raise MicrogptError(f"the vocabulary ({vocab.size} tokens) does not match the model ({cfg.vocab_size} "
-                            f"tokens, BOS {cfg.bos}); build the vocabulary from the training data")
+    check_c_vocabulary(cfg, vocab, "build the vocabulary from the training data")
     if cfg.vocab_size > 65536:
         raise MicrogptError(f"the C program stores tokens in 16 bits, and this vocabulary has {cfg.vocab_size} "
                             f"tokens; train on data with fewer distinct characters")
-    for ch in vocab.chars:
-        if ch == '\0' or 0xD800 <= ord(ch) <= 0xDFFF:
-            raise MicrogptError(f"the vocabulary holds {ch!r}, which a C string cannot print; "
-                                f"use data without it")
     unsupported = [(name, value) for name, value, plain in (
         ('batch_size', tcfg.batch_size, 1), ('weight_decay', tcfg.weight_decay, 0.0),
         ('grad_clip', tcfg.grad_clip, 0.0), ('lr_schedule', tcfg.lr_schedule, 'linear'),
@@ -189,10 +183,10 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
         f'#define NORM_EMBEDDING {int(cfg.norm == "microgpt")}  /* norm = {cfg.norm} */',
         f'#define NORM_BEFORE_ATTN {int(cfg.norm != "none")}',
         f'#define NORM_BEFORE_MLP {int(cfg.norm == "microgpt")}',
-        f'#define RMSNORM_EPS {_c_float(RMSNORM_EPS)}',
+        f'#define RMSNORM_EPS {c_float(RMSNORM_EPS)}',
         f'#define MLP_RELU2 {int(cfg.mlp_activation == "relu2")}  /* mlp_activation = {cfg.mlp_activation} */',
         f'#define ATTENTION_SELF {int(cfg.attention == "self")}  /* attention = {cfg.attention} */',
-        f'#define ATTN_SCALE {_c_float(_attention_scale(cfg))}  /* float32 of 1 / sqrt(HEAD_DIM) */',
+        f'#define ATTN_SCALE {c_float(attention_scale(cfg))}  /* float32 of 1 / sqrt(HEAD_DIM) */',
         f'#define TIE_LM_HEAD {int(cfg.tie_lm_head)}',
         f'#define INIT_STD {_c_double(cfg.init_std)}',
         f'#define LOW_MEMORY {int(low_memory)}  /* no gradient buffer, attention recomputed in the backward */',
@@ -201,7 +195,7 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
         f'#define BETA2 {_c_double(tcfg.beta2)}', f'#define ADAM_EPS {_c_double(tcfg.eps)}',
         f'#define DEFAULT_STEPS {tcfg.steps}', f'#define TEMPERATURE {_c_double(TEMPERATURE)}',
         f'#define GRADCHECK_PER_TENSOR {GRADCHECK_PER_TENSOR}',
-        f'#define GRADCHECK_STEP {_c_float(GRADCHECK_STEP)}', f'#define GRADCHECK_FLOOR {_c_double(GRADCHECK_FLOOR)}',
+        f'#define GRADCHECK_STEP {c_float(GRADCHECK_STEP)}', f'#define GRADCHECK_FLOOR {_c_double(GRADCHECK_FLOOR)}',
         f'#define GRADCHECK_TOLERANCE {_c_double(GRADCHECK_TOLERANCE)}',
         '', '/* ---- the parameter table (config.parameter_table): one flat float buffer of N_PARAMS */',
         f'#define N_PARAMS {num_parameters(cfg)}L', f'#define N_TENSORS {len(table)}',
@@ -230,7 +224,7 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
     texts = [''] * cfg.vocab_size
     for ch, token_id in vocab.index.items():
         texts[token_id] = ch
-    out += ['    ' + ', '.join(_c_string(text) for text in texts[i:i + 16]) + ',' for i in range(0, len(texts), 16)]
+    out += ['    ' + ', '.join(c_string(text) for text in texts[i:i + 16]) + ',' for i in range(0, len(texts), 16)]
     out += ['};', '', f'/* ---- the {n_docs} training documents in training order: BOS doc BOS doc ... BOS */',
             f'#define N_DOC_TOKENS {len(tokens)}L', 'static const token_t doc_tokens[N_DOC_TOKENS] = {']
     out += ['    ' + ','.join(str(t) for t in tokens[i:i + 40]) + ',' for i in range(0, len(tokens), 40)]
@@ -240,7 +234,7 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
     else:
         out += ['#define HAS_INIT_WEIGHTS 1  /* training starts from these weights, in parameter-table order */',
                 'static const float init_weights[N_PARAMS] = {']
-        out += ['    ' + ', '.join(_c_float(v) for v in weights[i:i + 8]) + ',' for i in range(0, weights.size, 8)]
+        out += ['    ' + ', '.join(c_float(v) for v in weights[i:i + 8]) + ',' for i in range(0, weights.size, 8)]
         out.append('};')
     out += ['', '#endif', '']
     return '\n'.join(out)
