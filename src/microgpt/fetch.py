@@ -5,11 +5,7 @@ A download goes to a temporary file that is renamed only once every byte the ser
 a failed, refused or broken-off download is a one-line MicrogptError and leaves nothing behind.
 """
 
-import hashlib
-import http.client
 import os
-import urllib.error
-import urllib.request
 from urllib.parse import urlparse
 
 from .data import MAX_STREAM_BYTES, cache_folder
@@ -29,6 +25,7 @@ def download_path(url, cache_dir=None):
     """Where the download of `url` is kept: one file per address, named after its last path segment."""
     name = os.path.basename(urlparse(url).path) or 'data.txt'
     safe = ''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in name)[:80]
+    import hashlib
     key = hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
     return os.path.join(cache_dir or cache_folder(), 'downloads', f'{key}-{safe}')
 
@@ -57,6 +54,9 @@ def fetch(url, cache_dir=None, progress=None):
 
 
 def _download(url, f, progress):
+    import http.client  # here: a run from a local file never loads the HTTP stack
+    import urllib.error
+    import urllib.request
     hint = "check the address and the network, or download the file and give its path"
     done = 0
     try:

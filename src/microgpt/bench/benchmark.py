@@ -1,7 +1,6 @@
 """Side-by-side timing of the engines on the same seeded job. Quiet: returns numbers; the CLI prints them."""
 
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
 
 def time_cli_train(extra_args=(), repeats=3):
     """Best whole-process wall time of `python -m microgpt train` (start-up and sampling included)."""
+    import subprocess
     best = float('inf')
     for _ in range(repeats):
         start = time.perf_counter()

@@ -9,9 +9,7 @@ runs go to a process pool (one worker per core). Quiet: the CLI prints and write
 
 import json
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -148,6 +146,8 @@ def run_study(experiments, seeds, data_path, folder, workers=2):
     from ..engines.fused.engine import compile_kernels
     compile_kernels('float64')  # once, before the workers
     # spawned, not forked: a process that has loaded the fused engine's OpenMP runtime must not fork
+    import multiprocessing  # here, as in every module the CLI imports: `microgpt train` does not load them
+    from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
                              initializer=_one_thread_per_worker) as pool:
         yield from pool.map(_run_and_save, todo)

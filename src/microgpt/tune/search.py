@@ -7,9 +7,7 @@ held-out loss), pruned, or failed. Trials are asked and told one at a time (Optu
 processes, here or on other machines, can share one storage: the storage gives each trial to one process.
 """
 
-import hashlib
 import math
-import multiprocessing
 import os
 import signal
 import socket
@@ -96,6 +94,7 @@ def make_storage(url):
 
 def fingerprint(options):
     """What a study must keep to stay one search: the data's bytes, the space and the trial length cap."""
+    import hashlib
     digest = hashlib.sha256()
     with open(options.data_path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -264,6 +263,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     from ..engines.fused.compile import compile_kernels
     compile_kernels('float32', grouped=True)  # once here, so the workers load it from the cache
     threads = max(1, (os.cpu_count() or 1) // options.workers)
+    import multiprocessing
     context = multiprocessing.get_context('spawn')  # numba's OpenMP runtime does not survive a fork
     processes = [context.Process(target=_worker, args=(options, deadline, threads)) for _ in range(options.workers)]
     for p in processes:
