@@ -46,12 +46,23 @@ def test_every_float_flag_is_listed():
 
 
 @pytest.mark.parametrize('flag', float_flags())
-@pytest.mark.parametrize('value', ['nan', 'inf', '-inf', 'NaN'])
+@pytest.mark.parametrize('value', ['nan', 'inf', '-inf', 'NaN', '1e309'])
 def test_non_finite_float_flags_are_one_line_errors(data, flag, value):
     extra = ['--eval-every', '5'] if flag == '--val-fraction' else []
     code, out, err = run(*small(data, *extra), f'{flag}={value}')
     assert_one_line_error(code, out, err, flag)
     assert out == '', out  # refused before the data is read
+
+
+@pytest.mark.parametrize('value', ['1e-320', '5e-324', '1e-301'])
+def test_a_temperature_whose_inverse_overflows_is_one_line(data, tmp_path, value):
+    """Sampling divides by the temperature: a subnormal one overflowed `temperature ** -1` (a traceback after
+    training). Refused before the data is read, by train and by sample."""
+    code, out, err = run(*small(data), '--temperature', value)
+    assert_one_line_error(code, out, err, '--temperature', '1e-300')
+    assert out == '', out
+    checkpoint = str(tmp_path / 'missing.safetensors')
+    assert_one_line_error(*run('sample', '--checkpoint', checkpoint, '--temperature', value), '--temperature')
 
 
 @pytest.mark.parametrize('flags, fragments', [

@@ -174,6 +174,9 @@ class SampleConfig:
         check_settings(self)
         if not self.temperature > 0:
             raise SettingError(lambda name: f"{name('temperature')} must be > 0, got {self.temperature}")
+        if self.temperature < 1e-300:  # sampling divides by it: 1e-320 ** -1 overflows a float
+            raise SettingError(lambda name: f"{name('temperature')} must be at least 1e-300 (already the most likely "
+                                            f"token every time), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SettingError(lambda name: f"{name('top_p')} must be in (0, 1], got {self.top_p}")
 
