@@ -259,6 +259,19 @@ def test_standard_output_on_dev_full_in_a_real_process(data):
     assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
 
 
+@pytest.mark.parametrize('argv', [['--help'], ['--version'], ['train', '--help'], ['sample', '--help'],
+                                  ['export', '--help']], ids=' '.join)
+def test_help_and_version_on_dev_full_are_one_line(argv):
+    """argparse ignores a failed write of --help and --version: exit 0, the text lost."""
+    if not os.path.exists('/dev/full'):
+        missing('no /dev/full on this system')
+    with open('/dev/full', 'w') as full:
+        proc = subprocess.run([sys.executable, '-m', 'microgpt', *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
+
+
 @pytest.mark.parametrize('argv', [
     ['sample', '--data', 'MISSING'],
     ['sample', '--data', 'DIR'],

@@ -29,6 +29,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise MicrogptError(f"{message}; see '{self.prog} --help'")
 
+    def _print_message(self, message, file=None):
+        """--help and --version: argparse ignores a failed write (exit 0 with the text lost in `> /dev/full`);
+        here it is the error every other output failure is."""
+        if message:
+            stream = _Output(file or sys.stdout)
+            stream.write(message)
+            stream.flush()
+
 
 class _Deprecated(argparse.Action):
     """An old spelling of a flag: it still works, and main says the new one on standard error."""
