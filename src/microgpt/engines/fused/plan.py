@@ -76,7 +76,7 @@ def build_plan(cfg, capacity):
     workspace's rows."""
     C = cfg.n_embd
     table = {p.name: p for p in parameter_table(cfg)}
-    plan = np.zeros(columns_at(cfg.n_layer) + COLUMN_ROWS * capacity, np.int64)
+    plan = np.zeros(columns_at.py_func(cfg.n_layer) + COLUMN_ROWS * capacity, np.int64)  # not compiled for one call
     plan[[SLOT_V, SLOT_C, SLOT_NH, SLOT_L, SLOT_T]] = cfg.vocab_size, C, cfg.n_head, cfg.n_layer, cfg.block_size
     plan[SLOT_NORM] = NORM_PLACEMENTS.index(cfg.norm)
     plan[SLOT_RELU2] = cfg.mlp_activation == 'relu2'
