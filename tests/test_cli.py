@@ -297,6 +297,23 @@ def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
     assert handlers == [signal.default_int_handler], handlers
 
 
+def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):
+    """The fused engine compiles its kernels inside the first step (a minute cold): a Ctrl-C there said
+    'stopping after this step', then compiled on, trained the whole chunk and exited 0 with samples."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    first_call = NumpyEngine.train_steps
+
+    def compiling(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered in this Python call, as during numba's compilation
+        time.sleep(0.01)
+        return first_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', compiling)
+    code, out, err = run(*small(data))
+    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
+    assert 'step' not in out, out
+
+
 def wait_until_blocked_in_open(pid, timeout=120):
     """Linux names the kernel function a process sleeps in: opening a FIFO without a writer waits for a partner."""
     wchan = f'/proc/{pid}/wchan'

@@ -47,9 +47,10 @@ def cmd_train(args, out, err):
     sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
     run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, args.preset))
     if run_cfg.engine == 'fused':
-        _notice_compilation(err, run_cfg.dtype, tcfg.batch_size > 1 or run_cfg.eval_every > 0)
-    # Ctrl-C before the first step (reading, compiling) interrupts at once; from the first step on, it stops
-    # after the step under way, so that the run is saved
+        _notice_compilation(err, run_cfg.dtype, tcfg.batch_size, run_cfg.eval_every > 0)
+    # Ctrl-C before the first step's report (reading, compiling: the fused kernels compile inside the first
+    # step) interrupts at once, as nothing would be saved; from then on, it stops after the step under way, so
+    # that the run is saved
     stop = _StopRequest(err)
     previous_handler = signal.getsignal(signal.SIGINT)
     bar = None
@@ -57,6 +58,8 @@ def cmd_train(args, out, err):
     try:
         for event in run.events(should_stop=lambda: stop.requested):
             if isinstance(event, StepReport):
+                if signal.getsignal(signal.SIGINT) is not stop:
+                    signal.signal(signal.SIGINT, stop)
                 line = f"step {event.step:4d} / {event.steps:4d} | loss {event.loss:.4f}"
                 if bar is not None:
                     bar.update(1)
@@ -77,7 +80,6 @@ def cmd_train(args, out, err):
                 if event.resumed_from:
                     print(f"microgpt: resuming from step {event.resumed_from}", file=err)
                 bar = _progress_bar(err, tcfg.steps, event.resumed_from)
-                signal.signal(signal.SIGINT, stop)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
@@ -120,12 +122,13 @@ def _progress_bar(err, total, initial):
                 ncols=None if sized else FALLBACK_BAR_COLUMNS)
 
 
-def _notice_compilation(err, dtype, grouped):
+def _notice_compilation(err, dtype, batch_size, evaluates):
     from .engines.fused.engine import kernels_are_cached
-    if not kernels_are_cached(dtype, grouped):
-        # measured on the 2-core machine: about 30 s alone, 60 s with another job beside it; batches of 2+
-        # documents also compile the parallel kernels, about twice that
-        wait = 'one to two minutes' if grouped else 'about a minute'
+    if not kernels_are_cached(dtype, batch_size, evaluates):
+        # measured on the 2-core machine (CPU time of the compiling process): about 30 s for a batch of one
+        # document, 45 s for the parallel kernels of batches of 2+ and evaluation; wall time is longer when
+        # other jobs share the cores
+        wait = 'about a minute' if batch_size > 1 or evaluates else 'about half a minute'
         print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, {wait})...",
               file=err, flush=True)
 
