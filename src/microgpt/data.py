@@ -7,7 +7,8 @@ a leading UTF-8 byte-order mark is dropped rather than becoming part of the firs
 Files are read in pieces that end on a line break (read_pieces), so a read never takes more than a piece's
 memory at once, Ctrl-C is seen between pieces, and a file that claims one size and streams another
 (/dev/zero, a pipe) is bounded: a regular file is read up to the size it had when opened, anything else
-up to MAX_STREAM_BYTES. Large files go through corpus.py, which keeps them as one token array on disk.
+up to MAX_STREAM_BYTES, and to a sixteenth of the available memory (a stream is tokenised in memory: 8.4 bytes
+per byte were measured for lines of 3 letters). Large files go through corpus.py, which keeps them as one token array on disk.
 """
 
 import os
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
+from . import memory
 from .errors import MicrogptError
 from .makemore_split import makemore_split
 
 MAX_STREAM_BYTES = 2**30   # a pipe or device (no size of its own) is read up to this
+MEMORY_PER_STREAM_BYTE = 16  # ... and up to the available memory over this
 MAX_LINE_BYTES = 2**26     # one item per line: a 64 MiB line is not an item
 READ_BYTES = 2**23         # one read: small enough to stay interruptible, large enough to be fast
 BYTE_ORDER_MARK = '\ufeff'
@@ -60,7 +63,8 @@ def read_pieces(path):
         with open(path, 'rb') as f:
             info = os.fstat(f.fileno())
             regular = stat.S_ISREG(info.st_mode) and info.st_size > 0  # /proc files and devices claim size 0
-            limit = info.st_size if regular else MAX_STREAM_BYTES
+            stream_limit = min(MAX_STREAM_BYTES, memory.available_bytes() // MEMORY_PER_STREAM_BYTE)
+            limit = info.st_size if regular else stream_limit
             offset, carry = 0, b''
             while True:
                 block = f.read(min(READ_BYTES, limit - offset - len(carry)) if regular else READ_BYTES)
@@ -77,8 +81,8 @@ def read_pieces(path):
                 if len(carry) > MAX_LINE_BYTES:
                     raise MicrogptError(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
                                         f"{TEXT_HINT}")
-                if not regular and offset + len(carry) >= MAX_STREAM_BYTES and f.read(1):
-                    raise MicrogptError(f"{path}: a stream of more than {MAX_STREAM_BYTES:,} bytes; save it into "
+                if not regular and offset + len(carry) >= stream_limit and f.read(1):
+                    raise MicrogptError(f"{path}: a stream of more than {stream_limit:,} bytes; save it into "
                                         f"a file first (files of any size are read)")
                 if regular and offset + len(carry) >= limit:
                     break
