@@ -259,6 +259,14 @@ def test_standard_output_on_dev_full_in_a_real_process(data):
     assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
 
 
+@pytest.mark.parametrize('argv', [['export', '--out', ''], ['export', '--train', '--out', ''],
+                                  ['export', '--web', '--checkpoint', 'x.safetensors', '--out', '']], ids=' '.join)
+def test_export_out_empty_is_one_line_naming_the_flag(argv):
+    """train, study and tune said '--out needs a folder name'; export said ': cannot write the C program'."""
+    code, out, err = run(*argv)
+    assert_one_line_error(code, out, err, '--out needs a folder name')
+
+
 @pytest.mark.parametrize('argv', [['--help'], ['--version'], ['train', '--help'], ['sample', '--help'],
                                   ['export', '--help']], ids=' '.join)
 def test_help_and_version_on_dev_full_are_one_line(argv):

@@ -285,6 +285,8 @@ def _print_memory(rows, out):
 
 
 def cmd_export(args, out, err):
+    if not args.out:  # as train, study and tune say it: an empty name is no folder
+        raise MicrogptError("--out needs a folder name")
     if args.train and args.web:
         raise MicrogptError("--train writes a C program and --web a web page; give one of them (and another --out "
                             "for the other)")
