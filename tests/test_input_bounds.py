@@ -311,3 +311,13 @@ def test_the_reference_engine_counts_its_python_objects():
     with pytest.raises(MicrogptError, match='--engine numpy'):
         check_memory(cfg, 1, 15, engine='reference', available=16 * 2**30)
     check_memory(ModelConfig(vocab_size=27), 1, 15, engine='reference', available=2**30)
+
+
+def test_every_dtype_has_a_memory_estimate():
+    """--engine torch --dtype bfloat16 was a KeyError traceback in the memory check; autocast keeps float32
+    weights and Adam state, so it counts as float32."""
+    from microgpt.engines import DTYPES
+    cfg = ModelConfig(vocab_size=27)
+    for dtype in DTYPES:
+        assert estimate_bytes(cfg, 1, 15, dtype) > 0, dtype
+    assert estimate_bytes(cfg, 1, 15, 'bfloat16') == estimate_bytes(cfg, 1, 15, 'float32')

@@ -19,7 +19,7 @@ import os
 from .config import num_parameters
 from .errors import MicrogptError
 
-ITEM_BYTES = {'float64': 8, 'float32': 4}
+ITEM_BYTES = {'float64': 8, 'float32': 4, 'bfloat16': 4}  # bfloat16 is autocast: weights and Adam stay float32
 REFERENCE_BYTES_PER_PARAMETER = 130
 REFERENCE_BYTES_PER_PARAMETER_POSITION = 500
 HEADROOM = 0.8  # of the available memory: the interpreter, the data and the OS need the rest
