@@ -2,6 +2,7 @@
 kernels cached per dtype (and the CLI's notice when it compiles them), and token ids checked before the kernels
 read the weights. Its agreement with the other engines is in test_engines_agree.py."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -41,13 +42,16 @@ def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
 
 
 def test_kernels_are_compiled_and_cached_per_dtype():
-    """One document runs the single kernels, a batch of 3 the grouped ones, in each dtype."""
-    cfg = ModelConfig(vocab_size=7, n_layer=2)
+    """Training on batches of one document runs the single kernels, on batches of 3 the grouped ones, and
+    evaluation the grouped loss, in each dtype; each is compiled when first called, then cached."""
+    cfg, tcfg = ModelConfig(vocab_size=7, n_layer=2), TrainConfig(steps=2)
+    docs = random_batch(random.Random(2), cfg, 6, max_len=20)
     for dtype in ('float32', 'float64'):
         engine = make_engine('fused', cfg, random.Random(0), dtype)
-        engine.loss_and_grads(random_batch(random.Random(2), cfg, 1, max_len=20))
-        engine.loss_and_grads(random_batch(random.Random(2), cfg, 3, max_len=20))
-        assert kernels_are_cached(dtype) and kernels_are_cached(dtype, grouped=True), dtype
+        engine.train_steps(docs, 0, 2, dataclasses.replace(tcfg, batch_size=1))
+        engine.train_steps(docs, 0, 2, dataclasses.replace(tcfg, batch_size=3))
+        engine.loss(docs)
+        assert kernels_are_cached(dtype, 1) and kernels_are_cached(dtype, 3, evaluates=True), dtype
 
 
 def test_bad_token_ids_raise_instead_of_reading_outside_the_weights():

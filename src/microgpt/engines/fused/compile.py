@@ -1,9 +1,10 @@
 """Compiling the fused engine's entry points, and numba's disk cache of them.
 
-numba compiles an entry point on its first call, 20-40 s for the whole engine, and caches it on disk next to
-the package (__pycache__), so later runs load it in a fraction of a second. Entry points are compiled here up
-front, from example arguments of the types FusedEngine passes, with LLVM's SLP vectorizer on; a batch of 2+
-documents needs the parallel ones (parallel.py), compiled only when such a batch first comes.
+numba compiles an entry point on its first call and caches it on disk next to the package (__pycache__), so
+later runs load it in a fraction of a second. Each entry point is compiled here, with LLVM's SLP vectorizer on,
+when the engine first calls it (`compiled`): a run compiles only what it calls, the training loop's
+train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and the forward-only loss when it
+evaluates. The kernels under an entry point are compiled once per process and shared by the next ones.
 """
 
 import os
@@ -15,16 +16,34 @@ from ... import dropout
 from . import adam, floating_point, gpt, lanes, layers, parallel, plan
 
 KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout))
-_compiled = set()  # (dtype, grouped) whose entry points this process has compiled or loaded
+EVALUATION_BATCH = 64  # train.loop.evaluate's batches: the parallel loss
+_compiled = set()  # (entry point, dtype) this process has compiled or loaded
 
 
-def kernels_are_cached(dtype='float64', grouped=False):
-    """Whether numba's disk cache holds every entry point for `dtype` (and, with `grouped`, those for batches of
-    2+ documents), so that using the engine will not compile (False when unsure). For the CLI, to announce the
-    one-time compilation."""
+def compiled(entry_point, dtype):
+    """`entry_point` (one of gpt.py's or parallel.py's), compiled or loaded from the disk cache for engines of
+    `dtype` on its first use in this process."""
+    key = (entry_point, np.dtype(dtype).name)
+    if key not in _compiled:
+        _compile([(entry_point, _example_arguments(dtype)[entry_point])])
+        _compiled.add(key)
+    return entry_point
+
+
+def run_entry_points(batch_size, evaluates):
+    """The entry points a training run calls: its train_steps, and the loss when it evaluates."""
+    train = parallel.train_steps if len(parallel.group_bounds(batch_size)) > 2 else gpt.train_steps
+    return [train, parallel.loss] if evaluates else [train]
+
+
+def kernels_are_cached(dtype='float64', batch_size=1, evaluates=False):
+    """Whether numba's disk cache holds every entry point a training run with batches of `batch_size` (and
+    evaluation, with `evaluates`) calls in `dtype`, so that the run will not compile (False when unsure). For
+    the CLI, to announce the one-time compilation."""
+    examples = _example_arguments(dtype)
     try:
-        for kernel, args in _entry_points(dtype) + (_group_entry_points(dtype) if grouped else []):
-            key = kernel._cache._index_key(_signature(args), kernel.targetctx.codegen())
+        for kernel in run_entry_points(batch_size, evaluates):
+            key = kernel._cache._index_key(_signature(examples[kernel]), kernel.targetctx.codegen())
             if _cache_is_stale(kernel) or key not in kernel._cache._cache_file._load_index():
                 return False
         return True
@@ -33,15 +52,26 @@ def kernels_are_cached(dtype='float64', grouped=False):
 
 
 def compile_kernels(dtype='float64', grouped=True):
-    """Compile (or load from the cache) now what engines of `dtype` will call: before starting worker processes,
-    say, so that they do not each compile."""
-    for flag in (False, True) if grouped else (False,):
-        if (np.dtype(dtype).name, flag) not in _compiled:
-            _compile(_group_entry_points(dtype) if flag else _entry_points(dtype))
-            _compiled.add((np.dtype(dtype).name, flag))
+    """Compile (or load from the cache) now every entry point for `dtype` (with `grouped`, also those for
+    batches of 2+ documents): before starting worker processes, say, so that they do not each compile."""
+    for kernel in _entry_points(dtype) + (_group_entry_points(dtype) if grouped else []):
+        compiled(kernel, dtype)
+
+
+def _example_arguments(dtype):
+    """Entry point -> example arguments of the types FusedEngine passes."""
+    return dict(_one_group_examples(dtype) + _group_examples(dtype))
 
 
 def _entry_points(dtype):
+    return [kernel for kernel, _ in _one_group_examples(dtype)]
+
+
+def _group_entry_points(dtype):
+    return [kernel for kernel, _ in _group_examples(dtype)]
+
+
+def _one_group_examples(dtype):
     """(entry point, example arguments) for everything FusedEngine calls with one document per step."""
     state, ws, plan_, adam_ = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
@@ -52,7 +82,7 @@ def _entry_points(dtype):
             (floating_point.start_flushing_here, ()), (floating_point.stop_flushing_here, (0,))]
 
 
-def _group_entry_points(dtype):
+def _group_examples(dtype):
     """Those for batches of 2+ documents (parallel.py): parallel kernels take as long again to compile, and
     microgpt's own job never needs them."""
     state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)

@@ -3,8 +3,8 @@
 Parameters, gradients and Adam moments are the rows of one (4, P) buffer (engines/params.py), with named
 views in the reference's names and order, initialised from the same seeded `random.Random` stream as every
 engine. The compiled entry points (gpt.py for one group of documents, parallel.py for batches of 2+ split in
-groups) see the model, the workspace and the batch through plans (plan.py); compile.py compiles them, or
-loads them from numba's disk cache, when the first engine of a dtype is made.
+groups) see the model, the workspace and the batch through plans (plan.py); compile.py compiles each, or
+loads it from numba's disk cache, when an engine of a dtype first calls it.
 """
 
 import numpy as np
@@ -15,7 +15,7 @@ from ...documents import Documents
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
 from . import gpt, parallel
-from .compile import compile_kernels, kernels_are_cached  # noqa: F401 (kernels_are_cached: for the CLI)
+from .compile import compile_kernels, compiled, kernels_are_cached  # noqa: F401 (compile_kernels ...: for callers)
 from .floating_point import flush_to_zero
 from .lanes import LANES
 from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
@@ -27,7 +27,6 @@ class FusedEngine(ParameterBuffers):
 
     def __init__(self, cfg, rng, dtype='float64'):
         super().__init__(cfg, rng, dtype)
-        compile_kernels(self.dtype, grouped=False)
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = 0
@@ -38,8 +37,6 @@ class FusedEngine(ParameterBuffers):
         or more into groups, each with its own plan, workspace and gradients; one document uses group 0's)."""
         bounds = parallel.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
-        if groups > 1:
-            compile_kernels(self.dtype, grouped=True)
         if groups <= self._groups and group_size <= self._group_size:
             return
         groups, group_size = max(groups, self._groups), max(group_size, self._group_size)
@@ -81,8 +78,8 @@ class FusedEngine(ParameterBuffers):
         self._set_dropout(0.0, None)
         with flush_to_zero():
             if len(plans) > 1:
-                return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
-            return gpt.loss(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+                return compiled(parallel.loss, self.dtype)(self.state_buffer, wss, plans, docs, doc_starts)
+            return compiled(gpt.loss, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
         """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
@@ -94,14 +91,15 @@ class FusedEngine(ParameterBuffers):
         self._set_dropout(dropout_rate, seed_and_step)
         with flush_to_zero():
             if len(plans) > 1:
-                return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts, 0,
-                                               len(batch))
-            return gpt.loss_and_grads(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+                return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
+                                                                     doc_starts, 0, len(batch))
+            return compiled(gpt.loss_and_grads, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def adam_update(self, lr_t, tcfg):
         self.adam_steps += 1
         with flush_to_zero():
-            gpt.adam_update(self.state_buffer, self._adam_settings(tcfg), lr_t, self.adam_steps)
+            compiled(gpt.adam_update, self.dtype)(self.state_buffer, self._adam_settings(tcfg), lr_t,
+                                                  self.adam_steps)
 
     def train_step(self, batch, lr_t, tcfg):
         docs, doc_starts = self._documents(batch)
@@ -134,11 +132,11 @@ class FusedEngine(ParameterBuffers):
         settings = self._adam_settings(tcfg)
         with flush_to_zero():
             if len(plans) > 1:  # the batches in groups on every core (parallel.py)
-                parallel.train_steps(self.state_buffer, group_grads, wss, plans, settings, docs, doc_starts,
-                                     batch_size, lrs, keys, first_t, losses)
+                compiled(parallel.train_steps, self.dtype)(self.state_buffer, group_grads, wss, plans, settings, docs,
+                                                           doc_starts, batch_size, lrs, keys, first_t, losses)
             else:
-                gpt.train_steps(self.state_buffer, wss[0], plans[0], settings, docs, doc_starts, batch_size, lrs, keys,
-                                first_t, losses)
+                compiled(gpt.train_steps, self.dtype)(self.state_buffer, wss[0], plans[0], settings, docs, doc_starts,
+                                                      batch_size, lrs, keys, first_t, losses)
         self.adam_steps += len(lrs)
         return losses
 
