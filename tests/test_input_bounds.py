@@ -321,3 +321,13 @@ def test_every_dtype_has_a_memory_estimate():
     for dtype in DTYPES:
         assert estimate_bytes(cfg, 1, 15, dtype) > 0, dtype
     assert estimate_bytes(cfg, 1, 15, 'bfloat16') == estimate_bytes(cfg, 1, 15, 'float32')
+
+
+def test_the_fused_engine_is_counted_at_its_block():
+    """The fused engine's workspace has a column per position of the block, whatever the data: --engine fused
+    --block-size 100000 on names was a NumPy traceback (373 GiB); it is one line before any allocation."""
+    cfg = ModelConfig(vocab_size=27, block_size=100000)
+    assert estimate_bytes(cfg, 1, 15, engine='fused') == estimate_bytes(cfg, 1, 100000, engine='numpy')
+    check_memory(cfg, 1, 15, engine='numpy', available=2**30)
+    with pytest.raises(MicrogptError, match='fused engine'):
+        check_memory(cfg, 1, 15, engine='fused', available=64 * 2**30)
