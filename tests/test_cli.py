@@ -459,3 +459,16 @@ def test_the_reproduce_line_of_results_md_runs_as_written(data, tmp_path, monkey
     args = build_parser().parse_args(words[1:])
     assert (args.out, args.num_seeds, args.experiments) == (str(out), 1, argv[argv.index('--experiments') + 1])
     assert getattr(args, 'data', None) == (data if '--data' in argv else None), command
+
+
+@pytest.mark.parametrize('logits, temperature', [([1e300, 0.0], 1e-10), ([math.inf, 0.0], 1.0), ([math.nan, 1.0], 0.5),
+                                                 ([-math.inf, -math.inf], 1.0)],
+                         ids=['overflowing', 'infinite', 'nan', 'all-minus-infinite'])
+def test_probabilities_beyond_a_float_are_one_line(logits, temperature):
+    """The checkpoint a diverging run keeps (its last finite state, weights near 1e300) sampled into
+    random.choices' 'Total of weights must be finite' traceback; every command samples through here."""
+    from microgpt.errors import MicrogptError
+    from microgpt.sampling import token_probabilities
+    with pytest.raises(MicrogptError, match='--lr'):
+        token_probabilities(logits, temperature)
+    assert token_probabilities([1e300, 0.0], 1.0) == [1.0, 0.0]

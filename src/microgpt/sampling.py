@@ -8,6 +8,8 @@ give the same names whatever engine computed them. The arithmetic is microgpt's
 
 import math
 
+from .errors import MicrogptError
+
 
 def token_probabilities(logits, temperature, top_k=0, top_p=1.0):
     """Probabilities (floats, in vocabulary order) for the next token; filtered entries are 0.0."""
@@ -18,6 +20,10 @@ def token_probabilities(logits, temperature, top_k=0, top_p=1.0):
     total = 0
     for e in exps:  # left to right; builtin sum() of floats is compensated on Python >= 3.12
         total = total + e
+    if not 0 < total < math.inf:  # nan or inf: logits (or logit / temperature) beyond what a float holds
+        raise MicrogptError(f"the model's next-token probabilities are not finite (largest scaled logit "
+                            f"{max_val}): its weights are too large, as after a diverging run; train it again "
+                            f"with a lower --lr or --grad-clip, or sample at a higher --temperature")
     inverse_total = total ** -1
     probs = [e * inverse_total for e in exps]
     if top_k or top_p < 1.0:
