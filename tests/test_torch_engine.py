@@ -415,7 +415,7 @@ def test_throughput_row_of_the_gpu_benchmark_runs_on_the_cpu(names_path):
 
 # ---- on a GPU
 
-def test_bfloat16_autocast_trains_on_cuda(torch):
+def test_bfloat16_autocast_trains_on_a_cuda_gpu(torch):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     cfg = ModelConfig(vocab_size=11, n_layer=2).validate()
