@@ -237,11 +237,24 @@ def holdout_draw(seed):
     return random.Random(f'holdout:{seed}')
 
 
+class _ListLengths:
+    """The lengths of a list of token lists, each read when asked for (a run reads few of a large list's)."""
+
+    def __init__(self, doc_tokens):
+        self.doc_tokens = doc_tokens
+
+    def __len__(self):
+        return len(self.doc_tokens)
+
+    def __getitem__(self, i):
+        return len(self.doc_tokens[i])
+
+
 def document_lengths(doc_tokens):
-    """The number of tokens (BOS included) of each document: a list for a list of token lists, the (D,) array
-    of a documents.Documents (read without a Python object per document)."""
+    """The number of tokens (BOS included) of each document, indexable: of a list of token lists, or the (D,)
+    array of a documents.Documents (read without a Python object per document)."""
     if isinstance(doc_tokens, list):
-        return [len(tokens) for tokens in doc_tokens]
+        return _ListLengths(doc_tokens)
     return doc_tokens.lengths()
 
 
