@@ -12,10 +12,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ... import dropout
+from ... import config, dropout
 from . import adam, floating_point, gpt, lanes, layers, parallel, plan
 
-KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout))
+# every file whose code or constants (config's RMSNORM_EPS, ...) the compiled kernels hold
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout,
+                                                    config))
 EVALUATION_BATCH = 64  # train.loop.evaluate's batches: the parallel loss
 _compiled = set()  # (entry point, dtype) this process has compiled or loaded
 
