@@ -14,7 +14,8 @@ from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.config import ModelConfig, TrainConfig, num_parameters
 from microgpt.data import Vocabulary
 from microgpt.errors import MicrogptError
-from microgpt.export.c import BUILD_COMMAND, export_c, logits_like_c, memory_budget, sample_like_c
+from c_mirror import logits_like_c, sample_like_c
+from microgpt.export.c import BUILD_COMMAND, export_c, memory_budget
 from microgpt.engines.numpy.engine import NumpyEngine
 from microgpt.train.loop import train
 

@@ -27,7 +27,7 @@ from microgpt.config import ModelConfig, TrainConfig, learning_rate, parameter_t
 from microgpt.data import Vocabulary, bundled_dataset_path, load_documents, shuffled
 from microgpt.engines import EngineState, make_engine
 from microgpt.errors import MicrogptError
-from microgpt.export.c import logits_like_c
+from c_mirror import logits_like_c
 from microgpt.export.web import PAGE, export_web, flat_weights
 from microgpt.train.checkpoint import load_checkpoint
 from microgpt.sampling import generate
