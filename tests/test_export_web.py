@@ -395,6 +395,11 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert browser.find_element('id', 'title').text == 'the model trained in this page'
     # a long run: the page stays responsive while the worker trains, and Stop ends it
     set_field(browser, 'train-steps', 200000)
+    # every text the status takes, recorded in the page as it changes (polling would see only later ones)
+    browser.execute_script(
+        "window.statusTexts = []; const s = document.getElementById('train-status');"
+        "new MutationObserver(() => window.statusTexts.push(s.textContent))"
+        ".observe(s, {childList: true, characterData: true, subtree: true});")
     browser.find_element('id', 'train-button').click()
     # before its first report nothing of the finished run is on show (its status, samples and model were)
     status = browser.find_element('id', 'train-status').text
@@ -402,8 +407,9 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     assert browser.find_elements('css selector', '#train-samples li') == []
     assert not browser.find_element('id', 'explore-button').is_enabled()
     # the first report comes within REPORT_MS (100 ms), long before the 2000 steps of a hundredth of the run
-    WebDriverWait(browser, 120).until(lambda b: not b.find_element('id', 'train-status').text.startswith('step 0 '))
-    first = browser.find_element('id', 'train-status').text
+    def first_report(b):
+        return next((t for t in b.execute_script('return window.statusTexts') if not t.startswith('step 0 ')), None)
+    first = WebDriverWait(browser, 120).until(first_report)
     assert first.startswith('step ') and int(first.split()[1]) < 2000, first
     before = bars(browser, 'next-bars')
     browser.find_element('id', 'prefix').send_keys('e')
