@@ -21,6 +21,29 @@ static void matvec(float *out, const float *w, const float *x, int rows, int col
     }
 }
 
+/* probs[s] = softmax over s = first..t of (q . k_s) * scale, key s starting at keys + s * stride: the
+   scores' maximum subtracted, exp in double, the sums left to right, as the engines' float32 softmax */
+static void attention_weights(float *probs, const float *q, const float *keys, int stride, int head_dim,
+                              float scale, int first, int t)
+{
+    float max_score = 0.0f, sum = 0.0f;
+    for (int s = first; s <= t; s++) {
+        const float *k = keys + s * stride;
+        float dot = 0.0f;
+        for (int j = 0; j < head_dim; j++)
+            dot += q[j] * k[j];
+        probs[s] = dot * scale;
+        if (s == first || probs[s] > max_score)
+            max_score = probs[s];
+    }
+    for (int s = first; s <= t; s++) {
+        probs[s] = (float)exp((double)(probs[s] - max_score));
+        sum += probs[s];
+    }
+    for (int s = first; s <= t; s++)
+        probs[s] = probs[s] / sum;
+}
+
 /* splitmix64, and a uniform double in [0, 1) from its top 53 bits */
 static double random_uniform(void)
 {

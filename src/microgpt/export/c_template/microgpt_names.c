@@ -56,23 +56,8 @@ static void attention(int l, int pos)
 {
     int first = ATTENTION_SELF ? pos : 0;
     for (int h = 0; h < N_HEAD; h++) {
-        const float *q = act_q + h * HEAD_DIM;
-        float max_score = 0.0f, sum = 0.0f;
-        for (int t = first; t <= pos; t++) {
-            const float *k = kv_keys[l][t] + h * HEAD_DIM;
-            float dot = 0.0f;
-            for (int j = 0; j < HEAD_DIM; j++)
-                dot += q[j] * k[j];
-            act_att[t] = dot * ATTN_SCALE;
-            if (t == first || act_att[t] > max_score)
-                max_score = act_att[t];
-        }
-        for (int t = first; t <= pos; t++) {
-            act_att[t] = (float)exp((double)(act_att[t] - max_score));
-            sum += act_att[t];
-        }
-        for (int t = first; t <= pos; t++)
-            act_att[t] = act_att[t] / sum;
+        attention_weights(act_att, act_q + h * HEAD_DIM, kv_keys[l][0] + h * HEAD_DIM, N_EMBD, HEAD_DIM,
+                          ATTN_SCALE, first, pos);
         for (int j = 0; j < HEAD_DIM; j++) {
             float acc = 0.0f;
             for (int t = first; t <= pos; t++)

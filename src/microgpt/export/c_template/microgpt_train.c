@@ -133,23 +133,7 @@ static float mlp_activation(float r)
 /* probs[s] = softmax_s(q . k_s * ATTN_SCALE) of head h over the positions position t attends to */
 static void attention_row(float *probs, const struct layer_activations *a, const float *q, int h, int t, int first)
 {
-    float max_score = 0.0f, sum = 0.0f;
-    q += h * HS;
-    for (int s = first; s <= t; s++) {
-        const float *k = a->kv[s] + h * HS;
-        float dot = 0.0f;
-        for (int j = 0; j < HS; j++)
-            dot += q[j] * k[j];
-        probs[s] = dot * ATTN_SCALE;
-        if (s == first || probs[s] > max_score)
-            max_score = probs[s];
-    }
-    for (int s = first; s <= t; s++) {
-        probs[s] = (float)exp((double)(probs[s] - max_score));
-        sum += probs[s];
-    }
-    for (int s = first; s <= t; s++)
-        probs[s] = probs[s] / sum;
+    attention_weights(probs, q + h * HS, a->kv[0] + h * HS, 2 * C, HS, ATTN_SCALE, first, t);
 }
 
 /* the query of position t: computed from xn[t] (the low-memory build keeps one, and recomputes it) */
