@@ -37,12 +37,11 @@ class Documents:
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"document {i} of {len(self)}")
-        i = i % len(self)
-        d = i if self.order is None else int(self.order[i])
-        bounds = self.corpus.bounds
-        ids = self.corpus.tokens[int(bounds[d]):int(bounds[d + 1]) + 1]
+        # on the training loop's path (a document per step): item() and range() check the bounds, count a
+        # negative i from the end, and give Python ints
+        corpus = self.corpus
+        d = range(len(corpus))[i] if self.order is None else self.order.item(i)
+        ids = corpus.tokens[corpus.bounds.item(d):corpus.bounds.item(d + 1) + 1]
         if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
             ids = (ids.astype(np.int64) + 1) % (len(self.corpus.chars) + 1)
         return ids.tolist()

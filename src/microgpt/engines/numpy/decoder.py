@@ -7,7 +7,6 @@ HS = C // NH, V = vocab_size, L = n_layer, T = block_size.
 
 import numpy as np
 
-from .gpt import lm_head_name
 from .layers import activation_forward, rmsnorm_forward
 
 
@@ -53,4 +52,4 @@ class NumpyDecoder:
             xn = rmsnorm_forward(x)[0] if cfg.norm == 'microgpt' else x         # (C,)
             a = activation_forward(params[p + 'mlp_fc1'] @ xn, cfg.mlp_activation)[0]  # (4C,)
             x = params[p + 'mlp_fc2'] @ a + x                                   # (C,)
-        return (params[lm_head_name(cfg)] @ x).tolist()                         # (V,)
+        return (params['wte' if cfg.tie_lm_head else 'lm_head'] @ x).tolist()  # (V,)

@@ -32,11 +32,12 @@ from .layers import (activation_backward, activation_forward, attention_backward
 
 def model_views(table, flat):
     """gpt.py's names for the matrices of `flat` (parameters or gradients), made once: 'wte', 'wpe' and
-    'lm_head' (absent when tied) as in the parameter table, and 'layers', one dict per layer of its (rows,
-    cols) views by kind, plus 'attn_wqkv': a (3C, C) view over attn_wq, attn_wk and attn_wv, which the table
-    stores back to back (config.LAYER_PARAMETERS), q first. A step then looks its matrices up without
-    building names."""
+    'lm_head' as in the parameter table ('lm_head' is wte's view when tied), and 'layers', one dict per layer
+    of its (rows, cols) views by kind, plus 'attn_wqkv': a (3C, C) view over attn_wq, attn_wk and attn_wv,
+    which the table stores back to back (config.LAYER_PARAMETERS), q first. A step then looks its matrices
+    up without building names."""
     views = {p.name: flat[p.offset:p.offset + p.size].reshape(p.shape) for p in table if p.layer < 0}
+    views.setdefault('lm_head', views['wte'])  # tied: the logits come from wte
     views['layers'] = [{} for p in table if p.kind == 'attn_wq']
     for p in table:
         if p.layer >= 0:
@@ -57,24 +58,24 @@ def batch_arrays(batch, cfg, dtype):
     (N,), 1 / (tokens predicted in the batch) on predicted positions and 0 on padding.
     """
     lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch])
-    if not any(lengths):
-        raise ValueError(NOTHING_TO_PREDICT)
     B, T = len(batch), max(lengths)
+    if T == 0:
+        raise ValueError(NOTHING_TO_PREDICT)
     rows = []  # one flat list: np.array reads one much faster than a list of lists
     for tokens, n in zip(batch, lengths):
         rows += tokens[:n + 1]
         rows += [cfg.bos_id] * (T - n)
     rows = np.array(rows).reshape(B, T + 1)                                 # (B, T + 1)
     inputs, targets = rows[:, :-1], rows[:, 1:]                             # (B, T) each
-    target_index = logits_row_starts(B * T, cfg.vocab_size) + targets.ravel()  # (N,)
-    return inputs, target_index, loss_weights(lengths, T, dtype)
+    target_index = logits_row_starts(B, T, cfg.vocab_size) + targets        # (B, T)
+    return inputs, target_index.ravel(), loss_weights(lengths, T, dtype)
 
 
 @lru_cache(maxsize=None)
-def logits_row_starts(N, V):
-    """(N,) the index of each row's first logit in the flat (N * V,) logits: 0, V, 2V, ... Read-only, made
-    once per (N, V): a run sees at most block_size of them with batch size 1."""
-    starts = np.arange(0, N * V, V)                                         # (N,)
+def logits_row_starts(B, T, V):
+    """(B, T) the index of each position's first logit in the flat (B * T * V,) logits: 0, V, 2V, ... Read-only,
+    made once per (B, T): a run with batch size 1 sees at most block_size of them."""
+    starts = np.arange(0, B * T * V, V).reshape(B, T)                       # (B, T)
     starts.flags.writeable = False
     return starts
 
@@ -119,7 +120,7 @@ def gpt_logits(params, inputs, cfg, masks=None):
         x = x + dropout_forward(matmul_forward(a, w['mlp_fc2']), sites[2 + 2 * i])  # (N, C)
         layers.append({'xn1': xn1, 'norm1': norm1, 'attn': attn, 'y': y,
                        'xn2': xn2, 'norm2': norm2, 'act': act, 'a': a})
-    logits = matmul_forward(x, params[lm_head_name(cfg)])                       # (N, V)
+    logits = matmul_forward(x, params['lm_head'])                               # (N, V)
     cache = {'cfg': cfg, 'params': params, 'sites': sites, 'inputs': inputs, 'embed_norm': embed_norm,
              'layers': layers, 'x': x}
     return logits, cache
@@ -139,8 +140,8 @@ def gpt_backward(cache, grads):
     accumulates into d x with +=."""
     cfg, params, sites = cache['cfg'], cache['params'], cache['sites']
     dlogits = cross_entropy_backward(cache['loss'])                             # (N, V)
-    lm_head = lm_head_name(cfg)
-    dx = matmul_backward(dlogits, cache['x'], params[lm_head], grads[lm_head])  # (N, C)
+    # tied, this writes lm_head's gradient into grads['wte'], and the embedding's adds to it below
+    dx = matmul_backward(dlogits, cache['x'], params['lm_head'], grads['lm_head'])  # (N, C)
     for i in reversed(range(cfg.n_layer)):
         c, w, dw = cache['layers'][i], params['layers'][i], grads['layers'][i]
         # MLP block
@@ -158,11 +159,7 @@ def gpt_backward(cache, grads):
     if cache['embed_norm'] is not None:
         dx = rmsnorm_backward(dx, cache['embed_norm'])                          # (N, C)
     dx = dropout_backward(dx, sites[0])                                         # (N, C)
-    if not cfg.tie_lm_head:  # tied, grads['wte'] holds lm_head's gradient, and the embedding's adds to it
+    if not cfg.tie_lm_head:
         grads['wte'].fill(0.0)
     encoder_backward(dx, cache['inputs'], grads['wte'], grads['wpe'])
 
-
-def lm_head_name(cfg):
-    """The matrix that maps the last x to logits: lm_head, or wte when tied."""
-    return 'wte' if cfg.tie_lm_head else 'lm_head'
