@@ -21,7 +21,7 @@ def random_batch(rng, cfg, batch_size, max_len):
 @pytest.mark.parametrize('switches', [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True}])
 def test_plan_reads_parameter_rows_from_the_parameter_table(switches):
     cfg = ModelConfig(vocab_size=11, **switches)
-    plan, rows = fused_plan.build_plan(cfg, capacity=16)
+    plan, rows = fused_plan.build_plan(cfg, capacity=16, span=cfg.block_size)
     table = {p.name: p for p in parameter_table(cfg)}
     C = cfg.n_embd
     want = {fused_plan.SLOT_WTE: table['wte'].offset // C, fused_plan.SLOT_WPE: table['wpe'].offset // C,
@@ -31,7 +31,7 @@ def test_plan_reads_parameter_rows_from_the_parameter_table(switches):
             want[fused_plan.LAYERS_AT + 4 * i + m] = table[f'layer{i}.{kind}'].offset // C
     got = {slot: int(plan[slot]) for slot in want}
     assert got == want, (got, want)
-    buffer_rows = fused_plan.buffer_rows(cfg)
+    buffer_rows = fused_plan.buffer_rows(cfg, cfg.block_size)
     assert tuple(buffer_rows) == fused_plan.BUFFERS, (tuple(buffer_rows), fused_plan.BUFFERS)
     starts = list(plan[fused_plan.BUFFERS_AT:fused_plan.BUFFERS_AT + len(fused_plan.BUFFERS)])
     assert starts == list(np.cumsum([0, *buffer_rows.values()])[:-1]) and rows == sum(buffer_rows.values()), starts
@@ -42,7 +42,7 @@ def test_pack_columns_writes_each_predicted_position():
     dropout row per column, then padding columns that attend to themselves."""
     from microgpt.engines.fused.plan import columns_of, pack_columns
     cfg = ModelConfig(vocab_size=6, block_size=3)
-    plan, _ = fused_plan.build_plan(cfg, capacity=8)
+    plan, _ = fused_plan.build_plan(cfg, capacity=8, span=cfg.block_size)
     docs, doc_starts = fused_plan.pack_documents([[5, 1, 5], [5, 2, 3, 4, 1, 5], [5, 3, 5]], cfg.block_size + 1)
     assert docs.tolist() == [5, 1, 5, 5, 2, 3, 4, 5, 3, 5] and doc_starts.tolist() == [0, 3, 7, 10], (docs, doc_starts)
     n = pack_columns(plan, docs, doc_starts, 0, 0, 2)
@@ -130,3 +130,18 @@ def test_subnormal_adam_moments_become_zero_and_python_keeps_them(batch_size):
     engine.m[unused] = 1e-310
     engine.train_step(docs, 0.01, tcfg)
     assert not engine.m[unused].any() and subnormal_quotient() == 1e-309
+
+
+def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
+    """An entry point calls others (train_steps calls loss_and_grads and adam_update), and numba loads a callee
+    from its own disk cache, checked against the callee's file only. Flushing only the entry point being
+    compiled let parallel.train_steps link a loss_and_grads compiled against an older plan layout: a
+    segmentation fault after the plan gained a slot. Every stale cache is flushed first."""
+    from microgpt.engines.fused import compile as fused_compile, gpt, parallel
+    stale = {gpt.loss_and_grads, parallel.adam_update}
+    flushed = []
+    monkeypatch.setattr(fused_compile, '_cache_is_stale', lambda kernel: kernel in stale)
+    for kernel in stale:
+        monkeypatch.setattr(kernel._cache, 'flush', lambda kernel=kernel: flushed.append(kernel))
+    fused_compile._compile([])  # compiles nothing: what is flushed before compiling anything
+    assert set(flushed) == stale and len(flushed) == len(stale), flushed

@@ -319,11 +319,42 @@ def test_every_dtype_has_a_memory_estimate():
     assert estimate_bytes(cfg, 1, 15, 'bfloat16') == estimate_bytes(cfg, 1, 15, 'float32')
 
 
-def test_the_fused_engine_is_counted_at_its_block():
-    """The fused engine's workspace has a column per position of the block, whatever the data: --engine fused
-    --block-size 100000 on names was a NumPy traceback (373 GiB); it is one line before any allocation."""
-    cfg = ModelConfig(vocab_size=27, block_size=100000)
-    assert estimate_bytes(cfg, 1, 15, engine='fused') == estimate_bytes(cfg, 1, 100000, engine='numpy')
-    check_memory(cfg, 1, 15, engine='numpy', available=2**30)
-    with pytest.raises(MicrogptError, match='fused engine'):
-        check_memory(cfg, 1, 15, engine='fused', available=64 * 2**30)
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+def test_a_fused_step_allocates_for_the_batch_not_the_block(dropout):
+    """The fused engine's workspace follows the documents (their longest, by 8 positions), never the block:
+    --engine fused --block-size 100000 on names was refused (373 GiB, a column per position of the block). Its
+    steps now take what a block of 16 takes, but for the larger wpe, and equal the numpy engine's."""
+    import tracemalloc
+    from microgpt.engines.fused.engine import FusedEngine
+    vocab = Vocabulary.from_documents(NAMES)
+    batch = [vocab.document_tokens(d) for d in NAMES[:4]]
+    tcfg = TrainConfig(batch_size=4, dropout=dropout)
+    big = 100000
+    peaks = {}
+    for block in (16, big):
+        cfg = ModelConfig(vocab_size=27, block_size=block)
+        fused, reference = FusedEngine(cfg, random.Random(1)), NumpyEngine(cfg, random.Random(1))
+        fused.train_step(batch, 0.01, tcfg)  # compiled (or loaded) outside the trace
+        tracemalloc.start()
+        losses = [fused.train_step(batch, 0.01, tcfg) for _ in range(2)]
+        peaks[block] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        want = [reference.train_step(batch, 0.01, tcfg) for _ in range(3)][1:]
+        assert losses == pytest.approx(want, rel=1e-12), (block, losses, want)
+    wpe_grown = 8 * 16 * (big - 16) * 8
+    assert peaks[big] < peaks[16] + wpe_grown, (peaks, wpe_grown)
+    cfg = ModelConfig(vocab_size=27, block_size=big)
+    assert estimate_bytes(cfg, 1, 15, engine='fused') == estimate_bytes(cfg, 1, 15, engine='numpy')
+    check_memory(cfg, 1, 15, engine='fused', available=2**30)
+
+
+def test_a_document_longer_than_the_workspace_is_refused_before_any_write():
+    """pack_columns writes a document's positions unchecked by the compiled kernels: a plan whose span is
+    shorter than a document (the engine sizes it first, so only a direct caller can do this) is a ValueError,
+    not a write past the workspace."""
+    from microgpt.engines.fused import plan as fused_plan
+    cfg = ModelConfig(vocab_size=6, block_size=16)
+    plan, _ = fused_plan.build_plan(cfg, capacity=8, span=4)
+    docs, doc_starts = fused_plan.pack_documents([[5, 1, 2, 3, 4, 1, 5]], cfg.block_size + 1)
+    with pytest.raises(ValueError, match='more positions than the workspace'):
+        fused_plan.pack_columns(plan, docs, doc_starts, 0, 0, 1)

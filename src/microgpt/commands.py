@@ -60,6 +60,8 @@ def cmd_train(args, out, err):
             if isinstance(event, StepReport):
                 if signal.getsignal(signal.SIGINT) is not stop:
                     signal.signal(signal.SIGINT, stop)
+                if event.step == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
+                    stop.what = 'finishing the final evaluation and save'
                 line = f"step {event.step:4d} / {event.steps:4d} | loss {event.loss:.4f}"
                 if bar is not None:
                     bar.update(1)
@@ -88,9 +90,13 @@ def cmd_train(args, out, err):
         if run_cfg.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
             from .train.plotting import plot_metrics
             plot_metrics(metrics, os.path.join(run_cfg.out, PLOT_FILE))
-    if stop.requested and run.step < tcfg.steps:
-        where = f"; continue with --resume --out {run_cfg.out}" if run_cfg.out else ""
-        print(f"microgpt: stopped at step {run.step}{where}", file=err)
+    if stop.requested:
+        if run.step < tcfg.steps:
+            where = f"; continue with --resume --out {run_cfg.out}" if run_cfg.out else ""
+            print(f"microgpt: stopped at step {run.step}{where}", file=err)
+        else:
+            saved = f", saved in {run_cfg.out}" if run_cfg.out else ""
+            print(f"microgpt: trained all {run.step} steps{saved}; stopped before sampling", file=err)
         raise KeyboardInterrupt
     if err.isatty():
         elapsed = time.perf_counter() - started

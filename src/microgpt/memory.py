@@ -30,16 +30,10 @@ def positions_per_document(cfg, longest_document):
     return min(cfg.block_size, longest_document + 1)
 
 
-def _positions(cfg, longest_document, engine):
-    """Positions per document a step of `engine` allocates for: the fused engine's workspace (fused/engine.py)
-    has a column for every position of the block, whatever the data."""
-    return cfg.block_size if engine == 'fused' else positions_per_document(cfg, longest_document)
-
-
 def estimate_bytes(cfg, batch_size, longest_document, dtype='float64', engine='numpy'):
     """Bytes a training step of this model needs, for batches of `batch_size` documents of the given length."""
     V, C, NH, L = cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer
-    T = _positions(cfg, longest_document, engine)
+    T = positions_per_document(cfg, longest_document)
     if engine == 'reference':
         P = num_parameters(cfg)
         return P * (REFERENCE_BYTES_PER_PARAMETER + batch_size * T * REFERENCE_BYTES_PER_PARAMETER_POSITION)
@@ -67,7 +61,7 @@ def check_memory(cfg, batch_size, longest_document, dtype='float64', available=N
     need = estimate_bytes(cfg, batch_size, longest_document, dtype, engine)
     have = HEADROOM * (available_bytes() if available is None else available)
     if need > have:
-        T = _positions(cfg, longest_document, engine)
+        T = positions_per_document(cfg, longest_document)
         raise MicrogptError(f"this model needs about {need / 2**30:.1f} GiB ({num_parameters(cfg):,} parameters, "
                             f"{batch_size} x {T} positions per step at n_embd {cfg.n_embd}, {cfg.n_layer} layers, "
                             f"{engine} engine, {dtype}) but {have / 2**30:.1f} GiB is available; lower --block-size, "

@@ -21,6 +21,10 @@ RESUME_CHECKPOINT = 'resume.safetensors'
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
 RUN_FILES = (BEST_CHECKPOINT, RESUME_CHECKPOINT, METRICS_FILE)
+# A loss above this many nats per token has diverged even where it is still a finite number (--lr 1e30 gave
+# 1e92 on the array engines, where the reference engine's log(0) gave NaN): the model puts e^-1000 on the
+# characters it is shown. A model that guesses uniformly scores ln(vocabulary size), under 12 for any vocabulary.
+DIVERGED_LOSS = 1000.0
 
 
 # ---- events
@@ -96,8 +100,8 @@ class TrainingRun:
                 now = time.perf_counter()
                 record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
                 last_time, tokens_since = now, 0
-            if not math.isfinite(report.loss):
-                self._diverged(f"the loss became {report.loss} at step {report.step}")
+            if not report.loss <= DIVERGED_LOSS:  # NaN too
+                self._diverged(f"the loss became {report.loss:.4g} at step {report.step}")
             yield report
             finished = report.step == tcfg.steps
             if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
@@ -105,8 +109,8 @@ class TrainingRun:
                 continue
             if cfg.eval_every and self.writes and (report.step % cfg.eval_every == 0 or finished):
                 val_loss = evaluate(engine, val_tokens)
-                if not math.isfinite(val_loss):
-                    self._diverged(f"the held-out loss became {val_loss} at step {report.step}")
+                if not val_loss <= DIVERGED_LOSS:
+                    self._diverged(f"the held-out loss became {val_loss:.4g} at step {report.step}")
                 record['val_loss'] = val_loss
                 improved = val_loss < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, val_loss)

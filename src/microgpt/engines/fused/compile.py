@@ -126,12 +126,18 @@ def slp_vectorizer():
 
 
 def _compile(entry_points):
-    """Compile, or load from the disk cache, these (entry point, example arguments)."""
+    """Compile, or load from the disk cache, these (entry point, example arguments).
+
+    Every stale cache is flushed first, not only those of `entry_points`: an entry point calls others
+    (train_steps calls loss_and_grads and adam_update), and numba loads a callee from its own cache, which it
+    checks against the callee's file only. A callee compiled against an older plan layout reads the workspace
+    at the wrong rows."""
+    for kernel in {kernel for kernel, _ in _one_group_examples('float64') + _group_examples('float64')}:
+        try:
+            if _cache_is_stale(kernel):
+                kernel._cache.flush()
+        except (AttributeError, OSError):  # cache internals moved, or a read-only cache: numba's check remains
+            pass
     with slp_vectorizer():
         for kernel, args in entry_points:
-            try:
-                if _cache_is_stale(kernel):
-                    kernel._cache.flush()
-            except (AttributeError, OSError):  # cache internals moved, or a read-only cache: numba's check remains
-                pass
             kernel.compile(_signature(args))

@@ -29,27 +29,31 @@ class FusedEngine(ParameterBuffers):
         super().__init__(cfg, rng, dtype)
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
-        self._groups = self._group_size = 0
-        self._reserve(1)
+        self._groups = self._group_size = self._span = 0  # nothing reserved: the first batch sizes the workspace
 
-    def _reserve(self, batch_size):
-        """Size the workspaces and plans for batches of `batch_size` documents (parallel.py splits those of 2
-        or more into groups, each with its own plan, workspace and gradients; one document uses group 0's)."""
+    def _reserve(self, batch_size, span):
+        """Size the workspaces and plans for batches of `batch_size` documents predicting up to `span` positions
+        each (parallel.py splits batches of 2 or more into groups, each with its own plan, workspace and
+        gradients; one document uses group 0's). Memory follows the data: a --block-size far above the longest
+        document costs nothing here."""
         bounds = parallel.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
-        if groups <= self._groups and group_size <= self._group_size:
+        span = min(self.cfg.block_size, -(-max(span, 1) // LANES) * LANES)  # by 8s: a run regrows a few times
+        if groups <= self._groups and group_size <= self._group_size and span <= self._span:
             return
-        groups, group_size = max(groups, self._groups), max(group_size, self._group_size)
-        capacity = -(-group_size * self.cfg.block_size // LANES) * LANES  # columns: every predicted position
-        plan, rows = build_plan(self.cfg, capacity)
+        groups, group_size, span = max(groups, self._groups), max(group_size, self._group_size), max(span, self._span)
+        capacity = -(-group_size * span // LANES) * LANES                # columns: every predicted position
+        plan, rows = build_plan(self.cfg, capacity, span)
         self._plans = np.tile(plan, (groups, 1))                          # (G, plan)
         self._wss = np.zeros((groups, rows, capacity), self.dtype)        # (G, rows, NP) activations, feature-major
         self._group_grads = np.zeros((groups - 1, self.flat.size), self.dtype)  # (G - 1, P) groups 1 ..'s gradients
-        self._groups, self._group_size = groups, group_size
+        self._groups, self._group_size, self._span = groups, group_size, span
 
-    def _group_buffers(self, batch_size):
-        """(group_grads, wss, plans) of the groups a batch of `batch_size` documents is split into."""
-        self._reserve(batch_size)
+    def _group_buffers(self, batch_size, doc_starts):
+        """(group_grads, wss, plans) of the groups a batch of `batch_size` documents is split into, sized for
+        the longest document of (docs, doc_starts) (already cut to block_size + 1 tokens)."""
+        longest = int(np.max(doc_starts[1:] - doc_starts[:-1])) if len(doc_starts) > 1 else 0
+        self._reserve(batch_size, longest - 1)
         groups = len(parallel.group_bounds(batch_size)) - 1
         return self._group_grads[:groups - 1], self._wss[:groups], self._plans[:groups]
 
@@ -74,7 +78,7 @@ class FusedEngine(ParameterBuffers):
         """Loss of the batch (mean NLL over every predicted position), forward only: gradients are left as
         they are."""
         docs, doc_starts = self._documents(batch)
-        _, wss, plans = self._group_buffers(len(batch))
+        _, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
         with flush_to_zero():
             if len(plans) > 1:
@@ -87,7 +91,7 @@ class FusedEngine(ParameterBuffers):
         if dropout_rate and seed_and_step is None:
             raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
         docs, doc_starts = self._documents(batch)
-        group_grads, wss, plans = self._group_buffers(len(batch))
+        group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(dropout_rate, seed_and_step)
         with flush_to_zero():
             if len(plans) > 1:
@@ -122,7 +126,7 @@ class FusedEngine(ParameterBuffers):
 
     def _train(self, docs, doc_starts, batch_size, lrs, tcfg):
         """len(lrs) Adam steps, step i on documents i B .. i B + B - 1 of (docs, doc_starts); their losses."""
-        group_grads, wss, plans = self._group_buffers(batch_size)
+        group_grads, wss, plans = self._group_buffers(batch_size, doc_starts)
         self._set_dropout(tcfg.dropout, None)
         # a step's masks depend only on the seed and the step, so a resumed run draws the same ones
         first_t = self.adam_steps + 1

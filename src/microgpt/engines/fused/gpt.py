@@ -16,8 +16,8 @@ from .layers import (activation_backward, activation_forward, add_columns, atten
                      rmsnorm_forward, transpose)
 from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, LOGITS, NORM_MICROGPT, NORM_NONE,
                    PROBS, QKV, ROWS, SCALES, SLOT_C, SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, SLOT_L, SLOT_LM_HEAD,
-                   SLOT_NH, SLOT_NORM, SLOT_NP, SLOT_RELU2, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, XMID, XN1, XN2, XS, Y,
-                   buffer, columns_of, layer_weights, pack_columns)
+                   SLOT_NH, SLOT_NORM, SLOT_NP, SLOT_RELU2, SLOT_SPAN, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, XMID, XN1,
+                   XN2, XS, Y, buffer, columns_of, layer_weights, pack_columns)
 
 entry_point = njit(cache=True, error_model='numpy')
 
@@ -47,7 +47,7 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
                              buffer(ws, plan, QKV, i, 3 * C), buffer(ws, plan, Y, i, C))
         x_mid, xn2, h, a = (buffer(ws, plan, XMID, i, C), buffer(ws, plan, XN2, i, C),
                             buffer(ws, plan, H, i, FC), buffer(ws, plan, A, i, FC))
-        probs = buffer(ws, plan, PROBS, i, NH * (T + LANES - 1))      # (NH U, NP)
+        probs = buffer(ws, plan, PROBS, i, NH * (plan[SLOT_SPAN] + LANES - 1))      # (NH U, NP)
         if norm != NORM_NONE:
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
         matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nb, C, False)  # (3C, NP)
@@ -74,7 +74,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     scales = buffer(ws, plan, SCALES, 0, 2 * L + 1)
     dx, dtmp, dqkv = buffer(ws, plan, DX, 0, C), buffer(ws, plan, DTMP, 0, C), buffer(ws, plan, DQKV, 0, 3 * C)
     dy, dh = buffer(ws, plan, DY, 0, C), buffer(ws, plan, DH, 0, FC)
-    dp = buffer(ws, plan, DP, 0, T + LANES - 1)
+    dp = buffer(ws, plan, DP, 0, plan[SLOT_SPAN] + LANES - 1)
     rows = buffer(ws, plan, ROWS, 0, FC)
     rows_c, rows_h = rows[:C].reshape((NP, C)), rows.reshape((NP, FC))  # activations transposed
     d_logits = buffer(ws, plan, DLOGITS, 0, V)
@@ -95,7 +95,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
                              buffer(ws, plan, QKV, i, 3 * C), buffer(ws, plan, Y, i, C))
         x_mid, xn2, h, a = (buffer(ws, plan, XMID, i, C), buffer(ws, plan, XN2, i, C),
                             buffer(ws, plan, H, i, FC), buffer(ws, plan, A, i, FC))
-        probs = buffer(ws, plan, PROBS, i, NH * (T + LANES - 1))
+        probs = buffer(ws, plan, PROBS, i, NH * (plan[SLOT_SPAN] + LANES - 1))
         # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 2 + 2 * i)
         matmul(d_fc2, d_branch, transpose(rows_h, a, n), C, FC, n, False)

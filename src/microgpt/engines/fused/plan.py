@@ -19,7 +19,9 @@ SLOT_NP = 8                                        # column capacity: the worksp
 # dropout (dropout.py): drop_threshold (0: off) and the step's key
 SLOT_DROP_THRESHOLD, SLOT_DROP_KEY = 9, 10
 SLOT_WTE, SLOT_WPE, SLOT_LM_HEAD = 11, 12, 13      # first rows of pm: wte (V, C), wpe (T, C), lm_head (V, C)
-HEADER = 14
+# positions per document the workspace holds (at most T, sized by the data): a query attends to at most SPAN keys
+SLOT_SPAN = 14
+HEADER = 15
 NORM_MICROGPT, NORM_ESP32, NORM_NONE = (NORM_PLACEMENTS.index(n) for n in ('microgpt', 'esp32', 'none'))
 
 # The workspace: buffers of (rows, NP), one column per predicted position of the packed batch (fused/layers.py).
@@ -35,11 +37,12 @@ LAYERS_AT = BUFFERS_AT + len(BUFFERS)  # plan[LAYERS_AT + 4 i + m]: first row of
 COLUMN_ROWS = 5  # input token, target, position, first column attended to, dropout row (document * T + position)
 
 
-def buffer_rows(cfg):
-    """Rows of each workspace buffer, by name in BUFFERS order; every row has NP columns."""
-    V, C, NH, L, T = cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.block_size
+def buffer_rows(cfg, span):
+    """Rows of each workspace buffer, by name in BUFFERS order, for documents of up to `span` predicted
+    positions; every row has NP columns."""
+    V, C, NH, L = cfg.vocab_size, cfg.n_embd, cfg.n_head, cfg.n_layer
     FC = MLP_EXPANSION * C
-    U = T + LANES - 1  # keys a block of 8 queries can attend to
+    U = span + LANES - 1  # keys a block of 8 queries can attend to
     return {
         'xs': (L + 1) * C,      # (L + 1, C, NP) residual stream into each layer, and out of the last
         'xmid': L * C,          # (L, C, NP) residual stream between attention and MLP
@@ -71,9 +74,11 @@ def columns_at(n_layer):
     return LAYERS_AT + len(LAYER_MATRICES) * n_layer
 
 
-def build_plan(cfg, capacity):
-    """The plan of model `cfg` for batches of up to `capacity` predicted positions (a multiple of 8), and the
-    workspace's rows."""
+def build_plan(cfg, capacity, span):
+    """The plan of model `cfg` for batches of up to `capacity` predicted positions (a multiple of 8), each
+    document predicting at most `span` of them (at most block_size), and the workspace's rows."""
+    if not 1 <= span <= cfg.block_size:
+        raise ValueError(f"span {span} is not in 1 .. block_size {cfg.block_size}")
     C = cfg.n_embd
     table = {p.name: p for p in parameter_table(cfg)}
     plan = np.zeros(columns_at.py_func(cfg.n_layer) + COLUMN_ROWS * capacity, np.int64)  # not compiled for one call
@@ -82,6 +87,7 @@ def build_plan(cfg, capacity):
     plan[SLOT_RELU2] = cfg.mlp_activation == 'relu2'
     plan[SLOT_CAUSAL] = cfg.attention == 'causal'
     plan[SLOT_NP] = capacity
+    plan[SLOT_SPAN] = span
     for slot, name in ((SLOT_WTE, 'wte'), (SLOT_WPE, 'wpe'), (SLOT_LM_HEAD, 'wte' if cfg.tie_lm_head else 'lm_head')):
         plan[slot] = table[name].offset // C
     for i in range(cfg.n_layer):
@@ -90,7 +96,7 @@ def build_plan(cfg, capacity):
         for m, kind in enumerate(LAYER_MATRICES):
             plan[LAYERS_AT + len(LAYER_MATRICES) * i + m] = table[f'layer{i}.{kind}'].offset // C
     start = 0
-    for k, rows in enumerate(buffer_rows(cfg).values()):
+    for k, rows in enumerate(buffer_rows(cfg, span).values()):
         plan[BUFFERS_AT + k] = start
         start += rows
     return plan, start
@@ -125,13 +131,15 @@ def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
     docs[doc_starts[d]:doc_starts[d + 1]]) into the plan's columns: per predicted position its input token,
     target, position, the first column it attends to, and its dropout row ((d - batch_first) * T + position,
     batch_first being the batch's first document). Returns n, the number of columns (0 when every document
-    has one token); the padding up to a multiple of 8 attends to itself only. Token ids are checked here:
-    the kernels index with them unchecked."""
+    has one token); the padding up to a multiple of 8 attends to itself only. Token ids and document lengths
+    are checked here: the kernels index with them unchecked."""
     V, T, causal = plan[SLOT_V], plan[SLOT_T], plan[SLOT_CAUSAL] == 1
     columns = columns_of(plan)
     j = 0
     for d in range(first, stop):
         doc = docs[doc_starts[d]:doc_starts[d + 1]]
+        if min(T, doc.size - 1) > plan[SLOT_SPAN]:  # the engine sizes the workspace first: never past its columns
+            raise ValueError("a document predicts more positions than the workspace holds")
         for p in range(min(T, doc.size - 1)):
             if not (0 <= doc[p] < V and 0 <= doc[p + 1] < V):
                 raise ValueError("a token id is outside the vocabulary")
