@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, kernel, load8, store8
+from .lanes import LANES, accessor, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, matmul, rmsnorm_backward,
                      rmsnorm_forward, transpose)
@@ -50,18 +50,18 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
         probs = buffer(ws, plan, PROBS, i, NH * (plan[SLOT_SPAN] + LANES - 1))      # (NH U, NP)
         if norm != NORM_NONE:
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
-        matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nb, C, False)  # (3C, NP)
+        matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nb, C)  # (3C, NP)
         attention_forward(y, probs, qkv, columns[3], nb, NH)                        # (C, NP)
         _add_branch(x_mid, x_in, w_o, y, C, branch, plan, columns, n, nb, 1 + 2 * i)  # x += attn_wo @ y
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
-        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nb, C, False)  # (4C, NP)
+        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nb, C)  # (4C, NP)
         activation_forward(a, h, nb, plan[SLOT_RELU2] == 1)
         x_out = buffer(ws, plan, XS, i + 1, C)
         _add_branch(x_out, x_mid, w_fc2, a, FC, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
     logits = buffer(ws, plan, LOGITS, 0, V)                           # (V, NP)
     lm_head = pm[plan[SLOT_LM_HEAD]:plan[SLOT_LM_HEAD] + V]
-    matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nb, C, False)
+    matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nb, C)
     return cross_entropy_forward(logits, logits, columns[1], buffer(ws, plan, CE_STATS, 0, 2), n, nb, n_mean)
 
 
@@ -86,8 +86,8 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     gm[wpe:wpe + T] = 0
     if lm != wte:
         gm[wte:wte + V] = 0
-    matmul(gm[lm:lm + V], d_logits, transpose(rows_c, buffer(ws, plan, XS, L, C), n), V, C, n, False)  # (V, C)
-    matmul(dx, pm[lm:lm + V].T, d_logits, C, nb, V, False)                                          # (C, NP)
+    matmul(gm[lm:lm + V], d_logits, transpose(rows_c, buffer(ws, plan, XS, L, C), n), V, C, n)  # (V, C)
+    matmul(dx, pm[lm:lm + V].T, d_logits, C, nb, V)                                          # (C, NP)
     for i in range(L - 1, -1, -1):
         w_qkv, w_o, w_fc1, w_fc2 = layer_weights(pm, plan, i)
         d_qkv, d_o, d_fc1, d_fc2 = layer_weights(gm, plan, i)
@@ -98,25 +98,25 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         probs = buffer(ws, plan, PROBS, i, NH * (plan[SLOT_SPAN] + LANES - 1))
         # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 2 + 2 * i)
-        matmul(d_fc2, d_branch, transpose(rows_h, a, n), C, FC, n, False)
-        matmul(dh, w_fc2.T, d_branch, FC, nb, C, False)                  # (4C, NP)
+        matmul(d_fc2, d_branch, transpose(rows_h, a, n), C, FC, n)
+        matmul(dh, w_fc2.T, d_branch, FC, nb, C)                  # (4C, NP)
         activation_backward(dh, h, nb, plan[SLOT_RELU2] == 1)
-        matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), FC, C, n, False)
+        matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), FC, C, n)
+        matmul(dtmp, w_fc1.T, dh, C, nb, FC)                              # (C, NP)
         if norm == NORM_MICROGPT:
-            matmul(dtmp, w_fc1.T, dh, C, nb, FC, False)
             rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, True)
         else:
-            matmul(dx, w_fc1.T, dh, C, nb, FC, True)
+            add_columns(dx, dx, dtmp, nb)
         # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 1 + 2 * i)
-        matmul(d_o, d_branch, transpose(rows_c, y, n), C, C, n, False)
-        matmul(dy, w_o.T, d_branch, C, nb, C, False)                        # (C, NP)
+        matmul(d_o, d_branch, transpose(rows_c, y, n), C, C, n)
+        matmul(dy, w_o.T, d_branch, C, nb, C)                        # (C, NP)
         attention_backward(dqkv, dy, probs, dp, qkv, columns[3], nb, NH)    # (3C, NP)
-        matmul(d_qkv, dqkv, transpose(rows_c, x_in if norm == NORM_NONE else xn1, n), 3 * C, C, n, False)
+        matmul(d_qkv, dqkv, transpose(rows_c, x_in if norm == NORM_NONE else xn1, n), 3 * C, C, n)
+        matmul(dtmp, w_qkv.T, dqkv, C, nb, 3 * C)                         # (C, NP)
         if norm == NORM_NONE:
-            matmul(dx, w_qkv.T, dqkv, C, nb, 3 * C, True)
+            add_columns(dx, dx, dtmp, nb)
         else:
-            matmul(dtmp, w_qkv.T, dqkv, C, nb, 3 * C, False)
             rmsnorm_backward(dx, dtmp, xn1, scales[1 + 2 * i], nb, True)
     if norm == NORM_MICROGPT:
         rmsnorm_backward(dtmp, dx, buffer(ws, plan, XS, 0, C), scales[0], nb, False)
@@ -139,16 +139,12 @@ def _dropout(out, x, plan, columns, n, site):
 
 @kernel
 def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, site):
-    """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is built in `branch` and
-    multiplied by its mask of `site` first."""
-    C = x_out.shape[0]
+    """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is multiplied by its mask
+    of `site` first."""
+    matmul(branch, w, inputs, x_out.shape[0], nb, n_inner)
     if plan[SLOT_DROP_THRESHOLD]:
-        matmul(branch, w, inputs, C, nb, n_inner, False)
         _dropout(branch, branch, plan, columns, n, site)
-        add_columns(x_out, x_in, branch, nb)
-    else:
-        _copy_columns(x_out, x_in, nb)
-        matmul(x_out, w, inputs, C, nb, n_inner, True)
+    add_columns(x_out, x_in, branch, nb)
 
 
 @kernel
@@ -160,21 +156,14 @@ def _branch_gradient(d_branch, dx, plan, columns, n, site):
     return dx
 
 
-@kernel
-def _copy_columns(out, x, nb):
-    for c in range(x.shape[0]):
-        for j in range(0, nb, LANES):
-            store8(out[c], j, load8(x[c], j))
-
-
-@kernel
+@accessor
 def group_loss(params, ws, plan, n, n_mean):
     """Forward only: the loss of the n columns packed in plan, summed and divided by n_mean."""
     C = plan[SLOT_C]
     return gpt_forward(params.reshape((params.size // C, C)), ws, plan, columns_of(plan), n, n_mean)
 
 
-@kernel
+@accessor
 def group_loss_and_grads(params, grads, ws, plan, n, n_mean):
     """The loss of the n columns packed in plan, summed and divided by n_mean; writes its gradient to grads."""
     C, columns = plan[SLOT_C], columns_of(plan)

@@ -21,8 +21,8 @@ _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_
 
 
 @kernel
-def matmul(out, a, b, n_rows, n_cols, n_inner, accumulate):
-    """out[r, j] (+)= sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
+def matmul(out, a, b, n_rows, n_cols, n_inner):
+    """out[r, j] = sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
 
     Eight rows by 8 columns at a time: eight independent chains of 8 accumulators. With a row count that is
     not a multiple of 8 the last rows repeat (each row's loads all come before its stores: harmless).
@@ -41,11 +41,6 @@ def matmul(out, a, b, n_rows, n_cols, n_inner, accumulate):
                     axpy8(c3, a[r3, k], x)
                 c4, c5, c6, c7 = axpy8(c4, a[r4, k], x), axpy8(c5, a[r5, k], x), axpy8(c6, a[r6, k], x), \
                     axpy8(c7, a[r7, k], x)
-            if accumulate:
-                c0, c1 = add8(c0, load8(out[r0], j)), add8(c1, load8(out[r1], j))
-                c2, c3 = add8(c2, load8(out[r2], j)), add8(c3, load8(out[r3], j))
-                c4, c5 = add8(c4, load8(out[r4], j)), add8(c5, load8(out[r5], j))
-                c6, c7 = add8(c6, load8(out[r6], j)), add8(c7, load8(out[r7], j))
             store8(out[r0], j, c0)
             store8(out[r1], j, c1)
             store8(out[r2], j, c2)
@@ -59,7 +54,7 @@ def matmul(out, a, b, n_rows, n_cols, n_inner, accumulate):
                 acc = zero
                 for k in range(n_inner):
                     acc += a[row, k] * b[k, j]
-                out[row, j] = acc + out[row, j] if accumulate else acc
+                out[row, j] = acc
 
 
 @kernel
