@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, accessor, kernel
+from .lanes import LANES, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, matmul, rmsnorm_backward,
                      rmsnorm_forward, transpose)
@@ -156,14 +156,14 @@ def _branch_gradient(d_branch, dx, plan, columns, n, site):
     return dx
 
 
-@accessor
+@inlined
 def group_loss(params, ws, plan, n, n_mean):
     """Forward only: the loss of the n columns packed in plan, summed and divided by n_mean."""
     C = plan[SLOT_C]
     return gpt_forward(params.reshape((params.size // C, C)), ws, plan, columns_of(plan), n, n_mean)
 
 
-@accessor
+@inlined
 def group_loss_and_grads(params, grads, ws, plan, n, n_mean):
     """The loss of the n columns packed in plan, summed and divided by n_mean; writes its gradient to grads."""
     C, columns = plan[SLOT_C], columns_of(plan)

@@ -18,8 +18,8 @@ LANES = 8
 lanes = njit(error_model='numpy')
 kernel = njit(error_model='numpy')  # the kernels' decorator; numpy's error model: no ZeroDivisionError branches
 # numba compiles a kernel once per *value* of each constant argument it is called with (a buffer's index, a
-# flag): the small accessors that take them are inlined into the caller's numba IR instead
-accessor = njit(error_model='numpy', inline='always')
+# flag): the small accessors that take them, and the group steps, are inlined into the caller's numba IR instead
+inlined = njit(error_model='numpy', inline='always')
 
 
 @lanes

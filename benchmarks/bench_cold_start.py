@@ -1,0 +1,65 @@
+"""Cold and warm start of the fused engine: whole `microgpt train` processes, first with an empty numba cache
+(compiling every kernel the run calls), then again with it filled.
+
+    python benchmarks/bench_cold_start.py [--data names.txt] [--steps 50] [--dtypes float64 float32]
+
+For the default job (batch 1) and the makemore preset (batches of 32: the parallel kernels), each dtype: the
+wall time and the CPU time (user + system of the process) of the cold run and of the warm run, and the CPU
+seconds the cold run spent more than the warm one, which is the compilation. Each cold run gets its own empty
+NUMBA_CACHE_DIR, so runs never share a cache.
+"""
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+JOBS = {'default job': [], 'makemore preset': ['--preset', 'makemore']}
+
+
+def timed_run(argv, cache_dir):
+    """(wall seconds, CPU seconds) of one `python -m microgpt` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, '-m', 'microgpt', *argv], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env={**os.environ, 'NUMBA_CACHE_DIR': cache_dir})
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def cpu_name():
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
+        return next(line.split(':', 1)[1].strip() for line in out.splitlines() if line.startswith('Model name'))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or 'unknown CPU'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data', help='data file (default: the bundled dataset)')
+    parser.add_argument('--steps', type=int, default=50)
+    parser.add_argument('--dtypes', nargs='+', default=['float64', 'float32'])
+    args = parser.parse_args()
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print("| job | dtype | cold wall s | cold CPU s | warm wall s | warm CPU s | compiling, CPU s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for job, flags in JOBS.items():
+        for dtype in args.dtypes:
+            argv = ['train', '--engine', 'fused', '--dtype', dtype, '--steps', str(args.steps), *flags]
+            if args.data:
+                argv += ['--data', args.data]
+            with tempfile.TemporaryDirectory() as cache_dir:
+                cold = timed_run(argv, cache_dir)
+                warm = timed_run(argv, cache_dir)
+            print(f"| {job} | {dtype} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.2f} | {warm[1]:.2f} "
+                  f"| {cold[1] - warm[1]:.1f} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
