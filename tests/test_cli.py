@@ -90,10 +90,13 @@ def test_a_fresh_run_never_replaces_a_saved_one(data, tmp_path):
         assert_one_line_error(*run(*small(data, '--out', out), *extra), out, '--resume', '--overwrite')
     with open(os.path.join(out, 'model.safetensors'), 'rb') as f:
         assert f.read() == saved
-    # a folder holding only metrics is a run too; an empty folder is not
-    os.remove(os.path.join(out, 'model.safetensors'))
+    # a folder without a checkpoint is no run: it holds nothing to protect or resume
     os.remove(os.path.join(out, 'resume.safetensors'))
-    assert_one_line_error(*run(*small(data, '--out', out)), 'metrics.jsonl', '--overwrite')
+    assert_one_line_error(*run(*small(data, '--out', out)), 'model.safetensors', '--overwrite')
+    assert '--resume' not in run(*small(data, '--out', out))[2]  # there is no resume state to continue
+    assert_one_line_error(*run(*small(data, '--out', out, '--resume')), 'nothing to resume', '--overwrite')
+    os.remove(os.path.join(out, 'model.safetensors'))
+    assert_one_line_error(*run(*small(data, '--out', out, '--resume')), 'nothing to resume', 'drop --resume')
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert run(*small(data, '--out', str(empty)))[0] == 0
@@ -124,12 +127,75 @@ def test_resume_with_more_steps_trains_a_finished_run_on(data, tmp_path, engine)
                           'at step 15', '--steps 15')
 
 
+def test_a_folder_whose_run_saved_nothing_takes_a_fresh_run(data, tmp_path):
+    """A run stopped before its first save (diverged at step 2 here; also Ctrl-C, a closed pipe, a full disk)
+    leaves only metrics: a plain rerun was refused as 'already holds a run' and --resume as 'nothing to resume'."""
+    out = str(tmp_path / 'run')
+    assert_one_line_error(*run(*small(data, '--out', out, '--lr', '1e30')), 'diverged', 'saved no checkpoint')
+    assert os.listdir(out) == ['metrics.jsonl'], os.listdir(out)
+    assert_one_line_error(*run(*small(data, '--out', out, '--resume')), 'nothing to resume', 'drop --resume')
+    code, stdout, err = run(*small(data, '--out', out, '--steps', '5'))
+    assert code == 0, err
+    records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [r['step'] for r in records] == [1, 2, 3, 4, 5], records
+
+
+def test_a_failed_overwrite_leaves_nothing_of_the_old_run(data, tmp_path):
+    """--overwrite removes the old run's files when the new run starts: its checkpoints stayed beside the
+    metrics of a new run that diverged before saving."""
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--plot'))[0] == 0
+    assert_one_line_error(*run(*small(data, '--out', out, '--overwrite', '--lr', '1e30')), 'saved no checkpoint')
+    assert os.listdir(out) == ['metrics.jsonl'], os.listdir(out)
+    steps = [json.loads(line)['step'] for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) < 20, steps  # the new run's records only
+
+
+def test_resume_alone_continues_the_run_as_saved(data, tmp_path, monkeypatch):
+    """The advice printed after Ctrl-C (`--resume --out DIR`) failed on its own with 'different configuration',
+    and `--resume --preset P` trained on to the preset's steps with its evaluation interval."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    out = str(tmp_path / 'run')
+    plan = ['--preset', 'esp32', '--steps', '10', '--eval-every', '5', '--lr', '0.02']
+    first_call = NumpyEngine.train_steps
+
+    def ctrl_c_at_step_3(self, doc_tokens, start, stop, *args):
+        if start == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return first_call(self, doc_tokens, start, stop, *args)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', ctrl_c_at_step_3)
+    code, _, err = run(*small(data, '--out', out, *plan, '--save-every', '1'))  # one step per chunk
+    assert code == 130 and f'stopped at step 3; continue with --resume --out {out}' in err, (code, err)
+    monkeypatch.undo()
+    code, stdout, err = run('train', '--resume', '--out', out, '--num-samples', '1')
+    assert code == 0, err
+    assert 'step   10 /   10 | val loss' in stdout and 'step    5 /   10 | val loss' in stdout, stdout
+    records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [r['step'] for r in records if 'val_loss' in r] == [5, 10], records
+    assert records[5]['lr'] == pytest.approx(0.02 * (1 - 5 / 10), rel=1e-15), records[5]
+    for flags in (['--preset', 'esp32'], plan, ['--eval-every', '5', '--data', data]):  # the same, given again
+        assert run('train', '--resume', '--out', out, '--num-samples', '0', *flags)[0] == 0, flags
+    assert_one_line_error(*run('train', '--resume', '--out', out, '--preset', 'makemore'),
+                          "preset: checkpoint 'esp32', now 'makemore'")
+
+
+def test_resume_refuses_other_data_of_the_same_characters(data, tmp_path):
+    out, other = str(tmp_path / 'run'), tmp_path / 'other.txt'
+    assert run(*small(data, '--out', out, '--steps', '10'))[0] == 0
+    other.write_text(''.join(reversed(open(data).readlines())))
+    assert_one_line_error(*run(*small(str(other), '--out', out, '--steps', '15', '--resume')),
+                          f"data: checkpoint {os.path.abspath(data)!r}, now {str(other)!r}")
+
+
 @pytest.mark.parametrize('first, then, fragment', [
-    (['--eval-every', '10'], ['--eval-every', '0'], 'evaluation: checkpoint True, now False'),
-    ([], ['--eval-every', '10'], 'evaluation: checkpoint False, now True'),
+    (['--eval-every', '10'], ['--eval-every', '0'], 'eval_every: checkpoint 10, now 0'),
+    ([], ['--eval-every', '10'], 'eval_every: checkpoint 0, now 10'),
+    (['--eval-every', '5'], ['--eval-every', '10'], 'eval_every: checkpoint 5, now 10'),
     ([], ['--lr', '0.02'], 'lr: checkpoint 0.01, now 0.02'),
-    ([], ['--engine', 'numpy', '--dtype', 'float32'], 'dtype: checkpoint float64, now float32'),
-], ids=['evaluation-off', 'evaluation-on', 'lr', 'dtype'])
+    ([], ['--engine', 'numpy', '--dtype', 'float32'], "dtype: checkpoint 'float64', now 'float32'"),
+    ([], ['--preset', 'esp32'], "preset: checkpoint 'microgpt', now 'esp32'"),
+], ids=['evaluation-off', 'evaluation-on', 'eval-every', 'lr', 'dtype', 'preset'])
 def test_resume_refuses_another_configuration_but_steps(data, tmp_path, first, then, fragment):
     out = str(tmp_path / 'run')
     assert run(*small(data, '--out', out, '--steps', '10', *first))[0] == 0
@@ -253,6 +319,23 @@ def test_failing_standard_output_is_one_line(accented, stream, command):
                                 "microgpt: error: cannot print 'é' in standard output's encoding ascii")), lines
 
 
+@pytest.mark.parametrize('argv', [['train', '--steps', '5'], ['--version'], ['info', '--checkpoint', 'x']],
+                         ids=lambda v: v[0])
+def test_closed_standard_output_is_one_line(monkeypatch, argv):
+    """`microgpt ... >&-`: Python sets sys.stdout to None, and the first print was an AttributeError traceback."""
+    monkeypatch.setattr(sys, 'stdout', None)
+    err = io.StringIO()
+    code = main(argv, err=err)
+    assert (code, err.getvalue()) == (2, 'microgpt: error: standard output is closed; give it a file (> FILE, or '
+                                         '> /dev/null)\n'), (code, err.getvalue())
+
+
+def test_closed_standard_output_in_a_real_process():
+    proc = subprocess.run(f'"{sys.executable}" -m microgpt --version >&-', shell=True, stderr=subprocess.PIPE,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and proc.stderr.startswith('microgpt: error: standard output is closed'), proc
+
+
 def test_standard_output_on_dev_full_in_a_real_process(data):
     if not os.path.exists('/dev/full'):
         missing('no /dev/full on this system')
@@ -307,6 +390,18 @@ def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
     code, out, err = run(*small(data))
     assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
     assert handlers == [signal.default_int_handler], handlers
+
+
+@pytest.mark.parametrize('bar', [None, 'a progress bar'])
+def test_the_stop_notice_starts_a_line_only_below_a_progress_bar(bar):
+    """Standard error that is not a terminal has no bar on the line: the notice began with an empty line."""
+    from microgpt.commands import _StopRequest
+    err = io.StringIO()
+    stop = _StopRequest(err)
+    stop.bar = bar
+    stop(signal.SIGINT, None)
+    lead = '\n' if bar else ''
+    assert err.getvalue() == f"{lead}microgpt: stopping after this step (Ctrl-C again to abort at once)\n", err.getvalue()
 
 
 def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):

@@ -4,6 +4,7 @@ and the checkpoints written before stay loadable. The full disk is a small tmpfs
 (as in CI); a fault-injecting file object stands in for it everywhere."""
 
 import errno
+import json
 import os
 import random
 import subprocess
@@ -162,3 +163,77 @@ def test_a_write_that_fails_as_a_full_disk(tmp_path, monkeypatch, room):
     monkeypatch.undo()
     assert path.read_bytes() == before and load_checkpoint(str(path)).step == 1
     assert [p.name for p in tmp_path.iterdir()] == ['model.safetensors'], sorted(p.name for p in tmp_path.iterdir())
+
+
+class _FillingFile:
+    """An unbuffered file that takes `room` more bytes, part of a write if need be (as a disk filling up does),
+    and then fails with ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if not self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        taken = self.f.write(data[:self.room])
+        self.room -= taken
+        return taken
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def metrics_filling_after(monkeypatch, room):
+    """metrics.jsonl takes `room` bytes, then fails as a full disk."""
+    from microgpt.train import run as run_module
+
+    def opened(path, mode, **kwargs):
+        f = open(path, mode, **kwargs)
+        return _FillingFile(f, room) if path.endswith('metrics.jsonl') else f
+
+    monkeypatch.setattr(run_module, 'open', opened, raising=False)
+
+
+@pytest.mark.parametrize('save_every, kept', [(0, 'this run saved no checkpoint in'), (2, 'resume.safetensors keeps step')])
+def test_metrics_on_a_full_disk_end_at_a_whole_line_and_say_what_is_kept(tmp_path, data_file, monkeypatch,
+                                                                         save_every, kept):
+    """The message said 'the checkpoints in DIR are kept' where DIR held none, and the last line was cut."""
+    metrics_filling_after(monkeypatch, 430)  # some records and part of one
+    out = tmp_path / 'run'
+    extra = ['--save-every', save_every] if save_every else []
+    code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 20, '--out', out, *extra)
+    assert_one_line_error(code, err, str(out / 'metrics.jsonl'), 'No space left on device', kept)
+    text = (out / 'metrics.jsonl').read_text()
+    steps = [json.loads(line)['step'] for line in text.splitlines()]
+    assert text.endswith('\n') and steps == list(range(1, len(steps) + 1)), text
+    assert len(text) < 430, text  # the part of the last record is gone
+
+
+def test_a_plot_that_cannot_be_written_names_it_and_what_is_kept(tmp_path, data_file, monkeypatch):
+    """It was `microgpt: error: No space left on device`, naming no path; after another error, that one is
+    reported."""
+    from microgpt.train import plotting
+
+    def full(metrics_path, png_path):
+        with open(png_path, 'wb') as f:
+            f.write(b'\x89PNG')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(plotting, 'plot_metrics', full)
+    out = tmp_path / 'run'
+    code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 4, '--out', out, '--plot')
+    assert_one_line_error(code, err, str(out / 'loss.png'), 'No space left on device', 'keeps step 4')
+    assert not (out / 'loss.png').exists()
+    metrics_filling_after(monkeypatch, 0)
+    code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 4, '--out', out, '--plot',
+                                      '--overwrite')
+    assert_one_line_error(code, err, str(out / 'metrics.jsonl'), 'saved no checkpoint')
+
+
+def test_a_plot_on_a_really_full_disk(small_disk, data_file):
+    (small_disk / 'filler').write_bytes(b'x' * (252 * 1024))
+    code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 200, '--out', small_disk / 'run',
+                                      '--plot')
+    assert_one_line_error(code, err, str(small_disk / 'run' / 'metrics.jsonl'), 'No space left on device',
+                          'saved no checkpoint')
+    assert (small_disk / 'run' / 'metrics.jsonl').read_text().endswith('\n')

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file, save_file
 from microgpt.config import ModelConfig, num_parameters
 from microgpt.data import holdout_split
 from microgpt.presets import PRESETS, model_settings, resolve
+from microgpt.train.checkpoint import load_checkpoint
 
 from helpers import NAMES, run_cli_in_process as run, write_names
 from helpers import assert_one_line_error as assert_error
@@ -255,8 +257,7 @@ def test_resume_with_mismatched_config(small_data, tmp_path):
                  "val_split: checkpoint 'name', now 'line'")
     assert_error(*run(*train_args(small_data, out, '--val-fraction', '0.3', '--resume')),
                  'val_fraction: checkpoint 0.2, now 0.3')
-    assert_error(*run(*train_args(small_data, out, '--eval-every', '0', '--resume')),
-                 '--val-fraction shapes the held-out split')  # without evaluation --val-fraction is an error
+    assert_error(*run(*train_args(small_data, out, '--eval-every', '0', '--resume')), 'eval_every: checkpoint 20, now 0')
 
 
 def test_resume_without_a_checkpoint(small_data, tmp_path):
@@ -273,13 +274,19 @@ def test_batch_larger_than_data(small_data):
     assert_error(*run('train', '--data', small_data, '--batch-size', '1000'), 'larger than the', 'training documents')
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(small_data, tmp_path):
+def test_a_data_file_of_any_name_is_recorded_and_resumed(tmp_path):
+    """A name that is not UTF-8 (or any non-ASCII name under LC_ALL=C) went into the checkpoint's JSON
+    metadata as it was and failed the save with UnicodeEncodeError after training."""
+    data = os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b'bad\xffname.txt'))
+    write_names(Path(data))
     out = str(tmp_path / 'run')
-    assert run(*train_args(small_data, out))[0] == 0
-    before = open(os.path.join(out, 'model.safetensors'), 'rb').read()
-    code, stdout, err = run('train', '--data', small_data, '--steps', '50', '--lr', '1e300', '--out', out, '--overwrite')
-    assert_error(code, stdout, err, 'the loss became', 'diverged', out)
-    assert open(os.path.join(out, 'model.safetensors'), 'rb').read() == before
+    code, _, err = run('train', '--data', data, '--steps', '3', '--out', out, '--num-samples', '0')
+    assert code == 0, err
+    recorded = load_checkpoint(os.path.join(out, 'resume.safetensors')).meta['data_path']
+    assert recorded.endswith('/bad\\xffname.txt'), recorded
+    code, _, err = run('train', '--resume', '--out', out, '--steps', '5', '--num-samples', '0')  # reads it back
+    assert code == 0, err
+    assert run('train', '--resume', '--out', out, '--steps', '6', '--num-samples', '0', '--data', data)[0] == 0
 
 
 @pytest.mark.parametrize('flags, fragment', [

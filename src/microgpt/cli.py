@@ -109,8 +109,9 @@ def build_parser():
 
     p = command('train', commands.cmd_train, help='train a model and print samples',
                 description='Train a GPT on a text file (one document per line), then sample from it.')
-    p.add_argument('--preset', choices=list(PRESETS), default=DEFAULT_PRESET,
-                   help=f'a named configuration; flags given explicitly override it (default: {DEFAULT_PRESET})')
+    p.add_argument('--preset', choices=list(PRESETS), default=argparse.SUPPRESS,
+                   help=f'a named configuration; flags given explicitly override it (default: {DEFAULT_PRESET}; '
+                        f'with --resume, the saved run\'s)')
     _add_settings(p, RunConfig, 'data, engine, evaluation and output', PRESETS)
     _add_settings(p, ModelConfig, 'model', PRESETS)
     _add_settings(p, TrainConfig, 'optimisation', PRESETS)
@@ -245,6 +246,9 @@ def main(argv=None, out=None, err=None):
     err = err or sys.stderr
     if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
+    if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
+        print("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", file=err)
+        return 2
     out = _Output(stdout)
     parser = build_parser()
     try:

@@ -2,6 +2,7 @@
 parsed namespace into config dataclasses (a flag left out takes the dataclass's default, or the preset's) and
 never changes the namespace."""
 
+import contextlib
 import os
 import random
 import shlex
@@ -13,10 +14,11 @@ from .config import ModelConfig, SampleConfig, TrainConfig
 from .data import bundled_dataset_path, holdout_split, load_documents
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .sampling import generate
+from .tempfiles import remove_quietly
 from .engines import ENGINES, make_engine
 from .errors import MicrogptError
-from .presets import fields_of, model_settings, resolve
-from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun
+from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
+from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, resume_settings
 from .train.setup import RunConfig, RunSettings
 from .train.loop import StepReport, evaluate
 
@@ -33,19 +35,26 @@ class _StopRequest:
 
     def __init__(self, err, what='stopping after this step'):
         self.requested, self.err, self.what = False, err, what
+        self.bar = None  # a progress bar on the line: the notice starts on a line of its own
 
     def __call__(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\nmicrogpt: {self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
+        below_bar = '\n' if self.bar is not None else ''
+        print(f"{below_bar}microgpt: {self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
 
 
 def cmd_train(args, out, err):
-    settings = resolve(args.preset, given(args, RunConfig, ModelConfig, TrainConfig, SampleConfig))
+    flags, preset = given(args, RunConfig, ModelConfig, TrainConfig, SampleConfig), getattr(args, 'preset', None)
+    if flags.get('resume') and flags.get('out') and not flags.get('overwrite'):  # (both: RunConfig refuses it)
+        # the saved run's settings, with the flags given on top
+        settings, preset = resume_settings(flags['out'], flags, preset)
+    else:
+        settings = resolve(preset or DEFAULT_PRESET, flags)
     run_cfg, tcfg = RunConfig(**fields_of(RunConfig, settings)), TrainConfig(**fields_of(TrainConfig, settings))
     sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
-    run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, args.preset))
+    run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, preset or DEFAULT_PRESET))
     if run_cfg.engine == 'fused':
         _notice_compilation(err, run_cfg.dtype, tcfg.batch_size, run_cfg.eval_every > 0)
     # Ctrl-C before the first step's report (reading, compiling: the fused kernels compile inside the first
@@ -81,15 +90,18 @@ def cmd_train(args, out, err):
                     print(f"microgpt: {run.run.notice}", file=err)
                 if event.resumed_from:
                     print(f"microgpt: resuming from step {event.resumed_from}", file=err)
-                bar = _progress_bar(err, tcfg.steps, event.resumed_from)
+                bar = stop.bar = _progress_bar(err, tcfg.steps, event.resumed_from)
+    except BaseException:
+        if run_cfg.plot:  # also after Ctrl-C or an error: plot what was recorded; the first failure is reported
+            with contextlib.suppress(MicrogptError):
+                _plot(run)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
             bar.close()
-        metrics = os.path.join(run_cfg.out, METRICS_FILE) if run_cfg.out else None
-        if run_cfg.plot and os.path.exists(metrics):  # also after Ctrl-C or an error: plot what was recorded
-            from .train.plotting import plot_metrics
-            plot_metrics(metrics, os.path.join(run_cfg.out, PLOT_FILE))
+    if run_cfg.plot:
+        _plot(run)
     if stop.requested:
         if run.step < tcfg.steps:
             where = f"; continue with --resume --out {run_cfg.out}" if run_cfg.out else ""
@@ -105,6 +117,19 @@ def cmd_train(args, out, err):
     print("\n--- inference (new, hallucinated names) ---", file=out)
     engine = run.run.engine
     _print_samples(engine.decoder(), engine.cfg.block_size, run.run.vocab, run.run.rng, sample_cfg, out, prompt_ids=())
+
+
+def _plot(run):
+    """DIR/loss.png of what DIR/metrics.jsonl holds; a plot that cannot be written names its path and what is kept."""
+    from .train.plotting import plot_metrics
+    metrics, png = run.path(METRICS_FILE), run.path(PLOT_FILE)
+    if not os.path.exists(metrics):
+        return
+    try:
+        plot_metrics(metrics, png)
+    except OSError as e:
+        remove_quietly(png)
+        raise MicrogptError(f"{png}: cannot write the plot ({e.strerror or e}){run.kept()}") from None
 
 
 def _emit(line, stream, bar):

@@ -9,10 +9,13 @@ trained on but never the order of the main stream (setup.prepare_run).
 import json
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 
 from ..errors import MicrogptError
+from ..fetch import is_url
+from ..presets import PRESETS
 from .loop import evaluate, train, training_threads
 from .setup import Holdout, prepare_run
 
@@ -20,7 +23,8 @@ BEST_CHECKPOINT = 'model.safetensors'
 RESUME_CHECKPOINT = 'resume.safetensors'
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
-RUN_FILES = (BEST_CHECKPOINT, RESUME_CHECKPOINT, METRICS_FILE)
+CHECKPOINTS = (BEST_CHECKPOINT, RESUME_CHECKPOINT)  # what makes a folder a run: metrics alone keep nothing
+RUN_FILES = (*CHECKPOINTS, METRICS_FILE, PLOT_FILE)
 # A loss above this many nats per token has diverged even where it is still a finite number (--lr 1e30 gave
 # 1e92 on the array engines, where the reference engine's log(0) gave NaN): the model puts e^-1000 on the
 # characters it is shown. A model that guesses uniformly scores ln(vocabulary size), under 12 for any vocabulary.
@@ -56,10 +60,11 @@ class TrainingRun:
     def __init__(self, settings):
         self.s, self.cfg, self.tcfg = settings, settings.run, settings.train
         if self.cfg.out and not self.cfg.resume and not self.cfg.overwrite:
-            existing = [name for name in RUN_FILES if os.path.exists(self.path(name))]
+            existing = [name for name in CHECKPOINTS if os.path.exists(self.path(name))]
             if existing:
-                raise MicrogptError(f"{self.cfg.out} already holds a run ({', '.join(existing)}); continue it with "
-                                    f"--resume, replace it with --overwrite, or give another --out DIR")
+                resume = "continue it with --resume, " if RESUME_CHECKPOINT in existing else ""
+                raise MicrogptError(f"{self.cfg.out} already holds a run ({', '.join(existing)}); {resume}replace it "
+                                    f"with --overwrite, or give another --out DIR")
         self.run = None          # the prepared Run, once events() has read the data
         self.best_val_loss = math.inf
         self.step = 0
@@ -80,6 +85,8 @@ class TrainingRun:
             except OSError as e:
                 raise MicrogptError(f"{cfg.out}: cannot make the output folder ({e.strerror}); "
                                     f"give another --out DIR") from None
+        if cfg.out and self.writes and not cfg.resume:
+            self._remove_previous_run()
         start = self._resume() if cfg.resume else 0
         self._open_metrics(start)
         yield Header(len(run.docs), run.vocab.size, run.engine.num_params(), len(run.val_docs), start)
@@ -128,23 +135,38 @@ class TrainingRun:
             if stopping and not finished:
                 return
 
+    def kept(self):
+        """What the run keeps in --out DIR, for a message that stops it: '; ...', or '' without --out."""
+        if self.cfg.out is None:
+            return ""
+        if self.saved_step is None:
+            return f"; this run saved no checkpoint in {self.cfg.out}"
+        return f"; {self.path(RESUME_CHECKPOINT)} keeps step {self.saved_step}"
+
     def _diverged(self, what):
         """Stop with the one divergence error, saying which checkpoint is kept only where one is."""
-        if self.cfg.out is None:
-            kept = ""
-        elif self.saved_step is None:
-            kept = f"; this run saved no checkpoint in {self.cfg.out}"
-        else:
-            kept = f"; {self.path(RESUME_CHECKPOINT)} keeps step {self.saved_step}, the last finite state"
+        kept = f"{self.kept()}, the last finite state" if self.saved_step is not None else self.kept()
         raise MicrogptError(f"{what}: training diverged{kept}; lower --lr or set --grad-clip")
+
+    def _remove_previous_run(self):
+        """A fresh run starts from an empty record: the files of the run it replaces (--overwrite), or the
+        metrics of one that saved nothing, never stay beside its own."""
+        for name in RUN_FILES:
+            try:
+                os.remove(self.path(name))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise MicrogptError(f"{self.path(name)}: cannot remove the previous run's file ({e.strerror}); "
+                                    f"give another --out DIR") from None
 
     # ---- checkpoints
 
     def _meta(self):
         cfg = self.cfg
-        return {'data_path': os.path.abspath(cfg.data_path), 'eval_every': cfg.eval_every,
+        return {'data_path': recorded_path(cfg.data_path), 'eval_every': cfg.eval_every,
                 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split, 'preset': self.s.preset,
-                'best_val_loss': self.best_val_loss}
+                'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss}
 
     def _save(self, name, metrics):
         from .checkpoint import save_checkpoint
@@ -156,42 +178,20 @@ class TrainingRun:
         return Saved(path, self.step)
 
     def _resume(self):
+        """Restore the saved state; resume_settings has already refused settings that differ from it."""
         from .checkpoint import load_checkpoint, restore_engine
-        cfg, run = self.cfg, self.run
-        path = self.path(RESUME_CHECKPOINT)
-        if not os.path.exists(path):
-            raise MicrogptError(f"{path}: nothing to resume (no checkpoint there); drop --resume to start fresh")
-        ckpt = load_checkpoint(path)
-        model, saved_model = run.cfg.to_dict(), ckpt.model_cfg.to_dict()
-        differences = [f"{k}: checkpoint {v!r}, now {model[k]!r}" for k, v in saved_model.items() if model[k] != v]
-        # --steps may differ: a larger one trains on, with the schedule of the new total
-        train_now, train_saved = asdict(self.tcfg), asdict(ckpt.train_cfg)
-        differences += [f"{k}: checkpoint {v!r}, now {train_now[k]!r}"
-                        for k, v in train_saved.items() if k != 'steps' and train_now[k] != v]
+        run = self.run
+        ckpt = load_checkpoint(self.path(RESUME_CHECKPOINT))
         if ckpt.vocab != run.vocab:
-            differences.append("vocabulary (a different --data?)")
-        # the state's dtype: a bfloat16 run (autocast) keeps its weights and Adam state in float32
-        if ckpt.meta.get('dtype', run.engine.dtype) != run.engine.dtype:
-            differences.append(f"dtype: checkpoint {ckpt.meta.get('dtype')}, now {cfg.dtype}")
-        # the held-out split decides which documents are trained on: evaluation on or off, and how it splits
-        split = {'evaluation': bool(ckpt.meta.get('eval_every')), 'val_fraction': ckpt.meta.get('val_fraction'),
-                 'val_split': ckpt.meta.get('val_split', 'name')}
-        now = {'evaluation': bool(cfg.eval_every), 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split}
-        if split['evaluation'] or now['evaluation']:
-            differences += [f"{k}: checkpoint {split[k]!r}, now {now[k]!r}" for k in split if split[k] != now[k]]
-        if differences:
-            raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); "
-                                f"resume with the original flags, or train into a new --out folder")
-        if ckpt.step > self.tcfg.steps:
-            raise MicrogptError(f"{path} is at step {ckpt.step}, past --steps {self.tcfg.steps}; give --steps "
-                                f"{ckpt.step} or more to continue it")
+            raise MicrogptError(f"--resume with a different configuration (vocabulary: the data now holds other "
+                                f"characters); resume with the original --data, or train into a new --out folder")
         restore_engine(ckpt, run.engine)
         best = ckpt.meta.get('best_val_loss')
         self.best_val_loss = json.loads(best) if isinstance(best, str) else (best if best is not None else math.inf)
         self.step = self.saved_step = ckpt.step
         return ckpt.step
 
-    # ---- metrics.jsonl: one JSON object per step
+    # ---- metrics.jsonl: one JSON object per step, written whole or not at all
 
     def _open_metrics(self, start):
         self._metrics = None
@@ -199,12 +199,15 @@ class TrainingRun:
             return
         path = self.path(METRICS_FILE)
         try:
-            kept = []
-            if start and os.path.exists(path):  # drop records of steps after the checkpoint we resume from
-                with open(path, encoding='utf-8') as f:
-                    kept = [line for line in f if line.strip() and json.loads(line)['step'] <= start]
-            self._metrics = open(path, 'w', encoding='utf-8')
-            self._metrics.writelines(kept)
+            kept = 0  # bytes of the records up to the step we resume from; those of later steps are dropped
+            if start and os.path.exists(path):
+                with open(path, 'rb') as f:
+                    for line in f:
+                        if line.strip() and json.loads(line)['step'] > start:
+                            break
+                        kept += len(line)
+                os.truncate(path, kept)
+            self._metrics = open(path, 'ab' if kept else 'wb', buffering=0)
         except OSError as e:
             raise MicrogptError(f"{path}: cannot write the metrics ({e.strerror}); give another --out DIR") from None
         except (ValueError, KeyError, TypeError):
@@ -212,21 +215,79 @@ class TrainingRun:
                                 f"resume") from None
 
     def _write_metrics(self, record):
-        if self._metrics:
+        if not self._metrics:
+            return
+        line, end = (json.dumps(record) + '\n').encode('utf-8'), self._metrics.tell()
+        try:
+            written = 0
+            while written < len(line):  # an unbuffered write may take part of the line, then fail
+                written += self._metrics.write(line[written:])
+        except OSError as e:
             try:
-                self._metrics.write(json.dumps(record) + '\n')
-                self._metrics.flush()
-            except OSError as e:
-                raise MicrogptError(f"{self.path(METRICS_FILE)}: cannot write the metrics ({e.strerror}); the "
-                                    f"checkpoints in {self.cfg.out} are kept") from None
+                self._metrics.truncate(end)  # no half record: the file ends at the last whole line
+            except OSError:
+                pass
+            raise MicrogptError(f"{self.path(METRICS_FILE)}: cannot write the metrics ({e.strerror})"
+                                f"{self.kept()}") from None
 
     def _close_metrics(self):
         if self._metrics:
             metrics, self._metrics = self._metrics, None
-            try:
-                metrics.close()
-            except OSError:
-                pass  # the write that failed has been reported
+            metrics.close()  # unbuffered: nothing is left to write
+
+
+# ---- resuming: the saved run's settings, with the flags given on top
+
+def resume_settings(out, given, preset=None):
+    """The settings that continue the run saved in `out`: those its checkpoint records (model, training, data,
+    held-out split, engine and dtype), the saved preset's for the rest (sampling), and `given` (the flags on the
+    command line) on top. A given setting that differs from the recorded one is an error, but a larger steps,
+    which trains on, and another engine (checkpoints are interchangeable)."""
+    from .checkpoint import load_checkpoint
+    path = os.path.join(out, RESUME_CHECKPOINT)
+    if not os.path.exists(path):
+        start = ("replace it with --overwrite instead" if os.path.exists(os.path.join(out, BEST_CHECKPOINT))
+                 else "drop --resume to start fresh")
+        raise MicrogptError(f"{path}: nothing to resume (no resume state there); {start}")
+    ckpt = load_checkpoint(path)
+    meta = ckpt.meta
+    recorded = {**{k: v for k, v in asdict(ckpt.model_cfg).items() if k != 'vocab_size'}, **asdict(ckpt.train_cfg),
+                'eval_every': meta.get('eval_every', 0), 'val_fraction': meta.get('val_fraction'),
+                'val_split': meta.get('val_split', 'name'),
+                'dtype': meta.get('compute_dtype', meta.get('dtype', 'float64'))}
+    for key, meta_key in (('data', 'data_path'), ('engine', 'engine'), ('preset', 'preset')):
+        if meta.get(meta_key) is not None:  # older checkpoints may lack them
+            recorded[key] = meta[meta_key]
+    now = {**given, **({'data': recorded_path(given['data'])} if 'data' in given else {}),
+           **({'preset': preset} if preset is not None else {})}
+    differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
+                   if k in recorded and k not in ('steps', 'engine') and v != recorded[k]]
+    if differences:
+        raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); resume with "
+                            f"--resume --out {out} alone to continue as saved, or train into a new --out folder")
+    if given.get('steps', ckpt.step) < ckpt.step:
+        raise MicrogptError(f"{path} is at step {ckpt.step}, past --steps {given['steps']}; give --steps "
+                            f"{ckpt.step} or more to continue it")
+    saved_preset = recorded.pop('preset', None)
+    if 'data' in recorded:
+        recorded['data'] = path_of_recorded(recorded['data'])
+    return {**PRESETS.get(saved_preset, {}), **recorded, **given}, saved_preset
+
+
+def recorded_path(path):
+    """A data path as checkpoint metadata (UTF-8 JSON) holds it: a URL as given, a file as its absolute path in
+    UTF-8, a byte that is not UTF-8 written \\xHH (path_of_recorded reads it back)."""
+    if is_url(path):
+        return path
+    return os.fsencode(os.path.abspath(path)).decode('utf-8', 'backslashreplace')
+
+
+def path_of_recorded(text):
+    """The path that recorded_path wrote as `text` (backslashreplace writes only bytes 0x80 and above)."""
+    if is_url(text):
+        return text
+    raw = re.sub(rb'\\x([89a-f][0-9a-f])', lambda m: bytes([int(m[1], 16)]), text.encode('utf-8'))
+    return os.fsdecode(raw)
 
 
 def _finite(state):
