@@ -9,7 +9,7 @@ import signal
 import time
 from dataclasses import fields
 
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import ModelConfig, SampleConfig, TrainConfig, check_sampling_flags, check_seed
 from .data import bundled_dataset_path, holdout_split, load_documents
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .sampling import generate
@@ -24,8 +24,10 @@ MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS = 20, 80
 
 
 def given(args, *config_classes):
-    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace)."""
-    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls) if hasattr(args, f.name)}
+    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace, or is
+    None there: an old spelling of it, left out too, leaves None)."""
+    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls)
+            if getattr(args, f.name, None) is not None}
 
 
 class _StopRequest:
@@ -181,6 +183,9 @@ def _decoder(models):
 
 def cmd_sample(args, out, err):
     sample_cfg = SampleConfig(**given(args, SampleConfig))
+    check_sampling_flags(given(args, SampleConfig),
+                         [flag for flag, value in (('--prompt', args.prompt), ('--data', args.data)) if value])
+    check_seed(args.seed)
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     decoder, block_size = _decoder(models)
@@ -299,6 +304,8 @@ def cmd_export(args, out, err):
     if args.force and not args.web:
         raise MicrogptError("--force lets --web write into a folder that is not empty; the C programs replace only "
                             "their own files, so leave --force out")
+    if args.seed is not None:
+        check_seed(args.seed)
     if args.train:
         _export_training_program(args, out)
         return
