@@ -210,6 +210,16 @@ def checkpoint(data, tmp_path):
     return os.path.join(out, 'model.safetensors')
 
 
+def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data, checkpoint):
+    """The recorded data path gone, or a folder there now: samples without the novelty check, and a true notice."""
+    os.remove(data)
+    for what in ('is not there', 'is not a file'):
+        code, out, err = run('sample', '--checkpoint', checkpoint, '--num-samples', '2')
+        assert code == 0 and out.count('sample ') == 2 and 'novel:' not in out, (code, out, err)
+        assert err == f"microgpt: the training data {data!r} {what}: no novelty check (give --data FILE)\n", err
+        os.mkdir(data)
+
+
 def rewrite_config(path, key, changes):
     """The checkpoint's bytes with its `key` metadata (model_config, train_config) changed, written back."""
     with open(path, 'rb') as f:

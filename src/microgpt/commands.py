@@ -198,9 +198,9 @@ def cmd_sample(args, out, err):
     else:
         recorded = ckpt.meta.get('data_path')
         known = set(load_documents(recorded)) if recorded and os.path.isfile(recorded) else None
-        if known is None:
-            print(f"microgpt: the training data {recorded!r} is not there: no novelty check (give --data FILE)",
-                  file=err)
+        if known is None:  # a folder or a device at the recorded path is there, but holds no documents
+            what = 'is not a file' if recorded and os.path.exists(recorded) else 'is not there'
+            print(f"microgpt: the training data {recorded!r} {what}: no novelty check (give --data FILE)", file=err)
     _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
 
 
