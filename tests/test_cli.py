@@ -213,11 +213,11 @@ def checkpoint(data, tmp_path):
 def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data, checkpoint):
     """The recorded data path gone, or a folder there now: samples without the novelty check, and a true notice."""
     os.remove(data)
-    for what in ('is not there', 'is not a file'):
+    for what, then in (('is not there', os.mkdir), ('is not a file', os.rmdir)):
         code, out, err = run('sample', '--checkpoint', checkpoint, '--num-samples', '2')
         assert code == 0 and out.count('sample ') == 2 and 'novel:' not in out, (code, out, err)
         assert err == f"microgpt: the training data {data!r} {what}: no novelty check (give --data FILE)\n", err
-        os.mkdir(data)
+        then(data)
 
 
 def rewrite_config(path, key, changes):
