@@ -376,6 +376,9 @@ def cmd_tune(args, out, err):
             file=err, flush=True), stop_requested=lambda: stop.requested)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
+    if stop.requested and not any(t.state.name == 'COMPLETE' for t in study.get_trials(deepcopy=False)):
+        print("microgpt: stopped before any trial of the study completed; the same command continues it", file=err)
+        raise KeyboardInterrupt
     summary = summarize(study, config.out)
     counts = ', '.join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
     print(f"trials: {counts}", file=out)
