@@ -76,9 +76,43 @@ def test_a_temperature_whose_inverse_overflows_is_one_line(data, tmp_path, value
     (['--out', 'x', '--resume', '--overwrite'], ('--resume', '--overwrite', 'one of them')),
     (['--val-split', 'makemore', '--val-fraction', '0.2', '--eval-every', '5'], ('--val-fraction',)),
     (['--engine', 'reference', '--dtype', 'float32'], ('--dtype float32', 'reference')),
+    (['--device', 'cpu'], ('--device cpu', 'numpy engine', '--engine torch')),
+    (['--engine', 'fused', '--device', 'cuda'], ('--device cuda', 'fused engine', '--engine torch')),
+    (['--num-samples', '0', '--temperature', '2', '--top-k', '3'], ('--temperature, --top-k', '--num-samples 0')),
+    (['--out', 'x', '--save-every', '20'], ('--save-every 20', '--steps 20')),
+    (['--seed', '-1'], ('--seed must be at least 0, got -1',)),
 ], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
 def test_flags_without_effect_are_errors(data, flags, fragments):
     assert_one_line_error(*run(*small(data), *flags), *fragments)
+
+
+def test_a_presets_sampling_setting_is_no_flag_without_effect(data):
+    """--num-samples 0 refuses a --temperature the user gave, not the esp32 preset's."""
+    code, out, err = run('train', '--data', data, '--preset', 'esp32', '--steps', '2', '--num-samples', '0')
+    assert code == 0 and 'sample ' not in out, (code, err)
+
+
+@pytest.mark.parametrize('argv, fragments', [
+    (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--temperature', '3', '--prompt', 'ab'],
+     ('--temperature, --prompt', '--num-samples 0')),
+    (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--data', 'names.txt'], ('--data', '--num-samples 0')),
+    (['sample', '--checkpoint', 'missing', '--seed', '-7'], ('--seed must be at least 0, got -7',)),
+    (['export', '--train', '--seed', '-1', '--out', 'ex'], ('--seed must be at least 0, got -1',)),
+    (['tune', '--seed', '-1', '--trials', '1'], ('--seed must be at least 0, got -1',)),
+    (['bench', '--engines', 'numpy', '--reference-steps', '5'], ('--reference-steps', 'reference engine', '--engines')),
+    (['bench', '--engines', 'reference', '--steps', '5'], ('--steps', '--engines')),
+    (['bench', '--engines', ''], ('--engines names no engine',)),
+    (['bench', '--engines', ' , '], ('--engines names no engine',)),
+    (['study', '--list', '--num-seeds', '3'], ('--list', '--num-seeds')),
+    (['study', '--list', '--workers', '1'], ('--list', '--workers')),
+    (['study', '--num-seeds', '99999999999', '--experiments', 'baseline', '--workers', '1'],
+     ('--num-seeds must be at most 10000',)),
+], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
+def test_flags_of_other_commands_without_effect_or_out_of_range_are_errors(tmp_path, monkeypatch, argv, fragments):
+    """Refused before any file is read or written (the folders named here are never made)."""
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(*run(*argv), *fragments)
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
 
 
 def test_a_fresh_run_never_replaces_a_saved_one(data, tmp_path):
@@ -240,6 +274,16 @@ def checkpoint(data, tmp_path):
     out = str(tmp_path / 'run')
     assert run(*small(data, '--out', out))[0] == 0
     return os.path.join(out, 'model.safetensors')
+
+
+def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data, checkpoint):
+    """The recorded data path gone, or a folder there now: samples without the novelty check, and a true notice."""
+    os.remove(data)
+    for what, then in (('is not there', os.mkdir), ('is not a file', os.rmdir)):
+        code, out, err = run('sample', '--checkpoint', checkpoint, '--num-samples', '2')
+        assert code == 0 and out.count('sample ') == 2 and 'novel:' not in out, (code, out, err)
+        assert err == f"microgpt: the training data {data!r} {what}: no novelty check (give --data FILE)\n", err
+        then(data)
 
 
 def rewrite_config(path, key, changes):
@@ -527,14 +571,22 @@ def test_study_shows_a_spread_only_over_several_seeds(tmp_path, losses, want):
 
 
 @pytest.mark.parametrize('argv, notice, check', [
-    (['study', '--seeds', '3', '--list'], '--seeds is deprecated; write --num-seeds N', 'baseline'),
-    (['export', '--checkpoint', 'CKPT', '--c', 'DIR'], '--c is deprecated; write --out DIR', 'weights.h'),
+    (['study', '--seeds', '3', '--list'], '--seeds is deprecated; write --num-seeds N',
+     'microgpt: error: --list lists the experiments and exits; leave out --num-seeds\n'),
+    (['export', '--checkpoint', 'CKPT', '--c', 'DIR'], '--c is deprecated; write --out DIR', ''),
 ], ids=['study --seeds', 'export --c'])
 def test_old_flag_spellings_work_with_a_notice(checkpoint, tmp_path, argv, notice, check):
+    """The old spelling means the new one (study's --seeds is --num-seeds, which --list refuses), with a notice."""
     argv = [{'CKPT': checkpoint, 'DIR': str(tmp_path / 'c')}.get(a, a) for a in argv]
     code, out, err = run(*argv)
-    assert code == 0 and err == f'microgpt: {notice}\n', (code, err)
-    assert check in out, out
+    assert code == (2 if check else 0) and err == f'microgpt: {notice}\n{check}', (code, err)
+    assert check or 'weights.h' in out, out
+
+
+def test_study_lists_its_experiments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run('study', '--list')
+    assert code == 0 and err == '' and out.split()[0] == 'baseline', (code, out, err)
 
 
 def test_export_takes_out(checkpoint, tmp_path):

@@ -237,3 +237,30 @@ def test_a_plot_on_a_really_full_disk(small_disk, data_file):
     assert_one_line_error(code, err, str(small_disk / 'run' / 'metrics.jsonl'), 'No space left on device',
                           'saved no checkpoint')
     assert (small_disk / 'run' / 'metrics.jsonl').read_text().endswith('\n')
+
+
+@pytest.mark.parametrize('room', [0, 1000])
+@pytest.mark.parametrize('kind', ['c', 'train', 'web'])
+def test_an_export_that_fails_as_a_full_disk_keeps_the_files_before(tmp_path, data_file, monkeypatch, kind, room):
+    """export wrote weights.h, train_data.h and index.html in place: a full disk left them truncated. Now each
+    file is written whole or not at all: the export before stays, no temporary is left, one line names the file."""
+    from microgpt.export.c import export_c
+    from microgpt.export.c_train import export_training_program
+    from microgpt.export.web import export_web
+    ckpt_path = tmp_path / 'model.safetensors'
+    save_checkpoint(str(ckpt_path), trained_engine(), VOCAB, TCFG, 1, {})
+    out = tmp_path / 'out'
+    export = {'c': lambda: export_c(load_checkpoint(str(ckpt_path)), str(out)),
+              'train': lambda: export_training_program(str(out), str(ckpt_path), data_file, False, None, None),
+              'web': lambda: export_web(str(ckpt_path), str(out), force=True)}[kind]
+    export()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, 'fdopen', lambda fd, mode, **kw: _FullDisk(real_fdopen(fd, mode, **kw), room))
+    with pytest.raises(MicrogptError) as info:
+        export()
+    monkeypatch.undo()
+    message = str(info.value)
+    assert str(out / ('index.html' if kind == 'web' else 'train_data.h' if kind == 'train' else 'weights.h')) \
+        in message and 'No space left on device' in message and '\n' not in message, message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, sorted(p.name for p in out.iterdir())

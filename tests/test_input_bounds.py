@@ -287,6 +287,37 @@ def test_a_numpy_step_allocates_for_the_batch_not_the_block(attention, dropout):
     assert peaks[big] < peaks[16] + wpe_grown, (peaks, wpe_grown)
 
 
+@pytest.mark.parametrize('dropout', [0.0, 0.1])
+@pytest.mark.parametrize('attention', ['causal', 'self'])
+def test_a_torch_step_allocates_for_the_batch_not_the_block(require_torch, attention, dropout):
+    """The torch engine's attention mask and dropout masks follow the batch's positions: --block-size 150000 built
+    a (150000, 150000) mask (22.5 GB) at start. tracemalloc does not see torch's allocations, so every tensor an
+    operation makes (construction, 2 steps, a sampled position) is recorded: none is larger than the parameters,
+    whose wpe is the one thing the block sizes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from microgpt.engines.torch.engine import TorchEngine
+
+    class LargestTensor(TorchDispatchMode):
+        largest = (0, None)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for t in result if isinstance(result, (tuple, list)) else (result,):
+                if hasattr(t, 'numel') and t.numel() > self.largest[0]:
+                    self.largest = (t.numel(), str(func))
+            return result
+
+    vocab = Vocabulary.from_documents(NAMES)
+    batch = [vocab.document_tokens(d) for d in NAMES[:4]]
+    cfg = ModelConfig(vocab_size=27, block_size=4000, attention=attention)
+    with LargestTensor() as record:
+        engine = TorchEngine(cfg, random.Random(1), device='cpu')
+        for _ in range(2):
+            engine.train_step(batch, 0.01, TrainConfig(batch_size=4, dropout=dropout))
+        engine.decoder().step(vocab.bos_id, 0)
+    assert record.largest[0] <= engine.num_params(), (record.largest, engine.num_params())
+
+
 def test_the_parameter_count_of_a_million_layers_is_counted_at_once():
     """num_parameters is arithmetic, not a table of 6 million rows: --n-layer 1000000 is refused at once."""
     from microgpt.config import num_parameters, parameter_table

@@ -359,9 +359,12 @@ def test_bfloat16_on_the_cpu_is_a_one_line_error():
         make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0), 'bfloat16')
 
 
-def test_a_device_for_another_engine_is_a_one_line_error():
-    with pytest.raises(MicrogptError, match=r"--device cuda is the torch engine's.*add --engine torch"):
-        make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0), 'float64', 'cuda')
+@pytest.mark.parametrize('device', ['cuda', 'cpu'])
+def test_a_device_for_another_engine_is_a_one_line_error(device):
+    """--device is the torch engine's, cpu included: with another engine it would change nothing."""
+    from microgpt.train.setup import RunConfig
+    with pytest.raises(MicrogptError, match=rf"device {device} is the torch engine's.*engine torch"):
+        RunConfig(engine='numpy', device=device)
 
 
 def test_torchrun_without_the_torch_engine_is_a_one_line_error(monkeypatch):

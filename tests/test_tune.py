@@ -138,3 +138,23 @@ def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_
     fail_abandoned_trials(study)
     states = {t.number: t.state.name for t in study.get_trials()}
     assert states == {0: 'FAIL', 1: 'RUNNING'}, states
+
+
+def test_ctrl_c_before_any_trial_completes_exits_130_saying_so(small_data, tmp_path, monkeypatch):
+    """Ctrl-C during the first trial: its run saves and it is told as failed; with no trial complete there is no
+    best to report, and the exit is Ctrl-C's 130 with a true line, not the error of a spent budget."""
+    import signal
+    from helpers import run_cli_in_process
+    from microgpt.tune import search
+
+    def interrupted_trial(trial, options, n_train_docs, should_stop):
+        signal.raise_signal(signal.SIGINT)
+        assert should_stop()
+        raise search.Interrupted
+
+    monkeypatch.setattr(search, 'run_trial', interrupted_trial)
+    code, out, err = run_cli_in_process('tune', '--data', small_data, '--out', tmp_path / 'tune', '--trials', '3')
+    assert code == 130 and out == '', (code, out, err)
+    assert err.splitlines()[2:] == ['trial    0 interrupted',
+                                'microgpt: stopped before any trial of the study completed; the same command '
+                                'continues it', 'microgpt: interrupted'], err

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import fields
 
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import ModelConfig, SampleConfig, TrainConfig, check_sampling_flags, check_seed
 from .data import bundled_dataset_path, holdout_split, load_documents
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .sampling import generate
@@ -26,8 +26,10 @@ MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS = 20, 80
 
 
 def given(args, *config_classes):
-    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace)."""
-    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls) if hasattr(args, f.name)}
+    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace, or is
+    None there: an old spelling of it, left out too, leaves None)."""
+    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls)
+            if getattr(args, f.name, None) is not None}
 
 
 class _StopRequest:
@@ -206,6 +208,9 @@ def _decoder(models):
 
 def cmd_sample(args, out, err):
     sample_cfg = SampleConfig(**given(args, SampleConfig))
+    check_sampling_flags(given(args, SampleConfig),
+                         [flag for flag, value in (('--prompt', args.prompt), ('--data', args.data)) if value])
+    check_seed(args.seed)
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     decoder, block_size = _decoder(models)
@@ -218,9 +223,9 @@ def cmd_sample(args, out, err):
     else:
         recorded = ckpt.meta.get('data_path')
         known = set(load_documents(recorded)) if recorded and os.path.isfile(recorded) else None
-        if known is None:
-            print(f"microgpt: the training data {recorded!r} is not there: no novelty check (give --data FILE)",
-                  file=err)
+        if known is None:  # a folder or a device at the recorded path is there, but holds no documents
+            what = 'is not a file' if recorded and os.path.exists(recorded) else 'is not there'
+            print(f"microgpt: the training data {recorded!r} {what}: no novelty check (give --data FILE)", file=err)
     _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
 
 
@@ -324,6 +329,8 @@ def cmd_export(args, out, err):
     if args.force and not args.web:
         raise MicrogptError("--force lets --web write into a folder that is not empty; the C programs replace only "
                             "their own files, so leave --force out")
+    if args.seed is not None:
+        check_seed(args.seed)
     if args.train:
         _export_training_program(args, out)
         return
@@ -394,6 +401,9 @@ def cmd_tune(args, out, err):
             file=err, flush=True), stop_requested=lambda: stop.requested)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
+    if stop.requested and not any(t.state.name == 'COMPLETE' for t in study.get_trials(deepcopy=False)):
+        print("microgpt: stopped before any trial of the study completed; the same command continues it", file=err)
+        raise KeyboardInterrupt
     summary = summarize(study, config.out)
     counts = ', '.join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
     print(f"trials: {counts}", file=out)

@@ -25,11 +25,14 @@ DROPOUT_LEVELS = 1 << 16  # dropout rates are multiples of 1 / 65536: a mask ele
 # flags, their validation and the README's defaults all come from the dataclasses below
 
 
-def setting(default, help=None, *, choices=None, at_least=None, metavar=None, shown_default=None, flag=None):
+def setting(default, help=None, *, choices=None, at_least=None, at_most=None, metavar=None, shown_default=None,
+            flag=None):
     """A config field. With `help` it is also a command-line flag, `flag` or `--name-with-dashes` (cli.py builds
-    the parser from these); `choices` and `at_least` are checked by check_settings wherever the config is made."""
+    the parser from these); `choices`, `at_least` and `at_most` are checked by check_settings wherever the config
+    is made."""
     return field(default=default, metadata={'help': help, 'choices': choices, 'at_least': at_least,
-                                            'metavar': metavar, 'shown_default': shown_default, 'flag': flag})
+                                            'at_most': at_most, 'metavar': metavar, 'shown_default': shown_default,
+                                            'flag': flag})
 
 
 def flag_name(f):
@@ -59,6 +62,9 @@ def check_settings(config):
         if meta.get('at_least') is not None and value is not None and value < meta['at_least']:
             raise SettingError(lambda name, f=f, value=value, bound=meta['at_least']:
                                f"{name(f.name)} must be at least {bound}, got {value}")
+        if meta.get('at_most') is not None and value is not None and value > meta['at_most']:
+            raise SettingError(lambda name, f=f, value=value, bound=meta['at_most']:
+                               f"{name(f.name)} must be at most {bound}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ class TrainConfig:
     beta1: float = setting(0.85, 'Adam beta1, in [0, 1)', at_least=0)
     beta2: float = setting(0.99, 'Adam beta2, in [0, 1)', at_least=0)
     eps: float = setting(1e-8)
-    seed: int = setting(42, 'seed of the one random stream: shuffle, init, sampling')
+    seed: int = setting(42, 'seed of the one random stream: shuffle, init, sampling', at_least=0)
     batch_size: int = setting(1, 'documents per step, padded and masked; the loss is the mean over real tokens',
                               at_least=1)
     weight_decay: float = setting(0.0, 'decoupled (AdamW) weight decay', at_least=0)
@@ -179,6 +185,24 @@ class SampleConfig:
                                             f"token every time), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SettingError(lambda name: f"{name('top_p')} must be in (0, 1], got {self.top_p}")
+
+
+SAMPLING_KNOBS = ('temperature', 'top_k', 'top_p')
+
+
+def check_seed(seed):
+    """A seed given outside TrainConfig (sample's, export --train's) is bounded as TrainConfig's: random.Random
+    seeds with the absolute value, so -1 would silently be 1."""
+    TrainConfig(seed=seed)
+
+
+def check_sampling_flags(given, others=()):
+    """`given`: the SampleConfig settings the user gave (name -> value); `others`: other flags given that only
+    shape the samples. With num_samples 0 nothing is sampled, so each would change nothing."""
+    unused = [key for key in SAMPLING_KNOBS if key in given]
+    if given.get('num_samples') == 0 and (unused or others):
+        raise SettingError(lambda name: f"{', '.join([*map(name, unused), *others])}: nothing is sampled with "
+                                        f"{name('num_samples')} 0; leave them out, or sample")
 
 
 # ---- the one parameter table: every engine's flat layout, the checkpoint names, the C and JavaScript

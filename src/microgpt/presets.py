@@ -6,7 +6,7 @@ run's settings in train/run.py), and a flag given on the command line wins over 
 
 from dataclasses import fields
 
-from .config import ModelConfig
+from .config import ModelConfig, check_sampling_flags
 from .errors import MicrogptError
 
 PRESETS = {
@@ -28,10 +28,14 @@ DEFAULT_PRESET = 'microgpt'
 
 
 def resolve(preset, explicit):
-    """The settings `preset` overrides, with `explicit` (settings the user gave; None means not given) on top."""
+    """The settings `preset` overrides, with `explicit` (settings the user gave; None means not given) on top.
+    Only here are the settings the user gave told from the preset's, so a flag that would change nothing is
+    refused here (a preset's temperature with --num-samples 0 is no such flag)."""
     if preset not in PRESETS:
         raise MicrogptError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    return {**PRESETS[preset], **{k: v for k, v in explicit.items() if v is not None}}
+    explicit = {k: v for k, v in explicit.items() if v is not None}
+    check_sampling_flags(explicit)
+    return {**PRESETS[preset], **explicit}
 
 
 def fields_of(config_class, settings):

@@ -8,11 +8,30 @@ process is gone (and our own), never those of another run writing there now.
 import os
 import tempfile
 
+TEXT_PREFIX = '.tmp-'
+
 
 def make_temporary(folder, prefix, suffix=''):
     """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there."""
     remove_stale(folder, prefix, suffix)
     return tempfile.mkstemp(dir=folder, prefix=f'{prefix}{os.getpid()}-', suffix=suffix)
+
+
+def write_text(path, text):
+    """Write `text` (UTF-8, newline '\\n') to `path` whole or not at all: into a temporary in the same folder, renamed
+    over `path` once complete, with the permissions a new file gets. An OSError (a full disk) or Ctrl-C leaves
+    `path` as it was and no temporary."""
+    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEXT_PREFIX, '-' + os.path.basename(path))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide a web page from a web server
+        with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def remove_stale(folder, prefix, suffix=''):

@@ -3,9 +3,9 @@
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from ..config import TrainConfig, check_settings, setting
+from ..config import SettingError, TrainConfig, check_settings, setting
 from ..engines import BENCH_ENGINES
 from ..errors import MicrogptError
 from ..train.loop import train, training_threads
@@ -24,8 +24,16 @@ class BenchConfig:
     def __post_init__(self):
         check_settings(self)
         unknown = set(self.engine_names) - set(BENCH_ENGINES)
+        if not self.engine_names:
+            raise SettingError(lambda name: f"{name('engines')} names no engine; choose from {', '.join(BENCH_ENGINES)}")
         if unknown:
             raise MicrogptError(f"unknown engines {sorted(unknown)}; choose from {', '.join(BENCH_ENGINES)}")
+        default = {f.name: f.default for f in fields(self)}  # a step count of an engine not timed changes nothing
+        for key, timed, what in (('reference_steps', 'reference' in self.engine_names, 'the reference engine'),
+                                 ('steps', set(self.engine_names) != {'reference'}, 'the engines but the reference')):
+            if not timed and getattr(self, key) != default[key]:
+                raise SettingError(lambda name, key=key, what=what: f"{name(key)} times {what}, which "
+                                                                    f"{name('engines')} leaves out")
 
     @property
     def engine_names(self):

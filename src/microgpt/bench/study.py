@@ -11,9 +11,9 @@ import json
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from ..config import TrainConfig, check_settings, setting
+from ..config import SettingError, TrainConfig, check_settings, setting
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
 from ..train.loop import evaluate, train, training_threads
@@ -21,6 +21,7 @@ from ..train.setup import Holdout, prepare_run
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
 ORIGINAL_MS_PER_STEP = 283  # microgpt.py's own step on the 2-core development machine (the project's recording)
+MAX_SEEDS = 10_000  # each seed is a training run per experiment: more would run for weeks (or fill the memory)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class StudyConfig:
     """`microgpt study`: which experiments, over how many seeds, where."""
     data: str = setting(None, 'dataset', metavar='FILE', shown_default='the bundled names')
     out: str = setting('results', 'results folder', metavar='DIR')
-    num_seeds: int = setting(5, 'seeds per experiment: each runs with seeds 1..N', at_least=1, metavar='N')
+    num_seeds: int = setting(5, 'seeds per experiment: each runs with seeds 1..N', at_least=1, at_most=MAX_SEEDS,
+                             metavar='N')
     experiments: str = setting(None, 'comma-separated experiment names', shown_default='all')
     workers: int = setting(2, 'parallel training processes', at_least=1)
     list_experiments: bool = setting(False, 'list the experiments and exit', flag='--list')
@@ -37,6 +39,11 @@ class StudyConfig:
         check_settings(self)
         if not self.out:
             raise MicrogptError("--out needs a folder name")
+        if self.list_experiments:  # it lists and exits: every other flag would change nothing
+            for f in fields(self):
+                if f.name != 'list_experiments' and getattr(self, f.name) != f.default:
+                    raise SettingError(lambda name, key=f.name: f"{name('list_experiments')} lists the experiments "
+                                                                f"and exits; leave out {name(key)}")
 
     @property
     def chosen(self):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..config import num_parameters, parameter_shapes
 from ..errors import MicrogptError
+from ..tempfiles import write_text
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
@@ -48,13 +49,13 @@ def write_program(out_dir, header, header_text, source):
     texts = {header: header_text, source: (templates / source).read_text(encoding='utf-8'),
              COMMON_HEADER: (templates / COMMON_HEADER).read_text(encoding='utf-8')}
     files = tuple(os.path.join(out_dir, name) for name in texts)
+    path = out_dir
     try:
         os.makedirs(out_dir, exist_ok=True)
         for path, text in zip(files, texts.values()):
-            with open(path, 'w', encoding='utf-8', newline='\n') as f:
-                f.write(text)
+            write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
     except OSError as e:
-        raise MicrogptError(f"{out_dir}: cannot write the C program: {e.strerror}") from None
+        raise MicrogptError(f"{path}: cannot write the C program: {e.strerror}") from None
     return files
 
 

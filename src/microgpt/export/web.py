@@ -21,6 +21,7 @@ import numpy as np
 from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_parameters, parameter_table
 from ..data import holdout_split, load_documents
 from ..errors import MicrogptError
+from ..tempfiles import write_text
 from ..train.checkpoint import load_checkpoint
 from ..train.run import METRICS_FILE
 
@@ -55,12 +56,13 @@ def export_web(checkpoint, out_dir, force=False, metrics_path=None):
     documents, source = training_documents(ckpt)
     page = render_page(page_data(ckpt, metrics, documents, source))
     path = os.path.join(out_dir, PAGE)
+    where = out_dir
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with open(path, 'w', encoding='utf-8', newline='\n') as f:
-            f.write(page)
+        where = path
+        write_text(path, page)  # whole or not at all
     except OSError as e:
-        raise MicrogptError(f"{out_dir}: cannot write the web page: {e.strerror}") from None
+        raise MicrogptError(f"{where}: cannot write the web page: {e.strerror}") from None
     return WebExport(out_dir, path, metrics_path, len(documents or ()))
 
 

@@ -67,6 +67,10 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise SettingError(lambda name: f"{name('resume')} continues the run in {name('out')} and "
                                             f"{name('overwrite')} replaces it: give one of them")
+        if self.device != 'auto' and self.engine != 'torch':
+            raise SettingError(lambda name: f"{name('device')} {self.device} is the torch engine's; the {self.engine} "
+                                            f"engine computes on the CPU: add {name('engine')} torch, or drop "
+                                            f"{name('device')}")
         if self.engine == 'reference' and self.dtype != 'float64':
             raise SettingError(lambda name: f"the reference engine computes in Python floats (float64) only; "
                                             f"use {name('engine')} numpy for {name('dtype')} {self.dtype}")
@@ -87,6 +91,10 @@ class RunSettings:
     def __post_init__(self):
         ModelConfig(vocab_size=1, **self.model)  # flag errors before any file is read
         self.train.check_engine(self.run.engine)
+        if self.run.save_every >= self.train.steps:  # the run always saves at its end
+            raise SettingError(lambda name: f"{name('save_every')} {self.run.save_every} saves nothing the end of "
+                                            f"the run does not ({name('steps')} {self.train.steps}); give a smaller N "
+                                            f"or leave it out")
 
 
 # ---- the run setup: the same for `train`, the study and the benchmark

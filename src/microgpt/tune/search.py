@@ -48,7 +48,8 @@ class TuneConfig:
     study: str = setting('microgpt', 'the study\'s name in the storage', metavar='NAME')
     max_steps: int = setting(20000, "the most steps one trial trains (a trial's length is searched in epochs)",
                              at_least=50, metavar='N')
-    seed: int = setting(42, 'seed of every trial\'s run (its shuffle, initialisation and held-out split)')
+    seed: int = setting(42, 'seed of every trial\'s run (its shuffle, initialisation and held-out split)',
+                        at_least=0)
 
     def __post_init__(self):
         check_settings(self)

@@ -87,8 +87,7 @@ class TorchEngine:
         self.trained = self.model
         if self.where.world_size > 1:
             self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                forward_sync_buffers=False)  # the one buffer, the attention mask, never changes
+                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
             self.trained.register_comm_hook(None, sum_gradients_hook)
 
     @property

@@ -12,6 +12,8 @@ to the loss, and they come after every real position, so causal attention never 
 one.
 """
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 
@@ -35,8 +37,6 @@ class GPT(torch.nn.Module):
         total = sum(p.size for p in self.table)
         self.flat = torch.nn.Parameter(torch.zeros(total, dtype=dtype, device=device))  # (P,)
         self.offsets = {p.name: p.offset for p in self.table}
-        T = cfg.block_size
-        self.register_buffer('self_only', torch.eye(T, dtype=torch.bool, device=device), persistent=False)  # (T, T)
 
     def views(self, flat=None):
         """Name -> (rows, cols) view of `flat` (default: the parameters), in the parameter table's order."""
@@ -69,7 +69,7 @@ class GPT(torch.nn.Module):
             if cfg.attention == 'causal':
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)       # (B, NH, T, HS)
             else:  # each position attends to itself only
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.self_only[:T, :T])
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self_only_mask(T, inputs.device))
             y = y.transpose(1, 2).reshape(B, T, C) @ w[p + 'attn_wo'].T           # (B, T, C)
             x = x + (y if masks is None else y * masks[1 + 2 * i])
             xn = rmsnorm(x) if cfg.norm == 'microgpt' else x
@@ -80,6 +80,18 @@ class GPT(torch.nn.Module):
             x = x + (y if masks is None else y * masks[2 + 2 * i])
         lm_head = w['wte'] if cfg.tie_lm_head else w['lm_head']
         return x @ lm_head.T                                                      # (B, T, V)
+
+
+def self_only_mask(T, device):
+    """(T, T) True on the diagonal: each of T positions attends to itself only. Sized by the batch, never by the
+    block: a --block-size 100000 over short names must not allocate (100000, 100000)."""
+    return _eye(1 << (T - 1).bit_length(), device)[:T, :T]                       # (T, T)
+
+
+@lru_cache(maxsize=None)
+def _eye(size, device):
+    """The mask of `size` positions, a power of two: a few sizes cover every T."""
+    return torch.eye(size, dtype=torch.bool, device=device)                     # (size, size)
 
 
 def predicted_count(batch, block_size):
