@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from itertools import islice
 
 import numpy as np
@@ -245,6 +246,25 @@ def test_resume_from_a_step_outside_the_run_is_one_line(tmp_path):
     code, out, err = run('train', '--data', tmp_path / 'names.txt', '--steps', '6', '--out', tmp_path / 'run',
                          '--resume', '--num-samples', '0')
     assert_one_line_error(code, out, err, 'resume.safetensors', 'metadata: step ')
+
+
+def test_huge_weights_sample_and_evaluate_without_warnings(tmp_path):
+    """1e308 is finite, so it loads; its square overflows in RMSNorm, which gives inf quietly, as in training."""
+    engine, losses = trained()
+    state = engine.state()
+    state.weights['wte'][:, 0] = 1e308
+    engine.load_state(state)
+    path = str(tmp_path / 'model.safetensors')
+    save_checkpoint(path, engine, VOCAB, TCFG, 3, {'train_loss': losses[-1]})
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(NAMES) + '\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for args in (('sample', '--checkpoint', path, '--data', data, '--num-samples', '3'),
+                     ('eval', '--checkpoint', path, '--data', data)):
+            code, out, err = run(*args)
+            assert code == 0 and err == '', (args, code, err)
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_the_next_save_removes_what_interrupted_saves_left(tmp_path):
