@@ -1,5 +1,5 @@
 """Helpers shared by the tests: where the shared data lives, running the command line, random batches, comparing
-engines' named arrays, and loading weights into an engine through the engine contract.
+engines' named arrays, loading weights into an engine through the engine contract, and editing checkpoints.
 
 Test modules import from here (`from helpers import ...`), never from conftest or from another test module;
 conftest holds only fixtures.
@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
 from microgpt.cli import main
 from microgpt.engines import EngineState
+from microgpt.train.checkpoint import safetensors_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED = REPO_ROOT.parent / 'shared'
@@ -121,3 +123,16 @@ def flat(named):
 def load_weights(engine, weights):
     """Put `weights` (name -> (rows, cols)) into `engine`, with fresh Adam state."""
     engine.load_state(EngineState(weights, None, None, 0))
+
+
+# ---- checkpoints
+
+def rewrite_checkpoint(path, change_meta=None, drop=None, change_tensor=None):
+    """Write the checkpoint at `path` again with metadata entries changed, a tensor dropped or replaced, and its
+    checksum recomputed: a file edited on purpose, which only the value checks can refuse."""
+    with safe_open(str(path), framework='numpy') as f:
+        meta = dict(f.metadata())
+        tensors = {name: f.get_tensor(name) for name in f.keys() if name != drop}
+    meta.update(change_meta or {})
+    tensors.update(change_tensor or {})
+    Path(path).write_bytes(safetensors_bytes(tensors, meta))

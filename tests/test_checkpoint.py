@@ -18,7 +18,7 @@ from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError
 from microgpt.train.loop import train
 
-from helpers import flat
+from helpers import flat, rewrite_checkpoint
 
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
 VOCAB = Vocabulary.from_documents(NAMES)
@@ -82,7 +82,7 @@ def test_file_layout_and_metadata(tmp_path):
     with safe_open(path, framework='numpy') as f:
         meta, names = f.metadata(), set(f.keys())
     assert names == set(parameter_shapes(e.cfg)) | {'adam.m', 'adam.v'}, names
-    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '2', meta
+    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '3', meta
     assert json.loads(meta['model_config']) == e.cfg.to_dict(), meta['model_config']
     assert json.loads(meta['train_config']) == asdict(TCFG), meta['train_config']
     assert json.loads(meta['vocab']) == {'chars': VOCAB.chars, 'bos_first': False}, meta['vocab']
@@ -127,16 +127,6 @@ def assert_load_fails(path, *fragments):
     return message
 
 
-def rewrite(path, change_meta=None, drop=None, change_tensor=None):
-    """Write the checkpoint again with safetensors, with metadata changed, a tensor dropped or replaced."""
-    with safe_open(path, framework='numpy') as f:
-        meta = dict(f.metadata())
-        tensors = {name: f.get_tensor(name) for name in f.keys() if name != drop}
-    meta.update(change_meta or {})
-    tensors.update(change_tensor or {})
-    save_file(tensors, path, metadata=meta)
-
-
 def test_missing_file_and_directory(tmp_path):
     assert_load_fails(str(tmp_path / 'nope.safetensors'), 'no such checkpoint', 'microgpt train --out')
     assert_load_fails(str(tmp_path), 'is a directory', 'model.safetensors')
@@ -168,40 +158,40 @@ def test_garbage(saved, garbage):
 
 
 def test_safetensors_that_is_not_a_microgpt_checkpoint(saved):
-    rewrite(saved, {'format': 'something-else'})
+    rewrite_checkpoint(saved, {'format': 'something-else'})
     assert_load_fails(saved, 'not a microgpt checkpoint')
     save_file({'x': np.zeros(3, np.float32)}, saved)  # no metadata at all
     assert_load_fails(saved, 'not a microgpt checkpoint')
 
 
 def test_other_format_version(saved):
-    rewrite(saved, {'format_version': '3'})
-    assert_load_fails(saved, 'format version 3', 'reads versions 1 and 2', 'upgrade microgpt')
+    rewrite_checkpoint(saved, {'format_version': '4'})
+    assert_load_fails(saved, 'format version 4', 'reads versions 1, 2 and 3', 'upgrade microgpt')
 
 
 def test_damaged_metadata(saved):
-    rewrite(saved, {'model_config': '{"vocab_size": '})
+    rewrite_checkpoint(saved, {'model_config': '{"vocab_size": '})
     assert_load_fails(saved, 'metadata')
 
 
 def test_missing_tensor(saved):
-    rewrite(saved, drop='layer0.mlp_fc1')
+    rewrite_checkpoint(saved, drop='layer0.mlp_fc1')
     assert_load_fails(saved, 'layer0.mlp_fc1 is missing')
 
 
 def test_wrong_shape(saved):
-    rewrite(saved, change_tensor={'wpe': np.zeros((8, 16), np.float32)})
+    rewrite_checkpoint(saved, change_tensor={'wpe': np.zeros((8, 16), np.float32)})
     assert_load_fails(saved, 'wpe', '(8, 16)', '(16, 16)')
 
 
 def test_non_finite_weights(saved):
     wte = load_file(saved)['wte']
     wte[3, 4] = np.nan
-    rewrite(saved, change_tensor={'wte': wte})
+    rewrite_checkpoint(saved, change_tensor={'wte': wte})
     assert_load_fails(saved, 'wte', 'NaN')
 
 
 def test_adam_state_of_the_wrong_length(saved):
     m = load_file(saved)['adam.m']
-    rewrite(saved, change_tensor={'adam.m': m[:-1]})
+    rewrite_checkpoint(saved, change_tensor={'adam.m': m[:-1]})
     assert_load_fails(saved, 'adam.m')

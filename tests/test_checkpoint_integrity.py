@@ -1,7 +1,9 @@
-"""Checkpoint integrity: the same state gives the same bytes (also in another process); a flipped byte in the
-tensor data is caught by the recorded SHA-256; every metadata value is strict JSON; format-1 files still load;
-interrupted saves leave nothing a later run could take, and the next save removes their temporaries."""
+"""Checkpoint integrity: the same state gives the same bytes (also in another process); a flipped byte anywhere
+in the file, tensor data or metadata, is caught by the recorded SHA-256; every metadata value is strict JSON and
+a damaged one is a one-line error naming it; format-1 and format-2 files still load; interrupted saves leave
+nothing a later run could take, and the next save removes their temporaries."""
 
+import hashlib
 import json
 import math
 import os
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from itertools import islice
 
 import numpy as np
@@ -24,6 +27,8 @@ from microgpt.errors import MicrogptError
 from microgpt.train import checkpoint
 from microgpt.train.checkpoint import load_checkpoint, save_checkpoint
 from microgpt.train.loop import train
+
+from helpers import assert_one_line_error, rewrite_checkpoint, run_cli_in_process as run, write_names
 
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper', 'evelyn', 'abigail']
 VOCAB = Vocabulary.from_documents(NAMES)
@@ -99,6 +104,45 @@ def test_a_flipped_byte_in_the_tensor_data_is_caught(tmp_path, dtype):
         assert 'checksum' in message and str(path) in message and '\n' not in message, (index, message)
 
 
+@pytest.mark.parametrize('old, new', [(b'"step":"3"', b'"step":"2"'), (b'"note"', b'"nOte"'),
+                                      (b'"format_version":"3"', b'"format_version":"1"')],
+                         ids=['value', 'entry name', 'version'])
+def test_a_flipped_byte_in_the_metadata_is_caught(tmp_path, old, new):
+    path = tmp_path / 'model.safetensors'
+    data = saved_bytes(path)
+    assert data.count(old) == 1, old
+    path.write_bytes(data.replace(old, new))
+    with pytest.raises(MicrogptError, match='checksum'):
+        load_checkpoint(str(path))
+
+
+def as_version_2(path):
+    """Rewrite a saved checkpoint as format version 2 wrote it: tensors_sha256, of the tensor bytes only."""
+    data = path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], 'little')
+    header, payload = json.loads(data[8:header_end]), data[header_end:]
+    del header['__metadata__']['sha256']
+    header['__metadata__'].update(format_version='2', tensors_sha256=json.dumps(hashlib.sha256(payload).hexdigest()))
+    encoded = json.dumps(header).encode('utf-8')
+    path.write_bytes(len(encoded).to_bytes(8, 'little') + encoded + payload)
+    return 8 + len(encoded)  # where the tensor data starts
+
+
+def test_format_version_2_still_loads_with_its_tensor_checksum(tmp_path):
+    path = tmp_path / 'model.safetensors'
+    saved_bytes(path)
+    data_start = as_version_2(path)
+    assert load_checkpoint(str(path)).step == 3
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"step": "3"', b'"step": "2"'))  # version 2's metadata is not covered
+    assert load_checkpoint(str(path)).step == 2
+    damaged = bytearray(data)
+    damaged[data_start] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(MicrogptError, match='tensors_sha256'):
+        load_checkpoint(str(path))
+
+
 def test_format_version_1_still_loads(tmp_path):
     path = tmp_path / 'model.safetensors'
     engine, _ = trained()
@@ -106,7 +150,7 @@ def test_format_version_1_still_loads(tmp_path):
     with safe_open(str(path), framework='numpy') as f:
         meta = dict(f.metadata())
         tensors = {name: f.get_tensor(name) for name in f.keys()}
-    del meta['tensors_sha256']
+    del meta['sha256']
     meta['format_version'] = '1'
     meta['best_val_loss'] = 'Infinity'  # what version 1 wrote
     save_file(tensors, str(path), metadata=meta)
@@ -116,16 +160,111 @@ def test_format_version_1_still_loads(tmp_path):
         np.testing.assert_array_equal(ckpt.weights[name], want)
 
 
-def test_a_version_2_file_without_its_checksum_is_refused(tmp_path):
+@pytest.mark.parametrize('version', ['2', '3'])
+def test_a_file_without_its_checksum_is_refused(tmp_path, version):
     path = tmp_path / 'model.safetensors'
     saved_bytes(path)
+    if version == '2':
+        as_version_2(path)
     tensors = load_file(str(path))
     with safe_open(str(path), framework='numpy') as f:
         meta = dict(f.metadata())
-    del meta['tensors_sha256']
+    del meta['sha256' if version == '3' else 'tensors_sha256']
     save_file(tensors, str(path), metadata=meta)
     with pytest.raises(MicrogptError, match='checksum'):
         load_checkpoint(str(path))
+
+
+# ---- a damaged value, with a checksum that matches (the file was edited): one line naming the entry
+
+DAMAGED_VALUES = [  # (entry, its new JSON, or a dict of fields merged into its object), the words of the error
+    ('step', '1e400', 'step'), ('step', '-5', 'step'), ('step', '5.5', 'step'), ('step', '5', 'step'),
+    ('step', 'true', 'step'), ('adam_steps', '99999999999999999999', 'adam_steps'),
+    ('model_config', {'block_size': 16.0}, 'model_config.block_size'),
+    ('model_config', {'block_size': True}, 'model_config.block_size'),
+    ('model_config', {'n_embd': '16'}, 'model_config.n_embd'),
+    ('model_config', {'n_head': 3}, 'model_config.n_embd'),
+    ('model_config', {'n_layer': 10**12}, 'model_config.n_layer'),
+    ('model_config', {'zero_init': 'attn_wo'}, 'model_config.zero_init'),
+    ('model_config', '[1, 2, 3]', 'model_config'),
+    ('train_config', {'batch_size': 2.0}, 'train_config.batch_size'),
+    ('train_config', {'steps': 0}, 'train_config.steps'),
+    ('vocab', {'chars': VOCAB.chars[0] + VOCAB.chars[:-1]}, 'vocab.chars'),
+    ('vocab', {'bos_first': 'yes'}, 'vocab.bos_first'),
+    ('val_split', '"bogus"', 'val_split'), ('val_fraction', '2', 'val_fraction'),
+    ('eval_every', '1.5', 'eval_every'), ('engine', '"cuda"', 'engine'), ('dtype', '"float16"', 'dtype'), ('dtype', '"float32"', 'dtype'),
+    ('data_path', '5', 'data_path'), ('preset', '"bogus"', 'preset'),
+    ('metrics', '{"train_loss": NaN}', 'metrics'), ('metrics', '[1, 2]', 'metrics'),
+    ('best_val_loss', '-1', 'best_val_loss'), ('best_val_loss', 'Infinity', 'best_val_loss'),
+]
+MISSING_VALUES = [('model_config', 'n_embd'), ('train_config', 'steps'), ('vocab', 'bos_first'), ('metrics', None),
+                  ('step', None)]
+
+
+def edited(tmp_path, entry, change):
+    """A saved checkpoint with one metadata entry changed and its checksum recomputed."""
+    path = tmp_path / 'model.safetensors'
+    saved_bytes(path)
+    with safe_open(str(path), framework='numpy') as f:
+        meta = dict(f.metadata())
+    text = change if isinstance(change, str) else json.dumps({**json.loads(meta[entry]), **change})
+    rewrite_checkpoint(path, {entry: text})
+    return str(path)
+
+
+def assert_refused(path, *fragments):
+    for command in ('info', 'sample'):
+        code, out, err = run(command, '--checkpoint', path)
+        assert_one_line_error(code, out, err, path, *fragments)
+
+
+@pytest.mark.parametrize('entry, change, named', DAMAGED_VALUES,
+                         ids=[f"{entry}-{change}"[:40] for entry, change, _ in DAMAGED_VALUES])
+def test_a_damaged_value_is_one_line_naming_the_entry(tmp_path, entry, change, named):
+    assert_refused(edited(tmp_path, entry, change), f"metadata: {named} ")
+
+
+@pytest.mark.parametrize('entry, field', MISSING_VALUES)
+def test_a_missing_value_is_one_line_naming_it(tmp_path, entry, field):
+    path = tmp_path / 'model.safetensors'
+    saved_bytes(path)
+    with safe_open(str(path), framework='numpy') as f:
+        meta = dict(f.metadata())
+    if field is None:
+        del meta[entry]
+    else:
+        meta[entry] = json.dumps({k: v for k, v in json.loads(meta[entry]).items() if k != field})
+    path.write_bytes(checkpoint.safetensors_bytes(load_file(str(path)), meta))
+    assert_refused(str(path), f"{entry}.{field} is missing" if field else f"{entry} is missing")
+
+
+def test_resume_from_a_step_outside_the_run_is_one_line(tmp_path):
+    code, out, err = run('train', '--data', write_names(tmp_path / 'names.txt'), '--steps', '3', '--out',
+                         tmp_path / 'run', '--num-samples', '0')
+    assert code == 0, err
+    rewrite_checkpoint(tmp_path / 'run' / 'resume.safetensors', {'step': '-5'})
+    code, out, err = run('train', '--data', tmp_path / 'names.txt', '--steps', '6', '--out', tmp_path / 'run',
+                         '--resume', '--num-samples', '0')
+    assert_one_line_error(code, out, err, 'resume.safetensors', 'metadata: step ')
+
+
+def test_huge_weights_sample_and_evaluate_without_warnings(tmp_path):
+    """1e308 is finite, so it loads; its square overflows in RMSNorm, which gives inf quietly, as in training."""
+    engine, losses = trained()
+    state = engine.state()
+    state.weights['wte'][:, 0] = 1e308
+    engine.load_state(state)
+    path = str(tmp_path / 'model.safetensors')
+    save_checkpoint(path, engine, VOCAB, TCFG, 3, {'train_loss': losses[-1]})
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(NAMES) + '\n')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for args in (('sample', '--checkpoint', path, '--data', data, '--num-samples', '3'),
+                     ('eval', '--checkpoint', path, '--data', data)):
+            code, out, err = run(*args)
+            assert code == 0 and err == '', (args, code, err)
+    assert not caught, [str(w.message) for w in caught]
 
 
 def test_the_next_save_removes_what_interrupted_saves_left(tmp_path):

@@ -23,7 +23,8 @@ from microgpt.cli import main
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_name
 from microgpt.train.setup import RunConfig
 
-from helpers import REPO_ROOT, assert_one_line_error, missing, run_cli_in_process as run, write_names
+from helpers import (REPO_ROOT, assert_one_line_error, missing, rewrite_checkpoint, run_cli_in_process as run,
+                     write_names)
 
 
 @pytest.fixture
@@ -287,18 +288,10 @@ def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data,
 
 
 def rewrite_config(path, key, changes):
-    """The checkpoint's bytes with its `key` metadata (model_config, train_config) changed, written back."""
-    with open(path, 'rb') as f:
-        raw = f.read()
-    n = int.from_bytes(raw[:8], 'little')
-    header = json.loads(raw[8:8 + n])
-    config = json.loads(header['__metadata__'][key])
-    config.update(changes)
-    header['__metadata__'][key] = json.dumps(config)
-    encoded = json.dumps(header).encode()
-    encoded += b' ' * (-len(encoded) % 8)
-    with open(path, 'wb') as f:
-        f.write(len(encoded).to_bytes(8, 'little') + encoded + raw[8 + n:])
+    """The checkpoint with its `key` metadata (model_config, train_config) changed and its checksum recomputed."""
+    with safe_open(path, framework='numpy') as f:
+        config = json.loads(f.metadata()[key])
+    rewrite_checkpoint(path, {key: json.dumps({**config, **changes})})
 
 
 @pytest.mark.parametrize('key, changes, field', [

@@ -17,7 +17,7 @@ from microgpt.data import holdout_split
 from microgpt.presets import PRESETS, model_settings, resolve
 from microgpt.train.checkpoint import load_checkpoint
 
-from helpers import NAMES, run_cli_in_process as run, write_names
+from helpers import NAMES, rewrite_checkpoint, run_cli_in_process as run, write_names
 from helpers import assert_one_line_error as assert_error
 
 
@@ -89,7 +89,7 @@ def test_checkpoint_metadata_and_files(small_data, tmp_path):
         assert os.path.exists(os.path.join(out, name)), name
     with safe_open(os.path.join(out, 'model.safetensors'), framework='numpy') as f:
         meta = f.metadata()
-    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '2', meta
+    assert meta['format'] == 'microgpt-checkpoint' and meta['format_version'] == '3', meta
     assert json.loads(meta['vocab'])['chars'] == ''.join(sorted(set(''.join(NAMES))))
     assert json.loads(meta['model_config'])['n_embd'] == 16
     records = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
@@ -224,18 +224,9 @@ def test_corrupted_checkpoint(checkpoint):
     assert_error(*run('eval', '--checkpoint', checkpoint), 'corrupted')
 
 
-def rewrite(checkpoint, change_meta=None, drop=None):
-    with safe_open(checkpoint, framework='numpy') as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys() if k != drop}
-    if change_meta:
-        meta.update(change_meta)
-    save_file(tensors, checkpoint, metadata=meta)
-
-
 def test_checkpoint_of_another_format_version(checkpoint):
-    rewrite(checkpoint, {'format_version': '3'})
-    assert_error(*run('sample', '--checkpoint', checkpoint), 'format version 3', 'reads versions 1 and 2')
+    rewrite_checkpoint(checkpoint, {'format_version': '4'})
+    assert_error(*run('sample', '--checkpoint', checkpoint), 'format version 4', 'reads versions 1, 2 and 3')
 
 
 def test_safetensors_file_that_is_not_a_checkpoint(checkpoint):
@@ -244,7 +235,7 @@ def test_safetensors_file_that_is_not_a_checkpoint(checkpoint):
 
 
 def test_checkpoint_missing_a_tensor(checkpoint):
-    rewrite(checkpoint, drop='layer0.attn_wq')
+    rewrite_checkpoint(checkpoint, drop='layer0.attn_wq')
     assert_error(*run('sample', '--checkpoint', checkpoint), 'layer0.attn_wq is missing')
 
 

@@ -39,11 +39,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Deprecated(argparse.Action):
-    """An old spelling of a flag: it still works, and main says the new one on standard error."""
+    """An old spelling of a flag: it still works, and main says the new one on standard error. Left out, it
+    sets nothing (the new flag's default applies)."""
 
     def __init__(self, option_strings, dest, new, **kwargs):
         self.new = new
-        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)

@@ -49,11 +49,26 @@ class SettingError(MicrogptError, ValueError):
         self.words = words
 
 
+KINDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', tuple: 'a list'}
+
+
+def _is_kind(value, kind):
+    """Whether `value` is of the field type `kind`. A bool is an int to Python, never to a config; a float
+    setting takes an int."""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
 def check_settings(config):
-    """What every config checks, from its fields' metadata: floats are finite, choices are honoured, bounds
-    are met. Each dataclass adds the checks that relate two fields."""
+    """What every config checks, from its fields' types and metadata: each value has its field's type (or is
+    None where that is the default), floats are finite, choices are honoured, bounds are met. A config read
+    from a checkpoint gets the same checks as one from the command line. Each dataclass adds the checks that
+    relate two fields."""
     for f in fields(config):
         value, meta = getattr(config, f.name), f.metadata
+        if not (value is None and f.default is None or _is_kind(value, f.type)):
+            raise SettingError(lambda name, f=f, value=value: f"{name(f.name)} must be {KINDS[f.type]}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise SettingError(lambda name, f=f, value=value: f"{name(f.name)} must be a finite number, got {value}")
         if meta.get('choices') and value not in meta['choices']:
@@ -112,17 +127,6 @@ class ModelConfig:
         d = asdict(self)
         d['zero_init'] = list(self.zero_init)
         return d
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise MicrogptError(f"unknown model settings {sorted(unknown)}: the checkpoint was written by a "
-                                f"newer microgpt; upgrade microgpt to load it")
-        d = dict(d)
-        d['zero_init'] = tuple(d.get('zero_init', ()))
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,13 @@ per byte were measured for lines of 3 letters). Large files go through corpus.py
 import os
 import random
 import stat
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 
 from . import memory
+from .config import SettingError, check_settings
 from .errors import MicrogptError
 from .makemore_split import makemore_split
 
@@ -130,6 +132,13 @@ class Vocabulary:
     """
     chars: str
     bos_first: bool = False
+
+    def __post_init__(self):
+        check_settings(self)
+        repeated = sorted(ch for ch, count in Counter(self.chars).items() if count > 1)
+        if repeated:
+            raise SettingError(lambda name: f"{name('chars')} holds {', '.join(map(repr, repeated))} more than "
+                                            f"once; a vocabulary has each character once")
 
     @classmethod
     def from_documents(cls, docs, bos_first=False):

@@ -1,14 +1,15 @@
 """Checkpoints as safetensors: the weights under their model names, the Adam state, and JSON metadata.
 
 Metadata (all strict JSON strings: a non-finite number is written null): format, format_version,
-model_config, train_config, vocab, step, adam_steps, metrics, dtype, engine, tensors_sha256, plus what the
+model_config, train_config, vocab, step, adam_steps, metrics, dtype, engine, sha256, plus what the
 trainer adds (data_path, eval_every, ...). The file loads with plain `safetensors.numpy.load_file` or
-`safetensors.torch.load_file`.
+`safetensors.torch.load_file`. Loading checks every value as the command line's are checked.
 
 The same state gives the same bytes: we write the safetensors layout ourselves (8-byte header length, JSON
 header with sorted keys, then the tensors back to back in the parameter table's order), because the
-safetensors library writes its metadata in a random order. `tensors_sha256` is the SHA-256 of the tensor
-bytes, checked on loading (format version 2; version 1 files have none and load unchecked).
+safetensors library writes its metadata in a random order. `sha256` is the SHA-256 of that header without
+`sha256` itself, then of the tensor bytes: a changed byte anywhere in the file is caught on loading (format
+version 3). Version 2 files hold `tensors_sha256`, of the tensor bytes only; version 1 files have none.
 
 Writes are atomic: a temporary `.tmp-PID-*.safetensors` in the same folder, fsync, rename, fsync of the
 folder; a crash leaves the old file, and the next save into that folder removes the temporaries of saves
@@ -19,21 +20,29 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..config import ModelConfig, TrainConfig, parameter_shapes
+from ..config import LAYER_PARAMETERS, ModelConfig, SettingError, TrainConfig, parameter_shapes
 from ..data import Vocabulary
 from ..engines import EngineState
 from ..errors import MicrogptError
+from ..presets import DEFAULT_PRESET, PRESETS
 from ..tempfiles import make_temporary, remove_quietly
+from .setup import RunConfig
 
 FORMAT = 'microgpt-checkpoint'
-FORMAT_VERSION = 2
-READABLE_VERSIONS = ('1', '2')  # 1: no tensors_sha256
+FORMAT_VERSION = 3
+READABLE_VERSIONS = ('1', '2', '3')  # 1: no checksum; 2: tensors_sha256, of the tensor bytes only
+CHECKSUM = 'sha256'
 TEMPORARY_PREFIX = '.tmp-'
 SAFETENSORS_DTYPES = {'float32': 'F32', 'float64': 'F64'}
+HINT = "give a model.safetensors written by `microgpt train --out DIR`"
+REQUIRED = ('model_config', 'train_config', 'vocab', 'step', 'adam_steps', 'metrics', 'dtype', 'engine')
+# entries the trainer records -> the RunConfig field each records
+RUN_SETTINGS = {'engine': 'engine', 'dtype': 'dtype', 'data_path': 'data', 'eval_every': 'eval_every',
+                'val_fraction': 'val_fraction', 'val_split': 'val_split'}
 
 
 @dataclass
@@ -85,8 +94,8 @@ def _strict_json(text):
 
 
 def safetensors_bytes(tensors, meta):
-    """The safetensors file of `tensors` (name -> array, in this order) with `meta` and its tensors_sha256;
-    the same input gives the same bytes."""
+    """The safetensors file of `tensors` (name -> array, in this order) with `meta` and its sha256; the same
+    input gives the same bytes."""
     header, offset, chunks = {}, 0, []
     for name, array in tensors.items():
         data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder('<'), copy=False).tobytes()
@@ -95,10 +104,18 @@ def safetensors_bytes(tensors, meta):
         chunks.append(data)
         offset += len(data)
     payload = b''.join(chunks)
-    header['__metadata__'] = {**meta, 'tensors_sha256': json.dumps(hashlib.sha256(payload).hexdigest())}
-    encoded = json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
+    header['__metadata__'] = {key: text for key, text in meta.items() if key != CHECKSUM}  # a stale one is replaced
+    digest = hashlib.sha256(_canonical(header))
+    digest.update(payload)
+    header['__metadata__'][CHECKSUM] = json.dumps(digest.hexdigest())
+    encoded = _canonical(header)
     encoded += b' ' * (-len(encoded) % 8)  # safetensors pads the header with spaces to 8-byte alignment
     return len(encoded).to_bytes(8, 'little') + encoded + payload
+
+
+def _canonical(header):
+    """The header as written: JSON with sorted keys and no spaces."""
+    return json.dumps(header, sort_keys=True, separators=(',', ':'), ensure_ascii=False).encode('utf-8')
 
 
 def _atomic_write(path, payload):
@@ -130,11 +147,10 @@ def _atomic_write(path, payload):
 def load_checkpoint(path):
     """Read and check a checkpoint; every problem is a MicrogptError saying what to do."""
     from safetensors import SafetensorError, safe_open
-    hint = "give a model.safetensors written by `microgpt train --out DIR`"
     if not os.path.exists(path):
-        raise MicrogptError(f"{path}: no such checkpoint; {hint}")
+        raise MicrogptError(f"{path}: no such checkpoint; {HINT}")
     if os.path.isdir(path):
-        raise MicrogptError(f"{path}: is a directory; {hint} (e.g. {os.path.join(path, 'model.safetensors')})")
+        raise MicrogptError(f"{path}: is a directory; {HINT} (e.g. {os.path.join(path, 'model.safetensors')})")
     try:
         with safe_open(path, framework='numpy') as f:
             raw_meta = f.metadata() or {}
@@ -142,58 +158,152 @@ def load_checkpoint(path):
     except (SafetensorError, OSError, ValueError, Exception) as e:  # safetensors raises several types
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MicrogptError(f"{path}: not a readable safetensors file, truncated or corrupted ({reason}); "
-                            f"{hint}") from None
+                            f"{HINT}") from None
     if raw_meta.get('format') != FORMAT:
-        raise MicrogptError(f"{path}: a safetensors file, but not a microgpt checkpoint; {hint}")
+        raise MicrogptError(f"{path}: a safetensors file, but not a microgpt checkpoint; {HINT}")
     version = raw_meta.get('format_version')
     if version not in READABLE_VERSIONS:
         newer = version is not None and version.isdigit() and int(version) > FORMAT_VERSION
         advice = ("upgrade microgpt to read it" if newer
                   else "load it with the microgpt version that wrote it, or train again")
         raise MicrogptError(f"{path}: checkpoint format version {version or '(none)'}, but this microgpt reads "
-                            f"versions {' and '.join(READABLE_VERSIONS)}; {advice}")
-    try:
-        meta = {k: (v if k in ('format', 'format_version') else json.loads(v)) for k, v in raw_meta.items()}
-        model_cfg = ModelConfig.from_dict(meta['model_config']).validate()
-        train_cfg = TrainConfig(**meta['train_config'])
-        vocab = Vocabulary(meta['vocab']['chars'], meta['vocab']['bos_first'])
-        step, adam_steps = int(meta['step']), int(meta['adam_steps'])
-    except (KeyError, TypeError, ValueError) as e:
-        raise MicrogptError(f"{path}: damaged checkpoint metadata ({e}); {hint}") from None
+                            f"versions {', '.join(READABLE_VERSIONS[:-1])} and {READABLE_VERSIONS[-1]}; {advice}")
+    if version == '2':
+        _verify_checksum(path, raw_meta.get('tensors_sha256'), covers_header=False)
+    elif version != '1' or CHECKSUM in raw_meta:  # also a version 3 file whose version byte turned into a 1
+        _verify_checksum(path, raw_meta.get(CHECKSUM), covers_header=True)
+    meta = _decoded(path, raw_meta, strict=version != '1')
+    model_cfg, train_cfg, vocab, step, adam_steps = _recorded(path, meta, complete=version != '1')
     if vocab.size != model_cfg.vocab_size:
         raise MicrogptError(f"{path}: vocabulary of {vocab.size} tokens but a model for {model_cfg.vocab_size}; "
-                            f"the checkpoint is damaged; {hint}")
+                            f"the checkpoint is damaged; {HINT}")
+    if model_cfg.n_layer * len(LAYER_PARAMETERS) > len(tensors):  # before a damaged n_layer builds a huge table
+        raise _damaged(path, f"model_config.n_layer {model_cfg.n_layer} needs more tensors than the {len(tensors)} "
+                             f"in the file")
     weights = {}
     for name, shape in parameter_shapes(model_cfg).items():
         if name not in tensors:
-            raise MicrogptError(f"{path}: tensor {name} is missing; the checkpoint is damaged; {hint}")
-        if tuple(tensors[name].shape) != shape:
-            raise MicrogptError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, the config says "
-                                f"{shape}; the checkpoint is damaged; {hint}")
-        if not np.all(np.isfinite(tensors[name])):
-            raise MicrogptError(f"{path}: tensor {name} holds NaN or infinite values; {hint}")
-        weights[name] = tensors[name]
+            raise MicrogptError(f"{path}: tensor {name} is missing; the checkpoint is damaged; {HINT}")
+        weights[name] = _checked_tensor(path, name, tensors[name], shape, meta['dtype'])
     n_params = sum(rows * cols for rows, cols in parameter_shapes(model_cfg).values())
-    for name in ('adam.m', 'adam.v'):
-        if name in tensors and tuple(tensors[name].shape) != (n_params,):
-            raise MicrogptError(f"{path}: tensor {name} has shape {tuple(tensors[name].shape)}, the config says "
-                                f"({n_params},); the checkpoint is damaged; {hint}")
-    if version != '1':
-        _verify_checksum(path, meta.get('tensors_sha256'), hint)
-    return Checkpoint(model_cfg, train_cfg, vocab, weights, tensors.get('adam.m'), tensors.get('adam.v'),
-                      adam_steps, step, meta.get('metrics', {}), meta)
+    adam = {name: _checked_tensor(path, name, tensors[name], (n_params,), meta['dtype'])
+            for name in ('adam.m', 'adam.v') if name in tensors}
+    if 'adam.v' in adam and np.any(adam['adam.v'] < 0):
+        raise MicrogptError(f"{path}: tensor adam.v (Adam's mean squared gradient) holds negative values; the "
+                            f"checkpoint is damaged; {HINT}")
+    return Checkpoint(model_cfg, train_cfg, vocab, weights, adam.get('adam.m'), adam.get('adam.v'),
+                      adam_steps, step, meta['metrics'], meta)
 
 
-def _verify_checksum(path, want, hint):
-    """The SHA-256 of the file's tensor bytes (everything after the header) against the recorded one."""
-    digest = hashlib.sha256()
+def _damaged(path, what):
+    return MicrogptError(f"{path}: damaged checkpoint metadata: {what}; {HINT}")
+
+
+def _decoded(path, raw_meta, strict):
+    """Every metadata entry JSON-decoded (format and format_version are plain strings). From version 2 on the
+    metadata is strict JSON (a NaN or an infinity was written null), so there a non-finite number is damage."""
+    def refuse(text):
+        raise ValueError(f"{text} is not a finite number")
+
+    def finite(text):
+        value = float(text)
+        return value if math.isfinite(value) else refuse(text)
+    options = {'parse_constant': refuse, 'parse_float': finite} if strict else {}
+    meta = {}
+    for key, text in raw_meta.items():
+        try:
+            meta[key] = text if key in ('format', 'format_version') else json.loads(text, **options)
+        except (ValueError, RecursionError) as e:
+            raise _damaged(path, f"{key} is not {'strict ' if strict else ''}JSON ({e})") from None
+    return meta
+
+
+def _recorded(path, meta, complete):
+    """(model config, train config, vocabulary, step, Adam steps) of the decoded metadata. Every value is
+    checked by the class it records (check_settings and the class's own checks), as the command line's values
+    are; an error names the checkpoint's entry."""
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise _damaged(path, f"{missing[0]} is missing")
+    model_cfg = _built(path, meta, 'model_config', ModelConfig, complete)
+    train_cfg = _built(path, meta, 'train_config', TrainConfig, complete)
+    vocab = _built(path, meta, 'vocab', Vocabulary, complete)
+    entries = {field: key for key, field in RUN_SETTINGS.items()}
+    try:
+        RunConfig(**{field: meta[key] for key, field in RUN_SETTINGS.items() if key in meta})
+    except SettingError as e:
+        raise _damaged(path, e.words(lambda field: entries.get(field, field))) from None
+    step = _count(path, meta, 'step', train_cfg.steps, 'train_config.steps')
+    adam_steps = _count(path, meta, 'adam_steps', train_cfg.steps, 'train_config.steps')  # one per step
+    metrics = meta['metrics']
+    if not (isinstance(metrics, dict) and all(value is None or _is_number(value) for value in metrics.values())):
+        raise _damaged(path, "metrics must map names to numbers or null")
+    best = meta.get('best_val_loss')
+    if not (best is None or _is_number(best) and best >= 0):
+        raise _damaged(path, f"best_val_loss must be a loss (a number >= 0) or null, got {best!r}")
+    if meta.get('preset', DEFAULT_PRESET) not in PRESETS:
+        raise _damaged(path, f"preset must be one of {', '.join(PRESETS)}, got {meta['preset']!r}")
+    return model_cfg, train_cfg, vocab, step, adam_steps
+
+
+def _built(path, meta, key, cls, complete):
+    """cls(**meta[key]). From format 2 on every field is written; earlier files take the defaults of the
+    fields added since."""
+    entry = meta[key]
+    if not isinstance(entry, dict):
+        raise _damaged(path, f"{key} must be a JSON object, got {type(entry).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(entry) - set(names))
+    if unknown:
+        raise MicrogptError(f"{path}: unknown {key} entries {unknown}: the checkpoint was written by a newer "
+                            f"microgpt; upgrade microgpt to load it")
+    missing = [name for name in names if name not in entry]
+    if complete and missing:
+        raise _damaged(path, f"{key}.{missing[0]} is missing")
+    try:  # JSON has no tuples: a list is a tuple field's value
+        return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in entry.items()})
+    except SettingError as e:
+        raise _damaged(path, e.words(lambda name: f"{key}.{name}")) from None
+
+
+def _count(path, meta, key, most, what):
+    value = meta[key]
+    if not (type(value) is int and 0 <= value <= most):  # not a bool, not a float
+        raise _damaged(path, f"{key} must be an integer from 0 to {what} ({most}), got {value!r}")
+    return value
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_tensor(path, name, array, shape, dtype):
+    """`array` if it has the shape and dtype the metadata says and holds only finite numbers."""
+    if tuple(array.shape) != shape:
+        raise MicrogptError(f"{path}: tensor {name} has shape {tuple(array.shape)}, the config says {shape}; the "
+                            f"checkpoint is damaged; {HINT}")
+    if array.dtype.name != dtype:
+        raise _damaged(path, f"dtype {dtype}, but tensor {name} is {array.dtype.name}")
+    if not np.all(np.isfinite(array)):
+        raise MicrogptError(f"{path}: tensor {name} holds NaN or infinite values; {HINT}")
+    return array
+
+
+def _verify_checksum(path, want, covers_header):
+    """The SHA-256 recorded at saving (`want`, as a JSON string) against the file's: of the tensor bytes
+    (everything after the header), preceded from version 3 on by the header without the checksum, in the
+    canonical JSON it was written in. Checked before any value is read: a changed byte is named as damage."""
     with open(path, 'rb') as f:
-        f.seek(8 + int.from_bytes(f.read(8), 'little'))
+        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+        header['__metadata__'].pop(CHECKSUM, None)
+        digest = hashlib.sha256(_canonical(header) if covers_header else b'')
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
-    if digest.hexdigest() != want:
-        raise MicrogptError(f"{path}: the tensor data does not match its checksum (tensors_sha256), so the file "
-                            f"was damaged after it was written; {hint}, or use an earlier copy")
+    if json.dumps(digest.hexdigest()) != want:
+        what = 'the file' if covers_header else 'the tensor data'
+        raise MicrogptError(f"{path}: {what} does not match its checksum "
+                            f"({CHECKSUM if covers_header else 'tensors_sha256'}), so the file was damaged after "
+                            f"it was written; {HINT}, or use an earlier copy")
 
 
 def restore_engine(ckpt, engine):

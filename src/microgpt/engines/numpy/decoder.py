@@ -24,6 +24,7 @@ class NumpyDecoder:
     def reset(self):
         pass  # positions are overwritten before they are read: position p only reads cache[:p + 1]
 
+    @np.errstate(all='ignore')  # quiet, as training is: an overflow gives inf or NaN, which sampling refuses
     def step(self, token_id, pos_id):
         cfg, params = self.cfg, self.params
         if not (0 <= token_id < cfg.vocab_size and 0 <= pos_id < cfg.block_size):

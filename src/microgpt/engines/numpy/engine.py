@@ -24,6 +24,7 @@ class NumpyEngine(ParameterBuffers):
         self.model_params = model_views(self.table, self.flat)
         self.model_grads = model_views(self.table, self.grad_flat)
 
+    @np.errstate(all='ignore')  # quiet, as training is: an overflow gives an infinite or NaN loss, not warnings
     def loss(self, batch):
         inputs, target_index, loss_weights = batch_arrays(batch, self.cfg, self.flat.dtype)
         loss, _ = gpt_forward(self.model_params, inputs, target_index, loss_weights, self.cfg)
