@@ -17,7 +17,7 @@ from . import __version__
 from .bench.benchmark import BenchConfig
 from .bench.study import StudyConfig
 from .config import ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
-from .errors import MicrogptError
+from .errors import MicrogptError, PeersLost
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
 from .tune.search import TuneConfig
@@ -243,13 +243,19 @@ def _discard_pending(stream):
 
 
 def main(argv=None, out=None, err=None):
+    """Run one command line; its exit status."""
+    return _run(argv, out, err)[0]
+
+
+def _run(argv=None, out=None, err=None):
+    """(exit status, the MicrogptError that ended the command or None)."""
     stdout = out or sys.stdout
     err = err or sys.stderr
     if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
         print("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", file=err)
-        return 2
+        return 2, None
     out = _Output(stdout)
     parser = build_parser()
     try:
@@ -260,26 +266,32 @@ def main(argv=None, out=None, err=None):
         out.flush()
     except SettingError as e:
         print(f"microgpt: error: {e.words(_flag_namer(parser))}", file=err)
-        return 2
+        return 2, None
     except _OutputError as e:
         _discard_pending(stdout)
         print(f"microgpt: error: {e}", file=err)
-        return 2
+        return 2, None
     except MicrogptError as e:
         print(f"microgpt: error: {e}", file=err)
-        return 2
+        return 2, e
     except KeyboardInterrupt:
         print("microgpt: interrupted", file=err)
-        return 130
+        return 130, None
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
         _discard_pending(stdout)
-        return 1
+        return 1, None
     except OSError as e:  # a file or folder that cannot be written or read: a full disk, --out naming a file
         where = f"{e.filename}: " if e.filename else ""
         print(f"microgpt: error: {where}{e.strerror or e}", file=err)
-        return 2
-    return 0
+        return 2, None
+    return 0, None
 
 
 def _entry():
-    sys.exit(main())
+    code, error = _run()
+    if isinstance(error, PeersLost):  # gloo's threads may abort the teardown of this process: end it now
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
 from ...data import batch_for_step
-from ...errors import MicrogptError
+from ...errors import PeersLost
 from .. import EngineState
 from . import dropout_masks
 from .devices import placement, share, sum_gradients_hook
@@ -62,8 +62,8 @@ def _peers_alive(world_size):
             raise
         # gloo's message: "...: RuntimeError: [.../pair.cc:553] Connection closed by peer [addr]:port. This is ..."
         reason = re.sub(r'.*\[[^\]]*\.(cc|cpp):\d+\] ', '', str(e).splitlines()[0]).split('. ')[0][:160]
-        raise MicrogptError(f"another process of the data-parallel run stopped ({reason}); the checkpoints already "
-                            f"written are intact: continue with --resume") from None
+        raise PeersLost(f"another process of the data-parallel run stopped ({reason}); the checkpoints already "
+                        f"written are intact: continue with --resume") from None
 
 
 class TorchEngine:
