@@ -92,6 +92,11 @@ def write_names(path, repeats=2):
     return str(path)
 
 
+def small_train(data, *extra):
+    """The command line of a short `train` on `data` (20 steps, 2 samples), then `extra`."""
+    return ['train', '--data', data, '--steps', '20', '--num-samples', '2', *extra]
+
+
 # ---- engines
 
 def random_batch(rng, cfg, batch_size, max_len):

@@ -1,39 +1,29 @@
 """The command line's reliability, one test per class of fault, several cases each: non-finite flags, flags
-with no effect, an existing run, resuming to more steps, divergence, damaged checkpoints, failing standard
-output, Ctrl-C before the first step, the progress bar's width, bench and study output, deprecated spellings,
-BLAS threads."""
+with no effect, an existing run, resuming to more steps, damaged checkpoints, the progress bar's width, bench
+and study output, deprecated spellings, BLAS threads. Divergence, interrupts and output failures have modules of
+their own (test_divergence.py, test_interrupts.py, test_output_failures.py)."""
 
-import errno
-import io
 import json
 import math
 import os
 import pty
 import signal
-import subprocess
-import sys
-import time
 from dataclasses import fields
 
 import pytest
 from safetensors import safe_open
 
 from microgpt.bench.study import EXPERIMENTS, format_score, write_report
-from microgpt.cli import main
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_name
 from microgpt.train.setup import RunConfig
 
-from helpers import (REPO_ROOT, assert_one_line_error, missing, rewrite_checkpoint, run_cli_in_process as run,
+from helpers import (assert_one_line_error, rewrite_checkpoint, run_cli_in_process as run, small_train as small,
                      write_names)
 
 
 @pytest.fixture
 def data(tmp_path):
     return write_names(tmp_path / 'names.txt')
-
-
-def small(data, *extra):
-    return ['train', '--data', data, '--steps', '20', '--num-samples', '2', *extra]
 
 
 def float_flags():
@@ -237,39 +227,6 @@ def test_resume_refuses_another_configuration_but_steps(data, tmp_path, first, t
     assert_one_line_error(*run(*small(data, '--out', out, '--steps', '15', '--resume', *then)), fragment)
 
 
-def saved_steps(out):
-    steps = {}
-    for name in ('model.safetensors', 'resume.safetensors'):
-        path = os.path.join(out, name)
-        if os.path.exists(path):
-            code, stdout, err = run('info', '--checkpoint', path)  # loading refuses non-finite weights
-            assert code == 0, err
-            steps[name] = int(stdout.splitlines()[1].split()[1])
-    return steps
-
-
-@pytest.mark.parametrize('engine, lr', [('reference', '1e30'), ('reference', '1e300'), ('numpy', '1e300'),
-                                        ('numpy', '1e30'), ('fused', '1e30'), ('torch', '1e30')])
-@pytest.mark.parametrize('save', ['no-out', 'out', 'save-every-1'])
-def test_divergence_is_one_line_and_keeps_only_finite_states(data, tmp_path, engine, lr, save):
-    """Also a loss that is still a finite number: --lr 1e30 on the array engines reached 1e92 and exited 0
-    (the reference engine's log(0) made it NaN)."""
-    out = str(tmp_path / 'run')
-    extra = {'no-out': [], 'out': ['--out', out], 'save-every-1': ['--out', out, '--save-every', '1']}[save]
-    code, stdout, err = run(*small(data, '--engine', engine, '--lr', lr, '--steps', '50'), *extra)
-    err = ''.join(line for line in err.splitlines(True) if not line.startswith("microgpt: compiling"))
-    assert code == 2 and err.startswith('microgpt: error: ') and err.count('\n') == 1, (code, err)
-    assert 'diverged' in err and 'Traceback' not in err, err
-    if save == 'no-out':
-        assert 'checkpoint' not in err and 'keeps' not in err, err
-        return
-    kept = saved_steps(out)  # every checkpoint written holds finite numbers
-    if kept:
-        assert f"keeps step {kept['resume.safetensors']}, the last finite state" in err, (kept, err)
-    else:
-        assert f'this run saved no checkpoint in {out}' in err, err
-
-
 @pytest.fixture
 def checkpoint(data, tmp_path):
     out = str(tmp_path / 'run')
@@ -309,99 +266,12 @@ def test_damaged_checkpoint_errors_name_its_fields_not_flags(checkpoint, key, ch
     assert '--' + field.replace('_', '-') not in err, err
 
 
-class FullDisk(io.TextIOBase):
-    """Standard output on a full disk: every write fails."""
-
-    def write(self, text):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-class FullAfter(io.StringIO):
-    """A disk that fills after `room` characters: the failure comes in the middle of the output."""
-
-    def __init__(self, room):
-        super().__init__()
-        self.room = room
-
-    def write(self, text):
-        if self.tell() + len(text) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return super().write(text)
-
-
-@pytest.fixture
-def accented(tmp_path):
-    """Names with a character that ASCII cannot print, and a checkpoint trained on them."""
-    path = tmp_path / 'accents.txt'
-    path.write_text('\n'.join(['éva', 'zoé', 'chloé', 'noé', 'léa'] * 4) + '\n', encoding='utf-8')
-    out = str(tmp_path / 'accented')
-    assert run(*small(str(path), '--out', out))[0] == 0
-    return str(path), os.path.join(out, 'model.safetensors')
-
-
-@pytest.mark.parametrize('stream', [FullDisk(), FullAfter(10), FullAfter(200),
-                                    io.TextIOWrapper(io.BytesIO(), encoding='ascii')],
-                         ids=['full-disk', 'full-after-10', 'full-after-200', 'ascii-encoding'])
-@pytest.mark.parametrize('command', ['train', 'sample'])
-def test_failing_standard_output_is_one_line(accented, stream, command):
-    data, checkpoint = accented
-    argv = (small(data, '--num-samples', '40') if command == 'train'
-            else ['sample', '--checkpoint', checkpoint, '--num-samples', '40'])
-    err = io.StringIO()
-    code = main(argv, out=stream, err=err)
-    assert code == 2, (code, err.getvalue())
-    lines = err.getvalue().splitlines()
-    assert len(lines) == 1 and 'Traceback' not in err.getvalue(), lines
-    assert lines[0].startswith(('microgpt: error: cannot write standard output: No space left on device',
-                                "microgpt: error: cannot print 'é' in standard output's encoding ascii")), lines
-
-
-@pytest.mark.parametrize('argv', [['train', '--steps', '5'], ['--version'], ['info', '--checkpoint', 'x']],
-                         ids=lambda v: v[0])
-def test_closed_standard_output_is_one_line(monkeypatch, argv):
-    """`microgpt ... >&-`: Python sets sys.stdout to None, and the first print was an AttributeError traceback."""
-    monkeypatch.setattr(sys, 'stdout', None)
-    err = io.StringIO()
-    code = main(argv, err=err)
-    assert (code, err.getvalue()) == (2, 'microgpt: error: standard output is closed; give it a file (> FILE, or '
-                                         '> /dev/null)\n'), (code, err.getvalue())
-
-
-def test_closed_standard_output_in_a_real_process():
-    proc = subprocess.run(f'"{sys.executable}" -m microgpt --version >&-', shell=True, stderr=subprocess.PIPE,
-                          text=True, timeout=120, cwd=REPO_ROOT)
-    assert proc.returncode == 2 and proc.stderr.startswith('microgpt: error: standard output is closed'), proc
-
-
-def test_standard_output_on_dev_full_in_a_real_process(data):
-    if not os.path.exists('/dev/full'):
-        missing('no /dev/full on this system')
-    with open('/dev/full', 'w') as full:
-        proc = subprocess.run([sys.executable, '-m', 'microgpt', *small(data)], stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120, cwd=REPO_ROOT)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
-
-
 @pytest.mark.parametrize('argv', [['export', '--out', ''], ['export', '--train', '--out', ''],
                                   ['export', '--web', '--checkpoint', 'x.safetensors', '--out', '']], ids=' '.join)
 def test_export_out_empty_is_one_line_naming_the_flag(argv):
     """train, study and tune said '--out needs a folder name'; export said ': cannot write the C program'."""
     code, out, err = run(*argv)
     assert_one_line_error(code, out, err, '--out needs a folder name')
-
-
-@pytest.mark.parametrize('argv', [['--help'], ['--version'], ['train', '--help'], ['sample', '--help'],
-                                  ['export', '--help']], ids=' '.join)
-def test_help_and_version_on_dev_full_are_one_line(argv):
-    """argparse ignores a failed write of --help and --version: exit 0, the text lost."""
-    if not os.path.exists('/dev/full'):
-        missing('no /dev/full on this system')
-    with open('/dev/full', 'w') as full:
-        proc = subprocess.run([sys.executable, '-m', 'microgpt', *argv], stdout=full, stderr=subprocess.PIPE,
-                              text=True, timeout=120, cwd=REPO_ROOT)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
 
 
 @pytest.mark.parametrize('argv', [
@@ -412,103 +282,6 @@ def test_help_and_version_on_dev_full_are_one_line(argv):
 def test_a_data_file_given_for_a_checkpoint_must_be_readable(checkpoint, tmp_path, argv):
     argv = [{'MISSING': str(tmp_path / 'missing.txt'), 'DIR': str(tmp_path)}.get(a, a) for a in argv]
     assert_one_line_error(*run(*argv, '--checkpoint', checkpoint), argv[2])
-
-
-def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
-    """Reading and compiling run under Python's own SIGINT handler: the first Ctrl-C stops there, at once."""
-    import microgpt.train.run as run_module
-    handlers = []
-
-    def interrupted_setup(*args, **kwargs):
-        handlers.append(signal.getsignal(signal.SIGINT))
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(run_module, 'prepare_run', interrupted_setup)
-    code, out, err = run(*small(data))
-    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
-    assert handlers == [signal.default_int_handler], handlers
-
-
-@pytest.mark.parametrize('bar', [None, 'a progress bar'])
-def test_the_stop_notice_starts_a_line_only_below_a_progress_bar(bar):
-    """Standard error that is not a terminal has no bar on the line: the notice began with an empty line."""
-    from microgpt.commands import _StopRequest
-    err = io.StringIO()
-    stop = _StopRequest(err)
-    stop.bar = bar
-    stop(signal.SIGINT, None)
-    lead = '\n' if bar else ''
-    assert err.getvalue() == f"{lead}microgpt: stopping after this step (Ctrl-C again to abort at once)\n", err.getvalue()
-
-
-def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):
-    """The fused engine compiles its kernels inside the first step (a minute cold): a Ctrl-C there said
-    'stopping after this step', then compiled on, trained the whole chunk and exited 0 with samples."""
-    from microgpt.engines.numpy.engine import NumpyEngine
-    first_call = NumpyEngine.train_steps
-
-    def compiling(self, *args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # delivered in this Python call, as during numba's compilation
-        time.sleep(0.01)
-        return first_call(self, *args, **kwargs)
-
-    monkeypatch.setattr(NumpyEngine, 'train_steps', compiling)
-    code, out, err = run(*small(data))
-    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
-    assert 'step' not in out, out
-
-
-def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, monkeypatch):
-    """After the last step nothing is left to train: a Ctrl-C during the final evaluation and save said
-    'stopping after this step'. It says what it waits for, the saves complete, and no samples follow."""
-    import microgpt.train.run as run_module
-    save = run_module.TrainingRun._save
-
-    def interrupted_save(self, name, metrics):
-        if self.step == self.tcfg.steps and name == run_module.RESUME_CHECKPOINT:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.01)
-        return save(self, name, metrics)
-
-    monkeypatch.setattr(run_module.TrainingRun, '_save', interrupted_save)
-    out = str(tmp_path / 'run')
-    code, stdout, err = run(*small(data, '--out', out, '--eval-every', '10'))
-    assert code == 130, (code, err)
-    assert 'stopping after this step' not in err and 'finishing the final evaluation and save' in err, err
-    assert err.endswith(f'trained all 20 steps, saved in {out}; stopped before sampling\nmicrogpt: interrupted\n'), err
-    assert 'inference' not in stdout, stdout
-    code, info, _ = run('info', '--checkpoint', os.path.join(out, 'resume.safetensors'))
-    assert code == 0 and info.splitlines()[1].split()[1] == '20', info
-
-
-def wait_until_blocked_in_open(pid, timeout=120):
-    """Linux names the kernel function a process sleeps in: opening a FIFO without a writer waits for a partner."""
-    wchan = f'/proc/{pid}/wchan'
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(wchan) as f:
-            sleeping_in = f.read()
-        if 'partner' in sleeping_in or 'fifo' in sleeping_in:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"process {pid} did not reach open() of the FIFO in {timeout} s")
-
-
-@pytest.mark.parametrize('extra', [[], ['--engine', 'reference']])
-def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
-    """The data is a FIFO that nobody writes: the process waits in open(); Ctrl-C ends it with 130 at once."""
-    if not os.path.exists('/proc/self/wchan'):
-        missing('no /proc/PID/wchan (Linux) to see where the process waits')
-    fifo = tmp_path / 'fifo'
-    os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'train', '--data', str(fifo), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-    wait_until_blocked_in_open(proc.pid)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 130, (proc.returncode, err)
-    assert 'stopping after this step' not in err and 'Traceback' not in err, err
-    assert err.strip().splitlines()[-1] == 'microgpt: interrupted', err
 
 
 @pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5)])

@@ -1,0 +1,46 @@
+"""Divergence, on every engine: a NaN, infinite or runaway loss is one line that says what is kept, and every
+checkpoint written holds finite numbers."""
+
+import os
+
+import pytest
+
+from helpers import run_cli_in_process as run, small_train as small, write_names
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_names(tmp_path / 'names.txt')
+
+
+def saved_steps(out):
+    steps = {}
+    for name in ('model.safetensors', 'resume.safetensors'):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            code, stdout, err = run('info', '--checkpoint', path)  # loading refuses non-finite weights
+            assert code == 0, err
+            steps[name] = int(stdout.splitlines()[1].split()[1])
+    return steps
+
+
+@pytest.mark.parametrize('engine, lr', [('reference', '1e30'), ('reference', '1e300'), ('numpy', '1e300'),
+                                        ('numpy', '1e30'), ('fused', '1e30'), ('torch', '1e30')])
+@pytest.mark.parametrize('save', ['no-out', 'out', 'save-every-1'])
+def test_divergence_is_one_line_and_keeps_only_finite_states(data, tmp_path, engine, lr, save):
+    """Also a loss that is still a finite number: --lr 1e30 on the array engines reached 1e92 and exited 0
+    (the reference engine's log(0) made it NaN)."""
+    out = str(tmp_path / 'run')
+    extra = {'no-out': [], 'out': ['--out', out], 'save-every-1': ['--out', out, '--save-every', '1']}[save]
+    code, stdout, err = run(*small(data, '--engine', engine, '--lr', lr, '--steps', '50'), *extra)
+    err = ''.join(line for line in err.splitlines(True) if not line.startswith("microgpt: compiling"))
+    assert code == 2 and err.startswith('microgpt: error: ') and err.count('\n') == 1, (code, err)
+    assert 'diverged' in err and 'Traceback' not in err, err
+    if save == 'no-out':
+        assert 'checkpoint' not in err and 'keeps' not in err, err
+        return
+    kept = saved_steps(out)  # every checkpoint written holds finite numbers
+    if kept:
+        assert f"keeps step {kept['resume.safetensors']}, the last finite state" in err, (kept, err)
+    else:
+        assert f'this run saved no checkpoint in {out}' in err, err

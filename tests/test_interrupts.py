@@ -1,0 +1,117 @@
+"""Ctrl-C at every stage of `train`: before the first step (reading, compiling) it interrupts at once; from the
+first step on it finishes the step and saves; after the last step it finishes the final evaluation and save;
+a process waiting on its input ends at once. Each says what is true."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO_ROOT, missing, run_cli_in_process as run, small_train as small, write_names
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_names(tmp_path / 'names.txt')
+
+
+def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
+    """Reading and compiling run under Python's own SIGINT handler: the first Ctrl-C stops there, at once."""
+    import microgpt.train.run as run_module
+    handlers = []
+
+    def interrupted_setup(*args, **kwargs):
+        handlers.append(signal.getsignal(signal.SIGINT))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, 'prepare_run', interrupted_setup)
+    code, out, err = run(*small(data))
+    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
+    assert handlers == [signal.default_int_handler], handlers
+
+
+@pytest.mark.parametrize('bar', [None, 'a progress bar'])
+def test_the_stop_notice_starts_a_line_only_below_a_progress_bar(bar):
+    """Standard error that is not a terminal has no bar on the line: the notice began with an empty line."""
+    from microgpt.commands import _StopRequest
+    err = io.StringIO()
+    stop = _StopRequest(err)
+    stop.bar = bar
+    stop(signal.SIGINT, None)
+    lead = '\n' if bar else ''
+    want = f"{lead}microgpt: stopping after this step (Ctrl-C again to abort at once)\n"
+    assert err.getvalue() == want, err.getvalue()
+
+
+def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):
+    """The fused engine compiles its kernels inside the first step (a minute cold): a Ctrl-C there said
+    'stopping after this step', then compiled on, trained the whole chunk and exited 0 with samples."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    first_call = NumpyEngine.train_steps
+
+    def compiling(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered in this Python call, as during numba's compilation
+        time.sleep(0.01)
+        return first_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', compiling)
+    code, out, err = run(*small(data))
+    assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
+    assert 'step' not in out, out
+
+
+def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, monkeypatch):
+    """After the last step nothing is left to train: a Ctrl-C during the final evaluation and save said
+    'stopping after this step'. It says what it waits for, the saves complete, and no samples follow."""
+    import microgpt.train.run as run_module
+    save = run_module.TrainingRun._save
+
+    def interrupted_save(self, name, metrics):
+        if self.step == self.tcfg.steps and name == run_module.RESUME_CHECKPOINT:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return save(self, name, metrics)
+
+    monkeypatch.setattr(run_module.TrainingRun, '_save', interrupted_save)
+    out = str(tmp_path / 'run')
+    code, stdout, err = run(*small(data, '--out', out, '--eval-every', '10'))
+    assert code == 130, (code, err)
+    assert 'stopping after this step' not in err and 'finishing the final evaluation and save' in err, err
+    assert err.endswith(f'trained all 20 steps, saved in {out}; stopped before sampling\nmicrogpt: interrupted\n'), err
+    assert 'inference' not in stdout, stdout
+    code, info, _ = run('info', '--checkpoint', os.path.join(out, 'resume.safetensors'))
+    assert code == 0 and info.splitlines()[1].split()[1] == '20', info
+
+
+def wait_until_blocked_in_open(pid, timeout=120):
+    """Linux names the kernel function a process sleeps in: opening a FIFO without a writer waits for a partner."""
+    wchan = f'/proc/{pid}/wchan'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(wchan) as f:
+            sleeping_in = f.read()
+        if 'partner' in sleeping_in or 'fifo' in sleeping_in:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not reach open() of the FIFO in {timeout} s")
+
+
+@pytest.mark.parametrize('extra', [[], ['--engine', 'reference']])
+def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
+    """The data is a FIFO that nobody writes: the process waits in open(); Ctrl-C ends it with 130 at once."""
+    if not os.path.exists('/proc/self/wchan'):
+        missing('no /proc/PID/wchan (Linux) to see where the process waits')
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'train', '--data', str(fifo), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    wait_until_blocked_in_open(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert 'stopping after this step' not in err and 'Traceback' not in err, err
+    assert err.strip().splitlines()[-1] == 'microgpt: interrupted', err

@@ -1,0 +1,106 @@
+"""Standard output that cannot take what is printed: a full disk (at once or part way), an encoding that cannot
+print a sample, a closed stream, /dev/full in a real process, --help and --version included: one line, exit 2."""
+
+import errno
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from microgpt.cli import main
+
+from helpers import REPO_ROOT, missing, run_cli_in_process as run, small_train as small, write_names
+
+
+@pytest.fixture
+def data(tmp_path):
+    return write_names(tmp_path / 'names.txt')
+
+
+class FullDisk(io.TextIOBase):
+    """Standard output on a full disk: every write fails."""
+
+    def write(self, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullAfter(io.StringIO):
+    """A disk that fills after `room` characters: the failure comes in the middle of the output."""
+
+    def __init__(self, room):
+        super().__init__()
+        self.room = room
+
+    def write(self, text):
+        if self.tell() + len(text) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(text)
+
+
+@pytest.fixture
+def accented(tmp_path):
+    """Names with a character that ASCII cannot print, and a checkpoint trained on them."""
+    path = tmp_path / 'accents.txt'
+    path.write_text('\n'.join(['éva', 'zoé', 'chloé', 'noé', 'léa'] * 4) + '\n', encoding='utf-8')
+    out = str(tmp_path / 'accented')
+    assert run(*small(str(path), '--out', out))[0] == 0
+    return str(path), os.path.join(out, 'model.safetensors')
+
+
+@pytest.mark.parametrize('stream', [FullDisk(), FullAfter(10), FullAfter(200),
+                                    io.TextIOWrapper(io.BytesIO(), encoding='ascii')],
+                         ids=['full-disk', 'full-after-10', 'full-after-200', 'ascii-encoding'])
+@pytest.mark.parametrize('command', ['train', 'sample'])
+def test_failing_standard_output_is_one_line(accented, stream, command):
+    data, checkpoint = accented
+    argv = (small(data, '--num-samples', '40') if command == 'train'
+            else ['sample', '--checkpoint', checkpoint, '--num-samples', '40'])
+    err = io.StringIO()
+    code = main(argv, out=stream, err=err)
+    assert code == 2, (code, err.getvalue())
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in err.getvalue(), lines
+    assert lines[0].startswith(('microgpt: error: cannot write standard output: No space left on device',
+                                "microgpt: error: cannot print 'é' in standard output's encoding ascii")), lines
+
+
+@pytest.mark.parametrize('argv', [['train', '--steps', '5'], ['--version'], ['info', '--checkpoint', 'x']],
+                         ids=lambda v: v[0])
+def test_closed_standard_output_is_one_line(monkeypatch, argv):
+    """`microgpt ... >&-`: Python sets sys.stdout to None, and the first print was an AttributeError traceback."""
+    monkeypatch.setattr(sys, 'stdout', None)
+    err = io.StringIO()
+    code = main(argv, err=err)
+    assert (code, err.getvalue()) == (2, 'microgpt: error: standard output is closed; give it a file (> FILE, or '
+                                         '> /dev/null)\n'), (code, err.getvalue())
+
+
+def test_closed_standard_output_in_a_real_process():
+    proc = subprocess.run(f'"{sys.executable}" -m microgpt --version >&-', shell=True, stderr=subprocess.PIPE,
+                          text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and proc.stderr.startswith('microgpt: error: standard output is closed'), proc
+
+
+def test_standard_output_on_dev_full_in_a_real_process(data):
+    if not os.path.exists('/dev/full'):
+        missing('no /dev/full on this system')
+    with open('/dev/full', 'w') as full:
+        proc = subprocess.run([sys.executable, '-m', 'microgpt', *small(data)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
+
+
+@pytest.mark.parametrize('argv', [['--help'], ['--version'], ['train', '--help'], ['sample', '--help'],
+                                  ['export', '--help']], ids=' '.join)
+def test_help_and_version_on_dev_full_are_one_line(argv):
+    """argparse ignores a failed write of --help and --version: exit 0, the text lost."""
+    if not os.path.exists('/dev/full'):
+        missing('no /dev/full on this system')
+    with open('/dev/full', 'w') as full:
+        proc = subprocess.run([sys.executable, '-m', 'microgpt', *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
