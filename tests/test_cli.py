@@ -8,6 +8,7 @@ import math
 import os
 import pty
 import signal
+import sys
 from dataclasses import fields
 
 import pytest
@@ -284,8 +285,10 @@ def test_a_data_file_given_for_a_checkpoint_must_be_readable(checkpoint, tmp_pat
     assert_one_line_error(*run(*argv, '--checkpoint', checkpoint), argv[2])
 
 
-@pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5)])
-def test_progress_bar_on_a_terminal_without_a_width(rows, cols):
+@pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5), (0, 80), (1, 80)])
+def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
+    """0 columns gave a bar of zero width; 0 rows (tqdm read -1 and hid the bar) no bar at all: the bar takes a
+    fallback size. tqdm reads the terminal's size itself only for sys.stderr, which the terminal stands for."""
     from microgpt.commands import FALLBACK_BAR_COLUMNS, _progress_bar
     import fcntl
     import struct
@@ -294,9 +297,13 @@ def test_progress_bar_on_a_terminal_without_a_width(rows, cols):
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
     with open(follower, 'w', closefd=True) as terminal:
         assert terminal.isatty() and os.get_terminal_size(terminal.fileno()).columns == cols
-        bar = _progress_bar(terminal, 100, 0)
+        monkeypatch.setattr(sys, 'stderr', terminal)
+        bar = _progress_bar(sys.stderr, 100, 0)
         try:
-            assert bar.ncols == FALLBACK_BAR_COLUMNS and not bar.dynamic_ncols, (bar.ncols, bar.dynamic_ncols)
+            bar.refresh()
+            if cols < 20:
+                assert bar.ncols == FALLBACK_BAR_COLUMNS and not bar.dynamic_ncols, (bar.ncols, bar.dynamic_ncols)
+            assert bar.pos < (bar.nrows or 20) - 1, (bar.pos, bar.nrows)  # on screen: tqdm's own test
         finally:
             bar.close()
     os.close(leader)

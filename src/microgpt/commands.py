@@ -22,7 +22,7 @@ from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, Train
 from .train.setup import RunConfig, RunSettings
 from .train.loop import StepReport, evaluate
 
-MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS = 20, 80
+MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS, FALLBACK_BAR_ROWS = 20, 80, 24
 
 
 def given(args, *config_classes):
@@ -146,14 +146,16 @@ def _progress_bar(err, total, initial):
     if not err.isatty():
         return None
     from tqdm import tqdm
-    # a terminal that reports no width (0 columns, as some do) would get a bar of zero width
+    # a terminal that reports no width (0 columns, as some do) would get a bar of zero width, and one that
+    # reports no height none at all (tqdm hides a bar below the last of the terminal's rows)
     try:
-        columns = os.get_terminal_size(err.fileno()).columns
+        columns, rows = os.get_terminal_size(err.fileno())
     except (OSError, ValueError, AttributeError):
-        columns = 0
-    sized = columns >= MIN_BAR_COLUMNS
-    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, dynamic_ncols=sized,
-                ncols=None if sized else FALLBACK_BAR_COLUMNS)
+        columns = rows = 0
+    wide, tall = columns >= MIN_BAR_COLUMNS, rows >= 2
+    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, dynamic_ncols=wide and tall,
+                ncols=None if wide and tall else columns if wide else FALLBACK_BAR_COLUMNS,
+                nrows=None if tall else FALLBACK_BAR_ROWS)
 
 
 def _notice_compilation(err, dtype, batch_size, evaluates):
