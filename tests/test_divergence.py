@@ -44,3 +44,14 @@ def test_divergence_is_one_line_and_keeps_only_finite_states(data, tmp_path, eng
         assert f"keeps step {kept['resume.safetensors']}, the last finite state" in err, (kept, err)
     else:
         assert f'this run saved no checkpoint in {out}' in err, err
+
+
+@pytest.mark.parametrize('flags, advice', [
+    ([], 'lower --lr or set --grad-clip'),
+    (['--grad-clip', '1'], 'lower --lr'),
+    (['--weight-decay', '1e10', '--lr', '1'], 'lower --lr or set --grad-clip or lower --weight-decay'),
+])
+def test_the_advice_names_only_what_the_run_has_not_tried(data, flags, advice):
+    """'set --grad-clip' was advised to a run that clipped, and a huge --weight-decay went unnamed."""
+    code, _, err = run(*small(data, '--lr', '1e30', '--steps', '50', *flags))
+    assert code == 2 and err.endswith(f'training diverged; {advice}\n'), err

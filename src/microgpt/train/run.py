@@ -146,7 +146,9 @@ class TrainingRun:
     def _diverged(self, what):
         """Stop with the one divergence error, saying which checkpoint is kept only where one is."""
         kept = f"{self.kept()}, the last finite state" if self.saved_step is not None else self.kept()
-        raise MicrogptError(f"{what}: training diverged{kept}; lower --lr or set --grad-clip")
+        remedies = ['lower --lr'] + ([] if self.tcfg.grad_clip else ['set --grad-clip']) \
+            + (['lower --weight-decay'] if self.tcfg.weight_decay else [])  # what the run has not tried
+        raise MicrogptError(f"{what}: training diverged{kept}; {' or '.join(remedies)}")
 
     def _remove_previous_run(self):
         """A fresh run starts from an empty record: the files of the run it replaces (--overwrite), or the
