@@ -160,6 +160,7 @@ def test_a_write_that_fails_as_a_full_disk(tmp_path, monkeypatch, room):
         save_checkpoint(str(path), engine, VOCAB, TCFG, 2, {})
     message = str(info.value)
     assert str(path) in message and 'No space left on device' in message and '\n' not in message, message
+    assert 'its previous version is kept' in message, message
     monkeypatch.undo()
     assert path.read_bytes() == before and load_checkpoint(str(path)).step == 1
     assert [p.name for p in tmp_path.iterdir()] == ['model.safetensors'], sorted(p.name for p in tmp_path.iterdir())
@@ -264,3 +265,13 @@ def test_an_export_that_fails_as_a_full_disk_keeps_the_files_before(tmp_path, da
     assert str(out / ('index.html' if kind == 'web' else 'train_data.h' if kind == 'train' else 'weights.h')) \
         in message and 'No space left on device' in message and '\n' not in message, message
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, sorted(p.name for p in out.iterdir())
+
+
+def test_a_first_checkpoint_on_a_full_disk_claims_nothing_kept(tmp_path, monkeypatch):
+    """The message said 'the checkpoints already there are kept' in a folder that held none."""
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint.os, 'fdopen', lambda fd, mode: _FullDisk(real_fdopen(fd, mode), 0))
+    path = tmp_path / 'resume.safetensors'
+    with pytest.raises(MicrogptError, match='nothing was written in its place'):
+        save_checkpoint(str(path), trained_engine(), VOCAB, TCFG, 1, {})
+    assert list(tmp_path.iterdir()) == []

@@ -115,3 +115,21 @@ def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
     assert proc.returncode == 130, (proc.returncode, err)
     assert 'stopping after this step' not in err and 'Traceback' not in err, err
     assert err.strip().splitlines()[-1] == 'microgpt: interrupted', err
+
+
+def test_the_stop_line_quotes_a_folder_with_spaces(data, tmp_path, monkeypatch):
+    """'continue with --resume --out dir with spaces' could not be pasted: the folder is shell-quoted."""
+    import shlex
+    from microgpt.engines.numpy.engine import NumpyEngine
+    steps = NumpyEngine.train_steps
+
+    def stopping(self, doc_tokens, start, stop, tcfg, lrs):
+        if start == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+        return steps(self, doc_tokens, start, stop, tcfg, lrs)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', stopping)
+    out = str(tmp_path / 'dir with spaces')
+    code, _, err = run(*small(data, '--out', out))
+    assert code == 130 and f'continue with --resume --out {shlex.quote(out)}\n' in err, err

@@ -104,3 +104,13 @@ def test_help_and_version_on_dev_full_are_one_line(argv):
                               text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stderr == 'microgpt: error: cannot write standard output: No space left on device\n', proc.stderr
+
+
+@pytest.mark.parametrize('flag', ['--out', '--data'])
+def test_a_path_with_a_newline_stays_on_the_error_line(tmp_path, flag):
+    """A folder named 'a\\nb' split the one-line error in two."""
+    odd = tmp_path / 'dir with\nnewline é'
+    odd.mkdir()
+    (odd / 'model.safetensors').write_bytes(b'')  # --out: a folder that holds a run; --data: a folder
+    code, out, err = run('train', flag, str(odd), '--steps', '5')
+    assert code == 2 and err.count('\n') == 1 and 'dir with\\nnewline é' in err, (code, err)

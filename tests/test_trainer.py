@@ -297,3 +297,21 @@ def test_plot_after_an_error_keeps_the_one_line_error(tmp_path):
     path = tmp_path / 'empty.txt'
     path.write_text('\n\n')
     assert_error(*run('train', '--data', str(path), '--out', str(tmp_path / 'run'), '--plot'), 'no non-blank lines')
+
+
+def test_resume_refuses_a_flag_without_effect_as_a_fresh_run_does(small_data, tmp_path):
+    """`--resume --num-samples 0 --temperature 0.3` resumed; on a fresh run it is an error."""
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    assert_error(*run('train', '--out', out, '--resume', '--steps', '30', '--num-samples', '0', '--temperature', '0.3'),
+                 'nothing is sampled')
+
+
+def test_resume_after_the_data_file_moved_says_so(small_data, tmp_path):
+    """The advice was 'resume with --resume --out DIR alone', the command that had just failed."""
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out))[0] == 0
+    moved = str(tmp_path / 'moved.txt')
+    os.rename(small_data, moved)
+    assert_error(*run('train', '--out', out, '--resume', '--steps', '30', '--data', moved),
+                 "data file is no longer there: put it back at that path")

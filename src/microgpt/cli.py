@@ -265,14 +265,14 @@ def _run(argv=None, out=None, err=None):
         args.run(args, out, err)
         out.flush()
     except SettingError as e:
-        print(f"microgpt: error: {e.words(_flag_namer(parser))}", file=err)
+        _error(e.words(_flag_namer(parser)), err)
         return 2, None
     except _OutputError as e:
         _discard_pending(stdout)
-        print(f"microgpt: error: {e}", file=err)
+        _error(e, err)
         return 2, None
     except MicrogptError as e:
-        print(f"microgpt: error: {e}", file=err)
+        _error(e, err)
         return 2, e
     except KeyboardInterrupt:
         print("microgpt: interrupted", file=err)
@@ -282,9 +282,15 @@ def _run(argv=None, out=None, err=None):
         return 1, None
     except OSError as e:  # a file or folder that cannot be written or read: a full disk, --out naming a file
         where = f"{e.filename}: " if e.filename else ""
-        print(f"microgpt: error: {where}{e.strerror or e}", file=err)
+        _error(f"{where}{e.strerror or e}", err)
         return 2, None
     return 0, None
+
+
+def _error(message, err):
+    """The one line of an error: a newline in a path (a folder named so) is written as \\n, never as a break."""
+    text = str(message).replace('\r', '\\r').replace('\n', '\\n')
+    print(f"microgpt: error: {text}", file=err)
 
 
 def _entry():

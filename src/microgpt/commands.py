@@ -107,7 +107,7 @@ def cmd_train(args, out, err):
         _plot(run)
     if stop.requested:
         if run.step < tcfg.steps:
-            where = f"; continue with --resume --out {run_cfg.out}" if run_cfg.out else ""
+            where = f"; continue with --resume --out {shlex.quote(run_cfg.out)}" if run_cfg.out else ""
             print(f"microgpt: stopped at step {run.step}{where}", file=err)
         else:
             saved = f", saved in {run_cfg.out}" if run_cfg.out else ""
@@ -351,7 +351,7 @@ def cmd_export(args, out, err):
     info = export_c(load_checkpoint(args.checkpoint), args.out)
     for path in info.files:
         print(f"wrote {path}", file=out)
-    print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
+    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
     print("run:   ./microgpt_names 20 0.5 42   (names, temperature, seed)", file=out)
     _print_memory(info.memory, out)
 
@@ -361,7 +361,7 @@ def _export_training_program(args, out):
     info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
     for path in info.files:
         print(f"wrote {path}", file=out)
-    print(f"build: cd {info.out_dir} && {info.build_command}", file=out)
+    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
     print("run:   ./microgpt_train 1000 42 20   (steps, seed, names)", file=out)
     _print_memory([(f"training RAM: {item}", size) for item, size in info.memory], out)
 

@@ -120,7 +120,6 @@ def _canonical(header):
 
 def _atomic_write(path, payload):
     folder = os.path.dirname(os.path.abspath(path))
-    reason = "free some space or give another --out; the checkpoints already there are kept"
     try:
         fd, tmp = make_temporary(folder, TEMPORARY_PREFIX, '.safetensors')
     except OSError as e:
@@ -138,7 +137,9 @@ def _atomic_write(path, payload):
             os.close(dir_fd)
     except OSError as e:
         remove_quietly(tmp)
-        raise MicrogptError(f"{path}: cannot write the checkpoint ({e.strerror}); {reason}") from None
+        kept = "its previous version is kept" if os.path.exists(path) else "nothing was written in its place"
+        raise MicrogptError(f"{path}: cannot write the checkpoint ({e.strerror}); {kept}; free some space or "
+                            f"give another --out") from None
     except BaseException:  # Ctrl-C in the middle of the write: no partial file stays behind
         remove_quietly(tmp)
         raise

@@ -10,9 +10,11 @@ import json
 import math
 import os
 import re
+import shlex
 import time
 from dataclasses import asdict, dataclass
 
+from ..config import check_sampling_flags
 from ..errors import MicrogptError
 from ..fetch import is_url
 from ..presets import PRESETS
@@ -246,6 +248,7 @@ def resume_settings(out, given, preset=None):
     command line) on top. A given setting that differs from the recorded one is an error, but a larger steps,
     which trains on, and another engine (checkpoints are interchangeable)."""
     from .checkpoint import load_checkpoint
+    check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
     path = os.path.join(out, RESUME_CHECKPOINT)
     if not os.path.exists(path):
         start = ("replace it with --overwrite instead" if os.path.exists(os.path.join(out, BEST_CHECKPOINT))
@@ -265,8 +268,12 @@ def resume_settings(out, given, preset=None):
     differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
                    if k in recorded and k not in ('steps', 'engine') and v != recorded[k]]
     if differences:
-        raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); resume with "
-                            f"--resume --out {out} alone to continue as saved, or train into a new --out folder")
+        if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
+            advice = "the run's data file is no longer there: put it back at that path to continue the run"
+        else:
+            advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"
+        raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); {advice}, "
+                            f"or train into a new --out folder")
     if given.get('steps', ckpt.step) < ckpt.step:
         raise MicrogptError(f"{path} is at step {ckpt.step}, past --steps {given['steps']}; give --steps "
                             f"{ckpt.step} or more to continue it")
