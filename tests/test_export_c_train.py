@@ -216,6 +216,7 @@ def test_default_model_fits_96_and_64_kilobytes():
 
 # ---- real targets
 
+@pytest.mark.slow  # cross compilers and qemu: seconds each, in the full suite only
 def test_arm_under_qemu_prints_the_host_lines(tmp_path):
     require_tool('arm-linux-gnueabihf-gcc')
     require_tool('qemu-arm')
@@ -226,6 +227,7 @@ def test_arm_under_qemu_prints_the_host_lines(tmp_path):
     assert arm == host
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('target', list(BARE_METAL))
 @pytest.mark.parametrize('low_memory', [False, True], ids=['normal', 'low-memory'])
 def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):

@@ -414,6 +414,7 @@ def test_a_batch_smaller_than_the_processes_is_a_one_line_error():
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks')
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_gpu_benchmark_without_a_gpu_says_so(torch):
     import subprocess
     if torch.cuda.is_available():
