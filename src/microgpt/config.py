@@ -52,7 +52,7 @@ class SettingError(MicrogptError, ValueError):
 KINDS = {int: 'an integer', float: 'a number', bool: 'true or false', str: 'a string', tuple: 'a list'}
 
 
-def _is_kind(value, kind):
+def is_kind(value, kind):
     """Whether `value` is of the field type `kind`. A bool is an int to Python, never to a config; a float
     setting takes an int."""
     if isinstance(value, bool):
@@ -67,7 +67,7 @@ def check_settings(config):
     relate two fields."""
     for f in fields(config):
         value, meta = getattr(config, f.name), f.metadata
-        if not (value is None and f.default is None or _is_kind(value, f.type)):
+        if not (value is None and f.default is None or is_kind(value, f.type)):
             raise SettingError(lambda name, f=f, value=value: f"{name(f.name)} must be {KINDS[f.type]}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise SettingError(lambda name, f=f, value=value: f"{name(f.name)} must be a finite number, got {value}")

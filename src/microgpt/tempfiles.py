@@ -8,7 +8,7 @@ process is gone (and our own), never those of another run writing there now.
 import os
 import tempfile
 
-TEXT_PREFIX = '.tmp-'
+TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_text's
 
 
 def make_temporary(folder, prefix, suffix=''):
@@ -21,7 +21,7 @@ def write_text(path, text):
     """Write `text` (UTF-8, newline '\\n') to `path` whole or not at all: into a temporary in the same folder, renamed
     over `path` once complete, with the permissions a new file gets. An OSError (a full disk) or Ctrl-C leaves
     `path` as it was and no temporary."""
-    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEXT_PREFIX, '-' + os.path.basename(path))
+    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path))
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -24,19 +24,18 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..config import LAYER_PARAMETERS, ModelConfig, SettingError, TrainConfig, parameter_shapes
+from ..config import LAYER_PARAMETERS, ModelConfig, SettingError, TrainConfig, is_kind, parameter_shapes
 from ..data import Vocabulary
 from ..engines import EngineState
 from ..errors import MicrogptError
 from ..presets import DEFAULT_PRESET, PRESETS
-from ..tempfiles import make_temporary, remove_quietly
+from ..tempfiles import TEMPORARY_PREFIX, make_temporary, remove_quietly
 from .setup import RunConfig
 
 FORMAT = 'microgpt-checkpoint'
 FORMAT_VERSION = 3
 READABLE_VERSIONS = ('1', '2', '3')  # 1: no checksum; 2: tensors_sha256, of the tensor bytes only
 CHECKSUM = 'sha256'
-TEMPORARY_PREFIX = '.tmp-'
 SAFETENSORS_DTYPES = {'float32': 'F32', 'float64': 'F64'}
 HINT = "give a model.safetensors written by `microgpt train --out DIR`"
 REQUIRED = ('model_config', 'train_config', 'vocab', 'step', 'adam_steps', 'metrics', 'dtype', 'engine')
@@ -237,10 +236,10 @@ def _recorded(path, meta, complete):
     step = _count(path, meta, 'step', train_cfg.steps, 'train_config.steps')
     adam_steps = _count(path, meta, 'adam_steps', train_cfg.steps, 'train_config.steps')  # one per step
     metrics = meta['metrics']
-    if not (isinstance(metrics, dict) and all(value is None or _is_number(value) for value in metrics.values())):
+    if not (isinstance(metrics, dict) and all(value is None or is_kind(value, float) for value in metrics.values())):
         raise _damaged(path, "metrics must map names to numbers or null")
     best = meta.get('best_val_loss')
-    if not (best is None or _is_number(best) and best >= 0):
+    if not (best is None or is_kind(best, float) and best >= 0):
         raise _damaged(path, f"best_val_loss must be a loss (a number >= 0) or null, got {best!r}")
     if meta.get('preset', DEFAULT_PRESET) not in PRESETS:
         raise _damaged(path, f"preset must be one of {', '.join(PRESETS)}, got {meta['preset']!r}")
@@ -269,13 +268,9 @@ def _built(path, meta, key, cls, complete):
 
 def _count(path, meta, key, most, what):
     value = meta[key]
-    if not (type(value) is int and 0 <= value <= most):  # not a bool, not a float
+    if not (is_kind(value, int) and 0 <= value <= most):
         raise _damaged(path, f"{key} must be an integer from 0 to {what} ({most}), got {value!r}")
     return value
-
-
-def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _checked_tensor(path, name, array, shape, dtype):

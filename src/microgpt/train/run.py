@@ -191,7 +191,7 @@ class TrainingRun:
                                 f"characters); resume with the original --data, or train into a new --out folder")
         restore_engine(ckpt, run.engine)
         best = ckpt.meta.get('best_val_loss')
-        self.best_val_loss = json.loads(best) if isinstance(best, str) else (best if best is not None else math.inf)
+        self.best_val_loss = math.inf if best is None else best
         self.step = self.saved_step = ckpt.step
         return ckpt.step
 
@@ -212,6 +212,7 @@ class TrainingRun:
                         kept += len(line)
                 os.truncate(path, kept)
             self._metrics = open(path, 'ab' if kept else 'wb', buffering=0)
+            self._metrics_end = kept  # where the last whole record ends
         except OSError as e:
             raise MicrogptError(f"{path}: cannot write the metrics ({e.strerror}); give another --out DIR") from None
         except (ValueError, KeyError, TypeError):
@@ -221,18 +222,19 @@ class TrainingRun:
     def _write_metrics(self, record):
         if not self._metrics:
             return
-        line, end = (json.dumps(record) + '\n').encode('utf-8'), self._metrics.tell()
+        line = (json.dumps(record) + '\n').encode('utf-8')
         try:
             written = 0
             while written < len(line):  # an unbuffered write may take part of the line, then fail
                 written += self._metrics.write(line[written:])
         except OSError as e:
             try:
-                self._metrics.truncate(end)  # no half record: the file ends at the last whole line
+                self._metrics.truncate(self._metrics_end)  # no half record: the file ends at the last whole line
             except OSError:
                 pass
             raise MicrogptError(f"{self.path(METRICS_FILE)}: cannot write the metrics ({e.strerror})"
                                 f"{self.kept()}") from None
+        self._metrics_end += len(line)
 
     def _close_metrics(self):
         if self._metrics:
