@@ -39,3 +39,22 @@ def run_cli():
 @pytest.fixture
 def run_cli_process():
     return run_cli_subprocess
+
+
+# ---- the order tests run in, so that `pytest -n 2` ends when its longest test does
+
+def pytest_configure(config):
+    """pytest-xdist hands each worker tests in chunks of a quarter of its share, taken in collection order, so
+    a slow test at the end of a chunk starts late. One at a time, the next test goes to the first worker that is
+    free: with the slowest first (pytest_collection_modifyitems), the longest starts at once and the rest fill
+    in around it."""
+    if getattr(config.option, 'maxschedchunk', False) is None:  # the option exists (xdist) and was not given
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(items):
+    """Slow tests first, longest first: `slow(seconds=N)` where a test takes far longer than the others."""
+    def expected_seconds(item):
+        slow = item.get_closest_marker('slow')
+        return 0 if slow is None else slow.kwargs.get('seconds', 10)
+    items.sort(key=expected_seconds, reverse=True)  # stable: otherwise in the order pytest collected them

@@ -33,7 +33,7 @@ def assert_same_output(got_bytes, want_text):
 
 # ---- (a) the golden file: the complete output of microgpt.py with seed 42 on names.txt
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_reference_engine_reproduces_golden_output(names_path, golden_path, run_cli_process):
     # ~100 s of one core; the timeout only catches a hang, on a machine busy with other work too
     code, out, err = run_cli_process('train', '--engine', 'reference', '--data', names_path, timeout=1800)
