@@ -4,6 +4,8 @@ copied in), PyTorch, and two ways to run the command line: in-process through `m
 
 A missing shared file or a missing optional dependency skips the tests that need it on a developer's
 machine, and fails them in CI (the environment variable CI is set), so CI can never pass by skipping.
+
+Then the hooks that order the tests for `pytest -n 2`: the slowest first, handed out one at a time.
 """
 
 import pytest

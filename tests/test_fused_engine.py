@@ -3,7 +3,11 @@ kernels cached per dtype (and the CLI's notice when it compiles them), and token
 read the weights. Its agreement with the other engines is in test_engines_agree.py."""
 
 import dataclasses
+import os
 import random
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +56,42 @@ def test_kernels_are_compiled_and_cached_per_dtype():
         engine.train_steps(docs, 0, 2, dataclasses.replace(tcfg, batch_size=3))
         engine.loss(docs)
         assert kernels_are_cached(dtype, 1) and kernels_are_cached(dtype, 3, evaluates=True), dtype
+
+
+HOLD_LOCK = """
+import sys, time
+from microgpt.engines.fused import compile, floating_point
+with compile._compiling_alone(floating_point.start_flushing_here, ()):
+    print('locked', flush=True)
+    sys.stdin.readline()
+    print(time.monotonic(), flush=True)  # releases it after this
+"""
+COMPILE = """
+import time
+from microgpt.engines.fused import compile, floating_point
+print('compiling', flush=True)
+compile.compiled(floating_point.start_flushing_here, 'float64')
+print(time.monotonic(), flush=True)
+"""
+
+
+def test_a_process_waits_while_another_compiles_the_same_entry_point(tmp_path):
+    """Processes starting together on a cold cache compile an entry point once: the second waits for the lock
+    the first holds while compiling, then loads what it cached."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / 'numba-cache'))
+    python = [sys.executable, '-c']
+    pipes = dict(env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with subprocess.Popen(python + [HOLD_LOCK], **pipes) as first:
+        assert first.stdout.readline() == 'locked\n'
+        with subprocess.Popen(python + [COMPILE], **pipes) as second:
+            assert second.stdout.readline() == 'compiling\n'
+            time.sleep(2)  # the small function compiles in well under that when nothing holds the lock
+            first.stdin.write('\n')
+            first.stdin.flush()
+            released = float(first.stdout.readline())
+            compiled = float(second.stdout.readline())
+    assert first.returncode == second.returncode == 0
+    assert compiled > released, (compiled, released)
 
 
 def test_bad_token_ids_raise_instead_of_reading_outside_the_weights():

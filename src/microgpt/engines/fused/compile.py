@@ -140,4 +140,23 @@ def _compile(entry_points):
             pass
     with slp_vectorizer():
         for kernel, args in entry_points:
-            kernel.compile(_signature(args))
+            with _compiling_alone(kernel, args):
+                kernel.compile(_signature(args))  # loads it instead when another process compiled it meanwhile
+
+
+@contextmanager
+def _compiling_alone(kernel, args):
+    """Hold a lock file beside the entry point's disk cache while compiling it for these arguments' types, so that
+    processes starting at once on a cold cache (`tune` workers, runs started together, a test suite's workers)
+    compile each entry point once: the others wait, then load it from the cache. Without a lock (a read-only cache,
+    a system without fcntl), each compiles for itself as numba alone would."""
+    try:
+        import fcntl
+        dtype = args[0].dtype.name if args else 'any'  # an entry point's first argument is the model's state
+        lock = open(f'{kernel._cache._cache_file._index_path}.{dtype}.lock', 'a')
+    except (ImportError, AttributeError, OSError):
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the system if the process dies
+        yield
