@@ -5,6 +5,7 @@ Test modules import from here (`from helpers import ...`), never from conftest o
 conftest holds only fixtures.
 """
 
+import functools
 import io
 import os
 import shutil
@@ -141,3 +142,21 @@ def rewrite_checkpoint(path, change_meta=None, drop=None, change_tensor=None):
     meta.update(change_meta or {})
     tensors.update(change_tensor or {})
     Path(path).write_bytes(safetensors_bytes(tensors, meta))
+
+
+def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
+    """The fused engine's plan.pack_columns, which only compiled code may call (lanes.Kernel), called from
+    compiled code as the engine's entry points call it."""
+    return _compiled_pack_columns()(plan, docs, doc_starts, batch_first, first, stop)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_pack_columns():
+    from numba import njit
+
+    from microgpt.engines.fused import plan
+
+    @njit
+    def call(plan_, docs, doc_starts, batch_first, first, stop):
+        return plan.pack_columns(plan_, docs, doc_starts, batch_first, first, stop)
+    return call

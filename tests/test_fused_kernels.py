@@ -10,6 +10,8 @@ from microgpt.config import ModelConfig, TrainConfig, parameter_table
 from microgpt.engines import make_engine
 from microgpt.engines.fused import plan as fused_plan
 
+from helpers import pack_columns
+
 
 def random_batch(rng, cfg, batch_size, max_len):
     """Documents of random length (some longer than the block), wrapped in BOS."""
@@ -40,7 +42,7 @@ def test_plan_reads_parameter_rows_from_the_parameter_table(switches):
 def test_pack_columns_writes_each_predicted_position():
     """Two documents of one group, the second longer than the block: input, target, position, first key and
     dropout row per column, then padding columns that attend to themselves."""
-    from microgpt.engines.fused.plan import columns_of, pack_columns
+    from microgpt.engines.fused.plan import columns_of
     cfg = ModelConfig(vocab_size=6, block_size=3)
     plan, _ = fused_plan.build_plan(cfg, capacity=8, span=cfg.block_size)
     docs, doc_starts = fused_plan.pack_documents([[5, 1, 5], [5, 2, 3, 4, 1, 5], [5, 3, 5]], cfg.block_size + 1)
@@ -54,6 +56,15 @@ def test_pack_columns_writes_each_predicted_position():
             [0, 0, 2, 2, 2, 5, 6, 7],    # first column attended to (the padding: itself)
             [0, 1, 3, 4, 5, 0, 0, 0]]    # dropout row: document * block_size + position
     assert got == want, got
+
+
+def test_a_kernel_called_from_python_is_an_error_not_a_crash():
+    """Kernels have no wrapper for calls from Python (lanes.Kernel): such a call is refused, not run."""
+    cfg = ModelConfig(vocab_size=6, block_size=3)
+    plan, _ = fused_plan.build_plan(cfg, capacity=8, span=cfg.block_size)
+    docs, doc_starts = fused_plan.pack_documents([[5, 1, 5]], cfg.block_size + 1)
+    with pytest.raises(TypeError, match='pack_columns is called from compiled code only'):
+        fused_plan.pack_columns(plan, docs, doc_starts, 0, 0, 1)
 
 
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])

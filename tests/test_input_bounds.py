@@ -13,7 +13,7 @@ from itertools import islice
 
 import pytest
 
-from helpers import in_ci
+from helpers import in_ci, pack_columns
 from microgpt import data
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.corpus import load_corpus
@@ -390,4 +390,4 @@ def test_a_document_longer_than_the_workspace_is_refused_before_any_write():
     plan, _ = fused_plan.build_plan(cfg, capacity=8, span=4)
     docs, doc_starts = fused_plan.pack_documents([[5, 1, 2, 3, 4, 1, 5]], cfg.block_size + 1)
     with pytest.raises(ValueError, match='more positions than the workspace'):
-        fused_plan.pack_columns(plan, docs, doc_starts, 0, 0, 1)
+        pack_columns(plan, docs, doc_starts, 0, 0, 1)
