@@ -3,8 +3,8 @@
 numba compiles an entry point on its first call and caches it on disk next to the package (__pycache__), so
 later runs load it in a fraction of a second. Each entry point is compiled here, with LLVM's SLP vectorizer on,
 when the engine first calls it (`compiled`): a run compiles only what it calls, the training loop's
-train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and the forward-only loss when it
-evaluates. The kernels under an entry point are compiled once per process and shared by the next ones.
+train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and, when it evaluates, parallel.py's
+loss_and_grads (its forward-only mode), which parallel.py's train_steps has already compiled as its callee. The kernels under an entry point are compiled once per process and shared by the next ones.
 """
 
 import os
@@ -18,7 +18,6 @@ from . import adam, floating_point, gpt, lanes, layers, parallel, plan
 # every file whose code or constants (config's RMSNORM_EPS, ...) the compiled kernels hold
 KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout,
                                                     config))
-EVALUATION_BATCH = 64  # train.loop.evaluate's batches: the parallel loss
 _compiled = set()  # (entry point, dtype) this process has compiled or loaded
 
 
@@ -35,7 +34,7 @@ def compiled(entry_point, dtype):
 def run_entry_points(batch_size, evaluates):
     """The entry points a training run calls: its train_steps, and the loss when it evaluates."""
     train = parallel.train_steps if len(parallel.group_bounds(batch_size)) > 2 else gpt.train_steps
-    return [train, parallel.loss] if evaluates else [train]
+    return [train, parallel.loss_and_grads] if evaluates else [train]
 
 
 def kernels_are_cached(dtype='float64', batch_size=1, evaluates=False):
@@ -90,8 +89,7 @@ def _group_examples(dtype):
     state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
-    return [(parallel.loss, (state, wss, plans, ints, ints)),
-            (parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0)),
+    return [(parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0, False)),
             (parallel.adam_update, (state, adam_, 0.0, 0)),
             (parallel.train_steps, (state, group_grads, wss, plans, adam_, ints, ints, 0, floats, ints, 0, floats))]
 

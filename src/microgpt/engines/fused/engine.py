@@ -78,11 +78,12 @@ class FusedEngine(ParameterBuffers):
         """Loss of the batch (mean NLL over every predicted position), forward only: gradients are left as
         they are."""
         docs, doc_starts = self._documents(batch)
-        _, wss, plans = self._group_buffers(len(batch), doc_starts)
+        group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
         with flush_to_zero():
             if len(plans) > 1:
-                return compiled(parallel.loss, self.dtype)(self.state_buffer, wss, plans, docs, doc_starts)
+                return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
+                                                                     doc_starts, 0, len(batch), False)
             return compiled(gpt.loss, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
@@ -96,7 +97,7 @@ class FusedEngine(ParameterBuffers):
         with flush_to_zero():
             if len(plans) > 1:
                 return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
-                                                                     doc_starts, 0, len(batch))
+                                                                     doc_starts, 0, len(batch), True)
             return compiled(gpt.loss_and_grads, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def adam_update(self, lr_t, tcfg):

@@ -19,7 +19,7 @@ from ...config import NOTHING_TO_PREDICT
 from .adam import adam_parameter, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import kernel
+from .lanes import kernel, runtime
 from .plan import SLOT_DROP_KEY, pack_columns
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
@@ -36,24 +36,13 @@ def group_bounds(batch_size):
 
 
 @parallel_entry_point
-def loss(state, wss, plans, docs, doc_starts):
-    """Mean loss of the batch (docs, doc_starts as gpt.loss's), forward only, its groups in parallel.
+def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first, batch_size, with_grads):
+    """Mean loss of documents batch_first .. batch_first + batch_size - 1 of docs; with `with_grads`, fills
+    state[1] with its gradient, else runs the forward alone (evaluation) and leaves the gradients as they are.
 
-    wss (G, rows, NP), plans (G, ·): each group's workspace and plan."""
-    positions, total = pack_groups(plans, docs, doc_starts, 0, doc_starts.size - 1)  # (G,) and their sum
-    losses = np.empty(plans.shape[0])                              # (G,) each group's share of the loss
-    for g in prange(plans.shape[0]):
-        saved = start_flushing()  # each parallel iteration on its own thread: see floating_point.py
-        losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total) if positions[g] else 0.0
-        stop_flushing(saved)
-    return sum_in_order(losses)
-
-
-@parallel_entry_point
-def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first, batch_size):
-    """Mean loss of documents batch_first .. batch_first + batch_size - 1 of docs; fills state[1] with its gradient.
-
-    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
+    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1]). Training and evaluation
+    share this one function: a forward-only parallel loss of its own took as long again to compile (numba
+    compiles a `prange` body as functions of their own, three levels deep, each optimising the layers again)."""
     positions, total = pack_groups(plans, docs, doc_starts, batch_first, batch_size)
     losses = np.empty(plans.shape[0])
     for g in prange(plans.shape[0]):
@@ -61,17 +50,21 @@ def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first
         group_out = state[1] if g == 0 else group_grads[g - 1]
         if positions[g] == 0:  # only documents of one token: no loss, no gradient
             losses[g] = 0.0
-            _zero(group_out)
-        else:
+            if with_grads:
+                _zero(group_out)
+        elif with_grads:
             losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], positions[g], total)
+        else:
+            losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total)
         stop_flushing(saved)
-    grads = state[1]
-    for chunk in prange(CHUNKS):  # summed in group order, whatever the thread count
-        saved = start_flushing()
-        for i in range(chunk * grads.size // CHUNKS, (chunk + 1) * grads.size // CHUNKS):
-            for g in range(plans.shape[0] - 1):
-                grads[i] += group_grads[g, i]
-        stop_flushing(saved)
+    if with_grads:
+        grads = state[1]
+        for chunk in prange(CHUNKS):  # summed in group order, whatever the thread count
+            saved = start_flushing()
+            for i in range(chunk * grads.size // CHUNKS, (chunk + 1) * grads.size // CHUNKS):
+                for g in range(plans.shape[0] - 1):
+                    grads[i] += group_grads[g, i]
+            stop_flushing(saved)
     return sum_in_order(losses)
 
 
@@ -94,7 +87,8 @@ def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_si
     for i in range(losses.size):
         for g in range(plans.shape[0]):
             plans[g, SLOT_DROP_KEY] = keys[i]
-        losses[i] = loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, i * batch_size, batch_size)
+        losses[i] = loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, i * batch_size, batch_size,
+                                   runtime(True))
         adam_update(state, adam, lrs[i], first_t + i)
 
 
