@@ -47,9 +47,9 @@ def run_cli_process():
 
 def pytest_configure(config):
     """pytest-xdist hands each worker tests in chunks of a quarter of its share, taken in collection order, so
-    a slow test at the end of a chunk starts late. One at a time, the next test goes to the first worker that is
-    free: with the slowest first (pytest_collection_modifyitems), the longest starts at once and the rest fill
-    in around it."""
+    a slow test at the end of a chunk starts late. With chunks of one (xdist still keeps two queued per worker),
+    the next tests go to whichever worker is free: with the slowest first (pytest_collection_modifyitems), the
+    longest starts at once and the rest fill in around it."""
     if getattr(config.option, 'maxschedchunk', False) is None:  # the option exists (xdist) and was not given
         config.option.maxschedchunk = 1
 

@@ -4,7 +4,8 @@ numba compiles an entry point on its first call and caches it on disk next to th
 later runs load it in a fraction of a second. Each entry point is compiled here, with LLVM's SLP vectorizer on,
 when the engine first calls it (`compiled`): a run compiles only what it calls, the training loop's
 train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and, when it evaluates, parallel.py's
-loss_and_grads (its forward-only mode), which parallel.py's train_steps has already compiled as its callee. The kernels under an entry point are compiled once per process and shared by the next ones.
+loss_and_grads in its forward-only mode (which parallel.py's train_steps compiles as its callee anyway). The
+kernels under an entry point are compiled once per process and shared by the next ones.
 """
 
 import os
@@ -32,7 +33,8 @@ def compiled(entry_point, dtype):
 
 
 def run_entry_points(batch_size, evaluates):
-    """The entry points a training run calls: its train_steps, and the loss when it evaluates."""
+    """The entry points a training run calls: its train_steps, and when it evaluates parallel.py's loss_and_grads
+    (forward only, on train.loop.evaluate's batches of many documents)."""
     train = parallel.train_steps if len(parallel.group_bounds(batch_size)) > 2 else gpt.train_steps
     return [train, parallel.loss_and_grads] if evaluates else [train]
 
@@ -138,23 +140,28 @@ def _compile(entry_points):
             pass
     with slp_vectorizer():
         for kernel, args in entry_points:
-            with _compiling_alone(kernel, args):
+            with _compiling_alone(kernel):
                 kernel.compile(_signature(args))  # loads it instead when another process compiled it meanwhile
 
 
 @contextmanager
-def _compiling_alone(kernel, args):
-    """Hold a lock file beside the entry point's disk cache while compiling it for these arguments' types, so that
-    processes starting at once on a cold cache (`tune` workers, runs started together, a test suite's workers)
-    compile each entry point once: the others wait, then load it from the cache. Without a lock (a read-only cache,
-    a system without fcntl), each compiles for itself as numba alone would."""
+def _compiling_alone(kernel):
+    """Hold a lock file beside the entry point's disk cache while compiling it, so that processes starting at once
+    on a cold cache (`tune` workers, runs started together, a test suite's workers) compile each entry point once:
+    the others wait, then load it from the cache (one lock for all its dtypes: they share numba's index file).
+    Where no lock can be had (a read-only cache, a file system without locks, a system without fcntl), each
+    compiles for itself, as numba alone would."""
+    lock = None
     try:
         import fcntl
-        dtype = args[0].dtype.name if args else 'any'  # an entry point's first argument is the model's state
-        lock = open(f'{kernel._cache._cache_file._index_path}.{dtype}.lock', 'a')
-    except (ImportError, AttributeError, OSError):
-        yield
-        return
-    with lock:
+        lock = open(kernel._cache._cache_file._index_path + '.lock', 'a')
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the system if the process dies
+    except (ImportError, AttributeError, OSError):  # numba's cache internals moved, or no lock here
+        if lock is not None:
+            lock.close()
+            lock = None
+    try:
         yield
+    finally:
+        if lock is not None:
+            lock.close()

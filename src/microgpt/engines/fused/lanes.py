@@ -20,9 +20,9 @@ LANES = 8
 
 class Kernel(CPUDispatcher):
     """A compiled function that only other compiled functions call. numba gives every compiled function a
-    wrapper for calls from Python, and compiling those wrappers was a sixth of a cold start (16.8 s to 13.9 s of
-    CPU for the default job's kernels); without one, a call from Python would crash the interpreter, so it is
-    refused here."""
+    wrapper for calls from Python, and compiling those wrappers was a sixth of a cold start (the default job's
+    kernels: 18.7-18.8 s of CPU with them, 15.2-15.9 s without, alternating); without one, a call from Python
+    would crash the interpreter, so it is refused here."""
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"{self.py_func.__name__} is called from compiled code only (an entry point of gpt.py or "
