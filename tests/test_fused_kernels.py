@@ -10,14 +10,7 @@ from microgpt.config import ModelConfig, TrainConfig, parameter_table
 from microgpt.engines import make_engine
 from microgpt.engines.fused import plan as fused_plan
 
-from helpers import pack_columns
-
-
-def random_batch(rng, cfg, batch_size, max_len):
-    """Documents of random length (some longer than the block), wrapped in BOS."""
-    chars = [i for i in range(cfg.vocab_size) if i != cfg.bos_id]
-    return [[cfg.bos_id] + [rng.choice(chars) for _ in range(rng.randrange(0, max_len))] + [cfg.bos_id]
-            for _ in range(batch_size)]
+from helpers import pack_columns, random_batch
 
 
 @pytest.mark.parametrize('switches', [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True}])

@@ -13,6 +13,8 @@ from microgpt.config import ModelConfig, TrainConfig, learning_rate
 from microgpt.engines import make_engine
 from microgpt.errors import MicrogptError, PeersLost
 
+from helpers import assert_named_arrays_close, random_batch, switches_id
+
 SWITCHES = [
     {},
     {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
@@ -26,24 +28,6 @@ SWITCHES = [
 @pytest.fixture(autouse=True)
 def torch(require_torch):
     return require_torch
-
-
-def switches_id(switches):
-    return ','.join(f'{k}={v}' for k, v in switches.items()) or 'default'
-
-
-def random_batch(rng, cfg, batch_size, max_len):
-    """Documents of random length (some longer than the block, so a batch is padded), wrapped in BOS."""
-    bos = cfg.bos_id
-    chars = [i for i in range(cfg.vocab_size) if i != bos]
-    return [[bos] + [rng.choice(chars) for _ in range(rng.randrange(0, max_len))] + [bos]
-            for _ in range(batch_size)]
-
-
-def assert_named_close(got, want, rtol, atol, what):
-    assert list(got) == list(want), (list(got), list(want))
-    for name in want:
-        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=f'{what} of {name}')
 
 
 def pair(cfg, seed, dtype='float64'):
@@ -61,8 +45,8 @@ def test_loss_and_gradients_equal_numpy_engine(switches, batch_size):
     batch = random_batch(rng, cfg, batch_size, max_len=cfg.block_size + 4)
     want, got = numpy_engine.loss_and_grads(batch), torch_engine.loss_and_grads(batch)
     assert abs(got - want) <= 1e-12 * want, (got, want)
-    assert_named_close(torch_engine.gradients(), numpy_engine.gradients(), 1e-10, 1e-13, 'gradient')
-    assert_named_close(torch_engine.weights(), numpy_engine.weights(), 0, 0, 'initial weight')
+    assert_named_arrays_close(torch_engine.gradients(), numpy_engine.gradients(), 1e-10, 1e-13, 'gradient')
+    assert_named_arrays_close(torch_engine.weights(), numpy_engine.weights(), 0, 0, 'initial weight')
 
 
 def test_loss_is_forward_only():
@@ -74,7 +58,7 @@ def test_loss_is_forward_only():
     before = torch_engine.gradients()
     got, want = torch_engine.loss(second), numpy_engine.loss_and_grads(second)
     assert abs(got - want) <= 1e-12 * want, (got, want)
-    assert_named_close(torch_engine.gradients(), before, 0, 0, 'gradient after loss()')
+    assert_named_arrays_close(torch_engine.gradients(), before, 0, 0, 'gradient after loss()')
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.25])
@@ -89,7 +73,7 @@ def test_adam_steps_with_decay_clipping_and_dropout_track_numpy(dropout):
         lr = learning_rate(tcfg, step)
         want, got = numpy_engine.train_step(batch, lr, tcfg), torch_engine.train_step(batch, lr, tcfg)
         assert abs(got - want) <= 1e-12 * want, (step, got, want)
-    assert_named_close(torch_engine.weights(), numpy_engine.weights(), 1e-10, 1e-13, 'weight')
+    assert_named_arrays_close(torch_engine.weights(), numpy_engine.weights(), 1e-10, 1e-13, 'weight')
     want_state, got_state = numpy_engine.state(), torch_engine.state()
     assert got_state.adam_steps == want_state.adam_steps == 5, (got_state.adam_steps, want_state.adam_steps)
     np.testing.assert_allclose(got_state.adam_v, want_state.adam_v, rtol=1e-9, atol=1e-16)
@@ -118,7 +102,7 @@ def test_train_steps_equal_one_train_step_per_step():
     got = chunked.train_steps(docs, 0, 40, tcfg, lrs)
     want = [stepped.train_step([docs[(2 * s + b) % 7] for b in range(2)], lrs[s], tcfg) for s in range(40)]
     assert got == want, (got[:3], want[:3])
-    assert_named_close(chunked.weights(), stepped.weights(), 0, 0, 'weight')
+    assert_named_arrays_close(chunked.weights(), stepped.weights(), 0, 0, 'weight')
 
 
 def test_decoder_logits_equal_numpy_decoder():
@@ -202,7 +186,7 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, torc
         assert bool(saved['main']) == (rank == 0), (rank, saved['main'])
         np.testing.assert_allclose(saved['losses'], want_losses, rtol=1e-12, atol=0, err_msg=f'losses of rank {rank}')
         got = {name: saved[name] for name in want}
-        assert_named_close(got, want, 0, 1e-12, f'rank {rank} weight')
+        assert_named_arrays_close(got, want, 0, 1e-12, f'rank {rank} weight')
     changed = max(np.abs(want[name] - w).max() for name, w in make_engine(
         'torch', cfg, random.Random(tcfg.seed)).weights().items())
     assert changed > 1e-3, changed  # training moved the weights: the comparison is not of initial weights
@@ -238,7 +222,7 @@ def test_torchrun_train_and_resume_print_and_save_what_one_process_does(tmp_path
     assert got == steps, (got, steps)
     assert resumed.split('--- inference')[1] == alone.split('--- inference')[1], (resumed, alone)
     want, saved = load_file(tmp_path / 'one' / 'resume.safetensors'), load_file(tmp_path / 'two' / 'resume.safetensors')
-    assert_named_close(saved, want, 0, 1e-12, 'checkpoint tensor')
+    assert_named_arrays_close(saved, want, 0, 1e-12, 'checkpoint tensor')
     lines = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
     assert len(lines) == 40, lines[-3:]  # written by one process only
 
@@ -334,7 +318,7 @@ def test_checkpoint_resumes_in_another_engine(writer, reader, tmp_path):
     alone = make_engine(reader, cfg, random.Random(1))
     want = [r.loss for r in train(alone, docs, tcfg)][5:]
     np.testing.assert_allclose(losses, want, rtol=1e-10)
-    assert_named_close(resumed.weights(), alone.weights(), 1e-9, 1e-12, 'weight')
+    assert_named_arrays_close(resumed.weights(), alone.weights(), 1e-9, 1e-12, 'weight')
 
 
 @pytest.mark.slow
