@@ -78,6 +78,21 @@ def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):
         assert not np.array_equal(engine.grad_flat, gradients)
 
 
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+def test_evaluation_gives_the_same_bits_whether_the_run_trains_in_groups_or_not(dtype):
+    """A run on one document a step evaluates batches with parallel.loss; a run in groups with the parallel
+    loss_and_grads it compiled for training, forward only: the same arithmetic, the same bits."""
+    cfg = ModelConfig(vocab_size=9, n_layer=2, block_size=6)
+    rng = random.Random(3)
+    single, grouped = (make_engine('fused', cfg, random.Random(1), dtype) for _ in range(2))
+    single.loss_and_grads(random_batch(rng, cfg, 1, max_len=8))
+    grouped.loss_and_grads(random_batch(rng, cfg, 3, max_len=8))  # gradients only: the weights stay equal
+    assert (single._trains_in_groups, grouped._trains_in_groups) == (False, True)
+    for batch_size in (2, 7):
+        batch = random_batch(rng, cfg, batch_size, max_len=9)
+        assert single.loss(batch) == grouped.loss(batch), batch_size
+
+
 def test_loss_equals_the_numpy_engines_and_checks_its_batch():
     cfg = ModelConfig(vocab_size=7, n_embd=8, n_head=2)
     engine, numpy_engine = make_engine('fused', cfg, random.Random(3)), make_engine('numpy', cfg, random.Random(3))

@@ -4,8 +4,9 @@ numba compiles an entry point on its first call and caches it on disk next to th
 later runs load it in a fraction of a second. Each entry point is compiled here, with LLVM's SLP vectorizer on,
 when the engine first calls it (`compiled`): a run compiles only what it calls, the training loop's
 train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and, when it evaluates, parallel.py's
-loss_and_grads in its forward-only mode (which parallel.py's train_steps compiles as its callee anyway). The
-kernels under an entry point are compiled once per process and shared by the next ones.
+forward-only loss, or for a run in groups loss_and_grads in its forward-only mode (which parallel.py's
+train_steps compiles as its callee anyway). The kernels under an entry point are compiled once per process and
+shared by the next ones.
 """
 
 import os
@@ -33,10 +34,11 @@ def compiled(entry_point, dtype):
 
 
 def run_entry_points(batch_size, evaluates):
-    """The entry points a training run calls: its train_steps, and when it evaluates parallel.py's loss_and_grads
-    (forward only, on train.loop.evaluate's batches of many documents)."""
-    train = parallel.train_steps if len(parallel.group_bounds(batch_size)) > 2 else gpt.train_steps
-    return [train, parallel.loss_and_grads] if evaluates else [train]
+    """The entry points a training run calls: its train_steps, and when it evaluates (train.loop.evaluate's
+    batches of many documents) the forward-only parallel function of FusedEngine.loss."""
+    if len(parallel.group_bounds(batch_size)) > 2:
+        return [parallel.train_steps] + ([parallel.loss_and_grads] if evaluates else [])
+    return [gpt.train_steps] + ([parallel.loss] if evaluates else [])
 
 
 def kernels_are_cached(dtype='float64', batch_size=1, evaluates=False):
@@ -91,7 +93,8 @@ def _group_examples(dtype):
     state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
-    return [(parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0, False)),
+    return [(parallel.loss, (state, wss, plans, ints, ints)),
+            (parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0, False)),
             (parallel.adam_update, (state, adam_, 0.0, 0)),
             (parallel.train_steps, (state, group_grads, wss, plans, adam_, ints, ints, 0, floats, ints, 0, floats))]
 

@@ -30,6 +30,7 @@ class FusedEngine(ParameterBuffers):
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = self._span = 0  # nothing reserved: the first batch sizes the workspace
+        self._trains_in_groups = False  # then evaluation runs the parallel loss_and_grads its training compiled
 
     def _reserve(self, batch_size, span):
         """Size the workspaces and plans for batches of `batch_size` documents predicting up to `span` positions
@@ -81,9 +82,11 @@ class FusedEngine(ParameterBuffers):
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
         with flush_to_zero():
-            if len(plans) > 1:
+            if len(plans) > 1 and self._trains_in_groups:  # forward only: parallel.loss's arithmetic
                 return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
                                                                      doc_starts, 0, len(batch), False)
+            if len(plans) > 1:
+                return compiled(parallel.loss, self.dtype)(self.state_buffer, wss, plans, docs, doc_starts)
             return compiled(gpt.loss, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
@@ -96,6 +99,7 @@ class FusedEngine(ParameterBuffers):
         self._set_dropout(dropout_rate, seed_and_step)
         with flush_to_zero():
             if len(plans) > 1:
+                self._trains_in_groups = True
                 return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
                                                                      doc_starts, 0, len(batch), True)
             return compiled(gpt.loss_and_grads, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
@@ -137,6 +141,7 @@ class FusedEngine(ParameterBuffers):
         settings = self._adam_settings(tcfg)
         with flush_to_zero():
             if len(plans) > 1:  # the batches in groups on every core (parallel.py)
+                self._trains_in_groups = True
                 compiled(parallel.train_steps, self.dtype)(self.state_buffer, group_grads, wss, plans, settings, docs,
                                                            doc_starts, batch_size, lrs, keys, first_t, losses)
             else:

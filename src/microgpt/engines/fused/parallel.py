@@ -36,13 +36,28 @@ def group_bounds(batch_size):
 
 
 @parallel_entry_point
+def loss(state, wss, plans, docs, doc_starts):
+    """Mean loss of the batch (docs, doc_starts as gpt.loss's), forward only, its groups in parallel: the
+    evaluation of runs that train on one document a step. A run that trains in groups evaluates with
+    loss_and_grads(with_grads=False) instead, the same arithmetic, already compiled (numba compiles each `prange`
+    body as functions of their own, three levels deep, each optimising the layers again: as long again as
+    training's)."""
+    positions, total = pack_groups(plans, docs, doc_starts, 0, doc_starts.size - 1)  # (G,) and their sum
+    losses = np.empty(plans.shape[0])                              # (G,) each group's share of the loss
+    for g in prange(plans.shape[0]):
+        saved = start_flushing()  # each parallel iteration on its own thread: see floating_point.py
+        losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total) if positions[g] else 0.0
+        stop_flushing(saved)
+    return sum_in_order(losses)
+
+
+@parallel_entry_point
 def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first, batch_size, with_grads):
     """Mean loss of documents batch_first .. batch_first + batch_size - 1 of docs; with `with_grads`, fills
-    state[1] with its gradient, else runs the forward alone (evaluation) and leaves the gradients as they are.
+    state[1] with its gradient, else runs the forward alone (the evaluation of a run that trains in groups, see
+    loss) and leaves the gradients as they are.
 
-    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1]). Training and evaluation
-    share this one function: a forward-only parallel loss of its own took as long again to compile (numba
-    compiles a `prange` body as functions of their own, three levels deep, each optimising the layers again)."""
+    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
     positions, total = pack_groups(plans, docs, doc_starts, batch_first, batch_size)
     losses = np.empty(plans.shape[0])
     for g in prange(plans.shape[0]):
