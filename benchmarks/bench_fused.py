@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-import numba
 import numpy as np
 
 from microgpt.bench.benchmark import prepared_job
@@ -31,6 +30,7 @@ from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
 from microgpt.engines.fused.compile import compile_kernels
 from microgpt.engines.fused.engine import FusedEngine
+from microgpt.engines.fused.threads import thread_count
 from microgpt.data import batch_for_step
 from microgpt.train.loop import predicted_tokens, train
 
@@ -144,8 +144,8 @@ def _seconds(fn):
 
 def makemore_job(data, repeats, steps, with_torch):
     print(f"3. makemore size: n_layer 4, n_embd 64, n_head 4, block 16, batch 32; {steps} steps after 5 warm-up")
-    print("   each row in a fresh process: two OpenMP runtimes (numba's and torch's) in one process, or one")
-    print("   spinning after its parallel regions, slow each other down up to tenfold")
+    print("   each row in a fresh process: two thread pools (the fused engine's and torch's OpenMP) in one")
+    print("   process slow each other down")
     print(f"   {'engine':<28} {'tokens/s':>10} {'ms/step':>9}")
     runs = [('numpy', 'float64', 0), ('numpy', 'float32', 0), ('fused', 'float64', 0), ('fused', 'float32', 0)]
     if with_torch:
@@ -174,7 +174,7 @@ def makemore_row(row, data, repeats, steps):
     if engine == 'torch':
         from microgpt.engines.torch.engine import CPU_THREADS as threads  # more processes, not threads: torchrun
     else:
-        threads = _blas_threads() if engine == 'numpy' else numba.get_num_threads()
+        threads = _blas_threads() if engine == 'numpy' else thread_count()
     print(tokens, best, threads)
 
 

@@ -7,10 +7,10 @@
 
 The makemore-like setup (the makemore preset's model and optimiser: block 16, batch 32, n_head 4, AdamW) in
 float32 at every n_embd x n_layer of the grid, through train.loop.train as `microgpt train` runs it. Each engine
-runs in its own process, because two OpenMP runtimes in one process (numba's and torch's) slow each other down;
-the parent alternates between the two processes (fused, torch, fused, torch at each size), so a ratio is taken
-under the same machine load, and keeps each engine's best of --repeats. Both engines get the same number of
-threads (--threads): numba's parallel kernels, and PyTorch's intra-op threads (the torch engine uses its
+runs in its own process, because two thread pools in one process (the fused engine's and torch's) slow each
+other down; the parent alternates between the two processes (fused, torch, fused, torch at each size), so a
+ratio is taken under the same machine load, and keeps each engine's best of --repeats. Both engines get the same
+number of threads (--threads): the fused engine's (parallel.py), and PyTorch's intra-op threads (the torch engine uses its
 CPU_THREADS on a CPU, one, which this benchmark sets to --threads). Several thread counts (--threads 1,2) run
 a process per engine and count, all alternating. On a busy machine give --threads 1: with more, every parallel
 region waits for its threads to be scheduled, and both engines slow down several times (docs/PERFORMANCE.md).
@@ -93,8 +93,8 @@ def threads_in_use(engine_name):
     if engine_name == 'torch':
         from microgpt.engines.torch.engine import CPU_THREADS
         return CPU_THREADS
-    import numba
-    return numba.get_num_threads()
+    from microgpt.engines.fused.threads import thread_count
+    return thread_count()
 
 
 class Worker:
@@ -234,7 +234,7 @@ def main():
                 for _ in range(args.repeats):
                     for (engine_name, threads), worker in workers.items():
                         size_rows[threads][engine_name].append(worker.measure(n_embd, n_layer))
-                        time.sleep(0.2)  # the idle worker's OpenMP threads stop spinning before the next starts
+                        time.sleep(0.2)  # the idle worker's threads stop spinning before the next starts
                 for row in size_rows.values():
                     rows.append(row)
                     print(table_row(row, clock), flush=True)

@@ -23,8 +23,8 @@ from helpers import flat, random_batch, run_cli_subprocess
 def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
     """Batches of 2+ documents run in groups on every core; the split depends on the batch size alone, and a
     dropout mask on the document alone, so one thread and two give the same parameters, bit for bit."""
-    import numba
-    threads = numba.get_num_threads()
+    from microgpt.engines.fused import threads as fused_threads
+    threads = fused_threads.thread_count()
     if threads == 1:
         pytest.skip("one numba thread: nothing to compare with")
     cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
@@ -34,12 +34,12 @@ def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
     results = []
     try:
         for n in (1, threads):
-            numba.set_num_threads(n)
+            fused_threads.set_threads(n)
             engine = make_engine('fused', cfg, random.Random(11))
             losses = engine.train_steps(docs, 0, tcfg.steps, tcfg, lrs)
             results.append((list(losses), flat(engine.weights())))
     finally:
-        numba.set_num_threads(threads)
+        fused_threads.set_threads(None)
     (want_losses, want_weights), (got_losses, got_weights) = results
     assert got_losses == want_losses, (got_losses, want_losses)
     np.testing.assert_array_equal(got_weights, want_weights)

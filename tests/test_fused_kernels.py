@@ -79,18 +79,20 @@ def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):
 
 
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
-def test_evaluation_gives_the_same_bits_whether_the_run_trains_in_groups_or_not(dtype):
-    """A run on one document a step evaluates batches with parallel.loss; a run in groups with the parallel
-    loss_and_grads it compiled for training, forward only: the same arithmetic, the same bits."""
+def test_evaluation_gives_the_same_bits_through_either_entry_point(dtype, monkeypatch):
+    """A batch of many documents is evaluated by parallel.forward, or in a process that has parallel.steps
+    compiled (a run that trains in groups) by steps without its backward: the same arithmetic, the same bits."""
+    from microgpt.engines.fused import engine as fused_engine
     cfg = ModelConfig(vocab_size=9, n_layer=2, block_size=6)
-    rng = random.Random(3)
-    single, grouped = (make_engine('fused', cfg, random.Random(1), dtype) for _ in range(2))
-    single.loss_and_grads(random_batch(rng, cfg, 1, max_len=8))
-    grouped.loss_and_grads(random_batch(rng, cfg, 3, max_len=8))  # gradients only: the weights stay equal
-    assert (single._trains_in_groups, grouped._trains_in_groups) == (False, True)
+    engine, rng = make_engine('fused', cfg, random.Random(1), dtype), random.Random(3)
+    engine.train_steps(random_batch(rng, cfg, 12, max_len=8), 0, 2, TrainConfig(steps=2, batch_size=3))
     for batch_size in (2, 7):
         batch = random_batch(rng, cfg, batch_size, max_len=9)
-        assert single.loss(batch) == grouped.loss(batch), batch_size
+        losses = []
+        for steps_compiled in (False, True):
+            monkeypatch.setattr(fused_engine, 'compiled_here', lambda entry_point, dtype: steps_compiled)
+            losses.append(engine.loss(batch))
+        assert losses[0] == losses[1], (batch_size, losses)
 
 
 def test_loss_equals_the_numpy_engines_and_checks_its_batch():
@@ -154,10 +156,10 @@ def test_subnormal_adam_moments_become_zero_and_python_keeps_them(batch_size):
 def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
     """An entry point calls others (train_steps calls loss_and_grads and adam_update), and numba loads a callee
     from its own disk cache, checked against the callee's file only. Flushing only the entry point being
-    compiled let parallel.train_steps link a loss_and_grads compiled against an older plan layout: a
+    compiled let an entry point link a loss_and_grads compiled against an older plan layout: a
     segmentation fault after the plan gained a slot. Every stale cache is flushed first."""
     from microgpt.engines.fused import compile as fused_compile, gpt, parallel
-    stale = {gpt.loss_and_grads, parallel.adam_update}
+    stale = {gpt.loss_and_grads, parallel.steps}
     flushed = []
     monkeypatch.setattr(fused_compile, '_cache_is_stale', lambda kernel: kernel in stale)
     for kernel in stale:

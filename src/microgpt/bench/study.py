@@ -124,8 +124,8 @@ def result_path(folder, name, seed):
 
 def _one_thread_per_worker():
     """Pool workers already fill the cores: the fused engine's own threads would only contend with them."""
-    import numba
-    numba.set_num_threads(1)
+    from ..engines.fused.threads import set_threads
+    set_threads(1)
 
 
 def _run_and_save(args):
@@ -152,7 +152,7 @@ def run_study(experiments, seeds, data_path, folder, workers=2):
         return
     from ..engines.fused.engine import compile_kernels
     compile_kernels('float64')  # once, before the workers
-    # spawned, not forked: a process that has loaded the fused engine's OpenMP runtime must not fork
+    # spawned, not forked: a fork keeps none of the parent's threads (the fused engine's, torch's OpenMP)
     import multiprocessing  # here, as in every module the CLI imports: `microgpt train` does not load them
     from concurrent.futures import ProcessPoolExecutor
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),

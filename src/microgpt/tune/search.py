@@ -265,7 +265,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     compile_kernels('float32', grouped=True)  # once here, so the workers load it from the cache
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     import multiprocessing
-    context = multiprocessing.get_context('spawn')  # numba's OpenMP runtime does not survive a fork
+    context = multiprocessing.get_context('spawn')  # a fork keeps none of the parent's threads
     processes = [context.Process(target=_worker, args=(options, deadline, threads)) for _ in range(options.workers)]
     for p in processes:
         p.start()

@@ -3,10 +3,9 @@
 numba compiles an entry point on its first call and caches it on disk next to the package (__pycache__), so
 later runs load it in a fraction of a second. Each entry point is compiled here, with LLVM's SLP vectorizer on,
 when the engine first calls it (`compiled`): a run compiles only what it calls, the training loop's
-train_steps (gpt.py's, or parallel.py's for batches of 2+ documents) and, when it evaluates, parallel.py's
-forward-only loss, or for a run in groups loss_and_grads in its forward-only mode (which parallel.py's
-train_steps compiles as its callee anyway). The kernels under an entry point are compiled once per process and
-shared by the next ones.
+train_steps (gpt.py's for batches of one document) or parallel.py's `steps` (batches of 2+, which also
+evaluates), and parallel.py's `forward` for the evaluation of a run on one document a step. The kernels under an
+entry point are compiled once per process and shared by the next ones.
 """
 
 import os
@@ -15,11 +14,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ... import config, dropout
-from . import adam, floating_point, gpt, lanes, layers, parallel, plan
+from . import adam, floating_point, gpt, lanes, layers, parallel, plan, threads
 
 # every file whose code or constants (config's RMSNORM_EPS, ...) the compiled kernels hold
-KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, floating_point, dropout,
-                                                    config))
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, threads, floating_point,
+                                                    dropout, config))
 _compiled = set()  # (entry point, dtype) this process has compiled or loaded
 
 
@@ -33,12 +32,16 @@ def compiled(entry_point, dtype):
     return entry_point
 
 
+def compiled_here(entry_point, dtype):
+    """Whether this process has compiled or loaded `entry_point` for `dtype`."""
+    return (entry_point, np.dtype(dtype).name) in _compiled
+
+
 def run_entry_points(batch_size, evaluates):
-    """The entry points a training run calls: its train_steps, and when it evaluates (train.loop.evaluate's
-    batches of many documents) the forward-only parallel function of FusedEngine.loss."""
-    if len(parallel.group_bounds(batch_size)) > 2:
-        return [parallel.train_steps] + ([parallel.loss_and_grads] if evaluates else [])
-    return [gpt.train_steps] + ([parallel.loss] if evaluates else [])
+    """The entry points a training run calls: its train_steps (parallel.steps for batches of 2+, which evaluates
+    too), and when it evaluates (train.loop.evaluate's batches of many documents) parallel.forward."""
+    grouped = len(parallel.group_bounds(batch_size)) > 2
+    return [parallel.steps] if grouped else [gpt.train_steps] + ([parallel.forward] if evaluates else [])
 
 
 def kernels_are_cached(dtype='float64', batch_size=1, evaluates=False):
@@ -88,15 +91,13 @@ def _one_group_examples(dtype):
 
 
 def _group_examples(dtype):
-    """Those for batches of 2+ documents (parallel.py): parallel kernels take as long again to compile, and
-    microgpt's own job never needs them."""
+    """Those for batches of 2+ documents (parallel.py), which microgpt's own job never needs."""
     state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)
-    return [(parallel.loss, (state, wss, plans, ints, ints)),
-            (parallel.loss_and_grads, (state, group_grads, wss, plans, ints, ints, 0, 0, False)),
-            (parallel.adam_update, (state, adam_, 0.0, 0)),
-            (parallel.train_steps, (state, group_grads, wss, plans, adam_, ints, ints, 0, floats, ints, 0, floats))]
+    return [(parallel.steps, (0, 1, ints, floats, state, group_grads, wss, plans, adam_, ints, ints, 0, floats, ints, 0,
+                              floats, False, False)),
+            (parallel.forward, (0, 1, ints, floats, state, wss, plans, ints, ints))]
 
 
 def _signature(args):
@@ -131,10 +132,9 @@ def slp_vectorizer():
 def _compile(entry_points):
     """Compile, or load from the disk cache, these (entry point, example arguments).
 
-    Every stale cache is flushed first, not only those of `entry_points`: an entry point calls others
-    (train_steps calls loss_and_grads and adam_update), and numba loads a callee from its own cache, which it
-    checks against the callee's file only. A callee compiled against an older plan layout reads the workspace
-    at the wrong rows."""
+    Every stale cache is flushed first, not only those of `entry_points`: numba loads an entry point that another
+    calls from its own cache, which it checks against its own file only, and one compiled against an older plan
+    layout reads the workspace at the wrong rows (no entry point calls another today; the check costs little)."""
     for kernel in {kernel for kernel, _ in _one_group_examples('float64') + _group_examples('float64')}:
         try:
             if _cache_is_stale(kernel):

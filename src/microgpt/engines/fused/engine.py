@@ -15,7 +15,8 @@ from ...documents import Documents
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
 from . import gpt, parallel
-from .compile import compile_kernels, compiled, kernels_are_cached  # noqa: F401 (compile_kernels ...: for callers)
+from .compile import compile_kernels, kernels_are_cached  # noqa: F401 (for callers)
+from .compile import compiled, compiled_here
 from .floating_point import flush_to_zero
 from .lanes import LANES
 from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
@@ -30,7 +31,6 @@ class FusedEngine(ParameterBuffers):
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = self._span = 0  # nothing reserved: the first batch sizes the workspace
-        self._trains_in_groups = False  # then evaluation runs the parallel loss_and_grads its training compiled
 
     def _reserve(self, batch_size, span):
         """Size the workspaces and plans for batches of `batch_size` documents predicting up to `span` positions
@@ -82,11 +82,11 @@ class FusedEngine(ParameterBuffers):
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
         with flush_to_zero():
-            if len(plans) > 1 and self._trains_in_groups:  # forward only: parallel.loss's arithmetic
-                return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
-                                                                     doc_starts, 0, len(batch), False)
+            if len(plans) > 1 and compiled_here(parallel.steps, self.dtype):  # a run in groups: no more compiling
+                return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts, False)
             if len(plans) > 1:
-                return compiled(parallel.loss, self.dtype)(self.state_buffer, wss, plans, docs, doc_starts)
+                compiled(parallel.forward, self.dtype)
+                return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
             return compiled(gpt.loss, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
@@ -99,9 +99,8 @@ class FusedEngine(ParameterBuffers):
         self._set_dropout(dropout_rate, seed_and_step)
         with flush_to_zero():
             if len(plans) > 1:
-                self._trains_in_groups = True
-                return compiled(parallel.loss_and_grads, self.dtype)(self.state_buffer, group_grads, wss, plans, docs,
-                                                                     doc_starts, 0, len(batch), True)
+                compiled(parallel.steps, self.dtype)
+                return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts)
             return compiled(gpt.loss_and_grads, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
 
     def adam_update(self, lr_t, tcfg):
@@ -141,9 +140,9 @@ class FusedEngine(ParameterBuffers):
         settings = self._adam_settings(tcfg)
         with flush_to_zero():
             if len(plans) > 1:  # the batches in groups on every core (parallel.py)
-                self._trains_in_groups = True
-                compiled(parallel.train_steps, self.dtype)(self.state_buffer, group_grads, wss, plans, settings, docs,
-                                                           doc_starts, batch_size, lrs, keys, first_t, losses)
+                compiled(parallel.steps, self.dtype)
+                parallel.train_steps(self.state_buffer, group_grads, wss, plans, settings, docs, doc_starts, batch_size,
+                                     lrs, keys, first_t, losses)
             else:
                 compiled(gpt.train_steps, self.dtype)(self.state_buffer, wss[0], plans[0], settings, docs, doc_starts,
                                                       batch_size, lrs, keys, first_t, losses)

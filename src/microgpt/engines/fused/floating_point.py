@@ -10,7 +10,7 @@ where a subnormal would have been, values 1e-308 (1e-38) away from zero.
 
 MXCSR is per thread. `flush_to_zero()` sets both flags in the calling thread around the compiled calls of
 FusedEngine (and restores them, even when a kernel raises), so that Python and NumPy never run with them;
-parallel.py sets them in each parallel iteration, on whichever thread runs it. numba's `fastmath` does not
+parallel.py's `steps` sets them on each of its threads. numba's `fastmath` does not
 set them: it only lets LLVM assume there are none. On CPUs other than x86-64 these are no-ops.
 """
 

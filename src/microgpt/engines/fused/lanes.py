@@ -110,16 +110,6 @@ def exp8(x, peak):
 
 
 @intrinsic
-def runtime(typingctx, value):
-    """`value` typed as a value known only when the code runs. A compiled function that passes a constant (True)
-    to another gets a version compiled for that constant; passed through this, it shares the version that Python
-    callers get."""
-    def codegen(context, builder, signature, args):
-        return args[0]
-    return types.unliteral(value)(value), codegen
-
-
-@intrinsic
 def _bits_to_float(typingctx, bits):
     """The float64 whose IEEE-754 bit pattern is the int64 `bits`."""
     def codegen(context, builder, signature, args):

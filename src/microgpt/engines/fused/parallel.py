@@ -1,32 +1,29 @@
-"""The fused engine on every core: a batch of B >= 2 documents split into groups that run in parallel.
+"""The fused engine on every core: a batch of B >= 2 documents split into groups that run on threads.
 
-Group g has documents g * B // G .. (g + 1) * B // G - 1 of the batch, G = min(B, GROUPS): each packs them into
-its own plan and workspace and writes its own gradients (numba prange over the groups); the groups'
-gradients are then summed in group order, and Adam runs in parallel over the parameters (each parameter's
-update is independent of the others'). The split depends on B alone, never on the number of threads, so a
-run gives the same numbers on any machine; they differ from a one-group computation only by rounding,
-since each weight gradient's sum over positions is cut into G partial sums.
-
-Under parallel=True numba also turns array expressions (np.zeros, slice copies, .sum()) into parallel
-regions of their own, each a thread wake-up, and a sum into a thread-dependent reduction: the parallel
-entry points hold only their prange loops, and everything else is in plain kernels.
+Group g has documents g * B // G .. (g + 1) * B // G - 1 of the batch, G = min(B, GROUPS); each packs them into
+its own plan and workspace and writes its own gradients. `steps` runs on every thread at once (threads.py), each
+with its share of the groups, then of the parameters: it sums the groups' gradients in group order there and
+runs Adam on them (each parameter's update is independent of the others'). The threads wait for each other at a
+barrier after the groups and after Adam. The split depends on B alone, never on the number of threads, so a run
+gives the same numbers on any machine; they differ from a one-group computation only by rounding, since each
+weight gradient's sum over positions is cut into G partial sums.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ...config import NOTHING_TO_PREDICT
-from .adam import adam_parameter, adam_settings, clip_gradients
+from .adam import GRAD_CLIP, adam_parameter, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import kernel, runtime
-from .plan import SLOT_DROP_KEY, pack_columns
+from .lanes import kernel
+from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
+from .threads import barrier, new_barrier, run_on_threads, thread_count
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
-CHUNKS = 64  # the parameters are cut into this many ranges for the loops over them (a range per iteration)
 
-parallel_entry_point = njit(cache=True, error_model='numpy', parallel=True)
-entry_point = njit(cache=True, error_model='numpy')  # one that only calls the parallel ones
+# an entry point that lets go of the GIL, so that Python threads run it at once
+threaded_entry_point = njit(cache=True, error_model='numpy', nogil=True)
 
 
 def group_bounds(batch_size):
@@ -35,101 +32,126 @@ def group_bounds(batch_size):
     return [g * batch_size // groups for g in range(groups + 1)]
 
 
-@parallel_entry_point
-def loss(state, wss, plans, docs, doc_starts):
-    """Mean loss of the batch (docs, doc_starts as gpt.loss's), forward only, its groups in parallel: the
-    evaluation of runs that train on one document a step. A run that trains in groups evaluates with
-    loss_and_grads(with_grads=False) instead, the same arithmetic, already compiled (numba compiles each `prange`
-    body as functions of their own, three levels deep, each optimising the layers again: as long again as
-    training's)."""
-    positions, total = pack_groups(plans, docs, doc_starts, 0, doc_starts.size - 1)  # (G,) and their sum
-    losses = np.empty(plans.shape[0])                              # (G,) each group's share of the loss
-    for g in prange(plans.shape[0]):
-        saved = start_flushing()  # each parallel iteration on its own thread: see floating_point.py
-        losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total) if positions[g] else 0.0
-        stop_flushing(saved)
-    return sum_in_order(losses)
+# FusedEngine's calls, as gpt.py's entry points for one group; `steps` must be compiled first (compile.compiled)
 
-
-@parallel_entry_point
-def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, batch_first, batch_size, with_grads):
-    """Mean loss of documents batch_first .. batch_first + batch_size - 1 of docs; with `with_grads`, fills
-    state[1] with its gradient, else runs the forward alone (the evaluation of a run that trains in groups, see
-    loss) and leaves the gradients as they are.
-
-    group_grads (G - 1, P): gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
-    positions, total = pack_groups(plans, docs, doc_starts, batch_first, batch_size)
-    losses = np.empty(plans.shape[0])
-    for g in prange(plans.shape[0]):
-        saved = start_flushing()
-        group_out = state[1] if g == 0 else group_grads[g - 1]
-        if positions[g] == 0:  # only documents of one token: no loss, no gradient
-            losses[g] = 0.0
-            if with_grads:
-                _zero(group_out)
-        elif with_grads:
-            losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], positions[g], total)
-        else:
-            losses[g] = group_loss(state[0], wss[g], plans[g], positions[g], total)
-        stop_flushing(saved)
-    if with_grads:
-        grads = state[1]
-        for chunk in prange(CHUNKS):  # summed in group order, whatever the thread count
-            saved = start_flushing()
-            for i in range(chunk * grads.size // CHUNKS, (chunk + 1) * grads.size // CHUNKS):
-                for g in range(plans.shape[0] - 1):
-                    grads[i] += group_grads[g, i]
-            stop_flushing(saved)
-    return sum_in_order(losses)
-
-
-@parallel_entry_point
-def adam_update(state, adam, lr, t):
-    """adam.adam_step, in parallel over the parameters (the clipping norm still summed in order)."""
-    clip_gradients(state[1], adam)
-    settings = adam_settings(adam, lr, t)
-    p, g, m, v = state[0], state[1], state[2], state[3]
-    for chunk in prange(CHUNKS):
-        saved = start_flushing()
-        for i in range(chunk * p.size // CHUNKS, (chunk + 1) * p.size // CHUNKS):
-            adam_parameter(p, g, m, v, i, settings)
-        stop_flushing(saved)
-
-
-@entry_point
 def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses):
     """gpt.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
-    for i in range(losses.size):
-        for g in range(plans.shape[0]):
-            plans[g, SLOT_DROP_KEY] = keys[i]
-        losses[i] = loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, i * batch_size, batch_size,
-                                   runtime(True))
-        adam_update(state, adam, lrs[i], first_t + i)
+    _on_threads(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses, True,
+                True)
 
 
-@kernel
-def pack_groups(plans, docs, doc_starts, batch_first, batch_size):
-    """pack_columns of each group's share of the batch (group_bounds'): returns (G,) the predicted positions of
-    each group, and their total. Raises here, before the parallel loop (an exception inside one is lost), on a
-    bad token id or when the batch has nothing to predict."""
+def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, backward=True):
+    """Mean loss of the batch (docs, doc_starts as gpt.loss_and_grads's); with `backward`, fills state[1] with its
+    gradient (without, the arithmetic of `loss`, for a process that has `steps` compiled already)."""
+    losses, keys = np.empty(1), plans[:1, SLOT_DROP_KEY].copy()  # (1,) each; the key FusedEngine set
+    _on_threads(state, group_grads, wss, plans, np.zeros(5), docs, doc_starts, doc_starts.size - 1, np.zeros(1), keys,
+                1, losses, backward, False)
+    return losses[0]
+
+
+def loss(state, wss, plans, docs, doc_starts):
+    """Mean loss of the batch, forward only (`forward` must be compiled first)."""
     groups = plans.shape[0]
-    positions, total = np.empty(groups, np.int64), 0
-    for g in range(groups):
-        first, stop = batch_first + g * batch_size // groups, batch_first + (g + 1) * batch_size // groups
-        positions[g] = pack_columns(plans[g], docs, doc_starts, batch_first, first, stop)
-        total += positions[g]
-    if total == 0:
-        raise ValueError(NOTHING_TO_PREDICT)
-    return positions, total
+    return run_on_threads(forward, min(thread_count(), groups), new_barrier(), np.empty(groups), state, wss, plans,
+                          docs, doc_starts)
+
+
+def _on_threads(state, group_grads, wss, plans, *arguments):
+    groups = plans.shape[0]
+    run_on_threads(steps, min(thread_count(), groups), new_barrier(), np.empty(groups), state, group_grads, wss, plans,
+                   *arguments)
+
+
+@threaded_entry_point
+def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, adam, docs, doc_starts, batch_size,
+          lrs, keys, first_t, losses, backward, update):
+    """Thread `thread` of `threads` running len(losses) steps of gpt.train_steps in groups: step i trains on
+    documents i B .. i B + B - 1 of docs (learning rate lrs[i], dropout key keys[i], Adam step first_t + i) and
+    losses[i] is its loss. Without `update`, the loss of one batch and, with `backward`, its gradient in state[1].
+
+    cells: the threads' barrier; group_losses (G,): each group's share of the loss; group_grads (G - 1, P): the
+    gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
+    groups = plans.shape[0]
+    own_groups = range(thread * groups // threads, (thread + 1) * groups // threads)
+    own_params = range(thread * state.shape[1] // threads, (thread + 1) * state.shape[1] // threads)
+    totals = _check_batches(plans[0], docs, doc_starts, batch_size, losses.size)  # (steps,): all raise, or none
+    saved = start_flushing()  # MXCSR is per thread: see floating_point.py
+    for i in range(losses.size):
+        for g in own_groups:
+            n = _pack_group(plans, g, docs, doc_starts, i * batch_size, batch_size, keys[i])
+            group_out = state[1] if g == 0 else group_grads[g - 1]
+            if n == 0:  # only documents of one token: no loss, no gradient
+                group_losses[g] = 0.0
+                if backward:
+                    group_out[:] = 0
+            elif backward:
+                group_losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], n, totals[i])
+            else:
+                group_losses[g] = group_loss(state[0], wss[g], plans[g], n, totals[i])
+        barrier(cells, threads)  # every group's loss and gradient written
+        if thread == 0:
+            losses[i] = _sum_in_order(group_losses)
+        if not backward:
+            break
+        grads = state[1]
+        for j in own_params:  # summed in group order, whatever the thread count
+            for g in range(groups - 1):
+                grads[j] += group_grads[g, j]
+        if not update:
+            barrier(cells, threads)  # every thread's writes done when thread 0 returns, even if its caller's wait
+            break                    # for the others is interrupted (Ctrl-C)
+        if adam[GRAD_CLIP] > 0:  # the global norm, summed in order on one thread
+            barrier(cells, threads)
+            if thread == 0:
+                clip_gradients(grads, adam)
+            barrier(cells, threads)
+        settings = adam_settings(adam, lrs[i], first_t + i)
+        for j in own_params:
+            adam_parameter(state[0], grads, state[2], state[3], j, settings)
+        barrier(cells, threads)  # every parameter updated before the next step's forward reads them
+    stop_flushing(saved)
+
+
+@threaded_entry_point
+def forward(thread, threads, cells, group_losses, state, wss, plans, docs, doc_starts):
+    """The loss of one batch (all of docs), forward only, on thread `thread` of `threads` (thread 0 returns it):
+    `steps` without a backward, the same arithmetic, compiled in a third of the time."""
+    groups, saved = plans.shape[0], start_flushing()
+    total = _check_batches(plans[0], docs, doc_starts, doc_starts.size - 1, 1)[0]
+    for g in range(thread * groups // threads, (thread + 1) * groups // threads):
+        n = _pack_group(plans, g, docs, doc_starts, 0, doc_starts.size - 1, plans[g, SLOT_DROP_KEY])
+        group_losses[g] = group_loss(state[0], wss[g], plans[g], n, total) if n else 0.0
+    barrier(cells, threads)
+    stop_flushing(saved)
+    return _sum_in_order(group_losses)
 
 
 @kernel
-def _zero(values):
-    values[:] = 0
+def _pack_group(plans, g, docs, doc_starts, batch_first, batch_size, key):
+    """Packs group g's share of the batch of documents batch_first .. batch_first + batch_size - 1 into plans[g],
+    with dropout key `key`; returns its number of columns."""
+    groups = plans.shape[0]
+    plans[g, SLOT_DROP_KEY] = key
+    return pack_columns(plans[g], docs, doc_starts, batch_first, batch_first + g * batch_size // groups,
+                        batch_first + (g + 1) * batch_size // groups)
 
 
 @kernel
-def sum_in_order(values):
+def _check_batches(plan, docs, doc_starts, batch_size, steps):
+    """(steps,) the positions each batch of `batch_size` documents predicts; raises as pack_columns would on a bad
+    document, and on a batch with nothing to predict. Every thread checks every batch before the first barrier,
+    so that all raise, or none."""
+    totals = np.zeros(steps, np.int64)
+    for i in range(steps):
+        for d in range(i * batch_size, (i + 1) * batch_size):
+            totals[i] += checked_positions(plan, docs[doc_starts[d]:doc_starts[d + 1]])
+        if totals[i] == 0:
+            raise ValueError(NOTHING_TO_PREDICT)
+    return totals
+
+
+@kernel
+def _sum_in_order(values):
     total = 0.0
     for v in values:
         total += v

@@ -133,16 +133,12 @@ def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
     batch_first being the batch's first document). Returns n, the number of columns (0 when every document
     has one token); the padding up to a multiple of 8 attends to itself only. Token ids and document lengths
     are checked here: the kernels index with them unchecked."""
-    V, T, causal = plan[SLOT_V], plan[SLOT_T], plan[SLOT_CAUSAL] == 1
+    T, causal = plan[SLOT_T], plan[SLOT_CAUSAL] == 1
     columns = columns_of(plan)
     j = 0
     for d in range(first, stop):
         doc = docs[doc_starts[d]:doc_starts[d + 1]]
-        if min(T, doc.size - 1) > plan[SLOT_SPAN]:  # the engine sizes the workspace first: never past its columns
-            raise ValueError("a document predicts more positions than the workspace holds")
-        for p in range(min(T, doc.size - 1)):
-            if not (0 <= doc[p] < V and 0 <= doc[p + 1] < V):
-                raise ValueError("a token id is outside the vocabulary")
+        for p in range(checked_positions(plan, doc)):
             columns[0, j], columns[1, j], columns[2, j] = doc[p], doc[p + 1], p
             columns[3, j] = j - p if causal else j
             columns[4, j] = (d - batch_first) * T + p
@@ -150,6 +146,20 @@ def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
     for pad in range(j, j + (-j) % LANES):
         columns[0, pad], columns[1, pad], columns[2, pad], columns[3, pad], columns[4, pad] = 0, 0, 0, pad, 0
     return j
+
+
+@inlined
+def checked_positions(plan, doc):
+    """The positions document `doc` (its tokens) predicts: min(T, len - 1). Raises on a token id outside the
+    vocabulary (the kernels index with them unchecked), or past the workspace's span (the engine sizes it first:
+    never)."""
+    V, n = plan[SLOT_V], min(plan[SLOT_T], doc.size - 1)
+    if n > plan[SLOT_SPAN]:
+        raise ValueError("a document predicts more positions than the workspace holds")
+    for p in range(n):
+        if not (0 <= doc[p] < V and 0 <= doc[p + 1] < V):
+            raise ValueError("a token id is outside the vocabulary")
+    return max(n, 0)
 
 
 def pack_documents(documents, keep):
