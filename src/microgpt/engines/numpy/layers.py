@@ -25,7 +25,7 @@ def encoder_backward(dout, inputs, dwte, dwpe):
     lm_head dwte already holds that use's gradient); writes dwpe, whose rows past T get 0."""
     B, T = inputs.shape
     np.add.reduce(dout.reshape(B, T, -1), 0, out=dwpe[:T])                  # (T, C), summed over documents
-    dwpe[T:] = 0.0
+    dwpe[T:].fill(0.0)
     np.add.at(dwte, inputs.ravel(), dout)                                   # (V, C) += rows of (N, C)
 
 
@@ -75,10 +75,12 @@ def rmsnorm_backward(dout, cache):
     return dx
 
 
+@lru_cache(maxsize=None)
 def attention_mask_bias(attention, T, dtype):
     """(T, T) added to the attention scores of T positions: 0 where position t may attend to s (s <= t for
-    'causal', s == t for 'self'), -inf elsewhere. Read-only. Sized by the batch, never by the block: a
-    --block-size 100000 over short names must not allocate (100000, 100000)."""
+    'causal', s == t for 'self'), -inf elsewhere. Read-only, a view of the bias of the next power of two, made
+    once per T. Sized by the batch, never by the block: a --block-size 100000 over short names must not allocate
+    (100000, 100000)."""
     return _mask_bias(attention, 1 << (T - 1).bit_length(), dtype)[:T, :T]  # (T, T)
 
 
