@@ -148,7 +148,7 @@ def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
     return j
 
 
-@inlined
+@kernel
 def checked_positions(plan, doc):
     """The positions document `doc` (its tokens) predicts: min(T, len - 1). Raises on a token id outside the
     vocabulary (the kernels index with them unchecked), or past the workspace's span (the engine sizes it first:
