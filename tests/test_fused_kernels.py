@@ -60,6 +60,33 @@ def test_a_kernel_called_from_python_is_an_error_not_a_crash():
         fused_plan.pack_columns(plan, docs, doc_starts, 0, 0, 1)
 
 
+def test_a_kernel_gets_no_machine_code_of_its_own_and_its_callers_run_it(monkeypatch):
+    """numba emits machine code for a module when it adds it to its JIT engine: a kernel's module is only linked
+    into its callers (lanes.Kernel), whose code runs it; a kernel that raises still raises through them."""
+    from numba import njit
+    from numba.core.registry import cpu_target
+    from microgpt.engines.fused.lanes import kernel
+    codegen = cpu_target.target_context.codegen()
+    emitted, add_module = [], codegen._add_module
+    monkeypatch.setattr(codegen, '_add_module', lambda module: emitted.append(module.name) or add_module(module))
+
+    @kernel
+    def twice_plus_one(x):
+        if x < 0:
+            raise ValueError("negative")
+        return 2 * x + 1
+
+    @njit
+    def caller(x):
+        return twice_plus_one(x) + twice_plus_one(x + 1.0)
+
+    assert caller(3.0) == 16.0
+    with pytest.raises(ValueError, match='negative'):
+        caller(-3.0)
+    assert any(name.endswith('caller') for name in emitted), emitted
+    assert not any('twice_plus_one' in name for name in emitted), emitted
+
+
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 @pytest.mark.parametrize('batch_size', [1, 5])
 def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):

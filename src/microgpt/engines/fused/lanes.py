@@ -8,25 +8,80 @@ Inlining them in numba's IR instead (inline='always') gave the same speed for 6 
 """
 
 import math
+from types import MethodType
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core.registry import CPUDispatcher
+from numba.core.registry import CPUDispatcher, cpu_target
 from numba.extending import intrinsic
 
 LANES = 8
 
 
 class Kernel(CPUDispatcher):
-    """A compiled function that only other compiled functions call. numba gives every compiled function a
-    wrapper for calls from Python, and compiling those wrappers was a sixth of a cold start (the default job's
-    kernels: 18.7-18.8 s of CPU with them, 15.2-15.9 s without, alternating); without one, a call from Python
-    would crash the interpreter, so it is refused here."""
+    """A compiled function that only other compiled functions call, so it needs no machine code of its own: numba
+    links a callee's optimised LLVM module into each caller and compiles the caller's whole module to machine
+    code anyway.
+
+    numba gives every compiled function a wrapper for calls from Python, and emits each function's machine code
+    as soon as it is compiled. Compiling those wrappers was a sixth of a cold start (the default job's kernels:
+    18.7-18.8 s of CPU with them, 15.2-15.9 s without, alternating), and emitting the kernels' machine code, never
+    run, another 1.5-2 s (12.3 s against 10.3 s, the same machine code in the entry point, the same bits). A call
+    from Python would jump to code that does not exist, so it is refused here."""
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"{self.py_func.__name__} is called from compiled code only (an entry point of gpt.py or "
                         f"parallel.py, or an njit function of your own)")
+
+    def compile(self, sig):
+        _kernels_compiling.append(self.py_func.__qualname__)
+        try:
+            return super().compile(sig)
+        finally:
+            _kernels_compiling.pop()
+
+
+_kernels_compiling = []  # the qualified names of the Kernels numba is compiling now, the innermost last
+
+
+def _finalize_for_linking(library):
+    """numba's CPUCodeLibrary._finalize_final_module without adding the module to the JIT engine, which would
+    emit its machine code: the module stays ready to be linked into callers."""
+    library._finalize_dynamic_globals()
+    library._verify_declare_only_symbols()
+    library._finalized = True
+
+
+def _without_machine_code_for_kernels(codegen):
+    """Make numba's CPU code generator leave out the machine code of Kernels: the library numba creates for a
+    Kernel being compiled (named after it) is finalised for linking only, and setting the environment of a
+    function the engine does not hold is skipped (numba would write it through a null pointer). numba's code
+    generator is not public API: where these hooks are missing, kernels get machine code, as numba's own."""
+    create_library, set_env = codegen.create_library, codegen.set_env
+
+    def create_kernel_library(name, **kwargs):
+        library = create_library(name, **kwargs)
+        if _kernels_compiling and _kernels_compiling[-1] == name:
+            library._finalize_final_module = MethodType(_finalize_for_linking, library)
+        return library
+
+    def set_env_if_emitted(env_name, env):
+        if codegen._engine.get_global_value_address(env_name):
+            set_env(env_name, env)
+
+    codegen.create_library, codegen.set_env = create_kernel_library, set_env_if_emitted
+
+
+try:
+    from numba.core.codegen import CPUCodeLibrary
+    _codegen = cpu_target.target_context.codegen()
+    if (all(hasattr(_codegen, name) for name in ('create_library', 'set_env', '_engine'))
+            and all(hasattr(CPUCodeLibrary, name) for name in ('_finalize_final_module', '_finalize_dynamic_globals',
+                                                                '_verify_declare_only_symbols'))):
+        _without_machine_code_for_kernels(_codegen)
+except (ImportError, AttributeError):  # numba's internals moved: kernels get machine code, as numba's own
+    pass
 
 
 def kernel(func):
