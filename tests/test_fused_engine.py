@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,28 +22,110 @@ from helpers import flat, random_batch, run_cli_subprocess
 
 @pytest.mark.parametrize('dropout', [0.0, 0.2])
 def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
-    """Batches of 2+ documents run in groups on every core; the split depends on the batch size alone, and a
-    dropout mask on the document alone, so one thread and two give the same parameters, bit for bit."""
+    """Batches of 2+ documents run in groups on threads (parallel.py); the split depends on the batch size alone,
+    and a dropout mask on the document alone, so one thread, two and three (4 groups: unevenly shared) give the
+    same losses, evaluations and parameters, bit for bit."""
     from microgpt.engines.fused import threads as fused_threads
-    threads = fused_threads.thread_count()
-    if threads == 1:
-        pytest.skip("one numba thread: nothing to compare with")
     cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
     tcfg = TrainConfig(steps=20, batch_size=9, weight_decay=0.1, grad_clip=1.0, dropout=dropout)
     docs = random_batch(random.Random(10), cfg, 23, max_len=10)
     lrs = [learning_rate(tcfg, s) for s in range(tcfg.steps)]
     results = []
     try:
-        for n in (1, threads):
+        for n in (1, 2, 3):
             fused_threads.set_threads(n)
             engine = make_engine('fused', cfg, random.Random(11))
-            losses = engine.train_steps(docs, 0, tcfg.steps, tcfg, lrs)
-            results.append((list(losses), flat(engine.weights())))
+            losses = list(engine.train_steps(docs, 0, tcfg.steps, tcfg, lrs))
+            results.append((losses + [engine.loss(docs), engine.loss_and_grads(docs[:5])], flat(engine.weights())))
     finally:
         fused_threads.set_threads(None)
-    (want_losses, want_weights), (got_losses, got_weights) = results
-    assert got_losses == want_losses, (got_losses, want_losses)
-    np.testing.assert_array_equal(got_weights, want_weights)
+    (want_losses, want_weights), *others = results
+    for got_losses, got_weights in others:
+        assert got_losses == want_losses, (got_losses, want_losses)
+        np.testing.assert_array_equal(got_weights, want_weights)
+
+
+def test_set_threads_takes_a_whole_number_of_at_least_one():
+    from microgpt.engines.fused.threads import set_threads
+    for bad in (0, -1, 2.5, '3', True):
+        with pytest.raises((ValueError, TypeError), match='threads must be|integer'):
+            set_threads(bad)
+    set_threads(None)
+
+
+def test_runs_from_two_python_threads_take_turns(monkeypatch):
+    """The threads of a run wait for each other at barriers, so they must all run at once. Two runs sharing the
+    pool whose submissions interleave (forced here by a pause after each) would each hold workers the other
+    waits for: with compiled barriers both spun for ever (seen with two engines on two Python threads). Runs now
+    take turns. Here the entry point is Python, with a barrier that times out instead of spinning."""
+    from concurrent.futures import ThreadPoolExecutor
+    from microgpt.engines.fused import threads as fused_threads
+    submit = ThreadPoolExecutor.submit
+
+    def slow_submit(pool, *args, **kwargs):
+        future = submit(pool, *args, **kwargs)
+        time.sleep(0.02)
+        return future
+
+    monkeypatch.setattr(ThreadPoolExecutor, 'submit', slow_submit)
+    monkeypatch.setattr(fused_threads, '_pool', None)  # a new pool: 3 workers for runs of 4 threads
+    results = [None, None]
+
+    def run(i):
+        meeting = threading.Barrier(4, timeout=5)
+
+        def entry_point(thread, threads, cells):
+            meeting.wait()
+            return thread
+
+        try:
+            results[i] = fused_threads.run_on_threads(entry_point, 4)
+        except threading.BrokenBarrierError:
+            results[i] = 'its threads never met'
+
+    runs = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join()
+    assert results == [0, 0], results
+
+
+INTERRUPTED_BEFORE_THREAD_ZERO = """
+import random, time
+import numpy as np
+from microgpt.config import ModelConfig
+from microgpt.engines import make_engine
+from microgpt.engines.fused import parallel, threads
+threads.set_threads(2)
+engine = make_engine('fused', ModelConfig(vocab_size=7), random.Random(1))
+batch = [[6, 1, 2, 6], [6, 3, 6], [6, 4, 5, 1, 6], [6, 2, 6]]
+want = engine.loss_and_grads(batch)  # compiles parallel.steps
+def interrupted_on_thread_zero(entry_point, *args):
+    def entry(thread, *rest):
+        if thread == 0:
+            time.sleep(0.2)  # the other thread is at its first barrier by now
+            raise KeyboardInterrupt
+        return entry_point(thread, *rest)
+    return threads.run_on_threads(entry, *args)
+parallel.run_on_threads = interrupted_on_thread_zero
+try:
+    engine.loss_and_grads(batch)
+except KeyboardInterrupt:
+    print('interrupted')
+parallel.run_on_threads = threads.run_on_threads
+assert engine.loss_and_grads(batch) == want
+print('ok')
+"""
+
+
+def test_a_run_interrupted_before_thread_zero_starts_lets_the_other_threads_go():
+    """Ctrl-C between starting the other threads and thread 0's own call: the others wait for thread 0 at a
+    barrier, and used to spin there for ever (the next run hung, or the exit did). The run is abandoned: they
+    return, and the next run works."""
+    result = subprocess.run([sys.executable, '-c', INTERRUPTED_BEFORE_THREAD_ZERO], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.split() == ['interrupted', 'ok'], result.stderr[-2000:]
 
 
 def test_kernels_are_compiled_and_cached_per_dtype():

@@ -18,7 +18,7 @@ from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
 from .lanes import kernel
 from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
-from .threads import barrier, new_barrier, run_on_threads, thread_count
+from .threads import barrier, run_on_threads, thread_count
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
 
@@ -52,14 +52,12 @@ def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, backward=Tr
 def loss(state, wss, plans, docs, doc_starts):
     """Mean loss of the batch, forward only (`forward` must be compiled first)."""
     groups = plans.shape[0]
-    return run_on_threads(forward, min(thread_count(), groups), new_barrier(), np.empty(groups), state, wss, plans,
-                          docs, doc_starts)
+    return run_on_threads(forward, min(thread_count(), groups), np.empty(groups), state, wss, plans, docs, doc_starts)
 
 
 def _on_threads(state, group_grads, wss, plans, *arguments):
     groups = plans.shape[0]
-    run_on_threads(steps, min(thread_count(), groups), new_barrier(), np.empty(groups), state, group_grads, wss, plans,
-                   *arguments)
+    run_on_threads(steps, min(thread_count(), groups), np.empty(groups), state, group_grads, wss, plans, *arguments)
 
 
 @threaded_entry_point
@@ -88,7 +86,8 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
                 group_losses[g] = group_loss_and_grads(state[0], group_out, wss[g], plans[g], n, totals[i])
             else:
                 group_losses[g] = group_loss(state[0], wss[g], plans[g], n, totals[i])
-        barrier(cells, threads)  # every group's loss and gradient written
+        if not barrier(cells, threads):  # every group's loss and gradient written
+            break
         if thread == 0:
             losses[i] = _sum_in_order(group_losses)
         if not backward:
@@ -97,18 +96,21 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
         for j in own_params:  # summed in group order, whatever the thread count
             for g in range(groups - 1):
                 grads[j] += group_grads[g, j]
-        if not update:
-            barrier(cells, threads)  # every thread's writes done when thread 0 returns, even if its caller's wait
-            break                    # for the others is interrupted (Ctrl-C)
+        if not update:  # every thread's writes done when thread 0 returns, even if its caller's wait for the others
+            barrier(cells, threads)  # is interrupted (Ctrl-C)
+            break
         if adam[GRAD_CLIP] > 0:  # the global norm, summed in order on one thread
-            barrier(cells, threads)
+            if not barrier(cells, threads):
+                break
             if thread == 0:
                 clip_gradients(grads, adam)
-            barrier(cells, threads)
+            if not barrier(cells, threads):
+                break
         settings = adam_settings(adam, lrs[i], first_t + i)
         for j in own_params:
             adam_parameter(state[0], grads, state[2], state[3], j, settings)
-        barrier(cells, threads)  # every parameter updated before the next step's forward reads them
+        if not barrier(cells, threads):  # every parameter updated before the next step's forward reads them
+            break
     stop_flushing(saved)
 
 
@@ -116,14 +118,14 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
 def forward(thread, threads, cells, group_losses, state, wss, plans, docs, doc_starts):
     """The loss of one batch (all of docs), forward only, on thread `thread` of `threads` (thread 0 returns it):
     `steps` without a backward, the same arithmetic, compiled in a third of the time."""
-    groups, saved = plans.shape[0], start_flushing()
-    total = _check_batches(plans[0], docs, doc_starts, doc_starts.size - 1, 1)[0]
+    groups, total = plans.shape[0], _check_batches(plans[0], docs, doc_starts, doc_starts.size - 1, 1)[0]
+    saved = start_flushing()
     for g in range(thread * groups // threads, (thread + 1) * groups // threads):
         n = _pack_group(plans, g, docs, doc_starts, 0, doc_starts.size - 1, plans[g, SLOT_DROP_KEY])
         group_losses[g] = group_loss(state[0], wss[g], plans[g], n, total) if n else 0.0
-    barrier(cells, threads)
+    done = barrier(cells, threads)
     stop_flushing(saved)
-    return _sum_in_order(group_losses)
+    return _sum_in_order(group_losses) if done else 0.0
 
 
 @kernel

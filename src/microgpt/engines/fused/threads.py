@@ -10,7 +10,9 @@ the prange version, the same steps took the same time (0.97-1.03x, default model
 makemore preset's, this 2-core AMD EPYC).
 """
 
+import operator
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
@@ -22,12 +24,7 @@ from numba.extending import intrinsic
 
 from .lanes import kernel
 
-_COUNT, _GENERATION = 0, 1  # a barrier's cells: threads arrived, barriers passed
-
-
-def new_barrier():
-    """The int64 cells a barrier of one run keeps its state in."""
-    return np.zeros(2, np.int64)
+_COUNT, _GENERATION, _ABANDONED = 0, 1, 2  # a run's cells: threads at the barrier, barriers passed, abandoned (1)
 
 
 def _cell(context, builder, array_type, array, index):
@@ -73,16 +70,21 @@ else:  # no sched_yield: a waiting thread spins on, which a thread per core neve
 
 @kernel
 def barrier(cells, threads):
-    """Wait until all `threads` threads have called barrier (with the same cells) as often as this one has."""
+    """Wait until all `threads` threads have called barrier (with the same cells) as often as this one has; True
+    then, False when the run was abandoned meanwhile (run_on_threads: thread 0 will never come), and the caller
+    must return at once."""
     if threads == 1:
-        return
+        return True
     generation = _atomic_load(cells, _GENERATION)
     if _atomic_add(cells, _COUNT, 1) == threads - 1:  # the last to arrive lets the others go
         _atomic_store(cells, _COUNT, 0)
         _atomic_add(cells, _GENERATION, 1)
-        return
+        return True
     while _atomic_load(cells, _GENERATION) == generation:
+        if _atomic_load(cells, _ABANDONED):
+            return False
         _yield_core()
+    return True
 
 
 _override = None
@@ -90,10 +92,10 @@ _override = None
 
 def set_threads(threads):
     """Run parallel.py's steps on at most `threads` threads (None: NUMBA_NUM_THREADS, by default one per core
-    this process may use)."""
+    this process may use; numba.set_num_threads does not apply, as these are not numba's threads)."""
     global _override
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be at least 1, not {threads}")
+    if threads is not None and (isinstance(threads, bool) or operator.index(threads) < 1):
+        raise ValueError(f"threads must be a whole number of at least 1, not {threads!r}")
     _override = threads
 
 
@@ -102,22 +104,40 @@ def thread_count():
 
 
 _pool, _pool_pid = None, None
+_one_run_at_a_time = threading.Lock()  # two runs sharing the pool could each hold a worker the other waits for
 
 
 def run_on_threads(entry_point, threads, *args):
-    """entry_point(thread, threads, *args) on `threads` threads at once, this one being thread 0; returns thread
-    0's result. They must all run at the same time (they wait for each other at barriers), so the pool has a
-    thread for each of the others."""
+    """entry_point(thread, threads, cells, *args) on `threads` threads at once, this one being thread 0; returns
+    thread 0's result. `cells` are the run's barrier (new for each run). The threads wait for each other at
+    barriers, so they must all run at the same time: the pool has a thread for each of the others, and runs
+    from several Python threads take turns. When this thread is interrupted before its own call begins (Ctrl-C
+    between the others' start and its own), the run is abandoned: the others leave their barrier and return."""
+    cells = np.zeros(3, np.int64)
     if threads == 1:
-        return entry_point(0, 1, *args)
-    global _pool, _pool_pid
-    if _pool is None or _pool._max_workers < threads - 1 or _pool_pid != os.getpid():  # a forked child has no threads
-        _pool, _pool_pid = ThreadPoolExecutor(threads - 1, thread_name_prefix='microgpt-fused'), os.getpid()
-    others = [_pool.submit(entry_point, thread, threads, *args) for thread in range(1, threads)]
-    try:
-        result = entry_point(0, threads, *args)
-    finally:
-        wait(others)  # they raise as thread 0 does: each checks the same batches before the first barrier
+        return entry_point(0, 1, cells, *args)
+    others = []
+    with _one_run_at_a_time:
+        try:
+            pool = _pool_of(threads - 1)
+            for thread in range(1, threads):
+                others.append(pool.submit(entry_point, thread, threads, cells, *args))
+            result = entry_point(0, threads, cells, *args)
+        except BaseException:
+            cells[_ABANDONED] = 1
+            raise
+        finally:
+            wait(others)  # on an error they raise as thread 0 does: each checks the same batches first
     for other in others:
         other.result()
     return result
+
+
+def _pool_of(workers):
+    """The thread pool, with at least `workers` threads (a forked child has none of its parent's threads)."""
+    global _pool, _pool_pid
+    if _pool is None or _pool._max_workers < workers or _pool_pid != os.getpid():
+        if _pool is not None and _pool_pid == os.getpid():
+            _pool.shutdown(wait=False)
+        _pool, _pool_pid = ThreadPoolExecutor(workers, thread_name_prefix='microgpt-fused'), os.getpid()
+    return _pool
