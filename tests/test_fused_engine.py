@@ -91,6 +91,26 @@ def test_runs_from_two_python_threads_take_turns(monkeypatch):
     assert results == [0, 0], results
 
 
+def test_an_error_on_one_thread_alone_abandons_the_run():
+    """A thread other than 0 that raises where the others do not (out of memory, say) would leave them waiting
+    for it at a barrier for ever: the run is abandoned, thread 0 leaves its barrier, and the error reaches the
+    caller. Here the entry point is Python, and thread 0's barrier a loop on the run's cells."""
+    from microgpt.engines.fused import threads as fused_threads
+    left = []
+
+    def entry_point(thread, threads, cells):
+        if thread == 1:
+            raise MemoryError("no memory on thread 1")
+        deadline = time.monotonic() + 10
+        while not cells[fused_threads._ABANDONED] and time.monotonic() < deadline:
+            time.sleep(0.001)
+        left.append('abandoned' if cells[fused_threads._ABANDONED] else 'waited in vain')
+
+    with pytest.raises(MemoryError, match='thread 1'):
+        fused_threads.run_on_threads(entry_point, 2)
+    assert left == ['abandoned'], left
+
+
 INTERRUPTED_BEFORE_THREAD_ZERO = """
 import random, time
 import numpy as np

@@ -2,6 +2,8 @@
 packed batch) and its forward-only loss."""
 
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -85,6 +87,37 @@ def test_a_kernel_gets_no_machine_code_of_its_own_and_its_callers_run_it(monkeyp
         caller(-3.0)
     assert any(name.endswith('caller') for name in emitted), emitted
     assert not any('twice_plus_one' in name for name in emitted), emitted
+
+
+KERNEL_BESIDE_AN_NJIT_FUNCTION_OF_ITS_NAME = """
+from numba import njit
+from microgpt.engines.fused.lanes import kernel
+other = {}
+exec('from numba import njit\\n@njit\\ndef g(x):\\n    return x + 1.0', other)  # an njit function named g
+mine = {'plus_one': other['g'], 'kernel': kernel}
+exec('@kernel\\ndef g(x):\\n    if x < 0:\\n        raise ValueError("negative", x)\\n    return 2 * plus_one(x)', mine)
+kernel_g = mine['g']
+
+@njit
+def caller(x):
+    return kernel_g(x)
+
+print(caller(3.0), other['g'](3.0))  # the njit g, compiled inside the kernel g, still runs from Python
+try:
+    caller(-1.0)
+except ValueError as error:
+    print(error.args)  # a raise with values needs the kernel's environment
+"""
+
+
+def test_a_kernel_leaves_other_functions_of_its_name_alone_and_keeps_its_environment():
+    """Only the kernel's own library goes without machine code: an njit function of the same name that it calls
+    is emitted as numba would (it crashed the interpreter when called from Python, found by a review), and the
+    kernel's environment is set once a caller is emitted (a raise with values needs it)."""
+    result = subprocess.run([sys.executable, '-c', KERNEL_BESIDE_AN_NJIT_FUNCTION_OF_ITS_NAME], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split('\n')[:2] == ['8.0 4.0', "('negative', -1.0)"], result.stdout
 
 
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])

@@ -34,16 +34,6 @@ class Kernel(CPUDispatcher):
         raise TypeError(f"{self.py_func.__name__} is called from compiled code only (an entry point of gpt.py or "
                         f"parallel.py, or an njit function of your own)")
 
-    def compile(self, sig):
-        _kernels_compiling.append(self.py_func.__qualname__)
-        try:
-            return super().compile(sig)
-        finally:
-            _kernels_compiling.pop()
-
-
-_kernels_compiling = []  # the qualified names of the Kernels numba is compiling now, the innermost last
-
 
 def _finalize_for_linking(library):
     """numba's CPUCodeLibrary._finalize_final_module without adding the module to the JIT engine, which would
@@ -53,41 +43,75 @@ def _finalize_for_linking(library):
     library._finalized = True
 
 
-def _without_machine_code_for_kernels(codegen):
-    """Make numba's CPU code generator leave out the machine code of Kernels: the library numba creates for a
-    Kernel being compiled (named after it) is finalised for linking only, and setting the environment of a
-    function the engine does not hold is skipped (numba would write it through a null pointer). numba's code
-    generator is not public API: where these hooks are missing, kernels get machine code, as numba's own."""
-    create_library, set_env = codegen.create_library, codegen.set_env
+def _kernel_pipeline():
+    """numba's nopython pipeline with one pass more before the lowering: it creates the kernel's code library
+    (which the lowering would create) finalised for linking only. numba's compiler is not public API: where its
+    pieces are missing, kernels get numba's own pipeline, and machine code."""
+    try:
+        from numba.core.compiler import CompilerBase, DefaultPassBuilder
+        from numba.core.compiler_machinery import LoweringPass, register_pass
+        from numba.core.typed_passes import AnnotateTypes
+        from numba.core.codegen import CPUCodeLibrary
+        if not all(hasattr(CPUCodeLibrary, name) for name in ('_finalize_final_module', '_finalize_dynamic_globals',
+                                                                '_verify_declare_only_symbols', 'enable_object_caching')):
+            return None
+    except ImportError:
+        return None
 
-    def create_kernel_library(name, **kwargs):
-        library = create_library(name, **kwargs)
-        if _kernels_compiling and _kernels_compiling[-1] == name:
-            library._finalize_final_module = MethodType(_finalize_for_linking, library)
-        return library
+    @register_pass(mutates_CFG=False, analysis_only=True)  # it leaves numba's IR as it is
+    class LibraryForLinking(LoweringPass):  # a lowering pass: the IR holds numba's `del`s by now
+        _name = 'microgpt_library_for_linking'
+
+        def __init__(self):
+            LoweringPass.__init__(self)
+
+        def run_pass(self, state):
+            state.library = state.targetctx.codegen().create_library(state.func_id.func_qualname)
+            state.library.enable_object_caching()
+            state.library._finalize_final_module = MethodType(_finalize_for_linking, state.library)
+            return False  # the IR did not change
+
+    class KernelCompiler(CompilerBase):
+        def define_pipelines(self):
+            pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
+            pipeline.add_pass_after(LibraryForLinking, AnnotateTypes)
+            pipeline.finalize()
+            return [pipeline]
+
+    return KernelCompiler
+
+
+def _set_env_once_emitted(codegen):
+    """numba sets a compiled function's environment (a global of its module) right after emitting it; a kernel's
+    module is not emitted, so its environment is set when a module that links it in is (numba would write it
+    through a null pointer, and a kernel that raises with values or prints needs it)."""
+    set_env, waiting = codegen.set_env, {}
 
     def set_env_if_emitted(env_name, env):
-        if codegen._engine.get_global_value_address(env_name):
-            set_env(env_name, env)
+        waiting[env_name] = env
+        for name, value in list(waiting.items()):
+            if codegen._engine.get_global_value_address(name):
+                set_env(name, value)
+                del waiting[name]
 
-    codegen.create_library, codegen.set_env = create_kernel_library, set_env_if_emitted
+    codegen.set_env = set_env_if_emitted
 
 
-try:
-    from numba.core.codegen import CPUCodeLibrary
+_KERNEL_PIPELINE = _kernel_pipeline()
+if _KERNEL_PIPELINE is not None:
     _codegen = cpu_target.target_context.codegen()
-    if (all(hasattr(_codegen, name) for name in ('create_library', 'set_env', '_engine'))
-            and all(hasattr(CPUCodeLibrary, name) for name in ('_finalize_final_module', '_finalize_dynamic_globals',
-                                                                '_verify_declare_only_symbols'))):
-        _without_machine_code_for_kernels(_codegen)
-except (ImportError, AttributeError):  # numba's internals moved: kernels get machine code, as numba's own
-    pass
+    if hasattr(_codegen, 'set_env') and hasattr(getattr(_codegen, '_engine', None), 'get_global_value_address'):
+        _set_env_once_emitted(_codegen)
+    else:
+        _KERNEL_PIPELINE = None
 
 
 def kernel(func):
     """The kernels' decorator: njit with numpy's error model (no ZeroDivisionError branches), for Kernel."""
-    return Kernel(py_func=func, locals={}, targetoptions=dict(nopython=True, error_model='numpy',
-                                                              no_cpython_wrapper=True, no_cfunc_wrapper=True))
+    options = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True)
+    if _KERNEL_PIPELINE is None:
+        return Kernel(py_func=func, locals={}, targetoptions=options)
+    return Kernel(py_func=func, locals={}, targetoptions=options, pipeline_class=_KERNEL_PIPELINE)
 
 
 lanes = kernel

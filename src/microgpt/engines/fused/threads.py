@@ -121,16 +121,40 @@ def run_on_threads(entry_point, threads, *args):
         try:
             pool = _pool_of(threads - 1)
             for thread in range(1, threads):
-                others.append(pool.submit(entry_point, thread, threads, cells, *args))
+                others.append(pool.submit(_abandoning_on_error, entry_point, thread, threads, cells, *args))
             result = entry_point(0, threads, cells, *args)
         except BaseException:
             cells[_ABANDONED] = 1
             raise
         finally:
-            wait(others)  # on an error they raise as thread 0 does: each checks the same batches first
-    for other in others:
+            _wait_for(others, cells)
+    for other in others:  # on an error they raise as thread 0 does: each checks the same batches first
         other.result()
     return result
+
+
+def _abandoning_on_error(entry_point, thread, threads, cells, *args):
+    """A thread other than 0: if its call raises where the others' do not (out of memory, say), they would wait
+    for it at a barrier for ever; the run is abandoned instead, and thread 0's caller gets the error."""
+    try:
+        return entry_point(thread, threads, cells, *args)
+    except BaseException:
+        cells[_ABANDONED] = 1
+        raise
+
+
+def _wait_for(others, cells):
+    """Wait until the other threads have returned, even through Ctrl-C (each one abandons the run, and they
+    return within a group's work), so that none writes to the engine's buffers after run_on_threads returns."""
+    interrupted = False
+    while True:
+        try:
+            wait(others)
+            break
+        except KeyboardInterrupt:
+            cells[_ABANDONED], interrupted = 1, True
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _pool_of(workers):
