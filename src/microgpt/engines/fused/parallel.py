@@ -94,7 +94,7 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
         if not backward:
             break
         grads = state[1]
-        _add_group_gradients(grads, group_grads, params_first, params_stop)
+        _add_group_gradients(grads, group_grads[:groups - 1], params_first, params_stop)
         if not update:  # every thread's writes done when thread 0 returns, even if its caller's wait for the others
             barrier(cells, threads)  # is interrupted (Ctrl-C)
             break
