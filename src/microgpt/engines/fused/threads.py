@@ -7,7 +7,7 @@ entry point is an ordinary `nogil` function: each thread calls it with its own i
 each other inside it at a `barrier`, an atomic counter they check between yields of their core (sched_yield: at
 once back when no other thread waits for the core, and no core kept from them when one does). Side by side with
 the prange version, the same steps took the same time (0.97-1.03x, default model batches of 2 to 32 and the
-makemore preset's, this 2-core AMD EPYC).
+makemore preset's, a 2-core AMD EPYC; docs/PERFORMANCE.md).
 """
 
 import operator
