@@ -25,10 +25,9 @@ _compiled = set()  # (entry point, dtype) this process has compiled or loaded
 def compiled(entry_point, dtype):
     """`entry_point` (one of gpt.py's or parallel.py's), compiled or loaded from the disk cache for engines of
     `dtype` on its first use in this process."""
-    key = (entry_point, np.dtype(dtype).name)
-    if key not in _compiled:
+    if not compiled_here(entry_point, dtype):
         _compile([(entry_point, _example_arguments(dtype)[entry_point])])
-        _compiled.add(key)
+        _compiled.add((entry_point, np.dtype(dtype).name))
     return entry_point
 
 

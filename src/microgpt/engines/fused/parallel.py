@@ -71,8 +71,7 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
     gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
     groups = plans.shape[0]
     own_groups = range(thread * groups // threads, (thread + 1) * groups // threads)
-    own_params = range(thread * state.shape[1] // threads, (thread + 1) * state.shape[1] // threads)
-    params_first, params_stop = own_params.start, own_params.stop
+    params_first, params_stop = thread * state.shape[1] // threads, (thread + 1) * state.shape[1] // threads
     totals = _check_batches(plans[0], docs, doc_starts, batch_size, losses.size)  # (steps,): all raise, or none
     saved = start_flushing()  # MXCSR is per thread: see floating_point.py
     for i in range(losses.size):
@@ -106,7 +105,7 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
             if not barrier(cells, threads):
                 break
         settings = adam_settings(adam, lrs[i], first_t + i)
-        for j in own_params:
+        for j in range(params_first, params_stop):
             adam_parameter(state[0], grads, state[2], state[3], j, settings)
         if not barrier(cells, threads):  # every parameter updated before the next step's forward reads them
             break
