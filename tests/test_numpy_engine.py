@@ -112,7 +112,7 @@ def test_encoder_backward_finite_differences():
     assert not dwpe[3:].any(), dwpe[3:]  # positions past T get no gradient
 
 
-# ---- Adam: microgpt's lines on every element, bit for bit
+# ---- Adam: microgpt's update on every element, bit for bit, its bias corrections folded into scalars
 
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 @pytest.mark.parametrize('tcfg', [TrainConfig(), TrainConfig(weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-6)],
@@ -127,16 +127,16 @@ def test_adam_update_is_microgpts_arithmetic_exactly(tcfg, dtype):
         lr = 0.01 * (1 - step / 10)
         engine.adam_update(lr, tcfg)
         t = step + 1
-        # microgpt's update, each constant rounded to the buffers' dtype; its v_hat ** 0.5 is the correctly
-        # rounded np.sqrt (Python's pow(x, 0.5) may differ from it in the last bit)
+        # microgpt's update, each constant rounded to the buffers' dtype, m_hat = m / (1 - beta1^t) and
+        # v_hat = v / (1 - beta2^t) as multiplications by scalars; v_hat ** 0.5 is the correctly rounded np.sqrt
+        # (Python's pow(x, 0.5) may differ from it in the last bit)
+        step_size, inverse_bias2 = scalar(lr / (1 - tcfg.beta1 ** t)), scalar(1 / (1 - tcfg.beta2 ** t))
         for i in range(p.size):
             m[i] = scalar(tcfg.beta1) * m[i] + scalar(1 - tcfg.beta1) * g[i]
             v[i] = scalar(tcfg.beta2) * v[i] + scalar(1 - tcfg.beta2) * g[i] ** 2
-            m_hat = m[i] / scalar(1 - tcfg.beta1 ** t)
-            v_hat = v[i] / scalar(1 - tcfg.beta2 ** t)
             if tcfg.weight_decay:
                 p[i] -= scalar(lr * tcfg.weight_decay) * p[i]
-            p[i] -= scalar(lr) * m_hat / (np.sqrt(v_hat) + scalar(tcfg.eps))
+            p[i] -= m[i] * step_size / (np.sqrt(v[i] * inverse_bias2) + scalar(tcfg.eps))
         for name, got, want in (('m', engine.m, m), ('v', engine.v, v), ('parameters', engine.flat, p)):
             np.testing.assert_array_equal(got, want, err_msg=f'{name} after step {t}')
     assert engine.adam_steps == 3, engine.adam_steps

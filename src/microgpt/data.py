@@ -260,11 +260,11 @@ class _ListLengths:
 
 
 def document_lengths(doc_tokens):
-    """The number of tokens (BOS included) of each document, indexable: of a list of token lists, or the (D,)
-    array of a documents.Documents (read without a Python object per document)."""
+    """The number of tokens (BOS included) of each document, indexable as Python ints: of a list of token lists,
+    or of a documents.Documents (read without a Python object per document)."""
     if isinstance(doc_tokens, list):
         return _ListLengths(doc_tokens)
-    return doc_tokens.lengths()
+    return doc_tokens.length_list()
 
 
 def batch_for_step(doc_tokens, step, batch_size):

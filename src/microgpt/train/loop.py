@@ -53,7 +53,7 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             yield StepReport(step + 1, tcfg.steps, math.nan, lrs[0], 0, True)
             return
         for s, loss, lr in zip(range(step, stop), losses, lrs):
-            tokens = sum(min(block_size, int(lengths[d % n_docs]) - 1) for d in range(s * B, s * B + B))
+            tokens = sum(min(block_size, lengths[d % n_docs] - 1) for d in range(s * B, s * B + B))
             yield StepReport(s + 1, tcfg.steps, float(loss), lr, tokens, s + 1 == stop)
         step = stop
 

@@ -60,8 +60,8 @@ class NumpyEngine(ParameterBuffers):
         return run_steps(self, doc_tokens, start, stop, tcfg, lrs)
 
     def adam_update(self, lr_t, tcfg):
-        """Adam (AdamW with weight_decay; with grad_clip, on the clipped gradient) on the flat (P,) buffers,
-        each line microgpt's, in the reference engine's order of operations."""
+        """Adam (AdamW with weight_decay; with grad_clip, on the clipped gradient) on the flat (P,) buffers:
+        microgpt's update, its two bias corrections folded into scalars as in the fused engine's adam.py."""
         p, g, m, v = self.flat, self.grad_flat, self.m, self.v                  # (P,) each
         if tcfg.grad_clip:
             norm = float(np.sqrt(g @ g))
@@ -71,14 +71,14 @@ class NumpyEngine(ParameterBuffers):
         m += (1 - tcfg.beta1) * g                                               # m = beta1 m + (1 - beta1) g
         v *= tcfg.beta2
         v += (1 - tcfg.beta2) * (g * g)                                         # v = beta2 v + (1 - beta2) g^2
-        m_hat = m / (1 - tcfg.beta1 ** t)                                       # (P,)
-        v_hat = v / (1 - tcfg.beta2 ** t)                                       # (P,)
         if tcfg.weight_decay:
             p -= (lr_t * tcfg.weight_decay) * p                                 # decoupled (AdamW) decay
-        # p -= lr_t * m_hat / (v_hat ** 0.5 + eps), each operation in place in the temporaries above
-        # (the same roundings in the same order: v ** 0.5 is NumPy's sqrt)
-        update = np.multiply(lr_t, m_hat, out=m_hat)
-        update /= np.add(np.sqrt(v_hat, out=v_hat), tcfg.eps, out=v_hat)
+        # p -= lr_t * m_hat / (sqrt(v_hat) + eps), with m_hat = m / (1 - beta1^t) and v_hat = v / (1 - beta2^t):
+        # the corrections are scalars, so they become multiplications (a division costs two; results move by an ulp)
+        update = m * (lr_t / (1 - tcfg.beta1 ** t))                             # lr_t * m_hat, (P,)
+        denom = np.sqrt(v * (1 / (1 - tcfg.beta2 ** t)))                        # sqrt(v_hat), (P,)
+        denom += tcfg.eps
+        update /= denom
         p -= update
         self.adam_steps = t
 

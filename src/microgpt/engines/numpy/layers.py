@@ -17,7 +17,7 @@ from ...config import RMSNORM_EPS
 def encoder_forward(inputs, wte, wpe):
     """Token plus position embeddings: x[b, t] = wte[inputs[b, t]] + wpe[t], as rows (B*T, C)."""
     B, T = inputs.shape
-    return (wte[inputs] + wpe[:T]).reshape(B * T, wte.shape[1])           # (N, C)
+    return (wte.take(inputs, 0) + wpe[:T]).reshape(B * T, wte.shape[1])   # (N, C)
 
 
 def encoder_backward(dout, inputs, dwte, dwpe):
@@ -101,7 +101,8 @@ def attention_forward(qkv, B, n_head, mask_bias):
     N, C3 = qkv.shape
     T, C = N // B, C3 // 3
     HS = C // n_head
-    q, k, v = qkv.reshape(B, T, 3, n_head, HS).transpose(2, 0, 3, 1, 4)    # each (B, NH, T, HS)
+    heads = qkv.reshape(B, T, 3, n_head, HS).transpose(2, 0, 3, 1, 4)      # (3, B, NH, T, HS)
+    q, k, v = heads[0], heads[1], heads[2]                                  # each (B, NH, T, HS)
     # microgpt divides by head_dim**0.5, i.e. multiplies by (head_dim**0.5)**-1: same constant here
     scale = (HS ** 0.5) ** -1
     att = q @ k.swapaxes(-1, -2)                                            # (B, NH, T, T)
@@ -124,11 +125,12 @@ def attention_backward(dout, cache):
     datt = dprobs - np.vecdot(dprobs, probs)[..., None]
     datt *= probs
     datt *= scale                                                           # (B, NH, T, T)
-    dq_dk_dv = np.empty((3, B, NH, T, HS), q.dtype)                         # (3, B, NH, T, HS)
+    dqkv = np.empty((B, T, 3, NH, HS), q.dtype)                             # (B, T, 3, NH, HS): packed like qkv
+    dq_dk_dv = dqkv.transpose(2, 0, 3, 1, 4)                                # (3, B, NH, T, HS) view of it
     np.matmul(datt, k, out=dq_dk_dv[0])
     np.matmul(datt.swapaxes(-1, -2), q, out=dq_dk_dv[1])
     np.matmul(probs.swapaxes(-1, -2), dy, out=dq_dk_dv[2])
-    return dq_dk_dv.transpose(1, 3, 0, 2, 4).reshape(B * T, 3 * NH * HS)   # (B*T, 3C), packed like qkv
+    return dqkv.reshape(B * T, 3 * NH * HS)                                 # (B*T, 3C)
 
 
 def activation_forward(h, kind):
