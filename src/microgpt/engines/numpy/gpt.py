@@ -58,40 +58,34 @@ def batch_arrays(batch, cfg, dtype):
     (N,), 1 / (tokens predicted in the batch) on predicted positions and 0 on padding.
     """
     lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch])
-    B, T = len(batch), max(lengths)
+    T = max(lengths)
     if T == 0:
         raise ValueError(NOTHING_TO_PREDICT)
     rows = []  # one flat list: np.array reads one much faster than a list of lists
     for tokens, n in zip(batch, lengths):
         rows += tokens[:n + 1]
         rows += [cfg.bos_id] * (T - n)
-    rows = np.array(rows).reshape(B, T + 1)                                 # (B, T + 1)
-    inputs, targets = rows[:, :-1], rows[:, 1:]                             # (B, T) each
-    target_index = logits_row_starts(B, T, cfg.vocab_size) + targets        # (B, T)
-    return inputs, target_index.ravel(), loss_weights(lengths, T, dtype)
-
-
-@lru_cache(maxsize=None)
-def logits_row_starts(B, T, V):
-    """(B, T) the index of each position's first logit in the flat (B * T * V,) logits: 0, V, 2V, ... Read-only,
-    made once per (B, T): a run with batch size 1 sees at most block_size of them."""
-    starts = np.arange(0, B * T * V, V).reshape(B, T)                       # (B, T)
-    starts.flags.writeable = False
-    return starts
+    logits_row_starts, loss_weights = batch_layout(lengths, T, cfg.vocab_size, dtype)
+    rows = np.array(rows).reshape(len(batch), T + 1)                        # (B, T + 1)
+    target_index = logits_row_starts + rows[:, 1:]                          # (B, T)
+    return rows[:, :-1], target_index.ravel(), loss_weights
 
 
 @lru_cache(maxsize=1024)
-def loss_weights(lengths, T, dtype):
-    """(B * T,) 1 / sum(lengths) on each document's first n positions (n its entry of `lengths`), 0 on its
-    padding, so that the weighted sum of the losses is their mean over predicted tokens. Read-only, cached
-    per (lengths, T, dtype): with batch size 1 a run sees at most block_size different ones."""
-    predicted = sum(lengths)
+def batch_layout(lengths, T, V, dtype):
+    """What a batch's arrays take from its documents' `lengths` (tokens predicted by each) alone, read-only and
+    cached (with batch size 1 a run sees at most block_size of them):
+    logits_row_starts (B, T), the index of each position's first logit in the flat (B * T * V,) logits: 0, V,
+    2V, ...; loss_weights (B * T,), 1 / sum(lengths) on each document's first n positions (n its length), 0 on
+    its padding, so that the weighted sum of the losses is their mean over predicted tokens."""
+    B, predicted = len(lengths), sum(lengths)
+    starts = np.arange(0, B * T * V, V).reshape(B, T)                       # (B, T)
     weights = []
     for n in lengths:
         weights += [1 / predicted] * n + [0.0] * (T - n)
     weights = np.array(weights, dtype)                                      # (N,)
-    weights.flags.writeable = False
-    return weights
+    starts.flags.writeable = weights.flags.writeable = False
+    return starts, weights
 
 
 def gpt_logits(params, inputs, cfg, masks=None):

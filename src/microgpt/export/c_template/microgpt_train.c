@@ -248,7 +248,8 @@ static float loss_and_dlogits(const token_t *tokens, int n)
 
 /* ---- Adam, element by element */
 
-/* Adam with bias correction on params[i], in numpy's float32 operation order */
+/* Adam with bias correction on params[i], microgpt's update in float32 (the numpy engine multiplies by
+   1 / (1 - beta^t) where this divides by 1 - beta^t: an ulp apart) */
 static void adam_update(long i, float g)
 {
     adam_m[i] = adam_m[i] * (float)BETA1 + g * (float)(1.0 - BETA1);

@@ -353,8 +353,8 @@ function lossAndGrads(spec, flat, grads, tokens) {
   return loss;
 }
 
-// ---- Adam, in engines/numpy's operation order: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
-// p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// ---- Adam, microgpt's update: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+// p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) (engines/numpy multiplies by the corrections' inverses)
 
 function adamUpdate(flat, grads, m, v, lr, train, t) {
   const b1 = f32(train.beta1), b2 = f32(train.beta2), oneMinusB1 = f32(1 - train.beta1), oneMinusB2 = f32(1 - train.beta2);
