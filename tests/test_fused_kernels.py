@@ -89,6 +89,55 @@ def test_a_kernel_gets_no_machine_code_of_its_own_and_its_callers_run_it(monkeyp
     assert not any('twice_plus_one' in name for name in emitted), emitted
 
 
+def test_a_composite_kernel_is_optimised_only_inside_its_caller(monkeypatch):
+    """A composite kernel (lanes.composite: made of calls to kernels) gets no LLVM module optimisation of its own;
+    the kernels it calls and the caller that links it get theirs, and the caller runs it, raise included."""
+    from numba import njit
+    from numba.core.codegen import CPUCodeLibrary
+    from microgpt.engines.fused.lanes import composite, kernel
+    optimised, optimise = [], CPUCodeLibrary._optimize_final_module
+    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module', lambda self: optimised.append(self.name) or optimise(self))
+
+    @kernel
+    def square_checked(x):
+        if x < 0:
+            raise ValueError("negative")
+        return x * x
+
+    @composite
+    def sum_of_squares(x, y):
+        return square_checked(x) + square_checked(y)
+
+    @njit
+    def caller(x):
+        return sum_of_squares(x, x + 1.0)
+
+    assert caller(3.0) == 25.0
+    with pytest.raises(ValueError, match='negative'):
+        caller(-3.0)
+    assert any(name.endswith('square_checked') for name in optimised), optimised
+    assert any(name.endswith('caller') for name in optimised), optimised
+    assert not any('sum_of_squares' in name for name in optimised), optimised
+
+
+def test_compiling_runs_on_a_new_thread_and_gives_back_its_result_or_error():
+    """compile._on_a_new_stack runs the compiler from the top of a new thread's stack (fewer system calls for
+    CPython's frame chunks) and hands its result, or its exception, to the caller."""
+    import threading
+    from microgpt.engines.fused.compile import _on_a_new_stack
+
+    def where(x):
+        return threading.current_thread() is threading.main_thread(), x + 1
+
+    assert _on_a_new_stack(where, 1) == (False, 2)
+
+    def failing():
+        raise ValueError("no such kernel")
+
+    with pytest.raises(ValueError, match='no such kernel'):
+        _on_a_new_stack(failing)
+
+
 KERNEL_BESIDE_AN_NJIT_FUNCTION_OF_ITS_NAME = """
 from numba import njit
 from microgpt.engines.fused.lanes import kernel

@@ -133,3 +133,27 @@ def test_the_stop_line_quotes_a_folder_with_spaces(data, tmp_path, monkeypatch):
     out = str(tmp_path / 'dir with spaces')
     code, _, err = run(*small(data, '--out', out))
     assert code == 130 and f'continue with --resume --out {shlex.quote(out)}\n' in err, err
+
+
+def test_ctrl_c_while_the_fused_engine_compiles_interrupts_at_once(data, monkeypatch):
+    """The fused engine compiles on a thread of its own (compile._on_a_new_stack): a Ctrl-C while it compiles
+    interrupts the run at once, without waiting for the compiler."""
+    import threading
+    from microgpt.engines.fused import compile as fused_compile
+    release = threading.Event()
+
+    def compiling_for_long(entry_points):
+        os.kill(os.getpid(), signal.SIGINT)
+        release.wait(60)  # a compile that would outlast the test
+
+    monkeypatch.setattr(fused_compile, '_compiled', set())  # compile even what this process has compiled
+    monkeypatch.setattr(fused_compile, '_compile_each', compiling_for_long)
+    started = time.perf_counter()
+    try:
+        code, out, err = run(*small(data, '--engine', 'fused'))
+    finally:
+        release.set()
+    *notice, last = err.splitlines()  # the compile notice shows when the disk cache lacks the kernels
+    assert code == 130 and last == 'microgpt: interrupted' and 'step' not in out, (code, err, out)
+    assert all(line.startswith("microgpt: compiling the fused engine's kernels") for line in notice), err
+    assert time.perf_counter() - started < 30, "it waited for the compiler"

@@ -161,10 +161,10 @@ def _progress_bar(err, total, initial):
 def _notice_compilation(err, dtype, batch_size, evaluates):
     from .engines.fused.engine import kernels_are_cached
     if not kernels_are_cached(dtype, batch_size, evaluates):
-        # measured on the 2-core AMD EPYC, 2026-11-29: 12-14 s cold for batches of one document and for batches
-        # of 2+ (benchmarks/bench_cold_start.py), 18 s for a batch of one with evaluation (its two entry points);
-        # longer when other jobs share the cores
-        wait = 'about 20 s' if evaluates and batch_size == 1 else 'about 15 s'
+        # measured on the 2-core AMD EPYC, 2026-11-29: 10-12 s cold for batches of one document and for batches
+        # of 2+ (benchmarks/bench_cold_start.py), 11.6-13.1 s for a batch of one with evaluation (its two entry
+        # points); longer when other jobs share the cores
+        wait = 'about 15 s' if evaluates and batch_size == 1 else 'about 10 s'
         print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, {wait})...",
               file=err, flush=True)
 

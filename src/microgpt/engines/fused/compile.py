@@ -140,10 +140,41 @@ def _compile(entry_points):
                 kernel._cache.flush()
         except (AttributeError, OSError):  # cache internals moved, or a read-only cache: numba's check remains
             pass
+    _on_a_new_stack(_compile_each, entry_points)
+
+
+def _compile_each(entry_points):
     with slp_vectorizer():
         for kernel, args in entry_points:
             with _compiling_alone(kernel):
                 kernel.compile(_signature(args))  # loads it instead when another process compiled it meanwhile
+
+
+def _on_a_new_stack(function, *args):
+    """function(*args) run from the top of a new thread's stack; the caller waits, and gets its result or error.
+
+    CPython (3.11 on) keeps its frames in 16 KB chunks of memory, mapped from the system when the stack grows into
+    one and unmapped when it leaves it. numba's compiler recurses up and down thousands of times, and where its
+    recursion straddles a chunk's edge, every crossing is a system call: a cold `microgpt train --engine fused`
+    mapped and unmapped 480,000 chunks, 3 s of system time in a 12 s start. How often depends on the stack depth
+    the compiler starts at; from the top of a new thread it was 0.4-0.5 s for the default job and the makemore
+    preset (8-13 frames deeper, 1.9-3.4 s). A daemon thread, so that Ctrl-C is not kept waiting for the compiler."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((True, function(*args)))
+        except BaseException as error:  # re-raised in the caller, KeyboardInterrupt included
+            outcome.append((False, error))
+
+    thread = threading.Thread(target=run, name='microgpt-compile', daemon=True)
+    thread.start()
+    thread.join()
+    done, value = outcome[0]
+    if not done:
+        raise value
+    return value
 
 
 @contextmanager

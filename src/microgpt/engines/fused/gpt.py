@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, inlined, kernel
+from .lanes import LANES, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, matmul, rmsnorm_backward,
                      rmsnorm_forward, transpose)
@@ -22,7 +22,7 @@ from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, 
 entry_point = njit(cache=True, error_model='numpy')
 
 
-@kernel
+@composite
 def gpt_forward(pm, ws, plan, columns, n, n_mean):
     """Loss of the n packed columns (summed, divided by n_mean); leaves every activation in the workspace.
     pm: the parameters as (P / C, C). With dropout, the embeddings and each attention and MLP output are
@@ -65,7 +65,7 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
     return cross_entropy_forward(logits, logits, columns[1], buffer(ws, plan, CE_STATS, 0, 2), n, nb, n_mean)
 
 
-@kernel
+@composite
 def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     """Fills gm (the gradients as (P / C, C)) from the activations gpt_forward left: each step's backward in
     reverse order."""
@@ -130,14 +130,14 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
             d_wte[columns[0, j], c] += dx[c, j]
 
 
-@kernel
+@composite
 def _dropout(out, x, plan, columns, n, site):
     """out = x times the dropout mask of `site` (0: the embeddings, 1 + 2i / 2 + 2i: layer i's attention / MLP
     output) under plan's key, over the first n columns."""
     dropout_columns(out, x, columns[4], n, site, 1 + 2 * plan[SLOT_L], plan[SLOT_DROP_KEY], plan[SLOT_DROP_THRESHOLD])
 
 
-@kernel
+@composite
 def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, site):
     """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is multiplied by its mask
     of `site` first."""
@@ -147,7 +147,7 @@ def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, s
     add_columns(x_out, x_in, branch, nb)
 
 
-@kernel
+@composite
 def _branch_gradient(d_branch, dx, plan, columns, n, site):
     """The gradient of a residual branch's output: dx, or with dropout dx times the branch's mask (in d_branch)."""
     if plan[SLOT_DROP_THRESHOLD]:
@@ -173,7 +173,7 @@ def group_loss_and_grads(params, grads, ws, plan, n, n_mean):
     return loss
 
 
-@kernel
+@composite
 def _pack(plan, docs, doc_starts, first, stop):
     """pack_columns of the batch of documents first .. stop - 1; raises when it has nothing to predict."""
     n = pack_columns(plan, docs, doc_starts, first, first, stop)

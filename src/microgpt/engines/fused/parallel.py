@@ -16,7 +16,7 @@ from ...config import NOTHING_TO_PREDICT
 from .adam import GRAD_CLIP, adam_parameter, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import LANES, add8, kernel, load8, store8
+from .lanes import LANES, add8, composite, kernel, load8, store8
 from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
 from .threads import barrier, run_on_threads, thread_count
 
@@ -144,7 +144,7 @@ def _add_group_gradients(grads, group_grads, first, stop):
             grads[k] += group_grads[g, k]
 
 
-@kernel
+@composite
 def _pack_group(plans, g, docs, doc_starts, batch_first, batch_size, key):
     """Packs group g's share of the batch of documents batch_first .. batch_first + batch_size - 1 into plans[g],
     with dropout key `key`; returns its number of columns."""
