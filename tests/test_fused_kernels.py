@@ -62,15 +62,20 @@ def test_a_kernel_called_from_python_is_an_error_not_a_crash():
         fused_plan.pack_columns(plan, docs, doc_starts, 0, 0, 1)
 
 
-def test_a_kernel_gets_no_machine_code_of_its_own_and_its_callers_run_it(monkeypatch):
+def test_kernels_get_no_machine_code_composites_no_optimisation_and_callers_run_them(monkeypatch):
     """numba emits machine code for a module when it adds it to its JIT engine: a kernel's module is only linked
-    into its callers (lanes.Kernel), whose code runs it; a kernel that raises still raises through them."""
+    into its callers (lanes.Kernel), whose code runs it. A composite kernel (lanes.composite: made of calls to
+    kernels) also gets no LLVM module optimisation of its own: the kernels it calls and the caller that links it
+    get theirs. A kernel that raises still raises through both."""
     from numba import njit
+    from numba.core.codegen import CPUCodeLibrary
     from numba.core.registry import cpu_target
-    from microgpt.engines.fused.lanes import kernel
+    from microgpt.engines.fused.lanes import composite, kernel
     codegen = cpu_target.target_context.codegen()
     emitted, add_module = [], codegen._add_module
     monkeypatch.setattr(codegen, '_add_module', lambda module: emitted.append(module.name) or add_module(module))
+    optimised, optimise = [], CPUCodeLibrary._optimize_final_module
+    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module', lambda self: optimised.append(self.name) or optimise(self))
 
     @kernel
     def twice_plus_one(x):
@@ -78,46 +83,22 @@ def test_a_kernel_gets_no_machine_code_of_its_own_and_its_callers_run_it(monkeyp
             raise ValueError("negative")
         return 2 * x + 1
 
-    @njit
-    def caller(x):
+    @composite
+    def sum_of_two(x):
         return twice_plus_one(x) + twice_plus_one(x + 1.0)
 
-    assert caller(3.0) == 16.0
+    @njit
+    def caller(x):
+        return sum_of_two(x) + twice_plus_one(x)
+
+    assert caller(3.0) == 23.0
     with pytest.raises(ValueError, match='negative'):
         caller(-3.0)
     assert any(name.endswith('caller') for name in emitted), emitted
-    assert not any('twice_plus_one' in name for name in emitted), emitted
-
-
-def test_a_composite_kernel_is_optimised_only_inside_its_caller(monkeypatch):
-    """A composite kernel (lanes.composite: made of calls to kernels) gets no LLVM module optimisation of its own;
-    the kernels it calls and the caller that links it get theirs, and the caller runs it, raise included."""
-    from numba import njit
-    from numba.core.codegen import CPUCodeLibrary
-    from microgpt.engines.fused.lanes import composite, kernel
-    optimised, optimise = [], CPUCodeLibrary._optimize_final_module
-    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module', lambda self: optimised.append(self.name) or optimise(self))
-
-    @kernel
-    def square_checked(x):
-        if x < 0:
-            raise ValueError("negative")
-        return x * x
-
-    @composite
-    def sum_of_squares(x, y):
-        return square_checked(x) + square_checked(y)
-
-    @njit
-    def caller(x):
-        return sum_of_squares(x, x + 1.0)
-
-    assert caller(3.0) == 25.0
-    with pytest.raises(ValueError, match='negative'):
-        caller(-3.0)
-    assert any(name.endswith('square_checked') for name in optimised), optimised
+    assert not any('twice_plus_one' in name or 'sum_of_two' in name for name in emitted), emitted
+    assert any(name.endswith('twice_plus_one') for name in optimised), optimised
     assert any(name.endswith('caller') for name in optimised), optimised
-    assert not any('sum_of_squares' in name for name in optimised), optimised
+    assert not any('sum_of_two' in name for name in optimised), optimised
 
 
 def test_compiling_runs_on_a_new_thread_and_gives_back_its_result_or_error():
