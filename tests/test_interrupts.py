@@ -135,25 +135,35 @@ def test_the_stop_line_quotes_a_folder_with_spaces(data, tmp_path, monkeypatch):
     assert code == 130 and f'continue with --resume --out {shlex.quote(out)}\n' in err, err
 
 
-def test_ctrl_c_while_the_fused_engine_compiles_interrupts_at_once(data, monkeypatch):
-    """The fused engine compiles on a thread of its own (compile._on_a_new_stack): a Ctrl-C while it compiles
-    interrupts the run at once, without waiting for the compiler."""
-    import threading
+def test_ctrl_c_while_the_fused_engine_compiles_stops_the_compiler_and_interrupts(data, monkeypatch):
+    """The fused engine compiles on a thread of its own (compile._on_a_new_stack). A Ctrl-C while it compiles
+    stops the compiler there too, which releases numba's lock and restores numba's SLP setting before the run
+    exits 130; a compiler left running held them, and a process exiting while it ran inside LLVM crashed."""
+    from numba.core import config as numba_config
     from microgpt.engines.fused import compile as fused_compile
-    release = threading.Event()
+    slp, seen = numba_config.SLP_VECTORIZE, []
+    compile_each = fused_compile._compile_each
 
     def compiling_for_long(entry_points):
-        os.kill(os.getpid(), signal.SIGINT)
-        release.wait(60)  # a compile that would outlast the test
+        with fused_compile.slp_vectorizer():
+            seen.append(numba_config.SLP_VECTORIZE)
+            os.kill(os.getpid(), signal.SIGINT)
+            try:
+                deadline = time.perf_counter() + 60
+                while time.perf_counter() < deadline:  # a compile that would outlast the test, in Python lines
+                    time.sleep(0.01)
+            except KeyboardInterrupt:
+                seen.append('stopped')
+                raise
 
     monkeypatch.setattr(fused_compile, '_compiled', set())  # compile even what this process has compiled
     monkeypatch.setattr(fused_compile, '_compile_each', compiling_for_long)
     started = time.perf_counter()
-    try:
-        code, out, err = run(*small(data, '--engine', 'fused'))
-    finally:
-        release.set()
+    code, out, err = run(*small(data, '--engine', 'fused'))
     *notice, last = err.splitlines()  # the compile notice shows when the disk cache lacks the kernels
     assert code == 130 and last == 'microgpt: interrupted' and 'step' not in out, (code, err, out)
     assert all(line.startswith("microgpt: compiling the fused engine's kernels") for line in notice), err
     assert time.perf_counter() - started < 30, "it waited for the compiler"
+    assert seen == [1, 'stopped'] and numba_config.SLP_VECTORIZE == slp, (seen, numba_config.SLP_VECTORIZE)
+    monkeypatch.setattr(fused_compile, '_compile_each', compile_each)
+    assert run(*small(data, '--engine', 'fused'))[0] == 0  # nothing left locked

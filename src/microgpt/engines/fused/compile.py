@@ -9,6 +9,7 @@ entry point are compiled once per process and shared by the next ones.
 """
 
 import os
+import time
 from contextlib import contextmanager
 
 import numpy as np
@@ -144,7 +145,10 @@ def _compile(entry_points):
 
 
 def _compile_each(entry_points):
-    with slp_vectorizer():
+    from numba.core.compiler_lock import global_compiler_lock
+    # numba's lock around the switch too: SLP is a global setting, and two threads compiling at once (or one
+    # starting while an interrupted one unwinds) would each restore what the other had set
+    with global_compiler_lock, slp_vectorizer():
         for kernel, args in entry_points:
             with _compiling_alone(kernel):
                 kernel.compile(_signature(args))  # loads it instead when another process compiled it meanwhile
@@ -158,19 +162,48 @@ def _on_a_new_stack(function, *args):
     recursion straddles a chunk's edge, every crossing is a system call: a cold `microgpt train --engine fused`
     mapped and unmapped 480,000 chunks, 3 s of system time in a 12 s start. How often depends on the stack depth
     the compiler starts at; from the top of a new thread it was 0.4-0.5 s for the default job and the makemore
-    preset (8-13 frames deeper, 1.9-3.4 s). A daemon thread, so that Ctrl-C is not kept waiting for the compiler."""
+    preset (8-13 frames deeper, 1.9-3.4 s).
+
+    Ctrl-C reaches the waiting caller, which passes it on to the thread: the compiler stops at its next line of
+    Python, as it would on the caller's thread, releasing numba's lock, the lock file and the SLP setting on its
+    way out; the caller waits for that (a call into LLVM finishes first, a second or so at most), then raises
+    KeyboardInterrupt. Leaving the thread compiling would hold those locks, and a process that exits while it is
+    inside LLVM crashes (both found by a review)."""
+    import ctypes
     import threading
-    outcome = []
+    outcome, finished = [], threading.Event()
 
     def run():
         try:
             outcome.append((True, function(*args)))
         except BaseException as error:  # re-raised in the caller, KeyboardInterrupt included
             outcome.append((False, error))
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=run, name='microgpt-compile', daemon=True)
-    thread.start()
-    thread.join()
+    interrupt, passed_on, deadline = None, False, None
+    try:
+        thread.start()
+    except KeyboardInterrupt as error:  # the thread may have started: it is stopped below
+        interrupt = error
+    # polled, and not by join(), which a Ctrl-C can leave reporting a running thread as ended (CPython 3.11)
+    while not finished.is_set():
+        if interrupt is not None and not passed_on and thread.ident is not None:
+            passed_on = True  # once: a second one could land in the thread's own clean-up
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+        if thread.is_alive():
+            deadline = None
+        elif deadline is None:  # not running yet, or gone without a word: a second's grace
+            deadline = time.monotonic() + 1
+        elif time.monotonic() > deadline:
+            break
+        try:
+            finished.wait(0.05)
+        except KeyboardInterrupt as error:  # again while waiting: it still waits for the thread
+            interrupt = interrupt or error
+    if interrupt is not None or not outcome:
+        raise interrupt or KeyboardInterrupt()
     done, value = outcome[0]
     if not done:
         raise value
@@ -188,7 +221,12 @@ def _compiling_alone(kernel):
     try:
         import fcntl
         lock = open(kernel._cache._cache_file._index_path + '.lock', 'a')
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or by the system if the process dies
+        while True:  # released when the file closes, or by the system if the process dies
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # polled, not waited for in the system: Ctrl-C stops this thread between tries
+                time.sleep(0.05)
     except (ImportError, AttributeError, OSError):  # numba's cache internals moved, or no lock here
         if lock is not None:
             lock.close()
