@@ -119,6 +119,43 @@ def test_compiling_runs_on_a_new_thread_and_gives_back_its_result_or_error():
         _on_a_new_stack(failing)
 
 
+def test_compiling_waits_for_numbas_lock_yet_a_ctrl_c_meanwhile_raises_at_once_and_leaves_the_lock_free():
+    """While another thread holds numba's compiler lock, _on_a_new_stack's thread waits for it; a Ctrl-C then
+    raises in the caller at once, and the thread, once it has the lock, gives up without running the function and
+    lets the lock go (an interrupt inside the lock's acquire left it held for good: found by a review). A caller
+    that holds the lock itself runs the function on its own thread instead of waiting for ever."""
+    import os
+    import signal
+    import threading
+    import time
+    from numba.core.compiler_lock import global_compiler_lock
+    from microgpt.engines.fused.compile import _on_a_new_stack
+    holding, release, ran = threading.Event(), threading.Event(), []
+
+    def other_compiler():
+        with global_compiler_lock:
+            holding.set()
+            release.wait(30)
+
+    threading.Thread(target=other_compiler, daemon=True).start()
+    assert holding.wait(10)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _on_a_new_stack(ran.append, 'ran')
+        assert time.perf_counter() - started < 10
+    finally:
+        timer.cancel()
+        release.set()
+    assert global_compiler_lock._lock.acquire(timeout=10), "the lock was left held"
+    global_compiler_lock._lock.release()
+    assert ran == []
+    with global_compiler_lock:
+        assert _on_a_new_stack(lambda: threading.current_thread() is threading.main_thread()) is True
+
+
 KERNEL_BESIDE_AN_NJIT_FUNCTION_OF_ITS_NAME = """
 from numba import njit
 from microgpt.engines.fused.lanes import kernel

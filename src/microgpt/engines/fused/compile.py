@@ -145,37 +145,47 @@ def _compile(entry_points):
 
 
 def _compile_each(entry_points):
-    from numba.core.compiler_lock import global_compiler_lock
-    # numba's lock around the switch too: SLP is a global setting, and two threads compiling at once (or one
-    # starting while an interrupted one unwinds) would each restore what the other had set
-    with global_compiler_lock, slp_vectorizer():
+    # under numba's compiler lock (_on_a_new_stack holds it): SLP is a global setting, and two threads compiling at
+    # once would each restore what the other had set
+    with slp_vectorizer():
         for kernel, args in entry_points:
             with _compiling_alone(kernel):
                 kernel.compile(_signature(args))  # loads it instead when another process compiled it meanwhile
 
 
 def _on_a_new_stack(function, *args):
-    """function(*args) run from the top of a new thread's stack; the caller waits, and gets its result or error.
+    """function(*args) under numba's compiler lock, run from the top of a new thread's stack; the caller waits, and
+    gets its result or error.
 
     CPython (3.11 on) keeps its frames in 16 KB chunks of memory, mapped from the system when the stack grows into
     one and unmapped when it leaves it. numba's compiler recurses up and down thousands of times, and where its
     recursion straddles a chunk's edge, every crossing is a system call: a cold `microgpt train --engine fused`
     mapped and unmapped 480,000 chunks, 3 s of system time in a 12 s start. How often depends on the stack depth
     the compiler starts at; from the top of a new thread it was 0.4-0.5 s for the default job and the makemore
-    preset (8-13 frames deeper, 1.9-3.4 s).
+    preset (8-13 frames deeper, 1.9-3.4 s). A caller that holds numba's lock already (compiling from inside a
+    compilation) runs the function itself: a thread would wait for that lock for ever.
 
-    Ctrl-C reaches the waiting caller, which passes it on to the thread: the compiler stops at its next line of
-    Python, as it would on the caller's thread, releasing numba's lock, the lock file and the SLP setting on its
-    way out; the caller waits for that (a call into LLVM finishes first, a second or so at most), then raises
-    KeyboardInterrupt. Leaving the thread compiling would hold those locks, and a process that exits while it is
-    inside LLVM crashes (both found by a review)."""
+    Ctrl-C reaches the waiting caller. Once the thread holds numba's lock, the caller passes it on: the compiler
+    stops at its next line of Python, as it would on the caller's thread, releasing numba's lock, the lock file and
+    the SLP setting on its way out; the caller waits for that (a call into LLVM finishes first, a second or so at
+    most), then raises KeyboardInterrupt. While the thread still waits for the lock (another thread of the process
+    compiling), the caller raises at once and the thread gives up as soon as it has the lock: an interrupt arriving
+    inside the lock's acquire would leave it held. (Leaving the thread compiling held numba's lock, and a process
+    exiting while it was inside LLVM crashed: both found by reviews.)"""
     import ctypes
     import threading
-    outcome, finished = [], threading.Event()
+    from numba.core.compiler_lock import global_compiler_lock
+    if global_compiler_lock.is_locked():
+        return function(*args)
+    outcome, holding, finished, cancelled = [], threading.Event(), threading.Event(), []
 
     def run():
         try:
-            outcome.append((True, function(*args)))
+            with global_compiler_lock:
+                holding.set()
+                if cancelled:
+                    raise KeyboardInterrupt
+                outcome.append((True, function(*args)))
         except BaseException as error:  # re-raised in the caller, KeyboardInterrupt included
             outcome.append((False, error))
         finally:
@@ -189,9 +199,14 @@ def _on_a_new_stack(function, *args):
         interrupt = error
     # polled, and not by join(), which a Ctrl-C can leave reporting a running thread as ended (CPython 3.11)
     while not finished.is_set():
-        if interrupt is not None and not passed_on and thread.ident is not None:
-            passed_on = True  # once: a second one could land in the thread's own clean-up
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+        if interrupt is not None and not passed_on:
+            cancelled.append(True)  # before looking at `holding`: the thread looks at them the other way round
+            if not holding.is_set():
+                raise interrupt  # the thread gives up once it has the lock
+            if thread.ident is not None:
+                passed_on = True  # once: a second one could land in the thread's own clean-up
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                           ctypes.py_object(KeyboardInterrupt))
         if thread.is_alive():
             deadline = None
         elif deadline is None:  # not running yet, or gone without a word: a second's grace
