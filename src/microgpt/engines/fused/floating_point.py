@@ -86,6 +86,8 @@ def stop_flushing_here(saved):
 @contextmanager
 def flush_to_zero():
     """Subnormal floats as 0 in this thread inside the block (FusedEngine's compiled calls)."""
+    if not stop_flushing_here.overloads:  # compiled (or loaded) before the flags change: a Ctrl-C in its first
+        stop_flushing_here.compile((types.int64,))  # compile, in the `finally`, left them set (found by a review)
     saved = start_flushing_here()
     try:
         yield
