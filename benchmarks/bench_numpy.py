@@ -9,7 +9,12 @@ same machine load; the script prints us/step (median and best) of each, their ra
 compares their 1000 losses and final weights: bit for bit, or, since Adam's two bias corrections became
 multiplications (which moves results by an ulp), within 1e-9 per loss.
 
+With --cli it times the whole command instead, as a user runs it: `python -m microgpt train --steps N` of each
+tree (a new process each run, start-up, data loading and printing included), taking turns, and prints the wall
+and CPU seconds (user + system of the process) of each, and their ratio.
+
     python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000] [--lists]
+    python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
 """
 
 import argparse
@@ -17,9 +22,11 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +87,40 @@ def run_once(proc):
     return json.loads(line)
 
 
+def command_run(src, steps, cwd):
+    """(wall seconds, CPU seconds) of one `python -m microgpt train --steps N` process importing microgpt from src."""
+    env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--steps', str(steps)], env=env, cwd=cwd, check=True,
+                   stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def compare_commands(trees, steps, repeats):
+    """The whole default command of each tree, taking turns after one untimed run each (which fills any cache)."""
+    times = {(name, clock): [] for name in trees for clock in ('wall', 'cpu')}
+    with tempfile.TemporaryDirectory() as cwd:  # each tree writes its run's files here, not into the repository
+        for name, src in trees.items():
+            command_run(src, steps, cwd)
+        for _ in range(repeats):
+            for name, src in trees.items():
+                wall, cpu = command_run(src, steps, cwd)
+                times[name, 'wall'].append(wall)
+                times[name, 'cpu'].append(cpu)
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); `python -m microgpt train --steps {steps}` "
+          f"(numpy engine, float64, batch 1), {repeats} processes each, taking turns")
+    print(f"old = {trees['old']}, new = {trees['new']}")
+    for clock, title in (('wall', 'wall clock'), ('cpu', 'CPU time of the process (user + system)')):
+        print(f"{title}:")
+        for name in trees:
+            print(f"  {name}: median {statistics.median(times[name, clock]):6.3f} s, best {min(times[name, clock]):6.3f} s")
+        median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
+        print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
+
+
 def cpu_name():
     try:
         with open('/proc/cpuinfo', encoding='utf-8') as f:
@@ -99,10 +140,15 @@ def main():
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
     parser.add_argument('--lists', action='store_true',
                         help="both read the documents as token lists, not through the new code's run setup")
+    parser.add_argument('--cli', action='store_true',
+                        help="time whole `microgpt train` processes of each tree instead of the training loop alone")
     parser.add_argument('--worker', action='store_true', help="internal: be a worker on stdin/stdout")
     args = parser.parse_args()
     if args.worker:
         worker(args.steps, args.lists)
+        return
+    if args.cli:
+        compare_commands({'old': args.old, 'new': args.new}, args.steps, args.repeats)
         return
     workers = {'old': start_worker(args.old, args.steps, args.lists),
                'new': start_worker(args.new, args.steps, args.lists)}

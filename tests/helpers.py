@@ -113,6 +113,14 @@ def switches_id(switches):
     return ','.join(f"{k}={'+'.join(v) if isinstance(v, tuple) else v}" for k, v in switches.items()) or 'default'
 
 
+def quick_loop(params, keep):
+    """params, each one not in `keep` marked slow: the quick loop (-m 'not slow') runs `keep`, the full suite all.
+    For parametrisations over many model switches, where a few cover the code and each more costs a C build
+    (marked as taking a second, so that the full suite does not start them before its long tests)."""
+    assert all(k in params for k in keep), keep
+    return [p if p in keep else pytest.param(p, marks=pytest.mark.slow(seconds=1)) for p in params]
+
+
 def assert_named_arrays_close(got, want, rtol, atol, what):
     """Two name -> array dicts (weights or gradients) with the same names, equal within rtol/atol each."""
     assert want and list(got) == list(want), (what, list(got), list(want))  # nothing to compare is a failure

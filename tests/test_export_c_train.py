@@ -28,7 +28,7 @@ from microgpt.export.c_train import (BUILD_COMMAND, C_HEADER, C_SOURCE, GRADCHEC
 from microgpt.train.checkpoint import load_checkpoint
 from microgpt.train.loop import train
 
-from helpers import (NAMES, NAMES_PATH, assert_one_line_error, load_weights, require_file, require_tool,
+from helpers import (NAMES, NAMES_PATH, assert_one_line_error, load_weights, quick_loop, require_file, require_tool,
                      run_cli_in_process, switches_id, write_names)
 
 WARNINGS = ['-Wall', '-Wextra', '-pedantic', '-Werror', '-std=c99', '-O2']
@@ -37,6 +37,9 @@ MEAN_TOLERANCE = 0.01   # mean loss of the last 100 of 1000 steps
 SWITCHES = [{}, {'n_layer': 2}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}, {'tie_lm_head': True},
             {'norm': 'none'}, {'norm': 'esp32'}, {'mlp_activation': 'relu2'}, {'attention': 'self'},
             {'bos': 'first'}, {'zero_init': ('attn_wo', 'mlp_fc2')}, {'block_size': 4}]
+# each switch is a C build or two of a quarter second: the quick loop builds the default and a model unlike it in
+# every dimension, the full suite every switch
+QUICK_SWITCHES = quick_loop(SWITCHES, [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}])
 # cross-compilers for microcontrollers: (compiler, flags, flags to link a whole image with the C library);
 # each object's data + bss must equal the budget, and the image's (with the library's own RAM) fit the limit
 BARE_METAL = {
@@ -95,7 +98,7 @@ def exported(tmp_path, switches=None, low_memory=False, docs=NAMES, with_weights
 
 # ---- it trains the numpy engine's model
 
-@pytest.mark.parametrize('switches', SWITCHES, ids=switches_id)
+@pytest.mark.parametrize('switches', QUICK_SWITCHES, ids=switches_id)
 def test_losses_equal_numpy_float32_and_low_memory_prints_the_same(tmp_path, switches):
     out, cfg, vocab, docs, engine = exported(tmp_path, switches)
     low_out = exported(tmp_path, switches, low_memory=True, name='low')[0]
@@ -147,7 +150,7 @@ def test_gradcheck_matches_numpy_and_finite_differences(tmp_path, switches, low_
     assert checked == len(parameter_table(cfg)) * GRADCHECK_PER_TENSOR, text
 
 
-@pytest.mark.parametrize('switches', SWITCHES, ids=switches_id)
+@pytest.mark.parametrize('switches', QUICK_SWITCHES, ids=switches_id)
 def test_gradcheck_passes_from_the_device_initialisation_of_every_switch(tmp_path, switches):
     """--gradcheck on the device's own init and odd documents (one longer than the block, non-ASCII): an element
     whose step crosses a ReLU's kink is skipped (with BOS first and tied lm_head, mlp_fc1[342] crosses one,
@@ -192,7 +195,9 @@ def writable_bytes(obj, nm='nm'):
                if len(fields) == 4 and fields[2] in 'bBdD')
 
 
-@pytest.mark.parametrize('switches', SWITCHES + [{'n_embd': 32, 'n_layer': 2}], ids=switches_id)
+@pytest.mark.parametrize('switches', quick_loop(SWITCHES + [{'n_embd': 32, 'n_layer': 2}],
+                                                [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}, {'n_embd': 32, 'n_layer': 2}]),
+                         ids=switches_id)
 @pytest.mark.parametrize('low_memory', [False, True], ids=['normal', 'low-memory'])
 def test_budget_equals_writable_symbols(tmp_path, switches, low_memory):
     out, cfg, *_ = exported(tmp_path, switches, low_memory, with_weights=bool(switches))

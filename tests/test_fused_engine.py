@@ -178,6 +178,7 @@ print(time.monotonic(), flush=True)
 """
 
 
+@pytest.mark.slow(seconds=3)  # fresh interpreters, one compiling
 def test_a_process_waits_while_another_compiles_the_same_entry_point(tmp_path):
     """Processes starting together on a cold cache compile an entry point once: the second waits for the lock
     the first holds while compiling, then loads what it cached (on systems with fcntl's file locks)."""

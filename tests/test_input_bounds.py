@@ -186,6 +186,7 @@ print('reading', flush=True)
 '''
 
 
+@pytest.mark.slow(seconds=1)  # a fresh interpreter each, and a second's wait
 @pytest.mark.parametrize('module, function', [('data', 'load_documents'), ('corpus', 'load_corpus')])
 def test_ctrl_c_while_reading_an_endless_stream(module, function):
     """A slow endless pipe: Ctrl-C stops the read within a second (pieces are read in Python)."""
