@@ -25,7 +25,7 @@ import json, resource, sys, time
 from microgpt.corpus import load_corpus
 from microgpt.documents import Documents
 started, cpu = time.perf_counter(), time.process_time()
-corpus = load_corpus(sys.argv[1], cache_dir=sys.argv[2])
+corpus = load_corpus(sys.argv[1], cache_dir=sys.argv[2], min_cache_bytes=0)  # cached at every size
 docs = Documents(corpus)
 n = len(docs); docs[n // 2]  # a document read back
 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu

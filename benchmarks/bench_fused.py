@@ -79,8 +79,9 @@ def profile_step(data, repeats):
     engine = make_engine('fused', cfg, rng)
     tcfg, batch = TrainConfig(), [doc_tokens[0]]
     n = 1000
-    state, ws, plan, adam = engine.state_buffer, engine._wss[0], engine._plans[0], engine._adam_settings(tcfg)
     docs, doc_starts = engine._documents(batch)
+    _, wss, plans = engine._group_buffers(1, doc_starts)                 # the workspace is sized by the first batch
+    state, ws, plan, adam = engine.state_buffer, wss[0], plans[0], engine._adam_settings(tcfg)
     run_docs, run_starts = engine._documents(batch * n)                  # the document n times: n steps
     lrs, keys, losses = np.full(n, 1e-9), np.zeros(n, np.int64), np.empty(n)
 

@@ -110,7 +110,7 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 1000 == 0:
+        if step % 1000 == 0 or step == args.steps:  # and after the last step, whatever the count
             loss = test_loss(model, Xte, Yte)
             best = min(best, loss)
             print(f"step {step} | test loss {loss:.4f} | best {best:.4f} | {time.perf_counter() - start:.0f} s",

@@ -1,0 +1,103 @@
+"""Every script in benchmarks/ runs, with the smallest arguments it takes, and prints its table: a benchmark
+that no longer runs against the code it measures is found here, not by the next person who needs its figures.
+
+bench_scaling.py has its own tests (test_bench_scaling.py), and torch_throughput.py and gpu.sh theirs in
+test_torch_engine.py. The figures themselves are not checked: they are timings of this machine at this moment.
+"""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO_ROOT, require_tool
+
+BENCHMARKS = REPO_ROOT / 'benchmarks'
+NUMBER = r'[0-9][0-9,]*(?:\.[0-9]+)?'
+
+
+def bench(script, *args, timeout=600):
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO_ROOT)
+    assert proc.returncode == 0, (script, args, proc.stderr[-3000:])
+    return proc.stdout
+
+
+@pytest.mark.slow(seconds=2)
+def test_bench_numpy_compares_a_tree_with_itself_bit_for_bit():
+    out = bench('bench_numpy.py', '--old', REPO_ROOT / 'src', '--repeats', 1, '--steps', 5)
+    assert out.count('new / old: median') == 2, out  # wall clock and CPU time
+    assert 'losses and final weights: bit-identical' in out, out
+
+
+@pytest.mark.slow(seconds=2)
+def test_bench_numpy_times_whole_train_commands():
+    out = bench('bench_numpy.py', '--cli', '--old', REPO_ROOT / 'src', '--repeats', 1, '--steps', 5)
+    assert '`python -m microgpt train --steps 5`' in out, out
+    assert len(re.findall(rf'new / old: median {NUMBER}, best {NUMBER}', out)) == 2, out
+
+
+@pytest.mark.slow(seconds=3)
+def test_bench_fused_profiles_the_default_step_and_times_the_default_job(names_path):
+    out = bench('bench_fused.py', '--only', 'profile', '--repeats', 1, '--data', names_path)
+    assert re.search(rf'compiled steps \(loss, grads, Adam\), n in one call +{NUMBER} us', out), out
+    assert len(re.findall(rf' {NUMBER} us$', out, re.M)) == 6, out
+    out = bench('bench_fused.py', '--only', 'default', '--repeats', 1, '--data', names_path)
+    for row in ('numpy  (training.train)', 'fused  (training.train)', 'fused  (train_steps)'):
+        assert re.search(rf'{re.escape(row)} +{NUMBER} +{NUMBER}', out), (row, out)
+
+
+@pytest.mark.slow(seconds=10)
+def test_bench_fused_times_the_makemore_size(names_path):
+    out = bench('bench_fused.py', '--only', 'makemore', '--no-torch', '--repeats', 1, '--makemore-steps', 2,
+                '--data', names_path)
+    for row in ('numpy float64', 'fused float64', 'fused float32', 'fused float32 dropout 0.1'):
+        assert re.search(rf'{row} +{NUMBER} +{NUMBER}', out), (row, out)
+
+
+@pytest.mark.slow(seconds=3)
+def test_bench_c_train_times_both_builds_against_the_engines(names_path):
+    require_tool('cc')
+    out = bench('bench_c_train.py', '--steps', 5, '--repeats', 1, '--data', names_path)
+    for row in ('C, normal build', 'C, low-memory build', 'fused engine, float32', 'numpy engine, float32'):
+        assert re.search(rf'{re.escape(row)}.* {NUMBER} +{NUMBER}$', out, re.M), (row, out)
+
+
+@pytest.mark.slow(seconds=2)
+def test_bench_data_loads_a_generated_word_list_and_reloads_it_from_the_cache():
+    out = bench('bench_data.py', '--sizes', 1)
+    row = [line for line in out.splitlines() if line.split()[:1] == ['1']]
+    assert len(row) == 1, out
+    docs, first_seconds, *_ = row[0].split()[1:]
+    assert int(docs.replace(',', '')) > 100_000 and float(first_seconds) > 0, row
+
+
+@pytest.mark.slow(seconds=3)
+def test_bench_long_run_prints_the_cost_over_windows(names_path):
+    out = bench('bench_long_run.py', '--steps', 40, '--window', 20, '--sample', 10, '--makemore-steps', 20,
+                '--data', names_path)
+    assert re.search(rf'step 20 costs {NUMBER}x step 2', out), out
+
+
+@pytest.mark.slow(seconds=2)
+def test_bench_peak_prints_both_dtypes():
+    out = bench('bench_peak.py')
+    for dtype in ('float32', 'float64'):
+        assert float(re.search(rf'^{dtype} ({NUMBER}) GFLOP/s on one core$', out, re.M).group(1)) > 0, out
+
+
+@pytest.mark.slow(seconds=4)
+def test_makemore_transformer_reports_a_test_loss_after_a_few_steps(names_path, require_torch):
+    out = bench('makemore_transformer.py', '--steps', 5, '--data', names_path)
+    loss = float(re.search(rf'best test loss ({NUMBER}) in 5 steps', out).group(1))
+    assert 2 < loss < 4, out  # a few steps from the initial ln(27) = 3.3: measured, not the inf of no evaluation
+
+
+@pytest.mark.slow(seconds=25)
+def test_bench_cold_start_compiles_in_a_fresh_cache_then_loads_it(names_path):
+    out = bench('bench_cold_start.py', '--dtypes', 'float64', '--steps', 2, '--data', names_path)
+    for job in ('default job', 'makemore preset'):
+        cells = re.search(rf'^\| {job} \| float64 \|(.*)\|$', out, re.M).group(1).split('|')
+        cold_wall, cold_cpu, warm_wall, warm_cpu, compiling = map(float, cells)
+        assert cold_wall > warm_wall and compiling > 0, (job, cells)
