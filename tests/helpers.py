@@ -121,6 +121,11 @@ def quick_loop(params, keep):
     return [p if p in keep else pytest.param(p, marks=pytest.mark.slow(seconds=1)) for p in params]
 
 
+# The quick loop compiles the fused engine in float64 only: float32's five entry points are five more compilations,
+# about 40 s of CPU on a cold cache (a new clone), for tests that take milliseconds once compiled.
+QUICK_DTYPES = quick_loop(['float64', 'float32'], ['float64'])
+
+
 def assert_named_arrays_close(got, want, rtol, atol, what):
     """Two name -> array dicts (weights or gradients) with the same names, equal within rtol/atol each."""
     assert want and list(got) == list(want), (what, list(got), list(want))  # nothing to compare is a failure

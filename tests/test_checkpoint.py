@@ -50,8 +50,11 @@ DROPOUT_TCFG = TrainConfig(steps=10, batch_size=2, seed=3, dropout=0.2)  # masks
 
 @pytest.mark.parametrize('engine, dtype, tcfg', [('numpy', 'float64', TCFG), ('numpy', 'float32', TCFG),
                                                  ('reference', 'float64', TCFG), ('numpy', 'float64', DROPOUT_TCFG),
-                                                 ('fused', 'float32', DROPOUT_TCFG)],
-                         ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout', 'fused-dropout'])
+                                                 ('fused', 'float64', DROPOUT_TCFG),
+                                                 pytest.param('fused', 'float32', DROPOUT_TCFG, marks=pytest.mark.slow(
+                                                     seconds=1))],  # the fused engine's float32: helpers.QUICK_DTYPES
+                         ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout', 'fused-dropout',
+                              'fused-float32-dropout'])
 def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype, tcfg):
     path = str(tmp_path / 'model.safetensors')
     straight, straight_losses = trained(engine, dtype, 10, tcfg)

@@ -161,7 +161,8 @@ FLOAT32_MODELS = [{}, {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
 @pytest.mark.parametrize('dropout', [0.0, 0.25])
 @pytest.mark.parametrize('batch_size', BATCH_SIZES)
 @pytest.mark.parametrize('switches', FLOAT32_MODELS, ids=switches_id)
-@pytest.mark.parametrize('pair', [('numpy', 'numpy'), FAST_PAIR], ids=lambda pair: f'{pair[0]}64-{pair[1]}32')
+@pytest.mark.parametrize('pair', [('numpy', 'numpy'), pytest.param(FAST_PAIR, marks=pytest.mark.slow(seconds=1))],
+                         ids=lambda pair: f'{pair[0]}64-{pair[1]}32')  # the fused engine's float32: the full suite
 def test_float32_agrees_with_float64(pair, switches, batch_size, dropout):
     cfg, init_seed, batches = model_and_batches(switches, batch_size, n_batches=1)
     f64, f32 = engine_pair(pair, cfg, init_seed, ('float64', 'float32'))
@@ -175,6 +176,7 @@ def test_float32_agrees_with_float64(pair, switches, batch_size, dropout):
     assert_named_arrays_close(grads, f64.gradients(), rtol=1e-3, atol=1e-6, what='float32 gradient')
 
 
+@pytest.mark.slow(seconds=1)  # the fused engine in float32 (helpers.QUICK_DTYPES)
 @pytest.mark.parametrize('batch_size', [1, 5])
 def test_float32_engines_agree_with_each_other(batch_size):
     """The recipe's dtype, with dropout: both float32 engines round alike."""
@@ -187,6 +189,7 @@ def test_float32_engines_agree_with_each_other(batch_size):
                               what='float32 gradient')
 
 
+@pytest.mark.slow(seconds=1)  # the fused engine in float32 (helpers.QUICK_DTYPES)
 @pytest.mark.parametrize('batch_size', BATCH_SIZES)
 def test_float32_trajectories_agree(batch_size):
     """Eight Adam steps with decay, clipping and dropout in float32: both engines stay within float32 rounding."""

@@ -12,7 +12,7 @@ from microgpt.config import ModelConfig, TrainConfig, parameter_table
 from microgpt.engines import make_engine
 from microgpt.engines.fused import plan as fused_plan
 
-from helpers import pack_columns, random_batch
+from helpers import QUICK_DTYPES, pack_columns, random_batch
 
 
 @pytest.mark.parametrize('switches', [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True}])
@@ -187,7 +187,7 @@ def test_a_kernel_leaves_other_functions_of_its_name_alone_and_keeps_its_environ
     assert result.stdout.split('\n')[:2] == ['8.0 4.0', "('negative', -1.0)"], result.stdout
 
 
-@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('dtype', QUICK_DTYPES)
 @pytest.mark.parametrize('batch_size', [1, 5])
 def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):
     """loss() runs the forward alone: the loss of loss_and_grads, bit for bit, with the gradients untouched."""
@@ -205,7 +205,7 @@ def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):
         assert not np.array_equal(engine.grad_flat, gradients)
 
 
-@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+@pytest.mark.parametrize('dtype', QUICK_DTYPES)
 def test_evaluation_gives_the_same_bits_through_either_entry_point(dtype, monkeypatch):
     """A batch of many documents is evaluated by parallel.forward, or in a process that has parallel.steps
     compiled (a run that trains in groups) by steps without its backward: the same arithmetic, the same bits."""
