@@ -115,11 +115,17 @@ def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
     assert (out / 'tune.db').read_bytes() == before
 
 
-def test_data_too_small_for_a_held_out_split(tmp_path):
+def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_path):
+    """The split is checked before the study is created: a study keeps the data's fingerprint, so one made for
+    the bad file refused the next run on the right data."""
     tiny = tmp_path / 'tiny.txt'
     tiny.write_text('ab\n')
-    with pytest.raises(MicrogptError):
+    with pytest.raises(MicrogptError, match='the validation split is empty: 1 distinct documents are too few') as e:
         tune(options(str(tiny), tmp_path / 'tune'))
+    assert '--val-fraction' not in str(e.value), str(e.value)  # tune has no such flag
+    assert not (tmp_path / 'tune' / 'tune.db').exists()
+    (tmp_path / 'tune').mkdir(exist_ok=True)
+    assert open_study(options(small_data, tmp_path / 'tune')).user_attrs  # the right data is not refused
 
 
 def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_path):

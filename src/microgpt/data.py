@@ -231,9 +231,12 @@ def validation_size(n_units, val_fraction, by):
         raise MicrogptError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     else:
         n_val = round(n_units * val_fraction)
+    if n_val == 0 and val_fraction is None:
+        raise MicrogptError(f"the validation split is empty: {n_units} {what} are too few to hold out a tenth "
+                            f"of them; give at least 10")
     if n_val == 0:
-        raise MicrogptError(f"the validation split is empty: {n_units} {what} are too few to "
-                            f"hold some out; give more data or a larger --val-fraction")
+        raise MicrogptError(f"the validation split is empty: --val-fraction {val_fraction:g} of {n_units} {what} "
+                            f"holds out none; give a larger --val-fraction")
     if n_val >= n_units:
         raise MicrogptError(f"the validation split would take all {n_units} {what}; "
                             f"give a smaller --val-fraction")

@@ -253,7 +253,9 @@ def _worker(options, deadline, threads):
 def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lambda: False):
     """Run this invocation's share of the search; returns the study."""
     options.check()
-    load_documents(options.data_path)  # bad data is one line before any study or process starts
+    # bad data, or too little to hold some out, is one line before any study or process starts: a study is
+    # created with the data's fingerprint, and would refuse the next run on the right data
+    holdout_split(load_documents(options.data_path), None, options.seed, 'name')
     os.makedirs(options.out, exist_ok=True)
     study = open_study(options)
     fail_abandoned_trials(study)
