@@ -410,3 +410,39 @@ def test_ascii_pieces_give_the_documents_of_split_lines():
 def test_texts_are_the_strings(names_path):
     every = shuffled(Documents(load_corpus(names_path)), random.Random(5))
     assert list(every.texts()) == shuffled(load_documents(names_path), random.Random(5))
+
+
+def test_a_run_trained_from_a_url_is_evaluated_sampled_and_exported_from_the_cached_copy(server, tmp_path,
+                                                                                          monkeypatch):
+    """eval, sample and export --train read a checkpoint's URL data from the download cache (they said the data
+    'is not there'), also once the server is gone."""
+    from helpers import run_cli_in_process
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    url, run = server.url + '/names.txt', tmp_path / 'run'
+    code, out, err = run_cli_in_process('train', '--data', url, '--steps', 10, '--eval-every', 5, '--val-split', 'line',
+                                        '--out', run, '--num-samples', 0)  # 3 distinct names: held out by line
+    assert code == 0, err
+    server.close()
+    checkpoint = run / 'model.safetensors'
+    code, out, err = run_cli_in_process('eval', '--checkpoint', checkpoint)
+    assert code == 0 and f"(the held-out split of {url})" in out, (out, err)
+    code, out, err = run_cli_in_process('sample', '--checkpoint', checkpoint, '--num-samples', 5)
+    assert code == 0 and 'novel: ' in out and err == '', (out, err)
+    code, out, err = run_cli_in_process('export', '--train', '--checkpoint', checkpoint, '--out', tmp_path / 'c')
+    assert code == 0 and (tmp_path / 'c' / 'microgpt_train.c').is_file(), (out, err)
+
+
+def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
+    """With a held-out split, a sampled name that is only in the held-out part was never trained on: it is novel."""
+    from helpers import run_cli_in_process
+    from microgpt.commands import _trained_on
+    from microgpt.train.checkpoint import load_checkpoint
+    names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']  # 100 distinct names
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(names) + '\n')
+    code, out, err = run_cli_in_process('train', '--data', data, '--steps', 3, '--eval-every', 3, '--out',
+                                        tmp_path / 'run', '--num-samples', 0)
+    assert code == 0, err
+    train, held_out = holdout_split(names, None, 42, 'name')
+    assert len(held_out) == 10, held_out
+    assert _trained_on(load_checkpoint(str(tmp_path / 'run' / 'model.safetensors')), None) == set(train)

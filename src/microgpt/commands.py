@@ -17,6 +17,7 @@ from .sampling import generate
 from .tempfiles import remove_quietly
 from .engines import ENGINES, make_engine
 from .errors import MicrogptError
+from .fetch import local_path
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
 from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, resume_settings
 from .train.setup import RunConfig, RunSettings
@@ -222,32 +223,53 @@ def cmd_sample(args, out, err):
         raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
                             f"{block_size} tokens with BOS, so give at most {block_size - 1}")
     if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
-        known = set(load_documents(args.data))
+        known = set(load_documents(local_path(args.data)))
     else:
-        recorded = ckpt.meta.get('data_path')
-        known = set(load_documents(recorded)) if recorded and os.path.isfile(recorded) else None
-        if known is None:  # a folder or a device at the recorded path is there, but holds no documents
-            what = 'is not a file' if recorded and os.path.exists(recorded) else 'is not there'
-            print(f"microgpt: the training data {recorded!r} {what}: no novelty check (give --data FILE)", file=err)
+        known = _trained_on(ckpt, err)
     _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
+
+
+def _trained_on(ckpt, err):
+    """The documents the checkpoint's run trained on (its data less the held-out split, if it held one out), for
+    the novelty check; None, with a notice, when its data is no longer there."""
+    recorded = ckpt.meta.get('data_path')
+    try:
+        path = local_path(recorded) if recorded else None
+    except MicrogptError as e:  # a URL neither cached nor reachable now
+        print(f"microgpt: the training data {recorded!r} cannot be fetched ({e}): no novelty check (give --data "
+              f"FILE)", file=err)
+        return None
+    if not path or not os.path.isfile(path):  # a folder or a device at the recorded path holds no documents
+        what = 'is not a file' if path and os.path.exists(path) else 'is not there'
+        print(f"microgpt: the training data {recorded!r} {what}: no novelty check (give --data FILE)", file=err)
+        return None
+    docs = load_documents(path)
+    if ckpt.meta.get('eval_every'):  # the held-out documents were never trained on
+        docs = _split_of(ckpt, docs)[0]
+    return set(docs)
+
+
+def _split_of(ckpt, docs):
+    """(train, held out): the split the checkpoint's run made of `docs`."""
+    return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
 def cmd_eval(args, out, err):
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     if args.data is not None:
-        docs, what = load_documents(args.data), args.data
+        docs, what = load_documents(local_path(args.data)), args.data
     else:
-        data_path = ckpt.meta.get('data_path')
+        recorded = ckpt.meta.get('data_path')
+        data_path = local_path(recorded) if recorded else None
         if not data_path or not os.path.exists(data_path):
-            raise MicrogptError(f"the checkpoint's training data {data_path!r} is not there; give --data FILE")
+            raise MicrogptError(f"the checkpoint's training data {recorded!r} is not there; give --data FILE")
         eval_every = ckpt.meta.get('eval_every', 0)
         if not eval_every:
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
-        _, docs = holdout_split(load_documents(data_path), ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed,
-                                ckpt.meta.get('val_split', 'name'))
-        what = f"the held-out split of {data_path}"
+        docs = _split_of(ckpt, load_documents(data_path))[1]
+        what = f"the held-out split of {recorded}"
     tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, tokens)

@@ -21,6 +21,12 @@ def is_url(path):
     return urlparse(path).scheme in URL_SCHEMES
 
 
+def local_path(path, progress=None):
+    """A data argument as a local file: an http(s) URL's download (fetched on first use, then the cached copy), any
+    other path as it is."""
+    return fetch(path, progress=progress) if is_url(path) else path
+
+
 def download_path(url, cache_dir=None):
     """Where the download of `url` is kept: one file per address, named after its last path segment."""
     name = os.path.basename(urlparse(url).path) or 'data.txt'

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError
+from ..fetch import local_path
 from .c import TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, write_program
 
 C_SOURCE = 'microgpt_train.c'
@@ -261,13 +262,12 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         if data is None and ckpt.meta.get('eval_every'):
             split = (ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
         data = data or ckpt.meta.get('data_path')
-        if not data or not os.path.exists(data):
+        if not data or not os.path.exists(local_path(data)):
             raise MicrogptError(f"the checkpoint's training data {data!r} is not there; give --data FILE")
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
         trained = ckpt.train_cfg
         tcfg = replace(tcfg, lr=trained.lr, beta1=trained.beta1, beta2=trained.beta2, eps=trained.eps)
-    data = data or bundled_dataset_path()
-    docs = load_documents(data)
+    docs = load_documents(local_path(data or bundled_dataset_path()))
     if split is not None:
         docs = holdout_split(docs, *split)[0]
     docs = shuffled(docs, random.Random(tcfg.seed if seed is None else seed))

@@ -18,7 +18,8 @@ from ..presets import DEFAULT_PRESET
 @dataclass(frozen=True)
 class RunConfig:
     """What a run reads and writes, beside the model and its optimisation."""
-    data: str = setting(None, 'UTF-8 text file, one document per line', metavar='FILE',
+    data: str = setting(None, 'UTF-8 text file, one document per line, or an http(s) URL (downloaded once into '
+                              'the cache folder, then reused)', metavar='FILE',
                         shown_default='the bundled US baby names list')
     engine: str = setting(DEFAULT_ENGINE, 'compute engine: numpy (hand-derived gradients), fused (compiled with '
                                           'numba, fastest on a CPU), reference (pure-Python scalar autograd, microgpt '
