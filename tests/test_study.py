@@ -1,5 +1,6 @@
 """The study runner: results per (experiment, seed), resume, report."""
 
+import dataclasses
 import json
 import os
 
@@ -41,3 +42,25 @@ def test_study_runs_on_the_fused_engine_give_the_numpy_engines_numbers(names_pat
     fused, numpy_ = run_one(experiment, 3, names_path, 'fused'), run_one(experiment, 3, names_path, 'numpy')
     assert fused['val_loss'] == pytest.approx(numpy_['val_loss'], rel=1e-12, abs=0)
     assert fused['train_loss_tail'] == pytest.approx(numpy_['train_loss_tail'], rel=1e-12, abs=0)
+
+
+def test_a_study_folder_keeps_to_its_data_and_reruns_a_damaged_result(tmp_path):
+    """Results are reused only for the data they were trained on (another file's study in the folder is refused:
+    its reused results were reported under the new file's name); a damaged result is run again, not a traceback."""
+    from microgpt.bench.study import result_path
+    from microgpt.errors import MicrogptError
+    names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']
+    data, other = tmp_path / 'a.txt', tmp_path / 'b.txt'
+    data.write_text('\n'.join(names) + '\n')
+    other.write_text('\n'.join(reversed(names)) + '\n')
+    chosen, folder = [e for e in EXPERIMENTS if e.name == 'baseline'], str(tmp_path / 'study')
+    quick = [dataclasses.replace(e, overrides={**e.overrides, 'steps': 3}) for e in chosen]
+    first = list(run_study(quick, [1], str(data), folder, workers=1))
+    with pytest.raises(MicrogptError, match='holds a study of another data file'):
+        list(run_study(quick, [1], str(other), folder, workers=1))
+    with open(result_path(folder, 'baseline', 1), 'w') as f:
+        f.write('{"val_loss": ')  # cut off
+    again = list(run_study(quick, [1], str(data), folder, workers=1))
+    assert [r['val_loss'] for r in again] == [r['val_loss'] for r in first], (again, first)
+    assert json.load(open(result_path(folder, 'baseline', 1)))['val_loss'] == first[0]['val_loss']
+    assert summarize(quick, [1], folder)[0][1] == first[0]['val_loss']

@@ -38,6 +38,16 @@ def bundled_dataset_path():
     return str(resources.files('microgpt') / 'datasets' / BUNDLED_DATASET)
 
 
+def file_sha256(path):
+    """The hex SHA-256 of a file's bytes, read 1 MiB at a time: what a study keeps to know its data again."""
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def cache_folder():
     """Where tokenised files (corpus.py) and downloads (fetch.py) are kept: $MICROGPT_CACHE, else
     $XDG_CACHE_HOME/microgpt, else ~/.cache/microgpt."""

@@ -14,12 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 from ..config import SettingError, TrainConfig, check_settings, setting
+from ..data import file_sha256
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
 from ..train.loop import evaluate, train, training_threads
 from ..train.setup import Holdout, prepare_run
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
+STUDY_FILE = 'study.json'  # the data the folder's results are for
 ORIGINAL_MS_PER_STEP = 283  # microgpt.py's own step on the 2-core development machine (the project's recording)
 MAX_SEEDS = 10_000  # each seed is a training run per experiment: more would run for weeks (or fill the memory)
 
@@ -122,6 +124,37 @@ def result_path(folder, name, seed):
     return os.path.join(folder, 'runs', f'{name}.seed{seed}.json')
 
 
+def read_result(folder, name, seed):
+    """The saved result of (experiment, seed), or None when there is none, or it cannot be read (damaged or edited):
+    then it is run again."""
+    try:
+        with open(result_path(folder, name, seed), encoding='utf-8') as f:
+            result = json.load(f)
+        return result if isinstance(result, dict) and isinstance(result.get('val_loss'), (int, float)) else None
+    except (OSError, ValueError):
+        return None
+
+
+def claim_folder(folder, data_path):
+    """A study folder's results are for one data file: its SHA-256 is kept in DIR/study.json, and another file's
+    study in the same folder is refused (its results would be mixed with, or taken for, this one's)."""
+    want, path = {'data_sha256': file_sha256(data_path)}, os.path.join(folder, STUDY_FILE)
+    try:
+        with open(path, encoding='utf-8') as f:
+            have = json.load(f)
+    except FileNotFoundError:
+        with _writing(path):
+            os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
+            with open(path + '.tmp', 'w', encoding='utf-8') as f:
+                json.dump(want, f)
+            os.replace(path + '.tmp', path)
+        return
+    except (OSError, ValueError):
+        raise MicrogptError(f"{path}: cannot be read; give another --out DIR") from None
+    if not isinstance(have, dict) or have.get('data_sha256') != want['data_sha256']:
+        raise MicrogptError(f"{folder}: holds a study of another data file; give another --out DIR")
+
+
 def _one_thread_per_worker():
     """Pool workers already fill the cores: the fused engine's own threads would only contend with them."""
     from ..engines.fused.threads import set_threads
@@ -142,10 +175,8 @@ def _run_and_save(args):
 
 def run_study(experiments, seeds, data_path, folder, workers=2):
     """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
-    with _writing(folder):
-        os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
-    todo = [(e, s, data_path, folder) for e in experiments for s in seeds
-            if not os.path.exists(result_path(folder, e.name, s))]
+    claim_folder(folder, data_path)
+    todo = [(e, s, data_path, folder) for e in experiments for s in seeds if read_result(folder, e.name, s) is None]
     if workers <= 1:
         for job in todo:
             yield _run_and_save(job)
@@ -164,12 +195,7 @@ def summarize(experiments, seeds, folder):
     """(experiment, mean, std, n) of held-out loss over the seeds that have finished; std is None for one seed."""
     rows = []
     for e in experiments:
-        losses = []
-        for s in seeds:
-            path = result_path(folder, e.name, s)
-            if os.path.exists(path):
-                with open(path, encoding='utf-8') as f:
-                    losses.append(json.load(f)['val_loss'])
+        losses = [result['val_loss'] for result in (read_result(folder, e.name, s) for s in seeds) if result]
         if losses:
             mean = sum(losses) / len(losses)
             std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else None

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
-from ..data import bundled_dataset_path, holdout_split, load_documents
+from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..presets import fields_of, model_settings, resolve
 from ..train.run import EvalReport, TrainingRun
@@ -95,12 +95,8 @@ def make_storage(url):
 
 def fingerprint(options):
     """What a study must keep to stay one search: the data's bytes, the space and the trial length cap."""
-    import hashlib
-    digest = hashlib.sha256()
-    with open(options.data_path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return {'data_sha256': digest.hexdigest(), 'space_version': space.SPACE_VERSION, 'max_steps': options.max_steps}
+    return {'data_sha256': file_sha256(options.data_path), 'space_version': space.SPACE_VERSION,
+            'max_steps': options.max_steps}
 
 
 def open_study(options):
