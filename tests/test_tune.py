@@ -65,10 +65,9 @@ def test_the_command_it_prints_reproduces_the_best_trial(small_data, tmp_path):
     best = float(re.search(r'held-out loss (\d+\.\d+)', out).group(1))
     words = shlex.split(re.search(r'^train it again: (.*)$', out, re.M).group(1))
     assert words[:2] == ['microgpt', 'train'], words
-    words[words.index('--out') + 1] = str(tmp_path / 'again')
-    code, _, err = run_cli_in_process(*words[1:])
+    code, _, err = run_cli_in_process(*words[1:])  # as printed: it writes beside the trial, not over it
     assert code == 0, err
-    again = load_checkpoint(str(tmp_path / 'again' / 'model.safetensors')).meta['best_val_loss']
+    again = load_checkpoint(str(tmp_path / 'tune' / 'again' / '0000' / 'model.safetensors')).meta['best_val_loss']
     trial = load_checkpoint(str(tmp_path / 'tune' / 'best' / 'model.safetensors')).meta['best_val_loss']
     assert again == trial, (again, trial)   # the same run, bit for bit
     assert round(trial, 4) == best, (trial, best)

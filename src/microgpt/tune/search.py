@@ -26,6 +26,7 @@ BASE_PRESET = 'makemore'    # what a trial's flags override: init std 0.02, Adam
 EVALUATIONS = 8             # held-out evaluations per trial, each reported to the pruner
 STUDY_DB = 'tune.db'
 TRIALS_DIR = 'trials'
+AGAIN_DIR = 'again'  # where the printed command trains a trial again
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def run_trial(trial, options, n_train_docs, should_stop):
     eval_every = max(1, train['steps'] // EVALUATIONS)
     flags = trial_flags(model, train, options, eval_every)
     out_dir = os.path.join(options.out, TRIALS_DIR, f"{trial.number:04d}")
-    trial.set_user_attr('command', command_line(flags, out_dir))
+    # the command that trains it again writes beside the trial, not over it: pasted as printed, it runs
+    trial.set_user_attr('command', command_line(flags, os.path.join(options.out, AGAIN_DIR, f"{trial.number:04d}")))
     trial.set_user_attr('out', out_dir)
     trial.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
     settings = resolve(BASE_PRESET, {**flags, 'out': out_dir, 'overwrite': True})
