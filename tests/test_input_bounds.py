@@ -341,6 +341,20 @@ def test_the_reference_engine_counts_its_python_objects():
     check_memory(ModelConfig(vocab_size=27), 1, 15, engine='reference', available=2**30)
 
 
+@pytest.mark.slow(seconds=2)  # a fresh interpreter under a memory limit
+def test_running_out_of_memory_under_a_process_limit_is_one_line(tmp_path):
+    """The memory check reads the machine's free memory; under a ulimit (or a container's limit) the allocation
+    itself fails: one line and exit 2, not numpy's traceback."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))  # 3 GiB of address space
+    proc = subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--block-size', '10000000', '--steps', '1'],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit, cwd=tmp_path)  # wpe: 5 GiB
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stderr.startswith('microgpt: error: out of memory (') and proc.stderr.count('\n') == 1, proc.stderr
+
+
 def test_every_dtype_has_a_memory_estimate():
     """--engine torch --dtype bfloat16 was a KeyError traceback in the memory check; autocast keeps float32
     weights and Adam state, so it counts as float32."""

@@ -277,6 +277,10 @@ def _run(argv=None, out=None, err=None):
     except KeyboardInterrupt:
         print("microgpt: interrupted", file=err)
         return 130, None
+    except MemoryError as e:  # the memory check reads the machine's free memory, not a ulimit or a container's
+        _error(f"out of memory ({e or 'an allocation failed'}); give a smaller model, --batch-size or --block-size, "
+               f"or raise the process's memory limit", err)
+        return 2, None
     except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
         _discard_pending(stdout)
         return 1, None
