@@ -23,3 +23,8 @@ def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
 def test_bench_unknown_engine():
     code, out, err = run('bench', '--engines', 'numpy,tpu')
     assert code == 2 and err.startswith("microgpt: error: unknown engines ['tpu']"), err
+
+
+def test_an_engine_named_twice_is_timed_once():
+    from microgpt.bench.benchmark import BenchConfig
+    assert BenchConfig(engines='numpy, fused,numpy').engine_names == ['numpy', 'fused']

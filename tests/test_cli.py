@@ -95,6 +95,7 @@ def test_a_presets_sampling_setting_is_no_flag_without_effect(data):
     (['bench', '--engines', 'reference', '--steps', '5'], ('--steps', '--engines')),
     (['bench', '--engines', ''], ('--engines names no engine',)),
     (['bench', '--engines', ' , '], ('--engines names no engine',)),
+    (['study', '--experiments', ' , ', '--workers', '1'], ('--experiments names no experiment',)),
     (['study', '--list', '--num-seeds', '3'], ('--list', '--num-seeds')),
     (['study', '--list', '--workers', '1'], ('--list', '--workers')),
     (['study', '--num-seeds', '99999999999', '--experiments', 'baseline', '--workers', '1'],

@@ -37,7 +37,8 @@ class BenchConfig:
 
     @property
     def engine_names(self):
-        return [name.strip() for name in self.engines.split(',') if name.strip()]
+        names = [name.strip() for name in self.engines.split(',') if name.strip()]
+        return list(dict.fromkeys(names))  # each once, in the order given: `numpy,numpy` times it once
 
 
 @dataclass(frozen=True)

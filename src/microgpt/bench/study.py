@@ -54,7 +54,10 @@ class StudyConfig:
             return EXPERIMENTS
         names = [n.strip() for n in self.experiments.split(',') if n.strip()]
         unknown = set(names) - {e.name for e in EXPERIMENTS}
-        if unknown or not names:
+        if not names:
+            raise MicrogptError("--experiments names no experiment; give names from `microgpt study --list`, "
+                                "separated by commas")
+        if unknown:
             raise MicrogptError(f"unknown experiments {sorted(unknown)}; see `microgpt study --list`")
         return [e for e in EXPERIMENTS if e.name in names]
 
