@@ -215,6 +215,22 @@ def test_resume_refuses_other_data_of_the_same_characters(data, tmp_path):
                           f"data: checkpoint {os.path.abspath(data)!r}, now {str(other)!r}")
 
 
+@pytest.mark.parametrize('edit', ['append', 'replace'])
+def test_resume_refuses_its_data_file_edited_since(data, tmp_path, edit):
+    """The same path with other contents of the same characters: the run would go on on other documents, no longer
+    the uninterrupted run's; the checkpoint keeps the file's length and a hash of its ends."""
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--steps', '10'))[0] == 0
+    text = open(data).read()
+    with open(data, 'w') as f:
+        f.write(text + 'emma\n' if edit == 'append' else text.replace('emma', 'amme'))
+    assert_one_line_error(*run(*small(data, '--out', out, '--steps', '15', '--resume')),
+                          f"--resume with other data: {data} changed since the run saved")
+    with open(data, 'w') as f:
+        f.write(text)  # the original again: the run goes on
+    assert run(*small(data, '--out', out, '--steps', '15', '--resume'))[0] == 0
+
+
 @pytest.mark.parametrize('first, then, fragment', [
     (['--eval-every', '10'], ['--eval-every', '0'], 'eval_every: checkpoint 10, now 0'),
     ([], ['--eval-every', '10'], 'eval_every: checkpoint 0, now 10'),

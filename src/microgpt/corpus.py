@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, read_pieces, split_lines
+from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, edges_sha256, read_pieces, split_lines
 from .errors import MicrogptError
 from .tempfiles import make_temporary, remove_quietly
 
@@ -33,7 +33,6 @@ CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
 CACHE_MIN_BYTES = 2**20
 MAX_CHARS = 2**16 - 2      # token ids are uint16 at most, BOS included (0xFFFF marks an unseen character)
-EDGE_BYTES = 2**16         # the hashed head and tail of the source
 SLICE = 2**22             # ids remapped or widened at a time
 
 
@@ -98,17 +97,14 @@ def source_identity(path):
     """What must be unchanged for a cache of `path` to be current; None for pipes and devices."""
     if not os.path.isfile(path):
         return None
-    digest = hashlib.sha256()
     try:
         with open(path, 'rb') as f:
             info = os.fstat(f.fileno())
-            digest.update(f.read(EDGE_BYTES))
-            f.seek(max(0, info.st_size - EDGE_BYTES))
-            digest.update(f.read(EDGE_BYTES))
+            edges = edges_sha256(f, info.st_size)
     except OSError as e:
         raise MicrogptError(f"{path}: cannot read: {e.strerror}") from None
     return {'path': os.path.abspath(path), 'size': info.st_size, 'mtime_ns': info.st_mtime_ns,
-            'ctime_ns': info.st_ctime_ns, 'inode': info.st_ino, 'device': info.st_dev, 'edges': digest.hexdigest()}
+            'ctime_ns': info.st_ctime_ns, 'inode': info.st_ino, 'device': info.st_dev, 'edges': edges}
 
 
 # ---- tokenising: one pass over the pieces, provisional ids in order of first appearance, then one remap

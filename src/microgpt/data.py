@@ -38,6 +38,9 @@ def bundled_dataset_path():
     return str(resources.files('microgpt') / 'datasets' / BUNDLED_DATASET)
 
 
+EDGE_BYTES = 2**16  # the hashed head and tail of a file (file_identity)
+
+
 def file_sha256(path):
     """The hex SHA-256 of a file's bytes, read 1 MiB at a time: what a study keeps to know its data again."""
     import hashlib
@@ -46,6 +49,31 @@ def file_sha256(path):
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def edges_sha256(f, size):
+    """The hex SHA-256 of the first and last EDGE_BYTES of the open binary file `f` of `size` bytes."""
+    import hashlib
+    digest = hashlib.sha256()
+    f.seek(0)
+    digest.update(f.read(EDGE_BYTES))
+    f.seek(max(0, size - EDGE_BYTES))
+    digest.update(f.read(EDGE_BYTES))
+    return digest.hexdigest()
+
+
+def file_identity(path):
+    """{'size', 'edges'} of a data file, without reading it all: its length and edges_sha256. A checkpoint keeps it,
+    so that --resume on an edited file is refused (an edit that keeps both the length and the ends goes unseen).
+    None for what is not a regular file (a pipe, a device)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            return {'size': size, 'edges': edges_sha256(f, size)}
+    except OSError as e:
+        raise MicrogptError(f"{path}: cannot read: {e.strerror}") from None
 
 
 def cache_folder():

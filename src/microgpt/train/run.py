@@ -15,8 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..config import check_sampling_flags
+from ..data import file_identity
 from ..errors import MicrogptError
-from ..fetch import is_url
+from ..fetch import is_url, local_path
 from ..presets import PRESETS
 from .loop import evaluate, train, training_threads
 from .setup import Holdout, prepare_run
@@ -79,6 +80,7 @@ class TrainingRun:
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device)
+        self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
         if cfg.out:
@@ -170,7 +172,7 @@ class TrainingRun:
         cfg = self.cfg
         return {'data_path': recorded_path(cfg.data_path), 'eval_every': cfg.eval_every,
                 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split, 'preset': self.s.preset,
-                'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss}
+                'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss, 'data_identity': self.data_identity}
 
     def _save(self, name, metrics):
         from .checkpoint import save_checkpoint
@@ -189,6 +191,11 @@ class TrainingRun:
         if ckpt.vocab != run.vocab:
             raise MicrogptError(f"--resume with a different configuration (vocabulary: the data now holds other "
                                 f"characters); resume with the original --data, or train into a new --out folder")
+        saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
+        if saved is not None and self.data_identity is not None and saved != self.data_identity:
+            raise MicrogptError(f"--resume with other data: {self.cfg.data_path} changed since the run saved (its "
+                                f"length or its first or last 64 KiB); resume with the original data, or train into "
+                                f"a new --out folder")
         restore_engine(ckpt, run.engine)
         best = ckpt.meta.get('best_val_loss')
         self.best_val_loss = math.inf if best is None else best
