@@ -324,6 +324,7 @@ def server():
         '/no-length.txt': (200, {}, NAMES_BODY),
         '/partial.txt': (200, {'Content-Length': str(len(NAMES_BODY) + 500)}, NAMES_BODY),
         '/forbidden.txt': (403, {}, b'go away'),
+        '/': (200, {'Content-Type': 'text/html; charset=utf-8'}, b'<html><body><a href="names.txt">names.txt</a>'),
     })
     yield served
     served.close()
@@ -344,6 +345,7 @@ def test_a_url_is_fetched_once_and_reused(server, tmp_path):
 
 @pytest.mark.parametrize('route, fragment', [
     ('/missing.txt', '404'), ('/forbidden.txt', '403 Forbidden'), ('/partial.txt', 'partial download, 16,000 of 16,500 bytes'),
+    ('/', 'is a web page (text/html), not a text file of documents'),  # a folder listing was trained on
 ])
 def test_a_failed_or_partial_download_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment):
     from microgpt.fetch import fetch
@@ -446,3 +448,9 @@ def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
     train, held_out = holdout_split(names, None, 42, 'name')
     assert len(held_out) == 10, held_out
     assert _trained_on(load_checkpoint(str(tmp_path / 'run' / 'model.safetensors')), None) == set(train)
+
+
+@pytest.mark.parametrize('address', ['file:///no/such/names.txt', 'ftp://example.com/names.txt'])
+def test_an_address_that_is_not_http_says_so(address):
+    with pytest.raises(MicrogptError, match='only http:// and https:// addresses are downloaded'):
+        load_documents(address)

@@ -90,6 +90,10 @@ def check_data_path(path):
     if not path:
         raise MicrogptError(f"no data file given; {TEXT_HINT}")
     if not os.path.exists(path):
+        scheme = path.split('://', 1)[0] if '://' in path else None
+        if scheme and scheme.isalpha():  # file://, ftp://: only http(s) is fetched (fetch.py)
+            raise MicrogptError(f"{path}: only http:// and https:// addresses are downloaded; give a {scheme} file's "
+                                f"local path, or its http(s) address")
         raise MicrogptError(f"{path}: no such file; {TEXT_HINT}")
     if os.path.isdir(path):
         raise MicrogptError(f"{path}: is a directory; {TEXT_HINT}")

@@ -67,6 +67,9 @@ def _download(url, f, progress):
     done = 0
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            if response.headers.get_content_type() == 'text/html':  # a folder listing, a repository's page of it
+                raise MicrogptError(f"{url}: is a web page (text/html), not a text file of documents; give the "
+                                    f"address of the file itself (its raw text)")
             length = response.headers.get('Content-Length')
             total = int(length) if length and length.isdigit() else None
             if progress:
