@@ -215,6 +215,22 @@ def test_resume_refuses_other_data_of_the_same_characters(data, tmp_path):
                           f"data: checkpoint {os.path.abspath(data)!r}, now {str(other)!r}")
 
 
+def test_a_second_run_into_a_folder_being_written_is_refused(data, tmp_path):
+    """Two runs into one --out DIR at once both wrote its checkpoints and metrics: the second is refused while the
+    first holds the folder's lock, and runs once it is released."""
+    fcntl = pytest.importorskip('fcntl')
+    out = tmp_path / 'run'
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # as a run in progress holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_one_line_error(*run(*small(data, '--out', out)), f"{out}: another microgpt run is writing here")
+        assert os.listdir(out) == [], os.listdir(out)
+    finally:
+        os.close(fd)
+    assert run(*small(data, '--out', out))[0] == 0
+
+
 @pytest.mark.parametrize('edit', ['append', 'replace'])
 def test_resume_refuses_its_data_file_edited_since(data, tmp_path, edit):
     """The same path with other contents of the same characters: the run would go on on other documents, no longer

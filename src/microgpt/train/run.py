@@ -62,12 +62,7 @@ class Saved:
 class TrainingRun:
     def __init__(self, settings):
         self.s, self.cfg, self.tcfg = settings, settings.run, settings.train
-        if self.cfg.out and not self.cfg.resume and not self.cfg.overwrite:
-            existing = [name for name in CHECKPOINTS if os.path.exists(self.path(name))]
-            if existing:
-                resume = "continue it with --resume, " if RESUME_CHECKPOINT in existing else ""
-                raise MicrogptError(f"{self.cfg.out} already holds a run ({', '.join(existing)}); {resume}replace it "
-                                    f"with --overwrite, or give another --out DIR")
+        self._refuse_a_saved_run()
         self.run = None          # the prepared Run, once events() has read the data
         self.best_val_loss = math.inf
         self.step = 0
@@ -75,6 +70,35 @@ class TrainingRun:
 
     def path(self, name):
         return os.path.join(self.cfg.out, name)
+
+    def _refuse_a_saved_run(self):
+        if self.cfg.out and not self.cfg.resume and not self.cfg.overwrite:
+            existing = [name for name in CHECKPOINTS if os.path.exists(self.path(name))]
+            if existing:
+                resume = "continue it with --resume, " if RESUME_CHECKPOINT in existing else ""
+                raise MicrogptError(f"{self.cfg.out} already holds a run ({', '.join(existing)}); {resume}replace it "
+                                    f"with --overwrite, or give another --out DIR")
+
+    def _lock_folder(self):
+        """Hold --out DIR's lock while the run writes there: a second run into the same folder at the same time is
+        refused (both wrote its checkpoints and metrics, and one run's were lost). An advisory lock on the folder
+        itself (flock), so no file is left behind and the lock ends with the process; none where the system or the
+        file system has no flock."""
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        fd = os.open(self.cfg.out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MicrogptError(f"{self.cfg.out}: another microgpt run is writing here; wait for it to end, or give "
+                                f"another --out DIR") from None
+        except OSError:  # a file system without locks: run unlocked, as before
+            os.close(fd)
+            return None
+        return fd
 
     def events(self, should_stop=lambda: False):
         cfg, tcfg = self.cfg, self.tcfg
@@ -89,16 +113,22 @@ class TrainingRun:
             except OSError as e:
                 raise MicrogptError(f"{cfg.out}: cannot make the output folder ({e.strerror}); "
                                     f"give another --out DIR") from None
-        if cfg.out and self.writes and not cfg.resume:
-            self._remove_previous_run()
-        start = self._resume() if cfg.resume else 0
-        self._open_metrics(start)
-        yield Header(len(run.docs), run.vocab.size, run.engine.num_params(), len(run.val_docs), start)
+        lock = self._lock_folder() if cfg.out and self.writes else None
         try:
-            with training_threads():
-                yield from self._steps(run.train_tokens, run.val_tokens, start, should_stop)
+            self._refuse_a_saved_run()  # again, under the lock: a run into this folder may have ended since
+            if cfg.out and self.writes and not cfg.resume:
+                self._remove_previous_run()
+            start = self._resume() if cfg.resume else 0
+            self._open_metrics(start)
+            yield Header(len(run.docs), run.vocab.size, run.engine.num_params(), len(run.val_docs), start)
+            try:
+                with training_threads():
+                    yield from self._steps(run.train_tokens, run.val_tokens, start, should_stop)
+            finally:
+                self._close_metrics()
         finally:
-            self._close_metrics()
+            if lock is not None:
+                os.close(lock)  # closing the folder's descriptor releases its lock
 
     def _steps(self, doc_tokens, val_tokens, start, should_stop):
         cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
