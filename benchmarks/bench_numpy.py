@@ -147,8 +147,9 @@ def main():
     if args.worker:
         worker(args.steps, args.lists)
         return
-    if args.cli:
-        compare_commands({'old': args.old, 'new': args.new}, args.steps, args.repeats)
+    if args.cli:  # absolute: the processes run in a temporary folder
+        compare_commands({'old': os.path.abspath(args.old), 'new': os.path.abspath(args.new)}, args.steps,
+                         args.repeats)
         return
     workers = {'old': start_worker(args.old, args.steps, args.lists),
                'new': start_worker(args.new, args.steps, args.lists)}

@@ -278,6 +278,24 @@ def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data,
         then(data)
 
 
+def test_eval_sample_and_export_refuse_training_data_edited_since(data, tmp_path):
+    """The same path with other documents: eval scored documents the run had trained on as held out; now the
+    checkpoint's data_identity is checked, as by --resume (sample still samples, without the novelty check)."""
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--eval-every', '10'))[0] == 0
+    checkpoint = os.path.join(out, 'model.safetensors')
+    assert run('eval', '--checkpoint', checkpoint)[0] == 0
+    with open(data, 'a') as f:
+        f.write('aaab\n')
+    changed = f"the training data {data!r} changed since the run saved"
+    assert_one_line_error(*run('eval', '--checkpoint', checkpoint), changed, 'give --data FILE')
+    assert_one_line_error(*run('export', '--train', '--checkpoint', checkpoint, '--out', tmp_path / 'c'), changed)
+    code, stdout, err = run('sample', '--checkpoint', checkpoint, '--num-samples', '2')
+    assert code == 0 and stdout.count('sample ') == 2 and 'novel:' not in stdout, (code, stdout, err)
+    assert err == f"microgpt: {changed} (its length or its first or last 64 KiB): no novelty check (give --data " \
+                  f"FILE)\n", err
+
+
 def rewrite_config(path, key, changes):
     """The checkpoint with its `key` metadata (model_config, train_config) changed and its checksum recomputed."""
     with safe_open(path, framework='numpy') as f:

@@ -432,6 +432,22 @@ def test_a_run_trained_from_a_url_is_evaluated_sampled_and_exported_from_the_cac
     assert code == 0 and 'novel: ' in out and err == '', (out, err)
     code, out, err = run_cli_in_process('export', '--train', '--checkpoint', checkpoint, '--out', tmp_path / 'c')
     assert code == 0 and (tmp_path / 'c' / 'microgpt_train.c').is_file(), (out, err)
+    from microgpt.export.web import training_documents
+    from microgpt.train.checkpoint import load_checkpoint
+    docs, name = training_documents(load_checkpoint(str(checkpoint)))  # the page's Train button's documents
+    assert name == 'names.txt' and set(docs) == {'emma', 'olivia', 'ava'}, (name, docs and docs[:3])
+
+
+def test_bench_takes_a_url(server, tmp_path, monkeypatch):
+    """bench, study and tune fetch --data URL as train does (they said 'only http:// and https:// addresses are
+    downloaded' of an https address)."""
+    from helpers import run_cli_in_process
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    code, out, err = run_cli_in_process('bench', '--data', server.url + '/names.txt', '--engines', 'numpy',
+                                        '--steps', 2)
+    assert code == 0 and out.count('numpy') >= 2, (out, err)
+    with pytest.raises(MicrogptError, match='is a web address; download the file and give its path'):
+        load_documents(server.url + '/names.txt')  # a caller that does not fetch is told so, not 'no such file'
 
 
 def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):

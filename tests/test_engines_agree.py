@@ -158,11 +158,21 @@ FLOAT32_MODELS = [{}, {'n_layer': 2, 'n_embd': 8, 'n_head': 2, 'block_size': 5},
                   {'norm': 'none', 'mlp_activation': 'relu2', 'tie_lm_head': True, 'n_layer': 2}]
 
 
-@pytest.mark.parametrize('dropout', [0.0, 0.25])
-@pytest.mark.parametrize('batch_size', BATCH_SIZES)
-@pytest.mark.parametrize('switches', FLOAT32_MODELS, ids=switches_id)
-@pytest.mark.parametrize('pair', [('numpy', 'numpy'), pytest.param(FAST_PAIR, marks=pytest.mark.slow(seconds=1))],
-                         ids=lambda pair: f'{pair[0]}64-{pair[1]}32')  # the fused engine's float32: the full suite
+def float32_cases():
+    """(pair, switches, batch_size, dropout) over every combination. The fused engine's float32 is compiled for
+    one case in the quick loop (one document, no dropout: one entry point), the rest in the full suite
+    (helpers.QUICK_DTYPES)."""
+    for pair in [('numpy', 'numpy'), FAST_PAIR]:
+        for switches in FLOAT32_MODELS:
+            for batch_size in BATCH_SIZES:
+                for dropout in [0.0, 0.25]:
+                    case = (pair, switches, batch_size, dropout)
+                    name = f'{pair[0]}64-{pair[1]}32-{switches_id(switches)}-{batch_size}-{dropout}'
+                    quick = pair != FAST_PAIR or (switches, batch_size, dropout) == ({}, 1, 0.0)
+                    yield pytest.param(*case, id=name, marks=() if quick else pytest.mark.slow(seconds=1))
+
+
+@pytest.mark.parametrize('pair, switches, batch_size, dropout', list(float32_cases()))
 def test_float32_agrees_with_float64(pair, switches, batch_size, dropout):
     cfg, init_seed, batches = model_and_batches(switches, batch_size, n_batches=1)
     f64, f32 = engine_pair(pair, cfg, init_seed, ('float64', 'float32'))

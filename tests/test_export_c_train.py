@@ -37,9 +37,13 @@ MEAN_TOLERANCE = 0.01   # mean loss of the last 100 of 1000 steps
 SWITCHES = [{}, {'n_layer': 2}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}, {'tie_lm_head': True},
             {'norm': 'none'}, {'norm': 'esp32'}, {'mlp_activation': 'relu2'}, {'attention': 'self'},
             {'bos': 'first'}, {'zero_init': ('attn_wo', 'mlp_fc2')}, {'block_size': 4}]
-# each switch is a C build or two of a quarter second: the quick loop builds the default and a model unlike it in
-# every dimension, the full suite every switch
-QUICK_SWITCHES = quick_loop(SWITCHES, [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}])
+# every switch at once, in a model of another size
+ALL_SWITCHES = {'n_layer': 3, 'n_embd': 8, 'n_head': 2, 'tie_lm_head': True, 'norm': 'esp32', 'mlp_activation': 'relu2',
+                'attention': 'self', 'bos': 'first', 'zero_init': ('attn_wo', 'mlp_fc2'), 'block_size': 4}
+SWITCHES.append(ALL_SWITCHES)
+# each switch is a C build or two of a quarter second: the quick loop builds the default and the model with every
+# switch, the full suite each switch alone too
+QUICK_SWITCHES = quick_loop(SWITCHES, [{}, ALL_SWITCHES])
 # cross-compilers for microcontrollers: (compiler, flags, flags to link a whole image with the C library);
 # each object's data + bss must equal the budget, and the image's (with the library's own RAM) fit the limit
 BARE_METAL = {
@@ -196,8 +200,7 @@ def writable_bytes(obj, nm='nm'):
 
 
 @pytest.mark.parametrize('switches', quick_loop(SWITCHES + [{'n_embd': 32, 'n_layer': 2}],
-                                                [{}, {'n_layer': 3, 'n_embd': 8, 'n_head': 2}, {'n_embd': 32, 'n_layer': 2}]),
-                         ids=switches_id)
+                                                [{}, ALL_SWITCHES, {'n_embd': 32, 'n_layer': 2}]), ids=switches_id)
 @pytest.mark.parametrize('low_memory', [False, True], ids=['normal', 'low-memory'])
 def test_budget_equals_writable_symbols(tmp_path, switches, low_memory):
     out, cfg, *_ = exported(tmp_path, switches, low_memory, with_weights=bool(switches))

@@ -13,7 +13,7 @@ from itertools import islice
 
 import pytest
 
-from helpers import in_ci, pack_columns
+from helpers import in_ci, pack_columns, run_cli_in_process
 from microgpt import data
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.corpus import load_corpus
@@ -339,6 +339,21 @@ def test_the_reference_engine_counts_its_python_objects():
     with pytest.raises(MicrogptError, match='--engine numpy'):
         check_memory(cfg, 1, 15, engine='reference', available=16 * 2**30)
     check_memory(ModelConfig(vocab_size=27), 1, 15, engine='reference', available=2**30)
+
+
+def test_a_failed_allocation_is_one_line(monkeypatch):
+    """Whatever the command, a MemoryError is one line and exit 2 (the quick loop's test of it; the slow one below
+    runs out of memory for real)."""
+    import microgpt.commands
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError('Unable to allocate 4.77 GiB for an array with shape (640000000,) and data type float64')
+    monkeypatch.setattr(microgpt.commands, 'TrainingRun', out_of_memory)
+    code, out, err = run_cli_in_process('train', '--steps', '1')
+    assert code == 2 and out == '', (code, out)
+    assert err == ('microgpt: error: out of memory (Unable to allocate 4.77 GiB for an array with shape (640000000,) '
+                   'and data type float64); give a smaller model, --batch-size or --block-size, or raise the '
+                   'process\'s memory limit\n'), err
 
 
 @pytest.mark.slow(seconds=2)  # a fresh interpreter under a memory limit

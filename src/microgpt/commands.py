@@ -19,7 +19,7 @@ from .engines import ENGINES, make_engine
 from .errors import MicrogptError
 from .fetch import local_path
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
-from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, resume_settings
+from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data, resume_settings
 from .train.setup import RunConfig, RunSettings
 from .train.loop import StepReport, evaluate
 
@@ -232,20 +232,13 @@ def cmd_sample(args, out, err):
 def _trained_on(ckpt, err):
     """The documents the checkpoint's run trained on (its data less the held-out split, if it held one out), for
     the novelty check; None, with a notice, when its data is no longer there."""
-    recorded = ckpt.meta.get('data_path')
     try:
-        path = local_path(recorded) if recorded else None
-    except MicrogptError as e:  # a URL neither cached nor reachable now
-        print(f"microgpt: the training data {recorded!r} cannot be fetched ({e}): no novelty check (give --data "
-              f"FILE)", file=err)
+        docs = load_documents(recorded_data(ckpt))
+        if ckpt.meta.get('eval_every'):  # the held-out documents were never trained on
+            docs = _split_of(ckpt, docs)[0]
+    except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
+        print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
         return None
-    if not path or not os.path.isfile(path):  # a folder or a device at the recorded path holds no documents
-        what = 'is not a file' if path and os.path.exists(path) else 'is not there'
-        print(f"microgpt: the training data {recorded!r} {what}: no novelty check (give --data FILE)", file=err)
-        return None
-    docs = load_documents(path)
-    if ckpt.meta.get('eval_every'):  # the held-out documents were never trained on
-        docs = _split_of(ckpt, docs)[0]
     return set(docs)
 
 
@@ -260,16 +253,15 @@ def cmd_eval(args, out, err):
     if args.data is not None:
         docs, what = load_documents(local_path(args.data)), args.data
     else:
-        recorded = ckpt.meta.get('data_path')
-        data_path = local_path(recorded) if recorded else None
-        if not data_path or not os.path.exists(data_path):
-            raise MicrogptError(f"the checkpoint's training data {recorded!r} is not there; give --data FILE")
-        eval_every = ckpt.meta.get('eval_every', 0)
-        if not eval_every:
+        try:
+            data_path = recorded_data(ckpt)
+        except MicrogptError as e:
+            raise MicrogptError(f"{e}; give --data FILE") from None
+        if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
         docs = _split_of(ckpt, load_documents(data_path))[1]
-        what = f"the held-out split of {recorded}"
+        what = f"the held-out split of {ckpt.meta['data_path']}"
     tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, tokens)
@@ -288,7 +280,7 @@ def cmd_bench(args, out, err):
 
     from .bench.benchmark import BenchConfig, time_cli_train, time_engine
     bench = BenchConfig(**given(args, BenchConfig))
-    data = bundled_dataset_path() if bench.data is None else bench.data
+    data = bundled_dataset_path() if bench.data is None else local_path(bench.data)
     load_documents(data)  # bad data is reported before any timing
     names = bench.engine_names
     if 'torch' in names and find_spec('torch') is None:
@@ -323,7 +315,7 @@ def cmd_study(args, out, err):
             print(f"{e.name:<28} {e.claim}", file=out)
         return
     chosen = study.chosen
-    data = bundled_dataset_path() if study.data is None else study.data
+    data = bundled_dataset_path() if study.data is None else local_path(study.data)
     load_documents(data)  # bad data is reported before any worker starts
     if os.path.exists(study.out) and not os.path.isdir(study.out):
         raise MicrogptError(f"{study.out}: is a file, not a folder; give another --out DIR")

@@ -91,6 +91,8 @@ def check_data_path(path):
         raise MicrogptError(f"no data file given; {TEXT_HINT}")
     if not os.path.exists(path):
         scheme = path.split('://', 1)[0] if '://' in path else None
+        if scheme in ('http', 'https'):  # the commands fetch these first (fetch.local_path): here, a caller did not
+            raise MicrogptError(f"{path}: is a web address; download the file and give its path")
         if scheme and scheme.isalpha():  # file://, ftp://: only http(s) is fetched (fetch.py)
             raise MicrogptError(f"{path}: only http:// and https:// addresses are downloaded; give a {scheme} file's "
                                 f"local path, or its http(s) address")

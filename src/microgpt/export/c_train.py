@@ -261,9 +261,12 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         ckpt = load_checkpoint(checkpoint)
         if data is None and ckpt.meta.get('eval_every'):
             split = (ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
-        data = data or ckpt.meta.get('data_path')
-        if not data or not os.path.exists(local_path(data)):
-            raise MicrogptError(f"the checkpoint's training data {data!r} is not there; give --data FILE")
+        if data is None:
+            from ..train.run import recorded_data
+            try:
+                data = recorded_data(ckpt)
+            except MicrogptError as e:
+                raise MicrogptError(f"{e}; give --data FILE") from None
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
         trained = ckpt.train_cfg
         tcfg = replace(tcfg, lr=trained.lr, beta1=trained.beta1, beta2=trained.beta2, eps=trained.eps)

@@ -119,14 +119,15 @@ def read_metrics(path, steps):
 
 def training_documents(ckpt):
     """(documents the run trained on, or None; where they come from), for the page's Train button."""
+    from ..train.run import recorded_data
     data_path = ckpt.meta.get('data_path')
     if not data_path:
         return None, 'not recorded in the checkpoint; paste a list'
     name = os.path.basename(data_path)
     try:
-        docs = load_documents(data_path)
+        docs = load_documents(recorded_data(ckpt))  # a URL's download, and not a file edited since training
     except MicrogptError:
-        return None, f'{name} is not readable here; paste a list'
+        return None, f'{name} is not readable here, or has changed since training; paste a list'
     if ckpt.meta.get('eval_every'):  # the run trained on what its held-out split left
         docs, _ = holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed,
                                 ckpt.meta.get('val_split', 'name'))

@@ -88,7 +88,10 @@ class TrainingRun:
             import fcntl
         except ImportError:
             return None
-        fd = os.open(self.cfg.out, os.O_RDONLY)
+        try:
+            fd = os.open(self.cfg.out, os.O_RDONLY)
+        except OSError:  # a folder we may write but not read (mode 300): run unlocked, as before
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -320,6 +323,24 @@ def resume_settings(out, given, preset=None):
     if 'data' in recorded:
         recorded['data'] = path_of_recorded(recorded['data'])
     return {**PRESETS.get(saved_preset, {}), **recorded, **given}, saved_preset
+
+
+def recorded_data(ckpt):
+    """The local file of the data a checkpoint's run trained on: its recorded path, or its URL's download (fetched
+    if not cached). A MicrogptError saying why, without advice (each caller has its own), when the run recorded none,
+    when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
+    64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents."""
+    recorded = ckpt.meta.get('data_path')
+    if not recorded:
+        raise MicrogptError("the checkpoint records no training data")
+    path = local_path(recorded)
+    if not os.path.isfile(path):
+        raise MicrogptError(f"the training data {recorded!r} {'is not a file' if os.path.exists(path) else 'is not there'}")
+    saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
+    if saved is not None and file_identity(path) != saved:
+        raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
+                            f"last 64 KiB)")
+    return path
 
 
 def recorded_path(path):

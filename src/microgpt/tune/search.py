@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
 from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents
 from ..errors import MicrogptError
+from ..fetch import local_path
 from ..presets import fields_of, model_settings, resolve
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
@@ -68,7 +69,13 @@ class TuneConfig:
 
     @property
     def data_path(self):
+        """As given (a trial's `train` flags keep an http(s) address as it is): the bundled names if none."""
         return bundled_dataset_path() if self.data is None else self.data
+
+    @property
+    def local_data_path(self):
+        """The file to read: data_path, or its download."""
+        return local_path(self.data_path)
 
     @property
     def storage_url(self):
@@ -96,7 +103,7 @@ def make_storage(url):
 
 def fingerprint(options):
     """What a study must keep to stay one search: the data's bytes, the space and the trial length cap."""
-    return {'data_sha256': file_sha256(options.data_path), 'space_version': space.SPACE_VERSION,
+    return {'data_sha256': file_sha256(options.local_data_path), 'space_version': space.SPACE_VERSION,
             'max_steps': options.max_steps}
 
 
@@ -203,7 +210,7 @@ def work(options, deadline, stop_requested, on_trial=lambda trial, state, value:
     import optuna
     from optuna.trial import TrialState
     study = open_study(options)
-    n_train_docs = len(holdout_split(load_documents(options.data_path), None, options.seed, 'name')[0])
+    n_train_docs = len(holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')[0])
     while not stop_requested():
         if options.trials is not None and finished_trials(study) >= options.trials:
             return
@@ -253,7 +260,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     options.check()
     # bad data, or too little to hold some out, is one line before any study or process starts: a study is
     # created with the data's fingerprint, and would refuse the next run on the right data
-    holdout_split(load_documents(options.data_path), None, options.seed, 'name')
+    holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')
     os.makedirs(options.out, exist_ok=True)
     study = open_study(options)
     fail_abandoned_trials(study)
