@@ -116,7 +116,8 @@ def compare_commands(trees, steps, repeats):
     for clock, title in (('wall', 'wall clock'), ('cpu', 'CPU time of the process (user + system)')):
         print(f"{title}:")
         for name in trees:
-            print(f"  {name}: median {statistics.median(times[name, clock]):6.3f} s, best {min(times[name, clock]):6.3f} s")
+            median, best = statistics.median(times[name, clock]), min(times[name, clock])
+            print(f"  {name}: median {median:6.3f} s, best {best:6.3f} s")
         median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
         print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
 

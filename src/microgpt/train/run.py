@@ -335,7 +335,8 @@ def recorded_data(ckpt):
         raise MicrogptError("the checkpoint records no training data")
     path = local_path(recorded)
     if not os.path.isfile(path):
-        raise MicrogptError(f"the training data {recorded!r} {'is not a file' if os.path.exists(path) else 'is not there'}")
+        what = 'is not a file' if os.path.exists(path) else 'is not there'
+        raise MicrogptError(f"the training data {recorded!r} {what}")
     saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
     if saved is not None and file_identity(path) != saved:
         raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
