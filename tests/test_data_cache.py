@@ -306,7 +306,8 @@ class _Server:
         self.requests = []
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # polled every 20 ms for its shutdown (the default half second was each test's teardown)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={'poll_interval': 0.02}, daemon=True)
         self.thread.start()
 
     def close(self):
@@ -438,6 +439,7 @@ def test_a_run_trained_from_a_url_is_evaluated_sampled_and_exported_from_the_cac
     assert name == 'names.txt' and set(docs) == {'emma', 'olivia', 'ava'}, (name, docs and docs[:3])
 
 
+@pytest.mark.slow(seconds=1)  # bench times whole `microgpt train` processes too
 def test_bench_takes_a_url(server, tmp_path, monkeypatch):
     """bench, study and tune fetch --data URL as train does (they said 'only http:// and https:// addresses are
     downloaded' of an https address)."""
