@@ -10,6 +10,7 @@ import pty
 import signal
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -294,6 +295,34 @@ def test_eval_sample_and_export_refuse_training_data_edited_since(data, tmp_path
     assert code == 0 and stdout.count('sample ') == 2 and 'novel:' not in stdout, (code, stdout, err)
     assert err == f"microgpt: {changed} (its length or its first or last 64 KiB): no novelty check (give --data " \
                   f"FILE)\n", err
+
+
+@pytest.mark.slow(seconds=2)  # fresh interpreters reading a pipe
+def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
+    """A pipe has no identity to check: eval and export --train read the recorded /dev/stdin again, as before the
+    check (sample, which must not wait on a terminal, does without the novelty check)."""
+    import subprocess
+    names, out = open(data, 'rb').read(), str(tmp_path / 'run')
+
+    def cli(*args):
+        return subprocess.run([sys.executable, '-m', 'microgpt', *args], input=names, capture_output=True, timeout=120)
+    trained = cli(*small('/dev/stdin', '--out', out, '--eval-every', '10'))
+    assert trained.returncode == 0, trained.stderr
+    checkpoint = os.path.join(out, 'model.safetensors')
+    evaluated = cli('eval', '--checkpoint', checkpoint)
+    assert evaluated.returncode == 0 and b'(the held-out split of /dev/stdin)' in evaluated.stdout, evaluated.stderr
+    exported = cli('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
+    assert exported.returncode == 0, exported.stderr
+
+
+def test_a_run_on_a_path_that_is_not_utf8_is_evaluated(tmp_path):
+    """The recorded path is written with its non-UTF-8 bytes escaped (recorded_path): read back unescaped."""
+    data = os.fsdecode(bytes(tmp_path) + b'/n\xffames.txt')
+    write_names(Path(data))
+    out = str(tmp_path / 'run')
+    assert run(*small(data, '--out', out, '--eval-every', '10'))[0] == 0
+    code, stdout, err = run('eval', '--checkpoint', os.path.join(out, 'model.safetensors'))
+    assert code == 0 and 'nats per character on' in stdout, (code, stdout, err)
 
 
 def rewrite_config(path, key, changes):

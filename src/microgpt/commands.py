@@ -254,7 +254,7 @@ def cmd_eval(args, out, err):
         docs, what = load_documents(local_path(args.data)), args.data
     else:
         try:
-            data_path = recorded_data(ckpt)
+            data_path = recorded_data(ckpt, streams=True)  # a run trained from a pipe is evaluated from one
         except MicrogptError as e:
             raise MicrogptError(f"{e}; give --data FILE") from None
         if not ckpt.meta.get('eval_every'):

@@ -264,7 +264,7 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         if data is None:
             from ..train.run import recorded_data
             try:
-                data = recorded_data(ckpt)
+                data = recorded_data(ckpt, streams=True)  # a run trained from a pipe is read from one
             except MicrogptError as e:
                 raise MicrogptError(f"{e}; give --data FILE") from None
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights

@@ -325,19 +325,22 @@ def resume_settings(out, given, preset=None):
     return {**PRESETS.get(saved_preset, {}), **recorded, **given}, saved_preset
 
 
-def recorded_data(ckpt):
+def recorded_data(ckpt, streams=False):
     """The local file of the data a checkpoint's run trained on: its recorded path, or its URL's download (fetched
     if not cached). A MicrogptError saying why, without advice (each caller has its own), when the run recorded none,
     when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
-    64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents."""
+    64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents.
+    With `streams`, a pipe or a device the run read (it has no identity) is read again, as the run read it."""
     recorded = ckpt.meta.get('data_path')
     if not recorded:
         raise MicrogptError("the checkpoint records no training data")
-    path = local_path(recorded)
+    path = local_path(path_of_recorded(recorded))
+    saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
     if not os.path.isfile(path):
+        if streams and saved is None and os.path.exists(path):
+            return path
         what = 'is not a file' if os.path.exists(path) else 'is not there'
         raise MicrogptError(f"the training data {recorded!r} {what}")
-    saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
     if saved is not None and file_identity(path) != saved:
         raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
                             f"last 64 KiB)")
