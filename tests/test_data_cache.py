@@ -455,7 +455,7 @@ def test_bench_takes_a_url(server, tmp_path, monkeypatch):
 def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
     """With a held-out split, a sampled name that is only in the held-out part was never trained on: it is novel."""
     from helpers import run_cli_in_process
-    from microgpt.commands import _trained_on
+    from microgpt.train.run import trained_documents
     from microgpt.train.checkpoint import load_checkpoint
     names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']  # 100 distinct names
     data = tmp_path / 'names.txt'
@@ -465,7 +465,7 @@ def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
     assert code == 0, err
     train, held_out = holdout_split(names, None, 42, 'name')
     assert len(held_out) == 10, held_out
-    assert _trained_on(load_checkpoint(str(tmp_path / 'run' / 'model.safetensors')), None) == set(train)
+    assert set(trained_documents(load_checkpoint(str(tmp_path / 'run' / 'model.safetensors')))) == set(train)
 
 
 @pytest.mark.parametrize('address', ['file:///no/such/names.txt', 'ftp://example.com/names.txt'])

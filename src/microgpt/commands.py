@@ -11,7 +11,7 @@ import time
 from dataclasses import fields
 
 from .config import ModelConfig, SampleConfig, TrainConfig, check_sampling_flags, check_seed
-from .data import bundled_dataset_path, holdout_split, load_documents
+from .data import bundled_dataset_path, load_documents
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .sampling import generate
 from .tempfiles import remove_quietly
@@ -19,7 +19,8 @@ from .engines import ENGINES, make_engine
 from .errors import MicrogptError
 from .fetch import local_path
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
-from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data, resume_settings
+from .train.run import (PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data, recorded_split,
+                        resume_settings, trained_documents)
 from .train.setup import RunConfig, RunSettings
 from .train.loop import StepReport, evaluate
 
@@ -225,26 +226,12 @@ def cmd_sample(args, out, err):
     if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
         known = set(load_documents(local_path(args.data)))
     else:
-        known = _trained_on(ckpt, err)
+        try:
+            known = set(trained_documents(ckpt))
+        except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
+            print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
+            known = None
     _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
-
-
-def _trained_on(ckpt, err):
-    """The documents the checkpoint's run trained on (its data less the held-out split, if it held one out), for
-    the novelty check; None, with a notice, when its data is no longer there."""
-    try:
-        docs = load_documents(recorded_data(ckpt))
-        if ckpt.meta.get('eval_every'):  # the held-out documents were never trained on
-            docs = _split_of(ckpt, docs)[0]
-    except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
-        print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
-        return None
-    return set(docs)
-
-
-def _split_of(ckpt, docs):
-    """(train, held out): the split the checkpoint's run made of `docs`."""
-    return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
 def cmd_eval(args, out, err):
@@ -260,7 +247,7 @@ def cmd_eval(args, out, err):
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
-        docs = _split_of(ckpt, load_documents(data_path))[1]
+        docs = recorded_split(ckpt, load_documents(data_path))[1]
         what = f"the held-out split of {ckpt.meta['data_path']}"
     tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
     for path, (member, engine) in zip(args.checkpoint, models):

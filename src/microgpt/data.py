@@ -11,6 +11,7 @@ up to MAX_STREAM_BYTES, and to a sixteenth of the available memory (a stream is 
 per byte were measured for lines of 3 letters). Large files go through corpus.py, which keeps them as one token array on disk.
 """
 
+import hashlib
 import os
 import random
 import stat
@@ -43,7 +44,6 @@ EDGE_BYTES = 2**16  # the hashed head and tail of a file (file_identity)
 
 def file_sha256(path):
     """The hex SHA-256 of a file's bytes, read 1 MiB at a time: what a study keeps to know its data again."""
-    import hashlib
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -53,7 +53,6 @@ def file_sha256(path):
 
 def edges_sha256(f, size):
     """The hex SHA-256 of the first and last EDGE_BYTES of the open binary file `f` of `size` bytes."""
-    import hashlib
     digest = hashlib.sha256()
     f.seek(0)
     digest.update(f.read(EDGE_BYTES))

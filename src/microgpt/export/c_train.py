@@ -254,25 +254,23 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
     from dataclasses import replace
 
     from ..config import ModelConfig
-    from ..data import Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
-    tcfg, split = TrainConfig(), None
+    from ..data import Vocabulary, bundled_dataset_path, load_documents, shuffled
+    tcfg, docs = TrainConfig(), None
     if checkpoint is not None:
         from ..train.checkpoint import load_checkpoint
+        from ..train.run import trained_documents
         ckpt = load_checkpoint(checkpoint)
-        if data is None and ckpt.meta.get('eval_every'):
-            split = (ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
-        if data is None:
-            from ..train.run import recorded_data
+        if data is None:  # the run's training documents: what it held out stays unseen
             try:
-                data = recorded_data(ckpt, streams=True)  # a run trained from a pipe is read from one
+                docs = trained_documents(ckpt, streams=True)  # a run trained from a pipe is read from one
             except MicrogptError as e:
                 raise MicrogptError(f"{e}; give --data FILE") from None
+            data = ckpt.meta['data_path']
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
         trained = ckpt.train_cfg
         tcfg = replace(tcfg, lr=trained.lr, beta1=trained.beta1, beta2=trained.beta2, eps=trained.eps)
-    docs = load_documents(local_path(data or bundled_dataset_path()))
-    if split is not None:
-        docs = holdout_split(docs, *split)[0]
+    if docs is None:
+        docs = load_documents(local_path(data or bundled_dataset_path()))
     docs = shuffled(docs, random.Random(tcfg.seed if seed is None else seed))
     if checkpoint is None:
         vocab = Vocabulary.from_documents(docs)

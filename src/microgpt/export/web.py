@@ -19,10 +19,10 @@ from importlib import resources
 import numpy as np
 
 from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_parameters, parameter_table
-from ..data import holdout_split, load_documents
 from ..errors import MicrogptError
 from ..tempfiles import write_text
 from ..train.checkpoint import load_checkpoint
+from ..train.run import trained_documents
 from ..train.run import METRICS_FILE
 
 PAGE = 'index.html'
@@ -119,18 +119,14 @@ def read_metrics(path, steps):
 
 def training_documents(ckpt):
     """(documents the run trained on, or None; where they come from), for the page's Train button."""
-    from ..train.run import recorded_data
     data_path = ckpt.meta.get('data_path')
     if not data_path:
         return None, 'not recorded in the checkpoint; paste a list'
     name = os.path.basename(data_path)
     try:
-        docs = load_documents(recorded_data(ckpt))  # a URL's download, and not a file edited since training
+        docs = trained_documents(ckpt)  # a URL's download, and not a file edited since training
     except MicrogptError:
         return None, f'{name} is not readable here, or has changed since training; paste a list'
-    if ckpt.meta.get('eval_every'):  # the run trained on what its held-out split left
-        docs, _ = holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed,
-                                ckpt.meta.get('val_split', 'name'))
     if any(ch not in ckpt.vocab.index for ch in set(''.join(docs))):
         return None, f'{name} has changed since training (characters outside the vocabulary); paste a list'
     if sum(map(len, docs)) > MAX_EMBEDDED_CHARS:

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..config import check_sampling_flags
-from ..data import file_identity
+from ..data import file_identity, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
 from ..presets import PRESETS
@@ -345,6 +345,18 @@ def recorded_data(ckpt, streams=False):
         raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
                             f"last 64 KiB)")
     return path
+
+
+def recorded_split(ckpt, docs):
+    """(train, held out): the split the checkpoint's run made of `docs` (its data, read again)."""
+    return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
+
+
+def trained_documents(ckpt, streams=False):
+    """The documents the checkpoint's run trained on: its recorded data (recorded_data), less the held-out split
+    when it held one out."""
+    docs = load_documents(recorded_data(ckpt, streams))
+    return recorded_split(ckpt, docs)[0] if ckpt.meta.get('eval_every') else docs
 
 
 def recorded_path(path):
