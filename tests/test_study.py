@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 
@@ -64,3 +65,5 @@ def test_a_study_folder_keeps_to_its_data_and_reruns_a_damaged_result(tmp_path):
     assert [r['val_loss'] for r in again] == [r['val_loss'] for r in first], (again, first)
     assert json.load(open(result_path(folder, 'baseline', 1)))['val_loss'] == first[0]['val_loss']
     assert summarize(quick, [1], folder)[0][1] == first[0]['val_loss']
+    shutil.rmtree(os.path.join(folder, 'runs'))  # removed to run them again: study.json stays
+    assert [r['val_loss'] for r in run_study(quick, [1], str(data), folder, workers=1)] == [first[0]['val_loss']]

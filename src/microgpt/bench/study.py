@@ -147,7 +147,6 @@ def claim_folder(folder, data_path):
             have = json.load(f)
     except FileNotFoundError:
         with _writing(path):
-            os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)
             with open(path + '.tmp', 'w', encoding='utf-8') as f:
                 json.dump(want, f)
             os.replace(path + '.tmp', path)
@@ -178,6 +177,8 @@ def _run_and_save(args):
 
 def run_study(experiments, seeds, data_path, folder, workers=2):
     """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
+    with _writing(folder):
+        os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)  # also when a user removed runs/ to run them again
     claim_folder(folder, data_path)
     todo = [(e, s, data_path, folder) for e in experiments for s in seeds if read_result(folder, e.name, s) is None]
     if workers <= 1:
