@@ -75,6 +75,7 @@ def profile_step(data, repeats):
     from numba import njit
     from microgpt.engines.fused import gpt
     from microgpt.engines.fused.compile import slp_vectorizer
+    from microgpt.engines.fused.plan import pack_columns
     rng, doc_tokens, cfg = prepared_job(data, 42)
     engine = make_engine('fused', cfg, rng)
     tcfg, batch = TrainConfig(), [doc_tokens[0]]
@@ -90,17 +91,19 @@ def profile_step(data, repeats):
         return 0.0
 
     @njit
-    def loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, k):
+    def loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, k):  # gpt.train_steps's step without Adam
         total = 0.0
         for _ in range(k):
-            total += gpt.loss_and_grads(state, ws, plan, docs, doc_starts)
+            n = pack_columns(plan, docs, doc_starts, 0, 0, 1)
+            total += gpt.group_loss_and_grads(state[0], state[1], ws, plan, n, n)
         return total
 
     @njit
-    def loss_in_one_call(state, ws, plan, docs, doc_starts, k):
+    def loss_in_one_call(state, ws, plan, docs, doc_starts, k):  # and its forward alone
         total = 0.0
         for _ in range(k):
-            total += gpt.loss(state, ws, plan, docs, doc_starts)
+            n = pack_columns(plan, docs, doc_starts, 0, 0, 1)
+            total += gpt.group_loss(state[0], ws, plan, n, n)
         return total
 
     class NoEngine:  # training.train's own loop: batch selection, learning rate, StepReport, generator
@@ -119,7 +122,7 @@ def profile_step(data, repeats):
         ('compiled steps (loss, grads, Adam), n in one call',
          lambda: gpt.train_steps(state, ws, plan, adam, run_docs, run_starts, 1, lrs, keys, 1, losses)),
         ('  of which loss and gradients', lambda: loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, n)),
-        ('  of which the forward (FusedEngine.loss\'s kernel)',
+        ('  of which the forward',
          lambda: loss_in_one_call(state, ws, plan, docs, doc_starts, n)),
         ('numba call of a no-op with 6 arguments', lambda: [noop(state, ws, plan, adam, 0.0, 1) for _ in range(n)]),
         ('FusedEngine.train_step (wrapper + call + step)',

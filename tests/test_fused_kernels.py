@@ -281,12 +281,12 @@ def test_subnormal_adam_moments_become_zero_and_python_keeps_them(batch_size):
 
 
 def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
-    """An entry point calls others (train_steps calls loss_and_grads and adam_update), and numba loads a callee
-    from its own disk cache, checked against the callee's file only. Flushing only the entry point being
-    compiled let an entry point link a loss_and_grads compiled against an older plan layout: a
-    segmentation fault after the plan gained a slot. Every stale cache is flushed first."""
+    """An entry point may call others, and numba loads a callee from its own disk cache, checked against the
+    callee's file only. Flushing only the entry point being compiled let parallel.train_steps link a
+    loss_and_grads entry point compiled against an older plan layout: a segmentation fault after the plan gained
+    a slot. Every stale cache is flushed first."""
     from microgpt.engines.fused import compile as fused_compile, gpt, parallel
-    stale = {gpt.loss_and_grads, parallel.steps}
+    stale = {gpt.adam_update, parallel.steps}
     flushed = []
     monkeypatch.setattr(fused_compile, '_cache_is_stale', lambda kernel: kernel in stale)
     for kernel in stale:

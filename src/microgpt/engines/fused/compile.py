@@ -83,9 +83,7 @@ def _one_group_examples(dtype):
     """(entry point, example arguments) for everything FusedEngine calls with one document per step."""
     state, ws, plan_, adam_ = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
-    return [(gpt.loss, (state, ws, plan_, ints, ints)),
-            (gpt.loss_and_grads, (state, ws, plan_, ints, ints)),
-            (gpt.adam_update, (state, adam_, 0.0, 0)),
+    return [(gpt.adam_update, (state, adam_, 0.0, 0)),
             (gpt.train_steps, (state, ws, plan_, adam_, ints, ints, 0, floats, ints, 0, floats)),
             (floating_point.start_flushing_here, ()), (floating_point.stop_flushing_here, (0,))]
 

@@ -2,9 +2,10 @@
 
 Parameters, gradients and Adam moments are the rows of one (4, P) buffer (engines/params.py), with named
 views in the reference's names and order, initialised from the same seeded `random.Random` stream as every
-engine. The compiled entry points (gpt.py for one group of documents, parallel.py for batches of 2+ split in
-groups) see the model, the workspace and the batch through plans (plan.py); compile.py compiles each, or
-loads it from numba's disk cache, when an engine of a dtype first calls it.
+engine. The compiled entry points (gpt.py's to train on one group of documents, parallel.py's for batches of
+2+ split in groups and for the loss and gradients of any batch) see the model, the workspace and the batch
+through plans (plan.py); compile.py compiles each, or loads it from numba's disk cache, when an engine of a
+dtype first calls it.
 """
 
 import numpy as np
@@ -77,17 +78,16 @@ class FusedEngine(ParameterBuffers):
 
     def loss(self, batch):
         """Loss of the batch (mean NLL over every predicted position), forward only: gradients are left as
-        they are."""
+        they are. Batches of one group and of many go through parallel.py's entry points alike: a run compiles
+        them anyway (its evaluation, its batches of 2+), so nothing else is compiled for this API."""
         docs, doc_starts = self._documents(batch)
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
         with flush_to_zero():
-            if len(plans) > 1 and compiled_here(parallel.steps, self.dtype):  # a run in groups: no more compiling
+            if compiled_here(parallel.steps, self.dtype):  # a run in groups: no more compiling
                 return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts, False)
-            if len(plans) > 1:
-                compiled(parallel.forward, self.dtype)
-                return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
-            return compiled(gpt.loss, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+            compiled(parallel.forward, self.dtype)
+            return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
 
     def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
         """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
@@ -98,10 +98,8 @@ class FusedEngine(ParameterBuffers):
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(dropout_rate, seed_and_step)
         with flush_to_zero():
-            if len(plans) > 1:
-                compiled(parallel.steps, self.dtype)
-                return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts)
-            return compiled(gpt.loss_and_grads, self.dtype)(self.state_buffer, wss[0], plans[0], docs, doc_starts)
+            compiled(parallel.steps, self.dtype)
+            return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts)
 
     def adam_update(self, lr_t, tcfg):
         self.adam_steps += 1

@@ -182,22 +182,9 @@ def _pack(plan, docs, doc_starts, first, stop):
     return n
 
 
-# ---- entry points, called from FusedEngine for batches of one group (parallel.py's for more). A batch comes as
-# docs (tokens back to back) and doc_starts (D + 1,): document d is docs[doc_starts[d]:doc_starts[d + 1]].
-
-@entry_point
-def loss(state, ws, plan, docs, doc_starts):
-    """Mean loss of the batch, forward only: state = (params, grads, m, v) is left as it is."""
-    n = _pack(plan, docs, doc_starts, 0, doc_starts.size - 1)
-    return group_loss(state[0], ws, plan, n, n)
-
-
-@entry_point
-def loss_and_grads(state, ws, plan, docs, doc_starts):
-    """Mean loss of the batch; fills state[1] with its gradient."""
-    n = _pack(plan, docs, doc_starts, 0, doc_starts.size - 1)
-    return group_loss_and_grads(state[0], state[1], ws, plan, n, n)
-
+# ---- entry points, called from FusedEngine to train on batches of one group (parallel.py's for more, and for
+# FusedEngine.loss and loss_and_grads). A batch comes as docs (tokens back to back) and doc_starts (D + 1,):
+# document d is docs[doc_starts[d]:doc_starts[d + 1]].
 
 @entry_point
 def adam_update(state, adam, lr, t):

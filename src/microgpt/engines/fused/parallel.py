@@ -32,7 +32,8 @@ def group_bounds(batch_size):
     return [g * batch_size // groups for g in range(groups + 1)]
 
 
-# FusedEngine's calls, as gpt.py's entry points for one group; `steps` must be compiled first (compile.compiled)
+# FusedEngine's calls: training as gpt.train_steps for one group, and the loss (with its gradient) of a batch of any
+# size, one group included; `steps` or `forward` must be compiled first (compile.compiled)
 
 def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_size, lrs, keys, first_t, losses):
     """gpt.train_steps for batches split into plans.shape[0] groups (group_bounds)."""
@@ -41,7 +42,7 @@ def train_steps(state, group_grads, wss, plans, adam, docs, doc_starts, batch_si
 
 
 def loss_and_grads(state, group_grads, wss, plans, docs, doc_starts, backward=True):
-    """Mean loss of the batch (docs, doc_starts as gpt.loss_and_grads's); with `backward`, fills state[1] with its
+    """Mean loss of the batch (docs, doc_starts as gpt.train_steps's); with `backward`, fills state[1] with its
     gradient (without, the arithmetic of `loss`, for a process that has `steps` compiled already)."""
     losses, keys = np.empty(1), plans[:1, SLOT_DROP_KEY].copy()  # (1,) each; the key FusedEngine set
     _on_threads(state, group_grads, wss, plans, np.zeros(5), docs, doc_starts, doc_starts.size - 1, np.zeros(1), keys,
