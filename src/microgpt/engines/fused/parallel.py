@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from ...config import NOTHING_TO_PREDICT
-from .adam import GRAD_CLIP, adam_parameter, adam_settings, clip_gradients
+from .adam import GRAD_CLIP, adam_parameters, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
 from .lanes import LANES, add8, composite, kernel, load8, store8
@@ -106,8 +106,7 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
             if not barrier(cells, threads):
                 break
         settings = adam_settings(adam, lrs[i], first_t + i)
-        for j in range(params_first, params_stop):
-            adam_parameter(state[0], grads, state[2], state[3], j, settings)
+        adam_parameters(state, params_first, params_stop, settings)
         if not barrier(cells, threads):  # every parameter updated before the next step's forward reads them
             break
     stop_flushing(saved)
