@@ -12,6 +12,13 @@
    own process, numpy and fused with one thread per core; then numpy and fused (float32) with --dropout 0.1, whose
    masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
+
+    python benchmarks/bench_fused.py --old ../before/src [--rounds 5] [--threads 1] [--dtypes float32,float64]
+
+4. With --old, instead: the fused engine's makemore-size rows of another source tree (a commit since the package's
+   redesign, checked out elsewhere) and of this one, each round one process of each in turn, so that both see
+   the same machine load; the median tokens/s of each and their ratio. On a shared machine one thread
+   (--threads 1) gives the steadiest ratio.
 """
 
 import argparse
@@ -36,6 +43,7 @@ from microgpt.train.loop import predicted_tokens, train
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
 MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}
+NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 
 def time_train(engine_name, data, steps, dtype='float64', model=None, batch_size=1, mode='train'):
@@ -195,6 +203,33 @@ def time_makemore(engine_name, dtype, data, steps, dropout=0.0, warmup=5):
     return time.perf_counter() - start, tokens
 
 
+def makemore_old_and_new(old_src, data, repeats, steps, rounds, threads, dtypes):
+    print(f"4. makemore size, fused engine: {old_src} (old) and {NEW_SRC} (new) taking turns, {rounds} rounds of "
+          f"best-of-{repeats} x {steps} steps; {threads or 'default'} threads; CPU: {_cpu_name()}")
+    print(f"   {'dtype':<8} {'old tokens/s':>13} {'new tokens/s':>13} {'new / old':>10}   (medians; each round's)")
+    env = dict(os.environ, **({'NUMBA_NUM_THREADS': str(threads)} if threads else {}))
+    for dtype in dtypes:
+        rates = {'old': [], 'new': []}
+        for _ in range(rounds):
+            for label, src in (('old', old_src), ('new', NEW_SRC)):
+                command = [sys.executable, __file__, '--makemore-row', f'fused:{dtype}:0', '--data', data,
+                           '--repeats', str(repeats), '--makemore-steps', str(steps)]
+                result = subprocess.run(command, capture_output=True, text=True, env=dict(env, PYTHONPATH=str(src)),
+                                        check=True)
+                tokens, best, _ = result.stdout.split()
+                rates[label].append(int(tokens) / float(best))
+        old, new = statistics.median(rates['old']), statistics.median(rates['new'])
+        each = ' '.join(f'{o:.0f}/{n:.0f}' for o, n in zip(rates['old'], rates['new']))
+        print(f"   {dtype:<8} {old:>13.0f} {new:>13.0f} {new / old:>10.3f}   ({each})")
+
+
+def _cpu_name():
+    for line in open('/proc/cpuinfo'):
+        if line.startswith('model name'):
+            return line.split(':', 1)[1].strip()
+    return 'unknown'
+
+
 def _blas_threads():
     """Threads NumPy's OpenBLAS uses: its environment variable, else one per core."""
     for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
@@ -212,10 +247,18 @@ def main():
                         help='timed steps of the makemore-size job (default: 50)')
     parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch timings')
     parser.add_argument('--only', choices=('default', 'profile', 'makemore'), help='run one part only')
+    parser.add_argument('--old', metavar='SRC', help='another source tree (its src folder): part 4 only')
+    parser.add_argument('--rounds', type=int, default=5, help='with --old: processes of each tree (default: 5)')
+    parser.add_argument('--threads', type=int, help='with --old: NUMBA_NUM_THREADS of each process')
+    parser.add_argument('--dtypes', default='float32,float64', help='with --old: comma-separated (default: both)')
     parser.add_argument('--makemore-row', metavar='ENGINE:DTYPE', help=argparse.SUPPRESS)  # one row, in a subprocess
     args = parser.parse_args()
     if args.makemore_row:
         return makemore_row(args.makemore_row, args.data, args.repeats, args.makemore_steps)
+    if args.old:
+        old_src = os.path.abspath(args.old)
+        return makemore_old_and_new(old_src, args.data, args.repeats, args.makemore_steps, args.rounds, args.threads,
+                                    args.dtypes.split(','))
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0), 'float32')
     print(f"data: {args.data}; numpy {np.__version__}; {os.cpu_count()} cores\n")

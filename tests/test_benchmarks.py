@@ -57,6 +57,14 @@ def test_bench_fused_times_the_makemore_size(names_path):
 
 
 @pytest.mark.slow(seconds=3)
+def test_bench_fused_compares_two_source_trees_taking_turns(names_path):
+    """--old: this tree against itself, the smallest run; a ratio of medians is printed for each dtype."""
+    out = bench('bench_fused.py', '--old', REPO_ROOT / 'src', '--rounds', 1, '--threads', 1, '--repeats', 1, '--makemore-steps', 2,
+                '--dtypes', 'float64', '--data', names_path)
+    assert re.search(rf'float64 +{NUMBER} +{NUMBER} +{NUMBER} +\({NUMBER}/{NUMBER}\)', out), out
+
+
+@pytest.mark.slow(seconds=3)
 def test_bench_c_train_times_both_builds_against_the_engines(names_path):
     require_tool('cc')
     out = bench('bench_c_train.py', '--steps', 5, '--repeats', 1, '--data', names_path)
