@@ -13,16 +13,17 @@
    masks the fused engine draws inside its kernels (dropout.py).
 Compilation is excluded (the fused engine is built, and so compiled or loaded from the cache, before timing).
 
-    python benchmarks/bench_fused.py --old ../before/src [--rounds 5] [--threads 1] [--dtypes float32,float64]
+    python benchmarks/bench_fused.py --old ../before/src [--new src] [--rounds 5] [--threads 1] [--dtypes float32,float64]
 
-4. With --old, instead: the fused engine's makemore-size rows of another source tree (a commit since the package's
-   redesign, checked out elsewhere) and of this one, each round one process of each in turn, so that both see
-   the same machine load; the median tokens/s of each and their ratio. On a shared machine one thread
-   (--threads 1) gives the steadiest ratio.
+4. With --old, instead: the fused engine's makemore-size rows of another checkout's package (a commit since
+   2c93167, whose package has what this script imports) and of this one's (--new), each round one process of each,
+   taking turns to go first, so that both see the same machine load; the median tokens/s of each and their
+   ratio. On a shared machine one thread (--threads 1) gives the steadiest ratio.
 """
 
 import argparse
 import os
+import platform
 import random
 import statistics
 import subprocess
@@ -203,19 +204,21 @@ def time_makemore(engine_name, dtype, data, steps, dropout=0.0, warmup=5):
     return time.perf_counter() - start, tokens
 
 
-def makemore_old_and_new(old_src, data, repeats, steps, rounds, threads, dtypes):
-    print(f"4. makemore size, fused engine: {old_src} (old) and {NEW_SRC} (new) taking turns, {rounds} rounds of "
+def makemore_old_and_new(old_src, new_src, data, repeats, steps, rounds, threads, dtypes):
+    print(f"4. makemore size, fused engine: {old_src} (old) and {new_src} (new) taking turns, {rounds} rounds of "
           f"best-of-{repeats} x {steps} steps; {threads or 'default'} threads; CPU: {_cpu_name()}")
     print(f"   {'dtype':<8} {'old tokens/s':>13} {'new tokens/s':>13} {'new / old':>10}   (medians; each round's)")
     env = dict(os.environ, **({'NUMBA_NUM_THREADS': str(threads)} if threads else {}))
     for dtype in dtypes:
         rates = {'old': [], 'new': []}
-        for _ in range(rounds):
-            for label, src in (('old', old_src), ('new', NEW_SRC)):
+        for round_ in range(rounds):
+            trees = [('old', old_src), ('new', new_src)]
+            for label, src in trees[::-1] if round_ % 2 else trees:  # each goes first every other round
                 command = [sys.executable, __file__, '--makemore-row', f'fused:{dtype}:0', '--data', data,
                            '--repeats', str(repeats), '--makemore-steps', str(steps)]
-                result = subprocess.run(command, capture_output=True, text=True, env=dict(env, PYTHONPATH=str(src)),
-                                        check=True)
+                result = subprocess.run(command, capture_output=True, text=True, env=dict(env, PYTHONPATH=src))
+                if result.returncode != 0:
+                    sys.exit(f"the {label} tree ({src}) failed:\n" + '\n'.join(result.stderr.splitlines()[-8:]))
                 tokens, best, _ = result.stdout.split()
                 rates[label].append(int(tokens) / float(best))
         old, new = statistics.median(rates['old']), statistics.median(rates['new'])
@@ -223,11 +226,24 @@ def makemore_old_and_new(old_src, data, repeats, steps, rounds, threads, dtypes)
         print(f"   {dtype:<8} {old:>13.0f} {new:>13.0f} {new / old:>10.3f}   ({each})")
 
 
+def _source_tree(parser, path):
+    """The absolute path of a folder holding the microgpt package (a checkout's src/): anything else would import
+    the installed package instead, and compare it with itself."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
+        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
+    return path
+
+
 def _cpu_name():
-    for line in open('/proc/cpuinfo'):
-        if line.startswith('model name'):
-            return line.split(':', 1)[1].strip()
-    return 'unknown'
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
 
 
 def _blas_threads():
@@ -247,7 +263,8 @@ def main():
                         help='timed steps of the makemore-size job (default: 50)')
     parser.add_argument('--no-torch', action='store_true', help='skip the PyTorch timings')
     parser.add_argument('--only', choices=('default', 'profile', 'makemore'), help='run one part only')
-    parser.add_argument('--old', metavar='SRC', help='another source tree (its src folder): part 4 only')
+    parser.add_argument('--old', metavar='SRC', help="another checkout's src folder: part 4 only")
+    parser.add_argument('--new', metavar='SRC', default=NEW_SRC, help=f'with --old: the other (default: {NEW_SRC})')
     parser.add_argument('--rounds', type=int, default=5, help='with --old: processes of each tree (default: 5)')
     parser.add_argument('--threads', type=int, help='with --old: NUMBA_NUM_THREADS of each process')
     parser.add_argument('--dtypes', default='float32,float64', help='with --old: comma-separated (default: both)')
@@ -256,9 +273,10 @@ def main():
     if args.makemore_row:
         return makemore_row(args.makemore_row, args.data, args.repeats, args.makemore_steps)
     if args.old:
-        old_src = os.path.abspath(args.old)
-        return makemore_old_and_new(old_src, args.data, args.repeats, args.makemore_steps, args.rounds, args.threads,
-                                    args.dtypes.split(','))
+        if args.rounds < 1 or args.only or args.no_torch:
+            parser.error('--old takes --rounds 1 or more, and neither --only nor --no-torch')
+        return makemore_old_and_new(_source_tree(parser, args.old), _source_tree(parser, args.new), args.data,
+                                    args.repeats, args.makemore_steps, args.rounds, args.threads, args.dtypes.split(','))
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0), 'float32')
     print(f"data: {args.data}; numpy {np.__version__}; {os.cpu_count()} cores\n")

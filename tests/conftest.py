@@ -5,8 +5,8 @@ copied in), PyTorch, and two ways to run the command line: in-process through `m
 A missing shared file or a missing optional dependency skips the tests that need it on a developer's
 machine, and fails them in CI (the environment variable CI is set), so CI can never pass by skipping.
 
-Then the hooks for `pytest -n 2`: the fused engine's kernels compiled once before the workers start, and the tests
-ordered, the slowest first, handed out one at a time.
+Then the hooks for `pytest -n 2`: the fused engine's kernels compiled once, on both cores, as the workers start, and
+the tests ordered, the slowest first, handed out one at a time.
 """
 
 import subprocess
@@ -56,26 +56,36 @@ def pytest_configure(config):
     longest starts at once and the rest fill in around it."""
     if getattr(config.option, 'maxschedchunk', False) is None:  # the option exists (xdist) and was not given
         config.option.maxschedchunk = 1
-    if getattr(config.option, 'numprocesses', None) and not hasattr(config, 'workerinput'):
-        compile_fused_kernels()
+    if getattr(config.option, 'numprocesses', None) and not hasattr(config, 'workerinput') \
+            and not config.option.collectonly:
+        start_compiling_fused_kernels()
 
 
-# the fused engine's float64 entry points (every run of the suite calls them), in two halves of about the same
-# compile time: one process compiles each, so that the two cores compile at once
-FUSED_ENTRY_POINTS = ('gpt.train_steps gpt.adam_update', 'parallel.steps parallel.forward')
+_compilers = []  # the processes start_compiling_fused_kernels started
 
 
-def compile_fused_kernels():
-    """In the controller of `pytest -n`, before it starts the workers. Each worker compiles the fused kernels its
-    tests call, unless numba's disk cache holds them (compiled once per process: its first fused test waits for
-    them), so in a new clone both workers compiled the same kernels at once: the quick loop took 59 s, its
-    warm runs 41. Here they are compiled into the cache once, on both cores; with the cache warm, each process
-    only loads them (about a second of start-up)."""
-    code = ('import sys; from microgpt.engines.fused import compile, gpt, parallel\n'
-            'for name in sys.argv[1].split(): compile.compiled(eval(name), "float64")')
-    processes = [subprocess.Popen([sys.executable, '-c', code, names]) for names in FUSED_ENTRY_POINTS]
-    for process in processes:  # a failure shows again in the tests that call the kernel
-        process.wait()
+def start_compiling_fused_kernels():
+    """In the controller of `pytest -n`, as it starts the workers: two processes compile the fused engine's float64
+    entry points into numba's disk cache, a training run's on one document and on batches of 2+ (about the same
+    compile time each), so that the two cores compile at once. A worker compiles the kernels its first fused test
+    calls, and waits for another process compiling the same entry point (compile.py's lock files), then loads it;
+    the two workers' first fused tests came at about the same time, so one compiled while the other waited, and
+    the quick loop took 59 s in a new clone (41 s warm). Once cached, each process only loads them."""
+    from microgpt.engines.fused.compile import run_entry_points
+    code = ('import importlib, sys\nfrom microgpt.engines.fused.compile import compiled\n'
+            'for name in sys.argv[1:]:\n'
+            '    module, _, function = name.rpartition(".")\n'
+            '    compiled(getattr(importlib.import_module(module), function), "float64")')
+    for entry_points in (run_entry_points(batch_size=1, evaluates=True), run_entry_points(batch_size=2, evaluates=False)):
+        names = [f'{kernel.py_func.__module__}.{kernel.py_func.__name__}' for kernel in entry_points]
+        _compilers.append(subprocess.Popen([sys.executable, '-c', code, *names]))
+
+
+def pytest_unconfigure(config):
+    for process in _compilers:
+        if process.wait() != 0:  # the tests that call the kernel fail on their own, with the error
+            print(f"conftest.py: compiling the fused kernels ahead of the workers failed (exit status "
+                  f"{process.returncode}); each worker compiled its own", file=sys.stderr)
 
 
 def pytest_collection_modifyitems(items):

@@ -8,6 +8,7 @@ test_torch_engine.py. The figures themselves are not checked: they are timings o
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,11 +58,18 @@ def test_bench_fused_times_the_makemore_size(names_path):
 
 
 @pytest.mark.slow(seconds=3)
-def test_bench_fused_compares_two_source_trees_taking_turns(names_path):
-    """--old: this tree against itself, the smallest run; a ratio of medians is printed for each dtype."""
-    out = bench('bench_fused.py', '--old', REPO_ROOT / 'src', '--rounds', 1, '--threads', 1, '--repeats', 1, '--makemore-steps', 2,
-                '--dtypes', 'float64', '--data', names_path)
+def test_bench_fused_compares_two_source_trees_taking_turns(names_path, tmp_path):
+    """--old and --new: the package the suite imports against itself (installed, as in CI, its kernels compiled
+    for the suite), the smallest run; a ratio of medians for each dtype. A folder holding no package is refused:
+    it would compare the installed package with itself."""
+    import microgpt
+    package_parent = Path(microgpt.__file__).parent.parent
+    out = bench('bench_fused.py', '--old', package_parent, '--new', package_parent, '--rounds', 1, '--threads', 1,
+                '--repeats', 1, '--makemore-steps', 2, '--dtypes', 'float64', '--data', names_path)
     assert re.search(rf'float64 +{NUMBER} +{NUMBER} +{NUMBER} +\({NUMBER}/{NUMBER}\)', out), out
+    refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_fused.py', '--old', tmp_path], capture_output=True,
+                             text=True, cwd=REPO_ROOT)
+    assert refused.returncode == 2 and 'holds no microgpt package' in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow(seconds=3)

@@ -146,7 +146,7 @@ def test_padding_does_not_change_the_gradient(engine_name):
                                rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize('batch', [[[4]], [[4], [4]], [[4], [], [4]]], ids=['one', 'two', 'three'])
+@pytest.mark.parametrize('batch', [[], [[4]], [[4], [4]], [[4], [], [4]]], ids=['empty', 'one', 'two', 'three'])
 @pytest.mark.parametrize('engine_name', ['reference', 'numpy', 'fused'])
 def test_a_batch_with_nothing_to_predict_is_a_clear_error(engine_name, batch):
     engine = make_engine(engine_name, ModelConfig(vocab_size=5), random.Random(0))

@@ -207,13 +207,13 @@ def test_loss_is_forward_only_and_equals_loss_and_grads(batch_size, dtype):
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
 def test_evaluation_gives_the_same_bits_through_either_entry_point(dtype, monkeypatch):
-    """A batch of many documents is evaluated by parallel.forward, or in a process that has parallel.steps
+    """A batch (of one document too) is evaluated by parallel.forward, or in a process that has parallel.steps
     compiled (a run that trains in groups) by steps without its backward: the same arithmetic, the same bits."""
     from microgpt.engines.fused import engine as fused_engine
     cfg = ModelConfig(vocab_size=9, n_layer=2, block_size=6)
     engine, rng = make_engine('fused', cfg, random.Random(1), dtype), random.Random(3)
     engine.train_steps(random_batch(rng, cfg, 12, max_len=8), 0, 2, TrainConfig(steps=2, batch_size=3))
-    for batch_size in (2, 7):
+    for batch_size in (1, 2, 7):
         batch = random_batch(rng, cfg, batch_size, max_len=9)
         losses = []
         for steps_compiled in (False, True):
@@ -282,9 +282,9 @@ def test_subnormal_adam_moments_become_zero_and_python_keeps_them(batch_size):
 
 def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
     """An entry point may call others, and numba loads a callee from its own disk cache, checked against the
-    callee's file only. Flushing only the entry point being compiled let parallel.train_steps link a
-    loss_and_grads entry point compiled against an older plan layout: a segmentation fault after the plan gained
-    a slot. Every stale cache is flushed first."""
+    callee's file only. Flushing only the entry point being compiled once let an entry point link another one
+    (then gpt.py's loss_and_grads) compiled against an older plan layout: a segmentation fault after the plan
+    gained a slot. Every stale cache is flushed first."""
     from microgpt.engines.fused import compile as fused_compile, gpt, parallel
     stale = {gpt.adam_update, parallel.steps}
     flushed = []

@@ -80,7 +80,8 @@ def _group_entry_points(dtype):
 
 
 def _one_group_examples(dtype):
-    """(entry point, example arguments) for everything FusedEngine calls with one document per step."""
+    """(entry point, example arguments) for what FusedEngine calls to train on one document a step, and its
+    adam_update."""
     state, ws, plan_, adam_ = np.zeros((4, 1), dtype), np.zeros((1, 1), dtype), np.zeros(1, np.int64), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     return [(gpt.adam_update, (state, adam_, 0.0, 0)),
@@ -89,7 +90,7 @@ def _one_group_examples(dtype):
 
 
 def _group_examples(dtype):
-    """Those for batches of 2+ documents (parallel.py), which microgpt's own job never needs."""
+    """Those of parallel.py: training on batches of 2+ documents, and the loss (and gradients) of any batch."""
     state, adam_ = np.zeros((4, 1), dtype), np.zeros(5)
     ints, floats = np.zeros(1, np.int64), np.zeros(1)
     group_grads, wss, plans = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64)

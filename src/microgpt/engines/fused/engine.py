@@ -11,7 +11,7 @@ dtype first calls it.
 import numpy as np
 
 from ... import dropout
-from ...config import learning_rate
+from ...config import NOTHING_TO_PREDICT, learning_rate
 from ...documents import Documents
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
@@ -54,6 +54,8 @@ class FusedEngine(ParameterBuffers):
     def _group_buffers(self, batch_size, doc_starts):
         """(group_grads, wss, plans) of the groups a batch of `batch_size` documents is split into, sized for
         the longest document of (docs, doc_starts) (already cut to block_size + 1 tokens)."""
+        if batch_size == 0:
+            raise ValueError(NOTHING_TO_PREDICT)
         longest = int(np.max(doc_starts[1:] - doc_starts[:-1])) if len(doc_starts) > 1 else 0
         self._reserve(batch_size, longest - 1)
         groups = len(parallel.group_bounds(batch_size)) - 1

@@ -182,9 +182,9 @@ def _pack(plan, docs, doc_starts, first, stop):
     return n
 
 
-# ---- entry points, called from FusedEngine to train on batches of one group (parallel.py's for more, and for
-# FusedEngine.loss and loss_and_grads). A batch comes as docs (tokens back to back) and doc_starts (D + 1,):
-# document d is docs[doc_starts[d]:doc_starts[d + 1]].
+# ---- entry points, called from FusedEngine: training on batches of one group (parallel.py's for more, and for
+# FusedEngine.loss and loss_and_grads), and adam_update for a batch of any size. A batch comes as docs (tokens back
+# to back) and doc_starts (D + 1,): document d is docs[doc_starts[d]:doc_starts[d + 1]].
 
 @entry_point
 def adam_update(state, adam, lr, t):

@@ -1,4 +1,5 @@
-"""The fused engine on every core: a batch of B >= 2 documents split into groups that run on threads.
+"""The fused engine on every core: a batch of B >= 2 documents split into groups that run on threads. FusedEngine
+also takes the loss (and gradient) of a batch of one document here, as one group on one thread.
 
 Group g has documents g * B // G .. (g + 1) * B // G - 1 of the batch, G = min(B, GROUPS); each packs them into
 its own plan and workspace and writes its own gradients. `steps` runs on every thread at once (threads.py), each
