@@ -22,6 +22,7 @@ import resource
 import tempfile
 import time
 
+from microgpt.bench.benchmark import cpu_name
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import Vocabulary, load_documents, shuffled
 from microgpt.engines import make_engine
@@ -29,13 +30,6 @@ from microgpt.export.c_train import BUILD_COMMAND, budget_total, export_c_train
 from microgpt.train.loop import train
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
-
-
-def cpu_name():
-    for line in subprocess.run(['lscpu'], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith('Model name'):
-            return line.split(':', 1)[1].strip()
-    return 'unknown CPU'
 
 
 def build_program(out_dir, docs, cfg, vocab, low_memory):

@@ -11,12 +11,13 @@ NUMBA_CACHE_DIR, so runs never share a cache.
 
 import argparse
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from microgpt.bench.benchmark import cpu_name
 
 JOBS = {'default job': [], 'makemore preset': ['--preset', 'makemore']}
 
@@ -30,14 +31,6 @@ def timed_run(argv, cache_dir):
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def cpu_name():
-    try:
-        out = subprocess.run(['lscpu'], capture_output=True, text=True, check=True).stdout
-        return next(line.split(':', 1)[1].strip() for line in out.splitlines() if line.startswith('Model name'))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or 'unknown CPU'
 
 
 def main():

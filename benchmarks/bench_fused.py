@@ -23,7 +23,6 @@ Compilation is excluded (the fused engine is built, and so compiled or loaded fr
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -205,8 +204,9 @@ def time_makemore(engine_name, dtype, data, steps, dropout=0.0, warmup=5):
 
 
 def makemore_old_and_new(old_src, new_src, data, repeats, steps, rounds, threads, dtypes):
+    from microgpt.bench.benchmark import cpu_name  # here: the rows run this script on an older package too
     print(f"4. makemore size, fused engine: {old_src} (old) and {new_src} (new) taking turns, {rounds} rounds of "
-          f"best-of-{repeats} x {steps} steps; {threads or 'default'} threads; CPU: {_cpu_name()}")
+          f"best-of-{repeats} x {steps} steps; {threads or 'default'} threads; CPU: {cpu_name()}")
     print(f"   {'dtype':<8} {'old tokens/s':>13} {'new tokens/s':>13} {'new / old':>10}   (medians; each round's)")
     env = dict(os.environ, **({'NUMBA_NUM_THREADS': str(threads)} if threads else {}))
     for dtype in dtypes:
@@ -233,17 +233,6 @@ def _source_tree(parser, path):
     if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
         parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
     return path
-
-
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
 
 
 def _blas_threads():

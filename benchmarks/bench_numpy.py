@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -110,6 +109,7 @@ def compare_commands(trees, steps, repeats):
                 wall, cpu = command_run(src, steps, cwd)
                 times[name, 'wall'].append(wall)
                 times[name, 'cpu'].append(cpu)
+    from microgpt.bench.benchmark import cpu_name  # here, not at the top: the workers import older packages
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); `python -m microgpt train --steps {steps}` "
           f"(numpy engine, float64, batch 1), {repeats} processes each, taking turns")
     print(f"old = {trees['old']}, new = {trees['new']}")
@@ -120,17 +120,6 @@ def compare_commands(trees, steps, repeats):
             print(f"  {name}: median {median:6.3f} s, best {best:6.3f} s")
         median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
         print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown CPU'
 
 
 def main():
@@ -169,6 +158,7 @@ def main():
         for proc in workers.values():
             proc.stdin.close()
             proc.wait()
+    from microgpt.bench.benchmark import cpu_name
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
           f"{args.repeats} runs each, alternating" + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")

@@ -4,11 +4,11 @@ docs/PERFORMANCE.md's "How close to the machine's limit" (times the cores for th
 
     python benchmarks/bench_peak.py
 """
-import platform
 import time
 
 import numpy as np
 from numba import njit
+from microgpt.bench.benchmark import cpu_name
 from microgpt.engines.fused.compile import slp_vectorizer
 from microgpt.engines.fused.lanes import axpy8, load8, store8, fill8
 
@@ -26,7 +26,7 @@ def make():
         for i, c in enumerate((c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11)):
             store8(out[i], 0, c)
     return chains
-print('CPU:', next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')), platform.processor()))
+print('CPU:', cpu_name())
 for dtype in (np.float32, np.float64):
     with slp_vectorizer():
         f = make()

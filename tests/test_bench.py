@@ -10,7 +10,8 @@ def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
     code, out, err = run('bench', '--data', names_path, '--reference-steps', '2', '--steps', '30',
                          '--engines', 'numpy,torch,reference')
     assert code == 0, err
-    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines()[1:] if not line.startswith('wall')}
+    assert out.startswith('CPU: '), out
+    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines()[2:] if not line.startswith('wall')}
     assert set(rows) == {('reference', 'float64'), ('numpy', 'float64'), ('numpy', 'float32'),
                          ('torch', 'float64'), ('torch', 'float32')}, out
     for engine, dtype, steps, us_per_step, tokens_per_second, ratio in rows.values():

@@ -265,7 +265,7 @@ def cmd_eval(args, out, err):
 def cmd_bench(args, out, err):
     from importlib.util import find_spec
 
-    from .bench.benchmark import BenchConfig, time_cli_train, time_engine
+    from .bench.benchmark import BenchConfig, cpu_name, time_cli_train, time_engine
     bench = BenchConfig(**given(args, BenchConfig))
     data = bundled_dataset_path() if bench.data is None else local_path(bench.data)
     load_documents(data)  # bad data is reported before any timing
@@ -281,6 +281,7 @@ def cmd_bench(args, out, err):
             rows.append(time_engine(name, data, steps, dtype, warmup_steps=0 if name == 'reference' else 20))
     reference_us = rows[0].us_per_step if rows and rows[0].engine == 'reference' else None
     ratio = f" {'x reference':>12}" if reference_us else ''
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores (times compare only on one CPU)", file=out)
     print(f"{'engine':<10} {'dtype':<8} {'steps':>6} {'us/step':>11} {'tokens/s':>11}{ratio}", file=out)
     for row in rows:
         ratio = f" {reference_us / row.us_per_step:>12.0f}" if reference_us else ''

@@ -1,6 +1,7 @@
 """Side-by-side timing of the engines on the same seeded job. Quiet: returns numbers; the CLI prints them."""
 
 import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -56,6 +57,19 @@ class EngineTiming:
     @property
     def tokens_per_second(self):
         return self.tokens / self.seconds
+
+
+def cpu_name():
+    """The CPU's model name (Linux's /proc/cpuinfo, else what Python's platform module knows): speed figures are
+    only comparable on one CPU, so each benchmark names it beside its figures."""
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown CPU'
 
 
 def prepared_job(data_path, seed, model_overrides=None):
