@@ -80,8 +80,8 @@ class FusedEngine(ParameterBuffers):
 
     def loss(self, batch):
         """Loss of the batch (mean NLL over every predicted position), forward only: gradients are left as
-        they are. Batches of one group and of many go through parallel.py's entry points alike: a run compiles
-        them anyway (its evaluation, its batches of 2+), so nothing else is compiled for this API."""
+        they are. Batches of one group and of many go through parallel.py's entry points alike, which a run that
+        evaluates, or trains on batches of 2+, compiles anyway: gpt.py keeps no entry point for this API alone."""
         docs, doc_starts = self._documents(batch)
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
         self._set_dropout(0.0, None)
