@@ -22,8 +22,7 @@ from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_p
 from ..errors import MicrogptError
 from ..tempfiles import write_text
 from ..train.checkpoint import load_checkpoint
-from ..train.run import trained_documents
-from ..train.run import METRICS_FILE
+from ..train.run import METRICS_FILE, trained_documents
 
 PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
