@@ -315,6 +315,11 @@ def document_lengths(doc_tokens):
 
 def batch_for_step(doc_tokens, step, batch_size):
     """The token sequences of 0-based `step`: documents step*B ... step*B + B - 1, wrapping around."""
+    return batches_for_steps(doc_tokens, step, step + 1, batch_size)[0]
+
+
+def batches_for_steps(doc_tokens, start, stop, batch_size):
+    """batch_for_step of each step start .. stop - 1, read in one pass (a chunk of the training loop)."""
     n = len(doc_tokens)
-    start = step * batch_size
-    return [doc_tokens[(start + b) % n] for b in range(batch_size)]
+    docs = [doc_tokens[d % n] for d in range(start * batch_size, stop * batch_size)]
+    return [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from ..data import batch_for_step
+from ..data import batches_for_steps
 from ..errors import MicrogptError
 
 ENGINES = ('numpy', 'fused', 'reference', 'torch')
@@ -68,7 +68,7 @@ class Engine(Protocol):
 
     def train_steps(self, doc_tokens, start: int, stop: int, tcfg, lrs) -> list:
         """Steps start .. stop - 1 of a run over `doc_tokens` (step s takes documents s*B .. s*B + B - 1,
-        wrapping around; see train.loop.batch_for_step) with learning rates `lrs`; returns their losses.
+        wrapping around; see data.batch_for_step) with learning rates `lrs`; returns their losses.
         The same numbers as one train_step per step."""
 
     def decoder(self) -> Decoder:
@@ -129,5 +129,5 @@ def make_engine(name, cfg, rng, dtype='float64', device='auto'):
 
 def run_steps(engine, doc_tokens, start, stop, tcfg, lrs):
     """`train_steps` as a plain loop of `train_step`, for engines with nothing to compile."""
-    return [engine.train_step(batch_for_step(doc_tokens, step, tcfg.batch_size), lr, tcfg)
-            for step, lr in zip(range(start, stop), lrs)]
+    return [engine.train_step(batch, lr, tcfg)
+            for batch, lr in zip(batches_for_steps(doc_tokens, start, stop, tcfg.batch_size), lrs)]

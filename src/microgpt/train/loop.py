@@ -52,11 +52,12 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             # the scalar autograd (one step per call) cannot take log(0) or 0 ** -0.5: the loss is not a number
             yield StepReport(step + 1, tcfg.steps, math.nan, lrs[0], 0, True)
             return
-        # tokens each document of the chunk predicts, read in one pass: this loop is on the hot path
+        # tokens each step's batch predicts, read in one pass per chunk: this loop is on the hot path
         predicted = [min(block_size, lengths[d % n_docs] - 1) for d in range(step * B, stop * B)]
-        for i, (loss, lr) in enumerate(zip(losses, lrs)):
-            s = step + i
-            yield StepReport(s + 1, tcfg.steps, float(loss), lr, sum(predicted[i * B:i * B + B]), s + 1 == stop)
+        if B > 1:
+            predicted = [sum(predicted[i:i + B]) for i in range(0, len(predicted), B)]
+        for s, loss, lr, tokens in zip(range(step + 1, stop + 1), losses, lrs, predicted):
+            yield StepReport(s, tcfg.steps, float(loss), lr, tokens, s == stop)
         step = stop
 
 
