@@ -205,10 +205,19 @@ def dot8(a, b):
 
 @lanes
 def exp8(x, peak):
-    """e^(x - peak), lane by lane."""
-    return (exp_nonpositive(x[0] - peak[0]), exp_nonpositive(x[1] - peak[1]), exp_nonpositive(x[2] - peak[2]),
-            exp_nonpositive(x[3] - peak[3]), exp_nonpositive(x[4] - peak[4]), exp_nonpositive(x[5] - peak[5]),
-            exp_nonpositive(x[6] - peak[6]), exp_nonpositive(x[7] - peak[7]))
+    """e^(x - peak), lane by lane, in x's float type (computed in float64)."""
+    return (cast_like(exp_nonpositive(x[0] - peak[0]), x[0]), cast_like(exp_nonpositive(x[1] - peak[1]), x[1]),
+            cast_like(exp_nonpositive(x[2] - peak[2]), x[2]), cast_like(exp_nonpositive(x[3] - peak[3]), x[3]),
+            cast_like(exp_nonpositive(x[4] - peak[4]), x[4]), cast_like(exp_nonpositive(x[5] - peak[5]), x[5]),
+            cast_like(exp_nonpositive(x[6] - peak[6]), x[6]), cast_like(exp_nonpositive(x[7] - peak[7]), x[7]))
+
+
+@intrinsic
+def cast_like(typingctx, value, example):
+    """`value` converted to the float type of `example` (a no-op where they are the same)."""
+    def codegen(context, builder, signature, args):
+        return context.cast(builder, args[0], signature.args[0], signature.return_type)
+    return example(value, example), codegen
 
 
 @intrinsic

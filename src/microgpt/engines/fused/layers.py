@@ -14,8 +14,8 @@ import math
 import numpy as np
 from ... import dropout as _dropout
 from ...config import RMSNORM_EPS
-from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lanes, load8, mac8,
-                    max8, mul8, store8)
+from .lanes import (LANES, add8, axpy8, cast_like, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lanes,
+                    load8, mac8, max8, mul8, store8)
 
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 
@@ -77,36 +77,40 @@ def transpose(rows, x, n):
 @kernel
 def rmsnorm_forward(out, scale, x, nb):
     """out = x / sqrt(mean(x^2) + eps) per column (no learned gain); scale (NP,) keeps the factor."""
+    real = out.dtype.type
+    zero, n, eps = real(0), real(x.shape[0]), real(RMSNORM_EPS)
     for j in range(0, nb, LANES):
-        ms = fill8(0.0)
+        ms = fill8(zero)
         for c in range(x.shape[0]):
             x_c = load8(x[c], j)
             ms = mac8(ms, x_c, x_c)
-        s = _rsqrt8(ms, x.shape[0])
+        s = _rsqrt8(ms, n, eps)
         store8(scale, j, s)
         for c in range(x.shape[0]):
             store8(out[c], j, mul8(load8(x[c], j), s))
 
 
 @lanes
-def _rsqrt8(ms, n):
-    """(ms / n + eps)^-1/2 as 1 / sqrt: no call to pow."""
-    return (1.0 / math.sqrt(ms[0] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[1] / n + RMSNORM_EPS),
-            1.0 / math.sqrt(ms[2] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[3] / n + RMSNORM_EPS),
-            1.0 / math.sqrt(ms[4] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[5] / n + RMSNORM_EPS),
-            1.0 / math.sqrt(ms[6] / n + RMSNORM_EPS), 1.0 / math.sqrt(ms[7] / n + RMSNORM_EPS))
+def _rsqrt8(ms, n, eps):
+    """(ms / n + eps)^-1/2 as 1 / sqrt (no call to pow), in the float type of n and eps."""
+    one = cast_like(1.0, n)
+    return (one / math.sqrt(ms[0] / n + eps), one / math.sqrt(ms[1] / n + eps), one / math.sqrt(ms[2] / n + eps),
+            one / math.sqrt(ms[3] / n + eps), one / math.sqrt(ms[4] / n + eps), one / math.sqrt(ms[5] / n + eps),
+            one / math.sqrt(ms[6] / n + eps), one / math.sqrt(ms[7] / n + eps))
 
 
 @kernel
 def rmsnorm_backward(dx, dout, out, scale, nb, accumulate):
     # y = x s, s = (mean(x^2) + eps)^-1/2  =>  dx = s (dout - y sum_c(dout_c y_c) / C)
+    real = dx.dtype.type
+    zero, minus_one, inv_n = real(0), real(-1), real(1.0 / out.shape[0])
     for j in range(0, nb, LANES):
-        dot = fill8(0.0)
+        dot = fill8(zero)
         for c in range(out.shape[0]):
             dot = mac8(dot, load8(dout[c], j), load8(out[c], j))
-        dot, s = mul8(dot, fill8(1.0 / out.shape[0])), load8(scale, j)
+        dot, s = mul8(dot, fill8(inv_n)), load8(scale, j)
         for c in range(out.shape[0]):
-            d = mul8(s, axpy8(load8(dout[c], j), -1.0, mul8(load8(out[c], j), dot)))
+            d = mul8(s, axpy8(load8(dout[c], j), minus_one, mul8(load8(out[c], j), dot)))
             store8(dx[c], j, add8(load8(dx[c], j), d) if accumulate else d)
 
 
@@ -120,21 +124,23 @@ def attention_forward(y, probs, qkv, first, nb, n_head):
     """
     C_ = y.shape[0]
     hs, U = C_ // n_head, probs.shape[0] // n_head
-    sqrt_hs = hs ** 0.5  # microgpt divides the scores by head_dim ** 0.5
+    real = y.dtype.type  # every lane in the activations' float type: float32 lanes are twice as many per register
+    zero, minus_inf = real(0), real(-np.inf)
+    sqrt_hs = real(hs ** 0.5)  # microgpt divides the scores by head_dim ** 0.5
     for j in range(0, nb, LANES):
         lo, hi = first[j], j + LANES  # the keys any query of the block attends to
         starts = load8(first, j)
         for h in range(n_head):
             q, k, v, row = h * hs, C_ + h * hs, 2 * C_ + h * hs, h * U - lo
-            peak = fill8(-np.inf)
+            peak = fill8(minus_inf)
             for u in range(lo, hi):
-                score = fill8(0.0)
+                score = fill8(zero)
                 for d in range(hs):
                     score = axpy8(score, qkv[k + d, u], load8(qkv[q + d], j))
-                score = _mask8(score, sqrt_hs, u, starts, j)
+                score = _mask8(score, sqrt_hs, minus_inf, u, starts, j)
                 store8(probs[row + u], j, score)
                 peak = max8(peak, score)
-            total = fill8(0.0)
+            total = fill8(zero)
             for u in range(lo, hi):
                 e = exp8(load8(probs[row + u], j), peak)
                 store8(probs[row + u], j, e)
@@ -142,23 +148,23 @@ def attention_forward(y, probs, qkv, first, nb, n_head):
             for u in range(lo, hi):
                 store8(probs[row + u], j, div8(load8(probs[row + u], j), total))
             for d in range(hs):
-                acc = fill8(0.0)
+                acc = fill8(zero)
                 for u in range(lo, hi):
                     acc = axpy8(acc, qkv[v + d, u], load8(probs[row + u], j))
                 store8(y[q + d], j, acc)
 
 
 @lanes
-def _mask8(score, sqrt_hs, u, starts, j):
+def _mask8(score, sqrt_hs, minus_inf, u, starts, j):
     """score / sqrt(HS) where query j + i attends to key u (starts[i] <= u <= j + i), else -inf."""
-    return (score[0] / sqrt_hs if (starts[0] <= u) & (u <= j) else -np.inf,
-            score[1] / sqrt_hs if (starts[1] <= u) & (u <= j + 1) else -np.inf,
-            score[2] / sqrt_hs if (starts[2] <= u) & (u <= j + 2) else -np.inf,
-            score[3] / sqrt_hs if (starts[3] <= u) & (u <= j + 3) else -np.inf,
-            score[4] / sqrt_hs if (starts[4] <= u) & (u <= j + 4) else -np.inf,
-            score[5] / sqrt_hs if (starts[5] <= u) & (u <= j + 5) else -np.inf,
-            score[6] / sqrt_hs if (starts[6] <= u) & (u <= j + 6) else -np.inf,
-            score[7] / sqrt_hs if (starts[7] <= u) & (u <= j + 7) else -np.inf)
+    return (score[0] / sqrt_hs if (starts[0] <= u) & (u <= j) else minus_inf,
+            score[1] / sqrt_hs if (starts[1] <= u) & (u <= j + 1) else minus_inf,
+            score[2] / sqrt_hs if (starts[2] <= u) & (u <= j + 2) else minus_inf,
+            score[3] / sqrt_hs if (starts[3] <= u) & (u <= j + 3) else minus_inf,
+            score[4] / sqrt_hs if (starts[4] <= u) & (u <= j + 4) else minus_inf,
+            score[5] / sqrt_hs if (starts[5] <= u) & (u <= j + 5) else minus_inf,
+            score[6] / sqrt_hs if (starts[6] <= u) & (u <= j + 6) else minus_inf,
+            score[7] / sqrt_hs if (starts[7] <= u) & (u <= j + 7) else minus_inf)
 
 
 @kernel
@@ -169,7 +175,8 @@ def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
     """
     C_ = dy.shape[0]
     hs, U = C_ // n_head, probs.shape[0] // n_head
-    sqrt_hs = hs ** 0.5
+    real = dqkv.dtype.type
+    zero, minus_one, inv_sqrt_hs = real(0), real(-1), real(1.0 / hs ** 0.5)
     for r in range(3 * C_):
         for j in range(nb):
             dqkv[r, j] = 0.0
@@ -177,9 +184,9 @@ def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
         lo, hi = first[j], j + LANES
         for h in range(n_head):
             q, k, v, row = h * hs, C_ + h * hs, 2 * C_ + h * hs, h * U - lo
-            dsum = fill8(0.0)
+            dsum = fill8(zero)
             for u in range(lo, hi):
-                p, g = load8(probs[row + u], j), fill8(0.0)
+                p, g = load8(probs[row + u], j), fill8(zero)
                 for d in range(hs):
                     dy_d = load8(dy[q + d], j)
                     g = axpy8(g, qkv[v + d, u], dy_d)
@@ -188,8 +195,8 @@ def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
                 dsum = mac8(dsum, g, p)
             # softmax: d score = p (d p - sum_u d p_u p_u), and the score is q.k / sqrt(HS)
             for u in range(lo, hi):
-                g = mul8(load8(probs[row + u], j), axpy8(load8(dp[u - lo], j), -1.0, dsum))
-                store8(dp[u - lo], j, mul8(g, fill8(1.0 / sqrt_hs)))
+                g = mul8(load8(probs[row + u], j), axpy8(load8(dp[u - lo], j), minus_one, dsum))
+                store8(dp[u - lo], j, mul8(g, fill8(inv_sqrt_hs)))
             for d in range(hs):
                 dq, q_d = load8(dqkv[q + d], j), load8(qkv[q + d], j)
                 for u in range(lo, hi):
@@ -202,7 +209,7 @@ def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
 @kernel
 def activation_forward(a, h, nb, relu2):
     """ReLU, or squared ReLU (relu(h)^2)."""
-    zero = fill8(0.0)
+    zero = fill8(a.dtype.type(0))
     for c in range(h.shape[0]):
         for j in range(0, nb, LANES):
             r = max8(load8(h[c], j), zero)
@@ -212,18 +219,21 @@ def activation_forward(a, h, nb, relu2):
 @kernel
 def activation_backward(dh, h, nb, relu2):
     """In place: dh *= relu'(h) (1 where h > 0), or 2 relu(h) for relu2."""
-    zero = fill8(0.0)
+    zero = fill8(dh.dtype.type(0))
     for c in range(h.shape[0]):
         for j in range(0, nb, LANES):
             r = max8(load8(h[c], j), zero)
-            slope = add8(r, r) if relu2 else _positive8(r)
+            slope = add8(r, r) if relu2 else _positive8(r, zero[0])
             store8(dh[c], j, mul8(load8(dh[c], j), slope))
 
 
 @lanes
-def _positive8(r):
-    return (1.0 if r[0] > 0 else 0.0, 1.0 if r[1] > 0 else 0.0, 1.0 if r[2] > 0 else 0.0, 1.0 if r[3] > 0 else 0.0,
-            1.0 if r[4] > 0 else 0.0, 1.0 if r[5] > 0 else 0.0, 1.0 if r[6] > 0 else 0.0, 1.0 if r[7] > 0 else 0.0)
+def _positive8(r, zero):
+    """1 where r > 0, else 0, in zero's float type."""
+    one = cast_like(1.0, zero)
+    return (one if r[0] > 0 else zero, one if r[1] > 0 else zero, one if r[2] > 0 else zero,
+            one if r[3] > 0 else zero, one if r[4] > 0 else zero, one if r[5] > 0 else zero,
+            one if r[6] > 0 else zero, one if r[7] > 0 else zero)
 
 
 @kernel
@@ -239,7 +249,7 @@ def cross_entropy_forward(probs, logits, targets, stats, n, nb, n_mean):
         store8(stats[1], j, peak)
         for t in range(j, j + LANES):
             stats[1, t] = logits[targets[t], t] - stats[1, t]  # the target's shifted logit
-        total = fill8(0.0)
+        total = fill8(probs.dtype.type(0))
         for v in range(V_):
             e = exp8(load8(logits[v], j), peak)
             store8(probs[v], j, e)
@@ -259,8 +269,9 @@ def cross_entropy_backward(d_logits, probs, targets, stats, n, nb, n_mean):
     padding columns n .. nb. The target's probability minus 1 is computed from stats, not from probs (it
     would lose the digits of a probability near 1)."""
     weight = 1.0 / n_mean  # each predicted position counts 1/n_mean towards the mean
+    lane_weight, zero = d_logits.dtype.type(weight), d_logits.dtype.type(0)
     for j in range(0, nb, LANES):
-        weights = _weights8(j, n, weight)
+        weights = _weights8(j, n, lane_weight, zero)
         for v in range(probs.shape[0]):
             store8(d_logits[v], j, mul8(load8(probs[v], j), weights))
     for t in range(n):
@@ -268,11 +279,11 @@ def cross_entropy_backward(d_logits, probs, targets, stats, n, nb, n_mean):
 
 
 @lanes
-def _weights8(j, n, weight):
+def _weights8(j, n, weight, zero):
     """weight on the columns below n, 0 on the padding."""
-    return (weight if j < n else 0.0, weight if j + 1 < n else 0.0, weight if j + 2 < n else 0.0,
-            weight if j + 3 < n else 0.0, weight if j + 4 < n else 0.0, weight if j + 5 < n else 0.0,
-            weight if j + 6 < n else 0.0, weight if j + 7 < n else 0.0)
+    return (weight if j < n else zero, weight if j + 1 < n else zero, weight if j + 2 < n else zero,
+            weight if j + 3 < n else zero, weight if j + 4 < n else zero, weight if j + 5 < n else zero,
+            weight if j + 6 < n else zero, weight if j + 7 < n else zero)
 
 
 @kernel
