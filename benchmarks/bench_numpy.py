@@ -5,7 +5,10 @@ One worker imports microgpt from another source tree (default /work/base/src, th
 the other from this repository's src/. Each run builds a fresh engine from seed 42, as `microgpt train` does
 (through train.setup.prepare_run where the code has it, so the documents are what `microgpt train` reads;
 --lists: token lists for both), and times only the loop over train()'s reports. The workers take turns, run after run, so that both see the
-same machine load; the script prints us/step (median and best) of each, their ratio, and the CPU's name, and
+same machine load. A process keeps its memory layout and core for good, which moved one tree against the other by up
+to 4% (the same tree against itself: 0.96 to 1.04 per pair); --rounds N starts N pairs, one after the other, and a
+difference of a few percent needs 20 of them. The script prints us/step (median and best) of each, their ratio
+(over all runs, and per round), and the CPU's name, and
 compares their 1000 losses and final weights: bit for bit, or, since Adam's two bias corrections became
 multiplications (which moves results by an ulp), within 1e-9 per loss.
 
@@ -13,7 +16,7 @@ With --cli it times the whole command instead, as a user runs it: `python -m mic
 tree (a new process each run, start-up, data loading and printing included), taking turns, and prints the wall
 and CPU seconds (user + system of the process) of each, and their ratio.
 
-    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000] [--lists]
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 1] [--repeats 7] [--steps 1000] [--lists]
     python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
 """
 
@@ -126,7 +129,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--old', default='/work/base/src', help="source tree of the old code (default: %(default)s)")
     parser.add_argument('--new', default=str(NEW_SRC), help="source tree of the new code (default: %(default)s)")
-    parser.add_argument('--repeats', type=int, default=7, help="timed runs of each, alternating (default: %(default)s)")
+    parser.add_argument('--repeats', type=int, default=7,
+                        help="timed runs of each, alternating (per round; --cli: in all) (default: %(default)s)")
+    parser.add_argument('--rounds', type=int, default=1,
+                        help="new pairs of processes, each running --repeats runs (default: %(default)s)")
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
     parser.add_argument('--lists', action='store_true',
                         help="both read the documents as token lists, not through the new code's run setup")
@@ -141,34 +147,47 @@ def main():
         compare_commands({'old': os.path.abspath(args.old), 'new': os.path.abspath(args.new)}, args.steps,
                          args.repeats)
         return
-    workers = {'old': start_worker(args.old, args.steps, args.lists),
-               'new': start_worker(args.new, args.steps, args.lists)}
-    times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
+    times = {(name, clock): [] for name in ('old', 'new') for clock in ('seconds', 'cpu_seconds')}
+    round_ratios = {'seconds': [], 'cpu_seconds': []}
     results = {}
-    try:
-        for name, proc in workers.items():  # untimed warm-up: imports, caches, first allocations
-            results[name] = run_once(proc)
-        for _ in range(args.repeats):
-            for name, proc in workers.items():
-                result = run_once(proc)
-                for clock in ('seconds', 'cpu_seconds'):
-                    times[name, clock].append(1e6 * result[clock] / args.steps)
-                results[name] = result
-    finally:
-        for proc in workers.values():
-            proc.stdin.close()
-            proc.wait()
+    for round_ in range(args.rounds):
+        # a new pair of processes each round: a process keeps its memory layout and core for all its runs, which
+        # biased one tree's runs against the other's by up to 3% (the same code against itself: 0.97 to 1.00)
+        order = ('old', 'new') if round_ % 2 == 0 else ('new', 'old')
+        workers = {name: start_worker(getattr(args, name), args.steps, args.lists) for name in order}
+        round_times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
+        try:
+            for name, proc in workers.items():  # untimed warm-up: imports, caches, first allocations
+                results[name] = run_once(proc)
+            for _ in range(args.repeats):
+                for name, proc in workers.items():
+                    result = run_once(proc)
+                    for clock in ('seconds', 'cpu_seconds'):
+                        round_times[name, clock].append(1e6 * result[clock] / args.steps)
+                    results[name] = result
+        finally:
+            for proc in workers.values():
+                proc.stdin.close()
+                proc.wait()
+        for key, values in round_times.items():
+            times[key] += values
+        for clock in round_ratios:
+            round_ratios[clock].append(statistics.median(round_times['new', clock]) /
+                                       statistics.median(round_times['old', clock]))
     from microgpt.bench.benchmark import cpu_name
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
-          f"{args.repeats} runs each, alternating" + (", token lists" if args.lists else ", new: run setup's documents"))
+          f"{args.rounds} rounds of a new pair of processes x {args.repeats} runs each, alternating"
+          + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")
     for clock, title in (('seconds', 'wall clock'), ('cpu_seconds', 'CPU time (less disturbed by other load)')):
         print(f"{title}:")
-        for name in workers:
+        for name in ('old', 'new'):
             print(f"  {name}: median {statistics.median(times[name, clock]):7.1f} us/step, "
                   f"best {min(times[name, clock]):7.1f} us/step")
         median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
-        print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
+        ratios = sorted(round_ratios[clock])
+        print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}; "
+              f"per round {statistics.median(ratios):.3f} (median), {ratios[0]:.3f} to {ratios[-1]:.3f}")
     print(f"last loss: old {results['old']['last_loss']:.6f}, new {results['new']['last_loss']:.6f}")
     if all(results['new'][key] == results['old'][key] for key in ('losses', 'weights')):
         print("losses and final weights: bit-identical")
