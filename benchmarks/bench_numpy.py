@@ -16,7 +16,7 @@ With --cli it times the whole command instead, as a user runs it: `python -m mic
 tree (a new process each run, start-up, data loading and printing included), taking turns, and prints the wall
 and CPU seconds (user + system of the process) of each, and their ratio.
 
-    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 1] [--repeats 7] [--steps 1000] [--lists]
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 5] [--repeats 3] [--steps 1000] [--lists]
     python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
 """
 
@@ -125,14 +125,22 @@ def compare_commands(trees, steps, repeats):
         print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--old', default='/work/base/src', help="source tree of the old code (default: %(default)s)")
     parser.add_argument('--new', default=str(NEW_SRC), help="source tree of the new code (default: %(default)s)")
-    parser.add_argument('--repeats', type=int, default=7,
-                        help="timed runs of each, alternating (per round; --cli: in all) (default: %(default)s)")
-    parser.add_argument('--rounds', type=int, default=1,
-                        help="new pairs of processes, each running --repeats runs (default: %(default)s)")
+    parser.add_argument('--repeats', type=positive,
+                        help="timed runs of each, alternating: per round (default: 3), or with --cli in all (default: 7)")
+    parser.add_argument('--rounds', type=positive, default=5,
+                        help="new pairs of processes, each running --repeats runs; not with --cli, which starts a "
+                             "process per run (default: %(default)s; a difference of a few percent needs 20)")
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
     parser.add_argument('--lists', action='store_true',
                         help="both read the documents as token lists, not through the new code's run setup")
@@ -140,26 +148,29 @@ def main():
                         help="time whole `microgpt train` processes of each tree instead of the training loop alone")
     parser.add_argument('--worker', action='store_true', help="internal: be a worker on stdin/stdout")
     args = parser.parse_args()
+    if args.cli and args.rounds != parser.get_default('rounds'):
+        parser.error("--rounds is for the training loop's worker pairs; --cli starts a new process for every run")
     if args.worker:
         worker(args.steps, args.lists)
         return
+    repeats = args.repeats or (7 if args.cli else 3)
     if args.cli:  # absolute: the processes run in a temporary folder
         compare_commands({'old': os.path.abspath(args.old), 'new': os.path.abspath(args.new)}, args.steps,
-                         args.repeats)
+                         repeats)
         return
     times = {(name, clock): [] for name in ('old', 'new') for clock in ('seconds', 'cpu_seconds')}
     round_ratios = {'seconds': [], 'cpu_seconds': []}
     results = {}
     for round_ in range(args.rounds):
         # a new pair of processes each round: a process keeps its memory layout and core for all its runs, which
-        # biased one tree's runs against the other's by up to 3% (the same code against itself: 0.97 to 1.00)
+        # biased one tree's runs against the other's by up to 4% (the same code against itself: 0.96 to 1.04)
         order = ('old', 'new') if round_ % 2 == 0 else ('new', 'old')
         workers = {name: start_worker(getattr(args, name), args.steps, args.lists) for name in order}
         round_times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
         try:
             for name, proc in workers.items():  # untimed warm-up: imports, caches, first allocations
                 results[name] = run_once(proc)
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 for name, proc in workers.items():
                     result = run_once(proc)
                     for clock in ('seconds', 'cpu_seconds'):
@@ -176,7 +187,7 @@ def main():
                                        statistics.median(round_times['old', clock]))
     from microgpt.bench.benchmark import cpu_name
     print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
-          f"{args.rounds} rounds of a new pair of processes x {args.repeats} runs each, alternating"
+          f"{args.rounds} rounds (a new pair of processes each) of {repeats} alternating runs of each"
           + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")
     for clock, title in (('seconds', 'wall clock'), ('cpu_seconds', 'CPU time (less disturbed by other load)')):

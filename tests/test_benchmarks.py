@@ -28,7 +28,7 @@ def bench(script, *args, timeout=600):
 @pytest.mark.slow(seconds=2)
 def test_bench_numpy_compares_a_tree_with_itself_bit_for_bit():
     out = bench('bench_numpy.py', '--old', REPO_ROOT / 'src', '--rounds', 2, '--repeats', 1, '--steps', 5)
-    assert '2 rounds of a new pair of processes x 1 runs each' in out, out
+    assert '2 rounds (a new pair of processes each) of 1 alternating runs of each' in out, out
     # wall clock and CPU time, each over all runs and per round (a pair of processes)
     assert len(re.findall(rf'new / old: median {NUMBER}, best {NUMBER}; per round {NUMBER} \(median\), {NUMBER} to '
                           rf'{NUMBER}', out)) == 2, out

@@ -112,20 +112,25 @@ def test_batch_for_step_wraps_around_the_documents():
     assert batch_for_step(docs, 7, 1) == batch_for_step(docs, 18, 1) == [[7]], batch_for_step(docs, 18, 1)
 
 
-@pytest.mark.parametrize('batch_size', [1, 3])
-def test_train_reports_each_steps_tokens_and_syncs_at_chunk_ends(batch_size):
-    """Each report names its 1-based step, the tokens its own batch predicts (documents cut to the block) and
-    whether the engine's state is that step's: only at a chunk's end (numpy: every chunk_steps steps)."""
+@pytest.mark.parametrize('batch_size, sync_every', [(1, ()), (3, ()), (3, (5,))])
+def test_train_reports_each_steps_tokens_and_syncs_at_chunk_ends(batch_size, sync_every):
+    """Each report names its 1-based step, the tokens its own batch predicts (documents s*B .. s*B + B - 1 of step
+    s, wrapping around, cut to the block) and whether the engine's state is that step's: at a chunk's end only,
+    every chunk_steps steps (numpy: 8) and at each multiple of sync_every."""
     tcfg = TrainConfig(steps=19, batch_size=batch_size)
     docs = random_batch(random.Random(2), SMALL, 7, max_len=12)  # some longer than the block of 6
     engine = small_engine('numpy')
-    reports = list(train(engine, docs, tcfg, start_step=2))
+    reports = list(train(engine, docs, tcfg, start_step=2, sync_every=sync_every))
     assert [r.step for r in reports] == list(range(3, 20)), [r.step for r in reports]
-    want = [sum(min(SMALL.block_size, len(tokens) - 1) for tokens in batch_for_step(docs, s, batch_size))
+    B = batch_size
+    want = [sum(min(SMALL.block_size, len(docs[d % len(docs)]) - 1) for d in range(s * B, s * B + B))
             for s in range(2, 19)]
     assert [r.tokens for r in reports] == want, ([r.tokens for r in reports], want)
-    chunk_ends = {min(19, end) for end in range(2 + engine.chunk_steps, 19 + engine.chunk_steps, engine.chunk_steps)}
-    assert [r.step for r in reports if r.synced] == sorted(chunk_ends), [r.step for r in reports if r.synced]
+    ends, step = [], 2
+    while step < 19:
+        step = min([19, step + engine.chunk_steps] + [(step // every + 1) * every for every in sync_every])
+        ends.append(step)
+    assert [r.step for r in reports if r.synced] == ends, ([r.step for r in reports if r.synced], ends)
 
 
 @pytest.mark.parametrize('engine_name', CONTRACT_ENGINES)

@@ -215,6 +215,9 @@ def exp8(x, peak):
 @intrinsic
 def cast_like(typingctx, value, example):
     """`value` converted to the float type of `example` (a no-op where they are the same)."""
+    if not isinstance(example, types.Float):
+        return None  # a typing error: the kernels cast to a float type only
+
     def codegen(context, builder, signature, args):
         return context.cast(builder, args[0], signature.args[0], signature.return_type)
     return example(value, example), codegen

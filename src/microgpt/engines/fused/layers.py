@@ -274,7 +274,7 @@ def cross_entropy_backward(d_logits, probs, targets, stats, n, nb, n_mean):
         weights = _weights8(j, n, lane_weight, zero)
         for v in range(probs.shape[0]):
             store8(d_logits[v], j, mul8(load8(probs[v], j), weights))
-    for t in range(n):
+    for t in range(n):  # one value a column, in float64 as the loss is: p - 1 keeps its digits
         d_logits[targets[t], t] = (exp_nonpositive(stats[1, t]) / stats[0, t] - 1.0) * weight
 
 
