@@ -50,6 +50,9 @@ def adam_parameters(state, first, stop, settings):
     negative index counts from the end), it did not, and in float32 (each update made in float64 with a scalar
     square root and division) Adam took 13% of the makemore size's step, one thread."""
     p, g, m, v = state[0, first:stop], state[1, first:stop], state[2, first:stop], state[3, first:stop]
+    real = state.dtype.type  # in the parameters' float type: float32 runs take float32's square root and division
+    settings = (real(settings[0]), real(settings[1]), real(settings[2]), real(settings[3]), real(settings[4]),
+                real(settings[5]))
     for i in range(p.size):
         adam_parameter(p, g, m, v, i, settings)
 
