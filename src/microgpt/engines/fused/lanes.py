@@ -164,15 +164,31 @@ def fill8(s):
 @lanes
 def axpy8(acc, s, x):
     """acc + s x, s a scalar."""
-    return (acc[0] + s * x[0], acc[1] + s * x[1], acc[2] + s * x[2], acc[3] + s * x[3],
-            acc[4] + s * x[4], acc[5] + s * x[5], acc[6] + s * x[6], acc[7] + s * x[7])
+    return (madd(acc[0], s, x[0]), madd(acc[1], s, x[1]), madd(acc[2], s, x[2]), madd(acc[3], s, x[3]),
+            madd(acc[4], s, x[4]), madd(acc[5], s, x[5]), madd(acc[6], s, x[6]), madd(acc[7], s, x[7]))
 
 
 @lanes
 def mac8(acc, a, b):
     """acc + a b, lane by lane."""
-    return (acc[0] + a[0] * b[0], acc[1] + a[1] * b[1], acc[2] + a[2] * b[2], acc[3] + a[3] * b[3],
-            acc[4] + a[4] * b[4], acc[5] + a[5] * b[5], acc[6] + a[6] * b[6], acc[7] + a[7] * b[7])
+    return (madd(acc[0], a[0], b[0]), madd(acc[1], a[1], b[1]), madd(acc[2], a[2], b[2]), madd(acc[3], a[3], b[3]),
+            madd(acc[4], a[4], b[4]), madd(acc[5], a[5], b[5]), madd(acc[6], a[6], b[6]), madd(acc[7], a[7], b[7]))
+
+
+@intrinsic
+def madd(typingctx, acc, a, b):
+    """acc + a b: in float64 a multiplication then an addition, each rounded (the reference's arithmetic, bit for
+    bit); in float32 one fused multiply-add, rounded once (no float32 result is pinned to the reference's bits)."""
+    real = typingctx.unify_types(acc, a, b)
+    if not isinstance(real, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_, a_, b_ = (context.cast(builder, value, kind, real) for value, kind in zip(args, signature.args))
+        if real == types.float32:
+            return builder.fma(a_, b_, acc_)
+        return builder.fadd(acc_, builder.fmul(a_, b_))
+    return real(acc, a, b), codegen
 
 
 @lanes
