@@ -293,3 +293,21 @@ def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
         monkeypatch.setattr(kernel._cache, 'flush', lambda kernel=kernel: flushed.append(kernel))
     fused_compile._compile([])  # compiles nothing: what is flushed before compiling anything
     assert set(flushed) == stale and len(flushed) == len(stale), flushed
+
+
+def test_madd_fuses_in_float32_only():
+    """lanes.madd(acc, a, b) = acc + a b: float64 rounds the product, then the sum (the reference's arithmetic);
+    float32 rounds once (a fused multiply-add). With a = b = 1 + 2^-k the exact product 1 + 2^(1-k) + 2^-2k is
+    one bit too long, and acc = -(1 + 2^(1-k)) leaves that bit, or nothing if the product was rounded first."""
+    from numba import njit
+    from microgpt.engines.fused.lanes import madd
+
+    @njit
+    def run(acc, a, b):
+        return madd(acc, a, b)
+
+    for real, k, fused in ((np.float64, 27, False), (np.float32, 12, True)):  # numba types the scalars by dtype
+        one_plus = real(1) + real(2.0 ** -k)
+        got = run(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus)
+        want = 2.0 ** (-2 * k) if fused else 0.0
+        assert float(got) == want, (real, float(got), want)
