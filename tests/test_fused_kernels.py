@@ -311,3 +311,17 @@ def test_madd_fuses_in_float32_only():
         got = run(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus)
         want = 2.0 ** (-2 * k) if fused else 0.0
         assert float(got) == want, (real, float(got), want)
+
+
+@pytest.mark.slow(seconds=20)  # compiles the fused engine in float32 (helpers.QUICK_DTYPES)
+@pytest.mark.parametrize('engine_name', ['numpy', 'fused'])
+def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name):
+    """Adam's step is about lr per parameter, whatever beta2 in [0, 1). 0.99999999 rounds to 1.0 in float32: its
+    1 - beta2 must come from float64, or v stays 0 and the first step is m / eps, 1e8 times too large."""
+    cfg = ModelConfig(vocab_size=10, n_embd=8, n_head=2, block_size=6)
+    tcfg = TrainConfig(steps=1, lr=0.01, beta2=0.99999999)
+    engine = make_engine(engine_name, cfg, random.Random(4), 'float32')
+    before = {name: array.copy() for name, array in engine.state().weights.items()}
+    engine.train_step(random_batch(random.Random(5), cfg, 1, max_len=6), tcfg.lr, tcfg)
+    largest = max(float(np.abs(array - before[name]).max()) for name, array in engine.state().weights.items())
+    assert 0 < largest < 2 * tcfg.lr, largest

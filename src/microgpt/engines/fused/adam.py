@@ -37,10 +37,11 @@ def clip_gradients(g, adam):
 
 @kernel
 def adam_settings(adam, lr, t):
-    """(beta1, beta2, eps, step size, 1 / (1 - beta2^t), decay) of Adam step t."""
+    """(beta1, 1 - beta1, beta2, 1 - beta2, eps, step size, 1 / (1 - beta2^t), decay) of Adam step t, in float64
+    (a float32 beta2 of 0.99999999 would be 1, and its 1 - beta2 0)."""
     beta1, beta2 = adam[BETA1], adam[BETA2]
-    return (beta1, beta2, adam[EPS], lr / (1 - beta1 ** np.float64(t)), 1.0 / (1 - beta2 ** np.float64(t)),
-            lr * adam[WEIGHT_DECAY])
+    return (beta1, 1 - beta1, beta2, 1 - beta2, adam[EPS], lr / (1 - beta1 ** np.float64(t)),
+            1.0 / (1 - beta2 ** np.float64(t)), lr * adam[WEIGHT_DECAY])
 
 
 @kernel
@@ -50,9 +51,9 @@ def adam_parameters(state, first, stop, settings):
     negative index counts from the end), it did not, and in float32 (each update made in float64 with a scalar
     square root and division) Adam took 13% of the makemore size's step, one thread."""
     p, g, m, v = state[0, first:stop], state[1, first:stop], state[2, first:stop], state[3, first:stop]
-    real = state.dtype.type  # in the parameters' float type: float32 runs take float32's square root and division
+    real = state.dtype.type  # each factor in the parameters' float type: float32 runs update in float32
     settings = (real(settings[0]), real(settings[1]), real(settings[2]), real(settings[3]), real(settings[4]),
-                real(settings[5]))
+                real(settings[5]), real(settings[6]), real(settings[7]))
     for i in range(p.size):
         adam_parameter(p, g, m, v, i, settings)
 
@@ -60,9 +61,9 @@ def adam_parameters(state, first, stop, settings):
 @kernel
 def adam_parameter(p, g, m, v, i, settings):
     """Adam on parameter i (params p, grads g, moments m and v): independent of every other parameter's update."""
-    beta1, beta2, eps, step_size, inverse_bias2, decay = settings
-    m[i] = m[i] * beta1 + g[i] * (1 - beta1)
-    v[i] = v[i] * beta2 + g[i] * g[i] * (1 - beta2)
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inverse_bias2, decay = settings
+    m[i] = m[i] * beta1 + g[i] * one_minus_beta1
+    v[i] = v[i] * beta2 + g[i] * g[i] * one_minus_beta2
     if decay:
         p[i] -= p[i] * decay  # decoupled (AdamW) decay
     p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)
