@@ -177,18 +177,20 @@ def mac8(acc, a, b):
 
 @intrinsic
 def madd(typingctx, acc, a, b):
-    """acc + a b: in float64 a multiplication then an addition, each rounded (the reference's arithmetic, bit for
-    bit); in float32 one fused multiply-add, rounded once (no float32 result is pinned to the reference's bits)."""
-    real = typingctx.unify_types(acc, a, b)
-    if not isinstance(real, types.Float):
-        return None
+    """acc + a b, all of one float type: in float64 a multiplication then an addition, each rounded (the reference's
+    arithmetic, bit for bit); in float32 LLVM's fmuladd, one fused multiply-add where the CPU has the instruction (no
+    float32 result is pinned to the reference's bits; without FMA it stays two operations, not a libm call)."""
+    if not (isinstance(acc, types.Float) and acc == a == b):
+        return None  # a typing error: the lanes' helpers take operands of the lanes' own type
 
     def codegen(context, builder, signature, args):
-        acc_, a_, b_ = (context.cast(builder, value, kind, real) for value, kind in zip(args, signature.args))
-        if real == types.float32:
-            return builder.fma(a_, b_, acc_)
+        acc_, a_, b_ = args
+        if acc == types.float32:
+            fmuladd = builder.module.declare_intrinsic('llvm.fmuladd', [acc_.type],
+                                                       ir.FunctionType(acc_.type, [acc_.type] * 3))
+            return builder.call(fmuladd, [a_, b_, acc_])
         return builder.fadd(acc_, builder.fmul(a_, b_))
-    return real(acc, a, b), codegen
+    return acc(acc, a, b), codegen
 
 
 @lanes

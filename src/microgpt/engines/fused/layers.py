@@ -5,8 +5,9 @@ of the packed batch (documents back to back; attention stays within a document),
 multiple of 8 with zero columns that attend to themselves. Kernels run over the first nb columns, 8 at a
 time (lanes.py). So a linear layer out = W @ in needs no transposed copy of W, the backward's
 d_in = W.T @ d_out is the same `matmul`, and d_W = d_out @ in.T reads `in` transposed once (`transpose`).
-No fastmath: every sum runs in a fixed order, the reference's where it has one; float32 runs fuse each multiply-add
-(lanes.madd), float64 runs round the product and the sum apart, as the reference does. Dimension letters as in
+No fastmath: every sum runs in a fixed order, the reference's where it has one; in float32 the multiply-adds of
+axpy8 and mac8 are fused (lanes.madd), in float64 the product and the sum are rounded apart, as the reference
+does. Dimension letters as in
 numpy/layers.py: C channels, NH heads, HS head size, V vocabulary, T block size, NP column capacity.
 """
 
