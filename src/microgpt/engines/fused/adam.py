@@ -48,8 +48,8 @@ def adam_settings(adam, lr, t):
 def adam_parameters(state, first, stop, settings):
     """Adam on parameters first .. stop - 1 of state = (params, grads, m, v). Indexed from 0 in slices of the rows,
     so that LLVM vectorizes the loop: with indices from first on, which might be negative as far as it knows (a
-    negative index counts from the end), it did not, and in float32 (each update made in float64 with a scalar
-    square root and division) Adam took 13% of the makemore size's step, one thread."""
+    negative index counts from the end), it did not, and Adam, one scalar update at a time, took 13% of the makemore
+    size's float32 step, one thread."""
     p, g, m, v = state[0, first:stop], state[1, first:stop], state[2, first:stop], state[3, first:stop]
     real = state.dtype.type  # each factor in the parameters' float type: float32 runs update in float32
     settings = (real(settings[0]), real(settings[1]), real(settings[2]), real(settings[3]), real(settings[4]),

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
-from ...data import batch_for_step
+from ...data import batches_for_steps
 from ...errors import PeersLost
 from .. import EngineState
 from . import dropout_masks
@@ -195,8 +195,8 @@ class TorchEngine:
     def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
         """The steps one by one; their losses stay on the device until the chunk's end."""
         with _cpu_threads(self.device):
-            return self._global([self._step(batch_for_step(doc_tokens, step, tcfg.batch_size), lr, tcfg)
-                                 for step, lr in zip(range(start, stop), lrs)])
+            batches = batches_for_steps(doc_tokens, start, stop, tcfg.batch_size)
+            return self._global([self._step(batch, lr, tcfg) for batch, lr in zip(batches, lrs)])
 
     # ---- weights and state, as NumPy arrays in the parameter table's names
 
