@@ -58,7 +58,7 @@ def batch_arrays(batch, cfg, dtype):
     (N,), 1 / (tokens predicted in the batch) on predicted positions and 0 on padding.
     """
     lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch])
-    T = max(lengths, default=0)  # an empty batch predicts nothing either
+    T = max(lengths) if lengths else 0  # an empty batch predicts nothing either (max's default= costs 0.15 us)
     if T == 0:
         raise ValueError(NOTHING_TO_PREDICT)
     rows = []  # one flat list: np.array reads one much faster than a list of lists

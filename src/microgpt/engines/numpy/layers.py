@@ -29,16 +29,20 @@ def encoder_backward(dout, inputs, dwte, dwpe):
     np.add.at(dwte, inputs.ravel(), dout)                                   # (V, C) += rows of (N, C)
 
 
+# The matrix products call ndarray.dot: at microgpt's size a call costs about as much as its arithmetic, and the
+# method is the cheapest to call (over a (6, 16) by (16, 48) product: 1.0 us, np.dot 1.25, @ 1.5), with the same bits.
+
+
 def matmul_forward(x, w):
-    """out = x @ w.T for a weight w (out, in), as microgpt's linear(); np.dot is cheaper to call than @."""
-    return np.dot(x, w.T)                                                   # (N, out)
+    """out = x @ w.T for a weight w (out, in), as microgpt's linear()."""
+    return x.dot(w.T)                                                       # (N, out)
 
 
 def matmul_backward(dout, x, w, dw):
     """Writes dw = dout.T @ x (every weight matrix is used once per step, so nothing is summed into it);
     returns dx = dout @ w."""
-    np.dot(dout.T, x, out=dw)                                               # (out, in)
-    return np.dot(dout, w)                                                  # (N, in)
+    dout.T.dot(x, out=dw)                                                   # (out, in)
+    return dout.dot(w)                                                      # (N, in)
 
 
 def dropout_forward(x, mask):
@@ -157,7 +161,7 @@ def cross_entropy_forward(logits, target_index, weights):
     target_logit = shifted.ravel()[target_index]                            # (N,)
     exp = np.exp(shifted, out=shifted)                                      # (N, V)
     sumexp = np.add.reduce(exp, -1)                                         # (N,)
-    loss = (np.log(sumexp) - target_logit) @ weights                        # -log p[target], weighted
+    loss = (np.log(sumexp) - target_logit).dot(weights)                     # -log p[target], weighted
     return loss, (exp, sumexp, target_index, weights)
 
 
