@@ -325,3 +325,38 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
     engine.train_step(random_batch(random.Random(5), cfg, 1, max_len=6), tcfg.lr, tcfg)
     largest = max(float(np.abs(array - before[name]).max()) for name, array in engine.state().weights.items())
     assert 0 < largest < 2 * tcfg.lr, largest
+
+
+@pytest.mark.parametrize('dtype', QUICK_DTYPES)
+def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
+    """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (16-column blocks where
+    wide_blocks holds, then 8, then 3 one at a time) and 13 rows (the last repeated), the bits of the same product
+    taken 8 columns at a time, and the float64 product within float32's rounding."""
+    from numba import njit
+    from microgpt.engines.fused.compile import slp_vectorizer
+    from microgpt.engines.fused.lanes import WIDE_FLOAT32, wide_blocks
+    from microgpt.engines.fused.layers import matmul
+
+    def make():
+        @njit
+        def product(out, a, b, n_rows, n_cols, n_inner):
+            matmul(out, a, b, n_rows, n_cols, n_inner)
+
+        @njit
+        def wide(x):
+            return wide_blocks(x)
+        return product, wide
+
+    real = np.dtype(dtype).type
+    with slp_vectorizer():
+        product, wide = make()
+        rng = np.random.default_rng(7)
+        a, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
+        whole, by_eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
+        product(whole, a, b, 13, 43, 37)
+        for j in range(0, 40, 8):
+            product(by_eight[:, j:j + 8], a, b[:, j:j + 8], 13, 8, 37)
+        product(by_eight[:, 40:], a, b[:, 40:], 13, 3, 37)
+    assert wide(real(0)) == (WIDE_FLOAT32 and real == np.float32)
+    assert np.array_equal(whole, by_eight)
+    np.testing.assert_allclose(whole, a.astype(np.float64) @ b, rtol=0, atol=1e-4 if real == np.float32 else 1e-12)
