@@ -16,8 +16,12 @@ With --cli it times the whole command instead, as a user runs it: `python -m mic
 tree (a new process each run, start-up, data loading and printing included), taking turns, and prints the wall
 and CPU seconds (user + system of the process) of each, and their ratio.
 
+With --engine fused, the same for the fused engine (its kernels compiled, or loaded from numba's cache, in each
+worker's untimed first run; with --cli, in each tree's untimed first command).
+
     python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 5] [--repeats 3] [--steps 1000] [--lists]
-    python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
+                                     [--engine numpy|fused]
+    python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000] [--engine ...]
 """
 
 import argparse
@@ -36,7 +40,7 @@ NEW_SRC = Path(__file__).resolve().parent.parent / 'src'
 LOSS_TOLERANCE = 1e-9  # an ulp in Adam's update, carried through 1000 steps
 
 
-def worker(steps, lists):
+def worker(steps, lists, engine_name):
     """Answer each line on stdin with one timed run of the default job, as a JSON line on stdout."""
     import random
 
@@ -55,7 +59,7 @@ def worker(steps, lists):
     documents = load_documents(bundled_dataset_path())
     for _ in sys.stdin:
         if prepare_run is not None and not lists:
-            run = prepare_run(bundled_dataset_path(), {}, TrainConfig(steps=steps), engine='numpy')
+            run = prepare_run(bundled_dataset_path(), {}, TrainConfig(steps=steps), engine=engine_name)
             engine, doc_tokens = run.engine, run.train_tokens
         else:
             rng = random.Random(42)
@@ -63,7 +67,7 @@ def worker(steps, lists):
             vocab = Vocabulary.from_documents(docs)
             cfg = ModelConfig(vocab_size=vocab.size).validate()
             doc_tokens = [vocab.document_tokens(d) for d in docs]
-            engine = make_engine('numpy', cfg, rng, 'float64')
+            engine = make_engine(engine_name, cfg, rng, 'float64')
         losses = []
         start, start_cpu = time.perf_counter(), time.process_time()
         for report in train(engine, doc_tokens, TrainConfig(steps=steps)):
@@ -74,9 +78,10 @@ def worker(steps, lists):
         print(json.dumps(result), flush=True)
 
 
-def start_worker(src, steps, lists):
+def start_worker(src, steps, lists, engine):
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
-    return subprocess.Popen([sys.executable, __file__, '--worker', '--steps', str(steps)] + ['--lists'] * lists,
+    return subprocess.Popen([sys.executable, __file__, '--worker', '--steps', str(steps), '--engine', engine]
+                            + ['--lists'] * lists,
                             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -89,32 +94,33 @@ def run_once(proc):
     return json.loads(line)
 
 
-def command_run(src, steps, cwd):
-    """(wall seconds, CPU seconds) of one `python -m microgpt train --steps N` process importing microgpt from src."""
+def command_run(src, steps, cwd, engine):
+    """(wall seconds, CPU seconds) of one `python -m microgpt train --steps N --engine E` process importing microgpt
+    from src."""
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--steps', str(steps)], env=env, cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--steps', str(steps), '--engine', engine], env=env,
+                   cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
-def compare_commands(trees, steps, repeats):
+def compare_commands(trees, steps, repeats, engine):
     """The whole default command of each tree, taking turns after one untimed run each (which fills any cache)."""
     times = {(name, clock): [] for name in trees for clock in ('wall', 'cpu')}
     with tempfile.TemporaryDirectory() as cwd:  # each tree writes its run's files here, not into the repository
         for name, src in trees.items():
-            command_run(src, steps, cwd)
+            command_run(src, steps, cwd, engine)
         for _ in range(repeats):
             for name, src in trees.items():
-                wall, cpu = command_run(src, steps, cwd)
+                wall, cpu = command_run(src, steps, cwd, engine)
                 times[name, 'wall'].append(wall)
                 times[name, 'cpu'].append(cpu)
     from microgpt.bench.benchmark import cpu_name  # here, not at the top: the workers import older packages
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); `python -m microgpt train --steps {steps}` "
-          f"(numpy engine, float64, batch 1), {repeats} processes each, taking turns")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); `python -m microgpt train --steps {steps} --engine "
+          f"{engine}` (float64, batch 1), {repeats} processes each, taking turns")
     print(f"old = {trees['old']}, new = {trees['new']}")
     for clock, title in (('wall', 'wall clock'), ('cpu', 'CPU time of the process (user + system)')):
         print(f"{title}:")
@@ -142,6 +148,9 @@ def main():
                         help="new pairs of processes, each running --repeats runs; not with --cli, which starts a "
                              "process per run (default: %(default)s; a difference of a few percent needs 20)")
     parser.add_argument('--steps', type=int, default=1000, help="training steps per run (default: %(default)s)")
+    parser.add_argument('--engine', choices=('numpy', 'fused'), default='numpy',
+                        help="the engine of both (default: %(default)s; fused: its kernels compiled or loaded in the "
+                             "untimed first run)")
     parser.add_argument('--lists', action='store_true',
                         help="both read the documents as token lists, not through the new code's run setup")
     parser.add_argument('--cli', action='store_true',
@@ -151,12 +160,12 @@ def main():
     if args.cli and args.rounds != parser.get_default('rounds'):
         parser.error("--rounds is for the training loop's worker pairs; --cli starts a new process for every run")
     if args.worker:
-        worker(args.steps, args.lists)
+        worker(args.steps, args.lists, args.engine)
         return
     repeats = args.repeats or (7 if args.cli else 3)
     if args.cli:  # absolute: the processes run in a temporary folder
         compare_commands({'old': os.path.abspath(args.old), 'new': os.path.abspath(args.new)}, args.steps,
-                         repeats)
+                         repeats, args.engine)
         return
     times = {(name, clock): [] for name in ('old', 'new') for clock in ('seconds', 'cpu_seconds')}
     round_ratios = {'seconds': [], 'cpu_seconds': []}
@@ -165,7 +174,7 @@ def main():
         # a new pair of processes each round: a process keeps its memory layout and core for all its runs, which
         # biased one tree's runs against the other's by up to 4% (the same code against itself: 0.96 to 1.04)
         order = ('old', 'new') if round_ % 2 == 0 else ('new', 'old')
-        workers = {name: start_worker(getattr(args, name), args.steps, args.lists) for name in order}
+        workers = {name: start_worker(getattr(args, name), args.steps, args.lists, args.engine) for name in order}
         round_times = {(name, clock): [] for name in workers for clock in ('seconds', 'cpu_seconds')}
         try:
             for name, proc in workers.items():  # untimed warm-up: imports, caches, first allocations
@@ -186,7 +195,7 @@ def main():
             round_ratios[clock].append(statistics.median(round_times['new', clock]) /
                                        statistics.median(round_times['old', clock]))
     from microgpt.bench.benchmark import cpu_name
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); numpy engine, float64, batch 1, {args.steps} steps, "
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); {args.engine} engine, float64, batch 1, {args.steps} steps, "
           f"{args.rounds} rounds (a new pair of processes each) of {repeats} alternating runs of each"
           + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")
