@@ -329,27 +329,22 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
-    """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (16-column blocks where
-    wide_blocks holds, then 8, then 3 one at a time) and 13 rows (the last repeated), the bits of the same product
-    taken 8 columns at a time, and the float64 product within float32's rounding."""
+    """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
+    are float32 on a CPU with AVX-512, then 8, then 3 one at a time) and 13 rows (the last repeated), the bits of
+    the same product taken 8 columns at a time, and the float64 product within float32's rounding."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
-    from microgpt.engines.fused.lanes import WIDE_FLOAT32, wide_blocks
     from microgpt.engines.fused.layers import matmul
 
     def make():
         @njit
         def product(out, a, b, n_rows, n_cols, n_inner):
             matmul(out, a, b, n_rows, n_cols, n_inner)
-
-        @njit
-        def wide(x):
-            return wide_blocks(x)
-        return product, wide
+        return product
 
     real = np.dtype(dtype).type
     with slp_vectorizer():
-        product, wide = make()
+        product = make()
         rng = np.random.default_rng(7)
         a, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
         whole, by_eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
@@ -358,6 +353,5 @@ def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
             part = np.zeros((13, 8), dtype)
             product(part, a, np.ascontiguousarray(b[:, j:j + 8]), 13, min(8, 43 - j), 37)
             by_eight[:, j:j + 8] = part[:, :min(8, 43 - j)]
-    assert wide(real(0)) == (WIDE_FLOAT32 and real == np.float32)
     assert np.array_equal(whole, by_eight)
     np.testing.assert_allclose(whole, a.astype(np.float64) @ b, rtol=0, atol=1e-4 if real == np.float32 else 1e-12)

@@ -181,8 +181,9 @@ def store16(row, j, x):
 
 
 def _has_32_vector_registers():
-    """Whether the CPU numba compiles for has AVX-512's 32 vector registers (AVX2 has 16). numba compiles for
-    this machine's CPU unless NUMBA_CPU_NAME says otherwise; then only 'host' counts."""
+    """Whether the CPU numba compiles for has AVX-512's 32 vector registers (AVX2 has 16): layers.matmul's blocks of
+    16 columns in float32 need 19. numba compiles for this machine's CPU unless NUMBA_CPU_NAME says otherwise; then
+    only 'host' counts."""
     from llvmlite import binding
     from numba.core import config
     if config.CPU_NAME not in (None, 'host'):
@@ -191,20 +192,6 @@ def _has_32_vector_registers():
 
 
 WIDE_FLOAT32 = _has_32_vector_registers()
-
-
-@intrinsic
-def wide_blocks(typingctx, example):
-    """Whether `matmul` takes blocks of 16 columns, a constant of the compiled code: for float32 lanes on a CPU with
-    32 vector registers, where its 16 accumulators (an 8-lane float32 tuple is one 256-bit register) stay in
-    registers. Measured in the makemore-size step on the 2-core AMD EPYC (a Zen 4), float32: 1.10x; float64,
-    whose 8 lanes take two registers each, spilled and lost 18%."""
-    if not isinstance(example, types.Float):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return context.get_constant(types.boolean, WIDE_FLOAT32 and example == types.float32)
-    return types.boolean(example), codegen
 
 
 @lanes
