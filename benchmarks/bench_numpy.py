@@ -19,9 +19,10 @@ and CPU seconds (user + system of the process) of each, and their ratio.
 With --engine fused, the same for the fused engine (its kernels compiled, or loaded from numba's cache, in each
 worker's untimed first run; with --cli, in each tree's untimed first command).
 
-    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 5] [--repeats 3] [--steps 1000] [--lists]
+    python benchmarks/bench_numpy.py [--old /work/base/src] [--new src] [--rounds 5] [--repeats 3] [--steps 1000]
+                                     [--lists] [--engine numpy|fused]
+    python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000]
                                      [--engine numpy|fused]
-    python benchmarks/bench_numpy.py --cli [--old /work/base/src] [--new src] [--repeats 7] [--steps 1000] [--engine ...]
 """
 
 import argparse
@@ -100,8 +101,10 @@ def command_run(src, steps, cwd, engine):
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONHASHSEED='0')
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--steps', str(steps), '--engine', engine], env=env,
-                   cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, '-m', 'microgpt', 'train', '--steps', str(steps), '--engine', engine],
+                          env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:  # the fused engine's notices go to stderr: shown only when the run fails
+        raise SystemExit(f"`microgpt train` of {src} failed (exit code {done.returncode}):\n{done.stderr[-2000:]}")
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
@@ -129,6 +132,15 @@ def compare_commands(trees, steps, repeats, engine):
             print(f"  {name}: median {median:6.3f} s, best {best:6.3f} s")
         median_ratio = statistics.median(times['new', clock]) / statistics.median(times['old', clock])
         print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
+
+
+def source_tree(parser, path):
+    """The absolute path of a folder holding the microgpt package (a checkout's src/): anything else would import
+    the installed package instead, and compare it with itself."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
+        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
+    return path
 
 
 def positive(text):
@@ -162,10 +174,10 @@ def main():
     if args.worker:
         worker(args.steps, args.lists, args.engine)
         return
+    args.old, args.new = source_tree(parser, args.old), source_tree(parser, args.new)
     repeats = args.repeats or (7 if args.cli else 3)
     if args.cli:  # absolute: the processes run in a temporary folder
-        compare_commands({'old': os.path.abspath(args.old), 'new': os.path.abspath(args.new)}, args.steps,
-                         repeats, args.engine)
+        compare_commands({'old': args.old, 'new': args.new}, args.steps, repeats, args.engine)
         return
     times = {(name, clock): [] for name in ('old', 'new') for clock in ('seconds', 'cpu_seconds')}
     round_ratios = {'seconds': [], 'cpu_seconds': []}
@@ -195,7 +207,8 @@ def main():
             round_ratios[clock].append(statistics.median(round_times['new', clock]) /
                                        statistics.median(round_times['old', clock]))
     from microgpt.bench.benchmark import cpu_name
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); {args.engine} engine, float64, batch 1, {args.steps} steps, "
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores); {args.engine} engine, float64, batch 1, "
+          f"{args.steps} steps, "
           f"{args.rounds} rounds (a new pair of processes each) of {repeats} alternating runs of each"
           + (", token lists" if args.lists else ", new: run setup's documents"))
     print(f"old = {args.old}, new = {args.new}")

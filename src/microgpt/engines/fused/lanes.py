@@ -181,14 +181,17 @@ def store16(row, j, x):
 
 
 def _has_32_vector_registers():
-    """Whether the CPU numba compiles for has AVX-512's 32 vector registers (AVX2 has 16): layers.matmul's blocks of
-    16 columns in float32 need 19. numba compiles for this machine's CPU unless NUMBA_CPU_NAME says otherwise; then
-    only 'host' counts."""
+    """Whether the CPU numba compiles for has AVX-512's 32 vector registers for 256-bit operations (AVX-512F and VL;
+    AVX2 has 16): layers.matmul's blocks of 16 columns in float32 need 19. numba compiles for this machine's CPU
+    unless NUMBA_CPU_NAME names another (then: no) or NUMBA_CPU_FEATURES lists the features (then: those)."""
     from llvmlite import binding
     from numba.core import config
     if config.CPU_NAME not in (None, 'host'):
         return False
-    return bool(binding.get_host_cpu_features().get('avx512f', False))
+    if config.CPU_FEATURES is not None:
+        return {'+avx512f', '+avx512vl'} <= set(config.CPU_FEATURES.split(','))
+    features = binding.get_host_cpu_features()
+    return bool(features.get('avx512f', False) and features.get('avx512vl', False))
 
 
 WIDE_FLOAT32 = _has_32_vector_registers()

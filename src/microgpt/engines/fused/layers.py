@@ -64,7 +64,6 @@ def matmul(out, a, b, n_rows, n_cols, n_inner):
                 out[row, j] = acc
 
 
-
 def wide_block_columns(out, a, b, n8, n_inner, rows):
     """matmul's first columns, 16 at a time, of its 8 `rows`: how many it did (a multiple of 16, or 0).
 
@@ -76,7 +75,7 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
-@overload(wide_block_columns)
+@overload(wide_block_columns, jit_options={'error_model': 'numpy'})  # as the kernels'
 def _wide_block_columns(out, a, b, n8, n_inner, rows):
     if not (WIDE_FLOAT32 and out.dtype == types.float32):
         return lambda out, a, b, n8, n_inner, rows: 0
@@ -103,6 +102,7 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
             store16(out[r7], j, c7)
         return n16
     return columns_16_at_a_time
+
 
 @kernel
 def transpose(rows, x, n):
