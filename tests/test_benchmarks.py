@@ -38,8 +38,22 @@ def test_bench_numpy_compares_a_tree_with_itself_bit_for_bit():
 @pytest.mark.slow(seconds=2)
 def test_bench_numpy_times_whole_train_commands():
     out = bench('bench_numpy.py', '--cli', '--old', REPO_ROOT / 'src', '--repeats', 1, '--steps', 5)
-    assert '`python -m microgpt train --steps 5`' in out, out
+    assert '`python -m microgpt train --steps 5 --engine numpy`' in out, out
     assert len(re.findall(rf'new / old: median {NUMBER}, best {NUMBER}', out)) == 2, out
+
+
+@pytest.mark.slow(seconds=3)
+def test_bench_numpy_compares_the_fused_engine_and_refuses_a_folder_without_the_package(tmp_path):
+    """--engine fused, the installed package against itself (its kernels compiled for the suite); a folder with no
+    package is refused, as it would compare the installed package with itself."""
+    import microgpt
+    package_parent = Path(microgpt.__file__).parent.parent
+    out = bench('bench_numpy.py', '--engine', 'fused', '--old', package_parent, '--new', package_parent, '--rounds', 1,
+                '--repeats', 1, '--steps', 5)
+    assert 'fused engine, float64, batch 1, 5 steps' in out and 'losses and final weights: bit-identical' in out, out
+    refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_numpy.py', '--old', tmp_path], capture_output=True,
+                             text=True, cwd=REPO_ROOT)
+    assert refused.returncode == 2 and 'holds no microgpt package' in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow(seconds=3)
