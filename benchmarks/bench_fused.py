@@ -36,7 +36,6 @@ from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import bundled_dataset_path
 from microgpt.engines import make_engine
 from microgpt.engines.fused.compile import compile_kernels
-from microgpt.engines.fused.engine import FusedEngine
 from microgpt.engines.fused.threads import thread_count
 from microgpt.data import batch_for_step
 from microgpt.train.loop import predicted_tokens, train
@@ -117,7 +116,7 @@ def profile_step(data, repeats):
     class NoEngine:  # training.train's own loop: batch selection, learning rate, StepReport, generator
         def __init__(self):
             self.cfg = cfg
-            self.chunk_steps = FusedEngine.chunk_steps
+            self.chunk_steps = engine.chunk_steps  # the default model's
 
         def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
             return [0.0] * (stop - start)

@@ -25,10 +25,14 @@ from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 
 class FusedEngine(ParameterBuffers):
     name = 'fused'
-    chunk_steps = 64  # ~1 ms of the default job per compiled call
 
     def __init__(self, cfg, rng, dtype='float64'):
         super().__init__(cfg, rng, dtype)
+        # steps per compiled call: 64, and up to 256 for small models (about 2^20 parameter-steps). A call's Python
+        # work (packing the chunk's documents, ~60 us) was 6% of the default job's 64 steps; its 250 take ~4 ms.
+        # Larger models keep 64: fewer cost the batches in groups a wake-up of the threads each call (makemore
+        # preset, 8 steps a call: 2-4% slower), more would keep Ctrl-C and the progress bar waiting longer
+        self.chunk_steps = max(64, min(256, 2**20 // self.flat.size))
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = self._span = 0  # nothing reserved: the first batch sizes the workspace
@@ -40,7 +44,8 @@ class FusedEngine(ParameterBuffers):
         document costs nothing here."""
         bounds = parallel.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
-        span = min(self.cfg.block_size, -(-max(span, 1) // LANES) * LANES)  # by 8s: a run regrows a few times
+        # by 8s from 16: a run regrows a few times, one on names (up to 16 positions) never
+        span = min(self.cfg.block_size, max(2 * LANES, -(-span // LANES) * LANES))
         if groups <= self._groups and group_size <= self._group_size and span <= self._span:
             return
         groups, group_size, span = max(groups, self._groups), max(group_size, self._group_size), max(span, self._span)
