@@ -225,15 +225,6 @@ def makemore_old_and_new(old_src, new_src, data, repeats, steps, rounds, threads
         print(f"   {dtype:<8} {old:>13.0f} {new:>13.0f} {new / old:>10.3f}   ({each})")
 
 
-def _source_tree(parser, path):
-    """The absolute path of a folder holding the microgpt package (a checkout's src/): anything else would import
-    the installed package instead, and compare it with itself."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
-        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
-    return path
-
-
 def _blas_threads():
     """Threads NumPy's OpenBLAS uses: its environment variable, else one per core."""
     for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
@@ -263,7 +254,8 @@ def main():
     if args.old:
         if args.rounds < 1 or args.only or args.no_torch:
             parser.error('--old takes --rounds 1 or more, and neither --only nor --no-torch')
-        return makemore_old_and_new(_source_tree(parser, args.old), _source_tree(parser, args.new), args.data,
+        from microgpt.bench.benchmark import source_tree  # here: the rows run this script on an older package too
+        return makemore_old_and_new(source_tree(parser, args.old), source_tree(parser, args.new), args.data,
                                     args.repeats, args.makemore_steps, args.rounds, args.threads, args.dtypes.split(','))
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0), 'float32')

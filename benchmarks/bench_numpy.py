@@ -134,15 +134,6 @@ def compare_commands(trees, steps, repeats, engine):
         print(f"  new / old: median {median_ratio:.3f}, best {min(times['new', clock]) / min(times['old', clock]):.3f}")
 
 
-def source_tree(parser, path):
-    """The absolute path of a folder holding the microgpt package (a checkout's src/): anything else would import
-    the installed package instead, and compare it with itself."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
-        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
-    return path
-
-
 def positive(text):
     value = int(text)
     if value < 1:
@@ -174,6 +165,7 @@ def main():
     if args.worker:
         worker(args.steps, args.lists, args.engine)
         return
+    from microgpt.bench.benchmark import source_tree  # here, not at the top: the workers import older packages
     args.old, args.new = source_tree(parser, args.old), source_tree(parser, args.new)
     repeats = args.repeats or (7 if args.cli else 3)
     if args.cli:  # absolute: the processes run in a temporary folder

@@ -72,6 +72,15 @@ def cpu_name():
     return platform.processor() or 'unknown CPU'
 
 
+def source_tree(parser, path):
+    """The absolute path of a folder holding the microgpt package (a checkout's src/), for the benchmarks that compare
+    two trees: anything else would import the installed package instead, and compare it with itself."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
+        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
+    return path
+
+
 def prepared_job(data_path, seed, model_overrides=None):
     """The seeded job's rng (positioned at initialisation), training tokens and config: train's setup for callers
     that build their own model from the rng (benchmarks/)."""
