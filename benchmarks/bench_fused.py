@@ -86,6 +86,7 @@ def profile_step(data, repeats):
     rng, doc_tokens, cfg = prepared_job(data, 42)
     engine = make_engine('fused', cfg, rng)
     tcfg, batch = TrainConfig(), [doc_tokens[0]]
+    engine.train_steps(doc_tokens, 0, 1, tcfg, [1e-9])  # a run's first call: its chunks are the default job's from here
     n = 1000
     docs, doc_starts = engine._documents(batch)
     _, wss, plans = engine._group_buffers(1, doc_starts)                 # the workspace is sized by the first batch

@@ -217,3 +217,24 @@ def test_first_run_says_it_compiles_and_a_cached_run_does_not(tmp_path, monkeypa
     assert code1 == code2 == 0, (err1, err2)
     assert b"compiling the fused engine's kernels" in err1 and b'compiling' not in err2, (err1, err2)
     assert out1 == out2
+
+
+def test_chunks_grow_for_one_document_a_step_and_change_no_bits(monkeypatch):
+    """The default model (4,192 parameters) trains 250 steps per compiled call once its batches are of one document
+    (64 before the first call, and for batches of 2+); chunks of any length give the same losses and weights."""
+    from microgpt.train.loop import train
+    cfg = ModelConfig(vocab_size=27)
+    docs = random_batch(random.Random(3), cfg, 40, max_len=12)
+    tcfg = TrainConfig(steps=300)
+    engine = make_engine('fused', cfg, random.Random(1))
+    assert engine.chunk_steps == 64, engine.chunk_steps
+    reports = list(train(engine, docs, tcfg))
+    assert engine.chunk_steps == 250, engine.chunk_steps
+    assert [r.step for r in reports if r.synced] == [64, 300], [r.step for r in reports if r.synced]
+    batched = make_engine('fused', cfg, random.Random(1))
+    list(train(batched, docs, TrainConfig(steps=2, batch_size=2)))
+    assert batched.chunk_steps == 64, batched.chunk_steps
+    chunked = make_engine('fused', cfg, random.Random(1))
+    monkeypatch.setattr(type(chunked), 'chunk_steps', 7)
+    assert [r.loss for r in train(chunked, docs, tcfg)] == [r.loss for r in reports]
+    assert np.array_equal(chunked.flat, engine.flat)

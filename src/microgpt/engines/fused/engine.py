@@ -28,14 +28,21 @@ class FusedEngine(ParameterBuffers):
 
     def __init__(self, cfg, rng, dtype='float64'):
         super().__init__(cfg, rng, dtype)
-        # steps per compiled call: 64, and up to 256 for small models (about 2^20 parameter-steps). A call's Python
-        # work (packing the chunk's documents, ~60 us) was 6% of the default job's 64 steps; its 250 take ~4 ms.
-        # Larger models keep 64: fewer cost the batches in groups a wake-up of the threads each call (makemore
-        # preset, 8 steps a call: 2-4% slower), more would keep Ctrl-C and the progress bar waiting longer
-        self.chunk_steps = max(64, min(256, 2**20 // self.flat.size))
         self._adam = np.zeros(5)   # TrainConfig's Adam settings, see adam.BETA1 ...
         self._adam_source = None
         self._groups = self._group_size = self._span = 0  # nothing reserved: the first batch sizes the workspace
+        self._batch_size = 0  # of the last train_steps call
+
+    @property
+    def chunk_steps(self):
+        """Steps per compiled call: 64; once training runs on one document a step, up to 256 for a small model (about
+        2^20 parameter-steps: 250 for the default one). A call's Python work (packing the chunk's documents, ~60 us)
+        was 6% of the default job's 64 steps; its 250 take ~4 ms. Batches of 2+ and larger models keep 64: their
+        steps are longer, and more would keep Ctrl-C and the progress bar waiting (fewer cost the batches in groups
+        a wake-up of the threads each call: 8 steps a call were 2-4% slower at the makemore preset's size)."""
+        if self._batch_size != 1:
+            return 64
+        return max(64, min(256, 2**20 // self.flat.size))
 
     def _reserve(self, batch_size, span):
         """Size the workspaces and plans for batches of `batch_size` documents predicting up to `span` positions
@@ -44,8 +51,7 @@ class FusedEngine(ParameterBuffers):
         document costs nothing here."""
         bounds = parallel.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
-        # by 8s from 16: a run regrows a few times, one on names (up to 16 positions) never
-        span = min(self.cfg.block_size, max(2 * LANES, -(-span // LANES) * LANES))
+        span = min(self.cfg.block_size, -(-max(span, 1) // LANES) * LANES)  # by 8s: a run regrows a few times
         if groups <= self._groups and group_size <= self._group_size and span <= self._span:
             return
         groups, group_size, span = max(groups, self._groups), max(group_size, self._group_size), max(span, self._span)
@@ -125,7 +131,7 @@ class FusedEngine(ParameterBuffers):
         same learning rates (learning_rate's, or the caller's `lrs` of them) and the same arithmetic as one
         train_step per step, without a Python call per step.
         """
-        B = tcfg.batch_size
+        B = self._batch_size = tcfg.batch_size
         if isinstance(doc_tokens, Documents):  # a token array: packed with no Python object per document
             docs, doc_starts = doc_tokens.pack(start * B, (stop - start) * B, self.cfg.block_size + 1)
         else:
