@@ -335,7 +335,7 @@ def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     rounding; `a` row-major, as a weight in the forward, and transposed, as in the backward's w.T @ d."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
-    from microgpt.engines.fused.layers import matmul
+    from microgpt.engines.fused.matmul import matmul
 
     def make():
         @njit

@@ -12,8 +12,8 @@ core      config.py      ModelConfig, TrainConfig, SampleConfig; THE parameter t
 engines   engines/__init__.py   the engine contract (Engine, EngineState, Decoder) and make_engine
           engines/reference/    microgpt itself: autograd.py (Value), gpt.py
           engines/numpy/        the one to learn from: layers.py (forward/backward pairs), gpt.py, decoder.py
-          engines/fused/        the one to time: numba kernels (plan, lanes, layers, gpt, adam, threads, parallel,
-                                compile)
+          engines/fused/        the one to time: numba kernels (plan, lanes, matmul, layers, gpt, adam, threads,
+                                parallel, compile)
           engines/torch/        the same model in PyTorch, for GPUs and torchrun
           engines/params.py     flat parameter buffers with named views
 train     train/setup.py  one run setup; loop.py (steps, evaluation); run.py (a whole run's events);

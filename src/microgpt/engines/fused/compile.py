@@ -15,11 +15,11 @@ from contextlib import contextmanager
 import numpy as np
 
 from ... import config, dropout
-from . import adam, floating_point, gpt, lanes, layers, parallel, plan, threads
+from . import adam, floating_point, gpt, lanes, layers, matmul, parallel, plan, threads
 
 # every file whose code or constants (config's RMSNORM_EPS, ...) the compiled kernels hold
-KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, plan, adam, gpt, parallel, threads, floating_point,
-                                                    dropout, config))
+KERNEL_FILES = tuple(module.__file__ for module in (lanes, layers, matmul, plan, adam, gpt, parallel, threads,
+                                                    floating_point, dropout, config))
 _compiled = set()  # (entry point, dtype) this process has compiled or loaded
 
 

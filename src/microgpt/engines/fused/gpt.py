@@ -12,8 +12,8 @@ from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
 from .lanes import LANES, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
-                     cross_entropy_backward, cross_entropy_forward, dropout_columns, matmul, rmsnorm_backward,
-                     rmsnorm_forward, transpose)
+                     cross_entropy_backward, cross_entropy_forward, dropout_columns, rmsnorm_backward, rmsnorm_forward)
+from .matmul import matmul, transpose
 from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, LOGITS, NORM_MICROGPT, NORM_NONE,
                    PROBS, QKV, ROWS, SCALES, SLOT_C, SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, SLOT_L, SLOT_LM_HEAD,
                    SLOT_NH, SLOT_NORM, SLOT_NP, SLOT_RELU2, SLOT_SPAN, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, XMID, XN1,

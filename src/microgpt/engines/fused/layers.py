@@ -3,8 +3,7 @@
 An activation is (features, NP): llm.c's (B, T, C) turned into (C, NP), one column per predicted position
 of the packed batch (documents back to back; attention stays within a document), the columns padded to a
 multiple of 8 with zero columns that attend to themselves. Kernels run over the first nb columns, 8 at a
-time (lanes.py). So a linear layer out = W @ in needs no transposed copy of W, the backward's
-d_in = W.T @ d_out is the same `matmul`, and d_W = d_out @ in.T reads `in` transposed once (`transpose`).
+time (lanes.py). The linear layers are matrix products (matmul.py).
 No fastmath: every sum runs in a fixed order, the reference's where it has one; in float32 the multiply-adds of
 axpy8 and mac8 are fused (lanes.madd), in float64 the product and the sum are rounded apart, as the reference
 does. Dimension letters as in
@@ -14,111 +13,13 @@ numpy/layers.py: C channels, NH heads, HS head size, V vocabulary, T block size,
 import math
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from ... import dropout as _dropout
 from ...config import RMSNORM_EPS
-from .lanes import (LANES, WIDE_FLOAT32, add8, axpy8, axpy16, cast_like, div8, dot8, exp8, exp_nonpositive, fill8,
-                    kernel, lanes, load8, mac8, max8, mul8, store8, store16)
+from .lanes import (LANES, add8, axpy8, cast_like, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lanes, load8,
+                    mac8, max8, mul8, store8)
 
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
-
-
-@kernel
-def matmul(out, a, b, n_rows, n_cols, n_inner):
-    """out[r, j] = sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
-
-    Eight rows by 8 columns at a time: eight independent chains of 8 accumulators. With a row count that is
-    not a multiple of 8 the last rows repeat (each row's loads all come before its stores: harmless). Where the
-    lanes are float32 and the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns).
-    """
-    zero = out.dtype.type(0)
-    n8 = n_cols - n_cols % LANES
-    last = n_rows - 1
-    for r0 in range(0, n_rows, 8):
-        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
-        r4, r5, r6, r7 = min(r0 + 4, last), min(r0 + 5, last), min(r0 + 6, last), min(r0 + 7, last)
-        n16 = wide_block_columns(out, a, b, n8, n_inner, (r0, r1, r2, r3, r4, r5, r6, r7))
-        for j in range(n16, n8, LANES):
-            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = fill8(zero)
-            for k in range(n_inner):
-                x = load8(b[k], j)
-                c0, c1, c2, c3 = axpy8(c0, a[r0, k], x), axpy8(c1, a[r1, k], x), axpy8(c2, a[r2, k], x), \
-                    axpy8(c3, a[r3, k], x)
-                c4, c5, c6, c7 = axpy8(c4, a[r4, k], x), axpy8(c5, a[r5, k], x), axpy8(c6, a[r6, k], x), \
-                    axpy8(c7, a[r7, k], x)
-            store8(out[r0], j, c0)
-            store8(out[r1], j, c1)
-            store8(out[r2], j, c2)
-            store8(out[r3], j, c3)
-            store8(out[r4], j, c4)
-            store8(out[r5], j, c5)
-            store8(out[r6], j, c6)
-            store8(out[r7], j, c7)
-        for row in range(r0, r7 + 1):
-            for j in range(n8, n_cols):  # weight gradients of a width that is not a multiple of 8
-                acc = zero
-                for k in range(n_inner):
-                    acc += a[row, k] * b[k, j]
-                out[row, j] = acc
-
-
-def wide_block_columns(out, a, b, n8, n_inner, rows):
-    """matmul's first columns, 16 at a time, of its 8 `rows`: how many it did (a multiple of 16, or 0).
-
-    Eight rows by 16 columns take 16 chains and ten loads for 16 multiply-adds, against nine loads for 8 in the
-    8 x 8 block, the same sums in the same order. Their 16 accumulators, 2 operands and a broadcast need 19 vector
-    registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (lanes.WIDE_FLOAT32). Float64
-    lanes take two registers each and spilled (39 GFLOP/s against 53 alone, on the 2-core Zen 4), and AVX2 has 16:
-    elsewhere this is 0, and numba compiles only the 8 x 8 block (an overload, chosen by type)."""
-    raise TypeError("wide_block_columns is called from compiled code only")
-
-
-@overload(wide_block_columns, jit_options={'error_model': 'numpy'})  # as the kernels'
-def _wide_block_columns(out, a, b, n8, n_inner, rows):
-    if not (WIDE_FLOAT32 and out.dtype == types.float32):
-        return lambda out, a, b, n8, n_inner, rows: 0
-
-    def columns_16_at_a_time(out, a, b, n8, n_inner, rows):
-        zero = out.dtype.type(0)
-        r0, r1, r2, r3, r4, r5, r6, r7 = rows
-        n16 = n8 - n8 % (2 * LANES)
-        for j in range(0, n16, 2 * LANES):
-            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = (fill8(zero), fill8(zero))
-            for k in range(n_inner):
-                x = load8(b[k], j), load8(b[k], j + LANES)
-                c0, c1, c2, c3 = axpy16(c0, a[r0, k], x), axpy16(c1, a[r1, k], x), axpy16(c2, a[r2, k], x), \
-                    axpy16(c3, a[r3, k], x)
-                c4, c5, c6, c7 = axpy16(c4, a[r4, k], x), axpy16(c5, a[r5, k], x), axpy16(c6, a[r6, k], x), \
-                    axpy16(c7, a[r7, k], x)
-            store16(out[r0], j, c0)
-            store16(out[r1], j, c1)
-            store16(out[r2], j, c2)
-            store16(out[r3], j, c3)
-            store16(out[r4], j, c4)
-            store16(out[r5], j, c5)
-            store16(out[r6], j, c6)
-            store16(out[r7], j, c7)
-        return n16
-    return columns_16_at_a_time
-
-
-@kernel
-def transpose(rows, x, n):
-    """x (K, NP) -> its first n columns as row-major (n, K), in rows (NP, K): the form weight gradients read.
-    Eight rows of x at a time, written as one 8-lane store per column (a 256-row x 62-column copy took 5 us
-    against 19 us one element at a time)."""
-    K, c = x.shape[0], 0
-    while c + LANES <= K:
-        for j in range(n):
-            store8(rows[j], c, (x[c, j], x[c + 1, j], x[c + 2, j], x[c + 3, j], x[c + 4, j], x[c + 5, j],
-                                x[c + 6, j], x[c + 7, j]))
-        c += LANES
-    for tail in range(c, K):
-        for j in range(n):
-            rows[j, tail] = x[tail, j]
-    return rows[:n]
 
 
 @kernel
