@@ -1,16 +1,17 @@
-"""Old against new numpy engine, side by side: the default `microgpt train` job (numpy engine, float64, batch 1,
-1000 steps on the bundled names) through the training loop, alternating between two worker processes.
+"""Old against new engine (numpy, or fused with --engine fused), side by side: the default `microgpt train` job
+(float64, batch 1, 1000 steps on the bundled names) through the training loop, alternating between two worker
+processes.
 
 One worker imports microgpt from another source tree (default /work/base/src, the code before the redesign),
 the other from this repository's src/. Each run builds a fresh engine from seed 42, as `microgpt train` does
 (through train.setup.prepare_run where the code has it, so the documents are what `microgpt train` reads;
---lists: token lists for both), and times only the loop over train()'s reports. The workers take turns, run after run, so that both see the
-same machine load. A process keeps its memory layout and core for good, which moved one tree against the other by up
-to 4% (the same tree against itself: 0.96 to 1.04 per pair); --rounds N starts N pairs, one after the other, and a
-difference of a few percent needs 20 of them. The script prints us/step (median and best) of each, their ratio
-(over all runs, and per round), and the CPU's name, and
-compares their 1000 losses and final weights: bit for bit, or, since Adam's two bias corrections became
-multiplications (which moves results by an ulp), within 1e-9 per loss.
+--lists: token lists for both), and times only the loop over train()'s reports. The workers take turns, run after
+run, so that both see the same machine load. A process keeps its memory layout and core for good, which moved one
+tree against the other by up to 4% (the same tree against itself: 0.96 to 1.04 per pair); --rounds N starts N
+pairs, one after the other, and a difference of a few percent needs 20 of them. The script prints us/step (median
+and best) of each, their ratio (over all runs, and per round), and the CPU's name, and compares their 1000 losses
+and final weights: bit for bit, or, since Adam's two bias corrections became multiplications (which moves results
+by an ulp), within 1e-9 per loss.
 
 With --cli it times the whole command instead, as a user runs it: `python -m microgpt train --steps N` of each
 tree (a new process each run, start-up, data loading and printing included), taking turns, and prints the wall

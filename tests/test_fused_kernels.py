@@ -337,14 +337,11 @@ def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.matmul import matmul
 
-    def make():
-        @njit
-        def product(out, a, b, n_rows, n_cols, n_inner):
-            matmul(out, a, b, n_rows, n_cols, n_inner)
-        return product
+    @njit
+    def product(out, a, b, n_rows, n_cols, n_inner):
+        matmul(out, a, b, n_rows, n_cols, n_inner)
 
-    with slp_vectorizer():
-        product = make()
+    with slp_vectorizer():  # numba compiles at the first call, in here
         rng = np.random.default_rng(7)
         w, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
         for a in (w, np.ascontiguousarray(w.T).T):  # the same values, C and F order
