@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from itertools import islice
 
 import numpy as np
 
@@ -194,11 +195,10 @@ def time_makemore(engine_name, dtype, data, steps, dropout=0.0, warmup=5):
     rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE)
     engine = make_engine(engine_name, cfg, rng, dtype)
     tcfg = TrainConfig(steps=warmup + steps, batch_size=32, dropout=dropout)
-    reports = train(engine, doc_tokens, tcfg, sync_every=(warmup,))  # a chunked engine's first chunk ends there
-    for _ in range(warmup):
-        next(reports)
+    for _ in islice(train(engine, doc_tokens, tcfg, sync_every=(warmup,)), warmup):  # a chunk ends after the warm-up
+        pass
     start, tokens = time.perf_counter(), 0
-    for report in reports:
+    for report in train(engine, doc_tokens, tcfg, start_step=warmup):  # in the engine's own chunks, as a run
         tokens += report.tokens
     return time.perf_counter() - start, tokens
 

@@ -1,6 +1,13 @@
 """`microgpt bench`: one table of every engine, PyTorch included, with ratios to the reference engine."""
 
+import random
+
 import pytest
+
+from microgpt.bench.benchmark import time_training
+from microgpt.config import ModelConfig, TrainConfig
+from microgpt.engines import make_engine
+from microgpt.train.loop import train
 
 from helpers import run_cli_in_process as run
 
@@ -29,3 +36,21 @@ def test_bench_unknown_engine():
 def test_an_engine_named_twice_is_timed_once():
     from microgpt.bench.benchmark import BenchConfig
     assert BenchConfig(engines='numpy, fused,numpy').engine_names == ['numpy', 'fused']
+
+
+def test_timed_steps_run_in_the_engines_own_chunks_with_the_runs_learning_rates():
+    """bench times the steps as `microgpt train` makes them: the warm-up's chunks end at its last step, then
+    chunk_steps at a time (a chunk ending at every multiple of the warm-up made the fused default step 13% longer),
+    and the learning rates, and so the trained weights, are those of one run of all the steps."""
+    docs = [[0, 1 + i % 5, 2, 0] for i in range(7)]
+    cfg, tcfg = ModelConfig(vocab_size=6, n_embd=8, n_head=2, block_size=4), TrainConfig(steps=25)
+    timed, whole = (make_engine('numpy', cfg, random.Random(3)) for _ in range(2))
+    calls, train_steps = [], timed.train_steps
+    timed.train_steps = lambda doc_tokens, start, stop, *rest: calls.append((start, stop)) or train_steps(
+        doc_tokens, start, stop, *rest)
+    seconds, tokens = time_training(timed, docs, tcfg, warmup_steps=5)
+    assert timed.chunk_steps == 8 and calls == [(0, 5), (5, 13), (13, 21), (21, 25)], calls
+    assert seconds > 0 and tokens == 20 * 3
+    for _ in train(whole, docs, tcfg):
+        pass
+    assert (timed.state_buffer == whole.state_buffer).all()  # weights, gradients and Adam's moments, bit for bit
