@@ -113,6 +113,19 @@ def test_bench_long_run_prints_the_cost_over_windows(names_path):
     assert re.search(rf'step 20 costs {NUMBER}x step 2', out), out
 
 
+@pytest.mark.slow(seconds=12)
+def test_bench_cpu_models_gives_each_loops_work_per_cycle_on_each_cpu():
+    require_tool('llvm-mca-19')
+    out = bench('bench_cpu_models.py', '--cpus', 'icelake-server', 'znver4', '--mca', 'llvm-mca-19')
+    rows = {tuple(m.group(1, 2, 3)): (float(m.group(4)), float(m.group(5))) for m in re.finditer(
+        rf'^(matmul 8 x 8|matmul 8 x 16|adam) +(float64|float32) +([\w-]+) .* ({NUMBER}) +({NUMBER})   \w', out, re.M)}
+    assert len(rows) == 10 and all(per_cycle > 0 for per_cycle, _ in rows.values()), out
+    # float64 keeps the reference's separate multiplication and addition: Zen's add pipes take the additions, an
+    # Intel core's two FMA ports both; float32's fused multiply-adds run at one rate on both
+    assert rows[('matmul 8 x 8', 'float64', 'znver4')][1] > 1.5, out
+    assert 0.8 < rows[('matmul 8 x 8', 'float32', 'znver4')][1] < 1.25, out
+
+
 @pytest.mark.slow(seconds=2)
 def test_bench_peak_prints_both_dtypes():
     out = bench('bench_peak.py')

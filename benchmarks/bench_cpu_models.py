@@ -1,0 +1,177 @@
+"""Why the fused engine loses more than the Python engines moving from one CPU to another: the machine code numba
+makes of its hottest loops for each CPU, and LLVM's own model of that CPU's pipelines (llvm-mca) running it.
+
+    python benchmarks/bench_cpu_models.py                       # icelake-server, znver4, znver5
+    python benchmarks/bench_cpu_models.py --cpus skylake-avx512 znver3 --mca llvm-mca-19
+
+For each CPU, a fresh process compiles, as numba would on a machine of that CPU (NUMBA_CPU_NAME), the inner loop of
+the matrix product (`matmul`: the 8 x 8 register block, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
+Adam's update (`adam_parameters`), in both dtypes. llvm-mca then runs each loop's machine code through the
+scheduling model of that CPU and gives its cycles per iteration, so each row is work per clock cycle: a model, not
+a measurement (it knows ports, latencies and the front end, not clock speeds, caches or frequency drops under
+AVX-512). It needs LLVM's llvm-mca (Debian: `apt-get install llvm-19`; znver5 needs LLVM 19 or newer).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+CPUS = ('icelake-server', 'znver4', 'znver5')
+LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that count its work, the unit of that work
+    ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds'),
+    ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds'),
+    ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters'),
+)
+
+WORKER = '''
+import sys
+import numpy as np
+from numba import njit
+from microgpt.engines.fused import lanes, matmul as matmul_module
+from microgpt.engines.fused.adam import adam_parameters
+from microgpt.engines.fused.compile import slp_vectorizer
+
+# float32's 8 x 16 block, which a machine with AVX-512 compiles for itself (lanes.WIDE_FLOAT32), or the 8 x 8 one
+matmul_module.WIDE_FLOAT32 = lanes.WIDE_FLOAT32 = sys.argv[2] == 'wide'
+
+
+@njit(error_model='numpy')
+def matmul(out, a, b, n):
+    matmul_module.matmul(out, a, b, n, n, n)
+
+
+@njit(error_model='numpy')
+def adam(state, settings):
+    adam_parameters(state, 0, state.shape[1], settings)
+
+
+with slp_vectorizer():
+    for dtype in ('float32',) if sys.argv[2] == 'wide' else ('float64', 'float32'):
+        square = np.zeros((64, 64), dtype)
+        matmul(square, square, square, 64)
+        adam(np.zeros((4, 4192), dtype), (0.85, 0.15, 0.99, 0.01, 1e-8, 0.01, 1.0, 0.0))
+        for name, function in (('matmul', matmul), ('adam', adam)):
+            signature = [s for s in function.signatures if str(s[0].dtype) == dtype][0]
+            with open(f'{sys.argv[1]}/{name}_{sys.argv[2]}_{dtype}.s', 'w') as f:
+                f.write(function.inspect_asm(signature))
+'''
+
+AVX512 = {'icelake-server', 'icelake-client', 'tigerlake', 'sapphirerapids', 'graniterapids', 'emeraldrapids',
+          'skylake-avx512', 'cascadelake', 'cooperlake', 'cannonlake', 'rocketlake', 'znver4', 'znver5'}
+
+
+def find_mca(requested):
+    """The llvm-mca to use: `requested`, else the newest llvm-mca-N on PATH, else llvm-mca."""
+    if requested:
+        return requested
+    versions = sorted((int(m.group(1)), name) for folder in os.environ.get('PATH', '').split(os.pathsep)
+                      if os.path.isdir(folder) for name in os.listdir(folder)
+                      for m in [re.fullmatch(r'llvm-mca-(\d+)', name)] if m)
+    return versions[-1][1] if versions else 'llvm-mca'
+
+
+def known_cpus(mca):
+    out = subprocess.run([mca, '-mcpu=help'], capture_output=True, text=True)
+    return set(re.findall(r'^\s+([\w-]+)\s+- Select', out.stdout + out.stderr, re.M))
+
+
+def loops(asm):
+    """{label: instructions} of every loop that is one basic block (its last instruction jumps to its own label)."""
+    blocks, label, body = {}, None, []
+    for line in asm.splitlines():
+        start = re.match(r'^(\.LBB\w+):', line)
+        if start:
+            label, body = start.group(1), []
+            blocks[label] = body
+        elif label and line.startswith('\t') and not line.strip().startswith(('.', '#')):
+            if body and body[-1].split()[0].startswith('j'):  # a block ends at its branch
+                label = None
+                continue
+            body.append(line.split('#')[0].strip())
+    return {label: body for label, body in blocks.items() if body and body[-1].split()[-1] == label}
+
+
+def lanes(instruction, dtype):
+    width = 512 if 'zmm' in instruction else 256 if 'ymm' in instruction else 128
+    return width // (64 if dtype == 'float64' else 32)
+
+
+def hot_loop(asm, work, dtype):
+    """(work units, instructions) of the loop doing the most work per iteration: the kernel's inner loop."""
+    best = (0, None)
+    for body in loops(asm).values():
+        units = sum(lanes(line, dtype) for line in body if re.match(work, line))
+        best = max(best, (units, body), key=lambda b: b[0])
+    return best
+
+
+def cycles(mca, cpu, body):
+    """llvm-mca's cycles per iteration of the loop `body` (its branch left out) on `cpu`."""
+    with tempfile.NamedTemporaryFile('w', suffix='.s', delete=False) as f:
+        f.write('\n'.join(body[:-1]) + '\n')
+    try:
+        out = subprocess.run([mca, f'-mcpu={cpu}', '-iterations=1000', f.name], capture_output=True, text=True,
+                             check=True).stdout
+    finally:
+        os.remove(f.name)
+    return int(re.search(r'Total Cycles:\s*(\d+)', out).group(1)) / 1000
+
+
+def compile_for(cpu, folder):
+    """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block and Adam, and on a CPU with AVX-512 the
+    float32 8 x 16 block (numba compiles each kernel once per process: one process each)."""
+    # no features named: LLVM's own for that CPU (numba would otherwise add this machine's)
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES='', NUMBA_CACHE_DIR=os.path.join(folder, 'cache'))
+    for block in ('narrow', 'wide') if cpu in AVX512 else ('narrow',):
+        proc = subprocess.run([sys.executable, '-c', WORKER, folder, block], env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"compiling for {cpu} failed:\n{proc.stderr[-3000:]}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cpus', nargs='+', default=list(CPUS), help='LLVM CPU names (default: %(default)s)')
+    parser.add_argument('--mca', help='the llvm-mca to run (default: the newest llvm-mca-N on PATH)')
+    args = parser.parse_args()
+    mca = find_mca(args.mca)
+    if not shutil.which(mca):
+        parser.error(f"{mca} not found: install LLVM's llvm-mca (Debian: apt-get install llvm-19), or give --mca")
+    unknown = [cpu for cpu in args.cpus if cpu not in known_cpus(mca)]
+    if unknown:
+        parser.error(f"{mca} has no model of {', '.join(unknown)}: give a newer one with --mca")
+    version = subprocess.run([mca, '--version'], capture_output=True, text=True).stdout
+    print(f"{mca} ({re.search(r'version ([0-9.]+)', version).group(1)}); work per clock cycle of each loop, as "
+          f"numba compiles it for that CPU, in LLVM's model of the CPU; the last column against the first CPU")
+    rows = {}
+    with tempfile.TemporaryDirectory() as root:
+        for cpu in args.cpus:
+            folder = os.path.join(root, cpu)
+            os.makedirs(folder)
+            compile_for(cpu, folder)
+            for what, code, dtypes, work, unit in LOOPS:
+                for dtype in dtypes:
+                    path = os.path.join(folder, f'{code}_{dtype}.s')
+                    if not os.path.exists(path):  # the 8 x 16 block on a CPU without AVX-512
+                        continue
+                    with open(path) as f:
+                        units, body = hot_loop(f.read(), work, dtype)
+                    if body is None:
+                        raise SystemExit(f"no vectorized {what} loop in the {dtype} code for {cpu}")
+                    registers = '/'.join(sorted({r for line in body for r in re.findall(r'[xyz]mm', line)}))
+                    rows.setdefault((what, dtype, unit), []).append(
+                        (cpu, registers, len(body), units, units / cycles(mca, cpu, body)))
+    print(f"{'loop':<14} {'dtype':<8} {'cpu':<16} {'registers':<10} {'instructions':>12} {'work':>5} "
+          f"{'a cycle':>8} {'ratio':>6}")
+    for (what, dtype, unit), cpus in rows.items():
+        first = cpus[0][4]
+        for cpu, registers, instructions, units, per_cycle in cpus:
+            print(f"{what:<14} {dtype:<8} {cpu:<16} {registers:<10} {instructions:>12} {units:>5} "
+                  f"{per_cycle:>8.2f} {per_cycle / first:>6.2f}   {unit} a cycle")
+
+
+if __name__ == '__main__':
+    main()
