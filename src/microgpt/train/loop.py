@@ -56,6 +56,8 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
         predicted = [min(block_size, lengths[d % n_docs] - 1) for d in range(step * B, stop * B)]
         if B > 1:
             predicted = [sum(predicted[i:i + B]) for i in range(0, len(predicted), B)]
+        if hasattr(losses, 'tolist'):  # an array's Python floats in one call: a step each was 0.1 us
+            losses = losses.tolist()
         for s, loss, lr, tokens in zip(range(step + 1, stop + 1), losses, lrs, predicted):
             yield StepReport(s, tcfg.steps, float(loss), lr, tokens, s == stop)
         step = stop

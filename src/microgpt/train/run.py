@@ -138,19 +138,20 @@ class TrainingRun:
         tokens_since, last_time = 0, time.perf_counter()
         for report in train(engine, doc_tokens, tcfg, start_step=start, sync_every=(cfg.eval_every, cfg.save_every)):
             self.step = report.step
-            record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr}
             tokens_since += report.tokens
-            if report.synced:  # throughput over the steps since the last synced one (a chunk, or one step)
-                now = time.perf_counter()
-                record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
-                last_time, tokens_since = now, 0
             if not report.loss <= DIVERGED_LOSS:  # NaN too
                 self._diverged(f"the loss became {report.loss:.4g} at step {report.step}")
+            if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
+                yield report
+                if self._metrics:  # a record only where it is written: this branch runs for most steps
+                    self._write_metrics({'step': report.step, 'train_loss': report.loss, 'lr': report.lr})
+                continue
+            record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr}
+            now = time.perf_counter()  # throughput over the steps since the last synced one (a chunk, or one step)
+            record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
+            last_time, tokens_since = now, 0
             yield report
             finished = report.step == tcfg.steps
-            if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
-                self._write_metrics(record)
-                continue
             if cfg.eval_every and self.writes and (report.step % cfg.eval_every == 0 or finished):
                 val_loss = evaluate(engine, val_tokens)
                 if not val_loss <= DIVERGED_LOSS:
