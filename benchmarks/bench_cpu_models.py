@@ -21,10 +21,11 @@ import sys
 import tempfile
 
 CPUS = ('icelake-server', 'znver4', 'znver5')
-LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that count its work, the unit of that work
-    ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds'),
-    ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds'),
-    ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters'),
+LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that count its work, the unit of that
+    # work, and the least of it an iteration of the whole inner loop does (a k-step of the block's 8 rows x 8 lanes)
+    ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 64),
+    ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
+    ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters', 4),
 )
 
 WORKER = '''
@@ -60,8 +61,10 @@ with slp_vectorizer():
                 f.write(function.inspect_asm(signature))
 '''
 
-AVX512 = {'icelake-server', 'icelake-client', 'tigerlake', 'sapphirerapids', 'graniterapids', 'emeraldrapids',
-          'skylake-avx512', 'cascadelake', 'cooperlake', 'cannonlake', 'rocketlake', 'znver4', 'znver5'}
+# the CPUs with AVX-512 F and VL, on which numba's float32 matmul takes the 8 x 16 block (lanes.WIDE_FLOAT32)
+AVX512 = {'skylake-avx512', 'cascadelake', 'cooperlake', 'cannonlake', 'icelake-client', 'icelake-server',
+          'tigerlake', 'rocketlake', 'sapphirerapids', 'emeraldrapids', 'graniterapids', 'graniterapids-d',
+          'diamondrapids', 'x86-64-v4', 'znver4', 'znver5'}
 
 
 def find_mca(requested):
@@ -75,7 +78,8 @@ def find_mca(requested):
 
 
 def known_cpus(mca):
-    out = subprocess.run([mca, '-mcpu=help'], capture_output=True, text=True)
+    out = subprocess.run([mca, '-mcpu=help'], capture_output=True, text=True, stdin=subprocess.DEVNULL)  # it reads
+    # its assembly from stdin after the list: a terminal's would keep it waiting
     return set(re.findall(r'^\s+([\w-]+)\s+- Select', out.stdout + out.stderr, re.M))
 
 
@@ -114,10 +118,13 @@ def cycles(mca, cpu, body):
     with tempfile.NamedTemporaryFile('w', suffix='.s', delete=False) as f:
         f.write('\n'.join(body[:-1]) + '\n')
     try:
-        out = subprocess.run([mca, f'-mcpu={cpu}', '-iterations=1000', f.name], capture_output=True, text=True,
-                             check=True).stdout
+        proc = subprocess.run([mca, f'-mcpu={cpu}', '-iterations=1000', f.name], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
     finally:
         os.remove(f.name)
+    if proc.returncode:
+        raise SystemExit(f"{mca} failed on the {cpu} loop:\n{proc.stderr[-3000:]}")
+    out = proc.stdout
     return int(re.search(r'Total Cycles:\s*(\d+)', out).group(1)) / 1000
 
 
@@ -142,25 +149,27 @@ def main():
         parser.error(f"{mca} not found: install LLVM's llvm-mca (Debian: apt-get install llvm-19), or give --mca")
     unknown = [cpu for cpu in args.cpus if cpu not in known_cpus(mca)]
     if unknown:
-        parser.error(f"{mca} has no model of {', '.join(unknown)}: give a newer one with --mca")
-    version = subprocess.run([mca, '--version'], capture_output=True, text=True).stdout
+        parser.error(f"{mca} knows no CPU named {', '.join(unknown)} (its names: {mca} -mcpu=help); for a CPU newer than "
+                     f"its LLVM, give a newer llvm-mca with --mca")
+    version = subprocess.run([mca, '--version'], capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
     print(f"{mca} ({re.search(r'version ([0-9.]+)', version).group(1)}); work per clock cycle of each loop, as "
-          f"numba compiles it for that CPU, in LLVM's model of the CPU; the last column against the first CPU")
+          f"numba compiles it for that CPU, in LLVM's model of the CPU; the last column against the first CPU with "
+          f"that loop")
     rows = {}
     with tempfile.TemporaryDirectory() as root:
-        for cpu in args.cpus:
+        for cpu in dict.fromkeys(args.cpus):  # each once
             folder = os.path.join(root, cpu)
             os.makedirs(folder)
             compile_for(cpu, folder)
-            for what, code, dtypes, work, unit in LOOPS:
+            for what, code, dtypes, work, unit, least in LOOPS:
                 for dtype in dtypes:
                     path = os.path.join(folder, f'{code}_{dtype}.s')
                     if not os.path.exists(path):  # the 8 x 16 block on a CPU without AVX-512
                         continue
                     with open(path) as f:
                         units, body = hot_loop(f.read(), work, dtype)
-                    if body is None:
-                        raise SystemExit(f"no vectorized {what} loop in the {dtype} code for {cpu}")
+                    if units < least:  # none, or LLVM split it into blocks: its figure would not be the loop's
+                        raise SystemExit(f"no vectorized {what} loop of one block in the {dtype} code for {cpu}")
                     registers = '/'.join(sorted({r for line in body for r in re.findall(r'[xyz]mm', line)}))
                     rows.setdefault((what, dtype, unit), []).append(
                         (cpu, registers, len(body), units, units / cycles(mca, cpu, body)))

@@ -38,19 +38,25 @@ def test_an_engine_named_twice_is_timed_once():
     assert BenchConfig(engines='numpy, fused,numpy').engine_names == ['numpy', 'fused']
 
 
-def test_timed_steps_run_in_the_engines_own_chunks_with_the_runs_learning_rates():
+@pytest.mark.parametrize('engine, warmup, calls', [
+    ('numpy', 5, [(0, 5), (5, 13), (13, 21), (21, 25)]),              # chunks of 8
+    ('numpy', 0, [(0, 8), (8, 16), (16, 24), (24, 25)]),
+    ('numpy', 12, [(0, 8), (8, 12), (12, 20), (20, 25)]),             # a warm-up longer than a chunk
+    ('fused', 5, [(0, 5), (5, 25)]),                                 # 64 a call, then up to 256 for batches of 1
+])
+def test_timed_steps_run_in_the_engines_own_chunks_with_the_runs_learning_rates(engine, warmup, calls):
     """bench times the steps as `microgpt train` makes them: the warm-up's chunks end at its last step, then
     chunk_steps at a time (a chunk ending at every multiple of the warm-up made the fused default step 13% longer),
     and the learning rates, and so the trained weights, are those of one run of all the steps."""
     docs = [[0, 1 + i % 5, 2, 0] for i in range(7)]
     cfg, tcfg = ModelConfig(vocab_size=6, n_embd=8, n_head=2, block_size=4), TrainConfig(steps=25)
-    timed, whole = (make_engine('numpy', cfg, random.Random(3)) for _ in range(2))
-    calls, train_steps = [], timed.train_steps
-    timed.train_steps = lambda doc_tokens, start, stop, *rest: calls.append((start, stop)) or train_steps(
+    timed, whole = (make_engine(engine, cfg, random.Random(3)) for _ in range(2))
+    made, train_steps = [], timed.train_steps
+    timed.train_steps = lambda doc_tokens, start, stop, *rest: made.append((start, stop)) or train_steps(
         doc_tokens, start, stop, *rest)
-    seconds, tokens = time_training(timed, docs, tcfg, warmup_steps=5)
-    assert timed.chunk_steps == 8 and calls == [(0, 5), (5, 13), (13, 21), (21, 25)], calls
-    assert seconds > 0 and tokens == 20 * 3
+    seconds, tokens = time_training(timed, docs, tcfg, warmup_steps=warmup)
+    assert made == calls
+    assert seconds > 0 and tokens == (25 - warmup) * 3
     for _ in train(whole, docs, tcfg):
         pass
     assert (timed.state_buffer == whole.state_buffer).all()  # weights, gradients and Adam's moments, bit for bit

@@ -102,10 +102,10 @@ def time_engine(engine_name, data_path, steps, dtype='float64', seed=42, model_o
 
 def time_training(engine, doc_tokens, tcfg, warmup_steps):
     """(seconds, predicted tokens) of train()'s steps warmup_steps .. tcfg.steps - 1 on `engine`, after its first
-    warmup_steps untimed: the run's own steps, learning rates and chunks. The warm-up's chunks end at its last step;
-    the timed steps run in the engine's chunk_steps, as `microgpt train` runs them (ending a chunk at each multiple
-    of the warm-up instead made the fused engine's default step 13% longer: 17.4-17.8 us against 15.4-15.7 in float64,
-    the 2-core AMD EPYC)."""
+    warmup_steps untimed: the run's own steps and learning rates. The warm-up's chunks end at its last step; the
+    timed steps run chunk_steps at a time from there, the engine's chunks as `microgpt train` runs them (ending a
+    chunk at each multiple of the warm-up instead made the fused engine's default step 13% longer: 17.4-17.8 us
+    against 15.4-15.7 in float64, the 2-core AMD EPYC)."""
     for _ in islice(train(engine, doc_tokens, tcfg, sync_every=(warmup_steps,)), warmup_steps):
         pass  # stops after the warm-up's last report, with its chunk done: the next one never starts
     tokens, start = 0, time.perf_counter()
