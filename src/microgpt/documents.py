@@ -9,12 +9,12 @@ order of the strings).
 """
 
 import random
-from array import array
 
 import numpy as np
 
 from .data import Vocabulary, check_split, holdout_draw, validation_size
 from .makemore_split import makemore_positions
+from .permutation import shuffled_positions
 
 RANK_ROWS = 2**20  # documents written into the sort keys at a time
 
@@ -104,10 +104,7 @@ class Documents:
 
     def shuffled(self, rng: random.Random):
         """data.shuffled: random.shuffle's draws, applied to positions (8 bytes each, no object per document)."""
-        positions = array('q')
-        positions.frombytes(np.arange(len(self), dtype=np.int64).tobytes())
-        rng.shuffle(positions)
-        return self.take(np.frombuffer(positions, np.int64))
+        return self.take(shuffled_positions(len(self), rng))
 
     def holdout(self, val_fraction, seed, by):
         """data.holdout_split's (train, val), as Documents."""
