@@ -4,8 +4,10 @@ shuffling and every held-out split give the same documents in the same order; a 
 its source is unchanged and the file is whole and of this version; interruptions and unwritable or full
 cache folders leave nothing half-written behind."""
 
+import io
 import os
 import random
+import re
 import subprocess
 from pathlib import Path
 
@@ -472,3 +474,25 @@ def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
 def test_an_address_that_is_not_http_says_so(address):
     with pytest.raises(MicrogptError, match='only http:// and https:// addresses are downloaded'):
         load_documents(address)
+
+
+class _Terminal(io.StringIO):
+    """A standard error that says it is a terminal (with no size: the bars take their fallback width)."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize('on_a_terminal', [True, False])
+def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_terminal(server, tmp_path, monkeypatch,
+                                                                                     on_a_terminal):
+    """The issue's progress bar for a --data URL's download (and a big file's first read, the same callback): on a
+    terminal's standard error, a bar of bytes, gone (tqdm's leave=False) before the run's header; none on a pipe."""
+    from microgpt.cli import main
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    out, err = io.StringIO(), _Terminal() if on_a_terminal else io.StringIO()
+    code = main(['train', '--data', server.url + '/names.txt', '--steps', '2', '--num-samples', '1'], out=out, err=err)
+    assert code == 0, err.getvalue()
+    bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/15\.6k', err.getvalue())  # of the 16,000 bytes
+    assert bool(bars) == on_a_terminal, err.getvalue()
+    assert out.getvalue().startswith('num docs: 3000\n')

@@ -67,9 +67,10 @@ def cmd_train(args, out, err):
     stop = _StopRequest(err)
     previous_handler = signal.getsignal(signal.SIGINT)
     bar, stop_installed = None, False  # a flag, not getsignal(): that builds an enum, 3 us a step
+    data_bar = _DataBar(err) if err.isatty() else None
     started = time.perf_counter()
     try:
-        for event in run.events(should_stop=lambda: stop.requested):
+        for event in run.events(should_stop=lambda: stop.requested, progress=data_bar):
             if isinstance(event, StepReport):
                 if not stop_installed:
                     signal.signal(signal.SIGINT, stop)
@@ -88,6 +89,8 @@ def cmd_train(args, out, err):
                 if err.isatty():
                     _emit(f"saved {event.path} (step {event.step})", err, bar)
             elif isinstance(event, Header):
+                if data_bar is not None:
+                    data_bar.close()
                 print(f"num docs: {event.num_docs}", file=out)
                 print(f"vocab size: {event.vocab_size}", file=out)
                 print(f"num params: {event.num_params}", file=out)
@@ -103,6 +106,8 @@ def cmd_train(args, out, err):
         raise
     finally:
         signal.signal(signal.SIGINT, previous_handler)
+        if data_bar is not None:
+            data_bar.close()
         if bar is not None:
             bar.close()
     if run_cfg.plot:
@@ -144,19 +149,45 @@ def _emit(line, stream, bar):
         stream.write(line + '\n')  # one write: print makes two, 0.2 us more a step
 
 
+class _DataBar:
+    """prepare_run's progress(bytes, total or None) as a bar of bytes on a terminal: the download of a --data URL,
+    then the first read of a data file (tokenising it into its cache); a count that starts again is the next."""
+
+    def __init__(self, err):
+        self.err, self.bar, self.done = err, None, 0
+
+    def __call__(self, done, total):
+        if self.bar is None or done < self.done:
+            self.close()
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc='data', file=self.err,
+                            leave=False, **_bar_layout(self.err))
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.done = None, 0
+
+
 def _progress_bar(err, total, initial):
     if not err.isatty():
         return None
     from tqdm import tqdm
-    # a terminal that reports no width (0 columns, as some do) would get a bar of zero width, and one that
-    # reports no height none at all (tqdm hides a bar below the last of the terminal's rows)
+    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, **_bar_layout(err))
+
+
+def _bar_layout(err):
+    """tqdm's size options for a bar on the terminal `err`: a terminal that reports no width (0 columns, as some
+    do) would get a bar of zero width, and one that reports no height none at all (tqdm hides a bar below the last
+    of the terminal's rows)."""
     try:
         columns, rows = os.get_terminal_size(err.fileno())
     except (OSError, ValueError, AttributeError):
         columns = rows = 0
     wide, tall = columns >= MIN_BAR_COLUMNS, rows >= 2
-    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, dynamic_ncols=wide and tall,
-                ncols=None if wide and tall else columns if wide else FALLBACK_BAR_COLUMNS,
+    return dict(dynamic_ncols=wide and tall, ncols=None if wide and tall else columns if wide else FALLBACK_BAR_COLUMNS,
                 nrows=None if tall else FALLBACK_BAR_ROWS)
 
 

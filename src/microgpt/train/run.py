@@ -103,10 +103,13 @@ class TrainingRun:
             return None
         return fd
 
-    def events(self, should_stop=lambda: False):
+    def events(self, should_stop=lambda: False, progress=None):
+        """The run's Header, StepReports, EvalReports and Saved events; `progress(bytes, total or None)` follows the
+        data's download or first tokenisation (prepare_run's)."""
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
-        self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device)
+        self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
+                                     progress)
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
