@@ -496,3 +496,37 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/15\.6k', err.getvalue())  # of the 16,000 bytes
     assert bool(bars) == on_a_terminal, err.getvalue()
     assert out.getvalue().startswith('num docs: 3000\n')
+
+
+def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_again(tmp_path, monkeypatch):
+    """A download that fails the data checks (here Latin-1 bytes) would otherwise stay in the cache and fail every
+    later run, the server fixed or not: the error names the address and says the file was not kept."""
+    from microgpt.cli import main
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    routes = {'/x.txt': (200, {}, 'anna\nbj\xf6rn\n'.encode('latin-1'))}
+    served = _Server(routes)
+    try:
+        url = served.url + '/x.txt'
+        out, err = io.StringIO(), io.StringIO()
+        assert main(['train', '--data', url, '--steps', '1', '--num-samples', '1'], out=out, err=err) == 2
+        assert 'not UTF-8 text' in err.getvalue() and f'downloaded from {url}; not kept' in err.getvalue(), err.getvalue()
+        routes['/x.txt'] = (200, {}, 'anna\nbjörn\n'.encode('utf-8'))
+        out, err = io.StringIO(), io.StringIO()
+        assert main(['train', '--data', url, '--steps', '1', '--num-samples', '1'], out=out, err=err) == 0, err.getvalue()
+        assert served.requests == ['/x.txt', '/x.txt'] and 'vocab size: 7' in out.getvalue(), out.getvalue()
+    finally:
+        served.close()
+
+
+@pytest.mark.parametrize('argv, fragment', [
+    (['train', '--data', 'http://[::1/x'], "http://[::1/x: not a valid web address"),
+    (['bench', '--data', 'https://[bad', '--engines', 'numpy'], "https://[bad: not a valid web address"),
+    (['train', '--engine', 'fused', '--dtype', 'bfloat16'], "--dtype bfloat16 is autocast in the torch engine"),
+])
+def test_a_malformed_address_and_an_engine_without_the_dtype_are_one_line_errors(argv, fragment, tmp_path, monkeypatch):
+    from microgpt.cli import main
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    err = io.StringIO()
+    assert main(argv + ['--steps', '1'] if argv[0] == 'train' else argv, out=io.StringIO(), err=err) == 2
+    assert err.getvalue().startswith(f'microgpt: error: {fragment}') and err.getvalue().count('\n') == 1, \
+        err.getvalue()

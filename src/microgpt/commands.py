@@ -59,7 +59,7 @@ def cmd_train(args, out, err):
     run_cfg, tcfg = RunConfig(**fields_of(RunConfig, settings)), TrainConfig(**fields_of(TrainConfig, settings))
     sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
     run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, preset or DEFAULT_PRESET))
-    if run_cfg.engine == 'fused':
+    if run_cfg.engine == 'fused' and run_cfg.dtype in ('float64', 'float32'):  # (others: the engine refuses them)
         _notice_compilation(err, run_cfg.dtype, tcfg.batch_size, run_cfg.eval_every > 0)
     # Ctrl-C before the first step's report (reading, compiling: the fused kernels compile inside the first
     # step) interrupts at once, as nothing would be saved; from then on, it stops after the step under way, so
@@ -198,8 +198,8 @@ def _notice_compilation(err, dtype, batch_size, evaluates):
         # of 2+ (benchmarks/bench_cold_start.py), 11.6-13.1 s for a batch of one with evaluation (its two entry
         # points); longer when other jobs share the cores
         wait = 'about 15 s' if evaluates and batch_size == 1 else 'about 10 s'
-        print(f"microgpt: compiling the fused engine's kernels (first run with this dtype only, {wait})...",
-              file=err, flush=True)
+        print(f"microgpt: compiling the fused engine's kernels (once for this dtype and kind of run: batches of one "
+              f"document or of several, with or without evaluation; {wait})...", file=err, flush=True)
 
 
 def _print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, known=None):

@@ -18,7 +18,14 @@ TIMEOUT_S = 30
 
 
 def is_url(path):
-    return urlparse(path).scheme in URL_SCHEMES
+    """Whether `path` is an http(s) address; a malformed one ('http://[::1/x') is an error, not a file name."""
+    try:
+        return urlparse(path).scheme in URL_SCHEMES
+    except ValueError as e:
+        if path.split(':', 1)[0].lower() not in URL_SCHEMES:
+            return False
+        raise MicrogptError(f"{path}: not a valid web address ({e}); check it, or download the file and give its "
+                            f"path") from None
 
 
 def local_path(path, progress=None):

@@ -48,8 +48,8 @@ def kernels_are_cached(dtype='float64', batch_size=1, evaluates=False):
     """Whether numba's disk cache holds every entry point a training run with batches of `batch_size` (and
     evaluation, with `evaluates`) calls in `dtype`, so that the run will not compile (False when unsure). For
     the CLI, to announce the one-time compilation."""
-    examples = _example_arguments(dtype)
     try:
+        examples = _example_arguments(dtype)  # (a dtype the engine does not compute in: False)
         for kernel in run_entry_points(batch_size, evaluates):
             key = kernel._cache._index_key(_signature(examples[kernel]), kernel.targetctx.codegen())
             if _cache_is_stale(kernel) or key not in kernel._cache._cache_file._load_index():
