@@ -25,7 +25,16 @@ def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
         assert int(steps) == (2 if engine == 'reference' else 30)
         assert float(us_per_step) > 0 and float(tokens_per_second) > 0 and float(ratio) > 0
     assert float(rows[('numpy', 'float64')][5]) > 10  # hand-derived gradients beat the scalar autograd
-    assert 'wall time of `microgpt train --engine numpy`' in out
+    assert 'wall time of `microgpt train --engine numpy --data FILE` (otherwise defaults, best of 3)' in out, out
+
+
+def test_bench_of_torch_alone_without_pytorch_is_an_error(monkeypatch):
+    import importlib.util
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'torch' else real_find_spec(name, *a))
+    code, out, err = run('bench', '--engines', 'torch')
+    assert code == 2 and err.startswith('microgpt: error: --engines names only torch, and PyTorch is not installed'), err
+    assert out == ''
 
 
 def test_bench_unknown_engine():

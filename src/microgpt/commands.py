@@ -302,6 +302,8 @@ def cmd_bench(args, out, err):
     load_documents(data)  # bad data is reported before any timing
     names = bench.engine_names
     if 'torch' in names and find_spec('torch') is None:
+        if names == ['torch']:
+            raise MicrogptError('--engines names only torch, and PyTorch is not installed: pip install "microgpt[torch]"')
         print('microgpt: PyTorch is not installed: no torch row (pip install "microgpt[torch]")', file=err)
         names.remove('torch')
     rows = []
@@ -322,7 +324,9 @@ def cmd_bench(args, out, err):
     for name in names:
         if name in ENGINES and name != 'reference':
             wall = time_cli_train(wall_args + ['--engine', name])
-            print(f"wall time of `microgpt train --engine {name}` (defaults, best of 3): {wall:.3f} s", file=out)
+            command, settings = (f"--engine {name} --data FILE", 'otherwise') if wall_args else (f"--engine {name}", '')
+            print(f"wall time of `microgpt train {command}` ({settings + ' ' if settings else ''}defaults, best of 3): "
+                  f"{wall:.3f} s", file=out)
 
 
 def cmd_study(args, out, err):
