@@ -493,14 +493,14 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     out, err = io.StringIO(), _Terminal() if on_a_terminal else io.StringIO()
     code = main(['train', '--data', server.url + '/names.txt', '--steps', '2', '--num-samples', '1'], out=out, err=err)
     assert code == 0, err.getvalue()
-    bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/15\.6k', err.getvalue())  # of the 16,000 bytes
+    bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/16\.0k', err.getvalue())  # of the 16,000 bytes
     assert bool(bars) == on_a_terminal, err.getvalue()
     assert out.getvalue().startswith('num docs: 3000\n')
 
 
 def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_again(tmp_path, monkeypatch):
-    """A download that fails the data checks (here Latin-1 bytes) would otherwise stay in the cache and fail every
-    later run, the server fixed or not: the error names the address and says the file was not kept."""
+    """A download that is not text (here Latin-1 bytes) would otherwise stay in the cache and fail every later run
+    of any command, the server fixed or not: the error names the address and says the file was not kept."""
     from microgpt.cli import main
     monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
     routes = {'/x.txt': (200, {}, 'anna\nbj\xf6rn\n'.encode('latin-1'))}
@@ -509,11 +509,14 @@ def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_a
         url = served.url + '/x.txt'
         out, err = io.StringIO(), io.StringIO()
         assert main(['train', '--data', url, '--steps', '1', '--num-samples', '1'], out=out, err=err) == 2
-        assert 'not UTF-8 text' in err.getvalue() and f'downloaded from {url}; not kept' in err.getvalue(), err.getvalue()
+        assert err.getvalue().startswith(f'microgpt: error: {url}: not UTF-8 text (invalid byte at offset 7)') \
+            and 'the download was not kept' in err.getvalue(), err.getvalue()
+        assert main(['bench', '--data', url, '--engines', 'numpy'], out=io.StringIO(), err=err) == 2  # every command
+        assert not list((tmp_path / 'cache').rglob('*x.txt'))
         routes['/x.txt'] = (200, {}, 'anna\nbjörn\n'.encode('utf-8'))
         out, err = io.StringIO(), io.StringIO()
         assert main(['train', '--data', url, '--steps', '1', '--num-samples', '1'], out=out, err=err) == 0, err.getvalue()
-        assert served.requests == ['/x.txt', '/x.txt'] and 'vocab size: 7' in out.getvalue(), out.getvalue()
+        assert served.requests == ['/x.txt'] * 3 and 'vocab size: 7' in out.getvalue(), out.getvalue()
     finally:
         served.close()
 

@@ -19,26 +19,33 @@ def python_shuffle(n, rng):
     return list(positions)
 
 
-def after_some_draws(seed):
-    """A random.Random part-way through its stream (the shuffle comes after the vocabulary's draws, if any)."""
+def after_some_draws(seed, draws='random'):
+    """A random.Random just seeded (its twister's index at 624), or part-way through its stream; after gauss() it
+    holds the second normal of the pair (gauss_next), which the shuffle must leave as it is."""
     rng = random.Random(seed)
-    rng.random()
+    if draws == 'random':
+        rng.random()
+    elif draws == 'gauss':
+        rng.gauss(0, 1)
+    elif draws == 'bits':
+        rng.getrandbits(70)
     return rng
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(0, 3000), seed=st.integers(0, 2**32), block=st.sampled_from([1, 2, 7, 64, 2**20]))
-def test_the_compiled_shuffle_is_random_shuffles_and_leaves_the_stream_where_it_does(n, seed, block):
+@given(n=st.integers(0, 3000), seed=st.integers(0, 2**32), block=st.sampled_from([1, 2, 7, 64, 2**20]),
+       draws=st.sampled_from(['none', 'random', 'gauss', 'bits']))
+def test_the_compiled_shuffle_is_random_shuffles_and_leaves_the_stream_where_it_does(n, seed, block, draws):
     """Blocks of 1 or 2 raw outputs end inside nearly every position's draws (rejections included): each must
     start again in the next block with the twister exactly where its draws began."""
-    expected_rng, rng = after_some_draws(seed), after_some_draws(seed)
+    expected_rng, rng = after_some_draws(seed, draws), after_some_draws(seed, draws)
     expected = python_shuffle(n, expected_rng)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(permutation, 'BLOCK', block)
         got = permutation.compiled_shuffle(n, rng)
     assert got.dtype == np.int64 and got.tolist() == expected
     assert rng.getstate() == expected_rng.getstate()
-    assert [rng.random() for _ in range(3)] == [expected_rng.random() for _ in range(3)]  # the weights' draws
+    assert [rng.gauss(0, 1) for _ in range(3)] == [expected_rng.gauss(0, 1) for _ in range(3)]  # the weights' draws
 
 
 @pytest.mark.slow(seconds=4)

@@ -160,7 +160,7 @@ class _DataBar:
         if self.bar is None or done < self.done:
             self.close()
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc='data', file=self.err,
+            self.bar = tqdm(total=total, unit='B', unit_scale=True, desc='data', file=self.err,
                             leave=False, **_bar_layout(self.err))
         self.bar.update(done - self.done)
         self.done = done
@@ -198,8 +198,8 @@ def _notice_compilation(err, dtype, batch_size, evaluates):
         # of 2+ (benchmarks/bench_cold_start.py), 11.6-13.1 s for a batch of one with evaluation (its two entry
         # points); longer when other jobs share the cores
         wait = 'about 15 s' if evaluates and batch_size == 1 else 'about 10 s'
-        print(f"microgpt: compiling the fused engine's kernels (once for this dtype and kind of run: batches of one "
-              f"document or of several, with or without evaluation; {wait})...", file=err, flush=True)
+        print(f"microgpt: compiling the fused engine's kernels (once for this dtype and kind of run: one document a "
+              f"step, with or without evaluation, or batches of several; {wait})...", file=err, flush=True)
 
 
 def _print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, known=None):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, edges_sha256, read_pieces, split_lines
-from .errors import MicrogptError
+from .errors import MicrogptError, NotData
 from .tempfiles import make_temporary, remove_quietly
 
 CACHE_VERSION = 1
@@ -60,8 +60,8 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
     `progress(bytes_read, total_bytes_or_None)` is called after each piece."""
     check_data_path(path)
     source = source_identity(path)
-    if source is None or source['size'] < min_cache_bytes:
-        return tokenise(path, _MemorySink(source), progress)
+    if source is None or source['size'] < min_cache_bytes:  # a small file: read at once, with no progress to show
+        return tokenise(path, _MemorySink(source))
     folder = cache_dir or cache_folder()
     cache_path = os.path.join(folder, f"tokens-{hashlib.sha256(source['path'].encode()).hexdigest()[:32]}.bin")
     cached = open_cache(cache_path, source)
@@ -157,7 +157,7 @@ def tokenise(path, sink, progress=None):
             present = np.flatnonzero(np.bincount(points))
             new = present[provisional[present] == UNSEEN]
             if len(first_seen) + len(new) > MAX_CHARS:
-                raise MicrogptError(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
+                raise NotData(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
                                     f"needs a smaller alphabet; {TEXT_HINT}")
             provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
             first_seen += new.tolist()
@@ -169,7 +169,7 @@ def tokenise(path, sink, progress=None):
         longest = max(longest, int(np.diff(bos_at, prepend=-1).max()) - 1)
         written += len(ids)
     if written == 1:
-        raise MicrogptError(f"{path}: no non-blank lines; {TEXT_HINT}")
+        raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
     chars = ''.join(sorted(map(chr, first_seen)))
     final = np.empty(len(first_seen) + 1, token_dtype(len(chars)))  # provisional id -> final id
     final[0] = len(chars)

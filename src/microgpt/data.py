@@ -22,7 +22,7 @@ from importlib import resources
 
 from . import memory
 from .config import SettingError, check_settings
-from .errors import MicrogptError
+from .errors import MicrogptError, NotData
 from .makemore_split import makemore_split
 
 MAX_STREAM_BYTES = 2**30   # a pipe or device (no size of its own) is read up to this
@@ -117,15 +117,15 @@ def read_pieces(path):
                     break
                 if b'\x00' in block:
                     at = offset + len(carry) + block.index(b'\x00')
-                    raise MicrogptError(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
+                    raise NotData(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
                 carry += block
                 cut = max(carry.rfind(b'\n'), carry.rfind(b'\r')) + 1
                 if cut:
                     yield offset, carry[:cut]
                     offset, carry = offset + cut, carry[cut:]
                 if len(carry) > MAX_LINE_BYTES:
-                    raise MicrogptError(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
-                                        f"{TEXT_HINT}")
+                    raise NotData(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
+                                  f"{TEXT_HINT}")
                 if not regular and offset + len(carry) >= stream_limit and f.read(1):
                     raise MicrogptError(f"{path}: a stream of more than {stream_limit:,} bytes; save it into "
                                         f"a file first (files of any size are read)")
@@ -142,8 +142,17 @@ def decode_piece(path, offset, piece):
     try:
         text = piece.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise MicrogptError(f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}); {TEXT_HINT}") from None
+        raise NotData(f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}); {TEXT_HINT}") from None
     return text.removeprefix(BYTE_ORDER_MARK) if offset == 0 else text
+
+
+def check_text(path):
+    """Raise NotData where load_documents would, reading `path` a piece at a time and keeping nothing."""
+    blank = True
+    for offset, piece in read_pieces(path):
+        blank = blank and not decode_piece(path, offset, piece).strip()
+    if blank:
+        raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
 
 
 def load_documents(path):
@@ -153,7 +162,7 @@ def load_documents(path):
     for offset, piece in read_pieces(path):
         docs += split_lines(decode_piece(path, offset, piece))
     if not docs:
-        raise MicrogptError(f"{path}: no non-blank lines; {TEXT_HINT}")
+        raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
     return docs
 
 

@@ -5,6 +5,11 @@ class MicrogptError(Exception):
     """A problem with the user's input: the message says what is wrong and what to do."""
 
 
+class NotData(MicrogptError):
+    """A data file's content is not documents of text (not UTF-8, a NUL byte, an over-long line, no non-blank
+    lines, too many distinct characters): a download that raises it is not kept (train.setup)."""
+
+
 class PeersLost(MicrogptError):
     """Another process of a data-parallel run stopped. PyTorch's gloo may then abort this process as it tears
     down ("terminate called without an active exception"), so the command line ends it at once after the

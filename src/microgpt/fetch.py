@@ -8,8 +8,8 @@ a failed, refused or broken-off download is a one-line MicrogptError and leaves 
 import os
 from urllib.parse import urlparse
 
-from .data import MAX_STREAM_BYTES, cache_folder
-from .errors import MicrogptError
+from .data import MAX_STREAM_BYTES, cache_folder, check_text
+from .errors import MicrogptError, NotData
 from .tempfiles import make_temporary, remove_quietly
 
 URL_SCHEMES = ('http', 'https')
@@ -59,6 +59,10 @@ def fetch(url, cache_dir=None, progress=None):
     try:
         with os.fdopen(fd, 'wb') as f:
             _download(url, f, progress)
+        try:  # kept, a download that is not text would fail every later run, the server fixed or not
+            check_text(tmp)
+        except NotData as e:
+            raise NotData(f"{url}{str(e).removeprefix(tmp)}; the download was not kept") from None
         os.replace(tmp, path)
     except BaseException:  # an error, Ctrl-C: no partial download stays behind
         remove_quietly(tmp)

@@ -18,7 +18,7 @@ BLOCK = 2**20               # raw outputs drawn at a time
 
 def shuffled_positions(n, rng):
     """(n,) int64: random.shuffle(list(range(n))) with rng's draws; rng moves on as random.shuffle moves it."""
-    if n < COMPILED_FROM or n > 2**32:  # random.shuffle draws several 32-bit words a position past 2^32
+    if n < COMPILED_FROM or n >= 2**32:  # random.shuffle draws two 32-bit words a position from 2^32 on
         positions = array('q')
         positions.frombytes(np.arange(n, dtype=np.int64).tobytes())
         rng.shuffle(positions)
@@ -27,7 +27,7 @@ def shuffled_positions(n, rng):
 
 
 def compiled_shuffle(n, rng):
-    """shuffled_positions by the compiled loop, at any n from 1 to 2^32 (tests compare it with random.shuffle)."""
+    """shuffled_positions by the compiled loop, at any n below 2^32 (tests compare it with random.shuffle)."""
     version, words, gauss_next = rng.getstate()
     twister = np.random.MT19937()
     twister.state = {'bit_generator': 'MT19937',

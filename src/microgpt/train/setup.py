@@ -13,7 +13,6 @@ from ..errors import MicrogptError
 from ..fetch import is_url, fetch
 from ..memory import check_memory
 from ..presets import DEFAULT_PRESET
-from ..tempfiles import remove_quietly
 
 
 @dataclass(frozen=True)
@@ -144,24 +143,17 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
     strings. Both give the same documents in the same order. `progress(bytes, total or None)` follows a
     download or a first tokenisation."""
     rng = random.Random(tcfg.seed)
-    url = data_path if is_url(data_path) else None
-    if url:
-        data_path = fetch(url, progress=progress)
+    if is_url(data_path):
+        data_path = fetch(data_path, progress=progress)
     notice, bos_first = None, model.get('bos') == 'first'
-    try:
-        if engine == 'reference':
-            docs, val_docs, longest = load_documents(data_path), [], None
-        else:
-            from ..corpus import load_corpus
-            from ..documents import Documents
-            corpus = load_corpus(data_path, progress=progress)
-            docs, notice, longest = Documents(corpus, bos_first=bos_first), corpus.notice, corpus.longest
-            val_docs = docs.take([])
-    except MicrogptError as e:
-        if url is None:
-            raise
-        remove_quietly(data_path)  # kept, it would fail every run until removed by hand, the server fixed or not
-        raise MicrogptError(f"{e} (downloaded from {url}; not kept: the next run downloads it again)") from None
+    if engine == 'reference':
+        docs, val_docs, longest = load_documents(data_path), [], None
+    else:
+        from ..corpus import load_corpus
+        from ..documents import Documents
+        corpus = load_corpus(data_path, progress=progress)
+        docs, notice, longest = Documents(corpus, bos_first=bos_first), corpus.notice, corpus.longest
+        val_docs = docs.take([])
     if holdout is not None:
         docs, val_docs = holdout_split(docs, holdout.fraction, holdout.seed, holdout.by)
     docs = shuffled(docs, rng)
