@@ -149,8 +149,8 @@ def main():
         parser.error(f"{mca} not found: install LLVM's llvm-mca (Debian: apt-get install llvm-19), or give --mca")
     unknown = [cpu for cpu in args.cpus if cpu not in known_cpus(mca)]
     if unknown:
-        parser.error(f"{mca} knows no CPU named {', '.join(unknown)} (its names: {mca} -mcpu=help); for a CPU newer than "
-                     f"its LLVM, give a newer llvm-mca with --mca")
+        parser.error(f"{mca} knows no CPU named {', '.join(unknown)} (its names: {mca} -mcpu=help); for a CPU newer "
+                     f"than its LLVM, give a newer llvm-mca with --mca")
     version = subprocess.run([mca, '--version'], capture_output=True, text=True, stdin=subprocess.DEVNULL).stdout
     print(f"{mca} ({re.search(r'version ([0-9.]+)', version).group(1)}); work per clock cycle of each loop, as "
           f"numba compiles it for that CPU, in LLVM's model of the CPU; the last column against the first CPU with "

@@ -31,9 +31,11 @@ def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
 def test_bench_of_torch_alone_without_pytorch_is_an_error(monkeypatch):
     import importlib.util
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'torch' else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *a: None if name == 'torch' else real_find_spec(name, *a))
     code, out, err = run('bench', '--engines', 'torch')
-    assert code == 2 and err.startswith('microgpt: error: --engines names only torch, and PyTorch is not installed'), err
+    assert code == 2, err
+    assert err.startswith('microgpt: error: --engines names only torch, and PyTorch is not installed'), err
     assert out == ''
 
 

@@ -303,7 +303,8 @@ def cmd_bench(args, out, err):
     names = bench.engine_names
     if 'torch' in names and find_spec('torch') is None:
         if names == ['torch']:
-            raise MicrogptError('--engines names only torch, and PyTorch is not installed: pip install "microgpt[torch]"')
+            raise MicrogptError('--engines names only torch, and PyTorch is not installed: '
+                                'pip install "microgpt[torch]"')
         print('microgpt: PyTorch is not installed: no torch row (pip install "microgpt[torch]")', file=err)
         names.remove('torch')
     rows = []

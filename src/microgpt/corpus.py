@@ -158,7 +158,7 @@ def tokenise(path, sink, progress=None):
             new = present[provisional[present] == UNSEEN]
             if len(first_seen) + len(new) > MAX_CHARS:
                 raise NotData(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
-                                    f"needs a smaller alphabet; {TEXT_HINT}")
+                              f"needs a smaller alphabet; {TEXT_HINT}")
             provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
             first_seen += new.tolist()
             ids = provisional[points]

@@ -7,7 +7,7 @@ class MicrogptError(Exception):
 
 class NotData(MicrogptError):
     """A data file's content is not documents of text (not UTF-8, a NUL byte, an over-long line, no non-blank
-    lines, too many distinct characters): a download that raises it is not kept (train.setup)."""
+    lines, too many distinct characters). fetch.py checks a download for it before keeping the file."""
 
 
 class PeersLost(MicrogptError):
