@@ -75,8 +75,10 @@ class Documents:
         return self.corpus.longest
 
     def lengths(self):
-        """(D,) tokens of each document with its two BOS, in this order."""
-        lengths = np.diff(self.corpus.bounds.astype(np.int64)) + 1
+        """(D,) tokens of each document with its two BOS, in this order, in the bounds' unsigned type (uint32 below
+        2^32 tokens: half the memory of int64, 150 MB less for the 37.5 million documents of a 300 MB word list)."""
+        lengths = np.diff(self.corpus.bounds)  # increasing bounds: no wrap-around
+        lengths += 1
         return lengths if self.order is None else lengths[self.order]
 
     def length_list(self):
