@@ -256,19 +256,46 @@ def test_shuffles_and_splits_match_the_lists_of_strings(names_path, bos_first):
 
 
 @pytest.mark.parametrize('extra', [[], ['abcdefghijklmnopqrstu', 'abcdefghijklmnopqrst', 'abcdefghijklmnopqrsu']],
-                         ids=['packed-keys', 'byte-row-keys'])
-def test_split_by_name_ranks_documents_as_strings_sort(tmp_path, extra):
-    """Prefixes first, every character's code point order, ids beyond 255 (big-endian sort keys); short
-    documents pack into one uint64, long ones compare as rows."""
+                         ids=['one-key', 'longer-than-a-key'])
+def test_string_order_sorts_documents_as_strings_sort(tmp_path, extra):
+    """Prefixes first, every character's code point order, ids beyond 255 (13-bit fields, 4 characters a key);
+    documents longer than a key are ordered by their next characters."""
     words = ['b', 'ab', 'a', 'abc', 'a b', 'é', 'ab', 'Z', 'z', '東京', '東', 'b'] + \
         [chr(0x100 + i) for i in range(300)] + extra
     path = tmp_path / 'words.txt'
     path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+    order, first = Documents(load_corpus(str(path))).string_order()
+    assert order.tolist() == sorted(range(len(words)), key=lambda i: (words[i], i))  # equal strings in file order
+    in_order = [words[i] for i in order]
+    assert first.tolist() == [i == 0 or in_order[i] != in_order[i - 1] for i in range(len(words))]
+
+
+_split_words = st.lists(st.text('abz', min_size=1, max_size=40), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.tuples(_split_words, _split_words, st.text('abz', max_size=30)).map(
+           lambda t: t[0] + [t[2] + w for w in t[1]] + t[1]),  # long shared prefixes, repeats
+       fraction=st.sampled_from([None, 0.2, 0.6]), shuffle=st.booleans())
+def test_the_split_by_name_is_the_strings_split(tmp_path, words, fraction, shuffle):
+    """Documents.holdout by name (sorted by packed keys, runs refined K characters at a time) holds out the same
+    documents in the same order as data.holdout_split on the strings, with repeats and long shared prefixes."""
+    words = words * 5  # at least 10 distinct documents' worth for the default split, sometimes
+    path = tmp_path / 'words.txt'
+    path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+    docs = load_documents(str(path))
     every = Documents(load_corpus(str(path)))
-    ranks, n_units = every.distinct_ranks()
-    units = sorted(set(words))
-    assert n_units == len(units), (n_units, len(units))
-    assert [units[r] for r in ranks] == words, [units[r] for r in ranks][:12]
+    if shuffle:
+        docs, every = shuffled(docs, random.Random(3)), shuffled(every, random.Random(3))
+    try:
+        train, val = holdout_split(docs, fraction, 7, 'name')
+    except MicrogptError as error:  # too few distinct documents: the same error
+        with pytest.raises(MicrogptError, match=re.escape(str(error))):
+            holdout_split(every, fraction, 7, 'name')
+        return
+    got_train, got_val = holdout_split(every, fraction, 7, 'name')
+    assert list(got_train.texts()) == train
+    assert list(got_val.texts()) == val
 
 
 def test_documents_read_like_a_list(names_path):

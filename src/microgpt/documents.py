@@ -118,42 +118,108 @@ class Documents:
             held = np.zeros(len(self), bool)
             held[holdout_draw(seed).sample(range(len(self)), validation_size(len(self), val_fraction, by))] = True
             return self.take(np.flatnonzero(~held)), self.take(np.flatnonzero(held))
-        ranks, n_units = self.distinct_ranks()                      # (D,) string-order rank of each document
+        order, first = self.string_order()
+        n_units = int(np.count_nonzero(first))
         picks = holdout_draw(seed).sample(range(n_units), validation_size(n_units, val_fraction, by))
-        held_units = np.zeros(n_units, bool)
-        held_units[picks] = True
-        train = np.flatnonzero(~held_units[ranks])
-        one_of_unit = np.empty(n_units, np.int64)                  # a position of a document of each unit
-        one_of_unit[ranks] = np.arange(len(self))
-        return self.take(train), self.take(one_of_unit[np.sort(np.asarray(picks, np.int64))])
+        picks = np.sort(np.asarray(picks, np.int64))                 # (V,) held units in string order
+        begin, end = _nth_true(first, picks), _nth_true(first, picks + 1)  # each held unit's run in `order`
+        train = np.ones(len(self), bool)
+        train[order[_ranges(begin, end)]] = False                    # every document of a held unit
+        return self.take(np.flatnonzero(train)), self.take(order[begin])  # one document of each held unit
 
-    def distinct_ranks(self):
-        """((D,) rank of each document among the distinct documents in string order, their number).
+    def string_order(self):
+        """(order, first): the positions of this sequence sorted by their documents' strings (equal strings in
+        position order), and first (D,) bool, true where order[i] begins a distinct string.
 
-        Each document becomes a sort key whose order is its string's: its ids + 1 (code-point order), padded
-        with 0 to the longest document (a prefix sorts first). Short documents over a small alphabet pack into
-        one uint64 (bits per id x width <= 64), which sorts fast; others compare as rows of big-endian bytes."""
-        bounds = self.corpus.bounds.astype(np.int64)
-        order = self.indices()
-        lengths = np.diff(bounds)[order] - 1                        # (D,) characters
-        width = max(1, int(lengths.max()))
-        bits = int(len(self.corpus.chars) + 1).bit_length()         # ids + 1 run from 1 to len(chars)
-        packed = bits * width <= 64
-        if packed:
-            keys = np.zeros(len(self), np.uint64)                    # (D,)
-        else:
-            keys = np.zeros((len(self), width), '>u2' if bits > 8 else np.uint8)  # (D, width)
-        for start in range(0, len(self), RANK_ROWS):
-            rows = np.arange(start, min(len(self), start + RANK_ROWS))
-            n = lengths[rows]
-            col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
-            ids = self.corpus.tokens[np.repeat(bounds[order[rows]] + 1, n) + col].astype(np.uint64) + 1
-            if packed:  # the first character in the highest bits; the fields do not overlap, so a sum is an OR
-                fields = ids << (bits * (width - 1 - col)).astype(np.uint64)          # (characters,)
-                keys[start:start + len(rows)] = np.add.reduceat(fields, np.cumsum(n) - n)
-            else:
-                keys[np.repeat(rows, n), col] = ids
-        if not packed:
-            keys = keys.view(np.dtype((np.void, keys.shape[1] * keys.itemsize))).ravel()  # (D,) one row each
-        units, ranks = np.unique(keys, return_inverse=True)
-        return ranks.ravel(), len(units)
+        A document's sort key packs K = 64 // bits of its characters as ids + 1 (code-point order) into one
+        uint64, the first character highest, 0 past its end (a prefix sorts first). One sort by the first K
+        characters orders most word lists; only runs of equal keys holding a longer document are sorted again,
+        by the next K characters, and so on: a long line costs its own run, not a column for every document."""
+        bits = int(len(self.corpus.chars) + 1).bit_length()           # ids + 1 run from 1 to len(chars)
+        per_key = 64 // bits
+        keys = self._sort_keys(None, 0, per_key, bits)                # (D,)
+        order = np.argsort(keys, kind='stable')                       # (D,) int64
+        first = np.ones(len(self), bool)
+        for start in range(0, len(self), RANK_ROWS):                  # keys[order[i]] != keys[order[i - 1]]
+            rows = order[max(start - 1, 0):start + RANK_ROWS]
+            first[max(start, 1):start + RANK_ROWS] = keys[rows[1:]] != keys[rows[:-1]]
+        del keys
+        level = 1
+        pending = self._tied(order, first, None, per_key) if self.longest > per_key else np.zeros(0, np.int64)
+        while len(pending):
+            run = np.cumsum(first[pending])                           # (len(pending),) the run of each
+            more = self._sort_keys(order[pending], level, per_key, bits)
+            resort = np.lexsort((more, run))                          # stable: equal strings keep their order
+            order[pending] = order[pending[resort]]
+            more = more[resort]
+            first[pending[1:]] |= more[1:] != more[:-1]               # a run splits where the next characters differ
+            level += 1
+            pending = self._tied(order, first, pending, level * per_key)
+        return order, first
+
+    def _tied(self, order, first, among, chars):
+        """The positions of `order` in runs of 2+ equal keys with a document of more than `chars` characters:
+        those their first `chars` characters leave unordered. `among`: the positions to look at (whole runs),
+        None for all, a chunk at a time."""
+        bounds, longer = self.corpus.bounds, [np.zeros(0, np.int64)]
+        for start in range(0, len(order) if among is None else len(among), RANK_ROWS):
+            rows = np.arange(start, min(len(order), start + RANK_ROWS)) if among is None else \
+                among[start:start + RANK_ROWS]
+            d = self.indices(order[rows])
+            longer.append(rows[bounds[d + 1].astype(np.int64) - bounds[d] - 1 > chars])
+        runs = np.unique(_true_count(first, np.concatenate(longer)) - 1)  # runs holding a longer document
+        begin, end = _nth_true(first, runs), _nth_true(first, runs + 1)
+        shared = end - begin > 1
+        return _ranges(begin[shared], end[shared])
+
+    def _sort_keys(self, positions, level, per_key, bits):
+        """(len(positions),) uint64 (every position when None): characters level * per_key .. of each document
+        as `bits`-wide fields of id + 1, the first in the highest field, 0 past the document's end."""
+        n = len(self) if positions is None else len(positions)
+        keys = np.zeros(n, np.uint64)
+        field = np.arange(1, len(self.corpus.chars) + 2, dtype=np.uint64)  # id -> id + 1; BOS (the end) -> 0
+        field[-1] = 0
+        for start in range(0, n, RANK_ROWS):
+            rows = np.arange(start, min(n, start + RANK_ROWS)) if positions is None else \
+                positions[start:start + RANK_ROWS]
+            d = self.indices(rows)
+            at = self.corpus.bounds[d].astype(np.int64) + 1 + level * per_key
+            end = self.corpus.bounds[d + 1].astype(np.int64)         # the closing BOS
+            key = np.zeros(len(d), np.uint64)
+            for c in range(per_key):
+                key <<= np.uint64(bits)
+                key |= field[self.corpus.tokens[np.minimum(at + c, end)]]
+            keys[start:start + len(d)] = key
+        return keys
+
+
+def _nth_true(mask, ranks):
+    """(len(ranks),) int64: the position of the ranks-th true value of mask (from 0; ranks ascending), len(mask)
+    past the last."""
+    out = np.full(len(ranks), len(mask), np.int64)
+    seen = done = 0
+    for start in range(0, len(mask), RANK_ROWS):
+        where = np.flatnonzero(mask[start:start + RANK_ROWS])
+        stop = int(np.searchsorted(ranks, seen + len(where)))
+        out[done:stop] = start + where[ranks[done:stop] - seen]
+        done, seen = stop, seen + len(where)
+    return out
+
+
+def _true_count(mask, positions):
+    """(len(positions),) int64: how many of mask[:p + 1] are true, for each p of `positions` (ascending)."""
+    out = np.empty(len(positions), np.int64)
+    seen = 0
+    for start in range(0, len(mask), RANK_ROWS):
+        chunk = mask[start:start + RANK_ROWS]
+        lo, hi = np.searchsorted(positions, (start, start + len(chunk)))
+        if hi > lo:
+            out[lo:hi] = seen + np.cumsum(chunk)[positions[lo:hi] - start]
+        seen += int(np.count_nonzero(chunk))
+    return out
+
+
+def _ranges(begin, end):
+    """begin[0] .. end[0] - 1, begin[1] .. end[1] - 1, ... as one int64 array."""
+    sizes = end - begin
+    return np.repeat(begin - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
