@@ -83,7 +83,12 @@ def main():
     p.add_argument('--folder', default=None, help='where to write the word lists (default: a temporary folder)')
     p.add_argument('--plot', default=None, metavar='PNG', help='also plot load time and peak memory against size')
     args = p.parse_args()
-    sizes = [int(s) for s in args.sizes.split(',')]
+    try:
+        sizes = [int(s) for s in args.sizes.split(',')]
+    except ValueError:
+        p.error(f"--sizes takes whole numbers of MB separated by commas, not {args.sizes!r}")
+    if min(sizes) < 1:
+        p.error(f"--sizes must be 1 MB or more each, got {args.sizes}")
     baseline = measure(BASELINE)['peak']
     print(f"interpreter with numpy and microgpt imported: {baseline / 2**20:.0f} MiB resident")
     header = (f"{'MB':>6} {'docs':>11} {'first load s':>12} {'MB/s':>6} {'cpu s':>6} {'MB/cpu s':>8} "

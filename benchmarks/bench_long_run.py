@@ -74,10 +74,15 @@ def main():
     if args.row:
         model, dtype, batch, steps, window, sample = args.row.split(':')
         return run_row(args.data, model, dtype, int(batch), int(steps), int(window), int(sample))
+    if min(args.steps, args.window, args.sample, args.makemore_steps) < 1:
+        parser.error("--steps, --window, --sample and --makemore-steps must be 1 or more")
+    if not args.sample <= args.window <= args.steps:
+        parser.error(f"need --sample <= --window <= --steps, got {args.sample}, {args.window} and {args.steps}")
     makemore_window = max(args.makemore_steps // 10, 1)
     rows = [('default', 'float64', 1, args.steps, args.window, args.sample),
             ('default', 'float32', 1, args.steps, args.window, args.sample),
-            ('makemore', 'float32', 32, args.makemore_steps, makemore_window, min(args.sample // 10, makemore_window))]
+            ('makemore', 'float32', 32, args.makemore_steps, makemore_window,
+             min(max(args.sample // 10, 1), makemore_window))]
     trees = [('this tree', None)] + [(src, src) for src in args.compare]
     print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores")
     for row in rows:

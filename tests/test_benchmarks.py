@@ -113,6 +113,19 @@ def test_bench_long_run_prints_the_cost_over_windows(names_path):
     assert re.search(rf'step 20 costs {NUMBER}x step 2', out), out
 
 
+@pytest.mark.parametrize('script, args, error', [
+    ('bench_long_run.py', ['--steps', 10, '--window', 20], 'need --sample <= --window <= --steps'),
+    ('bench_long_run.py', ['--sample', 0], 'must be 1 or more'),
+    ('bench_data.py', ['--sizes', '10,-5'], 'must be 1 MB or more each'),
+    ('bench_data.py', ['--sizes', '1,x'], 'whole numbers of MB'),
+])
+def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, args, error):
+    data = ['--data', names_path] if script == 'bench_long_run.py' else []
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args), *data], capture_output=True,
+                          text=True, timeout=60, cwd=REPO_ROOT)
+    assert proc.returncode == 2 and error in proc.stderr.splitlines()[-1], proc.stderr
+
+
 @pytest.mark.slow(seconds=12)
 def test_bench_cpu_models_gives_each_loops_work_per_cycle_on_each_cpu():
     require_tool('llvm-mca-19')
