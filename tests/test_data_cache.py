@@ -329,7 +329,10 @@ class _Server:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(body)
+                if callable(body):  # a body that writes itself (and stalls)
+                    body(self.wfile)
+                else:
+                    self.wfile.write(body)
                 self.wfile.flush()
                 self.close_connection = True
 
@@ -387,6 +390,26 @@ def test_a_failed_or_partial_download_is_one_line_and_leaves_nothing(server, tmp
     message = str(info.value)
     assert fragment in message and server.url + route in message and '\n' not in message, message
     assert os.listdir(tmp_path / 'downloads') == [], os.listdir(tmp_path / 'downloads')
+
+
+def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):
+    """The bytes that arrived before the stall are counted (a read of a whole block waited for the rest and
+    reported none)."""
+    import time
+    from microgpt import fetch as fetch_module
+
+    def stall(wfile):
+        wfile.write(NAMES_BODY)
+        wfile.flush()
+        time.sleep(0.6)
+    served = _Server({'/stalls.txt': (200, {'Content-Length': str(2 * len(NAMES_BODY))}, stall)})
+    monkeypatch.setattr(fetch_module, 'TIMEOUT_S', 0.2)
+    try:
+        with pytest.raises(MicrogptError, match=f'broke off after {len(NAMES_BODY):,} bytes .*timed out'):
+            fetch_module.fetch(served.url + '/stalls.txt', cache_dir=str(tmp_path))
+    finally:
+        served.close()
+    assert os.listdir(tmp_path / 'downloads') == []
 
 
 def test_a_refused_connection_is_one_line(tmp_path):

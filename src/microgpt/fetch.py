@@ -86,7 +86,7 @@ def _download(url, f, progress):
             if progress:
                 progress(0, total)
             while True:
-                block = response.read(BLOCK_BYTES)
+                block = response.read1(BLOCK_BYTES)  # what has arrived: a stall then reports it
                 if not block:
                     break
                 f.write(block)
