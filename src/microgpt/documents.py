@@ -17,6 +17,7 @@ from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
 
 RANK_ROWS = 2**20  # documents written into the sort keys at a time
+TIE_CHARACTERS = 2**22  # characters of tied documents compared at a time, as bytes, when they are few
 
 
 class Documents:
@@ -133,8 +134,9 @@ class Documents:
 
         A document's sort key packs K = 64 // bits of its characters as ids + 1 (code-point order) into one
         uint64, the first character highest, 0 past its end (a prefix sorts first). One sort by the first K
-        characters orders most word lists; only runs of equal keys holding a longer document are sorted again,
-        by the next K characters, and so on: a long line costs its own run, not a column for every document."""
+        characters orders most word lists. Only runs of equal keys that hold a longer document are sorted
+        again, by their next characters, on those documents alone: K more at a time while they are many, as
+        many as TIE_CHARACTERS allows when they are few (two equal lines of millions of characters)."""
         bits = int(len(self.corpus.chars) + 1).bit_length()           # ids + 1 run from 1 to len(chars)
         per_key = 64 // bits
         keys = self._sort_keys(None, 0, per_key, bits)                # (D,)
@@ -144,27 +146,39 @@ class Documents:
             rows = order[max(start - 1, 0):start + RANK_ROWS]
             first[max(start, 1):start + RANK_ROWS] = keys[rows[1:]] != keys[rows[:-1]]
         del keys
-        level = 1
-        pending = self._tied(order, first, None, per_key) if self.longest > per_key else np.zeros(0, np.int64)
+        done = per_key                                                # characters the order has compared
+        pending = self._tied(order, first, None, done) if self.longest > done else np.zeros(0, np.int64)
         while len(pending):
             run = np.cumsum(first[pending])                           # (len(pending),) the run of each
-            more = self._sort_keys(order[pending], level, per_key, bits)
-            resort = np.lexsort((more, run))                          # stable: equal strings keep their order
+            width = max(per_key, TIE_CHARACTERS // len(pending))
+            if width == per_key:  # many documents: their next K characters as packed keys
+                more = self._sort_keys(order[pending], done, per_key, bits)
+                resort = np.lexsort((more, run))                      # stable: equal strings keep their order
+                differs = more[resort][1:] != more[resort][:-1]
+            else:  # few: their next `width` characters as bytes, which compare as the strings do
+                more = self._texts(order[pending], done, width)
+                resort = np.array(sorted(range(len(pending)), key=lambda j: (run[j], more[j])), np.int64)
+                differs = np.array([more[j] != more[k] for j, k in zip(resort[1:], resort[:-1])], bool)
             order[pending] = order[pending[resort]]
-            more = more[resort]
-            first[pending[1:]] |= more[1:] != more[:-1]               # a run splits where the next characters differ
-            level += 1
-            pending = self._tied(order, first, pending, level * per_key)
+            first[pending[1:]] |= differs                             # a run splits where the characters differ
+            done += width
+            pending = self._tied(order, first, pending, done)
         return order, first
 
     def _tied(self, order, first, among, chars):
         """The positions of `order` in runs of 2+ equal keys with a document of more than `chars` characters:
-        those their first `chars` characters leave unordered. `among`: the positions to look at (whole runs),
-        None for all, a chunk at a time."""
-        bounds, longer = self.corpus.bounds, [np.zeros(0, np.int64)]
-        for start in range(0, len(order) if among is None else len(among), RANK_ROWS):
-            rows = np.arange(start, min(len(order), start + RANK_ROWS)) if among is None else \
-                among[start:start + RANK_ROWS]
+        those their first `chars` characters leave unordered. `among`: the positions to look at (whole runs;
+        None: all of them, a chunk at a time)."""
+        bounds = self.corpus.bounds
+        if among is not None:
+            runs = np.cumsum(first[among]) - 1
+            d = self.indices(order[among])
+            longer = bounds[d + 1].astype(np.int64) - bounds[d] - 1 > chars
+            tied = (np.bincount(runs) > 1) & (np.bincount(runs, weights=longer) > 0)
+            return among[tied[runs]]
+        longer = [np.zeros(0, np.int64)]
+        for start in range(0, len(order), RANK_ROWS):
+            rows = np.arange(start, min(len(order), start + RANK_ROWS))
             d = self.indices(order[rows])
             longer.append(rows[bounds[d + 1].astype(np.int64) - bounds[d] - 1 > chars])
         runs = np.unique(_true_count(first, np.concatenate(longer)) - 1)  # runs holding a longer document
@@ -172,9 +186,19 @@ class Documents:
         shared = end - begin > 1
         return _ranges(begin[shared], end[shared])
 
-    def _sort_keys(self, positions, level, per_key, bits):
-        """(len(positions),) uint64 (every position when None): characters level * per_key .. of each document
-        as `bits`-wide fields of id + 1, the first in the highest field, 0 past the document's end."""
+    def _texts(self, positions, skip, width):
+        """Characters skip .. skip + width - 1 of the documents at `positions`, each as bytes of big-endian ids:
+        bytes compare as the strings do (a prefix first)."""
+        d = self.indices(positions)
+        begin = self.corpus.bounds[d].astype(np.int64) + 1 + skip
+        end = np.minimum(self.corpus.bounds[d + 1].astype(np.int64), begin + width)
+        tokens = self.corpus.tokens
+        big_endian = tokens.dtype.newbyteorder('>')
+        return [tokens[b:e].astype(big_endian).tobytes() for b, e in zip(begin.tolist(), end.tolist())]
+
+    def _sort_keys(self, positions, skip, per_key, bits):
+        """(len(positions),) uint64 (every position when None): characters skip .. skip + per_key - 1 of each
+        document as `bits`-wide fields of id + 1, the first in the highest field, 0 past the document's end."""
         n = len(self) if positions is None else len(positions)
         keys = np.zeros(n, np.uint64)
         field = np.arange(1, len(self.corpus.chars) + 2, dtype=np.uint64)  # id -> id + 1; BOS (the end) -> 0
@@ -183,7 +207,7 @@ class Documents:
             rows = np.arange(start, min(n, start + RANK_ROWS)) if positions is None else \
                 positions[start:start + RANK_ROWS]
             d = self.indices(rows)
-            at = self.corpus.bounds[d].astype(np.int64) + 1 + level * per_key
+            at = self.corpus.bounds[d].astype(np.int64) + 1 + skip
             end = self.corpus.bounds[d + 1].astype(np.int64)         # the closing BOS
             key = np.zeros(len(d), np.uint64)
             for c in range(per_key):
