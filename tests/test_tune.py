@@ -119,7 +119,7 @@ def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_pat
     the bad file refused the next run on the right data."""
     tiny = tmp_path / 'tiny.txt'
     tiny.write_text('ab\n')
-    with pytest.raises(MicrogptError, match='the validation split is empty: 1 distinct documents are too few') as e:
+    with pytest.raises(MicrogptError, match='the validation split is empty: 1 distinct document is too few') as e:
         tune(options(str(tiny), tmp_path / 'tune'))
     assert '--val-fraction' not in str(e.value), str(e.value)  # tune has no such flag
     assert not (tmp_path / 'tune' / 'tune.db').exists()

@@ -276,7 +276,8 @@ def check_split(val_fraction, by):
 
 def validation_size(n_units, val_fraction, by):
     """How many of `n_units` (distinct documents by name, lines by line) are held out."""
-    what = 'distinct documents' if by == 'name' else 'lines'
+    what, are = ('distinct document' if by == 'name' else 'line') + ('' if n_units == 1 else 's'), \
+        'is' if n_units == 1 else 'are'
     if val_fraction is None:
         n_val = min(1000, n_units // 10)
     elif not 0 < val_fraction < 1:
@@ -284,8 +285,8 @@ def validation_size(n_units, val_fraction, by):
     else:
         n_val = round(n_units * val_fraction)
     if n_val == 0 and val_fraction is None:
-        raise MicrogptError(f"the validation split is empty: {n_units} {what} are too few to hold out a tenth "
-                            f"of them; give at least 10")
+        raise MicrogptError(f"the validation split is empty: {n_units} {what} {are} too few to hold out a tenth of "
+                            f"them; give at least 10")
     if n_val == 0:
         raise MicrogptError(f"the validation split is empty: --val-fraction {val_fraction:g} of {n_units} {what} "
                             f"holds out none; give a larger --val-fraction")
