@@ -259,16 +259,37 @@ def test_shuffles_and_splits_match_the_lists_of_strings(names_path, bos_first):
 @pytest.mark.parametrize('extra', [[], ['abcdefghijklmnopqrstu', 'abcdefghijklmnopqrst', 'abcdefghijklmnopqrsu']],
                          ids=['one-key', 'longer-than-a-key'])
 def test_string_order_sorts_documents_as_strings_sort(tmp_path, extra):
-    """Prefixes first, every character's code point order, ids beyond 255 (13-bit fields, 4 characters a key);
-    documents longer than a key are ordered by their next characters."""
+    """Prefixes first, every character's code point order, ids beyond 255 (327 characters: 9-bit fields, 7
+    characters a key); documents longer than a key are ordered by their next characters."""
     words = ['b', 'ab', 'a', 'abc', 'a b', 'é', 'ab', 'Z', 'z', '東京', '東', 'b'] + \
         [chr(0x100 + i) for i in range(300)] + extra
     path = tmp_path / 'words.txt'
     path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+    _check_string_order(path, words)  # equal strings in file order
+
+
+def _check_string_order(path, words):
     order, first = Documents(load_corpus(str(path))).string_order()
-    assert order.tolist() == sorted(range(len(words)), key=lambda i: (words[i], i))  # equal strings in file order
+    assert order.tolist() == sorted(range(len(words)), key=lambda i: (words[i], i))
     in_order = [words[i] for i in order]
     assert first.tolist() == [i == 0 or in_order[i] != in_order[i - 1] for i in range(len(words))]
+
+
+@pytest.mark.parametrize('ties', [0, 60, 2**22], ids=['K-a-pass', '20-30-a-pass', 'one-pass'])
+def test_tied_documents_are_told_apart_at_every_character(tmp_path, monkeypatch, ties):
+    """Long documents equal but for one character, at each of 131 positions, beside their prefix; and two runs
+    that differ in their first key (X, Y) but agree in the next characters, which must stay two runs. Tied
+    documents are sorted again K (12) characters a pass, or 60 characters a pass among them, or at once."""
+    monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)
+    rng = random.Random(5)
+    base = ''.join(rng.choice('abcdefghijklmnopqrstuvwxy') for _ in range(131))
+    tail = ''.join(rng.choice('abcdefghijklmnopqrstuvwxy') for _ in range(40))
+    for at in range(len(base)):
+        words = [base, base[:at] + 'z' + base[at + 1:], base[:at + 1], 'b', 'a' * 12 + tail, 'c' * 12 + tail,
+                 'a' * 12 + tail + 'z', 'c' * 12 + tail[:-1]]
+        path = tmp_path / f'words-{at}.txt'
+        path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+        _check_string_order(path, words)
 
 
 _split_words = st.lists(st.text('abz', min_size=1, max_size=40), min_size=1, max_size=40)
@@ -278,14 +299,15 @@ _split_words = st.lists(st.text('abz', min_size=1, max_size=40), min_size=1, max
 @given(words=st.tuples(_split_words, _split_words, st.text('abz', max_size=30)).map(
            lambda t: t[0] + [t[2] + w for w in t[1]] + t[1]),  # long shared prefixes, repeats
        fraction=st.sampled_from([None, 0.2, 0.6]), shuffle=st.booleans(), rows=st.sampled_from([3, 7, 2**20]),
-       ties=st.sampled_from([0, 60, 2**22]))
-def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fraction, shuffle, rows, ties):
-    """Documents.holdout by name (sorted by packed keys, tied runs sorted again by their next K characters, or
-    as bytes when few) holds out the same documents in the same order as data.holdout_split on the strings,
-    with repeats and long shared prefixes; with a few documents a chunk, runs and held units cross the chunks."""
-    monkeypatch.setattr(documents_module, 'RANK_ROWS', rows)
+       ties=st.sampled_from([0, 60, 2**22]), wide=st.booleans())
+def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fraction, shuffle, rows, ties, wide):
+    """Documents.holdout by name (sorted by packed keys, tied runs sorted again by their next characters, K or
+    more a pass) holds out the same documents in the same order as data.holdout_split on the strings, with
+    repeats and long shared prefixes; with a few documents a chunk, runs and held units cross the chunks; `wide`
+    adds 300 characters beyond U+00FF (uint16 tokens, 9-bit fields)."""
+    monkeypatch.setattr(documents_module, 'CHUNK', rows)
     monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)  # 0: K characters a pass, as for many ties
-    words = words * 5  # at least 10 distinct documents' worth for the default split, sometimes
+    words = words * 5 + ([''.join(chr(0x100 + i) for i in range(300))] if wide else [])  # each document 5 times
     path = tmp_path / 'words.txt'
     path.write_text('\n'.join(words) + '\n', encoding='utf-8')
     docs = load_documents(str(path))
@@ -397,19 +419,21 @@ def test_a_failed_or_partial_download_is_one_line_and_leaves_nothing(server, tmp
 def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):
     """The bytes that arrived before the stall are counted (a read of a whole block waited for the rest and
     reported none)."""
-    import time
+    import threading
     from microgpt import fetch as fetch_module
+    released = threading.Event()
 
-    def stall(wfile):
+    def stall(wfile):  # half the announced body, then nothing until the test is over
         wfile.write(NAMES_BODY)
         wfile.flush()
-        time.sleep(0.6)
+        released.wait(30)
     served = _Server({'/stalls.txt': (200, {'Content-Length': str(2 * len(NAMES_BODY))}, stall)})
-    monkeypatch.setattr(fetch_module, 'TIMEOUT_S', 0.2)
+    monkeypatch.setattr(fetch_module, 'TIMEOUT_S', 1.0)
     try:
         with pytest.raises(MicrogptError, match=f'broke off after {len(NAMES_BODY):,} bytes .*timed out'):
             fetch_module.fetch(served.url + '/stalls.txt', cache_dir=str(tmp_path))
     finally:
+        released.set()
         served.close()
     assert os.listdir(tmp_path / 'downloads') == []
 

@@ -276,8 +276,8 @@ def check_split(val_fraction, by):
 
 def validation_size(n_units, val_fraction, by):
     """How many of `n_units` (distinct documents by name, lines by line) are held out."""
-    what, are = ('distinct document' if by == 'name' else 'line') + ('' if n_units == 1 else 's'), \
-        'is' if n_units == 1 else 'are'
+    what = 'distinct document' if by == 'name' else 'line'
+    what, are = (what, 'is') if n_units == 1 else (what + 's', 'are')
     if val_fraction is None:
         n_val = min(1000, n_units // 10)
     elif not 0 < val_fraction < 1:

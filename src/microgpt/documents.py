@@ -3,9 +3,9 @@
 `Documents` stands where a list of `vocab.document_tokens(doc)` stood: `len(docs)`, `docs[i]` (the list
 [BOS] + ids + [BOS]), `docs[a:b]` (a list of them), so the training loop, the engines and evaluation take
 either. Shuffling and the held-out splits give the same documents in the same order as data.py's functions
-on the list of strings: shuffling permutes positions with the very same draws, and the split by name ranks
-distinct documents in string order (token ids follow code points, so the order of the token rows is the
-order of the strings).
+on the list of strings: shuffling permutes positions with the very same draws, and the split by name sorts
+the documents as strings sort (token ids follow code points, so sort keys built from the ids order the
+documents as their strings).
 """
 
 import random
@@ -16,8 +16,8 @@ from .data import Vocabulary, check_split, holdout_draw, validation_size
 from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
 
-RANK_ROWS = 2**20  # documents written into the sort keys at a time
-TIE_CHARACTERS = 2**22  # characters of tied documents compared at a time, as bytes, when they are few
+CHUNK = 2**20  # documents at a time in the split's passes over all of them
+TIE_CHARACTERS = 2**22  # characters of tied documents compared in one pass when they are few
 
 
 class Documents:
@@ -135,95 +135,96 @@ class Documents:
         A document's sort key packs K = 64 // bits of its characters as ids + 1 (code-point order) into one
         uint64, the first character highest, 0 past its end (a prefix sorts first). One sort by the first K
         characters orders most word lists. Only runs of equal keys that hold a longer document are sorted
-        again, by their next characters, on those documents alone: K more at a time while they are many, as
-        many as TIE_CHARACTERS allows when they are few (two equal lines of millions of characters)."""
+        again, by their next characters, on those documents alone: K more at a time while they are many, and
+        when fewer, as many as TIE_CHARACTERS in all allows (two equal lines of millions of characters)."""
         bits = int(len(self.corpus.chars) + 1).bit_length()           # ids + 1 run from 1 to len(chars)
         per_key = 64 // bits
         keys = self._sort_keys(None, 0, per_key, bits)                # (D,)
         order = np.argsort(keys, kind='stable')                       # (D,) int64
-        first = np.ones(len(self), bool)
-        for start in range(0, len(self), RANK_ROWS):                  # keys[order[i]] != keys[order[i - 1]]
-            rows = order[max(start - 1, 0):start + RANK_ROWS]
-            first[max(start, 1):start + RANK_ROWS] = keys[rows[1:]] != keys[rows[:-1]]
+        first = np.ones(len(self), bool)                              # (D,)
+        for start in range(0, len(self), CHUNK):                      # keys[order[i]] != keys[order[i - 1]]
+            rows = order[max(start - 1, 0):start + CHUNK]
+            first[max(start, 1):start + CHUNK] = keys[rows[1:]] != keys[rows[:-1]]
         del keys
-        done = per_key                                                # characters the order has compared
-        pending = self._tied(order, first, None, done) if self.longest > done else np.zeros(0, np.int64)
-        while len(pending):
-            run = np.cumsum(first[pending])                           # (len(pending),) the run of each
+        compared = per_key                                            # characters the order has compared
+        pending = self._tied(order, first, None, compared) if self.longest > compared else np.zeros(0, np.int64)
+        while len(pending):                                           # (n,) positions of order, whole runs
+            run = np.cumsum(first[pending])                           # (n,) the run of each
             width = max(per_key, TIE_CHARACTERS // len(pending))
-            if width == per_key:  # many documents: their next K characters as packed keys
-                more = self._sort_keys(order[pending], done, per_key, bits)
-                resort = np.lexsort((more, run))                      # stable: equal strings keep their order
-                differs = more[resort][1:] != more[resort][:-1]
-            else:  # few: their next `width` characters as bytes, which compare as the strings do
-                more = self._texts(order[pending], done, width)
-                resort = np.array(sorted(range(len(pending)), key=lambda j: (run[j], more[j])), np.int64)
-                differs = np.array([more[j] != more[k] for j, k in zip(resort[1:], resort[:-1])], bool)
+            if width == per_key:  # their next K characters as packed keys
+                more = self._sort_keys(order[pending], compared, per_key, bits)   # (n,) uint64
+            else:  # their next `width` characters as rows of big-endian fields, which compare as the strings do
+                more = self._rows(order[pending], compared, width, bits)         # (n,) void
+            by_characters = np.argsort(more, kind='stable')
+            resort = by_characters[np.argsort(run[by_characters], kind='stable')]  # by run, then characters
+            more = more[resort]
             order[pending] = order[pending[resort]]
-            first[pending[1:]] |= differs                             # a run splits where the characters differ
-            done += width
-            pending = self._tied(order, first, pending, done)
+            first[pending[1:]] |= more[1:] != more[:-1]               # a run splits where the characters differ
+            compared += width
+            pending = self._tied(order, first, pending, compared)
         return order, first
 
-    def _tied(self, order, first, among, chars):
-        """The positions of `order` in runs of 2+ equal keys with a document of more than `chars` characters:
-        those their first `chars` characters leave unordered. `among`: the positions to look at (whole runs;
+    def _tied(self, order, first, among, compared):
+        """The positions of `order` in runs of 2+ equal keys with a document of more than `compared` characters:
+        those their first `compared` characters leave unordered. `among`: the positions to look at (whole runs;
         None: all of them, a chunk at a time)."""
-        bounds = self.corpus.bounds
         if among is not None:
-            runs = np.cumsum(first[among]) - 1
-            d = self.indices(order[among])
-            longer = bounds[d + 1].astype(np.int64) - bounds[d] - 1 > chars
-            tied = (np.bincount(runs) > 1) & (np.bincount(runs, weights=longer) > 0)
+            runs = np.cumsum(first[among]) - 1                        # (n,)
+            begin, end = self._extent(order[among])
+            tied = (np.bincount(runs) > 1) & (np.bincount(runs, weights=end - begin > compared) > 0)
             return among[tied[runs]]
-        longer = [np.zeros(0, np.int64)]
-        for start in range(0, len(order), RANK_ROWS):
-            rows = np.arange(start, min(len(order), start + RANK_ROWS))
-            d = self.indices(order[rows])
-            longer.append(rows[bounds[d + 1].astype(np.int64) - bounds[d] - 1 > chars])
-        runs = np.unique(_true_count(first, np.concatenate(longer)) - 1)  # runs holding a longer document
-        begin, end = _nth_true(first, runs), _nth_true(first, runs + 1)
-        shared = end - begin > 1
-        return _ranges(begin[shared], end[shared])
+        candidates = [np.zeros(0, np.int64)]  # longer documents in runs of 2+, a chunk at a time
+        for start in range(0, len(order), CHUNK):
+            rows = np.arange(start, min(len(order), start + CHUNK))   # (chunk,)
+            next_first = np.append(first[start + 1:start + CHUNK + 1], True)[:len(rows)]  # (chunk,)
+            begin, end = self._extent(order[rows])
+            candidates.append(rows[(end - begin > compared) & ~(first[rows] & next_first)])
+        runs = np.unique(_true_count(first, np.concatenate(candidates)) - 1)  # runs holding a longer document
+        return _ranges(_nth_true(first, runs), _nth_true(first, runs + 1))
 
-    def _texts(self, positions, skip, width):
-        """Characters skip .. skip + width - 1 of the documents at `positions`, each as bytes of big-endian ids:
-        bytes compare as the strings do (a prefix first)."""
+    def _extent(self, positions):
+        """((n,), (n,)) int64: where the characters of the documents at `positions` begin in the corpus's
+        tokens, and where they end (their closing BOS)."""
         d = self.indices(positions)
-        begin = self.corpus.bounds[d].astype(np.int64) + 1 + skip
-        end = np.minimum(self.corpus.bounds[d + 1].astype(np.int64), begin + width)
-        tokens = self.corpus.tokens
-        big_endian = tokens.dtype.newbyteorder('>')
-        return [tokens[b:e].astype(big_endian).tobytes() for b, e in zip(begin.tolist(), end.tolist())]
+        return self.corpus.bounds[d].astype(np.int64) + 1, self.corpus.bounds[d + 1].astype(np.int64)
+
+    def _fields(self):
+        """(len(chars) + 1,) uint64: a token's sort field, id + 1 for a character (code-point order) and 0 for
+        BOS, where a document ends: a prefix sorts first."""
+        field = np.arange(1, len(self.corpus.chars) + 2, dtype=np.uint64)
+        field[-1] = 0
+        return field
+
+    def _rows(self, positions, skip, width, bits):
+        """(n,) void: characters skip .. skip + width - 1 of each document at `positions` as a row of big-endian
+        `bits`-wide fields (0 past its end), whose bytes compare as the strings do."""
+        begin, end = self._extent(positions)
+        at = np.minimum(begin[:, None] + skip + np.arange(width), end[:, None])  # (n, width); the end is BOS
+        rows = self._fields()[self.corpus.tokens[at]].astype('>u1' if bits <= 8 else '>u2' if bits <= 16 else '>u4')
+        return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
 
     def _sort_keys(self, positions, skip, per_key, bits):
-        """(len(positions),) uint64 (every position when None): characters skip .. skip + per_key - 1 of each
-        document as `bits`-wide fields of id + 1, the first in the highest field, 0 past the document's end."""
+        """(n,) uint64 (n = D when positions is None): characters skip .. skip + per_key - 1 of each document as
+        `bits`-wide fields, the first in the highest."""
         n = len(self) if positions is None else len(positions)
-        keys = np.zeros(n, np.uint64)
-        field = np.arange(1, len(self.corpus.chars) + 2, dtype=np.uint64)  # id -> id + 1; BOS (the end) -> 0
-        field[-1] = 0
-        for start in range(0, n, RANK_ROWS):
-            rows = np.arange(start, min(n, start + RANK_ROWS)) if positions is None else \
-                positions[start:start + RANK_ROWS]
-            d = self.indices(rows)
-            at = self.corpus.bounds[d].astype(np.int64) + 1 + skip
-            end = self.corpus.bounds[d + 1].astype(np.int64)         # the closing BOS
-            key = np.zeros(len(d), np.uint64)
-            for c in range(per_key):
+        keys, field = np.zeros(n, np.uint64), self._fields()
+        for start in range(0, n, CHUNK):
+            rows = np.arange(start, min(n, start + CHUNK)) if positions is None else positions[start:start + CHUNK]
+            begin, end = self._extent(rows)
+            key = np.zeros(len(rows), np.uint64)                      # (chunk,)
+            for c in range(skip, skip + per_key):
                 key <<= np.uint64(bits)
-                key |= field[self.corpus.tokens[np.minimum(at + c, end)]]
-            keys[start:start + len(d)] = key
+                key |= field[self.corpus.tokens[np.minimum(begin + c, end)]]
+            keys[start:start + len(rows)] = key
         return keys
-
 
 def _nth_true(mask, ranks):
     """(len(ranks),) int64: the position of the ranks-th true value of mask (from 0; ranks ascending), len(mask)
     past the last."""
     out = np.full(len(ranks), len(mask), np.int64)
     seen = done = 0
-    for start in range(0, len(mask), RANK_ROWS):
-        where = np.flatnonzero(mask[start:start + RANK_ROWS])
+    for start in range(0, len(mask), CHUNK):
+        where = np.flatnonzero(mask[start:start + CHUNK])
         stop = int(np.searchsorted(ranks, seen + len(where)))
         out[done:stop] = start + where[ranks[done:stop] - seen]
         done, seen = stop, seen + len(where)
@@ -234,8 +235,8 @@ def _true_count(mask, positions):
     """(len(positions),) int64: how many of mask[:p + 1] are true, for each p of `positions` (ascending)."""
     out = np.empty(len(positions), np.int64)
     seen = 0
-    for start in range(0, len(mask), RANK_ROWS):
-        chunk = mask[start:start + RANK_ROWS]
+    for start in range(0, len(mask), CHUNK):
+        chunk = mask[start:start + CHUNK]
         lo, hi = np.searchsorted(positions, (start, start + len(chunk)))
         if hi > lo:
             out[lo:hi] = seen + np.cumsum(chunk)[positions[lo:hi] - start]
