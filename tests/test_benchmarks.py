@@ -106,6 +106,17 @@ def test_bench_data_loads_a_generated_word_list_and_reloads_it_from_the_cache():
     assert int(docs.replace(',', '')) > 100_000 and float(first_seconds) > 0, row
 
 
+@pytest.mark.slow(seconds=4)
+def test_bench_split_times_the_split_of_each_kind_of_file_beside_another_tree():
+    out = bench('bench_split.py', '--megabytes', 1, '--compare', REPO_ROOT / 'src')
+    rows = re.findall(rf'^\| (words|tied|urls) \| ({NUMBER}) \| (.+?) \| ({NUMBER}) \| {NUMBER} \| ({NUMBER}) \| '
+                      rf'({NUMBER}) \|$', out, re.M)
+    assert [(kind, tree == 'this tree') for kind, _, tree, *_ in rows] == [
+        (kind, this) for kind in ('words', 'tied', 'urls') for this in (True, False)], out
+    assert all(int(docs.replace(',', '')) > 10_000 and float(peak.replace(',', '')) >= float(loaded.replace(',', ''))
+               for _, docs, _, _, peak, loaded in rows), out
+
+
 @pytest.mark.slow(seconds=3)
 def test_bench_long_run_prints_the_cost_over_windows(names_path):
     out = bench('bench_long_run.py', '--steps', 40, '--window', 20, '--sample', 10, '--makemore-steps', 20,
@@ -118,6 +129,7 @@ def test_bench_long_run_prints_the_cost_over_windows(names_path):
     ('bench_long_run.py', ['--sample', 0], 'must be 1 or more'),
     ('bench_data.py', ['--sizes', '10,-5'], 'must be 1 MB or more each'),
     ('bench_data.py', ['--sizes', '1,x'], 'whole numbers of MB'),
+    ('bench_split.py', ['--megabytes', 0], '--megabytes must be 1 or more'),
 ])
 def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, args, error):
     data = ['--data', names_path] if script == 'bench_long_run.py' else []

@@ -17,7 +17,7 @@ from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
 
 CHUNK = 2**20  # documents at a time in the split's passes over all of them
-TIE_CHARACTERS = 2**22  # characters of tied documents compared in one pass when they are few
+TIE_CHARACTERS = 2**20  # characters of tied documents compared in one pass when they are few (about 24 MB)
 
 
 class Documents:
