@@ -137,7 +137,7 @@ class Documents:
         characters orders most word lists. Only runs of equal keys that hold a longer document are sorted
         again, by their next characters, on those documents alone: K more at a time while they are many, and
         when fewer, as many as TIE_CHARACTERS in all allows (two equal lines of millions of characters)."""
-        bits = int(len(self.corpus.chars) + 1).bit_length()           # ids + 1 run from 1 to len(chars)
+        bits = max(1, len(self.corpus.chars).bit_length())            # ids + 1 run from 1 to len(chars)
         per_key = 64 // bits
         keys = self._sort_keys(None, 0, per_key, bits)                # (D,)
         order = np.argsort(keys, kind='stable')                       # (D,) int64
