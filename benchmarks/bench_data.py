@@ -1,7 +1,7 @@
 """Data at any size: load time and memory of a word list from 10 MB up, before (a list of strings and of token
 lists, the old path) and after (corpus.load_corpus: tokenise once into a cached token array, memory-map it).
 
-Each measurement runs in a fresh process, so its peak resident memory (ru_maxrss) is its own; the cache folder
+Each measurement runs in a fresh process, so its peak resident memory (/proc's VmHWM) is its own; the cache folder
 is a fresh temporary folder per size. Figures: first load (tokenise + write the cache) in seconds and MB/s of
 source, wall and CPU time (on a shared machine the CPU figure is the steadier one), peak memory against the
 token array's bytes, and the cached reload (a new process, cache present) in seconds.
@@ -20,8 +20,14 @@ import subprocess
 import sys
 import tempfile
 
-NEW_PATH = '''
-import json, resource, sys, time
+PEAK = '''
+def peak():  # this process's own high-water mark: Linux's ru_maxrss keeps the spawning parent's across exec
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM:'))
+'''
+
+NEW_PATH = PEAK + '''
+import json, sys, time
 from microgpt.corpus import load_corpus
 from microgpt.documents import Documents
 started, cpu = time.perf_counter(), time.process_time()
@@ -29,27 +35,27 @@ corpus = load_corpus(sys.argv[1], cache_dir=sys.argv[2], min_cache_bytes=0)  # c
 docs = Documents(corpus)
 n = len(docs); docs[n // 2]  # a document read back
 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': peak(),
                   'token_bytes': int(corpus.tokens.nbytes), 'bound_bytes': int(corpus.bounds.nbytes),
                   'docs': n, 'cached': corpus.cache_path is not None}))
 '''
 
-OLD_PATH = '''
-import json, resource, sys, time
+OLD_PATH = PEAK + '''
+import json, sys, time
 from microgpt.data import Vocabulary, load_documents
 started, cpu = time.perf_counter(), time.process_time()
 docs = load_documents(sys.argv[1])
 vocab = Vocabulary.from_documents(docs)
 tokens = [vocab.document_tokens(d) for d in docs]
 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak': peak(),
                   'docs': len(docs)}))
 '''
 
-BASELINE = '''
-import json, resource
+BASELINE = PEAK + '''
+import json
 import numpy, microgpt.corpus, microgpt.documents
-print(json.dumps({'peak': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({'peak': peak()}))
 '''
 
 
