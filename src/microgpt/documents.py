@@ -150,7 +150,7 @@ class Documents:
         pending = self._tied(order, first, None, compared) if self.longest > compared else np.zeros(0, np.int64)
         while len(pending):                                           # (n,) positions of order, whole runs
             run = np.cumsum(first[pending])                           # (n,) the run of each
-            width = max(per_key, TIE_CHARACTERS // len(pending))
+            width = max(per_key, min(TIE_CHARACTERS // len(pending), self.longest - compared))
             if width == per_key:  # their next K characters as packed keys
                 more = self._sort_keys(order[pending], compared, per_key, bits)   # (n,) uint64
             else:  # their next `width` characters as rows of big-endian fields, which compare as the strings do
@@ -217,6 +217,7 @@ class Documents:
                 key |= field[self.corpus.tokens[np.minimum(begin + c, end)]]
             keys[start:start + len(rows)] = key
         return keys
+
 
 def _nth_true(mask, ranks):
     """(len(ranks),) int64: the position of the ranks-th true value of mask (from 0; ranks ascending), len(mask)
