@@ -37,10 +37,11 @@ print(json.dumps({'seconds': seconds, 'cpu': cpu, 'loaded': loaded, 'docs': len(
 '''
 
 KINDS = ('words', 'tied', 'urls')
+THIS_TREE = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src')  # the checkout's, not an install
 
 
 def write_file(path, kind, megabytes, seed=0):
-    """A word list of `kind` (KINDS), `megabytes` MB (10^6 bytes) or a few bytes more."""
+    """A word list of `kind` (KINDS), `megabytes` MB (10^6 bytes; the last line may be cut short)."""
     rng = random.Random(seed)
     letters = 'abcdefghijklmnopqrstuvwxyz'
     pool = [''.join(rng.choices(letters, k=rng.randint(2, 12))) for _ in range(1_000_000)]
@@ -52,7 +53,7 @@ def write_file(path, kind, megabytes, seed=0):
             long_line = ''.join(rng.choices(letters, k=100_000)) + '\n'
             written += f.write(long_line * 3)
         while written < target:
-            written += f.write('\n'.join(rng.choices(pool, k=100_000)) + '\n')
+            written += f.write(('\n'.join(rng.choices(pool, k=100_000)) + '\n')[:target - written])
 
 
 def measure(path, cache, src):
@@ -74,10 +75,10 @@ def main():
     args = p.parse_args()
     if args.megabytes < 1:
         p.error(f"--megabytes must be 1 or more, got {args.megabytes}")
-    trees = [('this tree', None)] + [(src, src) for src in args.compare]
+    trees = [('this tree', THIS_TREE)] + [(src, src) for src in args.compare]
     print(f"Documents.holdout by name, cached token arrays, {args.megabytes} MB files; a process per measurement")
-    print(f"| file | documents | tree | split s | split CPU s | peak MB | peak after loading MB |")
-    print(f"| --- | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| file | documents | tree | split s | split CPU s | peak MiB | peak after loading MiB |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory(dir=args.folder) as folder:
         for kind in args.kinds:
             path = os.path.join(folder, f'{kind}.txt')
@@ -89,7 +90,7 @@ def main():
                     print(f"| {kind} | | {label} | failed: {got['error']} | | | |", flush=True)
                     continue
                 print(f"| {kind} | {got['docs']:,} | {label} | {got['seconds']:.2f} | {got['cpu']:.2f} | "
-                      f"{got['peak'] / 1e6:,.0f} | {got['loaded'] / 1e6:,.0f} |", flush=True)
+                      f"{got['peak'] / 2**20:,.0f} | {got['loaded'] / 2**20:,.0f} |", flush=True)
             os.remove(path)
 
 

@@ -113,8 +113,8 @@ def test_bench_split_times_the_split_of_each_kind_of_file_beside_another_tree():
                       rf'({NUMBER}) \|$', out, re.M)
     assert [(kind, tree == 'this tree') for kind, _, tree, *_ in rows] == [
         (kind, this) for kind in ('words', 'tied', 'urls') for this in (True, False)], out
-    assert all(int(docs.replace(',', '')) > 10_000 and float(peak.replace(',', '')) >= float(loaded.replace(',', ''))
-               for _, docs, _, _, peak, loaded in rows), out
+    assert all(int(docs.replace(',', '')) > 10_000 and float(seconds) > 0 and int(peak.replace(',', '')) > 10
+               for _, docs, _, seconds, peak, _ in rows), out  # a Python process with NumPy: over 10 MiB
 
 
 @pytest.mark.slow(seconds=3)

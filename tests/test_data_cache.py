@@ -259,8 +259,8 @@ def test_shuffles_and_splits_match_the_lists_of_strings(names_path, bos_first):
 @pytest.mark.parametrize('extra', [[], ['abcdefghijklmnopqrstu', 'abcdefghijklmnopqrst', 'abcdefghijklmnopqrsu']],
                          ids=['one-key', 'longer-than-a-key'])
 def test_string_order_sorts_documents_as_strings_sort(tmp_path, extra):
-    """Prefixes first, every character's code point order, ids beyond 255 (327 characters: 9-bit fields, 7
-    characters a key); documents longer than a key are ordered by their next characters."""
+    """Prefixes first, every character's code point order, ids beyond 255 (309 or 327 characters: 9-bit fields,
+    7 characters a key); documents longer than a key are ordered by their next characters."""
     words = ['b', 'ab', 'a', 'abc', 'a b', 'é', 'ab', 'Z', 'z', '東京', '東', 'b'] + \
         [chr(0x100 + i) for i in range(300)] + extra
     path = tmp_path / 'words.txt'
@@ -278,8 +278,8 @@ def _check_string_order(path, words):
 @pytest.mark.parametrize('ties', [0, 60, 2**22], ids=['K-a-pass', '20-30-a-pass', 'one-pass'])
 def test_tied_documents_are_told_apart_at_every_character(tmp_path, monkeypatch, ties):
     """Long documents equal but for one character, at each of 131 positions, beside their prefix; and two runs
-    that differ in their first key (X, Y) but agree in the next characters, which must stay two runs. Tied
-    documents are sorted again K (12) characters a pass, or 60 characters a pass among them, or at once."""
+    that differ in their first key ('a' * 12, 'c' * 12) but agree in the next characters, which must stay two runs.
+    Tied documents are sorted again K (12) characters a pass, or 60 characters a pass among them, or at once."""
     monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)
     rng = random.Random(5)
     base = ''.join(rng.choice('abcdefghijklmnopqrstuvwxy') for _ in range(131))
@@ -298,14 +298,14 @@ _split_words = st.lists(st.text('abz', min_size=1, max_size=40), min_size=1, max
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(words=st.tuples(_split_words, _split_words, st.text('abz', max_size=30)).map(
            lambda t: t[0] + [t[2] + w for w in t[1]] + t[1]),  # long shared prefixes, repeats
-       fraction=st.sampled_from([None, 0.2, 0.6]), shuffle=st.booleans(), rows=st.sampled_from([3, 7, 2**20]),
+       fraction=st.sampled_from([None, 0.2, 0.6]), shuffle=st.booleans(), chunk=st.sampled_from([3, 7, 2**20]),
        ties=st.sampled_from([0, 60, 2**22]), wide=st.booleans())
-def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fraction, shuffle, rows, ties, wide):
+def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fraction, shuffle, chunk, ties, wide):
     """Documents.holdout by name (sorted by packed keys, tied runs sorted again by their next characters, K or
     more a pass) holds out the same documents in the same order as data.holdout_split on the strings, with
     repeats and long shared prefixes; with a few documents a chunk, runs and held units cross the chunks; `wide`
     adds 300 characters beyond U+00FF (uint16 tokens, 9-bit fields)."""
-    monkeypatch.setattr(documents_module, 'CHUNK', rows)
+    monkeypatch.setattr(documents_module, 'CHUNK', chunk)
     monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)  # 0: K characters a pass, as for many ties
     words = words * 5 + ([''.join(chr(0x100 + i) for i in range(300))] if wide else [])  # each document 5 times
     path = tmp_path / 'words.txt'
@@ -323,6 +323,30 @@ def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fr
     got_train, got_val = holdout_split(every, fraction, 7, 'name')
     assert list(got_train.texts()) == train
     assert list(got_val.texts()) == val
+
+
+@pytest.mark.parametrize('size', [1, 2, 3, 4, 8, 31, 32, 255, 256, 511, 512, 4096, 65534])
+def test_the_split_by_name_at_every_field_width(tmp_path, monkeypatch, size):
+    """Alphabets at and around powers of two (fields of 1 to 16 bits, uint8 and uint16 tokens, rows of one- and
+    two-byte big-endian fields), with tied long documents of the highest ids, in each way of passing."""
+    alphabet = [chr(c) for c in range(0x21, 0x21 + size + 2100) if not 0xD800 <= c < 0xE000 and not chr(c).isspace()]
+    alphabet = alphabet[:size]
+    rng = random.Random(size)
+    prefix = ''.join(rng.choice(alphabet) for _ in range(40))
+    words = [''.join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(200)]
+    words += [prefix + ''.join(rng.choice(alphabet[-3:]) for _ in range(rng.randint(0, 30))) for _ in range(40)]
+    words = words * 2 + [''.join(alphabet)]  # repeats, and every character once
+    rng.shuffle(words)
+    path = tmp_path / 'words.txt'
+    path.write_text('\n'.join(words) + '\n', encoding='utf-8')
+    every = Documents(load_corpus(str(path)))
+    assert len(every.corpus.chars) == size
+    train, val = holdout_split(words, 0.3, 7, 'name')
+    for ties in (0, 60, 2**20):
+        monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)
+        _check_string_order(path, words)
+        got_train, got_val = holdout_split(every, 0.3, 7, 'name')
+        assert (list(got_train.texts()), list(got_val.texts())) == (train, val), ties
 
 
 def test_documents_read_like_a_list(names_path):

@@ -124,7 +124,7 @@ class Documents:
         picks = holdout_draw(seed).sample(range(n_units), validation_size(n_units, val_fraction, by))
         picks = np.sort(np.asarray(picks, np.int64))                 # (V,) held units in string order
         begin, end = _nth_true(first, picks), _nth_true(first, picks + 1)  # each held unit's run in `order`
-        train = np.ones(len(self), bool)
+        train = np.ones(len(self), bool)                             # (D,)
         train[order[_ranges(begin, end)]] = False                    # every document of a held unit
         return self.take(np.flatnonzero(train)), self.take(order[begin])  # one document of each held unit
 
@@ -155,7 +155,7 @@ class Documents:
                 more = self._sort_keys(order[pending], compared, per_key, bits)   # (n,) uint64
             else:  # their next `width` characters as rows of big-endian fields, which compare as the strings do
                 more = self._rows(order[pending], compared, width, bits)         # (n,) void
-            by_characters = np.argsort(more, kind='stable')
+            by_characters = np.argsort(more, kind='stable')           # (n,)
             resort = by_characters[np.argsort(run[by_characters], kind='stable')]  # by run, then characters
             more = more[resort]
             order[pending] = order[pending[resort]]
@@ -173,13 +173,13 @@ class Documents:
             begin, end = self._extent(order[among])
             tied = (np.bincount(runs) > 1) & (np.bincount(runs, weights=end - begin > compared) > 0)
             return among[tied[runs]]
-        candidates = [np.zeros(0, np.int64)]  # longer documents in runs of 2+, a chunk at a time
+        candidates = [np.zeros(0, np.int64)]  # (m,) each: longer documents in runs of 2+, a chunk at a time
         for start in range(0, len(order), CHUNK):
             rows = np.arange(start, min(len(order), start + CHUNK))   # (chunk,)
             next_first = np.append(first[start + 1:start + CHUNK + 1], True)[:len(rows)]  # (chunk,)
             begin, end = self._extent(order[rows])
             candidates.append(rows[(end - begin > compared) & ~(first[rows] & next_first)])
-        runs = np.unique(_true_count(first, np.concatenate(candidates)) - 1)  # runs holding a longer document
+        runs = np.unique(_true_count(first, np.concatenate(candidates)) - 1)  # (r,) runs holding a longer one
         return _ranges(_nth_true(first, runs), _nth_true(first, runs + 1))
 
     def _extent(self, positions):
@@ -197,7 +197,7 @@ class Documents:
 
     def _rows(self, positions, skip, width, bits):
         """(n,) void: characters skip .. skip + width - 1 of each document at `positions` as a row of big-endian
-        `bits`-wide fields (0 past its end), whose bytes compare as the strings do."""
+        fields of 1, 2 or 4 bytes, whichever holds `bits` (0 past its end), whose bytes compare as the strings do."""
         begin, end = self._extent(positions)
         at = np.minimum(begin[:, None] + skip + np.arange(width), end[:, None])  # (n, width); the end is BOS
         rows = self._fields()[self.corpus.tokens[at]].astype('>u1' if bits <= 8 else '>u2' if bits <= 16 else '>u4')
@@ -207,7 +207,7 @@ class Documents:
         """(n,) uint64 (n = D when positions is None): characters skip .. skip + per_key - 1 of each document as
         `bits`-wide fields, the first in the highest."""
         n = len(self) if positions is None else len(positions)
-        keys, field = np.zeros(n, np.uint64), self._fields()
+        keys, field = np.zeros(n, np.uint64), self._fields()          # (n,), (len(chars) + 1,)
         for start in range(0, n, CHUNK):
             rows = np.arange(start, min(n, start + CHUNK)) if positions is None else positions[start:start + CHUNK]
             begin, end = self._extent(rows)
