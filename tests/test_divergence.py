@@ -1,7 +1,9 @@
 """Divergence, on every engine: a NaN, infinite or runaway loss is one line that says what is kept, and every
 checkpoint written holds finite numbers."""
 
+import json
 import os
+import re
 
 import pytest
 
@@ -55,3 +57,16 @@ def test_the_advice_names_only_what_the_run_has_not_tried(data, flags, advice):
     """'set --grad-clip' was advised to a run that clipped, and a huge --weight-decay went unnamed."""
     code, _, err = run(*small(data, '--lr', '1e30', '--steps', '50', *flags))
     assert code == 2 and err.endswith(f'training diverged; {advice}\n'), err
+
+
+@pytest.mark.parametrize('engine', ['numpy', 'fused'])
+def test_the_steps_before_the_diverged_one_are_printed_and_recorded(data, tmp_path, engine):
+    """The steps of one engine call are reported together (the fused engine's 50 here): those before the step
+    that diverged are printed and in metrics.jsonl, that step and the later ones in neither."""
+    out = tmp_path / 'run'
+    code, stdout, err = run(*small(data, '--engine', engine, '--lr', '1e30', '--steps', '50'), '--out', out)
+    at = int(re.search(r'at step (\d+):', err).group(1))
+    assert code == 2 and at > 1, err
+    printed = [int(line.split()[1]) for line in stdout.splitlines() if line.startswith('step')]
+    recorded = [json.loads(line)['step'] for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert printed == recorded == list(range(1, at)), (printed, recorded, err)

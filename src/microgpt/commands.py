@@ -22,7 +22,7 @@ from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
 from .train.run import (PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data, recorded_split,
                         resume_settings, trained_documents)
 from .train.setup import RunConfig, RunSettings
-from .train.loop import StepReport, evaluate
+from .train.loop import Steps, evaluate
 
 MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS, FALLBACK_BAR_ROWS = 20, 80, 24
 
@@ -71,17 +71,18 @@ def cmd_train(args, out, err):
     started = time.perf_counter()
     try:
         for event in run.events(should_stop=lambda: stop.requested, progress=data_bar):
-            if isinstance(event, StepReport):
+            if isinstance(event, Steps):
                 if not stop_installed:
                     signal.signal(signal.SIGINT, stop)
                     stop_installed = True
-                if event.step == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
+                if event.last == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
                     stop.what = 'finishing the final evaluation and save'
-                line = "step %4d / %4d | loss %.4f" % (event.step, event.steps, event.loss)  # an f-string: 0.2 us more
+                line = "step %4d / " + "%4d" % event.steps + " | loss %.4f"  # one format a step: 0.3 us
+                lines = '\n'.join(map(line.__mod__, zip(range(event.first, event.last + 1), event.losses)))
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"loss {event.loss:.4f}", refresh=False)
-                _emit(line, out, bar)
+                    bar.update(len(event.losses))
+                    bar.set_postfix_str(f"loss {event.losses[-1]:.4f}", refresh=False)
+                _emit(lines, out, bar)
             elif isinstance(event, EvalReport):
                 _emit(f"step {event.step:4d} / {event.steps:4d} | val loss {event.val_loss:.4f} "
                       f"| best {event.best_val_loss:.4f}", out, bar)

@@ -1,4 +1,5 @@
-"""The training loop, engine-agnostic and quiet: it yields one report per step; the CLI prints them.
+"""The training loop, engine-agnostic and quiet: `train_chunks` yields the reports of each engine call's steps
+together (the CLI prints them a call at a time), `train` one report per step.
 
 Documents are taken in order, `batch_size` at a time, wrapping around: with batch size 1 this is
 microgpt's `docs[step % len(docs)]`.
@@ -27,12 +28,44 @@ def predicted_tokens(batch, block_size):
     return sum(min(block_size, len(tokens) - 1) for tokens in batch)
 
 
-def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
-    """Run steps start_step .. tcfg.steps - 1, yielding a StepReport after each.
+@dataclass(slots=True)
+class Steps:
+    """Steps first .. last (1-based, as printed) of a run of `steps`, trained in one engine call: the loss of each
+    (mean NLL per predicted token of its batch, before the update), its learning rate and its predicted tokens.
+    The engine's state is the last step's (that one is `synced`)."""
+    first: int
+    steps: int
+    losses: list
+    lrs: list
+    tokens: list
 
-    The engine runs up to `engine.chunk_steps` steps per train_steps call; their reports are yielded after
-    the chunk, and only the chunk's last is `synced`. Chunks end on every multiple of each `sync_every`, so
-    evaluation and checkpoints there see the right state; a stop request waits for the chunk's end.
+    @property
+    def last(self):
+        return self.first + len(self.losses) - 1
+
+    def head(self, n):
+        """The first n steps."""
+        return Steps(self.first, self.steps, self.losses[:n], self.lrs[:n], self.tokens[:n])
+
+    def reports(self):
+        last = self.last
+        return [StepReport(step, self.steps, loss, lr, tokens, step == last)
+                for step, loss, lr, tokens in zip(range(self.first, last + 1), self.losses, self.lrs, self.tokens)]
+
+
+def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
+    """Run steps start_step .. tcfg.steps - 1, yielding a StepReport after each (train_chunks' steps one by one)."""
+    for chunk in train_chunks(engine, doc_tokens, tcfg, start_step, sync_every):
+        yield from chunk.reports()
+
+
+def train_chunks(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
+    """Run steps start_step .. tcfg.steps - 1, yielding Steps after each engine call.
+
+    The engine runs up to `engine.chunk_steps` steps per train_steps call. Chunks end on every multiple of each
+    `sync_every`, so evaluation and checkpoints there see the right state; a stop request waits for the chunk's
+    end. Reported a chunk at a time, a step of `microgpt train` costs 0.8 us of Python, against 1.6 when it
+    was a StepReport each, through three generators (the default job, with an engine that does nothing).
     """
     B, block_size = tcfg.batch_size, engine.cfg.block_size
     lengths = document_lengths(doc_tokens)  # read once: reading a document per step is on the hot path
@@ -50,16 +83,15 @@ def train(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             if not _left_float_range(e):
                 raise
             # the scalar autograd (one step per call) cannot take log(0) or 0 ** -0.5: the loss is not a number
-            yield StepReport(step + 1, tcfg.steps, math.nan, lrs[0], 0, True)
+            yield Steps(step + 1, tcfg.steps, [math.nan], lrs[:1], [0])
             return
         # tokens each step's batch predicts, read in one pass per chunk: this loop is on the hot path
         predicted = [min(block_size, lengths[d % n_docs] - 1) for d in range(step * B, stop * B)]
         if B > 1:
             predicted = [sum(predicted[i:i + B]) for i in range(0, len(predicted), B)]
-        if hasattr(losses, 'tolist'):  # an array's Python floats in one call: a step each was 0.1 us
-            losses = losses.tolist()
-        for s, loss, lr, tokens in zip(range(step + 1, stop + 1), losses, lrs, predicted):
-            yield StepReport(s, tcfg.steps, float(loss), lr, tokens, s == stop)
+        # an array's Python floats in one call: a step each was 0.1 us
+        losses = losses.tolist() if hasattr(losses, 'tolist') else [float(loss) for loss in losses]
+        yield Steps(step + 1, tcfg.steps, losses, lrs, predicted)
         step = stop
 
 

@@ -19,7 +19,7 @@ from ..data import file_identity, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
 from ..presets import PRESETS
-from .loop import evaluate, train, training_threads
+from .loop import evaluate, train_chunks, training_threads
 from .setup import Holdout, prepare_run
 
 BEST_CHECKPOINT = 'model.safetensors'
@@ -139,42 +139,54 @@ class TrainingRun:
     def _steps(self, doc_tokens, val_tokens, start, should_stop):
         cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
         tokens_since, last_time = 0, time.perf_counter()
-        for report in train(engine, doc_tokens, tcfg, start_step=start, sync_every=(cfg.eval_every, cfg.save_every)):
-            self.step = report.step
-            tokens_since += report.tokens
-            if not report.loss <= DIVERGED_LOSS:  # NaN too
-                self._diverged(f"the loss became {report.loss:.4g} at step {report.step}")
-            if not report.synced:  # mid-chunk: the engine is already further on; nothing to evaluate or save
-                yield report
-                if self._metrics:  # a record only where it is written: this branch runs for most steps
-                    self._write_metrics({'step': report.step, 'train_loss': report.loss, 'lr': report.lr})
-                continue
-            record = {'step': report.step, 'train_loss': report.loss, 'lr': report.lr}
-            now = time.perf_counter()  # throughput over the steps since the last synced one (a chunk, or one step)
+        for chunk in train_chunks(engine, doc_tokens, tcfg, start_step=start,
+                                  sync_every=(cfg.eval_every, cfg.save_every)):
+            bad = next((i for i, loss in enumerate(chunk.losses) if not loss <= DIVERGED_LOSS), None)  # NaN too
+            if bad is not None:
+                if bad:  # the steps before it are reported and recorded
+                    self.step = chunk.first + bad - 1
+                    yield chunk.head(bad)
+                    self._write_metrics(*self._records(chunk.head(bad)))
+                self.step = chunk.first + bad
+                self._diverged(f"the loss became {chunk.losses[bad]:.4g} at step {self.step}")
+            self.step = step = chunk.last
+            loss = chunk.losses[-1]
+            # the last step is the engine's state: evaluations and saves are there
+            record = {'step': step, 'train_loss': loss, 'lr': chunk.lrs[-1]}
+            now = time.perf_counter()  # throughput over the steps since the last chunk
+            tokens_since += sum(chunk.tokens)
             record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
             last_time, tokens_since = now, 0
-            yield report
-            finished = report.step == tcfg.steps
-            if cfg.eval_every and self.writes and (report.step % cfg.eval_every == 0 or finished):
+            yield chunk
+            if self._metrics and len(chunk.losses) > 1:  # the steps before it, recorded before it is evaluated
+                self._write_metrics(*self._records(chunk.head(len(chunk.losses) - 1)))
+            finished = step == tcfg.steps
+            if cfg.eval_every and self.writes and (step % cfg.eval_every == 0 or finished):
                 val_loss = evaluate(engine, val_tokens)
                 if not val_loss <= DIVERGED_LOSS:
-                    self._diverged(f"the held-out loss became {val_loss:.4g} at step {report.step}")
+                    self._diverged(f"the held-out loss became {val_loss:.4g} at step {step}")
                 record['val_loss'] = val_loss
                 improved = val_loss < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, val_loss)
-                yield EvalReport(report.step, tcfg.steps, val_loss, self.best_val_loss)
+                yield EvalReport(step, tcfg.steps, val_loss, self.best_val_loss)
                 if cfg.out and improved:
                     yield self._save(BEST_CHECKPOINT, {'val_loss': val_loss})
             self._write_metrics(record)
             stopping = engine.any_process(should_stop())
-            if cfg.out and self.writes and (finished or stopping or (cfg.save_every and report.step % cfg.save_every == 0)
-                            or (cfg.eval_every and report.step % cfg.eval_every == 0)):
-                yield self._save(RESUME_CHECKPOINT, {'train_loss': report.loss})
-                self.saved_step = report.step
+            if cfg.out and self.writes and (finished or stopping or (cfg.save_every and step % cfg.save_every == 0)
+                            or (cfg.eval_every and step % cfg.eval_every == 0)):
+                yield self._save(RESUME_CHECKPOINT, {'train_loss': loss})
+                self.saved_step = step
                 if not cfg.eval_every:
-                    yield self._save(BEST_CHECKPOINT, {'train_loss': report.loss})
+                    yield self._save(BEST_CHECKPOINT, {'train_loss': loss})
             if stopping and not finished:
                 return
+
+    @staticmethod
+    def _records(chunk):
+        """The metrics records of a chunk's steps."""
+        return [{'step': step, 'train_loss': loss, 'lr': lr}
+                for step, loss, lr in zip(range(chunk.first, chunk.last + 1), chunk.losses, chunk.lrs)]
 
     def kept(self):
         """What the run keeps in --out DIR, for a message that stops it: '; ...', or '' without --out."""
@@ -263,22 +275,23 @@ class TrainingRun:
             raise MicrogptError(f"{path}: damaged (not one JSON record with a step per line); move it away to "
                                 f"resume") from None
 
-    def _write_metrics(self, record):
+    def _write_metrics(self, *records):
+        """Append the records, a line each, in one write."""
         if not self._metrics:
             return
-        line = (json.dumps(record) + '\n').encode('utf-8')
+        lines = ''.join([json.dumps(record) + '\n' for record in records]).encode('utf-8')
+        written = 0
         try:
-            written = 0
-            while written < len(line):  # an unbuffered write may take part of the line, then fail
-                written += self._metrics.write(line[written:])
+            while written < len(lines):  # an unbuffered write may take part of the lines, then fail
+                written += self._metrics.write(lines[written:])
         except OSError as e:
-            try:
-                self._metrics.truncate(self._metrics_end)  # no half record: the file ends at the last whole line
+            try:  # no half record: the file ends at the last whole line
+                self._metrics.truncate(self._metrics_end + lines.rfind(b'\n', 0, written) + 1)
             except OSError:
                 pass
             raise MicrogptError(f"{self.path(METRICS_FILE)}: cannot write the metrics ({e.strerror})"
                                 f"{self.kept()}") from None
-        self._metrics_end += len(line)
+        self._metrics_end += len(lines)
 
     def _close_metrics(self):
         if self._metrics:
