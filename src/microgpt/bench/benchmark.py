@@ -10,7 +10,7 @@ from itertools import islice
 from ..config import SettingError, TrainConfig, check_settings, setting
 from ..engines import BENCH_ENGINES
 from ..errors import MicrogptError
-from ..train.loop import train, training_threads
+from ..train.loop import train, train_chunks, training_threads
 from ..train.setup import prepare_run
 
 
@@ -109,8 +109,8 @@ def time_training(engine, doc_tokens, tcfg, warmup_steps):
     for _ in islice(train(engine, doc_tokens, tcfg, sync_every=(warmup_steps,)), warmup_steps):
         pass  # stops after the warm-up's last report, with its chunk done: the next one never starts
     tokens, start = 0, time.perf_counter()
-    for report in train(engine, doc_tokens, tcfg, start_step=warmup_steps):
-        tokens += report.tokens
+    for chunk in train_chunks(engine, doc_tokens, tcfg, start_step=warmup_steps):  # reported as microgpt train does
+        tokens += sum(chunk.tokens)
     return time.perf_counter() - start, tokens
 
 

@@ -17,7 +17,7 @@ from ..config import SettingError, TrainConfig, check_settings, setting
 from ..data import file_sha256
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
-from ..train.loop import evaluate, train, training_threads
+from ..train.loop import evaluate, train_chunks, training_threads
 from ..train.setup import Holdout, prepare_run
 
 SPLIT_SEED = 42  # one held-out split for every run of the study
@@ -106,7 +106,7 @@ def run_one(experiment, seed, data_path, engine='fused'):
     tcfg = TrainConfig(**{**fields_of(TrainConfig, experiment.overrides), 'seed': seed})
     run = prepare_run(data_path, model_settings(experiment.overrides), tcfg, engine, holdout=Holdout(seed=SPLIT_SEED))
     with training_threads():
-        losses = [r.loss for r in train(run.engine, run.train_tokens, tcfg)]
+        losses = [loss for chunk in train_chunks(run.engine, run.train_tokens, tcfg) for loss in chunk.losses]
         val_loss = evaluate(run.engine, run.val_tokens)
     tail = losses[-max(1, len(losses) // 10):]
     return {'experiment': experiment.name, 'seed': seed, 'val_loss': val_loss,
