@@ -19,13 +19,6 @@ Compilation is excluded (the fused engine is built, and so compiled or loaded fr
    2c93167, whose package has what this script imports) and of this one's (--new), each round one process of each,
    taking turns to go first, so that both see the same machine load; the median tokens/s of each and their
    ratio. On a shared machine one thread (--threads 1) gives the steadiest ratio.
-
-    python benchmarks/bench_fused.py --old ../before/src --only default [--cli-steps 41000] [--rounds 5]
-
-5. With --old and --only default: the default job's step through `microgpt train` itself (its `main`, output to
-   /dev/null) in each tree, the same way: each process times --cli-steps steps and 1,000 steps of the whole command,
-   best of --repeats each, and reports the difference per step between them (reading the data, building the model
-   and sampling cancel out).
 """
 
 import argparse
@@ -233,42 +226,6 @@ def makemore_old_and_new(old_src, new_src, data, repeats, steps, rounds, threads
         print(f"   {dtype:<8} {old:>13.0f} {new:>13.0f} {new / old:>10.3f}   ({each})")
 
 
-def cli_step_row(steps, repeats):
-    """Prints the microseconds a step of the default job through `microgpt train` (this package's cli.main, in
-    this process): the best of `repeats` runs of `steps` steps less the best of `repeats` runs of 1,000, a step."""
-    import io
-    from microgpt.cli import main as cli
-
-    def run(n):
-        with open(os.devnull, 'w') as out:
-            start = time.perf_counter()
-            cli(['train', '--engine', 'fused', '--steps', str(n)], out=out, err=io.StringIO())
-            return time.perf_counter() - start
-
-    run(300)  # compile or load the kernels, and warm the caches: untimed
-    long = min(run(steps) for _ in range(repeats))
-    print((long - min(run(1000) for _ in range(repeats))) / (steps - 1000) * 1e6)
-
-
-def cli_step_old_and_new(old_src, new_src, repeats, steps, rounds):
-    from microgpt.bench.benchmark import cpu_name
-    print(f"5. default job's step through `microgpt train`: {old_src} (old) and {new_src} (new) taking turns, "
-          f"{rounds} rounds; each the best of {repeats} x {steps} steps less the best of {repeats} x 1000; "
-          f"CPU: {cpu_name()}")
-    times = {'old': [], 'new': []}
-    for round_ in range(rounds):
-        trees = [('old', old_src), ('new', new_src)]
-        for label, src in trees[::-1] if round_ % 2 else trees:
-            command = [sys.executable, __file__, '--cli-step-row', '--cli-steps', str(steps), '--repeats', str(repeats)]
-            result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src))
-            if result.returncode != 0:
-                sys.exit(f"the {label} tree ({src}) failed:\n" + '\n'.join(result.stderr.splitlines()[-8:]))
-            times[label].append(float(result.stdout))
-    old, new = statistics.median(times['old']), statistics.median(times['new'])
-    each = ' '.join(f'{o:.2f}/{n:.2f}' for o, n in zip(times['old'], times['new']))
-    print(f"   old {old:.2f} us a step, new {new:.2f} (medians); old / new {old / new:.3f}   ({each})")
-
-
 def _blas_threads():
     """Threads NumPy's OpenBLAS uses: its environment variable, else one per core."""
     for name in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS'):
@@ -291,24 +248,14 @@ def main():
     parser.add_argument('--rounds', type=int, default=5, help='with --old: processes of each tree (default: 5)')
     parser.add_argument('--threads', type=int, help='with --old: NUMBA_NUM_THREADS of each process')
     parser.add_argument('--dtypes', default='float32,float64', help='with --old: comma-separated (default: both)')
-    parser.add_argument('--cli-steps', type=int, default=41000,
-                        help='with --old --only default: steps of the long run (default: 41000)')
     parser.add_argument('--makemore-row', metavar='ENGINE:DTYPE', help=argparse.SUPPRESS)  # one row, in a subprocess
-    parser.add_argument('--cli-step-row', action='store_true', help=argparse.SUPPRESS)  # part 5's, in a subprocess
     args = parser.parse_args()
-    if args.repeats < 1 or args.cli_steps <= 1000:
-        parser.error('--repeats takes 1 or more, --cli-steps more than 1000')
     if args.makemore_row:
         return makemore_row(args.makemore_row, args.data, args.repeats, args.makemore_steps)
-    if args.cli_step_row:
-        return cli_step_row(args.cli_steps, args.repeats)
     if args.old:
-        if args.rounds < 1 or args.only not in (None, 'default') or args.no_torch:
-            parser.error('--old takes --rounds 1 or more, --only default or no --only, and no --no-torch')
+        if args.rounds < 1 or args.only or args.no_torch:
+            parser.error('--old takes --rounds 1 or more, and neither --only nor --no-torch')
         from microgpt.bench.benchmark import source_tree  # here: the rows run this script on an older package too
-        if args.only == 'default':
-            return cli_step_old_and_new(source_tree(parser, args.old), source_tree(parser, args.new), args.repeats,
-                                        args.cli_steps, args.rounds)
         return makemore_old_and_new(source_tree(parser, args.old), source_tree(parser, args.new), args.data,
                                     args.repeats, args.makemore_steps, args.rounds, args.threads, args.dtypes.split(','))
     make_engine('fused', ModelConfig(vocab_size=3), random.Random(0))             # compile or load, untimed

@@ -90,18 +90,20 @@ def test_bench_fused_compares_two_source_trees_taking_turns(names_path, tmp_path
 
 
 @pytest.mark.slow(seconds=3)
-def test_bench_fused_times_the_default_step_through_the_command_in_two_trees(tmp_path):
-    """--old --only default: the default job's step through `microgpt train` in each tree, the long run's time
-    less the 1,000-step run's; the smallest run, the installed package against itself."""
+def test_bench_cli_step_times_the_default_step_through_the_command_in_two_trees(tmp_path):
+    """The default job's step through `microgpt train` in each tree, the long run's time less the 1,000-step run's;
+    the smallest run, the installed package against itself. Arguments that measure nothing, and a folder holding no
+    package, are refused."""
     import microgpt
     package_parent = Path(microgpt.__file__).parent.parent
-    out = bench('bench_fused.py', '--old', package_parent, '--new', package_parent, '--only', 'default',
-                '--rounds', 1, '--repeats', 1, '--cli-steps', 11000)
+    out = bench('bench_cli_step.py', '--old', package_parent, '--new', package_parent, '--rounds', 1, '--repeats', 1,
+                '--steps', 11000)
     assert re.search(rf'old {NUMBER} us a step, new {NUMBER} \(medians\); old / new {NUMBER} +'
-                     rf'\({NUMBER}/{NUMBER}\)', out), out
-    for flags in (['--cli-steps', '1000'], ['--repeats', '0'], ['--only', 'profile']):
-        refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_fused.py', '--old', package_parent, *flags],
-                                 capture_output=True, text=True, cwd=REPO_ROOT)
+                     rf'\({NUMBER}/{NUMBER}\)$', out, re.M), out
+    for flags in (['--old', package_parent, '--steps', '1000'], ['--old', package_parent, '--repeats', '0'],
+                  ['--old', package_parent, '--rounds', '0'], ['--old', tmp_path]):
+        refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_cli_step.py', *flags], capture_output=True,
+                                 text=True, cwd=REPO_ROOT)
         assert refused.returncode == 2 and 'error:' in refused.stderr, (flags, refused.stderr)
 
 

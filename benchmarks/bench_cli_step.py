@@ -1,0 +1,82 @@
+"""The default job's step through `microgpt train` itself, in two source trees side by side.
+
+    python benchmarks/bench_cli_step.py --old ../before/src [--new src] [--rounds 6] [--steps 41000] [--repeats 3]
+
+Each round runs one process of each tree (PYTHONPATH=its src), taking turns to go first, so that both see the same
+machine load. A process calls `microgpt train --engine fused` through the package's own `cli.main`, output to
+/dev/null: once untimed (compiling or loading the kernels), then --steps steps and 1,000 steps, best of --repeats
+each; the difference per step between the two is the step (reading the data, building the model and sampling the
+names cancel out). It prints each tree's median and their ratio. A process imports nothing but `microgpt.cli`, so
+the old tree may be any commit with `cli.main(argv, out, err)`, the issue's filing (3ef2197) included.
+"""
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
+
+
+def step_microseconds(steps, repeats):
+    """The marginal microseconds a step of `microgpt train --engine fused` in this process's package."""
+    from microgpt.cli import main as cli
+
+    def run(n):
+        with open(os.devnull, 'w') as out:
+            start = time.perf_counter()
+            cli(['train', '--engine', 'fused', '--steps', str(n)], out=out, err=io.StringIO())
+            return time.perf_counter() - start
+
+    run(300)  # compile or load the kernels, and warm the caches: untimed
+    long = min(run(steps) for _ in range(repeats))
+    return (long - min(run(1000) for _ in range(repeats))) / (steps - 1000) * 1e6
+
+
+def source_tree(parser, path):
+    """A folder holding the microgpt package (a checkout's src/): anything else would import the installed one."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
+        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--old', metavar='SRC', required=True, help="the other checkout's src folder")
+    parser.add_argument('--new', metavar='SRC', default=NEW_SRC, help=f'(default: {NEW_SRC})')
+    parser.add_argument('--rounds', type=int, default=6, help='processes of each tree (default: 6)')
+    parser.add_argument('--steps', type=int, default=41000, help='steps of the long run (default: 41000)')
+    parser.add_argument('--repeats', type=int, default=3, help='runs of each length in a process (default: 3)')
+    parser.add_argument('--row', action='store_true', help=argparse.SUPPRESS)  # one process's figure
+    args = parser.parse_args()
+    if args.rounds < 1 or args.repeats < 1 or args.steps <= 1000:
+        parser.error('--rounds and --repeats take 1 or more, --steps more than 1000')
+    if args.row:
+        return print(step_microseconds(args.steps, args.repeats))
+    trees = [('old', source_tree(parser, args.old)), ('new', source_tree(parser, args.new))]
+    from microgpt.bench.benchmark import cpu_name
+    print(f"the default job's step through `microgpt train --engine fused`, {args.rounds} rounds taking turns; each "
+          f"process the best of {args.repeats} x {args.steps} steps less the best of {args.repeats} x 1000; "
+          f"CPU: {cpu_name()}")
+    for label, src in trees:
+        print(f"   {label}: {src}")
+    times = {'old': [], 'new': []}
+    for round_ in range(args.rounds):
+        for label, src in trees[::-1] if round_ % 2 else trees:
+            command = [sys.executable, __file__, '--row', '--old', src, '--steps', str(args.steps),
+                       '--repeats', str(args.repeats)]
+            result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src))
+            if result.returncode != 0:
+                sys.exit(f"the {label} tree ({src}) failed:\n" + '\n'.join(result.stderr.splitlines()[-8:]))
+            times[label].append(float(result.stdout))
+    old, new = statistics.median(times['old']), statistics.median(times['new'])
+    each = ' '.join(f'{o:.2f}/{n:.2f}' for o, n in zip(times['old'], times['new']))
+    print(f"   old {old:.2f} us a step, new {new:.2f} (medians); old / new {old / new:.3f}   ({each})")
+
+
+if __name__ == '__main__':
+    main()
