@@ -19,8 +19,8 @@ from .engines import ENGINES, make_engine
 from .errors import MicrogptError
 from .fetch import local_path
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
-from .train.run import (PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data, recorded_split,
-                        resume_settings, trained_documents)
+from .train.run import (PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data,
+                        recorded_documents, recorded_split, resume_settings)
 from .train.setup import RunConfig, RunSettings
 from .train.loop import Steps, evaluate
 
@@ -203,19 +203,16 @@ def _notice_compilation(err, dtype, batch_size, evaluates):
               f"step, with or without evaluation, or batches of several; {wait})...", file=err, flush=True)
 
 
-def _print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, known=None):
-    novel = 0
-    for sample_idx in range(sample_cfg.num_samples):
-        ids = generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
-                       sample_cfg.top_p, prompt_ids)
-        name = vocab.decode(ids)
-        mark = ''
-        if known is not None:
-            mark = ' *' if name in known else ''
-            novel += name not in known
-        print(f"sample {sample_idx + 1:2d}: {name}{mark}", file=out)
-    if known is not None and sample_cfg.num_samples:
-        print(f"novel: {novel} / {sample_cfg.num_samples} (* = already in the training data)", file=out)
+def _print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, training=None):
+    """Print the samples; with `training` (documents.Documents), mark those that are training documents."""
+    names = [vocab.decode(generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
+                                   sample_cfg.top_p, prompt_ids)) for _ in range(sample_cfg.num_samples)]
+    known = training.found(names) if training is not None else set()
+    for sample_idx, name in enumerate(names):
+        print(f"sample {sample_idx + 1:2d}: {name}{' *' if name in known else ''}", file=out)
+    if training is not None and names:
+        print(f"novel: {sum(name not in known for name in names)} / {len(names)} (* = already in the training data)",
+              file=out)
 
 
 def _engine_from_checkpoint(path):
@@ -255,22 +252,24 @@ def cmd_sample(args, out, err):
     if len(prompt_ids) >= block_size:
         raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
                             f"{block_size} tokens with BOS, so give at most {block_size - 1}")
+    from .documents import file_documents  # NumPy: this command's models need it anyway
     if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
-        known = set(load_documents(local_path(args.data)))
+        training = file_documents(local_path(args.data))
     else:
         try:
-            known = set(trained_documents(ckpt))
+            training = recorded_documents(ckpt)[0]
         except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
             print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
-            known = None
-    _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, known)
+            training = None
+    _print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, training)
 
 
 def cmd_eval(args, out, err):
+    from .documents import file_documents  # NumPy: this command's models need it anyway
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     if args.data is not None:
-        docs, what = load_documents(local_path(args.data)), args.data
+        docs, what = file_documents(local_path(args.data), ckpt.vocab), args.data
     else:
         try:
             data_path = recorded_data(ckpt, streams=True)  # a run trained from a pipe is evaluated from one
@@ -279,17 +278,16 @@ def cmd_eval(args, out, err):
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
-        docs = recorded_split(ckpt, load_documents(data_path))[1]
+        docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab))[1]
         what = f"the held-out split of {ckpt.meta['data_path']}"
-    tokens = [ckpt.vocab.document_tokens(doc) for doc in docs]
     for path, (member, engine) in zip(args.checkpoint, models):
-        loss = evaluate(engine, tokens)
+        loss = evaluate(engine, docs)
         name = f" {path}" if len(models) > 1 else ''
         print(f"loss {loss:.4f} nats per character on {len(docs)} documents ({what}), step {member.step}{name}",
               file=out)
     if len(models) > 1:
         decoder, block_size = _decoder(models)
-        loss = ensemble_loss(decoder, tokens, block_size)
+        loss = ensemble_loss(decoder, docs, block_size)
         print(f"loss {loss:.4f} nats per character of the ensemble of {len(models)} (mean of their probabilities)",
               file=out)
 

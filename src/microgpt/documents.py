@@ -101,6 +101,27 @@ class Documents:
             tokens = (tokens + 1) % (len(self.corpus.chars) + 1)
         return tokens, starts
 
+    def found(self, texts):
+        """The strings among `texts` that are documents of this sequence, as a set: for each, the documents of its
+        length are compared with it in the token array, CHUNK characters at a time (no Python object per document)."""
+        index = {ch: i for i, ch in enumerate(self.corpus.chars)}
+        lengths, found = None, set()
+        for text in set(texts):
+            if any(ch not in index for ch in text):
+                continue
+            if lengths is None:
+                lengths = self.lengths()                                   # (D,) with both BOS
+            same_length = self.indices(np.flatnonzero(lengths == len(text) + 2))  # corpus indices
+            ids = np.array([index[ch] for ch in text], np.int64)           # (L,)
+            step = max(1, CHUNK // max(1, len(text)))
+            for first in range(0, len(same_length), step):
+                starts = self.corpus.bounds[same_length[first:first + step]].astype(np.int64) + 1
+                rows = self.corpus.tokens[starts[:, None] + np.arange(len(text))]   # (n, L)
+                if (rows == ids).all(axis=1).any():
+                    found.add(text)
+                    break
+        return found
+
     def take(self, positions):
         """The documents at `positions` of this sequence, in that order."""
         return Documents(self.corpus, self.indices(positions), self.bos_first)
@@ -217,6 +238,22 @@ class Documents:
                 key |= field[self.corpus.tokens[np.minimum(begin + c, end)]]
             keys[start:start + len(rows)] = key
         return keys
+
+
+def file_documents(path, vocab=None):
+    """The documents of the file at `path` (corpus.load_corpus: tokenised once into the cache, then memory-mapped),
+    in the token ids of `vocab` when given (a model's: its characters must hold the file's, or a MicrogptError
+    names those it lacks; the tokens are remapped in memory when the file has fewer), else in the file's own."""
+    from .corpus import Corpus, load_corpus, token_dtype
+    corpus = load_corpus(path)
+    if vocab is None:
+        return Documents(corpus)
+    if corpus.chars != vocab.chars:
+        offset = 1 if vocab.bos_first else 0
+        table = np.array([i - offset for i in vocab.encode(corpus.chars)] + [len(vocab.chars)],  # and BOS to BOS
+                         token_dtype(len(vocab.chars)))
+        corpus = Corpus(vocab.chars, table[corpus.tokens], corpus.bounds, corpus.longest)
+    return Documents(corpus, bos_first=vocab.bos_first)
 
 
 def _nth_true(mask, ranks):

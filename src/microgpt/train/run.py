@@ -369,9 +369,18 @@ def recorded_split(ckpt, docs):
     return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
+def recorded_documents(ckpt, streams=False):
+    """(trained on, held out) of the checkpoint's recorded data (recorded_data), as documents.Documents over its
+    token cache in the model's token ids: no Python object per document. Held out is empty when the run held none
+    out."""
+    from ..documents import file_documents
+    docs = file_documents(recorded_data(ckpt, streams), ckpt.vocab)
+    return recorded_split(ckpt, docs) if ckpt.meta.get('eval_every') else (docs, docs.take([]))
+
+
 def trained_documents(ckpt, streams=False):
-    """The documents the checkpoint's run trained on: its recorded data (recorded_data), less the held-out split
-    when it held one out."""
+    """The documents the checkpoint's run trained on, as strings: its recorded data (recorded_data), less the
+    held-out split when it held one out."""
     docs = load_documents(recorded_data(ckpt, streams))
     return recorded_split(ckpt, docs)[0] if ckpt.meta.get('eval_every') else docs
 
