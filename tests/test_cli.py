@@ -500,3 +500,21 @@ def test_probabilities_beyond_a_float_are_one_line(logits, temperature):
     with pytest.raises(MicrogptError, match='--lr'):
         token_probabilities(logits, temperature)
     assert token_probabilities([1e300, 0.0], 1.0) == [1.0, 0.0]
+
+
+@pytest.mark.parametrize('value', ['0', '-1', 'abc', '1.5'])
+def test_a_bad_numba_thread_count_is_a_one_line_error(data, value):
+    """numba reads NUMBA_NUM_THREADS when first imported: 0 stopped it with a traceback (exit 1) and text was ignored
+    with a warning. A fresh interpreter, as numba reads it once."""
+    import subprocess
+    result = subprocess.run([sys.executable, '-m', 'microgpt', *small(data, '--engine', 'fused')], capture_output=True,
+                            text=True, env={**os.environ, 'NUMBA_NUM_THREADS': value}, timeout=120)
+    assert result.returncode == 2 and result.stderr == (
+        f"microgpt: error: NUMBA_NUM_THREADS={value!r}: give the threads as a whole number, 1 or more, or leave it "
+        f"unset (one per core)\n"), result.stderr
+
+
+@pytest.mark.parametrize('value', ['', ' 2 ', '+1'])
+def test_numba_thread_counts_numba_reads_are_taken(data, monkeypatch, value):
+    monkeypatch.setenv('NUMBA_NUM_THREADS', value)
+    assert run(*small(data, '--steps', '2'))[0] == 0

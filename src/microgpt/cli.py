@@ -260,6 +260,7 @@ def _run(argv=None, out=None, err=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _check_numba_threads()
         for notice in getattr(args, 'notices', ()):
             print(f"microgpt: {notice}", file=err)
         args.run(args, out, err)
@@ -289,6 +290,16 @@ def _run(argv=None, out=None, err=None):
         _error(f"{where}{e.strerror or e}", err)
         return 2, None
     return 0, None
+
+
+def _check_numba_threads():
+    """numba reads NUMBA_NUM_THREADS when it is first imported (by the fused engine, or to shuffle a big file): 0 or
+    less stopped it with a traceback, and text it ignored with a warning. Refused here, in one line, by every
+    command."""
+    value = os.environ.get('NUMBA_NUM_THREADS', '').strip()
+    if value and not (value.removeprefix('+').isdigit() and int(value) > 0):
+        raise MicrogptError(f"NUMBA_NUM_THREADS={value!r}: give the threads as a whole number, 1 or more, or leave "
+                            f"it unset (one per core)")
 
 
 def _error(message, err):
