@@ -518,3 +518,33 @@ def test_a_bad_numba_thread_count_is_a_one_line_error(data, value):
 def test_numba_thread_counts_numba_reads_are_taken(data, monkeypatch, value):
     monkeypatch.setenv('NUMBA_NUM_THREADS', value)
     assert run(*small(data, '--steps', '2'))[0] == 0
+
+
+def test_resume_samples_as_the_uninterrupted_run_does(data, tmp_path, monkeypatch):
+    """The sampling flags were not recorded: a resumed run printed the preset's 20 names at temperature 0.5, not
+    the run's own. Now it prints the uninterrupted run's names; sampling flags given to --resume still apply."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    flags = ['--steps', '6', '--temperature', '1.5', '--top-k', '5', '--num-samples', '4', '--save-every', '1']
+    code, straight, err = run('train', '--data', data, *flags, '--out', tmp_path / 'straight')
+    assert code == 0, err
+    first_call = NumpyEngine.train_steps
+
+    def ctrl_c_at_step_3(self, doc_tokens, start, stop, *args):
+        if start == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return first_call(self, doc_tokens, start, stop, *args)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', ctrl_c_at_step_3)
+    out = tmp_path / 'interrupted'
+    assert run('train', '--data', data, *flags, '--out', out)[0] == 130
+    monkeypatch.undo()
+    code, resumed, err = run('train', '--resume', '--out', out)
+    assert code == 0 and 'resuming from step 3' in err, err
+    samples = straight.split('--- inference')[1]
+    assert resumed.split('--- inference')[1] == samples and samples.count('sample ') == 4, (resumed, straight)
+    code, again, err = run('train', '--resume', '--out', out, '--steps', '7', '--num-samples', '1')
+    assert code == 0 and again.split('--- inference')[1].count('sample ') == 1, (again, err)
+    for damaged in ({'temperature': -1.0}, {'colour': 'blue'}, [4]):  # one line naming the checkpoint's field
+        rewrite_checkpoint(str(out / 'resume.safetensors'), {'sampling': json.dumps(damaged)})
+        assert_one_line_error(*run('train', '--resume', '--out', out, '--steps', '8'),
+                              f"resume.safetensors: damaged checkpoint metadata: sampling {damaged!r}")

@@ -58,7 +58,7 @@ def cmd_train(args, out, err):
         settings = resolve(preset or DEFAULT_PRESET, flags)
     run_cfg, tcfg = RunConfig(**fields_of(RunConfig, settings)), TrainConfig(**fields_of(TrainConfig, settings))
     sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
-    run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, preset or DEFAULT_PRESET))
+    run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, preset or DEFAULT_PRESET, sample_cfg))
     if run_cfg.engine == 'fused' and run_cfg.dtype in ('float64', 'float32'):  # (others: the engine refuses them)
         _notice_compilation(err, run_cfg.dtype, tcfg.batch_size, run_cfg.eval_every > 0)
     # Ctrl-C before the first step's report (reading, compiling: the fused kernels compile inside the first

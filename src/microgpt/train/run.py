@@ -12,9 +12,9 @@ import os
 import re
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
-from ..config import check_sampling_flags
+from ..config import SampleConfig, SettingError, check_sampling_flags
 from ..data import file_identity, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
@@ -22,6 +22,7 @@ from ..presets import PRESETS
 from .loop import evaluate, train_chunks, training_threads
 from .setup import Holdout, prepare_run
 
+SAMPLING = tuple(f.name for f in fields(SampleConfig))  # settings of the names printed at the end
 BEST_CHECKPOINT = 'model.safetensors'
 RESUME_CHECKPOINT = 'resume.safetensors'
 METRICS_FILE = 'metrics.jsonl'
@@ -221,7 +222,8 @@ class TrainingRun:
         cfg = self.cfg
         return {'data_path': recorded_path(cfg.data_path), 'eval_every': cfg.eval_every,
                 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split, 'preset': self.s.preset,
-                'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss, 'data_identity': self.data_identity}
+                'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss, 'data_identity': self.data_identity,
+                **({'sampling': asdict(self.s.sample)} if self.s.sample is not None else {})}
 
     def _save(self, name, metrics):
         from .checkpoint import save_checkpoint
@@ -303,9 +305,10 @@ class TrainingRun:
 
 def resume_settings(out, given, preset=None):
     """The settings that continue the run saved in `out`: those its checkpoint records (model, training, data,
-    held-out split, engine and dtype), the saved preset's for the rest (sampling), and `given` (the flags on the
-    command line) on top. A given setting that differs from the recorded one is an error, but a larger steps,
-    which trains on, and another engine (checkpoints are interchangeable)."""
+    held-out split, engine, dtype and sampling), the saved preset's for the rest (the sampling of checkpoints that
+    record none), and `given` (the flags on the command line) on top. A given setting that differs from the
+    recorded one is an error, but a larger steps, which trains on, another engine (checkpoints are
+    interchangeable) and the sampling flags, which change only the names printed at the end."""
     from .checkpoint import load_checkpoint
     check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
     path = os.path.join(out, RESUME_CHECKPOINT)
@@ -322,10 +325,17 @@ def resume_settings(out, given, preset=None):
     for key, meta_key in (('data', 'data_path'), ('engine', 'engine'), ('preset', 'preset')):
         if meta.get(meta_key) is not None:  # older checkpoints may lack them
             recorded[key] = meta[meta_key]
+    sampling = meta.get('sampling')  # before it was recorded: the preset's
+    if sampling is not None:
+        try:
+            SampleConfig(**sampling)
+        except (SettingError, TypeError):
+            raise MicrogptError(f"{path}: damaged checkpoint metadata: sampling {sampling!r}") from None
+        recorded.update(sampling)
     now = {**given, **({'data': recorded_path(given['data'])} if 'data' in given else {}),
            **({'preset': preset} if preset is not None else {})}
     differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
-                   if k in recorded and k not in ('steps', 'engine') and v != recorded[k]]
+                   if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
             advice = "the run's data file is no longer there: put it back at that path to continue the run"

@@ -6,7 +6,7 @@ config and the engine in microgpt's random order.
 import random
 from dataclasses import dataclass
 
-from ..config import ModelConfig, SettingError, TrainConfig, check_settings, setting
+from ..config import ModelConfig, SampleConfig, SettingError, TrainConfig, check_settings, setting
 from ..data import VAL_SPLITS, Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
 from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine
 from ..errors import MicrogptError
@@ -88,6 +88,7 @@ class RunSettings:
     model: dict              # ModelConfig fields but vocab_size, which the data decides
     train: TrainConfig
     preset: str = DEFAULT_PRESET
+    sample: SampleConfig = None  # the names sampled at the end (recorded, so that --resume samples them too)
 
     def __post_init__(self):
         ModelConfig(vocab_size=1, **self.model)  # flag errors before any file is read
