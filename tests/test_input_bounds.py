@@ -152,13 +152,21 @@ def test_a_bounded_stream_loads_like_the_file(tmp_path):
     assert load_documents(fifo) == ['anna', 'bob', 'cy']
 
 
-def test_an_endless_line_is_bounded(tmp_path, monkeypatch):
+@pytest.mark.parametrize('end', [b'', b'\n', b'\r\n', b'\nbob\n'])
+@pytest.mark.parametrize('length', [1001, 1200, 5000])
+def test_an_endless_line_is_bounded(tmp_path, monkeypatch, end, length):
+    """With or without a line break after it: a line that ended within the next read escaped the check (a
+    72 MiB line with its newline was read, the same without one refused)."""
+    from microgpt.corpus import load_corpus
     monkeypatch.setattr(data, 'MAX_LINE_BYTES', 1000)
     monkeypatch.setattr(data, 'READ_BYTES', 256)
     path = tmp_path / 'one-line.txt'
-    path.write_bytes(b'ok\n' + b'a' * 5000)
-    with pytest.raises(MicrogptError, match='a line of more than 1,000 bytes at offset 3'):
-        load_documents(str(path))
+    path.write_bytes(b'ok\n' + b'a' * length + end)
+    for read in (load_documents, load_corpus):
+        with pytest.raises(MicrogptError, match='a line of more than 1,000 bytes at offset 3'):
+            read(str(path))
+    path.write_bytes(b'ok\n' + b'a' * 1000 + end)  # the longest line allowed
+    assert load_documents(str(path))[1] == 'a' * 1000
 
 
 def test_a_file_that_grows_while_read_is_read_up_to_its_size_at_opening(tmp_path, monkeypatch):

@@ -118,12 +118,17 @@ def read_pieces(path):
                 if b'\x00' in block:
                     at = offset + len(carry) + block.index(b'\x00')
                     raise NotData(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
+                searched = len(carry)  # the carry holds no line break: a line that ends here starts it
                 carry += block
                 cut = max(carry.rfind(b'\n'), carry.rfind(b'\r')) + 1
                 if cut:
+                    first = min(i for i in (carry.find(b'\n', searched), carry.find(b'\r', searched)) if i >= 0)
+                    if first > MAX_LINE_BYTES:
+                        raise NotData(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
+                                      f"{TEXT_HINT}")
                     yield offset, carry[:cut]
                     offset, carry = offset + cut, carry[cut:]
-                if len(carry) > MAX_LINE_BYTES:
+                if len(carry) > MAX_LINE_BYTES:  # a line still unfinished
                     raise NotData(f"{path}: a line of more than {MAX_LINE_BYTES:,} bytes at offset {offset}; "
                                   f"{TEXT_HINT}")
                 if not regular and offset + len(carry) >= stream_limit and f.read(1):
