@@ -84,6 +84,9 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     for data, loss in expected.items():
         code, stdout, err = run('eval', '--checkpoint', checkpoint, *(['--data', data] if data else []))
         assert code == 0 and stdout.startswith(f"loss {loss:.4f} nats per character on "), (stdout, err)
+    one = tmp_path / 'one.txt'
+    one.write_text('ab\n')
+    assert f"on 1 document ({one})" in run('eval', '--checkpoint', checkpoint, '--data', one)[1]  # not "1 documents"
     code, stdout, err = run('sample', '--checkpoint', checkpoint, '--num-samples', 40, '--temperature', 0.5)
     samples = [line.split(': ')[1] for line in stdout.splitlines() if line.startswith('sample')]
     marked = {name.removesuffix(' *') for name in samples if name.endswith(' *')}

@@ -283,8 +283,8 @@ def cmd_eval(args, out, err):
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, docs)
         name = f" {path}" if len(models) > 1 else ''
-        print(f"loss {loss:.4f} nats per character on {len(docs)} documents ({what}), step {member.step}{name}",
-              file=out)
+        print(f"loss {loss:.4f} nats per character on {len(docs)} document{'s' * (len(docs) != 1)} ({what}), "
+              f"step {member.step}{name}", file=out)
     if len(models) > 1:
         decoder, block_size = _decoder(models)
         loss = ensemble_loss(decoder, docs, block_size)
