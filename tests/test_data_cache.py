@@ -408,6 +408,7 @@ def server():
         '/no-length.txt': (200, {}, NAMES_BODY),
         '/partial.txt': (200, {'Content-Length': str(len(NAMES_BODY) + 500)}, NAMES_BODY),
         '/forbidden.txt': (403, {}, b'go away'),
+        '/my%20names%C3%A9.txt': (200, {'Content-Length': str(len(NAMES_BODY))}, NAMES_BODY),
         '/': (200, {'Content-Type': 'text/html; charset=utf-8'}, b'<html><body><a href="names.txt">names.txt</a>'),
     })
     yield served
@@ -438,6 +439,24 @@ def test_a_failed_or_partial_download_is_one_line_and_leaves_nothing(server, tmp
     message = str(info.value)
     assert fragment in message and server.url + route in message and '\n' not in message, message
     assert os.listdir(tmp_path / 'downloads') == [], os.listdir(tmp_path / 'downloads')
+
+
+def test_an_address_with_spaces_or_other_letters_is_fetched_as_a_browser_would(server, tmp_path):
+    """'my namesé.txt' was 'the download broke off after 0 bytes (URL can't contain control characters)': it is
+    sent percent-encoded, as a browser does, and an address that is already encoded is sent as it is."""
+    from microgpt.fetch import fetch
+    for route in ('/my namesé.txt', '/my%20names%C3%A9.txt'):
+        assert open(fetch(server.url + route, cache_dir=str(tmp_path)), 'rb').read() == NAMES_BODY
+    assert server.requests == ['/my%20names%C3%A9.txt'] * 2, server.requests
+
+
+def test_a_download_that_never_started_does_not_say_it_broke_off(tmp_path):
+    """An address urllib refuses to send ('nonnumeric port') was 'the download broke off after 0 bytes'."""
+    from microgpt.fetch import fetch
+    url = "http://127.0.0.1:12x/names.txt"
+    with pytest.raises(MicrogptError) as info:
+        fetch(url, cache_dir=str(tmp_path))
+    assert str(info.value).startswith(f"{url}: cannot download (nonnumeric port"), info.value
 
 
 def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ a failed, refused or broken-off download is a one-line MicrogptError and leaves 
 """
 
 import os
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from .data import MAX_STREAM_BYTES, cache_folder, check_text
 from .errors import MicrogptError, NotData
@@ -15,6 +15,7 @@ from .tempfiles import make_temporary, remove_quietly
 URL_SCHEMES = ('http', 'https')
 BLOCK_BYTES = 2**20
 TIMEOUT_S = 30
+URL_CHARACTERS = "/:?#[]@!$&'()*+,;=%~"  # kept as they are in a requested address (RFC 3986's reserved, and %)
 
 
 def is_url(path):
@@ -75,9 +76,10 @@ def _download(url, f, progress):
     import urllib.error
     import urllib.request
     hint = "check the address and the network, or download the file and give its path"
-    done = 0
+    done, response = 0, None
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+        # as a browser sends it: a space or a character outside ASCII percent-encoded, what is encoded kept
+        with urllib.request.urlopen(quote(url, safe=URL_CHARACTERS), timeout=TIMEOUT_S) as response:
             if response.headers.get_content_type() == 'text/html':  # a folder listing, a repository's page of it
                 raise MicrogptError(f"{url}: is a web page (text/html), not a text file of documents; give the "
                                     f"address of the file itself (its raw text)")
@@ -103,6 +105,8 @@ def _download(url, f, progress):
                             f"{hint}") from None
     except (OSError, ValueError, http.client.HTTPException) as e:  # cut off, reset or timed out; malformed
         reason = type(e).__name__ if isinstance(e, http.client.IncompleteRead) else (str(e) or type(e).__name__)
+        if response is None:  # no answer to break off: an address urllib cannot send, a connection refused
+            raise MicrogptError(f"{url}: cannot download ({reason}); {hint}") from None
         raise MicrogptError(f"{url}: the download broke off after {done:,} bytes ({reason}); {hint}") from None
     if total is not None and done != total:
         raise MicrogptError(f"{url}: partial download, {done:,} of {total:,} bytes; {hint}")
