@@ -655,3 +655,23 @@ def test_a_malformed_address_and_an_engine_without_the_dtype_are_one_line_errors
     assert main(argv + ['--steps', '1'] if argv[0] == 'train' else argv, out=io.StringIO(), err=err) == 2
     assert err.getvalue().startswith(f'microgpt: error: {fragment}') and err.getvalue().count('\n') == 1, \
         err.getvalue()
+
+
+def test_the_web_page_leaves_out_training_data_too_large_to_embed(tmp_path, monkeypatch):
+    """The page's Train button's documents are counted in the token cache before any string is made: a big list
+    was read whole, a string a line, to be refused."""
+    from helpers import run_cli_in_process
+    import microgpt.export.web as web
+    import microgpt.train.run
+    from microgpt.train.checkpoint import load_checkpoint
+    data = tmp_path / 'names.txt'
+    data.write_text('emma\nolivia\nava\n' * 10)
+    code, out, err = run_cli_in_process('train', '--data', data, '--steps', 2, '--out', tmp_path / 'run',
+                                        '--num-samples', 0)
+    assert code == 0, err
+    ckpt = load_checkpoint(str(tmp_path / 'run' / 'model.safetensors'))
+    monkeypatch.setattr(microgpt.train.run, 'load_documents', None)  # a list of strings would fail now
+    monkeypatch.setattr(web, 'MAX_EMBEDDED_CHARS', 130)  # the 130 characters of the 30 lines fit
+    assert web.training_documents(ckpt) == (['emma', 'olivia', 'ava'] * 10, 'names.txt')
+    monkeypatch.setattr(web, 'MAX_EMBEDDED_CHARS', 129)
+    assert web.training_documents(ckpt) == (None, 'names.txt is too large to put in the page; paste a list')

@@ -22,7 +22,7 @@ from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_p
 from ..errors import MicrogptError
 from ..tempfiles import write_text
 from ..train.checkpoint import load_checkpoint
-from ..train.run import METRICS_FILE, trained_documents
+from ..train.run import METRICS_FILE, recorded_documents
 
 PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
@@ -123,14 +123,12 @@ def training_documents(ckpt):
         return None, 'not recorded in the checkpoint; paste a list'
     name = os.path.basename(data_path)
     try:
-        docs = trained_documents(ckpt)  # a URL's download, and not a file edited since training
-    except MicrogptError:
+        trained = recorded_documents(ckpt)[0]  # a URL's download, and not a file edited since training
+    except MicrogptError:  # gone, edited (its identity, or characters outside the vocabulary), unreachable
         return None, f'{name} is not readable here, or has changed since training; paste a list'
-    if any(ch not in ckpt.vocab.index for ch in set(''.join(docs))):
-        return None, f'{name} has changed since training (characters outside the vocabulary); paste a list'
-    if sum(map(len, docs)) > MAX_EMBEDDED_CHARS:
+    if int(trained.lengths().sum(dtype=np.int64)) - 2 * len(trained) > MAX_EMBEDDED_CHARS:  # counted in the tokens
         return None, f'{name} is too large to put in the page; paste a list'
-    return docs, name
+    return list(trained.texts()), name
 
 
 def model_spec(cfg):
