@@ -502,7 +502,7 @@ def test_probabilities_beyond_a_float_are_one_line(logits, temperature):
     assert token_probabilities([1e300, 0.0], 1.0) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize('value', ['0', '-1', 'abc', '1.5'])
+@pytest.mark.parametrize('value', ['0', '-1', 'abc', '1.5', '\u00b2'])  # '²' is a digit to isdigit, not to int
 def test_a_bad_numba_thread_count_is_a_one_line_error(data, value):
     """numba reads NUMBA_NUM_THREADS when first imported: 0 stopped it with a traceback (exit 1) and text was ignored
     with a warning. A fresh interpreter, as numba reads it once."""
@@ -544,6 +544,11 @@ def test_resume_samples_as_the_uninterrupted_run_does(data, tmp_path, monkeypatc
     assert resumed.split('--- inference')[1] == samples and samples.count('sample ') == 4, (resumed, straight)
     code, again, err = run('train', '--resume', '--out', out, '--steps', '7', '--num-samples', '1')
     assert code == 0 and again.split('--- inference')[1].count('sample ') == 1, (again, err)
+    zero = tmp_path / 'zero'  # a run that samples nothing refuses a sampling flag at resume, as a fresh run does
+    assert run('train', '--data', data, '--steps', '3', '--num-samples', '0', '--out', zero)[0] == 0
+    assert_one_line_error(*run('train', '--resume', '--out', zero, '--steps', '4', '--temperature', '0.8'),
+                          'nothing is sampled with --num-samples 0')
+    assert run('train', '--resume', '--out', zero, '--steps', '4', '--temperature', '0.8', '--num-samples', '1')[0] == 0
     for damaged in ({'temperature': -1.0}, {'colour': 'blue'}, [4]):  # one line naming the checkpoint's field
         rewrite_checkpoint(str(out / 'resume.safetensors'), {'sampling': json.dumps(damaged)})
         assert_one_line_error(*run('train', '--resume', '--out', out, '--steps', '8'),

@@ -297,7 +297,7 @@ def _check_numba_threads():
     less stopped it with a traceback, and text it ignored with a warning. Refused here, in one line, by every
     command."""
     value = os.environ.get('NUMBA_NUM_THREADS', '').strip()
-    if value and not (value.removeprefix('+').isdigit() and int(value) > 0):
+    if value and not (value.removeprefix('+').isdecimal() and int(value) > 0):  # isdigit takes '²', int does not
         raise MicrogptError(f"NUMBA_NUM_THREADS={value!r}: give the threads as a whole number, 1 or more, or leave "
                             f"it unset (one per core)")
 

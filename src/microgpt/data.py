@@ -32,6 +32,7 @@ READ_BYTES = 2**23         # one read: small enough to stay interruptible, large
 BYTE_ORDER_MARK = '\ufeff'
 BUNDLED_DATASET = 'names.txt'
 TEXT_HINT = "give a UTF-8 text file with one item (a name, a word) per line"
+SHOWN_CHARACTERS = 20  # characters outside a vocabulary named in an error, at most (a file may bring thousands)
 
 
 def bundled_dataset_path():
@@ -214,7 +215,8 @@ class Vocabulary:
         index = self.index
         unknown = sorted({ch for ch in text if ch not in index})
         if unknown:
-            shown = ', '.join(repr(ch) for ch in unknown)
+            more = len(unknown) - SHOWN_CHARACTERS
+            shown = ', '.join(repr(ch) for ch in unknown[:SHOWN_CHARACTERS]) + (f" and {more} more" if more > 0 else '')
             raise MicrogptError(f"{shown} not in the model's vocabulary; use only these characters: {self.chars!r}")
         return [index[ch] for ch in text]
 

@@ -64,8 +64,16 @@ class Documents:
         return ''.join(chars[t] for t in self.corpus.tokens[int(bounds[d]) + 1:int(bounds[d + 1])].tolist())
 
     def texts(self):
-        """Each document as a string, in this order (one Python object each: for small uses and tests)."""
-        return (self.text(i) for i in range(len(self)))
+        """Each document as a string, in this order: a list, one Python object each (for small uses and tests).
+        The characters of every document and the BOS after it, decoded at once as UTF-32, split at the BOS."""
+        d = self.indices()                                                    # (D,) corpus indices
+        begin = self.corpus.bounds[d].astype(np.int64) + 1                    # (D,) each one's first character
+        counts = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1       # (D,) its characters and a BOS
+        starts = np.zeros(len(d), np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        at = np.repeat(begin - starts, counts) + np.arange(int(counts.sum()))  # positions in the corpus
+        code_points = np.array([ord(ch) for ch in self.corpus.chars] + [ord('\n')], np.uint32)  # BOS: a line break
+        return code_points[self.corpus.tokens[at]].tobytes().decode('utf-32-le').split('\n')[:-1]
 
     def vocabulary(self):
         return Vocabulary(self.corpus.chars, self.bos_first)
@@ -102,23 +110,29 @@ class Documents:
         return tokens, starts
 
     def found(self, texts):
-        """The strings among `texts` that are documents of this sequence, as a set: for each, the documents of its
-        length are compared with it in the token array, CHUNK characters at a time (no Python object per document)."""
+        """The strings among `texts` that are documents of this sequence, as a set, with no Python object per
+        document: for each length the strings have, one pass over the documents of that length, CHUNK characters
+        at a time, hashing each one's tokens (a polynomial in uint64); a hash that matches is compared token by
+        token."""
         index = {ch: i for i, ch in enumerate(self.corpus.chars)}
-        lengths, found = None, set()
+        by_length = {}
         for text in set(texts):
-            if any(ch not in index for ch in text):
-                continue
-            if lengths is None:
-                lengths = self.lengths()                                   # (D,) with both BOS
-            same_length = self.indices(np.flatnonzero(lengths == len(text) + 2))  # corpus indices
-            ids = np.array([index[ch] for ch in text], np.int64)           # (L,)
-            step = max(1, CHUNK // max(1, len(text)))
+            if all(ch in index for ch in text):
+                by_length.setdefault(len(text), {})[tuple(index[ch] for ch in text)] = text
+        found, lengths = set(), self.lengths() if by_length else None    # (D,) with both BOS
+        for length, wanted in by_length.items():
+            powers = np.array([pow(HASH_BASE, k, 2**64) for k in range(length)], np.uint64)     # (L,)
+            keys = np.array([_hash(ids, powers) for ids in wanted], np.uint64)               # (W,)
+            same_length = self.indices(np.flatnonzero(lengths == length + 2))                # corpus indices
+            step = max(1, CHUNK // max(1, length))
             for first in range(0, len(same_length), step):
                 starts = self.corpus.bounds[same_length[first:first + step]].astype(np.int64) + 1
-                rows = self.corpus.tokens[starts[:, None] + np.arange(len(text))]   # (n, L)
-                if (rows == ids).all(axis=1).any():
-                    found.add(text)
+                rows = self.corpus.tokens[starts[:, None] + np.arange(length)].astype(np.uint64)  # (n, L)
+                for row in rows[np.isin(rows @ powers, keys)].tolist():
+                    if tuple(row) in wanted:
+                        found.add(wanted.pop(tuple(row)))
+                        keys = np.array([_hash(ids, powers) for ids in wanted], np.uint64)
+                if not wanted:
                     break
         return found
 
@@ -238,6 +252,14 @@ class Documents:
                 key |= field[self.corpus.tokens[np.minimum(begin + c, end)]]
             keys[start:start + len(rows)] = key
         return keys
+
+
+HASH_BASE = 0x9E3779B97F4A7C15  # an odd 64-bit constant: Documents.found's rows hash as sum(id_k HASH_BASE^k)
+
+
+def _hash(ids, powers):
+    """The uint64 hash of a tuple of token ids, as Documents.found computes it for a row of them."""
+    return int(np.array(ids, np.uint64) @ powers) if ids else 0
 
 
 def file_documents(path, vocab=None):

@@ -105,7 +105,7 @@ class TrainingRun:
         return fd
 
     def events(self, should_stop=lambda: False, progress=None):
-        """The run's Header, StepReports, EvalReports and Saved events; `progress(bytes, total or None)` follows the
+        """The run's Header, Steps (loop.py's, an engine call's steps), EvalReports and Saved events; `progress(bytes, total or None)` follows the
         data's download or first tokenisation (prepare_run's)."""
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
@@ -349,7 +349,9 @@ def resume_settings(out, given, preset=None):
     saved_preset = recorded.pop('preset', None)
     if 'data' in recorded:
         recorded['data'] = path_of_recorded(recorded['data'])
-    return {**PRESETS.get(saved_preset, {}), **recorded, **given}, saved_preset
+    settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
+    check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
+    return settings, saved_preset
 
 
 def recorded_data(ckpt, streams=False):
