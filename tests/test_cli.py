@@ -179,20 +179,25 @@ def test_a_failed_overwrite_leaves_nothing_of_the_old_run(data, tmp_path):
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < 20, steps  # the new run's records only
 
 
-def test_resume_alone_continues_the_run_as_saved(data, tmp_path, monkeypatch):
-    """The advice printed after Ctrl-C (`--resume --out DIR`) failed on its own with 'different configuration',
-    and `--resume --preset P` trained on to the preset's steps with its evaluation interval."""
+def ctrl_c_at_step_3(monkeypatch):
+    """The numpy engine's run gets a SIGINT as it starts step 3 (with --save-every 1: a step per chunk); undone
+    by monkeypatch.undo()."""
     from microgpt.engines.numpy.engine import NumpyEngine
-    out = str(tmp_path / 'run')
-    plan = ['--preset', 'esp32', '--steps', '10', '--eval-every', '5', '--lr', '0.02']
     first_call = NumpyEngine.train_steps
 
-    def ctrl_c_at_step_3(self, doc_tokens, start, stop, *args):
+    def interrupted(self, doc_tokens, start, stop, *args):
         if start == 2:
             os.kill(os.getpid(), signal.SIGINT)
         return first_call(self, doc_tokens, start, stop, *args)
+    monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
 
-    monkeypatch.setattr(NumpyEngine, 'train_steps', ctrl_c_at_step_3)
+
+def test_resume_alone_continues_the_run_as_saved(data, tmp_path, monkeypatch):
+    """The advice printed after Ctrl-C (`--resume --out DIR`) failed on its own with 'different configuration',
+    and `--resume --preset P` trained on to the preset's steps with its evaluation interval."""
+    out = str(tmp_path / 'run')
+    plan = ['--preset', 'esp32', '--steps', '10', '--eval-every', '5', '--lr', '0.02']
+    ctrl_c_at_step_3(monkeypatch)
     code, _, err = run(*small(data, '--out', out, *plan, '--save-every', '1'))  # one step per chunk
     assert code == 130 and f'stopped at step 3; continue with --resume --out {out}' in err, (code, err)
     monkeypatch.undo()
@@ -523,18 +528,10 @@ def test_numba_thread_counts_numba_reads_are_taken(data, monkeypatch, value):
 def test_resume_samples_as_the_uninterrupted_run_does(data, tmp_path, monkeypatch):
     """The sampling flags were not recorded: a resumed run printed the preset's 20 names at temperature 0.5, not
     the run's own. Now it prints the uninterrupted run's names; sampling flags given to --resume still apply."""
-    from microgpt.engines.numpy.engine import NumpyEngine
     flags = ['--steps', '6', '--temperature', '1.5', '--top-k', '5', '--num-samples', '4', '--save-every', '1']
     code, straight, err = run('train', '--data', data, *flags, '--out', tmp_path / 'straight')
     assert code == 0, err
-    first_call = NumpyEngine.train_steps
-
-    def ctrl_c_at_step_3(self, doc_tokens, start, stop, *args):
-        if start == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return first_call(self, doc_tokens, start, stop, *args)
-
-    monkeypatch.setattr(NumpyEngine, 'train_steps', ctrl_c_at_step_3)
+    ctrl_c_at_step_3(monkeypatch)
     out = tmp_path / 'interrupted'
     assert run('train', '--data', data, *flags, '--out', out)[0] == 130
     monkeypatch.undo()
