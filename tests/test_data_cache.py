@@ -579,7 +579,7 @@ def test_bench_takes_a_url(server, tmp_path, monkeypatch):
 def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
     """With a held-out split, a sampled name that is only in the held-out part was never trained on: it is novel."""
     from helpers import run_cli_in_process
-    from microgpt.train.run import trained_documents
+    from microgpt.train.recorded import trained_documents
     from microgpt.train.checkpoint import load_checkpoint
     names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']  # 100 distinct names
     data = tmp_path / 'names.txt'
@@ -662,7 +662,7 @@ def test_the_web_page_leaves_out_training_data_too_large_to_embed(tmp_path, monk
     was read whole, a string a line, to be refused."""
     from helpers import run_cli_in_process
     import microgpt.export.web as web
-    import microgpt.train.run
+    import microgpt.train.recorded
     from microgpt.train.checkpoint import load_checkpoint
     data = tmp_path / 'names.txt'
     data.write_text('emma\nolivia\nava\n' * 10)
@@ -670,7 +670,7 @@ def test_the_web_page_leaves_out_training_data_too_large_to_embed(tmp_path, monk
                                         '--num-samples', 0)
     assert code == 0, err
     ckpt = load_checkpoint(str(tmp_path / 'run' / 'model.safetensors'))
-    monkeypatch.setattr(microgpt.train.run, 'load_documents', None)  # a list of strings would fail now
+    monkeypatch.setattr(microgpt.train.recorded, 'load_documents', None)  # a list of strings would fail now
     monkeypatch.setattr(web, 'MAX_EMBEDDED_CHARS', 130)  # the 130 characters of the 30 lines fit
     assert web.training_documents(ckpt) == (['emma', 'olivia', 'ava'] * 10, 'names.txt')
     monkeypatch.setattr(web, 'MAX_EMBEDDED_CHARS', 129)

@@ -65,21 +65,21 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     losses as the strings give, a --data file with fewer characters remapped to the model's ids, and the same marks."""
     from helpers import run_cli_in_process as run
     import microgpt.commands
-    import microgpt.train.run
+    import microgpt.train.recorded
     from microgpt.commands import _engine_from_checkpoint
     path = write_names(tmp_path / 'names.txt')
     out = tmp_path / 'run'
     assert run('train', '--data', path, '--steps', 30, '--eval-every', 10, '--out', out, '--num-samples', 0)[0] == 0
     checkpoint = str(out / 'model.safetensors')
     ckpt, engine = _engine_from_checkpoint(checkpoint)
-    from microgpt.train.run import recorded_split, trained_documents
+    from microgpt.train.recorded import recorded_split, trained_documents
     held_out = recorded_split(ckpt, load_documents(path))[1]
     fewer = tmp_path / 'fewer.txt'  # fewer characters than the model's: its ids differ from the file's own
     fewer.write_text('ab\nba\nzz\n')
     expected = {'': evaluate(engine, [ckpt.vocab.document_tokens(d) for d in held_out]),
                 str(fewer): evaluate(engine, [ckpt.vocab.document_tokens(d) for d in ['ab', 'ba', 'zz']])}
     trained = set(trained_documents(ckpt))
-    for module in (microgpt.commands, microgpt.train.run):  # a list of strings would fail now
+    for module in (microgpt.commands, microgpt.train.recorded):  # a list of strings would fail now
         monkeypatch.setattr(module, 'load_documents', None)
     for data, loss in expected.items():
         code, stdout, err = run('eval', '--checkpoint', checkpoint, *(['--data', data] if data else []))

@@ -19,8 +19,8 @@ from .engines import ENGINES, make_engine
 from .errors import MicrogptError
 from .fetch import local_path
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
-from .train.run import (PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun, recorded_data,
-                        recorded_documents, recorded_split, resume_settings)
+from .train.recorded import recorded_data, recorded_documents, recorded_split, resume_settings
+from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun
 from .train.setup import RunConfig, RunSettings
 from .train.loop import Steps, evaluate
 

@@ -258,7 +258,7 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
     tcfg, docs = TrainConfig(), None
     if checkpoint is not None:
         from ..train.checkpoint import load_checkpoint
-        from ..train.run import trained_documents
+        from ..train.recorded import trained_documents
         ckpt = load_checkpoint(checkpoint)
         if data is None:  # the run's training documents: what it held out stays unseen
             try:

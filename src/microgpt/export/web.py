@@ -22,7 +22,8 @@ from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_p
 from ..errors import MicrogptError
 from ..tempfiles import write_text
 from ..train.checkpoint import load_checkpoint
-from ..train.run import METRICS_FILE, recorded_documents
+from ..train.recorded import recorded_documents
+from ..train.run import METRICS_FILE
 
 PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',

@@ -1,5 +1,5 @@
-"""A training run as `microgpt train` runs it: the run setup, resume, steps, evaluation, checkpoints and
-metrics. Quiet: it yields events, and the CLI prints them.
+"""A training run as `microgpt train` runs it: the run setup, resume (its settings: recorded.py), steps,
+evaluation, checkpoints and metrics. Quiet: it yields events, and the CLI prints them.
 
 Randomness: one `random.Random(seed)` drives shuffle, initialisation and sampling in microgpt's order;
 the held-out split draws from its own stream, so turning evaluation on changes which documents are
@@ -9,22 +9,16 @@ trained on but never the order of the main stream (setup.prepare_run).
 import json
 import math
 import os
-import re
-import shlex
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from ..config import SampleConfig, SettingError, check_sampling_flags
-from ..data import file_identity, holdout_split, load_documents
+from ..data import file_identity
 from ..errors import MicrogptError
-from ..fetch import is_url, local_path
-from ..presets import PRESETS
+from ..fetch import local_path
 from .loop import evaluate, train_chunks, training_threads
+from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
 from .setup import Holdout, prepare_run
 
-SAMPLING = tuple(f.name for f in fields(SampleConfig))  # settings of the names printed at the end
-BEST_CHECKPOINT = 'model.safetensors'
-RESUME_CHECKPOINT = 'resume.safetensors'
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
 CHECKPOINTS = (BEST_CHECKPOINT, RESUME_CHECKPOINT)  # what makes a folder a run: metrics alone keep nothing
@@ -299,118 +293,6 @@ class TrainingRun:
         if self._metrics:
             metrics, self._metrics = self._metrics, None
             metrics.close()  # unbuffered: nothing is left to write
-
-
-# ---- resuming: the saved run's settings, with the flags given on top
-
-def resume_settings(out, given, preset=None):
-    """The settings that continue the run saved in `out`: those its checkpoint records (model, training, data,
-    held-out split, engine, dtype and sampling), the saved preset's for the rest (the sampling of checkpoints that
-    record none), and `given` (the flags on the command line) on top. A given setting that differs from the
-    recorded one is an error, but a larger steps, which trains on, another engine (checkpoints are
-    interchangeable) and the sampling flags, which change only the names printed at the end."""
-    from .checkpoint import load_checkpoint
-    check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
-    path = os.path.join(out, RESUME_CHECKPOINT)
-    if not os.path.exists(path):
-        start = ("replace it with --overwrite instead" if os.path.exists(os.path.join(out, BEST_CHECKPOINT))
-                 else "drop --resume to start fresh")
-        raise MicrogptError(f"{path}: nothing to resume (no resume state there); {start}")
-    ckpt = load_checkpoint(path)
-    meta = ckpt.meta
-    recorded = {**{k: v for k, v in asdict(ckpt.model_cfg).items() if k != 'vocab_size'}, **asdict(ckpt.train_cfg),
-                'eval_every': meta.get('eval_every', 0), 'val_fraction': meta.get('val_fraction'),
-                'val_split': meta.get('val_split', 'name'),
-                'dtype': meta.get('compute_dtype', meta.get('dtype', 'float64'))}
-    for key, meta_key in (('data', 'data_path'), ('engine', 'engine'), ('preset', 'preset')):
-        if meta.get(meta_key) is not None:  # older checkpoints may lack them
-            recorded[key] = meta[meta_key]
-    sampling = meta.get('sampling')  # before it was recorded: the preset's
-    if sampling is not None:
-        try:
-            SampleConfig(**sampling)
-        except (SettingError, TypeError):
-            raise MicrogptError(f"{path}: damaged checkpoint metadata: sampling {sampling!r}") from None
-        recorded.update(sampling)
-    now = {**given, **({'data': recorded_path(given['data'])} if 'data' in given else {}),
-           **({'preset': preset} if preset is not None else {})}
-    differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
-                   if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
-    if differences:
-        if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
-            advice = "the run's data file is no longer there: put it back at that path to continue the run"
-        else:
-            advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"
-        raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); {advice}, "
-                            f"or train into a new --out folder")
-    if given.get('steps', ckpt.step) < ckpt.step:
-        raise MicrogptError(f"{path} is at step {ckpt.step}, past --steps {given['steps']}; give --steps "
-                            f"{ckpt.step} or more to continue it")
-    saved_preset = recorded.pop('preset', None)
-    if 'data' in recorded:
-        recorded['data'] = path_of_recorded(recorded['data'])
-    settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
-    check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
-    return settings, saved_preset
-
-
-def recorded_data(ckpt, streams=False):
-    """The local file of the data a checkpoint's run trained on: its recorded path, or its URL's download (fetched
-    if not cached). A MicrogptError saying why, without advice (each caller has its own), when the run recorded none,
-    when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
-    64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents.
-    With `streams`, a pipe or a device the run read (it has no identity) is read again, as the run read it."""
-    recorded = ckpt.meta.get('data_path')
-    if not recorded:
-        raise MicrogptError("the checkpoint records no training data")
-    path = local_path(path_of_recorded(recorded))
-    saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
-    if not os.path.isfile(path):
-        if streams and saved is None and os.path.exists(path):
-            return path
-        what = 'is not a file' if os.path.exists(path) else 'is not there'
-        raise MicrogptError(f"the training data {recorded!r} {what}")
-    if saved is not None and file_identity(path) != saved:
-        raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
-                            f"last 64 KiB)")
-    return path
-
-
-def recorded_split(ckpt, docs):
-    """(train, held out): the split the checkpoint's run made of `docs` (its data, read again)."""
-    return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
-
-
-def recorded_documents(ckpt, streams=False):
-    """(trained on, held out) of the checkpoint's recorded data (recorded_data), as documents.Documents over its
-    token cache in the model's token ids: no Python object per document. Held out is empty when the run held none
-    out."""
-    from ..documents import file_documents
-    docs = file_documents(recorded_data(ckpt, streams), ckpt.vocab)
-    return recorded_split(ckpt, docs) if ckpt.meta.get('eval_every') else (docs, docs.take([]))
-
-
-def trained_documents(ckpt, streams=False):
-    """The documents the checkpoint's run trained on, as strings: its recorded data (recorded_data), less the
-    held-out split when it held one out."""
-    docs = load_documents(recorded_data(ckpt, streams))
-    return recorded_split(ckpt, docs)[0] if ckpt.meta.get('eval_every') else docs
-
-
-def recorded_path(path):
-    """A data path as checkpoint metadata (UTF-8 JSON) holds it: a URL as given, a file as its absolute path in
-    UTF-8, a byte that is not UTF-8 written \\xHH (path_of_recorded reads it back)."""
-    if is_url(path):
-        return path
-    return os.fsencode(os.path.abspath(path)).decode('utf-8', 'backslashreplace')
-
-
-def path_of_recorded(text):
-    """The path that recorded_path wrote as `text` (backslashreplace writes only bytes 0x80 and above)."""
-    if is_url(text):
-        return text
-    raw = re.sub(rb'\\x([89a-f][0-9a-f])', lambda m: bytes([int(m[1], 16)]), text.encode('utf-8'))
-    return os.fsdecode(raw)
 
 
 def _finite(state):
