@@ -156,6 +156,46 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(cached_file, monkeypatch, damage)
     assert corpus_module.open_cache(cache_path, rebuilt.source) is not None, 'the rebuilt cache does not open'
 
 
+def damage_inside(corpus, damage, d=2000):
+    """Write `damage` into document d of the corpus's cache file, leaving the ends its opening checks whole."""
+    bounds, bos, itemsize = corpus.bounds, len(corpus.chars), corpus.tokens.itemsize
+    bounds_at = bounds.base.offset  # where the bounds start in the file (a view of its memmap)
+    if damage.startswith('bound'):
+        at = bounds_at + d * bounds.itemsize
+        data = bytes(bounds.itemsize * 50) if damage == 'bounds-zeroed' else (2**31).to_bytes(bounds.itemsize, 'little')
+    else:
+        position, value = {'token-past-the-vocabulary': (bounds[d] + 1, bos + 5), 'character-for-bos': (bounds[d], 0),
+                           'bos-for-character': (bounds[d] + 1, bos)}[damage]
+        at, data = int(position) * itemsize, int(value).to_bytes(itemsize, 'little')
+    with open(corpus.cache_path, 'r+b') as f:
+        f.seek(at)
+        f.write(data)
+
+
+@pytest.mark.parametrize('damage', ['token-past-the-vocabulary', 'character-for-bos', 'bos-for-character',
+                                    'bounds-zeroed', 'bound-past-the-end'])
+def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(cached_file, damage):
+    """Its ends are checked when it opens, its middle as documents are read: a damaged token gave an IndexError
+    traceback (numpy engine) or the fused engine's ValueError, and zeroed bounds trained on garbage. Each way of
+    reading documents stops with one line and removes the cache; the next load tokenises the file again."""
+    from microgpt.documents import Documents
+    path, cache = cached_file
+    readers = {'one': lambda docs: docs[2000], 'a slice': lambda docs: docs[1999:2001],
+               'packed': lambda docs: docs.pack(1997, 5, 17),
+               'shuffled, all packed': lambda docs: docs.shuffled(random.Random(0)).pack(0, len(docs), 17)}
+    for name, read in readers.items():
+        corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+        damage_inside(corpus, damage)
+        docs = Documents(load_corpus(path, cache_dir=cache, min_cache_bytes=0))
+        assert docs.corpus.cache_path == corpus.cache_path, name  # the damaged cache opens: its ends are whole
+        with pytest.raises(MicrogptError) as info:
+            read(docs)
+        assert re.fullmatch(rf'{re.escape(corpus.cache_path)}: the token cache is damaged \(.+\); it was removed: '
+                            rf'run again to tokenise the data anew', str(info.value)), (name, info.value)
+        assert not os.path.exists(corpus.cache_path), name
+    assert_same(load_corpus(path, cache_dir=cache, min_cache_bytes=0), path)
+
+
 def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_file, tmp_path):
     path, _ = cached_file
     blocker = tmp_path / 'a-file'

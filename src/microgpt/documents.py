@@ -13,8 +13,10 @@ import random
 import numpy as np
 
 from .data import Vocabulary, check_split, holdout_draw, validation_size
+from .errors import MicrogptError
 from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
+from .tempfiles import remove_quietly
 
 CHUNK = 2**20  # documents at a time in the split's passes over all of them
 TIE_CHARACTERS = 2**20  # characters of tied documents compared in one pass when they are few (about 24 MB)
@@ -42,10 +44,12 @@ class Documents:
         # sequences (bounds checked, a negative i counted from the end, Python ints), twice as fast as NumPy here
         tokens, bounds, order = self._views or self._make_views()
         d = range(len(bounds) - 1)[i] if order is None else order[i]
-        ids = tokens[bounds[d]:bounds[d + 1] + 1]
+        ids, bos = tokens[bounds[d]:bounds[d + 1] + 1].tolist(), len(self.corpus.chars)
+        if len(ids) < 2 or not ids[0] == ids[-1] == max(ids) == bos or ids.count(bos) != 2:
+            self._damaged(f"document {d}")  # a BOS at each end and none inside, no id above it
         if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
-            ids = (np.asarray(ids, np.int64) + 1) % (len(self.corpus.chars) + 1)
-        return ids.tolist()
+            return [(t + 1) % (bos + 1) for t in ids]
+        return ids
 
     _views = None  # (tokens, bounds, order) as memoryviews, made at the first document read
 
@@ -54,6 +58,23 @@ class Documents:
         self._views = (memoryview(corpus.tokens), memoryview(corpus.bounds),
                        None if self.order is None else memoryview(self.order))
         return self._views
+
+    def _damaged(self, what):
+        """Stop on token data that cannot be the tokenisation of any file: a cache damaged since it was written
+        (its ends are checked when it is opened; its middle only here, as documents are read). The cache is
+        removed, so that the next run tokenises the file again."""
+        path = self.corpus.cache_path
+        if path is None:
+            raise MicrogptError(f"the tokenised data is damaged ({what})")
+        remove_quietly(path)
+        raise MicrogptError(f"{path}: the token cache is damaged ({what}); it was removed: run again to tokenise "
+                            f"the data anew")
+
+    def _find_damage(self, first, count):
+        """Name the first damaged document of pack's batch (reading each one checks it)."""
+        for k in range(count):
+            self[(first + k) % len(self)]
+        self._damaged(f"positions {first % len(self)} to {(first + count - 1) % len(self)}")
 
     def __getstate__(self):
         return {**self.__dict__, '_views': None}  # a memoryview cannot be pickled: the copy makes its own
@@ -100,11 +121,18 @@ class Documents:
         lists gives through `tokens += doc[:keep]`, without a Python object per document."""
         d = self.indices((first + np.arange(count)) % len(self))              # (count,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64)                        # (count,) each document's first BOS
-        lengths = np.minimum(self.corpus.bounds[d + 1].astype(np.int64) - begin + 1, keep)  # (count,)
+        whole = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1        # (count,) with both BOS
+        if count and not (whole.min() >= 2 and begin[-1] + whole[-1] <= len(self.corpus.tokens)):
+            self._find_damage(first, count)
+        lengths = np.minimum(whole, keep)                                     # (count,)
         starts = np.zeros(count + 1, np.int64)                                # (count + 1,)
         np.cumsum(lengths, out=starts[1:])
         at = np.repeat(begin - starts[:-1], lengths) + np.arange(starts[-1])  # (tokens,) positions in the corpus
         tokens = self.corpus.tokens[at].astype(np.int64)
+        bos = len(self.corpus.chars)  # each document's first BOS, its last if kept, none inside, no id above
+        if count and (np.count_nonzero(tokens == bos) != count + np.count_nonzero(whole <= keep)
+                      or tokens.max() > bos or np.any(tokens[starts[:-1]] != bos)):
+            self._find_damage(first, count)
         if self.bos_first:
             tokens = (tokens + 1) % (len(self.corpus.chars) + 1)
         return tokens, starts
