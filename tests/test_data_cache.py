@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from helpers import in_ci
 from microgpt import corpus as corpus_module
 from microgpt import data
-from microgpt import documents as documents_module
+from microgpt import string_order as string_order_module
 from microgpt.corpus import load_corpus
 from microgpt.data import Vocabulary, holdout_split, load_documents, shuffled
 from microgpt.documents import Documents
@@ -320,7 +320,7 @@ def test_tied_documents_are_told_apart_at_every_character(tmp_path, monkeypatch,
     """Long documents equal but for one character, at each of 131 positions, beside their prefix; and two runs
     that differ in their first key ('a' * 12, 'c' * 12) but agree in the next characters, which must stay two runs.
     Tied documents are sorted again K (12) characters a pass, or 60 characters a pass among them, or at once."""
-    monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)
+    monkeypatch.setattr(string_order_module, 'TIE_CHARACTERS', ties)
     rng = random.Random(5)
     base = ''.join(rng.choice('abcdefghijklmnopqrstuvwxy') for _ in range(131))
     tail = ''.join(rng.choice('abcdefghijklmnopqrstuvwxy') for _ in range(40))
@@ -345,8 +345,8 @@ def test_the_split_by_name_is_the_strings_split(tmp_path, monkeypatch, words, fr
     more a pass) holds out the same documents in the same order as data.holdout_split on the strings, with
     repeats and long shared prefixes; with a few documents a chunk, runs and held units cross the chunks; `wide`
     adds 300 characters beyond U+00FF (uint16 tokens, 9-bit fields)."""
-    monkeypatch.setattr(documents_module, 'CHUNK', chunk)
-    monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)  # 0: K characters a pass, as for many ties
+    monkeypatch.setattr(string_order_module, 'CHUNK', chunk)
+    monkeypatch.setattr(string_order_module, 'TIE_CHARACTERS', ties)  # 0: K characters a pass, as for many ties
     words = words * 5 + ([''.join(chr(0x100 + i) for i in range(300))] if wide else [])  # each document 5 times
     path = tmp_path / 'words.txt'
     path.write_text('\n'.join(words) + '\n', encoding='utf-8')
@@ -383,7 +383,7 @@ def test_the_split_by_name_at_every_field_width(tmp_path, monkeypatch, size):
     assert len(every.corpus.chars) == size
     train, val = holdout_split(words, 0.3, 7, 'name')
     for ties in (0, 60, 2**20):
-        monkeypatch.setattr(documents_module, 'TIE_CHARACTERS', ties)
+        monkeypatch.setattr(string_order_module, 'TIE_CHARACTERS', ties)
         _check_string_order(path, words)
         got_train, got_val = holdout_split(every, 0.3, 7, 'name')
         assert (list(got_train.texts()), list(got_val.texts())) == (train, val), ties

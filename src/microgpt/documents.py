@@ -16,10 +16,10 @@ from .data import Vocabulary, check_split, holdout_draw, validation_size
 from .errors import MicrogptError
 from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
+from .string_order import nth_true, ranges, string_order
 from .tempfiles import remove_quietly
 
-CHUNK = 2**20  # documents at a time in the split's passes over all of them
-TIE_CHARACTERS = 2**20  # characters of tied documents compared in one pass when they are few (about 24 MB)
+CHUNK = 2**20  # characters of documents compared at a time by Documents.found
 
 
 class Documents:
@@ -186,100 +186,14 @@ class Documents:
         n_units = int(np.count_nonzero(first))
         picks = holdout_draw(seed).sample(range(n_units), validation_size(n_units, val_fraction, by))
         picks = np.sort(np.asarray(picks, np.int64))                 # (V,) held units in string order
-        begin, end = _nth_true(first, picks), _nth_true(first, picks + 1)  # each held unit's run in `order`
+        begin, end = nth_true(first, picks), nth_true(first, picks + 1)  # each held unit's run in `order`
         train = np.ones(len(self), bool)                             # (D,)
-        train[order[_ranges(begin, end)]] = False                    # every document of a held unit
+        train[order[ranges(begin, end)]] = False                     # every document of a held unit
         return self.take(np.flatnonzero(train)), self.take(order[begin])  # one document of each held unit
 
     def string_order(self):
-        """(order, first): the positions of this sequence sorted by their documents' strings (equal strings in
-        position order), and first (D,) bool, true where order[i] begins a distinct string.
-
-        A document's sort key packs K = 64 // bits of its characters as ids + 1 (code-point order) into one
-        uint64, the first character highest, 0 past its end (a prefix sorts first). One sort by the first K
-        characters orders most word lists. Only runs of equal keys that hold a longer document are sorted
-        again, by their next characters, on those documents alone: K more at a time while they are many, and
-        when fewer, as many as TIE_CHARACTERS in all allows (two equal lines of millions of characters)."""
-        bits = max(1, len(self.corpus.chars).bit_length())            # ids + 1 run from 1 to len(chars)
-        per_key = 64 // bits
-        keys = self._sort_keys(None, 0, per_key, bits)                # (D,)
-        order = np.argsort(keys, kind='stable')                       # (D,) int64
-        first = np.ones(len(self), bool)                              # (D,)
-        for start in range(0, len(self), CHUNK):                      # keys[order[i]] != keys[order[i - 1]]
-            rows = order[max(start - 1, 0):start + CHUNK]
-            first[max(start, 1):start + CHUNK] = keys[rows[1:]] != keys[rows[:-1]]
-        del keys
-        compared = per_key                                            # characters the order has compared
-        pending = self._tied(order, first, None, compared) if self.longest > compared else np.zeros(0, np.int64)
-        while len(pending):                                           # (n,) positions of order, whole runs
-            run = np.cumsum(first[pending])                           # (n,) the run of each
-            width = max(per_key, min(TIE_CHARACTERS // len(pending), self.longest - compared))
-            if width == per_key:  # their next K characters as packed keys
-                more = self._sort_keys(order[pending], compared, per_key, bits)   # (n,) uint64
-            else:  # their next `width` characters as rows of big-endian fields, which compare as the strings do
-                more = self._rows(order[pending], compared, width, bits)         # (n,) void
-            by_characters = np.argsort(more, kind='stable')           # (n,)
-            resort = by_characters[np.argsort(run[by_characters], kind='stable')]  # by run, then characters
-            more = more[resort]
-            order[pending] = order[pending[resort]]
-            first[pending[1:]] |= more[1:] != more[:-1]               # a run splits where the characters differ
-            compared += width
-            pending = self._tied(order, first, pending, compared)
-        return order, first
-
-    def _tied(self, order, first, among, compared):
-        """The positions of `order` in runs of 2+ equal keys with a document of more than `compared` characters:
-        those their first `compared` characters leave unordered. `among`: the positions to look at (whole runs;
-        None: all of them, a chunk at a time)."""
-        if among is not None:
-            runs = np.cumsum(first[among]) - 1                        # (n,)
-            begin, end = self._extent(order[among])
-            tied = (np.bincount(runs) > 1) & (np.bincount(runs, weights=end - begin > compared) > 0)
-            return among[tied[runs]]
-        candidates = [np.zeros(0, np.int64)]  # (m,) each: longer documents in runs of 2+, a chunk at a time
-        for start in range(0, len(order), CHUNK):
-            rows = np.arange(start, min(len(order), start + CHUNK))   # (chunk,)
-            next_first = np.append(first[start + 1:start + CHUNK + 1], True)[:len(rows)]  # (chunk,)
-            begin, end = self._extent(order[rows])
-            candidates.append(rows[(end - begin > compared) & ~(first[rows] & next_first)])
-        runs = np.unique(_true_count(first, np.concatenate(candidates)) - 1)  # (r,) runs holding a longer one
-        return _ranges(_nth_true(first, runs), _nth_true(first, runs + 1))
-
-    def _extent(self, positions):
-        """((n,), (n,)) int64: where the characters of the documents at `positions` begin in the corpus's
-        tokens, and where they end (their closing BOS)."""
-        d = self.indices(positions)
-        return self.corpus.bounds[d].astype(np.int64) + 1, self.corpus.bounds[d + 1].astype(np.int64)
-
-    def _fields(self):
-        """(len(chars) + 1,) uint64: a token's sort field, id + 1 for a character (code-point order) and 0 for
-        BOS, where a document ends: a prefix sorts first."""
-        field = np.arange(1, len(self.corpus.chars) + 2, dtype=np.uint64)
-        field[-1] = 0
-        return field
-
-    def _rows(self, positions, skip, width, bits):
-        """(n,) void: characters skip .. skip + width - 1 of each document at `positions` as a row of big-endian
-        fields of 1, 2 or 4 bytes, whichever holds `bits` (0 past its end), whose bytes compare as the strings do."""
-        begin, end = self._extent(positions)
-        at = np.minimum(begin[:, None] + skip + np.arange(width), end[:, None])  # (n, width); the end is BOS
-        rows = self._fields()[self.corpus.tokens[at]].astype('>u1' if bits <= 8 else '>u2' if bits <= 16 else '>u4')
-        return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
-
-    def _sort_keys(self, positions, skip, per_key, bits):
-        """(n,) uint64 (n = D when positions is None): characters skip .. skip + per_key - 1 of each document as
-        `bits`-wide fields, the first in the highest."""
-        n = len(self) if positions is None else len(positions)
-        keys, field = np.zeros(n, np.uint64), self._fields()          # (n,), (len(chars) + 1,)
-        for start in range(0, n, CHUNK):
-            rows = np.arange(start, min(n, start + CHUNK)) if positions is None else positions[start:start + CHUNK]
-            begin, end = self._extent(rows)
-            key = np.zeros(len(rows), np.uint64)                      # (chunk,)
-            for c in range(skip, skip + per_key):
-                key <<= np.uint64(bits)
-                key |= field[self.corpus.tokens[np.minimum(begin + c, end)]]
-            keys[start:start + len(rows)] = key
-        return keys
+        """string_order.string_order of these documents: (order, first), the split by name's sort."""
+        return string_order(self)
 
 
 HASH_BASE = 0x9E3779B97F4A7C15  # an odd 64-bit constant: Documents.found's rows hash as sum(id_k HASH_BASE^k)
@@ -304,35 +218,3 @@ def file_documents(path, vocab=None):
                          token_dtype(len(vocab.chars)))
         corpus = Corpus(vocab.chars, table[corpus.tokens], corpus.bounds, corpus.longest)
     return Documents(corpus, bos_first=vocab.bos_first)
-
-
-def _nth_true(mask, ranks):
-    """(len(ranks),) int64: the position of the ranks-th true value of mask (from 0; ranks ascending), len(mask)
-    past the last."""
-    out = np.full(len(ranks), len(mask), np.int64)
-    seen = done = 0
-    for start in range(0, len(mask), CHUNK):
-        where = np.flatnonzero(mask[start:start + CHUNK])
-        stop = int(np.searchsorted(ranks, seen + len(where)))
-        out[done:stop] = start + where[ranks[done:stop] - seen]
-        done, seen = stop, seen + len(where)
-    return out
-
-
-def _true_count(mask, positions):
-    """(len(positions),) int64: how many of mask[:p + 1] are true, for each p of `positions` (ascending)."""
-    out = np.empty(len(positions), np.int64)
-    seen = 0
-    for start in range(0, len(mask), CHUNK):
-        chunk = mask[start:start + CHUNK]
-        lo, hi = np.searchsorted(positions, (start, start + len(chunk)))
-        if hi > lo:
-            out[lo:hi] = seen + np.cumsum(chunk)[positions[lo:hi] - start]
-        seen += int(np.count_nonzero(chunk))
-    return out
-
-
-def _ranges(begin, end):
-    """begin[0] .. end[0] - 1, begin[1] .. end[1] - 1, ... as one int64 array."""
-    sizes = end - begin
-    return np.repeat(begin - (np.cumsum(sizes) - sizes), sizes) + np.arange(int(sizes.sum()))
