@@ -66,7 +66,7 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     from helpers import run_cli_in_process as run
     import microgpt.commands
     import microgpt.train.recorded
-    from microgpt.commands import _engine_from_checkpoint
+    from microgpt.model_commands import _engine_from_checkpoint
     path = write_names(tmp_path / 'names.txt')
     out = tmp_path / 'run'
     assert run('train', '--data', path, '--steps', 30, '--eval-every', 10, '--out', out, '--num-samples', 0)[0] == 0

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / 'src' / 'microgpt'
 LAYERS = ('core', 'engines', 'train', 'tools', 'cli')
 PACKAGES = {'engines': 'engines', 'train': 'train', 'export': 'tools', 'bench': 'tools', 'tune': 'tools'}
-COMMAND_LINE = {'microgpt.cli', 'microgpt.commands'}
+COMMAND_LINE = {'microgpt.cli', 'microgpt.commands', 'microgpt.model_commands'}
 
 
 def module_name(path):

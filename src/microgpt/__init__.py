@@ -17,9 +17,10 @@ engines   engines/__init__.py   the engine contract (Engine, EngineState, Decode
           engines/torch/        the same model in PyTorch, for GPUs and torchrun
           engines/params.py     flat parameter buffers with named views
 train     train/setup.py  one run setup; loop.py (steps, evaluation); run.py (a whole run's events);
-          checkpoint.py, plotting.py
+          recorded.py (what a checkpoint records, read back); checkpoint.py, plotting.py
 tools     export/ (the C programs and the web page), bench/ (benchmark, study), tune/ (Optuna search)
-cli       cli.py (flags generated from the config dataclasses), commands.py (what each command prints)
+cli       cli.py (flags generated from the config dataclasses), commands.py and model_commands.py (what each
+          command does and prints)
 """
 
 __version__ = '0.1.0'

@@ -1,4 +1,5 @@
-"""The `microgpt` command line: parsers and `main`. Commands live in commands.py; only these two print.
+"""The `microgpt` command line: parsers and `main`. Commands live in commands.py and model_commands.py; only these
+print.
 
 The flags of every setting, their defaults and their help text come from the config dataclasses (config.py,
 train/setup.py, bench/): a field with help text is a flag. Standard output of `microgpt train` with default
@@ -94,7 +95,7 @@ def _add_checkpoint_flag(p, several=False):
 
 
 def build_parser():
-    from . import commands
+    from . import commands, model_commands
     parser = _Parser(prog='microgpt', description='Train and sample tiny GPT language models on a text file '
                                                   'with one item (name, word, place) per line.')
     parser.flag_fields = set()  # fields that are flags: errors about them name the flag
@@ -118,7 +119,7 @@ def build_parser():
     _add_settings(p, TrainConfig, 'optimisation', PRESETS)
     _add_settings(p, SampleConfig, 'sampling', PRESETS)
 
-    p = command('sample', commands.cmd_sample, help='sample names from a checkpoint',
+    p = command('sample', model_commands.cmd_sample, help='sample names from a checkpoint',
                 description='Sample from a saved model (or an ensemble of several); names already in its training '
                             'data are marked *.')
     _add_checkpoint_flag(p, several=True)
@@ -129,7 +130,7 @@ def build_parser():
                         'it still exists)')
     _add_settings(p, SampleConfig, 'sampling')
 
-    p = command('eval', commands.cmd_eval, help='held-out loss of a checkpoint',
+    p = command('eval', model_commands.cmd_eval, help='held-out loss of a checkpoint',
                 description='Mean negative log-likelihood per character (nats) of a checkpoint on its held-out '
                             'split, or on every line of --data; several checkpoints are scored each and as an ensemble '
                             'averaging their probabilities.')
@@ -142,7 +143,7 @@ def build_parser():
                             'when it is timed), plus the wall time of `microgpt train`.')
     _add_settings(p, BenchConfig)
 
-    p = command('export', commands.cmd_export,
+    p = command('export', model_commands.cmd_export,
                 help='write a checkpoint as a self-contained C99 program (microcontrollers)',
                 description='Write DIR/weights.h (weights as static const float arrays), DIR/microgpt_names.c '
                             '(inference, no malloc) and DIR/microgpt_common.h (the code it shares with --train\'s '
@@ -171,7 +172,7 @@ def build_parser():
     g.add_argument('--seed', type=int, default=None,
                    help='seed of the document shuffle, as microgpt\'s (default: 42)')
 
-    p = command('info', commands.cmd_info, help='describe a checkpoint and its memory budget',
+    p = command('info', model_commands.cmd_info, help='describe a checkpoint and its memory budget',
                 description='Configuration, step, metrics, and the memory budget of a checkpoint: flash for '
                             'weights, RAM for inference, and what on-device training would need (float32).')
     _add_checkpoint_flag(p)

@@ -1,0 +1,186 @@
+"""The commands that read a saved model, and what they print: `sample`, `eval`, `export`, `info`; with `given`
+(the flags a command was given) and the samples' printing, which `train` shares. Parsing lives in cli.py; a
+command reads its flags from the parsed namespace into config dataclasses and never changes the namespace."""
+
+import random
+import shlex
+from dataclasses import fields
+
+from .config import SampleConfig, check_sampling_flags, check_seed
+from .engines import make_engine
+from .ensemble import EnsembleDecoder, ensemble_loss
+from .errors import MicrogptError
+from .fetch import local_path
+from .sampling import generate
+from .train.loop import evaluate
+from .train.recorded import recorded_data, recorded_documents, recorded_split
+
+
+def given(args, *config_classes):
+    """The flags the user gave for the fields of `config_classes` (a flag left out is not in the namespace, or is
+    None there: an old spelling of it, left out too, leaves None)."""
+    return {f.name: getattr(args, f.name) for cls in config_classes for f in fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, training=None):
+    """Print the samples; with `training` (documents.Documents), mark those that are training documents."""
+    names = [vocab.decode(generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
+                                   sample_cfg.top_p, prompt_ids)) for _ in range(sample_cfg.num_samples)]
+    known = training.found(names) if training is not None else set()
+    for sample_idx, name in enumerate(names):
+        print(f"sample {sample_idx + 1:2d}: {name}{' *' if name in known else ''}", file=out)
+    if training is not None and names:
+        print(f"novel: {sum(name not in known for name in names)} / {len(names)} (* = already in the training data)",
+              file=out)
+
+
+def _engine_from_checkpoint(path):
+    from .train.checkpoint import load_checkpoint, restore_engine
+    ckpt = load_checkpoint(path)
+    engine = make_engine('numpy', ckpt.model_cfg, random.Random(0), ckpt.meta.get('dtype', 'float64'))
+    restore_engine(ckpt, engine)
+    return ckpt, engine
+
+
+def _models_from_checkpoints(paths):
+    """(checkpoint, engine) of each path; several must share one vocabulary (an ensemble averages over it)."""
+    models = [_engine_from_checkpoint(path) for path in paths]
+    for path, (ckpt, _) in zip(paths[1:], models[1:]):
+        if ckpt.vocab != models[0][0].vocab:
+            raise MicrogptError(f"{path}: its vocabulary differs from {paths[0]}'s; an ensemble needs models "
+                                f"trained on the same characters")
+    return models
+
+
+def _decoder(models):
+    """One model's decoder, or an ensemble's, and the context length they all hold."""
+    if len(models) == 1:
+        return models[0][1].decoder(), models[0][1].cfg.block_size
+    return EnsembleDecoder([engine.decoder() for _, engine in models]), min(e.cfg.block_size for _, e in models)
+
+
+def cmd_sample(args, out, err):
+    sample_cfg = SampleConfig(**given(args, SampleConfig))
+    check_sampling_flags(given(args, SampleConfig),
+                         [flag for flag, value in (('--prompt', args.prompt), ('--data', args.data)) if value])
+    check_seed(args.seed)
+    models = _models_from_checkpoints(args.checkpoint)
+    ckpt = models[0][0]
+    decoder, block_size = _decoder(models)
+    prompt_ids = ckpt.vocab.encode(args.prompt)
+    if len(prompt_ids) >= block_size:
+        raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
+                            f"{block_size} tokens with BOS, so give at most {block_size - 1}")
+    from .documents import file_documents  # NumPy: this command's models need it anyway
+    if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
+        training = file_documents(local_path(args.data))
+    else:
+        try:
+            training = recorded_documents(ckpt)[0]
+        except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
+            print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
+            training = None
+    print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, training)
+
+
+def cmd_eval(args, out, err):
+    from .documents import file_documents  # NumPy: this command's models need it anyway
+    models = _models_from_checkpoints(args.checkpoint)
+    ckpt = models[0][0]
+    if args.data is not None:
+        docs, what = file_documents(local_path(args.data), ckpt.vocab), args.data
+    else:
+        try:
+            data_path = recorded_data(ckpt, streams=True)  # a run trained from a pipe is evaluated from one
+        except MicrogptError as e:
+            raise MicrogptError(f"{e}; give --data FILE") from None
+        if not ckpt.meta.get('eval_every'):
+            raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
+                                "give --data FILE to evaluate on")
+        docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab))[1]
+        what = f"the held-out split of {ckpt.meta['data_path']}"
+    for path, (member, engine) in zip(args.checkpoint, models):
+        loss = evaluate(engine, docs)
+        name = f" {path}" if len(models) > 1 else ''
+        print(f"loss {loss:.4f} nats per character on {len(docs)} document{'s' * (len(docs) != 1)} ({what}), "
+              f"step {member.step}{name}", file=out)
+    if len(models) > 1:
+        decoder, block_size = _decoder(models)
+        loss = ensemble_loss(decoder, docs, block_size)
+        print(f"loss {loss:.4f} nats per character of the ensemble of {len(models)} (mean of their probabilities)",
+              file=out)
+
+
+def _print_memory(rows, out):
+    for item, size in rows:
+        print(f"{item:<62} {size:>9,} bytes", file=out)
+
+
+def cmd_export(args, out, err):
+    if not args.out:  # as train, study and tune say it: an empty name is no folder
+        raise MicrogptError("--out needs a folder name")
+    if args.train and args.web:
+        raise MicrogptError("--train writes a C program and --web a web page; give one of them (and another --out "
+                            "for the other)")
+    if args.force and not args.web:
+        raise MicrogptError("--force lets --web write into a folder that is not empty; the C programs replace only "
+                            "their own files, so leave --force out")
+    if args.seed is not None:
+        check_seed(args.seed)
+    if args.train:
+        _export_training_program(args, out)
+        return
+    if args.checkpoint is None:
+        raise MicrogptError("export needs --checkpoint PATH; only --train can start without one")
+    if args.low_memory or args.ram is not None or args.data is not None or args.seed is not None:
+        raise MicrogptError("--data, --low-memory, --ram and --seed go with --train")
+    if args.web:
+        from .export.web import export_web
+        info = export_web(args.checkpoint, args.out, force=args.force)
+        print(f"wrote {info.page}: open it in a browser (no server needed)", file=out)
+        return
+    from .train.checkpoint import load_checkpoint
+    from .export.c import export_c
+    info = export_c(load_checkpoint(args.checkpoint), args.out)
+    for path in info.files:
+        print(f"wrote {path}", file=out)
+    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
+    print("run:   ./microgpt_names 20 0.5 42   (names, temperature, seed)", file=out)
+    _print_memory(info.memory, out)
+
+
+def _export_training_program(args, out):
+    from .export.c_train import export_training_program
+    info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
+    for path in info.files:
+        print(f"wrote {path}", file=out)
+    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
+    print("run:   ./microgpt_train 1000 42 20   (steps, seed, names)", file=out)
+    _print_memory([(f"training RAM: {item}", size) for item, size in info.memory], out)
+
+
+def cmd_info(args, out, err):
+    from dataclasses import asdict
+    from .train.checkpoint import load_checkpoint
+    from .config import num_parameters
+    from .export.c import memory_budget
+    ckpt = load_checkpoint(args.checkpoint)
+    meta = ckpt.meta
+    print(f"checkpoint: {args.checkpoint} (format {meta['format_version']}, engine {meta.get('engine')}, "
+          f"dtype {meta.get('dtype')})", file=out)
+    print(f"step: {ckpt.step} / {ckpt.train_cfg.steps} (Adam steps {ckpt.adam_steps})", file=out)
+    print("model: " + ' '.join(f"{k}={v}" for k, v in ckpt.model_cfg.to_dict().items()), file=out)
+    print(f"num params: {num_parameters(ckpt.model_cfg)}", file=out)
+    print(f"vocab: {ckpt.vocab.size} tokens: {ckpt.vocab.chars!r} + BOS ({ckpt.model_cfg.bos})", file=out)
+    print("train: " + ' '.join(f"{k}={v}" for k, v in asdict(ckpt.train_cfg).items()), file=out)
+    print(f"metrics: {ckpt.metrics}", file=out)
+    for key in ('data_path', 'best_val_loss'):
+        if key in meta:
+            print(f"{key}: {meta[key]}", file=out)
+    print("memory budget (float32):", file=out)
+    _print_memory(memory_budget(ckpt.model_cfg), out)
+    from .export.c_train import training_memory_budget
+    for low_memory, what in ((False, 'training RAM'), (True, 'training RAM, low memory')):
+        _print_memory([(f"{what}: {item}", size) for item, size in training_memory_budget(ckpt.model_cfg, low_memory)],
+                      out)
