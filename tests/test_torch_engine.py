@@ -165,6 +165,7 @@ def _train_rank(rank, world_size, store, cfg, docs, tcfg, out_dir):
                                      lrs[s], tcfg) for s in range(12, tcfg.steps)]
         np.savez(os.path.join(out_dir, f'rank{rank}.npz'), losses=np.array(losses), main=engine.is_main_process,
                  **engine.weights())
+        dist.barrier()  # both done before either tears gloo down: once, under a loaded CI, rank 0 aborted in it
     finally:
         dist.destroy_process_group()
 
