@@ -160,9 +160,11 @@ def damage_inside(corpus, damage, d=2000):
     """Write `damage` into document d of the corpus's cache file, leaving the ends its opening checks whole."""
     bounds, bos, itemsize = corpus.bounds, len(corpus.chars), corpus.tokens.itemsize
     bounds_at = bounds.base.offset  # where the bounds start in the file (a view of its memmap)
-    if damage.startswith('bound'):
+    if damage.startswith('bound') or damage == 'pair-past-the-end':
         at = bounds_at + d * bounds.itemsize
-        data = bytes(bounds.itemsize * 50) if damage == 'bounds-zeroed' else (2**31).to_bytes(bounds.itemsize, 'little')
+        data = {'bounds-zeroed': bytes(bounds.itemsize * 50),
+                'bound-past-the-end': (2**31).to_bytes(bounds.itemsize, 'little'),
+                'pair-past-the-end': b''.join(n.to_bytes(bounds.itemsize, 'little') for n in (2**31, 2**31 + 5))}[damage]
     else:
         position, value = {'token-past-the-vocabulary': (bounds[d] + 1, bos + 5), 'character-for-bos': (bounds[d], 0),
                            'bos-for-character': (bounds[d] + 1, bos)}[damage]
@@ -173,7 +175,7 @@ def damage_inside(corpus, damage, d=2000):
 
 
 @pytest.mark.parametrize('damage', ['token-past-the-vocabulary', 'character-for-bos', 'bos-for-character',
-                                    'bounds-zeroed', 'bound-past-the-end'])
+                                    'bounds-zeroed', 'bound-past-the-end', 'pair-past-the-end'])
 def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(cached_file, damage):
     """Its ends are checked when it opens, its middle as documents are read: a damaged token gave an IndexError
     traceback (numpy engine) or the fused engine's ValueError, and zeroed bounds trained on garbage. Each way of
@@ -182,7 +184,10 @@ def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(ca
     path, cache = cached_file
     readers = {'one': lambda docs: docs[2000], 'a slice': lambda docs: docs[1999:2001],
                'packed': lambda docs: docs.pack(1997, 5, 17),
-               'shuffled, all packed': lambda docs: docs.shuffled(random.Random(0)).pack(0, len(docs), 17)}
+               'shuffled, all packed': lambda docs: docs.shuffled(random.Random(0)).pack(0, len(docs), 17),
+               'packed, not last': lambda docs: docs.take([2000, 0]).pack(0, 2, 17),
+               'split by name, then read': lambda docs: [part[:] for part in docs.holdout(None, 42, 'name')],
+               'as strings': lambda docs: docs.texts()}
     for name, read in readers.items():
         corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
         damage_inside(corpus, damage)
@@ -194,6 +199,32 @@ def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(ca
                             rf'run again to tokenise the data anew', str(info.value)), (name, info.value)
         assert not os.path.exists(corpus.cache_path), name
     assert_same(load_corpus(path, cache_dir=cache, min_cache_bytes=0), path)
+
+
+def test_a_damaged_cache_read_in_a_models_ids_is_named_and_another_runs_cache_is_kept(tmp_path, monkeypatch):
+    """`eval --data` remaps a file of fewer characters to the model's ids: the damage is still named with its cache
+    (it said 'the tokenised data is damaged'), and the cache removed. A run that finds damage in a cache another
+    run has already replaced leaves the new one."""
+    from microgpt.documents import file_documents
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    path = write_words(tmp_path / 'words.txt', 150_000)  # 1 MiB and more: cached
+    corpus = load_corpus(path)
+    assert corpus.cache_path is not None and os.path.getsize(path) >= 2**20
+    damage_inside(corpus, 'token-past-the-vocabulary')
+    wider = Vocabulary(''.join(sorted(set(corpus.chars) | set('0123'))))
+    docs = file_documents(path, wider)
+    assert docs.corpus.chars == wider.chars and docs.corpus.cache_path == corpus.cache_path
+    with pytest.raises(MicrogptError, match=rf'^{re.escape(corpus.cache_path)}: the token cache is damaged'):
+        docs[2000]
+    assert not os.path.exists(corpus.cache_path)
+    stale = Documents(load_corpus(path))  # a run that opened the cache before another damaged it
+    damage_inside(stale.corpus, 'token-past-the-vocabulary')
+    os.remove(stale.corpus.cache_path)
+    fresh = load_corpus(path)  # another run tokenises the file again, into a new file at the same path
+    with pytest.raises(MicrogptError, match='the token cache is damaged'):
+        stale[2000]
+    assert os.path.exists(fresh.cache_path) and os.stat(fresh.cache_path).st_ino == fresh.cache_inode
+    assert_same(fresh, path)
 
 
 def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_file, tmp_path):

@@ -65,6 +65,8 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     losses as the strings give, a --data file with fewer characters remapped to the model's ids, and the same marks."""
     from helpers import run_cli_in_process as run
     import microgpt.commands
+    import microgpt.data
+    import microgpt.model_commands
     import microgpt.train.recorded
     from microgpt.model_commands import _engine_from_checkpoint
     path = write_names(tmp_path / 'names.txt')
@@ -79,8 +81,8 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     expected = {'': evaluate(engine, [ckpt.vocab.document_tokens(d) for d in held_out]),
                 str(fewer): evaluate(engine, [ckpt.vocab.document_tokens(d) for d in ['ab', 'ba', 'zz']])}
     trained = set(trained_documents(ckpt))
-    for module in (microgpt.commands, microgpt.train.recorded):  # a list of strings would fail now
-        monkeypatch.setattr(module, 'load_documents', None)
+    for module in (microgpt.data, microgpt.commands, microgpt.model_commands, microgpt.train.recorded):
+        monkeypatch.setattr(module, 'load_documents', None, raising=False)  # a list of strings would fail now
     for data, loss in expected.items():
         code, stdout, err = run('eval', '--checkpoint', checkpoint, *(['--data', data] if data else []))
         assert code == 0 and stdout.startswith(f"loss {loss:.4f} nats per character on "), (stdout, err)

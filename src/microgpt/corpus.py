@@ -45,6 +45,7 @@ class Corpus:
     notice: str = None        # something the user should know (the cache could not be written)
     cache_path: str = None    # the memory-mapped cache file, or None when tokenised in memory
     source: dict = field(default_factory=dict)
+    cache_inode: int = None   # the cache file's inode when it was opened (another run may replace the file)
 
     @property
     def bos(self):
@@ -261,7 +262,8 @@ def open_cache(cache_path, source):
     very `source`; else None (and the caller tokenises again)."""
     try:
         with open(cache_path, 'rb') as f:
-            size = os.fstat(f.fileno()).st_size
+            info = os.fstat(f.fileno())
+            size = info.st_size
             trailer = len(MAGIC) + 8
             if size < trailer:
                 return None
@@ -286,4 +288,5 @@ def open_cache(cache_path, source):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Corpus(footer['chars'], tokens, bounds, footer['longest'], cache_path=cache_path, source=source)
+    return Corpus(footer['chars'], tokens, bounds, footer['longest'], cache_path=cache_path, source=source,
+                  cache_inode=info.st_ino)

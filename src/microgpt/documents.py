@@ -8,6 +8,7 @@ the documents as strings sort (token ids follow code points, so sort keys built 
 documents as their strings).
 """
 
+import os
 import random
 
 import numpy as np
@@ -20,6 +21,7 @@ from .string_order import nth_true, ranges, string_order
 from .tempfiles import remove_quietly
 
 CHUNK = 2**20  # characters of documents compared at a time by Documents.found
+LONG_DOCUMENT = 64  # tokens from which a document read alone is checked with NumPy
 
 
 class Documents:
@@ -44,11 +46,18 @@ class Documents:
         # sequences (bounds checked, a negative i counted from the end, Python ints), twice as fast as NumPy here
         tokens, bounds, order = self._views or self._make_views()
         d = range(len(bounds) - 1)[i] if order is None else order[i]
-        ids, bos = tokens[bounds[d]:bounds[d + 1] + 1].tolist(), len(self.corpus.chars)
-        if len(ids) < 2 or not ids[0] == ids[-1] == max(ids) == bos or ids.count(bos) != 2:
-            self._damaged(f"document {d}")  # a BOS at each end and none inside, no id above it
-        if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
-            return [(t + 1) % (bos + 1) for t in ids]
+        ids, bos = tokens[bounds[d]:bounds[d + 1] + 1], len(self.corpus.chars)
+        if len(ids) > LONG_DOCUMENT:  # NumPy's passes, faster on a long document than Python's
+            ids = np.asarray(ids)
+            whole = ids[0] == ids[-1] == ids.max() == bos and np.count_nonzero(ids == bos) == 2
+            ids = ((ids.astype(np.int64) + 1) % (bos + 1) if self.bos_first else ids).tolist()
+        else:
+            ids = ids.tolist()
+            whole = len(ids) >= 2 and ids[0] == ids[-1] == max(ids) == bos and ids.count(bos) == 2
+            if self.bos_first:  # BOS (= len(chars)) becomes 0 and every character moves up by one
+                ids = [(t + 1) % (bos + 1) for t in ids]
+        if not whole:  # a BOS at each end and none inside, no id above it
+            self._damaged(f"document {d}")
         return ids
 
     _views = None  # (tokens, bounds, order) as memoryviews, made at the first document read
@@ -62,11 +71,15 @@ class Documents:
     def _damaged(self, what):
         """Stop on token data that cannot be the tokenisation of any file: a cache damaged since it was written
         (its ends are checked when it is opened; its middle only here, as documents are read). The cache is
-        removed, so that the next run tokenises the file again."""
+        removed, so that the next run tokenises the file again, unless another run has replaced it since."""
         path = self.corpus.cache_path
         if path is None:
             raise MicrogptError(f"the tokenised data is damaged ({what})")
-        remove_quietly(path)
+        try:
+            if os.stat(path).st_ino == self.corpus.cache_inode:
+                remove_quietly(path)
+        except OSError:
+            pass  # already gone
         raise MicrogptError(f"{path}: the token cache is damaged ({what}); it was removed: run again to tokenise "
                             f"the data anew")
 
@@ -90,11 +103,17 @@ class Documents:
         d = self.indices()                                                    # (D,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64) + 1                    # (D,) each one's first character
         counts = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1       # (D,) its characters and a BOS
+        if len(d) and not (counts.min() >= 1 and np.all(begin + counts <= len(self.corpus.tokens))):
+            self._find_damage(0, len(self))
         starts = np.zeros(len(d), np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         at = np.repeat(begin - starts, counts) + np.arange(int(counts.sum()))  # positions in the corpus
         code_points = np.array([ord(ch) for ch in self.corpus.chars] + [ord('\n')], np.uint32)  # BOS: a line break
-        return code_points[self.corpus.tokens[at]].tobytes().decode('utf-32-le').split('\n')[:-1]
+        tokens = self.corpus.tokens[at]
+        if len(tokens) and (tokens.max() > len(self.corpus.chars)
+                            or np.count_nonzero(tokens == len(self.corpus.chars)) != len(d)):
+            self._find_damage(0, len(self))
+        return code_points[tokens].tobytes().decode('utf-32-le').split('\n')[:-1]
 
     def vocabulary(self):
         return Vocabulary(self.corpus.chars, self.bos_first)
@@ -122,7 +141,7 @@ class Documents:
         d = self.indices((first + np.arange(count)) % len(self))              # (count,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64)                        # (count,) each document's first BOS
         whole = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1        # (count,) with both BOS
-        if count and not (whole.min() >= 2 and begin[-1] + whole[-1] <= len(self.corpus.tokens)):
+        if count and not (whole.min() >= 2 and np.all(begin + whole <= len(self.corpus.tokens))):
             self._find_damage(first, count)
         lengths = np.minimum(whole, keep)                                     # (count,)
         starts = np.zeros(count + 1, np.int64)                                # (count + 1,)
@@ -213,8 +232,9 @@ def file_documents(path, vocab=None):
     if vocab is None:
         return Documents(corpus)
     if corpus.chars != vocab.chars:
-        offset = 1 if vocab.bos_first else 0
-        table = np.array([i - offset for i in vocab.encode(corpus.chars)] + [len(vocab.chars)],  # and BOS to BOS
-                         token_dtype(len(vocab.chars)))
-        corpus = Corpus(vocab.chars, table[corpus.tokens], corpus.bounds, corpus.longest)
+        offset, bos = 1 if vocab.bos_first else 0, len(vocab.chars)
+        table = np.full(np.iinfo(corpus.tokens.dtype).max + 1, bos + 1, token_dtype(bos + 1))  # past BOS: damage
+        table[:len(corpus.chars) + 1] = [i - offset for i in vocab.encode(corpus.chars)] + [bos]  # and BOS to BOS
+        corpus = Corpus(vocab.chars, table[corpus.tokens], corpus.bounds, corpus.longest, cache_path=corpus.cache_path,
+                        source=corpus.source, cache_inode=corpus.cache_inode)
     return Documents(corpus, bos_first=vocab.bos_first)

@@ -75,11 +75,17 @@ def _extent(docs, positions):
 
 
 def _fields(docs):
-    """(len(chars) + 1,) uint64: a token's sort field, id + 1 for a character (code-point order) and 0 for
-    BOS, where a document ends: a prefix sorts first."""
-    field = np.arange(1, len(docs.corpus.chars) + 2, dtype=np.uint64)
-    field[-1] = 0
+    """(every value of the token type,) uint64: a token's sort field, id + 1 for a character (code-point order)
+    and 0 for BOS, where a document ends: a prefix sorts first. An id past BOS, which only a damaged cache holds,
+    is 0 too (reading that document stops the run: documents.Documents)."""
+    field = np.zeros(np.iinfo(docs.corpus.tokens.dtype).max + 1, np.uint64)
+    field[:len(docs.corpus.chars)] = np.arange(1, len(docs.corpus.chars) + 1, dtype=np.uint64)
     return field
+
+
+def _tokens(docs, at):
+    """The tokens at positions `at`, clipped into the array (only a damaged cache's bounds point outside it)."""
+    return np.take(docs.corpus.tokens, at, mode='clip')
 
 
 def _rows(docs, positions, skip, width, bits):
@@ -87,7 +93,7 @@ def _rows(docs, positions, skip, width, bits):
     fields of 1, 2 or 4 bytes, whichever holds `bits` (0 past its end), whose bytes compare as the strings do."""
     begin, end = _extent(docs, positions)
     at = np.minimum(begin[:, None] + skip + np.arange(width), end[:, None])  # (n, width); the end is BOS
-    rows = _fields(docs)[docs.corpus.tokens[at]].astype('>u1' if bits <= 8 else '>u2' if bits <= 16 else '>u4')
+    rows = _fields(docs)[_tokens(docs, at)].astype('>u1' if bits <= 8 else '>u2' if bits <= 16 else '>u4')
     return rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
 
 
@@ -102,7 +108,7 @@ def _sort_keys(docs, positions, skip, per_key, bits):
         key = np.zeros(len(rows), np.uint64)                      # (chunk,)
         for c in range(skip, skip + per_key):
             key <<= np.uint64(bits)
-            key |= field[docs.corpus.tokens[np.minimum(begin + c, end)]]
+            key |= field[_tokens(docs, np.minimum(begin + c, end))]
         keys[start:start + len(rows)] = key
     return keys
 
