@@ -174,7 +174,8 @@ class Documents:
             step = max(1, CHUNK // max(1, length))
             for first in range(0, len(same_length), step):
                 starts = self.corpus.bounds[same_length[first:first + step]].astype(np.int64) + 1
-                rows = self.corpus.tokens[starts[:, None] + np.arange(length)].astype(np.uint64)  # (n, L)
+                at = starts[:, None] + np.arange(length)                                     # (n, L)
+                rows = np.take(self.corpus.tokens, at, mode='clip').astype(np.uint64)  # clip: a damaged cache's bounds
                 for row in rows[np.isin(rows @ powers, keys)].tolist():
                     if tuple(row) in wanted:
                         found.add(wanted.pop(tuple(row)))
