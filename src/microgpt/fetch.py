@@ -105,7 +105,7 @@ def _download(url, f, progress):
                             f"{hint}") from None
     except (OSError, ValueError, http.client.HTTPException) as e:  # cut off, reset or timed out; malformed
         reason = type(e).__name__ if isinstance(e, http.client.IncompleteRead) else (str(e) or type(e).__name__)
-        if response is None:  # no answer to break off: an address urllib cannot send, a connection refused
+        if response is None:  # no answer to break off: an address urllib cannot send ('nonnumeric port')
             raise MicrogptError(f"{url}: cannot download ({reason}); {hint}") from None
         raise MicrogptError(f"{url}: the download broke off after {done:,} bytes ({reason}); {hint}") from None
     if total is not None and done != total:
