@@ -83,6 +83,11 @@ class Documents:
         raise MicrogptError(f"{path}: the token cache is damaged ({what}); it was removed: run again to tokenise "
                             f"the data anew")
 
+    def _inside(self, begin, lengths, least):
+        """Whether the runs of tokens begin[i] .. begin[i] + lengths[i] - 1 are each at least `least` long and inside
+        the token array: bounds that a damaged cache may break."""
+        return lengths.min() >= least and np.all(begin + lengths <= len(self.corpus.tokens))
+
     def _find_damage(self, first, count):
         """Name the first damaged document of pack's batch (reading each one checks it)."""
         for k in range(count):
@@ -103,7 +108,7 @@ class Documents:
         d = self.indices()                                                    # (D,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64) + 1                    # (D,) each one's first character
         counts = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1       # (D,) its characters and a BOS
-        if len(d) and not (counts.min() >= 1 and np.all(begin + counts <= len(self.corpus.tokens))):
+        if len(d) and not self._inside(begin, counts, 1):
             self._find_damage(0, len(self))
         starts = np.zeros(len(d), np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
@@ -141,7 +146,7 @@ class Documents:
         d = self.indices((first + np.arange(count)) % len(self))              # (count,) corpus indices
         begin = self.corpus.bounds[d].astype(np.int64)                        # (count,) each document's first BOS
         whole = self.corpus.bounds[d + 1].astype(np.int64) - begin + 1        # (count,) with both BOS
-        if count and not (whole.min() >= 2 and np.all(begin + whole <= len(self.corpus.tokens))):
+        if count and not self._inside(begin, whole, 2):
             self._find_damage(first, count)
         lengths = np.minimum(whole, keep)                                     # (count,)
         starts = np.zeros(count + 1, np.int64)                                # (count + 1,)

@@ -133,7 +133,7 @@ class TrainingRun:
 
     def _steps(self, doc_tokens, val_tokens, start, should_stop):
         cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
-        tokens_since, last_time = 0, time.perf_counter()
+        last_time = time.perf_counter()
         for chunk in train_chunks(engine, doc_tokens, tcfg, start_step=start,
                                   sync_every=(cfg.eval_every, cfg.save_every)):
             bad = next((i for i, loss in enumerate(chunk.losses) if not loss <= DIVERGED_LOSS), None)  # NaN too
@@ -148,10 +148,9 @@ class TrainingRun:
             loss = chunk.losses[-1]
             # the last step is the engine's state: evaluations and saves are there
             record = {'step': step, 'train_loss': loss, 'lr': chunk.lrs[-1]}
-            now = time.perf_counter()  # throughput over the steps since the last chunk
-            tokens_since += sum(chunk.tokens)
-            record['tokens_per_s'] = tokens_since / max(now - last_time, 1e-9)
-            last_time, tokens_since = now, 0
+            now = time.perf_counter()  # throughput over the chunk's steps
+            record['tokens_per_s'] = sum(chunk.tokens) / max(now - last_time, 1e-9)
+            last_time = now
             yield chunk
             if self._metrics and len(chunk.losses) > 1:  # the steps before it, recorded before it is evaluated
                 self._write_metrics(*self._records(chunk.head(len(chunk.losses) - 1)))
