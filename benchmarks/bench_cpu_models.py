@@ -5,7 +5,8 @@ makes of its hottest loops for each CPU, and LLVM's own model of that CPU's pipe
     python benchmarks/bench_cpu_models.py --cpus skylake-avx512 znver3 --mca llvm-mca-19
 
 For each CPU, a fresh process compiles, as numba would on a machine of that CPU (NUMBA_CPU_NAME), the inner loop of
-the matrix product (`matmul`: the 8 x 8 register block, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
+the matrix product (`matmul`: the 8 x 8 register block, or in float64 on CPUs with AVX2's 16 vector registers the
+4 x 8 one, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
 Adam's update (`adam_parameters`), in both dtypes. llvm-mca then runs each loop's machine code through the
 scheduling model of that CPU and gives its cycles per iteration, so each row is work per clock cycle: a model, not
 a measurement (it knows ports, latencies and the front end, not clock speeds, caches or frequency drops under
@@ -24,20 +25,22 @@ CPUS = ('icelake-server', 'znver4', 'znver5')
 LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that count its work, the unit of that
     # work, and the least of it an iteration of the whole inner loop does (a k-step of the block's 8 rows x 8 lanes)
     ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 64),
+    ('matmul 4 x 8', 'matmul_four', ('float64',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 32),
     ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
     ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters', 4),
 )
 
 WORKER = '''
 import sys
-import numpy as np
-from numba import njit
-from microgpt.engines.fused import lanes, matmul as matmul_module
+from numba import njit, types
+from microgpt.engines.fused import matmul as matmul_module
 from microgpt.engines.fused.adam import adam_parameters
 from microgpt.engines.fused.compile import slp_vectorizer
 
-# float32's 8 x 16 block, which a machine with AVX-512 compiles for itself (lanes.WIDE_FLOAT32), or the 8 x 8 one
-matmul_module.WIDE_FLOAT32 = lanes.WIDE_FLOAT32 = sys.argv[2] == 'wide'
+# the blocks a machine of that CPU compiles for itself: float32's 8 x 16 block (with AVX-512), or the 8 x 8 one;
+# float64's 4 x 8 block with AVX2's 16 vector registers (matmul.WIDE_FLOAT32, matmul.FOUR_ROWS_FLOAT64)
+matmul_module.WIDE_FLOAT32 = sys.argv[2] == 'wide'
+matmul_module.FOUR_ROWS_FLOAT64 = sys.argv[3] == '16'
 
 
 @njit(error_model='numpy')
@@ -52,16 +55,20 @@ def adam(state, settings):
 
 with slp_vectorizer():
     for dtype in ('float32',) if sys.argv[2] == 'wide' else ('float64', 'float32'):
-        square = np.zeros((64, 64), dtype)
-        matmul(square, square, square, 64)
-        adam(np.zeros((4, 4192), dtype), (0.85, 0.15, 0.99, 0.01, 1e-8, 0.01, 1.0, 0.0))
+        # compiled, not run: this machine may lack the CPU's instructions
+        matrix = types.Array(getattr(types, dtype), 2, 'C')
+        matmul.compile((matrix, matrix, matrix, types.int64))
+        adam.compile((matrix, types.UniTuple(types.float64, 8)))
+        four = dtype == 'float64' and matmul_module.FOUR_ROWS_FLOAT64
         for name, function in (('matmul', matmul), ('adam', adam)):
             signature = [s for s in function.signatures if str(s[0].dtype) == dtype][0]
-            with open(f'{sys.argv[1]}/{name}_{sys.argv[2]}_{dtype}.s', 'w') as f:
+            block = 'four' if name == 'matmul' and four else sys.argv[2]
+            with open(f'{sys.argv[1]}/{name}_{block}_{dtype}.s', 'w') as f:
                 f.write(function.inspect_asm(signature))
 '''
 
-# the CPUs with AVX-512 F and VL, on which numba's float32 matmul takes the 8 x 16 block (lanes.WIDE_FLOAT32)
+# the CPUs with AVX-512 F and VL (32 vector registers), on which numba's float32 matmul takes the 8 x 16 block and
+# float64's the 8 x 8 one (matmul.WIDE_FLOAT32, matmul.FOUR_ROWS_FLOAT64)
 AVX512 = {'skylake-avx512', 'cascadelake', 'cooperlake', 'cannonlake', 'icelake-client', 'icelake-server',
           'tigerlake', 'rocketlake', 'sapphirerapids', 'emeraldrapids', 'graniterapids', 'graniterapids-d',
           'diamondrapids', 'x86-64-v4', 'znver4', 'znver5'}
@@ -84,19 +91,22 @@ def known_cpus(mca):
 
 
 def loops(asm):
-    """{label: instructions} of every loop that is one basic block (its last instruction jumps to its own label)."""
-    blocks, label, body = {}, None, []
+    """{label: instructions} of every loop's latch block: a basic block whose last instruction jumps back to its own
+    label or an earlier one. Where LLVM left a loop's bounds checks in blocks of their own (jumps that always go
+    the same way), the latch is the loop's arithmetic without them."""
+    blocks, order, label, body = {}, {}, None, []
     for line in asm.splitlines():
         start = re.match(r'^(\.LBB\w+):', line)
         if start:
             label, body = start.group(1), []
-            blocks[label] = body
+            blocks[label], order[label] = body, len(order)
         elif label and line.startswith('\t') and not line.strip().startswith(('.', '#')):
             if body and body[-1].split()[0].startswith('j'):  # a block ends at its branch
                 label = None
                 continue
             body.append(line.split('#')[0].strip())
-    return {label: body for label, body in blocks.items() if body and body[-1].split()[-1] == label}
+    return {label: body for label, body in blocks.items()
+            if body and body[-1].split()[0].startswith('j') and order.get(body[-1].split()[-1], len(order)) <= order[label]}
 
 
 def lanes(instruction, dtype):
@@ -129,12 +139,15 @@ def cycles(mca, cpu, body):
 
 
 def compile_for(cpu, folder):
-    """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block and Adam, and on a CPU with AVX-512 the
-    float32 8 x 16 block (numba compiles each kernel once per process: one process each)."""
+    """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block (in float64 on a CPU without AVX-512,
+    the 4 x 8 one) and Adam, and on a CPU with AVX-512 the float32 8 x 16 block (numba compiles each kernel once
+    per process: one process each)."""
     # no features named: LLVM's own for that CPU (numba would otherwise add this machine's)
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES='', NUMBA_CACHE_DIR=os.path.join(folder, 'cache'))
     for block in ('narrow', 'wide') if cpu in AVX512 else ('narrow',):
-        proc = subprocess.run([sys.executable, '-c', WORKER, folder, block], env=env, capture_output=True, text=True)
+        registers = '32' if cpu in AVX512 else '16'
+        proc = subprocess.run([sys.executable, '-c', WORKER, folder, block, registers], env=env, capture_output=True,
+                              text=True)
         if proc.returncode:
             raise SystemExit(f"compiling for {cpu} failed:\n{proc.stderr[-3000:]}")
 
@@ -164,7 +177,7 @@ def main():
             for what, code, dtypes, work, unit, least in LOOPS:
                 for dtype in dtypes:
                     path = os.path.join(folder, f'{code}_{dtype}.s')
-                    if not os.path.exists(path):  # the 8 x 16 block on a CPU without AVX-512
+                    if not os.path.exists(path):  # a block this CPU does not compile
                         continue
                     with open(path) as f:
                         units, body = hot_loop(f.read(), work, dtype)

@@ -159,10 +159,13 @@ def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, ar
 @pytest.mark.slow(seconds=12)
 def test_bench_cpu_models_gives_each_loops_work_per_cycle_on_each_cpu():
     require_tool('llvm-mca-19')
-    out = bench('bench_cpu_models.py', '--cpus', 'icelake-server', 'znver4', '--mca', 'llvm-mca-19')
+    out = bench('bench_cpu_models.py', '--cpus', 'icelake-server', 'znver4', 'znver3', '--mca', 'llvm-mca-19')
     rows = {tuple(m.group(1, 2, 3)): (float(m.group(4)), float(m.group(5))) for m in re.finditer(
-        rf'^(matmul 8 x 8|matmul 8 x 16|adam) +(float64|float32) +([\w-]+) .* ({NUMBER}) +({NUMBER})   \w', out, re.M)}
-    assert len(rows) == 10 and all(per_cycle > 0 for per_cycle, _ in rows.values()), out
+        rf'^(matmul [48] x 8|matmul 8 x 16|adam) +(float64|float32) +([\w-]+) .* ({NUMBER}) +({NUMBER})   \w', out,
+        re.M)}
+    assert len(rows) == 14 and all(per_cycle > 0 for per_cycle, _ in rows.values()), out
+    # AVX2's 16 vector registers (znver3) take float64's block of four rows; AVX-512's 32, eight
+    assert ('matmul 4 x 8', 'float64', 'znver3') in rows and ('matmul 8 x 8', 'float64', 'znver3') not in rows, out
     # float64 keeps the reference's separate multiplication and addition: Zen's add pipes take the additions, an
     # Intel core's two FMA ports both; float32's fused multiply-adds run at one rate on both
     assert rows[('matmul 8 x 8', 'float64', 'znver4')][1] > 1.5, out

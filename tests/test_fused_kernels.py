@@ -327,6 +327,35 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
     assert 0 < largest < 2 * tcfg.lr, largest
 
 
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
+    """Both row blocks (matmul.row_blocks picks one for the CPU: four rows in float64 with AVX2's 16 vector
+    registers, eight elsewhere) sum every out[r, j] in k order: the same bits over 13 rows (the last repeated) and
+    40 columns, whichever this machine compiles, and whatever the order of `a`."""
+    from numba import njit
+    from microgpt.engines.fused.compile import slp_vectorizer
+    from microgpt.engines.fused.matmul import eight_rows, four_rows
+
+    @njit
+    def by_blocks(out, a, b, rows, n_rows, n8, n_inner):
+        if rows == 4:
+            four_rows(out, a, b, n_rows, n8, n_inner)
+        else:
+            eight_rows(out, a, b, n_rows, n8, n_inner)
+
+    with slp_vectorizer():
+        rng = np.random.default_rng(8)
+        w, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
+        for a in (w, np.ascontiguousarray(w.T).T):
+            four, eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
+            by_blocks(four, a, b, 4, 13, 40, 37)
+            by_blocks(eight, a, b, 8, 13, 40, 37)
+            assert np.array_equal(four, eight), a.flags
+            assert not four[:, 40:].any()  # the blocks leave the last 3 columns to matmul
+            np.testing.assert_allclose(four[:, :40], w.astype(np.float64) @ b[:, :40], rtol=0,
+                                       atol=1e-4 if dtype == 'float32' else 1e-12)
+
+
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])  # matmul alone compiles in about a second
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes

@@ -182,7 +182,7 @@ def store16(row, j, x):
 
 def _has_32_vector_registers():
     """Whether the CPU numba compiles for has AVX-512's 32 vector registers for 256-bit operations (AVX-512F and VL;
-    AVX2 has 16): matmul.py's blocks of 16 columns in float32 need 19. numba compiles for this machine's CPU
+    AVX2 has 16): matmul.py's blocks of rows and columns are sized for them. numba compiles for this machine's CPU
     unless NUMBA_CPU_NAME names another (then: no) or NUMBA_CPU_FEATURES lists the features (then: those)."""
     from llvmlite import binding
     from numba.core import config
@@ -194,7 +194,7 @@ def _has_32_vector_registers():
     return bool(features.get('avx512f', False) and features.get('avx512vl', False))
 
 
-WIDE_FLOAT32 = _has_32_vector_registers()
+VECTOR_REGISTERS = 32 if _has_32_vector_registers() else 16
 
 
 @lanes

@@ -9,21 +9,41 @@ multiply-adds are fused (lanes.madd), in float64 the product and the sum are rou
 from numba import types
 from numba.extending import overload
 
-from .lanes import LANES, WIDE_FLOAT32, axpy8, axpy16, fill8, kernel, load8, store8, store16
+from .lanes import LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, kernel, load8, store8, store16
+
+# the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
+# another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
+# tuple), float64's 4 x 8 one 11; AVX-512 has 32, AVX2 16
+WIDE_FLOAT32 = VECTOR_REGISTERS >= 32
+FOUR_ROWS_FLOAT64 = VECTOR_REGISTERS < 32
 
 
 @kernel
 def matmul(out, a, b, n_rows, n_cols, n_inner):
     """out[r, j] = sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
 
-    Eight rows by 8 columns at a time: eight independent chains of 8 accumulators. With a row count that is
-    not a multiple of 8 the last rows repeat (each row's loads all come before its stores: harmless). Where the
-    lanes are float32 and the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns).
+    A block of rows by 8 columns at a time (`row_blocks`: independent chains of 8 accumulators, one per row), then
+    the columns past the last multiple of 8 (weight gradients of such a width) one at a time.
     """
     zero = out.dtype.type(0)
     n8 = n_cols - n_cols % LANES
+    row_blocks(out, a, b, n_rows, n8, n_inner)
+    for row in range(n_rows):
+        for j in range(n8, n_cols):
+            acc = zero
+            for k in range(n_inner):
+                acc += a[row, k] * b[k, j]
+            out[row, j] = acc
+
+
+@kernel
+def eight_rows(out, a, b, n_rows, n8, n_inner):
+    """matmul's first n8 columns, eight rows by 8 columns at a time. With a row count that is not a multiple of 8
+    the last rows repeat (each row's loads all come before its stores: harmless). Where the lanes are float32 and
+    the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns)."""
+    zero = out.dtype.type(0)
     last = n_rows - 1
-    for r0 in range(0, n_rows, 8):
+    for r0 in range(0, n_rows, 8):  # rows from a range: LLVM knows they are not negative (no wraparound fix-ups)
         r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
         r4, r5, r6, r7 = min(r0 + 4, last), min(r0 + 5, last), min(r0 + 6, last), min(r0 + 7, last)
         n16 = wide_block_columns(out, a, b, n8, n_inner, (r0, r1, r2, r3, r4, r5, r6, r7))
@@ -43,12 +63,40 @@ def matmul(out, a, b, n_rows, n_cols, n_inner):
             store8(out[r5], j, c5)
             store8(out[r6], j, c6)
             store8(out[r7], j, c7)
-        for row in range(r0, r7 + 1):
-            for j in range(n8, n_cols):  # weight gradients of a width that is not a multiple of 8
-                acc = zero
-                for k in range(n_inner):
-                    acc += a[row, k] * b[k, j]
-                out[row, j] = acc
+
+
+@kernel
+def four_rows(out, a, b, n_rows, n8, n_inner):
+    """eight_rows with blocks of four rows: their 8 accumulators of float64 lanes (two 256-bit registers each)
+    and the operands fit AVX2's 16 vector registers, where eight rows' 16 accumulators spilled to memory."""
+    zero = out.dtype.type(0)
+    last = n_rows - 1
+    for r0 in range(0, n_rows, 4):
+        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
+        for j in range(0, n8, LANES):
+            c0 = c1 = c2 = c3 = fill8(zero)
+            for k in range(n_inner):
+                x = load8(b[k], j)
+                c0, c1, c2, c3 = axpy8(c0, a[r0, k], x), axpy8(c1, a[r1, k], x), axpy8(c2, a[r2, k], x), \
+                    axpy8(c3, a[r3, k], x)
+            store8(out[r0], j, c0)
+            store8(out[r1], j, c1)
+            store8(out[r2], j, c2)
+            store8(out[r3], j, c3)
+
+
+def row_blocks(out, a, b, n_rows, n8, n_inner):
+    """matmul's first n8 columns: `four_rows` in float64 on a CPU with 16 vector registers (AVX2;
+    FOUR_ROWS_FLOAT64), `eight_rows` elsewhere. An overload chosen by the lanes' type, so that numba compiles one
+    block only."""
+    raise TypeError("row_blocks is called from compiled code only")
+
+
+@overload(row_blocks, jit_options={'error_model': 'numpy'})  # as the kernels'
+def _row_blocks(out, a, b, n_rows, n8, n_inner):
+    if FOUR_ROWS_FLOAT64 and out.dtype == types.float64:
+        return lambda out, a, b, n_rows, n8, n_inner: four_rows(out, a, b, n_rows, n8, n_inner)
+    return lambda out, a, b, n_rows, n8, n_inner: eight_rows(out, a, b, n_rows, n8, n_inner)
 
 
 def wide_block_columns(out, a, b, n8, n_inner, rows):
@@ -56,7 +104,7 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
 
     Eight rows by 16 columns take 16 chains and ten loads for 16 multiply-adds, against nine loads for 8 in the
     8 x 8 block, the same sums in the same order. Their 16 accumulators, 2 operands and a broadcast need 19 vector
-    registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (lanes.WIDE_FLOAT32). Float64
+    registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (WIDE_FLOAT32). Float64
     lanes take two registers each and spilled (39 GFLOP/s against 53 alone, on the 2-core Zen 4), and AVX2 has 16:
     elsewhere this is 0, and numba compiles only the 8 x 8 block (an overload, chosen by type)."""
     raise TypeError("wide_block_columns is called from compiled code only")
