@@ -148,12 +148,22 @@ def test_bench_long_run_prints_the_cost_over_windows(names_path):
     ('bench_data.py', ['--sizes', '10,-5'], 'must be 1 MB or more each'),
     ('bench_data.py', ['--sizes', '1,x'], 'whole numbers of MB'),
     ('bench_split.py', ['--megabytes', 0], '--megabytes must be 1 or more'),
+    ('bench_matmul_blocks.py', ['--rounds', 0], '--rounds and --work must be at least 1'),
 ])
 def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, args, error):
     data = ['--data', names_path] if script == 'bench_long_run.py' else []
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args), *data], capture_output=True,
                           text=True, timeout=60, cwd=REPO_ROOT)
     assert proc.returncode == 2 and error in proc.stderr.splitlines()[-1], proc.stderr
+
+
+@pytest.mark.slow(seconds=6)
+def test_bench_matmul_blocks_times_both_row_blocks_at_every_shape():
+    from microgpt.engines.fused.matmul import FOUR_ROWS_FLOAT64
+    out = bench('bench_matmul_blocks.py', '--rounds', 1, '--work', 1000)
+    rows = re.findall(rf'^(float64|float32) +\d+ x \d+ x \d+ +{NUMBER} +{NUMBER} +({NUMBER})x$', out, re.M)
+    assert [dtype for dtype, _ in rows] == ['float64'] * 8 + ['float32'] * 8 and all(float(r) > 0 for _, r in rows), out
+    assert f"takes {'four' if FOUR_ROWS_FLOAT64 else 'eight'} rows in float64, eight rows in float32" in out, out
 
 
 @pytest.mark.slow(seconds=12)

@@ -1,0 +1,84 @@
+"""The matrix product's two row blocks side by side on this CPU: eight rows by 8 columns (`matmul.eight_rows`,
+what a CPU with AVX-512's 32 vector registers compiles) and four rows (`matmul.four_rows`, what AVX2's 16 get in
+float64), at the default job's shapes and the makemore size's, in both dtypes. Both are compiled in one process
+and timed in turns, so that they see the same machine; each row is the best of --rounds turns.
+
+    python benchmarks/bench_matmul_blocks.py [--rounds 7]
+
+A float64 block of eight rows holds 16 accumulators in 256-bit registers (two a lane tuple), plus its operands:
+more than AVX2's 16 registers, so they spill to memory, and each step of k waits on a store and a reload. Four
+rows hold 8. It prints which block this CPU's `matmul` takes, and checks that both give the same bits.
+"""
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit
+
+from microgpt.bench.benchmark import cpu_name
+from microgpt.engines.fused import matmul as matmul_module
+from microgpt.engines.fused.compile import slp_vectorizer
+from microgpt.engines.fused.lanes import VECTOR_REGISTERS
+
+# (rows, inner, columns): out = a (rows, inner) @ b (inner, columns). The default job's forward products on one
+# document of up to 8 positions (qkv, attn_wo, mlp_fc1, mlp_fc2, lm_head), a weight gradient, then the makemore
+# size's forward and weight-gradient products on a batch of about 232 positions
+SHAPES = ((48, 16, 8), (16, 16, 8), (64, 16, 8), (16, 64, 8), (27, 16, 8), (64, 8, 16),
+          (192, 64, 232), (64, 232, 64))
+
+
+@njit(error_model='numpy')
+def eight_rows(out, a, b, reps):
+    for _ in range(reps):
+        matmul_module.eight_rows(out, a, b, out.shape[0], out.shape[1], a.shape[1])
+
+
+@njit(error_model='numpy')
+def four_rows(out, a, b, reps):
+    for _ in range(reps):
+        matmul_module.four_rows(out, a, b, out.shape[0], out.shape[1], a.shape[1])
+
+
+def nanoseconds(function, out, a, b, reps):
+    """One timing of `reps` products, per product."""
+    start = time.perf_counter()
+    function(out, a, b, reps)
+    return (time.perf_counter() - start) / reps * 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--rounds', type=int, default=7, help='turns of each block per shape (default: %(default)s)')
+    parser.add_argument('--work', type=float, default=2e6,
+                        help='multiply-adds a timing, over repeats of the product (default: %(default)s)')
+    args = parser.parse_args()
+    if args.rounds < 1 or args.work < 1:
+        parser.error("--rounds and --work must be at least 1")
+    takes = {dtype: 'four rows' if matmul_module.FOUR_ROWS_FLOAT64 and dtype == 'float64' else 'eight rows'
+             for dtype in ('float64', 'float32')}
+    print(f"CPU: {cpu_name()}, {VECTOR_REGISTERS} vector registers; its matmul takes {takes['float64']} in float64, "
+          f"{takes['float32']} in float32; nanoseconds a product, best of {args.rounds} turns")
+    print(f"{'dtype':<8} {'rows x inner x columns':>22} {'eight rows':>11} {'four rows':>10} {'eight / four':>13}")
+    rng = np.random.default_rng(0)
+    for dtype in ('float64', 'float32'):
+        for rows, inner, columns in SHAPES:
+            a = rng.standard_normal((rows, inner)).astype(dtype)
+            b = rng.standard_normal((inner, columns)).astype(dtype)
+            eight, four = np.zeros((rows, columns), dtype), np.zeros((rows, columns), dtype)
+            with slp_vectorizer():  # numba compiles at the first call, in here
+                eight_rows(eight, a, b, 1)
+                four_rows(four, a, b, 1)
+            if not np.array_equal(eight, four):
+                raise SystemExit(f"the blocks differ at {dtype} {rows} x {inner} x {columns}")
+            reps = max(1, int(args.work / (rows * inner * columns)))
+            best = {eight_rows: float('inf'), four_rows: float('inf')}
+            for _ in range(args.rounds):
+                for function in best:
+                    best[function] = min(best[function], nanoseconds(function, eight, a, b, reps))
+            print(f"{dtype:<8} {f'{rows} x {inner} x {columns}':>22} {best[eight_rows]:>11,.0f} "
+                  f"{best[four_rows]:>10,.0f} {best[eight_rows] / best[four_rows]:>12.2f}x")
+
+
+if __name__ == '__main__':
+    main()
