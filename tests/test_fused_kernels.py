@@ -327,6 +327,7 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
     assert 0 < largest < 2 * tcfg.lr, largest
 
 
+@pytest.mark.slow(seconds=5)  # compiling both blocks: 4 s on a Zen 3
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
     """Both row blocks (matmul.row_blocks picks one for the CPU: four rows in float64 with AVX2's 16 vector
@@ -356,7 +357,8 @@ def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
                                        atol=1e-4 if dtype == 'float32' else 1e-12)
 
 
-@pytest.mark.parametrize('dtype', ['float64', 'float32'])  # matmul alone compiles in about a second
+@pytest.mark.slow(seconds=4)
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])  # compiling matmul: 3-4 s on a Zen 3
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
     are float32 on a CPU with AVX-512, lanes.WIDE_FLOAT32, then 8, then 3 one at a time) and 13 rows (the last
