@@ -43,7 +43,7 @@ def eight_rows(out, a, b, n_rows, n8, n_inner):
     the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns)."""
     zero = out.dtype.type(0)
     last = n_rows - 1
-    for r0 in range(0, n_rows, 8):  # rows from a range: LLVM knows they are not negative (no wraparound fix-ups)
+    for r0 in range(0, n_rows, 8):
         r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
         r4, r5, r6, r7 = min(r0 + 4, last), min(r0 + 5, last), min(r0 + 6, last), min(r0 + 7, last)
         n16 = wide_block_columns(out, a, b, n8, n_inner, (r0, r1, r2, r3, r4, r5, r6, r7))
