@@ -23,7 +23,7 @@ import tempfile
 
 CPUS = ('icelake-server', 'znver4', 'znver5')
 LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that count its work, the unit of that
-    # work, and the least of it an iteration of the whole inner loop does (a k-step of the block's 8 rows x 8 lanes)
+    # work, and the least of it an iteration of the whole inner loop does (a k-step: the block's rows x its lanes)
     ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 64),
     ('matmul 4 x 8', 'matmul_four', ('float64',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 32),
     ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
@@ -37,15 +37,24 @@ from microgpt.engines.fused import matmul as matmul_module
 from microgpt.engines.fused.adam import adam_parameters
 from microgpt.engines.fused.compile import slp_vectorizer
 
-# the blocks a machine of that CPU compiles for itself: float32's 8 x 16 block (with AVX-512), or the 8 x 8 one;
-# float64's 4 x 8 block with AVX2's 16 vector registers (matmul.WIDE_FLOAT32, matmul.FOUR_ROWS_FLOAT64)
+# each block compiled on its own, so that its file holds no other block's loop: float32's 8 x 16 block (the
+# overload gives it where matmul.WIDE_FLOAT32, set here as on an AVX-512 machine) in a process of its own
 matmul_module.WIDE_FLOAT32 = sys.argv[2] == 'wide'
-matmul_module.FOUR_ROWS_FLOAT64 = sys.argv[3] == '16'
 
 
 @njit(error_model='numpy')
-def matmul(out, a, b, n):
-    matmul_module.matmul(out, a, b, n, n, n)
+def eight_rows(out, a, b, n):
+    matmul_module.eight_rows(out, a, b, n, n, n)
+
+
+@njit(error_model='numpy')
+def four_rows(out, a, b, n):
+    matmul_module.four_rows(out, a, b, n, n, n)
+
+
+@njit(error_model='numpy')
+def wide_block(out, a, b, n, rows):  # rows an argument, as in eight_rows: not constants LLVM could fold
+    matmul_module.wide_block_columns(out, a, b, n, n, rows)
 
 
 @njit(error_model='numpy')
@@ -53,18 +62,21 @@ def adam(state, settings):
     adam_parameters(state, 0, state.shape[1], settings)
 
 
+if sys.argv[2] == 'wide':
+    jobs = [('matmul_wide', wide_block, 'float32')]
+else:  # float64's block of four rows with AVX2's 16 vector registers (matmul.FOUR_ROWS_FLOAT64)
+    float64_block = ('matmul_four', four_rows) if sys.argv[3] == '16' else ('matmul_narrow', eight_rows)
+    jobs = [(*float64_block, 'float64'), ('matmul_narrow', eight_rows, 'float32'), ('adam_narrow', adam, 'float64'),
+            ('adam_narrow', adam, 'float32')]
 with slp_vectorizer():
-    for dtype in ('float32',) if sys.argv[2] == 'wide' else ('float64', 'float32'):
-        # compiled, not run: this machine may lack the CPU's instructions
+    for name, function, dtype in jobs:
         matrix = types.Array(getattr(types, dtype), 2, 'C')
-        matmul.compile((matrix, matrix, matrix, types.int64))
-        adam.compile((matrix, types.UniTuple(types.float64, 8)))
-        four = dtype == 'float64' and matmul_module.FOUR_ROWS_FLOAT64
-        for name, function in (('matmul', matmul), ('adam', adam)):
-            signature = [s for s in function.signatures if str(s[0].dtype) == dtype][0]
-            block = 'four' if name == 'matmul' and four else sys.argv[2]
-            with open(f'{sys.argv[1]}/{name}_{block}_{dtype}.s', 'w') as f:
-                f.write(function.inspect_asm(signature))
+        signature = ((matrix, types.UniTuple(types.float64, 8)) if function is adam
+                     else (matrix, matrix, matrix, types.int64, types.UniTuple(types.int64, 8))
+                     if function is wide_block else (matrix, matrix, matrix, types.int64))
+        function.compile(signature)  # compiled, not run: this machine may lack the CPU's instructions
+        with open(f'{sys.argv[1]}/{name}_{dtype}.s', 'w') as f:
+            f.write(function.inspect_asm(signature))
 '''
 
 # the CPUs with AVX-512 F and VL (32 vector registers), on which numba's float32 matmul takes the 8 x 16 block and
@@ -91,22 +103,27 @@ def known_cpus(mca):
 
 
 def loops(asm):
-    """{label: instructions} of every loop's latch block: a basic block whose last instruction jumps back to its own
-    label or an earlier one. Where LLVM left a loop's bounds checks in blocks of their own (jumps that always go
-    the same way), the latch is the loop's arithmetic without them."""
-    blocks, order, label, body = {}, {}, None, []
+    """(latch, body) of every loop: its latch is a basic block whose last instruction jumps back to its own label or
+    an earlier one, its body the blocks from that label to the latch, in the order of the code (the loop's bounds
+    checks, where LLVM put them in blocks of their own, with the arithmetic)."""
+    blocks, label, body = [], None, []
     for line in asm.splitlines():
         start = re.match(r'^(\.LBB\w+):', line)
         if start:
             label, body = start.group(1), []
-            blocks[label], order[label] = body, len(order)
+            blocks.append((label, body))
         elif label and line.startswith('\t') and not line.strip().startswith(('.', '#')):
             if body and body[-1].split()[0].startswith('j'):  # a block ends at its branch
                 label = None
                 continue
             body.append(line.split('#')[0].strip())
-    return {label: body for label, body in blocks.items()
-            if body and body[-1].split()[0].startswith('j') and order.get(body[-1].split()[-1], len(order)) <= order[label]}
+    index = {label: i for i, (label, _) in enumerate(blocks)}
+    found = []
+    for i, (label, latch) in enumerate(blocks):
+        target = latch[-1].split()[-1] if latch and latch[-1].split()[0].startswith('j') else None
+        if target in index and index[target] <= i:
+            found.append((latch, [line for _, block in blocks[index[target]:i + 1] for line in block]))
+    return found
 
 
 def lanes(instruction, dtype):
@@ -115,12 +132,16 @@ def lanes(instruction, dtype):
 
 
 def hot_loop(asm, work, dtype):
-    """(work units, instructions) of the loop doing the most work per iteration: the kernel's inner loop."""
-    best = (0, None)
-    for body in loops(asm).values():
-        units = sum(lanes(line, dtype) for line in body if re.match(work, line))
-        best = max(best, (units, body), key=lambda b: b[0])
-    return best
+    """(work units, instructions) of the kernel's inner loop: the loop whose latch does the most work, of those the
+    innermost (the fewest instructions); its work counted over its whole body."""
+    def units(lines):
+        return sum(lanes(line, dtype) for line in lines if re.match(work, line))
+
+    found = loops(asm)
+    if not found:
+        return 0, []
+    _, body = max(found, key=lambda loop: (units(loop[0]), -len(loop[1])))
+    return units(body), body
 
 
 def cycles(mca, cpu, body):
@@ -181,8 +202,8 @@ def main():
                         continue
                     with open(path) as f:
                         units, body = hot_loop(f.read(), work, dtype)
-                    if units < least:  # none, or LLVM split it into blocks: its figure would not be the loop's
-                        raise SystemExit(f"no vectorized {what} loop of one block in the {dtype} code for {cpu}")
+                    if units < least:  # none, or not the inner loop: its figure would not be the block's
+                        raise SystemExit(f"no vectorized {what} loop in the {dtype} code for {cpu}")
                     registers = '/'.join(sorted({r for line in body for r in re.findall(r'[xyz]mm', line)}))
                     rows.setdefault((what, dtype, unit), []).append(
                         (cpu, registers, len(body), units, units / cycles(mca, cpu, body)))

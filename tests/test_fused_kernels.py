@@ -351,8 +351,8 @@ def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
             four, eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
             by_blocks(four, a, b, 4, 13, 40, 37)
             by_blocks(eight, a, b, 8, 13, 40, 37)
-            assert np.array_equal(four, eight), a.flags
-            assert not four[:, 40:].any()  # the blocks leave the last 3 columns to matmul
+            assert np.array_equal(four, eight), (a.flags, np.abs(four - eight).max())
+            assert not four[:, 40:].any(), four[:, 40:]  # the blocks leave the last 3 columns to matmul
             np.testing.assert_allclose(four[:, :40], w.astype(np.float64) @ b[:, :40], rtol=0,
                                        atol=1e-4 if dtype == 'float32' else 1e-12)
 
@@ -361,7 +361,7 @@ def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])  # compiling matmul: 3-4 s on a Zen 3
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
-    are float32 on a CPU with AVX-512, lanes.WIDE_FLOAT32, then 8, then 3 one at a time) and 13 rows (the last
+    are float32 on a CPU with AVX-512, matmul.WIDE_FLOAT32, then 8, then 3 one at a time) and 13 rows (the last
     repeated), the bits of the same product taken 8 columns at a time, and the float64 product within float32's
     rounding; `a` row-major, as a weight in the forward, and transposed, as in the backward's w.T @ d."""
     from numba import njit

@@ -194,6 +194,7 @@ def _has_32_vector_registers():
     return bool(features.get('avx512f', False) and features.get('avx512vl', False))
 
 
+# counted as 256-bit registers: 16 on other CPUs too (ARM's 32 NEON registers are 128-bit: the room of 16)
 VECTOR_REGISTERS = 32 if _has_32_vector_registers() else 16
 
 

@@ -67,8 +67,9 @@ def eight_rows(out, a, b, n_rows, n8, n_inner):
 
 @kernel
 def four_rows(out, a, b, n_rows, n8, n_inner):
-    """eight_rows with blocks of four rows: their 8 accumulators of float64 lanes (two 256-bit registers each)
-    and the operands fit AVX2's 16 vector registers, where eight rows' 16 accumulators spilled to memory."""
+    """eight_rows with blocks of four rows (the last rows repeated where n_rows is not a multiple of 4): their 8
+    accumulators of float64 lanes (two 256-bit registers each) and the operands fit AVX2's 16 vector registers,
+    where eight rows' 16 accumulators spilled to memory."""
     zero = out.dtype.type(0)
     last = n_rows - 1
     for r0 in range(0, n_rows, 4):
@@ -106,7 +107,7 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     8 x 8 block, the same sums in the same order. Their 16 accumulators, 2 operands and a broadcast need 19 vector
     registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (WIDE_FLOAT32). Float64
     lanes take two registers each and spilled (39 GFLOP/s against 53 alone, on the 2-core Zen 4), and AVX2 has 16:
-    elsewhere this is 0, and numba compiles only the 8 x 8 block (an overload, chosen by type)."""
+    elsewhere this is 0, and numba compiles no block of 16 columns (an overload, chosen by type)."""
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
