@@ -5,8 +5,8 @@ makes of its hottest loops for each CPU, and LLVM's own model of that CPU's pipe
     python benchmarks/bench_cpu_models.py --cpus skylake-avx512 znver3 --mca llvm-mca-19
 
 For each CPU, a fresh process compiles, as numba would on a machine of that CPU (NUMBA_CPU_NAME), the inner loop of
-the matrix product (`matmul`: the 8 x 8 register block, or in float64 on CPUs with AVX2's 16 vector registers the
-4 x 8 one, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
+the matrix product (`matmul`: the 8 x 8 register block; on CPUs with AVX2's 16 vector registers the 4 x 8 one in
+float64 and the 6 x 16 one in float32, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
 Adam's update (`adam_parameters`), in both dtypes. llvm-mca then runs each loop's machine code through the
 scheduling model of that CPU and gives its cycles per iteration, so each row is work per clock cycle: a model, not
 a measurement (it knows ports, latencies and the front end, not clock speeds, caches or frequency drops under
@@ -26,6 +26,7 @@ LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that 
     # work, and the least of it an iteration of the whole inner loop does (a k-step: the block's rows x its lanes)
     ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 64),
     ('matmul 4 x 8', 'matmul_four', ('float64',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 32),
+    ('matmul 6 x 16', 'matmul_six', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 96),
     ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
     ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters', 4),
 )
@@ -53,6 +54,11 @@ def four_rows(out, a, b, n):
 
 
 @njit(error_model='numpy')
+def six_rows(out, a, b, n):
+    matmul_module.six_rows(out, a, b, n, n, n)
+
+
+@njit(error_model='numpy')
 def wide_block(out, a, b, n, rows):  # rows an argument, as in eight_rows: not constants LLVM could fold
     matmul_module.wide_block_columns(out, a, b, n, n, rows)
 
@@ -64,10 +70,11 @@ def adam(state, settings):
 
 if sys.argv[2] == 'wide':
     jobs = [('matmul_wide', wide_block, 'float32')]
-else:  # float64's block of four rows with AVX2's 16 vector registers (matmul.FOUR_ROWS_FLOAT64)
+else:  # with AVX2's 16 vector registers, float64's block of four rows and float32's of six by 16 columns
+    # (matmul.FOUR_ROWS_FLOAT64, SIX_ROWS_FLOAT32); float32's columns past a multiple of 16 take the 8 x 8 block
     float64_block = ('matmul_four', four_rows) if sys.argv[3] == '16' else ('matmul_narrow', eight_rows)
     jobs = [(*float64_block, 'float64'), ('matmul_narrow', eight_rows, 'float32'), ('adam_narrow', adam, 'float64'),
-            ('adam_narrow', adam, 'float32')]
+            ('adam_narrow', adam, 'float32')] + ([('matmul_six', six_rows, 'float32')] if sys.argv[3] == '16' else [])
 with slp_vectorizer():
     for name, function, dtype in jobs:
         matrix = types.Array(getattr(types, dtype), 2, 'C')
@@ -160,9 +167,9 @@ def cycles(mca, cpu, body):
 
 
 def compile_for(cpu, folder):
-    """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block (in float64 on a CPU without AVX-512,
-    the 4 x 8 one) and Adam, and on a CPU with AVX-512 the float32 8 x 16 block (numba compiles each kernel once
-    per process: one process each)."""
+    """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block (on a CPU without AVX-512, the 4 x 8
+    one in float64 and the 6 x 16 one too in float32) and Adam, and on a CPU with AVX-512 the float32 8 x 16 block
+    (numba compiles each kernel once per process: one process each)."""
     # no features named: LLVM's own for that CPU (numba would otherwise add this machine's)
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES='', NUMBA_CACHE_DIR=os.path.join(folder, 'cache'))
     for block in ('narrow', 'wide') if cpu in AVX512 else ('narrow',):

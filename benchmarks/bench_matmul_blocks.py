@@ -1,14 +1,17 @@
-"""The matrix product's two row blocks side by side on this CPU: eight rows by 8 columns (`matmul.eight_rows`,
-what a CPU with AVX-512's 32 vector registers compiles; there, in float32, with its first columns 16 at a time) and
-four rows (`matmul.four_rows`, what AVX2's 16 get in float64), at the default job's shapes and the makemore size's,
-in both dtypes. Both are compiled in one process and timed in turns, each turn in the other order, so that they
-see the same machine; each row is the best of --rounds turns.
+"""The matrix product's row blocks side by side on this CPU: eight rows by 8 columns (`matmul.eight_rows`, what a
+CPU with AVX-512's 32 vector registers compiles; there, in float32, with its first columns 16 at a time) against
+what AVX2's 16 get: four rows by 8 columns in float64 (`matmul.four_rows`), six rows by 16 columns in float32
+(`matmul.six_rows`, and eight rows for the 8 columns past the last multiple of 16), at the default job's shapes and
+the makemore size's. Both blocks of a dtype are compiled in one process and timed in turns, each turn in the other
+order, so that they see the same machine; each row is the best of --rounds turns.
 
     python benchmarks/bench_matmul_blocks.py [--rounds 7]
 
 A float64 block of eight rows holds 16 accumulators in 256-bit registers (two a lane tuple), plus its operands:
 more than AVX2's 16 registers, so they spill to memory, and each step of k waits on a store and a reload. Four
-rows hold 8. It prints which block this CPU's `matmul` takes, and checks that both give the same bits.
+rows hold 8. In float32 eight rows by 8 columns load 9 values a step of k for 8 multiply-adds; six rows by 16
+columns load 8 for 12, in 12 accumulators, 2 operands and a broadcast. It prints which blocks this CPU's `matmul`
+takes, and checks that both give the same bits.
 """
 
 import argparse
@@ -25,7 +28,7 @@ from microgpt.engines.fused.lanes import VECTOR_REGISTERS
 # (rows, inner, columns): out = a (rows, inner) @ b (inner, columns). The default job's forward products on one
 # document of up to 8 positions (qkv, attn_wo, mlp_fc1, mlp_fc2, lm_head), a weight gradient, then the makemore
 # size's forward and weight-gradient products on a batch of about 232 positions
-SHAPES = ((48, 16, 8), (16, 16, 8), (64, 16, 8), (16, 64, 8), (27, 16, 8), (64, 8, 16),
+SHAPES = ((48, 16, 8), (16, 16, 8), (64, 16, 8), (16, 64, 8), (27, 16, 8), (48, 16, 16), (64, 8, 16),
           (192, 64, 232), (64, 232, 64))
 
 
@@ -39,6 +42,15 @@ def eight_rows(out, a, b, reps):
 def four_rows(out, a, b, reps):
     for _ in range(reps):
         matmul_module.four_rows(out, a, b, out.shape[0], out.shape[1], a.shape[1])
+
+
+@njit(error_model='numpy')
+def six_rows(out, a, b, reps):
+    for _ in range(reps):
+        matmul_module.six_rows(out, a, b, out.shape[0], out.shape[1], a.shape[1])
+
+
+OTHER = {'float64': (four_rows, 'four rows'), 'float32': (six_rows, 'six rows')}  # AVX2's blocks
 
 
 def nanoseconds(function, out, a, b, reps):
@@ -56,29 +68,30 @@ def main():
     args = parser.parse_args()
     if args.rounds < 1 or args.work < 1:
         parser.error("--rounds and --work must be at least 1")
-    takes = {dtype: 'four rows' if matmul_module.FOUR_ROWS_FLOAT64 and dtype == 'float64' else 'eight rows'
-             for dtype in ('float64', 'float32')}
+    takes = {'float64': 'four rows' if matmul_module.FOUR_ROWS_FLOAT64 else 'eight rows',
+             'float32': 'six rows' if matmul_module.SIX_ROWS_FLOAT32 else 'eight rows'}
     print(f"CPU: {cpu_name()}, {VECTOR_REGISTERS} vector registers; its matmul takes {takes['float64']} in float64, "
           f"{takes['float32']} in float32; nanoseconds a product, best of {args.rounds} turns")
-    print(f"{'dtype':<8} {'rows x inner x columns':>22} {'eight rows':>11} {'four rows':>10} {'eight / four':>13}")
+    print(f"{'dtype':<8} {'rows x inner x columns':>22} {'eight rows':>11} {'AVX2 block':>16} {'eight / AVX2':>13}")
     rng = np.random.default_rng(0)
     for dtype in ('float64', 'float32'):
+        other, name = OTHER[dtype]
         for rows, inner, columns in SHAPES:
             a = rng.standard_normal((rows, inner)).astype(dtype)
             b = rng.standard_normal((inner, columns)).astype(dtype)
-            eight, four = np.zeros((rows, columns), dtype), np.zeros((rows, columns), dtype)
+            eight, theirs = np.zeros((rows, columns), dtype), np.zeros((rows, columns), dtype)
             with slp_vectorizer():  # numba compiles at the first call, in here
                 eight_rows(eight, a, b, 1)
-                four_rows(four, a, b, 1)
-            if not np.array_equal(eight, four):
+                other(theirs, a, b, 1)
+            if not np.array_equal(eight, theirs):
                 raise SystemExit(f"the blocks differ at {dtype} {rows} x {inner} x {columns}")
             reps = max(1, int(args.work / (rows * inner * columns)))
-            best = {eight_rows: float('inf'), four_rows: float('inf')}
+            best = {eight_rows: float('inf'), other: float('inf')}
             for turn in range(args.rounds):
-                for function in (eight_rows, four_rows) if turn % 2 == 0 else (four_rows, eight_rows):
+                for function in (eight_rows, other) if turn % 2 == 0 else (other, eight_rows):
                     best[function] = min(best[function], nanoseconds(function, eight, a, b, reps))
             print(f"{dtype:<8} {f'{rows} x {inner} x {columns}':>22} {best[eight_rows]:>11,.0f} "
-                  f"{best[four_rows]:>10,.0f} {best[eight_rows] / best[four_rows]:>12.2f}x")
+                  f"{f'{name} {best[other]:,.0f}':>16} {best[eight_rows] / best[other]:>12.2f}x")
 
 
 if __name__ == '__main__':

@@ -100,8 +100,10 @@ def test_bench_cli_step_times_the_default_step_through_the_command_in_two_trees(
                 '--steps', 11000)
     assert re.search(rf'old {NUMBER} us a step, new {NUMBER} \(medians\); old / new {NUMBER} +'
                      rf'\({NUMBER}/{NUMBER}\)$', out, re.M), out
+    assert "`microgpt train --engine fused --dtype float64`" in out, out  # the default job's dtype unless --dtype
     for flags in (['--old', package_parent, '--steps', '1000'], ['--old', package_parent, '--repeats', '0'],
-                  ['--old', package_parent, '--rounds', '0'], ['--old', tmp_path]):
+                  ['--old', package_parent, '--rounds', '0'], ['--old', tmp_path],
+                  ['--old', package_parent, '--dtype', 'float16']):
         refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_cli_step.py', *flags], capture_output=True,
                                  text=True, cwd=REPO_ROOT)
         assert refused.returncode == 2 and 'error:' in refused.stderr, (flags, refused.stderr)
@@ -159,11 +161,14 @@ def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, ar
 
 @pytest.mark.slow(seconds=6)
 def test_bench_matmul_blocks_times_both_row_blocks_at_every_shape():
-    from microgpt.engines.fused.matmul import FOUR_ROWS_FLOAT64
+    from microgpt.engines.fused.matmul import FOUR_ROWS_FLOAT64, SIX_ROWS_FLOAT32
     out = bench('bench_matmul_blocks.py', '--rounds', 1, '--work', 1000)
-    rows = re.findall(rf'^(float64|float32) +\d+ x \d+ x \d+ +{NUMBER} +{NUMBER} +({NUMBER})x$', out, re.M)
-    assert [dtype for dtype, _ in rows] == ['float64'] * 8 + ['float32'] * 8 and all(float(r) > 0 for _, r in rows), out
-    assert f"takes {'four' if FOUR_ROWS_FLOAT64 else 'eight'} rows in float64, eight rows in float32" in out, out
+    rows = re.findall(rf'^(float64|float32) +\d+ x \d+ x \d+ +{NUMBER} +(four|six) rows {NUMBER} +({NUMBER})x$', out,
+                      re.M)
+    assert [(dtype, block) for dtype, block, _ in rows] == [('float64', 'four')] * 9 + [('float32', 'six')] * 9, out
+    assert all(float(ratio) > 0 for _, _, ratio in rows), out
+    assert (f"takes {'four' if FOUR_ROWS_FLOAT64 else 'eight'} rows in float64, "
+            f"{'six' if SIX_ROWS_FLOAT32 else 'eight'} rows in float32") in out, out
 
 
 @pytest.mark.slow(seconds=12)
@@ -171,11 +176,14 @@ def test_bench_cpu_models_gives_each_loops_work_per_cycle_on_each_cpu():
     require_tool('llvm-mca-19')
     out = bench('bench_cpu_models.py', '--cpus', 'icelake-server', 'znver4', 'znver3', '--mca', 'llvm-mca-19')
     rows = {tuple(m.group(1, 2, 3)): (float(m.group(4)), float(m.group(5))) for m in re.finditer(
-        rf'^(matmul [48] x 8|matmul 8 x 16|adam) +(float64|float32) +([\w-]+) .* ({NUMBER}) +({NUMBER})   \w', out,
-        re.M)}
-    assert len(rows) == 14 and all(per_cycle > 0 for per_cycle, _ in rows.values()), out
-    # AVX2's 16 vector registers (znver3) take float64's block of four rows; AVX-512's 32, eight
+        rf'^(matmul [48] x 8|matmul [68] x 16|adam) +(float64|float32) +([\w-]+) .* ({NUMBER}) +({NUMBER})   \w',
+        out, re.M)}
+    assert len(rows) == 15 and all(per_cycle > 0 for per_cycle, _ in rows.values()), out
+    # AVX2's 16 vector registers (znver3) take float64's block of four rows, float32's of six rows by 16 columns;
+    # AVX-512's 32, eight rows by 8, and by 16 in float32
     assert ('matmul 4 x 8', 'float64', 'znver3') in rows and ('matmul 8 x 8', 'float64', 'znver3') not in rows, out
+    assert ('matmul 6 x 16', 'float32', 'znver3') in rows and ('matmul 6 x 16', 'float32', 'znver4') not in rows, out
+    assert ('matmul 8 x 16', 'float32', 'znver4') in rows and ('matmul 8 x 16', 'float32', 'znver3') not in rows, out
     # float64 keeps the reference's separate multiplication and addition: Zen's add pipes take the additions, an
     # Intel core's two FMA ports both; float32's fused multiply-adds run at one rate on both
     assert rows[('matmul 8 x 8', 'float64', 'znver4')][1] > 1.5, out

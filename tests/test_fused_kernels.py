@@ -327,34 +327,40 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
     assert 0 < largest < 2 * tcfg.lr, largest
 
 
-@pytest.mark.slow(seconds=5)  # compiling both blocks: 4 s on a Zen 3
+@pytest.mark.slow(seconds=8)  # compiling the three blocks: 4 s each on a Zen 3
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
-def test_matmul_blocks_of_four_and_eight_rows_give_the_same_bits(dtype):
-    """Both row blocks (matmul.row_blocks picks one for the CPU: four rows in float64 with AVX2's 16 vector
-    registers, eight elsewhere) sum every out[r, j] in k order: the same bits over 13 rows (the last repeated) and
-    40 columns, whichever this machine compiles, and whatever the order of `a`."""
+def test_matmul_row_blocks_give_the_same_bits(dtype):
+    """The row blocks (matmul.row_blocks picks them for the CPU: with AVX2's 16 vector registers four rows in
+    float64 and six rows by 16 columns, with eight rows for the 8 columns left, in float32; eight rows elsewhere) sum
+    every out[r, j] in k order: the same bits over 13 rows (the last repeated), whichever this machine compiles,
+    whatever the order of `a`, with 8, 16 and 40 columns (six rows leave 0, 0 and 8 of them to eight rows)."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
-    from microgpt.engines.fused.matmul import eight_rows, four_rows
+    from microgpt.engines.fused.matmul import eight_rows, four_rows, six_rows
 
     @njit
     def by_blocks(out, a, b, rows, n_rows, n8, n_inner):
         if rows == 4:
             four_rows(out, a, b, n_rows, n8, n_inner)
+        elif rows == 6:
+            six_rows(out, a, b, n_rows, n8, n_inner)
         else:
             eight_rows(out, a, b, n_rows, n8, n_inner)
 
     with slp_vectorizer():
         rng = np.random.default_rng(8)
-        w, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
-        for a in (w, np.ascontiguousarray(w.T).T):
-            four, eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
-            by_blocks(four, a, b, 4, 13, 40, 37)
-            by_blocks(eight, a, b, 8, 13, 40, 37)
-            assert np.array_equal(four, eight), (a.flags, np.abs(four - eight).max())
-            assert not four[:, 40:].any(), four[:, 40:]  # the blocks leave the last 3 columns to matmul
-            np.testing.assert_allclose(four[:, :40], w.astype(np.float64) @ b[:, :40], rtol=0,
-                                       atol=1e-4 if dtype == 'float32' else 1e-12)
+        w = rng.standard_normal((13, 37)).astype(dtype)
+        for n_cols in (11, 16, 43):
+            b = rng.standard_normal((37, n_cols)).astype(dtype)
+            n8 = n_cols - n_cols % 8
+            for a in (w, np.ascontiguousarray(w.T).T):
+                outs = {rows: np.zeros((13, n_cols), dtype) for rows in (4, 6, 8)}
+                for rows, out in outs.items():
+                    by_blocks(out, a, b, rows, 13, n8, 37)
+                    assert np.array_equal(out, outs[4]), (rows, n_cols, a.flags, np.abs(out - outs[4]).max())
+                assert not outs[4][:, n8:].any(), outs[4][:, n8:]  # the blocks leave the last columns to matmul
+                np.testing.assert_allclose(outs[4][:, :n8], w.astype(np.float64) @ b[:, :n8], rtol=0,
+                                           atol=1e-4 if dtype == 'float32' else 1e-12)
 
 
 @pytest.mark.slow(seconds=4)

@@ -9,13 +9,13 @@ multiply-adds are fused (lanes.madd), in float64 the product and the sum are rou
 from numba import types
 from numba.extending import overload
 
-from .lanes import LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, kernel, load8, store8, store16
+from .lanes import LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8, store8, store16
 
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
-# tuple), float64's 4 x 8 one 11; AVX-512 has 32, AVX2 16
+# tuple), float64's 4 x 8 one 11, float32's 6 x 16 one 15; AVX-512 has 32, AVX2 16
 WIDE_FLOAT32 = VECTOR_REGISTERS >= 32
-FOUR_ROWS_FLOAT64 = VECTOR_REGISTERS < 32
+FOUR_ROWS_FLOAT64 = SIX_ROWS_FLOAT32 = VECTOR_REGISTERS < 32
 
 
 @kernel
@@ -41,28 +41,40 @@ def eight_rows(out, a, b, n_rows, n8, n_inner):
     """matmul's first n8 columns, eight rows by 8 columns at a time. With a row count that is not a multiple of 8
     the last rows repeat (each row's loads all come before its stores: harmless). Where the lanes are float32 and
     the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns)."""
-    zero = out.dtype.type(0)
-    last = n_rows - 1
     for r0 in range(0, n_rows, 8):
-        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
-        r4, r5, r6, r7 = min(r0 + 4, last), min(r0 + 5, last), min(r0 + 6, last), min(r0 + 7, last)
-        n16 = wide_block_columns(out, a, b, n8, n_inner, (r0, r1, r2, r3, r4, r5, r6, r7))
-        for j in range(n16, n8, LANES):
-            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = fill8(zero)
-            for k in range(n_inner):
-                x = load8(b[k], j)
-                c0, c1, c2, c3 = axpy8(c0, a[r0, k], x), axpy8(c1, a[r1, k], x), axpy8(c2, a[r2, k], x), \
-                    axpy8(c3, a[r3, k], x)
-                c4, c5, c6, c7 = axpy8(c4, a[r4, k], x), axpy8(c5, a[r5, k], x), axpy8(c6, a[r6, k], x), \
-                    axpy8(c7, a[r7, k], x)
-            store8(out[r0], j, c0)
-            store8(out[r1], j, c1)
-            store8(out[r2], j, c2)
-            store8(out[r3], j, c3)
-            store8(out[r4], j, c4)
-            store8(out[r5], j, c5)
-            store8(out[r6], j, c6)
-            store8(out[r7], j, c7)
+        rows = eight_from(r0, n_rows)
+        for j in range(wide_block_columns(out, a, b, n8, n_inner, rows), n8, LANES):
+            eight_by_eight(out, a, b, rows, j, n_inner)
+
+
+@inlined
+def eight_from(r0, n_rows):
+    """Rows r0 .. r0 + 7, those past the last row repeating it."""
+    last = n_rows - 1
+    return (r0, min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last), min(r0 + 4, last), min(r0 + 5, last),
+            min(r0 + 6, last), min(r0 + 7, last))
+
+
+@inlined  # in numba's IR: each caller's loop keeps its accumulators in registers, as if written in it
+def eight_by_eight(out, a, b, rows, j, n_inner):
+    """out[rows, j:j + 8] = a[rows] @ b[:, j:j + 8], 8 chains of 8-lane accumulators."""
+    zero = out.dtype.type(0)
+    r0, r1, r2, r3, r4, r5, r6, r7 = rows
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = fill8(zero)
+    for k in range(n_inner):
+        x = load8(b[k], j)
+        c0, c1, c2, c3 = axpy8(c0, a[r0, k], x), axpy8(c1, a[r1, k], x), axpy8(c2, a[r2, k], x), \
+            axpy8(c3, a[r3, k], x)
+        c4, c5, c6, c7 = axpy8(c4, a[r4, k], x), axpy8(c5, a[r5, k], x), axpy8(c6, a[r6, k], x), \
+            axpy8(c7, a[r7, k], x)
+    store8(out[r0], j, c0)
+    store8(out[r1], j, c1)
+    store8(out[r2], j, c2)
+    store8(out[r3], j, c3)
+    store8(out[r4], j, c4)
+    store8(out[r5], j, c5)
+    store8(out[r6], j, c6)
+    store8(out[r7], j, c7)
 
 
 @kernel
@@ -86,10 +98,40 @@ def four_rows(out, a, b, n_rows, n8, n_inner):
             store8(out[r3], j, c3)
 
 
+@kernel
+def six_rows(out, a, b, n_rows, n8, n_inner):
+    """eight_rows for float32 on a CPU with 16 vector registers (AVX2; SIX_ROWS_FLOAT32): blocks of six rows by 16
+    columns (the last rows repeated where n_rows is not a multiple of 6), then the 8 columns past the last multiple
+    of 16 eight rows at a time, where eight rows' 8 chains are faster than six's 6 (the default job's short
+    documents). Twelve accumulators, two operands and a broadcast fill the 16 registers, and each step of k loads 8
+    values for 12 multiply-adds, where eight rows by 8 columns load 9 for 8: the classic AVX2 block of BLIS and
+    OpenBLAS."""
+    zero = out.dtype.type(0)
+    last = n_rows - 1
+    n16 = n8 - n8 % (2 * LANES)
+    for r0 in range(0, n_rows if n16 else 0, 6):
+        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
+        r4, r5 = min(r0 + 4, last), min(r0 + 5, last)
+        for j in range(0, n16, 2 * LANES):
+            c0 = c1 = c2 = c3 = c4 = c5 = (fill8(zero), fill8(zero))
+            for k in range(n_inner):
+                x = load8(b[k], j), load8(b[k], j + LANES)
+                c0, c1, c2 = axpy16(c0, a[r0, k], x), axpy16(c1, a[r1, k], x), axpy16(c2, a[r2, k], x)
+                c3, c4, c5 = axpy16(c3, a[r3, k], x), axpy16(c4, a[r4, k], x), axpy16(c5, a[r5, k], x)
+            store16(out[r0], j, c0)
+            store16(out[r1], j, c1)
+            store16(out[r2], j, c2)
+            store16(out[r3], j, c3)
+            store16(out[r4], j, c4)
+            store16(out[r5], j, c5)
+    for r0 in range(0, n_rows if n16 < n8 else 0, 8):
+        eight_by_eight(out, a, b, eight_from(r0, n_rows), n16, n_inner)
+
+
 def row_blocks(out, a, b, n_rows, n8, n_inner):
-    """matmul's first n8 columns: `four_rows` in float64 on a CPU with 16 vector registers (AVX2;
-    FOUR_ROWS_FLOAT64), `eight_rows` elsewhere. An overload chosen by the lanes' type, so that numba compiles one
-    block only."""
+    """matmul's first n8 columns: on a CPU with 16 vector registers (AVX2), `four_rows` in float64
+    (FOUR_ROWS_FLOAT64) and `six_rows` in float32 (SIX_ROWS_FLOAT32); `eight_rows` elsewhere. An overload chosen by
+    the lanes' type, so that numba compiles only the block the run's dtype takes."""
     raise TypeError("row_blocks is called from compiled code only")
 
 
@@ -97,6 +139,8 @@ def row_blocks(out, a, b, n_rows, n8, n_inner):
 def _row_blocks(out, a, b, n_rows, n8, n_inner):
     if FOUR_ROWS_FLOAT64 and out.dtype == types.float64:
         return lambda out, a, b, n_rows, n8, n_inner: four_rows(out, a, b, n_rows, n8, n_inner)
+    if SIX_ROWS_FLOAT32 and out.dtype == types.float32:
+        return lambda out, a, b, n_rows, n8, n_inner: six_rows(out, a, b, n_rows, n8, n_inner)
     return lambda out, a, b, n_rows, n8, n_inner: eight_rows(out, a, b, n_rows, n8, n_inner)
 
 
