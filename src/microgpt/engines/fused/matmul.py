@@ -151,7 +151,8 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     8 x 8 block, the same sums in the same order. Their 16 accumulators, 2 operands and a broadcast need 19 vector
     registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (WIDE_FLOAT32). Float64
     lanes take two registers each and spilled (39 GFLOP/s against 53 alone, on the 2-core Zen 4), and AVX2 has 16:
-    elsewhere this is 0, and numba compiles no block of 16 columns (an overload, chosen by type)."""
+    elsewhere this is 0, and numba compiles no block of 8 rows by 16 columns (an overload, chosen by type; float32
+    on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead)."""
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
