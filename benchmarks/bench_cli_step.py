@@ -64,8 +64,8 @@ def main():
     trees = [('old', source_tree(parser, args.old)), ('new', source_tree(parser, args.new))]
     from microgpt.bench.benchmark import cpu_name
     print(f"the default job's step through `microgpt train --engine fused --dtype {args.dtype}`, {args.rounds} rounds "
-          f"taking turns; each process the best of {args.repeats} x {args.steps} steps less the best of {args.repeats} x 1000; "
-          f"CPU: {cpu_name()}")
+          f"taking turns; each process the best of {args.repeats} x {args.steps} steps less the best of "
+          f"{args.repeats} x 1000; CPU: {cpu_name()}")
     for label, src in trees:
         print(f"   {label}: {src}")
     times = {'old': [], 'new': []}

@@ -26,8 +26,9 @@ from microgpt.engines.fused.compile import slp_vectorizer
 from microgpt.engines.fused.lanes import VECTOR_REGISTERS
 
 # (rows, inner, columns): out = a (rows, inner) @ b (inner, columns). The default job's forward products on one
-# document of up to 8 positions (qkv, attn_wo, mlp_fc1, mlp_fc2, lm_head), a weight gradient, then the makemore
-# size's forward and weight-gradient products on a batch of about 232 positions
+# document of up to 8 positions (qkv, attn_wo, mlp_fc1, mlp_fc2, lm_head), its qkv on one of 9 to 16, a weight
+# gradient (16 columns, n_embd, whatever the document), then the makemore size's forward and weight-gradient
+# products on a batch of about 232 positions
 SHAPES = ((48, 16, 8), (16, 16, 8), (64, 16, 8), (16, 64, 8), (27, 16, 8), (48, 16, 16), (64, 8, 16),
           (192, 64, 232), (64, 232, 64))
 
@@ -50,7 +51,7 @@ def six_rows(out, a, b, reps):
         matmul_module.six_rows(out, a, b, out.shape[0], out.shape[1], a.shape[1])
 
 
-OTHER = {'float64': (four_rows, 'four rows'), 'float32': (six_rows, 'six rows')}  # AVX2's blocks
+AVX2_BLOCKS = {'float64': (four_rows, 'four rows'), 'float32': (six_rows, 'six rows')}
 
 
 def nanoseconds(function, out, a, b, reps):
@@ -72,26 +73,26 @@ def main():
              'float32': 'six rows' if matmul_module.SIX_ROWS_FLOAT32 else 'eight rows'}
     print(f"CPU: {cpu_name()}, {VECTOR_REGISTERS} vector registers; its matmul takes {takes['float64']} in float64, "
           f"{takes['float32']} in float32; nanoseconds a product, best of {args.rounds} turns")
-    print(f"{'dtype':<8} {'rows x inner x columns':>22} {'eight rows':>11} {'AVX2 block':>16} {'eight / AVX2':>13}")
+    print(f"{'dtype':<8} {'rows x inner x columns':>22} {'eight rows':>11} {'AVX2 block':>19} {'eight / AVX2':>13}")
     rng = np.random.default_rng(0)
     for dtype in ('float64', 'float32'):
-        other, name = OTHER[dtype]
+        avx2_block, name = AVX2_BLOCKS[dtype]
         for rows, inner, columns in SHAPES:
             a = rng.standard_normal((rows, inner)).astype(dtype)
             b = rng.standard_normal((inner, columns)).astype(dtype)
-            eight, theirs = np.zeros((rows, columns), dtype), np.zeros((rows, columns), dtype)
+            by_eight, by_avx2 = np.zeros((rows, columns), dtype), np.zeros((rows, columns), dtype)
             with slp_vectorizer():  # numba compiles at the first call, in here
-                eight_rows(eight, a, b, 1)
-                other(theirs, a, b, 1)
-            if not np.array_equal(eight, theirs):
+                eight_rows(by_eight, a, b, 1)
+                avx2_block(by_avx2, a, b, 1)
+            if not np.array_equal(by_eight, by_avx2):
                 raise SystemExit(f"the blocks differ at {dtype} {rows} x {inner} x {columns}")
             reps = max(1, int(args.work / (rows * inner * columns)))
-            best = {eight_rows: float('inf'), other: float('inf')}
+            best = {eight_rows: float('inf'), avx2_block: float('inf')}
             for turn in range(args.rounds):
-                for function in (eight_rows, other) if turn % 2 == 0 else (other, eight_rows):
-                    best[function] = min(best[function], nanoseconds(function, eight, a, b, reps))
+                for function in (eight_rows, avx2_block) if turn % 2 == 0 else (avx2_block, eight_rows):
+                    best[function] = min(best[function], nanoseconds(function, by_eight, a, b, reps))
             print(f"{dtype:<8} {f'{rows} x {inner} x {columns}':>22} {best[eight_rows]:>11,.0f} "
-                  f"{f'{name} {best[other]:,.0f}':>16} {best[eight_rows] / best[other]:>12.2f}x")
+                  f"{f'{name} {best[avx2_block]:,.0f}':>19} {best[eight_rows] / best[avx2_block]:>12.2f}x")
 
 
 if __name__ == '__main__':

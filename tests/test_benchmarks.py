@@ -109,6 +109,26 @@ def test_bench_cli_step_times_the_default_step_through_the_command_in_two_trees(
         assert refused.returncode == 2 and 'error:' in refused.stderr, (flags, refused.stderr)
 
 
+def test_bench_cli_step_passes_its_dtype_to_each_tree_and_to_the_command(monkeypatch):
+    """--dtype reaches each tree's process (its command line) and there `microgpt train` (its argv), without running
+    either: subprocess.run and cli.main are stood in for."""
+    import runpy
+    import types
+    import microgpt.cli
+    script = runpy.run_path(str(BENCHMARKS / 'bench_cli_step.py'))  # its functions, not run as __main__
+    package_parent = str(Path(microgpt.cli.__file__).parent.parent)
+    commands, argvs = [], []
+    monkeypatch.setattr(subprocess, 'run', lambda command, **_: commands.append(command) or
+                        types.SimpleNamespace(returncode=0, stdout='10.0\n', stderr=''))
+    monkeypatch.setattr(sys, 'argv', ['bench_cli_step.py', '--old', package_parent, '--rounds', '1', '--dtype',
+                                      'float32'])
+    script['main']()
+    assert len(commands) == 2 and all(command[command.index('--dtype') + 1] == 'float32' for command in commands)
+    monkeypatch.setattr(microgpt.cli, 'main', lambda argv, out, err: argvs.append(argv))
+    script['step_microseconds'](1001, 1, 'float32')
+    assert argvs and all(argv[argv.index('--dtype') + 1] == 'float32' for argv in argvs), argvs
+
+
 @pytest.mark.slow(seconds=3)
 def test_bench_c_train_times_both_builds_against_the_engines(names_path):
     require_tool('cc')

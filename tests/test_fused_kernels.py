@@ -1,6 +1,7 @@
 """The fused engine's pieces: its plan (parameter rows from the parameter table, the workspace's buffers, the
 packed batch) and its forward-only loss."""
 
+import itertools
 import random
 import subprocess
 import sys
@@ -332,8 +333,10 @@ def test_float32_adam_with_beta2_next_to_one_takes_steps_of_about_lr(engine_name
 def test_matmul_row_blocks_give_the_same_bits(dtype):
     """The row blocks (matmul.row_blocks picks them for the CPU: with AVX2's 16 vector registers four rows in
     float64 and six rows by 16 columns, with eight rows for the 8 columns left, in float32; eight rows elsewhere) sum
-    every out[r, j] in k order: the same bits over 13 rows (the last repeated), whichever this machine compiles,
-    whatever the order of `a`, with 8, 16 and 40 columns (six rows leave 0, 0 and 8 of them to eight rows)."""
+    every out[r, j] in k order: the same bits whichever this machine compiles, whatever the order of `a`, over 13
+    rows (the last repeated) and 4 (fewer than a block), 8, 16 and 40 columns (six rows leave 8, 0 and 8 of them to
+    eight rows), an inner dimension of 37 and of 0 (zeros). Nothing is written outside out[:n_rows, :n8]: the rows
+    and columns around it stay NaN."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.matmul import eight_rows, four_rows, six_rows
@@ -350,24 +353,24 @@ def test_matmul_row_blocks_give_the_same_bits(dtype):
     with slp_vectorizer():
         rng = np.random.default_rng(8)
         w = rng.standard_normal((13, 37)).astype(dtype)
-        for n_cols in (11, 16, 43):
-            b = rng.standard_normal((37, n_cols)).astype(dtype)
-            n8 = n_cols - n_cols % 8
-            for a in (w, np.ascontiguousarray(w.T).T):
-                outs = {rows: np.zeros((13, n_cols), dtype) for rows in (4, 6, 8)}
+        for n_rows, n8, n_inner in itertools.product((13, 4), (8, 16, 40), (37, 0)):
+            b = rng.standard_normal((37, n8 + 16)).astype(dtype)
+            for a in (w, np.ascontiguousarray(w.T).T):  # out: a block's worth of rows and columns around the product
+                outs = {rows: np.full((21, n8 + 16), np.nan, dtype) for rows in (4, 6, 8)}
                 for rows, out in outs.items():
-                    by_blocks(out, a, b, rows, 13, n8, 37)
-                    assert np.array_equal(out, outs[4]), (rows, n_cols, a.flags, np.abs(out - outs[4]).max())
-                assert not outs[4][:, n8:].any(), outs[4][:, n8:]  # the blocks leave the last columns to matmul
-                np.testing.assert_allclose(outs[4][:, :n8], w.astype(np.float64) @ b[:, :n8], rtol=0,
-                                           atol=1e-4 if dtype == 'float32' else 1e-12)
+                    by_blocks(out, a, b, rows, n_rows, n8, n_inner)
+                    assert np.array_equal(out, outs[4], equal_nan=True), (rows, n_rows, n8, n_inner, a.flags)
+                assert np.isnan(outs[4][n_rows:]).all() and np.isnan(outs[4][:, n8:]).all(), (n_rows, n8, n_inner)
+                np.testing.assert_allclose(outs[4][:n_rows, :n8], w[:n_rows, :n_inner].astype(np.float64) @
+                                           b[:n_inner, :n8], rtol=0, atol=1e-4 if dtype == 'float32' else 1e-12)
 
 
 @pytest.mark.slow(seconds=4)
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])  # compiling matmul: 3-4 s on a Zen 3
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
-    are float32 on a CPU with AVX-512, matmul.WIDE_FLOAT32, then 8, then 3 one at a time) and 13 rows (the last
+    are float32: eight rows of them on a CPU with AVX-512, matmul.WIDE_FLOAT32, six with AVX2, SIX_ROWS_FLOAT32;
+    then 8, then 3 one at a time) and 13 rows (the last
     repeated), the bits of the same product taken 8 columns at a time, and the float64 product within float32's
     rounding; `a` row-major, as a weight in the forward, and transposed, as in the backward's w.T @ d."""
     from numba import njit
