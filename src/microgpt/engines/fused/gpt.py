@@ -6,7 +6,6 @@ workspace and the packed batch through the plan (plan.py). The entry points at t
 FusedEngine calls; only they are cached on disk (compile.py).
 """
 
-import numpy as np
 from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
@@ -21,11 +20,6 @@ from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, 
                    XN2, XS, Y, buffer, columns_of, layer_weights, pack_columns)
 
 entry_point = njit(cache=True, error_model='numpy')
-# arguments as values of a numpy type, which numba types as run-time values: it compiles a kernel once for each value
-# of a Python literal argument (dropout's kernels for site 0 and for the others, rmsnorm_backward for True and for
-# False: 0.9 s of the default job's first run)
-EMBEDDINGS = np.int64(0)     # dropout's site of the embeddings
-ACCUMULATE = np.bool_(True)  # rmsnorm_backward adds to dx
 
 
 @composite
@@ -44,7 +38,7 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
         for j in range(nb):
             x[c, j] = wte[columns[0, j], c] + wpe[columns[2, j], c] if j < n else 0.0
     if plan[SLOT_DROP_THRESHOLD]:
-        _dropout(x, x, plan, columns, n, EMBEDDINGS)
+        _dropout(x, x, plan, columns, n, 0)
     if norm == NORM_MICROGPT:
         rmsnorm_forward(x, scales[0], x, nb)
     for i in range(L):
@@ -110,7 +104,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), FC, C, n)
         matmul(dtmp, w_fc1.T, dh, C, nb, FC)                              # (C, NP)
         if norm == NORM_MICROGPT:
-            rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, ACCUMULATE)
+            rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, True)
         else:
             add_columns(dx, dx, dtmp, nb)
         # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
@@ -123,12 +117,12 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         if norm == NORM_NONE:
             add_columns(dx, dx, dtmp, nb)
         else:
-            rmsnorm_backward(dx, dtmp, xn1, scales[1 + 2 * i], nb, ACCUMULATE)
+            rmsnorm_backward(dx, dtmp, xn1, scales[1 + 2 * i], nb, True)
     if norm == NORM_MICROGPT:
-        rmsnorm_backward(dtmp, dx, buffer(ws, plan, XS, 0, C), scales[0], nb, not ACCUMULATE)
+        rmsnorm_backward(dtmp, dx, buffer(ws, plan, XS, 0, C), scales[0], nb, False)
         dx = dtmp
     if plan[SLOT_DROP_THRESHOLD]:
-        _dropout(dx, dx, plan, columns, n, EMBEDDINGS)
+        _dropout(dx, dx, plan, columns, n, 0)
     d_wte, d_wpe = gm[wte:wte + V], gm[wpe:wpe + T]
     for j in range(n):
         for c in range(C):

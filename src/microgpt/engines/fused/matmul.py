@@ -190,13 +190,13 @@ def transpose(rows, x, n):
     """x (K, NP) -> its first n columns as row-major (n, K), in rows (NP, K): the form weight gradients read.
     Eight rows of x at a time, written as one 8-lane store per column (a 256-row x 62-column copy took 5 us
     against 19 us one element at a time)."""
-    K = x.shape[0]
-    K8 = K - K % LANES
-    for c in range(0, K8, LANES):  # (c from a range, not a counter from 0: numba compiled store8 once more for the 0)
+    K, c = x.shape[0], 0
+    while c + LANES <= K:
         for j in range(n):
             store8(rows[j], c, (x[c, j], x[c + 1, j], x[c + 2, j], x[c + 3, j], x[c + 4, j], x[c + 5, j],
                                 x[c + 6, j], x[c + 7, j]))
-    for tail in range(K8, K):
+        c += LANES
+    for tail in range(c, K):
         for j in range(n):
             rows[j, tail] = x[tail, j]
     return rows[:n]
