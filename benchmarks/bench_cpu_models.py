@@ -68,13 +68,15 @@ def adam(state, settings):
     adam_parameters(state, 0, state.shape[1], settings)
 
 
+adams = [('adam_narrow', adam, 'float64'), ('adam_narrow', adam, 'float32')]
 if sys.argv[2] == 'wide':
     jobs = [('matmul_wide', wide_block, 'float32')]
-else:  # with AVX2's 16 vector registers, float64's block of four rows and float32's of six by 16 columns
-    # (matmul.FOUR_ROWS_FLOAT64, SIX_ROWS_FLOAT32); float32's columns past a multiple of 16 take the 8 x 8 block
-    float64_block = ('matmul_four', four_rows) if sys.argv[3] == '16' else ('matmul_narrow', eight_rows)
-    jobs = [(*float64_block, 'float64'), ('matmul_narrow', eight_rows, 'float32'), ('adam_narrow', adam, 'float64'),
-            ('adam_narrow', adam, 'float32')] + ([('matmul_six', six_rows, 'float32')] if sys.argv[3] == '16' else [])
+elif sys.argv[3] == '16':  # AVX2's 16 vector registers: float64's block of four rows, float32's of six by 16
+    # columns (matmul.FOUR_ROWS_FLOAT64, SIX_ROWS_FLOAT32) and the 8 x 8 one for its columns past a multiple of 16
+    jobs = [('matmul_four', four_rows, 'float64'), ('matmul_six', six_rows, 'float32'),
+            ('matmul_narrow', eight_rows, 'float32')] + adams
+else:
+    jobs = [('matmul_narrow', eight_rows, 'float64'), ('matmul_narrow', eight_rows, 'float32')] + adams
 with slp_vectorizer():
     for name, function, dtype in jobs:
         matrix = types.Array(getattr(types, dtype), 2, 'C')
