@@ -188,9 +188,11 @@ def test_topological_order_is_microgpts_recursive_post_order(seed):
 
 # ---- the engines' gradients equal PyTorch autograd (engines/torch/model.py) in float64
 
-@pytest.mark.parametrize('sizes', [dict(n_embd=8, n_head=2, n_layer=2, block_size=6),
-                                   dict(n_embd=16, n_head=4, n_layer=1, block_size=16)],
-                         ids=['2-layer-tiny', 'microgpt-default'])
+@pytest.mark.parametrize('sizes', [
+    pytest.param(dict(n_embd=8, n_head=2, n_layer=2, block_size=6), id='2-layer-tiny'),
+    # the same code at microgpt's size, where the scalar engine takes seconds: the full suite (and test_golden.py)
+    pytest.param(dict(n_embd=16, n_head=4, n_layer=1, block_size=16), id='microgpt-default',
+                 marks=pytest.mark.slow(seconds=2))])
 def test_reference_model_gradients_equal_torch_float64(sizes, require_torch):
     """The one PyTorch model (engines/torch/model.py) by autograd, on a padded batch of four documents."""
     from microgpt.engines.torch.model import loss_and_grads as torch_loss_and_grads

@@ -134,7 +134,7 @@ def test_a_fresh_run_never_replaces_a_saved_one(data, tmp_path):
     assert [r['step'] for r in records] == list(range(1, 26)), records
 
 
-@pytest.mark.parametrize('engine', ['numpy', 'reference'])
+@pytest.mark.parametrize('engine', ['numpy', pytest.param('reference', marks=pytest.mark.slow(seconds=3))])
 def test_resume_with_more_steps_trains_a_finished_run_on(data, tmp_path, engine):
     out = str(tmp_path / 'run')
     assert run(*small(data, '--out', out, '--engine', engine, '--steps', '10'))[0] == 0

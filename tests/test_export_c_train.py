@@ -135,9 +135,14 @@ def test_1000_steps_of_names_equal_numpy_float32(tmp_path, low_memory):
     assert abs(means[0] - means[1]) <= MEAN_TOLERANCE, means
 
 
-@pytest.mark.parametrize('switches', [{}, {'n_layer': 2, 'tie_lm_head': True}, {'norm': 'esp32', 'mlp_activation': 'relu2'}],
-                         ids=switches_id)
-@pytest.mark.parametrize('low_memory', [False, True], ids=['normal', 'low-memory'])
+GRADCHECK_SWITCHES = [{}, {'n_layer': 2, 'tie_lm_head': True}, {'norm': 'esp32', 'mlp_activation': 'relu2'}]
+
+
+# each model in both memory layouts; the quick loop builds each model once, the layouts taking turns
+@pytest.mark.parametrize('switches, low_memory', [
+    pytest.param(switches, low_memory, id=f"{'low-memory' if low_memory else 'normal'}-{switches_id(switches)}",
+                 marks=() if low_memory == i % 2 else pytest.mark.slow(seconds=1))
+    for i, switches in enumerate(GRADCHECK_SWITCHES) for low_memory in (False, True)])
 def test_gradcheck_matches_numpy_and_finite_differences(tmp_path, switches, low_memory):
     out, cfg, vocab, docs, engine = exported(tmp_path, switches, low_memory)
     text = run(build(out), '--gradcheck')

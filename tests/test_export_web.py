@@ -152,7 +152,8 @@ def names_page(tmp_path_factory):
 
 # ---- the model: logits and samples
 
-@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('name', [name if name != 'two-layers' else  # the quick loop: one layer's code, each switch
+                                  pytest.param(name, marks=pytest.mark.slow(seconds=2)) for name in CONFIGS])
 def test_page_logits_equal_numpy_float32(browser, tmp_path, name):
     model = CONFIGS[name]
     docs = NAMES + ODD_NAMES if name == 'default' else NAMES
@@ -175,7 +176,10 @@ def test_page_logits_equal_numpy_float32(browser, tmp_path, name):
     assert console_errors(browser) == []
 
 
-SAMPLE_SETTINGS = [(0.5, 0, 1.0, 42), (1.0, 5, 1.0, 7), (0.8, 0, 0.9, 123), (1.5, 3, 0.8, 0), (0.7, 0, 1.0, 2**40 + 5)]
+# temperature alone, top-k, top-p, all three, a seed past 32 bits; the quick loop keeps the last two
+SAMPLE_SETTINGS = ([pytest.param(*settings, marks=pytest.mark.slow(seconds=1))
+                    for settings in [(0.5, 0, 1.0, 42), (1.0, 5, 1.0, 7), (0.8, 0, 0.9, 123)]]
+                   + [(1.5, 3, 0.8, 0), (0.7, 0, 1.0, 2**40 + 5)])
 
 
 @pytest.mark.parametrize('temperature, top_k, top_p, seed', SAMPLE_SETTINGS)
@@ -383,12 +387,13 @@ def test_train_in_worker_equals_numpy_float32_for_every_switch(browser, tmp_path
 def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     from selenium.webdriver.support.ui import WebDriverWait
     page, ckpt = names_page
+    wait = WebDriverWait(browser, 120, poll_frequency=0.05)  # selenium polls every 0.5 s unless told
     open_page(browser, page)
     browser.find_element('id', 'docs-text').send_keys('\n'.join(NAMES[:10]))
     assert browser.find_element('id', 'docs-pasted').is_selected()
     set_field(browser, 'train-steps', 300)
     browser.find_element('id', 'train-button').click()
-    WebDriverWait(browser, 120).until(lambda b: b.find_element('id', 'train-status').text.startswith('trained'))
+    wait.until(lambda b: b.find_element('id', 'train-status').text.startswith('trained'))
     names = [li.text for li in browser.find_elements('css selector', '#train-samples li')]
     assert len(names) == 20, names
     browser.find_element('id', 'explore-button').click()
@@ -409,7 +414,7 @@ def test_train_button_trains_pasted_names_and_samples(browser, names_page):
     # the first report comes within REPORT_MS (100 ms), long before the 2000 steps of a hundredth of the run
     def first_report(b):
         return next((t for t in b.execute_script('return window.statusTexts') if not t.startswith('step 0 ')), None)
-    first = WebDriverWait(browser, 120).until(first_report)
+    first = wait.until(first_report)
     assert first.startswith('step ') and int(first.split()[1]) < 2000, first
     before = bars(browser, 'next-bars')
     browser.find_element('id', 'prefix').send_keys('e')

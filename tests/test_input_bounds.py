@@ -296,8 +296,9 @@ def test_a_numpy_step_allocates_for_the_batch_not_the_block(attention, dropout):
     assert peaks[big] < peaks[16] + wpe_grown, (peaks, wpe_grown)
 
 
-@pytest.mark.parametrize('dropout', [0.0, 0.1])
-@pytest.mark.parametrize('attention', ['causal', 'self'])
+@pytest.mark.parametrize('attention, dropout', [  # the quick loop: the causal mask with dropout's, and neither
+    ('causal', 0.1), ('self', 0.0), pytest.param('causal', 0.0, marks=pytest.mark.slow(seconds=2)),
+    pytest.param('self', 0.1, marks=pytest.mark.slow(seconds=1))])
 def test_a_torch_step_allocates_for_the_batch_not_the_block(require_torch, attention, dropout):
     """The torch engine's attention mask and dropout masks follow the batch's positions: --block-size 150000 built
     a (150000, 150000) mask (22.5 GB) at start. tracemalloc does not see torch's allocations, so every tensor an
