@@ -4,18 +4,20 @@ shuffling and every held-out split give the same documents in the same order; a 
 its source is unchanged and the file is whole and of this version; interruptions and unwritable or full
 cache folders leave nothing half-written behind."""
 
+import gzip
 import io
 import os
 import random
 import re
 import subprocess
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helpers import in_ci
+from helpers import assert_one_line_error, in_ci, run_cli_in_process
 from microgpt import corpus as corpus_module
 from microgpt import data
 from microgpt import string_order as string_order_module
@@ -227,14 +229,30 @@ def test_a_damaged_cache_read_in_a_models_ids_is_named_and_another_runs_cache_is
     assert_same(fresh, path)
 
 
-def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_file, tmp_path):
+@pytest.mark.parametrize('inside', [False, True], ids=['the-folder-a-file', 'inside-a-file'])
+def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_file, tmp_path, inside):
+    """MICROGPT_CACHE naming a file said only 'File exists' (and inside one, 'Not a directory'): the file is named."""
     path, _ = cached_file
     blocker = tmp_path / 'a-file'
     blocker.write_text('not a folder')
-    corpus = load_corpus(path, cache_dir=str(blocker / 'cache'), min_cache_bytes=0)
+    folder = blocker / 'cache' if inside else blocker
+    corpus = load_corpus(path, cache_dir=str(folder), min_cache_bytes=0)
     assert corpus.cache_path is None and corpus.notice and '\n' not in corpus.notice, corpus.notice
-    assert str(blocker / 'cache') in corpus.notice and 'in memory' in corpus.notice, corpus.notice
+    assert f"cannot write the token cache in {folder} ({blocker} is a file, not a folder)" in corpus.notice, \
+        corpus.notice
+    assert 'in memory' in corpus.notice, corpus.notice
     assert_same(corpus, path)
+
+
+def test_a_download_into_a_cache_folder_that_is_a_file_names_the_file(server, tmp_path):
+    from microgpt.fetch import fetch
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    with pytest.raises(MicrogptError) as info:
+        fetch(server.url + '/names.txt', cache_dir=str(blocker))
+    want = f"cannot keep the download in {blocker / 'downloads'} ({blocker} is a file, not a folder)"
+    assert want in str(info.value), info.value
+    assert server.requests == [], server.requests
 
 
 def test_a_read_only_cache_folder(cached_file, tmp_path):
@@ -470,6 +488,10 @@ class _Server:
 
 
 NAMES_BODY = b'emma\nolivia\nava\n' * 1000
+GZIPPED_BODY = gzip.compress(NAMES_BODY, mtime=0)
+_raw = zlib.compressobj(wbits=-15)
+ENCODED_BODIES = {'gzip': GZIPPED_BODY, 'deflate': zlib.compress(NAMES_BODY),  # deflate: zlib's wrapping, or raw
+                  'raw-deflate': _raw.compress(NAMES_BODY) + _raw.flush()}
 
 
 @pytest.fixture
@@ -480,6 +502,10 @@ def server():
         '/partial.txt': (200, {'Content-Length': str(len(NAMES_BODY) + 500)}, NAMES_BODY),
         '/forbidden.txt': (403, {}, b'go away'),
         '/my%20names%C3%A9.txt': (200, {'Content-Length': str(len(NAMES_BODY))}, NAMES_BODY),
+        **{f'/{name}.txt': (200, {'Content-Length': str(len(body)), 'Content-Encoding': name.removeprefix('raw-')},
+                            body) for name, body in ENCODED_BODIES.items()},
+        '/gzip-cut-off.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY[:-9]),  # no length: ends early
+        '/brotli.txt': (200, {'Content-Encoding': 'br'}, b'\x1b\x00\x00'),
         '/': (200, {'Content-Type': 'text/html; charset=utf-8'}, b'<html><body><a href="names.txt">names.txt</a>'),
     })
     yield served
@@ -519,6 +545,46 @@ def test_an_address_with_spaces_or_other_letters_is_fetched_as_a_browser_would(s
     for route in ('/my namesé.txt', '/my%20names%C3%A9.txt'):
         assert open(fetch(server.url + route, cache_dir=str(tmp_path)), 'rb').read() == NAMES_BODY
     assert server.requests == ['/my%20names%C3%A9.txt'] * 2, server.requests
+
+
+@pytest.mark.parametrize('encoding', list(ENCODED_BODIES))
+def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
+    """A server may compress a response (Content-Encoding) though nobody asked: the gzip bytes were kept, and the
+    run said the download was not text. A gzip or deflate body is decoded as it arrives (progress counts the bytes
+    sent, as announced)."""
+    from microgpt.fetch import fetch
+    seen = []
+    path = fetch(server.url + f'/{encoding}.txt', cache_dir=str(tmp_path),
+                 progress=lambda done, total: seen.append((done, total)))
+    assert open(path, 'rb').read() == NAMES_BODY
+    sent = len(ENCODED_BODIES[encoding])
+    assert seen[-1] == (sent, sent), seen
+
+
+@pytest.mark.parametrize('route, fragment', [
+    ('/brotli.txt', "encoded as 'br', which microgpt does not decode"),
+    ('/gzip-cut-off.txt', "encoded as 'gzip', and it does not decode (it ends early)")])
+def test_an_encoding_that_cannot_be_decoded_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment):
+    from microgpt.fetch import fetch
+    with pytest.raises(MicrogptError) as info:
+        fetch(server.url + route, cache_dir=str(tmp_path))
+    assert fragment in str(info.value) and '\n' not in str(info.value), info.value
+    assert os.listdir(tmp_path / 'downloads') == [], os.listdir(tmp_path / 'downloads')
+
+
+@pytest.mark.parametrize('userinfo', ['reader:s3cret-pw@', 'reader@', ':s3cret-pw@'])
+def test_an_address_with_a_user_or_password_is_refused_without_printing_the_password(server, tmp_path, userinfo):
+    """`--data https://user:password@host/file` said 'cannot download (Name or service not known)' and printed the
+    password. It is refused before any request, with the password shown as ***: a run keeps its data's address in
+    its checkpoint and metrics and prints it, and credentials do not belong there."""
+    url = server.url.replace('://', '://' + userinfo) + '/names.txt'
+    code, out, err = run_cli_in_process('train', '--data', url, '--steps', 1, '--num-samples', 0,
+                                        '--out', tmp_path / 'run')
+    assert_one_line_error(code, out, err, 'a user name or password', 'download the file and give its path')
+    assert 's3cret' not in err + out, (out, err)
+    if 's3cret' in userinfo:
+        assert ':***@' in err, err
+    assert server.requests == [], server.requests
 
 
 def test_a_download_that_never_started_does_not_say_it_broke_off(tmp_path):
@@ -614,7 +680,6 @@ def test_a_run_trained_from_a_url_is_evaluated_sampled_and_exported_from_the_cac
                                                                                           monkeypatch):
     """eval, sample and export --train read a checkpoint's URL data from the download cache (they said the data
     'is not there'), also once the server is gone."""
-    from helpers import run_cli_in_process
     monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
     url, run = server.url + '/names.txt', tmp_path / 'run'
     code, out, err = run_cli_in_process('train', '--data', url, '--steps', 10, '--eval-every', 5, '--val-split', 'line',
@@ -638,7 +703,6 @@ def test_a_run_trained_from_a_url_is_evaluated_sampled_and_exported_from_the_cac
 def test_bench_takes_a_url(server, tmp_path, monkeypatch):
     """bench, study and tune fetch --data URL as train does (they said 'only http:// and https:// addresses are
     downloaded' of an https address)."""
-    from helpers import run_cli_in_process
     monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
     code, out, err = run_cli_in_process('bench', '--data', server.url + '/names.txt', '--engines', 'numpy',
                                         '--steps', 2)
@@ -649,7 +713,6 @@ def test_bench_takes_a_url(server, tmp_path, monkeypatch):
 
 def test_the_novelty_check_counts_only_the_documents_trained_on(tmp_path):
     """With a held-out split, a sampled name that is only in the held-out part was never trained on: it is novel."""
-    from helpers import run_cli_in_process
     from microgpt.train.recorded import trained_documents
     from microgpt.train.checkpoint import load_checkpoint
     names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']  # 100 distinct names
@@ -731,7 +794,6 @@ def test_a_malformed_address_and_an_engine_without_the_dtype_are_one_line_errors
 def test_the_web_page_leaves_out_training_data_too_large_to_embed(tmp_path, monkeypatch):
     """The page's Train button's documents are counted in the token cache before any string is made: a big list
     was read whole, a string a line, to be refused."""
-    from helpers import run_cli_in_process
     import microgpt.export.web as web
     import microgpt.train.recorded
     from microgpt.train.checkpoint import load_checkpoint

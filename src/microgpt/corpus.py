@@ -27,7 +27,7 @@ import numpy as np
 
 from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, edges_sha256, read_pieces, split_lines
 from .errors import MicrogptError, NotData
-from .tempfiles import make_temporary, remove_quietly
+from .tempfiles import folder_problem, make_temporary, remove_quietly
 
 CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
@@ -73,8 +73,8 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
         fd, tmp = make_temporary(folder, '.tmp-tokens-', '.bin')
     except OSError as e:
         corpus = tokenise(path, _MemorySink(source), progress)
-        corpus.notice = (f"cannot write the token cache in {folder} ({e.strerror}); tokenised {path} in memory "
-                         f"(set MICROGPT_CACHE to a writable folder to cache it)")
+        corpus.notice = (f"cannot write the token cache in {folder} ({folder_problem(folder, e)}); tokenised {path} "
+                         f"in memory (set MICROGPT_CACHE to a writable folder to cache it)")
         return corpus
     try:
         with os.fdopen(fd, 'w+b') as f:  # no fsync: a cache that a crash left short or zeroed fails open_cache

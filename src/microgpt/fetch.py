@@ -10,7 +10,7 @@ from urllib.parse import quote, urlparse
 
 from .data import MAX_STREAM_BYTES, cache_folder, check_text
 from .errors import MicrogptError, NotData
-from .tempfiles import make_temporary, remove_quietly
+from .tempfiles import folder_problem, make_temporary, remove_quietly
 
 URL_SCHEMES = ('http', 'https')
 BLOCK_BYTES = 2**20
@@ -47,6 +47,7 @@ def download_path(url, cache_dir=None):
 def fetch(url, cache_dir=None, progress=None):
     """The local path of `url`'s file, downloading it on first use; `progress(done_bytes, total_bytes_or_None)`
     is called as blocks arrive."""
+    _refuse_credentials(url)
     path = download_path(url, cache_dir)
     if os.path.isfile(path):
         return path
@@ -55,8 +56,8 @@ def fetch(url, cache_dir=None, progress=None):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = make_temporary(folder, '.tmp-download-')
     except OSError as e:
-        raise MicrogptError(f"{url}: cannot keep the download in {folder} ({e.strerror}); set MICROGPT_CACHE to a "
-                            f"writable folder, or download the file and give its path") from None
+        raise MicrogptError(f"{url}: cannot keep the download in {folder} ({folder_problem(folder, e)}); set "
+                            f"MICROGPT_CACHE to a writable folder, or download the file and give its path") from None
     try:
         with os.fdopen(fd, 'wb') as f:
             _download(url, f, progress)
@@ -71,12 +72,72 @@ def fetch(url, cache_dir=None, progress=None):
     return path
 
 
+def _refuse_credentials(url):
+    """A user name or password in the address is refused, the password shown as ***: a run keeps its data's address
+    in its checkpoint and metrics, and prints it."""
+    parts = urlparse(url)
+    if '@' not in parts.netloc:
+        return
+    userinfo, host = parts.netloc.rsplit('@', 1)
+    user, has_password, _ = userinfo.partition(':')
+    shown = parts._replace(netloc=f"{user}{':***' if has_password else ''}@{host}").geturl()
+    raise MicrogptError(f"{shown}: an address with a user name or password is not fetched (a run keeps its data's "
+                        f"address in its checkpoint and prints it); download the file and give its path")
+
+
+class _Decoder:
+    """A response body's Content-Encoding, which a server may use unasked, undone block by block: gzip and deflate
+    (zlib-wrapped, or raw as some servers send it) decoded, none passed on, anything else refused."""
+
+    def __init__(self, url, encoding):
+        self.url, self.encoding = url, (encoding or 'identity').strip().lower()
+        if self.encoding not in ('identity', 'gzip', 'x-gzip', 'deflate'):
+            raise MicrogptError(f"{url}: the server sent the file encoded as {self.encoding!r}, which microgpt does "
+                                f"not decode; download the file and give its path")
+        self.zlib = None
+        if self.encoding != 'identity':
+            import zlib
+            self.zlib = zlib
+            self.stream = zlib.decompressobj(32 + 15)  # a gzip or a zlib header, whichever comes
+            self.started = False
+
+    def decode(self, block):
+        if self.zlib is None:
+            return block
+        try:
+            if not self.started and self.encoding == 'deflate':
+                self.started = True
+                try:
+                    return self.stream.decompress(block)
+                except self.zlib.error:  # no zlib header: raw deflate
+                    self.stream = self.zlib.decompressobj(-15)
+            return self.stream.decompress(block)
+        except self.zlib.error as e:
+            raise self._undecodable(e) from None
+
+    def finish(self):
+        """The last decoded bytes; an error if the encoded stream did not end."""
+        if self.zlib is None:
+            return b''
+        try:
+            tail = self.stream.flush()
+        except self.zlib.error as e:
+            raise self._undecodable(e) from None
+        if not self.stream.eof:
+            raise self._undecodable('it ends early')
+        return tail
+
+    def _undecodable(self, why):
+        return MicrogptError(f"{self.url}: the server sent the file encoded as {self.encoding!r}, and it does not "
+                             f"decode ({why}); download the file and give its path")
+
+
 def _download(url, f, progress):
     import http.client  # here: a run from a local file never loads the HTTP stack
     import urllib.error
     import urllib.request
     hint = "check the address and the network, or download the file and give its path"
-    done, response = 0, None
+    done, response, decoder = 0, None, None
     try:
         # as a browser sends it: a space or a character outside ASCII percent-encoded, what is encoded kept
         with urllib.request.urlopen(quote(url, safe=URL_CHARACTERS), timeout=TIMEOUT_S) as response:
@@ -84,18 +145,21 @@ def _download(url, f, progress):
                 raise MicrogptError(f"{url}: is a web page (text/html), not a text file of documents; give the "
                                     f"address of the file itself (its raw text)")
             length = response.headers.get('Content-Length')
-            total = int(length) if length and length.isdigit() else None
+            total = int(length) if length and length.isdigit() else None  # of the bytes sent (encoded)
+            decoder, kept = _Decoder(url, response.headers.get('Content-Encoding')), 0
             if progress:
                 progress(0, total)
             while True:
                 block = response.read1(BLOCK_BYTES)  # what has arrived: a stall then reports it
                 if not block:
                     break
-                f.write(block)
                 done += len(block)
+                decoded = decoder.decode(block)
+                f.write(decoded)
+                kept += len(decoded)
                 if progress:
                     progress(done, total)
-                if total is None and done > MAX_STREAM_BYTES:
+                if (total is None or decoded is not block) and kept > MAX_STREAM_BYTES:  # decoded: no size announced
                     raise MicrogptError(f"{url}: more than {MAX_STREAM_BYTES:,} bytes with no announced size; "
                                         f"download the file and give its path")
     except urllib.error.HTTPError as e:
@@ -110,3 +174,4 @@ def _download(url, f, progress):
         raise MicrogptError(f"{url}: the download broke off after {done:,} bytes ({reason}); {hint}") from None
     if total is not None and done != total:
         raise MicrogptError(f"{url}: partial download, {done:,} of {total:,} bytes; {hint}")
+    f.write(decoder.finish())

@@ -56,6 +56,15 @@ def process_is_alive(pid):
     return True
 
 
+def folder_problem(folder, error):
+    """Why `folder` could not be made or written into, for a message: `error`'s words, or where a file stands in
+    the way (os.makedirs says only 'File exists' or 'Not a directory')."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return error.strerror if os.path.isdir(path) else f"{path} is a file, not a folder"
+
+
 def remove_quietly(path):
     try:
         os.remove(path)
