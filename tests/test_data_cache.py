@@ -10,6 +10,7 @@ import os
 import random
 import re
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -242,6 +243,18 @@ def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_fil
         corpus.notice
     assert 'in memory' in corpus.notice, corpus.notice
     assert_same(corpus, path)
+
+
+def test_folder_problem_names_what_stands_in_the_way(tmp_path, monkeypatch):
+    from microgpt.tempfiles import folder_problem
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'a-file').write_text('x')
+    (tmp_path / 'nowhere').symlink_to(tmp_path / 'gone')
+    error = OSError(17, 'File exists')
+    assert folder_problem('a-file/cache', error) == 'a-file is a file, not a folder'  # the path as given
+    assert folder_problem(str(tmp_path / 'nowhere'), error) == f"{tmp_path / 'nowhere'} is a link to nothing"
+    assert folder_problem(str(tmp_path / 'new' / 'cache'), error) == 'File exists'  # no file in the way
+    assert folder_problem('new/cache', OSError('no code')) == 'no code'
 
 
 def test_a_download_into_a_cache_folder_that_is_a_file_names_the_file(server, tmp_path):
@@ -488,6 +501,18 @@ class _Server:
 
 
 NAMES_BODY = b'emma\nolivia\nava\n' * 1000
+
+
+def _one_byte_first(body):
+    """A body that sends its first byte, waits, then the rest: the client reads them as two blocks."""
+    def write(wfile):
+        wfile.write(body[:1])
+        wfile.flush()
+        time.sleep(0.2)
+        wfile.write(body[1:])
+    return write
+
+
 GZIPPED_BODY = gzip.compress(NAMES_BODY, mtime=0)
 _raw = zlib.compressobj(wbits=-15)
 ENCODED_BODIES = {'gzip': GZIPPED_BODY, 'deflate': zlib.compress(NAMES_BODY),  # deflate: zlib's wrapping, or raw
@@ -505,6 +530,11 @@ def server():
         **{f'/{name}.txt': (200, {'Content-Length': str(len(body)), 'Content-Encoding': name.removeprefix('raw-')},
                             body) for name, body in ENCODED_BODIES.items()},
         '/gzip-cut-off.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY[:-9]),  # no length: ends early
+        '/two-members.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY + gzip.compress(b'zoe\n', mtime=0)),
+        '/gzip-then-junk.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY + b'junk after the end'),
+        '/deflate-one-byte-first.txt': (200, {'Content-Encoding': 'deflate'},
+                                        _one_byte_first(ENCODED_BODIES['raw-deflate'])),
+        '/a@b.txt?user=a@b': (200, {}, NAMES_BODY),
         '/brotli.txt': (200, {'Content-Encoding': 'br'}, b'\x1b\x00\x00'),
         '/': (200, {'Content-Type': 'text/html; charset=utf-8'}, b'<html><body><a href="names.txt">names.txt</a>'),
     })
@@ -547,7 +577,7 @@ def test_an_address_with_spaces_or_other_letters_is_fetched_as_a_browser_would(s
     assert server.requests == ['/my%20names%C3%A9.txt'] * 2, server.requests
 
 
-@pytest.mark.parametrize('encoding', list(ENCODED_BODIES))
+@pytest.mark.parametrize('encoding', list(ENCODED_BODIES) + ['two-members', 'deflate-one-byte-first'])
 def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
     """A server may compress a response (Content-Encoding) though nobody asked: the gzip bytes were kept, and the
     run said the download was not text. A gzip or deflate body is decoded as it arrives (progress counts the bytes
@@ -556,35 +586,58 @@ def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
     seen = []
     path = fetch(server.url + f'/{encoding}.txt', cache_dir=str(tmp_path),
                  progress=lambda done, total: seen.append((done, total)))
-    assert open(path, 'rb').read() == NAMES_BODY
-    sent = len(ENCODED_BODIES[encoding])
-    assert seen[-1] == (sent, sent), seen
+    want = NAMES_BODY + (b'zoe\n' if encoding == 'two-members' else b'')
+    assert open(path, 'rb').read() == want
+    if encoding in ENCODED_BODIES:
+        sent = len(ENCODED_BODIES[encoding])
+        assert seen[-1] == (sent, sent), seen
 
 
 @pytest.mark.parametrize('route, fragment', [
     ('/brotli.txt', "encoded as 'br', which microgpt does not decode"),
-    ('/gzip-cut-off.txt', "encoded as 'gzip', and it does not decode (it ends early)")])
-def test_an_encoding_that_cannot_be_decoded_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment):
+    ('/gzip-cut-off.txt', "encoded as 'gzip', and it does not decode (it ends early)"),
+    ('/gzip-then-junk.txt', "encoded as 'gzip', and it does not decode ("),
+    ('/gzip.txt', 'decodes to more than 15,000 bytes with no announced size')])  # under a cap of 15,000
+def test_an_encoding_that_cannot_be_decoded_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment,
+                                                                           monkeypatch):
+    """...and a body that decodes to more than MAX_STREAM_BYTES is refused as it decodes (its announced length is
+    of the encoded bytes), not once a block of a few kilobytes has become gigabytes in memory."""
+    from microgpt import fetch as fetch_module
     from microgpt.fetch import fetch
+    if 'more than' in fragment:
+        monkeypatch.setattr(fetch_module, 'MAX_STREAM_BYTES', 15_000)
+        monkeypatch.setattr(fetch_module, 'BLOCK_BYTES', 1000)
     with pytest.raises(MicrogptError) as info:
         fetch(server.url + route, cache_dir=str(tmp_path))
     assert fragment in str(info.value) and '\n' not in str(info.value), info.value
     assert os.listdir(tmp_path / 'downloads') == [], os.listdir(tmp_path / 'downloads')
 
 
-@pytest.mark.parametrize('userinfo', ['reader:s3cret-pw@', 'reader@', ':s3cret-pw@'])
+@pytest.mark.parametrize('userinfo', ['reader:s3cret-pw@', 's3cret-token@', ':s3cret-pw@', 'a:s3cret@b@'])
 def test_an_address_with_a_user_or_password_is_refused_without_printing_the_password(server, tmp_path, userinfo):
     """`--data https://user:password@host/file` said 'cannot download (Name or service not known)' and printed the
-    password. It is refused before any request, with the password shown as ***: a run keeps its data's address in
-    its checkpoint and metrics and prints it, and credentials do not belong there."""
+    password. It is refused before any request, the user name and password shown as *** (a token often stands in
+    the user name): a run keeps its data's address in its checkpoint and metrics and prints it, and credentials do
+    not belong there."""
     url = server.url.replace('://', '://' + userinfo) + '/names.txt'
     code, out, err = run_cli_in_process('train', '--data', url, '--steps', 1, '--num-samples', 0,
                                         '--out', tmp_path / 'run')
-    assert_one_line_error(code, out, err, 'a user name or password', 'download the file and give its path')
+    assert_one_line_error(code, out, err, 'a user name or password', 'download the file and give its path',
+                          server.url.replace('://', '://***@') + '/names.txt')
     assert 's3cret' not in err + out, (out, err)
-    if 's3cret' in userinfo:
-        assert ':***@' in err, err
-    assert server.requests == [], server.requests
+    assert server.requests == [] and not (tmp_path / 'run').exists(), server.requests
+
+
+@pytest.mark.parametrize('address', ['http://u:s3cret@[::1/names.txt', 'ftp://u:s3cret@example.com/names.txt'])
+def test_an_address_that_is_not_fetched_does_not_print_its_password(address):
+    code, out, err = run_cli_in_process('train', '--data', address, '--steps', 1)
+    assert_one_line_error(code, out, err, '://***@')
+    assert 's3cret' not in err + out, (out, err)
+
+
+def test_an_at_sign_in_the_path_or_query_is_no_user_name(server, tmp_path):
+    from microgpt.fetch import fetch
+    assert open(fetch(server.url + '/a@b.txt?user=a@b', cache_dir=str(tmp_path)), 'rb').read() == NAMES_BODY
 
 
 def test_a_download_that_never_started_does_not_say_it_broke_off(tmp_path):

@@ -85,6 +85,15 @@ def cache_folder():
     return os.path.join(base, 'microgpt')
 
 
+def redacted(address):
+    """`address` for a message: a web address's user name and password, if any, shown as ***."""
+    scheme, sep, rest = address.partition('://')
+    end = min([i for i in map(rest.find, '/?#') if i >= 0] + [len(rest)])
+    if not sep or '@' not in rest[:end]:
+        return address
+    return f"{scheme}://***@{rest[:end].rsplit('@', 1)[1]}{rest[end:]}"
+
+
 def check_data_path(path):
     """Refuse a missing path or a folder, before anything is read."""
     if not path:
@@ -92,10 +101,10 @@ def check_data_path(path):
     if not os.path.exists(path):
         scheme = path.split('://', 1)[0] if '://' in path else None
         if scheme in ('http', 'https'):  # the commands fetch these first (fetch.local_path): here, a caller did not
-            raise MicrogptError(f"{path}: is a web address; download the file and give its path")
+            raise MicrogptError(f"{redacted(path)}: is a web address; download the file and give its path")
         if scheme and scheme.isalpha():  # file://, ftp://: only http(s) is fetched (fetch.py)
-            raise MicrogptError(f"{path}: only http:// and https:// addresses are downloaded; give a {scheme} file's "
-                                f"local path, or its http(s) address")
+            raise MicrogptError(f"{redacted(path)}: only http:// and https:// addresses are downloaded; give a "
+                                f"{scheme} file's local path, or its http(s) address")
         raise MicrogptError(f"{path}: no such file; {TEXT_HINT}")
     if os.path.isdir(path):
         raise MicrogptError(f"{path}: is a directory; {TEXT_HINT}")

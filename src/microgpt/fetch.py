@@ -6,9 +6,10 @@ a failed, refused or broken-off download is a one-line MicrogptError and leaves 
 """
 
 import os
+import zlib
 from urllib.parse import quote, urlparse
 
-from .data import MAX_STREAM_BYTES, cache_folder, check_text
+from .data import MAX_STREAM_BYTES, cache_folder, check_text, redacted
 from .errors import MicrogptError, NotData
 from .tempfiles import folder_problem, make_temporary, remove_quietly
 
@@ -25,8 +26,8 @@ def is_url(path):
     except ValueError as e:
         if path.split(':', 1)[0].lower() not in URL_SCHEMES:
             return False
-        raise MicrogptError(f"{path}: not a valid web address ({e}); check it, or download the file and give its "
-                            f"path") from None
+        raise MicrogptError(f"{redacted(path)}: not a valid web address ({e}); check it, or download the file and "
+                            f"give its path") from None
 
 
 def local_path(path, progress=None):
@@ -73,62 +74,61 @@ def fetch(url, cache_dir=None, progress=None):
 
 
 def _refuse_credentials(url):
-    """A user name or password in the address is refused, the password shown as ***: a run keeps its data's address
-    in its checkpoint and metrics, and prints it."""
-    parts = urlparse(url)
-    if '@' not in parts.netloc:
-        return
-    userinfo, host = parts.netloc.rsplit('@', 1)
-    user, has_password, _ = userinfo.partition(':')
-    shown = parts._replace(netloc=f"{user}{':***' if has_password else ''}@{host}").geturl()
-    raise MicrogptError(f"{shown}: an address with a user name or password is not fetched (a run keeps its data's "
-                        f"address in its checkpoint and prints it); download the file and give its path")
+    """A user name or password in the address is refused, shown as ***: the address is printed, and kept in a run's
+    checkpoint."""
+    if '@' in urlparse(url).netloc:
+        raise MicrogptError(f"{redacted(url)}: an address with a user name or password is not fetched (the address "
+                            f"is printed and kept in a run's checkpoint); download the file and give its path")
 
 
 class _Decoder:
-    """A response body's Content-Encoding, which a server may use unasked, undone block by block: gzip and deflate
-    (zlib-wrapped, or raw as some servers send it) decoded, none passed on, anything else refused."""
+    """A response body's Content-Encoding, which a server may use unasked, undone as it arrives: gzip (one member
+    or several, as `cat a.gz b.gz` makes) and deflate (zlib-wrapped, or raw as some servers send it); no encoding
+    passed on; anything else refused."""
 
-    def __init__(self, url, encoding):
-        self.url, self.encoding = url, (encoding or 'identity').strip().lower()
-        if self.encoding not in ('identity', 'gzip', 'x-gzip', 'deflate'):
-            raise MicrogptError(f"{url}: the server sent the file encoded as {self.encoding!r}, which microgpt does "
-                                f"not decode; download the file and give its path")
-        self.zlib = None
-        if self.encoding != 'identity':
-            import zlib
-            self.zlib = zlib
-            self.stream = zlib.decompressobj(32 + 15)  # a gzip or a zlib header, whichever comes
-            self.started = False
+    def __init__(self, url, content_encoding):
+        codings = [c for c in (content_encoding or '').lower().replace(' ', '').split(',') if c not in ('', 'identity')]
+        if len(codings) > 1 or codings and codings[0] not in ('gzip', 'x-gzip', 'deflate'):
+            raise MicrogptError(f"{url}: the server sent the file encoded as {content_encoding!r}, which microgpt "
+                                f"does not decode; download the file and give its path")
+        self.url, self.coding = url, codings[0] if codings else None
+        self.encoded = self.coding is not None
+        self.head = b''  # deflate's first two bytes, which tell a zlib header from a raw stream
+        self.stream = zlib.decompressobj(32 + 15) if self.coding in ('gzip', 'x-gzip') else None
 
     def decode(self, block):
-        if self.zlib is None:
-            return block
-        try:
-            if not self.started and self.encoding == 'deflate':
-                self.started = True
-                try:
-                    return self.stream.decompress(block)
-                except self.zlib.error:  # no zlib header: raw deflate
-                    self.stream = self.zlib.decompressobj(-15)
-            return self.stream.decompress(block)
-        except self.zlib.error as e:
-            raise self._undecodable(e) from None
+        """The decoded bytes of `block`, in pieces of at most BLOCK_BYTES (a small block may decode to gigabytes)."""
+        if not self.encoded:
+            yield block
+            return
+        if self.stream is None:
+            self.head += block
+            if len(self.head) < 2:
+                return
+            wrapped = self.head[0] & 0x0F == 8 and (self.head[0] << 8 | self.head[1]) % 31 == 0
+            self.stream, block, self.head = zlib.decompressobj(15 if wrapped else -15), self.head, b''
+        while block:
+            if self.stream.eof:  # bytes after a gzip member: the next member
+                if self.coding == 'deflate':
+                    raise self._undecodable('bytes after its end')
+                self.stream = zlib.decompressobj(32 + 15)
+            try:
+                piece = self.stream.decompress(block, BLOCK_BYTES)
+            except zlib.error as e:
+                raise self._undecodable(e) from None
+            block = self.stream.unconsumed_tail or self.stream.unused_data
+            yield piece
 
     def finish(self):
         """The last decoded bytes; an error if the encoded stream did not end."""
-        if self.zlib is None:
+        if not self.encoded:
             return b''
-        try:
-            tail = self.stream.flush()
-        except self.zlib.error as e:
-            raise self._undecodable(e) from None
-        if not self.stream.eof:
+        if self.stream is None or not self.stream.eof:
             raise self._undecodable('it ends early')
-        return tail
+        return self.stream.flush()
 
     def _undecodable(self, why):
-        return MicrogptError(f"{self.url}: the server sent the file encoded as {self.encoding!r}, and it does not "
+        return MicrogptError(f"{self.url}: the server sent the file encoded as {self.coding!r}, and it does not "
                              f"decode ({why}); download the file and give its path")
 
 
@@ -137,7 +137,7 @@ def _download(url, f, progress):
     import urllib.error
     import urllib.request
     hint = "check the address and the network, or download the file and give its path"
-    done, response, decoder = 0, None, None
+    done, response = 0, None
     try:
         # as a browser sends it: a space or a character outside ASCII percent-encoded, what is encoded kept
         with urllib.request.urlopen(quote(url, safe=URL_CHARACTERS), timeout=TIMEOUT_S) as response:
@@ -154,14 +154,17 @@ def _download(url, f, progress):
                 if not block:
                     break
                 done += len(block)
-                decoded = decoder.decode(block)
-                f.write(decoded)
-                kept += len(decoded)
+                for piece in decoder.decode(block):
+                    f.write(piece)
+                    kept += len(piece)
+                    if (total is None or decoder.encoded) and kept > MAX_STREAM_BYTES:  # a size nobody announced
+                        raise MicrogptError(f"{url}: {'decodes to ' if decoder.encoded else ''}more than "
+                                            f"{MAX_STREAM_BYTES:,} bytes with no announced size; download the file "
+                                            f"and give its path")
                 if progress:
                     progress(done, total)
-                if (total is None or decoded is not block) and kept > MAX_STREAM_BYTES:  # decoded: no size announced
-                    raise MicrogptError(f"{url}: more than {MAX_STREAM_BYTES:,} bytes with no announced size; "
-                                        f"download the file and give its path")
+            if total is None or done == total:
+                f.write(decoder.finish())
     except urllib.error.HTTPError as e:
         raise MicrogptError(f"{url}: the server answered {e.code} {e.reason}; {hint}") from None
     except urllib.error.URLError as e:
@@ -174,4 +177,3 @@ def _download(url, f, progress):
         raise MicrogptError(f"{url}: the download broke off after {done:,} bytes ({reason}); {hint}") from None
     if total is not None and done != total:
         raise MicrogptError(f"{url}: partial download, {done:,} of {total:,} bytes; {hint}")
-    f.write(decoder.finish())

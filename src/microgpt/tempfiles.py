@@ -59,10 +59,13 @@ def process_is_alive(pid):
 def folder_problem(folder, error):
     """Why `folder` could not be made or written into, for a message: `error`'s words, or where a file stands in
     the way (os.makedirs says only 'File exists' or 'Not a directory')."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.normpath(folder)
+    while not os.path.lexists(path) and os.path.dirname(path) not in ('', path):
         path = os.path.dirname(path)
-    return error.strerror if os.path.isdir(path) else f"{path} is a file, not a folder"
+    if not os.path.lexists(path) or os.path.isdir(path):
+        return error.strerror or str(error)
+    return f"{path} is a link to nothing" if os.path.islink(path) and not os.path.exists(path) else \
+        f"{path} is a file, not a folder"
 
 
 def remove_quietly(path):
