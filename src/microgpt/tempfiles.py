@@ -64,8 +64,9 @@ def folder_problem(folder, error):
         path = os.path.dirname(path)
     if not os.path.lexists(path) or os.path.isdir(path):
         return error.strerror or str(error)
-    return f"{path} is a link to nothing" if os.path.islink(path) and not os.path.exists(path) else \
-        f"{path} is a file, not a folder"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{path} is a link to nothing"
+    return f"{path} is a file, not a folder"
 
 
 def remove_quietly(path):
