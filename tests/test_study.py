@@ -67,3 +67,19 @@ def test_a_study_folder_keeps_to_its_data_and_reruns_a_damaged_result(tmp_path):
     assert summarize(quick, [1], folder)[0][1] == first[0]['val_loss']
     shutil.rmtree(os.path.join(folder, 'runs'))  # removed to run them again: study.json stays
     assert [r['val_loss'] for r in run_study(quick, [1], str(data), folder, workers=1)] == [first[0]['val_loss']]
+
+
+def test_a_study_that_stops_before_any_result_leaves_no_claim_on_its_folder(tmp_path, monkeypatch):
+    """A first study on data too small for the held-out split left DIR/study.json behind: every later study in that
+    folder (by default ./results) was refused as 'another data file's'. Stopped before any result, a study leaves
+    the folder as it found it; one with results keeps its claim."""
+    (tmp_path / 'tiny.txt').write_text('emma\nolivia\nava\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run('study', '--data', 'tiny.txt', '--num-seeds', '1', '--experiments', 'baseline',
+                         '--workers', '1')
+    assert code == 2 and 'the validation split is empty' in err, err
+    assert not os.path.exists('results'), os.listdir('results')
+    (tmp_path / 'results').mkdir()  # a folder of the user's own: kept, with what was in it
+    (tmp_path / 'results' / 'notes.txt').write_text('mine')
+    assert run('study', '--data', 'tiny.txt', '--num-seeds', '1', '--experiments', 'baseline', '--workers', '1')[0] == 2
+    assert sorted(os.listdir('results')) == ['notes.txt'], os.listdir('results')

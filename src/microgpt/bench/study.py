@@ -17,6 +17,7 @@ from ..config import SettingError, TrainConfig, check_settings, setting
 from ..data import file_sha256
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
+from ..tempfiles import remove_quietly
 from ..train.loop import evaluate, train_chunks, training_threads
 from ..train.setup import Holdout, prepare_run
 
@@ -140,7 +141,8 @@ def read_result(folder, name, seed):
 
 def claim_folder(folder, data_path):
     """A study folder's results are for one data file: its SHA-256 is kept in DIR/study.json, and another file's
-    study in the same folder is refused (its results would be mixed with, or taken for, this one's)."""
+    study in the same folder is refused (its results would be mixed with, or taken for, this one's). True when
+    this call wrote the claim."""
     want, path = {'data_sha256': file_sha256(data_path)}, os.path.join(folder, STUDY_FILE)
     try:
         with open(path, encoding='utf-8') as f:
@@ -150,11 +152,12 @@ def claim_folder(folder, data_path):
             with open(path + '.tmp', 'w', encoding='utf-8') as f:
                 json.dump(want, f)
             os.replace(path + '.tmp', path)
-        return
+        return True
     except (OSError, ValueError):
         raise MicrogptError(f"{path}: cannot be read; give another --out DIR") from None
     if not isinstance(have, dict) or have.get('data_sha256') != want['data_sha256']:
         raise MicrogptError(f"{folder}: holds a study of another data file; give another --out DIR")
+    return False
 
 
 def _one_thread_per_worker():
@@ -176,10 +179,28 @@ def _run_and_save(args):
 
 
 def run_study(experiments, seeds, data_path, folder, workers=2):
-    """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
+    """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`. A study that stops
+    before its folder holds any result (data too small for the held-out split, Ctrl-C) leaves no claim on it: the
+    folder is as it was."""
+    runs = os.path.join(folder, 'runs')
+    made = [path for path in (folder, runs) if not os.path.isdir(path)]
     with _writing(folder):
-        os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)  # also when a user removed runs/ to run them again
-    claim_folder(folder, data_path)
+        os.makedirs(runs, exist_ok=True)  # also when a user removed runs/ to run them again
+    claimed = claim_folder(folder, data_path)
+    try:
+        yield from _run_each(experiments, seeds, data_path, folder, workers)
+    except BaseException:
+        if claimed and not os.listdir(runs):
+            remove_quietly(os.path.join(folder, STUDY_FILE))
+            for path in reversed(made):
+                try:
+                    os.rmdir(path)
+                except OSError:  # something else came to be there
+                    break
+        raise
+
+
+def _run_each(experiments, seeds, data_path, folder, workers):
     todo = [(e, s, data_path, folder) for e in experiments for s in seeds if read_result(folder, e.name, s) is None]
     if workers <= 1:
         for job in todo:
