@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from ..data import file_identity
 from ..errors import MicrogptError
 from ..fetch import local_path
+from ..tempfiles import folder_problem
 from .loop import evaluate, train_chunks, training_threads
 from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
 from .setup import Holdout, prepare_run
@@ -112,7 +113,7 @@ class TrainingRun:
             try:
                 os.makedirs(cfg.out, exist_ok=True)
             except OSError as e:
-                raise MicrogptError(f"{cfg.out}: cannot make the output folder ({e.strerror}); "
+                raise MicrogptError(f"{cfg.out}: cannot make the output folder ({folder_problem(cfg.out, e)}); "
                                     f"give another --out DIR") from None
         lock = self._lock_folder() if cfg.out and self.writes else None
         try:
@@ -201,6 +202,8 @@ class TrainingRun:
         """A fresh run starts from an empty record: the files of the run it replaces (--overwrite), or the
         metrics of one that saved nothing, never stay beside its own."""
         for name in RUN_FILES:
+            if not os.path.lexists(self.path(name)):  # on a read-only file system, removing nothing fails too
+                continue
             try:
                 os.remove(self.path(name))
             except FileNotFoundError:
