@@ -8,6 +8,7 @@ import math
 import os
 import pty
 import signal
+import stat
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -550,3 +551,19 @@ def test_resume_samples_as_the_uninterrupted_run_does(data, tmp_path, monkeypatc
         rewrite_checkpoint(str(out / 'resume.safetensors'), {'sampling': json.dumps(damaged)})
         assert_one_line_error(*run('train', '--resume', '--out', out, '--steps', '8'),
                               f"resume.safetensors: damaged checkpoint metadata: sampling {damaged!r}")
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077], ids=['umask-022', 'umask-077'])
+def test_a_runs_files_get_the_permissions_of_any_new_file(data, tmp_path, umask):
+    """Checkpoints were written 0600 whatever the umask (a temporary file's mode), beside metrics readable by the
+    group: a colleague or a web server could read the run's metrics but not its model."""
+    out = tmp_path / 'run'
+    saved = os.umask(umask)
+    try:
+        assert run(*small(data, '--out', str(out), '--steps', '3', '--plot'))[0] == 0
+    finally:
+        os.umask(saved)
+    modes = {name: stat.S_IMODE(os.stat(out / name).st_mode) for name in sorted(os.listdir(out))
+             if not name.startswith('.')}
+    assert {'model.safetensors', 'resume.safetensors', 'metrics.jsonl', 'loss.png'} <= set(modes), modes
+    assert set(modes.values()) == {0o666 & ~umask}, {name: oct(mode) for name, mode in modes.items()}

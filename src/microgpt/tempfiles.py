@@ -12,9 +12,20 @@ TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_t
 
 
 def make_temporary(folder, prefix, suffix=''):
-    """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there."""
+    """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there; it has
+    the permissions any new file gets (mkstemp's 0600 hid checkpoints and web pages from the user's group and from a
+    web server, beside metrics readable by all)."""
     remove_stale(folder, prefix, suffix)
-    return tempfile.mkstemp(dir=folder, prefix=f'{prefix}{os.getpid()}-', suffix=suffix)
+    fd, path = tempfile.mkstemp(dir=folder, prefix=f'{prefix}{os.getpid()}-', suffix=suffix)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(path)
+        raise
+    return fd, path
 
 
 def write_text(path, text):
@@ -23,9 +34,6 @@ def write_text(path, text):
     `path` as it was and no temporary."""
     fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide a web page from a web server
         with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
             f.write(text)
         os.replace(tmp, path)
