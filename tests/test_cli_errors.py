@@ -27,13 +27,14 @@ def good_data(tmp_path):
 
 
 @pytest.mark.parametrize('raw, mentions', [
-    (b'\xff\xfe abc\n', ('UTF-8',)),
+    (b'\xff\xfe abc\n', ('UTF-16', 'save it as UTF-8')),
+    ('anna\nbob\n'.encode('utf-16'), ('UTF-16', 'save it as UTF-8')),  # was 'not a text file (a NUL byte ...)'
     (b'anna\nbob\n\xc3\n', ('UTF-8', 'offset 9')),
     (b'anna\x00bob\n', ('not a text file', 'NUL byte at offset 4')),
     (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ('not a text file', 'NUL byte at offset 8')),
     (b'\n\n   \n\t\r\n', ('no non-blank lines',)),
     (b'', ('no non-blank lines',)),
-], ids=['utf16-bom', 'truncated-utf8', 'nul-byte', 'png', 'blank-lines-only', 'empty'])
+], ids=['utf16-bom', 'utf16', 'truncated-utf8', 'nul-byte', 'png', 'blank-lines-only', 'empty'])
 def test_unusable_data_file(tmp_path, run_cli, raw, mentions):
     path = tmp_path / 'data.txt'
     path.write_bytes(raw)

@@ -125,6 +125,9 @@ def read_pieces(path):
                 block = f.read(min(READ_BYTES, limit - offset - len(carry)) if regular else READ_BYTES)
                 if not block:
                     break
+                if offset == 0 and not carry and block[:2] in (b'\xff\xfe', b'\xfe\xff'):  # UTF-16's (or 32's) mark
+                    raise NotData(f"{path}: UTF-16 text (it starts with UTF-16's byte-order mark); save it as UTF-8 "
+                                  f"(iconv -f UTF-16 -t UTF-8); {TEXT_HINT}")
                 if b'\x00' in block:
                     at = offset + len(carry) + block.index(b'\x00')
                     raise NotData(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
