@@ -9,6 +9,7 @@ import io
 import os
 import random
 import re
+import stat
 import subprocess
 import time
 import zlib
@@ -255,6 +256,20 @@ def test_folder_problem_names_what_stands_in_the_way(tmp_path, monkeypatch):
     assert folder_problem(str(tmp_path / 'nowhere'), error) == f"{tmp_path / 'nowhere'} is a link to nothing"
     assert folder_problem(str(tmp_path / 'new' / 'cache'), error) == 'File exists'  # no file in the way
     assert folder_problem('new/cache', OSError('no code')) == 'no code'
+
+
+def test_a_token_cache_and_a_download_stay_private_whatever_the_umask(cached_file, server, tmp_path):
+    """They hold someone's data nearly as it is (a token a character): 0600, as the cache folder's files were
+    before a run's checkpoints got the umask's permissions (test_cli.py)."""
+    from microgpt.fetch import fetch
+    path, cache = cached_file
+    saved = os.umask(0o022)
+    try:
+        cached = load_corpus(path, cache_dir=cache, min_cache_bytes=0).cache_path
+        download = fetch(server.url + '/names.txt', cache_dir=str(tmp_path / 'fetched'))
+    finally:
+        os.umask(saved)
+    assert [oct(stat.S_IMODE(os.stat(p).st_mode)) for p in (cached, download)] == [oct(0o600)] * 2
 
 
 def test_a_download_into_a_cache_folder_that_is_a_file_names_the_file(server, tmp_path):

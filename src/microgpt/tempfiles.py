@@ -5,34 +5,35 @@ A temporary is named PREFIX + PID + '-' + random: the next write into the same f
 process is gone (and our own), never those of another run writing there now.
 """
 
+import errno
 import os
-import tempfile
+import secrets
 
 TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_text's
 
 
-def make_temporary(folder, prefix, suffix=''):
-    """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there; it has
-    the permissions any new file gets (mkstemp's 0600 hid checkpoints and web pages from the user's group and from a
-    web server, beside metrics readable by all)."""
+def make_temporary(folder, prefix, suffix='', shared=False):
+    """(fd, path) of a new temporary file in `folder`, after removing the stale ones of this prefix there. Private
+    (0600, as mkstemp makes them: a token cache or a download of someone's private data), or `shared`: the
+    permissions any new file gets, as the system applies the umask (a run's checkpoints beside its metrics, a web
+    page for a web server)."""
     remove_stale(folder, prefix, suffix)
-    fd, path = tempfile.mkstemp(dir=folder, prefix=f'{prefix}{os.getpid()}-', suffix=suffix)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    except BaseException:
-        os.close(fd)
-        remove_quietly(path)
-        raise
-    return fd, path
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_BINARY', 0)
+    for _ in range(100):  # as mkstemp tries names
+        path = os.path.join(folder, f'{prefix}{os.getpid()}-{secrets.token_hex(4)}{suffix}')
+        try:
+            return os.open(path, flags, 0o666 if shared else 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {folder}")
 
 
 def write_text(path, text):
     """Write `text` (UTF-8, newline '\\n') to `path` whole or not at all: into a temporary in the same folder, renamed
     over `path` once complete, with the permissions a new file gets. An OSError (a full disk) or Ctrl-C leaves
     `path` as it was and no temporary."""
-    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path))
+    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path),
+                             shared=True)
     try:
         with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
             f.write(text)

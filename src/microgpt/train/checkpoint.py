@@ -120,7 +120,7 @@ def _canonical(header):
 def _atomic_write(path, payload):
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = make_temporary(folder, TEMPORARY_PREFIX, '.safetensors')
+        fd, tmp = make_temporary(folder, TEMPORARY_PREFIX, '.safetensors', shared=True)
     except OSError as e:
         raise MicrogptError(f"{path}: cannot write the checkpoint there ({e.strerror}); give another --out") from None
     try:
