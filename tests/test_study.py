@@ -69,17 +69,25 @@ def test_a_study_folder_keeps_to_its_data_and_reruns_a_damaged_result(tmp_path):
     assert [r['val_loss'] for r in run_study(quick, [1], str(data), folder, workers=1)] == [first[0]['val_loss']]
 
 
-def test_a_study_that_stops_before_any_result_leaves_no_claim_on_its_folder(tmp_path, monkeypatch):
+def test_a_claim_no_result_backs_is_replaced_by_a_study_alone_in_the_folder(tmp_path, monkeypatch):
     """A first study on data too small for the held-out split left DIR/study.json behind: every later study in that
-    folder (by default ./results) was refused as 'another data file's'. Stopped before any result, a study leaves
-    the folder as it found it; one with results keeps its claim."""
+    folder (by default ./results) was refused as another data file's. A claim with no result behind it is replaced,
+    unless another study is running in the folder (it holds DIR/.study.lock): that one's results are still to come."""
+    import fcntl
+    from microgpt.errors import MicrogptError
     (tmp_path / 'tiny.txt').write_text('emma\nolivia\nava\n')
+    names = [f"{a}{b}{c}" for a in 'abcd' for b in 'aeiou' for c in 'lmnrs']
+    (tmp_path / 'names.txt').write_text('\n'.join(names) + '\n')
     monkeypatch.chdir(tmp_path)
     code, out, err = run('study', '--data', 'tiny.txt', '--num-seeds', '1', '--experiments', 'baseline',
                          '--workers', '1')
     assert code == 2 and 'the validation split is empty' in err, err
-    assert not os.path.exists('results'), os.listdir('results')
-    (tmp_path / 'results').mkdir()  # a folder of the user's own: kept, with what was in it
-    (tmp_path / 'results' / 'notes.txt').write_text('mine')
-    assert run('study', '--data', 'tiny.txt', '--num-seeds', '1', '--experiments', 'baseline', '--workers', '1')[0] == 2
-    assert sorted(os.listdir('results')) == ['notes.txt'], os.listdir('results')
+    assert os.path.exists('results/study.json'), os.listdir('results')
+    quick = [dataclasses.replace(e, overrides={**e.overrides, 'steps': 3}) for e in EXPERIMENTS if e.name == 'baseline']
+    with open('results/.study.lock', 'a') as running:  # another study, running
+        fcntl.flock(running, fcntl.LOCK_SH)
+        with pytest.raises(MicrogptError, match='holds a study of another data file'):
+            list(run_study(quick, [1], 'names.txt', 'results', workers=1))
+    assert [r['experiment'] for r in run_study(quick, [1], 'names.txt', 'results', workers=1)] == ['baseline']
+    with pytest.raises(MicrogptError, match='holds a study of another data file'):  # now results back the claim
+        list(run_study(quick, [1], 'tiny.txt', 'results', workers=1))

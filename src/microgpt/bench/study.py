@@ -10,14 +10,13 @@ runs go to a process pool (one worker per core). Quiet: the CLI prints and write
 import json
 import math
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields
 
 from ..config import SettingError, TrainConfig, check_settings, setting
 from ..data import file_sha256
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
-from ..tempfiles import remove_quietly
 from ..train.loop import evaluate, train_chunks, training_threads
 from ..train.setup import Holdout, prepare_run
 
@@ -139,25 +138,62 @@ def read_result(folder, name, seed):
         return None
 
 
-def claim_folder(folder, data_path):
+def claim_folder(folder, data_path, alone=False):
     """A study folder's results are for one data file: its SHA-256 is kept in DIR/study.json, and another file's
-    study in the same folder is refused (its results would be mixed with, or taken for, this one's). True when
-    this call wrote the claim."""
+    study in the same folder is refused (its results would be mixed with, or taken for, this one's). A claim with no
+    result behind it (its study stopped first: data too small for the held-out split, Ctrl-C) is replaced when
+    this study is `alone` in the folder (`_claimed`)."""
     want, path = {'data_sha256': file_sha256(data_path)}, os.path.join(folder, STUDY_FILE)
     try:
         with open(path, encoding='utf-8') as f:
             have = json.load(f)
     except FileNotFoundError:
-        with _writing(path):
-            with open(path + '.tmp', 'w', encoding='utf-8') as f:
-                json.dump(want, f)
-            os.replace(path + '.tmp', path)
-        return True
+        have = None
     except (OSError, ValueError):
         raise MicrogptError(f"{path}: cannot be read; give another --out DIR") from None
-    if not isinstance(have, dict) or have.get('data_sha256') != want['data_sha256']:
+    if have == want:
+        return
+    if have is not None and not (alone and not _holds_results(folder)):
         raise MicrogptError(f"{folder}: holds a study of another data file; give another --out DIR")
-    return False
+    with _writing(path):
+        with open(path + '.tmp', 'w', encoding='utf-8') as f:
+            json.dump(want, f)
+        os.replace(path + '.tmp', path)
+
+
+def _holds_results(folder):
+    try:
+        return any(name.endswith('.json') for name in os.listdir(os.path.join(folder, 'runs')))
+    except OSError:
+        return False
+
+
+@contextmanager
+def _claimed(folder, data_path):
+    """claim_folder, then a shared lock on DIR/.study.lock for as long as the study runs: a study that finds no
+    other holding it is alone in the folder, and may replace a claim no result backs. The check and the claim are
+    made under DIR/.study.claim.lock, so that two studies starting at once cannot both find themselves alone (taking
+    the running lock alone and then sharing it is not one step). Where no lock can be had, a study is not alone."""
+    with ExitStack() as files:  # the locks go with the files
+        try:
+            import fcntl
+            running, claiming = [files.enter_context(open(os.path.join(folder, name), 'a'))
+                                 for name in ('.study.lock', '.study.claim.lock')]
+        except (ImportError, OSError):
+            running = None
+        if running is None:
+            claim_folder(folder, data_path)
+        else:
+            fcntl.flock(claiming, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except OSError:
+                alone = False
+            fcntl.flock(running, fcntl.LOCK_SH)  # other studies of the same data may join this one
+            claim_folder(folder, data_path, alone)
+            fcntl.flock(claiming, fcntl.LOCK_UN)
+        yield
 
 
 def _one_thread_per_worker():
@@ -179,25 +215,11 @@ def _run_and_save(args):
 
 
 def run_study(experiments, seeds, data_path, folder, workers=2):
-    """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`. A study that stops
-    before its folder holds any result (data too small for the held-out split, Ctrl-C) leaves no claim on it: the
-    folder is as it was."""
-    runs = os.path.join(folder, 'runs')
-    made = [path for path in (folder, runs) if not os.path.isdir(path)]
+    """Yield each result as it finishes, skipping (experiment, seed) pairs already in `folder`."""
     with _writing(folder):
-        os.makedirs(runs, exist_ok=True)  # also when a user removed runs/ to run them again
-    claimed = claim_folder(folder, data_path)
-    try:
+        os.makedirs(os.path.join(folder, 'runs'), exist_ok=True)  # also when a user removed runs/ to run them again
+    with _claimed(folder, data_path):
         yield from _run_each(experiments, seeds, data_path, folder, workers)
-    except BaseException:
-        if claimed and not os.listdir(runs):
-            remove_quietly(os.path.join(folder, STUDY_FILE))
-            for path in reversed(made):
-                try:
-                    os.rmdir(path)
-                except OSError:  # something else came to be there
-                    break
-        raise
 
 
 def _run_each(experiments, seeds, data_path, folder, workers):
