@@ -29,12 +29,14 @@ def good_data(tmp_path):
 @pytest.mark.parametrize('raw, mentions', [
     (b'\xff\xfe abc\n', ('UTF-16', 'save it as UTF-8')),
     ('anna\nbob\n'.encode('utf-16'), ('UTF-16', 'save it as UTF-8')),  # was 'not a text file (a NUL byte ...)'
+    ('anna\nbob\n'.encode('utf-32'), ('UTF-32 text', 'iconv -f UTF-32 -t UTF-8')),
+    (b'\x00\x00\xfe\xff' + 'anna\nbob\n'.encode('utf-32-be'), ('UTF-32 text',)),
     (b'anna\nbob\n\xc3\n', ('UTF-8', 'offset 9')),
     (b'anna\x00bob\n', ('not a text file', 'NUL byte at offset 4')),
     (b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR', ('not a text file', 'NUL byte at offset 8')),
     (b'\n\n   \n\t\r\n', ('no non-blank lines',)),
     (b'', ('no non-blank lines',)),
-], ids=['utf16-bom', 'utf16', 'truncated-utf8', 'nul-byte', 'png', 'blank-lines-only', 'empty'])
+], ids=['utf16-bom', 'utf16', 'utf32', 'utf32-be', 'truncated-utf8', 'nul-byte', 'png', 'blank-lines-only', 'empty'])
 def test_unusable_data_file(tmp_path, run_cli, raw, mentions):
     path = tmp_path / 'data.txt'
     path.write_bytes(raw)

@@ -125,9 +125,10 @@ def read_pieces(path):
                 block = f.read(min(READ_BYTES, limit - offset - len(carry)) if regular else READ_BYTES)
                 if not block:
                     break
-                if offset == 0 and not carry and block[:2] in (b'\xff\xfe', b'\xfe\xff'):  # UTF-16's (or 32's) mark
-                    raise NotData(f"{path}: UTF-16 text (it starts with UTF-16's byte-order mark); save it as UTF-8 "
-                                  f"(iconv -f UTF-16 -t UTF-8); {TEXT_HINT}")
+                encoding = _marked_encoding(block) if offset == 0 and not carry else None
+                if encoding:
+                    raise NotData(f"{path}: {encoding} text (it starts with {encoding}'s byte-order mark); save it as "
+                                  f"UTF-8 (iconv -f {encoding} -t UTF-8); {TEXT_HINT}")
                 if b'\x00' in block:
                     at = offset + len(carry) + block.index(b'\x00')
                     raise NotData(f"{path}: not a text file (a NUL byte at offset {at}); {TEXT_HINT}")
@@ -162,6 +163,14 @@ def decode_piece(path, offset, piece):
     except UnicodeDecodeError as e:
         raise NotData(f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}); {TEXT_HINT}") from None
     return text.removeprefix(BYTE_ORDER_MARK) if offset == 0 else text
+
+
+def _marked_encoding(start):
+    """'UTF-32' or 'UTF-16' where the bytes `start` with its byte-order mark (UTF-32's little-endian one begins with
+    UTF-16's), else None."""
+    if start[:4] in (b'\xff\xfe\x00\x00', b'\x00\x00\xfe\xff'):
+        return 'UTF-32'
+    return 'UTF-16' if start[:2] in (b'\xff\xfe', b'\xfe\xff') else None
 
 
 def check_text(path):
