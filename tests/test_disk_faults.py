@@ -278,3 +278,17 @@ def test_a_first_checkpoint_on_a_full_disk_claims_nothing_kept(tmp_path, monkeyp
     with pytest.raises(MicrogptError, match='nothing was written in its place'):
         save_checkpoint(str(path), trained_engine(), VOCAB, TCFG, 1, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_keeps_the_metrics_of_the_steps_shown(tmp_path, data_file, monkeypatch):
+    """The record of an evaluated step was written after its checkpoint: when that save failed (a full disk), the
+    step and its held-out loss had been printed and metrics.jsonl held nothing of them."""
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint.os, 'fdopen', lambda fd, mode: _FullDisk(real_fdopen(fd, mode), 0))
+    out = tmp_path / 'run'
+    code, stdout, err = run_cli_in_process('train', '--data', data_file, '--steps', 3, '--eval-every', 1,
+                                           '--val-fraction', 0.3, '--out', out)
+    assert_one_line_error(code, err, 'No space left on device')
+    assert 'step    1 /    3' in stdout and 'val loss' in stdout, stdout
+    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [(r['step'], 'val_loss' in r) for r in records] == [(1, True)], records

@@ -155,7 +155,7 @@ class TrainingRun:
             yield chunk
             if self._metrics and len(chunk.losses) > 1:  # the steps before it, recorded before it is evaluated
                 self._write_metrics(*self._records(chunk.head(len(chunk.losses) - 1)))
-            finished = step == tcfg.steps
+            finished, improved = step == tcfg.steps, False
             if cfg.eval_every and self.writes and (step % cfg.eval_every == 0 or finished):
                 val_loss = evaluate(engine, val_tokens)
                 if not val_loss <= DIVERGED_LOSS:
@@ -164,9 +164,9 @@ class TrainingRun:
                 improved = val_loss < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, val_loss)
                 yield EvalReport(step, tcfg.steps, val_loss, self.best_val_loss)
-                if cfg.out and improved:
-                    yield self._save(BEST_CHECKPOINT, {'val_loss': val_loss})
-            self._write_metrics(record)
+            self._write_metrics(record)  # before the saves: a save that fails keeps the record of a step shown
+            if cfg.out and improved:
+                yield self._save(BEST_CHECKPOINT, {'val_loss': record['val_loss']})
             stopping = engine.any_process(should_stop())
             if cfg.out and self.writes and (finished or stopping or (cfg.save_every and step % cfg.save_every == 0)
                             or (cfg.eval_every and step % cfg.eval_every == 0)):
