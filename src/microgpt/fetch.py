@@ -76,7 +76,7 @@ def fetch(url, cache_dir=None, progress=None):
 def _refuse_credentials(url):
     """A user name or password in the address is refused, shown as ***: the address is printed, and kept in a run's
     checkpoint."""
-    if '@' in urlparse(url).netloc:
+    if redacted(url) != url:
         raise MicrogptError(f"{redacted(url)}: an address with a user name or password is not fetched (the address "
                             f"is printed and kept in a run's checkpoint); download the file and give its path")
 
@@ -119,13 +119,10 @@ class _Decoder:
             block = self.stream.unconsumed_tail or self.stream.unused_data
             yield piece
 
-    def finish(self):
-        """The last decoded bytes; an error if the encoded stream did not end."""
-        if not self.encoded:
-            return b''
-        if self.stream is None or not self.stream.eof:
+    def check_ended(self):
+        """An error if the encoded stream did not end (once it has, decode gave all of it)."""
+        if self.encoded and (self.stream is None or not self.stream.eof):
             raise self._undecodable('it ends early')
-        return self.stream.flush()
 
     def _undecodable(self, why):
         return MicrogptError(f"{self.url}: the server sent the file encoded as {self.coding!r}, and it does not "
@@ -164,7 +161,7 @@ def _download(url, f, progress):
                 if progress:
                     progress(done, total)
             if total is None or done == total:
-                f.write(decoder.finish())
+                decoder.check_ended()
     except urllib.error.HTTPError as e:
         raise MicrogptError(f"{url}: the server answered {e.code} {e.reason}; {hint}") from None
     except urllib.error.URLError as e:
