@@ -307,11 +307,32 @@ def test_resume_refuses_a_flag_without_effect_as_a_fresh_run_does(small_data, tm
                  'nothing is sampled')
 
 
-def test_resume_after_the_data_file_moved_says_so(small_data, tmp_path):
+def test_resume_continues_from_the_data_moved_or_behind_a_link_exactly(small_data, tmp_path):
+    """The same data at another path (moved, or reached through a link) continues the run: the path was compared
+    as text, and a moved file could not be resumed at all."""
+    kept, out = str(tmp_path / 'kept'), str(tmp_path / 'run')
+    for folder in (kept, out):
+        assert run(*train_args(small_data, folder, '--steps', '20'))[0] == 0
+    assert run('train', '--out', kept, '--resume', '--steps', '30')[0] == 0
+    expected = run('train', '--out', kept, '--resume', '--steps', '40')[1]
+    link = str(tmp_path / 'link.txt')
+    os.symlink(small_data, link)
+    assert run('train', '--out', out, '--resume', '--steps', '30', '--data', link)[0] == 0
+    moved = str(tmp_path / 'moved.txt')
+    os.rename(small_data, moved)
+    code, stdout, err = run('train', '--out', out, '--resume', '--steps', '40', '--data', moved)
+    assert code == 0, err
+    assert stdout == expected
+    assert load_checkpoint(os.path.join(out, 'resume.safetensors')).meta['data_path'] == moved
+
+
+def test_resume_after_the_data_file_moved_refuses_other_data(small_data, tmp_path):
     """The advice was 'resume with --resume --out DIR alone', the command that had just failed."""
     out = str(tmp_path / 'run')
     assert run(*train_args(small_data, out))[0] == 0
     moved = str(tmp_path / 'moved.txt')
     os.rename(small_data, moved)
-    assert_error(*run('train', '--out', out, '--resume', '--steps', '30', '--data', moved),
-                 "data file is no longer there: put it back at that path")
+    with open(moved, 'a') as f:
+        f.write('zed\n')
+    assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', moved),
+                 "data file is no longer there, and --data holds other data")

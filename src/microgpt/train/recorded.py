@@ -51,11 +51,14 @@ def resume_settings(out, given, preset=None):
         recorded.update(sampling)
     now = {**given, **({'data': recorded_path(given['data'])} if 'data' in given else {}),
            **({'preset': preset} if preset is not None else {})}
+    if 'data' in now and now['data'] != recorded.get('data') and _holds_the_runs_data(given['data'], meta):
+        recorded['data'] = now['data']  # the same data moved, or reached through a link: it continues the run
     differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
                    if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
-            advice = "the run's data file is no longer there: put it back at that path to continue the run"
+            advice = ("the run's data file is no longer there, and --data holds other data (another length, or "
+                      "other first or last 64 KiB): give the file it trained on")
         else:
             advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"
         raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); {advice}, "
@@ -69,6 +72,14 @@ def resume_settings(out, given, preset=None):
     settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
     check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
     return settings, saved_preset
+
+
+def _holds_the_runs_data(path, meta):
+    """Whether the local file `path` is the data of the checkpoint whose metadata is `meta`, wherever it now lies:
+    the same length and first and last 64 KiB as the run's (the check a resume makes of a file at its recorded
+    path). False for a URL, a pipe, or a checkpoint that records no identity."""
+    saved = meta.get('data_identity')
+    return saved is not None and not is_url(path) and file_identity(path) == saved
 
 
 def recorded_data(ckpt, streams=False):
