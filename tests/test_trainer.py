@@ -336,3 +336,6 @@ def test_resume_after_the_data_file_moved_refuses_other_data(small_data, tmp_pat
         f.write('zed\n')
     assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', moved),
                  "data file is no longer there, and --data holds other data")
+    for given, what in ((str(tmp_path), 'is not a file'), (str(tmp_path / 'nothing.txt'), 'is not there')):
+        assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', given),
+                     f"data file is no longer there, and --data {what}: give the file it trained on")

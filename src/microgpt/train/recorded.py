@@ -57,8 +57,11 @@ def resume_settings(out, given, preset=None):
                    if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
-            advice = ("the run's data file is no longer there, and --data holds other data (another length, or "
-                      "other first or last 64 KiB): give the file it trained on")
+            data = given['data']
+            given_data = ('holds other data (another length, or other first or last 64 KiB)'
+                          if is_url(data) or os.path.isfile(data) else
+                          'is not a file' if os.path.exists(data) else 'is not there')
+            advice = f"the run's data file is no longer there, and --data {given_data}: give the file it trained on"
         else:
             advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"
         raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); {advice}, "
