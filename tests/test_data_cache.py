@@ -529,6 +529,8 @@ def _one_byte_first(body):
 
 
 GZIPPED_BODY = gzip.compress(NAMES_BODY, mtime=0)
+ZERO_PADDED = (GZIPPED_BODY + bytes(7) + gzip.compress(b'zoe\n', mtime=0)  # padded as a tape or a block device pads
+               + bytes(3 * 2**20 // 2))  # over more than one block read
 _raw = zlib.compressobj(wbits=-15)
 ENCODED_BODIES = {'gzip': GZIPPED_BODY, 'deflate': zlib.compress(NAMES_BODY),  # deflate: zlib's wrapping, or raw
                   'raw-deflate': _raw.compress(NAMES_BODY) + _raw.flush()}
@@ -547,6 +549,8 @@ def server():
         '/gzip-cut-off.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY[:-9]),  # no length: ends early
         '/two-members.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY + gzip.compress(b'zoe\n', mtime=0)),
         '/gzip-then-junk.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY + b'junk after the end'),
+        '/zero-padded.txt': (200, {'Content-Encoding': 'gzip'}, ZERO_PADDED),
+        '/padding-then-junk.txt': (200, {'Content-Encoding': 'gzip'}, GZIPPED_BODY + bytes(3) + b'junk'),
         '/deflate-one-byte-first.txt': (200, {'Content-Encoding': 'deflate'},
                                         _one_byte_first(ENCODED_BODIES['raw-deflate'])),
         '/a@b.txt?user=a@b': (200, {}, NAMES_BODY),
@@ -592,7 +596,7 @@ def test_an_address_with_spaces_or_other_letters_is_fetched_as_a_browser_would(s
     assert server.requests == ['/my%20names%C3%A9.txt'] * 2, server.requests
 
 
-@pytest.mark.parametrize('encoding', list(ENCODED_BODIES) + ['two-members', 'deflate-one-byte-first'])
+@pytest.mark.parametrize('encoding', list(ENCODED_BODIES) + ['two-members', 'deflate-one-byte-first', 'zero-padded'])
 def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
     """A server may compress a response (Content-Encoding) though nobody asked: the gzip bytes were kept, and the
     run said the download was not text. A gzip or deflate body is decoded as it arrives (progress counts the bytes
@@ -601,7 +605,9 @@ def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
     seen = []
     path = fetch(server.url + f'/{encoding}.txt', cache_dir=str(tmp_path),
                  progress=lambda done, total: seen.append((done, total)))
-    want = NAMES_BODY + (b'zoe\n' if encoding == 'two-members' else b'')
+    want = NAMES_BODY + (b'zoe\n' if encoding in ('two-members', 'zero-padded') else b'')
+    if encoding == 'zero-padded':
+        assert gzip.decompress(ZERO_PADDED) == want  # as Python's gzip reads it
     assert open(path, 'rb').read() == want
     if encoding in ENCODED_BODIES:
         sent = len(ENCODED_BODIES[encoding])
@@ -612,6 +618,7 @@ def test_a_response_sent_encoded_is_kept_decoded(server, tmp_path, encoding):
     ('/brotli.txt', "encoded as 'br', which microgpt does not decode"),
     ('/gzip-cut-off.txt', "encoded as 'gzip', and it does not decode (it ends early)"),
     ('/gzip-then-junk.txt', "encoded as 'gzip', and it does not decode ("),
+    ('/padding-then-junk.txt', "encoded as 'gzip', and it does not decode ("),
     ('/gzip.txt', 'decodes to more than 15,000 bytes with no announced size')])  # under a cap of 15,000
 def test_an_encoding_that_cannot_be_decoded_is_one_line_and_leaves_nothing(server, tmp_path, route, fragment,
                                                                            monkeypatch):

@@ -83,7 +83,7 @@ def _refuse_credentials(url):
 
 class _Decoder:
     """A response body's Content-Encoding, which a server may use unasked, undone as it arrives: gzip (one member
-    or several, as `cat a.gz b.gz` makes) and deflate (zlib-wrapped, or raw as some servers send it); no encoding
+    or several, as `cat a.gz b.gz` makes, zero bytes between or after them ignored as Python's gzip does) and deflate (zlib-wrapped, or raw as some servers send it); no encoding
     passed on; anything else refused."""
 
     def __init__(self, url, content_encoding):
@@ -108,9 +108,12 @@ class _Decoder:
             wrapped = self.head[0] & 0x0F == 8 and (self.head[0] << 8 | self.head[1]) % 31 == 0
             self.stream, block, self.head = zlib.decompressobj(15 if wrapped else -15), self.head, b''
         while block:
-            if self.stream.eof:  # bytes after a gzip member: the next member
+            if self.stream.eof:  # bytes after a gzip member: zero padding, as gzip tools accept, or the next member
                 if self.coding == 'deflate':
                     raise self._undecodable('bytes after its end')
+                block = block.lstrip(b'\0')
+                if not block:
+                    return
                 self.stream = zlib.decompressobj(32 + 15)
             try:
                 piece = self.stream.decompress(block, BLOCK_BYTES)
