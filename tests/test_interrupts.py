@@ -47,9 +47,11 @@ def test_the_stop_notice_starts_a_line_only_below_a_progress_bar(bar):
     assert err.getvalue() == want, err.getvalue()
 
 
-def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):
+@pytest.mark.parametrize('out', [None, 'new', 'existing'])
+def test_ctrl_c_in_the_first_step_interrupts_at_once(data, tmp_path, monkeypatch, out):
     """The fused engine compiles its kernels inside the first step (a minute cold): a Ctrl-C there said
-    'stopping after this step', then compiled on, trained the whole chunk and exited 0 with samples."""
+    'stopping after this step', then compiled on, trained the whole chunk and exited 0 with samples. Nothing of
+    the run stays in --out: an empty metrics.jsonl stayed, and the folder the run had made."""
     from microgpt.engines.numpy.engine import NumpyEngine
     first_call = NumpyEngine.train_steps
 
@@ -59,9 +61,13 @@ def test_ctrl_c_in_the_first_step_interrupts_at_once(data, monkeypatch):
         return first_call(self, *args, **kwargs)
 
     monkeypatch.setattr(NumpyEngine, 'train_steps', compiling)
-    code, out, err = run(*small(data))
+    folder = tmp_path / 'run'
+    if out == 'existing':
+        folder.mkdir()
+    code, stdout, err = run(*small(data), *(['--out', str(folder)] if out else []))
     assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
-    assert 'step' not in out, out
+    assert 'step' not in stdout, stdout
+    assert os.listdir(folder) == [] if out == 'existing' else not folder.exists(), os.listdir(folder)
 
 
 def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from ..data import file_identity
 from ..errors import MicrogptError
 from ..fetch import local_path
-from ..tempfiles import folder_problem
+from ..tempfiles import folder_problem, remove_quietly
 from .loop import evaluate, train_chunks, training_threads
 from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
 from .setup import Holdout, prepare_run
@@ -109,6 +109,7 @@ class TrainingRun:
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
+        made = cfg.out and self.writes and not os.path.isdir(cfg.out)
         if cfg.out:
             try:
                 os.makedirs(cfg.out, exist_ok=True)
@@ -128,9 +129,23 @@ class TrainingRun:
                     yield from self._steps(run.train_tokens, run.val_tokens, start, should_stop)
             finally:
                 self._close_metrics()
+                if self._metrics_end == 0 and not start:  # stopped before its first step: no empty record stays
+                    self._remove_empty_run(made)
         finally:
             if lock is not None:
                 os.close(lock)  # closing the folder's descriptor releases its lock
+
+    def _remove_empty_run(self, made):
+        """Remove the empty metrics file of a fresh run that stopped before its first step (Ctrl-C while compiling,
+        a loss that was not finite at step 1), and its --out folder if the run made it and it is empty now."""
+        path = self.path(METRICS_FILE)
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            remove_quietly(path)
+        if made:
+            try:
+                os.rmdir(self.cfg.out)  # only an empty folder
+            except OSError:
+                pass
 
     def _steps(self, doc_tokens, val_tokens, start, should_stop):
         cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
@@ -252,7 +267,7 @@ class TrainingRun:
     # ---- metrics.jsonl: one JSON object per step, written whole or not at all
 
     def _open_metrics(self, start):
-        self._metrics = None
+        self._metrics, self._metrics_end = None, None
         if not self.cfg.out or not self.writes:
             return
         path = self.path(METRICS_FILE)
