@@ -270,6 +270,26 @@ def test_an_export_that_fails_as_a_full_disk_keeps_the_files_before(tmp_path, da
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, sorted(p.name for p in out.iterdir())
 
 
+@pytest.mark.parametrize('room', [0, 20000])
+@pytest.mark.parametrize('kind', ['c', 'train', 'web'])
+def test_an_export_into_a_new_folder_that_fails_leaves_no_folder(tmp_path, data_file, monkeypatch, kind, room):
+    """...and an export into a new folder left it behind, empty or holding the files written before the one that
+    failed."""
+    from microgpt.export.c import export_c
+    from microgpt.export.c_train import export_training_program
+    from microgpt.export.web import export_web
+    ckpt_path = tmp_path / 'model.safetensors'
+    save_checkpoint(str(ckpt_path), trained_engine(), VOCAB, TCFG, 1, {})
+    out = tmp_path / 'new' / 'out'
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, 'fdopen', lambda fd, mode, **kw: _FullDisk(real_fdopen(fd, mode, **kw), room))
+    with pytest.raises(MicrogptError, match='No space left on device'):
+        {'c': lambda: export_c(load_checkpoint(str(ckpt_path)), str(out)),
+         'train': lambda: export_training_program(str(out), str(ckpt_path), data_file, False, None, None),
+         'web': lambda: export_web(str(ckpt_path), str(out))}[kind]()
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
 def test_a_first_checkpoint_on_a_full_disk_claims_nothing_kept(tmp_path, monkeypatch):
     """The message said 'the checkpoints already there are kept' in a folder that held none."""
     real_fdopen = os.fdopen

@@ -5,9 +5,11 @@ A temporary is named PREFIX + PID + '-' + random: the next write into the same f
 process is gone (and our own), never those of another run writing there now.
 """
 
+import contextlib
 import errno
 import os
 import secrets
+import shutil
 
 TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_text's
 
@@ -40,6 +42,21 @@ def write_text(path, text):
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def folder_for(path):
+    """Make the folder `path` (and its parents) for the files the block writes into it. When the block fails (an
+    OSError, Ctrl-C) and the folder was made here, it goes again with what the block wrote: an export that failed
+    on a full disk leaves no new folder holding some of its files, or none."""
+    made = not os.path.isdir(path)
+    os.makedirs(path, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
         raise
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import num_parameters, parameter_shapes
 from ..errors import MicrogptError
-from ..tempfiles import write_text
+from ..tempfiles import folder_for, write_text
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
@@ -51,9 +51,9 @@ def write_program(out_dir, header, header_text, source):
     files = tuple(os.path.join(out_dir, name) for name in texts)
     path = out_dir
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        for path, text in zip(files, texts.values()):
-            write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
+        with folder_for(out_dir):
+            for path, text in zip(files, texts.values()):
+                write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
     except OSError as e:
         raise MicrogptError(f"{path}: cannot write the C program: {e.strerror}") from None
     return files

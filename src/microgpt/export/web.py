@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError
-from ..tempfiles import write_text
+from ..tempfiles import folder_for, write_text
 from ..train.checkpoint import load_checkpoint
 from ..train.recorded import recorded_documents
 from ..train.run import METRICS_FILE
@@ -58,9 +58,9 @@ def export_web(checkpoint, out_dir, force=False, metrics_path=None):
     path = os.path.join(out_dir, PAGE)
     where = out_dir
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        where = path
-        write_text(path, page)  # whole or not at all
+        with folder_for(out_dir):
+            where = path
+            write_text(path, page)  # whole or not at all
     except OSError as e:
         raise MicrogptError(f"{where}: cannot write the web page: {e.strerror}") from None
     return WebExport(out_dir, path, metrics_path, len(documents or ()))
