@@ -169,7 +169,7 @@ def test_readme_shows_each_train_flag_with_the_dataclass_default():
 
 REFERENCE_WITHOUT_NUMPY = """
 import runpy, sys
-sys.argv = ['microgpt', 'train', '--engine', 'reference', '--steps', '2', '--data', sys.argv[1]]
+sys.argv = ['microgpt', 'train', '--engine', 'reference', '--steps', '2', '--num-samples', '1', '--data', sys.argv[1]]
 try:
     runpy.run_module('microgpt', run_name='__main__')
 except SystemExit as e:
