@@ -83,8 +83,8 @@ def _refuse_credentials(url):
 
 class _Decoder:
     """A response body's Content-Encoding, which a server may use unasked, undone as it arrives: gzip (one member
-    or several, as `cat a.gz b.gz` makes, zero bytes between or after them ignored as Python's gzip does) and deflate (zlib-wrapped, or raw as some servers send it); no encoding
-    passed on; anything else refused."""
+    or several, as `cat a.gz b.gz` makes, zero bytes between or after them ignored as Python's gzip does) and
+    deflate (zlib-wrapped, or raw as some servers send it); no encoding passed on; anything else refused."""
 
     def __init__(self, url, content_encoding):
         codings = [c for c in (content_encoding or '').lower().replace(' ', '').split(',') if c not in ('', 'identity')]
