@@ -8,7 +8,8 @@ Files are read in pieces that end on a line break (read_pieces), so a read never
 memory at once, Ctrl-C is seen between pieces, and a file that claims one size and streams another
 (/dev/zero, a pipe) is bounded: a regular file is read up to the size it had when opened, anything else
 up to MAX_STREAM_BYTES, and to a sixteenth of the available memory (a stream is tokenised in memory: 8.4 bytes
-per byte were measured for lines of 3 letters). Large files go through corpus.py, which keeps them as one token array on disk.
+per byte were measured for lines of 3 letters). Large files go through corpus.py, which keeps them as one token
+array on disk.
 """
 
 import hashlib

@@ -2,9 +2,9 @@
 
 Every run holds out the same distinct-name validation split (its own seed, fixed across runs, so the
 scores compare) and reports the mean NLL per character on it after the last step. Runs use the fused
-engine in float64, which computes what the reference engine computes up to rounding (tests/test_engines_agree.py). Results are one JSON
-file per (experiment, seed) in the results folder, so an interrupted study resumes where it stopped;
-runs go to a process pool (one worker per core). Quiet: the CLI prints and writes the report.
+engine in float64, which computes what the reference engine computes up to rounding (tests/test_engines_agree.py).
+Results are one JSON file per (experiment, seed) in the results folder, so an interrupted study resumes where it
+stopped; runs go to a process pool (one worker per core). Quiet: the CLI prints and writes the report.
 """
 
 import json

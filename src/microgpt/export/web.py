@@ -1,10 +1,10 @@
 """Export a checkpoint as one self-contained web page that runs the model in the browser.
 
 `export_web` writes DIR/index.html: web_template/index.html with the model (microgpt.js), the training worker
-(worker.js), the sampler (sampling.js), the charts (charts.js) and the interface (page.js) inlined, and the page's data as JSON: the configuration, THE parameter
-table (config.parameter_table; the JavaScript takes every offset and shape from it), the weights as base64
-little-endian float32 in that table's flat order, the vocabulary, the run's metrics (metrics.jsonl beside the
-checkpoint) and the training documents. No CDN, no server, no build step: it opens from file:// and from any
+(worker.js), the sampler (sampling.js), the charts (charts.js) and the interface (page.js) inlined, and the
+page's data as JSON: the configuration, THE parameter table (config.parameter_table; the JavaScript takes every
+offset and shape from it), the weights as base64 little-endian float32 in that table's flat order, the
+vocabulary, the run's metrics (metrics.jsonl beside the checkpoint) and the training documents. No CDN, no server, no build step: it opens from file:// and from any
 static host.
 """
 

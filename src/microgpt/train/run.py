@@ -100,8 +100,8 @@ class TrainingRun:
         return fd
 
     def events(self, should_stop=lambda: False, progress=None):
-        """The run's Header, Steps (loop.py's, an engine call's steps), EvalReports and Saved events; `progress(bytes, total or None)` follows the
-        data's download or first tokenisation (prepare_run's)."""
+        """The run's Header, Steps (loop.py's, an engine call's steps), EvalReports and Saved events;
+        `progress(bytes, total or None)` follows the data's download or first tokenisation (prepare_run's)."""
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
