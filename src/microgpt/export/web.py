@@ -4,8 +4,8 @@
 (worker.js), the sampler (sampling.js), the charts (charts.js) and the interface (page.js) inlined, and the
 page's data as JSON: the configuration, THE parameter table (config.parameter_table; the JavaScript takes every
 offset and shape from it), the weights as base64 little-endian float32 in that table's flat order, the
-vocabulary, the run's metrics (metrics.jsonl beside the checkpoint) and the training documents. No CDN, no server, no build step: it opens from file:// and from any
-static host.
+vocabulary, the run's metrics (metrics.jsonl beside the checkpoint) and the training documents. No CDN, no
+server, no build step: it opens from file:// and from any static host.
 """
 
 import base64
