@@ -1,6 +1,7 @@
 """`microgpt tune`: a real Optuna study over real (tiny) training runs, continued, shared by two processes, and
 reproduced by the command it prints; its bad inputs are one-line errors that leave the study as it was."""
 
+import json
 import os
 import re
 from pathlib import Path
@@ -95,6 +96,8 @@ def test_two_workers_share_one_study(small_data, tmp_path):
     ({'workers': 0}, 'workers must be at least 1'),
     ({'storage': 'nosuchdb://x/y'}, 'cannot open the study storage'),
     ({'storage': 'sqlite:////nonexistent-dir/sub/tune.db'}, 'cannot open the study storage'),
+    ({'storage': 'sqlite:///:memory:'}, 'a database in memory ends with each process'),
+    ({'storage': 'sqlite://'}, 'a database in memory ends with each process'),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
     with pytest.raises(MicrogptError, match=re.escape(message)) as e:
@@ -112,6 +115,68 @@ def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
     with pytest.raises(MicrogptError, match='was made with another data_sha256'):
         tune(options(str(other), out))
     assert (out / 'tune.db').read_bytes() == before
+
+
+def test_a_study_made_with_another_seed_is_refused(small_data, tmp_path):
+    """--seed draws the held-out split every trial is scored on: trials of two seeds were ranked together."""
+    out = tmp_path / 'tune'
+    out.mkdir()
+    open_study(options(small_data, out))
+    with pytest.raises(MicrogptError, match='was made with another seed; give another --out DIR'):
+        open_study(options(small_data, out, seed=7))
+
+
+def test_a_study_made_before_the_seed_was_recorded_takes_this_runs(small_data, tmp_path):
+    from microgpt.tune.search import fingerprint
+    out = tmp_path / 'tune'
+    out.mkdir()
+    old = optuna.create_study(storage=options(small_data, out).storage_url, study_name='microgpt')
+    for key, value in fingerprint(options(small_data, out)).items():
+        if key != 'seed':
+            old.set_user_attr(key, value)
+    assert open_study(options(small_data, out, seed=7)).user_attrs['seed'] == 7
+    with pytest.raises(MicrogptError, match='was made with another seed'):
+        open_study(options(small_data, out))
+
+
+def no_trial(options_):
+    """tune() up to the first trial: the checks, the study and the folder's claim."""
+    return tune(options_, stop_requested=lambda: True)
+
+
+def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path):
+    """A second study in the same --out DIR (another --study, or --storage left out or changed) numbered its trials
+    from 0000 too, over the first one's runs, and DIR/best/ then copied a run of the other study beside the first
+    study's score. Now the folder keeps which study it holds, and another is refused; the same study continues,
+    also from a folder that has moved (the default storage is the folder's own tune.db)."""
+    out = tmp_path / 'tune'
+    no_trial(options(small_data, out, study='first'))
+    assert json.loads((out / 'search.json').read_text()) == {'study': 'first', 'storage': None,
+                                                             'storage_sha256': None}
+    elsewhere = f"sqlite:///{tmp_path / 'shared.db'}"
+    for change, there in (({'study': 'second'}, "the folder's tune.db"),
+                          ({'study': 'first', 'storage': elsewhere}, elsewhere)):
+        with pytest.raises(MicrogptError) as info:
+            no_trial(options(small_data, out, **change))
+        assert str(info.value) == (
+            f"{out} holds the trials of study 'first' (in the folder's tune.db); those of study "
+            f"{change['study']!r} (in {there}) would overwrite them: give another --out DIR, or --study and --storage "
+            f"as that search had them to continue it"), str(info.value)
+    moved = tmp_path / 'moved'
+    os.rename(out, moved)
+    no_trial(options(small_data, moved, study='first'))
+    shared = tmp_path / 'shared'
+    no_trial(options(small_data, shared, storage=elsewhere))
+    with pytest.raises(MicrogptError, match="holds the trials of study 'microgpt' \\(in sqlite:///"):
+        no_trial(options(small_data, shared))  # --storage forgotten: a new study in DIR/tune.db
+    no_trial(options(small_data, shared, storage=elsewhere))
+
+
+def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
+    with pytest.raises(MicrogptError) as info:
+        no_trial(options(small_data, tmp_path / 'tune', storage='postgresql://me:secret@127.0.0.1:1/db'))
+    assert 'secret' not in str(info.value) and '***@127.0.0.1:1/db' in str(info.value), str(info.value)
+    assert not (tmp_path / 'tune').exists()  # a storage that cannot be opened leaves no new folder
 
 
 def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_path):

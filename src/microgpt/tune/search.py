@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass
 
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
-from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents
+from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents, redacted
 from ..errors import MicrogptError
 from ..fetch import local_path
+from ..tempfiles import folder_for, write_text
 from ..presets import fields_of, model_settings, resolve
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
@@ -26,6 +27,7 @@ from . import space
 BASE_PRESET = 'makemore'    # what a trial's flags override: init std 0.02, Adam betas 0.9 / 0.99
 EVALUATIONS = 8             # held-out evaluations per trial, each reported to the pruner
 STUDY_DB = 'tune.db'
+SEARCH_FILE = 'search.json'  # the study whose trials the folder holds
 TRIALS_DIR = 'trials'
 AGAIN_DIR = 'again'  # where the printed command trains a trial again
 
@@ -65,6 +67,9 @@ class TuneConfig:
     def check(self):
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise MicrogptError(f"{self.out}: exists and is not a folder; give another --out DIR")
+        if self.storage is not None and (':memory:' in self.storage or self.storage.rstrip('/') == 'sqlite:'):
+            raise MicrogptError(f"--storage {self.storage}: a database in memory ends with each process (the report "
+                                f"would find no trial); give sqlite:///FILE, or leave --storage out for DIR/tune.db")
         return self
 
     @property
@@ -97,14 +102,15 @@ def make_storage(url):
                                           if url.startswith('sqlite') else {})
     except Exception as e:  # SQLAlchemy and the drivers raise many types; each is one line for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MicrogptError(f"cannot open the study storage {url!r} ({reason}); give an Optuna storage URL such "
-                            f"as sqlite:///tune.db, postgresql://user@host/db or journal:FILE") from None
+        raise MicrogptError(f"cannot open the study storage {redacted(url)!r} ({reason}); give an Optuna storage URL "
+                            f"such as sqlite:///tune.db, postgresql://user@host/db or journal:FILE") from None
 
 
 def fingerprint(options):
-    """What a study must keep to stay one search: the data's bytes, the space and the trial length cap."""
+    """What a study must keep to stay one search: the data's bytes, the space, the trial length cap and the seed
+    (it draws the held-out split every trial is scored on)."""
     return {'data_sha256': file_sha256(options.local_data_path), 'space_version': space.SPACE_VERSION,
-            'max_steps': options.max_steps}
+            'max_steps': options.max_steps, 'seed': options.seed}
 
 
 def open_study(options):
@@ -115,16 +121,53 @@ def open_study(options):
     study = optuna.create_study(storage=storage, study_name=options.study, direction='minimize', load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=6),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
-    want = fingerprint(options)
-    have = study.user_attrs
-    if not have:
-        for key, value in want.items():
+    want, have = fingerprint(options), study.user_attrs
+    differ = ', '.join(k for k in want if k in have and have[k] != want[k])
+    if differ:
+        raise MicrogptError(f"study {options.study!r} in {redacted(options.storage_url)} was made with another "
+                            f"{differ}; give another --out DIR for this search")
+    for key, value in want.items():
+        if key not in have:  # a new study, or one made before the key was recorded (the seed)
             study.set_user_attr(key, value)
-    elif {k: have.get(k) for k in want} != want:
-        differ = ', '.join(k for k in want if have.get(k) != want[k])
-        raise MicrogptError(f"study {options.study!r} in {options.storage_url} was made with another {differ}; "
-                            f"give another --out DIR or --study NAME for this search")
     return study
+
+
+def _search_record(options):
+    """What DIR/search.json keeps of the study whose trials DIR holds: its name, and its storage (None: DIR's own
+    tune.db, wherever DIR has moved) as a hash, and shown without a password."""
+    import hashlib
+    storage = options.storage
+    return {'study': options.study, 'storage': None if storage is None else redacted(storage),
+            'storage_sha256': None if storage is None else hashlib.sha256(storage.encode('utf-8')).hexdigest()}
+
+
+def check_folder(options):
+    """Refuse a --out DIR that holds the trials of another study (another --study, or --storage): this search's
+    trial NNNN would overwrite that one's run, and DIR/best/ would copy a run of the other study."""
+    import json
+    path = os.path.join(options.out, SEARCH_FILE)
+    try:
+        with open(path, encoding='utf-8') as f:
+            have = json.load(f)
+        have = {key: have[key] for key in ('study', 'storage', 'storage_sha256')}
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MicrogptError(f"{path}: damaged (not the record of the study whose trials are there); give another "
+                            f"--out DIR") from None
+    want = _search_record(options)
+    if (have['study'], have['storage_sha256']) != (want['study'], want['storage_sha256']):
+        there, here = (f"in {r['storage']}" if r['storage'] else "in the folder's tune.db" for r in (have, want))
+        raise MicrogptError(f"{options.out} holds the trials of study {have['study']!r} ({there}); those of study "
+                            f"{options.study!r} ({here}) would overwrite them: give another --out DIR, or --study "
+                            f"and --storage as that search had them to continue it")
+
+
+def claim_folder(options):
+    """Record in DIR/search.json which study's trials DIR holds (check_folder reads it)."""
+    import json
+    if not os.path.exists(os.path.join(options.out, SEARCH_FILE)):
+        write_text(os.path.join(options.out, SEARCH_FILE), json.dumps(_search_record(options), indent=1) + '\n')
 
 
 # ---- one trial
@@ -261,8 +304,10 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     # bad data, or too little to hold some out, is one line before any study or process starts: a study is
     # created with the data's fingerprint, and would refuse the next run on the right data
     holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')
-    os.makedirs(options.out, exist_ok=True)
-    study = open_study(options)
+    check_folder(options)
+    with folder_for(options.out):  # a storage that cannot be opened leaves no new folder
+        study = open_study(options)
+        claim_folder(options)
     fail_abandoned_trials(study)
     deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
     if options.workers == 1:
