@@ -81,3 +81,20 @@ def test_eval_and_sample_take_several_checkpoints(tmp_path):
     code, out, err = run_cli_in_process('eval', '--checkpoint', runs[0], str(tmp_path / 'o' / 'model.safetensors'),
                                         '--data', str(data))
     assert_one_line_error(code, out, err, 'vocabulary differs')
+
+
+def test_an_ensemble_of_two_context_lengths_is_refused(tmp_path):
+    """The ensemble held the shorter context: every sample was cut to 4 characters, and its loss, over the first 4
+    positions only, was worse than its members' mean, which cannot be."""
+    data = write_names(tmp_path / 'names.txt')
+    runs = []
+    for block in (16, 4):
+        out = tmp_path / f'block{block}'
+        code, _, err = run_cli_in_process('train', '--data', str(data), '--steps', '5', '--block-size', str(block),
+                                          '--out', str(out), '--num-samples', '0')
+        assert code == 0, err
+        runs.append(str(out / 'model.safetensors'))
+    for command in (['eval', '--data', str(data)], ['sample']):
+        code, out, err = run_cli_in_process(*command, '--checkpoint', *runs)
+        assert_one_line_error(code, out, err, f"{runs[1]}: its context holds 4 tokens (--block-size), {runs[0]}'s 16; "
+                                              f"an ensemble needs models of one context length")

@@ -44,12 +44,18 @@ def _engine_from_checkpoint(path):
 
 
 def _models_from_checkpoints(paths):
-    """(checkpoint, engine) of each path; several must share one vocabulary (an ensemble averages over it)."""
+    """(checkpoint, engine) of each path; several must share one vocabulary (an ensemble averages over it) and one
+    context length (it averages at every position: the shorter context's would cut every name and score short)."""
     models = [_engine_from_checkpoint(path) for path in paths]
+    first = models[0][0]
     for path, (ckpt, _) in zip(paths[1:], models[1:]):
-        if ckpt.vocab != models[0][0].vocab:
+        if ckpt.vocab != first.vocab:
             raise MicrogptError(f"{path}: its vocabulary differs from {paths[0]}'s; an ensemble needs models "
                                 f"trained on the same characters")
+        if ckpt.model_cfg.block_size != first.model_cfg.block_size:
+            raise MicrogptError(f"{path}: its context holds {ckpt.model_cfg.block_size} tokens (--block-size), "
+                                f"{paths[0]}'s {first.model_cfg.block_size}; an ensemble needs models of one "
+                                f"context length")
     return models
 
 
@@ -57,7 +63,7 @@ def _decoder(models):
     """One model's decoder, or an ensemble's, and the context length they all hold."""
     if len(models) == 1:
         return models[0][1].decoder(), models[0][1].cfg.block_size
-    return EnsembleDecoder([engine.decoder() for _, engine in models]), min(e.cfg.block_size for _, e in models)
+    return EnsembleDecoder([engine.decoder() for _, engine in models]), models[0][1].cfg.block_size
 
 
 def cmd_sample(args, out, err):
