@@ -295,7 +295,9 @@ def test_eval_sample_and_export_refuse_training_data_edited_since(data, tmp_path
     with open(data, 'a') as f:
         f.write('aaab\n')
     changed = f"the training data {data!r} changed since the run saved"
-    assert_one_line_error(*run('eval', '--checkpoint', checkpoint), changed, 'give --data FILE')
+    assert_one_line_error(*run('eval', '--checkpoint', checkpoint), changed,
+                          "(put the run's own data back there to score its held-out split); give --data FILE to "
+                          "score every document of a file")  # it said 'give --data FILE', which scores another set
     assert_one_line_error(*run('export', '--train', '--checkpoint', checkpoint, '--out', tmp_path / 'c'), changed)
     code, stdout, err = run('sample', '--checkpoint', checkpoint, '--num-samples', '2')
     assert code == 0 and stdout.count('sample ') == 2 and 'novel:' not in stdout, (code, stdout, err)

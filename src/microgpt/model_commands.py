@@ -99,8 +99,10 @@ def cmd_eval(args, out, err):
     else:
         try:
             data_path = recorded_data(ckpt, streams=True)  # a run trained from a pipe is evaluated from one
-        except MicrogptError as e:
-            raise MicrogptError(f"{e}; give --data FILE") from None
+        except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
+            held_out = (" (put the run's own data back there to score its held-out split)"
+                        if ckpt.meta.get('eval_every') else "")
+            raise MicrogptError(f"{e}{held_out}; give --data FILE to score every document of a file") from None
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
