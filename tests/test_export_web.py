@@ -473,9 +473,14 @@ def test_checkpoints_that_cannot_be_exported_are_one_line_errors(tmp_path):
 
 
 def test_damaged_metrics_are_named(tmp_path):
+    """...with a way out; and a last line cut off (a killed run's last write) is left out of the curves."""
     path = checkpoint_of(tmp_path / 'run', NAMES, steps=2)
-    (tmp_path / 'run' / 'metrics.jsonl').write_text('{"step": 1, "train_loss": 3.1}\n{"step": 2\n')
-    with pytest.raises(MicrogptError, match='line 2 is not a metrics record'):
+    metrics = tmp_path / 'run' / 'metrics.jsonl'
+    metrics.write_text('{"step": 1, "train_loss": 3.1}\n{"step": 2, "train')
+    assert export_web(path, str(tmp_path / 'cut')).metrics_path == str(metrics)
+    metrics.write_text('{"step": 1, "train_loss": 3.1}\n{"step": 2\n')
+    with pytest.raises(MicrogptError, match='line 2 is not a metrics record .*; move it away to export the page '
+                                            'without its loss curves$'):
         export_web(path, str(tmp_path / 'page'))
     with pytest.raises(MicrogptError, match='cannot read the run.s metrics'):
         export_web(path, str(tmp_path / 'page2'), metrics_path=str(tmp_path / 'absent.jsonl'))

@@ -339,3 +339,20 @@ def test_resume_after_the_data_file_moved_refuses_other_data(small_data, tmp_pat
     for given, what in ((str(tmp_path), 'is not a file'), (str(tmp_path / 'nothing.txt'), 'is not there')):
         assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', given),
                      f"data file is no longer there, and --data {what}: give the file it trained on")
+
+
+def test_resume_drops_a_metrics_line_cut_off_by_a_kill(small_data, tmp_path):
+    """A run killed while it wrote metrics.jsonl leaves its last line cut off: --resume said the file was damaged
+    and to move it away (losing every record); the cut line is dropped. A damaged whole line is still refused."""
+    out = tmp_path / 'run'
+    assert run(*train_args(small_data, str(out), '--steps', '20'))[0] == 0
+    metrics = out / 'metrics.jsonl'
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"step": 21, "train_lo')
+    code, _, err = run('train', '--out', str(out), '--resume', '--steps', '30')
+    assert code == 0, err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r['step'] for r in records] == list(range(1, 31)), [r['step'] for r in records]
+    metrics.write_text(whole.replace('"step": 5,', '"step": 5', 1))
+    assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40'),
+                 'metrics.jsonl: damaged (not one JSON record with a step per line); move it away to resume')

@@ -106,8 +106,10 @@ def read_metrics(path, steps):
             if 'val_loss' in record:
                 val.append([int(record['step']), float(record['val_loss'])])
         except (ValueError, KeyError, TypeError) as e:
-            raise MicrogptError(f"{path}: line {number} is not a metrics record ({e}); give the metrics.jsonl "
-                                f"written by `microgpt train --out DIR`") from None
+            if number == len(lines) and not line.endswith('\n'):  # a last write cut off (a killed run): left out
+                continue
+            raise MicrogptError(f"{path}: line {number} is not a metrics record ({e}); move it away to export the "
+                                f"page without its loss curves") from None
     train = [point for point in train if math.isfinite(point[1])]  # a diverged step has no place on the chart
     val = [point for point in val if math.isfinite(point[1])]
     if len(train) > MAX_CURVE_POINTS:  # means of equal bins of steps, each drawn at its last step

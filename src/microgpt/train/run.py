@@ -276,6 +276,8 @@ class TrainingRun:
             if start and os.path.exists(path):
                 with open(path, 'rb') as f:
                     for line in f:
+                        if not line.endswith(b'\n'):  # the last write of a killed run, cut off: dropped
+                            break
                         if line.strip() and json.loads(line)['step'] > start:
                             break
                         kept += len(line)
