@@ -321,6 +321,10 @@ def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
     assert evaluated.returncode == 0 and b'(the held-out split of /dev/stdin)' in evaluated.stdout, evaluated.stderr
     exported = cli('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
     assert exported.returncode == 0, exported.stderr
+    resumed = cli('train', '--resume', '--out', out, '--steps', '25')  # said nothing of the unchecked data
+    assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the data is a stream (a pipe or a device), " \
+        b"which cannot be checked against the run's: it continues the run only if it gives the same documents\n" \
+        in resumed.stderr, resumed.stderr
 
 
 def test_a_run_on_a_path_that_is_not_utf8_is_evaluated(tmp_path):

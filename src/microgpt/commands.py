@@ -89,7 +89,10 @@ def cmd_train(args, out, err):
                 if run.run.notice:  # the token cache could not be written: the data was read into memory
                     print(f"microgpt: {run.run.notice}", file=err)
                 if event.resumed_from:
-                    print(f"microgpt: resuming from step {event.resumed_from}", file=err)
+                    unchecked = ("; the data is a stream (a pipe or a device), which cannot be checked against the "
+                                 "run's: it continues the run only if it gives the same documents"
+                                 if run.data_identity is None else "")
+                    print(f"microgpt: resuming from step {event.resumed_from}{unchecked}", file=err)
                 bar = stop.bar = _progress_bar(err, tcfg.steps, event.resumed_from)
     except BaseException:
         if run_cfg.plot:  # also after Ctrl-C or an error: plot what was recorded; the first failure is reported
