@@ -406,3 +406,14 @@ def test_cli_flags_that_would_be_ignored_are_refused(tmp_path, flags, fragment):
     code, out, err = run_cli_in_process('export', '--out', str(tmp_path / 'out'), *flags)
     assert_one_line_error(code, out, err, fragment)
     assert not (tmp_path / 'out').exists()
+
+
+def test_documents_are_stored_up_to_the_context_they_train(tmp_path):
+    """A step predicts at most block_size tokens of a document: a 5 MB line took 10 MB of train_data.h."""
+    data = tmp_path / 'long.txt'
+    data.write_text('x' * 100_000 + '\nemma\nava\n')
+    code, out, err = run_cli_in_process('export', '--train', '--data', str(data), '--out', str(tmp_path / 'c'))
+    assert code == 0, err
+    header = (tmp_path / 'c' / C_HEADER).read_text()  # BOS, 16 x, BOS, emma, BOS, ava, BOS
+    assert '#define N_DOC_TOKENS 27L' in header, [line for line in header.splitlines() if 'N_DOC_TOKENS' in line]
+    assert (tmp_path / 'c' / C_HEADER).stat().st_size < 100_000

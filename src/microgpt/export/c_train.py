@@ -97,7 +97,7 @@ def export_c_train(out_dir, docs, cfg, vocab, tcfg=None, init_weights=None, low_
         hint = "" if low_memory else ", --low-memory,"
         raise MicrogptError(f"training this model on the device needs {need:,} bytes of RAM, more than the "
                             f"{limit:,} allowed; give a smaller model{hint} or a larger --ram")
-    tokens = _document_stream(docs, vocab)
+    tokens = _document_stream(docs, vocab, cfg.block_size)
     weights = None if init_weights is None else _check_weights(init_weights, cfg)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise MicrogptError(f"{out_dir}: exists and is not a directory; give a directory for the C program")
@@ -130,15 +130,17 @@ def _check_trainable(cfg, vocab, tcfg):
                                 "microgpt_train.c reads as one (3C, C) matrix; update the C template")
 
 
-def _document_stream(docs, vocab):
-    """BOS doc1 BOS doc2 ... BOS as token ids; MicrogptError for no documents or a character outside vocab."""
+def _document_stream(docs, vocab, block_size):
+    """BOS doc1 BOS doc2 ... BOS as token ids, each document cut to its first block_size characters: a step
+    predicts at most block_size tokens, from BOS and those characters (a 5 MB line took 10 MB of flash for 16 of
+    them). MicrogptError for no documents or a character outside vocab."""
     if not docs:
         raise MicrogptError("no training documents; give a text file with one item per line")
     stream = [vocab.bos_id]
     for doc in docs:
         if not doc:
             raise MicrogptError("an empty document cannot be trained on; give non-blank lines")
-        stream += vocab.encode(doc) + [vocab.bos_id]
+        stream += vocab.encode(doc[:block_size]) + [vocab.bos_id]
     return stream
 
 
