@@ -312,3 +312,28 @@ def test_a_failed_save_keeps_the_metrics_of_the_steps_shown(tmp_path, data_file,
     assert 'step    1 /    3' in stdout and 'val loss' in stdout, stdout
     records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [(r['step'], 'val_loss' in r) for r in records] == [(1, True)], records
+
+
+def test_a_failed_block_removes_only_what_it_made(tmp_path):
+    """folder_for decided the folder was its own by looking before it made it: a process that lost that race
+    removed the folder another was writing into. Now only a folder this call made, and only the files the block
+    wrote, go; what anyone else put there stays, and so does the folder then."""
+    from microgpt.tempfiles import folder_for, write_new_text
+    new = tmp_path / 'a' / 'b'
+    with pytest.raises(KeyboardInterrupt):
+        with folder_for(str(new)) as written:
+            (new / 'mine.txt').write_text('x')
+            written.append(str(new / 'mine.txt'))
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)  # the parent it made too
+    with pytest.raises(OSError):
+        with folder_for(str(new)) as written:
+            (new / 'theirs.txt').write_text('another process wrote this meanwhile')
+            raise OSError(errno.ENOSPC, 'full')
+    assert os.listdir(new) == ['theirs.txt'], os.listdir(new)
+    with pytest.raises(OSError):
+        with folder_for(str(new)) as written:  # a folder it did not make
+            raise OSError(errno.ENOSPC, 'full')
+    assert os.listdir(new) == ['theirs.txt'], os.listdir(new)
+    assert write_new_text(str(new / 'record.json'), 'first') and not write_new_text(str(new / 'record.json'), 'second')
+    assert (new / 'record.json').read_text() == 'first' and sorted(os.listdir(new)) == ['record.json', 'theirs.txt']

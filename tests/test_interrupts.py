@@ -61,13 +61,13 @@ def test_ctrl_c_in_the_first_step_interrupts_at_once(data, tmp_path, monkeypatch
         return first_call(self, *args, **kwargs)
 
     monkeypatch.setattr(NumpyEngine, 'train_steps', compiling)
-    folder = tmp_path / 'run'
+    folder = tmp_path / 'runs' / 'run'
     if out == 'existing':
-        folder.mkdir()
+        folder.mkdir(parents=True)
     code, stdout, err = run(*small(data), *(['--out', str(folder)] if out else []))
     assert code == 130 and err == 'microgpt: interrupted\n', (code, err)
     assert 'step' not in stdout, stdout
-    assert os.listdir(folder) == [] if out == 'existing' else not folder.exists(), os.listdir(folder)
+    assert os.listdir(folder) == [] if out == 'existing' else not (tmp_path / 'runs').exists(), os.listdir(folder)
 
 
 def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, monkeypatch):

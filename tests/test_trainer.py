@@ -326,6 +326,27 @@ def test_resume_continues_from_the_data_moved_or_behind_a_link_exactly(small_dat
     assert load_checkpoint(os.path.join(out, 'resume.safetensors')).meta['data_path'] == moved
 
 
+def test_a_resume_from_moved_data_records_the_new_path_in_every_checkpoint(small_data, tmp_path, monkeypatch):
+    """The best checkpoint, which a later save replaces only when the held-out loss improves, kept the old
+    path: eval and export then found no data. Here the resume stops before it saves anything."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    out = str(tmp_path / 'run')
+    assert run(*train_args(small_data, out, '--steps', '20'))[0] == 0
+    moved = str(tmp_path / 'moved.txt')
+    os.rename(small_data, moved)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
+    assert run('train', '--out', out, '--resume', '--steps', '40', '--data', moved)[0] == 130
+    monkeypatch.undo()
+    for name in ('resume.safetensors', 'model.safetensors'):
+        ckpt = load_checkpoint(os.path.join(out, name))
+        assert ckpt.meta['data_path'] == moved and ckpt.step == 20, (name, ckpt.meta['data_path'], ckpt.step)
+    code, stdout, err = run('eval', '--checkpoint', os.path.join(out, 'model.safetensors'))
+    assert code == 0 and f'(the held-out split of {moved})' in stdout, err
+
+
 def test_resume_after_the_data_file_moved_refuses_other_data(small_data, tmp_path):
     """The advice was 'resume with --resume --out DIR alone', the command that had just failed."""
     out = str(tmp_path / 'run')
@@ -336,7 +357,8 @@ def test_resume_after_the_data_file_moved_refuses_other_data(small_data, tmp_pat
         f.write('zed\n')
     assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', moved),
                  "data file is no longer there, and --data holds other data")
-    for given, what in ((str(tmp_path), 'is not a file'), (str(tmp_path / 'nothing.txt'), 'is not there')):
+    for given, what in ((str(tmp_path), 'is not a file'), (str(tmp_path / 'nothing.txt'), 'is not there'),
+                        ('http://127.0.0.1:1/names.txt', 'is a web address, not the file it trained on')):
         assert_error(*run('train', '--out', out, '--resume', '--steps', '50', '--data', given),
                      f"data file is no longer there, and --data {what}: give the file it trained on")
 

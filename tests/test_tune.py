@@ -126,7 +126,9 @@ def test_a_study_made_with_another_seed_is_refused(small_data, tmp_path):
         open_study(options(small_data, out, seed=7))
 
 
-def test_a_study_made_before_the_seed_was_recorded_takes_this_runs(small_data, tmp_path):
+@pytest.mark.parametrize('trial_seed', [None, 42])
+def test_a_study_made_before_the_seed_was_recorded_takes_its_trials(small_data, tmp_path, trial_seed):
+    """...the seed its trials' commands name; with none, this run's."""
     from microgpt.tune.search import fingerprint
     out = tmp_path / 'tune'
     out.mkdir()
@@ -134,9 +136,25 @@ def test_a_study_made_before_the_seed_was_recorded_takes_this_runs(small_data, t
     for key, value in fingerprint(options(small_data, out)).items():
         if key != 'seed':
             old.set_user_attr(key, value)
-    assert open_study(options(small_data, out, seed=7)).user_attrs['seed'] == 7
-    with pytest.raises(MicrogptError, match='was made with another seed'):
-        open_study(options(small_data, out))
+    if trial_seed is not None:
+        trial = old.ask()
+        trial.set_user_attr('command', f'microgpt train --preset makemore --seed {trial_seed} --out x')
+        old.tell(trial, 2.0)
+        with pytest.raises(MicrogptError, match='was made with another seed'):
+            open_study(options(small_data, out, seed=7))
+        assert open_study(options(small_data, out)).user_attrs['seed'] == trial_seed
+    else:
+        assert open_study(options(small_data, out, seed=7)).user_attrs['seed'] == 7
+        with pytest.raises(MicrogptError, match='was made with another seed'):
+            open_study(options(small_data, out))
+
+
+def test_another_search_on_a_shared_storage_is_told_to_take_another_name(small_data, tmp_path):
+    """'give another --out DIR' led to the same refusal: the study's name in the shared storage is the same."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    no_trial(options(small_data, tmp_path / 'a', storage=shared))
+    with pytest.raises(MicrogptError, match='was made with another max_steps; give another --study NAME and --out DIR'):
+        no_trial(options(small_data, tmp_path / 'b', storage=shared, max_steps=60))
 
 
 def no_trial(options_):
@@ -173,10 +191,70 @@ def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path):
 
 
 def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
-    with pytest.raises(MicrogptError) as info:
-        no_trial(options(small_data, tmp_path / 'tune', storage='postgresql://me:secret@127.0.0.1:1/db'))
-    assert 'secret' not in str(info.value) and '***@127.0.0.1:1/db' in str(info.value), str(info.value)
-    assert not (tmp_path / 'tune').exists()  # a storage that cannot be opened leaves no new folder
+    for password in ('secret', 's3/cr?t#x'):  # SQLAlchemy reads a / ? or # in a password as part of it
+        with pytest.raises(MicrogptError) as info:
+            no_trial(options(small_data, tmp_path / 'new' / 'tune',
+                             storage=f'postgresql://me:{password}@127.0.0.1:1/db'))
+        assert password not in str(info.value) and 'me:***@127.0.0.1:1/db' in str(info.value), str(info.value)
+        assert not (tmp_path / 'new').exists()  # a storage that cannot be opened leaves no new folder
+
+
+def test_a_relative_storage_is_the_file_it_names_from_where_the_command_runs(small_data, tmp_path, monkeypatch):
+    """sqlite:///s.db from two folders is two databases: both were let into one --out DIR. The folder's own
+    tune.db given as a URL is the default storage."""
+    out = tmp_path / 'tune'
+    for folder in ('a', 'b'):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        if folder == 'a':
+            no_trial(options(small_data, out, storage='sqlite:///s.db'))
+        else:
+            with pytest.raises(MicrogptError) as info:
+                no_trial(options(small_data, out, storage='sqlite:///s.db'))
+            assert f"holds the trials of study 'microgpt' (in sqlite:///{tmp_path}/a/s.db)" in str(info.value)
+    own = tmp_path / 'own'
+    no_trial(options(small_data, own))
+    no_trial(options(small_data, own, storage=f'sqlite:///{own}/tune.db'))
+    journal = tmp_path / 'journal'
+    no_trial(options(small_data, journal, storage='journal:j.log'))
+    monkeypatch.chdir(tmp_path / 'a')
+    with pytest.raises(MicrogptError, match='holds the trials of study'):
+        no_trial(options(small_data, journal, storage='journal:j.log'))
+
+
+def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path):
+    """Trials with no DIR/search.json: the first study to come was recorded as the folder's, and numbered its
+    trials over the others'. Now the folder is the study's only if the study ran one of its trials."""
+    out = tmp_path / 'tune'
+    out.mkdir()
+    study = open_study(options(small_data, out, study='first'))
+    trial = study.ask()
+    trial.set_user_attr('out', str(out / 'trials' / '0000'))
+    study.tell(trial, 2.5)
+    (out / 'trials' / '0000').mkdir(parents=True)
+    with pytest.raises(MicrogptError, match="holds trials of a search that recorded no study \\(an older microgpt\\), "
+                                            "and none of study 'other': give another --out DIR"):
+        no_trial(options(small_data, out, study='other'))
+    assert not (out / 'search.json').exists()
+    no_trial(options(small_data, out, study='first'))
+    assert json.loads((out / 'search.json').read_text())['study'] == 'first'
+
+
+def test_a_study_that_records_the_folder_first_keeps_it(small_data, tmp_path, monkeypatch):
+    """Two searches into one new folder at once: both found it free and both went ahead. The record is made
+    only where none is, and read again after."""
+    from microgpt.tune import search
+    out = tmp_path / 'tune'
+    real_open = search.open_study
+
+    def meanwhile(options_):  # another search records itself between this one's check and its record
+        study = real_open(options_)
+        (out / 'search.json').write_text(json.dumps({'study': 'other', 'storage': None, 'storage_sha256': None}))
+        return study
+    monkeypatch.setattr(search, 'open_study', meanwhile)
+    with pytest.raises(MicrogptError, match="holds the trials of study 'other'"):
+        no_trial(options(small_data, out))
+    assert json.loads((out / 'search.json').read_text())['study'] == 'other'
 
 
 def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_path):

@@ -9,7 +9,6 @@ import contextlib
 import errno
 import os
 import secrets
-import shutil
 
 TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_text's
 
@@ -45,18 +44,65 @@ def write_text(path, text):
         raise
 
 
+def write_new_text(path, text):
+    """Write `text` to `path` whole, only if no file is there: True if this call wrote it, False if one was (another
+    process may have written it a moment before). Atomic: the text goes to a temporary, linked in at `path`."""
+    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path),
+                             shared=True)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)  # fails if path exists, as a rename would not
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        remove_quietly(tmp)
+
+
+def make_folders(path):
+    """Make the folder `path` and its missing parents; the folders this call made (another process making one at
+    the same moment made it, not this call), the outermost first."""
+    missing, head = [], os.path.abspath(path)
+    while not os.path.isdir(head) and os.path.dirname(head) != head:
+        missing.append(head)
+        head = os.path.dirname(head)
+    made = []
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+            made.append(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+    return made
+
+
+def remove_folders(made):
+    """Remove the folders make_folders made, the innermost first, each only if it is empty: what anyone else has
+    put there since stays."""
+    for folder in reversed(made):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def folder_for(path):
-    """Make the folder `path` (and its parents) for the files the block writes into it. When the block fails (an
-    OSError, Ctrl-C) and the folder was made here, it goes again with what the block wrote: an export that failed
-    on a full disk leaves no new folder holding some of its files, or none."""
-    made = not os.path.isdir(path)
-    os.makedirs(path, exist_ok=True)
+    """Make the folder `path` (and its parents) for the files the block writes into it, and yield a list for the
+    paths of the files it writes. When the block fails (an OSError, Ctrl-C), those files and the folders made
+    here go again, so that an export that failed on a full disk leaves no new folder holding some of its files;
+    a file or folder this call did not make is never removed."""
+    made, written = make_folders(path), []
     try:
-        yield
+        yield written
     except BaseException:
         if made:
-            shutil.rmtree(path, ignore_errors=True)
+            for file in written:
+                remove_quietly(file)
+            remove_folders(made)
         raise
 
 

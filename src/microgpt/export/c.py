@@ -51,9 +51,10 @@ def write_program(out_dir, header, header_text, source):
     files = tuple(os.path.join(out_dir, name) for name in texts)
     path = out_dir
     try:
-        with folder_for(out_dir):
+        with folder_for(out_dir) as written:
             for path, text in zip(files, texts.values()):
                 write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
+                written.append(path)
     except OSError as e:
         raise MicrogptError(f"{path}: cannot write the C program: {e.strerror}") from None
     return files

@@ -58,9 +58,10 @@ def export_web(checkpoint, out_dir, force=False, metrics_path=None):
     path = os.path.join(out_dir, PAGE)
     where = out_dir
     try:
-        with folder_for(out_dir):
+        with folder_for(out_dir) as written:
             where = path
             write_text(path, page)  # whole or not at all
+            written.append(path)
     except OSError as e:
         raise MicrogptError(f"{where}: cannot write the web page: {e.strerror}") from None
     return WebExport(out_dir, path, metrics_path, len(documents or ()))

@@ -78,6 +78,20 @@ def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
     _atomic_write(path, safetensors_bytes(tensors, meta))
 
 
+def rewrite_metadata(path, entries):
+    """Replace these metadata entries (name -> JSON string) of the checkpoint at `path`, atomically; its tensors
+    stay as they are, in their order."""
+    from safetensors import safe_open
+    with safe_open(path, framework='numpy') as f:
+        meta = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    with open(path, 'rb') as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+    order = sorted(tensors, key=lambda name: header[name]['data_offsets'][0])
+    meta = {**meta, **{k: _strict_json(v) for k, v in entries.items()}}
+    _atomic_write(path, safetensors_bytes({name: tensors[name] for name in order}, meta))
+
+
 def _strict_json(text):
     """`text` re-encoded as strict JSON: NaN and infinities (which json.dumps writes as bare words that are
     not JSON) become null."""

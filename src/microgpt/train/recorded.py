@@ -58,9 +58,9 @@ def resume_settings(out, given, preset=None):
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
             data = given['data']
-            given_data = ('holds other data (another length, or other first or last 64 KiB)'
-                          if is_url(data) or os.path.isfile(data) else
-                          'is not a file' if os.path.exists(data) else 'is not there')
+            given_data = ('is a web address, not the file it trained on' if is_url(data) else
+                          'holds other data (another length, or other first or last 64 KiB)' if os.path.isfile(data)
+                          else 'is not a file' if os.path.exists(data) else 'is not there')
             advice = f"the run's data file is no longer there, and --data {given_data}: give the file it trained on"
         else:
             advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"

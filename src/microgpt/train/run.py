@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from ..data import file_identity
 from ..errors import MicrogptError
 from ..fetch import local_path
-from ..tempfiles import folder_problem, remove_quietly
+from ..tempfiles import folder_problem, make_folders, remove_folders, remove_quietly
 from .loop import evaluate, train_chunks, training_threads
 from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
 from .setup import Holdout, prepare_run
@@ -109,10 +109,10 @@ class TrainingRun:
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
-        made = cfg.out and self.writes and not os.path.isdir(cfg.out)
+        made = []  # the folders this run made for --out
         if cfg.out:
             try:
-                os.makedirs(cfg.out, exist_ok=True)
+                made = make_folders(cfg.out) if self.writes else os.makedirs(cfg.out, exist_ok=True) or []
             except OSError as e:
                 raise MicrogptError(f"{cfg.out}: cannot make the output folder ({folder_problem(cfg.out, e)}); "
                                     f"give another --out DIR") from None
@@ -137,15 +137,11 @@ class TrainingRun:
 
     def _remove_empty_run(self, made):
         """Remove the empty metrics file of a fresh run that stopped before its first step (Ctrl-C while compiling,
-        a loss that was not finite at step 1), and its --out folder if the run made it and it is empty now."""
+        a loss that was not finite at step 1), and the folders it made for --out if they are empty now."""
         path = self.path(METRICS_FILE)
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             remove_quietly(path)
-        if made:
-            try:
-                os.rmdir(self.cfg.out)  # only an empty folder
-            except OSError:
-                pass
+        remove_folders(made)
 
     def _steps(self, doc_tokens, val_tokens, start, should_stop):
         cfg, tcfg, engine = self.cfg, self.tcfg, self.run.engine
@@ -259,10 +255,24 @@ class TrainingRun:
                                 f"length or its first or last 64 KiB); resume with the original data, or train into "
                                 f"a new --out folder")
         restore_engine(ckpt, run.engine)
+        self._record_moved_data(ckpt)
         best = ckpt.meta.get('best_val_loss')
         self.best_val_loss = math.inf if best is None else best
         self.step = self.saved_step = ckpt.step
         return ckpt.step
+
+    def _record_moved_data(self, ckpt):
+        """The run's data found at another path (resume_settings took it for the same data): its checkpoints
+        record the new path now, the best one too, which a later save may not replace (eval, export and sample
+        read the data from it)."""
+        from .checkpoint import load_checkpoint, rewrite_metadata
+        moved = recorded_path(self.cfg.data_path)
+        if not self.writes or ckpt.meta.get('data_path') in (None, moved):
+            return
+        for name in (BEST_CHECKPOINT, RESUME_CHECKPOINT):
+            path = self.path(name)
+            if os.path.exists(path) and load_checkpoint(path).meta.get('data_identity') == self.data_identity:
+                rewrite_metadata(path, {'data_path': json.dumps(moved)})
 
     # ---- metrics.jsonl: one JSON object per step, written whole or not at all
 

@@ -18,7 +18,7 @@ from ..config import ModelConfig, SettingError, TrainConfig, check_settings, fla
 from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents, redacted
 from ..errors import MicrogptError
 from ..fetch import local_path
-from ..tempfiles import folder_for, write_text
+from ..tempfiles import folder_for, write_new_text
 from ..presets import fields_of, model_settings, resolve
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
@@ -67,7 +67,7 @@ class TuneConfig:
     def check(self):
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise MicrogptError(f"{self.out}: exists and is not a folder; give another --out DIR")
-        if self.storage is not None and (':memory:' in self.storage or self.storage.rstrip('/') == 'sqlite:'):
+        if self.storage is not None and _in_memory(self.storage):
             raise MicrogptError(f"--storage {self.storage}: a database in memory ends with each process (the report "
                                 f"would find no trial); give sqlite:///FILE, or leave --storage out for DIR/tune.db")
         return self
@@ -89,6 +89,43 @@ class TuneConfig:
 
 # ---- the study and its storage
 
+def _parsed(url):
+    """SQLAlchemy's reading of a database URL (Optuna's RDB storages are SQLAlchemy's), or None."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url)
+    except Exception:  # not a database URL (a journal file), or SQLAlchemy's parser moved
+        return None
+
+
+def _in_memory(url):
+    parsed = _parsed(url)
+    return parsed is not None and parsed.drivername.startswith('sqlite') and parsed.database in (None, '', ':memory:')
+
+
+def shown_storage(url):
+    """A storage URL for a message or a file: its password, if any, shown as ***."""
+    parsed = _parsed(url)
+    return parsed.render_as_string(hide_password=True) if parsed is not None else redacted(url)
+
+
+def _storage_key(options):
+    """The storage as one string wherever the command is run from: None for the folder's own tune.db (however it
+    is given), a file's path made absolute (a relative sqlite or journal path names another file from another
+    folder)."""
+    url = options.storage
+    if url is None:
+        return None
+    if url.startswith('journal:') or url.endswith('.log'):
+        return 'journal:' + os.path.abspath(url[len('journal:'):] if url.startswith('journal:') else url)
+    parsed = _parsed(url)
+    if parsed is None or not parsed.drivername.startswith('sqlite') or not parsed.database:
+        return url
+    if os.path.abspath(parsed.database) == os.path.abspath(os.path.join(options.out, STUDY_DB)):
+        return None
+    return parsed.set(database=os.path.abspath(parsed.database)).render_as_string(hide_password=False)
+
+
 def make_storage(url):
     """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql, ...) or `journal:PATH` / a `.log` file
     (Optuna's journal file, for file systems shared between machines)."""
@@ -102,8 +139,9 @@ def make_storage(url):
                                           if url.startswith('sqlite') else {})
     except Exception as e:  # SQLAlchemy and the drivers raise many types; each is one line for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MicrogptError(f"cannot open the study storage {redacted(url)!r} ({reason}); give an Optuna storage URL "
-                            f"such as sqlite:///tune.db, postgresql://user@host/db or journal:FILE") from None
+        raise MicrogptError(f"cannot open the study storage {shown_storage(url)!r} ({reason}); give an Optuna "
+                            f"storage URL such as sqlite:///tune.db, postgresql://user@host/db or "
+                            f"journal:FILE") from None
 
 
 def fingerprint(options):
@@ -121,24 +159,40 @@ def open_study(options):
     study = optuna.create_study(storage=storage, study_name=options.study, direction='minimize', load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=6),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
-    want, have = fingerprint(options), study.user_attrs
+    want, have = fingerprint(options), dict(study.user_attrs)
+    if 'seed' not in have:  # a study made before the seed was recorded: its trials' commands name it
+        seeds = sorted(seed for seed in map(_seed_of, study.get_trials(deepcopy=False)) if seed is not None)
+        if seeds:
+            have['seed'] = seeds[0]
+            study.set_user_attr('seed', seeds[0])
     differ = ', '.join(k for k in want if k in have and have[k] != want[k])
     if differ:
-        raise MicrogptError(f"study {options.study!r} in {redacted(options.storage_url)} was made with another "
-                            f"{differ}; give another --out DIR for this search")
+        other = "--study NAME and --out DIR" if options.storage else "--out DIR"
+        raise MicrogptError(f"study {options.study!r} in {shown_storage(options.storage_url)} was made with another "
+                            f"{differ}; give another {other} for this search")
     for key, value in want.items():
-        if key not in have:  # a new study, or one made before the key was recorded (the seed)
+        if key not in have:  # a new study, or one made before the key was recorded
             study.set_user_attr(key, value)
     return study
 
 
+def _seed_of(trial):
+    """The --seed of the command a trial recorded, or None."""
+    import shlex
+    try:
+        words = shlex.split(trial.user_attrs.get('command', ''))
+        return int(words[words.index('--seed') + 1])
+    except (ValueError, IndexError):
+        return None
+
+
 def _search_record(options):
-    """What DIR/search.json keeps of the study whose trials DIR holds: its name, and its storage (None: DIR's own
-    tune.db, wherever DIR has moved) as a hash, and shown without a password."""
+    """What DIR/search.json keeps of the study whose trials DIR holds: its name, and its storage (None: the folder's
+    own tune.db, wherever the folder has moved) as a hash, and shown without a password."""
     import hashlib
-    storage = options.storage
-    return {'study': options.study, 'storage': None if storage is None else redacted(storage),
-            'storage_sha256': None if storage is None else hashlib.sha256(storage.encode('utf-8')).hexdigest()}
+    key = _storage_key(options)
+    return {'study': options.study, 'storage': None if key is None else shown_storage(key),
+            'storage_sha256': None if key is None else hashlib.sha256(key.encode('utf-8')).hexdigest()}
 
 
 def check_folder(options):
@@ -163,11 +217,21 @@ def check_folder(options):
                             f"and --storage as that search had them to continue it")
 
 
-def claim_folder(options):
-    """Record in DIR/search.json which study's trials DIR holds (check_folder reads it)."""
+def claim_folder(options, study):
+    """Record in DIR/search.json which study's trials DIR holds (check_folder reads it), unless another search
+    starting at the same moment recorded its own first: checked again after. A folder of trials that an older
+    microgpt left without a record is this study's only if the study ran one of them."""
     import json
-    if not os.path.exists(os.path.join(options.out, SEARCH_FILE)):
-        write_text(os.path.join(options.out, SEARCH_FILE), json.dumps(_search_record(options), indent=1) + '\n')
+    path = os.path.join(options.out, SEARCH_FILE)
+    if not os.path.exists(path):
+        trials = os.path.join(options.out, TRIALS_DIR)
+        if os.path.isdir(trials) and os.listdir(trials) and not any(
+                os.path.abspath(os.path.dirname(t.user_attrs.get('out', ''))) == os.path.abspath(trials)
+                for t in study.get_trials(deepcopy=False)):
+            raise MicrogptError(f"{options.out} holds trials of a search that recorded no study (an older microgpt), "
+                                f"and none of study {options.study!r}: give another --out DIR")
+        write_new_text(path, json.dumps(_search_record(options), indent=1) + '\n')
+    check_folder(options)
 
 
 # ---- one trial
@@ -307,7 +371,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     check_folder(options)
     with folder_for(options.out):  # a storage that cannot be opened leaves no new folder
         study = open_study(options)
-        claim_folder(options)
+        claim_folder(options, study)
     fail_abandoned_trials(study)
     deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
     if options.workers == 1:
