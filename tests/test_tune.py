@@ -169,8 +169,7 @@ def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path):
     also from a folder that has moved (the default storage is the folder's own tune.db)."""
     out = tmp_path / 'tune'
     no_trial(options(small_data, out, study='first'))
-    assert json.loads((out / 'search.json').read_text()) == {'study': 'first', 'storage': None,
-                                                             'storage_sha256': None}
+    assert json.loads((out / 'search.json').read_text()) == {'study': 'first', 'storage': None}
     elsewhere = f"sqlite:///{tmp_path / 'shared.db'}"
     for change, there in (({'study': 'second'}, "the folder's tune.db"),
                           ({'study': 'first', 'storage': elsewhere}, elsewhere)):
@@ -249,7 +248,7 @@ def test_a_study_that_records_the_folder_first_keeps_it(small_data, tmp_path, mo
 
     def meanwhile(options_):  # another search records itself between this one's check and its record
         study = real_open(options_)
-        (out / 'search.json').write_text(json.dumps({'study': 'other', 'storage': None, 'storage_sha256': None}))
+        (out / 'search.json').write_text(json.dumps({'study': 'other', 'storage': None}))
         return study
     monkeypatch.setattr(search, 'open_study', meanwhile)
     with pytest.raises(MicrogptError, match="holds the trials of study 'other'"):

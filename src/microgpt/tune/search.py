@@ -188,11 +188,9 @@ def _seed_of(trial):
 
 def _search_record(options):
     """What DIR/search.json keeps of the study whose trials DIR holds: its name, and its storage (None: the folder's
-    own tune.db, wherever the folder has moved) as a hash, and shown without a password."""
-    import hashlib
+    own tune.db, wherever the folder has moved) without a password (the same database either way)."""
     key = _storage_key(options)
-    return {'study': options.study, 'storage': None if key is None else shown_storage(key),
-            'storage_sha256': None if key is None else hashlib.sha256(key.encode('utf-8')).hexdigest()}
+    return {'study': options.study, 'storage': None if key is None else shown_storage(key)}
 
 
 def check_folder(options):
@@ -203,14 +201,14 @@ def check_folder(options):
     try:
         with open(path, encoding='utf-8') as f:
             have = json.load(f)
-        have = {key: have[key] for key in ('study', 'storage', 'storage_sha256')}
+        have = {key: have[key] for key in ('study', 'storage')}
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError):
         raise MicrogptError(f"{path}: damaged (not the record of the study whose trials are there); give another "
                             f"--out DIR") from None
     want = _search_record(options)
-    if (have['study'], have['storage_sha256']) != (want['study'], want['storage_sha256']):
+    if have != want:
         there, here = (f"in {r['storage']}" if r['storage'] else "in the folder's tune.db" for r in (have, want))
         raise MicrogptError(f"{options.out} holds the trials of study {have['study']!r} ({there}); those of study "
                             f"{options.study!r} ({here}) would overwrite them: give another --out DIR, or --study "
