@@ -337,3 +337,15 @@ def test_a_failed_block_removes_only_what_it_made(tmp_path):
     assert os.listdir(new) == ['theirs.txt'], os.listdir(new)
     assert write_new_text(str(new / 'record.json'), 'first') and not write_new_text(str(new / 'record.json'), 'second')
     assert (new / 'record.json').read_text() == 'first' and sorted(os.listdir(new)) == ['record.json', 'theirs.txt']
+
+
+def test_a_record_is_written_once_on_a_file_system_without_links(tmp_path, monkeypatch):
+    """FAT and some network mounts have no hard links: the record is then made exclusively in place."""
+    from microgpt.tempfiles import write_new_text
+
+    def no_links(src, dst):
+        raise PermissionError(errno.EPERM, 'Operation not permitted')
+    monkeypatch.setattr(os, 'link', no_links)
+    path = tmp_path / 'search.json'
+    assert write_new_text(str(path), 'first') and not write_new_text(str(path), 'second')
+    assert path.read_text() == 'first' and os.listdir(tmp_path) == ['search.json'], os.listdir(tmp_path)

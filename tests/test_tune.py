@@ -221,22 +221,54 @@ def test_a_relative_storage_is_the_file_it_names_from_where_the_command_runs(sma
         no_trial(options(small_data, journal, storage='journal:j.log'))
 
 
-def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path):
+def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path, monkeypatch):
     """Trials with no DIR/search.json: the first study to come was recorded as the folder's, and numbered its
-    trials over the others'. Now the folder is the study's only if the study ran one of its trials."""
-    out = tmp_path / 'tune'
-    out.mkdir()
-    study = open_study(options(small_data, out, study='first'))
+    trials over the others'. Now the folder is the study's only if the study ran one of its trials, found by its
+    number: the study records the run's folder as it was given (relative), and the folder may have moved."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'tune').mkdir()
+    study = open_study(options(small_data, 'tune', study='first'))
     trial = study.ask()
-    trial.set_user_attr('out', str(out / 'trials' / '0000'))
+    trial.set_user_attr('out', os.path.join('tune', 'trials', '0000'))
     study.tell(trial, 2.5)
-    (out / 'trials' / '0000').mkdir(parents=True)
-    with pytest.raises(MicrogptError, match="holds trials of a search that recorded no study \\(an older microgpt\\), "
-                                            "and none of study 'other': give another --out DIR"):
+    (tmp_path / 'tune' / 'trials' / '0000').mkdir(parents=True)
+    os.rename(tmp_path / 'tune', tmp_path / 'moved')
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    out = tmp_path / 'moved'
+    with pytest.raises(MicrogptError) as info:
         no_trial(options(small_data, out, study='other'))
+    assert str(info.value) == (f"{out} holds trials with no record of their study (search.json, which microgpt "
+                               f"before 2026-11-30 did not write), and study 'other' ran none of them: give another "
+                               f"--out DIR"), str(info.value)
     assert not (out / 'search.json').exists()
     no_trial(options(small_data, out, study='first'))
     assert json.loads((out / 'search.json').read_text())['study'] == 'first'
+
+
+def test_a_storage_is_recorded_as_the_database_it_is(small_data, tmp_path, monkeypatch):
+    """A file inside the folder moves with it; a file through a link is the file; a server's database is the same
+    with or without a password, another user, driver or options (none of which search.json keeps)."""
+    from microgpt.tune.search import _search_record, check_folder
+    journal = tmp_path / 'one'
+    no_trial(options(small_data, journal, storage=f'journal:{journal}/j.log'))
+    assert json.loads((journal / 'search.json').read_text()) == {'study': 'microgpt', 'storage': 'journal:DIR/j.log'}
+    os.rename(journal, tmp_path / 'two')
+    no_trial(options(small_data, tmp_path / 'two', storage=f"journal:{tmp_path / 'two'}/j.log"))
+    (tmp_path / 'real').mkdir()
+    os.symlink(tmp_path / 'real', tmp_path / 'link')
+    no_trial(options(small_data, tmp_path / 'real' / 'out', storage=f"journal:{tmp_path / 'real'}/shared.log"))
+    no_trial(options(small_data, tmp_path / 'link' / 'out', storage=f"journal:{tmp_path / 'link'}/shared.log"))
+    server = tmp_path / 'server'
+    server.mkdir()
+    record = _search_record(options(small_data, server, storage='postgresql://me:s3/cret@db.example:5432/optuna'))
+    assert record == {'study': 'microgpt', 'storage': 'postgresql://db.example:5432/optuna'}, record
+    (server / 'search.json').write_text(json.dumps(record))
+    for same in ('postgresql://me@db.example:5432/optuna', 'postgresql+psycopg2://you:x@db.example:5432/optuna'
+                 '?sslmode=require'):
+        check_folder(options(small_data, server, storage=same))
+    with pytest.raises(MicrogptError, match='holds the trials of study'):
+        check_folder(options(small_data, server, storage='postgresql://me@db.example:5432/other'))
 
 
 def test_a_study_that_records_the_folder_first_keeps_it(small_data, tmp_path, monkeypatch):

@@ -46,19 +46,30 @@ def write_text(path, text):
 
 def write_new_text(path, text):
     """Write `text` to `path` whole, only if no file is there: True if this call wrote it, False if one was (another
-    process may have written it a moment before). Atomic: the text goes to a temporary, linked in at `path`."""
+    process may have written it a moment before). The text goes to a temporary, linked in at `path` (a rename would
+    replace a file there); on a file system without links (FAT, some network mounts), `path` is made exclusively
+    and written."""
     fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path),
                              shared=True)
     try:
         with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
             f.write(text)
         try:
-            os.link(tmp, path)  # fails if path exists, as a rename would not
+            os.link(tmp, path)
+            return True
         except FileExistsError:
             return False
-        return True
+        except OSError:  # no hard links here
+            pass
     finally:
         remove_quietly(tmp)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
+        f.write(text)
+    return True
 
 
 def make_folders(path):

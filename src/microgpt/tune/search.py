@@ -110,20 +110,29 @@ def shown_storage(url):
 
 
 def _storage_key(options):
-    """The storage as one string wherever the command is run from: None for the folder's own tune.db (however it
-    is given), a file's path made absolute (a relative sqlite or journal path names another file from another
-    folder)."""
+    """Which database the storage is, as one string that holds no password, wherever the command is run from and
+    wherever the folder has moved: None for the folder's own tune.db (however it is given); a file inside the
+    folder as DIR/its path there; another file by its real path (a relative sqlite or journal path names another
+    file from another folder); a database server as backend://host:port/database (the user, the password, the
+    driver and the options may change between runs: it is the same database)."""
     url = options.storage
     if url is None:
         return None
     if url.startswith('journal:') or url.endswith('.log'):
-        return 'journal:' + os.path.abspath(url[len('journal:'):] if url.startswith('journal:') else url)
+        return 'journal:' + _file_key(url[len('journal:'):] if url.startswith('journal:') else url, options.out)
     parsed = _parsed(url)
-    if parsed is None or not parsed.drivername.startswith('sqlite') or not parsed.database:
+    if parsed is None:
         return url
-    if os.path.abspath(parsed.database) == os.path.abspath(os.path.join(options.out, STUDY_DB)):
-        return None
-    return parsed.set(database=os.path.abspath(parsed.database)).render_as_string(hide_password=False)
+    if parsed.get_backend_name() == 'sqlite':
+        key = _file_key(parsed.database, options.out)
+        return None if key == f'DIR/{STUDY_DB}' else f'sqlite:///{key}'
+    return f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
+
+
+def _file_key(path, folder):
+    """A storage file's path as _storage_key records it: DIR/... inside `folder`, else its real path."""
+    real, inside = os.path.realpath(path), os.path.realpath(folder)
+    return f'DIR/{os.path.relpath(real, inside)}' if real.startswith(inside + os.sep) else real
 
 
 def make_storage(url):
@@ -187,10 +196,8 @@ def _seed_of(trial):
 
 
 def _search_record(options):
-    """What DIR/search.json keeps of the study whose trials DIR holds: its name, and its storage (None: the folder's
-    own tune.db, wherever the folder has moved) without a password (the same database either way)."""
-    key = _storage_key(options)
-    return {'study': options.study, 'storage': None if key is None else shown_storage(key)}
+    """What DIR/search.json keeps of the study whose trials DIR holds: its name and its storage (_storage_key)."""
+    return {'study': options.study, 'storage': _storage_key(options)}
 
 
 def check_folder(options):
@@ -223,11 +230,13 @@ def claim_folder(options, study):
     path = os.path.join(options.out, SEARCH_FILE)
     if not os.path.exists(path):
         trials = os.path.join(options.out, TRIALS_DIR)
-        if os.path.isdir(trials) and os.listdir(trials) and not any(
-                os.path.abspath(os.path.dirname(t.user_attrs.get('out', ''))) == os.path.abspath(trials)
-                for t in study.get_trials(deepcopy=False)):
-            raise MicrogptError(f"{options.out} holds trials of a search that recorded no study (an older microgpt), "
-                                f"and none of study {options.study!r}: give another --out DIR")
+        runs = set(os.listdir(trials)) if os.path.isdir(trials) else set()
+        ran = {os.path.basename(os.path.normpath(t.user_attrs['out'])) for t in study.get_trials(deepcopy=False)
+               if t.user_attrs.get('out')}  # a trial's run, by its number: the folder may have moved since
+        if runs and not runs & ran:
+            raise MicrogptError(f"{options.out} holds trials with no record of their study ({SEARCH_FILE}, which "
+                                f"microgpt before 2026-11-30 did not write), and study {options.study!r} ran none of "
+                                f"them: give another --out DIR")
         write_new_text(path, json.dumps(_search_record(options), indent=1) + '\n')
     check_folder(options)
 
@@ -367,7 +376,9 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     # created with the data's fingerprint, and would refuse the next run on the right data
     holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')
     check_folder(options)
-    with folder_for(options.out):  # a storage that cannot be opened leaves no new folder
+    with folder_for(options.out) as written:  # a storage that cannot be opened leaves no new folder
+        if options.storage is None:
+            written.append(os.path.join(options.out, STUDY_DB))
         study = open_study(options)
         claim_folder(options, study)
     fail_abandoned_trials(study)
