@@ -2,6 +2,7 @@
 (compiling every kernel the run calls), then again with it filled.
 
     python benchmarks/bench_cold_start.py [--data names.txt] [--steps 50] [--dtypes float64 float32]
+                                          [--jobs default makemore]
 
 For the default job (batch 1) and the makemore preset (batches of 32: the parallel kernels), each dtype: the
 wall time and the CPU time (user + system of the process) of the cold run and of the warm run, and the CPU
@@ -19,7 +20,7 @@ import time
 
 from microgpt.bench.benchmark import cpu_name
 
-JOBS = {'default job': [], 'makemore preset': ['--preset', 'makemore']}
+JOBS = {'default': ('default job', []), 'makemore': ('makemore preset', ['--preset', 'makemore'])}
 
 
 def timed_run(argv, cache_dir):
@@ -37,12 +38,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', help='data file (default: the bundled dataset)')
     parser.add_argument('--steps', type=int, default=50)
-    parser.add_argument('--dtypes', nargs='+', default=['float64', 'float32'])
+    parser.add_argument('--dtypes', nargs='+', default=['float64', 'float32'], choices=('float64', 'float32'))
+    parser.add_argument('--jobs', nargs='+', default=list(JOBS), choices=list(JOBS))
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     print("| job | dtype | cold wall s | cold CPU s | warm wall s | warm CPU s | compiling, CPU s |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    for job, flags in JOBS.items():
+    for job, flags in (JOBS[name] for name in args.jobs):
         for dtype in args.dtypes:
             argv = ['train', '--engine', 'fused', '--dtype', dtype, '--steps', str(args.steps), *flags]
             if args.data:
