@@ -18,8 +18,8 @@ from ..config import ModelConfig, SettingError, TrainConfig, check_settings, fla
 from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents, redacted
 from ..errors import MicrogptError
 from ..fetch import local_path
-from ..tempfiles import folder_for, write_new_text
 from ..presets import fields_of, model_settings, resolve
+from ..tempfiles import folder_for, write_new_text
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
 from . import space
