@@ -109,10 +109,10 @@ class TrainingRun:
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
-        made = []  # the folders this run made for --out
+        made = []  # the folders this run made for --out (the writing process's, in a data-parallel run)
         if cfg.out:
             try:
-                made = make_folders(cfg.out) if self.writes else os.makedirs(cfg.out, exist_ok=True) or []
+                made = make_folders(cfg.out)
             except OSError as e:
                 raise MicrogptError(f"{cfg.out}: cannot make the output folder ({folder_problem(cfg.out, e)}); "
                                     f"give another --out DIR") from None
@@ -129,7 +129,7 @@ class TrainingRun:
                     yield from self._steps(run.train_tokens, run.val_tokens, start, should_stop)
             finally:
                 self._close_metrics()
-                if self._metrics_end == 0 and not start:  # stopped before its first step: no empty record stays
+                if self.writes and self._metrics_end == 0 and not start:  # stopped before its first step
                     self._remove_empty_run(made)
         finally:
             if lock is not None:
