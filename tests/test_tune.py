@@ -15,6 +15,8 @@ from microgpt.tune.report import summarize
 from microgpt.tune.search import TuneConfig, open_study, tune
 from microgpt.train.checkpoint import load_checkpoint
 
+from helpers import run_cli_in_process
+
 NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'charlotte', 'amelia', 'evelyn', 'abigail', 'liam',
          'noah', 'william', 'james', 'oliver', 'benjamin', 'elijah', 'lucas', 'mason', 'logan', 'harper', 'ella',
          'emily', 'madison', 'scarlett', 'victoria', 'aria', 'grace', 'chloe', 'camila', 'penelope', 'riley',
@@ -98,6 +100,8 @@ def test_two_workers_share_one_study(small_data, tmp_path):
     ({'storage': 'sqlite:////nonexistent-dir/sub/tune.db'}, 'cannot open the study storage'),
     ({'storage': 'sqlite:///:memory:'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite://'}, 'a database in memory ends with each process'),
+    ({'storage': 'sqlite+pysqlite://'}, 'a database in memory ends with each process'),
+    ({'storage': ''}, "--storage needs a URL"),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
     with pytest.raises(MicrogptError, match=re.escape(message)) as e:
@@ -158,35 +162,50 @@ def test_another_search_on_a_shared_storage_is_told_to_take_another_name(small_d
 
 
 def no_trial(options_):
-    """tune() up to the first trial: the checks, the study and the folder's claim."""
+    """tune() up to the first trial: the checks and the study."""
     return tune(options_, stop_requested=lambda: True)
 
 
-def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path):
+def first_trial(options_):
+    """What a search does before its trial 0 trains: the checks, the study, the trial asked, the folder claimed."""
+    from microgpt.tune.search import claim_folder
+    study = no_trial(options_)
+    trial = study.ask()
+    claim_folder(options_, study)
+    return study, trial
+
+
+def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path, monkeypatch):
     """A second study in the same --out DIR (another --study, or --storage left out or changed) numbered its trials
     from 0000 too, over the first one's runs, and DIR/best/ then copied a run of the other study beside the first
-    study's score. Now the folder keeps which study it holds, and another is refused; the same study continues,
-    also from a folder that has moved (the default storage is the folder's own tune.db)."""
+    study's score. Now the folder records its study (by the start of its trial 0, which the storage keeps however
+    it is given), and another study is refused; the same one continues from another directory, a moved folder, or
+    with the storage's path or password written otherwise."""
     out = tmp_path / 'tune'
-    no_trial(options(small_data, out, study='first'))
-    assert json.loads((out / 'search.json').read_text()) == {'study': 'first', 'storage': None}
+    study, trial = first_trial(options(small_data, out, study='first'))
+    record = json.loads((out / 'search.json').read_text())
+    assert record == {'study': 'first', 'first_trial_started': trial.datetime_start.isoformat(),
+                      'storage': f"sqlite:///{out}/tune.db"}, record
     elsewhere = f"sqlite:///{tmp_path / 'shared.db'}"
-    for change, there in (({'study': 'second'}, "the folder's tune.db"),
+    for change, there in (({'study': 'second'}, f"sqlite:///{out}/tune.db"),
                           ({'study': 'first', 'storage': elsewhere}, elsewhere)):
         with pytest.raises(MicrogptError) as info:
             no_trial(options(small_data, out, **change))
         assert str(info.value) == (
-            f"{out} holds the trials of study 'first' (in the folder's tune.db); those of study "
-            f"{change['study']!r} (in {there}) would overwrite them: give another --out DIR, or --study and --storage "
-            f"as that search had them to continue it"), str(info.value)
-    moved = tmp_path / 'moved'
-    os.rename(out, moved)
-    no_trial(options(small_data, moved, study='first'))
+            f"{out} holds the trials of another search (study 'first' in sqlite:///{out}/tune.db); those of study "
+            f"{change['study']!r} in {there} would overwrite them: give another --out DIR, or continue that search "
+            f"with its --study and --storage"), str(info.value)
+    os.rename(out, tmp_path / 'moved')
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    no_trial(options(small_data, Path('..') / 'moved', study='first'))
+    no_trial(options(small_data, tmp_path / 'moved', study='first',
+                     storage=f"sqlite:///{tmp_path}/elsewhere/../moved/tune.db"))
     shared = tmp_path / 'shared'
-    no_trial(options(small_data, shared, storage=elsewhere))
-    with pytest.raises(MicrogptError, match="holds the trials of study 'microgpt' \\(in sqlite:///"):
+    first_trial(options(small_data, shared, storage=elsewhere))
+    with pytest.raises(MicrogptError, match="holds the trials of another search \\(study 'microgpt' in sqlite:///"):
         no_trial(options(small_data, shared))  # --storage forgotten: a new study in DIR/tune.db
-    no_trial(options(small_data, shared, storage=elsewhere))
+    no_trial(options(small_data, shared, storage=elsewhere.replace('sqlite:///', 'sqlite+pysqlite:///')))
 
 
 def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
@@ -198,94 +217,76 @@ def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
         assert not (tmp_path / 'new').exists()  # a storage that cannot be opened leaves no new folder
 
 
-def test_a_relative_storage_is_the_file_it_names_from_where_the_command_runs(small_data, tmp_path, monkeypatch):
-    """sqlite:///s.db from two folders is two databases: both were let into one --out DIR. The folder's own
-    tune.db given as a URL is the default storage."""
-    out = tmp_path / 'tune'
-    for folder in ('a', 'b'):
-        (tmp_path / folder).mkdir()
-        monkeypatch.chdir(tmp_path / folder)
-        if folder == 'a':
-            no_trial(options(small_data, out, storage='sqlite:///s.db'))
-        else:
-            with pytest.raises(MicrogptError) as info:
-                no_trial(options(small_data, out, storage='sqlite:///s.db'))
-            assert f"holds the trials of study 'microgpt' (in sqlite:///{tmp_path}/a/s.db)" in str(info.value)
-    own = tmp_path / 'own'
-    no_trial(options(small_data, own))
-    no_trial(options(small_data, own, storage=f'sqlite:///{own}/tune.db'))
-    journal = tmp_path / 'journal'
-    no_trial(options(small_data, journal, storage='journal:j.log'))
-    monkeypatch.chdir(tmp_path / 'a')
-    with pytest.raises(MicrogptError, match='holds the trials of study'):
-        no_trial(options(small_data, journal, storage='journal:j.log'))
-
-
-def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path, monkeypatch):
+def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path):
     """Trials with no DIR/search.json: the first study to come was recorded as the folder's, and numbered its
-    trials over the others'. Now the folder is the study's only if the study ran one of its trials, found by its
-    number: the study records the run's folder as it was given (relative), and the folder may have moved."""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / 'tune').mkdir()
-    study = open_study(options(small_data, 'tune', study='first'))
-    trial = study.ask()
-    trial.set_user_attr('out', os.path.join('tune', 'trials', '0000'))
-    study.tell(trial, 2.5)
-    (tmp_path / 'tune' / 'trials' / '0000').mkdir(parents=True)
-    os.rename(tmp_path / 'tune', tmp_path / 'moved')
-    (tmp_path / 'elsewhere').mkdir()
-    monkeypatch.chdir(tmp_path / 'elsewhere')
-    out = tmp_path / 'moved'
+    trials over the others'. Now the folder is the study's only if one of its complete trials left its best
+    checkpoint there (the checkpoint holds the trial's value): a trial number alone, 0000, every study has."""
+    from microgpt.train.checkpoint import rewrite_metadata
+    out = tmp_path / 'old'
+    study, trial = first_trial(options(small_data, out, study='first'))
+    run = out / 'trials' / '0000'
+    assert run_cli_in_process('train', '--data', small_data, '--steps', '5', '--eval-every', '5',
+                              '--out', str(run), '--num-samples', '0')[0] == 0
+    value = load_checkpoint(str(run / 'model.safetensors')).meta['best_val_loss']
+    study.tell(trial, value)
+    (out / 'search.json').unlink()  # as an older microgpt left it
+    _, other_trial = first_trial(options(small_data, tmp_path / 'o', study='other',
+                                         storage=f"sqlite:///{tmp_path / 'other.db'}"))
+    other = options(small_data, out, study='other', storage=f"sqlite:///{tmp_path / 'other.db'}")
     with pytest.raises(MicrogptError) as info:
-        no_trial(options(small_data, out, study='other'))
-    assert str(info.value) == (f"{out} holds trials with no record of their study (search.json, which microgpt "
-                               f"before 2026-11-30 did not write), and study 'other' ran none of them: give another "
+        no_trial(other)  # it has a trial 0 too, run elsewhere
+    assert str(info.value) == (f"{out} holds trials with no record of their study (search.json, which microgpt before "
+                               f"2026-11-30 did not write), and none of them is a run of study 'other': give another "
                                f"--out DIR"), str(info.value)
     assert not (out / 'search.json').exists()
     no_trial(options(small_data, out, study='first'))
-    assert json.loads((out / 'search.json').read_text())['study'] == 'first'
-
-
-def test_a_storage_is_recorded_as_the_database_it_is(small_data, tmp_path, monkeypatch):
-    """A file inside the folder moves with it; a file through a link is the file; a server's database is the same
-    with or without a password, another user, driver or options (none of which search.json keeps)."""
-    from microgpt.tune.search import _search_record, check_folder
-    journal = tmp_path / 'one'
-    no_trial(options(small_data, journal, storage=f'journal:{journal}/j.log'))
-    assert json.loads((journal / 'search.json').read_text()) == {'study': 'microgpt', 'storage': 'journal:DIR/j.log'}
-    os.rename(journal, tmp_path / 'two')
-    no_trial(options(small_data, tmp_path / 'two', storage=f"journal:{tmp_path / 'two'}/j.log"))
-    (tmp_path / 'real').mkdir()
-    os.symlink(tmp_path / 'real', tmp_path / 'link')
-    no_trial(options(small_data, tmp_path / 'real' / 'out', storage=f"journal:{tmp_path / 'real'}/shared.log"))
-    no_trial(options(small_data, tmp_path / 'link' / 'out', storage=f"journal:{tmp_path / 'link'}/shared.log"))
-    server = tmp_path / 'server'
-    server.mkdir()
-    record = _search_record(options(small_data, server, storage='postgresql://me:s3/cret@db.example:5432/optuna'))
-    assert record == {'study': 'microgpt', 'storage': 'postgresql://db.example:5432/optuna'}, record
-    (server / 'search.json').write_text(json.dumps(record))
-    for same in ('postgresql://me@db.example:5432/optuna', 'postgresql+psycopg2://you:x@db.example:5432/optuna'
-                 '?sslmode=require'):
-        check_folder(options(small_data, server, storage=same))
-    with pytest.raises(MicrogptError, match='holds the trials of study'):
-        check_folder(options(small_data, server, storage='postgresql://me@db.example:5432/other'))
+    rewrite_metadata(str(run / 'model.safetensors'), {'best_val_loss': json.dumps(value + 1)})
+    with pytest.raises(MicrogptError, match="none of them is a run of study 'first'"):
+        no_trial(options(small_data, out, study='first'))
 
 
 def test_a_study_that_records_the_folder_first_keeps_it(small_data, tmp_path, monkeypatch):
-    """Two searches into one new folder at once: both found it free and both went ahead. The record is made
-    only where none is, and read again after."""
-    from microgpt.tune import search
+    """Two searches into one new folder at once: both found it free and both went ahead. The record is made only
+    where none is, and read again after."""
     out = tmp_path / 'tune'
-    real_open = search.open_study
-
-    def meanwhile(options_):  # another search records itself between this one's check and its record
-        study = real_open(options_)
-        (out / 'search.json').write_text(json.dumps({'study': 'other', 'storage': None}))
-        return study
-    monkeypatch.setattr(search, 'open_study', meanwhile)
-    with pytest.raises(MicrogptError, match="holds the trials of study 'other'"):
-        no_trial(options(small_data, out))
+    study, _ = first_trial(options(small_data, out))
+    record = json.loads((out / 'search.json').read_text())
+    (out / 'search.json').unlink()
+    (out / 'search.json').write_text(json.dumps({**record, 'study': 'other'}))  # the other search's, first
+    from microgpt.tune.search import claim_folder
+    with pytest.raises(MicrogptError, match="holds the trials of another search \\(study 'other'"):
+        claim_folder(options(small_data, out), study)
     assert json.loads((out / 'search.json').read_text())['study'] == 'other'
+
+
+def test_a_damaged_record_is_one_line(small_data, tmp_path):
+    out = tmp_path / 'tune'
+    out.mkdir()
+    for text in ('[1, 2]', '{"study": "microgpt"}', 'not json', '\xff'):
+        (out / 'search.json').write_text(text)
+        with pytest.raises(MicrogptError, match='search.json: damaged \\(not the record of the study whose trials '
+                                                'are there\\); give another --out DIR'):
+            no_trial(options(small_data, out))
+
+
+@pytest.mark.slow(seconds=4)
+def test_two_studies_into_one_folder_keep_their_runs(small_data, tmp_path):
+    """The filing's case, end to end: study 'second' into the first's folder overwrote its trial 0's run, and the
+    first's report then copied the second's model into best/ beside the first's loss."""
+    from helpers import run_cli_in_process as cli
+    out = str(tmp_path / 'tune')
+    common = ['tune', '--data', small_data, '--out', out, '--trials', '1', '--max-steps', '50']
+    code, first, err = cli(*common, '--study', 'first')
+    assert code == 0, err
+    before = (tmp_path / 'tune' / 'trials' / '0000' / 'model.safetensors').read_bytes()
+    code, _, err = cli(*common, '--study', 'second')
+    assert code == 2 and "holds the trials of another search (study 'first'" in err, err
+    code, again, err = cli(*common, '--study', 'first')
+    assert code == 0, err
+    assert (tmp_path / 'tune' / 'trials' / '0000' / 'model.safetensors').read_bytes() == before
+    loss = float(re.search(r'held-out loss (\d+\.\d+)', again).group(1))
+    assert round(load_checkpoint(str(tmp_path / 'tune' / 'best' / 'model.safetensors')).meta['best_val_loss'], 4) \
+        == loss
 
 
 def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_path):

@@ -67,6 +67,8 @@ class TuneConfig:
     def check(self):
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             raise MicrogptError(f"{self.out}: exists and is not a folder; give another --out DIR")
+        if self.storage == '':
+            raise MicrogptError("--storage needs a URL; leave it out for the folder's own DIR/tune.db")
         if self.storage is not None and _in_memory(self.storage):
             raise MicrogptError(f"--storage {self.storage}: a database in memory ends with each process (the report "
                                 f"would find no trial); give sqlite:///FILE, or leave --storage out for DIR/tune.db")
@@ -107,32 +109,6 @@ def shown_storage(url):
     """A storage URL for a message or a file: its password, if any, shown as ***."""
     parsed = _parsed(url)
     return parsed.render_as_string(hide_password=True) if parsed is not None else redacted(url)
-
-
-def _storage_key(options):
-    """Which database the storage is, as one string that holds no password, wherever the command is run from and
-    wherever the folder has moved: None for the folder's own tune.db (however it is given); a file inside the
-    folder as DIR/its path there; another file by its real path (a relative sqlite or journal path names another
-    file from another folder); a database server as backend://host:port/database (the user, the password, the
-    driver and the options may change between runs: it is the same database)."""
-    url = options.storage
-    if url is None:
-        return None
-    if url.startswith('journal:') or url.endswith('.log'):
-        return 'journal:' + _file_key(url[len('journal:'):] if url.startswith('journal:') else url, options.out)
-    parsed = _parsed(url)
-    if parsed is None:
-        return url
-    if parsed.get_backend_name() == 'sqlite':
-        key = _file_key(parsed.database, options.out)
-        return None if key == f'DIR/{STUDY_DB}' else f'sqlite:///{key}'
-    return f"{parsed.get_backend_name()}://{parsed.host or ''}:{parsed.port or ''}/{parsed.database or ''}"
-
-
-def _file_key(path, folder):
-    """A storage file's path as _storage_key records it: DIR/... inside `folder`, else its real path."""
-    real, inside = os.path.realpath(path), os.path.realpath(folder)
-    return f'DIR/{os.path.relpath(real, inside)}' if real.startswith(inside + os.sep) else real
 
 
 def make_storage(url):
@@ -195,50 +171,78 @@ def _seed_of(trial):
         return None
 
 
-def _search_record(options):
-    """What DIR/search.json keeps of the study whose trials DIR holds: its name and its storage (_storage_key)."""
-    return {'study': options.study, 'storage': _storage_key(options)}
+def _search_record(study, storage_url):
+    """What DIR/search.json keeps of the study whose trials DIR holds: the study itself, named by its name and the
+    time its trial 0 started (set once by the storage, the same for every process that reads it, however the
+    storage is given, and for no other study); and for messages, its storage as given, without a password. None
+    before the study has a trial."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        return None
+    first = min(trials, key=lambda t: t.number)
+    started = first.datetime_start.isoformat() if first.datetime_start else ''
+    return {'study': study.study_name, 'first_trial_started': started, 'storage': shown_storage(storage_url)}
 
 
-def check_folder(options):
-    """Refuse a --out DIR that holds the trials of another study (another --study, or --storage): this search's
-    trial NNNN would overwrite that one's run, and DIR/best/ would copy a run of the other study."""
+def _read_record(path):
+    """DIR/search.json's record, or None where there is none."""
     import json
-    path = os.path.join(options.out, SEARCH_FILE)
     try:
         with open(path, encoding='utf-8') as f:
-            have = json.load(f)
-        have = {key: have[key] for key in ('study', 'storage')}
+            record = json.load(f)
+        return {key: record[key] for key in ('study', 'first_trial_started', 'storage')}
     except FileNotFoundError:
-        return
+        return None
     except (OSError, ValueError, KeyError, TypeError):
         raise MicrogptError(f"{path}: damaged (not the record of the study whose trials are there); give another "
                             f"--out DIR") from None
-    want = _search_record(options)
-    if have != want:
-        there, here = (f"in {r['storage']}" if r['storage'] else "in the folder's tune.db" for r in (have, want))
-        raise MicrogptError(f"{options.out} holds the trials of study {have['study']!r} ({there}); those of study "
-                            f"{options.study!r} ({here}) would overwrite them: give another --out DIR, or --study "
-                            f"and --storage as that search had them to continue it")
+
+
+def check_folder(options, study):
+    """Refuse a --out DIR that holds the trials of another study (another --study, or another --storage): this
+    search's trial NNNN would overwrite that one's run, and DIR/best/ would copy a run of the other study. A folder
+    of trials with no record (made by microgpt before 2026-11-30) is this study's if one of its complete trials
+    left its best checkpoint there."""
+    record = _read_record(os.path.join(options.out, SEARCH_FILE))
+    if record is None:
+        trials = os.path.join(options.out, TRIALS_DIR)
+        if os.path.isdir(trials) and os.listdir(trials) and not _ran_here(study, trials):
+            raise MicrogptError(f"{options.out} holds trials with no record of their study ({SEARCH_FILE}, which "
+                                f"microgpt before 2026-11-30 did not write), and none of them is a run of study "
+                                f"{options.study!r}: give another --out DIR")
+        return
+    mine = _search_record(study, options.storage_url)
+    if mine is None or (mine['study'], mine['first_trial_started']) != (record['study'],
+                                                                        record['first_trial_started']):
+        raise MicrogptError(f"{options.out} holds the trials of another search (study {record['study']!r} in "
+                            f"{record['storage']}); those of study {options.study!r} in "
+                            f"{shown_storage(options.storage_url)} would overwrite them: give another --out DIR, or "
+                            f"continue that search with its --study and --storage")
+
+
+def _ran_here(study, trials_dir):
+    """Whether a complete trial of `study` left its run in trials_dir: its best checkpoint holds the trial's value."""
+    from optuna.trial import TrialState
+    from ..train.checkpoint import load_checkpoint
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        path = os.path.join(trials_dir, f"{trial.number:04d}", 'model.safetensors')
+        try:
+            if os.path.isfile(path) and load_checkpoint(path).meta.get('best_val_loss') == trial.value:
+                return True
+        except MicrogptError:  # a damaged run: not evidence either way
+            continue
+    return False
 
 
 def claim_folder(options, study):
-    """Record in DIR/search.json which study's trials DIR holds (check_folder reads it), unless another search
-    starting at the same moment recorded its own first: checked again after. A folder of trials that an older
-    microgpt left without a record is this study's only if the study ran one of them."""
+    """Record in DIR/search.json the study whose trials DIR holds (check_folder reads it), once the study has a
+    trial, unless another search recorded its own first: checked again after."""
     import json
     path = os.path.join(options.out, SEARCH_FILE)
-    if not os.path.exists(path):
-        trials = os.path.join(options.out, TRIALS_DIR)
-        runs = set(os.listdir(trials)) if os.path.isdir(trials) else set()
-        ran = {os.path.basename(os.path.normpath(t.user_attrs['out'])) for t in study.get_trials(deepcopy=False)
-               if t.user_attrs.get('out')}  # a trial's run, by its number: the folder may have moved since
-        if runs and not runs & ran:
-            raise MicrogptError(f"{options.out} holds trials with no record of their study ({SEARCH_FILE}, which "
-                                f"microgpt before 2026-11-30 did not write), and study {options.study!r} ran none of "
-                                f"them: give another --out DIR")
-        write_new_text(path, json.dumps(_search_record(options), indent=1) + '\n')
-    check_folder(options)
+    record = _search_record(study, options.storage_url)
+    if record is not None and not os.path.exists(path):
+        write_new_text(path, json.dumps(record, indent=1) + '\n')
+    check_folder(options, study)
 
 
 # ---- one trial
@@ -266,6 +270,7 @@ def run_trial(trial, options, n_train_docs, should_stop):
     eval_every = max(1, train['steps'] // EVALUATIONS)
     flags = trial_flags(model, train, options, eval_every)
     out_dir = os.path.join(options.out, TRIALS_DIR, f"{trial.number:04d}")
+    claim_folder(options, trial.study)  # the study has a trial now: the folder is recorded as its own
     # the command that trains it again writes beside the trial, not over it: pasted as printed, it runs
     trial.set_user_attr('command', command_line(flags, os.path.join(options.out, AGAIN_DIR, f"{trial.number:04d}")))
     trial.set_user_attr('out', out_dir)
@@ -375,12 +380,11 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     # bad data, or too little to hold some out, is one line before any study or process starts: a study is
     # created with the data's fingerprint, and would refuse the next run on the right data
     holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')
-    check_folder(options)
     with folder_for(options.out) as written:  # a storage that cannot be opened leaves no new folder
         if options.storage is None:
             written.append(os.path.join(options.out, STUDY_DB))
         study = open_study(options)
-        claim_folder(options, study)
+        check_folder(options, study)
     fail_abandoned_trials(study)
     deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
     if options.workers == 1:
