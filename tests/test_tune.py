@@ -184,7 +184,7 @@ def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path, monkeypatc
     out = tmp_path / 'tune'
     study, trial = first_trial(options(small_data, out, study='first'))
     record = json.loads((out / 'search.json').read_text())
-    assert record == {'study': 'first', 'first_trial_started': trial.datetime_start.isoformat(),
+    assert record == {'study': 'first', 'first_trial_started': trial.datetime_start.isoformat(timespec='seconds'),
                       'storage': f"sqlite:///{out}/tune.db"}, record
     elsewhere = f"sqlite:///{tmp_path / 'shared.db'}"
     for change, there in (({'study': 'second'}, f"sqlite:///{out}/tune.db"),

@@ -179,8 +179,8 @@ def _search_record(study, storage_url):
     trials = study.get_trials(deepcopy=False)
     if not trials:
         return None
-    first = min(trials, key=lambda t: t.number)
-    started = first.datetime_start.isoformat() if first.datetime_start else ''
+    first = min(trials, key=lambda t: t.number)  # to the second: MySQL's DATETIME keeps no fraction
+    started = first.datetime_start.isoformat(timespec='seconds') if first.datetime_start else ''
     return {'study': study.study_name, 'first_trial_started': started, 'storage': shown_storage(storage_url)}
 
 
