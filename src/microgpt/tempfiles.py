@@ -33,15 +33,26 @@ def write_text(path, text):
     """Write `text` (UTF-8, newline '\\n') to `path` whole or not at all: into a temporary in the same folder, renamed
     over `path` once complete, with the permissions a new file gets. An OSError (a full disk) or Ctrl-C leaves
     `path` as it was and no temporary."""
+    tmp = _temporary_holding(path, text)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def _temporary_holding(path, text):
+    """A new temporary beside `path` holding `text` (UTF-8, newline '\\n'), with the permissions a new file gets;
+    none is left if writing it fails."""
     fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path),
                              shared=True)
     try:
         with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
             f.write(text)
-        os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
         raise
+    return tmp
 
 
 def write_new_text(path, text):
@@ -49,18 +60,14 @@ def write_new_text(path, text):
     process may have written it a moment before). The text goes to a temporary, linked in at `path` (a rename would
     replace a file there); on a file system without links (FAT, some network mounts), `path` is made exclusively
     and written."""
-    fd, tmp = make_temporary(os.path.dirname(os.path.abspath(path)), TEMPORARY_PREFIX, '-' + os.path.basename(path),
-                             shared=True)
+    tmp = _temporary_holding(path, text)
     try:
-        with os.fdopen(fd, 'w', encoding='utf-8', newline='\n') as f:
-            f.write(text)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links here
-            pass
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        pass
     finally:
         remove_quietly(tmp)
     try:

@@ -17,6 +17,7 @@ from ..config import SettingError, TrainConfig, check_settings, setting
 from ..data import file_sha256
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
+from ..tempfiles import TEMPORARY_PREFIX, write_text
 from ..train.loop import evaluate, train_chunks, training_threads
 from ..train.setup import Holdout, prepare_run
 
@@ -156,14 +157,13 @@ def claim_folder(folder, data_path, alone=False):
     if have is not None and not (alone and not _holds_results(folder)):
         raise MicrogptError(f"{folder}: holds a study of another data file; give another --out DIR")
     with _writing(path):
-        with open(path + '.tmp', 'w', encoding='utf-8') as f:
-            json.dump(want, f)
-        os.replace(path + '.tmp', path)
+        write_text(path, json.dumps(want))
 
 
 def _holds_results(folder):
     try:
-        return any(name.endswith('.json') for name in os.listdir(os.path.join(folder, 'runs')))
+        return any(name.endswith('.json') and not name.startswith(TEMPORARY_PREFIX)  # a killed write's temporary
+                   for name in os.listdir(os.path.join(folder, 'runs')))
     except OSError:
         return False
 
@@ -206,11 +206,8 @@ def _run_and_save(args):
     experiment, seed, data_path, folder = args
     result = run_one(experiment, seed, data_path)
     path = result_path(folder, experiment.name, seed)
-    tmp = path + '.tmp'
     with _writing(path):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(result, f)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(result))
     return result
 
 
