@@ -61,7 +61,6 @@ def test_study_runs_continues_and_reports(small_data, tmp_path):
 @pytest.mark.slow
 def test_the_command_it_prints_reproduces_the_best_trial(small_data, tmp_path):
     import shlex
-    from helpers import run_cli_in_process
     code, out, err = run_cli_in_process('tune', '--data', small_data, '--out', tmp_path / 'tune', '--trials', '1',
                                         '--max-steps', '50')
     assert code == 0, err
@@ -273,15 +272,14 @@ def test_a_damaged_record_is_one_line(small_data, tmp_path):
 def test_two_studies_into_one_folder_keep_their_runs(small_data, tmp_path):
     """The filing's case, end to end: study 'second' into the first's folder overwrote its trial 0's run, and the
     first's report then copied the second's model into best/ beside the first's loss."""
-    from helpers import run_cli_in_process as cli
     out = str(tmp_path / 'tune')
     common = ['tune', '--data', small_data, '--out', out, '--trials', '1', '--max-steps', '50']
-    code, first, err = cli(*common, '--study', 'first')
+    code, first, err = run_cli_in_process(*common, '--study', 'first')
     assert code == 0, err
     before = (tmp_path / 'tune' / 'trials' / '0000' / 'model.safetensors').read_bytes()
-    code, _, err = cli(*common, '--study', 'second')
+    code, _, err = run_cli_in_process(*common, '--study', 'second')
     assert code == 2 and "holds the trials of another search (study 'first'" in err, err
-    code, again, err = cli(*common, '--study', 'first')
+    code, again, err = run_cli_in_process(*common, '--study', 'first')
     assert code == 0, err
     assert (tmp_path / 'tune' / 'trials' / '0000' / 'model.safetensors').read_bytes() == before
     loss = float(re.search(r'held-out loss (\d+\.\d+)', again).group(1))
@@ -324,7 +322,6 @@ def test_ctrl_c_before_any_trial_completes_exits_130_saying_so(small_data, tmp_p
     """Ctrl-C during the first trial: its run saves and it is told as failed; with no trial complete there is no
     best to report, and the exit is Ctrl-C's 130 with a true line, not the error of a spent budget."""
     import signal
-    from helpers import run_cli_in_process
     from microgpt.tune import search
 
     def interrupted_trial(trial, options, n_train_docs, should_stop):
