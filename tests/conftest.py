@@ -9,12 +9,22 @@ Then the hooks for `pytest -n 2`: the fused engine's kernels compiled once, on b
 the tests ordered, the slowest first, handed out one at a time.
 """
 
+import os
 import subprocess
 import sys
+
+# Bytecode caches even where PYTHONDONTWRITEBYTECODE is set, as on our development machines: without them every
+# worker rewrites the asserts of every test module again, and every `python -m microgpt` a test starts compiles the
+# package from source (5 s of the quick loop's 55 on 2 cores). They go to __pycache__, which git ignores.
+sys.dont_write_bytecode = False
 
 import pytest
 
 from helpers import GOLDEN_PATH, NAMES_PATH, missing, require_file, run_cli_in_process, run_cli_subprocess
+
+# trio (selenium's) registers a Hypothesis plugin that imports the whole of trio wherever hypothesis is imported,
+# which pytest's Hypothesis plugin does at the end of every process: 0.3 s each, for strategies no test uses
+os.environ.setdefault('HYPOTHESIS_NO_PLUGINS', '1')
 
 
 @pytest.fixture
