@@ -105,7 +105,7 @@ def test_shared_intermediate_node_accumulates():
 
 
 def test_backward_on_a_deep_chain_does_not_recurse():
-    n = 200_000
+    n = 20_000  # 20 times Python's default recursion limit
     x = Value(1.5)
     y = x
     for _ in range(n):
@@ -189,7 +189,8 @@ def test_topological_order_is_microgpts_recursive_post_order(seed):
 # ---- the engines' gradients equal PyTorch autograd (engines/torch/model.py) in float64
 
 @pytest.mark.parametrize('sizes', [
-    pytest.param(dict(n_embd=8, n_head=2, n_layer=2, block_size=6), id='2-layer-tiny'),
+    pytest.param(dict(n_embd=8, n_head=2, n_layer=2, block_size=6), id='2-layer-tiny',  # the quick loop: the
+                 marks=pytest.mark.slow(seconds=1)),  # reference engine against numpy's, numpy's against PyTorch
     # the same code at microgpt's size, where the scalar engine takes seconds: the full suite (and test_golden.py)
     pytest.param(dict(n_embd=16, n_head=4, n_layer=1, block_size=16), id='microgpt-default',
                  marks=pytest.mark.slow(seconds=2))])
@@ -232,8 +233,10 @@ TORCH_SWITCHES = [
 ]
 
 
-@pytest.mark.parametrize('switches', TORCH_SWITCHES, ids=switches_id)
-@pytest.mark.parametrize('engine_name', ['numpy', 'fused'])
+@pytest.mark.parametrize('engine_name, switches', [  # the quick loop: the fused engine on microgpt's model only
+    pytest.param(name, switches, id=f'{name}-{switches_id(switches)}',
+                 marks=pytest.mark.slow(seconds=1) if name == 'fused' and switches else ())
+    for name in ('numpy', 'fused') for switches in TORCH_SWITCHES])
 def test_fast_engine_gradients_equal_torch_autograd(engine_name, switches, require_torch):
     """The hand-derived backward passes against autograd on a padded batch of three documents."""
     from microgpt.engines.torch.model import loss_and_grads as torch_loss_and_grads

@@ -48,11 +48,13 @@ def flat_state(e):
 DROPOUT_TCFG = TrainConfig(steps=10, batch_size=2, seed=3, dropout=0.2)  # masks drawn from (seed, step)
 
 
+# the quick loop leaves out the scalar reference engine (2 s) and the fused engine's float32 (helpers.QUICK_DTYPES)
 @pytest.mark.parametrize('engine, dtype, tcfg', [('numpy', 'float64', TCFG), ('numpy', 'float32', TCFG),
-                                                 ('reference', 'float64', TCFG), ('numpy', 'float64', DROPOUT_TCFG),
-                                                 ('fused', 'float64', DROPOUT_TCFG),
-                                                 pytest.param('fused', 'float32', DROPOUT_TCFG, marks=pytest.mark.slow(
-                                                     seconds=1))],  # the fused engine's float32: helpers.QUICK_DTYPES
+                                                 pytest.param('reference', 'float64', TCFG,
+                                                              marks=pytest.mark.slow(seconds=2)),
+                                                 ('numpy', 'float64', DROPOUT_TCFG), ('fused', 'float64', DROPOUT_TCFG),
+                                                 pytest.param('fused', 'float32', DROPOUT_TCFG,
+                                                              marks=pytest.mark.slow(seconds=1))],
                          ids=['numpy-float64', 'numpy-float32', 'reference', 'numpy-dropout', 'fused-dropout',
                               'fused-float32-dropout'])
 def test_save_restore_continue_is_bit_identical(tmp_path, engine, dtype, tcfg):

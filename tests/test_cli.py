@@ -169,6 +169,7 @@ def test_a_folder_whose_run_saved_nothing_takes_a_fresh_run(data, tmp_path):
     assert [r['step'] for r in records] == [1, 2, 3, 4, 5], records
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_failed_overwrite_leaves_nothing_of_the_old_run(data, tmp_path):
     """--overwrite removes the old run's files when the new run starts: its checkpoints stayed beside the
     metrics of a new run that diverged before saving."""
@@ -415,6 +416,7 @@ def test_progress_bar_follows_a_terminal_with_a_width():
     os.close(leader)
 
 
+@pytest.mark.slow(seconds=3)
 def test_bench_times_only_the_engines_asked_for(data):
     code, out, err = run('bench', '--data', data, '--engines', 'numpy', '--steps', '5')
     assert code == 0, err
@@ -425,8 +427,10 @@ def test_bench_times_only_the_engines_asked_for(data):
     assert [row.split()[:3] for row in rows] == [['numpy', 'float64', '5'], ['numpy', 'float32', '5']], rows
 
 
-@pytest.mark.parametrize('losses, want', [([2.5], '2.5000'), ([2.5, 2.5], '2.5000 +/- 0.0000'),
-                                          ([2.0, 3.0], '2.5000 +/- 0.7071')])
+@pytest.mark.parametrize('losses, want', [  # each draws results.png (0.8 s): the quick loop, the last
+    pytest.param([2.5], '2.5000', marks=pytest.mark.slow(seconds=1)),
+    pytest.param([2.5, 2.5], '2.5000 +/- 0.0000', marks=pytest.mark.slow(seconds=1)),
+    ([2.0, 3.0], '2.5000 +/- 0.7071')])
 def test_study_shows_a_spread_only_over_several_seeds(tmp_path, losses, want):
     mean = sum(losses) / len(losses)
     std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1)) if len(losses) > 1 else None

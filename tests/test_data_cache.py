@@ -205,6 +205,7 @@ def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(ca
     assert_same(load_corpus(path, cache_dir=cache, min_cache_bytes=0), path)
 
 
+@pytest.mark.slow(seconds=3)
 def test_a_damaged_cache_read_in_a_models_ids_is_named_and_another_runs_cache_is_kept(tmp_path, monkeypatch):
     """`eval --data` remaps a file of fewer characters to the model's ids: the damage is still named with its cache
     (it said 'the tokenised data is damaged'), and the cache removed. A run that finds damage in a cache another

@@ -99,9 +99,10 @@ def test_default_model(tmp_path):
     assert run_c(tmp_path / 'c', 3) == run_c(tmp_path / 'c', 3, 0.5, 42)  # the defaults: 0.5, seed 42
 
 
-@pytest.mark.parametrize('switches', [
+@pytest.mark.parametrize('switches', [  # the quick loop builds the first
     dict(tie_lm_head=True, mlp_activation='relu2', norm='esp32', bos='first', n_layer=2),  # esp32/zeroclaw-like
-    dict(norm='none', attention='self', n_head=2, n_embd=8, block_size=8, n_layer=3),
+    pytest.param(dict(norm='none', attention='self', n_head=2, n_embd=8, block_size=8, n_layer=3),
+                 marks=pytest.mark.slow(seconds=1)),
 ])
 def test_model_switches(tmp_path, switches):
     vocab = Vocabulary.from_documents(NAMES, bos_first=switches.get('bos') == 'first')
@@ -110,6 +111,7 @@ def test_model_switches(tmp_path, switches):
     check_against_python(ckpt, tmp_path / 'c')
 
 
+@pytest.mark.slow(seconds=1)
 def test_utf8_vocabulary(tmp_path):
     vocab = Vocabulary.from_documents(UTF8_NAMES)
     ckpt = checkpoint_of(tmp_path, ModelConfig(vocab_size=vocab.size), vocab, UTF8_NAMES, steps=60)

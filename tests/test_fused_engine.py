@@ -139,6 +139,7 @@ print('ok')
 """
 
 
+@pytest.mark.slow(seconds=3)  # a new interpreter
 def test_a_run_interrupted_before_thread_zero_starts_lets_the_other_threads_go():
     """Ctrl-C between starting the other threads and thread 0's own call: the others wait for thread 0 at a
     barrier, and used to spin there for ever (the next run hung, or the exit did). The run is abandoned: they

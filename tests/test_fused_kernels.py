@@ -35,6 +35,7 @@ def test_plan_reads_parameter_rows_from_the_parameter_table(switches):
     assert starts == list(np.cumsum([0, *buffer_rows.values()])[:-1]) and rows == sum(buffer_rows.values()), starts
 
 
+@pytest.mark.slow(seconds=2)  # compiles pack_columns on its own
 def test_pack_columns_writes_each_predicted_position():
     """Two documents of one group, the second longer than the block: input, target, position, first key and
     dropout row per column, then padding columns that attend to themselves."""
@@ -178,6 +179,7 @@ except ValueError as error:
 """
 
 
+@pytest.mark.slow(seconds=2)  # compiles in a new interpreter
 def test_a_kernel_leaves_other_functions_of_its_name_alone_and_keeps_its_environment():
     """Only the kernel's own library goes without machine code: an njit function of the same name that it calls
     is emitted as numba would (it crashed the interpreter when called from Python, found by a review), and the

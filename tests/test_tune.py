@@ -108,6 +108,7 @@ def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
     assert '\n' not in str(e.value), str(e.value)
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
     out = tmp_path / 'tune'
     out.mkdir()
@@ -120,6 +121,7 @@ def test_a_study_made_for_other_data_is_refused_and_kept(small_data, tmp_path):
     assert (out / 'tune.db').read_bytes() == before
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_study_made_with_another_seed_is_refused(small_data, tmp_path):
     """--seed draws the held-out split every trial is scored on: trials of two seeds were ranked together."""
     out = tmp_path / 'tune'
@@ -129,6 +131,7 @@ def test_a_study_made_with_another_seed_is_refused(small_data, tmp_path):
         open_study(options(small_data, out, seed=7))
 
 
+@pytest.mark.slow(seconds=1)
 @pytest.mark.parametrize('trial_seed', [None, 42])
 def test_a_study_made_before_the_seed_was_recorded_takes_its_trials(small_data, tmp_path, trial_seed):
     """...the seed its trials' commands name; with none, this run's."""
@@ -216,6 +219,7 @@ def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
         assert not (tmp_path / 'new').exists()  # a storage that cannot be opened leaves no new folder
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_folder_an_older_version_left_without_a_record_is_its_own_studys(small_data, tmp_path):
     """Trials with no DIR/search.json: the first study to come was recorded as the folder's, and numbered its
     trials over the others'. Now the folder is the study's only if one of its complete trials left its best
@@ -300,6 +304,7 @@ def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_pat
     assert open_study(options(small_data, tmp_path / 'tune')).user_attrs  # the right data is not refused
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_path):
     import subprocess
     import sys
