@@ -28,7 +28,7 @@ from microgpt.data import Vocabulary, bundled_dataset_path, load_documents, shuf
 from microgpt.engines import EngineState, make_engine
 from microgpt.errors import MicrogptError
 from c_mirror import logits_like_c
-from helpers import quick_loop
+from helpers import missing, quick_loop
 from microgpt.export.web import PAGE, export_web, flat_weights
 from microgpt.train.checkpoint import load_checkpoint
 from microgpt.sampling import generate
@@ -48,12 +48,6 @@ CONFIGS = {
     'no-norm-self-attention': dict(norm='none', attention='self', n_embd=8, n_head=2),
     'two-layers': dict(n_layer=2, n_embd=12, n_head=3, block_size=8),
 }
-
-
-def missing(reason):
-    if os.environ.get('CI', '').lower() not in ('', '0', 'false', 'no'):
-        pytest.fail(f"{reason}; CI must have it")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope='module')
