@@ -49,6 +49,26 @@ def test_an_ensemble_is_no_worse_than_its_members_mean():
     assert math.isfinite(together)
 
 
+class Sure:
+    """A decoder as sure as a model can be: the first token, 2,000 nats ahead of the others, whose probabilities
+    are 0.0 in floating point."""
+
+    def reset(self):
+        pass
+
+    def step(self, token_id, pos_id):
+        return [0.0, -2000.0, -2000.0]
+
+
+def test_a_token_of_probability_zero_in_floating_point_costs_its_loss_not_a_crash():
+    """eval of an ensemble took log(softmax) of its log-mean probabilities: math.log(0.0), a ValueError, where
+    the member alone scored 2,000 nats."""
+    for members in ([Sure()], [Sure(), Sure()]):
+        assert ensemble_loss(EnsembleDecoder(members), [[0, 1, 0]], 16) == pytest.approx(1000.0, rel=1e-12)
+    logits = EnsembleDecoder([Sure(), Sure()]).step(0, 0)
+    assert logits[0] == pytest.approx(0.0, abs=1e-12) and logits[1] == pytest.approx(-2000.0, rel=1e-12), logits
+
+
 def test_an_empty_ensemble_and_nothing_to_predict_are_errors():
     with pytest.raises(ValueError, match='at least one model'):
         EnsembleDecoder([])

@@ -10,15 +10,24 @@ own loss, which the tests check. Standard library only.
 import math
 
 
-def softmax(logits):
+def log_softmax(logits):
+    """log(softmax(logits)), finite where the probability underflows to 0 (a confident model's loss of 2,000 nats)."""
     top = max(logits)
-    exps = [math.exp(x - top) for x in logits]
-    total = math.fsum(exps)
-    return [e / total for e in exps]
+    log_total = top + math.log(math.fsum(math.exp(x - top) for x in logits))
+    return [x - log_total for x in logits]
+
+
+def log_mean_exp(values):
+    """log(mean(exp(values))), computed from the largest: -inf when every value is."""
+    top = max(values)
+    if top == -math.inf:
+        return top
+    return top + math.log(math.fsum(math.exp(v - top) for v in values) / len(values))
 
 
 class EnsembleDecoder:
-    """The members' decoders, stepped together; logits are log(mean of their softmax probabilities)."""
+    """The members' decoders, stepped together; logits are log(mean of their softmax probabilities), computed in
+    log space."""
 
     def __init__(self, decoders):
         if not decoders:
@@ -30,9 +39,8 @@ class EnsembleDecoder:
             d.reset()
 
     def step(self, token_id, pos_id):
-        members = [softmax(d.step(token_id, pos_id)) for d in self.decoders]
-        n = len(members)
-        return [math.log(math.fsum(column) / n) if any(column) else -math.inf for column in zip(*members)]
+        members = [log_softmax(d.step(token_id, pos_id)) for d in self.decoders]
+        return [log_mean_exp(column) for column in zip(*members)]
 
 
 def ensemble_loss(decoder, doc_tokens, block_size):
@@ -42,8 +50,7 @@ def ensemble_loss(decoder, doc_tokens, block_size):
     for tokens in doc_tokens:
         decoder.reset()
         for pos_id in range(min(block_size, len(tokens) - 1)):
-            probs = softmax(decoder.step(tokens[pos_id], pos_id))
-            total -= math.log(probs[tokens[pos_id + 1]])
+            total -= log_softmax(decoder.step(tokens[pos_id], pos_id))[tokens[pos_id + 1]]
             count += 1
     if not count:
         raise ValueError("no token to predict: every document needs at least 2 tokens")
