@@ -89,6 +89,9 @@ def test_eval_and_sample_take_several_checkpoints(tmp_path):
     assert code == 0, err
     losses = [float(line.split()[1]) for line in out.splitlines()]
     assert len(losses) == 3 and 'ensemble of 2' in out.splitlines()[2], out
+    # each after its own flag, the same ensemble (it was the last checkpoint alone, silently)
+    assert run_cli_in_process('eval', '--checkpoint', runs[0], '--checkpoint', runs[1], '--data', str(data)) == \
+        (code, out, err)
     assert losses[2] <= (losses[0] + losses[1]) / 2 + 1e-4, losses   # Jensen, up to the printed rounding
     code, out, err = run_cli_in_process('sample', '--checkpoint', *runs, '--num-samples', '5', '--data', str(data))
     assert code == 0, err

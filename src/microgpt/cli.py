@@ -87,9 +87,10 @@ def _add_settings(parser, config_class, title=None, presets=None):
 
 def _add_checkpoint_flag(p, several=False):
     if several:
-        p.add_argument('--checkpoint', required=True, nargs='+', metavar='CHECKPOINT',
+        p.add_argument('--checkpoint', required=True, nargs='+', action='extend', metavar='CHECKPOINT',
                        help='a model.safetensors written by `microgpt train --out`; several (with one vocabulary '
-                            'and block size) make an ensemble that averages their next-character probabilities')
+                            'and block size; after one flag or each after its own) make an ensemble that averages '
+                            'their next-character probabilities')
     else:
         p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
 
