@@ -482,6 +482,10 @@ def test_damaged_metrics_are_named(tmp_path):
     with pytest.raises(MicrogptError, match='line 2 is not a metrics record .*; move it away to export the page '
                                             'without its loss curves$'):
         export_web(path, str(tmp_path / 'page'))
+    for step in ('1e400', '2.5', 'true', '-1', str(2**53)):  # 1e400: an OverflowError's traceback
+        metrics.write_text(f'{{"step": 1, "train_loss": 3.1}}\n{{"step": {step}, "train_loss": 3.0}}\n')
+        with pytest.raises(MicrogptError, match=r'line 2 is not a metrics record \(step .* is not a step number\)'):
+            export_web(path, str(tmp_path / 'page'))
     with pytest.raises(MicrogptError, match='cannot read the run.s metrics'):
         export_web(path, str(tmp_path / 'page2'), metrics_path=str(tmp_path / 'absent.jsonl'))
     (tmp_path / 'run' / 'metrics.jsonl').unlink()

@@ -29,6 +29,7 @@ PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
                     '@CHARTS_JS@': 'charts.js', '@PAGE_JS@': 'page.js'}
 MAX_CURVE_POINTS = 2000              # a longer training curve is drawn from the means of this many bins of steps
+MAX_STEP = 2**53 - 1                 # the page's numbers are JavaScript's, exact up to here
 MAX_EMBEDDED_CHARS = 4 * 2**20       # training documents beyond this are left out of the page (paste a list instead)
 
 
@@ -103,9 +104,12 @@ def read_metrics(path, steps):
             continue
         try:
             record = json.loads(line)
-            train.append([int(record['step']), float(record['train_loss'])])
+            step = record['step']
+            if type(step) is not int or not 0 <= step <= MAX_STEP:  # 1e400 was an OverflowError's traceback
+                raise ValueError(f"step {step!r} is not a step number")
+            train.append([step, float(record['train_loss'])])
             if 'val_loss' in record:
-                val.append([int(record['step']), float(record['val_loss'])])
+                val.append([step, float(record['val_loss'])])
         except (ValueError, KeyError, TypeError) as e:
             if number == len(lines) and not line.endswith('\n'):  # a last write cut off (a killed run): left out
                 continue
