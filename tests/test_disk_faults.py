@@ -86,6 +86,22 @@ def test_out_naming_an_existing_file(tmp_path, data_file):
     assert target.read_text() == 'keep me'
 
 
+def test_an_export_below_a_file_or_into_a_dead_link_names_it(tmp_path, data_file):
+    """os.makedirs says only 'File exists': the three exports said that, where train names what is in the way."""
+    code, _, err = run_cli_in_process('train', '--data', data_file, '--steps', 2, '--out', tmp_path / 'run',
+                                      '--num-samples', 0)
+    assert code == 0, err
+    (tmp_path / 'afile').write_text('keep me')
+    os.symlink(tmp_path / 'nowhere', tmp_path / 'dead')
+    for flags in ([], ['--web'], ['--train']):
+        for out, why in ((tmp_path / 'afile' / 'sub', f"{tmp_path / 'afile'} is a file, not a folder"),
+                         (tmp_path / 'dead', f"{tmp_path / 'dead'} is a link to nothing")):
+            code, _, err = run_cli_in_process('export', '--checkpoint', tmp_path / 'run' / 'model.safetensors',
+                                              '--out', out, *flags)
+            assert_one_line_error(code, err, why)
+    assert (tmp_path / 'afile').read_text() == 'keep me' and not (tmp_path / 'nowhere').exists()
+
+
 def test_study_out_naming_an_existing_file(tmp_path, data_file):
     target = tmp_path / 'results'
     target.write_text('keep me')

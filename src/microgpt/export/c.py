@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import num_parameters, parameter_shapes
 from ..errors import MicrogptError
-from ..tempfiles import folder_for, write_text
+from ..tempfiles import folder_for, folder_problem, write_text
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
@@ -56,7 +56,8 @@ def write_program(out_dir, header, header_text, source):
                 write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
                 written.append(path)
     except OSError as e:
-        raise MicrogptError(f"{path}: cannot write the C program: {e.strerror}") from None
+        why = folder_problem(out_dir, e) if path == out_dir else e.strerror  # a file or a dead link in the way
+        raise MicrogptError(f"{path}: cannot write the C program: {why}") from None
     return files
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError
-from ..tempfiles import folder_for, write_text
+from ..tempfiles import folder_for, folder_problem, write_text
 from ..train.checkpoint import load_checkpoint
 from ..train.recorded import recorded_documents
 from ..train.run import METRICS_FILE
@@ -64,7 +64,8 @@ def export_web(checkpoint, out_dir, force=False, metrics_path=None):
             write_text(path, page)  # whole or not at all
             written.append(path)
     except OSError as e:
-        raise MicrogptError(f"{where}: cannot write the web page: {e.strerror}") from None
+        why = folder_problem(out_dir, e) if where == out_dir else e.strerror  # a file or a dead link in the way
+        raise MicrogptError(f"{where}: cannot write the web page: {why}") from None
     return WebExport(out_dir, path, metrics_path, len(documents or ()))
 
 
