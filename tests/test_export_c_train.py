@@ -341,12 +341,12 @@ def test_cli_exports_a_program_that_builds_and_info_prints_both_budgets(tmp_path
     (['--ram', '1000'], 'more than the 1,000 allowed'),
     (['--ram', '-5'], '--ram must be a number of bytes of at least 1, got -5'),
     (['--data', 'EMPTY'], 'no non-blank lines'),
-    (['--checkpoint', 'CKPT', '--data', 'ACCENTED'], 'not in the checkpoint\'s vocabulary'),
+    (['--checkpoint', 'CKPT', '--data', 'ACCENTED'], 'and 5 more not in the checkpoint\'s vocabulary'),  # 25 of them
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path, flags, fragment):
     names = write_names(tmp_path / 'names.txt')
     (tmp_path / 'empty.txt').write_text('\n \n')
-    (tmp_path / 'accented.txt').write_text('zoë\nemma\n')
+    (tmp_path / 'accented.txt').write_text('zoë\nemma\n' + ''.join(map(chr, range(0x100, 0x118))) + '\n')
     if 'CKPT' in flags:
         assert run_cli_in_process('train', '--steps', '2', '--data', names, '--out', str(tmp_path / 'run'))[0] == 0
     paths = {'EMPTY': str(tmp_path / 'empty.txt'), 'ACCENTED': str(tmp_path / 'accented.txt'),

@@ -204,6 +204,12 @@ def split_lines(text):
     return [line.strip() for line in lines if line.strip()]
 
 
+def named_characters(characters):
+    """The first SHOWN_CHARACTERS of `characters`, for an error: 'a', 'b' and 3 more."""
+    more = len(characters) - SHOWN_CHARACTERS
+    return ', '.join(map(repr, characters[:SHOWN_CHARACTERS])) + (f" and {more} more" if more > 0 else '')
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Characters <-> token ids, plus one BOS token that both starts and ends every document.
@@ -237,9 +243,8 @@ class Vocabulary:
         index = self.index
         unknown = sorted({ch for ch in text if ch not in index})
         if unknown:
-            more = len(unknown) - SHOWN_CHARACTERS
-            shown = ', '.join(repr(ch) for ch in unknown[:SHOWN_CHARACTERS]) + (f" and {more} more" if more > 0 else '')
-            raise MicrogptError(f"{shown} not in the model's vocabulary; use only these characters: {self.chars!r}")
+            raise MicrogptError(f"{named_characters(unknown)} not in the model's vocabulary; use only these "
+                                f"characters: {self.chars!r}")
         return [index[ch] for ch in text]
 
     def decode(self, ids):

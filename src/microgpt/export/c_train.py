@@ -256,7 +256,7 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
     from dataclasses import replace
 
     from ..config import ModelConfig
-    from ..data import Vocabulary, bundled_dataset_path, load_documents, shuffled
+    from ..data import Vocabulary, bundled_dataset_path, load_documents, named_characters, shuffled
     tcfg, docs = TrainConfig(), None
     if checkpoint is not None:
         from ..train.checkpoint import load_checkpoint
@@ -279,6 +279,6 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         cfg, weights = ModelConfig(vocab_size=vocab.size), None
     unknown = sorted(set(''.join(docs)) - set(vocab.chars))
     if unknown:
-        raise MicrogptError(f"{data}: {', '.join(map(repr, unknown[:10]))} not in the checkpoint's vocabulary; "
+        raise MicrogptError(f"{data}: {named_characters(unknown)} not in the checkpoint's vocabulary; "
                             f"give data with only these characters: {vocab.chars!r}")
     return export_c_train(out_dir, docs, cfg, vocab, tcfg, weights, low_memory, ram_limit)
