@@ -318,10 +318,14 @@ def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
     trained = cli(*small('/dev/stdin', '--out', out, '--eval-every', '10'))
     assert trained.returncode == 0, trained.stderr
     checkpoint = os.path.join(out, 'model.safetensors')
+    # each says so before it reads (it said nothing, and on a terminal waited for lines typed in)
+    notice = b"microgpt: the training data '/dev/stdin' is a stream (a pipe or a device): it is read again now, " \
+             b"and cannot be checked against the run's (the documents are the run's only if it gives the same lines)\n"
     evaluated = cli('eval', '--checkpoint', checkpoint)
     assert evaluated.returncode == 0 and b'(the held-out split of /dev/stdin)' in evaluated.stdout, evaluated.stderr
+    assert evaluated.stderr == notice, evaluated.stderr
     exported = cli('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
-    assert exported.returncode == 0, exported.stderr
+    assert exported.returncode == 0 and exported.stderr == notice, exported.stderr
     resumed = cli('train', '--resume', '--out', out, '--steps', '25')  # said nothing of the unchecked data
     assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the data is a stream (a pipe or a device), " \
         b"which cannot be checked against the run's: it continues the run only if it gives the same documents\n" \

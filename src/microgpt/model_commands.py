@@ -106,6 +106,7 @@ def cmd_eval(args, out, err):
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
+        _tell_of_a_stream(ckpt, err)
         docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab))[1]
         what = f"the held-out split of {ckpt.meta['data_path']}"
     for path, (member, engine) in zip(args.checkpoint, models):
@@ -137,7 +138,7 @@ def cmd_export(args, out, err):
     if args.seed is not None:
         check_seed(args.seed)
     if args.train:
-        _export_training_program(args, out)
+        _export_training_program(args, out, err)
         return
     if args.checkpoint is None:
         raise MicrogptError("export needs --checkpoint PATH; only --train can start without one")
@@ -158,9 +159,17 @@ def cmd_export(args, out, err):
     _print_memory(info.memory, out)
 
 
-def _export_training_program(args, out):
+def _tell_of_a_stream(ckpt, err):
+    from .train.recorded import stream_notice
+    notice = stream_notice(ckpt)
+    if notice:  # before it is read: on a terminal, the command then waits for lines typed in
+        print(f"microgpt: {notice}", file=err)
+
+
+def _export_training_program(args, out, err):
     from .export.c_train import export_training_program
-    info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed)
+    info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed,
+                                   reading_the_runs_data=lambda ckpt: _tell_of_a_stream(ckpt, err))
     for path in info.files:
         print(f"wrote {path}", file=out)
     print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)

@@ -107,6 +107,19 @@ def recorded_data(ckpt, streams=False):
     return path
 
 
+def stream_notice(ckpt):
+    """For a command about to read a checkpoint's data again with `streams`: a notice when that data is a stream (a
+    pipe or a device: the run recorded no identity of it), which nothing can check; None otherwise."""
+    recorded = ckpt.meta.get('data_path')
+    if not recorded or ckpt.meta.get('data_identity') is not None or is_url(recorded):
+        return None
+    path = path_of_recorded(recorded)
+    if os.path.isfile(path) or not os.path.exists(path):
+        return None
+    return (f"the training data {recorded!r} is a stream (a pipe or a device): it is read again now, and cannot be "
+            f"checked against the run's (the documents are the run's only if it gives the same lines)")
+
+
 def recorded_split(ckpt, docs):
     """(train, held out): the split the checkpoint's run made of `docs` (its data, read again)."""
     return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
