@@ -104,6 +104,14 @@ def test_eval_and_sample_take_several_checkpoints(tmp_path):
     code, out, err = run_cli_in_process('eval', '--checkpoint', runs[0], str(tmp_path / 'o' / 'model.safetensors'),
                                         '--data', str(data))
     assert_one_line_error(code, out, err, 'vocabulary differs')
+    # the same characters, BOS first: it said the vocabularies differ, which the same data cannot explain
+    code, _, err = run_cli_in_process('train', '--data', str(data), '--steps', '5', '--preset', 'esp32', '--out',
+                                      str(tmp_path / 'first'), '--num-samples', '0')
+    assert code == 0, err
+    code, out, err = run_cli_in_process('eval', '--checkpoint', runs[0], str(tmp_path / 'first' / 'model.safetensors'),
+                                        '--data', str(data))
+    assert_one_line_error(code, out, err, "its BOS token is its vocabulary's first (the esp32 preset puts it first), ",
+                          "'s the last; an ensemble needs models of one token order")
 
 
 def test_an_ensemble_of_two_context_lengths_is_refused(tmp_path):

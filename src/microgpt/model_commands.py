@@ -49,6 +49,10 @@ def _models_from_checkpoints(paths):
     models = [_engine_from_checkpoint(path) for path in paths]
     first = models[0][0]
     for path, (ckpt, _) in zip(paths[1:], models[1:]):
+        if ckpt.vocab.chars == first.vocab.chars and ckpt.model_cfg.bos != first.model_cfg.bos:
+            raise MicrogptError(f"{path}: its BOS token is its vocabulary's {ckpt.model_cfg.bos} (the esp32 "
+                                f"preset puts it first), {paths[0]}'s the {first.model_cfg.bos}; an ensemble needs "
+                                f"models of one token order")
         if ckpt.vocab != first.vocab:
             raise MicrogptError(f"{path}: its vocabulary differs from {paths[0]}'s; an ensemble needs models "
                                 f"trained on the same characters")
