@@ -334,6 +334,8 @@ def test_cli_exports_a_program_that_builds_and_info_prints_both_budgets(tmp_path
     for label, low_memory in (('training RAM', False), ('training RAM, low memory', True)):
         line = next(line for line in out.splitlines() if line.startswith(f'{label}: total'))
         assert line.split()[-2] == f"{budget_total(cfg, low_memory):,}", (line, low_memory)
+    # one column of sizes (the low-memory logits' label pushed its size out of line)
+    assert len({len(line) for line in out.splitlines() if line.endswith(' bytes')}) == 1, out
 
 
 @pytest.mark.parametrize('flags, fragment', [

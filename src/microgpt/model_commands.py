@@ -126,8 +126,9 @@ def cmd_eval(args, out, err):
 
 
 def _print_memory(rows, out):
+    width = max([68] + [len(item) for item, _ in rows])  # one column of sizes in info's three tables
     for item, size in rows:
-        print(f"{item:<62} {size:>9,} bytes", file=out)
+        print(f"{item:<{width}} {size:>9,} bytes", file=out)
 
 
 def cmd_export(args, out, err):
