@@ -75,6 +75,27 @@ def test_the_command_it_prints_reproduces_the_best_trial(small_data, tmp_path):
     assert round(trial, 4) == best, (trial, best)
 
 
+@pytest.mark.slow(seconds=5)
+def test_a_search_continued_from_another_folder_keeps_its_own_best(tmp_path, monkeypatch):
+    """Trials kept their run folders as given (relative): a search of A continued from folder B copied B's
+    trial 0 into A's best/, and printed a command whose --data and --out named B's files."""
+    import shlex
+    for name, lines in (('A', NAMES), ('B', NAMES[::-1])):  # two searches, one relative layout each
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'd.txt').write_text('\n'.join(lines * 4) + '\n')
+        monkeypatch.chdir(tmp_path / name)
+        code, _, err = run_cli_in_process('tune', '--data', 'd.txt', '--out', 't', '--trials', '1', '--max-steps', '50')
+        assert code == 0, err
+    code, out, err = run_cli_in_process('tune', '--data', '../A/d.txt', '--out', '../A/t', '--trials', '1',
+                                        '--max-steps', '50')  # from B, the study is complete: it reports
+    assert code == 0, err
+    a_trial = load_checkpoint(str(tmp_path / 'A' / 't' / 'trials' / '0000' / 'model.safetensors')).meta
+    assert load_checkpoint(str(tmp_path / 'A' / 't' / 'best' / 'model.safetensors')).meta == a_trial
+    words = shlex.split(re.search(r'^train it again: (.*)$', out, re.M).group(1))
+    assert words[words.index('--data') + 1] == str(tmp_path / 'A' / 'd.txt'), words
+    assert words[words.index('--out') + 1] == str(tmp_path / 'A' / 't' / 'again' / '0000'), words
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study(small_data, tmp_path):
     out = tmp_path / 'tune'

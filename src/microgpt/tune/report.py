@@ -89,9 +89,11 @@ def summarize(study, out_dir):
                             f"and run the command again to continue the study")
     best = study.best_trial
     best_dir = os.path.join(out_dir, BEST_DIR)
-    source = best.user_attrs['out']
-    if os.path.isdir(source) and os.path.abspath(source) != os.path.abspath(best_dir):
+    # the trial's run in this folder (its recorded path is relative to where its search ran: from another folder it
+    # named another search's run), if it ran here and not on another machine or into another --out
+    from .search import TRIALS_DIR, holds_the_trial
+    if holds_the_trial(os.path.join(out_dir, TRIALS_DIR), best):
         shutil.rmtree(best_dir, ignore_errors=True)
-        shutil.copytree(source, best_dir)  # the trial's run written on another machine is not here to copy
+        shutil.copytree(os.path.join(out_dir, TRIALS_DIR, f"{best.number:04d}"), best_dir)
         files.append(best_dir)
     return Summary(best.value, best.number, best.user_attrs['command'], best_dir, tuple(files), counts)

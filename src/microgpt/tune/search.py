@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
 from ..data import bundled_dataset_path, file_sha256, holdout_split, load_documents, redacted
 from ..errors import MicrogptError
-from ..fetch import local_path
+from ..fetch import is_url, local_path
 from ..presets import fields_of, model_settings, resolve
 from ..tempfiles import folder_for, write_new_text
 from ..train.run import EvalReport, TrainingRun
@@ -221,17 +221,21 @@ def check_folder(options, study):
 
 
 def _ran_here(study, trials_dir):
-    """Whether a complete trial of `study` left its run in trials_dir: its best checkpoint holds the trial's value."""
+    """Whether a complete trial of `study` left its run in trials_dir."""
     from optuna.trial import TrialState
+    return any(holds_the_trial(trials_dir, trial) for trial in study.get_trials(deepcopy=False,
+                                                                                states=(TrialState.COMPLETE,)))
+
+
+def holds_the_trial(trials_dir, trial):
+    """Whether trials_dir/NNNN is the run of the complete `trial`: its best checkpoint holds the trial's value (a
+    number alone names the trial of any study)."""
     from ..train.checkpoint import load_checkpoint
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        path = os.path.join(trials_dir, f"{trial.number:04d}", 'model.safetensors')
-        try:
-            if os.path.isfile(path) and load_checkpoint(path).meta.get('best_val_loss') == trial.value:
-                return True
-        except MicrogptError:  # a damaged run: not evidence either way
-            continue
-    return False
+    path = os.path.join(trials_dir, f"{trial.number:04d}", 'model.safetensors')
+    try:
+        return os.path.isfile(path) and load_checkpoint(path).meta.get('best_val_loss') == trial.value
+    except MicrogptError:  # a damaged run: not evidence either way
+        return False
 
 
 def claim_folder(options, study):
@@ -271,8 +275,11 @@ def run_trial(trial, options, n_train_docs, should_stop):
     flags = trial_flags(model, train, options, eval_every)
     out_dir = os.path.join(options.out, TRIALS_DIR, f"{trial.number:04d}")
     claim_folder(options, trial.study)  # the study has a trial now: the folder is recorded as its own
-    # the command that trains it again writes beside the trial, not over it: pasted as printed, it runs
-    trial.set_user_attr('command', command_line(flags, os.path.join(options.out, AGAIN_DIR, f"{trial.number:04d}")))
+    # the command that trains it again writes beside the trial, not over it: pasted as printed, from any folder, it
+    # runs (a relative --data and --out named other files once a later search ran from another folder)
+    again = {**flags, 'data': flags['data'] if is_url(flags['data']) else os.path.abspath(flags['data'])}
+    trial.set_user_attr('command', command_line(again, os.path.abspath(os.path.join(options.out, AGAIN_DIR,
+                                                                                    f"{trial.number:04d}"))))
     trial.set_user_attr('out', out_dir)
     trial.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
     settings = resolve(BASE_PRESET, {**flags, 'out': out_dir, 'overwrite': True})
