@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -375,6 +376,12 @@ def test_resume_drops_a_metrics_line_cut_off_by_a_kill(small_data, tmp_path):
     assert code == 0, err
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r['step'] for r in records] == list(range(1, 31)), [r['step'] for r in records]
+    damaged = 'metrics.jsonl: damaged (not one JSON record with a step and a training loss per line: '
     metrics.write_text(whole.replace('"step": 5,', '"step": 5', 1))
-    assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40'),
-                 'metrics.jsonl: damaged (not one JSON record with a step per line); move it away to resume')
+    assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40'), damaged, '); move it away to resume')
+    # a record without its loss (or not JSON), resumed with --plot: all steps trained, then a traceback from the plot
+    for line in ('{"step": 5}', 'not json'):
+        metrics.write_text(re.sub(r'^\{"step": 5,.*$', line, whole, count=1, flags=re.M))
+        assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40', '--plot'), damaged,
+                     '); move it away to resume')
+        assert load_checkpoint(str(out / 'model.safetensors')).step == 30

@@ -23,13 +23,12 @@ from ..errors import MicrogptError
 from ..tempfiles import folder_for, folder_problem, write_text
 from ..train.checkpoint import load_checkpoint
 from ..train.recorded import recorded_documents
-from ..train.run import METRICS_FILE
+from ..train.run import METRICS_FILE, read_metrics_records
 
 PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
                     '@CHARTS_JS@': 'charts.js', '@PAGE_JS@': 'page.js'}
 MAX_CURVE_POINTS = 2000              # a longer training curve is drawn from the means of this many bins of steps
-MAX_STEP = 2**53 - 1                 # the page's numbers are JavaScript's, exact up to here
 MAX_EMBEDDED_CHARS = 4 * 2**20       # training documents beyond this are left out of the page (paste a list instead)
 
 
@@ -93,31 +92,14 @@ def _check_out_dir(out_dir, force):
 
 def read_metrics(path, steps):
     """{'train': [[step, loss]...], 'val': [[step, loss]...], 'steps': N} from a metrics.jsonl (train/run.py)."""
-    train, val = [], []
     try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.readlines()
+        records = read_metrics_records(path, "move it away to export the page without its loss curves")
     except OSError as e:
         raise MicrogptError(f"{path}: cannot read the run's metrics: {e.strerror}; give the metrics.jsonl of "
                             f"`microgpt train --out DIR`") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            step = record['step']
-            if type(step) is not int or not 0 <= step <= MAX_STEP:  # 1e400 was an OverflowError's traceback
-                raise ValueError(f"step {step!r} is not a step number")
-            train.append([step, float(record['train_loss'])])
-            if 'val_loss' in record:
-                val.append([step, float(record['val_loss'])])
-        except (ValueError, KeyError, TypeError) as e:
-            if number == len(lines) and not line.endswith('\n'):  # a last write cut off (a killed run): left out
-                continue
-            raise MicrogptError(f"{path}: line {number} is not a metrics record ({e}); move it away to export the "
-                                f"page without its loss curves") from None
-    train = [point for point in train if math.isfinite(point[1])]  # a diverged step has no place on the chart
-    val = [point for point in val if math.isfinite(point[1])]
+    # a diverged step has no place on the chart
+    train = [[step, loss] for step, loss, _ in records if math.isfinite(loss)]
+    val = [[step, loss] for step, _, loss in records if loss is not None and math.isfinite(loss)]
     if len(train) > MAX_CURVE_POINTS:  # means of equal bins of steps, each drawn at its last step
         bins = np.array_split(np.array(train), MAX_CURVE_POINTS)
         train = [[int(b[-1, 0]), float(b[:, 1].mean())] for b in bins]

@@ -1,26 +1,24 @@
 """loss.png from metrics.jsonl: training loss (smoothed) and validation loss against step."""
 
-import json
-
 
 def plot_metrics(metrics_path, png_path, smoothing=50):
     import matplotlib
     matplotlib.use('Agg')  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    with open(metrics_path, encoding='utf-8') as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    from .run import read_metrics_records
+    records = read_metrics_records(metrics_path, "move it away to plot the run")
     if not records:
         return None
-    steps = [r['step'] for r in records]
-    train = [r['train_loss'] for r in records]
+    steps = [step for step, _, _ in records]
+    train = [loss for _, loss, _ in records]
     # a one-document loss is noisy: show its running mean over `smoothing` steps
     window = max(1, min(smoothing, len(train) // 10 or 1))
     smoothed, running = [], 0.0
     for i, loss in enumerate(train):
         running += loss - (train[i - window] if i >= window else 0.0)
         smoothed.append(running / min(i + 1, window))
-    val = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
+    val = [(step, loss) for step, _, loss in records if loss is not None]
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, train, color='tab:blue', alpha=0.2, linewidth=0.5, label='train (per step)')

@@ -22,6 +22,38 @@ from .setup import Holdout, prepare_run
 
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
+MAX_STEP = 2**53 - 1  # a metrics record's step, at most: the web page's numbers are JavaScript's, exact up to here
+
+
+def metrics_record(line):
+    """(step, train_loss, val_loss or None) of one line of metrics.jsonl; ValueError naming what is wrong."""
+    try:
+        record = json.loads(line)
+        step, train_loss = record['step'], float(record['train_loss'])
+        val_loss = float(record['val_loss']) if 'val_loss' in record else None
+    except (KeyError, TypeError) as e:  # a key missing, or not an object of numbers
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    if type(step) is not int or not 0 <= step <= MAX_STEP:  # 1e400 was an OverflowError's traceback
+        raise ValueError(f"step {step!r} is not a step number")
+    return step, train_loss, val_loss
+
+
+def read_metrics_records(path, advice):
+    """[(step, train_loss, val_loss or None)] of a metrics.jsonl, leaving out a last line cut off (a killed
+    run's last write); MicrogptError naming a damaged line, with `advice`."""
+    with open(path, encoding='utf-8', errors='replace') as f:
+        lines = f.readlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(metrics_record(line))
+        except ValueError as e:
+            if number == len(lines) and not line.endswith('\n'):
+                continue
+            raise MicrogptError(f"{path}: line {number} is not a metrics record ({e}); {advice}") from None
+    return records
 CHECKPOINTS = (BEST_CHECKPOINT, RESUME_CHECKPOINT)  # what makes a folder a run: metrics alone keep nothing
 RUN_FILES = (*CHECKPOINTS, METRICS_FILE, PLOT_FILE)
 # A loss above this many nats per token has diverged even where it is still a finite number (--lr 1e30 gave
@@ -288,7 +320,7 @@ class TrainingRun:
                     for line in f:
                         if not line.endswith(b'\n'):  # the last write of a killed run, cut off: dropped
                             break
-                        if line.strip() and json.loads(line)['step'] > start:
+                        if line.strip() and metrics_record(line)[0] > start:
                             break
                         kept += len(line)
                 os.truncate(path, kept)
@@ -296,9 +328,9 @@ class TrainingRun:
             self._metrics_end = kept  # where the last whole record ends
         except OSError as e:
             raise MicrogptError(f"{path}: cannot write the metrics ({e.strerror}); give another --out DIR") from None
-        except (ValueError, KeyError, TypeError):
-            raise MicrogptError(f"{path}: damaged (not one JSON record with a step per line); move it away to "
-                                f"resume") from None
+        except ValueError as e:  # a bad line would stop the plot, or the web export, later
+            raise MicrogptError(f"{path}: damaged (not one JSON record with a step and a training loss per line: "
+                                f"{e}); move it away to resume") from None
 
     def _write_metrics(self, *records):
         """Append the records, a line each, in one write."""
