@@ -218,6 +218,9 @@ def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path, monkeypatc
             f"{out} holds the trials of another search (study 'first' in sqlite:///{out}/tune.db); those of study "
             f"{change['study']!r} in {there} would overwrite them: give another --out DIR, or continue that search "
             f"with its --study and --storage"), str(info.value)
+    # and the refused search made no study: it was made, with this data's fingerprint, before the folder refused
+    assert optuna.get_all_study_names(f"sqlite:///{out}/tune.db") == ['first']
+    assert optuna.get_all_study_names(elsewhere) == []
     os.rename(out, tmp_path / 'moved')
     (tmp_path / 'elsewhere').mkdir()
     monkeypatch.chdir(tmp_path / 'elsewhere')

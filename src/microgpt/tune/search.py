@@ -136,14 +136,20 @@ def fingerprint(options):
             'max_steps': options.max_steps, 'seed': options.seed}
 
 
-def open_study(options):
-    """The study in the options' storage, created on first use; refused if it was made for other data or space."""
+def open_study(options, before_creating=lambda: None):
+    """The study in the options' storage, created on first use (once `before_creating()` has not raised); refused
+    if it was made for other data or space."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(options.storage_url)
-    study = optuna.create_study(storage=storage, study_name=options.study, direction='minimize', load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=6),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    search = dict(sampler=optuna.samplers.TPESampler(seed=None, n_startup_trials=6),
+                  pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
+    try:
+        study = optuna.load_study(study_name=options.study, storage=storage, **search)
+    except KeyError:  # no such study yet: a refused search must not leave one, with its fingerprint, behind
+        before_creating()
+        study = optuna.create_study(storage=storage, study_name=options.study, direction='minimize',
+                                    load_if_exists=True, **search)
     want, have = fingerprint(options), dict(study.user_attrs)
     if 'seed' not in have:  # a study made before the seed was recorded: its trials' commands name it
         seeds = sorted(seed for seed in map(_seed_of, study.get_trials(deepcopy=False)) if seed is not None)
@@ -202,16 +208,16 @@ def check_folder(options, study):
     """Refuse a --out DIR that holds the trials of another study (another --study, or another --storage): this
     search's trial NNNN would overwrite that one's run, and DIR/best/ would copy a run of the other study. A folder
     of trials with no record (made by microgpt before 2026-11-30) is this study's if one of its complete trials
-    left its best checkpoint there."""
+    left its best checkpoint there. `study` None: a study about to be made, which holds no trial yet."""
     record = _read_record(os.path.join(options.out, SEARCH_FILE))
     if record is None:
         trials = os.path.join(options.out, TRIALS_DIR)
-        if os.path.isdir(trials) and os.listdir(trials) and not _ran_here(study, trials):
+        if os.path.isdir(trials) and os.listdir(trials) and (study is None or not _ran_here(study, trials)):
             raise MicrogptError(f"{options.out} holds trials with no record of their study ({SEARCH_FILE}, which "
                                 f"microgpt before 2026-11-30 did not write), and none of them is a run of study "
                                 f"{options.study!r}: give another --out DIR")
         return
-    mine = _search_record(study, options.storage_url)
+    mine = _search_record(study, options.storage_url) if study is not None else None
     if mine is None or (mine['study'], mine['first_trial_started']) != (record['study'],
                                                                         record['first_trial_started']):
         raise MicrogptError(f"{options.out} holds the trials of another search (study {record['study']!r} in "
@@ -390,7 +396,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     with folder_for(options.out) as written:  # a storage that cannot be opened leaves no new folder
         if options.storage is None:
             written.append(os.path.join(options.out, STUDY_DB))
-        study = open_study(options)
+        study = open_study(options, before_creating=lambda: check_folder(options, None))
         check_folder(options, study)
     fail_abandoned_trials(study)
     deadline = time.time() + 60 * options.minutes if options.minutes is not None else None
