@@ -250,6 +250,11 @@ def test_resume_with_mismatched_config(small_data, tmp_path):
     assert_error(*run(*train_args(small_data, out, '--val-fraction', '0.3', '--resume')),
                  'val_fraction: checkpoint 0.2, now 0.3')
     assert_error(*run(*train_args(small_data, out, '--eval-every', '0', '--resume')), 'eval_every: checkpoint 20, now 0')
+    # a run on the default fraction records None: it said 'checkpoint None'
+    default = str(tmp_path / 'default')
+    assert run('train', '--data', small_data, '--steps', '4', '--eval-every', '2', '--out', default)[0] == 0
+    assert_error(*run('train', '--out', default, '--resume', '--val-fraction', '0.2'),
+                 'val_fraction: checkpoint the default (like makemore, min(1000 documents, 10%)), now 0.2')
 
 
 def test_resume_without_a_checkpoint(small_data, tmp_path):

@@ -53,7 +53,7 @@ def resume_settings(out, given, preset=None):
            **({'preset': preset} if preset is not None else {})}
     if 'data' in now and now['data'] != recorded.get('data') and _holds_the_runs_data(given['data'], meta):
         recorded['data'] = now['data']  # the same data moved, or reached through a link: it continues the run
-    differences = [f"{k}: checkpoint {recorded[k]!r}, now {v!r}" for k, v in now.items()
+    differences = [f"{k}: checkpoint {_shown(k, recorded[k])}, now {_shown(k, v)}" for k, v in now.items()
                    if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
@@ -75,6 +75,17 @@ def resume_settings(out, given, preset=None):
     settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
     check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
     return settings, saved_preset
+
+
+def _shown(key, value):
+    """A setting's value in a message: None, which a run records for a default that depends on the data (the
+    held-out fraction's), as that default."""
+    if value is not None:
+        return repr(value)
+    from .setup import RunConfig
+    field = RunConfig.__dataclass_fields__.get(key)
+    shown_default = field.metadata.get('shown_default') if field else None
+    return f"the default ({shown_default})" if shown_default else "the default"
 
 
 def _holds_the_runs_data(path, meta):
