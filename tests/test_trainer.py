@@ -257,6 +257,21 @@ def test_resume_with_mismatched_config(small_data, tmp_path):
                  'val_fraction: checkpoint the default (like makemore, min(1000 documents, 10%)), now 0.2')
 
 
+def test_a_damaged_resume_state_gets_advice_for_resume(small_data, tmp_path):
+    """It said 'give a model.safetensors written by microgpt train --out DIR', which --resume cannot be given."""
+    out = tmp_path / 'run'
+    assert run(*train_args(small_data, str(out)))[0] == 0
+    state = out / 'resume.safetensors'
+    state.write_bytes(state.read_bytes()[:-100])
+    code, stdout, err = run('train', '--out', str(out), '--resume')
+    assert_error(code, stdout, err, 'resume.safetensors: not a readable safetensors file',
+                 '; --resume needs this file whole: put back a copy of it, or start the run again with --overwrite')
+    assert 'give a model.safetensors' not in err, err
+    state.unlink()
+    state.mkdir()
+    assert_error(*run('train', '--out', str(out), '--resume'), 'resume.safetensors: is a directory; --resume needs')
+
+
 def test_resume_without_a_checkpoint(small_data, tmp_path):
     assert_error(*run(*train_args(small_data, str(tmp_path / 'empty'), '--resume')), 'nothing to resume')
 

@@ -26,14 +26,19 @@ def resume_settings(out, given, preset=None):
     record none), and `given` (the flags on the command line) on top. A given setting that differs from the
     recorded one is an error, but a larger steps, which trains on, another engine (checkpoints are
     interchangeable) and the sampling flags, which change only the names printed at the end."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import HINT, load_checkpoint
     check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
     path = os.path.join(out, RESUME_CHECKPOINT)
     if not os.path.exists(path):
         start = ("replace it with --overwrite instead" if os.path.exists(os.path.join(out, BEST_CHECKPOINT))
                  else "drop --resume to start fresh")
         raise MicrogptError(f"{path}: nothing to resume (no resume state there); {start}")
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except MicrogptError as e:  # its advice is sample's and eval's (give a model.safetensors): not one for --resume
+        reason = str(e).split(f"; {HINT}")[0]
+        raise MicrogptError(f"{reason}; --resume needs this file whole: put back a copy of it, or start the run "
+                            f"again with --overwrite") from None
     meta = ckpt.meta
     recorded = {**{k: v for k, v in asdict(ckpt.model_cfg).items() if k != 'vocab_size'}, **asdict(ckpt.train_cfg),
                 'eval_every': meta.get('eval_every', 0), 'val_fraction': meta.get('val_fraction'),
