@@ -342,9 +342,17 @@ def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_
     trial.set_user_attr('worker', f"{socket.gethostname()}:{int(dead.stdout)}")
     alive = study.ask()
     alive.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
+    # a zombie (killed, not yet reaped) answers signal 0 as if it lived: its trial stayed running
+    zombie = subprocess.Popen([sys.executable, '-c', 'pass'])
+    while open(f'/proc/{zombie.pid}/stat').read().rpartition(')')[2].split()[0] != 'Z':
+        pass
+    study.ask().set_user_attr('worker', f"{socket.gethostname()}:{zombie.pid}")
     fail_abandoned_trials(study)
+    zombie.wait()
     states = {t.number: t.state.name for t in study.get_trials()}
-    assert states == {0: 'FAIL', 1: 'RUNNING'}, states
+    assert states == {0: 'FAIL', 1: 'RUNNING', 2: 'FAIL'}, states
+    with pytest.raises(MicrogptError, match=r'^no trial of the study is complete yet \(2 failed, 1 running\); '):
+        summarize(study, str(out))  # it showed Python's dict of the counts
 
 
 def test_ctrl_c_before_any_trial_completes_exits_130_saying_so(small_data, tmp_path, monkeypatch):

@@ -85,7 +85,8 @@ def summarize(study, out_dir):
         f.write(f"# Trials of study {study.study_name!r}\n\n" + trials_table(study))
     files = [table] + _plots(study, out_dir)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        raise MicrogptError(f"no trial of the study is complete yet ({counts or 'none run'}); give a larger budget "
+        shown = ', '.join(f"{n} {'failed' if state == 'fail' else state}" for state, n in counts.items()) or 'none run'
+        raise MicrogptError(f"no trial of the study is complete yet ({shown}); give a larger budget "
                             f"and run the command again to continue the study")
     best = study.best_trial
     best_dir = os.path.join(out_dir, BEST_DIR)

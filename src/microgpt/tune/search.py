@@ -329,7 +329,11 @@ def _alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, and not yet reaped by its parent) answers signal 0, but runs no trial
+        with open(f'/proc/{pid}/stat', encoding='ascii', errors='replace') as f:
+            return f.read().rpartition(')')[2].split()[0] != 'Z'
+    except (OSError, IndexError):  # no /proc (macOS): alive, as signal 0 says
+        return True
 
 
 def finished_trials(study):
