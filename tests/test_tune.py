@@ -96,6 +96,32 @@ def test_a_search_continued_from_another_folder_keeps_its_own_best(tmp_path, mon
     assert words[words.index('--out') + 1] == str(tmp_path / 'A' / 't' / 'again' / '0000'), words
 
 
+@pytest.mark.slow(seconds=4)
+def test_two_workers_never_run_past_the_budget(small_data, tmp_path, monkeypatch):
+    """Each worker counted the study's trials, then asked for one: two that both counted 7 of 8 ran 9."""
+    import threading
+    import time
+    from microgpt.tune import search
+    (tmp_path / 'tune').mkdir()
+    opts = options(small_data, tmp_path / 'tune', trials=3)
+    count = search.finished_trials
+
+    def slow_count(study):  # the other worker counts in the meantime
+        counted = count(study)
+        time.sleep(0.3)
+        return counted
+
+    monkeypatch.setattr(search, 'finished_trials', slow_count)
+    monkeypatch.setattr(search, 'run_trial', lambda trial, *rest: 1.0 + trial.number)
+    open_study(opts)  # made once, as tune makes it before its workers start
+    workers = [threading.Thread(target=search.work, args=(opts, None, lambda: False)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(open_study(opts).trials) == 3, [t.number for t in open_study(opts).trials]
+
+
 @pytest.mark.slow
 def test_two_workers_share_one_study(small_data, tmp_path):
     out = tmp_path / 'tune'

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..config import ModelConfig, SettingError, TrainConfig, check_settings, flag_name, setting
@@ -348,11 +349,12 @@ def work(options, deadline, stop_requested, on_trial=lambda trial, state, value:
     study = open_study(options)
     n_train_docs = len(holdout_split(load_documents(options.local_data_path), None, options.seed, 'name')[0])
     while not stop_requested():
-        if options.trials is not None and finished_trials(study) >= options.trials:
-            return
-        if deadline is not None and time.time() >= deadline:
-            return
-        trial = study.ask()
+        with _one_asking_at_a_time(options.out):  # two workers that both counted 7 trials of 8 ran 9
+            if options.trials is not None and finished_trials(study) >= options.trials:
+                return
+            if deadline is not None and time.time() >= deadline:
+                return
+            trial = study.ask()
         try:
             value = run_trial(trial, options, n_train_docs, stop_requested)
         except optuna.TrialPruned:
@@ -371,6 +373,26 @@ def work(options, deadline, stop_requested, on_trial=lambda trial, state, value:
 
 
 # ---- several processes on one storage
+
+@contextmanager
+def _one_asking_at_a_time(folder):
+    """The processes of this machine searching into `folder` count the study's trials and ask for the next one at a
+    time: an advisory lock on the folder (flock), held for that only; none where the system has no flock."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: as before
+            pass
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
 
 class _StopFlag:
     """SIGINT sets the flag: running trials finish their step, save and are told; no trial starts after."""
