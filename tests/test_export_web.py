@@ -486,6 +486,9 @@ def test_damaged_metrics_are_named(tmp_path):
         metrics.write_text(f'{{"step": 1, "train_loss": 3.1}}\n{{"step": {step}, "train_loss": 3.0}}\n')
         with pytest.raises(MicrogptError, match=r'line 2 is not a metrics record \(step .* is not a step number\)'):
             export_web(path, str(tmp_path / 'page'))
+    metrics.write_text('{"step": 1, "train_loss": 1' + '0' * 400 + '}\n')  # too large for a float: a traceback
+    with pytest.raises(MicrogptError, match=r'line 1 is not a metrics record \(OverflowError: '):
+        export_web(path, str(tmp_path / 'page'))
     with pytest.raises(MicrogptError, match='cannot read the run.s metrics'):
         export_web(path, str(tmp_path / 'page2'), metrics_path=str(tmp_path / 'absent.jsonl'))
     (tmp_path / 'run' / 'metrics.jsonl').unlink()

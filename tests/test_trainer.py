@@ -270,6 +270,13 @@ def test_a_damaged_resume_state_gets_advice_for_resume(small_data, tmp_path):
     state.unlink()
     state.mkdir()
     assert_error(*run('train', '--out', str(out), '--resume'), 'resume.safetensors: is a directory; --resume needs')
+    # a newer microgpt's file is whole: its advice is to upgrade, never to --overwrite it
+    state.rmdir()
+    assert run(*train_args(small_data, str(out), '--overwrite'))[0] == 0
+    state.write_bytes(state.read_bytes().replace(b'"format_version":"3"', b'"format_version":"9"', 1))
+    code, stdout, err = run('train', '--out', str(out), '--resume')
+    assert_error(code, stdout, err, 'checkpoint format version 9', 'upgrade microgpt to read it')
+    assert '--overwrite' not in err, err
 
 
 def test_resume_without_a_checkpoint(small_data, tmp_path):
@@ -400,7 +407,7 @@ def test_resume_drops_a_metrics_line_cut_off_by_a_kill(small_data, tmp_path):
     metrics.write_text(whole.replace('"step": 5,', '"step": 5', 1))
     assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40'), damaged, '); move it away to resume')
     # a record without its loss (or not JSON), resumed with --plot: all steps trained, then a traceback from the plot
-    for line in ('{"step": 5}', 'not json'):
+    for line in ('{"step": 5}', 'not json', '{"step": 5, "train_loss": 1' + '0' * 400 + '}', '[' * 100_000):
         metrics.write_text(re.sub(r'^\{"step": 5,.*$', line, whole, count=1, flags=re.M))
         assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40', '--plot'), damaged,
                      '); move it away to resume')

@@ -94,6 +94,13 @@ def test_a_search_continued_from_another_folder_keeps_its_own_best(tmp_path, mon
     words = shlex.split(re.search(r'^train it again: (.*)$', out, re.M).group(1))
     assert words[words.index('--data') + 1] == str(tmp_path / 'A' / 'd.txt'), words
     assert words[words.index('--out') + 1] == str(tmp_path / 'A' / 't' / 'again' / '0000'), words
+    assert re.search(r'^trials: 1 complete$', out, re.M), out
+    # the study reported into another folder, on its storage: the best trial's run is not there to copy
+    code, out, err = run_cli_in_process('tune', '--data', '../A/d.txt', '--out', '../C', '--trials', '1', '--max-steps',
+                                        '50', '--storage', f"sqlite:///{tmp_path / 'A' / 't' / 'tune.db'}")
+    assert code == 0, err
+    assert 'its run: not in this folder (it ran into another --out, or on another machine)\n' in out, out
+    assert not (tmp_path / 'C' / 'best').exists()
 
 
 @pytest.mark.slow(seconds=4)

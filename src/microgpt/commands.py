@@ -261,7 +261,7 @@ def cmd_study(args, out, err):
 
 
 def cmd_tune(args, out, err):
-    from .tune.report import summarize
+    from .tune.report import shown_counts, summarize
     from .tune.search import TuneConfig, tune
     config = TuneConfig(**given(args, TuneConfig))
     stop = _StopRequest(err, what='the running trials finish their step, save and are recorded')
@@ -276,10 +276,10 @@ def cmd_tune(args, out, err):
         print("microgpt: stopped before any trial of the study completed; the same command continues it", file=err)
         raise KeyboardInterrupt
     summary = summarize(study, config.out)
-    counts = ', '.join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
-    print(f"trials: {counts}", file=out)
+    print(f"trials: {shown_counts(summary.counts)}", file=out)
     print(f"best: trial {summary.best_number}, held-out loss {summary.best_value:.4f} nats per character", file=out)
-    print(f"its run: {summary.best_dir}", file=out)
+    print(f"its run: {summary.best_dir or 'not in this folder (it ran into another --out, or on another machine)'}",
+          file=out)
     print(f"train it again: {summary.command}", file=out)
     for path in summary.files:
         print(f"wrote {path}", file=out)

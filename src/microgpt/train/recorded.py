@@ -36,6 +36,8 @@ def resume_settings(out, given, preset=None):
     try:
         ckpt = load_checkpoint(path)
     except MicrogptError as e:  # its advice is sample's and eval's (give a model.safetensors): not one for --resume
+        if f"; {HINT}" not in str(e):  # a checkpoint of a newer microgpt: its own advice (upgrade) holds
+            raise
         reason = str(e).split(f"; {HINT}")[0]
         raise MicrogptError(f"{reason}; --resume needs this file whole: put back a copy of it, or start the run "
                             f"again with --overwrite") from None

@@ -31,8 +31,8 @@ def metrics_record(line):
         record = json.loads(line)
         step, train_loss = record['step'], float(record['train_loss'])
         val_loss = float(record['val_loss']) if 'val_loss' in record else None
-    except (KeyError, TypeError) as e:  # a key missing, or not an object of numbers
-        raise ValueError(f"{type(e).__name__}: {e}") from None
+    except (KeyError, TypeError, OverflowError, RecursionError) as e:  # a key missing, not an object of numbers, a
+        raise ValueError(f"{type(e).__name__}: {e}") from None      # 400-digit integer, arrays nested 100,000 deep
     if type(step) is not int or not 0 <= step <= MAX_STEP:  # 1e400 was an OverflowError's traceback
         raise ValueError(f"step {step!r} is not a step number")
     return step, train_loss, val_loss

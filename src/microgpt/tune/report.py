@@ -20,7 +20,7 @@ class Summary:
     best_value: float        # the best trial's held-out loss (nats per character)
     best_number: int
     command: str             # `microgpt train ...` that reproduces it
-    best_dir: str            # its run, copied
+    best_dir: str            # its run, copied; None where it ran elsewhere
     files: tuple             # everything written
     counts: dict             # trial state -> how many
 
@@ -85,9 +85,8 @@ def summarize(study, out_dir):
         f.write(f"# Trials of study {study.study_name!r}\n\n" + trials_table(study))
     files = [table] + _plots(study, out_dir)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        shown = ', '.join(f"{n} {'failed' if state == 'fail' else state}" for state, n in counts.items()) or 'none run'
-        raise MicrogptError(f"no trial of the study is complete yet ({shown}); give a larger budget "
-                            f"and run the command again to continue the study")
+        raise MicrogptError(f"no trial of the study is complete yet ({shown_counts(counts) or 'none run'}); give a "
+                            f"larger budget and run the command again to continue the study")
     best = study.best_trial
     best_dir = os.path.join(out_dir, BEST_DIR)
     # the trial's run in this folder (its recorded path is relative to where its search ran: from another folder it
@@ -97,4 +96,11 @@ def summarize(study, out_dir):
         shutil.rmtree(best_dir, ignore_errors=True)
         shutil.copytree(os.path.join(out_dir, TRIALS_DIR, f"{best.number:04d}"), best_dir)
         files.append(best_dir)
+    else:  # best/, if there, is an earlier best's
+        best_dir = None
     return Summary(best.value, best.number, best.user_attrs['command'], best_dir, tuple(files), counts)
+
+
+def shown_counts(counts):
+    """'3 complete, 1 failed' of {state: count}."""
+    return ', '.join(f"{n} {'failed' if state == 'fail' else state}" for state, n in sorted(counts.items()))
