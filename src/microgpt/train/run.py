@@ -23,7 +23,15 @@ from .setup import Holdout, prepare_run
 METRICS_FILE = 'metrics.jsonl'
 PLOT_FILE = 'loss.png'
 MAX_STEP = 2**53 - 1  # a metrics record's step, at most: the web page's numbers are JavaScript's, exact up to here
+CHECKPOINTS = (BEST_CHECKPOINT, RESUME_CHECKPOINT)  # what makes a folder a run: metrics alone keep nothing
+RUN_FILES = (*CHECKPOINTS, METRICS_FILE, PLOT_FILE)
+# A loss above this many nats per token has diverged even where it is still a finite number (--lr 1e30 gave
+# 1e92 on the array engines, where the reference engine's log(0) gave NaN): the model puts e^-1000 on the
+# characters it is shown. A model that guesses uniformly scores ln(vocabulary size), under 12 for any vocabulary.
+DIVERGED_LOSS = 1000.0
 
+
+# ---- metrics.jsonl, read back (resume, the plot, the web page)
 
 def metrics_record(line):
     """(step, train_loss, val_loss or None) of one line of metrics.jsonl; ValueError naming what is wrong."""
@@ -54,12 +62,6 @@ def read_metrics_records(path, advice):
                 continue
             raise MicrogptError(f"{path}: line {number} is not a metrics record ({e}); {advice}") from None
     return records
-CHECKPOINTS = (BEST_CHECKPOINT, RESUME_CHECKPOINT)  # what makes a folder a run: metrics alone keep nothing
-RUN_FILES = (*CHECKPOINTS, METRICS_FILE, PLOT_FILE)
-# A loss above this many nats per token has diverged even where it is still a finite number (--lr 1e30 gave
-# 1e92 on the array engines, where the reference engine's log(0) gave NaN): the model puts e^-1000 on the
-# characters it is shown. A model that guesses uniformly scores ln(vocabulary size), under 12 for any vocabulary.
-DIVERGED_LOSS = 1000.0
 
 
 # ---- events
