@@ -101,16 +101,14 @@ def cmd_eval(args, out, err):
     if args.data is not None:
         docs, what = file_documents(local_path(args.data), ckpt.vocab), args.data
     else:
-        try:
-            data_path = recorded_data(ckpt, streams=True)  # a run trained from a pipe is evaluated from one
-        except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
-            held_out = (" (put the run's own data back there to score its held-out split)"
-                        if ckpt.meta.get('eval_every') else "")
-            raise MicrogptError(f"{e}{held_out}; give --data FILE to score every document of a file") from None
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
                                 "give --data FILE to evaluate on")
-        _tell_of_a_stream(ckpt, err)
+        try:  # a run trained from a pipe is evaluated from one
+            data_path = recorded_data(ckpt, on_stream=_notice_to(err))
+        except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
+            raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give --data "
+                                f"FILE to score every document of a file") from None
         docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab))[1]
         what = f"the held-out split of {ckpt.meta['data_path']}"
     for path, (member, engine) in zip(args.checkpoint, models):
@@ -164,17 +162,16 @@ def cmd_export(args, out, err):
     _print_memory(info.memory, out)
 
 
-def _tell_of_a_stream(ckpt, err):
-    from .train.recorded import stream_notice
-    notice = stream_notice(ckpt)
-    if notice:  # before it is read: on a terminal, the command then waits for lines typed in
-        print(f"microgpt: {notice}", file=err)
+def _notice_to(err):
+    """A notice printed as `microgpt: ...` on `err`, as it happens (before a stream is read: on a terminal, the
+    command then waits for lines typed in)."""
+    return lambda notice: print(f"microgpt: {notice}", file=err)
 
 
 def _export_training_program(args, out, err):
     from .export.c_train import export_training_program
     info = export_training_program(args.out, args.checkpoint, args.data, args.low_memory, args.ram, args.seed,
-                                   reading_the_runs_data=lambda ckpt: _tell_of_a_stream(ckpt, err))
+                                   on_stream=_notice_to(err))
     for path in info.files:
         print(f"wrote {path}", file=out)
     print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)

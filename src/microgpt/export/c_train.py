@@ -246,14 +246,14 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
 # ---- what `microgpt export --train` exports
 
 def export_training_program(out_dir, checkpoint=None, data=None, low_memory=False, ram_limit=None, seed=None,
-                            reading_the_runs_data=lambda ckpt: None):
+                            on_stream=None):
     """export_c_train for the command line. With a checkpoint: its model, vocabulary and weights (fine-tuning
     starts from them), its optimiser's lr, betas and eps (on microgpt's recipe: one document a step, linear
     decay), and its training data unless `data` is given (the run's training split: what it held out stays
     unseen); without: microgpt's model and optimiser on `data`
     (default: the bundled names), initialised on the device. Documents are shuffled by random.Random(seed)
-    (default: microgpt's 42) as microgpt shuffles them. `reading_the_runs_data(ckpt)` is called just before the
-    checkpoint's own data is read."""
+    (default: microgpt's 42) as microgpt shuffles them. A run trained from a pipe is read from one, once
+    on_stream(notice) has said so (recorded.recorded_data)."""
     import random
     from dataclasses import replace
 
@@ -265,9 +265,8 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         from ..train.recorded import trained_documents
         ckpt = load_checkpoint(checkpoint)
         if data is None:  # the run's training documents: what it held out stays unseen
-            reading_the_runs_data(ckpt)
             try:
-                docs = trained_documents(ckpt, streams=True)  # a run trained from a pipe is read from one
+                docs = trained_documents(ckpt, on_stream)
             except MicrogptError as e:
                 raise MicrogptError(f"{e}; give --data FILE") from None
             data = ckpt.meta['data_path']

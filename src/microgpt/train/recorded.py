@@ -103,19 +103,23 @@ def _holds_the_runs_data(path, meta):
     return saved is not None and not is_url(path) and file_identity(path) == saved
 
 
-def recorded_data(ckpt, streams=False):
+def recorded_data(ckpt, on_stream=None):
     """The local file of the data a checkpoint's run trained on: its recorded path, or its URL's download (fetched
     if not cached). A MicrogptError saying why, without advice (each caller has its own), when the run recorded none,
     when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
     64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents.
-    With `streams`, a pipe or a device the run read (it has no identity) is read again, as the run read it."""
+    With `on_stream`, a pipe or a device the run read (it has no identity) is read again, as the run read it,
+    once on_stream(notice) has said that nothing can check it."""
     recorded = ckpt.meta.get('data_path')
     if not recorded:
         raise MicrogptError("the checkpoint records no training data")
     path = local_path(path_of_recorded(recorded))
     saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
     if not os.path.isfile(path):
-        if streams and saved is None and os.path.exists(path):
+        if on_stream is not None and saved is None and os.path.exists(path):
+            on_stream(f"the training data {recorded!r} is a stream (a pipe or a device): it is read again now, and "
+                      f"cannot be checked against the run's (the documents are the run's only if it gives the same "
+                      f"lines)")
             return path
         what = 'is not a file' if os.path.exists(path) else 'is not there'
         raise MicrogptError(f"the training data {recorded!r} {what}")
@@ -125,37 +129,24 @@ def recorded_data(ckpt, streams=False):
     return path
 
 
-def stream_notice(ckpt):
-    """For a command about to read a checkpoint's data again with `streams`: a notice when that data is a stream (a
-    pipe or a device: the run recorded no identity of it), which nothing can check; None otherwise."""
-    recorded = ckpt.meta.get('data_path')
-    if not recorded or ckpt.meta.get('data_identity') is not None or is_url(recorded):
-        return None
-    path = path_of_recorded(recorded)
-    if os.path.isfile(path) or not os.path.exists(path):
-        return None
-    return (f"the training data {recorded!r} is a stream (a pipe or a device): it is read again now, and cannot be "
-            f"checked against the run's (the documents are the run's only if it gives the same lines)")
-
-
 def recorded_split(ckpt, docs):
     """(train, held out): the split the checkpoint's run made of `docs` (its data, read again)."""
     return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
-def recorded_documents(ckpt, streams=False):
+def recorded_documents(ckpt, on_stream=None):
     """(trained on, held out) of the checkpoint's recorded data (recorded_data), as documents.Documents over its
     token cache in the model's token ids: no Python object per document. Held out is empty when the run held none
     out."""
     from ..documents import file_documents
-    docs = file_documents(recorded_data(ckpt, streams), ckpt.vocab)
+    docs = file_documents(recorded_data(ckpt, on_stream), ckpt.vocab)
     return recorded_split(ckpt, docs) if ckpt.meta.get('eval_every') else (docs, docs.take([]))
 
 
-def trained_documents(ckpt, streams=False):
+def trained_documents(ckpt, on_stream=None):
     """The documents the checkpoint's run trained on, as strings: its recorded data (recorded_data), less the
     held-out split when it held one out."""
-    docs = load_documents(recorded_data(ckpt, streams))
+    docs = load_documents(recorded_data(ckpt, on_stream))
     return recorded_split(ckpt, docs)[0] if ckpt.meta.get('eval_every') else docs
 
 
