@@ -124,6 +124,29 @@ def folder_for(path):
         raise
 
 
+def lock_folder(folder, wait):
+    """An advisory lock (flock) on the folder itself, so no file is left behind: the descriptor that holds it
+    (closing it, or the process ending, releases it), or None where the system or the file system has no flock, or
+    the folder cannot be opened for reading (mode 300). Without `wait`, BlockingIOError if another holds it."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # a file system without locks
+        os.close(fd)
+        return None
+    return fd
+
+
 def remove_stale(folder, prefix, suffix=''):
     """Remove `prefix`PID-*`suffix` files of processes that are gone or are this one, and `prefix`*`suffix`
     files that name no process (written by versions that did not)."""

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from ..data import file_identity
 from ..errors import MicrogptError
 from ..fetch import local_path
-from ..tempfiles import folder_problem, make_folders, remove_folders, remove_quietly
+from ..tempfiles import folder_problem, lock_folder, make_folders, remove_folders, remove_quietly
 from .loop import evaluate, train_chunks, training_threads
 from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
 from .setup import Holdout, prepare_run
@@ -111,27 +111,13 @@ class TrainingRun:
 
     def _lock_folder(self):
         """Hold --out DIR's lock while the run writes there: a second run into the same folder at the same time is
-        refused (both wrote its checkpoints and metrics, and one run's were lost). An advisory lock on the folder
-        itself (flock), so no file is left behind and the lock ends with the process; none where the system or the
-        file system has no flock."""
+        refused (both wrote its checkpoints and metrics, and one run's were lost). None where there is no lock to
+        take (tempfiles.lock_folder): the run goes unlocked, as before."""
         try:
-            import fcntl
-        except ImportError:
-            return None
-        try:
-            fd = os.open(self.cfg.out, os.O_RDONLY)
-        except OSError:  # a folder we may write but not read (mode 300): run unlocked, as before
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock_folder(self.cfg.out, wait=False)
         except BlockingIOError:
-            os.close(fd)
             raise MicrogptError(f"{self.cfg.out}: another microgpt run is writing here; wait for it to end, or give "
                                 f"another --out DIR") from None
-        except OSError:  # a file system without locks: run unlocked, as before
-            os.close(fd)
-            return None
-        return fd
 
     def events(self, should_stop=lambda: False, progress=None):
         """The run's Header, Steps (loop.py's, an engine call's steps), EvalReports and Saved events;

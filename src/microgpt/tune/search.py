@@ -20,7 +20,7 @@ from ..data import bundled_dataset_path, file_sha256, holdout_split, load_docume
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
 from ..presets import fields_of, model_settings, resolve
-from ..tempfiles import folder_for, write_new_text
+from ..tempfiles import folder_for, lock_folder, write_new_text
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
 from . import space
@@ -287,7 +287,7 @@ def run_trial(trial, options, n_train_docs, should_stop):
     again = {**flags, 'data': flags['data'] if is_url(flags['data']) else os.path.abspath(flags['data'])}
     trial.set_user_attr('command', command_line(again, os.path.abspath(os.path.join(options.out, AGAIN_DIR,
                                                                                     f"{trial.number:04d}"))))
-    trial.set_user_attr('out', out_dir)
+    trial.set_user_attr('out', out_dir)  # where its run went, as this search named it
     trial.set_user_attr('worker', f"{socket.gethostname()}:{os.getpid()}")
     settings = resolve(BASE_PRESET, {**flags, 'out': out_dir, 'overwrite': True})
     run = TrainingRun(RunSettings(RunConfig(**fields_of(RunConfig, settings)), model_settings(settings),
@@ -377,21 +377,13 @@ def work(options, deadline, stop_requested, on_trial=lambda trial, state, value:
 @contextmanager
 def _one_asking_at_a_time(folder):
     """The processes of this machine searching into `folder` count the study's trials and ask for the next one at a
-    time: an advisory lock on the folder (flock), held for that only; none where the system has no flock."""
+    time: the folder's lock (tempfiles.lock_folder), held for that only; none where there is none to take."""
+    fd = lock_folder(folder, wait=True)
     try:
-        import fcntl
-        fd = os.open(folder, os.O_RDONLY)
-    except (ImportError, OSError):
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks: as before
-            pass
         yield
     finally:
-        os.close(fd)  # and the lock with it
+        if fd is not None:
+            os.close(fd)  # and the lock with it
 
 
 class _StopFlag:
