@@ -326,6 +326,10 @@ def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
     assert evaluated.stderr == notice, evaluated.stderr
     exported = cli('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
     assert exported.returncode == 0 and exported.stderr == notice, exported.stderr
+    emptied = subprocess.run([sys.executable, '-m', 'microgpt', 'export', '--train', '--checkpoint', checkpoint,
+                              '--out', str(tmp_path / 'c2')], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert emptied.returncode == 2 and emptied.stderr == notice + b"microgpt: error: /dev/stdin: no non-blank lines; " \
+        b"give a UTF-8 text file with one item (a name, a word) per line, or give --data FILE\n", emptied.stderr
     resumed = cli('train', '--resume', '--out', out, '--steps', '25')  # said nothing of the unchecked data
     assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the data is a stream (a pipe or a device), " \
         b"which cannot be checked against the run's: it continues the run only if it gives the same documents\n" \

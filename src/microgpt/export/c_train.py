@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
-from ..errors import MicrogptError
+from ..errors import MicrogptError, NotData
 from ..fetch import local_path
 from .c import TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, write_program
 
@@ -267,8 +267,8 @@ def export_training_program(out_dir, checkpoint=None, data=None, low_memory=Fals
         if data is None:  # the run's training documents: what it held out stays unseen
             try:
                 docs = trained_documents(ckpt, on_stream)
-            except MicrogptError as e:
-                raise MicrogptError(f"{e}; give --data FILE") from None
+            except MicrogptError as e:  # a NotData already ends in advice on the file: this is the other way
+                raise MicrogptError(f"{e}{', or' if isinstance(e, NotData) else ';'} give --data FILE") from None
             data = ckpt.meta['data_path']
         cfg, vocab, weights = ckpt.model_cfg, ckpt.vocab, ckpt.weights
         trained = ckpt.train_cfg
