@@ -286,6 +286,44 @@ def test_an_export_that_fails_as_a_full_disk_keeps_the_files_before(tmp_path, da
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, sorted(p.name for p in out.iterdir())
 
 
+@pytest.mark.parametrize('fault', ['full disk', 'folder in the way'])
+@pytest.mark.parametrize('kind', ['c', 'train'])
+def test_a_c_export_that_fails_on_its_second_file_keeps_the_export_before(tmp_path, data_file, monkeypatch, kind,
+                                                                         fault):
+    """A C export writes three files, each whole or not at all: one that failed on the second (a full disk, a folder
+    where it goes) had replaced the first already, leaving a new weights.h beside the earlier program. Now the three
+    are renamed into place only once all are written."""
+    from microgpt.export.c import export_c
+    from microgpt.export.c_train import export_training_program
+    ckpt_path = tmp_path / 'model.safetensors'
+    save_checkpoint(str(ckpt_path), trained_engine(), VOCAB, TCFG, 1, {})
+    out = tmp_path / 'out'
+    export = {'c': lambda: export_c(load_checkpoint(str(ckpt_path)), str(out)),
+              'train': lambda: export_training_program(str(out), str(ckpt_path), data_file, False, None, None)}[kind]
+    export()
+    files = [out / name for name in ({'c': ['weights.h', 'microgpt_names.c'],
+                                      'train': ['train_data.h', 'microgpt_train.c']}[kind] + ['microgpt_common.h'])]
+    for path in files:
+        path.write_text(f'the earlier {path.name}')
+    second = files[1]
+    if fault == 'folder in the way':
+        second.unlink()
+        second.mkdir()
+    else:
+        real_fdopen, opened = os.fdopen, []
+
+        def full_from_the_second(fd, mode, **kw):
+            opened.append(fd)
+            return _FullDisk(real_fdopen(fd, mode, **kw), 10 ** 9 if len(opened) == 1 else 0)
+        monkeypatch.setattr(os, 'fdopen', full_from_the_second)
+    before = {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()}
+    with pytest.raises(MicrogptError) as info:
+        export()
+    monkeypatch.undo()
+    assert str(info.value).startswith(f"{second}: cannot write the C program: "), info.value
+    assert {p.name: p.read_bytes() if p.is_file() else None for p in out.iterdir()} == before
+
+
 @pytest.mark.parametrize('room', [0, 20000])
 @pytest.mark.parametrize('kind', ['c', 'train', 'web'])
 def test_an_export_into_a_new_folder_that_fails_leaves_no_folder(tmp_path, data_file, monkeypatch, kind, room):

@@ -41,6 +41,30 @@ def write_text(path, text):
         raise
 
 
+def write_texts(texts):
+    """write_text for each of `texts` ({path: text}), as one change: every text goes to a temporary beside its path
+    first, and only once all are written are they renamed over their paths, so that a full disk or Ctrl-C leaves
+    every path as it was (an export into a folder holding an earlier one does not become half of each). A path
+    that is a folder is refused before anything is written. The OSError names the path that failed (filename)."""
+    for path in texts:
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    temporaries = {}
+    try:
+        for path, text in texts.items():
+            try:
+                temporaries[path] = _temporary_holding(path, text)
+            except OSError as e:
+                e.filename = path
+                raise
+        for path in texts:
+            os.replace(temporaries.pop(path), path)
+    except BaseException:
+        for tmp in temporaries.values():
+            remove_quietly(tmp)
+        raise
+
+
 def _temporary_holding(path, text):
     """A new temporary beside `path` holding `text` (UTF-8, newline '\\n'), with the permissions a new file gets;
     none is left if writing it fails."""

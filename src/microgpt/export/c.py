@@ -14,7 +14,7 @@ import numpy as np
 
 from ..config import num_parameters, parameter_shapes
 from ..errors import MicrogptError
-from ..tempfiles import folder_for, folder_problem, write_text
+from ..tempfiles import folder_for, folder_problem, write_texts
 
 C_SOURCE = 'microgpt_names.c'
 C_HEADER = 'weights.h'
@@ -49,15 +49,15 @@ def write_program(out_dir, header, header_text, source):
     texts = {header: header_text, source: (templates / source).read_text(encoding='utf-8'),
              COMMON_HEADER: (templates / COMMON_HEADER).read_text(encoding='utf-8')}
     files = tuple(os.path.join(out_dir, name) for name in texts)
-    path = out_dir
     try:
         with folder_for(out_dir) as written:
-            for path, text in zip(files, texts.values()):
-                write_text(path, text)  # whole or not at all: a full disk leaves no truncated weights.h
-                written.append(path)
+            write_texts(dict(zip(files, texts.values())))  # all or none: a full disk leaves no truncated weights.h
+            written.extend(files)
     except OSError as e:
-        why = folder_problem(out_dir, e) if path == out_dir else e.strerror  # a file or a dead link in the way
-        raise MicrogptError(f"{path}: cannot write the C program: {why}") from None
+        if e.filename in files:
+            raise MicrogptError(f"{e.filename}: cannot write the C program: {e.strerror}") from None
+        # a file or a dead link in the way of the folder
+        raise MicrogptError(f"{out_dir}: cannot write the C program: {folder_problem(out_dir, e)}") from None
     return files
 
 
