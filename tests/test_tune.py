@@ -362,6 +362,22 @@ def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_pat
 
 
 @pytest.mark.slow(seconds=1)
+@pytest.mark.slow(seconds=10)  # fresh interpreters importing Optuna
+def test_two_searches_making_one_new_database_at_once_both_open_it(tmp_path):
+    """Optuna makes an RDB storage's tables on first use: of two processes making them in one new sqlite file at once,
+    one failed (table already exists, or the schema version's unique constraint), 6 times in 6 tries here."""
+    import subprocess
+    import sys
+    opens = "import sys; from microgpt.tune.search import make_storage; make_storage(sys.argv[1]); print('opened')"
+    for i in range(3):
+        url = f"sqlite:///{tmp_path / f'new{i}.db'}"
+        processes = [subprocess.Popen([sys.executable, '-c', opens, url], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE) for _ in range(2)]
+        for p in processes:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out == b'opened\n', err.decode()[-600:]
+
+
 def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_path):
     import subprocess
     import sys

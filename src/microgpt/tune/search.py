@@ -121,13 +121,29 @@ def make_storage(url):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
             path = url[len('journal:'):] if url.startswith('journal:') else url
             return JournalStorage(JournalFileBackend(path))
-        return optuna.storages.RDBStorage(url, engine_kwargs={'connect_args': {'timeout': 60}}
-                                          if url.startswith('sqlite') else {})
+        return _rdb_storage(url)
     except Exception as e:  # SQLAlchemy and the drivers raise many types; each is one line for the user
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MicrogptError(f"cannot open the study storage {shown_storage(url)!r} ({reason}); give an Optuna "
                             f"storage URL such as sqlite:///tune.db, postgresql://user@host/db or "
                             f"journal:FILE") from None
+
+
+def _rdb_storage(url, tries=10):
+    """Optuna's RDBStorage, which makes its tables in a new database: two processes making them in one at once race
+    there (one fails with 'table studies already exists', or a unique constraint on the schema's version: every time,
+    two `microgpt tune` started together on a new sqlite file), and the one that lost finds them made when it tries
+    again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={'connect_args': {'timeout': 60}}
+                                              if url.startswith('sqlite') else {})
+        except (IntegrityError, OperationalError) as e:
+            if attempt == tries - 1 or not (isinstance(e, IntegrityError) or 'already exists' in str(e)):
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 def fingerprint(options):
