@@ -49,19 +49,18 @@ def write_texts(texts):
     for path in texts:
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
-    temporaries = {}
+    temporaries, path = {}, None
     try:
         for path, text in texts.items():
-            try:
-                temporaries[path] = _temporary_holding(path, text)
-            except OSError as e:
-                e.filename = path
-                raise
+            temporaries[path] = _temporary_holding(path, text)
         for path in texts:
-            os.replace(temporaries.pop(path), path)
-    except BaseException:
+            os.replace(temporaries[path], path)
+            del temporaries[path]
+    except BaseException as e:
         for tmp in temporaries.values():
             remove_quietly(tmp)
+        if isinstance(e, OSError):
+            e.filename, e.filename2 = path, None
         raise
 
 
