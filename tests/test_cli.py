@@ -276,6 +276,16 @@ def checkpoint(data, tmp_path):
     return os.path.join(out, 'model.safetensors')
 
 
+def test_a_command_of_one_checkpoint_given_two_refuses_them(checkpoint, tmp_path):
+    """export and info took the last --checkpoint of two silently, where sample's and eval's two are an ensemble."""
+    for command in (['info'], ['export', '--out', tmp_path / 'c'], ['export', '--web', '--out', tmp_path / 'w'],
+                    ['export', '--train', '--out', tmp_path / 't']):
+        assert_one_line_error(*run(*command, '--checkpoint', checkpoint, '--checkpoint', checkpoint),
+                              f"--checkpoint given twice: {command[0]} reads one checkpoint (sample and eval take "
+                              f"several, as an ensemble)")
+    assert not any(tmp_path.glob('[cwt]')), sorted(tmp_path.iterdir())
+
+
 def test_sample_says_why_the_recorded_training_data_gives_no_novelty_check(data, checkpoint):
     """The recorded data path gone, or a folder there now: samples without the novelty check, and a true notice."""
     os.remove(data)

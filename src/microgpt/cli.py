@@ -53,6 +53,17 @@ class _Deprecated(argparse.Action):
         setattr(namespace, 'notices', notices + (f"{option_string} is deprecated; write {self.new}",))
 
 
+class _OneCheckpoint(argparse.Action):
+    """--checkpoint of a command that reads one model: given twice, an error, not the last one silently (sample's
+    and eval's `--checkpoint A --checkpoint B` is an ensemble)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice: {parser.prog.split()[-1]} reads one checkpoint (sample and "
+                         f"eval take several, as an ensemble)")
+        setattr(namespace, self.dest, values)
+
+
 def _shown(value):
     return 'off' if value is False else ('on' if value is True else value)
 
@@ -92,7 +103,8 @@ def _add_checkpoint_flag(p, several=False):
                             'and block size; after one flag or each after its own) make an ensemble that averages '
                             'their next-character probabilities')
     else:
-        p.add_argument('--checkpoint', required=True, help='a model.safetensors written by `microgpt train --out`')
+        p.add_argument('--checkpoint', required=True, action=_OneCheckpoint,
+                       help='a model.safetensors written by `microgpt train --out`')
 
 
 def build_parser():
@@ -149,7 +161,7 @@ def build_parser():
                 description='Write DIR/weights.h (weights as static const float arrays), DIR/microgpt_names.c '
                             '(inference, no malloc) and DIR/microgpt_common.h (the code it shares with --train\'s '
                             'program), and print the memory budget.')
-    p.add_argument('--checkpoint', default=None,
+    p.add_argument('--checkpoint', default=None, action=_OneCheckpoint,
                    help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument('--out', metavar='DIR',
