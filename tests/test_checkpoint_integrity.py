@@ -194,6 +194,7 @@ DAMAGED_VALUES = [  # (entry, its new JSON, or a dict of fields merged into its 
     ('val_split', '"bogus"', 'val_split'), ('val_fraction', '2', 'val_fraction'),
     ('eval_every', '1.5', 'eval_every'), ('engine', '"cuda"', 'engine'), ('dtype', '"float16"', 'dtype'), ('dtype', '"float32"', 'dtype'),
     ('data_path', '5', 'data_path'), ('preset', '"bogus"', 'preset'),
+    ('data_path', '"/tmp/x\\ud800y"', 'data_path'), ('vocab', {'chars': 'ab\udc80'}, 'vocab'),  # a traceback
     ('metrics', '{"train_loss": NaN}', 'metrics'), ('metrics', '[1, 2]', 'metrics'),
     ('best_val_loss', '-1', 'best_val_loss'), ('best_val_loss', 'Infinity', 'best_val_loss'),
 ]

@@ -229,6 +229,11 @@ def _decoded(path, raw_meta, strict):
             meta[key] = text if key in ('format', 'format_version') else json.loads(text, **options)
         except (ValueError, RecursionError) as e:
             raise _damaged(path, f"{key} is not {'strict ' if strict else ''}JSON ({e})") from None
+        try:  # JSON's \ud800 escapes decode to characters that no path, vocabulary or output can hold
+            json.dumps(meta[key], ensure_ascii=False).encode('utf-8')
+        except UnicodeEncodeError as e:
+            raise _damaged(path, f"{key} holds {e.object[e.start:e.end]!r}, half of a UTF-16 pair, not a "
+                                 f"character") from None
     return meta
 
 
