@@ -3,6 +3,7 @@ with no effect, an existing run, resuming to more steps, damaged checkpoints, th
 and study output, deprecated spellings, BLAS threads. Divergence, interrupts and output failures have modules of
 their own (test_divergence.py, test_interrupts.py, test_output_failures.py)."""
 
+import contextlib
 import json
 import math
 import os
@@ -344,6 +345,56 @@ def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
     assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the data is a stream (a pipe or a device), " \
         b"which cannot be checked against the run's: it continues the run only if it gives the same documents\n" \
         in resumed.stderr, resumed.stderr
+
+
+@pytest.mark.slow(seconds=4)  # fresh interpreters reading their standard input
+def test_a_run_with_no_identity_of_its_data_says_so_whatever_it_reads_now(data, tmp_path):
+    """A run trained from a pipe records no identity of its data. Resumed or evaluated from a file (`< FILE`, where
+    /dev/stdin is that file), nothing was checked and nothing said; and a resume from a pipe erased the identity a
+    run had recorded (`--data /dev/stdin < FILE`), so that a later resume from other data was taken silently."""
+    import subprocess
+    names, other = open(data, 'rb').read(), tmp_path / 'other.txt'
+    other.write_bytes(names * 2)
+
+    def cli(*args, stdin):
+        with open(stdin, 'rb') if isinstance(stdin, Path) else contextlib.nullcontext() as f:
+            return subprocess.run([sys.executable, '-m', 'microgpt', *map(str, args)], stdin=f,
+                                  input=stdin if f is None else None, capture_output=True, timeout=120)
+    piped, out = str(tmp_path / 'piped'), str(tmp_path / 'redirected')
+    assert cli(*small('/dev/stdin', '--out', piped, '--eval-every', '10'), stdin=names).returncode == 0
+    resumed = cli('train', '--resume', '--out', piped, '--steps', '25', stdin=other)
+    assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the run recorded no identity of its data (it " \
+        b"read a stream, or an older microgpt saved it), so this data cannot be checked against it: it continues the " \
+        b"run only if it gives the same documents\n" in resumed.stderr, resumed.stderr
+    evaluated = cli('eval', '--checkpoint', os.path.join(piped, 'model.safetensors'), stdin=other)
+    assert evaluated.returncode == 0 and evaluated.stderr.startswith(
+        b"microgpt: the training data '/dev/stdin' has no recorded identity (the run read a stream, or an older "
+        b"microgpt saved it): it is read again now, and cannot be checked"), evaluated.stderr
+    # a run that recorded its data's identity keeps it through a resume from a pipe
+    assert cli(*small('/dev/stdin', '--out', out), stdin=Path(data)).returncode == 0
+    through_a_pipe = cli('train', '--resume', '--out', out, '--steps', '25', stdin=names)
+    assert through_a_pipe.returncode == 0 and b'the data is a stream' in through_a_pipe.stderr, through_a_pipe.stderr
+    refused = cli('train', '--resume', '--out', out, '--steps', '30', stdin=other)
+    assert refused.returncode == 2 and b"/dev/stdin changed since the run saved" in refused.stderr, refused.stderr
+
+
+def test_a_data_file_edited_while_the_run_reads_it_is_refused(data, tmp_path, monkeypatch):
+    """The run took its data's identity once it had read and split the file and built the engine (PyTorch's import,
+    a large file's tokenising): a file edited meanwhile was recorded as the data trained on, and --resume then took
+    the edited file."""
+    from microgpt.train import run as run_module
+    prepare_run = run_module.prepare_run
+
+    def edited_while_read(*args, **kwargs):
+        prepared = prepare_run(*args, **kwargs)
+        with open(data, 'a') as f:
+            f.write('zzzzqq\n')
+        return prepared
+    monkeypatch.setattr(run_module, 'prepare_run', edited_while_read)
+    assert_one_line_error(*run(*small(data, '--out', tmp_path / 'run')),
+                          f"{data} changed while this run read it (its length or its first or last 64 KiB); run again "
+                          f"once it is written whole")
+    assert not (tmp_path / 'run' / 'model.safetensors').exists()
 
 
 def test_a_run_on_a_path_that_is_not_utf8_is_evaluated(tmp_path):

@@ -89,9 +89,13 @@ def cmd_train(args, out, err):
                 if run.run.notice:  # the token cache could not be written: the data was read into memory
                     print(f"microgpt: {run.run.notice}", file=err)
                 if event.resumed_from:
-                    unchecked = ("; the data is a stream (a pipe or a device), which cannot be checked against the "
-                                 "run's: it continues the run only if it gives the same documents"
-                                 if run.data_identity is None else "")
+                    why = {None: None,
+                           'stream': "the data is a stream (a pipe or a device), which cannot be checked against the "
+                                     "run's",
+                           'unrecorded': "the run recorded no identity of its data (it read a stream, or an older "
+                                         "microgpt saved it), so this data cannot be checked against it",
+                           }[run.data_unchecked]
+                    unchecked = f"; {why}: it continues the run only if it gives the same documents" if why else ""
                     print(f"microgpt: resuming from step {event.resumed_from}{unchecked}", file=err)
                 bar = stop.bar = _progress_bar(err, tcfg.steps, event.resumed_from)
     except BaseException:

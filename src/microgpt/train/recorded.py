@@ -109,7 +109,7 @@ def recorded_data(ckpt, on_stream=None):
     when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
     64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents.
     With `on_stream`, a pipe or a device the run read (it has no identity) is read again, as the run read it,
-    once on_stream(notice) has said that nothing can check it."""
+    once on_stream(notice) has said that nothing can check it; so is a file there now (`< FILE`), with its notice."""
     recorded = ckpt.meta.get('data_path')
     if not recorded:
         raise MicrogptError("the checkpoint records no training data")
@@ -126,6 +126,10 @@ def recorded_data(ckpt, on_stream=None):
     if saved is not None and file_identity(path) != saved:
         raise MicrogptError(f"the training data {recorded!r} changed since the run saved (its length or its first or "
                             f"last 64 KiB)")
+    if saved is None and on_stream is not None:  # a file now (`< FILE`), a stream then: nothing to check it against
+        on_stream(f"the training data {recorded!r} has no recorded identity (the run read a stream, or an older "
+                  f"microgpt saved it): it is read again now, and cannot be checked against the run's (the documents "
+                  f"are the run's only if it gives the same lines)")
     return path
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from ..data import file_identity
 from ..errors import MicrogptError
-from ..fetch import local_path
+from ..fetch import is_url, local_path
 from ..tempfiles import folder_problem, lock_folder, make_folders, remove_folders, remove_quietly
 from .loop import evaluate, train_chunks, training_threads
 from .recorded import BEST_CHECKPOINT, RESUME_CHECKPOINT, recorded_path
@@ -124,9 +124,16 @@ class TrainingRun:
         `progress(bytes, total or None)` follows the data's download or first tokenisation (prepare_run's)."""
         cfg, tcfg = self.cfg, self.tcfg
         holdout = Holdout(cfg.val_fraction, cfg.val_split, tcfg.seed) if cfg.eval_every else None
+        # the identity of the bytes read: taken before reading (a URL's download is its own, made by the read), and
+        # again after it, the engine built: the file edited meanwhile would be recorded as the data trained on
+        before = None if is_url(cfg.data_path) else file_identity(cfg.data_path)
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
                                      progress)
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
+        if before is not None and self.data_identity != before:
+            raise MicrogptError(f"{cfg.data_path} changed while this run read it (its length or its first or last "
+                                f"64 KiB); run again once it is written whole")
+        self.data_unchecked = None  # why a resumed run's data cannot be checked against the run's (_resume)
         # in a data-parallel run (torchrun) every process trains; the first alone evaluates and writes
         self.writes = run.engine.is_main_process
         made = []  # the folders this run made for --out (the writing process's, in a data-parallel run)
@@ -269,11 +276,13 @@ class TrainingRun:
         if ckpt.vocab != run.vocab:
             raise MicrogptError(f"--resume with a different configuration (vocabulary: the data now holds other "
                                 f"characters); resume with the original --data, or train into a new --out folder")
-        saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
+        saved = ckpt.meta.get('data_identity')  # a run that read a stream, and checkpoints before it was kept: none
         if saved is not None and self.data_identity is not None and saved != self.data_identity:
             raise MicrogptError(f"--resume with other data: {self.cfg.data_path} changed since the run saved (its "
                                 f"length or its first or last 64 KiB); resume with the original data, or train into "
                                 f"a new --out folder")
+        self.data_unchecked = 'stream' if self.data_identity is None else 'unrecorded' if saved is None else None
+        self.data_identity = saved  # what the run started on: a stream now does not erase it, a file now does not vouch
         restore_engine(ckpt, run.engine)
         self._record_moved_data(ckpt)
         best = ckpt.meta.get('best_val_loss')
