@@ -4,6 +4,7 @@ shuffling and every held-out split give the same documents in the same order; a 
 its source is unchanged and the file is whole and of this version; interruptions and unwritable or full
 cache folders leave nothing half-written behind."""
 
+import errno
 import gzip
 import io
 import os
@@ -282,6 +283,31 @@ def test_a_download_into_a_cache_folder_that_is_a_file_names_the_file(server, tm
     want = f"cannot keep the download in {blocker / 'downloads'} ({blocker} is a file, not a folder)"
     assert want in str(info.value), info.value
     assert server.requests == [], server.requests
+
+
+@pytest.mark.parametrize('when', ['write', 'close'])
+def test_a_download_onto_a_full_disk_says_so_not_that_the_network_broke(server, tmp_path, monkeypatch, when):
+    """A full cache disk was 'the download broke off after N bytes (No space left on device); check the address
+    and the network'."""
+    from microgpt import fetch as fetch_module
+
+    class FullDisk(io.BufferedWriter):
+        def write(self, data):
+            if when == 'write':
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+        def close(self):
+            super().close()
+            if when == 'close':
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(fetch_module.os, 'fdopen', lambda fd, mode: FullDisk(io.FileIO(fd, 'w')))
+    with pytest.raises(MicrogptError) as info:
+        fetch_module.fetch(server.url + '/names.txt', cache_dir=str(tmp_path))
+    assert str(info.value) == (f"{server.url}/names.txt: cannot keep the download in {tmp_path / 'downloads'} (No "
+                               f"space left on device); set MICROGPT_CACHE to a folder with room, or download the file "
+                               f"and give its path"), info.value
+    assert os.listdir(tmp_path / 'downloads') == []
 
 
 def test_a_read_only_cache_folder(cached_file, tmp_path):

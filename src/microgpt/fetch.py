@@ -60,8 +60,14 @@ def fetch(url, cache_dir=None, progress=None):
         raise MicrogptError(f"{url}: cannot keep the download in {folder} ({folder_problem(folder, e)}); set "
                             f"MICROGPT_CACHE to a writable folder, or download the file and give its path") from None
     try:
-        with os.fdopen(fd, 'wb') as f:
-            _download(url, f, progress)
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                _download(url, f, progress)
+        except (_CannotKeep, OSError) as e:  # a full disk, a quota: _download's own OSErrors are the network's
+            error = e.args[0] if isinstance(e, _CannotKeep) else e
+            raise MicrogptError(f"{url}: cannot keep the download in {folder} ({error.strerror or error}); set "
+                                f"MICROGPT_CACHE to a folder with room, or download the file and give its "
+                                f"path") from None
         try:  # kept, a download that is not text would fail every later run, the server fixed or not
             check_text(tmp)
         except NotData as e:
@@ -71,6 +77,10 @@ def fetch(url, cache_dir=None, progress=None):
         remove_quietly(tmp)
         raise
     return path
+
+
+class _CannotKeep(Exception):
+    """Writing the download failed (its OSError in args[0]): the cache's disk, not the network."""
 
 
 def _refuse_credentials(url):
@@ -155,7 +165,10 @@ def _download(url, f, progress):
                     break
                 done += len(block)
                 for piece in decoder.decode(block):
-                    f.write(piece)
+                    try:
+                        f.write(piece)
+                    except OSError as e:
+                        raise _CannotKeep(e) from None
                     kept += len(piece)
                     if (total is None or decoder.encoded) and kept > MAX_STREAM_BYTES:  # a size nobody announced
                         raise MicrogptError(f"{url}: {'decodes to ' if decoder.encoded else ''}more than "
