@@ -173,3 +173,21 @@ def test_ctrl_c_while_the_fused_engine_compiles_stops_the_compiler_and_interrupt
     assert seen == [1, 'stopped'] and numba_config.SLP_VECTORIZE == slp, (seen, numba_config.SLP_VECTORIZE)
     monkeypatch.setattr(fused_compile, '_compile_each', compile_each)
     assert run(*small(data, '--engine', 'fused'))[0] == 0  # nothing left locked
+
+
+def test_a_stop_asked_in_another_process_of_the_run_stops_this_one_as_its_own(data, tmp_path, monkeypatch):
+    """Under torchrun a Ctrl-C may reach one process only (the second machine's): every process stops after the same
+    step (engine.any_process), but the first, which speaks for all, then sampled from the stopped model and exited
+    0, as if the run had ended."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    asked = []
+
+    def another_process_asks(self, flag):
+        asked.append(flag)
+        return flag or len(asked) == 3  # another process's Ctrl-C, agreed on at the third chunk
+    monkeypatch.setattr(NumpyEngine, 'any_process', another_process_asks)
+    monkeypatch.setattr(NumpyEngine, 'chunk_steps', 4, raising=False)
+    out = str(tmp_path / 'run')
+    code, stdout, err = run(*small(data, '--out', out, '--save-every', '4'))
+    assert code == 130 and f'microgpt: stopped at step 12; continue with --resume --out {out}\n' in err, (code, err)
+    assert '--- inference' not in stdout, stdout

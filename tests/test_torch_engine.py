@@ -284,6 +284,23 @@ def test_the_command_line_ends_at_once_when_the_peers_are_lost(monkeypatch):
     assert ended == [2], ended
 
 
+def test_a_lost_peer_is_said_by_every_process_the_first_alone_says_the_rest(monkeypatch):
+    """A process of a torchrun launch but the first writes nothing, the first speaking for all: when the first was
+    the one that died, the others ended with status 2 and no word. A lost peer is now said by each that sees it."""
+    import io
+    from microgpt import cli, commands
+    monkeypatch.setenv('RANK', '1')
+    for error in (PeersLost('another process of the data-parallel run stopped (Connection closed by peer)'),
+                  MicrogptError('the first process says this one')):
+        def train(args, out, err, error=error):
+            raise error
+        monkeypatch.setattr(commands, 'cmd_train', train)
+        out, err = io.StringIO(), io.StringIO()
+        assert cli._run(['train'], out, err) == (2, error)
+        assert out.getvalue() == '' and err.getvalue() == (
+            f"microgpt: error: {error}\n" if isinstance(error, PeersLost) else ''), err.getvalue()
+
+
 def test_any_process_in_one_process_is_the_flag_itself():
     engine = make_engine('torch', ModelConfig(vocab_size=5), random.Random(0))
     assert engine.is_main_process and engine.any_process(True) and not engine.any_process(False)

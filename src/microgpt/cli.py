@@ -264,7 +264,7 @@ def main(argv=None, out=None, err=None):
 def _run(argv=None, out=None, err=None):
     """(exit status, the MicrogptError that ended the command or None)."""
     stdout = out or sys.stdout
-    err = err or sys.stderr
+    err = own_err = err or sys.stderr
     if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
@@ -286,8 +286,8 @@ def _run(argv=None, out=None, err=None):
         _discard_pending(stdout)
         _error(e, err)
         return 2, None
-    except MicrogptError as e:
-        _error(e, err)
+    except MicrogptError as e:  # a lost peer is said by every process that sees it: the first may be the one lost
+        _error(e, own_err if isinstance(e, PeersLost) else err)
         return 2, e
     except KeyboardInterrupt:
         print("microgpt: interrupted", file=err)

@@ -111,7 +111,7 @@ def cmd_train(args, out, err):
             bar.close()
     if run_cfg.plot:
         _plot(run)
-    if stop.requested:
+    if stop.requested or run.stopped:  # (run.stopped: a Ctrl-C that reached another process of a torchrun launch)
         if run.step < tcfg.steps:
             where = f"; continue with --resume --out {shlex.quote(run_cfg.out)}" if run_cfg.out else ""
             print(f"microgpt: stopped at step {run.step}{where}", file=err)

@@ -97,6 +97,7 @@ class TrainingRun:
         self.best_val_loss = math.inf
         self.step = 0
         self.saved_step = None   # the step of the last resume state in --out DIR: resumed from, or saved
+        self.stopped = False     # a stop that every process of the run agreed on (_steps)
 
     def path(self, name):
         return os.path.join(self.cfg.out, name)
@@ -206,6 +207,7 @@ class TrainingRun:
             if cfg.out and improved:
                 yield self._save(BEST_CHECKPOINT, {'val_loss': record['val_loss']})
             stopping = engine.any_process(should_stop())
+            self.stopped = self.stopped or stopping  # asked here, or in another process of a data-parallel run
             if cfg.out and self.writes and (finished or stopping or (cfg.save_every and step % cfg.save_every == 0)
                             or (cfg.eval_every and step % cfg.eval_every == 0)):
                 yield self._save(RESUME_CHECKPOINT, {'train_loss': loss})
