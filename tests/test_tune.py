@@ -143,6 +143,20 @@ def test_two_workers_share_one_study(small_data, tmp_path):
     assert all(Path(d, 'metrics.jsonl').is_file() for d in dirs), dirs
 
 
+@pytest.mark.slow(seconds=6)
+@pytest.mark.parametrize('asked', [0, 0.5], ids=['while compiling', 'while the workers start'])
+def test_a_stop_asked_of_the_first_process_reaches_its_workers(small_data, tmp_path, monkeypatch, asked):
+    """The workers of `tune --workers 2` ran every trial after a Ctrl-C that reached the first process alone (`kill
+    -INT`, or one while it compiled): only a terminal's reached them."""
+    import time
+    from microgpt.engines.fused import compile as fused_compile
+    monkeypatch.setattr(fused_compile, 'compile_kernels', lambda *args, **kwargs: None)  # the trials compile
+    start = time.monotonic()
+    study = tune(options(small_data, tmp_path / 'tune', trials=4, workers=2),
+                 stop_requested=lambda: time.monotonic() - start >= asked)
+    assert study.get_trials() == [], [(t.number, t.state) for t in study.get_trials()]
+
+
 @pytest.mark.parametrize('change, message', [
     ({'trials': 0}, 'trials must be at least 1'),
     ({'trials': None}, 'give a budget'),

@@ -414,11 +414,13 @@ class _StopFlag:
         self.requested = True
 
 
-def _worker(options, deadline, threads):
+def _worker(options, deadline, threads, stop_all):
+    """One of `tune --workers N`'s processes: it stops on its own Ctrl-C (a terminal's reaches every process) or
+    when the first process sets `stop_all` (its Ctrl-C alone: `kill -INT`)."""
     os.environ['NUMBA_NUM_THREADS'] = str(threads)  # before numba loads: each worker takes its share of the cores
     stop = _StopFlag()
     signal.signal(signal.SIGINT, stop)
-    work(options, deadline, lambda: stop.requested)
+    work(options, deadline, lambda: stop.requested or stop_all.is_set())
 
 
 def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lambda: False):
@@ -439,16 +441,28 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
         return study
     from ..engines.fused.compile import compile_kernels
     compile_kernels('float32', grouped=True)  # once here, so the workers load it from the cache
+    if stop_requested():  # Ctrl-C while compiling: no trial starts
+        return study
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     import multiprocessing
     context = multiprocessing.get_context('spawn')  # a fork keeps none of the parent's threads
-    processes = [context.Process(target=_worker, args=(options, deadline, threads)) for _ in range(options.workers)]
-    for p in processes:
-        p.start()
+    stop_all = context.Event()
+    processes = [context.Process(target=_worker, args=(options, deadline, threads, stop_all))
+                 for _ in range(options.workers)]
+    # started ignoring Ctrl-C, which Python keeps so until _worker takes it (a Ctrl-C while they start, importing,
+    # was a traceback in each): the Ctrl-C reaches them through stop_all then
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for p in processes:
-            p.join()
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C: they save, tell their trials, and end
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    try:
+        while any(p.is_alive() for p in processes):
+            if stop_requested():
+                stop_all.set()
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # a second Ctrl-C: the workers got it too, and end at once
         for p in processes:
             p.join()
         raise
