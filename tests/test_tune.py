@@ -143,6 +143,27 @@ def test_two_workers_share_one_study(small_data, tmp_path):
     assert all(Path(d, 'metrics.jsonl').is_file() for d in dirs), dirs
 
 
+def test_a_storage_that_fails_during_the_search_is_one_line(small_data, tmp_path, monkeypatch):
+    """A full disk under the study's database: the trial's tell failed with 60 lines of Optuna's traceback."""
+    import sqlite3
+    import optuna
+    from sqlalchemy.exc import OperationalError
+    from microgpt.tune import search
+
+    def full(*args, **kwargs):  # as Optuna's RDBStorage raises it
+        try:
+            raise OperationalError('UPDATE trials ...', {}, sqlite3.OperationalError('database or disk is full'))
+        except OperationalError as e:
+            raise optuna.exceptions.StorageInternalError('An exception is raised during the commit.') from e
+    monkeypatch.setattr(search, 'run_trial', lambda trial, *rest: 1.0)
+    monkeypatch.setattr(optuna.study.Study, 'tell', full)
+    out = tmp_path / 'tune'
+    code, _, err = run_cli_in_process('tune', '--data', small_data, '--out', out, '--trials', '2')
+    assert code == 2 and err.count('\n') == 1 and err.startswith(
+        f"microgpt: error: the study storage sqlite:///{out / 'tune.db'} failed (database or disk is full); the trials "
+        f"it recorded are kept, and the same command continues the search once it works again"), err
+
+
 @pytest.mark.slow(seconds=6)
 @pytest.mark.parametrize('asked', [0, 0.5], ids=['while compiling', 'while the workers start'])
 def test_a_stop_asked_of_the_first_process_reaches_its_workers(small_data, tmp_path, monkeypatch, asked):

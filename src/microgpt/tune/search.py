@@ -9,6 +9,7 @@ processes, here or on other machines, can share one storage: the storage gives e
 
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -359,7 +360,19 @@ def finished_trials(study):
 
 
 def work(options, deadline, stop_requested, on_trial=lambda trial, state, value: None):
-    """Ask, train and tell trials until the budget is spent or a stop is requested. One process's share."""
+    """Ask, train and tell trials until the budget is spent or a stop is requested. One process's share. A storage
+    that fails on the way (a full disk, a database server gone) is one MicrogptError."""
+    import optuna
+    try:
+        _work(options, deadline, stop_requested, on_trial)
+    except optuna.exceptions.StorageInternalError as e:  # Optuna's words are of a commit; its cause says what failed
+        reason = re.sub(r'^\([\w.]+\) ', '', str(e.__cause__ or e).splitlines()[0])  # SQLAlchemy's '(sqlite3.Error) '
+        raise MicrogptError(f"the study storage {shown_storage(options.storage_url)} failed ({reason}); the trials "
+                            f"it recorded are kept, and the same command continues the search once it works "
+                            f"again") from None
+
+
+def _work(options, deadline, stop_requested, on_trial):
     import optuna
     from optuna.trial import TrialState
     study = open_study(options)
@@ -417,10 +430,15 @@ class _StopFlag:
 def _worker(options, deadline, threads, stop_all):
     """One of `tune --workers N`'s processes: it stops on its own Ctrl-C (a terminal's reaches every process) or
     when the first process sets `stop_all` (its Ctrl-C alone: `kill -INT`)."""
+    import sys
     os.environ['NUMBA_NUM_THREADS'] = str(threads)  # before numba loads: each worker takes its share of the cores
     stop = _StopFlag()
     signal.signal(signal.SIGINT, stop)
-    work(options, deadline, lambda: stop.requested or stop_all.is_set())
+    try:
+        work(options, deadline, lambda: stop.requested or stop_all.is_set())
+    except MicrogptError as e:  # one line, as the command line says it, not multiprocessing's traceback
+        print(f"microgpt: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lambda: False):
