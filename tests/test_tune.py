@@ -189,6 +189,8 @@ def test_a_stop_asked_of_the_first_process_reaches_its_workers(small_data, tmp_p
     ({'storage': 'sqlite:///:memory:'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite://'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite+pysqlite://'}, 'a database in memory ends with each process'),
+    ({'storage': 'sqlite:///file:m?mode=memory&uri=true'}, 'a database in memory ends with each process'),
+    ({'storage': 'sqlite:///file::memory:?cache=shared&uri=true'}, 'a database in memory ends with each process'),
     ({'storage': ''}, "--storage needs a URL"),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
@@ -309,6 +311,10 @@ def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):
                              storage=f'postgresql://me:{password}@127.0.0.1:1/db'))
         assert password not in str(info.value) and 'me:***@127.0.0.1:1/db' in str(info.value), str(info.value)
         assert not (tmp_path / 'new').exists()  # a storage that cannot be opened leaves no new folder
+    with pytest.raises(MicrogptError) as info:  # a driver's password as a query parameter was shown as given
+        no_trial(options(small_data, tmp_path / 'new' / 'tune',
+                         storage='postgresql://me@127.0.0.1:1/db?password=secret'))
+    assert 'secret' not in str(info.value) and 'me@127.0.0.1:1/db?password=***' in str(info.value), str(info.value)
 
 
 @pytest.mark.slow(seconds=1)

@@ -103,14 +103,29 @@ def _parsed(url):
 
 
 def _in_memory(url):
+    """An sqlite database that lives in the process: no file, ':memory:', or SQLite's URI form of one
+    (`file:NAME?mode=memory&uri=true`)."""
     parsed = _parsed(url)
-    return parsed is not None and parsed.drivername.startswith('sqlite') and parsed.database in (None, '', ':memory:')
+    if parsed is None or not parsed.drivername.startswith('sqlite'):
+        return False
+    uri = str(parsed.query.get('uri', '')).lower() == 'true'  # else 'file:...' names a file
+    return parsed.database in (None, '', ':memory:') or uri and (parsed.query.get('mode') == 'memory' or
+                                                                   parsed.database.startswith('file::memory:'))
+
+
+PASSWORD_PARAMETERS = ('password', 'passwd', 'pwd')  # a driver's password given in the query string
 
 
 def shown_storage(url):
-    """A storage URL for a message or a file: its password, if any, shown as ***."""
+    """A storage URL for a message or a file: its password, if any, shown as *** (in the address, or as a query
+    parameter such as ?password=)."""
     parsed = _parsed(url)
-    return parsed.render_as_string(hide_password=True) if parsed is not None else redacted(url)
+    if parsed is None:
+        return redacted(url)
+    hidden = {key: '***' for key in parsed.query if key.lower() in PASSWORD_PARAMETERS}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True).replace('%2A%2A%2A', '***')
 
 
 def make_storage(url):
