@@ -240,15 +240,18 @@ def test_a_second_run_into_a_folder_being_written_is_refused(data, tmp_path):
     assert run(*small(data, '--out', out))[0] == 0
 
 
-@pytest.mark.parametrize('edit', ['append', 'replace'])
+@pytest.mark.parametrize('edit', ['append', 'replace', 'uppercase', 'two lines'])
 def test_resume_refuses_its_data_file_edited_since(data, tmp_path, edit):
     """The same path with other contents of the same characters: the run would go on on other documents, no longer
-    the uninterrupted run's; the checkpoint keeps the file's length and a hash of its ends."""
+    the uninterrupted run's; the checkpoint keeps the file's length and a hash of its ends. Other characters, or too
+    few lines to hold some out, were refused in other words (the vocabulary, an empty held-out split): the data is
+    checked before it is read."""
     out = str(tmp_path / 'run')
-    assert run(*small(data, '--out', out, '--steps', '10'))[0] == 0
+    assert run(*small(data, '--out', out, '--steps', '10', '--eval-every', '5'))[0] == 0
     text = open(data).read()
     with open(data, 'w') as f:
-        f.write(text + 'emma\n' if edit == 'append' else text.replace('emma', 'amme'))
+        f.write({'append': text + 'emma\n', 'replace': text.replace('emma', 'amme'), 'uppercase': text.upper(),
+                 'two lines': 'emma\nolivia\n'}[edit])
     assert_one_line_error(*run(*small(data, '--out', out, '--steps', '15', '--resume')),
                           f"--resume with other data: {data} changed since the run saved")
     with open(data, 'w') as f:

@@ -128,6 +128,9 @@ class TrainingRun:
         # the identity of the bytes read: taken before reading (a URL's download is its own, made by the read), and
         # again after it, the engine built: the file edited meanwhile would be recorded as the data trained on
         before = None if is_url(cfg.data_path) else file_identity(cfg.data_path)
+        if cfg.resume and before is not None:  # first: an edited file would fail in the reading, in other words
+            from .checkpoint import load_checkpoint
+            self._refuse_other_data(load_checkpoint(self.path(RESUME_CHECKPOINT)).meta.get('data_identity'), before)
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
                                      progress)
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
@@ -275,14 +278,11 @@ class TrainingRun:
         from .checkpoint import load_checkpoint, restore_engine
         run = self.run
         ckpt = load_checkpoint(self.path(RESUME_CHECKPOINT))
+        saved = ckpt.meta.get('data_identity')  # a run that read a stream, and checkpoints before it was kept: none
+        self._refuse_other_data(saved, self.data_identity)  # (a URL's download, which exists only now)
         if ckpt.vocab != run.vocab:
             raise MicrogptError(f"--resume with a different configuration (vocabulary: the data now holds other "
                                 f"characters); resume with the original --data, or train into a new --out folder")
-        saved = ckpt.meta.get('data_identity')  # a run that read a stream, and checkpoints before it was kept: none
-        if saved is not None and self.data_identity is not None and saved != self.data_identity:
-            raise MicrogptError(f"--resume with other data: {self.cfg.data_path} changed since the run saved (its "
-                                f"length or its first or last 64 KiB); resume with the original data, or train into "
-                                f"a new --out folder")
         self.data_unchecked = 'stream' if self.data_identity is None else 'unrecorded' if saved is None else None
         self.data_identity = saved  # what the run started on: a stream now does not erase it, a file now does not vouch
         restore_engine(ckpt, run.engine)
@@ -291,6 +291,13 @@ class TrainingRun:
         self.best_val_loss = math.inf if best is None else best
         self.step = self.saved_step = ckpt.step
         return ckpt.step
+
+    def _refuse_other_data(self, saved, now):
+        """Refuse to resume on data whose identity differs from the one the run saved (None: nothing to compare)."""
+        if saved is not None and now is not None and saved != now:
+            raise MicrogptError(f"--resume with other data: {self.cfg.data_path} changed since the run saved (its "
+                                f"length or its first or last 64 KiB); resume with the original data, or train into "
+                                f"a new --out folder")
 
     def _record_moved_data(self, ckpt):
         """The run's data found at another path (resume_settings took it for the same data): its checkpoints
