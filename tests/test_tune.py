@@ -164,18 +164,64 @@ def test_a_storage_that_fails_during_the_search_is_one_line(small_data, tmp_path
         f"it recorded are kept, and the same command continues the search once it works again"), err
 
 
+def asked_from_call(n):
+    """A stop_requested that answers False n - 1 times, then True: tune's first asks once it has compiled, before
+    starting its workers, and then while they run."""
+    calls = []
+    return lambda: calls.append(1) or len(calls) >= n
+
+
 @pytest.mark.slow(seconds=6)
-@pytest.mark.parametrize('asked', [0, 0.5], ids=['while compiling', 'while the workers start'])
+@pytest.mark.parametrize('asked', [1, 2], ids=['while compiling', 'while the workers start'])
 def test_a_stop_asked_of_the_first_process_reaches_its_workers(small_data, tmp_path, monkeypatch, asked):
     """The workers of `tune --workers 2` ran every trial after a Ctrl-C that reached the first process alone (`kill
     -INT`, or one while it compiled): only a terminal's reached them."""
-    import time
     from microgpt.engines.fused import compile as fused_compile
     monkeypatch.setattr(fused_compile, 'compile_kernels', lambda *args, **kwargs: None)  # the trials compile
-    start = time.monotonic()
-    study = tune(options(small_data, tmp_path / 'tune', trials=4, workers=2),
-                 stop_requested=lambda: time.monotonic() - start >= asked)
+    study = tune(options(small_data, tmp_path / 'tune', trials=4, workers=2), stop_requested=asked_from_call(asked))
     assert study.get_trials() == [], [(t.number, t.state) for t in study.get_trials()]
+
+
+@pytest.mark.slow(seconds=6)
+def test_a_ctrl_c_while_the_workers_start_is_not_lost(small_data, tmp_path, monkeypatch):
+    """The first process ignored Ctrl-C while it started its workers (so that they would not take it before their
+    own handler): one that came then was lost, and the search ran on. It is held pending instead."""
+    import signal
+    from multiprocessing.context import SpawnProcess
+    from microgpt.engines.fused import compile as fused_compile
+    monkeypatch.setattr(fused_compile, 'compile_kernels', lambda *args, **kwargs: None)
+    start = SpawnProcess.start
+
+    def interrupted_start(self):
+        if not getattr(SpawnProcess, 'interrupted', False):
+            SpawnProcess.interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)
+        start(self)
+    monkeypatch.setattr(SpawnProcess, 'start', interrupted_start)
+    monkeypatch.setattr(SpawnProcess, 'interrupted', False, raising=False)
+    code, _, err = run_cli_in_process('tune', '--data', small_data, '--out', tmp_path / 'tune', '--trials', '4',
+                                      '--max-steps', '50', '--workers', '2')
+    assert code == 130 and 'stopped before any trial of the study completed' in err, (code, err)
+
+
+@pytest.mark.slow(seconds=4)
+def test_workers_start_from_a_thread_other_than_the_main_one(small_data, tmp_path, monkeypatch):
+    """tune() is a library call too: setting a signal handler there failed outside the main thread."""
+    import threading
+    from microgpt.engines.fused import compile as fused_compile
+    monkeypatch.setattr(fused_compile, 'compile_kernels', lambda *args, **kwargs: None)
+    outcome = []
+
+    def search():
+        try:
+            outcome.append(tune(options(small_data, tmp_path / 'tune', trials=4, workers=2),
+                                stop_requested=asked_from_call(2)))
+        except BaseException as error:
+            outcome.append(error)
+    thread = threading.Thread(target=search)
+    thread.start()
+    thread.join()
+    assert not isinstance(outcome[0], BaseException), outcome[0]
 
 
 @pytest.mark.parametrize('change, message', [
@@ -191,6 +237,7 @@ def test_a_stop_asked_of_the_first_process_reaches_its_workers(small_data, tmp_p
     ({'storage': 'sqlite+pysqlite://'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite:///file:m?mode=memory&uri=true'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite:///file::memory:?cache=shared&uri=true'}, 'a database in memory ends with each process'),
+    ({'storage': 'sqlite:///file:m?mode=memory&uri=1'}, 'a database in memory ends with each process'),
     ({'storage': ''}, "--storage needs a URL"),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
@@ -402,7 +449,6 @@ def test_data_too_small_for_a_held_out_split_leaves_no_study(small_data, tmp_pat
     assert open_study(options(small_data, tmp_path / 'tune')).user_attrs  # the right data is not refused
 
 
-@pytest.mark.slow(seconds=1)
 @pytest.mark.slow(seconds=10)  # fresh interpreters importing Optuna
 def test_two_searches_making_one_new_database_at_once_both_open_it(tmp_path):
     """Optuna makes an RDB storage's tables on first use: of two processes making them in one new sqlite file at once,
@@ -419,6 +465,7 @@ def test_two_searches_making_one_new_database_at_once_both_open_it(tmp_path):
             assert p.returncode == 0 and out == b'opened\n', err.decode()[-600:]
 
 
+@pytest.mark.slow(seconds=1)
 def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_path):
     import subprocess
     import sys

@@ -108,7 +108,8 @@ def _in_memory(url):
     parsed = _parsed(url)
     if parsed is None or not parsed.drivername.startswith('sqlite'):
         return False
-    uri = str(parsed.query.get('uri', '')).lower() == 'true'  # else 'file:...' names a file
+    from sqlalchemy.util import asbool
+    uri = asbool(parsed.query.get('uri', False))  # as SQLAlchemy reads it (true, 1, yes, on); else 'file:' names a file
     return parsed.database in (None, '', ':memory:') or uri and (parsed.query.get('mode') == 'memory' or
                                                                    parsed.database.startswith('file::memory:'))
 
@@ -442,6 +443,20 @@ class _StopFlag:
         self.requested = True
 
 
+@contextmanager
+def _ctrl_c_blocked():
+    """SIGINT blocked in this thread (held pending, not lost) for the block; where the system has no signal masks,
+    nothing."""
+    if not hasattr(signal, 'pthread_sigmask'):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker(options, deadline, threads, stop_all):
     """One of `tune --workers N`'s processes: it stops on its own Ctrl-C (a terminal's reaches every process) or
     when the first process sets `stop_all` (its Ctrl-C alone: `kill -INT`)."""
@@ -449,6 +464,8 @@ def _worker(options, deadline, threads, stop_all):
     os.environ['NUMBA_NUM_THREADS'] = str(threads)  # before numba loads: each worker takes its share of the cores
     stop = _StopFlag()
     signal.signal(signal.SIGINT, stop)
+    if hasattr(signal, 'pthread_sigmask'):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked as it started (tune): a Ctrl-C since
     try:
         work(options, deadline, lambda: stop.requested or stop_all.is_set())
     except MicrogptError as e:  # one line, as the command line says it, not multiprocessing's traceback
@@ -482,14 +499,11 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
     stop_all = context.Event()
     processes = [context.Process(target=_worker, args=(options, deadline, threads, stop_all))
                  for _ in range(options.workers)]
-    # started ignoring Ctrl-C, which Python keeps so until _worker takes it (a Ctrl-C while they start, importing,
-    # was a traceback in each): the Ctrl-C reaches them through stop_all then
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    # started with Ctrl-C blocked (a process inherits the mask), which _worker unblocks once it has its handler: a
+    # Ctrl-C while they start, importing, was a traceback in each; here it waits, as in this thread, until unblocked
+    with _ctrl_c_blocked():
         for p in processes:
             p.start()
-    finally:
-        signal.signal(signal.SIGINT, handler)
     try:
         while any(p.is_alive() for p in processes):
             if stop_requested():
