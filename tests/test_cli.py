@@ -76,6 +76,9 @@ def test_a_temperature_whose_inverse_overflows_is_one_line(data, tmp_path, value
     (['--num-samples', '0', '--temperature', '2', '--top-k', '3'], ('--temperature, --top-k', '--num-samples 0')),
     (['--out', 'x', '--save-every', '20'], ('--save-every 20', '--steps 20')),
     (['--seed', '-1'], ('--seed must be at least 0, got -1',)),
+    # a default typed in changes nothing either (they were taken: RunConfig sees values, not flags)
+    (['--device', 'auto'], ('--device auto', 'numpy engine', '--engine torch')),
+    (['--val-split', 'name'], ('--val-split', '--eval-every')),
 ], ids=lambda v: ' '.join(v) if isinstance(v, list) else None)
 def test_flags_without_effect_are_errors(data, flags, fragments):
     assert_one_line_error(*run(*small(data), *flags), *fragments)
@@ -91,6 +94,7 @@ def test_a_presets_sampling_setting_is_no_flag_without_effect(data):
     (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--temperature', '3', '--prompt', 'ab'],
      ('--temperature, --prompt', '--num-samples 0')),
     (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--data', 'names.txt'], ('--data', '--num-samples 0')),
+    (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--seed', '5'], ('--seed', '--num-samples 0')),
     (['sample', '--checkpoint', 'missing', '--seed', '-7'], ('--seed must be at least 0, got -7',)),
     (['export', '--train', '--seed', '-1', '--out', 'ex'], ('--seed must be at least 0, got -1',)),
     (['tune', '--seed', '-1', '--trials', '1'], ('--seed must be at least 0, got -1',)),
@@ -472,6 +476,45 @@ def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
         finally:
             bar.close()
     os.close(leader)
+
+
+def test_step_lines_clear_the_progress_bar_first(monkeypatch):
+    """tqdm clears its bar before a write only to sys.stdout or sys.stderr themselves; standard output here is the
+    CLI's wrapper, so on a terminal the step lines were written after the bar, on its line."""
+    from microgpt.cli import _Output
+    from microgpt.commands import _emit, _progress_bar
+    leader, follower = pty.openpty()
+    written = []
+
+    class Screen:
+        def write(self, text):
+            written.append(('line', text))
+
+        def flush(self):
+            pass
+    with open(follower, 'w', closefd=True) as terminal:
+        bar = _progress_bar(terminal, 100, 0)
+        bar.update(3)
+        clear = bar.clear
+        monkeypatch.setattr(bar, 'clear', lambda *args, **kwargs: (written.append('clear'), clear(*args, **kwargs)))
+        _emit('step    3 /  100 | loss 3.3000', _Output(Screen()), bar)
+        bar.close()
+    os.close(leader)
+    assert written[:2] == ['clear', ('line', 'step    3 /  100 | loss 3.3000\n')], written
+
+
+def test_an_error_with_standard_error_unwritable_still_exits_2():
+    """2>/dev/full: the error's line could not be written, and that OSError escaped (exit status 1)."""
+    import errno
+    from microgpt.cli import main
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert main(['train', '--steps', '5', '--lr', '-1'], out=open(os.devnull, 'w'), err=Full()) == 2
 
 
 def test_progress_bar_follows_a_terminal_with_a_width():

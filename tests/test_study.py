@@ -91,3 +91,20 @@ def test_a_claim_no_result_backs_is_replaced_by_a_study_alone_in_the_folder(tmp_
     assert [r['experiment'] for r in run_study(quick, [1], 'names.txt', 'results', workers=1)] == ['baseline']
     with pytest.raises(MicrogptError, match='holds a study of another data file'):  # now results back the claim
         list(run_study(quick, [1], 'tiny.txt', 'results', workers=1))
+
+
+def test_the_report_names_the_number_of_documents_each_run_is_scored_on(tmp_path):
+    """RESULTS.md said '1000 distinct names' and a baseline 'near 2.37 nats' whatever the data: 100 names hold out
+    10 (makemore's min(1000, 10%)), which every run is scored on."""
+    from microgpt.bench.study import SPLIT_SEED, held_out_count
+    from microgpt.config import TrainConfig
+    from microgpt.data import load_documents
+    from microgpt.train.setup import Holdout, prepare_run
+    data = tmp_path / 'names.txt'
+    data.write_text('\n'.join(f'name{chr(97 + i % 26)}{chr(97 + i // 26)}' for i in range(100)) + '\n')
+    scored = len(prepare_run(str(data), {}, TrainConfig(), None, holdout=Holdout(seed=SPLIT_SEED)).val_docs)
+    assert held_out_count(load_documents(str(data))) == scored == 10
+    write_report([(EXPERIMENTS[0], 2.5, None, 1)], str(tmp_path), 'microgpt study', held_out=scored)
+    report = (tmp_path / 'RESULTS.md').read_text(encoding='utf-8')
+    assert 'on 10 distinct documents never trained on' in report and '1000 distinct' not in report, report
+    assert "(on makemore's names.txt it sits near 2.37 nats)" in report, report

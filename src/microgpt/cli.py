@@ -17,7 +17,7 @@ from dataclasses import MISSING, fields
 from . import __version__
 from .bench.benchmark import BenchConfig
 from .bench.study import StudyConfig
-from .config import ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
+from .config import SAMPLE_SEED, ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
 from .errors import MicrogptError, PeersLost
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
@@ -137,7 +137,7 @@ def build_parser():
                             'data are marked *.')
     _add_checkpoint_flag(p, several=True)
     p.add_argument('--prompt', default='', help='start every sample with this prefix')
-    p.add_argument('--seed', type=int, default=42, help='sampling seed (default: 42)')
+    p.add_argument('--seed', type=int, default=None, help=f'sampling seed (default: {SAMPLE_SEED})')
     p.add_argument('--data', default=None, metavar='FILE',
                    help='training data for the novelty check (default: the path recorded in the checkpoint, if '
                         'it still exists)')
@@ -268,7 +268,7 @@ def _run(argv=None, out=None, err=None):
     if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
-        print("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", file=err)
+        _say("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", err)
         return 2, None
     out = _Output(stdout)
     parser = build_parser()
@@ -290,7 +290,7 @@ def _run(argv=None, out=None, err=None):
         _error(e, own_err if isinstance(e, PeersLost) else err)
         return 2, e
     except KeyboardInterrupt:
-        print("microgpt: interrupted", file=err)
+        _say("microgpt: interrupted", err)
         return 130, None
     except MemoryError as e:  # the memory check reads the machine's free memory, not a ulimit or a container's
         _error(f"out of memory ({e or 'an allocation failed'}); give a smaller model, --batch-size or --block-size, "
@@ -319,7 +319,16 @@ def _check_numba_threads():
 def _error(message, err):
     """The one line of an error: a newline in a path (a folder named so) is written as \\n, never as a break."""
     text = str(message).replace('\r', '\\r').replace('\n', '\\n')
-    print(f"microgpt: error: {text}", file=err)
+    _say(f"microgpt: error: {text}", err)
+
+
+def _say(line, err):
+    """A line on standard error, where it can be written: one that cannot (2>/dev/full, a closed descriptor) is lost,
+    and the exit status still says what happened (the OSError escaped, exit status 1 for every error)."""
+    try:
+        print(line, file=err, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _entry():

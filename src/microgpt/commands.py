@@ -48,6 +48,7 @@ def cmd_train(args, out, err):
     else:
         settings = resolve(preset or DEFAULT_PRESET, flags)
     run_cfg, tcfg = RunConfig(**fields_of(RunConfig, settings)), TrainConfig(**fields_of(TrainConfig, settings))
+    run_cfg.check_flags_given(flags)  # a default typed in (--device auto with the numpy engine) changes nothing too
     sample_cfg = SampleConfig(**fields_of(SampleConfig, settings))
     run = TrainingRun(RunSettings(run_cfg, model_settings(settings), tcfg, preset or DEFAULT_PRESET, sample_cfg))
     if run_cfg.engine == 'fused' and run_cfg.dtype in ('float64', 'float32'):  # (others: the engine refuses them)
@@ -142,8 +143,13 @@ def _plot(run):
 
 
 def _emit(line, stream, bar):
+    """A line for `stream`; on a terminal with the progress bar, the bar cleared first and drawn again after (tqdm's
+    write clears it only for sys.stdout and sys.stderr themselves, and standard output here is the CLI's _Output:
+    the step lines were written after the bar, on its line)."""
     if bar is not None:
-        bar.write(line, file=stream)
+        with bar.external_write_mode(file=bar.fp):
+            stream.write(line + '\n')
+            stream.flush()
     else:
         stream.write(line + '\n')  # one write: print makes two, 0.2 us more a step
 
@@ -239,8 +245,8 @@ def cmd_bench(args, out, err):
 
 
 def cmd_study(args, out, err):
-    from .bench.study import (EXPERIMENTS, StudyConfig, format_score, measure_speed, run_study, summarize,
-                              write_report)
+    from .bench.study import (EXPERIMENTS, StudyConfig, format_score, held_out_count, measure_speed, run_study,
+                              summarize, write_report)
     study = StudyConfig(**given(args, StudyConfig))
     if study.list_experiments:
         for e in EXPERIMENTS:
@@ -248,7 +254,7 @@ def cmd_study(args, out, err):
         return
     chosen = study.chosen
     data = bundled_dataset_path() if study.data is None else local_path(study.data)
-    load_documents(data)  # bad data is reported before any worker starts
+    held_out = held_out_count(load_documents(data))  # bad data is reported before any worker starts
     if os.path.exists(study.out) and not os.path.isdir(study.out):
         raise MicrogptError(f"{study.out}: is a file, not a folder; give another --out DIR")
     for result in run_study(chosen, study.seeds, data, study.out, study.workers):
@@ -257,7 +263,7 @@ def cmd_study(args, out, err):
     command = ' '.join(['microgpt', 'study', *(['--data', shlex.quote(study.data)] if study.data is not None else []),
                         '--num-seeds', str(study.num_seeds), '--out', shlex.quote(study.out),
                         *(['--experiments', shlex.quote(study.experiments)] if study.experiments else [])])
-    write_report(rows, study.out, command, measure_speed(data))
+    write_report(rows, study.out, command, measure_speed(data), held_out)
     print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
     for e, mean, std, n in rows:
         print(f"{e.name:<28} {format_score(mean, std):>20} {n:>5}", file=out)

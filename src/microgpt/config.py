@@ -194,6 +194,9 @@ class SampleConfig:
 SAMPLING_KNOBS = ('temperature', 'top_k', 'top_p')
 
 
+SAMPLE_SEED = 42  # `microgpt sample`'s seed, microgpt's
+
+
 def check_seed(seed):
     """A seed given outside TrainConfig (sample's, export --train's) is bounded as TrainConfig's: random.Random
     seeds with the absolute value, so -1 would silently be 1."""

@@ -6,7 +6,7 @@ import random
 import shlex
 from dataclasses import fields
 
-from .config import SampleConfig, check_sampling_flags, check_seed
+from .config import SAMPLE_SEED, SampleConfig, check_sampling_flags, check_seed
 from .engines import make_engine
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .errors import MicrogptError
@@ -72,9 +72,10 @@ def _decoder(models):
 
 def cmd_sample(args, out, err):
     sample_cfg = SampleConfig(**given(args, SampleConfig))
-    check_sampling_flags(given(args, SampleConfig),
-                         [flag for flag, value in (('--prompt', args.prompt), ('--data', args.data)) if value])
-    check_seed(args.seed)
+    check_sampling_flags(given(args, SampleConfig), [flag for flag, value in (
+        ('--prompt', args.prompt), ('--data', args.data), ('--seed', args.seed is not None)) if value])
+    seed = SAMPLE_SEED if args.seed is None else args.seed
+    check_seed(seed)
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     decoder, block_size = _decoder(models)
@@ -91,7 +92,7 @@ def cmd_sample(args, out, err):
         except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
             print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
             training = None
-    print_samples(decoder, block_size, ckpt.vocab, random.Random(args.seed), sample_cfg, out, prompt_ids, training)
+    print_samples(decoder, block_size, ckpt.vocab, random.Random(seed), sample_cfg, out, prompt_ids, training)
 
 
 def cmd_eval(args, out, err):

@@ -50,11 +50,7 @@ class RunConfig:
         check_settings(self)
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise SettingError(lambda name: f"{name('val_fraction')} must be between 0 and 1, got {self.val_fraction}")
-        if not self.eval_every:  # a split that nothing evaluates on would silently change nothing
-            for key, given in (('val_fraction', self.val_fraction is not None), ('val_split', self.val_split != 'name')):
-                if given:
-                    raise SettingError(lambda name, key=key: f"{name(key)} shapes the held-out split, which only "
-                                                              f"{name('eval_every')} N makes; add {name('eval_every')}")
+        self.check_flags_given(())
         if self.val_split == 'makemore' and self.val_fraction is not None:
             raise SettingError(lambda name: f"{name('val_split')} makemore holds out makemore's own test set; "
                                             f"leave out {name('val_fraction')}")
@@ -68,13 +64,23 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise SettingError(lambda name: f"{name('resume')} continues the run in {name('out')} and "
                                             f"{name('overwrite')} replaces it: give one of them")
-        if self.device != 'auto' and self.engine != 'torch':
-            raise SettingError(lambda name: f"{name('device')} {self.device} is the torch engine's; the {self.engine} "
-                                            f"engine computes on the CPU: add {name('engine')} torch, or drop "
-                                            f"{name('device')}")
         if self.engine == 'reference' and self.dtype != 'float64':
             raise SettingError(lambda name: f"the reference engine computes in Python floats (float64) only; "
                                             f"use {name('engine')} numpy for {name('dtype')} {self.dtype}")
+
+    def check_flags_given(self, given):
+        """Refuse the settings that would change nothing: a held-out split's shape without --eval-every, a device
+        for an engine that computes on the CPU. `given`, the flags typed, catches a default typed in (--device auto,
+        --val-split name), which changes nothing either."""
+        if not self.eval_every:  # a split that nothing evaluates on would silently change nothing
+            for key, shaped in (('val_fraction', self.val_fraction is not None), ('val_split', self.val_split != 'name')):
+                if shaped or key in given:
+                    raise SettingError(lambda name, key=key: f"{name(key)} shapes the held-out split, which only "
+                                                              f"{name('eval_every')} N makes; add {name('eval_every')}")
+        if (self.device != 'auto' or 'device' in given) and self.engine != 'torch':
+            raise SettingError(lambda name: f"{name('device')} {self.device} is the torch engine's; the {self.engine} "
+                                            f"engine computes on the CPU: add {name('engine')} torch, or drop "
+                                            f"{name('device')}")
 
     @property
     def data_path(self):
