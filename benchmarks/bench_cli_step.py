@@ -1,7 +1,7 @@
 """The default job's step through `microgpt train` itself, in two source trees side by side.
 
     python benchmarks/bench_cli_step.py --old ../before/src [--new src] [--rounds 6] [--steps 41000] [--repeats 3]
-                                        [--dtype float32]
+                                        [--dtype float32] [--python-only]
 
 Each round runs one process of each tree (PYTHONPATH=its src), taking turns to go first, so that both see the same
 machine load. A process calls `microgpt train --engine fused` through the package's own `cli.main`, output to
@@ -22,10 +22,15 @@ import time
 NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 
-def step_microseconds(steps, repeats, dtype):
+def step_microseconds(steps, repeats, dtype, python_only=False):
     """The marginal microseconds a step of `microgpt train --engine fused --dtype <dtype>` in this process's
-    package."""
+    package; with `python_only`, its engine's train_steps returns a constant loss at once: the Python of the
+    training loop and the CLI around the compiled steps."""
     from microgpt.cli import main as cli
+    if python_only:
+        import numpy as np
+        from microgpt.engines.fused.engine import FusedEngine
+        FusedEngine.train_steps = lambda self, doc_tokens, start, stop, tcfg, lrs=None: np.full(stop - start, 2.5)
 
     def run(n):
         with open(os.devnull, 'w') as out:
@@ -55,16 +60,19 @@ def main():
     parser.add_argument('--repeats', type=int, default=3, help='runs of each length in a process (default: 3)')
     parser.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
                         help='the engine\'s dtype (default: float64, the default job\'s)')
+    parser.add_argument('--python-only', action='store_true',
+                        help="time only the Python around the compiled steps (the engine's train_steps does nothing)")
     parser.add_argument('--row', action='store_true', help=argparse.SUPPRESS)  # one process's figure
     args = parser.parse_args()
     if args.rounds < 1 or args.repeats < 1 or args.steps <= 1000:
         parser.error('--rounds and --repeats take 1 or more, --steps more than 1000')
     if args.row:
-        return print(step_microseconds(args.steps, args.repeats, args.dtype))
+        return print(step_microseconds(args.steps, args.repeats, args.dtype, args.python_only))
     trees = [('old', source_tree(parser, args.old)), ('new', source_tree(parser, args.new))]
     from microgpt.bench.benchmark import cpu_name
-    print(f"the default job's step through `microgpt train --engine fused --dtype {args.dtype}`, {args.rounds} rounds "
-          f"taking turns; each process the best of {args.repeats} x {args.steps} steps less the best of "
+    what = " (its Python only: the engine's train_steps does nothing)" if args.python_only else ""
+    print(f"the default job's step through `microgpt train --engine fused --dtype {args.dtype}`{what}, {args.rounds} "
+          f"rounds taking turns; each process the best of {args.repeats} x {args.steps} steps less the best of "
           f"{args.repeats} x 1000; CPU: {cpu_name()}")
     for label, src in trees:
         print(f"   {label}: {src}")
@@ -72,7 +80,7 @@ def main():
     for round_ in range(args.rounds):
         for label, src in trees[::-1] if round_ % 2 else trees:
             command = [sys.executable, __file__, '--row', '--old', src, '--steps', str(args.steps),
-                       '--repeats', str(args.repeats), '--dtype', args.dtype]
+                       '--repeats', str(args.repeats), '--dtype', args.dtype] + ['--python-only'] * args.python_only
             result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src))
             if result.returncode != 0:
                 sys.exit(f"the {label} tree ({src}) failed:\n" + '\n'.join(result.stderr.splitlines()[-8:]))

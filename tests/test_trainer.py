@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from microgpt.config import ModelConfig, num_parameters
+from microgpt.config import ModelConfig, TrainConfig, learning_rate, learning_rates, num_parameters
 from microgpt.data import holdout_split
 from microgpt.presets import PRESETS, model_settings, resolve
 from microgpt.train.checkpoint import load_checkpoint
@@ -412,3 +413,28 @@ def test_resume_drops_a_metrics_line_cut_off_by_a_kill(small_data, tmp_path):
         assert_error(*run('train', '--out', str(out), '--resume', '--steps', '40', '--plot'), damaged,
                      '); move it away to resume')
         assert load_checkpoint(str(out / 'model.safetensors')).step == 30
+
+
+@settings(max_examples=300, deadline=None)
+@given(schedule=st.sampled_from(['linear', 'cosine', 'constant']), steps=st.integers(1, 5000),
+       warmup=st.integers(0, 60), lr=st.floats(1e-6, 1.0), start=st.integers(0, 5000), count=st.integers(0, 300))
+def test_a_chunks_learning_rates_are_each_steps_to_the_bit(schedule, steps, warmup, lr, start, count):
+    """The training loop takes an engine call's learning rates in one list (learning_rates); each is learning_rate's
+    float for its step, which microgpt's output depends on."""
+    tcfg = TrainConfig(steps=steps + warmup, warmup=warmup, lr=lr, lr_schedule=schedule)
+    stop = min(start + count, tcfg.steps)
+    got = learning_rates(tcfg, start, stop)
+    assert [x.hex() for x in got] == [learning_rate(tcfg, step).hex() for step in range(start, stop)]
+
+
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=50), first=st.integers(0, 200),
+       count=st.integers(0, 200), block_size=st.integers(1, 32))
+def test_the_tokens_each_document_predicts_are_read_a_slice_at_a_time(lengths, first, count, block_size):
+    """_predicted_tokens reads slices of the lengths, wrapping around: what an index and a min() a document read."""
+    from microgpt.data import document_lengths
+    from microgpt.train.loop import _predicted_tokens
+    docs = [[0] * n for n in lengths]
+    want = [min(block_size, lengths[d % len(lengths)] - 1) for d in range(first, first + count)]
+    assert _predicted_tokens(document_lengths(docs), first, first + count, block_size) == want
+    array = np.array(lengths, np.int64)
+    assert _predicted_tokens(memoryview(array), first, first + count, block_size) == want

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import time
+from itertools import chain
 
 from .config import ModelConfig, SampleConfig, TrainConfig
 from .data import bundled_dataset_path, load_documents
@@ -69,12 +70,16 @@ def cmd_train(args, out, err):
                     stop_installed = True
                 if event.last == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
                     stop.what = 'finishing the final evaluation and save'
-                line = "step %4d / " + "%4d" % event.steps + " | loss %.4f"  # one format a step: 0.3 us
-                lines = '\n'.join(map(line.__mod__, zip(range(event.first, event.last + 1), event.losses)))
+                # one format of the chunk's lines (a format a line was 0.9 us a step, on the Zen 3)
+                line = "step %4d / " + "%4d" % event.steps + " | loss %.4f\n"
+                lines = (line * len(event.losses)) % tuple(chain.from_iterable(zip(range(event.first, event.last + 1),
+                                                                                   event.losses)))
                 if bar is not None:
                     bar.update(len(event.losses))
                     bar.set_postfix_str(f"loss {event.losses[-1]:.4f}", refresh=False)
-                _emit(lines, out, bar)
+                    _emit(lines[:-1], out, bar)
+                else:
+                    out.write(lines)
             elif isinstance(event, EvalReport):
                 _emit(f"step {event.step:4d} / {event.steps:4d} | val loss {event.val_loss:.4f} "
                       f"| best {event.best_val_loss:.4f}", out, bar)

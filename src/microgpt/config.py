@@ -291,6 +291,17 @@ def init_parameters(cfg, rng: random.Random):
     return params
 
 
+def learning_rates(tcfg: TrainConfig, start, stop):
+    """learning_rate of each 0-based step start .. stop - 1, the same floats: the training loop's, an engine call's
+    steps at a time (a call a step was a tenth of the Python of a `microgpt train` step)."""
+    if start >= tcfg.warmup and tcfg.lr_schedule == 'constant':
+        return [tcfg.lr] * (stop - start)
+    if tcfg.warmup == 0 and tcfg.lr_schedule == 'linear':
+        lr, steps = tcfg.lr, tcfg.steps
+        return [lr * (1 - step / steps) for step in range(start, stop)]  # learning_rate's expression
+    return [learning_rate(tcfg, step) for step in range(start, stop)]
+
+
 def learning_rate(tcfg: TrainConfig, step):
     """The learning rate of 0-based `step`: linear warmup, then the schedule decays towards 0 at `steps`."""
     if step < tcfg.warmup:

@@ -345,8 +345,8 @@ class _ListLengths:
     def __len__(self):
         return len(self.doc_tokens)
 
-    def __getitem__(self, i):
-        return len(self.doc_tokens[i])
+    def __getitem__(self, i):  # an index, or a slice (a list of lengths)
+        return [len(doc) for doc in self.doc_tokens[i]] if isinstance(i, slice) else len(self.doc_tokens[i])
 
 
 def document_lengths(doc_tokens):

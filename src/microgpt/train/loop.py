@@ -10,7 +10,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..config import learning_rate
+from ..config import learning_rates
 from ..data import document_lengths
 
 
@@ -69,14 +69,13 @@ def train_chunks(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     """
     B, block_size = tcfg.batch_size, engine.cfg.block_size
     lengths = document_lengths(doc_tokens)  # read once: reading a document per step is on the hot path
-    n_docs = len(lengths)
     step = start_step
     while step < tcfg.steps:
         stop = min(tcfg.steps, step + engine.chunk_steps)
         for every in sync_every:
             if every:
                 stop = min(stop, (step // every + 1) * every)
-        lrs = [learning_rate(tcfg, s) for s in range(step, stop)]
+        lrs = learning_rates(tcfg, step, stop)
         try:
             losses = engine.train_steps(doc_tokens, step, stop, tcfg, lrs)
         except (ArithmeticError, ValueError) as e:
@@ -85,14 +84,25 @@ def train_chunks(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
             # the scalar autograd (one step per call) cannot take log(0) or 0 ** -0.5: the loss is not a number
             yield Steps(step + 1, tcfg.steps, [math.nan], lrs[:1], [0])
             return
-        # tokens each step's batch predicts, read in one pass per chunk: this loop is on the hot path
-        predicted = [min(block_size, lengths[d % n_docs] - 1) for d in range(step * B, stop * B)]
+        predicted = _predicted_tokens(lengths, step * B, stop * B, block_size)
         if B > 1:
             predicted = [sum(predicted[i:i + B]) for i in range(0, len(predicted), B)]
         # an array's Python floats in one call: a step each was 0.1 us
         losses = losses.tolist() if hasattr(losses, 'tolist') else [float(loss) for loss in losses]
         yield Steps(step + 1, tcfg.steps, losses, lrs, predicted)
         step = stop
+
+
+def _predicted_tokens(lengths, first, stop, block_size):
+    """The tokens each of documents first .. stop - 1 (wrapping around) predicts, min(block_size, length - 1), read a
+    slice of `lengths` at a time: this is on the hot path (an index and a min() a document took 0.4 us, 8x this)."""
+    n, predicted = len(lengths), []
+    while first < stop:
+        i = first % n
+        take = min(stop - first, n - i)
+        predicted += [length - 1 if length <= block_size else block_size for length in lengths[i:i + take]]
+        first += take
+    return predicted
 
 
 def _left_float_range(error):

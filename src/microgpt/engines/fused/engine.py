@@ -11,7 +11,7 @@ dtype first calls it.
 import numpy as np
 
 from ... import dropout
-from ...config import NOTHING_TO_PREDICT, learning_rate
+from ...config import NOTHING_TO_PREDICT, learning_rates
 from ...documents import Documents
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
@@ -136,7 +136,7 @@ class FusedEngine(ParameterBuffers):
             docs, doc_starts = doc_tokens.pack(start * B, (stop - start) * B, self.cfg.block_size + 1)
         else:
             docs, doc_starts = self._documents(doc_tokens[d % len(doc_tokens)] for d in range(start * B, stop * B))
-        lrs = [learning_rate(tcfg, step) for step in range(start, stop)] if lrs is None else lrs
+        lrs = learning_rates(tcfg, start, stop) if lrs is None else lrs
         return self._train(docs, doc_starts, B, lrs, tcfg)
 
     def _train(self, docs, doc_starts, batch_size, lrs, tcfg):
@@ -145,8 +145,8 @@ class FusedEngine(ParameterBuffers):
         self._set_dropout(tcfg.dropout, None)
         # a step's masks depend only on the seed and the step, so a resumed run draws the same ones
         first_t = self.adam_steps + 1
-        keys = np.array([dropout.step_key(tcfg.seed, t) if tcfg.dropout else 0
-                         for t in range(first_t, first_t + len(lrs))], np.int64)  # (steps,)
+        keys = np.array([dropout.step_key(tcfg.seed, t) for t in range(first_t, first_t + len(lrs))], np.int64) \
+            if tcfg.dropout else np.zeros(len(lrs), np.int64)  # (steps,)
         lrs, losses = np.array(lrs, np.float64), np.empty(len(lrs))              # (steps,) each
         settings = self._adam_settings(tcfg)
         with flush_to_zero():
