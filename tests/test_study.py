@@ -82,8 +82,11 @@ def test_a_claim_no_result_backs_is_replaced_by_a_study_alone_in_the_folder(tmp_
     code, out, err = run('study', '--data', 'tiny.txt', '--num-seeds', '1', '--experiments', 'baseline',
                          '--workers', '1')
     assert code == 2 and 'the validation split is empty' in err, err
-    assert os.path.exists('results/study.json'), os.listdir('results')
+    assert not os.path.exists('results'), os.listdir('results')  # the command now checks the split first
     quick = [dataclasses.replace(e, overrides={**e.overrides, 'steps': 3}) for e in EXPERIMENTS if e.name == 'baseline']
+    with pytest.raises(MicrogptError, match='the validation split is empty'):  # as a study before that check
+        list(run_study(quick, [1], 'tiny.txt', 'results', workers=1))
+    assert os.path.exists('results/study.json'), os.listdir('results')
     with open('results/.study.lock', 'a') as running:  # another study, running
         fcntl.flock(running, fcntl.LOCK_SH)
         with pytest.raises(MicrogptError, match='holds a study of another data file'):
