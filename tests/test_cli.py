@@ -345,7 +345,8 @@ def test_a_run_trained_from_a_pipe_is_evaluated_from_one(data, tmp_path):
     exported = cli('export', '--train', '--checkpoint', checkpoint, '--out', str(tmp_path / 'c'))
     assert exported.returncode == 0 and exported.stderr == notice, exported.stderr
     emptied = subprocess.run([sys.executable, '-m', 'microgpt', 'export', '--train', '--checkpoint', checkpoint,
-                              '--out', str(tmp_path / 'c2')], stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+                              '--out', str(tmp_path / 'c2')], stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=120)
     assert emptied.returncode == 2 and emptied.stderr == notice + b"microgpt: error: /dev/stdin: no non-blank lines; " \
         b"give a UTF-8 text file with one item (a name, a word) per line, or give --data FILE\n", emptied.stderr
     resumed = cli('train', '--resume', '--out', out, '--steps', '25')  # said nothing of the unchecked data
@@ -370,9 +371,9 @@ def test_a_run_with_no_identity_of_its_data_says_so_whatever_it_reads_now(data, 
     piped, out = str(tmp_path / 'piped'), str(tmp_path / 'redirected')
     assert cli(*small('/dev/stdin', '--out', piped, '--eval-every', '10'), stdin=names).returncode == 0
     resumed = cli('train', '--resume', '--out', piped, '--steps', '25', stdin=other)
-    assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the run recorded no identity of its data (it " \
-        b"read a stream, or an older microgpt saved it), so this data cannot be checked against it: it continues the " \
-        b"run only if it gives the same documents\n" in resumed.stderr, resumed.stderr
+    assert resumed.returncode == 0 and b"microgpt: resuming from step 20; the run recorded no identity of its data " \
+        b"(it read a stream, or an older microgpt saved it), so this data cannot be checked against it: it continues " \
+        b"the run only if it gives the same documents\n" in resumed.stderr, resumed.stderr
     evaluated = cli('eval', '--checkpoint', os.path.join(piped, 'model.safetensors'), stdin=other)
     assert evaluated.returncode == 0 and evaluated.stderr.startswith(
         b"microgpt: the training data '/dev/stdin' has no recorded identity (the run read a stream, or an older "

@@ -324,7 +324,7 @@ def _error(message, err):
 
 def _say(line, err):
     """A line on standard error, where it can be written: one that cannot (2>/dev/full, a closed descriptor) is lost,
-    and the exit status still says what happened (the OSError escaped, exit status 1 for every error)."""
+    and the exit status still says what happened (the OSError escaped before: every error exited 1)."""
     try:
         print(line, file=err, flush=True)
     except (OSError, ValueError):

@@ -70,7 +70,7 @@ def cmd_train(args, out, err):
                     stop_installed = True
                 if event.last == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
                     stop.what = 'finishing the final evaluation and save'
-                # one format of the chunk's lines (a format a line was 0.9 us a step, on the Zen 3)
+                # one % for the chunk's lines, not one a line (bench_cli_step.py --python-only)
                 line = "step %4d / " + "%4d" % event.steps + " | loss %.4f\n"
                 lines = (line * len(event.losses)) % tuple(chain.from_iterable(zip(range(event.first, event.last + 1),
                                                                                    event.losses)))

@@ -293,7 +293,7 @@ def init_parameters(cfg, rng: random.Random):
 
 def learning_rates(tcfg: TrainConfig, start, stop):
     """learning_rate of each 0-based step start .. stop - 1, the same floats: the training loop's, an engine call's
-    steps at a time (a call a step was a tenth of the Python of a `microgpt train` step)."""
+    steps at a time (a call a step is on the hot path)."""
     if start >= tcfg.warmup and tcfg.lr_schedule == 'constant':
         return [tcfg.lr] * (stop - start)
     if tcfg.warmup == 0 and tcfg.lr_schedule == 'linear':

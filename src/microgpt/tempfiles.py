@@ -44,8 +44,9 @@ def write_text(path, text):
 def write_texts(texts):
     """write_text for each of `texts` ({path: text}), as one change: every text goes to a temporary beside its path
     first, and only once all are written are they renamed over their paths, so that a full disk or a Ctrl-C while
-    writing leaves every path as it was (an export into a folder holding an earlier one does not become half of each). A path
-    that is a folder is refused before anything is written. The OSError names the path that failed (filename)."""
+    writing leaves every path as it was (an export into a folder holding an earlier one does not become half of
+    each). A path that is a folder is refused before anything is written. The OSError names the path that failed
+    (filename)."""
     for path in texts:
         if os.path.isdir(path):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)

@@ -95,7 +95,7 @@ def train_chunks(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
 
 def _predicted_tokens(lengths, first, stop, block_size):
     """The tokens each of documents first .. stop - 1 (wrapping around) predicts, min(block_size, length - 1), read a
-    slice of `lengths` at a time: this is on the hot path (an index and a min() a document took 0.4 us, 8x this)."""
+    slice of `lengths` at a time: this is on the hot path (an index and a min() a document: 0.4 us, against 0.05)."""
     n, predicted = len(lengths), []
     while first < stop:
         i = first % n

@@ -73,7 +73,8 @@ class RunConfig:
         for an engine that computes on the CPU. `given`, the flags typed, catches a default typed in (--device auto,
         --val-split name), which changes nothing either."""
         if not self.eval_every:  # a split that nothing evaluates on would silently change nothing
-            for key, shaped in (('val_fraction', self.val_fraction is not None), ('val_split', self.val_split != 'name')):
+            for key, shaped in (('val_fraction', self.val_fraction is not None),
+                                ('val_split', self.val_split != 'name')):
                 if shaped or key in given:
                     raise SettingError(lambda name, key=key: f"{name(key)} shapes the held-out split, which only "
                                                               f"{name('eval_every')} N makes; add {name('eval_every')}")
