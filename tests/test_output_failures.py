@@ -114,3 +114,26 @@ def test_a_path_with_a_newline_stays_on_the_error_line(tmp_path, flag):
     (odd / 'model.safetensors').write_bytes(b'')  # --out: a folder that holds a run; --data: a folder
     code, out, err = run('train', flag, str(odd), '--steps', '5')
     assert code == 2 and err.count('\n') == 1 and 'dir with\\nnewline é' in err, (code, err)
+
+
+@pytest.mark.slow(seconds=2)  # a real pipe, a real signal
+def test_output_interrupted_by_ctrl_c_on_a_full_pipe_is_written_whole():
+    """A Ctrl-C lets the step under way finish (its handler returns). When it interrupts a write to a full pipe (a
+    pager not reading yet), the write returns short, and Python's text stream dropped the rest: a chunk of step lines
+    never reached the reader, though the run went on to save after them."""
+    import signal
+    import time
+    lines = ''.join(f"step {i:8d} / 100000 | loss 2.0000\n" for i in range(100000))  # 3.7 MB: it fills the pipe
+    script = ("import signal, sys\n"
+              "from microgpt.cli import _Output\n"
+              "signal.signal(signal.SIGINT, lambda signum, frame: None)\n"
+              "lines = ''.join(f'step {i:8d} / 100000 | loss 2.0000\\n' for i in range(100000))\n"
+              "print('ready', file=sys.stderr, flush=True)\n"
+              "_Output(sys.stdout).write(lines)\n")
+    writer = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, 'PYTHONPATH': str(REPO_ROOT / 'src')})
+    assert writer.stderr.readline() == b'ready\n'
+    time.sleep(0.5)  # writing into the full pipe by now, blocked
+    writer.send_signal(signal.SIGINT)
+    out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and out.decode() == lines, (len(out), len(lines), err[-500:])

@@ -225,7 +225,17 @@ class _Output:
 
     def write(self, text):
         try:
-            return self.stream.write(text)
+            buffer = getattr(self.stream, 'buffer', None)
+            if buffer is None or os.linesep != '\n':
+                return self.stream.write(text)
+            # the bytes, through the stream's buffer until all are written: a signal (Ctrl-C, whose handler lets the
+            # step finish) that interrupts a write to a full pipe makes it return short, and the text stream above
+            # it drops the rest (a chunk of step lines was lost that way)
+            data = memoryview(text.encode(self.stream.encoding, self.stream.errors or 'strict'))
+            self.stream.flush()
+            while data:
+                data = data[buffer.write(data):]
+            return len(text)
         except UnicodeEncodeError as e:
             raise _OutputError(f"cannot print {e.object[e.start:e.end]!r} in standard output's encoding "
                                 f"{e.encoding}; set PYTHONIOENCODING=utf-8") from None
