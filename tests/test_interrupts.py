@@ -93,6 +93,39 @@ def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, mo
     assert code == 0 and info.splitlines()[1].split()[1] == '20', info
 
 
+class _Killed(BaseException):
+    """A process killed at this point (SIGKILL): nothing the CLI catches."""
+
+
+def test_a_run_killed_between_its_final_saves_resumes_to_both(data, tmp_path, monkeypatch):
+    """Without evaluation the final step saved resume.safetensors, then model.safetensors: killed between the two,
+    --resume found nothing left to train and model.safetensors stayed an earlier step's (or missing). The model is
+    saved first now, so a kill between them resumes from the step before and saves both."""
+    import microgpt.train.run as run_module
+    from safetensors.numpy import load_file
+    save, saves = run_module.TrainingRun._save, []
+
+    def killed_after_the_first_final_save(self, name, metrics):
+        saved = save(self, name, metrics)
+        saves.append(name)
+        if self.step == self.tcfg.steps:
+            raise _Killed
+        return saved
+
+    straight = tmp_path / 'straight'
+    assert run(*small(data, '--out', straight))[0] == 0
+    monkeypatch.setattr(run_module.TrainingRun, '_save', killed_after_the_first_final_save)
+    out = tmp_path / 'killed'
+    with pytest.raises(_Killed):
+        run(*small(data, '--out', out, '--save-every', '10'))
+    monkeypatch.undo()
+    code, _, err = run('train', '--resume', '--out', out)
+    assert code == 0 and 'resuming from step 10' in err, (code, err)
+    for name in ('model.safetensors', 'resume.safetensors'):
+        want, got = load_file(straight / name), load_file(out / name)
+        assert all((want[key] == got[key]).all() for key in want), name
+
+
 def wait_until_blocked_in_open(pid, timeout=120):
     """Linux names the kernel function a process sleeps in: opening a FIFO without a writer waits for a partner."""
     wchan = f'/proc/{pid}/wchan'

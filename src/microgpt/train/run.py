@@ -213,10 +213,13 @@ class TrainingRun:
             self.stopped = self.stopped or stopping  # asked here, or in another process of a data-parallel run
             if cfg.out and self.writes and (finished or stopping or (cfg.save_every and step % cfg.save_every == 0)
                             or (cfg.eval_every and step % cfg.eval_every == 0)):
-                yield self._save(RESUME_CHECKPOINT, {'train_loss': loss})
-                self.saved_step = step
+                # without evaluation the model is the last step's: saved before the resume state, so that a run
+                # killed between the two saves resumes from the step before and saves both again (in the other
+                # order, a resume found nothing left to train and left model.safetensors an earlier step's)
                 if not cfg.eval_every:
                     yield self._save(BEST_CHECKPOINT, {'train_loss': loss})
+                yield self._save(RESUME_CHECKPOINT, {'train_loss': loss})
+                self.saved_step = step
             if stopping and not finished:
                 return
 
