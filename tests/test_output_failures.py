@@ -137,3 +137,16 @@ def test_output_interrupted_by_ctrl_c_on_a_full_pipe_is_written_whole():
     writer.send_signal(signal.SIGINT)
     out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0 and out.decode() == lines, (len(out), len(lines), err[-500:])
+
+
+@pytest.mark.parametrize('line_buffering', [True, False])
+def test_output_on_a_terminal_shows_each_line_as_it_is_written(line_buffering):
+    """Standard output writes through the stream's buffer (above): on a terminal (line buffering) each line must still
+    reach it at once, not when the buffer fills: `num docs: ...` before the first compile, say."""
+    from microgpt.cli import _Output
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(io.BufferedWriter(raw), encoding='utf-8', line_buffering=line_buffering)
+    _Output(stream).write('num docs: 5\n')
+    assert raw.getvalue() == (b'num docs: 5\n' if line_buffering else b'')
+    stream.flush()
+    assert raw.getvalue() == b'num docs: 5\n'

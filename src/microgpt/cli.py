@@ -235,6 +235,8 @@ class _Output:
             self.stream.flush()
             while data:
                 data = data[buffer.write(data):]
+            if getattr(self.stream, 'line_buffering', False) and '\n' in text:  # a terminal: a line shows at once
+                buffer.flush()
             return len(text)
         except UnicodeEncodeError as e:
             raise _OutputError(f"cannot print {e.object[e.start:e.end]!r} in standard output's encoding "
