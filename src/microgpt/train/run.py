@@ -128,9 +128,11 @@ class TrainingRun:
         # the identity of the bytes read: taken before reading (a URL's download is its own, made by the read), and
         # again after it, the engine built: the file edited meanwhile would be recorded as the data trained on
         before = None if is_url(cfg.data_path) else file_identity(cfg.data_path)
-        if cfg.resume and before is not None:  # first: an edited file would fail in the reading, in other words
+        resumed = None
+        if cfg.resume:  # read once; its data checked first (an edited file would fail in the reading, in other words)
             from .checkpoint import load_checkpoint
-            self._refuse_other_data(load_checkpoint(self.path(RESUME_CHECKPOINT)).meta.get('data_identity'), before)
+            resumed = load_checkpoint(self.path(RESUME_CHECKPOINT))
+            self._refuse_other_data(resumed.meta.get('data_identity'), before)
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
                                      progress)
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
@@ -152,7 +154,7 @@ class TrainingRun:
             self._refuse_a_saved_run()  # again, under the lock: a run into this folder may have ended since
             if cfg.out and self.writes and not cfg.resume:
                 self._remove_previous_run()
-            start = self._resume() if cfg.resume else 0
+            start = self._resume(resumed) if cfg.resume else 0
             self._open_metrics(start)
             yield Header(len(run.docs), run.vocab.size, run.engine.num_params(), len(run.val_docs), start)
             try:
@@ -276,11 +278,11 @@ class TrainingRun:
                         {k: json.dumps(v) for k, v in self._meta().items()})
         return Saved(path, self.step)
 
-    def _resume(self):
-        """Restore the saved state; resume_settings has already refused settings that differ from it."""
-        from .checkpoint import load_checkpoint, restore_engine
+    def _resume(self, ckpt):
+        """Restore the saved state of `ckpt`, the resume checkpoint; resume_settings has already refused settings
+        that differ from it."""
+        from .checkpoint import restore_engine
         run = self.run
-        ckpt = load_checkpoint(self.path(RESUME_CHECKPOINT))
         saved = ckpt.meta.get('data_identity')  # a run that read a stream, and checkpoints before it was kept: none
         self._refuse_other_data(saved, self.data_identity)  # (a URL's download, which exists only now)
         if ckpt.vocab != run.vocab:
