@@ -18,6 +18,7 @@ ATTENTION_KINDS = ('causal', 'self')
 BOS_POSITIONS = ('last', 'first')
 LR_SCHEDULES = ('linear', 'cosine', 'constant')
 ZERO_INIT_CHOICES = ('attn_wo', 'mlp_fc2')
+FLOAT32_TINY = 2.0 ** -126  # float32's smallest normal number, the least Adam eps
 DROPOUT_LEVELS = 1 << 16  # dropout rates are multiples of 1 / 65536: a mask element is 16 random bits (dropout.py)
 
 
@@ -102,6 +103,8 @@ class ModelConfig:
     bos: str = setting('last', choices=BOS_POSITIONS)  # id of the BOS token: 'last' = vocab_size - 1, 'first' = 0
 
     def __post_init__(self):
+        if isinstance(self.zero_init, list):  # as JSON and a caller write it; kept as a tuple (the config is hashed)
+            object.__setattr__(self, 'zero_init', tuple(self.zero_init))
         self.validate()
 
     @property
@@ -155,8 +158,10 @@ class TrainConfig:
         for beta in ('beta1', 'beta2'):
             if not getattr(self, beta) < 1:
                 raise SettingError(lambda name: f"{name(beta)} must be in [0, 1), got {getattr(self, beta)}")
-        if not self.eps > 0:
-            raise SettingError(lambda name: f"Adam {name('eps')} must be > 0, got {self.eps}")
+        if not self.eps >= FLOAT32_TINY:
+            raise SettingError(lambda name: f"Adam {name('eps')} must be at least {FLOAT32_TINY:.4g} (float32's "
+                                            f"smallest normal number: the fused engine flushes smaller numbers to "
+                                            f"zero, and float32 cannot hold them), got {self.eps}")
         if not self.warmup < self.steps:
             raise SettingError(lambda name: f"{name('warmup')} must be in [0, steps), got {self.warmup} with "
                                             f"{name('steps')} {self.steps}")

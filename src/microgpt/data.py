@@ -249,6 +249,10 @@ class Vocabulary:
 
     def decode(self, ids):
         """Text of token ids; BOS marks document boundaries and has no character, so it is skipped."""
+        ids = list(ids)
+        outside = [i for i in ids if not 0 <= i < self.size]
+        if outside:  # a negative id would index the characters from their end
+            raise ValueError(f"token id {outside[0]!r} is outside the vocabulary's 0 to {self.size - 1}")
         offset = 1 if self.bos_first else 0
         return ''.join(self.chars[i - offset] for i in ids if i != self.bos_id)
 
@@ -350,11 +354,11 @@ class _ListLengths:
 
 
 def document_lengths(doc_tokens):
-    """The number of tokens (BOS included) of each document, indexable as Python ints: of a list of token lists,
-    or of a documents.Documents (read without a Python object per document)."""
-    if isinstance(doc_tokens, list):
-        return _ListLengths(doc_tokens)
-    return doc_tokens.length_list()
+    """The number of tokens (BOS included) of each document, indexable as Python ints: of a documents.Documents
+    (read without a Python object per document), or of a sequence of token lists."""
+    if hasattr(doc_tokens, 'length_list'):
+        return doc_tokens.length_list()
+    return _ListLengths(doc_tokens)
 
 
 def batch_for_step(doc_tokens, step, batch_size):
@@ -365,5 +369,7 @@ def batch_for_step(doc_tokens, step, batch_size):
 def batches_for_steps(doc_tokens, start, stop, batch_size):
     """batch_for_step of each step start .. stop - 1, read in one pass (a chunk of the training loop)."""
     n = len(doc_tokens)
+    if n == 0:
+        raise ValueError("no documents to train on")
     docs = [doc_tokens[d % n] for d in range(start * batch_size, stop * batch_size)]
     return [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]

@@ -8,11 +8,15 @@ give the same names whatever engine computed them. The arithmetic is microgpt's
 
 import math
 
+from .config import SampleConfig
 from .errors import MicrogptError
 
 
 def token_probabilities(logits, temperature, top_k=0, top_p=1.0):
-    """Probabilities (floats, in vocabulary order) for the next token; filtered entries are 0.0."""
+    """Probabilities (floats, in vocabulary order) for the next token; filtered entries are 0.0. The knobs are
+    SampleConfig's, with its bounds (a SettingError names the one out of them)."""
+    if not (1e-300 <= temperature < math.inf and type(top_k) is int and top_k >= 0 and 0 < top_p <= 1):
+        SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # the fast test's doubts, decided
     inverse_temperature = temperature ** -1
     scaled = [logit * inverse_temperature for logit in logits]
     max_val = max(scaled)
@@ -58,8 +62,12 @@ def generate(decoder, bos_id, block_size, rng, temperature, top_k=0, top_p=1.0, 
 
     `decoder.reset()` empties its KV cache; `decoder.step(token_id, pos_id)` returns the logits for the
     next position as floats. Generation starts from BOS, feeds the prompt, and stops at BOS or after
-    block_size tokens, as microgpt's inference loop does.
+    block_size tokens, as microgpt's inference loop does. The prompt takes up to block_size - 1 of them.
     """
+    SampleConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    if len(prompt_ids) >= block_size:
+        raise ValueError(f"a prompt of {len(prompt_ids)} tokens leaves no room in a block of {block_size}: give "
+                         f"at most {block_size - 1}")
     decoder.reset()
     out = list(prompt_ids)
     token_id = bos_id

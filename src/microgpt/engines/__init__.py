@@ -12,8 +12,10 @@ every predicted token of every document.
 
 import os
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Protocol, Sequence
 
+from ..config import num_parameters, parameter_table
 from ..data import batches_for_steps
 from ..errors import MicrogptError
 
@@ -62,9 +64,9 @@ class Engine(Protocol):
         """The batch's loss; leaves d loss / d parameters for `gradients`. With `dropout`, under the masks of
         (seed, step) (dropout.py), which must then be given."""
 
-    def train_step(self, batch, lr: float, tcfg) -> float:
-        """One optimiser step (Adam, with tcfg's decay, clipping and dropout) on the batch; returns the loss
-        before the update."""
+    def train_step(self, batch, lr_t: float, tcfg) -> float:
+        """One optimiser step (Adam at learning rate lr_t, with tcfg's decay, clipping and dropout) on the batch;
+        returns the loss before the update."""
 
     def train_steps(self, doc_tokens, start: int, stop: int, tcfg, lrs) -> list:
         """Steps start .. stop - 1 of a run over `doc_tokens` (step s takes documents s*B .. s*B + B - 1,
@@ -131,3 +133,63 @@ def run_steps(engine, doc_tokens, start, stop, tcfg, lrs):
     """`train_steps` as a plain loop of `train_step`, for engines with nothing to compile."""
     return [engine.train_step(batch, lr, tcfg)
             for batch, lr in zip(batches_for_steps(doc_tokens, start, stop, tcfg.batch_size), lrs)]
+
+
+def _is_integer(value):
+    return type(value) is int or isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_index(value, bound):
+    """Whether `value` is an integer from 0 to bound - 1."""
+    return _is_integer(value) and 0 <= value < bound
+
+
+def check_batch(batch, vocab_size):
+    """`batch` itself, or ValueError where a document holds anything but token ids 0 .. vocab_size - 1: every engine
+    refuses such a batch alike (an id past the vocabulary would read another row, or wrap around, in some engines,
+    and a float would be cut to an integer)."""
+    for d, tokens in enumerate(batch):
+        for token in tokens:
+            if not _is_index(token, vocab_size):
+                raise ValueError(f"document {d} of the batch holds {token!r}, not a token id from 0 to "
+                                 f"{vocab_size - 1}")
+    return batch
+
+
+def check_decoder_step(token_id, pos_id, cfg):
+    """ValueError unless a decoder can take `token_id` at `pos_id` (ids within the vocabulary and the block)."""
+    if not (_is_index(token_id, cfg.vocab_size) and _is_index(pos_id, cfg.block_size)):
+        raise ValueError(f"token {token_id!r} at position {pos_id!r} is outside the vocabulary or the block")
+
+
+def check_state(state, cfg):
+    """MicrogptError unless `state` (an EngineState) fits a model of `cfg`: every parameter of its table with its
+    shape, Adam's moments one per parameter, and a step count; `load_state` checks it before changing anything."""
+    want = {p.name: p.shape for p in parameter_table(cfg)}
+    if set(state.weights) != set(want):
+        missing, extra = sorted(set(want) - set(state.weights)), sorted(set(state.weights) - set(want))
+        raise MicrogptError(f"the state does not fit this model: "
+                            + '; '.join(([f"it lacks {', '.join(missing)}"] if missing else [])
+                                        + ([f"it has no place for {', '.join(extra)}"] if extra else [])))
+    for name, shape in want.items():
+        got = _shape(state.weights[name])
+        if got != shape:
+            raise MicrogptError(f"the state does not fit this model: {name} is {got}, the model's is {shape}")
+    P = num_parameters(cfg)
+    for what, moments in (('adam_m', state.adam_m), ('adam_v', state.adam_v)):
+        if moments is not None and len(moments) != P:
+            raise MicrogptError(f"the state does not fit this model: {what} holds {len(moments)} values for its "
+                                f"{P} parameters")
+    if not (_is_integer(state.adam_steps) and state.adam_steps >= 0):
+        raise MicrogptError(f"the state does not fit this model: adam_steps must be a count of steps, got "
+                            f"{state.adam_steps!r}")
+
+
+def _shape(rows):
+    """(rows, columns) of an array, a tensor or a list of lists (None for columns of differing lengths)."""
+    shape = getattr(rows, 'shape', None)
+    if shape is not None:
+        return tuple(shape)
+    widths = {len(row) for row in rows}
+    return len(rows), (widths.pop() if len(widths) == 1 else None)
+

@@ -8,7 +8,7 @@ engine can work on whole buffers (Adam) or on named matrices (the model) without
 import numpy as np
 
 from ..config import init_parameters, parameter_table
-from . import EngineState, OneProcess
+from . import EngineState, OneProcess, check_state
 
 
 class ParameterBuffers(OneProcess):
@@ -44,6 +44,7 @@ class ParameterBuffers(OneProcess):
         return EngineState(self.weights(), self.m.copy(), self.v.copy(), self.adam_steps)
 
     def load_state(self, state):
+        check_state(state, self.cfg)
         for name, view in self.params.items():
             view[...] = state.weights[name]
         if state.adam_m is not None and state.adam_v is not None:

@@ -66,6 +66,7 @@ def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
     tensors = {name: np.asarray(w, dtype=dtype) for name, w in state.weights.items()}
     tensors['adam.m'] = np.asarray(state.adam_m, dtype=dtype)
     tensors['adam.v'] = np.asarray(state.adam_v, dtype=dtype)
+    _check_loadable(engine.cfg, vocab, tcfg, step, state.adam_steps, metrics, tensors)
     meta = {
         'format': FORMAT, 'format_version': str(FORMAT_VERSION),
         'model_config': json.dumps(engine.cfg.to_dict()), 'train_config': json.dumps(asdict(tcfg)),
@@ -76,6 +77,27 @@ def save_checkpoint(path, engine, vocab, tcfg, step, metrics, extra_meta=None):
     }
     meta = {k: (v if k in ('format', 'format_version') else _strict_json(v)) for k, v in meta.items()}
     _atomic_write(path, safetensors_bytes(tensors, meta))
+
+
+def _check_loadable(cfg, vocab, tcfg, step, adam_steps, metrics, tensors):
+    """ValueError where load_checkpoint would refuse what save_checkpoint was asked to write, as damaged."""
+    if vocab.size != cfg.vocab_size:
+        raise ValueError(f"a vocabulary of {vocab.size} tokens for a model of {cfg.vocab_size}")
+    for what, count in (('step', step), ('adam_steps', adam_steps)):
+        if not (is_kind(count, int) and 0 <= count <= tcfg.steps):
+            raise ValueError(f"{what} must be an integer from 0 to the train config's steps ({tcfg.steps}), "
+                             f"got {count!r}")
+    if not _are_metrics(metrics):
+        raise ValueError(f"metrics must map names to numbers or None, got {metrics!r}")
+    for name, array in tensors.items():
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} holds NaN or infinite values")
+    if np.any(tensors['adam.v'] < 0):
+        raise ValueError("adam.v (Adam's mean squared gradient) holds negative values")
+
+
+def _are_metrics(metrics):
+    return isinstance(metrics, dict) and all(value is None or is_kind(value, float) for value in metrics.values())
 
 
 def rewrite_metadata(path, entries):
@@ -255,7 +277,7 @@ def _recorded(path, meta, complete):
     step = _count(path, meta, 'step', train_cfg.steps, 'train_config.steps')
     adam_steps = _count(path, meta, 'adam_steps', train_cfg.steps, 'train_config.steps')  # one per step
     metrics = meta['metrics']
-    if not (isinstance(metrics, dict) and all(value is None or is_kind(value, float) for value in metrics.values())):
+    if not _are_metrics(metrics):
         raise _damaged(path, "metrics must map names to numbers or null")
     best = meta.get('best_val_loss')
     if not (best is None or is_kind(best, float) and best >= 0):

@@ -67,6 +67,8 @@ def train_chunks(engine, doc_tokens, tcfg, start_step=0, sync_every=()):
     end. Reported a chunk at a time, a step of `microgpt train` costs 0.8 us of Python, against 1.6 when it
     was a StepReport each, through three generators (the default job, with an engine that does nothing).
     """
+    if not len(doc_tokens):
+        raise ValueError("no documents to train on")
     B, block_size = tcfg.batch_size, engine.cfg.block_size
     lengths = document_lengths(doc_tokens)  # read once: reading a document per step is on the hot path
     step = start_step
@@ -123,6 +125,8 @@ def training_threads():
 
 def evaluate(engine, doc_tokens, batch_size=64):
     """Mean negative log-likelihood per predicted token over all documents (nats per character), forward only."""
+    if not len(doc_tokens):
+        raise ValueError("no documents to evaluate")
     total, count = 0.0, 0
     block_size = engine.cfg.block_size
     for start in range(0, len(doc_tokens), batch_size):

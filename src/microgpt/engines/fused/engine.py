@@ -12,7 +12,9 @@ import numpy as np
 
 from ... import dropout
 from ...config import NOTHING_TO_PREDICT, learning_rates
+from ...data import batches_for_steps
 from ...documents import Documents
+from .. import check_batch
 from ..numpy.decoder import NumpyDecoder
 from ..params import ParameterBuffers
 from . import gpt, parallel
@@ -74,7 +76,7 @@ class FusedEngine(ParameterBuffers):
 
     def _documents(self, documents):
         """The entry points' form of the documents: (docs, doc_starts), plan.pack_documents'."""
-        return pack_documents(documents, self.cfg.block_size + 1)
+        return pack_documents(check_batch(list(documents), self.cfg.vocab_size), self.cfg.block_size + 1)
 
     def _adam_settings(self, tcfg):
         if tcfg is not self._adam_source:
@@ -102,14 +104,14 @@ class FusedEngine(ParameterBuffers):
             compiled(parallel.forward, self.dtype)
             return parallel.loss(self.state_buffer, wss, plans, docs, doc_starts)
 
-    def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
-        """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout_rate`,
+    def loss_and_grads(self, batch, dropout=0.0, seed_and_step=None):
+        """Loss of the batch (mean NLL over every predicted position); fills self.grads. With `dropout`,
         under the masks of `seed_and_step`, (seed, step), as the numpy engine's."""
-        if dropout_rate and seed_and_step is None:
+        if dropout and seed_and_step is None:
             raise ValueError("dropout needs seed_and_step, the (seed, step) its masks are drawn from")
         docs, doc_starts = self._documents(batch)
         group_grads, wss, plans = self._group_buffers(len(batch), doc_starts)
-        self._set_dropout(dropout_rate, seed_and_step)
+        self._set_dropout(dropout, seed_and_step)
         with flush_to_zero():
             compiled(parallel.steps, self.dtype)
             return parallel.loss_and_grads(self.state_buffer, group_grads, wss, plans, docs, doc_starts)
@@ -135,7 +137,8 @@ class FusedEngine(ParameterBuffers):
         if isinstance(doc_tokens, Documents):  # a token array: packed with no Python object per document
             docs, doc_starts = doc_tokens.pack(start * B, (stop - start) * B, self.cfg.block_size + 1)
         else:
-            docs, doc_starts = self._documents(doc_tokens[d % len(doc_tokens)] for d in range(start * B, stop * B))
+            docs, doc_starts = self._documents(doc for batch in batches_for_steps(doc_tokens, start, stop, B)
+                                               for doc in batch)
         lrs = learning_rates(tcfg, start, stop) if lrs is None else lrs
         return self._train(docs, doc_starts, B, lrs, tcfg)
 

@@ -7,6 +7,7 @@ HS = C // NH, V = vocab_size, L = n_layer, T = block_size.
 
 import numpy as np
 
+from .. import check_decoder_step
 from .layers import activation_forward, rmsnorm_forward
 
 
@@ -27,8 +28,7 @@ class NumpyDecoder:
     @np.errstate(all='ignore')  # quiet, as training is: an overflow gives inf or NaN, which sampling refuses
     def step(self, token_id, pos_id):
         cfg, params = self.cfg, self.params
-        if not (0 <= token_id < cfg.vocab_size and 0 <= pos_id < cfg.block_size):
-            raise ValueError(f"token {token_id} at position {pos_id} is outside the vocabulary or the block")
+        check_decoder_step(token_id, pos_id, cfg)
         NH, HS = cfg.n_head, cfg.head_dim
         x = params['wte'][token_id] + params['wpe'][pos_id]                    # (C,)
         if cfg.norm == 'microgpt':

@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from ...config import NOTHING_TO_PREDICT, dropout_sites
+from .. import check_batch
 from .layers import (activation_backward, activation_forward, attention_backward, attention_forward,
                      attention_mask_bias, cross_entropy_backward, cross_entropy_forward, dropout_backward,
                      dropout_forward, encoder_backward, encoder_forward, matmul_backward, matmul_forward,
@@ -57,13 +58,13 @@ def batch_arrays(batch, cfg, dtype):
     target_index (N,), each position's next token as an index into the flat (N * V,) logits; loss_weights
     (N,), 1 / (tokens predicted in the batch) on predicted positions and 0 on padding.
     """
-    lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch])
+    lengths = tuple([max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in check_batch(batch, cfg.vocab_size)])
     T = max(lengths) if lengths else 0  # an empty batch predicts nothing either (max's default= costs 0.15 us)
     if T == 0:
         raise ValueError(NOTHING_TO_PREDICT)
     rows = []  # one flat list: np.array reads one much faster than a list of lists
     for tokens, n in zip(batch, lengths):
-        rows += tokens[:n + 1]
+        rows.extend(tokens[:n + 1])  # (a document may be an array: += would add it to the list as an array)
         rows += [cfg.bos_id] * (T - n)
     logits_row_starts, loss_weights = batch_layout(lengths, T, cfg.vocab_size, dtype)
     rows = np.array(rows).reshape(len(batch), T + 1)                        # (B, T + 1)

@@ -8,7 +8,7 @@ per call, with a KV cache, exactly as in microgpt.
 
 from .autograd import Value, without_cycle_collector
 from ...config import NOTHING_TO_PREDICT, RMSNORM_EPS, init_parameters, num_parameters
-from .. import EngineState, OneProcess, run_steps
+from .. import EngineState, OneProcess, check_batch, check_decoder_step, check_state, run_steps
 
 
 def linear(x, w):
@@ -117,7 +117,7 @@ class ReferenceEngine(OneProcess):
     def loss(self, batch):
         """Loss of the batch, forward only: the graph is built but not walked back."""
         with without_cycle_collector():
-            return batch_loss(batch, self.state_dict, self.cfg).data
+            return batch_loss(check_batch(batch, self.cfg.vocab_size), self.state_dict, self.cfg).data
 
     def loss_and_grads(self, batch, dropout=0.0, seed_and_step=None):
         """Loss of the batch; leaves d(loss)/d(param) in each parameter's .grad."""
@@ -126,7 +126,7 @@ class ReferenceEngine(OneProcess):
         for p in self.params:
             p.grad = 0
         with without_cycle_collector():
-            loss = batch_loss(batch, self.state_dict, self.cfg)
+            loss = batch_loss(check_batch(batch, self.cfg.vocab_size), self.state_dict, self.cfg)
             loss.backward()
             loss_value = loss.data
             del loss  # free the graph by reference counting while the collector is off
@@ -181,6 +181,7 @@ class ReferenceEngine(OneProcess):
         return EngineState(self.weights(), list(self.m), list(self.v), self.adam_steps)
 
     def load_state(self, state):
+        check_state(state, self.cfg)
         for name, rows in self.state_dict.items():
             for row, values in zip(rows, state.weights[name]):
                 for p, x in zip(row, values):
@@ -201,6 +202,7 @@ class _ReferenceDecoder:
         self.values = [[] for _ in range(self.cfg.n_layer)]
 
     def step(self, token_id, pos_id):
+        check_decoder_step(token_id, pos_id, self.cfg)
         with without_cycle_collector():
             logits = gpt(token_id, pos_id, self.keys, self.values, self.state_dict, self.cfg)
             return [logit.data for logit in logits]

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
 from ...data import batches_for_steps
 from ...errors import PeersLost
-from .. import EngineState
+from .. import EngineState, check_decoder_step, check_state
 from . import dropout_masks
 from .devices import placement, share, sum_gradients_hook
 from .model import GPT, batch_tensors, nll_sum, predicted_count
@@ -161,9 +161,9 @@ class TorchEngine:
             logits = self.model(inputs)                                           # (B, T, V)
             return (self._nll_sum(logits, targets) / predicted_count(batch, self.cfg.block_size)).item()
 
-    def loss_and_grads(self, batch, dropout_rate=0.0, seed_and_step=None):
+    def loss_and_grads(self, batch, dropout=0.0, seed_and_step=None):
         with _cpu_threads(self.device):
-            return self._global([self._backward(batch, dropout_rate, seed_and_step)])[0]
+            return self._global([self._backward(batch, dropout, seed_and_step)])[0]
 
     @torch.no_grad()
     def adam_update(self, lr_t, tcfg):
@@ -212,6 +212,7 @@ class TorchEngine:
 
     @torch.no_grad()
     def load_state(self, state):
+        check_state(state, self.cfg)
         views = self.model.views()
         for name, view in views.items():
             view.copy_(torch.as_tensor(np.asarray(state.weights[name]), dtype=self.flat.dtype))
@@ -238,8 +239,7 @@ class TorchDecoder:
     @torch.no_grad()
     def step(self, token_id, pos_id):
         e = self.engine
-        if not (0 <= token_id < e.cfg.vocab_size and 0 <= pos_id < e.cfg.block_size):
-            raise ValueError(f"token {token_id} at position {pos_id} is outside the vocabulary or the block")
+        check_decoder_step(token_id, pos_id, e.cfg)
         self.tokens = self.tokens[:pos_id] + [token_id]
         inputs = torch.tensor([self.tokens], device=e.device)                     # (1, T)
         with e._autocast(), _cpu_threads(e.device):

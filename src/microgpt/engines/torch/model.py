@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...config import NOTHING_TO_PREDICT, RMSNORM_EPS, parameter_table
+from .. import check_batch
 
 IGNORE = -1  # the target of a padded position
 
@@ -101,7 +102,7 @@ def predicted_count(batch, block_size):
 
 def batch_tensors(batch, cfg, device='cpu'):
     """Token sequences -> inputs (B, T) and targets (B, T), padded with BOS inputs and IGNORE targets."""
-    lengths = [max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in batch]
+    lengths = [max(0, min(cfg.block_size, len(tokens) - 1)) for tokens in check_batch(batch, cfg.vocab_size)]
     if not any(lengths):
         raise ValueError(NOTHING_TO_PREDICT)
     B, T = len(batch), max(lengths)
