@@ -83,6 +83,16 @@ def test_closed_standard_output_in_a_real_process():
     assert proc.returncode == 2 and proc.stderr.startswith('microgpt: error: standard output is closed'), proc
 
 
+def test_closed_standard_error_in_a_real_process(data):
+    """`microgpt train 2>&-` (a daemon's, cron's): Python sets sys.stderr to None, and the run ended with exit status 1
+    and no word, before its first step. It trains; an error still gives its status."""
+    run_closed = dict(shell=True, stdout=subprocess.PIPE, text=True, timeout=300, cwd=REPO_ROOT)
+    proc = subprocess.run(f'"{sys.executable}" -m microgpt {" ".join(small(data))} 2>&-', **run_closed)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-2:][0].startswith('sample  1: '), proc
+    proc = subprocess.run(f'"{sys.executable}" -m microgpt info --checkpoint nowhere 2>&-', **run_closed)
+    assert (proc.returncode, proc.stdout) == (2, ''), proc
+
+
 def test_standard_output_on_dev_full_in_a_real_process(data):
     if not os.path.exists('/dev/full'):
         missing('no /dev/full on this system')

@@ -276,7 +276,7 @@ def main(argv=None, out=None, err=None):
 def _run(argv=None, out=None, err=None):
     """(exit status, the MicrogptError that ended the command or None)."""
     stdout = out or sys.stdout
-    err = own_err = err or sys.stderr
+    err = own_err = err or sys.stderr or open(os.devnull, 'w', encoding='utf-8')  # `2>&-`: errors lost, as on /dev/full
     if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
