@@ -103,12 +103,11 @@ def _are_metrics(metrics):
 def rewrite_metadata(path, entries):
     """Replace these metadata entries (name -> JSON string) of the checkpoint at `path`, atomically; its tensors
     stay as they are, in their order."""
-    from safetensors import safe_open
-    with safe_open(path, framework='numpy') as f:
-        meta = f.metadata()
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    from safetensors.numpy import load
     with open(path, 'rb') as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
+        data = f.read()
+    tensors, header = load(data), _header(data)
+    meta = header['__metadata__']
     order = sorted(tensors, key=lambda name: header[name]['data_offsets'][0])
     meta = {**meta, **{k: _strict_json(v) for k, v in entries.items()}}
     _atomic_write(path, safetensors_bytes({name: tensors[name] for name in order}, meta))
@@ -182,15 +181,17 @@ def _atomic_write(path, payload):
 
 def load_checkpoint(path):
     """Read and check a checkpoint; every problem is a MicrogptError saying what to do."""
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
     if not os.path.exists(path):
         raise MicrogptError(f"{path}: no such checkpoint; {HINT}")
     if os.path.isdir(path):
         raise MicrogptError(f"{path}: is a directory; {HINT} (e.g. {os.path.join(path, 'model.safetensors')})")
     try:
-        with safe_open(path, framework='numpy') as f:
-            raw_meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        with open(path, 'rb') as f:  # read once: a run saving meanwhile renames a new file over the path
+            data = f.read()
+        tensors = load(data)
+        raw_meta = _header(data).get('__metadata__') or {}
     except (SafetensorError, OSError, ValueError, Exception) as e:  # safetensors raises several types
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise MicrogptError(f"{path}: not a readable safetensors file, truncated or corrupted ({reason}); "
@@ -205,9 +206,9 @@ def load_checkpoint(path):
         raise MicrogptError(f"{path}: checkpoint format version {version or '(none)'}, but this microgpt reads "
                             f"versions {', '.join(READABLE_VERSIONS[:-1])} and {READABLE_VERSIONS[-1]}; {advice}")
     if version == '2':
-        _verify_checksum(path, raw_meta.get('tensors_sha256'), covers_header=False)
+        _verify_checksum(path, data, raw_meta.get('tensors_sha256'), covers_header=False)
     elif version != '1' or CHECKSUM in raw_meta:  # also a version 3 file whose version byte turned into a 1
-        _verify_checksum(path, raw_meta.get(CHECKSUM), covers_header=True)
+        _verify_checksum(path, data, raw_meta.get(CHECKSUM), covers_header=True)
     meta = _decoded(path, raw_meta, strict=version != '1')
     model_cfg, train_cfg, vocab, step, adam_steps = _recorded(path, meta, complete=version != '1')
     if vocab.size != model_cfg.vocab_size:
@@ -326,16 +327,19 @@ def _checked_tensor(path, name, array, shape, dtype):
     return array
 
 
-def _verify_checksum(path, want, covers_header):
-    """The SHA-256 recorded at saving (`want`, as a JSON string) against the file's: of the tensor bytes
-    (everything after the header), preceded from version 3 on by the header without the checksum, in the
-    canonical JSON it was written in. Checked before any value is read: a changed byte is named as damage."""
-    with open(path, 'rb') as f:
-        header = json.loads(f.read(int.from_bytes(f.read(8), 'little')))
-        header['__metadata__'].pop(CHECKSUM, None)
-        digest = hashlib.sha256(_canonical(header) if covers_header else b'')
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
+def _header(data):
+    """The JSON header of safetensors bytes (safetensors has read them already: they parse)."""
+    return json.loads(data[8:8 + int.from_bytes(data[:8], 'little')])
+
+
+def _verify_checksum(path, data, want, covers_header):
+    """The SHA-256 recorded at saving (`want`, as a JSON string) against that of the file's bytes `data`: of the
+    tensor bytes (everything after the header), preceded from version 3 on by the header without the checksum, in
+    the canonical JSON it was written in. Checked before any value is read: a changed byte is named as damage."""
+    header = _header(data)
+    header['__metadata__'].pop(CHECKSUM, None)
+    digest = hashlib.sha256(_canonical(header) if covers_header else b'')
+    digest.update(memoryview(data)[8 + int.from_bytes(data[:8], 'little'):])
     if json.dumps(digest.hexdigest()) != want:
         what = 'the file' if covers_header else 'the tensor data'
         raise MicrogptError(f"{path}: {what} does not match its checksum "
