@@ -7,6 +7,7 @@ cache folders leave nothing half-written behind."""
 import errno
 import gzip
 import io
+import json
 import os
 import random
 import re
@@ -139,7 +140,23 @@ def test_a_changed_source_is_tokenised_again(cached_file, change):
     assert len(os.listdir(cache)) == 1, os.listdir(cache)  # the entry of this path is replaced, not added to
 
 
-@pytest.mark.parametrize('damage', ['truncated', 'empty', 'garbage-tail', 'other-version', 'footer-lies'])
+def with_footer(raw, change):
+    """The cache file's bytes `raw` with its JSON footer changed by `change` (a dict in, any JSON value out) and its
+    length rewritten to match: a footer that still parses."""
+    trailer = len(corpus_module.MAGIC) + 8
+    footer_bytes = int.from_bytes(raw[-trailer:-trailer + 8], 'little')
+    footer = json.loads(raw[-trailer - footer_bytes:-trailer])
+    new = json.dumps(change(footer)).encode()
+    return raw[:-trailer - footer_bytes] + new + len(new).to_bytes(8, 'little') + corpus_module.MAGIC
+
+
+FOOTER_CHANGES = {'longest-text': lambda f: f | {'longest': 'x'}, 'longest-null': lambda f: f | {'longest': None},
+                  'chars-repeated': lambda f: f | {'chars': f['chars'][0] + f['chars'][1:-1] + f['chars'][0]},
+                  'chars-a-number': lambda f: f | {'chars': 7}, 'a-list': lambda f: [f]}
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'empty', 'garbage-tail', 'other-version', 'footer-lies',
+                                    *FOOTER_CHANGES])
 def test_a_damaged_or_foreign_cache_is_rebuilt(cached_file, monkeypatch, damage):
     path, cache = cached_file
     corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
@@ -154,8 +171,10 @@ def test_a_damaged_or_foreign_cache_is_rebuilt(cached_file, monkeypatch, damage)
         open(cache_path, 'wb').write(raw + b'garbage')
     elif damage == 'other-version':
         monkeypatch.setattr(corpus_module, 'CACHE_VERSION', corpus_module.CACHE_VERSION + 1)
-    else:  # a footer that claims another token count
+    elif damage == 'footer-lies':  # a footer that claims another token count
         open(cache_path, 'wb').write(raw.replace(b'"n_tokens": ', b'"n_tokens": 1'))
+    else:  # a footer that parses and checks in length, holding values of the wrong kind (found by a hostile user)
+        open(cache_path, 'wb').write(with_footer(raw, FOOTER_CHANGES[damage]))
     rebuilt = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
     assert_same(rebuilt, path)
     assert corpus_module.open_cache(cache_path, rebuilt.source) is not None, 'the rebuilt cache does not open'

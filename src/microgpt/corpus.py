@@ -274,7 +274,7 @@ def open_cache(cache_path, source):
                 return None
             f.seek(size - trailer - footer_bytes)
             footer = json.loads(f.read(footer_bytes))
-        if footer.get('version') != CACHE_VERSION or footer.get('source') != source:
+        if not isinstance(footer, dict) or footer.get('version') != CACHE_VERSION or footer.get('source') != source:
             return None
         tokens_dtype, bounds_dtype = np.dtype(footer['token_dtype']), np.dtype(footer['bound_dtype'])
         n_tokens, n_bounds, bounds_at = footer['n_tokens'], footer['n_bounds'], footer['bounds_at']
@@ -283,8 +283,11 @@ def open_cache(cache_path, source):
         # plain ndarray views of the mapping: slicing an np.memmap makes a memmap object per slice, 2.5x slower
         tokens = np.memmap(cache_path, tokens_dtype, 'r', 0, (n_tokens,)).view(np.ndarray)          # (N,)
         bounds = np.memmap(cache_path, bounds_dtype, 'r', bounds_at, (n_bounds,)).view(np.ndarray)  # (D + 1,)
-        bos = len(footer['chars'])
-        if not (tokens[0] == tokens[-1] == bos and bounds[0] == 0 and bounds[-1] == n_tokens - 1):
+        chars, longest = footer['chars'], footer['longest']
+        if not (isinstance(chars, str) and len(set(chars)) == len(chars) and type(longest) is int
+                and 0 <= longest < n_tokens):  # a footer that parses, with values of the wrong kind
+            return None
+        if not (tokens[0] == tokens[-1] == len(chars) and bounds[0] == 0 and bounds[-1] == n_tokens - 1):
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
