@@ -4,6 +4,7 @@ and study output, deprecated spellings, BLAS threads. Divergence, interrupts and
 their own (test_divergence.py, test_interrupts.py, test_output_failures.py)."""
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import pytest
 from safetensors import safe_open
 
 from microgpt.bench.study import EXPERIMENTS, format_score, write_report
+from microgpt.cli import main
 from microgpt.config import ModelConfig, SampleConfig, TrainConfig, flag_name
 from microgpt.train.setup import RunConfig
 
@@ -47,6 +49,18 @@ def test_non_finite_float_flags_are_one_line_errors(data, flag, value):
     code, out, err = run(*small(data, *extra), f'{flag}={value}')
     assert_one_line_error(code, out, err, flag)
     assert out == '', out  # refused before the data is read
+
+
+def test_help_states_the_temperature_s_bound_and_every_engine_with_dropout():
+    """The help said "temperature > 0" (1e-301 is refused) and dropout for the "numpy and fused engines" (the torch
+    engine has it too: a hostile user's reading)."""
+    helps = {}
+    for command in ('train', 'sample'):
+        with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+            main([command, '--help'])
+        helps[command] = ' '.join(out.getvalue().split())
+        assert 'sampling temperature, at least 1e-300;' in helps[command], helps[command]
+    assert 'multiple of 1/65536; numpy, fused and torch engines' in helps['train'], helps['train']
 
 
 @pytest.mark.parametrize('value', ['1e-320', '5e-324', '1e-301'])

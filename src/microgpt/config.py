@@ -148,7 +148,7 @@ class TrainConfig:
     lr_schedule: str = setting('linear', 'decay after warmup, towards 0 at the last step', choices=LR_SCHEDULES)
     warmup: int = setting(0, 'linear warmup steps', at_least=0)
     dropout: float = setting(0.0, 'dropout of the embeddings and of each attention and MLP output while training, '
-                                  'rounded to a multiple of 1/65536; numpy and fused engines')
+                                  'rounded to a multiple of 1/65536; numpy, fused and torch engines')
 
     def __post_init__(self):
         self.validate()
@@ -181,7 +181,7 @@ class TrainConfig:
 class SampleConfig:
     """Sampling after training, and `microgpt sample`."""
     num_samples: int = setting(20, 'names to sample', at_least=0)
-    temperature: float = setting(0.5, 'sampling temperature > 0; lower is more conservative')
+    temperature: float = setting(0.5, 'sampling temperature, at least 1e-300; lower is more conservative')
     top_k: int = setting(0, 'sample only from the k most likely tokens; 0 = all', at_least=0)
     top_p: float = setting(1.0, 'sample from the smallest set of tokens whose probability reaches p; 1 = all')
 
