@@ -211,6 +211,7 @@ def test_a_cache_damaged_inside_stops_in_one_line_and_is_tokenised_again_next(ca
                'shuffled, all packed': lambda docs: docs.shuffled(random.Random(0)).pack(0, len(docs), 17),
                'packed, not last': lambda docs: docs.take([2000, 0]).pack(0, 2, 17),
                'split by name, then read': lambda docs: [part[:] for part in docs.holdout(None, 42, 'name')],
+               'split by name, nothing read': lambda docs: docs.holdout(None, 42, 'name'),
                'as strings': lambda docs: docs.texts()}
     for name, read in readers.items():
         corpus = load_corpus(path, cache_dir=cache, min_cache_bytes=0)
