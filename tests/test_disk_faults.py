@@ -4,6 +4,7 @@ and the checkpoints written before stay loadable. The full disk is a small tmpfs
 (as in CI); a fault-injecting file object stands in for it everywhere."""
 
 import errno
+import io
 import json
 import os
 import random
@@ -13,6 +14,7 @@ from itertools import islice
 import pytest
 
 from helpers import in_ci, run_cli_in_process
+from microgpt.cli import main
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.data import Vocabulary
 from microgpt.engines import make_engine
@@ -403,3 +405,24 @@ def test_a_record_is_written_once_on_a_file_system_without_links(tmp_path, monke
     path = tmp_path / 'search.json'
     assert write_new_text(str(path), 'first') and not write_new_text(str(path), 'second')
     assert path.read_text() == 'first' and os.listdir(tmp_path) == ['search.json'], os.listdir(tmp_path)
+
+
+def test_a_folder_moved_while_the_run_writes_stops_the_run_at_its_next_save(tmp_path):
+    """`mv DIR DIR.old; mkdir DIR` during a run: metrics.jsonl (an open file) followed the folder, the checkpoints
+    (written by path) went into the new one, whose lock a second run could take: a run spread over two folders,
+    exit 0. The run stops at its next save, with everything it wrote in the folder it started in."""
+    data, out_dir, moved = tmp_path / 'names.txt', tmp_path / 'run', tmp_path / 'run.old'
+    data.write_text('\n'.join(['emma', 'olivia', 'ava', 'isabella', 'sophia'] * 20) + '\n')
+
+    class MovesTheFolderAtItsFirstSteps(io.StringIO):
+        def write(self, text):
+            if 'step' in text and not moved.exists():
+                os.rename(out_dir, moved)
+                os.mkdir(out_dir)
+            return super().write(text)
+    err = io.StringIO()
+    code = main(['train', '--data', str(data), '--steps', '300', '--save-every', '100', '--out', str(out_dir)],
+                out=MovesTheFolderAtItsFirstSteps(), err=err)
+    assert code == 2 and 'the folder was moved or replaced while this run wrote in it' in err.getvalue(), \
+        (code, err.getvalue())
+    assert os.listdir(out_dir) == [] and 'metrics.jsonl' in os.listdir(moved), (os.listdir(out_dir), os.listdir(moved))

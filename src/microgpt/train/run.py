@@ -149,7 +149,7 @@ class TrainingRun:
             except OSError as e:
                 raise MicrogptError(f"{cfg.out}: cannot make the output folder ({folder_problem(cfg.out, e)}); "
                                     f"give another --out DIR") from None
-        lock = self._lock_folder() if cfg.out and self.writes else None
+        lock = self._folder_lock = self._lock_folder() if cfg.out and self.writes else None
         try:
             self._refuse_a_saved_run()  # again, under the lock: a run into this folder may have ended since
             if cfg.out and self.writes and not cfg.resume:
@@ -166,6 +166,7 @@ class TrainingRun:
                     self._remove_empty_run(made)
         finally:
             if lock is not None:
+                self._folder_lock = None
                 os.close(lock)  # closing the folder's descriptor releases its lock
 
     def _remove_empty_run(self, made):
@@ -273,10 +274,30 @@ class TrainingRun:
         from .checkpoint import save_checkpoint
         if not _finite(self.run.engine.state()):  # the step's loss was finite, its update was not
             self._diverged(f"the weights are no longer finite after step {self.step}")
+        self._check_the_folder_is_the_run_s()
         path = self.path(name)
         save_checkpoint(path, self.run.engine, self.run.vocab, self.tcfg, self.step, metrics,
                         {k: json.dumps(v) for k, v in self._meta().items()})
         return Saved(path, self.step)
+
+    _folder_lock = None  # the descriptor of --out DIR that holds its lock (_lock_folder)
+
+    def _check_the_folder_is_the_run_s(self):
+        """Stop where --out DIR is no longer the folder the run locked (moved, or replaced): metrics.jsonl, opened
+        there, follows the folder, but a checkpoint is written by its path, and went into the new folder, which a
+        second run could then lock and write in too."""
+        if self._folder_lock is None:
+            return
+        locked = os.fstat(self._folder_lock)
+        try:
+            now = os.stat(self.cfg.out)
+            same = (now.st_dev, now.st_ino) == (locked.st_dev, locked.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            raise MicrogptError(f"{self.cfg.out}: the folder was moved or replaced while this run wrote in it; the "
+                                f"run stops here, its metrics.jsonl and earlier checkpoints are in the folder it "
+                                f"started in, wherever that is now")
 
     def _resume(self, ckpt):
         """Restore the saved state of `ckpt`, the resume checkpoint; resume_settings has already refused settings
