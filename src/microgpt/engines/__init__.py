@@ -192,4 +192,3 @@ def _shape(rows):
         return tuple(shape)
     widths = {len(row) for row in rows}
     return len(rows), (widths.pop() if len(widths) == 1 else None)
-

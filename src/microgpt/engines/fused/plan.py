@@ -167,6 +167,6 @@ def pack_documents(documents, keep):
     (D + 1,) index where each starts, the form the entry points take batches in."""
     tokens, starts = [], [0]
     for doc in documents:
-        tokens.extend(doc[:keep])  # (a document may be an array: += would add it to the list as an array)
+        tokens.extend(doc[:keep])  # (a document may be an array: += would be NumPy's element-wise addition)
         starts.append(len(tokens))
     return np.array(tokens, np.int64), np.array(starts, np.int64)

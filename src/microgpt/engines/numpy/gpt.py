@@ -64,7 +64,7 @@ def batch_arrays(batch, cfg, dtype):
         raise ValueError(NOTHING_TO_PREDICT)
     rows = []  # one flat list: np.array reads one much faster than a list of lists
     for tokens, n in zip(batch, lengths):
-        rows.extend(tokens[:n + 1])  # (a document may be an array: += would add it to the list as an array)
+        rows.extend(tokens[:n + 1])  # (a document may be an array: += would be NumPy's element-wise addition)
         rows += [cfg.bos_id] * (T - n)
     logits_row_starts, loss_weights = batch_layout(lengths, T, cfg.vocab_size, dtype)
     rows = np.array(rows).reshape(len(batch), T + 1)                        # (B, T + 1)
