@@ -3,6 +3,7 @@ its Python mirror bit for bit), it prints the Python mirror's names, and its RAM
 
 Needs a C compiler `cc` (and `nm` for the memory test): skipped without one, failed in CI."""
 
+import io
 import random
 import subprocess
 from itertools import islice
@@ -195,3 +196,30 @@ def test_export_refuses_what_the_c_program_cannot_do(tmp_path):
     ckpt.weights['wte'] = ckpt.weights['wte'].astype(np.float64) * 1e40  # finite in float64, inf in float32
     with pytest.raises(MicrogptError, match='wte'):
         export_c(ckpt, str(tmp_path / 'c'))
+
+
+def test_a_model_that_overflows_in_float32_is_refused_by_every_export(tmp_path):
+    """Weights float32 holds (a diverged run's last finite checkpoint, about 1e20) can overflow in its arithmetic:
+    RMSNorm's squares became infinite, every logit 0, and the C program, the page and the on-device trainer sampled
+    uniform noise or printed loss -nan, exit 0. Every export compares the float32 logits with the float64 ones."""
+    from microgpt.cli import main
+    from microgpt.export.web import export_web
+    vocab = Vocabulary.from_documents(NAMES)
+    engine = NumpyEngine(ModelConfig(vocab_size=vocab.size), random.Random(0), 'float64')
+    engine.flat[...] *= 1e20                                      # every weight finite in float32
+    path = str(tmp_path / 'diverged.safetensors')
+    save_checkpoint(path, engine, vocab, TrainConfig(), 1, {})
+    words = "the model's logits in float32, the precision the C programs and the page compute in, are not its own"
+    with pytest.raises(MicrogptError, match=words):
+        export_c(load_checkpoint(path), str(tmp_path / 'c'))
+    with pytest.raises(MicrogptError, match=words):
+        export_web(path, str(tmp_path / 'web'))
+    (tmp_path / 'names.txt').write_text('\n'.join(NAMES) + '\n')
+    err = io.StringIO()
+    code = main(['export', '--train', '--checkpoint', path, '--data', str(tmp_path / 'names.txt'), '--out',
+                 str(tmp_path / 'train')], out=io.StringIO(), err=err)
+    assert code == 2 and words in err.getvalue(), (code, err.getvalue())
+    assert not any((tmp_path / name).exists() for name in ('c', 'web', 'train'))
+    engine.flat[...] /= 1e20                                      # the model itself exports
+    save_checkpoint(path, engine, vocab, TrainConfig(), 1, {})
+    export_c(load_checkpoint(path), str(tmp_path / 'c'))

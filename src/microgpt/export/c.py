@@ -6,6 +6,7 @@ c_template/microgpt_common.h (matvec, splitmix64, sampling and argument parsing,
 The tests hold a Python mirror of the program (tests/c_mirror.py) to check its logits and names.
 """
 
+import math
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -85,6 +86,31 @@ def _check_exportable(ckpt):
             if not np.all(np.isfinite(w.astype(np.float32))):
                 raise MicrogptError(f"weight {name} holds values that are NaN or infinite in float32 (the C "
                                     f"program's precision); export an earlier checkpoint of the run")
+    check_float32_logits(ckpt.weights, cfg)
+
+
+FLOAT32_LOGITS_TOLERANCE = 1e-3  # relative to the largest logit: float32's rounding alone is about 1e-6
+
+
+def check_float32_logits(weights, cfg):
+    """MicrogptError unless the model's logits in float32, the C programs' and the page's precision, are its float64
+    logits within FLOAT32_LOGITS_TOLERANCE, at every position of a greedy sample. Weights that float32 holds can
+    still overflow in it: a diverged run's 1e20 weights square to infinity in RMSNorm, every logit became 0, and
+    the programs sampled uniform noise without a word."""
+    from ..engines.numpy.decoder import NumpyDecoder
+    decoders = [NumpyDecoder(cfg, {name: np.asarray(w, dtype) for name, w in weights.items()}, dtype)
+                for dtype in ('float64', 'float32')]
+    token = cfg.bos_id
+    for pos in range(cfg.block_size):
+        exact, rounded = (np.asarray(decoder.step(token, pos), np.float64) for decoder in decoders)  # (V,) each
+        largest = float(np.max(np.abs(exact)))
+        if not (np.all(np.isfinite(rounded)) and math.isfinite(largest)
+                and np.max(np.abs(rounded - exact)) <= FLOAT32_LOGITS_TOLERANCE * max(1.0, largest)):
+            raise MicrogptError(f"the model's logits in float32, the precision the C programs and the page compute "
+                                f"in, are not its own (position {pos}: largest {float(np.max(np.abs(rounded))):.3g} "
+                                f"against {largest:.3g}): its weights are too large, as after a diverging run; "
+                                f"export an earlier checkpoint of the run, or train again with a lower --lr")
+        token = int(np.argmax(exact))
 
 
 # ---- weights.h

@@ -17,7 +17,8 @@ import numpy as np
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError, NotData
 from ..fetch import local_path
-from .c import TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, write_program
+from .c import (TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, check_float32_logits,
+                write_program)
 
 C_SOURCE = 'microgpt_train.c'
 C_HEADER = 'train_data.h'
@@ -157,6 +158,7 @@ def _check_weights(weights, cfg):
             raise MicrogptError(f"initial weight {p.name} holds values that are NaN or infinite in float32; "
                                 f"export an earlier checkpoint of the run")
         flat.append(w.ravel())
+    check_float32_logits(weights, cfg)
     return np.concatenate(flat)
 
 

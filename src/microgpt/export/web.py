@@ -22,6 +22,7 @@ from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_p
 from ..errors import MicrogptError
 from ..tempfiles import folder_for, folder_problem, write_text
 from ..train.checkpoint import load_checkpoint
+from .c import check_float32_logits
 from ..train.recorded import recorded_documents
 from ..train.run import METRICS_FILE, read_metrics_records
 
@@ -78,6 +79,7 @@ def _check_exportable(ckpt):
             if not np.all(np.isfinite(np.asarray(weights).astype(np.float32))):
                 raise MicrogptError(f"weight {name} holds values that are infinite in float32 (the page's precision); "
                                     f"export an earlier checkpoint of the run")
+    check_float32_logits(ckpt.weights, cfg)
 
 
 def _check_out_dir(out_dir, force):
