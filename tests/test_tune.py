@@ -239,6 +239,8 @@ def test_workers_start_from_a_thread_other_than_the_main_one(small_data, tmp_pat
     ({'storage': 'sqlite:///file::memory:?cache=shared&uri=true'}, 'a database in memory ends with each process'),
     ({'storage': 'sqlite:///file:m?mode=memory&uri=1'}, 'a database in memory ends with each process'),
     ({'storage': ''}, "--storage needs a URL"),
+    ({'study': ''}, "study needs a name, got ''"),
+    ({'study': '  '}, "study needs a name, got '  '"),
 ])
 def test_bad_options_are_one_line_errors(small_data, tmp_path, change, message):
     with pytest.raises(MicrogptError, match=re.escape(message)) as e:
@@ -349,6 +351,15 @@ def test_a_folder_holds_the_trials_of_one_study(small_data, tmp_path, monkeypatc
     with pytest.raises(MicrogptError, match="holds the trials of another search \\(study 'microgpt' in sqlite:///"):
         no_trial(options(small_data, shared))  # --storage forgotten: a new study in DIR/tune.db
     no_trial(options(small_data, shared, storage=elsewhere.replace('sqlite:///', 'sqlite+pysqlite:///')))
+
+
+def test_a_database_url_ending_in_log_is_the_database_a_bare_log_file_a_journal(tmp_path):
+    """sqlite:///x.log was opened as a journal file named 'sqlite:///x.log' (no such file or directory)."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from microgpt.tune.search import make_storage
+    assert isinstance(make_storage(f"sqlite:///{tmp_path / 'x.log'}"), RDBStorage)
+    assert (tmp_path / 'x.log').is_file()
+    assert isinstance(make_storage(str(tmp_path / 'y.log')), JournalStorage)
 
 
 def test_a_password_in_the_storage_is_not_shown_or_kept(small_data, tmp_path):

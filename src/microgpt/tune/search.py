@@ -65,6 +65,8 @@ class TuneConfig:
             raise SettingError(lambda name: f"{name('minutes')} must be > 0, got {self.minutes}")
         if self.out == '':
             raise SettingError(lambda name: f"{name('out')} needs a folder name")
+        if not self.study.strip():
+            raise SettingError(lambda name: f"{name('study')} needs a name, got {self.study!r}")
 
     def check(self):
         if os.path.exists(self.out) and not os.path.isdir(self.out):
@@ -130,11 +132,12 @@ def shown_storage(url):
 
 
 def make_storage(url):
-    """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql, ...) or `journal:PATH` / a `.log` file
-    (Optuna's journal file, for file systems shared between machines)."""
+    """An Optuna storage for `url`: an RDB URL (sqlite, postgresql, mysql, ...) or `journal:PATH` / the path of a
+    `.log` file (Optuna's journal file, for file systems shared between machines; a URL ending in .log, such as
+    sqlite:///x.log, is the URL)."""
     import optuna
     try:
-        if url.startswith('journal:') or url.endswith('.log'):
+        if url.startswith('journal:') or '://' not in url and url.endswith('.log'):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
             path = url[len('journal:'):] if url.startswith('journal:') else url
             return JournalStorage(JournalFileBackend(path))
