@@ -71,3 +71,19 @@ def test_timed_steps_run_in_the_engines_own_chunks_with_the_runs_learning_rates(
     for _ in train(whole, docs, tcfg):
         pass
     assert (timed.state_buffer == whole.state_buffer).all()  # weights, gradients and Adam's moments, bit for bit
+
+
+def test_a_data_file_named_like_a_flag_is_timed_and_written_as_typed(tmp_path, monkeypatch):
+    """`bench --data=-n.txt` passed `--data -n.txt` to the timed `microgpt train`, which took -n.txt for a flag: a
+    traceback, exit 1 (and study's RESULTS.md wrote the same words as the command that reproduces it)."""
+    from microgpt.config import flag_words, shell_flag
+    assert flag_words('--data', '-n.txt') == ['--data=-n.txt'] and flag_words('--out', 'a b') == ['--out', 'a b']
+    assert shell_flag('--out', '-my run') == "'--out=-my run'" and shell_flag('--out', 'runs') == '--out runs'
+    (tmp_path / '-n.txt').write_text('\n'.join(['emma', 'olivia', 'ava', 'mia'] * 5) + '\n')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run('bench', '--data=-n.txt', '--engines', 'numpy', '--steps', '3')
+    assert code == 0 and 'wall time of `microgpt train --engine numpy --data FILE`' in out, (code, out, err)
+    monkeypatch.setattr('sys.executable', '/bin/false')  # a timed run that fails: one line, exit 2
+    code, out, err = run('bench', '--data=-n.txt', '--engines', 'numpy', '--steps', '3')
+    assert code == 2 and err.splitlines()[-1] == ("microgpt: error: the timed `microgpt train --data=-n.txt --engine "
+                                                  "numpy` ended with exit status 1"), (code, err)

@@ -10,7 +10,7 @@ import signal
 import time
 from itertools import chain
 
-from .config import ModelConfig, SampleConfig, TrainConfig
+from .config import ModelConfig, SampleConfig, TrainConfig, flag_words, shell_flag
 from .data import bundled_dataset_path, load_documents
 from .tempfiles import remove_quietly
 from .engines import ENGINES
@@ -119,7 +119,7 @@ def cmd_train(args, out, err):
         _plot(run)
     if stop.requested or run.stopped:  # (run.stopped: a Ctrl-C that reached another process of a torchrun launch)
         if run.step < tcfg.steps:
-            where = f"; continue with --resume --out {shlex.quote(run_cfg.out)}" if run_cfg.out else ""
+            where = f"; continue with --resume {shell_flag('--out', run_cfg.out)}" if run_cfg.out else ""
             print(f"microgpt: stopped at step {run.step}{where}", file=err)
         else:
             saved = f", saved in {run_cfg.out}" if run_cfg.out else ""
@@ -240,7 +240,7 @@ def cmd_bench(args, out, err):
         ratio = f" {reference_us / row.us_per_step:>12.0f}" if reference_us else ''
         print(f"{row.engine:<10} {row.dtype:<8} {row.steps:>6} {row.us_per_step:>11.1f} "
               f"{row.tokens_per_second:>11.0f}{ratio}", file=out)
-    wall_args = ['--data', bench.data] if bench.data is not None else []
+    wall_args = flag_words('--data', bench.data) if bench.data is not None else []
     for name in names:
         if name in ENGINES and name != 'reference':
             wall = time_cli_train(wall_args + ['--engine', name])
@@ -265,9 +265,9 @@ def cmd_study(args, out, err):
     for result in run_study(chosen, study.seeds, data, study.out, study.workers):
         print(f"{result['experiment']:<28} seed {result['seed']}: held-out loss {result['val_loss']:.4f}", file=err)
     rows = summarize(chosen, study.seeds, study.out)
-    command = ' '.join(['microgpt', 'study', *(['--data', shlex.quote(study.data)] if study.data is not None else []),
-                        '--num-seeds', str(study.num_seeds), '--out', shlex.quote(study.out),
-                        *(['--experiments', shlex.quote(study.experiments)] if study.experiments else [])])
+    command = shlex.join(['microgpt', 'study', *(flag_words('--data', study.data) if study.data is not None else []),
+                          '--num-seeds', str(study.num_seeds), *flag_words('--out', study.out),
+                          *(flag_words('--experiments', study.experiments) if study.experiments else [])])
     write_report(rows, study.out, command, measure_speed(data), held_out)
     print(f"{'experiment':<28} {'held-out loss':>20} seeds", file=out)
     for e, mean, std, n in rows:

@@ -8,6 +8,7 @@ every engine starts from the same weights as Karpathy's script for the same seed
 
 import math
 import random
+import shlex
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import MicrogptError
@@ -39,6 +40,17 @@ def setting(default, help=None, *, choices=None, at_least=None, at_most=None, me
 def flag_name(f):
     """The command-line flag of a dataclass field that has one."""
     return f.metadata.get('flag') or '--' + f.name.replace('_', '-')
+
+
+def flag_words(flag, value):
+    """The command-line words that give `flag` the value `value` (a string): `--flag=VALUE` where the value begins
+    with a dash, which argparse would take for another flag (`--data -n.txt`: "expected one argument")."""
+    return [f'{flag}={value}'] if value.startswith('-') else [flag, value]
+
+
+def shell_flag(flag, value):
+    """flag_words as they are typed in a shell, quoted where they need it."""
+    return shlex.join(flag_words(flag, value))
 
 
 class SettingError(MicrogptError, ValueError):

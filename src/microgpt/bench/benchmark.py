@@ -2,6 +2,7 @@
 
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -120,7 +121,9 @@ def time_cli_train(extra_args=(), repeats=3):
     best = float('inf')
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, '-m', 'microgpt', 'train', *extra_args], check=True,
-                       stdout=subprocess.DEVNULL, env={**os.environ, 'PYTHONHASHSEED': '0'})
+        code = subprocess.run([sys.executable, '-m', 'microgpt', 'train', *extra_args], stdout=subprocess.DEVNULL,
+                              env={**os.environ, 'PYTHONHASHSEED': '0'}).returncode
+        if code:  # its own error is on standard error, above
+            raise MicrogptError(f"the timed `microgpt train {shlex.join(extra_args)}` ended with exit status {code}")
         best = min(best, time.perf_counter() - start)
     return best

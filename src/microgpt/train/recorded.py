@@ -6,10 +6,9 @@ exports read them.
 
 import os
 import re
-import shlex
 from dataclasses import asdict, fields
 
-from ..config import SampleConfig, SettingError, check_sampling_flags
+from ..config import SampleConfig, SettingError, check_sampling_flags, shell_flag
 from ..data import file_identity, holdout_split, load_documents
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
@@ -70,7 +69,7 @@ def resume_settings(out, given, preset=None):
                           else 'is not a file' if os.path.exists(data) else 'is not there')
             advice = f"the run's data file is no longer there, and --data {given_data}: give the file it trained on"
         else:
-            advice = f"resume with --resume --out {shlex.quote(out)} alone to continue as saved"
+            advice = f"resume with --resume {shell_flag('--out', out)} alone to continue as saved"
         raise MicrogptError(f"--resume with a different configuration ({'; '.join(differences)}); {advice}, "
                             f"or train into a new --out folder")
     if given.get('steps', ckpt.step) < ckpt.step:
