@@ -111,3 +111,44 @@ def test_the_report_names_the_number_of_documents_each_run_is_scored_on(tmp_path
     report = (tmp_path / 'RESULTS.md').read_text(encoding='utf-8')
     assert 'on 10 distinct documents never trained on' in report and '1000 distinct' not in report, report
     assert "(on makemore's names.txt it sits near 2.37 nats)" in report, report
+
+
+def _children(pid):
+    """The process ids of `pid`'s children (Linux's /proc)."""
+    children = []
+    for task in os.listdir(f'/proc/{pid}/task'):
+        with open(f'/proc/{pid}/task/{task}/children') as f:
+            children += f.read().split()
+    return children
+
+
+@pytest.mark.slow(seconds=30)
+def test_ctrl_c_stops_a_study_and_its_workers_at_once(names_path, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: with --workers 2 each worker took it as its run's
+    result and started the next queued run, and the pool waited for them all (about 100 s of makemore-size runs,
+    one started after the Ctrl-C). The workers ignore it; the first process ends them and exits 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    data = tmp_path / 'names.txt'
+    with open(names_path, encoding='utf-8') as f:
+        data.write_text(''.join(f.readlines()[:3000]), encoding='utf-8')
+    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', 'study', '--data', str(data), '--out',
+                             str(tmp_path / 'study'), '--num-seeds', '4', '--experiments', 'preset-makemore',
+                             '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)  # the workers import, and start their runs (a Ctrl-C waits until they ignore it)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and err.endswith('microgpt: interrupted\n') and 'Traceback' not in err, \
+        (proc.returncode, err)
+    assert os.listdir(tmp_path / 'study' / 'runs') == [], os.listdir(tmp_path / 'study' / 'runs')

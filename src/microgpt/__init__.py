@@ -7,6 +7,7 @@ core      config.py      ModelConfig, TrainConfig, SampleConfig; THE parameter t
           data.py        documents, Vocabulary, held-out splits (makemore_split.py: makemore's own test set)
           corpus.py, documents.py   a data file as one cached token array, read as documents
           fetch.py, memory.py, tempfiles.py   --data URLs, the memory check, atomic writes
+          processes.py   worker processes started with Ctrl-C held off (tune, study)
           dropout.py     the counter-based masks every engine draws
           sampling.py    logits -> token: temperature, top-k, top-p, generate; ensemble.py averages models
 engines   engines/__init__.py   the engine contract (Engine, EngineState, Decoder) and make_engine

@@ -17,6 +17,7 @@ from ..config import SettingError, TrainConfig, check_settings, setting
 from ..data import file_sha256, holdout_split
 from ..errors import MicrogptError
 from ..presets import PRESETS, fields_of, model_settings
+from ..processes import ctrl_c_blocked
 from ..tempfiles import TEMPORARY_PREFIX, write_text
 from ..train.loop import evaluate, train_chunks, training_threads
 from ..train.setup import Holdout, prepare_run
@@ -202,8 +203,12 @@ def _claimed(folder, data_path):
         yield
 
 
-def _one_thread_per_worker():
-    """Pool workers already fill the cores: the fused engine's own threads would only contend with them."""
+def _start_worker():
+    """Pool workers already fill the cores: the fused engine's own threads would only contend with them. A Ctrl-C
+    is the first process's to act on (it ends the workers): in a worker it would be a traceback. The worker started
+    with it blocked (processes.ctrl_c_blocked), and ignores it from now on."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ..engines.fused.threads import set_threads
     set_threads(1)
 
@@ -235,10 +240,15 @@ def _run_each(experiments, seeds, data_path, folder, workers):
     compile_kernels('float64')  # once, before the workers
     # spawned, not forked: a fork keeps none of the parent's threads (the fused engine's, torch's OpenMP)
     import multiprocessing  # here, as in every module the CLI imports: `microgpt train` does not load them
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
-                             initializer=_one_thread_per_worker) as pool:
-        yield from pool.map(_run_and_save, todo)
+    with ctrl_c_blocked():  # until each worker ignores it; here, a Ctrl-C meanwhile waits for the `try`
+        pool = multiprocessing.get_context('spawn').Pool(workers, initializer=_start_worker)
+    try:
+        yield from pool.imap(_run_and_save, todo)
+    except BaseException:  # Ctrl-C, or a run's error: the runs under way stop now (concurrent.futures' pool ran
+        pool.terminate()   # every run it had queued first, 100 s and more), their results unwritten
+        raise
+    pool.close()
+    pool.join()
 
 
 def summarize(experiments, seeds, folder):

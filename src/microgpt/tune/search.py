@@ -21,6 +21,7 @@ from ..data import bundled_dataset_path, file_sha256, holdout_split, load_docume
 from ..errors import MicrogptError
 from ..fetch import is_url, local_path
 from ..presets import fields_of, model_settings, resolve
+from ..processes import ctrl_c_blocked
 from ..tempfiles import folder_for, lock_folder, write_new_text
 from ..train.run import EvalReport, TrainingRun
 from ..train.setup import RunConfig, RunSettings
@@ -446,20 +447,6 @@ class _StopFlag:
         self.requested = True
 
 
-@contextmanager
-def _ctrl_c_blocked():
-    """SIGINT blocked in this thread (held pending, not lost) for the block; where the system has no signal masks,
-    nothing."""
-    if not hasattr(signal, 'pthread_sigmask'):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _worker(options, deadline, threads, stop_all):
     """One of `tune --workers N`'s processes: it stops on its own Ctrl-C (a terminal's reaches every process) or
     when the first process sets `stop_all` (its Ctrl-C alone: `kill -INT`)."""
@@ -504,7 +491,7 @@ def tune(options, on_trial=lambda trial, state, value: None, stop_requested=lamb
                  for _ in range(options.workers)]
     # started with Ctrl-C blocked (a process inherits the mask), which _worker unblocks once it has its handler: a
     # Ctrl-C while they start, importing, was a traceback in each; here it waits, as in this thread, until unblocked
-    with _ctrl_c_blocked():
+    with ctrl_c_blocked():
         for p in processes:
             p.start()
     try:
