@@ -122,12 +122,8 @@ def _children(pid):
     return children
 
 
-@pytest.mark.slow(seconds=30)
-def test_ctrl_c_stops_a_study_and_its_workers_at_once(names_path, tmp_path):
-    """A terminal's Ctrl-C reaches every process of the group: with --workers 2 each worker took it as its run's
-    result and started the next queued run, and the pool waited for them all (about 100 s of makemore-size runs,
-    one started after the Ctrl-C). The workers ignore it; the first process ends them and exits 130."""
-    import signal
+def _study_with_two_workers(names_path, tmp_path):
+    """(the process of a `microgpt study --workers 2` of makemore-size runs, its workers' ids) once both run."""
     import subprocess
     import sys
     import time
@@ -138,17 +134,55 @@ def test_ctrl_c_stops_a_study_and_its_workers_at_once(names_path, tmp_path):
                              str(tmp_path / 'study'), '--num-seeds', '4', '--experiments', 'preset-makemore',
                              '--workers', '2'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+    def workers():  # (the pool's resource tracker is a child too)
+        return [pid for pid in _children(proc.pid) if b'spawn_main' in open(f'/proc/{pid}/cmdline', 'rb').read()]
+    deadline = time.monotonic() + 120
+    while len(workers()) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # the workers import, and start their runs (a Ctrl-C waits until they ignore it)
+    return proc, workers()
+
+
+def _ended(proc):
+    """(exit status, standard error) of `proc` within 20 s; its group killed if it runs on."""
+    import signal
     try:
-        deadline = time.monotonic() + 120
-        while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(2)  # the workers import, and start their runs (a Ctrl-C waits until they ignore it)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
+        return proc.wait(timeout=20), proc.stderr.read()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130 and err.endswith('microgpt: interrupted\n') and 'Traceback' not in err, \
-        (proc.returncode, err)
+
+
+@pytest.mark.slow(seconds=30)
+@pytest.mark.parametrize('to', ['the group', 'the first process'])
+def test_ctrl_c_stops_a_study_and_its_workers_at_once(names_path, tmp_path, to):
+    """A terminal's Ctrl-C reaches every process of the group: with --workers 2 each worker took it as its run's
+    result and started the next queued run, and the pool waited for them all (about 100 s of makemore-size runs,
+    one started after the Ctrl-C). The workers ignore it; the first process ends them and exits 130, also when the
+    Ctrl-C reached it alone (`kill -INT`), in whichever of its threads."""
+    import signal
+    proc, _ = _study_with_two_workers(names_path, tmp_path)
+    (os.killpg if to == 'the group' else os.kill)(proc.pid, signal.SIGINT)
+    code, err = _ended(proc)
+    assert code == 130 and err.endswith('microgpt: interrupted\n') and 'Traceback' not in err, (code, err)
     assert os.listdir(tmp_path / 'study' / 'runs') == [], os.listdir(tmp_path / 'study' / 'runs')
+
+
+@pytest.mark.slow(seconds=30)
+def test_a_worker_that_dies_ends_the_study_in_one_line(names_path, tmp_path):
+    """A worker killed (the out-of-memory killer, kill -9): one line and exit 2, the other worker ended too (a pool
+    that replaced the worker and lost its run waited for ever)."""
+    import signal
+    proc, workers = _study_with_two_workers(names_path, tmp_path)
+    os.kill(int(workers[0]), signal.SIGKILL)
+    code, err = _ended(proc)
+    assert code == 2 and err.endswith('microgpt: error: a worker process of the study ended abruptly (killed, or out '
+                                      'of memory); the results so far are kept: run the same command again to '
+                                      'continue\n'), (code, err)
+    import time
+    deadline = time.monotonic() + 5  # (ended, and reaped by init: the study that started them has exited)
+    while any(os.path.exists(f'/proc/{pid}') for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f'/proc/{pid}') for pid in workers), workers

@@ -240,15 +240,35 @@ def _run_each(experiments, seeds, data_path, folder, workers):
     compile_kernels('float64')  # once, before the workers
     # spawned, not forked: a fork keeps none of the parent's threads (the fused engine's, torch's OpenMP)
     import multiprocessing  # here, as in every module the CLI imports: `microgpt train` does not load them
-    with ctrl_c_blocked():  # until each worker ignores it; here, a Ctrl-C meanwhile waits for the `try`
-        pool = multiprocessing.get_context('spawn').Pool(workers, initializer=_start_worker)
+    from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context('spawn'),
+                               initializer=_start_worker)
+    with ctrl_c_blocked():  # the workers start at the first submit, and ignore it once started
+        runs = [pool.submit(_run_and_save, job) for job in todo]
     try:
-        yield from pool.imap(_run_and_save, todo)
-    except BaseException:  # Ctrl-C, or a run's error: the runs under way stop now (concurrent.futures' pool ran
-        pool.terminate()   # every run it had queued first, 100 s and more), their results unwritten
+        for run in runs:
+            while not wait([run], timeout=0.2).done:  # polled: a Ctrl-C may land in another thread (numba's),
+                pass                                  # and a wait without end would not see it
+            yield run.result()
+    except BaseException as error:  # Ctrl-C, a run's error, a worker lost: the runs under way stop now, their
+        _end_at_once(pool)          # results unwritten (the pool's own shutdown ran every queued run first)
+        if isinstance(error, BrokenProcessPool):
+            raise MicrogptError("a worker process of the study ended abruptly (killed, or out of memory); the "
+                                "results so far are kept: run the same command again to continue") from None
         raise
-    pool.close()
-    pool.join()
+    pool.shutdown()
+
+
+def _end_at_once(pool):
+    """Cancel the pool's queued runs and end its workers in the middle of theirs (the executor's processes are not
+    public API: where they move, its shutdown waits for the runs under way)."""
+    processes = list((getattr(pool, '_processes', None) or {}).values())  # (shutdown forgets them)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def summarize(experiments, seeds, folder):
