@@ -223,3 +223,17 @@ def test_a_model_that_overflows_in_float32_is_refused_by_every_export(tmp_path):
     engine.flat[...] /= 1e20                                      # the model itself exports
     save_checkpoint(path, engine, vocab, TrainConfig(), 1, {})
     export_c(load_checkpoint(path), str(tmp_path / 'c'))
+
+
+def test_the_build_line_of_a_folder_named_like_a_flag_builds(tmp_path, monkeypatch):
+    """`export --out=-cdir` printed `build: cd -cdir && ...`, which cd reads as its options (-c ...): it failed."""
+    from microgpt.cli import main
+    vocab = Vocabulary.from_documents(NAMES)
+    checkpoint_of(tmp_path, ModelConfig(vocab_size=vocab.size), vocab, NAMES, steps=1)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    assert main(['export', '--checkpoint', 'model.safetensors', '--out=-cdir'], out=out, err=io.StringIO()) == 0
+    build = next(line for line in out.getvalue().splitlines() if line.startswith('build: '))
+    assert build.startswith('build: cd ./-cdir && '), build
+    proc = subprocess.run(['sh', '-c', build.removeprefix('build: ')], capture_output=True, text=True)
+    assert proc.returncode == 0 and (tmp_path / '-cdir' / 'microgpt_names').is_file(), (build, proc.stderr)

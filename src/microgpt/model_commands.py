@@ -35,6 +35,12 @@ def print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, 
               file=out)
 
 
+def _cd_target(path):
+    """`path` as `cd` takes it in a shell: quoted, and a relative one that begins with a dash led by ./ (cd would
+    read it as an option)."""
+    return shlex.quote(f'./{path}' if path.startswith('-') else path)
+
+
 def _engine_from_checkpoint(path):
     from .train.checkpoint import load_checkpoint, restore_engine
     ckpt = load_checkpoint(path)
@@ -158,7 +164,7 @@ def cmd_export(args, out, err):
     info = export_c(load_checkpoint(args.checkpoint), args.out)
     for path in info.files:
         print(f"wrote {path}", file=out)
-    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
+    print(f"build: cd {_cd_target(info.out_dir)} && {info.build_command}", file=out)
     print("run:   ./microgpt_names 20 0.5 42   (names, temperature, seed)", file=out)
     _print_memory(info.memory, out)
 
@@ -175,7 +181,7 @@ def _export_training_program(args, out, err):
                                    on_stream=_notice_to(err))
     for path in info.files:
         print(f"wrote {path}", file=out)
-    print(f"build: cd {shlex.quote(info.out_dir)} && {info.build_command}", file=out)
+    print(f"build: cd {_cd_target(info.out_dir)} && {info.build_command}", file=out)
     print("run:   ./microgpt_train 1000 42 20   (steps, seed, names)", file=out)
     _print_memory([(f"training RAM: {item}", size) for item, size in info.memory], out)
 

@@ -22,9 +22,9 @@ from ..config import MLP_EXPANSION, RMSNORM_EPS, ModelConfig, TrainConfig, num_p
 from ..errors import MicrogptError
 from ..tempfiles import folder_for, folder_problem, write_text
 from ..train.checkpoint import load_checkpoint
-from .c import check_float32_logits
 from ..train.recorded import recorded_documents
 from ..train.run import METRICS_FILE, read_metrics_records
+from .c import check_float32_logits
 
 PAGE = 'index.html'
 TEMPLATE_SCRIPTS = {'@MICROGPT_JS@': 'microgpt.js', '@WORKER_JS@': 'worker.js', '@SAMPLING_JS@': 'sampling.js',
