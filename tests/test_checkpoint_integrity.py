@@ -339,3 +339,20 @@ def test_ctrl_c_during_a_save_leaves_no_temporary_and_the_old_file(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         saved_bytes(path)
     assert path.read_bytes() == before and not list(tmp_path.glob('.tmp-*')), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_an_endless_file_is_refused_without_reading_it_all(tmp_path):
+    """load_checkpoint read a whole file into memory: /dev/zero until memory ran out. It reads what the header says."""
+    if not os.path.exists('/dev/zero'):
+        pytest.skip('no /dev/zero on this system')
+    with pytest.raises(MicrogptError, match=r'/dev/zero: not a readable safetensors file.*\(a header of 0 bytes\)'):
+        load_checkpoint('/dev/zero')
+    huge = tmp_path / 'huge.safetensors'
+    huge.write_bytes((2**60).to_bytes(8, 'little') + b'{}')
+    with pytest.raises(MicrogptError, match=r'a header of 1152921504606846976 bytes'):
+        load_checkpoint(str(huge))
+    path = tmp_path / 'model.safetensors'
+    saved_bytes(path)
+    path.write_bytes(path.read_bytes() + b'tail')  # a tail past the tensors is still refused
+    with pytest.raises(MicrogptError, match='not a readable safetensors file'):
+        load_checkpoint(str(path))

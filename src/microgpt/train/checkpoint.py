@@ -104,8 +104,7 @@ def rewrite_metadata(path, entries):
     """Replace these metadata entries (name -> JSON string) of the checkpoint at `path`, atomically; its tensors
     stay as they are, in their order."""
     from safetensors.numpy import load
-    with open(path, 'rb') as f:
-        data = f.read()
+    data = _read_once(path)
     tensors, header = load(data), _header(data)
     meta = header['__metadata__']
     order = sorted(tensors, key=lambda name: header[name]['data_offsets'][0])
@@ -188,8 +187,7 @@ def load_checkpoint(path):
     if os.path.isdir(path):
         raise MicrogptError(f"{path}: is a directory; {HINT} (e.g. {os.path.join(path, 'model.safetensors')})")
     try:
-        with open(path, 'rb') as f:  # read once: a run saving meanwhile renames a new file over the path
-            data = f.read()
+        data = _read_once(path)
         tensors = load(data)
         raw_meta = _header(data).get('__metadata__') or {}
     except (SafetensorError, OSError, ValueError, Exception) as e:  # safetensors raises several types
@@ -325,6 +323,23 @@ def _checked_tensor(path, name, array, shape, dtype):
     if not np.all(np.isfinite(array)):
         raise MicrogptError(f"{path}: tensor {name} holds NaN or infinite values; {HINT}")
     return array
+
+
+HEADER_LIMIT = 100_000_000  # bytes of a safetensors header, safetensors' own limit
+
+
+def _read_once(path):
+    """The bytes of the safetensors file at `path`, read in one opening (a run saving meanwhile renames a new file
+    over the path: read twice, the tensors of one file met the checksum of the next), and only as many as its
+    header says, and one more (/dev/zero or an endless pipe is refused, not read until memory runs out)."""
+    with open(path, 'rb') as f:
+        start = f.read(8)
+        length = int.from_bytes(start, 'little')
+        if len(start) < 8 or not 0 < length <= HEADER_LIMIT:
+            raise ValueError(f"a header of {length} bytes" if len(start) == 8 else "shorter than a header")
+        header = f.read(length)
+        offsets = [entry['data_offsets'][1] for name, entry in json.loads(header).items() if name != '__metadata__']
+        return start + header + f.read(max(offsets, default=0) + 1)  # (one byte more: safetensors refuses a tail)
 
 
 def _header(data):
