@@ -157,3 +157,25 @@ def test_decode_refuses_ids_outside_the_vocabulary():
     for ids in ([-1, 0], [4]):
         with pytest.raises(ValueError, match=f'token id {ids[0]} is outside the vocabulary'):
             vocab.decode(ids)
+
+
+@pytest.mark.parametrize('engine_name', ['numpy', 'reference', 'torch'])
+def test_batches_read_from_a_documents_are_not_checked_again(engine_name, tmp_path, monkeypatch, request):
+    """Reading a document from a documents.Documents checks it: the training loop's batches skip check_batch's pass
+    over every token (1-2% of a numpy-engine step), and lists of documents still get it."""
+    import microgpt.engines as engines
+    from microgpt.documents import file_documents
+    if engine_name == 'torch':
+        request.getfixturevalue('require_torch')
+    data = tmp_path / 'names.txt'
+    data.write_text('ab\nba\naab\n')
+    docs = file_documents(str(data))
+    engine = make_engine(engine_name, ModelConfig(vocab_size=docs.vocabulary().size, n_embd=8, n_head=2),
+                         random.Random(0))
+
+    def no_token_checked(value, bound):
+        raise AssertionError('a token checked again')
+    monkeypatch.setattr(engines, '_is_index', no_token_checked)
+    assert len(engine.train_steps(docs, 0, 3, TrainConfig(steps=3), [0.01] * 3)) == 3
+    with pytest.raises(AssertionError, match='a token checked again'):
+        engine.train_steps(docs[:], 0, 3, TrainConfig(steps=3), [0.01] * 3)

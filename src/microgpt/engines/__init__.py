@@ -132,7 +132,24 @@ def make_engine(name, cfg, rng, dtype='float64', device='auto'):
 def run_steps(engine, doc_tokens, start, stop, tcfg, lrs):
     """`train_steps` as a plain loop of `train_step`, for engines with nothing to compile."""
     return [engine.train_step(batch, lr, tcfg)
-            for batch, lr in zip(batches_for_steps(doc_tokens, start, stop, tcfg.batch_size), lrs)]
+            for batch, lr in zip(documents_batches(doc_tokens, start, stop, tcfg.batch_size), lrs)]
+
+
+class DocumentsBatch(list):
+    """A batch read from a documents.Documents, whose reading checks each document (a BOS at each end and none
+    inside, no id above it): check_batch takes it as it is (checking every token again cost a numpy-engine step
+    1-2%). A slice of it is one too (the torch engine's share of a data-parallel batch)."""
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return DocumentsBatch(item) if isinstance(i, slice) else item
+
+
+def documents_batches(doc_tokens, start, stop, batch_size):
+    """data.batches_for_steps, each batch a DocumentsBatch where `doc_tokens` is a documents.Documents (known by its
+    length_list: this module imports no NumPy, which documents.py does)."""
+    batches = batches_for_steps(doc_tokens, start, stop, batch_size)
+    return [DocumentsBatch(batch) for batch in batches] if hasattr(doc_tokens, 'length_list') else batches
 
 
 def _is_integer(value):
@@ -147,7 +164,9 @@ def _is_index(value, bound):
 def check_batch(batch, vocab_size):
     """`batch` itself, or ValueError where a document holds anything but token ids 0 .. vocab_size - 1: every engine
     refuses such a batch alike (an id past the vocabulary would read another row, or wrap around, in some engines,
-    and a float would be cut to an integer)."""
+    and a float would be cut to an integer). A DocumentsBatch was checked as it was read."""
+    if type(batch) is DocumentsBatch:
+        return batch
     for d, tokens in enumerate(batch):
         for token in tokens:
             if not _is_index(token, vocab_size):

@@ -27,9 +27,8 @@ import torch
 import torch.distributed as dist
 
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
-from ...data import batches_for_steps
 from ...errors import PeersLost
-from .. import EngineState, check_decoder_step, check_state
+from .. import EngineState, check_decoder_step, check_state, documents_batches
 from . import dropout_masks
 from .devices import placement, share, sum_gradients_hook
 from .model import GPT, batch_tensors, nll_sum, predicted_count
@@ -195,7 +194,7 @@ class TorchEngine:
     def train_steps(self, doc_tokens, start, stop, tcfg, lrs):
         """The steps one by one; their losses stay on the device until the chunk's end."""
         with _cpu_threads(self.device):
-            batches = batches_for_steps(doc_tokens, start, stop, tcfg.batch_size)
+            batches = documents_batches(doc_tokens, start, stop, tcfg.batch_size)
             return self._global([self._step(batch, lr, tcfg) for batch, lr in zip(batches, lrs)])
 
     # ---- weights and state, as NumPy arrays in the parameter table's names
