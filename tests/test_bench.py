@@ -73,6 +73,7 @@ def test_timed_steps_run_in_the_engines_own_chunks_with_the_runs_learning_rates(
     assert (timed.state_buffer == whole.state_buffer).all()  # weights, gradients and Adam's moments, bit for bit
 
 
+@pytest.mark.slow(seconds=2)  # three timed `microgpt train` processes
 def test_a_data_file_named_like_a_flag_is_timed_and_written_as_typed(tmp_path, monkeypatch):
     """`bench --data=-n.txt` passed `--data -n.txt` to the timed `microgpt train`, which took -n.txt for a flag: a
     traceback, exit 1 (and study's RESULTS.md wrote the same words as the command that reproduces it)."""
