@@ -356,3 +356,13 @@ def test_an_endless_file_is_refused_without_reading_it_all(tmp_path):
     path.write_bytes(path.read_bytes() + b'tail')  # a tail past the tensors is still refused
     with pytest.raises(MicrogptError, match='not a readable safetensors file'):
         load_checkpoint(str(path))
+
+
+def test_a_header_that_claims_a_petabyte_is_one_line(tmp_path):
+    """A damaged header's tensor offsets sized the read: Python allocates what it is asked to read first."""
+    header = json.dumps({'wte': {'dtype': 'F64', 'shape': [1], 'data_offsets': [0, 10**15]}}).encode()
+    path = tmp_path / 'claims.safetensors'
+    path.write_bytes(len(header).to_bytes(8, 'little') + header + bytes(8))
+    with pytest.raises(MicrogptError, match='not a readable safetensors file') as error:
+        load_checkpoint(str(path))
+    assert 'MemoryError' not in str(error.value), error.value

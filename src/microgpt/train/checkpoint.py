@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -339,7 +340,11 @@ def _read_once(path):
             raise ValueError(f"a header of {length} bytes" if len(start) == 8 else "shorter than a header")
         header = f.read(length)
         offsets = [entry['data_offsets'][1] for name, entry in json.loads(header).items() if name != '__metadata__']
-        return start + header + f.read(max(offsets, default=0) + 1)  # (one byte more: safetensors refuses a tail)
+        rest = max(offsets, default=0) + 1  # (one byte more: safetensors refuses a tail)
+        info = os.fstat(f.fileno())
+        if stat.S_ISREG(info.st_mode):  # a damaged header's claim does not size the read (Python allocates it first)
+            rest = min(rest, info.st_size)
+        return start + header + f.read(rest)
 
 
 def _header(data):
