@@ -707,3 +707,27 @@ def test_a_runs_files_get_the_permissions_of_any_new_file(data, tmp_path, umask)
              if not name.startswith('.')}
     assert {'model.safetensors', 'resume.safetensors', 'metrics.jsonl', 'loss.png'} <= set(modes), modes
     assert set(modes.values()) == {0o666 & ~umask}, {name: oct(mode) for name, mode in modes.items()}
+
+
+def test_samples_are_printed_as_they_are_drawn_in_doubling_chunks(monkeypatch):
+    """`sample --num-samples 100000` printed nothing until every name was drawn (minutes): now 16, then 32, ...,
+    each chunk's names marked against the training data in one search, and the same names in the same order."""
+    import random
+    from microgpt import model_commands
+    from microgpt.data import Vocabulary
+    from microgpt.engines import make_engine
+    vocab = Vocabulary('abc')
+    decoder = make_engine('numpy', ModelConfig(vocab_size=vocab.size, n_embd=8, n_head=2), random.Random(0)).decoder()
+    out, lines_at_each_draw = io.StringIO(), []
+    real = model_commands.generate
+
+    def generate(*args):
+        lines_at_each_draw.append(out.getvalue().count('\n'))
+        return real(*args)
+    monkeypatch.setattr(model_commands, 'generate', generate)
+    model_commands.print_samples(decoder, 16, vocab, random.Random(1), SampleConfig(num_samples=100), out, ())
+    assert [lines_at_each_draw[i] for i in (0, 15, 16, 47, 48, 99)] == [0, 0, 16, 16, 48, 48], lines_at_each_draw
+    rng, want = random.Random(1), []
+    for i in range(100):
+        want.append(f"sample {i + 1:2d}: {vocab.decode(real(decoder, vocab.bos_id, 16, rng, 0.5, 0, 1.0, ()))}")
+    assert out.getvalue().splitlines() == want

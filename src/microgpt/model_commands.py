@@ -24,15 +24,23 @@ def given(args, *config_classes):
 
 
 def print_samples(decoder, block_size, vocab, rng, sample_cfg, out, prompt_ids, training=None):
-    """Print the samples; with `training` (documents.Documents), mark those that are training documents."""
-    names = [vocab.decode(generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature, sample_cfg.top_k,
-                                   sample_cfg.top_p, prompt_ids)) for _ in range(sample_cfg.num_samples)]
-    known = training.found(names) if training is not None else set()
-    for sample_idx, name in enumerate(names):
-        print(f"sample {sample_idx + 1:2d}: {name}{' *' if name in known else ''}", file=out)
-    if training is not None and names:
-        print(f"novel: {sum(name not in known for name in names)} / {len(names)} (* = already in the training data)",
-              file=out)
+    """Print the samples as they are drawn, in chunks of 16, 32, 64, ... names (`sample --num-samples 100000`
+    printed nothing for minutes); with `training` (documents.Documents), mark those that are training documents,
+    searched for a chunk at a time (a pass over the documents of each length the chunk's names have)."""
+    drawn, novel, chunk = 0, 0, 16
+    while drawn < sample_cfg.num_samples:
+        names = [vocab.decode(generate(decoder, vocab.bos_id, block_size, rng, sample_cfg.temperature,
+                                       sample_cfg.top_k, sample_cfg.top_p, prompt_ids))
+                 for _ in range(min(chunk, sample_cfg.num_samples - drawn))]
+        known = training.found(names) if training is not None else set()
+        for name in names:
+            drawn += 1
+            print(f"sample {drawn:2d}: {name}{' *' if name in known else ''}", file=out)
+        out.flush()
+        novel += sum(name not in known for name in names)
+        chunk *= 2
+    if training is not None and drawn:
+        print(f"novel: {novel} / {drawn} (* = already in the training data)", file=out)
 
 
 def _cd_target(path):
