@@ -130,6 +130,32 @@ def test_bad_arguments_of_the_c_program(tmp_path):
         assert proc.returncode == 2 and 'usage:' in proc.stderr and not proc.stdout, (args, proc)
 
 
+def test_the_c_program_fails_when_standard_output_cannot_be_written(tmp_path):
+    vocab = Vocabulary.from_documents(NAMES)
+    build(checkpoint_of(tmp_path, ModelConfig(vocab_size=vocab.size), vocab, NAMES, steps=1), tmp_path / 'c')
+    for args in (['3'], ['--logits', '0']):
+        with open('/dev/full', 'w') as full:
+            proc = subprocess.run([str(tmp_path / 'c' / 'microgpt_names'), *args], stdout=full, stderr=subprocess.PIPE,
+                                  text=True)
+        assert proc.returncode == 1 and proc.stderr == \
+            'microgpt_names: error: could not write to standard output\n', (args, proc)
+
+
+@pytest.mark.slow(seconds=1)
+def test_gcc_in_its_gnu_mode_does_not_fuse_multiply_add(tmp_path):
+    """GCC contracts a * b + c into one fused multiply-add unless in ISO mode (-std=c99): the program turns
+    that off itself, so the Cortex-M4F's FPU gets no vfma in GCC's default mode either."""
+    require_tool('arm-none-eabi-gcc')
+    require_tool('arm-none-eabi-objdump')
+    vocab = Vocabulary.from_documents(NAMES)
+    export_c(checkpoint_of(tmp_path, ModelConfig(vocab_size=vocab.size), vocab, NAMES, steps=1), str(tmp_path))
+    subprocess.run(['arm-none-eabi-gcc', '-std=gnu99', '-O2', '-mcpu=cortex-m4', '-mthumb', '-mfpu=fpv4-sp-d16',
+                    '-mfloat-abi=hard', '-c', '-o', 'names.o', 'microgpt_names.c'], cwd=tmp_path, check=True)
+    code = subprocess.run(['arm-none-eabi-objdump', '-d', 'names.o'], cwd=tmp_path, capture_output=True, text=True,
+                          check=True).stdout
+    assert 'vmul.f32' in code and 'vfma' not in code and 'vfms' not in code
+
+
 # ---- memory
 
 DEFAULT_CFG = ModelConfig(vocab_size=27)

@@ -271,7 +271,28 @@ def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):
     assert budget < image_data + image_bss <= limit, (target, 'with the C library', image_data, image_bss, limit)
 
 
+@pytest.mark.slow(seconds=1)
+def test_gcc_in_its_gnu_mode_does_not_fuse_multiply_add(tmp_path):
+    """GCC contracts a * b + c into one fused multiply-add unless in ISO mode (-std=c99), which changed the
+    printed losses (step 347 of microgpt's job on an FMA CPU): the program turns that off itself."""
+    compiler, flags, _ = BARE_METAL['cortex-m4f']
+    require_tool(compiler)
+    require_tool('arm-none-eabi-objdump')
+    out = exported(tmp_path)[0]
+    subprocess.run([compiler, '-std=gnu99', '-O2', *flags, '-c', '-o', 'train.o', C_SOURCE], cwd=out, check=True)
+    code = subprocess.run(['arm-none-eabi-objdump', '-d', 'train.o'], cwd=out, capture_output=True, text=True,
+                          check=True).stdout
+    assert 'vmul.f32' in code and 'vfma' not in code and 'vfms' not in code
+
+
 # ---- bad input
+
+def test_the_program_fails_when_standard_output_cannot_be_written(tmp_path):
+    program = build(exported(tmp_path)[0])
+    with open('/dev/full', 'w') as full:
+        proc = subprocess.run([str(program), '5', '1', '2'], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert proc.returncode == 1 and proc.stderr == 'microgpt_train: error: could not write to standard output\n', proc
+
 
 @pytest.mark.slow(seconds=1)
 def test_the_program_refuses_bad_arguments_with_usage(tmp_path):

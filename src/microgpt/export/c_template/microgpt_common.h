@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 
 static uint64_t rng_state; /* splitmix64 state, 8 bytes of RAM (in each program's budget) */
 
@@ -72,6 +73,15 @@ static int sample_token(const float *logits, double temperature)
             return i;
     }
     return VOCAB_SIZE - 1; /* not reached: the last cumulative weight equals total, and u < total */
+}
+
+/* `status`, or 1 with a line on stderr when stdout could not take everything printed (a full disk, a closed pipe) */
+static int exit_status(const char *program, int status)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout))
+        return status;
+    fprintf(stderr, "%s: error: could not write to standard output\n", program);
+    return 1;
 }
 
 /* An argument that is only decimal digits (no sign, no spaces) and at most `hi`; strtoull alone would take

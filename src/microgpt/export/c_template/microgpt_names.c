@@ -10,12 +10,16 @@
  * (microgpt_common.h, with the code this program shares with the training program microgpt_train.c).
  * Dimension letters: C channels (N_EMBD), T positions (BLOCK_SIZE), V vocabulary, NH heads, HS head size.
  *
- * The arithmetic is float32 in the same order as microgpt's Python mirror of this file
- * (microgpt.export_c.sample_like_c): dot products accumulate left to right, and exp runs in double
+ * The arithmetic is float32 in the same order as microgpt's Python mirror of this file (`sample_like_c` in
+ * tests/c_mirror.py of microgpt's repository): dot products accumulate left to right, and exp runs in double
  * (libm's exp, which Python's math.exp calls too), so both print the same names for the same seed.
  */
+/* No fused multiply-add, to keep the rounding of the Python mirror: C99 lets a compiler contract a * b + c into
+ * one rounding, which clang turns off by the standard pragma and GCC (whose GNU modes contract) by its own. */
 #if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF /* no fused multiply-add: keep the rounding of the Python mirror (GCC: off in -std=c99) */
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
 #endif
 #include <errno.h>
 #include <math.h>
@@ -153,18 +157,18 @@ int main(int argc, char **argv)
         }
         for (int i = 0; i < VOCAB_SIZE; i++)
             printf("%.9g\n", (double)act_logits[i]);
-        return 0;
+        return exit_status("microgpt_names", 0);
     }
     if (argc > 4)
         return usage("too many arguments");
     if (argc > 1 && !parse_digits(argv[1], 1000000000u, &n))
         return usage("N must be a whole number from 0 to 1000000000, digits only");
     if (argc > 2 && !parse_temperature(argv[2], &temperature))
-        return usage("TEMPERATURE must be a finite number > 0");
+        return usage("TEMPERATURE must be a number > 0, between about 2.3e-308 and 1.7e308");
     rng_state = 42;
     if (argc > 3 && !parse_digits(argv[3], UINT64_MAX, &rng_state))
         return usage("SEED must be a whole number in [0, 2^64), digits only");
     for (uint64_t i = 0; i < n; i++)
         print_name(temperature);
-    return 0;
+    return exit_status("microgpt_names", 0);
 }

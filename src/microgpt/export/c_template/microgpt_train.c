@@ -26,8 +26,12 @@
  * recomputes each earlier layer from its saved input. The arithmetic is the same operation for operation, so
  * both builds print the same lines.
  */
+/* No fused multiply-add, so every build rounds alike: C99 lets a compiler contract a * b + c into one rounding,
+ * which clang turns off by the standard pragma and GCC (whose GNU modes contract) by its own. */
 #if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF /* no fused multiply-add, so every build rounds alike (GCC: off in -std=c99) */
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
 #endif
 #include <math.h>
 #include <stdint.h>
@@ -601,7 +605,7 @@ int main(int argc, char **argv)
     rng_state = 42;
     if (argc == 2 && strcmp(argv[1], "--gradcheck") == 0) {
         init_params();
-        return gradcheck();
+        return exit_status("microgpt_train", gradcheck());
     }
     if (argc > 4)
         return usage("too many arguments");
@@ -622,5 +626,5 @@ int main(int argc, char **argv)
     printf("\n--- inference (new, hallucinated names) ---\n");
     for (long i = 0; i < (long)n; i++)
         print_name(i + 1);
-    return 0;
+    return exit_status("microgpt_train", 0);
 }
