@@ -58,6 +58,33 @@ def require_tool(name):
         missing(f"no `{name}` on PATH")
 
 
+
+# newlib's _sbrk wrapped (link with -Wl,--wrap=_sbrk): the heap a program took, on stderr at its exit
+_COUNT_HEAP = r"""
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+void *__real__sbrk(ptrdiff_t increment);
+static long heap_bytes;
+void *__wrap__sbrk(ptrdiff_t increment) { heap_bytes += increment; return __real__sbrk(increment); }
+static void report(void) { fprintf(stderr, "heap %ld\n", heap_bytes); }
+__attribute__((constructor)) static void at_start(void) { atexit(report); }
+"""
+
+
+def newlib_heap_bytes(folder, source, *args):
+    """(bytes of heap, stdout) of the C program `source` in `folder` run with ARGS: built with newlib for a
+    32-bit ARM (Cortex-A7, semihosting) and run under qemu-arm, its _sbrk counted."""
+    require_tool('arm-none-eabi-gcc')
+    require_tool('qemu-arm')
+    (Path(folder) / 'count_heap.c').write_text(_COUNT_HEAP)
+    subprocess.run(['arm-none-eabi-gcc', '-std=c99', '-O2', '-mcpu=cortex-a7', '-marm', '--specs=rdimon.specs',
+                    '-Wl,--wrap=_sbrk', '-o', 'heap.elf', source, 'count_heap.c', '-lm'], cwd=folder, check=True)
+    proc = subprocess.run(['qemu-arm', 'heap.elf', *map(str, args)], cwd=folder, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stderr.startswith('heap '), proc
+    return int(proc.stderr.split()[1]), proc.stdout
+
 # ---- the command line
 
 def run_cli_in_process(*args):

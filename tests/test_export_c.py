@@ -20,7 +20,7 @@ from microgpt.export.c import BUILD_COMMAND, export_c, memory_budget
 from microgpt.engines.numpy.engine import NumpyEngine
 from microgpt.train.loop import train
 
-from helpers import NAMES as ALL_NAMES, load_weights, require_tool
+from helpers import NAMES as ALL_NAMES, load_weights, newlib_heap_bytes, require_tool
 
 NAMES = ALL_NAMES[:20]
 # quotes, a backslash, multi-byte UTF-8 (a 4-byte emoji too) and hex digits right after a multi-byte character
@@ -141,6 +141,15 @@ def test_the_c_program_fails_when_standard_output_cannot_be_written(tmp_path):
             'microgpt_names: error: could not write to standard output\n', (args, proc)
 
 
+@pytest.mark.slow
+def test_inference_takes_no_heap_under_newlib(tmp_path):
+    """newlib's stdio took 1 KB of heap for stdout's buffer at the first character, beyond the budget."""
+    vocab = Vocabulary.from_documents(NAMES)
+    build(checkpoint_of(tmp_path, ModelConfig(vocab_size=vocab.size), vocab, NAMES, steps=1), tmp_path / 'c')
+    heap, stdout = newlib_heap_bytes(tmp_path / 'c', 'microgpt_names.c', 5)
+    assert heap == 0 and stdout == run_c(tmp_path / 'c', 5), heap
+
+
 @pytest.mark.slow(seconds=1)
 def test_gcc_in_its_gnu_mode_does_not_fuse_multiply_add(tmp_path):
     """GCC contracts a * b + c into one fused multiply-add unless in ISO mode (-std=c99): the program turns
@@ -165,7 +174,7 @@ def test_memory_budget_of_the_default_model():
     rows = dict(memory_budget(DEFAULT_CFG))
     assert rows['flash: weights (float32)'] == 4 * 4192, rows
     assert (rows['inference RAM: KV cache'], rows['inference RAM: activations'], rows['inference RAM: total']) \
-        == (2048, 684, 2740), rows
+        == (2048, 684, 2804), rows
 
 
 def test_inference_ram_is_the_c_programs_static_buffers(tmp_path):
@@ -189,14 +198,15 @@ def test_inference_ram_is_the_c_programs_static_buffers(tmp_path):
     flash = {name: size for name, (kind, size) in symbols.items() if kind in 'rR'}
     rows = dict(memory_budget(cfg))
 
-    kv, rng = ('kv_keys', 'kv_values'), ('rng_state',)
+    kv, rng, out = ('kv_keys', 'kv_values'), ('rng_state',), ('stdout_buffer',)
     activations = tuple(name for name in ram if name.startswith('act_'))
-    assert set(ram) == set(kv + rng + activations), ram
+    assert set(ram) == set(kv + rng + out + activations), ram
     assert sorted(activations) == ['act_att', 'act_h', 'act_logits', 'act_q', 'act_x', 'act_xn', 'act_y'], ram
     assert rows['inference RAM: KV cache'] == sum(ram[n] for n in kv), (rows, ram)
     assert rows['inference RAM: activations'] == sum(ram[n] for n in activations), (rows, ram)
     assert rows['inference RAM: PRNG state'] == ram['rng_state'], (rows, ram)
-    assert rows['inference RAM: total'] == sum(ram.values()) == 2740, (rows, ram)
+    assert rows['inference RAM: standard output buffer'] == ram['stdout_buffer'], (rows, ram)
+    assert rows['inference RAM: total'] == sum(ram.values()) == 2804, (rows, ram)
 
     weight_symbols = {name.replace('.', '_') for name in engine.weights()}
     assert rows['flash: weights (float32)'] == sum(flash[n] for n in weight_symbols) == 4 * num_parameters(cfg), \

@@ -28,8 +28,8 @@ from microgpt.export.c_train import (BUILD_COMMAND, C_HEADER, C_SOURCE, GRADCHEC
 from microgpt.train.checkpoint import load_checkpoint
 from microgpt.train.loop import train
 
-from helpers import (NAMES, NAMES_PATH, assert_one_line_error, load_weights, quick_loop, require_file, require_tool,
-                     run_cli_in_process, switches_id, write_names)
+from helpers import (NAMES, NAMES_PATH, assert_one_line_error, load_weights, newlib_heap_bytes, quick_loop, require_file,
+                     require_tool, run_cli_in_process, switches_id, write_names)
 
 WARNINGS = ['-Wall', '-Wextra', '-pedantic', '-Werror', '-std=c99', '-O2']
 STEP_TOLERANCE = 1e-4   # per-step loss, C against numpy float32, first 100 steps
@@ -269,6 +269,52 @@ def test_microcontroller_builds_fit_their_budget(tmp_path, target, low_memory):
     image_text, image_data, image_bss = size(build(tmp_path, compiler=compiler, flags=[*flags, *link_flags],
                                                    output='train.elf'))
     assert budget < image_data + image_bss <= limit, (target, 'with the C library', image_data, image_bss, limit)
+
+
+@pytest.mark.slow
+def test_training_takes_no_heap_under_newlib(tmp_path):
+    """newlib's stdio took 3 KB of heap (stdout's buffer, printf's conversion of the loss), beyond the budget:
+    the program prints the same lines as the host build with none."""
+    out = exported(tmp_path, docs=NAMES * 5)[0]
+    heap, stdout = newlib_heap_bytes(out, C_SOURCE, 30, 3, 5)
+    assert heap == 0 and stdout == run(build(out), 30, 3, 5), heap
+
+
+# reads float32 bit patterns in hex and prints print_4_decimals(x) and printf("%.4f", x) on a line
+PRINT_4_DECIMALS_HARNESS = r"""#define main microgpt_train_main
+#include "microgpt_train.c"
+#undef main
+
+int main(void)
+{
+    unsigned bits;
+    float x;
+    while (scanf("%x", &bits) == 1) {
+        memcpy(&x, &bits, sizeof x);
+        print_4_decimals(x);
+        printf(" %.4f\n", (double)x);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.slow
+def test_the_loss_is_printed_as_printf_prints_it(tmp_path):
+    """print_4_decimals, the program's printf("%.4f") without the heap, against printf itself: a million random
+    floats below 1e9, the ties (k / 64) and their neighbours, the values around 0.00005, and what goes to printf."""
+    out = exported(tmp_path)[0]
+    (out / 'harness.c').write_text(PRINT_4_DECIMALS_HARNESS)
+    subprocess.run(['cc', *WARNINGS, '-o', 'harness', 'harness.c', '-lm'], cwd=out, check=True)
+    bits = np.concatenate([np.random.default_rng(0).integers(0, np.float32(1e9).view(np.uint32) + 16, 1_000_000),
+                           (np.arange(64 * 40, dtype=np.float32) / 64).view(np.uint32)[:, None] + np.arange(-1, 2),
+                           np.arange(*np.array([4.99e-5, 5.01e-5], np.float32).view(np.uint32)),
+                           np.array([0.0, -0.0, np.inf, np.nan, -1.0, 1e-45], np.float32).view(np.uint32)], axis=None)
+    proc = subprocess.run([str(out / 'harness')], input='\n'.join(map('{:x}'.format, bits)), capture_output=True,
+                          text=True, check=True)
+    pairs = [line.split(' ') for line in proc.stdout.splitlines()]
+    assert len(pairs) == len(bits) and all(ours == printf for ours, printf in pairs), \
+        [pair for pair in pairs if pair[0] != pair[1]][:5]
 
 
 @pytest.mark.slow(seconds=1)

@@ -23,6 +23,7 @@ COMMON_HEADER = 'microgpt_common.h'  # matvec, splitmix64, sampling, argument pa
 BUILD_COMMAND = 'cc -std=c99 -O2 -Wall -Wextra -pedantic -o microgpt_names microgpt_names.c -lm'
 TOKEN_BYTES = 5  # the longest UTF-8 character (4 bytes) and its NUL: token_text is (V, 5) chars
 FLOAT_BYTES = 4
+STDOUT_BUFFER_BYTES = 64  # microgpt_common.h's stdout_buffer, static where newlib would take 1 KB of heap
 
 
 @dataclass(frozen=True)
@@ -198,18 +199,20 @@ def memory_budget(cfg):
       activations  act_x, act_xn, act_q, act_y (C each), act_h (4C), act_att (T), act_logits (V)
                                                     8C + T + V floats
       PRNG state   rng_state                        8 bytes
+      stdout       stdout_buffer                    STDOUT_BUFFER_BYTES
     """
     P, V, C, T, L = num_parameters(cfg), cfg.vocab_size, cfg.n_embd, cfg.block_size, cfg.n_layer
     kv_cache = 2 * L * T * C * FLOAT_BYTES
     activations = (8 * C + T + V) * FLOAT_BYTES
     rng_state = 8
     state = P * FLOAT_BYTES
-    inference_ram = kv_cache + activations + rng_state
+    inference_ram = kv_cache + activations + rng_state + STDOUT_BUFFER_BYTES
     return [
         ('flash: weights (float32)', state),
         ('flash: token table', V * TOKEN_BYTES),
         ('inference RAM: KV cache', kv_cache),
         ('inference RAM: activations', activations),
         ('inference RAM: PRNG state', rng_state),
+        ('inference RAM: standard output buffer', STDOUT_BUFFER_BYTES),
         ('inference RAM: total', inference_ram),
     ]

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError, NotData
 from ..fetch import local_path
-from .c import (TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, check_float32_logits,
+from .c import (STDOUT_BUFFER_BYTES, TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, check_float32_logits,
                 write_program)
 
 C_SOURCE = 'microgpt_train.c'
@@ -71,6 +71,7 @@ def training_memory_budget(cfg, low_memory=False):
         ('rows of one position', (2 * T + H + ((T + C) if low_memory else 0)) * f),
         ('sampled name', T * token_bytes(cfg)),
         ('step constants, PRNG, gradcheck', 3 * f + RNG_BYTES + INT_BYTES + tensors * GRADCHECK_PER_TENSOR * f),
+        ('standard output buffer', STDOUT_BUFFER_BYTES),
     ]
     rows.append(('total', sum(size for _, size in rows)))
     return rows

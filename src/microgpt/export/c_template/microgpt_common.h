@@ -11,6 +11,15 @@
 
 static uint64_t rng_state; /* splitmix64 state, 8 bytes of RAM (in each program's budget) */
 
+/* Standard output's buffer, static: newlib's stdio would take 1 KB of heap for it at the first character.
+   Line-buffered, so each line leaves when it is complete; 64 bytes of RAM (in each program's budget). */
+static char stdout_buffer[64];
+
+static void buffer_stdout(void)
+{
+    setvbuf(stdout, stdout_buffer, _IOLBF, sizeof stdout_buffer);
+}
+
 /* out[i] (+)= sum_j w[i][j] x[j] for a (rows, cols) row-major matrix; the sum runs left to right */
 static void matvec(float *out, const float *w, const float *x, int rows, int cols, int accumulate)
 {

@@ -147,6 +147,7 @@ int main(int argc, char **argv)
 {
     uint64_t n = 20, id;
     double temperature = 0.5;
+    buffer_stdout();
     if (argc > 1 && strcmp(argv[1], "--logits") == 0) {
         if (argc < 3 || argc - 2 > BLOCK_SIZE)
             return usage("wrong number of token ids after --logits");

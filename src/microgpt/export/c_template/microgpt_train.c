@@ -592,6 +592,27 @@ static void print_name(long index)
 
 /* ---- command line */
 
+/* printf("%.4f", x) without printf's floating-point conversion, which takes heap in newlib: x = m 2^(e - 24)
+   exactly (m < 2^24), so x 10^4 = m 10^4 2^(e - 24), rounded half to even as printf rounds; a loss from 0 to 1e9
+   (a negative number, inf or nan, which a diverged run may print, goes to printf) */
+static void print_4_decimals(float x)
+{
+    if (signbit(x) || !(x < 1e9f)) {
+        printf("%.4f", (double)x);
+        return;
+    }
+    int e;
+    uint64_t m = (uint64_t)ldexpf(frexpf(x, &e), 24), scaled = m * 10000u, q = 0; /* scaled < 2^38 */
+    int shift = 24 - e;
+    if (shift <= 0) {
+        q = scaled << -shift;
+    } else if (shift < 39) { /* from 39 on, scaled is below half a unit: q stays 0 */
+        uint64_t rest = scaled & ((UINT64_C(1) << shift) - 1), half = UINT64_C(1) << (shift - 1);
+        q = (scaled >> shift) + (rest > half || (rest == half && ((scaled >> shift) & 1)));
+    }
+    printf("%lu.%04lu", (unsigned long)(q / 10000u), (unsigned long)(q % 10000u));
+}
+
 static int usage(const char *why)
 {
     fprintf(stderr, "microgpt_train: %s\nusage: microgpt_train [STEPS [SEED [N]]]   (default %d 42 20)\n"
@@ -602,6 +623,7 @@ static int usage(const char *why)
 int main(int argc, char **argv)
 {
     uint64_t steps = DEFAULT_STEPS, n = 20;
+    buffer_stdout();
     rng_state = 42;
     if (argc == 2 && strcmp(argv[1], "--gradcheck") == 0) {
         init_params();
@@ -620,7 +642,9 @@ int main(int argc, char **argv)
     for (long step = 0; step < (long)steps; step++) {
         int n_predicted = document(start, &next);
         float loss = train_step(doc_tokens + start, n_predicted, step, (long)steps);
-        printf("step %4ld / %4ld | loss %.4f\n", step + 1, (long)steps, (double)loss);
+        printf("step %4ld / %4ld | loss ", step + 1, (long)steps);
+        print_4_decimals(loss);
+        putchar('\n');
         start = next;
     }
     printf("\n--- inference (new, hallucinated names) ---\n");
