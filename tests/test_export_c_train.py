@@ -299,7 +299,7 @@ int main(void)
 """
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=8)  # a million lines through a C program and Python
 def test_the_loss_is_printed_as_printf_prints_it(tmp_path):
     """print_4_decimals, the program's printf("%.4f") without the heap, against printf itself: a million random
     floats below 1e9, the ties (k / 64) and their neighbours, the values around 0.00005, and what goes to printf."""
