@@ -4,12 +4,21 @@ import random
 
 import pytest
 
-from microgpt.bench.benchmark import time_training
+from microgpt.bench.benchmark import cpu_name, time_training
 from microgpt.config import ModelConfig, TrainConfig
 from microgpt.engines import make_engine
 from microgpt.train.loop import train
 
 from helpers import run_cli_in_process as run
+
+
+def test_the_cpu_is_named_by_its_family_and_model_where_its_name_is_a_line(tmp_path):
+    """A cloud machine's "AMD EPYC" is a Zen 3 or a Zen 4: x86's family and model tell them apart."""
+    block = 'processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n\n'
+    (tmp_path / 'zen3').write_text(block.format(0, 1) + block.format(1, 1))
+    (tmp_path / 'arm').write_text('processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n\n')
+    assert cpu_name(tmp_path / 'zen3') == 'AMD EPYC (family 25, model 1)'
+    assert 'family' not in cpu_name(tmp_path / 'arm') and 'family' not in cpu_name(tmp_path / 'missing')
 
 
 @pytest.mark.slow  # times every engine, PyTorch's first call and the reference engine included

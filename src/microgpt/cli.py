@@ -157,10 +157,12 @@ def build_parser():
     _add_settings(p, BenchConfig)
 
     p = command('export', model_commands.cmd_export,
-                help='write a checkpoint as a self-contained C99 program (microcontrollers)',
+                help='write a checkpoint as a C99 program (microcontrollers), a web page (--web), or a C program '
+                     'that trains on the device (--train)',
                 description='Write DIR/weights.h (weights as static const float arrays), DIR/microgpt_names.c '
                             '(inference, no malloc) and DIR/microgpt_common.h (the code it shares with --train\'s '
-                            'program), and print the memory budget.')
+                            'program), and print the memory budget; or, with --web, one web page that runs the model '
+                            'in the browser; or, with --train, a C program that trains a model on the device.')
     p.add_argument('--checkpoint', default=None, action=_OneCheckpoint,
                    help='a model.safetensors written by `microgpt train --out` (required, except with --train)')
     out = p.add_mutually_exclusive_group(required=True)

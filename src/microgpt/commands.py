@@ -204,10 +204,10 @@ def _bar_layout(err):
 def _notice_compilation(err, dtype, batch_size, evaluates):
     from .engines.fused.engine import kernels_are_cached
     if not kernels_are_cached(dtype, batch_size, evaluates):
-        # measured on the 2-core AMD EPYC, 2026-11-29: 10-12 s cold for batches of one document and for batches
-        # of 2+ (benchmarks/bench_cold_start.py), 11.6-13.1 s for a batch of one with evaluation (its two entry
-        # points); longer when other jobs share the cores
-        wait = 'about 15 s' if evaluates and batch_size == 1 else 'about 10 s'
+        # benchmarks/bench_cold_start.py, float64: 10-12 s cold on a 2-core Zen 4 (2026-11-29) for batches of one
+        # document and of 2+, 11.6-13.1 s for a batch of one with evaluation (its two entry points); 22-24 s on a
+        # 2-core Zen 3 (2026-12-01); longer when other jobs share the cores
+        wait = '15-30 s' if evaluates and batch_size == 1 else '10-25 s'
         print(f"microgpt: compiling the fused engine's kernels (once for this dtype and kind of run: one document a "
               f"step, with or without evaluation, or batches of several; {wait})...", file=err, flush=True)
 
@@ -223,8 +223,9 @@ def cmd_bench(args, out, err):
     if 'torch' in names and find_spec('torch') is None:
         if names == ['torch']:
             raise MicrogptError('--engines names only torch, and PyTorch is not installed: '
-                                'pip install "microgpt[torch]"')
-        print('microgpt: PyTorch is not installed: no torch row (pip install "microgpt[torch]")', file=err)
+                                'pip install ".[torch]" in microgpt\'s folder')
+        print('microgpt: PyTorch is not installed: no torch row (pip install ".[torch]" in microgpt\'s folder)',
+              file=err)
         names.remove('torch')
     rows = []
     for name in sorted(names, key=lambda n: n != 'reference'):  # the reference first: the others' ratios use it

@@ -61,17 +61,25 @@ class EngineTiming:
         return self.tokens / self.seconds
 
 
-def cpu_name():
+def cpu_name(cpuinfo_path='/proc/cpuinfo'):
     """The CPU's model name (Linux's /proc/cpuinfo, else what Python's platform module knows): speed figures are
-    only comparable on one CPU, so each benchmark names it beside its figures."""
+    only comparable on one CPU, so each benchmark names it beside its figures. An x86 CPU's family and model
+    follow it, since a virtual machine's name may be its maker's line alone ("AMD EPYC" is a Zen 3 as family
+    25 model 1, a Zen 4 as model 17)."""
+    fields = {}
     try:
-        with open('/proc/cpuinfo', encoding='utf-8') as cpuinfo:
+        with open(cpuinfo_path, encoding='utf-8') as cpuinfo:
             for line in cpuinfo:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+                key, _, value = line.partition(':')
+                if not key.strip():
+                    break  # the first processor's block only
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or 'unknown CPU'
+    name = fields.get('model name') or platform.processor() or 'unknown CPU'
+    if 'cpu family' in fields and 'model' in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def source_tree(parser, path):

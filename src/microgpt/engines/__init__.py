@@ -105,7 +105,8 @@ def make_engine(name, cfg, rng, dtype='float64', device='auto'):
     if name == 'torch':
         from importlib.util import find_spec
         if find_spec('torch') is None:
-            raise MicrogptError('the torch engine needs PyTorch, which is not installed: pip install "microgpt[torch]"')
+            raise MicrogptError('the torch engine needs PyTorch, which is not installed: '
+                                'pip install ".[torch]" in microgpt\'s folder')
         from .torch.engine import TorchEngine
         return TorchEngine(cfg, rng, dtype, device)
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
