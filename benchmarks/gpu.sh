@@ -4,7 +4,7 @@
 # with torchrun on every GPU (DistributedDataParallel over NCCL, the same global batch split across them).
 # One table on standard output; each row is one run of benchmarks/torch_throughput.py.
 #
-#   benchmarks/gpu.sh               on a CUDA machine (needs microgpt installed with "microgpt[torch]")
+#   benchmarks/gpu.sh               on a CUDA machine (needs microgpt installed with its torch extra: pip install ".[torch]")
 #   benchmarks/gpu.sh --cpu         a smoke test on the CPU: 2 steps of batch 4 per row, 1 and 2 gloo processes
 #   STEPS=200 benchmarks/gpu.sh     more timed steps per row (default 50; warm-up 10)
 set -euo pipefail

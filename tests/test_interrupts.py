@@ -43,7 +43,7 @@ def test_the_stop_notice_starts_a_line_only_below_a_progress_bar(bar):
     stop.bar = bar
     stop(signal.SIGINT, None)
     lead = '\n' if bar else ''
-    want = f"{lead}microgpt: stopping after this step (Ctrl-C again to abort at once)\n"
+    want = f"{lead}microgpt: stopping after the steps under way (Ctrl-C again to abort at once)\n"
     assert err.getvalue() == want, err.getvalue()
 
 
@@ -86,7 +86,7 @@ def test_ctrl_c_during_the_final_save_finishes_it_and_says_so(data, tmp_path, mo
     out = str(tmp_path / 'run')
     code, stdout, err = run(*small(data, '--out', out, '--eval-every', '10'))
     assert code == 130, (code, err)
-    assert 'stopping after this step' not in err and 'finishing the final evaluation and save' in err, err
+    assert 'stopping after the steps under way' not in err and 'finishing the final evaluation and save' in err, err
     assert err.endswith(f'trained all 20 steps, saved in {out}; stopped before sampling\nmicrogpt: interrupted\n'), err
     assert 'inference' not in stdout, stdout
     code, info, _ = run('info', '--checkpoint', os.path.join(out, 'resume.safetensors'))
@@ -152,7 +152,7 @@ def test_ctrl_c_while_reading_a_real_process(tmp_path, extra):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, (proc.returncode, err)
-    assert 'stopping after this step' not in err and 'Traceback' not in err, err
+    assert 'stopping after the steps under way' not in err and 'Traceback' not in err, err
     assert err.strip().splitlines()[-1] == 'microgpt: interrupted', err
 
 

@@ -284,21 +284,84 @@ def test_the_command_line_ends_at_once_when_the_peers_are_lost(monkeypatch):
     assert ended == [2], ended
 
 
-def test_a_lost_peer_is_said_by_every_process_the_first_alone_says_the_rest(monkeypatch):
-    """A process of a torchrun launch but the first writes nothing, the first speaking for all: when the first was
-    the one that died, the others ended with status 2 and no word. A lost peer is now said by each that sees it."""
+def test_a_lost_peer_is_said_by_every_process_and_its_own_errors_with_its_rank(monkeypatch):
+    """A process of a torchrun launch but the first writes nothing else, the first speaking for all: when the first
+    was the one that died, the others ended with status 2 and no word, and an error of their own (another
+    machine's missing data file) went unsaid. A lost peer is said by each that sees it, and an error with the
+    process's rank."""
     import io
     from microgpt import cli, commands
+    monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', '1')
-    for error in (PeersLost('another process of the data-parallel run stopped (Connection closed by peer)'),
-                  MicrogptError('the first process says this one')):
+    for error, said in ((PeersLost('another process of the data-parallel run stopped (Connection closed by peer)'),
+                         'another process of the data-parallel run stopped (Connection closed by peer)'),
+                        (MicrogptError('names.txt: no such file'), 'process 1: names.txt: no such file')):
         def train(args, out, err, error=error):
+            print('step    1 / 1000 | loss 3.3', file=out)
             raise error
         monkeypatch.setattr(commands, 'cmd_train', train)
         out, err = io.StringIO(), io.StringIO()
         assert cli._run(['train'], out, err) == (2, error)
-        assert out.getvalue() == '' and err.getvalue() == (
-            f"microgpt: error: {error}\n" if isinstance(error, PeersLost) else ''), err.getvalue()
+        assert out.getvalue() == '' and err.getvalue() == f"microgpt: error: {said}\n", err.getvalue()
+
+
+def test_a_rank_without_a_world_is_not_torchrun(monkeypatch):
+    """RANK alone (a cluster's environment, a script that torchrun started calling microgpt) silenced every command;
+    torchrun sets WORLD_SIZE too. Values that are not numbers are one line, not a traceback."""
+    import io
+    from microgpt import cli, commands
+    from microgpt.engines import torchrun_rank
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setattr(commands, 'cmd_train', lambda args, out, err: print('trained', file=out))
+    out, err = io.StringIO(), io.StringIO()
+    assert cli._run(['train'], out, err) == (0, None) and out.getvalue() == 'trained\n', err.getvalue()
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    assert torchrun_rank() is None
+    for name, value in (('RANK', 'abc'), ('WORLD_SIZE', 'x')):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(MicrogptError, match=rf"{name}='{value}' in the environment.*unset {name}"):
+            make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0))
+        monkeypatch.setenv(name, '1')
+
+
+# each process of the launch runs in a folder of its own, rank0/ or rank1/, as on two machines: their --data
+# names.txt is each machine's own file
+_IN_ITS_OWN_FOLDER = """import os, runpy, sys
+os.chdir('rank' + os.environ['RANK'])
+sys.argv[0] = 'microgpt'
+runpy.run_module('microgpt', run_name='__main__')
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('second_machine', ['no file', 'other lines', 'other characters'])
+def test_torchrun_processes_whose_data_differ_stop_at_once_and_say_why(tmp_path, torch, second_machine):
+    """A process that could not read --data stopped before joining the process group: the first waited for it
+    (PyTorch's 30 minutes) and printed nothing, the failed one nothing either. Data that differ between machines
+    trained one model on different documents (other lines), or crashed in DDP's shape check with tracebacks
+    (other characters). Now each process joins first, and they compare what they read."""
+    import subprocess
+    import sys
+    names = ['anna', 'bob', 'carla', 'dmitri', 'eve', 'fanny', 'gus', 'hal', 'ida', 'jo'] * 3
+    for rank, lines in ((0, names), (1, {'no file': None, 'other lines': names[1:],
+                                         'other characters': names[:-1] + ['zoë']}[second_machine])):
+        (tmp_path / f'rank{rank}').mkdir()
+        if lines is not None:
+            (tmp_path / f'rank{rank}' / 'names.txt').write_text('\n'.join(lines) + '\n')
+    (tmp_path / 'in_its_own_folder.py').write_text(_IN_ITS_OWN_FOLDER)
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
+                           str(tmp_path / 'in_its_own_folder.py'), 'train', '--engine', 'torch', '--device', 'cpu',
+                           '--data', 'names.txt', '--batch-size', '2', '--steps', '5'],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    errors = sorted(line for line in proc.stderr.splitlines() if line.startswith('microgpt: error:'))
+    assert proc.returncode != 0 and 'step' not in proc.stdout, proc
+    if second_machine == 'no file':
+        assert errors[0].startswith('microgpt: error: another process of the data-parallel run stopped'), errors
+        assert errors[1].startswith('microgpt: error: process 1: ') and 'names.txt' in errors[1], errors
+    else:
+        assert len(errors) == 2 and all("read different data: process 1's --data is not process 0's" in line
+                                        for line in errors), errors
 
 
 def test_any_process_in_one_process_is_the_flag_itself():
@@ -400,7 +463,7 @@ def test_without_torch_installed_the_engine_says_how_to_install_it(monkeypatch):
     import importlib.util
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'torch' else find_spec(name, *a))
-    with pytest.raises(MicrogptError, match=r'pip install "microgpt\[torch\]"'):
+    with pytest.raises(MicrogptError, match=r'pip install "\.\[torch\]" in microgpt.s folder'):
         make_engine('torch', ModelConfig(vocab_size=5), random.Random(0))
 
 

@@ -279,7 +279,8 @@ def _run(argv=None, out=None, err=None):
     """(exit status, the MicrogptError that ended the command or None)."""
     stdout = out or sys.stdout
     err = own_err = err or sys.stderr or open(os.devnull, 'w', encoding='utf-8')  # `2>&-`: errors lost, as on /dev/full
-    if int(os.environ.get('RANK', '0')) > 0:  # a process of a torchrun launch but the first, which speaks for all
+    rank = _torchrun_rank()
+    if rank:  # a process of a torchrun launch but the first, which speaks for all but its own errors
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
         _say("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", err)
@@ -301,7 +302,10 @@ def _run(argv=None, out=None, err=None):
         _error(e, err)
         return 2, None
     except MicrogptError as e:  # a lost peer is said by every process that sees it: the first may be the one lost
-        _error(e, own_err if isinstance(e, PeersLost) else err)
+        if isinstance(e, PeersLost) or not rank:
+            _error(e, own_err)
+        else:  # this process's own data or files may be what failed (another machine's): said, with its rank
+            _error(f"process {rank}: {e}", own_err)
         return 2, e
     except KeyboardInterrupt:
         _say("microgpt: interrupted", err)
@@ -318,6 +322,15 @@ def _run(argv=None, out=None, err=None):
         _error(f"{where}{e.strerror or e}", err)
         return 2, None
     return 0, None
+
+
+def _torchrun_rank():
+    """engines.torchrun_rank, or None where WORLD_SIZE or RANK is not a number (make_engine then says so)."""
+    from .engines import torchrun_rank
+    try:
+        return torchrun_rank()
+    except MicrogptError:
+        return None
 
 
 def _check_numba_threads():

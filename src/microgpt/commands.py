@@ -27,9 +27,10 @@ MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS, FALLBACK_BAR_ROWS = 20, 80, 24
 
 
 class _StopRequest:
-    """Ctrl-C while steps run: the first finishes the step, saves, stops; a second one interrupts at once."""
+    """Ctrl-C while steps run: the first finishes the steps under way (one call of the engine: up to its
+    chunk_steps), saves, stops; a second one interrupts at once."""
 
-    def __init__(self, err, what='stopping after this step'):
+    def __init__(self, err, what='stopping after the steps under way'):
         self.requested, self.err, self.what = False, err, what
         self.bar = None  # a progress bar on the line: the notice starts on a line of its own
 

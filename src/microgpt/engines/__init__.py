@@ -97,6 +97,19 @@ class OneProcess:
         return bool(flag)
 
 
+def torchrun_rank(environ=os.environ):
+    """This process's RANK when it is one of several started by torchrun (or another `env://` launcher: WORLD_SIZE
+    over 1 and RANK set), else None; a WORLD_SIZE or RANK that is not a whole number is refused."""
+    values = {name: environ.get(name) for name in ('WORLD_SIZE', 'RANK')}
+    for name, value in values.items():
+        if value is not None and not value.strip().isdecimal():
+            raise MicrogptError(f"{name}={value!r} in the environment: torchrun sets it to a whole number, so this "
+                                f"process was not started by torchrun; unset {name}")
+    if int(values['WORLD_SIZE'] or 1) <= 1 or values['RANK'] is None:
+        return None
+    return int(values['RANK'])
+
+
 def make_engine(name, cfg, rng, dtype='float64', device='auto'):
     """A freshly initialised engine; its parameters are drawn from `rng` in the parameter table's order.
     `device` is the torch engine's; the others compute on the CPU (RunConfig refuses a --device for them)."""
@@ -109,7 +122,7 @@ def make_engine(name, cfg, rng, dtype='float64', device='auto'):
                                 'pip install ".[torch]" in microgpt\'s folder')
         from .torch.engine import TorchEngine
         return TorchEngine(cfg, rng, dtype, device)
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+    if torchrun_rank() is not None:
         raise MicrogptError(f"this is one of several processes started by torchrun, which trains with the torch "
                             f"engine only: add --engine torch (the {name} engine runs in one process)")
     if dtype == 'bfloat16':

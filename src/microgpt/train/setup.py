@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..config import ModelConfig, SampleConfig, SettingError, TrainConfig, check_settings, setting
 from ..data import VAL_SPLITS, Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
-from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine
+from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine, torchrun_rank
 from ..errors import MicrogptError
 from ..fetch import is_url, fetch
 from ..memory import check_memory
@@ -151,6 +151,10 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
     strings. Both give the same documents in the same order. `progress(bytes, total or None)` follows a
     download or a first tokenisation."""
     rng = random.Random(tcfg.seed)
+    data_parallel = engine == 'torch' and torchrun_rank() is not None
+    if data_parallel:  # join torchrun's process group before reading: a process that cannot read stops the others now
+        from ..engines.torch.devices import placement
+        placement(device, dtype)
     if is_url(data_path):
         data_path = fetch(data_path, progress=progress)
     notice, bos_first = None, model.get('bos') == 'first'
@@ -173,6 +177,10 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
         longest = max(map(len, docs + val_docs))
     else:
         vocab = docs.vocabulary()  # the characters of every document, train and held out
+    if data_parallel:
+        from ..engines.torch.engine import check_same_data
+        first = [docs.text(i) for i in range(min(3, len(docs)))]
+        check_same_data((len(docs), int(docs.lengths().sum()), vocab.chars, first))
     cfg = ModelConfig(vocab_size=vocab.size, **model)
     check_memory(cfg, tcfg.batch_size, longest, dtype, engine=engine or 'numpy')
     engine = make_engine(engine, cfg, rng, dtype, device) if engine is not None else None

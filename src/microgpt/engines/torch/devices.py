@@ -13,14 +13,14 @@ import torch
 import torch.distributed as dist
 
 from ...errors import MicrogptError
-from .. import DEVICES
+from .. import DEVICES, torchrun_rank
 
 TORCH_DTYPES = {'float64': torch.float64, 'float32': torch.float32, 'bfloat16': torch.bfloat16}
 
 
 def launched_by_torchrun(environ=os.environ):
     """Whether this process is one of several started by torchrun (or another `env://` launcher)."""
-    return int(environ.get('WORLD_SIZE', '1')) > 1 and 'RANK' in environ
+    return torchrun_rank(environ) is not None
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,8 @@ def share(batch_size, rank, world_size):
     """Documents lo .. hi - 1 of a global batch: this rank's contiguous share, sizes differing by one at most."""
     if batch_size < world_size:
         raise MicrogptError(f"--batch-size {batch_size} gives some of the {world_size} processes no document; "
-                            f"use a batch of at least {world_size}, or fewer processes")
+                            f"use a batch of at least {world_size}, or at most {batch_size} processes (a run resumed "
+                            f"keeps its batch size)")
     return rank * batch_size // world_size, (rank + 1) * batch_size // world_size
 
 

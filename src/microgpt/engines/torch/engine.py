@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ...config import NOTHING_TO_PREDICT, dropout_sites, init_parameters
-from ...errors import PeersLost
+from ...errors import MicrogptError, PeersLost
 from .. import EngineState, check_decoder_step, check_state, documents_batches
 from . import dropout_masks
 from .devices import placement, share, sum_gradients_hook
@@ -65,6 +65,24 @@ def _peers_alive(world_size):
                         f"written are intact: continue with --resume") from None
 
 
+def check_same_data(summary):
+    """In a data-parallel run, that every process read the same data, by `summary` (its documents, tokens,
+    vocabulary and first documents in the shuffled order), gathered from all: each process reads --data itself, and a
+    pipe splits its lines between them, or another machine's file may differ; they would train one model on
+    different documents, or crash at DDP's shape check."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    summaries = [None] * dist.get_world_size()
+    with _peers_alive(dist.get_world_size()):
+        dist.all_gather_object(summaries, summary)
+    differ = [rank for rank, theirs in enumerate(summaries) if theirs != summaries[0]]
+    if differ:
+        documents, tokens = summaries[0][:2]
+        raise MicrogptError(f"the processes of this torchrun read different data: process {differ[0]}'s --data is not "
+                            f"process 0's ({documents} documents, {tokens} tokens); give each the same file (a pipe "
+                            f"splits its lines between the processes)")
+
+
 class TorchEngine:
     name = 'torch'
     chunk_steps = 32  # losses of a chunk are read back from the device (and summed across processes) together
@@ -85,8 +103,9 @@ class TorchEngine:
         self.adam_steps = 0
         self.trained = self.model
         if self.where.world_size > 1:
-            self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+            with _peers_alive(self.where.world_size):  # DDP's first collective: a process that stopped is seen here
+                self.trained = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
             self.trained.register_comm_hook(None, sum_gradients_hook)
 
     @property
