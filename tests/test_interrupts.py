@@ -174,6 +174,35 @@ def test_the_stop_line_quotes_a_folder_with_spaces(data, tmp_path, monkeypatch):
     assert code == 130 and f'continue with --resume --out {shlex.quote(out)}\n' in err, err
 
 
+@pytest.mark.parametrize('signals', [[signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM], [signal.SIGINT, signal.SIGTERM]],
+                         ids=['SIGTERM', 'twice', 'after Ctrl-C'])
+def test_sigterm_stops_and_saves_as_the_first_ctrl_c_does(data, tmp_path, monkeypatch, signals):
+    """SIGTERM, which schedulers and torchrun send to end a process (torchrun to its workers after a second Ctrl-C
+    of its own), killed the run with nothing saved since its last save. It now stops after the steps under way,
+    saves, and exits 143; it never aborts the save, even after a Ctrl-C, and the run resumes."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    steps = NumpyEngine.train_steps
+
+    def stopping(self, doc_tokens, start, stop, tcfg, lrs):
+        if start == 8:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+                time.sleep(0.01)
+        return steps(self, doc_tokens, start, stop, tcfg, lrs)
+
+    monkeypatch.setattr(NumpyEngine, 'train_steps', stopping)
+    out = tmp_path / 'run'
+    code, _, err = run(*small(data, '--out', out))
+    assert code == (143 if signals[0] == signal.SIGTERM else 130), (code, err)
+    if signals[0] == signal.SIGTERM:
+        assert err.startswith('microgpt: terminated: stopping after the steps under way'), err
+    assert f'microgpt: stopped at step 16; continue with --resume --out {out}\n' in err, err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.setattr(NumpyEngine, 'train_steps', steps)
+    code, resumed, err = run('train', '--resume', '--out', out)
+    assert code == 0 and 'microgpt: resuming from step 16' in err, (code, err)
+
+
 def test_ctrl_c_while_the_fused_engine_compiles_stops_the_compiler_and_interrupts(data, monkeypatch):
     """The fused engine compiles on a thread of its own (compile._on_a_new_stack). A Ctrl-C while it compiles
     stops the compiler there too, which releases numba's lock and restores numba's SLP setting before the run

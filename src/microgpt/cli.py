@@ -18,7 +18,7 @@ from . import __version__
 from .bench.benchmark import BenchConfig
 from .bench.study import StudyConfig
 from .config import SAMPLE_SEED, ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
-from .errors import MicrogptError, PeersLost
+from .errors import MicrogptError, PeersLost, Terminated
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
 from .tune.search import TuneConfig
@@ -310,6 +310,8 @@ def _run(argv=None, out=None, err=None):
     except KeyboardInterrupt:
         _say("microgpt: interrupted", err)
         return 130, None
+    except Terminated:  # stopped and saved on SIGTERM; the stop line said where
+        return 143, None
     except MemoryError as e:  # the memory check reads the machine's free memory, not a ulimit or a container's
         _error(f"out of memory ({e or 'an allocation failed'}); give a smaller model, --batch-size or --block-size, "
                f"or raise the process's memory limit", err)

@@ -14,7 +14,7 @@ from .config import ModelConfig, SampleConfig, TrainConfig, flag_words, shell_fl
 from .data import bundled_dataset_path, load_documents
 from .tempfiles import remove_quietly
 from .engines import ENGINES
-from .errors import MicrogptError
+from .errors import MicrogptError, Terminated
 from .fetch import local_path
 from .model_commands import given, print_samples
 from .presets import DEFAULT_PRESET, fields_of, model_settings, resolve
@@ -28,18 +28,24 @@ MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS, FALLBACK_BAR_ROWS = 20, 80, 24
 
 class _StopRequest:
     """Ctrl-C while steps run: the first finishes the steps under way (one call of the engine: up to its
-    chunk_steps), saves, stops; a second one interrupts at once."""
+    chunk_steps), saves, stops; a second one interrupts at once. SIGTERM, which schedulers and torchrun send to end
+    a process (torchrun after a second Ctrl-C of its own), stops and saves alike and never aborts: SIGKILL is
+    theirs for that."""
 
     def __init__(self, err, what='stopping after the steps under way'):
         self.requested, self.err, self.what = False, err, what
+        self.terminated = False  # the first request was SIGTERM's: exit status 143
         self.bar = None  # a progress bar on the line: the notice starts on a line of its own
 
     def __call__(self, signum, frame):
         if self.requested:
+            if signum == signal.SIGTERM:
+                return
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.terminated = True, signum == signal.SIGTERM
         below_bar = '\n' if self.bar is not None else ''
-        print(f"{below_bar}microgpt: {self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
+        why = 'terminated: ' if self.terminated else ''
+        print(f"{below_bar}microgpt: {why}{self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
 
 
 def cmd_train(args, out, err):
@@ -59,7 +65,7 @@ def cmd_train(args, out, err):
     # step) interrupts at once, as nothing would be saved; from then on, it stops after the step under way, so
     # that the run is saved
     stop = _StopRequest(err)
-    previous_handler = signal.getsignal(signal.SIGINT)
+    previous_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     bar, stop_installed = None, False  # a flag, not getsignal(): that builds an enum, 3 us a step
     data_bar = _DataBar(err) if err.isatty() else None
     started = time.perf_counter()
@@ -67,7 +73,8 @@ def cmd_train(args, out, err):
         for event in run.events(should_stop=lambda: stop.requested, progress=data_bar):
             if isinstance(event, Steps):
                 if not stop_installed:
-                    signal.signal(signal.SIGINT, stop)
+                    for signum in previous_handlers:
+                        signal.signal(signum, stop)
                     stop_installed = True
                 if event.last == event.steps:  # no step left to finish: a Ctrl-C now waits for the final saves
                     stop.what = 'finishing the final evaluation and save'
@@ -111,7 +118,8 @@ def cmd_train(args, out, err):
                 _plot(run)
         raise
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         if data_bar is not None:
             data_bar.close()
         if bar is not None:
@@ -125,7 +133,7 @@ def cmd_train(args, out, err):
         else:
             saved = f", saved in {run_cfg.out}" if run_cfg.out else ""
             print(f"microgpt: trained all {run.step} steps{saved}; stopped before sampling", file=err)
-        raise KeyboardInterrupt
+        raise Terminated if stop.terminated else KeyboardInterrupt
     if err.isatty():
         elapsed = time.perf_counter() - started
         print(f"trained in {elapsed:.2f} s", file=err)

@@ -10,6 +10,10 @@ class NotData(MicrogptError):
     lines, too many distinct characters). fetch.py checks a download for it before keeping the file."""
 
 
+class Terminated(Exception):
+    """A run stopped and saved on SIGTERM (a scheduler's or torchrun's shutdown): exit status 143, 128 + 15."""
+
+
 class PeersLost(MicrogptError):
     """Another process of a data-parallel run stopped. PyTorch's gloo may then abort this process as it tears
     down ("terminate called without an active exception"), so the command line ends it at once after the
