@@ -26,9 +26,9 @@ from microgpt import corpus as corpus_module
 from microgpt import data
 from microgpt import string_order as string_order_module
 from microgpt.corpus import load_corpus
-from microgpt.data import Vocabulary, holdout_split, load_documents, shuffled
+from microgpt.data import TEXT_HINT, Vocabulary, holdout_split, load_documents, shuffled
 from microgpt.documents import Documents
-from microgpt.errors import MicrogptError
+from microgpt.errors import MicrogptError, NotData
 
 # line breaks, ASCII and Unicode whitespace (stripped, but not line ends), a byte-order mark, multi-byte text
 ALPHABET = ['a', 'b', 'z', ' ', '\t', '\n', '\r', '\r\n', '\x0b', '\x0c', '\x1c', '\x85', '\u00a0', '\u2028',
@@ -897,6 +897,73 @@ def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_a
         assert served.requests == ['/x.txt'] * 3 and 'vocab size: 7' in out.getvalue(), out.getvalue()
     finally:
         served.close()
+
+
+def _alphabet(size):
+    return [chr(c) for c in range(0x100, 0x100 + size + 2100) if not 0xD800 <= c < 0xE000 and not chr(c).isspace()][:size]
+
+
+def test_a_download_over_the_alphabet_limit_is_not_kept(tmp_path):
+    """A download's check skipped the limit of 65,534 distinct characters, which only tokenising saw: the file
+    stayed in the cache and failed every later run, the error naming the cached copy, not the address."""
+    from microgpt.fetch import fetch
+    served = _Server({'/wide.txt': (200, {}, '\n'.join(_alphabet(65535)).encode('utf-8') + b'\n'),
+                      '/widest.txt': (200, {}, '\n'.join(_alphabet(65534)).encode('utf-8') + b'\n')})
+    try:
+        with pytest.raises(NotData) as info:
+            fetch(served.url + '/wide.txt', cache_dir=str(tmp_path))
+        assert str(info.value) == (f"{served.url}/wide.txt: more than 65534 distinct characters; a character-level "
+                                   f"model needs a smaller alphabet; {TEXT_HINT}; the download was not kept"), info.value
+        assert os.listdir(tmp_path / 'downloads') == []
+        assert len(load_corpus(fetch(served.url + '/widest.txt', cache_dir=str(tmp_path))).chars) == 65534
+    finally:
+        served.close()
+
+
+def test_data_paths_and_messages_read_as_given(tmp_path, monkeypatch):
+    """A file named 'http:x.txt' was taken for an address ('cannot download (no host given)'); a redirect loop's
+    reason printed its line breaks as '\\n'; file:// was 'a file file's local path'; MICROGPT_CACHE='~/x' (from a
+    .env file, unexpanded) made a folder named '~' here."""
+    from microgpt.data import cache_folder, check_data_path
+    from microgpt.fetch import fetch, is_url
+    assert not is_url('http:x.txt') and is_url('http://host/x.txt')
+    served = _Server({'/loop': (302, {'Location': '/loop'}, b'')})
+    try:
+        with pytest.raises(MicrogptError) as info:
+            fetch(served.url + '/loop', cache_dir=str(tmp_path))
+        assert '\n' not in str(info.value) and 'redirect error that would lead to an infinite loop' in str(info.value)
+    finally:
+        served.close()
+    with pytest.raises(MicrogptError, match=r"^file:///nowhere/x.txt: only http:// and https:// addresses are "
+                                            r"downloaded; give the file's local path, or its http\(s\) address$"):
+        check_data_path('file:///nowhere/x.txt')
+    monkeypatch.setenv('MICROGPT_CACHE', '~/microgpt-cache')
+    assert cache_folder() == os.path.join(os.path.expanduser('~'), 'microgpt-cache')
+
+
+def test_eval_of_data_with_characters_the_model_lacks_names_the_file(tmp_path):
+    """It said the prompt's words, "'́', '😀' not in the model's vocabulary; use only these characters": no file,
+    and a bare combining accent."""
+    from microgpt.documents import file_documents
+    path = tmp_path / 'other.txt'
+    path.write_text('anna\nzoe\u0301\nbob\U0001F600\n', encoding='utf-8')
+    with pytest.raises(MicrogptError) as info:
+        file_documents(str(path), Vocabulary('abenoz'))
+    assert str(info.value) == (f"{path} holds '\\u0301', '\U0001F600', not in the model's vocabulary; give data of "
+                               f"its 6 characters: 'a', 'b', 'e', 'n', 'o', 'z'"), info.value
+
+
+def test_every_engine_refuses_an_alphabet_over_the_limit(tmp_path):
+    """The reference engine, which reads documents as strings, trained on 65,535 and more distinct characters and
+    saved a checkpoint that eval, sample and --resume with another engine refused."""
+    from microgpt.cli import main
+    path = tmp_path / 'wide.txt'
+    path.write_text('\n'.join(_alphabet(65535)) + '\n', encoding='utf-8')
+    for engine in ('reference', 'numpy'):
+        out, err = io.StringIO(), io.StringIO()
+        assert main(['train', '--data', str(path), '--engine', engine, '--steps', '1'], out=out, err=err) == 2
+        assert err.getvalue() == (f"microgpt: error: {path}: more than 65534 distinct characters; a character-level "
+                                  f"model needs a smaller alphabet; {TEXT_HINT}\n"), (engine, err.getvalue())
 
 
 @pytest.mark.parametrize('argv, fragment', [

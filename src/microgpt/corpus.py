@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import TEXT_HINT, cache_folder, check_data_path, decode_piece, edges_sha256, read_pieces, split_lines
+from .data import (TEXT_HINT, cache_folder, check_alphabet, check_data_path, decode_piece, edges_sha256, read_pieces,
+                   split_lines)
 from .errors import MicrogptError, NotData
 from .tempfiles import folder_problem, make_temporary, remove_quietly
 
 CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
 CACHE_MIN_BYTES = 2**20
-MAX_CHARS = 2**16 - 2      # token ids are uint16 at most, BOS included (0xFFFF marks an unseen character)
 SLICE = 2**22             # ids remapped or widened at a time
 
 
@@ -157,9 +157,7 @@ def tokenise(path, sink, progress=None):
         if (ids == UNSEEN).any():                         # characters seen for the first time
             present = np.flatnonzero(np.bincount(points))
             new = present[provisional[present] == UNSEEN]
-            if len(first_seen) + len(new) > MAX_CHARS:
-                raise NotData(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model "
-                              f"needs a smaller alphabet; {TEXT_HINT}")
+            check_alphabet(path, len(first_seen) + len(new))
             provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
             first_seen += new.tolist()
             ids = provisional[points]

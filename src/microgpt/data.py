@@ -16,6 +16,7 @@ import hashlib
 import os
 import random
 import stat
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +34,7 @@ READ_BYTES = 2**23         # one read: small enough to stay interruptible, large
 BYTE_ORDER_MARK = '\ufeff'
 BUNDLED_DATASET = 'names.txt'
 TEXT_HINT = "give a UTF-8 text file with one item (a name, a word) per line"
+MAX_CHARS = 2**16 - 2  # distinct characters: token ids are uint16 at most, BOS included (0xFFFF: unseen in corpus.py)
 SHOWN_CHARACTERS = 20  # characters outside a vocabulary named in an error, at most (a file may bring thousands)
 
 
@@ -80,8 +82,8 @@ def file_identity(path):
 def cache_folder():
     """Where tokenised files (corpus.py) and downloads (fetch.py) are kept: $MICROGPT_CACHE, else
     $XDG_CACHE_HOME/microgpt, else ~/.cache/microgpt."""
-    if os.environ.get('MICROGPT_CACHE'):
-        return os.environ['MICROGPT_CACHE']
+    if os.environ.get('MICROGPT_CACHE'):  # '~/cache' from a .env file, which no shell expanded: the home folder's
+        return os.path.expanduser(os.environ['MICROGPT_CACHE'])
     base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
     return os.path.join(base, 'microgpt')
 
@@ -104,8 +106,8 @@ def check_data_path(path):
         if scheme in ('http', 'https'):  # the commands fetch these first (fetch.local_path): here, a caller did not
             raise MicrogptError(f"{redacted(path)}: is a web address; download the file and give its path")
         if scheme and scheme.isalpha():  # file://, ftp://: only http(s) is fetched (fetch.py)
-            raise MicrogptError(f"{redacted(path)}: only http:// and https:// addresses are downloaded; give a "
-                                f"{scheme} file's local path, or its http(s) address")
+            raise MicrogptError(f"{redacted(path)}: only http:// and https:// addresses are downloaded; give the "
+                                f"file's local path, or its http(s) address")
         raise MicrogptError(f"{path}: no such file; {TEXT_HINT}")
     if os.path.isdir(path):
         raise MicrogptError(f"{path}: is a directory; {TEXT_HINT}")
@@ -175,22 +177,38 @@ def _marked_encoding(start):
 
 
 def check_text(path):
-    """Raise NotData where load_documents would, reading `path` a piece at a time and keeping nothing."""
-    blank = True
+    """Raise NotData where load_documents or corpus.load_corpus would, reading `path` a piece at a time and keeping
+    nothing but its characters."""
+    blank, characters = True, set()
     for offset, piece in read_pieces(path):
-        blank = blank and not decode_piece(path, offset, piece).strip()
+        text = decode_piece(path, offset, piece)
+        blank = blank and not text.strip()
+        if not piece.isascii():  # ASCII holds fewer than MAX_CHARS
+            characters.update(*split_lines(text))
+            check_alphabet(path, len(characters))
     if blank:
         raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
+
+
+def check_alphabet(path, distinct):
+    """NotData where the documents' `distinct` characters are over MAX_CHARS: every engine and command refuses such a
+    file alike (corpus.load_corpus, load_documents, a download's check_text)."""
+    if distinct > MAX_CHARS:
+        raise NotData(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model needs a smaller "
+                      f"alphabet; {TEXT_HINT}")
 
 
 def load_documents(path):
     """Return the documents of the text file at `path` as strings, raising MicrogptError for anything
     unusable. For large files, corpus.load_corpus keeps them as a token array instead."""
-    docs = []
+    docs, ascii_only = [], True
     for offset, piece in read_pieces(path):
         docs += split_lines(decode_piece(path, offset, piece))
+        ascii_only = ascii_only and piece.isascii()
     if not docs:
         raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
+    if not ascii_only:
+        check_alphabet(path, len(set().union(*docs)))
     return docs
 
 
@@ -207,7 +225,9 @@ def split_lines(text):
 def named_characters(characters):
     """The first SHOWN_CHARACTERS of `characters`, for an error: 'a', 'b' and 3 more."""
     more = len(characters) - SHOWN_CHARACTERS
-    return ', '.join(map(repr, characters[:SHOWN_CHARACTERS])) + (f" and {more} more" if more > 0 else '')
+    shown = [repr(ch) if ch.isprintable() and not unicodedata.combining(ch) else ascii(ch)  # a bare accent: '\u0301'
+             for ch in characters[:SHOWN_CHARACTERS]]
+    return ', '.join(shown) + (f" and {more} more" if more > 0 else '')
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import random
 
 import numpy as np
 
-from .data import Vocabulary, check_split, holdout_draw, validation_size
+from .data import Vocabulary, check_split, holdout_draw, named_characters, validation_size
 from .errors import MicrogptError
 from .makemore_split import makemore_positions
 from .permutation import shuffled_positions
@@ -254,6 +254,10 @@ def file_documents(path, vocab=None):
     if vocab is None:
         return Documents(corpus)
     if corpus.chars != vocab.chars:
+        unknown = [ch for ch in corpus.chars if ch not in set(vocab.chars)]
+        if unknown:
+            raise MicrogptError(f"{path} holds {named_characters(unknown)}, not in the model's vocabulary; give "
+                                f"data of its {len(vocab.chars)} characters: {named_characters(vocab.chars)}")
         offset, bos = 1 if vocab.bos_first else 0, len(vocab.chars)
         table = np.full(np.iinfo(corpus.tokens.dtype).max + 1, bos + 1, token_dtype(bos + 1))  # past BOS: damage
         table[:len(corpus.chars) + 1] = [i - offset for i in vocab.encode(corpus.chars)] + [bos]  # and BOS to BOS

@@ -21,8 +21,8 @@ URL_CHARACTERS = "/:?#[]@!$&'()*+,;=%~"  # kept as they are in a requested addre
 
 def is_url(path):
     """Whether `path` is an http(s) address; a malformed one ('http://[::1/x') is an error, not a file name."""
-    try:
-        return urlparse(path).scheme in URL_SCHEMES
+    try:  # 'http:x.txt' is a file's name: an address has '//' after its scheme
+        return urlparse(path).scheme in URL_SCHEMES and path.split(':', 1)[1].startswith('//')
     except ValueError as e:
         if path.split(':', 1)[0].lower() not in URL_SCHEMES:
             return False
@@ -179,7 +179,8 @@ def _download(url, f, progress):
             if total is None or done == total:
                 decoder.check_ended()
     except urllib.error.HTTPError as e:
-        raise MicrogptError(f"{url}: the server answered {e.code} {e.reason}; {hint}") from None
+        reason = ' '.join(str(e.reason).split())  # a redirect loop's reason is three lines
+        raise MicrogptError(f"{url}: the server answered {e.code} {reason}; {hint}") from None
     except urllib.error.URLError as e:
         raise MicrogptError(f"{url}: cannot download ({getattr(e.reason, 'strerror', None) or e.reason}); "
                             f"{hint}") from None
