@@ -99,6 +99,21 @@ def cached_file(tmp_path):
     return write_words(tmp_path / 'words.txt', 5000), str(tmp_path / 'cache')
 
 
+def test_a_temporary_left_by_a_killed_run_goes_when_a_cache_is_read(cached_file):
+    """SIGTERM, SIGHUP or kill -9 while tokenising left a temporary of hundreds of MB that only a later
+    tokenising swept; runs reading a current cache kept it. A live process's temporary stays."""
+    path, cache = cached_file
+    load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    child = subprocess.Popen(['true'])  # a process id that has ended
+    child.wait()
+    left = os.path.join(cache, f'.tmp-tokens-{child.pid}-x.bin')
+    live = os.path.join(cache, f'.tmp-tokens-{os.getppid()}-y.bin')
+    for name in (left, live):
+        open(name, 'wb').close()
+    load_corpus(path, cache_dir=cache, min_cache_bytes=0)
+    assert not os.path.exists(left) and os.path.exists(live)
+
+
 def test_a_current_cache_is_memory_mapped_and_not_tokenised_again(cached_file, monkeypatch):
     path, cache = cached_file
     first = load_corpus(path, cache_dir=cache, min_cache_bytes=0)

@@ -28,7 +28,7 @@ import numpy as np
 from .data import (TEXT_HINT, cache_folder, check_alphabet, check_data_path, decode_piece, edges_sha256, read_pieces,
                    split_lines)
 from .errors import MicrogptError, NotData
-from .tempfiles import folder_problem, make_temporary, remove_quietly
+from .tempfiles import folder_problem, make_temporary, remove_quietly, remove_stale
 
 CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
@@ -67,6 +67,10 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
     cache_path = os.path.join(folder, f"tokens-{hashlib.sha256(source['path'].encode()).hexdigest()[:32]}.bin")
     cached = open_cache(cache_path, source)
     if cached is not None:
+        try:  # a run ended while tokenising by a signal Python does not catch (SIGTERM, SIGHUP, kill -9) left its
+            remove_stale(folder, '.tmp-tokens-', '.bin')  # temporary, hundreds of MB, which only tokenising swept
+        except OSError:
+            pass
         return cached
     try:
         os.makedirs(folder, exist_ok=True)
