@@ -283,6 +283,26 @@ def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_fil
     assert_same(corpus, path)
 
 
+@pytest.mark.parametrize('command', ['eval', 'sample'])
+def test_eval_and_sample_say_that_the_cache_could_not_be_written(tmp_path, monkeypatch, command):
+    """train gave the notice; eval and sample tokenised a large file in memory on every run, saying nothing."""
+    from microgpt.cli import main
+    path = str(tmp_path / 'words.txt')  # over the size that is cached, in few documents (eval scores each)
+    Path(path).write_text(''.join(word * 800 + '\n' for word in ('anna', 'bob', 'carla') * 120))
+    assert os.path.getsize(path) >= corpus_module.CACHE_MIN_BYTES
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    assert main(['train', '--data', path, '--steps', '2', '--num-samples', '0', '--out', str(tmp_path / 'run')],
+                out=io.StringIO(), err=io.StringIO()) == 0
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    monkeypatch.setenv('MICROGPT_CACHE', str(blocker))
+    out, err = io.StringIO(), io.StringIO()
+    argv = [command, '--checkpoint', str(tmp_path / 'run' / 'model.safetensors'), '--data', path]
+    assert main(argv + (['--num-samples', '1'] if command == 'sample' else []), out=out, err=err) == 0, err.getvalue()
+    assert err.getvalue().startswith(f"microgpt: cannot write the token cache in {blocker} ({blocker} is a file, "
+                                     f"not a folder); tokenised {path} in memory"), err.getvalue()
+
+
 def test_folder_problem_names_what_stands_in_the_way(tmp_path, monkeypatch):
     from microgpt.tempfiles import folder_problem
     monkeypatch.chdir(tmp_path)

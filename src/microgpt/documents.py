@@ -245,12 +245,15 @@ def _hash(ids, powers):
     return int(np.array(ids, np.uint64) @ powers) if ids else 0
 
 
-def file_documents(path, vocab=None):
+def file_documents(path, vocab=None, notice=None):
     """The documents of the file at `path` (corpus.load_corpus: tokenised once into the cache, then memory-mapped),
     in the token ids of `vocab` when given (a model's: its characters must hold the file's, or a MicrogptError
-    names those it lacks; the tokens are remapped in memory when the file has fewer), else in the file's own."""
+    names those it lacks; the tokens are remapped in memory when the file has fewer), else in the file's own.
+    `notice(words)` hears that the cache could not be written (the file was tokenised in memory)."""
     from .corpus import Corpus, load_corpus, token_dtype
     corpus = load_corpus(path)
+    if corpus.notice and notice:
+        notice(corpus.notice)
     if vocab is None:
         return Documents(corpus)
     if corpus.chars != vocab.chars:

@@ -99,7 +99,7 @@ def cmd_sample(args, out, err):
                             f"{block_size} tokens with BOS, so give at most {block_size - 1}")
     from .documents import file_documents  # NumPy: this command's models need it anyway
     if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
-        training = file_documents(local_path(args.data))
+        training = file_documents(local_path(args.data), notice=_notice_to(err))
     else:
         try:
             training = recorded_documents(ckpt)[0]
@@ -114,7 +114,7 @@ def cmd_eval(args, out, err):
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     if args.data is not None:
-        docs, what = file_documents(local_path(args.data), ckpt.vocab), args.data
+        docs, what = file_documents(local_path(args.data), ckpt.vocab, _notice_to(err)), args.data
     else:
         if not ckpt.meta.get('eval_every'):
             raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
@@ -124,7 +124,7 @@ def cmd_eval(args, out, err):
         except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
             raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give --data "
                                 f"FILE to score every document of a file") from None
-        docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab))[1]
+        docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab, _notice_to(err)))[1]
         what = f"the held-out split of {ckpt.meta['data_path']}"
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, docs)
