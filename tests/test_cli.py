@@ -213,6 +213,31 @@ def ctrl_c_at_step_3(monkeypatch):
     monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
 
 
+def test_resume_keeps_saving_every_n_steps(data, tmp_path, monkeypatch):
+    """--save-every was not recorded: a run resumed as the stop line says saved only at its end, so a crash after
+    the resume lost every step since. It is kept, and a --save-every given on resume replaces it."""
+    from microgpt.engines.numpy.engine import NumpyEngine
+    from microgpt.train.run import TrainingRun
+    out, first_call = str(tmp_path / 'run'), NumpyEngine.train_steps
+
+    def interrupted(self, doc_tokens, start, stop, *args):
+        if start == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+        return first_call(self, doc_tokens, start, stop, *args)
+    monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
+    code, _, err = run(*small(data, '--out', out, '--steps', '40', '--save-every', '4'))
+    assert code == 130 and 'stopped at step 8' in err, err
+    monkeypatch.undo()
+    saved, save = [], TrainingRun._save
+    monkeypatch.setattr(TrainingRun, '_save', lambda self, name, metrics: saved.append(self.step) or save(self, name,
+                                                                                                         metrics))
+    assert run('train', '--resume', '--out', out, '--steps', '20', '--num-samples', '0')[0] == 0
+    assert sorted(set(saved)) == [12, 16, 20], saved
+    saved.clear()
+    assert run('train', '--resume', '--out', out, '--steps', '40', '--save-every', '7', '--num-samples', '0')[0] == 0
+    assert sorted(set(saved)) == [21, 28, 35, 40], saved
+
+
 def test_resume_alone_continues_the_run_as_saved(data, tmp_path, monkeypatch):
     """The advice printed after Ctrl-C (`--resume --out DIR`) failed on its own with 'different configuration',
     and `--resume --preset P` trained on to the preset's steps with its evaluation interval."""

@@ -21,10 +21,11 @@ SAMPLING = tuple(f.name for f in fields(SampleConfig))  # settings of the names 
 
 def resume_settings(out, given, preset=None):
     """The settings that continue the run saved in `out`: those its checkpoint records (model, training, data,
-    held-out split, engine, dtype and sampling), the saved preset's for the rest (the sampling of checkpoints that
-    record none), and `given` (the flags on the command line) on top. A given setting that differs from the
-    recorded one is an error, but a larger steps, which trains on, another engine (checkpoints are
-    interchangeable) and the sampling flags, which change only the names printed at the end."""
+    held-out split, engine, dtype, sampling and --save-every), the saved preset's for the rest (the sampling of
+    checkpoints that record none), and `given` (the flags on the command line) on top. A given setting that
+    differs from the recorded one is an error, but a larger steps, which trains on, another engine (checkpoints
+    are interchangeable), --save-every and the sampling flags, which change only when it saves and the names
+    printed at the end."""
     from .checkpoint import HINT, load_checkpoint
     check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
     path = os.path.join(out, RESUME_CHECKPOINT)
@@ -43,7 +44,7 @@ def resume_settings(out, given, preset=None):
     meta = ckpt.meta
     recorded = {**{k: v for k, v in asdict(ckpt.model_cfg).items() if k != 'vocab_size'}, **asdict(ckpt.train_cfg),
                 'eval_every': meta.get('eval_every', 0), 'val_fraction': meta.get('val_fraction'),
-                'val_split': meta.get('val_split', 'name'),
+                'val_split': meta.get('val_split', 'name'), 'save_every': meta.get('save_every', 0),
                 'dtype': meta.get('compute_dtype', meta.get('dtype', 'float64'))}
     for key, meta_key in (('data', 'data_path'), ('engine', 'engine'), ('preset', 'preset')):
         if meta.get(meta_key) is not None:  # older checkpoints may lack them
@@ -60,7 +61,7 @@ def resume_settings(out, given, preset=None):
     if 'data' in now and now['data'] != recorded.get('data') and _holds_the_runs_data(given['data'], meta):
         recorded['data'] = now['data']  # the same data moved, or reached through a link: it continues the run
     differences = [f"{k}: checkpoint {_shown(k, recorded[k])}, now {_shown(k, v)}" for k, v in now.items()
-                   if k in recorded and k not in ('steps', 'engine', *SAMPLING) and v != recorded[k]]
+                   if k in recorded and k not in ('steps', 'engine', 'save_every', *SAMPLING) and v != recorded[k]]
     if differences:
         if 'data' in now and not os.path.exists(path_of_recorded(recorded.get('data', ''))):
             data = given['data']

@@ -265,7 +265,7 @@ class TrainingRun:
 
     def _meta(self):
         cfg = self.cfg
-        return {'data_path': recorded_path(cfg.data_path), 'eval_every': cfg.eval_every,
+        return {'data_path': recorded_path(cfg.data_path), 'eval_every': cfg.eval_every, 'save_every': cfg.save_every,
                 'val_fraction': cfg.val_fraction, 'val_split': cfg.val_split, 'preset': self.s.preset,
                 'compute_dtype': cfg.dtype, 'best_val_loss': self.best_val_loss, 'data_identity': self.data_identity,
                 **({'sampling': asdict(self.s.sample)} if self.s.sample is not None else {})}
