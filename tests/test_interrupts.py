@@ -19,6 +19,22 @@ def data(tmp_path):
     return write_names(tmp_path / 'names.txt')
 
 
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    """The `microgpt` command imports its modules (NumPy among them) for a few tenths of a second: a Ctrl-C then
+    printed a traceback of the import."""
+    import types
+    from microgpt.__main__ import main
+    loading = types.ModuleType('microgpt.cli')
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+    loading.__getattr__ = interrupted
+    monkeypatch.setitem(sys.modules, 'microgpt.cli', loading)
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 130 and capsys.readouterr().err == 'microgpt: interrupted\n'
+
+
 def test_ctrl_c_before_the_first_step_interrupts_at_once(data, monkeypatch):
     """Reading and compiling run under Python's own SIGINT handler: the first Ctrl-C stops there, at once."""
     import microgpt.train.run as run_module
