@@ -219,6 +219,21 @@ def test_sigterm_stops_and_saves_as_the_first_ctrl_c_does(data, tmp_path, monkey
     assert code == 0 and 'microgpt: resuming from step 16' in err, (code, err)
 
 
+def test_a_signal_ignored_when_the_run_started_stays_ignored(data, tmp_path):
+    """A script's `cmd &` starts it with SIGINT ignored, so that a Ctrl-C at the terminal spares it: the run
+    installed its stop request anyway and stopped."""
+    script = (f"import signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); sys.argv = ['microgpt', 'train', "
+              f"'--data', {str(data)!r}, '--steps', '3000', '--num-samples', '0', '--out', {str(tmp_path / 'run')!r}]; "
+              f"import microgpt.__main__ as m; m.main()")
+    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    while line and not line.startswith('step'):
+        line = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and 'step 3000 / 3000' in out and 'stopping' not in err, (proc.returncode, err)
+
+
 def test_ctrl_c_while_the_fused_engine_compiles_stops_the_compiler_and_interrupts(data, monkeypatch):
     """The fused engine compiles on a thread of its own (compile._on_a_new_stack). A Ctrl-C while it compiles
     stops the compiler there too, which releases numba's lock and restores numba's SLP setting before the run

@@ -65,7 +65,8 @@ def cmd_train(args, out, err):
     # step) interrupts at once, as nothing would be saved; from then on, it stops after the step under way, so
     # that the run is saved
     stop = _StopRequest(err)
-    previous_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
+                         if signal.getsignal(signum) != signal.SIG_IGN}  # ignored when started (`cmd &` in a script)
     bar, stop_installed = None, False  # a flag, not getsignal(): that builds an enum, 3 us a step
     data_bar = _DataBar(err) if err.isatty() else None
     started = time.perf_counter()
