@@ -280,6 +280,23 @@ def test_a_damaged_resume_state_gets_advice_for_resume(small_data, tmp_path):
     assert '--overwrite' not in err, err
 
 
+def test_resume_advice_for_a_checkpoint_given_as_out_and_for_moved_data(small_data, tmp_path):
+    """--out naming resume.safetensors said 'nothing to resume; drop --resume to start fresh', which then failed on
+    the file; a run whose data file moved said only 'no such file', not that --data can name its new place."""
+    out = tmp_path / 'run'
+    data = tmp_path / 'names.txt'
+    data.write_text(open(small_data).read())
+    assert run('train', '--data', data, '--steps', '5', '--num-samples', '0', '--out', out)[0] == 0
+    assert_error(*run('train', '--resume', '--out', out / 'resume.safetensors'),
+                 f"--out {out / 'resume.safetensors'} is a file: --resume takes the run's folder")
+    data.rename(tmp_path / 'moved.txt')
+    assert_error(*run('train', '--resume', '--out', out, '--steps', '10'),
+                 f"the run's data file {data} is no longer there; give its new place with --data")
+    code, _, err = run('train', '--resume', '--out', out, '--steps', '10', '--data', tmp_path / 'moved.txt',
+                       '--num-samples', '0')
+    assert code == 0, err
+
+
 def test_resume_without_a_checkpoint(small_data, tmp_path):
     assert_error(*run(*train_args(small_data, str(tmp_path / 'empty'), '--resume')), 'nothing to resume')
 

@@ -29,6 +29,9 @@ def resume_settings(out, given, preset=None):
     from .checkpoint import HINT, load_checkpoint
     check_sampling_flags(given)  # as presets.resolve does for a fresh run: a flag that changes nothing is refused
     path = os.path.join(out, RESUME_CHECKPOINT)
+    if os.path.isfile(out):
+        raise MicrogptError(f"--out {out} is a file: --resume takes the run's folder, the one holding "
+                            f"{RESUME_CHECKPOINT}")
     if not os.path.exists(path):
         start = ("replace it with --overwrite instead" if os.path.exists(os.path.join(out, BEST_CHECKPOINT))
                  else "drop --resume to start fresh")
@@ -79,6 +82,9 @@ def resume_settings(out, given, preset=None):
     saved_preset = recorded.pop('preset', None)
     if 'data' in recorded:
         recorded['data'] = path_of_recorded(recorded['data'])
+        if 'data' not in given and not is_url(recorded['data']) and not os.path.exists(recorded['data']):
+            raise MicrogptError(f"the run's data file {recorded['data']} is no longer there; give its new place with "
+                                f"--data (--resume checks that it holds the same data)")
     settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
     check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
     return settings, saved_preset
