@@ -221,7 +221,8 @@ def test_resume_keeps_saving_every_n_steps(data, tmp_path, monkeypatch):
     out, first_call = str(tmp_path / 'run'), NumpyEngine.train_steps
 
     def interrupted(self, doc_tokens, start, stop, *args):
-        if start == 4:
+        if start >= 4 and not self.__dict__.get('interrupted'):  # the first chunk from step 5 on, once a run
+            self.interrupted = True
             os.kill(os.getpid(), signal.SIGINT)
         return first_call(self, doc_tokens, start, stop, *args)
     monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
@@ -236,6 +237,14 @@ def test_resume_keeps_saving_every_n_steps(data, tmp_path, monkeypatch):
     saved.clear()
     assert run('train', '--resume', '--out', out, '--steps', '40', '--save-every', '7', '--num-samples', '0')[0] == 0
     assert sorted(set(saved)) == [21, 28, 35, 40], saved
+    # a recorded interval at or past fewer --steps than the run's saves nothing the end does not: left out, as the
+    # user did not give it (a fresh run's --save-every 30 --steps 20 is an error)
+    monkeypatch.setattr(NumpyEngine, 'train_steps', interrupted)
+    code, _, err = run(*small(data, '--out', tmp_path / 'late', '--steps', '40', '--save-every', '30'))
+    assert code == 130 and 'stopped at step 16' in err, err
+    monkeypatch.setattr(NumpyEngine, 'train_steps', first_call)
+    code, _, err = run('train', '--resume', '--out', tmp_path / 'late', '--steps', '20', '--num-samples', '0')
+    assert code == 0, err
 
 
 def test_resume_alone_continues_the_run_as_saved(data, tmp_path, monkeypatch):

@@ -101,17 +101,19 @@ def cached_file(tmp_path):
 
 def test_a_temporary_left_by_a_killed_run_goes_when_a_cache_is_read(cached_file):
     """SIGTERM, SIGHUP or kill -9 while tokenising left a temporary of hundreds of MB that only a later
-    tokenising swept; runs reading a current cache kept it. A live process's temporary stays."""
+    tokenising swept; runs reading a current cache kept it. A live process's temporary stays, and one written in
+    the last 10 minutes (in a folder shared between machines, its process id may be another machine's)."""
     path, cache = cached_file
     load_corpus(path, cache_dir=cache, min_cache_bytes=0)
     child = subprocess.Popen(['true'])  # a process id that has ended
     child.wait()
-    left = os.path.join(cache, f'.tmp-tokens-{child.pid}-x.bin')
+    left, recent = (os.path.join(cache, f'.tmp-tokens-{child.pid}-{name}.bin') for name in ('x', 'z'))
     live = os.path.join(cache, f'.tmp-tokens-{os.getppid()}-y.bin')
-    for name in (left, live):
+    for name in (left, live, recent):
         open(name, 'wb').close()
+    os.utime(left, (time.time() - 601, time.time() - 601))
     load_corpus(path, cache_dir=cache, min_cache_bytes=0)
-    assert not os.path.exists(left) and os.path.exists(live)
+    assert not os.path.exists(left) and os.path.exists(live) and os.path.exists(recent)
 
 
 def test_a_current_cache_is_memory_mapped_and_not_tokenised_again(cached_file, monkeypatch):
@@ -283,7 +285,7 @@ def test_an_unwritable_cache_folder_tokenises_in_memory_with_a_notice(cached_fil
     assert_same(corpus, path)
 
 
-@pytest.mark.parametrize('command', ['eval', 'sample'])
+@pytest.mark.parametrize('command', ['eval', 'sample', 'sample of the run\'s data'])
 def test_eval_and_sample_say_that_the_cache_could_not_be_written(tmp_path, monkeypatch, command):
     """train gave the notice; eval and sample tokenised a large file in memory on every run, saying nothing."""
     from microgpt.cli import main
@@ -297,8 +299,10 @@ def test_eval_and_sample_say_that_the_cache_could_not_be_written(tmp_path, monke
     blocker.write_text('not a folder')
     monkeypatch.setenv('MICROGPT_CACHE', str(blocker))
     out, err = io.StringIO(), io.StringIO()
-    argv = [command, '--checkpoint', str(tmp_path / 'run' / 'model.safetensors'), '--data', path]
-    assert main(argv + (['--num-samples', '1'] if command == 'sample' else []), out=out, err=err) == 0, err.getvalue()
+    argv = [command.split()[0], '--checkpoint', str(tmp_path / 'run' / 'model.safetensors')]
+    argv += {'eval': ['--data', path], 'sample': ['--data', path, '--num-samples', '1']}.get(command,
+                                                                                           ['--num-samples', '1'])
+    assert main(argv, out=out, err=err) == 0, err.getvalue()
     assert err.getvalue().startswith(f"microgpt: cannot write the token cache in {blocker} ({blocker} is a file, "
                                      f"not a folder); tokenised {path} in memory"), err.getvalue()
 
@@ -935,7 +939,9 @@ def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_a
 
 
 def _alphabet(size):
-    return [chr(c) for c in range(0x100, 0x100 + size + 2100) if not 0xD800 <= c < 0xE000 and not chr(c).isspace()][:size]
+    """`size` characters from U+0100 on: no surrogates, no whitespace."""
+    return [chr(c) for c in range(0x100, 0x100 + size + 2100)
+            if not 0xD800 <= c < 0xE000 and not chr(c).isspace()][:size]
 
 
 def test_a_download_over_the_alphabet_limit_is_not_kept(tmp_path):
@@ -948,7 +954,8 @@ def test_a_download_over_the_alphabet_limit_is_not_kept(tmp_path):
         with pytest.raises(NotData) as info:
             fetch(served.url + '/wide.txt', cache_dir=str(tmp_path))
         assert str(info.value) == (f"{served.url}/wide.txt: more than 65534 distinct characters; a character-level "
-                                   f"model needs a smaller alphabet; {TEXT_HINT}; the download was not kept"), info.value
+                                   f"model needs a smaller alphabet; {TEXT_HINT}; the download was not kept"), \
+            info.value
         assert os.listdir(tmp_path / 'downloads') == []
         assert len(load_corpus(fetch(served.url + '/widest.txt', cache_dir=str(tmp_path))).chars) == 65534
     finally:
@@ -986,6 +993,27 @@ def test_eval_of_data_with_characters_the_model_lacks_names_the_file(tmp_path):
         file_documents(str(path), Vocabulary('abenoz'))
     assert str(info.value) == (f"{path} holds '\\u0301', '\U0001F600', not in the model's vocabulary; give data of "
                                f"its 6 characters: 'a', 'b', 'e', 'n', 'o', 'z'"), info.value
+
+
+@pytest.mark.parametrize('ascii_first', [False, True], ids=['one-piece', 'ascii-pieces-first'])
+def test_the_alphabet_check_counts_what_every_piece_holds(tmp_path, monkeypatch, ascii_first):
+    """A first version counted only the pieces holding non-ASCII text: 94 ASCII characters in pieces of their own,
+    then 65,500 others, passed a download's check that tokenising then refused. Line ends and spaces stripped
+    from the lines count for nothing: 65,534 characters are taken."""
+    from microgpt.data import check_text
+    monkeypatch.setattr(data, 'READ_BYTES', 4096)
+    head = ''.join(chr(c) + '\n' for c in range(0x21, 0x7f)) * 100 if ascii_first else ''
+    for size, refused in ((65534 - 94 * ascii_first, False), (65535 - 94 * ascii_first, True)):
+        path = tmp_path / f'{size}.txt'
+        path.write_text(head + ' \t\r\n'.join(_alphabet(size)) + '\n', encoding='utf-8')
+        if refused:
+            with pytest.raises(NotData, match='more than 65534 distinct characters'):
+                check_text(str(path))
+            with pytest.raises(NotData, match='more than 65534 distinct characters'):
+                load_documents(str(path))
+        else:
+            check_text(str(path))
+            assert len(set().union(*load_documents(str(path)))) == 65534
 
 
 def test_every_engine_refuses_an_alphabet_over_the_limit(tmp_path):

@@ -89,7 +89,7 @@ def test_eval_and_sample_read_the_data_as_a_token_array(tmp_path, monkeypatch):
     many = tmp_path / 'many.txt'  # characters the model lacks: the first 20 named, not thousands
     many.write_text(''.join(chr(0x4e00 + i) for i in range(300)) + '\n')
     code, _, err = run('eval', '--checkpoint', checkpoint, '--data', many)
-    assert code == 2 and "'\u4e00', '\u4e01'" in err and ", '\u4e13' and 280 more not in" in err, err
+    assert code == 2 and "'\u4e00', '\u4e01'" in err and ", '\u4e13' and 280 more, not in" in err, err
     one = tmp_path / 'one.txt'
     one.write_text('ab\n')
     assert f"on 1 document ({one})" in run('eval', '--checkpoint', checkpoint, '--data', one)[1]  # not "1 documents"

@@ -11,7 +11,7 @@ import pytest
 
 from microgpt.config import ModelConfig, TrainConfig, learning_rate
 from microgpt.engines import make_engine
-from microgpt.errors import MicrogptError, PeersLost
+from microgpt.errors import MicrogptError, OwnDataError, PeersLost
 
 from helpers import assert_named_arrays_close, random_batch, switches_id
 
@@ -287,22 +287,24 @@ def test_the_command_line_ends_at_once_when_the_peers_are_lost(monkeypatch):
 def test_a_lost_peer_is_said_by_every_process_and_its_own_errors_with_its_rank(monkeypatch):
     """A process of a torchrun launch but the first writes nothing else, the first speaking for all: when the first
     was the one that died, the others ended with status 2 and no word, and an error of their own (another
-    machine's missing data file) went unsaid. A lost peer is said by each that sees it, and an error with the
-    process's rank."""
+    machine's missing data file) went unsaid. A lost peer is said by each that sees it, and an error reading its
+    own data with the process's rank; an error that every process meets alike is the first's to say."""
     import io
     from microgpt import cli, commands
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setenv('RANK', '1')
     for error, said in ((PeersLost('another process of the data-parallel run stopped (Connection closed by peer)'),
                          'another process of the data-parallel run stopped (Connection closed by peer)'),
-                        (MicrogptError('names.txt: no such file'), 'process 1: names.txt: no such file')):
+                        (OwnDataError('names.txt: no such file'), 'process 1: names.txt: no such file'),
+                        (MicrogptError('an error every process meets'), None)):
         def train(args, out, err, error=error):
             print('step    1 / 1000 | loss 3.3', file=out)
             raise error
         monkeypatch.setattr(commands, 'cmd_train', train)
         out, err = io.StringIO(), io.StringIO()
         assert cli._run(['train'], out, err) == (2, error)
-        assert out.getvalue() == '' and err.getvalue() == f"microgpt: error: {said}\n", err.getvalue()
+        assert out.getvalue() == '' and err.getvalue() == (f"microgpt: error: {said}\n" if said else ''), \
+            err.getvalue()
 
 
 def test_a_rank_without_a_world_is_not_torchrun(monkeypatch):
@@ -316,12 +318,14 @@ def test_a_rank_without_a_world_is_not_torchrun(monkeypatch):
     out, err = io.StringIO(), io.StringIO()
     assert cli._run(['train'], out, err) == (0, None) and out.getvalue() == 'trained\n', err.getvalue()
     monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('RANK', 'node-a')  # read only in a world of several
     assert torchrun_rank() is None
-    for name, value in (('RANK', 'abc'), ('WORLD_SIZE', 'x')):
-        monkeypatch.setenv(name, value)
-        with pytest.raises(MicrogptError, match=rf"{name}='{value}' in the environment.*unset {name}"):
+    for world, rank, bad in (('2', 'abc', 'RANK'), ('x', '1', 'WORLD_SIZE')):
+        monkeypatch.setenv('WORLD_SIZE', world)
+        monkeypatch.setenv('RANK', rank)
+        with pytest.raises(MicrogptError, match=rf"{bad}='{world if bad == 'WORLD_SIZE' else rank}' in the "
+                                                rf"environment.*unset {bad}"):
             make_engine('numpy', ModelConfig(vocab_size=5), random.Random(0))
-        monkeypatch.setenv(name, '1')
 
 
 # each process of the launch runs in a folder of its own, rank0/ or rank1/, as on two machines: their --data
@@ -359,9 +363,8 @@ def test_torchrun_processes_whose_data_differ_stop_at_once_and_say_why(tmp_path,
     if second_machine == 'no file':
         assert errors[0].startswith('microgpt: error: another process of the data-parallel run stopped'), errors
         assert errors[1].startswith('microgpt: error: process 1: ') and 'names.txt' in errors[1], errors
-    else:
-        assert len(errors) == 2 and all("read different data: process 1's --data is not process 0's" in line
-                                        for line in errors), errors
+    else:  # every process finds it: the first says it
+        assert len(errors) == 1 and "read different data: process 1's --data is not process 0's" in errors[0], errors
 
 
 def test_any_process_in_one_process_is_the_flag_itself():

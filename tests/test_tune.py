@@ -503,6 +503,28 @@ def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_
         summarize(study, str(out))  # it showed Python's dict of the counts
 
 
+def test_a_sigint_ignored_when_tune_started_stays_ignored(small_data, tmp_path, monkeypatch):
+    """A script's `tune ... &` starts with SIGINT ignored, so that the terminal's Ctrl-C spares it: tune installed
+    its stop request anyway."""
+    import signal
+
+    import optuna
+    from microgpt.tune import search
+    seen = []
+
+    def trial_seeing_the_handler(trial, options, n_train_docs, should_stop):
+        seen.append(signal.getsignal(signal.SIGINT))
+        raise optuna.TrialPruned
+
+    monkeypatch.setattr(search, 'run_trial', trial_seeing_the_handler)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        run_cli_in_process('tune', '--data', small_data, '--out', tmp_path / 'tune', '--trials', '1')
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen == [signal.SIG_IGN], seen
+
+
 def test_ctrl_c_before_any_trial_completes_exits_130_saying_so(small_data, tmp_path, monkeypatch):
     """Ctrl-C during the first trial: its run saves and it is told as failed; with no trial complete there is no
     best to report, and the exit is Ctrl-C's 130 with a true line, not the error of a spent budget."""

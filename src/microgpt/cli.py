@@ -18,7 +18,7 @@ from . import __version__
 from .bench.benchmark import BenchConfig
 from .bench.study import StudyConfig
 from .config import SAMPLE_SEED, ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
-from .errors import MicrogptError, PeersLost, Terminated
+from .errors import MicrogptError, OwnDataError, PeersLost, Terminated
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
 from .tune.search import TuneConfig
@@ -280,7 +280,7 @@ def _run(argv=None, out=None, err=None):
     stdout = out or sys.stdout
     err = own_err = err or sys.stderr or open(os.devnull, 'w', encoding='utf-8')  # `2>&-`: errors lost, as on /dev/full
     rank = _torchrun_rank()
-    if rank:  # a process of a torchrun launch but the first, which speaks for all but its own errors
+    if rank:  # a process of a torchrun launch but the first, which speaks for all but a lost peer and its own data
         stdout = err = open(os.devnull, 'w', encoding='utf-8')
     if stdout is None:  # started with standard output closed (`>&-`): Python has no stream to give
         _say("microgpt: error: standard output is closed; give it a file (> FILE, or > /dev/null)", err)
@@ -304,7 +304,7 @@ def _run(argv=None, out=None, err=None):
     except MicrogptError as e:  # a lost peer is said by every process that sees it: the first may be the one lost
         if isinstance(e, PeersLost) or not rank:
             _error(e, own_err)
-        else:  # this process's own data or files may be what failed (another machine's): said, with its rank
+        elif isinstance(e, OwnDataError):  # another machine's file, say: said by the process that met it
             _error(f"process {rank}: {e}", own_err)
         return 2, e
     except KeyboardInterrupt:

@@ -291,7 +291,9 @@ def cmd_tune(args, out, err):
     from .tune.search import TuneConfig, tune
     config = TuneConfig(**given(args, TuneConfig))
     stop = _StopRequest(err, what='the running trials finish their step, save and are recorded')
-    previous_handler = signal.signal(signal.SIGINT, stop)
+    previous_handler = signal.getsignal(signal.SIGINT)
+    if previous_handler != signal.SIG_IGN:  # ignored when started (a script's `cmd &`): left so, as train leaves it
+        signal.signal(signal.SIGINT, stop)
     try:
         study = tune(config, on_trial=lambda trial, state, value: print(
             f"trial {trial.number:4d} {state:<11}" + (f" held-out loss {value:.4f}" if value is not None else ''),

@@ -34,6 +34,7 @@ CACHE_VERSION = 1
 MAGIC = b'microgpt-token-cache\n'
 CACHE_MIN_BYTES = 2**20
 SLICE = 2**22             # ids remapped or widened at a time
+STALE_TEMPORARY_S = 600   # a token cache's temporary unchanged this long is no live writer's
 
 
 @dataclass
@@ -68,7 +69,9 @@ def load_corpus(path, cache_dir=None, min_cache_bytes=CACHE_MIN_BYTES, progress=
     cached = open_cache(cache_path, source)
     if cached is not None:
         try:  # a run ended while tokenising by a signal Python does not catch (SIGTERM, SIGHUP, kill -9) left its
-            remove_stale(folder, '.tmp-tokens-', '.bin')  # temporary, hundreds of MB, which only tokenising swept
+            # temporary, hundreds of MB, which only tokenising swept; one written in the last 10 minutes may be
+            # another machine's, in a cache folder they share
+            remove_stale(folder, '.tmp-tokens-', '.bin', unchanged_s=STALE_TEMPORARY_S)
         except OSError:
             pass
         return cached

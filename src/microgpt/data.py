@@ -179,20 +179,26 @@ def _marked_encoding(start):
 def check_text(path):
     """Raise NotData where load_documents or corpus.load_corpus would, reading `path` a piece at a time and keeping
     nothing but its characters."""
-    blank, characters = True, set()
+    blank, bound = True, set(map(chr, range(128)))  # every ASCII character, then the others seen
     for offset, piece in read_pieces(path):
         text = decode_piece(path, offset, piece)
         blank = blank and not text.strip()
-        if not piece.isascii():  # ASCII holds fewer than MAX_CHARS
-            characters.update(*split_lines(text))
-            check_alphabet(path, len(characters))
+        if not piece.isascii():
+            bound.update(text)
     if blank:
         raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
+    if len(bound) > MAX_CHARS:  # near the limit: the documents' own characters, read again
+        characters = set()
+        for offset, piece in read_pieces(path):
+            characters.update(*split_lines(decode_piece(path, offset, piece)))
+        check_alphabet(path, len(characters))
 
 
 def check_alphabet(path, distinct):
     """NotData where the documents' `distinct` characters are over MAX_CHARS: every engine and command refuses such a
-    file alike (corpus.load_corpus, load_documents, a download's check_text)."""
+    file alike (corpus.load_corpus, load_documents, a download's check_text). Those two count a bound first, every
+    ASCII character and each one of the text's (line ends and stripped spaces too), and the documents' own only
+    over the limit: a set of each document's characters cost a large file 20 times its reading."""
     if distinct > MAX_CHARS:
         raise NotData(f"{path}: more than {MAX_CHARS} distinct characters; a character-level model needs a smaller "
                       f"alphabet; {TEXT_HINT}")
@@ -201,13 +207,15 @@ def check_alphabet(path, distinct):
 def load_documents(path):
     """Return the documents of the text file at `path` as strings, raising MicrogptError for anything
     unusable. For large files, corpus.load_corpus keeps them as a token array instead."""
-    docs, ascii_only = [], True
+    docs, bound = [], set(map(chr, range(128)))  # as check_text's
     for offset, piece in read_pieces(path):
-        docs += split_lines(decode_piece(path, offset, piece))
-        ascii_only = ascii_only and piece.isascii()
+        text = decode_piece(path, offset, piece)
+        docs += split_lines(text)
+        if not piece.isascii():
+            bound.update(text)
     if not docs:
         raise NotData(f"{path}: no non-blank lines; {TEXT_HINT}")
-    if not ascii_only:
+    if len(bound) > MAX_CHARS:
         check_alphabet(path, len(set().union(*docs)))
     return docs
 

@@ -257,7 +257,8 @@ def file_documents(path, vocab=None, notice=None):
     if vocab is None:
         return Documents(corpus)
     if corpus.chars != vocab.chars:
-        unknown = [ch for ch in corpus.chars if ch not in set(vocab.chars)]
+        known = set(vocab.chars)
+        unknown = [ch for ch in corpus.chars if ch not in known]
         if unknown:
             raise MicrogptError(f"{path} holds {named_characters(unknown)}, not in the model's vocabulary; give "
                                 f"data of its {len(vocab.chars)} characters: {named_characters(vocab.chars)}")

@@ -14,6 +14,11 @@ class Terminated(Exception):
     """A run stopped and saved on SIGTERM (a scheduler's or torchrun's shutdown): exit status 143, 128 + 15."""
 
 
+class OwnDataError(MicrogptError):
+    """In a data-parallel run, this process could not read its --data (another machine's file missing, say): said
+    by the process itself, with its rank, where the other processes' errors are left to the first."""
+
+
 class PeersLost(MicrogptError):
     """Another process of a data-parallel run stopped. PyTorch's gloo may then abort this process as it tears
     down ("terminate called without an active exception"), so the command line ends it at once after the

@@ -102,7 +102,7 @@ def cmd_sample(args, out, err):
         training = file_documents(local_path(args.data), notice=_notice_to(err))
     else:
         try:
-            training = recorded_documents(ckpt)[0]
+            training = recorded_documents(ckpt, notice=_notice_to(err))[0]
         except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
             print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
             training = None

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import secrets
+import time
 
 TEMPORARY_PREFIX = '.tmp-'  # every temporary we write: checkpoints' and write_text's
 
@@ -171,16 +172,23 @@ def lock_folder(folder, wait):
     return fd
 
 
-def remove_stale(folder, prefix, suffix=''):
+def remove_stale(folder, prefix, suffix='', unchanged_s=0):
     """Remove `prefix`PID-*`suffix` files of processes that are gone or are this one, and `prefix`*`suffix`
-    files that name no process (written by versions that did not)."""
+    files that name no process (written by versions that did not); with `unchanged_s`, only those unchanged for
+    that long (a folder shared between machines, where a process id names another machine's writer too)."""
     for name in os.listdir(folder):
         if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
         pid = name[len(prefix):].split('-', 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and process_is_alive(int(pid)):
             continue  # another run writing into this folder right now
-        remove_quietly(os.path.join(folder, name))
+        path = os.path.join(folder, name)
+        try:
+            if unchanged_s and time.time() - os.stat(path).st_mtime < unchanged_s:
+                continue
+        except OSError:
+            continue
+        remove_quietly(path)
 
 
 def process_is_alive(pid):

@@ -100,14 +100,14 @@ class OneProcess:
 def torchrun_rank(environ=os.environ):
     """This process's RANK when it is one of several started by torchrun (or another `env://` launcher: WORLD_SIZE
     over 1 and RANK set), else None; a WORLD_SIZE or RANK that is not a whole number is refused."""
-    values = {name: environ.get(name) for name in ('WORLD_SIZE', 'RANK')}
-    for name, value in values.items():
-        if value is not None and not value.strip().isdecimal():
+    for name in ('WORLD_SIZE', 'RANK'):  # RANK is read only in a world of several
+        value = environ.get(name)
+        if value is None or name == 'WORLD_SIZE' and value.strip().isdecimal() and int(value) <= 1:
+            return None
+        if not value.strip().isdecimal():
             raise MicrogptError(f"{name}={value!r} in the environment: torchrun sets it to a whole number, so this "
                                 f"process was not started by torchrun; unset {name}")
-    if int(values['WORLD_SIZE'] or 1) <= 1 or values['RANK'] is None:
-        return None
-    return int(values['RANK'])
+    return int(environ['RANK'])
 
 
 def make_engine(name, cfg, rng, dtype='float64', device='auto'):

@@ -128,6 +128,7 @@ def weights_header(weights, cfg, vocab):
         f'#define HEAD_DIM {cfg.head_dim}  /* HS = C / NH */', f'#define N_LAYER {cfg.n_layer}',
         f'#define BLOCK_SIZE {cfg.block_size}  /* T: the longest context */',
         f'#define BOS_ID {cfg.bos_id}',
+        f'#define STDOUT_BUFFER_BYTES {STDOUT_BUFFER_BYTES}  /* microgpt_common.h: standard output, static */',
         f'#define NORM_EMBEDDING {int(cfg.norm == "microgpt")}  /* norm = {cfg.norm} */',
         f'#define NORM_BEFORE_ATTN {int(cfg.norm != "none")}',
         f'#define NORM_BEFORE_MLP {int(cfg.norm == "microgpt")}',

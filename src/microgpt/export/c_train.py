@@ -17,8 +17,8 @@ import numpy as np
 from ..config import LAYER_PARAMETERS, MLP_EXPANSION, RMSNORM_EPS, TrainConfig, num_parameters, parameter_table
 from ..errors import MicrogptError, NotData
 from ..fetch import local_path
-from .c import (STDOUT_BUFFER_BYTES, TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary, check_float32_logits,
-                write_program)
+from .c import (STDOUT_BUFFER_BYTES, TOKEN_BYTES, ExportInfo, attention_scale, c_float, c_string, check_c_vocabulary,
+                check_float32_logits, write_program)
 
 C_SOURCE = 'microgpt_train.c'
 C_HEADER = 'train_data.h'
@@ -186,6 +186,7 @@ def train_header(cfg, vocab, tcfg, tokens, n_docs, weights, low_memory):
         f'#define HEAD_DIM {cfg.head_dim}  /* HS = C / NH */', f'#define N_LAYER {cfg.n_layer}',
         f'#define BLOCK_SIZE {cfg.block_size}  /* T: the longest context */',
         f'#define MLP_EXPANSION {MLP_EXPANSION}', f'#define BOS_ID {cfg.bos_id}',
+        f'#define STDOUT_BUFFER_BYTES {STDOUT_BUFFER_BYTES}  /* microgpt_common.h: standard output, static */',
         f'#define NORM_EMBEDDING {int(cfg.norm == "microgpt")}  /* norm = {cfg.norm} */',
         f'#define NORM_BEFORE_ATTN {int(cfg.norm != "none")}',
         f'#define NORM_BEFORE_MLP {int(cfg.norm == "microgpt")}',

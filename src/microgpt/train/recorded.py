@@ -86,6 +86,8 @@ def resume_settings(out, given, preset=None):
             raise MicrogptError(f"the run's data file {recorded['data']} is no longer there; give its new place with "
                                 f"--data (--resume checks that it holds the same data)")
     settings = {**PRESETS.get(saved_preset, {}), **recorded, **given}
+    if 'save_every' not in given and settings['save_every'] >= settings['steps']:  # --steps fewer than the run's
+        settings['save_every'] = 0  # the end saves: a recorded interval past it is not the user's to leave out
     check_sampling_flags({**given, 'num_samples': settings.get('num_samples')})  # a recorded 0 samples nothing
     return settings, saved_preset
 
@@ -144,12 +146,12 @@ def recorded_split(ckpt, docs):
     return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
-def recorded_documents(ckpt, on_stream=None):
+def recorded_documents(ckpt, on_stream=None, notice=None):
     """(trained on, held out) of the checkpoint's recorded data (recorded_data), as documents.Documents over its
     token cache in the model's token ids: no Python object per document. Held out is empty when the run held none
-    out."""
+    out. `notice` is file_documents'."""
     from ..documents import file_documents
-    docs = file_documents(recorded_data(ckpt, on_stream), ckpt.vocab)
+    docs = file_documents(recorded_data(ckpt, on_stream), ckpt.vocab, notice)
     return recorded_split(ckpt, docs) if ckpt.meta.get('eval_every') else (docs, docs.take([]))
 
 

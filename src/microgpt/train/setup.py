@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..config import ModelConfig, SampleConfig, SettingError, TrainConfig, check_settings, setting
 from ..data import VAL_SPLITS, Vocabulary, bundled_dataset_path, holdout_split, load_documents, shuffled
 from ..engines import DEFAULT_ENGINE, DEVICES, DTYPES, ENGINES, make_engine, torchrun_rank
-from ..errors import MicrogptError
+from ..errors import MicrogptError, OwnDataError
 from ..fetch import is_url, fetch
 from ..memory import check_memory
 from ..presets import DEFAULT_PRESET
@@ -139,6 +139,19 @@ class Run:
         return [self.vocab.document_tokens(d) for d in docs] if isinstance(docs, list) else docs
 
 
+def _read_data(data_path, engine, bos_first, progress):
+    """(documents, no held-out documents, the longest one's length or None, the token cache's notice or None)."""
+    if is_url(data_path):
+        data_path = fetch(data_path, progress=progress)
+    if engine == 'reference':
+        return load_documents(data_path), [], None, None
+    from ..corpus import load_corpus
+    from ..documents import Documents
+    corpus = load_corpus(data_path, progress=progress)
+    docs = Documents(corpus, bos_first=bos_first)
+    return docs, docs.take([]), corpus.longest, corpus.notice
+
+
 def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', holdout=None, device='auto',
                 progress=None):
     """microgpt's setup in its random order: read the documents, hold out `holdout` (on its own stream), shuffle
@@ -155,17 +168,13 @@ def prepare_run(data_path, model, tcfg, engine=DEFAULT_ENGINE, dtype='float64', 
     if data_parallel:  # join torchrun's process group before reading: a process that cannot read stops the others now
         from ..engines.torch.devices import placement
         placement(device, dtype)
-    if is_url(data_path):
-        data_path = fetch(data_path, progress=progress)
-    notice, bos_first = None, model.get('bos') == 'first'
-    if engine == 'reference':
-        docs, val_docs, longest = load_documents(data_path), [], None
-    else:
-        from ..corpus import load_corpus
-        from ..documents import Documents
-        corpus = load_corpus(data_path, progress=progress)
-        docs, notice, longest = Documents(corpus, bos_first=bos_first), corpus.notice, corpus.longest
-        val_docs = docs.take([])
+    bos_first = model.get('bos') == 'first'
+    try:
+        docs, val_docs, longest, notice = _read_data(data_path, engine, bos_first, progress)
+    except MicrogptError as e:
+        if data_parallel:
+            raise OwnDataError(str(e)) from None
+        raise
     if holdout is not None:
         docs, val_docs = holdout_split(docs, holdout.fraction, holdout.seed, holdout.by)
     docs = shuffled(docs, rng)

@@ -12,8 +12,9 @@
 static uint64_t rng_state; /* splitmix64 state, 8 bytes of RAM (in each program's budget) */
 
 /* Standard output's buffer, static: newlib's stdio would take 1 KB of heap for it at the first character.
-   Line-buffered, so each line leaves when it is complete; 64 bytes of RAM (in each program's budget). */
-static char stdout_buffer[64];
+   Line-buffered, so each line leaves when it is complete (on a desktop, a write a line: 300,000 names took 19%
+   longer than with stdio's own buffer); STDOUT_BUFFER_BYTES of RAM, in each program's budget. */
+static char stdout_buffer[STDOUT_BUFFER_BYTES];
 
 static void buffer_stdout(void)
 {

@@ -165,7 +165,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !parse_digits(argv[1], 1000000000u, &n))
         return usage("N must be a whole number from 0 to 1000000000, digits only");
     if (argc > 2 && !parse_temperature(argv[2], &temperature))
-        return usage("TEMPERATURE must be a number > 0, between about 2.3e-308 and 1.7e308");
+        return usage("TEMPERATURE must be a number > 0, from about 2.2e-308 to 1.7e308");
     rng_state = 42;
     if (argc > 3 && !parse_digits(argv[3], UINT64_MAX, &rng_state))
         return usage("SEED must be a whole number in [0, 2^64), digits only");
