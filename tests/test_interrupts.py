@@ -219,6 +219,7 @@ def test_sigterm_stops_and_saves_as_the_first_ctrl_c_does(data, tmp_path, monkey
     assert code == 0 and 'microgpt: resuming from step 16' in err, (code, err)
 
 
+@pytest.mark.slow(seconds=2)  # a process of its own
 def test_a_signal_ignored_when_the_run_started_stays_ignored(data, tmp_path):
     """A script's `cmd &` starts it with SIGINT ignored, so that a Ctrl-C at the terminal spares it: the run
     installed its stop request anyway and stopped."""

@@ -503,6 +503,7 @@ def test_a_trial_of_a_killed_process_is_failed_not_left_running(small_data, tmp_
         summarize(study, str(out))  # it showed Python's dict of the counts
 
 
+@pytest.mark.slow(seconds=2)  # a study's database and report
 def test_a_sigint_ignored_when_tune_started_stays_ignored(small_data, tmp_path, monkeypatch):
     """A script's `tune ... &` starts with SIGINT ignored, so that the terminal's Ctrl-C spares it: tune installed
     its stop request anyway."""
