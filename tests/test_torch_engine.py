@@ -472,7 +472,9 @@ def test_without_torch_installed_the_engine_says_how_to_install_it(monkeypatch):
 def test_a_batch_smaller_than_the_processes_is_a_one_line_error():
     from microgpt.engines.torch.devices import share
     assert [share(5, rank, 2) for rank in range(2)] == [(0, 2), (2, 5)]
-    with pytest.raises(MicrogptError, match=r'--batch-size 1 gives some of the 2 processes no document'):
+    # a run resumed keeps its batch: the advice also names the processes it could take (it said only 'fewer')
+    with pytest.raises(MicrogptError, match=r'--batch-size 1 gives some of the 2 processes no document; use a batch '
+                                            r'of at least 2, or at most 1 processes \(a run resumed keeps its batch'):
         share(1, 1, 2)
 
 
