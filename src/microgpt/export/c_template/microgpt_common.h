@@ -1,9 +1,19 @@
 /* microgpt_common.h: the pieces microgpt_names.c (inference) and microgpt_train.c (training) share, copied
  * beside each of them by `microgpt export`. Include it after weights.h or train_data.h, which define
- * VOCAB_SIZE. Every function here is used by both programs, so neither warns of an unused one.
+ * VOCAB_SIZE, and before the program's own functions. Every function here is used by both programs, so neither
+ * warns of an unused one.
  */
 #ifndef MICROGPT_COMMON_H
 #define MICROGPT_COMMON_H
+
+/* No fused multiply-add in what follows, here and in the program after its #include, so that every build rounds
+ * alike and as the Python mirrors do: C99 lets a compiler contract a * b + c into one rounding, which clang turns
+ * off by the standard pragma and GCC (whose GNU modes contract) by its own. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 #include <math.h>
 #include <stdint.h>

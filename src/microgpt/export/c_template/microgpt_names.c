@@ -14,13 +14,6 @@
  * tests/c_mirror.py of microgpt's repository): dot products accumulate left to right, and exp runs in double
  * (libm's exp, which Python's math.exp calls too), so both print the same names for the same seed.
  */
-/* No fused multiply-add, to keep the rounding of the Python mirror: C99 lets a compiler contract a * b + c into
- * one rounding, which clang turns off by the standard pragma and GCC (whose GNU modes contract) by its own. */
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -29,7 +22,7 @@
 #include <string.h>
 
 #include "weights.h"
-#include "microgpt_common.h" /* matvec, splitmix64, sample_token, parse_digits */
+#include "microgpt_common.h" /* no fused multiply-add; matvec, splitmix64, sample_token, parse_digits */
 
 /* ---- RAM: these buffers and rng_state are all the memory the program writes (memory_budget counts exactly these) */
 static float kv_keys[N_LAYER][BLOCK_SIZE][N_EMBD];   /* (L, T, C) keys of every position so far */

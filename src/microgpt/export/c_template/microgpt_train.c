@@ -26,20 +26,13 @@
  * recomputes each earlier layer from its saved input. The arithmetic is the same operation for operation, so
  * both builds print the same lines.
  */
-/* No fused multiply-add, so every build rounds alike: C99 lets a compiler contract a * b + c into one rounding,
- * which clang turns off by the standard pragma and GCC (whose GNU modes contract) by its own. */
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "train_data.h"
-#include "microgpt_common.h" /* matvec, splitmix64, sample_token, parse_digits */
+#include "microgpt_common.h" /* no fused multiply-add; matvec, splitmix64, sample_token, parse_digits */
 
 #define C N_EMBD
 #define T BLOCK_SIZE
