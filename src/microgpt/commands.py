@@ -48,6 +48,14 @@ class _StopRequest:
         print(f"{below_bar}microgpt: {why}{self.what} (Ctrl-C again to abort at once)", file=self.err, flush=True)
 
 
+def _handlers_to_take(*signums):
+    """{signal: its handler now} of `signums` but those ignored when the command started (a script's `cmd &` starts
+    it with SIGINT ignored, so that the terminal's Ctrl-C spares it): a command's stop request takes these only, as
+    Python leaves an ignored SIGINT ignored, and puts them back after."""
+    handlers = {signum: signal.getsignal(signum) for signum in signums}
+    return {signum: handler for signum, handler in handlers.items() if handler != signal.SIG_IGN}
+
+
 def cmd_train(args, out, err):
     flags, preset = given(args, RunConfig, ModelConfig, TrainConfig, SampleConfig), getattr(args, 'preset', None)
     if flags.get('resume') and flags.get('out') and not flags.get('overwrite'):  # (both: RunConfig refuses it)
@@ -65,8 +73,7 @@ def cmd_train(args, out, err):
     # step) interrupts at once, as nothing would be saved; from then on, it stops after the step under way, so
     # that the run is saved
     stop = _StopRequest(err)
-    previous_handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)
-                         if signal.getsignal(signum) != signal.SIG_IGN}  # ignored when started (`cmd &` in a script)
+    previous_handlers = _handlers_to_take(signal.SIGINT, signal.SIGTERM)
     bar, stop_installed = None, False  # a flag, not getsignal(): that builds an enum, 3 us a step
     data_bar = _DataBar(err) if err.isatty() else None
     started = time.perf_counter()
@@ -291,15 +298,16 @@ def cmd_tune(args, out, err):
     from .tune.search import TuneConfig, tune
     config = TuneConfig(**given(args, TuneConfig))
     stop = _StopRequest(err, what='the running trials finish their step, save and are recorded')
-    previous_handler = signal.getsignal(signal.SIGINT)
-    if previous_handler != signal.SIG_IGN:  # ignored when started (a script's `cmd &`): left so, as train leaves it
-        signal.signal(signal.SIGINT, stop)
+    previous_handlers = _handlers_to_take(signal.SIGINT)
+    for signum in previous_handlers:
+        signal.signal(signum, stop)
     try:
         study = tune(config, on_trial=lambda trial, state, value: print(
             f"trial {trial.number:4d} {state:<11}" + (f" held-out loss {value:.4f}" if value is not None else ''),
             file=err, flush=True), stop_requested=lambda: stop.requested)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
     if stop.requested and not any(t.state.name == 'COMPLETE' for t in study.get_trials(deepcopy=False)):
         print("microgpt: stopped before any trial of the study completed; the same command continues it", file=err)
         raise KeyboardInterrupt
