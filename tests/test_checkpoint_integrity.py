@@ -216,6 +216,7 @@ DAMAGED_VALUES = [  # (entry, its new JSON, or a dict of fields merged into its 
     ('data_path', '"/tmp/x\\ud800y"', 'data_path'), ('vocab', {'chars': 'ab\udc80'}, 'vocab'),  # a traceback
     ('metrics', '{"train_loss": NaN}', 'metrics'), ('metrics', '[1, 2]', 'metrics'),
     ('best_val_loss', '-1', 'best_val_loss'), ('best_val_loss', 'Infinity', 'best_val_loss'),
+    ('save_every', '-1', 'save_every'), ('save_every', 'true', 'save_every'), ('save_every', '2.5', 'save_every'),
 ]
 MISSING_VALUES = [('model_config', 'n_embd'), ('train_config', 'steps'), ('vocab', 'bos_first'), ('metrics', None),
                   ('step', None)]

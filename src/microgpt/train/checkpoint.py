@@ -282,8 +282,9 @@ def _recorded(path, meta, complete):
     best = meta.get('best_val_loss')
     if not (best is None or is_kind(best, float) and best >= 0):
         raise _damaged(path, f"best_val_loss must be a loss (a number >= 0) or null, got {best!r}")
-    if not (is_kind(meta.get('save_every', 0), int) and meta.get('save_every', 0) >= 0):
-        raise _damaged(path, f"save_every must be a whole number >= 0, got {meta['save_every']!r}")
+    save_every = meta.get('save_every', 0)  # recorded since 2026-12-01
+    if not (is_kind(save_every, int) and save_every >= 0):
+        raise _damaged(path, f"save_every must be a whole number >= 0, got {save_every!r}")
     if meta.get('preset', DEFAULT_PRESET) not in PRESETS:
         raise _damaged(path, f"preset must be one of {', '.join(PRESETS)}, got {meta['preset']!r}")
     return model_cfg, train_cfg, vocab, step, adam_steps
