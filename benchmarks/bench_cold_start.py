@@ -2,12 +2,15 @@
 (compiling every kernel the run calls), then again with it filled.
 
     python benchmarks/bench_cold_start.py [--data names.txt] [--steps 50] [--dtypes float64 float32]
-                                          [--jobs default makemore]
+                                          [--jobs default makemore] [--old ../before/src]
 
 For the default job (batch 1) and the makemore preset (batches of 32: the parallel kernels), each dtype: the
 wall time and the CPU time (user + system of the process) of the cold run and of the warm run, and the CPU
 seconds the cold run spent more than the warm one, which is the compilation. Each cold run gets its own empty
 NUMBA_CACHE_DIR, so runs never share a cache.
+
+With --old, another checkout's src folder (the issue's filing, 3ef2197, for one) runs each job too, just before this
+tree, and a line gives the ratio of their cold wall times: a machine's speed cancels out of it.
 """
 
 import argparse
@@ -18,17 +21,18 @@ import sys
 import tempfile
 import time
 
+from bench_cli_step import NEW_SRC, source_tree
 from microgpt.bench.benchmark import cpu_name
 
 JOBS = {'default': ('default job', []), 'makemore': ('makemore preset', ['--preset', 'makemore'])}
 
 
-def timed_run(argv, cache_dir):
-    """(wall seconds, CPU seconds) of one `python -m microgpt` process."""
+def timed_run(argv, cache_dir, src):
+    """(wall seconds, CPU seconds) of one `python -m microgpt` process of the package in the folder `src`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, '-m', 'microgpt', *argv], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, 'NUMBA_CACHE_DIR': cache_dir})
+                   stderr=subprocess.DEVNULL, env={**os.environ, 'NUMBA_CACHE_DIR': cache_dir, 'PYTHONPATH': src})
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -40,20 +44,31 @@ def main():
     parser.add_argument('--steps', type=int, default=50)
     parser.add_argument('--dtypes', nargs='+', default=['float64', 'float32'], choices=('float64', 'float32'))
     parser.add_argument('--jobs', nargs='+', default=list(JOBS), choices=list(JOBS))
+    parser.add_argument('--old', metavar='SRC', help="another checkout's src folder, run before this tree's")
     args = parser.parse_args()
+    trees = [('new', NEW_SRC)]
+    if args.old:
+        trees.insert(0, ('old', source_tree(parser, args.old)))
+        print(f"old: {trees[0][1]}\nnew: {NEW_SRC}")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-    print("| job | dtype | cold wall s | cold CPU s | warm wall s | warm CPU s | compiling, CPU s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| job | dtype |{' tree |' * bool(args.old)} cold wall s | cold CPU s | warm wall s | warm CPU s "
+          f"| compiling, CPU s |")
+    print(f"| --- | --- |{' --- |' * bool(args.old)} ---: | ---: | ---: | ---: | ---: |")
     for job, flags in (JOBS[name] for name in args.jobs):
         for dtype in args.dtypes:
             argv = ['train', '--engine', 'fused', '--dtype', dtype, '--steps', str(args.steps), *flags]
             if args.data:
                 argv += ['--data', args.data]
-            with tempfile.TemporaryDirectory() as cache_dir:
-                cold = timed_run(argv, cache_dir)
-                warm = timed_run(argv, cache_dir)
-            print(f"| {job} | {dtype} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.2f} | {warm[1]:.2f} "
-                  f"| {cold[1] - warm[1]:.1f} |", flush=True)
+            cold_walls = []
+            for label, src in trees:
+                with tempfile.TemporaryDirectory() as cache_dir:
+                    cold = timed_run(argv, cache_dir, src)
+                    warm = timed_run(argv, cache_dir, src)
+                cold_walls.append(cold[0])
+                print(f"| {job} | {dtype} |{f' {label} |' * bool(args.old)} {cold[0]:.1f} | {cold[1]:.1f} "
+                      f"| {warm[0]:.2f} | {warm[1]:.2f} | {cold[1] - warm[1]:.1f} |", flush=True)
+            if args.old:
+                print(f"|   {job}, {dtype}: cold wall old / new {cold_walls[0] / cold_walls[1]:.2f}x |", flush=True)
 
 
 if __name__ == '__main__':

@@ -136,6 +136,31 @@ def test_bench_cli_step_passes_its_dtype_to_each_tree_and_to_the_command(monkeyp
     assert argvs and all(argv[argv.index('--dtype') + 1] == 'float32' for argv in argvs), argvs
 
 
+def test_bench_cold_start_runs_another_tree_before_this_one_and_gives_the_ratio(monkeypatch, tmp_path, capsys):
+    """--old: each job's cold and warm runs of the other tree (its src on PYTHONPATH) come first, then this tree's,
+    and a line divides the cold wall times; a folder holding no package is refused. The processes are stood in for
+    (cold runs of 40 and 10 s)."""
+    import runpy
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: it imports bench_cli_step beside it
+    script = runpy.run_path(str(BENCHMARKS / 'bench_cold_start.py'))
+    runs, walls = [], iter([40.0, 2.0, 10.0, 1.0])
+    monkeypatch.setitem(script['main'].__globals__, 'timed_run',
+                        lambda argv, cache_dir, src: runs.append((src, argv)) or (next(walls), 1.0))
+    old_src = str(REPO_ROOT / 'src')  # any folder holding the package
+    monkeypatch.setattr(sys, 'argv', ['bench_cold_start.py', '--old', old_src, '--jobs', 'makemore', '--dtypes',
+                                      'float32'])
+    script['main']()
+    out = capsys.readouterr().out
+    assert [src for src, _ in runs] == [old_src, old_src, script['NEW_SRC'], script['NEW_SRC']], runs
+    assert all(argv[argv.index('--dtype') + 1] == 'float32' and argv[argv.index('--preset') + 1] == 'makemore'
+               for _, argv in runs), runs
+    assert '| makemore preset | float32 | old | 40.0 |' in out and '| makemore preset | float32 | new | 10.0 |' in out
+    assert 'makemore preset, float32: cold wall old / new 4.00x' in out, out
+    refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_cold_start.py', '--old', tmp_path],
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+    assert refused.returncode == 2 and 'holds no microgpt package' in refused.stderr, refused.stderr
+
+
 @pytest.mark.slow(seconds=3)
 def test_bench_c_train_times_both_builds_against_the_engines(names_path):
     require_tool('cc')
