@@ -507,7 +507,7 @@ def test_a_data_file_given_for_a_checkpoint_must_be_readable(checkpoint, tmp_pat
 def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
     """0 columns gave a bar of zero width; 0 rows (tqdm read -1 and hid the bar) no bar at all: the bar takes a
     fallback size. tqdm reads the terminal's size itself only for sys.stderr, which the terminal stands for."""
-    from microgpt.commands import FALLBACK_BAR_COLUMNS, _progress_bar
+    from microgpt.bars import FALLBACK_BAR_COLUMNS, step_bar
     import fcntl
     import struct
     import termios
@@ -516,7 +516,7 @@ def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
     with open(follower, 'w', closefd=True) as terminal:
         assert terminal.isatty() and os.get_terminal_size(terminal.fileno()).columns == cols
         monkeypatch.setattr(sys, 'stderr', terminal)
-        bar = _progress_bar(sys.stderr, 100, 0)
+        bar = step_bar(sys.stderr, 100, 0)
         try:
             bar.refresh()
             if cols < 20:
@@ -531,7 +531,8 @@ def test_step_lines_clear_the_progress_bar_first(monkeypatch):
     """tqdm clears its bar before a write only to sys.stdout or sys.stderr themselves; standard output here is the
     CLI's wrapper, so on a terminal the step lines were written after the bar, on its line."""
     from microgpt.cli import _Output
-    from microgpt.commands import _emit, _progress_bar
+    from microgpt.bars import step_bar
+    from microgpt.commands import _emit
     leader, follower = pty.openpty()
     written = []
 
@@ -542,7 +543,7 @@ def test_step_lines_clear_the_progress_bar_first(monkeypatch):
         def flush(self):
             pass
     with open(follower, 'w', closefd=True) as terminal:
-        bar = _progress_bar(terminal, 100, 0)
+        bar = step_bar(terminal, 100, 0)
         bar.update(3)
         clear = bar.clear
         monkeypatch.setattr(bar, 'clear', lambda *args, **kwargs: (written.append('clear'), clear(*args, **kwargs)))
@@ -567,14 +568,14 @@ def test_an_error_with_standard_error_unwritable_still_exits_2():
 
 
 def test_progress_bar_follows_a_terminal_with_a_width():
-    from microgpt.commands import _progress_bar
+    from microgpt.bars import step_bar
     import fcntl
     import struct
     import termios
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', 30, 120, 0, 0))
     with open(follower, 'w', closefd=True) as terminal:
-        bar = _progress_bar(terminal, 100, 0)
+        bar = step_bar(terminal, 100, 0)
         assert bar.dynamic_ncols, bar.ncols
         bar.close()
     os.close(leader)

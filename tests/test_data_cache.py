@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helpers import assert_one_line_error, in_ci, run_cli_in_process
+from helpers import assert_one_line_error, in_ci, quick_loop, run_cli_in_process
 from microgpt import corpus as corpus_module
 from microgpt import data
 from microgpt import string_order as string_order_module
@@ -913,6 +913,30 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/16\.0k', err.getvalue())  # of the 16,000 bytes
     assert bool(bars) == on_a_terminal, err.getvalue()
     assert out.getvalue().startswith('num docs: 3000\n')
+
+
+@pytest.mark.parametrize('command', quick_loop(['eval', 'sample'], ['eval']))
+def test_eval_and_sample_show_the_download_of_the_runs_data_as_a_bar_on_a_terminal(server, tmp_path, monkeypatch,
+                                                                                   command):
+    """A run trained on a URL, then evaluated or sampled where its download is not cached: the command fetches the
+    recorded address again, under the same bar of bytes as train on a terminal, gone before the command's own
+    output; none on a pipe."""
+    from microgpt.cli import main
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    argv = ['train', '--data', server.url + '/names.txt', '--steps', '2', '--eval-every', '2', '--val-split', 'line',
+            '--num-samples', '0', '--out', str(tmp_path / 'run')]
+    trained = io.StringIO()
+    assert main(argv, out=io.StringIO(), err=trained) == 0, trained.getvalue()
+    for cache, on_a_terminal in (('terminal', True), ('pipe', False)):
+        monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / cache))  # nothing downloaded there yet
+        out, err = io.StringIO(), _Terminal() if on_a_terminal else io.StringIO()
+        code = main([command, '--checkpoint', str(tmp_path / 'run' / 'model.safetensors')], out=out, err=err)
+        assert code == 0, err.getvalue()
+        bars = re.findall(r'data: +\d+%\|[^\r\n]*\| [0-9.]+k?/16\.0k', err.getvalue())  # of the 16,000 bytes
+        assert bool(bars) == on_a_terminal, (cache, err.getvalue())
+        assert os.listdir(tmp_path / cache / 'downloads'), cache
+        want = r'loss [0-9.]+ nats per character on 300 documents' if command == 'eval' else r'sample  1: \w'
+        assert re.match(want, out.getvalue()), out.getvalue()
 
 
 def test_a_download_that_is_not_text_is_not_kept_and_a_fixed_server_is_fetched_again(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import signal
 import time
 from itertools import chain
 
+from .bars import DataBar, step_bar
 from .config import ModelConfig, SampleConfig, TrainConfig, flag_words, shell_flag
 from .data import bundled_dataset_path, load_documents
 from .tempfiles import remove_quietly
@@ -22,8 +23,6 @@ from .train.recorded import resume_settings
 from .train.run import PLOT_FILE, METRICS_FILE, EvalReport, Header, Saved, TrainingRun
 from .train.setup import RunConfig, RunSettings
 from .train.loop import Steps
-
-MIN_BAR_COLUMNS, FALLBACK_BAR_COLUMNS, FALLBACK_BAR_ROWS = 20, 80, 24
 
 
 class _StopRequest:
@@ -75,7 +74,7 @@ def cmd_train(args, out, err):
     stop = _StopRequest(err)
     previous_handlers = _handlers_to_take(signal.SIGINT, signal.SIGTERM)
     bar, stop_installed = None, False  # a flag, not getsignal(): that builds an enum, 3 us a step
-    data_bar = _DataBar(err) if err.isatty() else None
+    data_bar = DataBar(err) if err.isatty() else None
     started = time.perf_counter()
     try:
         for event in run.events(should_stop=lambda: stop.requested, progress=data_bar):
@@ -119,7 +118,7 @@ def cmd_train(args, out, err):
                            }[run.data_unchecked]
                     unchecked = f"; {why}: it continues the run only if it gives the same documents" if why else ""
                     print(f"microgpt: resuming from step {event.resumed_from}{unchecked}", file=err)
-                bar = stop.bar = _progress_bar(err, tcfg.steps, event.resumed_from)
+                bar = stop.bar = step_bar(err, tcfg.steps, event.resumed_from)
     except BaseException:
         if run_cfg.plot:  # also after Ctrl-C or an error: plot what was recorded; the first failure is reported
             with contextlib.suppress(MicrogptError):
@@ -174,48 +173,6 @@ def _emit(line, stream, bar):
             stream.flush()
     else:
         stream.write(line + '\n')  # one write: print makes two, 0.2 us more a step
-
-
-class _DataBar:
-    """prepare_run's progress(bytes, total or None) as a bar of bytes on a terminal: the download of a --data URL,
-    then the first read of a data file (tokenising it into its cache); a count that starts again is the next."""
-
-    def __init__(self, err):
-        self.err, self.bar, self.done = err, None, 0
-
-    def __call__(self, done, total):
-        if self.bar is None or done < self.done:
-            self.close()
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, unit='B', unit_scale=True, desc='data', file=self.err,
-                            leave=False, **_bar_layout(self.err))
-        self.bar.update(done - self.done)
-        self.done = done
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        self.bar, self.done = None, 0
-
-
-def _progress_bar(err, total, initial):
-    if not err.isatty():
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, initial=initial, file=err, unit='step', leave=False, **_bar_layout(err))
-
-
-def _bar_layout(err):
-    """tqdm's size options for a bar on the terminal `err`: a terminal that reports no width (0 columns, as some
-    do) would get a bar of zero width, and one that reports no height none at all (tqdm hides a bar below the last
-    of the terminal's rows)."""
-    try:
-        columns, rows = os.get_terminal_size(err.fileno())
-    except (OSError, ValueError, AttributeError):
-        columns = rows = 0
-    wide, tall = columns >= MIN_BAR_COLUMNS, rows >= 2
-    return dict(dynamic_ncols=wide and tall, ncols=None if wide and tall else columns if wide else FALLBACK_BAR_COLUMNS,
-                nrows=None if tall else FALLBACK_BAR_ROWS)
 
 
 def _notice_compilation(err, dtype, batch_size, evaluates):

@@ -245,13 +245,14 @@ def _hash(ids, powers):
     return int(np.array(ids, np.uint64) @ powers) if ids else 0
 
 
-def file_documents(path, vocab=None, notice=None):
+def file_documents(path, vocab=None, notice=None, progress=None):
     """The documents of the file at `path` (corpus.load_corpus: tokenised once into the cache, then memory-mapped),
     in the token ids of `vocab` when given (a model's: its characters must hold the file's, or a MicrogptError
     names those it lacks; the tokens are remapped in memory when the file has fewer), else in the file's own.
-    `notice(words)` hears that the cache could not be written (the file was tokenised in memory)."""
+    `notice(words)` hears that the cache could not be written (the file was tokenised in memory); `progress` is
+    load_corpus's."""
     from .corpus import Corpus, load_corpus, token_dtype
-    corpus = load_corpus(path)
+    corpus = load_corpus(path, progress=progress)
     if corpus.notice and notice:
         notice(corpus.notice)
     if vocab is None:

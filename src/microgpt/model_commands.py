@@ -6,6 +6,7 @@ import random
 import shlex
 from dataclasses import fields
 
+from .bars import data_bar
 from .config import SAMPLE_SEED, SampleConfig, check_sampling_flags, check_seed
 from .engines import make_engine
 from .ensemble import EnsembleDecoder, ensemble_loss
@@ -98,14 +99,18 @@ def cmd_sample(args, out, err):
         raise MicrogptError(f"--prompt has {len(prompt_ids)} characters; the model's context holds "
                             f"{block_size} tokens with BOS, so give at most {block_size - 1}")
     from .documents import file_documents  # NumPy: this command's models need it anyway
-    if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
-        training = file_documents(local_path(args.data), notice=_notice_to(err))
-    else:
-        try:
-            training = recorded_documents(ckpt, notice=_notice_to(err))[0]
-        except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
-            print(f"microgpt: {e}: no novelty check (give --data FILE)", file=err)
-            training = None
+    unchecked = None  # why there is no novelty check: said once the data bar has gone
+    with data_bar(err) as progress:
+        notice = _notice_to(err, progress)
+        if args.data is not None:  # a file the user names must be readable: no silent skip of the novelty check
+            training = file_documents(local_path(args.data, progress), notice=notice, progress=progress)
+        else:
+            try:
+                training = recorded_documents(ckpt, notice=notice, progress=progress)[0]
+            except MicrogptError as e:  # gone, edited, unreachable, or too few now to split: the samples still come
+                training, unchecked = None, e
+    if unchecked is not None:
+        print(f"microgpt: {unchecked}: no novelty check (give --data FILE)", file=err)
     print_samples(decoder, block_size, ckpt.vocab, random.Random(seed), sample_cfg, out, prompt_ids, training)
 
 
@@ -113,19 +118,22 @@ def cmd_eval(args, out, err):
     from .documents import file_documents  # NumPy: this command's models need it anyway
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
-    if args.data is not None:
-        docs, what = file_documents(local_path(args.data), ckpt.vocab, _notice_to(err)), args.data
-    else:
-        if not ckpt.meta.get('eval_every'):
-            raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
-                                "give --data FILE to evaluate on")
-        try:  # a run trained from a pipe is evaluated from one
-            data_path = recorded_data(ckpt, on_stream=_notice_to(err))
-        except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
-            raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give --data "
-                                f"FILE to score every document of a file") from None
-        docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab, _notice_to(err)))[1]
-        what = f"the held-out split of {ckpt.meta['data_path']}"
+    if args.data is None and not ckpt.meta.get('eval_every'):
+        raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
+                            "give --data FILE to evaluate on")
+    with data_bar(err) as progress:
+        notice = _notice_to(err, progress)
+        if args.data is not None:
+            docs = file_documents(local_path(args.data, progress), ckpt.vocab, notice, progress)
+            what = args.data
+        else:
+            try:  # a run trained from a pipe is evaluated from one
+                data_path = recorded_data(ckpt, notice, progress)
+            except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
+                raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give "
+                                    f"--data FILE to score every document of a file") from None
+            docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab, notice, progress))[1]
+            what = f"the held-out split of {ckpt.meta['data_path']}"
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, docs)
         name = f" {path}" if len(models) > 1 else ''
@@ -177,10 +185,14 @@ def cmd_export(args, out, err):
     _print_memory(info.memory, out)
 
 
-def _notice_to(err):
+def _notice_to(err, bar=None):
     """A notice printed as `microgpt: ...` on `err`, as it happens (before a stream is read: on a terminal, the
-    command then waits for lines typed in)."""
-    return lambda notice: print(f"microgpt: {notice}", file=err)
+    command then waits for lines typed in), on a line of its own: the DataBar `bar` is closed first."""
+    def notice(words):
+        if bar is not None:
+            bar.close()
+        print(f"microgpt: {words}", file=err)
+    return notice
 
 
 def _export_training_program(args, out, err):

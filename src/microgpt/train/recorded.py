@@ -111,17 +111,18 @@ def _holds_the_runs_data(path, meta):
     return saved is not None and not is_url(path) and file_identity(path) == saved
 
 
-def recorded_data(ckpt, on_stream=None):
+def recorded_data(ckpt, on_stream=None, progress=None):
     """The local file of the data a checkpoint's run trained on: its recorded path, or its URL's download (fetched
     if not cached). A MicrogptError saying why, without advice (each caller has its own), when the run recorded none,
     when it is not there or not a file, or when it was edited since the run saved (its length or its first or last
     64 KiB differ from the checkpoint's data_identity): its held-out split would hold other documents.
     With `on_stream`, a pipe or a device the run read (it has no identity) is read again, as the run read it,
-    once on_stream(notice) has said that nothing can check it; so is a file there now (`< FILE`), with its notice."""
+    once on_stream(notice) has said that nothing can check it; so is a file there now (`< FILE`), with its notice.
+    `progress` follows a download (fetch's)."""
     recorded = ckpt.meta.get('data_path')
     if not recorded:
         raise MicrogptError("the checkpoint records no training data")
-    path = local_path(path_of_recorded(recorded))
+    path = local_path(path_of_recorded(recorded), progress)
     saved = ckpt.meta.get('data_identity')  # checkpoints before it was kept have none
     if not os.path.isfile(path):
         if on_stream is not None and saved is None and os.path.exists(path):
@@ -146,12 +147,12 @@ def recorded_split(ckpt, docs):
     return holdout_split(docs, ckpt.meta.get('val_fraction'), ckpt.train_cfg.seed, ckpt.meta.get('val_split', 'name'))
 
 
-def recorded_documents(ckpt, on_stream=None, notice=None):
+def recorded_documents(ckpt, on_stream=None, notice=None, progress=None):
     """(trained on, held out) of the checkpoint's recorded data (recorded_data), as documents.Documents over its
     token cache in the model's token ids: no Python object per document. Held out is empty when the run held none
-    out. `notice` is file_documents'."""
+    out. `notice` is file_documents', `progress` follows a download and a first tokenising."""
     from ..documents import file_documents
-    docs = file_documents(recorded_data(ckpt, on_stream), ckpt.vocab, notice)
+    docs = file_documents(recorded_data(ckpt, on_stream, progress), ckpt.vocab, notice, progress)
     return recorded_split(ckpt, docs) if ckpt.meta.get('eval_every') else (docs, docs.take([]))
 
 
