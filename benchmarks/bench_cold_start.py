@@ -7,7 +7,9 @@
 For the default job (batch 1) and the makemore preset (batches of 32: the parallel kernels), each dtype: the
 wall time and the CPU time (user + system of the process) of the cold run and of the warm run, and the CPU
 seconds the cold run spent more than the warm one, which is the compilation. Each cold run gets its own empty
-NUMBA_CACHE_DIR, so runs never share a cache.
+NUMBA_CACHE_DIR, so runs never share a cache. Each run must say what it does: the cold one that it compiles, the warm
+one nothing (microgpt's notice on standard error); otherwise the script stops with an error, as its figures would not
+be a cold and a warm start.
 
 With --old, another checkout's src folder (the issue's filing, 3ef2197, for one) runs each job too, just before this
 tree, and a line gives the ratio of their cold wall times: a machine's speed cancels out of it.
@@ -27,15 +29,20 @@ from microgpt.bench.benchmark import cpu_name
 JOBS = {'default': ('default job', []), 'makemore': ('makemore preset', ['--preset', 'makemore'])}
 
 
+COMPILE_NOTICE = b"microgpt: compiling the fused engine's kernels"  # what a run says on standard error as it compiles
+
+
 def timed_run(argv, cache_dir, src):
-    """(wall seconds, CPU seconds) of one `python -m microgpt` process of the package in the folder `src`."""
+    """(wall seconds, CPU seconds, whether it said it compiled) of one `python -m microgpt` process of the package in
+    the folder `src`."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run([sys.executable, '-m', 'microgpt', *argv], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, 'NUMBA_CACHE_DIR': cache_dir, 'PYTHONPATH': src})
+    env = {**os.environ, 'NUMBA_CACHE_DIR': cache_dir, 'PYTHONPATH': src}
+    err = subprocess.run([sys.executable, '-m', 'microgpt', *argv], check=True, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env).stderr
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), COMPILE_NOTICE in err
 
 
 def main():
@@ -67,6 +74,10 @@ def main():
                 cold_walls.append(cold[0])
                 print(f"| {job} | {dtype} |{f' {label} |' * bool(args.old)} {cold[0]:.1f} | {cold[1]:.1f} "
                       f"| {warm[0]:.2f} | {warm[1]:.2f} | {cold[1] - warm[1]:.1f} |", flush=True)
+                if not cold[2] or warm[2]:  # the cache was not empty, or not kept: these are not a cold start's
+                    sys.exit(f"bench_cold_start.py: the {label} tree's {job} in {dtype} did not say it compiles on "
+                             f"its first run and not on its second (said so: {cold[2]}, {warm[2]}); its figures are "
+                             f"not a cold and a warm start")
             if args.old:
                 print(f"|   {job}, {dtype}: cold wall old / new {cold_walls[0] / cold_walls[1]:.2f}x |", flush=True)
 

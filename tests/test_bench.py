@@ -21,7 +21,7 @@ def test_the_cpu_is_named_by_its_family_and_model_where_its_name_is_a_line(tmp_p
     assert 'family' not in cpu_name(tmp_path / 'arm') and 'family' not in cpu_name(tmp_path / 'missing')
 
 
-@pytest.mark.slow  # times every engine, PyTorch's first call and the reference engine included
+@pytest.mark.slow(seconds=20)  # times every engine, PyTorch's first call and the reference engine included
 def test_bench_prints_every_engine_with_its_ratio(names_path, require_torch):
     code, out, err = run('bench', '--data', names_path, '--reference-steps', '2', '--steps', '30',
                          '--engines', 'numpy,torch,reference')

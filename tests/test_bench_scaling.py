@@ -41,7 +41,7 @@ def test_table_from_saved_measurements(tmp_path):
     assert by_wall[2] == '| 1 | 16 | 4,192 | 1 | 500 | 250 | 2.00x | 4.00x |', by_wall
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 def test_both_engines_at_the_smallest_size(tmp_path, names_path, require_torch):
     """Each engine's tokens are the predicted tokens of the steps it timed, after its 2 warm-up steps."""
     from microgpt.config import TrainConfig

@@ -17,7 +17,7 @@ from microgpt.config import ModelConfig, TrainConfig, learning_rate
 from microgpt.engines import make_engine
 from microgpt.engines.fused.engine import kernels_are_cached
 
-from helpers import QUICK_DTYPES, flat, random_batch, run_cli_subprocess
+from helpers import QUICK_DTYPES, flat, random_batch
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.2])
@@ -207,17 +207,6 @@ def test_bad_token_ids_raise_instead_of_reading_outside_the_weights():
             engine.loss_and_grads(batch)
     with pytest.raises(ValueError, match='outside the vocabulary or the block'):
         engine.decoder().step(0, engine.cfg.block_size)
-
-
-@pytest.mark.slow
-def test_first_run_says_it_compiles_and_a_cached_run_does_not(tmp_path, monkeypatch):
-    """With an empty numba cache the CLI announces the compilation on stderr; the next run loads the cache."""
-    monkeypatch.setenv('NUMBA_CACHE_DIR', str(tmp_path / 'numba-cache'))
-    runs = [run_cli_subprocess('train', '--engine', 'fused', '--steps', '3', '--num-samples', '1') for _ in range(2)]
-    (code1, out1, err1), (code2, out2, err2) = runs
-    assert code1 == code2 == 0, (err1, err2)
-    assert b"compiling the fused engine's kernels" in err1 and b'compiling' not in err2, (err1, err2)
-    assert out1 == out2
 
 
 def test_chunks_grow_for_one_document_a_step_and_change_no_bits(monkeypatch):

@@ -193,7 +193,7 @@ def test_two_gloo_processes_equal_one_process_on_the_global_batch(tmp_path, torc
     assert changed > 1e-3, changed  # training moved the weights: the comparison is not of initial weights
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_torchrun_train_and_resume_print_and_save_what_one_process_does(tmp_path, torch):
     """`torchrun --nproc-per-node 2 -m microgpt train --engine torch`, 20 steps then --resume to 40, prints what one
     process prints over 40 steps (only the first process speaks), evaluates, and saves the same weights."""
