@@ -100,19 +100,16 @@ def profile_step(data, repeats):
         return 0.0
 
     @njit
-    def loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, k):  # gpt.train_steps's step without Adam
+    def loss_in_one_call(state, ws, plan, docs, doc_starts, k, backward):
+        """k of gpt.train_steps's steps without Adam; without `backward`, their forward alone (one function, so that
+        the model compiles once for both)."""
         total = 0.0
         for _ in range(k):
             n = pack_columns(plan, docs, doc_starts, 0, 0, 1)
-            total += gpt.group_loss_and_grads(state[0], state[1], ws, plan, n, n)
-        return total
-
-    @njit
-    def loss_in_one_call(state, ws, plan, docs, doc_starts, k):  # and its forward alone
-        total = 0.0
-        for _ in range(k):
-            n = pack_columns(plan, docs, doc_starts, 0, 0, 1)
-            total += gpt.group_loss(state[0], ws, plan, n, n)
+            if backward:
+                total += gpt.group_loss_and_grads(state[0], state[1], ws, plan, n, n)
+            else:
+                total += gpt.group_loss(state[0], ws, plan, n, n)
         return total
 
     class NoEngine:  # training.train's own loop: batch selection, learning rate, StepReport, generator
@@ -125,14 +122,12 @@ def profile_step(data, repeats):
 
     with slp_vectorizer():  # these loops compile the kernels into themselves, so as FusedEngine does
         noop(state, ws, plan, adam, 0.0, 1)
-        loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, 1)
-        loss_in_one_call(state, ws, plan, docs, doc_starts, 1)
+        loss_in_one_call(state, ws, plan, docs, doc_starts, 1, True)
     rows = [
         ('compiled steps (loss, grads, Adam), n in one call',
          lambda: gpt.train_steps(state, ws, plan, adam, run_docs, run_starts, 1, lrs, keys, 1, losses)),
-        ('  of which loss and gradients', lambda: loss_and_grads_in_one_call(state, ws, plan, docs, doc_starts, n)),
-        ('  of which the forward',
-         lambda: loss_in_one_call(state, ws, plan, docs, doc_starts, n)),
+        ('  of which loss and gradients', lambda: loss_in_one_call(state, ws, plan, docs, doc_starts, n, True)),
+        ('  of which the forward', lambda: loss_in_one_call(state, ws, plan, docs, doc_starts, n, False)),
         ('numba call of a no-op with 6 arguments', lambda: [noop(state, ws, plan, adam, 0.0, 1) for _ in range(n)]),
         ('FusedEngine.train_step (wrapper + call + step)',
          lambda: [engine.train_step(batch, 1e-9, tcfg) for _ in range(n)]),
