@@ -503,10 +503,11 @@ def test_a_data_file_given_for_a_checkpoint_must_be_readable(checkpoint, tmp_pat
     assert_one_line_error(*run(*argv, '--checkpoint', checkpoint), argv[2])
 
 
-@pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5), (0, 80), (1, 80)])
+@pytest.mark.parametrize('rows, cols', [(0, 0), (24, 0), (24, 5), (24, 12), (0, 80), (1, 80)])
 def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
     """0 columns gave a bar of zero width; 0 rows (tqdm read -1 and hid the bar) no bar at all: the bar takes a
-    fallback size. tqdm reads the terminal's size itself only for sys.stderr, which the terminal stands for."""
+    fallback size. A narrow terminal's bar is as wide as the terminal (an 80-column one wrapped there, leaving
+    rows behind). tqdm reads the terminal's size itself only for sys.stderr, which the terminal stands for."""
     from microgpt.bars import FALLBACK_BAR_COLUMNS, step_bar
     import fcntl
     import struct
@@ -520,7 +521,9 @@ def test_progress_bar_on_a_terminal_without_a_width(rows, cols, monkeypatch):
         try:
             bar.refresh()
             if cols < 20:
-                assert bar.ncols == FALLBACK_BAR_COLUMNS and not bar.dynamic_ncols, (bar.ncols, bar.dynamic_ncols)
+                want = cols or FALLBACK_BAR_COLUMNS
+                assert bar.ncols == want and not bar.dynamic_ncols, (bar.ncols, bar.dynamic_ncols)
+                assert len(bar.__str__()) <= want, str(bar)  # tqdm cuts the line to the width
             assert bar.pos < (bar.nrows or 20) - 1, (bar.pos, bar.nrows)  # on screen: tqdm's own test
         finally:
             bar.close()

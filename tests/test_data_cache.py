@@ -915,6 +915,25 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     assert out.getvalue().startswith('num docs: 3000\n')
 
 
+def test_a_gzip_downloads_tokenising_gets_a_bar_of_its_own():
+    """A download sent gzip-encoded counts its encoded bytes, fewer than the file's, so tokenising the file then counted
+    up from there in the download's bar, past its total and with a rate of both. A count with another total is the
+    next bar, as one that starts again is."""
+    from microgpt.bars import DataBar
+    bar = DataBar(_Terminal())
+    bar(300, 615)
+    bar(615, 615)
+    download = bar.bar
+    bar(1000, 1368)
+    assert bar.bar is not download and (bar.bar.total, bar.bar.n) == (1368, 1000), (bar.bar.total, bar.bar.n)
+    tokenising = bar.bar
+    bar(1368, 1368)
+    assert bar.bar is tokenising and bar.bar.n == 1368
+    bar(200, 1368)  # the same total, counting again: the next
+    assert bar.bar is not tokenising and bar.bar.n == 200
+    bar.close()
+
+
 @pytest.mark.parametrize('command', quick_loop(['eval', 'sample'], ['eval']))
 def test_eval_and_sample_show_the_download_of_the_runs_data_as_a_bar_on_a_terminal(server, tmp_path, monkeypatch,
                                                                                    command):
