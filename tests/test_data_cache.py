@@ -13,6 +13,7 @@ import random
 import re
 import stat
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -777,6 +778,49 @@ def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):
         released.set()
         served.close()
     assert os.listdir(tmp_path / 'downloads') == []
+
+
+@pytest.mark.slow(seconds=3)  # a process of its own
+@pytest.mark.parametrize('command', ['eval', 'train'])
+def test_sigterm_during_a_download_ends_the_command_as_ctrl_c_does(tmp_path, monkeypatch, command):
+    """SIGTERM (`timeout`'s, a scheduler's) while eval downloads its --data, or train before its first step, killed the
+    process at once: the download's temporary stayed in the cache. It now unwinds as Ctrl-C does: the temporary
+    removed, one line, exit status 143 (128 + SIGTERM)."""
+    import signal
+    import threading
+    from microgpt.cli import main
+    released = threading.Event()
+
+    def stall(wfile):  # half the announced body, then nothing until the test is over
+        wfile.write(NAMES_BODY)
+        wfile.flush()
+        released.wait(30)
+    served = _Server({'/stalls.txt': (200, {'Content-Length': str(2 * len(NAMES_BODY))}, stall)})
+    data = tmp_path / 'names.txt'
+    data.write_bytes(NAMES_BODY)
+    run_dir, cache = tmp_path / 'run', tmp_path / 'cache'
+    assert main(['train', '--data', str(data), '--steps', '2', '--num-samples', '0', '--out', str(run_dir)],
+                out=io.StringIO(), err=io.StringIO()) == 0
+    argv = (['eval', '--checkpoint', str(run_dir / 'model.safetensors')] if command == 'eval' else
+            ['train', '--steps', '2', '--out', str(tmp_path / 'second')]) + ['--data', served.url + '/stalls.txt']
+    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, MICROGPT_CACHE=str(cache)))
+    try:
+        deadline = time.monotonic() + 60
+        while not (os.path.isdir(cache / 'downloads') and os.listdir(cache / 'downloads')) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [name.startswith('.tmp-download-') for name in os.listdir(cache / 'downloads')] == [True]
+        time.sleep(0.2)  # the first half arrives
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        released.set()
+        served.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and err.decode() == 'microgpt: terminated\n', (proc.returncode, err)
+    assert os.listdir(cache / 'downloads') == [] and not os.path.exists(tmp_path / 'second'), os.listdir(cache)
 
 
 def test_a_refused_connection_is_one_line(tmp_path):

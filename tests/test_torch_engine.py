@@ -277,7 +277,8 @@ def test_the_command_line_ends_at_once_when_the_peers_are_lost(monkeypatch):
     entry point ends the process with os._exit after the one-line message."""
     from microgpt import cli
     ended = []
-    monkeypatch.setattr(cli, '_run', lambda: (2, PeersLost('another process of the data-parallel run stopped')))
+    lost = PeersLost('another process of the data-parallel run stopped')
+    monkeypatch.setattr(cli, '_run', lambda take_sigterm: (2, lost))
     monkeypatch.setattr(cli.os, '_exit', lambda code: ended.append(code))
     with pytest.raises(SystemExit):  # sys.exit follows only because the fake _exit returns
         cli._entry()

@@ -11,6 +11,7 @@ Every error ends here, in `main`: one line `microgpt: error: ...` and exit statu
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import MISSING, fields
 
@@ -18,7 +19,7 @@ from . import __version__
 from .bench.benchmark import BenchConfig
 from .bench.study import StudyConfig
 from .config import SAMPLE_SEED, ModelConfig, SampleConfig, SettingError, TrainConfig, flag_name
-from .errors import MicrogptError, OwnDataError, PeersLost, Terminated
+from .errors import MicrogptError, OwnDataError, PeersLost, Terminated, TerminatedAtOnce
 from .presets import DEFAULT_PRESET, PRESETS
 from .train.setup import RunConfig
 from .tune.search import TuneConfig
@@ -275,8 +276,9 @@ def main(argv=None, out=None, err=None):
     return _run(argv, out, err)[0]
 
 
-def _run(argv=None, out=None, err=None):
-    """(exit status, the MicrogptError that ended the command or None)."""
+def _run(argv=None, out=None, err=None, take_sigterm=False):
+    """(exit status, the MicrogptError that ended the command or None); with `take_sigterm` (a process of its own),
+    SIGTERM ends the command as Ctrl-C does (_interrupt_on_sigterm)."""
     stdout = out or sys.stdout
     err = own_err = err or sys.stderr or open(os.devnull, 'w', encoding='utf-8')  # `2>&-`: errors lost, as on /dev/full
     rank = _torchrun_rank()
@@ -289,6 +291,8 @@ def _run(argv=None, out=None, err=None):
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if take_sigterm:
+            _interrupt_on_sigterm(args.command)
         _check_numba_threads()
         for notice in getattr(args, 'notices', ()):
             print(f"microgpt: {notice}", file=err)
@@ -307,6 +311,9 @@ def _run(argv=None, out=None, err=None):
         elif isinstance(e, OwnDataError):  # another machine's file, say: said by the process that met it
             _error(f"process {rank}: {e}", own_err)
         return 2, e
+    except TerminatedAtOnce:
+        _say("microgpt: terminated", err)
+        return 143, None
     except KeyboardInterrupt:
         _say("microgpt: interrupted", err)
         return 130, None
@@ -360,8 +367,22 @@ def _say(line, err):
         pass
 
 
+def _interrupt_on_sigterm(command):
+    """SIGTERM (a scheduler's, `timeout`'s, torchrun's) ended the process at once with no clean-up: a download's
+    temporary stayed in the cache, a progress bar on the terminal. It now raises TerminatedAtOnce, which unwinds as
+    Ctrl-C does; `train` takes it as a stop request once its steps run (commands._StopRequest). Not for `tune` and
+    `study`, whose worker processes take their signals by their own rules, nor where SIGTERM was ignored or handled
+    when the process started."""
+    if command not in ('tune', 'study') and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate_at_once)
+
+
+def _terminate_at_once(signum, frame):
+    raise TerminatedAtOnce
+
+
 def _entry():
-    code, error = _run()
+    code, error = _run(take_sigterm=True)
     if isinstance(error, PeersLost):  # gloo's threads may abort the teardown of this process: end it now
         for stream in (sys.stdout, sys.stderr):
             if stream is not None:

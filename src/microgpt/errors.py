@@ -14,6 +14,12 @@ class Terminated(Exception):
     """A run stopped and saved on SIGTERM (a scheduler's or torchrun's shutdown): exit status 143, 128 + 15."""
 
 
+class TerminatedAtOnce(KeyboardInterrupt):
+    """SIGTERM where nothing is under way to finish and save (cli._interrupt_on_sigterm): a Ctrl-C's clean-up on the
+    way out, every `except KeyboardInterrupt` included (a download's temporary removed, a progress bar cleared, the
+    fused engine's compiler stopped), then exit status 143."""
+
+
 class OwnDataError(MicrogptError):
     """In a data-parallel run, this process could not read its --data (another machine's file missing, say): said
     by the process itself, with its rank, where the other processes' errors are left to the first."""
