@@ -959,6 +959,24 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     assert out.getvalue().startswith('num docs: 3000\n')
 
 
+def test_eval_of_a_run_whose_address_no_longer_answers_gives_advice_for_an_address(tmp_path, monkeypatch):
+    """eval scores a run's held-out split from its data: where that was an address that no longer answers, the
+    advice was a file's ('put the run's own data back there'), after the download's own ('download the file and give
+    its path'), which as --data scores the file whole."""
+    from microgpt.cli import main
+    served = _Server({'/names.txt': (200, {'Content-Length': str(len(NAMES_BODY))}, NAMES_BODY)})
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'cache'))
+    argv = ['train', '--data', served.url + '/names.txt', '--steps', '2', '--eval-every', '2', '--val-split', 'line',
+            '--num-samples', '0', '--out', str(tmp_path / 'run')]
+    assert main(argv, out=io.StringIO(), err=io.StringIO()) == 0
+    served.close()
+    monkeypatch.setenv('MICROGPT_CACHE', str(tmp_path / 'elsewhere'))  # its download is not there
+    code, out, err = run_cli_in_process('eval', '--checkpoint', str(tmp_path / 'run' / 'model.safetensors'))
+    assert code == 2 and out == '' and err.count('\n') == 1 and 'cannot download' in err, (code, err)
+    assert err.endswith("(as --data, a file is scored whole; the run's held-out split is scored from the address's "
+                        "download, fetched once and kept)\n") and 'put the run' not in err, err
+
+
 def test_a_gzip_downloads_tokenising_gets_a_bar_of_its_own():
     """A download sent gzip-encoded counts its encoded bytes, fewer than the file's, so tokenising the file then counted
     up from there in the download's bar, past its total and with a rate of both. A count with another total is the

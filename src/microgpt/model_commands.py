@@ -11,7 +11,7 @@ from .config import SAMPLE_SEED, SampleConfig, check_sampling_flags, check_seed
 from .engines import make_engine
 from .ensemble import EnsembleDecoder, ensemble_loss
 from .errors import MicrogptError
-from .fetch import local_path
+from .fetch import is_url, local_path
 from .sampling import generate
 from .train.loop import evaluate
 from .train.recorded import recorded_data, recorded_documents, recorded_split
@@ -130,6 +130,9 @@ def cmd_eval(args, out, err):
             try:  # a run trained from a pipe is evaluated from one
                 data_path = recorded_data(ckpt, notice, progress)
             except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
+                if is_url(ckpt.meta['data_path']):  # the download's own advice ends e: give the file as --data
+                    raise MicrogptError(f"{e} (as --data, a file is scored whole; the run's held-out split is scored "
+                                        f"from the address's download, fetched once and kept)") from None
                 raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give "
                                     f"--data FILE to score every document of a file") from None
             docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab, notice, progress))[1]
