@@ -136,6 +136,7 @@ def test_bench_cli_step_passes_its_dtype_to_each_tree_and_to_the_command(monkeyp
     assert argvs and all(argv[argv.index('--dtype') + 1] == 'float32' for argv in argvs), argvs
 
 
+@pytest.mark.slow(seconds=2)  # four processes that stop at once
 def test_bench_cold_start_runs_another_tree_before_this_one_and_gives_the_ratio(monkeypatch, tmp_path, capsys):
     """--old: each job's cold and warm runs of the other tree (its src on PYTHONPATH) come first, then this tree's,
     and a line divides the cold wall times; a folder holding no package is refused. The processes are stood in for
@@ -156,9 +157,14 @@ def test_bench_cold_start_runs_another_tree_before_this_one_and_gives_the_ratio(
                for _, argv in runs), runs
     assert '| makemore preset | float32 | old | 40.0 |' in out and '| makemore preset | float32 | new | 10.0 |' in out
     assert 'makemore preset, float32: cold wall old / new 4.00x' in out, out
-    refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_cold_start.py', '--old', tmp_path],
-                             capture_output=True, text=True, cwd=REPO_ROOT)
-    assert refused.returncode == 2 and 'holds no microgpt package' in refused.stderr, refused.stderr
+    for flags, status, words in ((['--old', tmp_path], 2, 'holds no microgpt package'),
+                                 (['--old', ''], 2, 'holds no microgpt package'),  # not this tree alone, in silence
+                                 (['--steps', '0'], 2, '--steps takes 1 or more'),
+                                 (['--data', tmp_path / 'missing.txt'], 1, 'missing.txt: no such file')):
+        refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_cold_start.py', *flags, '--jobs', 'default',
+                                  '--dtypes', 'float64'], capture_output=True, text=True, cwd=REPO_ROOT)
+        assert refused.returncode == status and words in refused.stderr, (flags, refused.stderr)
+        assert 'Traceback' not in refused.stderr, refused.stderr  # microgpt's own line, not this script's traceback
     # a cold run that says nothing of compiling (its cache was not empty), or a warm one that compiles again (the
     # cache was not kept), or no notice at all: not a cold and a warm start's figures
     for said in ((False, False), (True, True), (False, True)):
