@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -758,25 +759,32 @@ def test_a_download_that_never_started_does_not_say_it_broke_off(tmp_path):
     assert str(info.value).startswith(f"{url}: cannot download (nonnumeric port"), info.value
 
 
-def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):
-    """The bytes that arrived before the stall are counted (a read of a whole block waited for the rest and
-    reported none)."""
+@contextmanager
+def _stalling_address():
+    """The address of a file whose server sends half the body it announces, then nothing until the block ends."""
     import threading
-    from microgpt import fetch as fetch_module
     released = threading.Event()
 
-    def stall(wfile):  # half the announced body, then nothing until the test is over
+    def stall(wfile):
         wfile.write(NAMES_BODY)
         wfile.flush()
         released.wait(30)
     served = _Server({'/stalls.txt': (200, {'Content-Length': str(2 * len(NAMES_BODY))}, stall)})
-    monkeypatch.setattr(fetch_module, 'TIMEOUT_S', 1.0)
     try:
-        with pytest.raises(MicrogptError, match=f'broke off after {len(NAMES_BODY):,} bytes .*timed out'):
-            fetch_module.fetch(served.url + '/stalls.txt', cache_dir=str(tmp_path))
+        yield served.url + '/stalls.txt'
     finally:
         released.set()
         served.close()
+
+
+def test_a_stalled_download_says_how_much_arrived(monkeypatch, tmp_path):
+    """The bytes that arrived before the stall are counted (a read of a whole block waited for the rest and
+    reported none)."""
+    from microgpt import fetch as fetch_module
+    monkeypatch.setattr(fetch_module, 'TIMEOUT_S', 1.0)
+    with _stalling_address() as address:
+        with pytest.raises(MicrogptError, match=f'broke off after {len(NAMES_BODY):,} bytes .*timed out'):
+            fetch_module.fetch(address, cache_dir=str(tmp_path))
     assert os.listdir(tmp_path / 'downloads') == []
 
 
@@ -787,38 +795,29 @@ def test_sigterm_during_a_download_ends_the_command_as_ctrl_c_does(tmp_path, mon
     process at once: the download's temporary stayed in the cache. It now unwinds as Ctrl-C does: the temporary
     removed, one line, exit status 143 (128 + SIGTERM)."""
     import signal
-    import threading
     from microgpt.cli import main
-    released = threading.Event()
-
-    def stall(wfile):  # half the announced body, then nothing until the test is over
-        wfile.write(NAMES_BODY)
-        wfile.flush()
-        released.wait(30)
-    served = _Server({'/stalls.txt': (200, {'Content-Length': str(2 * len(NAMES_BODY))}, stall)})
     data = tmp_path / 'names.txt'
     data.write_bytes(NAMES_BODY)
     run_dir, cache = tmp_path / 'run', tmp_path / 'cache'
     assert main(['train', '--data', str(data), '--steps', '2', '--num-samples', '0', '--out', str(run_dir)],
                 out=io.StringIO(), err=io.StringIO()) == 0
-    argv = (['eval', '--checkpoint', str(run_dir / 'model.safetensors')] if command == 'eval' else
-            ['train', '--steps', '2', '--out', str(tmp_path / 'second')]) + ['--data', served.url + '/stalls.txt']
-    proc = subprocess.Popen([sys.executable, '-m', 'microgpt', *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=dict(os.environ, MICROGPT_CACHE=str(cache)))
-    try:
-        deadline = time.monotonic() + 60
-        while not (os.path.isdir(cache / 'downloads') and os.listdir(cache / 'downloads')) \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert [name.startswith('.tmp-download-') for name in os.listdir(cache / 'downloads')] == [True]
-        time.sleep(0.2)  # the first half arrives
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        released.set()
-        served.close()
-        if proc.poll() is None:
-            proc.kill()
+    with _stalling_address() as address:
+        argv = (['eval', '--checkpoint', str(run_dir / 'model.safetensors')] if command == 'eval' else
+                ['train', '--steps', '2', '--out', str(tmp_path / 'second')]) + ['--data', address]
+        proc = subprocess.Popen([sys.executable, '-m', 'microgpt', *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=dict(os.environ, MICROGPT_CACHE=str(cache)))
+        try:
+            deadline = time.monotonic() + 60
+            while not (os.path.isdir(cache / 'downloads') and os.listdir(cache / 'downloads')) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [name.startswith('.tmp-download-') for name in os.listdir(cache / 'downloads')] == [True]
+            time.sleep(0.2)  # the first half arrives
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert proc.returncode == 143 and err.decode() == 'microgpt: terminated\n', (proc.returncode, err)
     assert os.listdir(cache / 'downloads') == [] and not os.path.exists(tmp_path / 'second'), os.listdir(cache)
 
