@@ -285,3 +285,53 @@ def test_a_stop_asked_in_another_process_of_the_run_stops_this_one_as_its_own(da
     code, stdout, err = run(*small(data, '--out', out, '--save-every', '4'))
     assert code == 130 and f'microgpt: stopped at step 12; continue with --resume --out {out}\n' in err, (code, err)
     assert '--- inference' not in stdout, stdout
+
+
+def test_sigterm_is_taken_once_and_not_by_torchrun_tune_or_study():
+    """cli._interrupt_on_sigterm, which the `microgpt` process calls: SIGTERM raises TerminatedAtOnce, once (a second
+    while the first's clean-up ran gave a traceback and exit status 1). Not in a process of a torchrun launch (a
+    worker that torchrun ended while it waited inside PyTorch's process group ran no handler, and hung until torchrun
+    killed it), nor for tune and study, nor where SIGTERM was ignored when the process started."""
+    from microgpt import cli
+    from microgpt.errors import TerminatedAtOnce
+    try:
+        for command, rank, taken in (('eval', None, True), ('train', None, True), ('train', 0, False),
+                                     ('train', 1, False), ('tune', None, False), ('study', None, False)):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            cli._interrupt_on_sigterm(command, rank)
+            assert (signal.getsignal(signal.SIGTERM) == cli._terminate_at_once) == taken, (command, rank)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        cli._interrupt_on_sigterm('eval', None)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        signal.signal(signal.SIGTERM, cli._terminate_at_once)
+        with pytest.raises(TerminatedAtOnce):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # a second one, during the clean-up: ignored
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_sigterm_while_the_engines_threads_finish_is_raised_as_it_came():
+    """The fused engine's threads wait for each other through a Ctrl-C, then raise it: SIGTERM's TerminatedAtOnce came
+    out as a plain KeyboardInterrupt ('interrupted', exit status 130, not 143)."""
+    import threading
+    from microgpt import cli
+    from microgpt.engines.fused import threads as fused_threads
+    from microgpt.errors import TerminatedAtOnce
+
+    def entry_point(thread, threads, cells):
+        if thread == 1:
+            time.sleep(0.5)
+    signal.signal(signal.SIGTERM, cli._terminate_at_once)
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM))
+    raised = None
+    try:
+        timer.start()
+        fused_threads.run_on_threads(entry_point, 2)
+    except BaseException as error:  # a KeyboardInterrupt escaping the test would end the whole session
+        raised = error
+    finally:
+        timer.join()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert type(raised) is TerminatedAtOnce, repr(raised)

@@ -292,7 +292,7 @@ def _run(argv=None, out=None, err=None, take_sigterm=False):
     try:
         args = parser.parse_args(argv)
         if take_sigterm:
-            _interrupt_on_sigterm(args.command)
+            _interrupt_on_sigterm(args.command, rank)
         _check_numba_threads()
         for notice in getattr(args, 'notices', ()):
             print(f"microgpt: {notice}", file=err)
@@ -367,17 +367,22 @@ def _say(line, err):
         pass
 
 
-def _interrupt_on_sigterm(command):
-    """SIGTERM (a scheduler's, `timeout`'s, torchrun's) ended the process at once with no clean-up: a download's
-    temporary stayed in the cache, a progress bar on the terminal. It now raises TerminatedAtOnce, which unwinds as
-    Ctrl-C does; `train` takes it as a stop request once its steps run (commands._StopRequest). Not for `tune` and
-    `study`, whose worker processes take their signals by their own rules, nor where SIGTERM was ignored or handled
-    when the process started."""
-    if command not in ('tune', 'study') and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+def _interrupt_on_sigterm(command, torchrun_rank):
+    """SIGTERM (a scheduler's, `timeout`'s) ended the process at once with no clean-up: a download's temporary stayed
+    in the cache, a progress bar on the terminal. It now raises TerminatedAtOnce, which unwinds as Ctrl-C does;
+    `train` takes it as a stop request once its steps run (commands._StopRequest). Not for `tune` and `study`, whose
+    worker processes take their signals by their own rules; nor in a process of a torchrun launch, which torchrun
+    ends with SIGTERM when another stops, and which may then wait inside PyTorch's process group, where Python runs
+    no handler, until torchrun kills it 30 s later; nor where SIGTERM was ignored or handled when the process
+    started."""
+    if command not in ('tune', 'study') and torchrun_rank is None and \
+            signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate_at_once)
 
 
 def _terminate_at_once(signum, frame):
+    """Once: a second SIGTERM while the first's clean-up runs would interrupt it (a traceback, exit status 1)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise TerminatedAtOnce
 
 

@@ -210,8 +210,8 @@ def _on_a_new_stack(function, *args):
             deadline = time.monotonic() + 1
         elif time.monotonic() > deadline:
             break
-        try:
-            finished.wait(0.05)
+        try:  # a sleep, not finished.wait(): an interrupt landing as a Condition's wait takes its lock back broke the
+            time.sleep(0.05)  # lock ("release unlocked lock"; SIGTERM and Ctrl-C at once)
         except KeyboardInterrupt as error:  # again while waiting: it still waits for the thread
             interrupt = interrupt or error
     if interrupt is not None or not outcome:

@@ -146,15 +146,15 @@ def _abandoning_on_error(entry_point, thread, threads, cells, *args):
 def _wait_for(others, cells):
     """Wait until the other threads have returned, even through Ctrl-C (each one abandons the run, and they
     return within a group's work), so that none writes to the engine's buffers after run_on_threads returns."""
-    interrupted = False
+    interrupted = None
     while True:
         try:
             wait(others)
             break
-        except KeyboardInterrupt:
-            cells[_ABANDONED], interrupted = 1, True
-    if interrupted:
-        raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM's (cli.py: TerminatedAtOnce), raised again as it is
+            cells[_ABANDONED], interrupted = 1, interrupted or interrupt
+    if interrupted is not None:
+        raise interrupted
 
 
 def _pool_of(workers):
