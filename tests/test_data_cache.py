@@ -958,6 +958,7 @@ def test_train_shows_the_download_and_the_first_read_as_bars_of_bytes_on_a_termi
     assert out.getvalue().startswith('num docs: 3000\n')
 
 
+@pytest.mark.slow(seconds=1)  # a run trained and evaluated: the quick loop has one (the data bar's)
 def test_eval_of_a_run_whose_address_no_longer_answers_gives_advice_for_an_address(tmp_path, monkeypatch):
     """eval scores a run's held-out split from its data: where that was an address that no longer answers, the
     advice was a file's ('put the run's own data back there'), after the download's own ('download the file and give
