@@ -30,23 +30,27 @@ NAMES = ['emma', 'olivia', 'ava', 'isabella', 'sophia', 'mia', 'amelia', 'harper
 
 # ---- the exported C program parses its arguments strictly
 
-@pytest.fixture(scope='module')
-def c_program(tmp_path_factory):
+def built_c_program(folder, names):
+    """The C program of a model of `names`' characters, trained 2 steps, built in `folder`."""
     if shutil.which('cc') is None:
         if in_ci():
             pytest.fail("no `cc` on PATH; CI must have a C toolchain")
         pytest.skip("no `cc` on PATH: the C export cannot be built here")
-    folder = tmp_path_factory.mktemp('c')
-    vocab = Vocabulary.from_documents(NAMES)
+    vocab = Vocabulary.from_documents(names)
     engine = NumpyEngine(ModelConfig(vocab_size=vocab.size), random.Random(0), 'float32')
     tcfg = TrainConfig(steps=2)
-    for _ in islice(train(engine, [vocab.document_tokens(d) for d in NAMES], tcfg), 2):
+    for _ in islice(train(engine, [vocab.document_tokens(d) for d in names], tcfg), 2):
         pass
     save_checkpoint(str(folder / 'model.safetensors'), engine, vocab, tcfg, 2, {})
     info = export_c(load_checkpoint(str(folder / 'model.safetensors')), str(folder))
     proc = subprocess.run(info.build_command.split() + ['-Werror'], cwd=folder, capture_output=True, text=True)
     assert proc.returncode == 0 and not proc.stderr, proc.stderr
     return str(folder / 'microgpt_names')
+
+
+@pytest.fixture(scope='module')
+def c_program(tmp_path_factory):
+    return built_c_program(tmp_path_factory.mktemp('c'), NAMES)
 
 
 def run_program(program, *args):
@@ -64,6 +68,16 @@ def test_c_program_refuses_malformed_arguments(c_program, args):
     proc = run_program(c_program, *args)
     assert proc.returncode == 2, (args, proc.returncode, proc.stdout[:200])
     assert 'usage:' in proc.stderr and not proc.stdout, (args, proc.stderr, proc.stdout[:200])
+
+
+def test_c_program_of_a_vocabulary_under_ten_refuses_every_id_past_it(tmp_path):
+    """--logits ID takes ids below the vocabulary's size: with a vocabulary of fewer than 10 tokens, a digit above the
+    last id passed the check (its bound, less the digit, wrapped around), and the program read past its weights."""
+    program = built_c_program(tmp_path, ['abc', 'cab', 'bac'])  # a, b, c and BOS: ids 0 to 3
+    assert run_program(program, '--logits', '3').returncode == 0
+    for token in map(str, range(4, 12)):
+        proc = run_program(program, '--logits', token)
+        assert proc.returncode == 2 and 'usage:' in proc.stderr and not proc.stdout, (token, proc.stdout[:200])
 
 
 def test_c_program_accepts_the_extremes(c_program):

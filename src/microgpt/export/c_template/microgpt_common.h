@@ -115,7 +115,7 @@ static int parse_digits(const char *s, uint64_t hi, uint64_t *out)
         if (*s < '0' || *s > '9')
             return 0;
         unsigned digit = (unsigned)(*s - '0');
-        if (value > (hi - digit) / 10)
+        if (digit > hi || value > (hi - digit) / 10) /* hi - digit would wrap around for a bound under 9 */
             return 0;
         value = value * 10 + digit;
     }
