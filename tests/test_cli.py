@@ -332,6 +332,22 @@ def checkpoint(data, tmp_path):
     return os.path.join(out, 'model.safetensors')
 
 
+def test_eval_says_how_many_documents_are_longer_than_the_context(checkpoint, tmp_path):
+    """A document longer than the model's context is scored on its first block_size characters, as training reads it:
+    eval said nothing, and a 40-character line scored as its first 16."""
+    files = {}
+    for name, characters in (('long', 40), ('cut', 16), ('whole', 15)):  # 15 and the end: 16 positions
+        files[name] = tmp_path / f'{name}.txt'
+        files[name].write_text(('emma' * 10)[:characters] + '\nava\n', encoding='utf-8')
+    said = ("microgpt: 1 of 2 documents are longer than the model's context of 16 tokens: as in training, only their "
+            "first 16 characters are scored, not their end\n")
+    (code, out, err), (_, cut, cut_err) = (run('eval', '--checkpoint', checkpoint, '--data', files[name])
+                                           for name in ('long', 'cut'))
+    assert code == 0 and err == said and cut_err == said, (err, cut_err)
+    assert out.split(' nats')[0] == cut.split(' nats')[0], (out, cut)  # the same 16 characters scored
+    assert run('eval', '--checkpoint', checkpoint, '--data', files['whole'])[2] == ''
+
+
 def test_a_command_of_one_checkpoint_given_two_refuses_them(checkpoint, tmp_path):
     """export and info took the last --checkpoint of two silently, where sample's and eval's two are an ensemble."""
     for command in (['info'], ['export', '--out', tmp_path / 'c'], ['export', '--web', '--out', tmp_path / 'w'],

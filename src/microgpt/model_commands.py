@@ -137,6 +137,12 @@ def cmd_eval(args, out, err):
                                     f"--data FILE to score every document of a file") from None
             docs = recorded_split(ckpt, file_documents(data_path, ckpt.vocab, notice, progress))[1]
             what = f"the held-out split of {ckpt.meta['data_path']}"
+    block_size = models[0][1].cfg.block_size
+    cut = int((docs.lengths() > block_size + 1).sum())  # tokens with both BOS: a document predicts all but one
+    if cut:  # scored as training reads them: silently, a 40-character line scored as its first 16 characters
+        print(f"microgpt: {cut:,} of {len(docs):,} documents are longer than the model's context of {block_size} "
+              f"tokens: as in training, only their first {block_size} characters are scored, not their end",
+              file=err)
     for path, (member, engine) in zip(args.checkpoint, models):
         loss = evaluate(engine, docs)
         name = f" {path}" if len(models) > 1 else ''
