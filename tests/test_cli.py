@@ -348,6 +348,22 @@ def test_eval_says_how_many_documents_are_longer_than_the_context(checkpoint, tm
     assert run('eval', '--checkpoint', checkpoint, '--data', files['whole'])[2] == ''
 
 
+def test_eval_names_the_checkpoint_without_a_held_out_split(checkpoint, data, tmp_path):
+    """eval scores the first checkpoint's held-out split: one trained without a split was 'this checkpoint', which
+    of several it did not say."""
+    split = str(tmp_path / 'split')
+    assert run(*small(data, '--eval-every', '10', '--val-split', 'line', '--out', split))[0] == 0
+    split = os.path.join(split, 'model.safetensors')
+    assert_one_line_error(*run('eval', '--checkpoint', checkpoint),
+                          f"{checkpoint} was trained without a held-out split (no --eval-every); give --data FILE to "
+                          f"evaluate on")
+    assert_one_line_error(*run('eval', '--checkpoint', checkpoint, split),
+                          f"{checkpoint} was trained without a held-out split (no --eval-every) (of several "
+                          f"checkpoints, the first one's split is scored: put one trained with a split first); give "
+                          f"--data FILE to evaluate on")
+    assert run('eval', '--checkpoint', split, checkpoint)[0] == 0
+
+
 def test_a_command_of_one_checkpoint_given_two_refuses_them(checkpoint, tmp_path):
     """export and info took the last --checkpoint of two silently, where sample's and eval's two are an ensemble."""
     for command in (['info'], ['export', '--out', tmp_path / 'c'], ['export', '--web', '--out', tmp_path / 'w'],

@@ -119,8 +119,10 @@ def cmd_eval(args, out, err):
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
     if args.data is None and not ckpt.meta.get('eval_every'):
-        raise MicrogptError("this checkpoint was trained without a held-out split (no --eval-every); "
-                            "give --data FILE to evaluate on")
+        several = (f" (of several checkpoints, the first one's split is scored: put one trained with a split first)"
+                   if len(models) > 1 else '')
+        raise MicrogptError(f"{args.checkpoint[0]} was trained without a held-out split (no --eval-every){several}; "
+                            f"give --data FILE to evaluate on")
     with data_bar(err) as progress:
         notice = _notice_to(err, progress)
         if args.data is not None:
