@@ -274,7 +274,7 @@ def test_makemore_transformer_reports_a_test_loss_after_a_few_steps(names_path, 
 def test_bench_cold_start_compiles_in_a_fresh_cache_then_loads_it(names_path):
     """One job: it compiles for half a minute or more in its own fresh cache. It also proves the command's notice: the
     benchmark stops with an error unless the first run says on standard error that it compiles and the second does
-    not (the next test), so the suite's one cold compile of `microgpt train` checks both."""
+    not (tested above, with the runs stood in for), so the suite's one cold compile of `microgpt train` checks both."""
     out = bench('bench_cold_start.py', '--dtypes', 'float64', '--jobs', 'default', '--steps', 2, '--data', names_path)
     assert 'makemore preset' not in out, out
     for job in ('default job',):
