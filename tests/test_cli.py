@@ -364,6 +364,19 @@ def test_eval_names_the_checkpoint_without_a_held_out_split(checkpoint, data, tm
     assert run('eval', '--checkpoint', split, checkpoint)[0] == 0
 
 
+def test_a_top_k_of_the_whole_vocabulary_is_an_error(checkpoint, data, tmp_path):
+    """--top-k at or above the model's vocabulary keeps every token: it was taken, and changed nothing (a flag that
+    changes nothing is an error). train refuses it before its first step, leaving no run behind."""
+    from microgpt.train.checkpoint import load_checkpoint
+    vocab = load_checkpoint(checkpoint).vocab.size
+    said = f"--top-k {vocab} keeps all of the model's {vocab} tokens, which changes nothing; give at most {vocab - 1}"
+    assert_one_line_error(*run('sample', '--checkpoint', checkpoint, '--top-k', vocab), said)
+    assert run('sample', '--checkpoint', checkpoint, '--top-k', vocab - 1)[0] == 0
+    out = tmp_path / 'refused'
+    assert_one_line_error(*run(*small(data, '--top-k', vocab, '--out', out)), said)
+    assert not out.exists()
+
+
 def test_a_command_of_one_checkpoint_given_two_refuses_them(checkpoint, tmp_path):
     """export and info took the last --checkpoint of two silently, where sample's and eval's two are an ensemble."""
     for command in (['info'], ['export', '--out', tmp_path / 'c'], ['export', '--web', '--out', tmp_path / 'w'],

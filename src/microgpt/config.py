@@ -207,6 +207,13 @@ class SampleConfig:
         if not 0 < self.top_p <= 1:
             raise SettingError(lambda name: f"{name('top_p')} must be in (0, 1], got {self.top_p}")
 
+    def check_vocabulary(self, vocab_size):
+        """A top_k of the model's whole vocabulary or more keeps every token: it would change nothing."""
+        if self.top_k >= vocab_size:
+            raise SettingError(lambda name: f"{name('top_k')} {self.top_k} keeps all of the model's {vocab_size} "
+                                            f"tokens, which changes nothing; give at most {vocab_size - 1}, or leave "
+                                            f"it out")
+
 
 SAMPLING_KNOBS = ('temperature', 'top_k', 'top_p')
 

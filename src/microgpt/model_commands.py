@@ -93,6 +93,7 @@ def cmd_sample(args, out, err):
     check_seed(seed)
     models = _models_from_checkpoints(args.checkpoint)
     ckpt = models[0][0]
+    sample_cfg.check_vocabulary(ckpt.vocab.size)
     decoder, block_size = _decoder(models)
     prompt_ids = ckpt.vocab.encode(args.prompt)
     if len(prompt_ids) >= block_size:

@@ -135,6 +135,8 @@ class TrainingRun:
             self._refuse_other_data(resumed.meta.get('data_identity'), before)
         self.run = run = prepare_run(cfg.data_path, self.s.model, tcfg, cfg.engine, cfg.dtype, holdout, cfg.device,
                                      progress)
+        if self.s.sample is not None:  # before any step: the samples come after the last
+            self.s.sample.check_vocabulary(run.vocab.size)
         self.data_identity = file_identity(local_path(cfg.data_path))  # a URL's download is fetched by now
         if before is not None and self.data_identity != before:
             raise MicrogptError(f"{cfg.data_path} changed while this run read it (its length or its first or last "
