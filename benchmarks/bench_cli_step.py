@@ -43,14 +43,6 @@ def step_microseconds(steps, repeats, dtype, python_only=False):
     return (long - min(run(1000) for _ in range(repeats))) / (steps - 1000) * 1e6
 
 
-def source_tree(parser, path):
-    """A folder holding the microgpt package (a checkout's src/): anything else would import the installed one."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(os.path.join(path, 'microgpt', '__init__.py')):
-        parser.error(f"{path} holds no microgpt package: give a checkout's src folder")
-    return path
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--old', metavar='SRC', required=True, help="the other checkout's src folder")
@@ -68,8 +60,8 @@ def main():
         parser.error('--rounds and --repeats take 1 or more, --steps more than 1000')
     if args.row:
         return print(step_microseconds(args.steps, args.repeats, args.dtype, args.python_only))
+    from microgpt.bench.benchmark import cpu_name, source_tree  # the controller's package; a row imports only cli
     trees = [('old', source_tree(parser, args.old)), ('new', source_tree(parser, args.new))]
-    from microgpt.bench.benchmark import cpu_name
     what = " (its Python only: the engine's train_steps does nothing)" if args.python_only else ""
     print(f"the default job's step through `microgpt train --engine fused --dtype {args.dtype}`{what}, {args.rounds} "
           f"rounds taking turns; each process the best of {args.repeats} x {args.steps} steps less the best of "

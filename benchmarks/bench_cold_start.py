@@ -23,8 +23,9 @@ import sys
 import tempfile
 import time
 
-from bench_cli_step import NEW_SRC, source_tree
-from microgpt.bench.benchmark import cpu_name
+from microgpt.bench.benchmark import cpu_name, source_tree
+
+NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 JOBS = {'default': ('default job', []), 'makemore': ('makemore preset', ['--preset', 'makemore'])}
 

@@ -142,7 +142,6 @@ def test_bench_cold_start_runs_another_tree_before_this_one_and_gives_the_ratio(
     and a line divides the cold wall times; a folder holding no package is refused. The processes are stood in for
     (cold runs of 40 and 10 s)."""
     import runpy
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: it imports bench_cli_step beside it
     script = runpy.run_path(str(BENCHMARKS / 'bench_cold_start.py'))
     runs, results = [], iter([(40.0, 1.0, True), (2.0, 1.0, False), (10.0, 1.0, True), (1.0, 1.0, False)])
     monkeypatch.setitem(script['main'].__globals__, 'timed_run',  # (wall s, CPU s, said that it compiles)
