@@ -377,6 +377,20 @@ def test_a_top_k_of_the_whole_vocabulary_is_an_error(checkpoint, data, tmp_path)
     assert not out.exists()
 
 
+def test_eval_of_a_checkpoint_that_records_no_data_is_one_line(tmp_path):
+    """A checkpoint saved through the API with a held-out split but no data path: eval's advice read the path itself
+    (a KeyError's traceback)."""
+    import random
+    from microgpt.data import Vocabulary
+    from microgpt.engines.numpy.engine import NumpyEngine
+    from microgpt.train.checkpoint import save_checkpoint
+    vocab = Vocabulary.from_documents(['emma', 'ava'])
+    engine = NumpyEngine(ModelConfig(vocab_size=vocab.size), random.Random(0))
+    path = str(tmp_path / 'model.safetensors')
+    save_checkpoint(path, engine, vocab, TrainConfig(steps=1), 1, {}, {'eval_every': '1'})
+    assert_one_line_error(*run('eval', '--checkpoint', path), 'the checkpoint records no training data')
+
+
 def test_a_command_of_one_checkpoint_given_two_refuses_them(checkpoint, tmp_path):
     """export and info took the last --checkpoint of two silently, where sample's and eval's two are an ensemble."""
     for command in (['info'], ['export', '--out', tmp_path / 'c'], ['export', '--web', '--out', tmp_path / 'w'],
