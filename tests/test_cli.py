@@ -109,6 +109,7 @@ def test_a_presets_sampling_setting_is_no_flag_without_effect(data):
      ('--temperature, --prompt', '--num-samples 0')),
     (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--data', 'names.txt'], ('--data', '--num-samples 0')),
     (['sample', '--checkpoint', 'missing', '--num-samples', '0', '--seed', '5'], ('--seed', '--num-samples 0')),
+    (['sample', '--checkpoint', 'missing', '--num-samples', '0'], ('--num-samples 0 samples nothing', '1 or more')),
     (['sample', '--checkpoint', 'missing', '--seed', '-7'], ('--seed must be at least 0, got -7',)),
     (['export', '--train', '--seed', '-1', '--out', 'ex'], ('--seed must be at least 0, got -1',)),
     (['tune', '--seed', '-1', '--trials', '1'], ('--seed must be at least 0, got -1',)),

@@ -89,6 +89,8 @@ def cmd_sample(args, out, err):
     sample_cfg = SampleConfig(**given(args, SampleConfig))
     check_sampling_flags(given(args, SampleConfig), [flag for flag, value in (
         ('--prompt', args.prompt), ('--data', args.data), ('--seed', args.seed is not None)) if value])
+    if sample_cfg.num_samples == 0:  # train's 0 means train without sampling; here it would do nothing at all
+        raise MicrogptError("--num-samples 0 samples nothing, which is all this command does; give 1 or more")
     seed = SAMPLE_SEED if args.seed is None else args.seed
     check_seed(seed)
     models = _models_from_checkpoints(args.checkpoint)
