@@ -2,12 +2,12 @@
 at step 2,000?
 
     python benchmarks/bench_long_run.py [--data names.txt] [--steps 100000] [--window 10000]
-        [--compare /work/base/src ...]
+        [--makemore-steps 100000] [--compare /work/base/src ...]
 
-Rows: microgpt's default model (batch 1) in float64 and float32 for --steps steps, and the makemore preset's
-size (batch 32) for --makemore-steps. Each row runs in its own process; with --compare, each row also runs
-against the package at that path (an older checkout's src/), one after the other, so that both see the same
-machine.
+Rows: microgpt's default job (batch 1) and the makemore preset (its model and optimiser: batches of 32, AdamW,
+a constant learning rate), each in float64 and float32; the default job for --steps steps, the preset for
+--makemore-steps. Each row runs in its own process; with --compare, each row also runs against the package at
+that path (an older checkout's src/), one after the other, so that both see the same machine.
 A window's cost is the mean CPU time (this process's, all threads: steadier than wall time on a shared
 machine) of its last --sample steps (train_steps calls of the engine's chunk size), and the summary compares
 the window ending near step 2,000 with the last one. Slow late windows are the mark of
@@ -22,10 +22,20 @@ import sys
 import time
 
 SHARED_NAMES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'names.txt')
-MAKEMORE = {'n_layer': 4, 'n_embd': 64, 'n_head': 4, 'block_size': 16}
 
 
-def run_row(data, model, dtype, batch_size, steps, window, sample):
+def preset_settings(preset):
+    """(model overrides, TrainConfig keyword arguments) of a preset; an older tree without presets.py runs the
+    makemore preset's model at batch 32 with microgpt's optimiser, as this benchmark did before."""
+    try:
+        from microgpt.config import ModelConfig, TrainConfig
+        from microgpt.presets import PRESETS, fields_of
+    except ImportError:
+        return ({'n_layer': 4, 'n_embd': 64}, {'batch_size': 32}) if preset == 'makemore' else ({}, {})
+    return fields_of(ModelConfig, PRESETS[preset]), fields_of(TrainConfig, PRESETS[preset])
+
+
+def run_row(data, preset, dtype, steps, window, sample):
     """Prints one line per window: `step us_per_step` (CPU time, mean over the window's last `sample` steps)."""
     from microgpt.config import TrainConfig
     from microgpt.engines import make_engine
@@ -33,17 +43,19 @@ def run_row(data, model, dtype, batch_size, steps, window, sample):
         from microgpt.bench.benchmark import prepared_job
     except ImportError:  # the layout before engines/ and bench/ became packages
         from microgpt.benchmark import prepared_job
-    rng, doc_tokens, cfg = prepared_job(data, 42, MAKEMORE if model == 'makemore' else None)
+    model, optimiser = preset_settings(preset)
+    rng, doc_tokens, cfg = prepared_job(data, 42, model)
     engine = make_engine('fused', cfg, rng, dtype)
-    tcfg = TrainConfig(steps=steps, batch_size=batch_size)
+    tcfg = TrainConfig(**{**optimiser, 'steps': steps})
     chunk = getattr(engine, 'chunk_steps', 64)  # an older tree's engine lacks it: its training.CHUNK_STEPS, 64
     step = 0
     for end in [min(2000, window)] + list(range(window, steps + 1, window)):
         if end <= step:
             continue
-        if end - sample > step:
-            _train(engine, doc_tokens, step, end - sample, tcfg, chunk)
-            step = end - sample
+        begin = max(end - sample, step, 1)  # the first step compiles or loads the kernels: never timed
+        if begin > step:
+            _train(engine, doc_tokens, step, begin, tcfg, chunk)
+            step = begin
         start = time.process_time()
         _train(engine, doc_tokens, step, end, tcfg, chunk)
         print(end, (time.process_time() - start) / (end - step) * 1e6, flush=True)
@@ -65,29 +77,30 @@ def main():
     parser.add_argument('--window', type=int, default=10_000, help='steps per reported window (default: 10000)')
     parser.add_argument('--sample', type=int, default=1_000,
                         help='timed steps at the end of each window (default: 1000)')
-    parser.add_argument('--makemore-steps', type=int, default=4_000,
-                        help='steps of the makemore-size row, batch 32 (default: 4000; windows of a tenth)')
+    parser.add_argument('--makemore-steps', type=int, default=100_000,
+                        help='steps of the makemore preset\'s rows (default: 100000; windows of a tenth, the last '
+                             'tenth of --sample steps of each timed)')
     parser.add_argument('--compare', metavar='SRC', action='append', default=[],
                         help='also run each row with PYTHONPATH=SRC (an older checkout\'s src/); may be repeated')
-    parser.add_argument('--row', help=argparse.SUPPRESS)  # model:dtype:batch:steps:window:sample, in a subprocess
+    parser.add_argument('--row', help=argparse.SUPPRESS)  # preset:dtype:steps:window:sample, in a subprocess
     args = parser.parse_args()
     if args.row:
-        model, dtype, batch, steps, window, sample = args.row.split(':')
-        return run_row(args.data, model, dtype, int(batch), int(steps), int(window), int(sample))
-    if min(args.steps, args.window, args.sample, args.makemore_steps) < 1:
-        parser.error("--steps, --window, --sample and --makemore-steps must be 1 or more")
+        preset, dtype, steps, window, sample = args.row.split(':')
+        return run_row(args.data, preset, dtype, int(steps), int(window), int(sample))
+    if min(args.steps, args.window, args.sample) < 1 or args.window < 2 or args.makemore_steps < 20:
+        parser.error("--steps and --sample must be 1 or more, --window 2 or more and --makemore-steps 20 or more")
     if not args.sample <= args.window <= args.steps:
         parser.error(f"need --sample <= --window <= --steps, got {args.sample}, {args.window} and {args.steps}")
     makemore_window = max(args.makemore_steps // 10, 1)
-    rows = [('default', 'float64', 1, args.steps, args.window, args.sample),
-            ('default', 'float32', 1, args.steps, args.window, args.sample),
-            ('makemore', 'float32', 32, args.makemore_steps, makemore_window,
-             min(max(args.sample // 10, 1), makemore_window))]
+    makemore_sample = min(max(args.sample // 10, 1), makemore_window)
+    rows = [('microgpt', dtype, args.steps, args.window, args.sample) for dtype in ('float64', 'float32')]
+    rows += [('makemore', dtype, args.makemore_steps, makemore_window, makemore_sample)
+             for dtype in ('float64', 'float32')]
     trees = [('this tree', None)] + [(src, src) for src in args.compare]
     print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores")
     for row in rows:
-        model, dtype, batch, steps, window, sample = row
-        print(f"\n{model} model, {dtype}, batch {batch}, {steps} steps (us/step over the last {sample} of each window)")
+        preset, dtype, steps, window, sample = row
+        print(f"\n{preset} preset, {dtype}, {steps} steps (us/step over the last {sample} of each window)", flush=True)
         results = {}
         for label, src in trees:
             env = dict(os.environ, **({'PYTHONPATH': src} if src else {}))
