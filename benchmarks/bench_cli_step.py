@@ -7,7 +7,8 @@ Each round runs one process of each tree (PYTHONPATH=its src), taking turns to g
 machine load. A process calls `microgpt train --engine fused` through the package's own `cli.main`, output to
 /dev/null: once untimed (compiling or loading the kernels), then --steps steps and 1,000 steps, best of --repeats
 each; the difference per step between the two is the step (reading the data, building the model and sampling the
-names cancel out). It prints each tree's median and their ratio. A process imports nothing but `microgpt.cli`, so
+names cancel out). It prints each tree's median and their ratio, in wall time and in the process's CPU time (the
+step runs on one thread; on a shared or virtual machine its CPU time leaves out the time others took the core). A process imports nothing but `microgpt.cli`, so
 the old tree may be any commit with `cli.main(argv, out, err)`, the issue's filing (3ef2197) included.
 """
 
@@ -23,7 +24,7 @@ NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__
 
 
 def step_microseconds(steps, repeats, dtype, python_only=False):
-    """The marginal microseconds a step of `microgpt train --engine fused --dtype <dtype>` in this process's
+    """(wall, CPU): the marginal microseconds a step of `microgpt train --engine fused --dtype <dtype>` in this process's
     package; with `python_only`, its engine's train_steps returns a constant loss at once: the Python of the
     training loop and the CLI around the compiled steps."""
     from microgpt.cli import main as cli
@@ -34,13 +35,13 @@ def step_microseconds(steps, repeats, dtype, python_only=False):
 
     def run(n):
         with open(os.devnull, 'w') as out:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             cli(['train', '--engine', 'fused', '--dtype', dtype, '--steps', str(n)], out=out, err=io.StringIO())
-            return time.perf_counter() - start
+            return time.perf_counter() - wall, time.process_time() - cpu
 
     run(300)  # compile or load the kernels, and warm the caches: untimed
-    long = min(run(steps) for _ in range(repeats))
-    return (long - min(run(1000) for _ in range(repeats))) / (steps - 1000) * 1e6
+    long, short = [[run(n) for _ in range(repeats)] for n in (steps, 1000)]
+    return tuple((min(t[i] for t in long) - min(t[i] for t in short)) / (steps - 1000) * 1e6 for i in (0, 1))
 
 
 def main():
@@ -59,7 +60,7 @@ def main():
     if args.rounds < 1 or args.repeats < 1 or args.steps <= 1000:
         parser.error('--rounds and --repeats take 1 or more, --steps more than 1000')
     if args.row:
-        return print(step_microseconds(args.steps, args.repeats, args.dtype, args.python_only))
+        return print(*step_microseconds(args.steps, args.repeats, args.dtype, args.python_only))
     from microgpt.bench.benchmark import cpu_name, source_tree  # the controller's package; a row imports only cli
     trees = [('old', source_tree(parser, args.old)), ('new', source_tree(parser, args.new))]
     what = " (its Python only: the engine's train_steps does nothing)" if args.python_only else ""
@@ -68,7 +69,7 @@ def main():
           f"{args.repeats} x 1000; CPU: {cpu_name()}")
     for label, src in trees:
         print(f"   {label}: {src}")
-    times = {'old': [], 'new': []}
+    times = {'old': [], 'new': []}  # (wall, CPU) of each round
     for round_ in range(args.rounds):
         for label, src in trees[::-1] if round_ % 2 else trees:
             command = [sys.executable, __file__, '--row', '--old', src, '--steps', str(args.steps),
@@ -76,10 +77,12 @@ def main():
             result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=src))
             if result.returncode != 0:
                 sys.exit(f"the {label} tree ({src}) failed:\n" + '\n'.join(result.stderr.splitlines()[-8:]))
-            times[label].append(float(result.stdout))
-    old, new = statistics.median(times['old']), statistics.median(times['new'])
-    each = ' '.join(f'{o:.2f}/{n:.2f}' for o, n in zip(times['old'], times['new']))
-    print(f"   old {old:.2f} us a step, new {new:.2f} (medians); old / new {old / new:.3f}   ({each})")
+            times[label].append(tuple(map(float, result.stdout.split())))
+    for i, clock in enumerate(('wall time', 'CPU time')):
+        olds, news = [t[i] for t in times['old']], [t[i] for t in times['new']]
+        old, new = statistics.median(olds), statistics.median(news)
+        each = ' '.join(f'{o:.2f}/{n:.2f}' for o, n in zip(olds, news))
+        print(f"   {clock}: old {old:.2f} us a step, new {new:.2f} (medians); old / new {old / new:.3f}   ({each})")
 
 
 if __name__ == '__main__':
