@@ -8,8 +8,9 @@ machine load. A process calls `microgpt train --engine fused` through the packag
 /dev/null: once untimed (compiling or loading the kernels), then --steps steps and 1,000 steps, best of --repeats
 each; the difference per step between the two is the step (reading the data, building the model and sampling the
 names cancel out). It prints each tree's median and their ratio, in wall time and in the process's CPU time (the
-step runs on one thread; on a shared or virtual machine its CPU time leaves out the time others took the core). A process imports nothing but `microgpt.cli`, so
-the old tree may be any commit with `cli.main(argv, out, err)`, the issue's filing (3ef2197) included.
+step runs on one thread; on a shared or virtual machine its CPU time leaves out the time others took the core).
+A process imports nothing but `microgpt.cli`, so the old tree may be any commit with `cli.main(argv, out, err)`,
+the issue's filing (3ef2197) included.
 """
 
 import argparse
@@ -24,8 +25,8 @@ NEW_SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__
 
 
 def step_microseconds(steps, repeats, dtype, python_only=False):
-    """(wall, CPU): the marginal microseconds a step of `microgpt train --engine fused --dtype <dtype>` in this process's
-    package; with `python_only`, its engine's train_steps returns a constant loss at once: the Python of the
+    """(wall, CPU): the marginal microseconds a step of `microgpt train --engine fused --dtype <dtype>` in this
+    process's package; with `python_only`, its engine's train_steps returns a constant loss at once: the Python of the
     training loop and the CLI around the compiled steps."""
     from microgpt.cli import main as cli
     if python_only:

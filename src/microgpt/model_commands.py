@@ -135,7 +135,7 @@ def cmd_eval(args, out, err):
             try:  # a run trained from a pipe is evaluated from one
                 data_path = recorded_data(ckpt, notice, progress)
             except MicrogptError as e:  # --data scores every document of a file, not the run's held-out split
-                if is_url(ckpt.meta.get('data_path') or ''):  # the download's own advice ends e: give the file as --data
+                if is_url(ckpt.meta.get('data_path') or ''):  # the download's advice ends e: give the file as --data
                     raise MicrogptError(f"{e} (as --data, a file is scored whole; the run's held-out split is scored "
                                         f"from the address's download, fetched once and kept)") from None
                 raise MicrogptError(f"{e} (put the run's own data back there to score its held-out split); give "
