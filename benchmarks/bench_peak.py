@@ -1,6 +1,6 @@
 """Peak of the fused kernels' arithmetic on one core: eight independent 8-lane multiply-add chains sharing one
-row of operands, as the matrix product's 8 x 8 block runs them (lanes.axpy8: in float64 a multiplication and an
-addition, each rounded; in float32 one fused multiply-add), operands in L1; GFLOP/s counting the multiply and the
+row of operands, as the matrix product's 8 x 8 block runs them (lanes.axpy8: one fused multiply-add; until
+2026-12-01, in float64 a multiplication and an addition), operands in L1; GFLOP/s counting the multiply and the
 add. The yardstick of docs/PERFORMANCE.md's "How close to the machine's limit" (times the cores for the threaded
 makemore size).
 

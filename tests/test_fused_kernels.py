@@ -298,10 +298,10 @@ def test_every_stale_entry_point_is_flushed_before_any_compiles(monkeypatch):
     assert set(flushed) == stale and len(flushed) == len(stale), flushed
 
 
-def test_madd_fuses_in_float32_only():
-    """lanes.madd(acc, a, b) = acc + a b: float64 rounds the product, then the sum (the reference's arithmetic);
-    float32 rounds once (a fused multiply-add). With a = b = 1 + 2^-k the exact product 1 + 2^(1-k) + 2^-2k is
-    one bit too long, and acc = -(1 + 2^(1-k)) leaves that bit, or nothing if the product was rounded first."""
+def test_madd_fuses_in_both_dtypes():
+    """lanes.madd(acc, a, b) = acc + a b, rounded once (a fused multiply-add) in float32 and float64. With a = b =
+    1 + 2^-k the exact product 1 + 2^(1-k) + 2^-2k is one bit too long, and acc = -(1 + 2^(1-k)) leaves that bit,
+    or nothing if the product was rounded first (as float64's was until 2026-12-01)."""
     from numba import njit
     from microgpt.engines.fused.lanes import madd
 
@@ -309,11 +309,10 @@ def test_madd_fuses_in_float32_only():
     def run(acc, a, b):
         return madd(acc, a, b)
 
-    for real, k, fused in ((np.float64, 27, False), (np.float32, 12, True)):  # numba types the scalars by dtype
+    for real, k in ((np.float64, 27), (np.float32, 12)):  # numba types the scalars by dtype
         one_plus = real(1) + real(2.0 ** -k)
         got = run(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus)
-        want = 2.0 ** (-2 * k) if fused else 0.0
-        assert float(got) == want, (real, float(got), want)
+        assert float(got) == 2.0 ** (-2 * k), (real, float(got))
 
 
 @pytest.mark.slow(seconds=20)  # compiles the fused engine in float32 (helpers.QUICK_DTYPES)

@@ -207,19 +207,19 @@ def mac8(acc, a, b):
 
 @intrinsic
 def madd(typingctx, acc, a, b):
-    """acc + a b, all of one float type: in float64 a multiplication then an addition, each rounded (the reference's
-    arithmetic, bit for bit); in float32 LLVM's fmuladd, one fused multiply-add where the CPU has the instruction (no
-    float32 result is pinned to the reference's bits; without FMA it stays two operations, not a libm call)."""
+    """acc + a b, all of one float type, as LLVM's fmuladd: one fused multiply-add, rounded once, where the CPU has
+    the instruction (without it, a multiplication then an addition, each rounded: not a libm call). float64 fused
+    too since 2026-12-01: its products had kept the reference's two roundings, which an Intel core pays for with two
+    of its two FMA ports' slots (docs/PERFORMANCE.md, "Zen and Ice Lake"); the results move at rounding level and
+    the default job still prints microgpt.py's output byte for byte (test_golden.py)."""
     if not (isinstance(acc, types.Float) and acc == a == b):
         return None  # a typing error: the lanes' helpers take operands of the lanes' own type
 
     def codegen(context, builder, signature, args):
         acc_, a_, b_ = args
-        if acc == types.float32:
-            fmuladd = builder.module.declare_intrinsic('llvm.fmuladd', [acc_.type],
-                                                       ir.FunctionType(acc_.type, [acc_.type] * 3))
-            return builder.call(fmuladd, [a_, b_, acc_])
-        return builder.fadd(acc_, builder.fmul(a_, b_))
+        fmuladd = builder.module.declare_intrinsic('llvm.fmuladd', [acc_.type],
+                                                   ir.FunctionType(acc_.type, [acc_.type] * 3))
+        return builder.call(fmuladd, [a_, b_, acc_])
     return acc(acc, a, b), codegen
 
 

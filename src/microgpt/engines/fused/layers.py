@@ -4,9 +4,9 @@ An activation is (features, NP): llm.c's (B, T, C) turned into (C, NP), one colu
 of the packed batch (documents back to back; attention stays within a document), the columns padded to a
 multiple of 8 with zero columns that attend to themselves. Kernels run over the first nb columns, 8 at a
 time (lanes.py). The linear layers are matrix products (matmul.py).
-No fastmath: every sum runs in a fixed order, the reference's where it has one; in float32 the multiply-adds of
-axpy8 and mac8 are fused (lanes.madd), in float64 the product and the sum are rounded apart, as the reference
-does. Dimension letters as in
+No fastmath: every sum runs in a fixed order, the reference's where it has one; the multiply-adds of axpy8 and
+mac8 are fused (lanes.madd: one rounding where the reference rounds the product and the sum). Dimension letters as
+in
 numpy/layers.py: C channels, NH heads, HS head size, V vocabulary, T block size, NP column capacity.
 """
 

@@ -2,8 +2,8 @@
 
 Activations are feature-major, (features, NP) with a column per predicted position (layers.py). So a linear layer
 out = W @ in needs no transposed copy of W, the backward's d_in = W.T @ d_out is the same `matmul`, and
-d_W = d_out @ in.T reads `in` transposed once (`transpose`). Every sum runs in k order; in float32 its
-multiply-adds are fused (lanes.madd), in float64 the product and the sum are rounded apart, as the reference does.
+d_W = d_out @ in.T reads `in` transposed once (`transpose`). Every sum runs in k order, its multiply-adds fused
+(lanes.madd).
 """
 
 from numba import types
