@@ -6,8 +6,8 @@ its own plan and workspace and writes its own gradients. `steps` runs on every t
 with its share of the groups, then of the parameters: it sums the groups' gradients in group order there and
 runs Adam on them (each parameter's update is independent of the others'). The threads wait for each other at a
 barrier after the groups and after Adam. The split depends on B alone, never on the number of threads, so a run
-gives the same numbers on any number of threads (and on any CPU with FMA, lanes.madd); they differ from a one-group computation only by rounding, since each
-weight gradient's sum over positions is cut into G partial sums.
+gives the same numbers on any number of threads (and on any CPU with FMA, lanes.madd); they differ from a
+one-group computation only by rounding, since each weight gradient's sum over positions is cut into G partial sums.
 """
 
 import numpy as np
