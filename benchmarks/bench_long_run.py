@@ -2,15 +2,18 @@
 at step 2,000?
 
     python benchmarks/bench_long_run.py [--data names.txt] [--steps 100000] [--window 10000]
-        [--makemore-steps 100000] [--compare /work/base/src ...]
+        [--makemore-steps 100000] [--parts 5] [--compare /work/base/src ...]
 
 Rows: microgpt's default job (batch 1) and the makemore preset (its model and optimiser: batches of 32, AdamW,
 a constant learning rate), each in float64 and float32; the default job for --steps steps, the preset for
 --makemore-steps. Each row runs in its own process; with --compare, each row also runs against the package at
 that path (an older checkout's src/), one after the other, so that both see the same machine.
-A window's cost is the mean CPU time (this process's, all threads: steadier than wall time on a shared
-machine) of its last --sample steps (train_steps calls of the engine's chunk size), and the summary compares
-the window ending near step 2,000 with the last one. Slow late windows are the mark of
+A window's cost is the CPU time (this process's, all threads: steadier than wall time on a shared machine) of
+its last --sample steps (train_steps calls of the engine's chunk size), timed in --parts consecutive parts: a row
+gives the mean over the sample and the fastest part's rate. The mean says what a run costs; the fastest part is
+what the step costs when the machine's neighbours are quiet, since a burst of noise slows some parts, never
+speeds one. The summary compares the window ending near step 2,000 with the last one. Slow late windows are the
+mark of
 subnormal floats (Adam moments of rarely used rows decaying below 2^-1022): the engine runs its kernels with
 flush-to-zero (fused/floating_point.py) to keep them out.
 """
@@ -35,8 +38,9 @@ def preset_settings(preset):
     return fields_of(ModelConfig, PRESETS[preset]), fields_of(TrainConfig, PRESETS[preset])
 
 
-def run_row(data, preset, dtype, steps, window, sample):
-    """Prints one line per window: `step us_per_step` (CPU time, mean over the window's last `sample` steps)."""
+def run_row(data, preset, dtype, steps, window, sample, parts):
+    """Prints one line per window: `step mean_us fastest_us`, the CPU time per step over the window's last
+    `sample` steps and that of the fastest of their `parts` consecutive parts."""
     from microgpt.config import TrainConfig
     from microgpt.engines import make_engine
     try:
@@ -56,9 +60,15 @@ def run_row(data, preset, dtype, steps, window, sample):
         if begin > step:
             _train(engine, doc_tokens, step, begin, tcfg, chunk)
             step = begin
-        start = time.process_time()
-        _train(engine, doc_tokens, step, end, tcfg, chunk)
-        print(end, (time.process_time() - start) / (end - step) * 1e6, flush=True)
+        edges = sorted({step + (end - step) * i // parts for i in range(parts + 1)})
+        rates, total = [], 0.0
+        for first, last in zip(edges, edges[1:]):
+            start = time.process_time()
+            _train(engine, doc_tokens, first, last, tcfg, chunk)
+            seconds = time.process_time() - start
+            rates.append(seconds / (last - first) * 1e6)
+            total += seconds
+        print(end, total / (end - step) * 1e6, min(rates), flush=True)
         step = end
 
 
@@ -80,28 +90,34 @@ def main():
     parser.add_argument('--makemore-steps', type=int, default=100_000,
                         help='steps of the makemore preset\'s rows (default: 100000; windows of a tenth, the last '
                              '--sample steps of each timed, or fewer if a window is shorter)')
+    parser.add_argument('--parts', type=int, default=5,
+                        help='consecutive parts each window\'s sample is timed in, for the fastest part\'s rate '
+                             '(default: 5)')
     parser.add_argument('--compare', metavar='SRC', action='append', default=[],
                         help='also run each row with PYTHONPATH=SRC (an older checkout\'s src/); may be repeated')
-    parser.add_argument('--row', help=argparse.SUPPRESS)  # preset:dtype:steps:window:sample, in a subprocess
+    parser.add_argument('--row', help=argparse.SUPPRESS)  # preset:dtype:steps:window:sample:parts, in a subprocess
     args = parser.parse_args()
     if args.row:
-        preset, dtype, steps, window, sample = args.row.split(':')
-        return run_row(args.data, preset, dtype, int(steps), int(window), int(sample))
-    if min(args.steps, args.window, args.sample) < 1 or args.window < 2 or args.makemore_steps < 20:
-        parser.error("--steps and --sample must be 1 or more, --window 2 or more and --makemore-steps 20 or more")
+        preset, dtype, *numbers = args.row.split(':')
+        return run_row(args.data, preset, dtype, *map(int, numbers))
+    if min(args.steps, args.window, args.sample, args.parts) < 1 or args.window < 2 or args.makemore_steps < 20:
+        parser.error("--steps, --sample and --parts must be 1 or more, --window 2 or more and --makemore-steps 20 or "
+                     "more")
     if not args.sample <= args.window <= args.steps:
         parser.error(f"need --sample <= --window <= --steps, got {args.sample}, {args.window} and {args.steps}")
     makemore_window = max(args.makemore_steps // 10, 1)
     # as many steps timed as the default job's: 100 steps of 32 documents varied by 10% from window to window
     makemore_sample = min(args.sample, makemore_window)
-    rows = [('microgpt', dtype, args.steps, args.window, args.sample) for dtype in ('float64', 'float32')]
-    rows += [('makemore', dtype, args.makemore_steps, makemore_window, makemore_sample)
+    rows = [('microgpt', dtype, args.steps, args.window, args.sample, args.parts) for dtype in ('float64', 'float32')]
+    rows += [('makemore', dtype, args.makemore_steps, makemore_window, makemore_sample, args.parts)
              for dtype in ('float64', 'float32')]
     trees = [('this tree', None)] + [(src, src) for src in args.compare]
-    print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores")
+    from microgpt.bench.benchmark import cpu_name  # this tree's; a row imports the package under test
+    print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores of {cpu_name()}")
     for row in rows:
-        preset, dtype, steps, window, sample = row
-        print(f"\n{preset} preset, {dtype}, {steps} steps (us/step over the last {sample} of each window)", flush=True)
+        preset, dtype, steps, window, sample, parts = row
+        print(f"\n{preset} preset, {dtype}, {steps} steps (us/step over the last {sample} steps of each window: "
+              f"their mean, and the fastest of {parts} parts)", flush=True)
         results = {}
         for label, src in trees:
             env = dict(os.environ, **({'PYTHONPATH': src} if src else {}))
@@ -111,14 +127,17 @@ def main():
                 print(f"   {label}: failed: {done.stderr.strip().splitlines()[-1]}")
                 continue
             lines = [line.split() for line in done.stdout.splitlines() if line]
-            results[label] = [(int(step), float(us)) for step, us in lines]
+            results[label] = [(int(step), float(mean), float(fastest)) for step, mean, fastest in lines]
         labels = list(results)
-        print(f"   {'step':>8} " + ' '.join(f'{label:>24}' for label in labels))
-        for i, (step, _) in enumerate(results[labels[0]] if labels else []):
-            print(f"   {step:>8} " + ' '.join(f'{results[label][i][1]:>24.2f}' for label in labels))
+        print(f"   {'step':>8} " + ' '.join(f'{label[-24:]:>24}' for label in labels))
+        print(f"   {'':>8} " + ' '.join(f'{"mean":>11}  {"fastest":>11}' for _ in labels))
+        for i, (step, *_) in enumerate(results[labels[0]] if labels else []):
+            print(f"   {step:>8} " + ' '.join(f'{results[label][i][1]:>11.2f}  {results[label][i][2]:>11.2f}'
+                                             for label in labels))
         for label in labels:
-            (early_step, early), (late_step, late) = results[label][0], results[label][-1]
-            print(f"   {label}: step {late_step} costs {late / early:.2f}x step {early_step}")
+            (early_step, *early), (late_step, *late) = results[label][0], results[label][-1]
+            print(f"   {label}: step {late_step} costs {late[0] / early[0]:.2f}x step {early_step} by the mean, "
+                  f"{late[1] / early[1]:.2f}x by the fastest part")
 
 
 if __name__ == '__main__':
