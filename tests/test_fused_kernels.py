@@ -3,6 +3,7 @@ packed batch) and its forward-only loss."""
 
 import itertools
 import random
+import re
 import subprocess
 import sys
 
@@ -313,6 +314,36 @@ def test_madd_fuses_in_both_dtypes():
         one_plus = real(1) + real(2.0 ** -k)
         got = run(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus)
         assert float(got) == 2.0 ** (-2 * k), (real, float(got))
+
+
+def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references():
+    """lanes.borrowed(a): a's data, shape and strides without its memory record, so that the views taken of it
+    inside compiled code are not reference counted (an atomic add each); writes reach the caller's array."""
+    from numba import njit
+    from microgpt.engines.fused.lanes import borrowed
+
+    def halves(a):
+        left, right = a[:, :2], a[:, 2:].T
+        left[0, 0] = right.sum()
+        return left.shape[0] + right.shape[0]
+
+    def halves_borrowed(a):
+        return halves_compiled(borrowed(a))
+
+    def reference_counts(function):
+        """Calls to NRT_incref and NRT_decref in the optimised body of `function` (not its Python wrappers)."""
+        ir = next(iter(function.inspect_llvm().values()))
+        [body] = [body for name, body in re.findall(r'^define [^@]*@([^(]+)\((.*?)^}', ir, re.M | re.S)
+                  if function.py_func.__name__ in name and not name.startswith(('_ZN7cpython', 'cfunc'))]
+        return body.count('@NRT_incref') + body.count('@NRT_decref')
+
+    halves_compiled, on_borrowed = njit(halves), njit(halves_borrowed)
+    a = np.arange(12.0).reshape(3, 4)
+    assert on_borrowed(a) == 3 + 2 and a[0, 0] == 2 + 3 + 6 + 7 + 10 + 11, a
+    counts = reference_counts(halves_compiled), reference_counts(on_borrowed)
+    assert counts[0] > 0 and counts[1] == 0, counts
+    with pytest.raises(Exception, match='borrowed'):
+        njit(lambda x: borrowed(x))(1.0)
 
 
 @pytest.mark.slow(seconds=20)  # compiles the fused engine in float32 (helpers.QUICK_DTYPES)

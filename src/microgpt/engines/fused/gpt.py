@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, composite, inlined, kernel
+from .lanes import LANES, borrowed, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, rmsnorm_backward, rmsnorm_forward)
 from .matmul import matmul, transpose
@@ -188,7 +188,7 @@ def _pack(plan, docs, doc_starts, first, stop):
 
 @entry_point
 def adam_update(state, adam, lr, t):
-    adam_step(state, adam, lr, t)
+    adam_step(borrowed(state), borrowed(adam), lr, t)
 
 
 @entry_point
@@ -196,6 +196,9 @@ def train_steps(state, ws, plan, adam, docs, doc_starts, batch_size, lrs, keys, 
     """len(losses) steps: step i trains on documents i B .. i B + B - 1 of docs with learning rate lrs[i] and
     dropout key keys[i] (used when plan's SLOT_DROP_THRESHOLD is not 0), as Adam step first_t + i; losses[i]
     is its loss before the update."""
+    state, ws, plan, adam, docs, doc_starts = (borrowed(state), borrowed(ws), borrowed(plan), borrowed(adam),
+                                              borrowed(docs), borrowed(doc_starts))
+    lrs, keys, losses = borrowed(lrs), borrowed(keys), borrowed(losses)
     for i in range(losses.size):
         plan[SLOT_DROP_KEY] = keys[i]
         n = _pack(plan, docs, doc_starts, i * batch_size, (i + 1) * batch_size)

@@ -17,7 +17,7 @@ from ...config import NOTHING_TO_PREDICT
 from .adam import GRAD_CLIP, adam_parameters, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import LANES, add8, composite, kernel, load8, store8
+from .lanes import LANES, add8, borrowed, composite, kernel, load8, store8
 from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
 from .threads import barrier, run_on_threads, thread_count
 
@@ -71,6 +71,10 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
 
     cells: the threads' barrier; group_losses (G,): each group's share of the loss; group_grads (G - 1, P): the
     gradients of groups 1 .. G - 1 (group 0 writes state[1])."""
+    cells, group_losses, state, group_grads, wss, plans = (borrowed(cells), borrowed(group_losses), borrowed(state),
+                                                           borrowed(group_grads), borrowed(wss), borrowed(plans))
+    adam, docs, doc_starts, lrs, keys, losses = (borrowed(adam), borrowed(docs), borrowed(doc_starts), borrowed(lrs),
+                                                 borrowed(keys), borrowed(losses))
     groups = plans.shape[0]
     own_groups = range(thread * groups // threads, (thread + 1) * groups // threads)
     params_first, params_stop = thread * state.shape[1] // threads, (thread + 1) * state.shape[1] // threads
@@ -117,6 +121,9 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
 def forward(thread, threads, cells, group_losses, state, wss, plans, docs, doc_starts):
     """The loss of one batch (all of docs), forward only, on thread `thread` of `threads` (thread 0 returns it):
     `steps` without a backward, the same arithmetic, compiled in a third of the time."""
+    cells, group_losses, state, wss, plans = (borrowed(cells), borrowed(group_losses), borrowed(state), borrowed(wss),
+                                              borrowed(plans))
+    docs, doc_starts = borrowed(docs), borrowed(doc_starts)
     groups, total = plans.shape[0], _check_batches(plans[0], docs, doc_starts, doc_starts.size - 1, 1)[0]
     saved = start_flushing()
     for g in range(thread * groups // threads, (thread + 1) * groups // threads):
