@@ -2,7 +2,7 @@
 at step 2,000?
 
     python benchmarks/bench_long_run.py [--data names.txt] [--steps 100000] [--window 10000]
-        [--makemore-steps 100000] [--parts 5] [--compare /work/base/src ...]
+        [--makemore-steps 100000] [--parts 5] [--rounds 5] [--compare /work/base/src ...]
 
 Rows: microgpt's default job (batch 1) and the makemore preset (its model and optimiser: batches of 32, AdamW,
 a constant learning rate), each in float64 and float32; the default job for --steps steps, the preset for
@@ -12,14 +12,17 @@ A window's cost is the CPU time (this process's, all threads: steadier than wall
 its last --sample steps (train_steps calls of the engine's chunk size), timed in --parts consecutive parts: a row
 gives the mean over the sample and the fastest part's rate. The mean says what a run costs; the fastest part is
 what the step costs when the machine's neighbours are quiet, since a burst of noise slows some parts, never
-speeds one. The summary compares the window ending near step 2,000 with the last one. Slow late windows are the
-mark of
+speeds one. The summary compares the window ending near step 2,000 with the last one, and then the two side by
+side: a second engine trained to that first window's end and the long run's engine take turns for --rounds
+rounds of --sample steps each, in the same process, so that the machine's own drift over a run of minutes (a
+tenth or more on a shared virtual machine) falls on both alike. Slow late windows are the mark of
 subnormal floats (Adam moments of rarely used rows decaying below 2^-1022): the engine runs its kernels with
 flush-to-zero (fused/floating_point.py) to keep them out.
 """
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -38,9 +41,11 @@ def preset_settings(preset):
     return fields_of(ModelConfig, PRESETS[preset]), fields_of(TrainConfig, PRESETS[preset])
 
 
-def run_row(data, preset, dtype, steps, window, sample, parts):
+def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
     """Prints one line per window: `step mean_us fastest_us`, the CPU time per step over the window's last
-    `sample` steps and that of the fastest of their `parts` consecutive parts."""
+    `sample` steps and that of the fastest of their `parts` consecutive parts; then, with `rounds`, the line
+    `alternating early_step late_step early_us late_us`: the medians of `rounds` turns of `sample` steps each of
+    an engine at the first window's end and of this one at the last."""
     from microgpt.config import TrainConfig
     from microgpt.engines import make_engine
     try:
@@ -50,7 +55,7 @@ def run_row(data, preset, dtype, steps, window, sample, parts):
     model, optimiser = preset_settings(preset)
     rng, doc_tokens, cfg = prepared_job(data, 42, model)
     engine = make_engine('fused', cfg, rng, dtype)
-    tcfg = TrainConfig(**{**optimiser, 'steps': steps})
+    tcfg = TrainConfig(**{**optimiser, 'steps': steps + rounds * sample})  # the turns stay within the schedule
     chunk = getattr(engine, 'chunk_steps', 64)  # an older tree's engine lacks it: its training.CHUNK_STEPS, 64
     step = 0
     for end in [min(2000, window)] + list(range(window, steps + 1, window)):
@@ -70,6 +75,19 @@ def run_row(data, preset, dtype, steps, window, sample, parts):
             total += seconds
         print(end, total / (end - step) * 1e6, min(rates), flush=True)
         step = end
+    if rounds:
+        early_end = min(2000, window)
+        early = make_engine('fused', cfg, prepared_job(data, 42, model)[0], dtype)
+        _train(early, doc_tokens, 0, early_end, tcfg, chunk)
+        at, costs = {'early': early_end, 'late': step}, {'early': [], 'late': []}
+        for _ in range(rounds):
+            for name, turn_engine in (('early', early), ('late', engine)):
+                start = time.process_time()
+                _train(turn_engine, doc_tokens, at[name], at[name] + sample, tcfg, chunk)
+                costs[name].append((time.process_time() - start) / sample * 1e6)
+                at[name] += sample
+        print('alternating', early_end, step, statistics.median(costs['early']), statistics.median(costs['late']),
+              flush=True)
 
 
 def _train(engine, doc_tokens, start, stop, tcfg, chunk):
@@ -93,32 +111,37 @@ def main():
     parser.add_argument('--parts', type=int, default=5,
                         help='consecutive parts each window\'s sample is timed in, for the fastest part\'s rate '
                              '(default: 5)')
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='turns of --sample steps each for the side-by-side of the first window and the last, '
+                             'in one process (default: 5; 0: none)')
     parser.add_argument('--compare', metavar='SRC', action='append', default=[],
                         help='also run each row with PYTHONPATH=SRC (an older checkout\'s src/); may be repeated')
-    parser.add_argument('--row', help=argparse.SUPPRESS)  # preset:dtype:steps:window:sample:parts, in a subprocess
+    parser.add_argument('--row', help=argparse.SUPPRESS)  # preset:dtype:steps:window:sample:parts:rounds
     args = parser.parse_args()
     if args.row:
         preset, dtype, *numbers = args.row.split(':')
         return run_row(args.data, preset, dtype, *map(int, numbers))
-    if min(args.steps, args.window, args.sample, args.parts) < 1 or args.window < 2 or args.makemore_steps < 20:
-        parser.error("--steps, --sample and --parts must be 1 or more, --window 2 or more and --makemore-steps 20 or "
-                     "more")
+    if min(args.steps, args.window, args.sample, args.parts) < 1 or args.window < 2 or args.makemore_steps < 20 \
+            or args.rounds < 0:
+        parser.error("--steps, --sample and --parts must be 1 or more, --window 2 or more, --makemore-steps 20 or more "
+                     "and --rounds 0 or more")
     if not args.sample <= args.window <= args.steps:
         parser.error(f"need --sample <= --window <= --steps, got {args.sample}, {args.window} and {args.steps}")
     makemore_window = max(args.makemore_steps // 10, 1)
     # as many steps timed as the default job's: 100 steps of 32 documents varied by 10% from window to window
     makemore_sample = min(args.sample, makemore_window)
-    rows = [('microgpt', dtype, args.steps, args.window, args.sample, args.parts) for dtype in ('float64', 'float32')]
-    rows += [('makemore', dtype, args.makemore_steps, makemore_window, makemore_sample, args.parts)
+    rows = [('microgpt', dtype, args.steps, args.window, args.sample, args.parts, args.rounds)
+            for dtype in ('float64', 'float32')]
+    rows += [('makemore', dtype, args.makemore_steps, makemore_window, makemore_sample, args.parts, args.rounds)
              for dtype in ('float64', 'float32')]
     trees = [('this tree', None)] + [(src, src) for src in args.compare]
     from microgpt.bench.benchmark import cpu_name  # this tree's; a row imports the package under test
     print(f"fused engine, CPU us per step over a run; data {args.data}; {os.cpu_count()} cores of {cpu_name()}")
     for row in rows:
-        preset, dtype, steps, window, sample, parts = row
+        preset, dtype, steps, window, sample, parts, rounds = row
         print(f"\n{preset} preset, {dtype}, {steps} steps (us/step over the last {sample} steps of each window: "
               f"their mean, and the fastest of {parts} parts)", flush=True)
-        results = {}
+        results, side_by_side = {}, {}
         for label, src in trees:
             env = dict(os.environ, **({'PYTHONPATH': src} if src else {}))
             command = [sys.executable, __file__, '--data', args.data, '--row', ':'.join(map(str, row))]
@@ -127,7 +150,10 @@ def main():
                 print(f"   {label}: failed: {done.stderr.strip().splitlines()[-1]}")
                 continue
             lines = [line.split() for line in done.stdout.splitlines() if line]
-            results[label] = [(int(step), float(mean), float(fastest)) for step, mean, fastest in lines]
+            results[label] = [(int(step), float(mean), float(fastest)) for step, mean, fastest in lines[:len(lines)
+                              - (rounds > 0)]]
+            if rounds:
+                side_by_side[label] = [float(value) for value in lines[-1][1:]]
         labels = list(results)
         print(f"   {'step':>8} " + ' '.join(f'{label[-24:]:>24}' for label in labels))
         print(f"   {'':>8} " + ' '.join(f'{"mean":>11}  {"fastest":>11}' for _ in labels))
@@ -138,6 +164,11 @@ def main():
             (early_step, *early), (late_step, *late) = results[label][0], results[label][-1]
             print(f"   {label}: step {late_step} costs {late[0] / early[0]:.2f}x step {early_step} by the mean, "
                   f"{late[1] / early[1]:.2f}x by the fastest part")
+            if label in side_by_side:
+                early_at, late_at, early_us, late_us = side_by_side[label]
+                print(f"   {label}, side by side in one process: step {late_at:.0f} costs {late_us / early_us:.2f}x "
+                      f"step {early_at:.0f} ({late_us:,.2f} against {early_us:,.2f} us, medians of {rounds} "
+                      f"alternating turns of {sample} steps)")
 
 
 if __name__ == '__main__':

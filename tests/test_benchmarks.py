@@ -206,8 +206,11 @@ def test_bench_split_times_the_split_of_each_kind_of_file_beside_another_tree():
 @pytest.mark.slow(seconds=3)
 def test_bench_long_run_prints_the_cost_over_windows(names_path):
     out = bench('bench_long_run.py', '--steps', 40, '--window', 20, '--sample', 10, '--makemore-steps', 20,
-                '--data', names_path)
+                '--rounds', 2, '--data', names_path)
     assert re.search(rf'step 20 costs {NUMBER}x step 2 by the mean, {NUMBER}x by the fastest part', out), out
+    # and the first window against the last in one process, an engine at each taking turns
+    assert re.search(rf'side by side in one process: step 40 costs {NUMBER}x step 20 \({NUMBER} against {NUMBER} us, '
+                     rf'medians of 2 alternating turns of 10 steps\)', out), out
     # each default-job window's sample of 10 steps is timed in 5 parts: a row has the step, the mean, the fastest
     rows = re.findall(rf'^ +(\d+) +({NUMBER}) +({NUMBER})$', out, re.M)
     assert rows and all(float(fastest) <= float(mean) * 1.000001 for _, mean, fastest in rows), out
@@ -217,6 +220,7 @@ def test_bench_long_run_prints_the_cost_over_windows(names_path):
     ('bench_long_run.py', ['--steps', 10, '--window', 20], 'need --sample <= --window <= --steps'),
     ('bench_long_run.py', ['--sample', 0], 'must be 1 or more'),
     ('bench_long_run.py', ['--parts', 0], 'must be 1 or more'),
+    ('bench_long_run.py', ['--rounds', -1], '--rounds 0 or more'),
     ('bench_data.py', ['--sizes', '10,-5'], 'must be 1 MB or more each'),
     ('bench_data.py', ['--sizes', '1,x'], 'whole numbers of MB'),
     ('bench_split.py', ['--megabytes', 0], '--megabytes must be 1 or more'),
