@@ -13,9 +13,11 @@ its last --sample steps (train_steps calls of the engine's chunk size), timed in
 gives the mean over the sample and the fastest part's rate. The mean says what a run costs; the fastest part is
 what the step costs when the machine's neighbours are quiet, since a burst of noise slows some parts, never
 speeds one. The summary compares the window ending near step 2,000 with the last one, and then the two side by
-side: a second engine trained to that first window's end and the long run's engine take turns for --rounds
-rounds of --sample steps each, in the same process, so that the machine's own drift over a run of minutes (a
-tenth or more on a shared virtual machine) falls on both alike. Slow late windows are the mark of
+side: a second engine trained to that first window's end and the long run's engine at its end take turns, --rounds
+rounds of --sample steps each (which goes first alternates), in the same process, so that the machine's own drift
+over a run of minutes (a tenth or more on a shared virtual machine) falls on both alike. The turns run on a
+learning-rate schedule --rounds x --sample steps longer than the windows', so that the long run's engine stays
+within one. Slow late windows are the mark of
 subnormal floats (Adam moments of rarely used rows decaying below 2^-1022): the engine runs its kernels with
 flush-to-zero (fused/floating_point.py) to keep them out.
 """
@@ -45,7 +47,7 @@ def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
     """Prints one line per window: `step mean_us fastest_us`, the CPU time per step over the window's last
     `sample` steps and that of the fastest of their `parts` consecutive parts; then, with `rounds`, the line
     `alternating early_step late_step early_us late_us`: the medians of `rounds` turns of `sample` steps each of
-    an engine at the first window's end and of this one at the last."""
+    an engine from the first window's end and of this one from the last."""
     from microgpt.config import TrainConfig
     from microgpt.engines import make_engine
     try:
@@ -55,7 +57,7 @@ def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
     model, optimiser = preset_settings(preset)
     rng, doc_tokens, cfg = prepared_job(data, 42, model)
     engine = make_engine('fused', cfg, rng, dtype)
-    tcfg = TrainConfig(**{**optimiser, 'steps': steps + rounds * sample})  # the turns stay within the schedule
+    tcfg = TrainConfig(**{**optimiser, 'steps': steps})
     chunk = getattr(engine, 'chunk_steps', 64)  # an older tree's engine lacks it: its training.CHUNK_STEPS, 64
     step = 0
     for end in [min(2000, window)] + list(range(window, steps + 1, window)):
@@ -79,11 +81,13 @@ def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
         early_end = min(2000, window)
         early = make_engine('fused', cfg, prepared_job(data, 42, model)[0], dtype)
         _train(early, doc_tokens, 0, early_end, tcfg, chunk)
+        turns = TrainConfig(**{**optimiser, 'steps': steps + rounds * sample})  # the long run's engine goes on
         at, costs = {'early': early_end, 'late': step}, {'early': [], 'late': []}
-        for _ in range(rounds):
-            for name, turn_engine in (('early', early), ('late', engine)):
+        for turn in range(rounds):
+            order = (('early', early), ('late', engine))
+            for name, turn_engine in order if turn % 2 == 0 else order[::-1]:
                 start = time.process_time()
-                _train(turn_engine, doc_tokens, at[name], at[name] + sample, tcfg, chunk)
+                _train(turn_engine, doc_tokens, at[name], at[name] + sample, turns, chunk)
                 costs[name].append((time.process_time() - start) / sample * 1e6)
                 at[name] += sample
         print('alternating', early_end, step, statistics.median(costs['early']), statistics.median(costs['late']),
@@ -147,13 +151,14 @@ def main():
             command = [sys.executable, __file__, '--data', args.data, '--row', ':'.join(map(str, row))]
             done = subprocess.run(command, capture_output=True, text=True, env=env)
             if done.returncode != 0:
-                print(f"   {label}: failed: {done.stderr.strip().splitlines()[-1]}")
+                last = (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1]
+                print(f"   {label}: failed: {last}")
                 continue
-            lines = [line.split() for line in done.stdout.splitlines() if line]
-            results[label] = [(int(step), float(mean), float(fastest)) for step, mean, fastest in lines[:len(lines)
-                              - (rounds > 0)]]
-            if rounds:
-                side_by_side[label] = [float(value) for value in lines[-1][1:]]
+            lines = [line.split() for line in done.stdout.splitlines()]
+            results[label] = [(int(line[0]), float(line[1]), float(line[2])) for line in lines
+                              if len(line) == 3 and line[0].isdigit()]
+            side_by_side.update({label: [float(value) for value in line[1:]] for line in lines
+                                 if len(line) == 5 and line[0] == 'alternating'})
         labels = list(results)
         print(f"   {'step':>8} " + ' '.join(f'{label[-24:]:>24}' for label in labels))
         print(f"   {'':>8} " + ' '.join(f'{"mean":>11}  {"fastest":>11}' for _ in labels))
@@ -166,9 +171,10 @@ def main():
                   f"{late[1] / early[1]:.2f}x by the fastest part")
             if label in side_by_side:
                 early_at, late_at, early_us, late_us = side_by_side[label]
-                print(f"   {label}, side by side in one process: step {late_at:.0f} costs {late_us / early_us:.2f}x "
-                      f"step {early_at:.0f} ({late_us:,.2f} against {early_us:,.2f} us, medians of {rounds} "
-                      f"alternating turns of {sample} steps)")
+                span = rounds * sample - 1
+                print(f"   {label}, side by side in one process: steps {late_at:,.0f}-{late_at + span:,.0f} cost "
+                      f"{late_us / early_us:.2f}x steps {early_at:,.0f}-{early_at + span:,.0f} ({late_us:,.2f} against "
+                      f"{early_us:,.2f} us, medians of {rounds} alternating turns of {sample} steps)")
 
 
 if __name__ == '__main__':

@@ -204,16 +204,18 @@ def test_bench_split_times_the_split_of_each_kind_of_file_beside_another_tree():
 
 
 @pytest.mark.slow(seconds=3)
-def test_bench_long_run_prints_the_cost_over_windows(names_path):
+@pytest.mark.parametrize('rounds', [2, 0])
+def test_bench_long_run_prints_the_cost_over_windows(names_path, rounds):
     out = bench('bench_long_run.py', '--steps', 40, '--window', 20, '--sample', 10, '--makemore-steps', 20,
-                '--rounds', 2, '--data', names_path)
+                '--rounds', rounds, '--data', names_path)
     assert re.search(rf'step 20 costs {NUMBER}x step 2 by the mean, {NUMBER}x by the fastest part', out), out
-    # and the first window against the last in one process, an engine at each taking turns
-    assert re.search(rf'side by side in one process: step 40 costs {NUMBER}x step 20 \({NUMBER} against {NUMBER} us, '
-                     rf'medians of 2 alternating turns of 10 steps\)', out), out
     # each default-job window's sample of 10 steps is timed in 5 parts: a row has the step, the mean, the fastest
     rows = re.findall(rf'^ +(\d+) +({NUMBER}) +({NUMBER})$', out, re.M)
     assert rows and all(float(fastest) <= float(mean) * 1.000001 for _, mean, fastest in rows), out
+    # then the first window against the last in one process, an engine from each taking turns of 10 steps
+    side_by_side = re.findall(rf'side by side in one process: steps 40-59 cost {NUMBER}x steps 20-39 \({NUMBER} '
+                              rf'against {NUMBER} us, medians of 2 alternating turns of 10 steps\)', out)
+    assert len(side_by_side) == (2 if rounds else 0) and ('side by side' in out) == bool(rounds), out
 
 
 @pytest.mark.parametrize('script, args, error', [

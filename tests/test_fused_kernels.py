@@ -322,27 +322,30 @@ def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references()
     from numba import njit
     from microgpt.engines.fused.lanes import borrowed
 
-    def halves(a):
-        left, right = a[:, :2], a[:, 2:].T
-        left[0, 0] = right.sum()
-        return left.shape[0] + right.shape[0]
-
-    def halves_borrowed(a):
-        return halves_compiled(borrowed(a))
+    def halves_of(view):
+        """A compiled function that takes views of view(a) and writes through one."""
+        def halves(a):
+            b = view(a)
+            left, right = b[:, :2], b[:, 2:].T
+            left[0, 0] = right.sum()
+            return left.shape[0] + right.shape[0]
+        return njit(halves)
 
     def reference_counts(function):
         """Calls to NRT_incref and NRT_decref in the optimised body of `function` (not its Python wrappers)."""
         ir = next(iter(function.inspect_llvm().values()))
         [body] = [body for name, body in re.findall(r'^define [^@]*@([^(]+)\((.*?)^}', ir, re.M | re.S)
-                  if function.py_func.__name__ in name and not name.startswith(('_ZN7cpython', 'cfunc'))]
+                  if 'halves' in name and not name.startswith(('_ZN7cpython', 'cfunc'))]
         return body.count('@NRT_incref') + body.count('@NRT_decref')
 
-    halves_compiled, on_borrowed = njit(halves), njit(halves_borrowed)
-    a = np.arange(12.0).reshape(3, 4)
-    assert on_borrowed(a) == 3 + 2 and a[0, 0] == 2 + 3 + 6 + 7 + 10 + 11, a
-    counts = reference_counts(halves_compiled), reference_counts(on_borrowed)
+    plain = halves_of(njit(inline='always')(lambda a: a))  # the same views, of the array itself
+    on_borrowed = halves_of(borrowed)
+    for function in (plain, on_borrowed):
+        a = np.arange(12.0).reshape(3, 4)
+        assert function(a) == 3 + 2 and a[0, 0] == 2 + 3 + 6 + 7 + 10 + 11, a
+    counts = reference_counts(plain), reference_counts(on_borrowed)
     assert counts[0] > 0 and counts[1] == 0, counts
-    with pytest.raises(Exception, match='borrowed'):
+    with pytest.raises(Exception, match=r'(?s)No implementation of function.*borrowed'):
         njit(lambda x: borrowed(x))(1.0)
 
 
