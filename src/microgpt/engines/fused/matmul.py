@@ -9,7 +9,8 @@ d_W = d_out @ in.T reads `in` transposed once (`transpose`). Every sum runs in k
 from numba import types
 from numba.extending import overload
 
-from .lanes import LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8, store8, store16
+from .lanes import (LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8, load16_at_once, store8,
+                    store16, store16_at_once)
 
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
@@ -168,19 +169,19 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
         for j in range(0, n16, 2 * LANES):
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = (fill8(zero), fill8(zero))
             for k in range(n_inner):
-                x = load8(b[k], j), load8(b[k], j + LANES)
+                x = load16_at_once(b[k], j)
                 c0, c1, c2, c3 = axpy16(c0, a[r0, k], x), axpy16(c1, a[r1, k], x), axpy16(c2, a[r2, k], x), \
                     axpy16(c3, a[r3, k], x)
                 c4, c5, c6, c7 = axpy16(c4, a[r4, k], x), axpy16(c5, a[r5, k], x), axpy16(c6, a[r6, k], x), \
                     axpy16(c7, a[r7, k], x)
-            store16(out[r0], j, c0)
-            store16(out[r1], j, c1)
-            store16(out[r2], j, c2)
-            store16(out[r3], j, c3)
-            store16(out[r4], j, c4)
-            store16(out[r5], j, c5)
-            store16(out[r6], j, c6)
-            store16(out[r7], j, c7)
+            store16_at_once(out[r0], j, c0)
+            store16_at_once(out[r1], j, c1)
+            store16_at_once(out[r2], j, c2)
+            store16_at_once(out[r3], j, c3)
+            store16_at_once(out[r4], j, c4)
+            store16_at_once(out[r5], j, c5)
+            store16_at_once(out[r6], j, c6)
+            store16_at_once(out[r7], j, c7)
         return n16
     return columns_16_at_a_time
 
