@@ -17,9 +17,8 @@ side: a second engine trained to that first window's end and the long run's engi
 rounds of --sample steps each (which goes first alternates), in the same process, so that the machine's own drift
 over a run of minutes (a tenth or more on a shared virtual machine) falls on both alike. The turns run on a
 learning-rate schedule --rounds x --sample steps longer than the windows', so that the long run's engine stays
-within one. Slow late windows are the mark of
-subnormal floats (Adam moments of rarely used rows decaying below 2^-1022): the engine runs its kernels with
-flush-to-zero (fused/floating_point.py) to keep them out.
+within one. Slow late windows are the mark of subnormal floats (Adam moments of rarely used rows decaying below
+2^-1022): the engine runs its kernels with flush-to-zero (fused/floating_point.py) to keep them out.
 """
 
 import argparse
@@ -68,14 +67,9 @@ def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
             _train(engine, doc_tokens, step, begin, tcfg, chunk)
             step = begin
         edges = sorted({step + (end - step) * i // parts for i in range(parts + 1)})
-        rates, total = [], 0.0
-        for first, last in zip(edges, edges[1:]):
-            start = time.process_time()
-            _train(engine, doc_tokens, first, last, tcfg, chunk)
-            seconds = time.process_time() - start
-            rates.append(seconds / (last - first) * 1e6)
-            total += seconds
-        print(end, total / (end - step) * 1e6, min(rates), flush=True)
+        seconds = [_cpu_seconds(engine, doc_tokens, first, last, tcfg, chunk) for first, last in zip(edges, edges[1:])]
+        rates = [part / (last - first) * 1e6 for part, first, last in zip(seconds, edges, edges[1:])]
+        print(end, sum(seconds) / (end - step) * 1e6, min(rates), flush=True)
         step = end
     if rounds:
         early_end = min(2000, window)
@@ -86,9 +80,8 @@ def run_row(data, preset, dtype, steps, window, sample, parts, rounds):
         for turn in range(rounds):
             order = (('early', early), ('late', engine))
             for name, turn_engine in order if turn % 2 == 0 else order[::-1]:
-                start = time.process_time()
-                _train(turn_engine, doc_tokens, at[name], at[name] + sample, turns, chunk)
-                costs[name].append((time.process_time() - start) / sample * 1e6)
+                seconds = _cpu_seconds(turn_engine, doc_tokens, at[name], at[name] + sample, turns, chunk)
+                costs[name].append(seconds / sample * 1e6)
                 at[name] += sample
         print('alternating', early_end, step, statistics.median(costs['early']), statistics.median(costs['late']),
               flush=True)
@@ -98,6 +91,13 @@ def _train(engine, doc_tokens, start, stop, tcfg, chunk):
     """Steps start .. stop - 1 in train_steps calls of `chunk` steps, as training.train makes them."""
     for first in range(start, stop, chunk):
         engine.train_steps(doc_tokens, first, min(stop, first + chunk), tcfg)
+
+
+def _cpu_seconds(engine, doc_tokens, start, stop, tcfg, chunk):
+    """The process's CPU seconds (all threads) for _train's steps start .. stop - 1."""
+    began = time.process_time()
+    _train(engine, doc_tokens, start, stop, tcfg, chunk)
+    return time.process_time() - began
 
 
 def main():
