@@ -40,14 +40,14 @@ def test_plan_reads_parameter_rows_from_the_parameter_table(switches):
 def test_pack_columns_writes_each_predicted_position():
     """Two documents of one group, the second longer than the block: input, target, position, first key and
     dropout row per column, then padding columns that attend to themselves."""
-    from microgpt.engines.fused.plan import columns_of
+    from microgpt.engines.fused.plan import columns_of  # a kernel: its Python reads the plan as compiled code does
     cfg = ModelConfig(vocab_size=6, block_size=3)
     plan, _ = fused_plan.build_plan(cfg, capacity=8, span=cfg.block_size)
     docs, doc_starts = fused_plan.pack_documents([[5, 1, 5], [5, 2, 3, 4, 1, 5], [5, 3, 5]], cfg.block_size + 1)
     assert docs.tolist() == [5, 1, 5, 5, 2, 3, 4, 5, 3, 5] and doc_starts.tolist() == [0, 3, 7, 10], (docs, doc_starts)
     n = pack_columns(plan, docs, doc_starts, 0, 0, 2)
     assert n == 5, n
-    got = columns_of(plan).tolist()
+    got = columns_of.py_func(plan).tolist()
     want = [[5, 1, 5, 2, 3, 0, 0, 0],    # input token
             [1, 5, 2, 3, 4, 0, 0, 0],    # target
             [0, 1, 0, 1, 2, 0, 0, 0],    # position

@@ -34,6 +34,14 @@ class Kernel(CPUDispatcher):
         raise TypeError(f"{self.py_func.__name__} is called from compiled code only (an entry point of gpt.py or "
                         f"parallel.py, or an njit function of your own)")
 
+    def get_call_template(self, args, kws):
+        """Compiles the kernel for its arguments' plain types (int64, bool). numba types a constant argument as its
+        value (Literal[int](0), Literal[bool](True)) and would compile a kernel once per value it is called with: a
+        buffer's index, a flag, a dropout site. LLVM still sees the constants once it inlines the kernel into its
+        caller."""
+        return super().get_call_template(tuple(map(types.unliteral, args)),
+                                         {name: types.unliteral(kind) for name, kind in kws.items()})
+
 
 def _finalize_for_linking(library):
     """numba's CPUCodeLibrary._finalize_final_module without adding the module to the JIT engine, which would
@@ -115,12 +123,16 @@ if _KERNEL_PIPELINE is not None:
         _KERNEL_PIPELINE = None
 
 
+_KERNEL_OPTIONS = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# an overload's implementation compiled as a kernel is: for numba's `overload(..., jit_options=OVERLOAD_OPTIONS)`
+OVERLOAD_OPTIONS = dict(_KERNEL_OPTIONS, **({} if _KERNEL_PIPELINE is None else {'pipeline_class': _KERNEL_PIPELINE}))
+
+
 def kernel(func):
     """The kernels' decorator: njit with numpy's error model (no ZeroDivisionError branches), for Kernel."""
-    options = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True)
     if _KERNEL_PIPELINE is None:
-        return Kernel(py_func=func, locals={}, targetoptions=options)
-    return Kernel(py_func=func, locals={}, targetoptions=options, pipeline_class=_KERNEL_PIPELINE)
+        return Kernel(py_func=func, locals={}, targetoptions=_KERNEL_OPTIONS)
+    return Kernel(py_func=func, locals={}, targetoptions=_KERNEL_OPTIONS, pipeline_class=_KERNEL_PIPELINE)
 
 
 def composite(func):
@@ -138,8 +150,7 @@ def composite(func):
 
 
 lanes = kernel
-# numba compiles a kernel once per *value* of each constant argument it is called with (a buffer's index, a
-# flag): the small accessors that take them, and the group steps, are inlined into the caller's numba IR instead
+# copied into the caller's numba IR and typed there at each call (the 8 x 8 matrix block, the group steps)
 inlined = njit(error_model='numpy', inline='always')
 
 

@@ -9,8 +9,8 @@ d_W = d_out @ in.T reads `in` transposed once (`transpose`). Every sum runs in k
 from numba import types
 from numba.extending import overload
 
-from .lanes import (LANES, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8, load16_at_once, store8,
-                    store16, store16_at_once)
+from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8,
+                    load16_at_once, store8, store16, store16_at_once)
 
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
@@ -136,7 +136,7 @@ def row_blocks(out, a, b, n_rows, n8, n_inner):
     raise TypeError("row_blocks is called from compiled code only")
 
 
-@overload(row_blocks, jit_options={'error_model': 'numpy'})  # as the kernels'
+@overload(row_blocks, jit_options=OVERLOAD_OPTIONS)  # compiled as a kernel
 def _row_blocks(out, a, b, n_rows, n8, n_inner):
     if FOUR_ROWS_FLOAT64 and out.dtype == types.float64:
         return lambda out, a, b, n_rows, n8, n_inner: four_rows(out, a, b, n_rows, n8, n_inner)
@@ -157,7 +157,7 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
-@overload(wide_block_columns, jit_options={'error_model': 'numpy'})  # as the kernels'
+@overload(wide_block_columns, jit_options=OVERLOAD_OPTIONS)  # compiled as a kernel
 def _wide_block_columns(out, a, b, n8, n_inner, rows):
     if not (WIDE_FLOAT32 and out.dtype == types.float32):
         return lambda out, a, b, n8, n_inner, rows: 0
