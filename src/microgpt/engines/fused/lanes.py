@@ -123,16 +123,33 @@ if _KERNEL_PIPELINE is not None:
         _KERNEL_PIPELINE = None
 
 
-_KERNEL_OPTIONS = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# numpy's error model: no ZeroDivisionError branches. _nrt=False: no reference counts (`kernel`)
+_KERNEL_OPTIONS = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
 # an overload's implementation compiled as a kernel is: for numba's `overload(..., jit_options=OVERLOAD_OPTIONS)`
 OVERLOAD_OPTIONS = dict(_KERNEL_OPTIONS, **({} if _KERNEL_PIPELINE is None else {'pipeline_class': _KERNEL_PIPELINE}))
 
 
-def kernel(func):
-    """The kernels' decorator: njit with numpy's error model (no ZeroDivisionError branches), for Kernel."""
+def kernel(func, options=_KERNEL_OPTIONS):
+    """The kernels' decorator: a Kernel of `func`, compiled without numba's reference counting.
+
+    Every array a kernel sees is an entry point's argument, `borrowed`, or a view of one: its caller keeps it alive
+    for the whole call, and its views have no memory record to count on. numba would still call NRT_incref and
+    NRT_decref for each view a kernel takes or passes on (a buffer's rows, a layer's weights), and those calls
+    returned at once: 231 call sites in the default job's train_steps, 57 without them, a step 1.038x faster (Zen 5,
+    bench_cli_step.py). Without reference counts numba lets a kernel return only an array it was passed (a kernel
+    that makes one, np.empty, does not compile): `counting` is for the few that return a view or make an array."""
     if _KERNEL_PIPELINE is None:
-        return Kernel(py_func=func, locals={}, targetoptions=_KERNEL_OPTIONS)
-    return Kernel(py_func=func, locals={}, targetoptions=_KERNEL_OPTIONS, pipeline_class=_KERNEL_PIPELINE)
+        return Kernel(py_func=func, locals={}, targetoptions=options)
+    return Kernel(py_func=func, locals={}, targetoptions=options, pipeline_class=_KERNEL_PIPELINE)
+
+
+def counting(func):
+    """A kernel that counts references, as numba requires of one that returns a view of an array it was passed (the
+    plan's accessors: a buffer of the workspace, a layer's weights) or makes an array (parallel.py's
+    _check_batches, whose caller, an entry point, frees it), or raises an exception with values. On a borrowed array the counts do nothing. Kernels that
+    call one never drop a count: a view's record must be null (borrowed) or it leaks. (A kernel's views returned
+    to code that counts would be dropped once too often.)"""
+    return kernel(func, dict(_KERNEL_OPTIONS, _nrt=True))
 
 
 def composite(func):
@@ -307,7 +324,7 @@ def borrowed(typingctx, array):
     need no reference count. numba counts the references of every view it makes, each count an atomic add on the
     record (on a Zen 5 the default job's step was 11.9 us with non-atomic counts against 13.2, and 1.16x faster
     borrowed). A view of a borrowed array has no record either: the counting calls in the entry point fold away, and
-    those in the functions it calls return at once. Never borrow an array made inside compiled code (np.empty, a
+    the kernels it calls count nothing (`kernel`). Never borrow an array made inside compiled code (np.empty, a
     copy): nothing would keep it alive. No entry point returns or keeps a borrowed view."""
     if not isinstance(array, types.Array):
         return None  # a typing error: only arrays are borrowed

@@ -17,7 +17,7 @@ from ...config import NOTHING_TO_PREDICT
 from .adam import GRAD_CLIP, adam_parameters, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import LANES, add8, borrowed, composite, kernel, load8, store8
+from .lanes import LANES, add8, borrowed, composite, counting, kernel, load8, store8
 from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
 from .threads import barrier, run_on_threads, thread_count
 
@@ -162,7 +162,7 @@ def _pack_group(plans, g, docs, doc_starts, batch_first, batch_size, key):
                         batch_first + (g + 1) * batch_size // groups)
 
 
-@kernel
+@counting
 def _check_batches(plan, docs, doc_starts, batch_size, steps):
     """(steps,) the positions each batch of `batch_size` documents predicts; raises as pack_columns would on a bad
     document, and on a batch with nothing to predict. Every thread checks every batch before the first barrier,

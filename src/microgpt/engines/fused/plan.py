@@ -11,7 +11,7 @@ batch. `build_plan` writes it for a model and a column capacity; `pack_columns` 
 import numpy as np
 
 from ...config import MLP_EXPANSION, NORM_PLACEMENTS, parameter_table
-from .lanes import LANES, inlined, kernel
+from .lanes import LANES, counting, inlined, kernel
 
 SLOT_V, SLOT_C, SLOT_NH, SLOT_L, SLOT_T = range(5)  # vocabulary, channels, heads, layers, block size
 SLOT_NORM, SLOT_RELU2, SLOT_CAUSAL = range(5, 8)   # NORM_MICROGPT ..., squared ReLU, causal attention (1/0)
@@ -102,14 +102,14 @@ def build_plan(cfg, capacity, span):
     return plan, start
 
 
-@kernel
+@counting
 def buffer(ws, plan, k, i, rows):
     """Layer i's (rows, NP) slice of workspace buffer BUFFERS[k] (i = 0 for a buffer outside the layers)."""
     start = plan[BUFFERS_AT + k] + i * rows
     return ws[start:start + rows]
 
 
-@kernel
+@counting
 def layer_weights(pm, plan, i):
     """Layer i's (w_qkv (3C, C), attn_wo (C, C), mlp_fc1 (4C, C), mlp_fc2 (C, 4C)) in pm, the (P / C, C) parameters."""
     C, at = plan[SLOT_C], LAYERS_AT + len(LAYER_MATRICES) * i
@@ -118,7 +118,7 @@ def layer_weights(pm, plan, i):
     return pm[wq:wq + 3 * C], pm[wo:wo + C], pm[fc1:fc1 + FC], pm[fc2:fc2 + FC].reshape((C, FC))
 
 
-@kernel
+@counting
 def columns_of(plan):
     """The plan's (COLUMN_ROWS, NP) columns."""
     at, NP = columns_at(plan[SLOT_L]), plan[SLOT_NP]
