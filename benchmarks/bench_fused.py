@@ -83,6 +83,7 @@ def profile_step(data, repeats):
     from numba import njit
     from microgpt.engines.fused import gpt
     from microgpt.engines.fused.compile import slp_vectorizer
+    from microgpt.engines.fused.lanes import borrowed
     from microgpt.engines.fused.plan import pack_columns
     rng, doc_tokens, cfg = prepared_job(data, 42)
     engine = make_engine('fused', cfg, rng)
@@ -102,7 +103,9 @@ def profile_step(data, repeats):
     @njit
     def loss_in_one_call(state, ws, plan, docs, doc_starts, k, backward):
         """k of gpt.train_steps's steps without Adam; without `backward`, their forward alone (one function, so that
-        the model compiles once for both)."""
+        the model compiles once for both). The kernels take borrowed arrays, as the entry points give them."""
+        state, ws, plan, docs, doc_starts = borrowed(state), borrowed(ws), borrowed(plan), borrowed(docs), \
+            borrowed(doc_starts)
         total = 0.0
         for _ in range(k):
             n = pack_columns(plan, docs, doc_starts, 0, 0, 1)

@@ -186,7 +186,7 @@ def rewrite_checkpoint(path, change_meta=None, drop=None, change_tensor=None):
 
 def pack_columns(plan, docs, doc_starts, batch_first, first, stop):
     """The fused engine's plan.pack_columns, which only compiled code may call (lanes.Kernel), called from
-    compiled code as the engine's entry points call it."""
+    compiled code as the engine's entry points call it: on borrowed arrays."""
     return _compiled_pack_columns()(plan, docs, doc_starts, batch_first, first, stop)
 
 
@@ -195,8 +195,9 @@ def _compiled_pack_columns():
     from numba import njit
 
     from microgpt.engines.fused import plan
+    from microgpt.engines.fused.lanes import borrowed
 
     @njit
     def call(plan_, docs, doc_starts, batch_first, first, stop):
-        return plan.pack_columns(plan_, docs, doc_starts, batch_first, first, stop)
+        return plan.pack_columns(borrowed(plan_), borrowed(docs), borrowed(doc_starts), batch_first, first, stop)
     return call

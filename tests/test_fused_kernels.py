@@ -349,6 +349,25 @@ def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references()
         njit(lambda x: borrowed(x))(1.0)
 
 
+def test_kernels_on_borrowed_arrays_leave_their_reference_counts_as_they_were():
+    """Kernels take borrowed arrays (lanes.Kernel): plan.pack_columns, which counts nothing, calls columns_of, which
+    returns a counted view; on the plan itself each call left one count more, and the plan was never freed."""
+    import gc
+    import sys
+    import weakref
+    cfg = ModelConfig(vocab_size=6, block_size=3)
+    plan, _ = fused_plan.build_plan(cfg, capacity=8, span=cfg.block_size)
+    docs, doc_starts = fused_plan.pack_documents([[5, 1, 5], [5, 2, 3, 4, 1, 5]], cfg.block_size + 1)
+    before = sys.getrefcount(plan), sys.getrefcount(docs)
+    for _ in range(5):
+        assert pack_columns(plan, docs, doc_starts, 0, 0, 2) == 5
+    assert (sys.getrefcount(plan), sys.getrefcount(docs)) == before
+    freed = weakref.ref(plan)
+    del plan
+    gc.collect()
+    assert freed() is None
+
+
 def test_a_kernel_counts_no_references_and_a_counting_one_does():
     """lanes.kernel compiles without numba's reference counting: the views a kernel takes and passes on (a row, a
     transpose) call neither NRT_incref nor NRT_decref. lanes.counting keeps them, for kernels that return a view."""

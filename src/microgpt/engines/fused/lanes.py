@@ -28,17 +28,23 @@ class Kernel(CPUDispatcher):
     as soon as it is compiled. Compiling those wrappers was a sixth of a cold start (the default job's kernels:
     18.7-18.8 s of CPU with them, 15.2-15.9 s without, alternating), and emitting the kernels' machine code, never
     run, another 1.5-2 s (12.3 s against 10.3 s, the same machine code in the entry point, the same bits). A call
-    from Python would jump to code that does not exist, so it is refused here."""
+    from Python would jump to code that does not exist, so it is refused here.
+
+    Kernels count no references (`kernel`): every array passed to one must be `borrowed` (the entry points borrow
+    all of theirs), or a view of a borrowed array. An njit function of your own that calls a kernel borrows its
+    arrays too: given an array that counts, a kernel that returns it (transpose) or a view of it (the plan's
+    accessors) leaves its count off by one, and the array is freed too early or never."""
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"{self.py_func.__name__} is called from compiled code only (an entry point of gpt.py or "
-                        f"parallel.py, or an njit function of your own)")
+                        f"parallel.py, or an njit function of your own, on borrowed arrays: lanes.borrowed)")
 
     def get_call_template(self, args, kws):
         """Compiles the kernel for its arguments' plain types (int64, bool). numba types a constant argument as its
         value (Literal[int](0), Literal[bool](True)) and would compile a kernel once per value it is called with: a
-        buffer's index, a flag, a dropout site. LLVM still sees the constants once it inlines the kernel into its
-        caller."""
+        buffer's index, a flag, a dropout site. Where LLVM inlines the kernel into its caller (the small ones, the
+        norms), it still sees the constants; one it keeps as a function of its own (dropout_columns) takes them at
+        run time."""
         return super().get_call_template(tuple(map(types.unliteral, args)),
                                          {name: types.unliteral(kind) for name, kind in kws.items()})
 
@@ -135,9 +141,11 @@ def kernel(func, options=_KERNEL_OPTIONS):
     Every array a kernel sees is an entry point's argument, `borrowed`, or a view of one: its caller keeps it alive
     for the whole call, and its views have no memory record to count on. numba would still call NRT_incref and
     NRT_decref for each view a kernel takes or passes on (a buffer's rows, a layer's weights), and those calls
-    returned at once: 231 call sites in the default job's train_steps, 57 without them, a step 1.038x faster (Zen 5,
-    bench_cli_step.py). Without reference counts numba lets a kernel return only an array it was passed (a kernel
-    that makes one, np.empty, does not compile): `counting` is for the few that return a view or make an array."""
+    returned at once: 231 call sites in the default job's train_steps, 57 without them, a step 1.072x faster in
+    float64 and 1.073x in float32 (Zen 5, bench_cli_step.py). Without reference counts numba refuses a kernel that
+    makes an array (np.empty) or returns a view as its one result, but not one that returns a view in a tuple or an
+    array it was passed: `counting` is for the few that make one or return views. The rule that keeps the counts
+    right is Kernel's: kernels take borrowed arrays only."""
     if _KERNEL_PIPELINE is None:
         return Kernel(py_func=func, locals={}, targetoptions=options)
     return Kernel(py_func=func, locals={}, targetoptions=options, pipeline_class=_KERNEL_PIPELINE)
@@ -145,10 +153,9 @@ def kernel(func, options=_KERNEL_OPTIONS):
 
 def counting(func):
     """A kernel that counts references, as numba requires of one that returns a view of an array it was passed (the
-    plan's accessors: a buffer of the workspace, a layer's weights) or makes an array (parallel.py's
-    _check_batches, whose caller, an entry point, frees it), or raises an exception with values. On a borrowed array the counts do nothing. Kernels that
-    call one never drop a count: a view's record must be null (borrowed) or it leaks. (A kernel's views returned
-    to code that counts would be dropped once too often.)"""
+    plan's accessors: a buffer of the workspace, a layer's weights), makes an array (parallel.py's _check_batches,
+    whose caller, an entry point, frees it) or raises an exception with values. On a borrowed array the counts do
+    nothing; the kernels that call one never drop them, so its arrays must be borrowed (Kernel) or they leak."""
     return kernel(func, dict(_KERNEL_OPTIONS, _nrt=True))
 
 
