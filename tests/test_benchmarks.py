@@ -178,7 +178,8 @@ def test_bench_cold_start_runs_another_tree_before_this_one_and_gives_the_ratio(
 @pytest.mark.slow(seconds=3)
 def test_bench_c_train_times_both_builds_against_the_engines(names_path):
     require_tool('cc')
-    out = bench('bench_c_train.py', '--steps', 5, '--repeats', 1, '--data', names_path)
+    # a step is (CPU time of steps + 1 - that of 1) / steps: over 5 steps a start-up's noise made it negative in CI
+    out = bench('bench_c_train.py', '--steps', 100, '--repeats', 1, '--data', names_path)
     for row in ('C, normal build', 'C, low-memory build', 'fused engine, float32', 'numpy engine, float32'):
         assert re.search(rf'{re.escape(row)}.* {NUMBER} +{NUMBER}$', out, re.M), (row, out)
 
@@ -239,10 +240,11 @@ def test_benchmarks_refuse_arguments_that_measure_nothing(names_path, script, ar
 def test_bench_matmul_blocks_times_both_row_blocks_at_every_shape():
     from microgpt.engines.fused.matmul import FOUR_ROWS_FLOAT64, SIX_ROWS_FLOAT32
     out = bench('bench_matmul_blocks.py', '--rounds', 1, '--work', 1000)
-    rows = re.findall(rf'^(float64|float32) +\d+ x \d+ x \d+ +{NUMBER} +(four|six) rows {NUMBER} +({NUMBER})x$', out,
+    rows = re.findall(rf'^(float64|float32) +\d+ x \d+ x \d+ +({NUMBER}) +(four|six) rows ({NUMBER}) +{NUMBER}x$', out,
                       re.M)
-    assert [(dtype, block) for dtype, block, _ in rows] == [('float64', 'four')] * 9 + [('float32', 'six')] * 9, out
-    assert all(float(ratio) > 0 for _, _, ratio in rows), out
+    assert [(dtype, block) for dtype, _, block, _ in rows] == [('float64', 'four')] * 9 + [('float32', 'six')] * 9, out
+    # the times, not their ratio: one stalled turn of a block (438,454 ns against 1,122 in a CI run) prints 0.00x
+    assert all(float(eight.replace(',', '')) > 0 < float(avx2.replace(',', '')) for _, eight, _, avx2 in rows), out
     assert (f"takes {'four' if FOUR_ROWS_FLOAT64 else 'eight'} rows in float64, "
             f"{'six' if SIX_ROWS_FLOAT32 else 'eight'} rows in float32") in out, out
 
