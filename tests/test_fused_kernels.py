@@ -165,7 +165,8 @@ from microgpt.engines.fused.lanes import counting
 other = {}
 exec('from numba import njit\\n@njit\\ndef g(x):\\n    return x + 1.0', other)  # an njit function named g
 mine = {'plus_one': other['g'], 'counting': counting}  # a raise with values needs numba's reference counting
-exec('@counting\\ndef g(x):\\n    if x < 0:\\n        raise ValueError("negative", x)\\n    return 2 * plus_one(x)', mine)
+exec('@counting\\ndef g(x):\\n    if x < 0:\\n        raise ValueError("negative", x)\\n'
+     '    return 2 * plus_one(x)', mine)
 kernel_g = mine['g']
 
 @njit
