@@ -445,6 +445,30 @@ def test_matmul_row_blocks_give_the_same_bits(dtype):
                                            b[:n_inner, :n8], rtol=0, atol=1e-4 if dtype == 'float32' else 1e-12)
 
 
+@pytest.mark.parametrize('dtype', QUICK_DTYPES)
+def test_transpose_writes_the_first_n_columns_as_rows_and_nothing_else(dtype):
+    """matmul.transpose moves 8 x 8 blocks through vector registers and the rest one value at a time: for row counts
+    below, at and past multiples of 8 and every column count up to 24, `rows` holds x's first n columns as its
+    first n rows, bit for bit, and its other rows are untouched (NaN here)."""
+    from numba import njit
+    from microgpt.engines.fused.compile import slp_vectorizer
+    from microgpt.engines.fused.lanes import borrowed
+    from microgpt.engines.fused.matmul import transpose
+
+    @njit(error_model='numpy')
+    def transposed(rows, x, n):
+        transpose(borrowed(rows), borrowed(x), n)  # it returns `rows`: borrowed, as every kernel's array
+
+    rng = np.random.default_rng(3)
+    with slp_vectorizer():  # compiled here, at the first call, as the engine compiles its kernels
+        for K in (1, 7, 8, 16, 19, 64):
+            for n in range(25):
+                x, rows = rng.standard_normal((K, 24)).astype(dtype), np.full((24, K), np.nan, dtype)
+                transposed(rows, x, n)
+                assert np.array_equal(rows[:n], x[:, :n].T), (K, n)
+                assert np.isnan(rows[n:]).all(), (K, n)
+
+
 @pytest.mark.slow(seconds=4)
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])  # compiling matmul: 3-4 s on a Zen 3
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
