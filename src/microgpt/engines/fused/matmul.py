@@ -190,12 +190,13 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
 
 @kernel
 def transpose(rows, x, n):
-    """x (K, NP) -> its first n columns as row-major (n, K), in the first n rows of `rows` (NP, K), which it
-    returns: the form weight gradients read.
+    """x (K, NP) -> its first n columns as row-major (n, K), in the first n rows of `rows` (NP, K), which it returns:
+    the form weight gradients read.
     Blocks of 8 x 8 moved through vector registers (`_transpose_block`), a block of 8 columns of x at a time so that
-    each of the 8 rows of `rows` it writes is written in order; the columns past the last multiple of 8, then the
-    rows, one value at a time. At the makemore size's shapes (K 64 and 256, n 57 and 63) 1.5-3.3x faster in float32
-    and 1.3-1.8x in float64 than 8-lane stores of values read one at a time (the 2-core Zen 4, 2026-12-02)."""
+    each of the 8 rows of `rows` it writes is written in order; then the columns past the last multiple of 8, as 8-lane
+    stores of values read one at a time, and the rows past it one value at a time. At the makemore size's shapes (K 64
+    and 256, n 57 and 63) 1.5-3.3x faster in float32 and 1.3-1.8x in float64 than 8-lane stores of values read one at a
+    time (the 2-core Zen 4, 2026-12-02)."""
     K = x.shape[0]
     K8, n8 = K - K % LANES, n - n % LANES
     for j in range(0, n8, LANES):
@@ -240,7 +241,7 @@ def _transpose_block(typingctx, rows, x, c, j):
             load = builder.load(at(x_type, x_array, c_, j_, i))
             load.align = lane_size
             vectors.append(load)
-        for width in (1, 2, 4):  # after this round, each vector holds runs of 2 * width values of its 8 columns
+        for width in (1, 2, 4):  # after it, a vector holds each of its columns' values in runs of 2 * width rows
             for i in (i for i in range(LANES) if not i & width):
                 low, high = [], []
                 for e in range(LANES):
