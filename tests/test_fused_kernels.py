@@ -447,9 +447,9 @@ def test_matmul_row_blocks_give_the_same_bits(dtype):
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
 def test_transpose_writes_the_first_n_columns_as_rows_and_nothing_else(dtype):
-    """matmul.transpose moves 8 x 8 blocks through vector registers and the rest one value at a time: for row counts
-    below, at and past multiples of 8 and every column count up to 24, `rows` holds x's first n columns as its
-    first n rows, bit for bit, and its other rows are untouched (NaN here)."""
+    """matmul.transpose moves 8 x 8 blocks through vector registers and the columns and rows past them otherwise:
+    for row counts below, at and past multiples of 8 and every column count up to 24, `rows` holds x's first n
+    columns as its first n rows, bit for bit, and its other rows are untouched (NaN here)."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.lanes import borrowed

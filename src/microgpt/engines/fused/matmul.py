@@ -227,8 +227,8 @@ def _transpose_block(typingctx, rows, x, c, j):
         rows_, x_, c_, j_ = args
         rows_array, x_array = context.make_array(rows_type)(context, builder, rows_), \
             context.make_array(x_type)(context, builder, x_)
-        lane_size = context.get_abi_sizeof(context.get_value_type(x_type.dtype))
-        vector_pointer = ir.PointerType(ir.VectorType(context.get_value_type(x_type.dtype), LANES))
+        lane = context.get_value_type(x_type.dtype)
+        lane_size, vector_pointer = context.get_abi_sizeof(lane), ir.PointerType(ir.VectorType(lane, LANES))
         mask_type = ir.VectorType(ir.IntType(32), LANES)
 
         def at(array_type, array, row, column, offset):
@@ -242,13 +242,12 @@ def _transpose_block(typingctx, rows, x, c, j):
             load.align = lane_size
             vectors.append(load)
         for width in (1, 2, 4):  # after it, a vector holds each of its columns' values in runs of 2 * width rows
+            low = []  # element e of the pair's first result: from the first vector, or (+ LANES) the second
+            for e in range(LANES):
+                run, place = divmod(e, 2 * width)
+                low.append(run * 2 * width + place % width + (0 if place < width else LANES))
+            high = [source + width for source in low]
             for i in (i for i in range(LANES) if not i & width):
-                low, high = [], []
-                for e in range(LANES):
-                    run, place = divmod(e, 2 * width)
-                    source = run * 2 * width + place % width + (0 if place < width else LANES)
-                    low.append(source)
-                    high.append(source + width)
                 a, b = vectors[i], vectors[i + width]
                 vectors[i] = builder.shuffle_vector(a, b, ir.Constant(mask_type, low))
                 vectors[i + width] = builder.shuffle_vector(a, b, ir.Constant(mask_type, high))
