@@ -478,9 +478,9 @@ def test_transpose_writes_the_first_n_columns_as_rows_and_nothing_else(dtype):
 def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
     """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
     are float32: eight rows of them on a CPU with AVX-512, matmul.WIDE_FLOAT32, six with AVX2, SIX_ROWS_FLOAT32;
-    then 8, then 3 one at a time) and 13 rows (the last
-    repeated), the bits of the same product taken 8 columns at a time, and the float64 product within float32's
-    rounding; `a` row-major, as a weight in the forward, and transposed, as in the backward's w.T @ d."""
+    then 8, then 3 one at a time) and 13 rows (the last repeated), the bits of the same product taken 8 columns at a
+    time, and the float64 product within float32's rounding; `a` row-major, as a weight in the forward, and
+    transposed, as in the backward's w.T @ d, both through one compilation."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.matmul import matmul
@@ -502,3 +502,6 @@ def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
             assert np.array_equal(whole, by_eight), a.flags
             np.testing.assert_allclose(whole, w.astype(np.float64) @ b, rtol=0,
                                        atol=1e-4 if dtype == 'float32' else 1e-12)
+    # `a` row-major and transposed took one compilation (lanes.any_layout): its strides are read at run time
+    compiled = [args for args in matmul.overloads if str(args[0].dtype) == dtype]
+    assert len(compiled) == 1 and compiled[0][1].layout == 'A', compiled

@@ -45,8 +45,22 @@ class Kernel(CPUDispatcher):
         buffer's index, a flag, a dropout site. Where LLVM inlines the kernel into its caller (the small ones, the
         norms), it still sees the constants; one it keeps as a function of its own (dropout_columns) takes them at
         run time."""
-        return super().get_call_template(tuple(map(types.unliteral, args)),
-                                         {name: types.unliteral(kind) for name, kind in kws.items()})
+        args = tuple(types.unliteral(kind).copy(layout='A') if i in self.any_layout else types.unliteral(kind)
+                     for i, kind in enumerate(args))
+        return super().get_call_template(args, {name: types.unliteral(kind) for name, kind in kws.items()})
+
+    any_layout = frozenset()  # positions of the array arguments compiled for any layout (`any_layout`)
+
+
+def any_layout(*positions):
+    """A kernel decorator: the arrays at these positions are compiled as numba's 'A' layout (strides read at run
+    time) whether the caller's is row-major or transposed, so that numba compiles the kernel once for both. For
+    `matmul`'s `a`, a weight in the forward and its transpose (w.T, column-major) in the backward, whose elements
+    the blocks broadcast one at a time: the strides only change how their addresses step."""
+    def mark(kernel):
+        kernel.any_layout = frozenset(positions)
+        return kernel
+    return mark
 
 
 def _finalize_for_linking(library):

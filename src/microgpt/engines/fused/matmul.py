@@ -11,8 +11,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, axpy8, axpy16, fill8, inlined, kernel, load8,
-                    load16_at_once, store8, store16, store16_at_once)
+from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, any_layout, axpy8, axpy16, fill8, inlined, kernel,
+                    load8, load16_at_once, store8, store16, store16_at_once)
 
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
@@ -21,6 +21,7 @@ WIDE_FLOAT32 = VECTOR_REGISTERS >= 32
 FOUR_ROWS_FLOAT64 = SIX_ROWS_FLOAT32 = VECTOR_REGISTERS < 32
 
 
+@any_layout(1)
 @kernel
 def matmul(out, a, b, n_rows, n_cols, n_inner):
     """out[r, j] = sum_k a[r, k] b[k, j] for r < n_rows, j < n_cols, k < n_inner, summed in k order.
