@@ -44,12 +44,12 @@ class Kernel(CPUDispatcher):
         value (Literal[int](0), Literal[bool](True)) and would compile a kernel once per value it is called with: a
         buffer's index, a flag, a dropout site. Where LLVM inlines the kernel into its caller (the small ones, the
         norms), it still sees the constants; one it keeps as a function of its own (dropout_columns) takes them at
-        run time."""
-        args = tuple(types.unliteral(kind).copy(layout='A') if i in self.any_layout else types.unliteral(kind)
+        run time. The arrays at `layout_free` positions are compiled for any layout (`any_layout`)."""
+        args = tuple(types.unliteral(kind).copy(layout='A') if i in self.layout_free else types.unliteral(kind)
                      for i, kind in enumerate(args))
         return super().get_call_template(args, {name: types.unliteral(kind) for name, kind in kws.items()})
 
-    any_layout = frozenset()  # positions of the array arguments compiled for any layout (`any_layout`)
+    layout_free = frozenset()  # positions of the array arguments compiled for any layout (`any_layout`)
 
 
 def any_layout(*positions):
@@ -58,7 +58,7 @@ def any_layout(*positions):
     `matmul`'s `a`, a weight in the forward and its transpose (w.T, column-major) in the backward, whose elements
     the blocks broadcast one at a time: the strides only change how their addresses step."""
     def mark(kernel):
-        kernel.any_layout = frozenset(positions)
+        kernel.layout_free = frozenset(positions)
         return kernel
     return mark
 
