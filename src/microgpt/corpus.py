@@ -149,26 +149,34 @@ def tokenise(path, sink, progress=None):
     first_seen = []                                      # provisional id - 1 -> code point
     sink.write(np.zeros(1, np.uint8), np.zeros(1, np.uint32))  # the leading BOS
     written, longest = 1, 0
+    seen, byte_ids = b'\n', None  # the ASCII characters with an id, and their ids as a bytes.translate table
     total = os.path.getsize(path) if os.path.isfile(path) else None
     for offset, piece in read_pieces(path):
         if progress:
             progress(offset + len(piece), total)
-        if piece.isascii():
-            points = np.frombuffer(ascii_documents(piece), np.uint8)  # (n,) code points, '\n' after each document
+        text = ascii_documents(piece) if piece.isascii() else None
+        if text is not None:
+            points = np.frombuffer(text, np.uint8)  # (n,) code points, '\n' after each document
         else:  # decode_piece drops the first piece's byte-order mark
             docs = split_lines(decode_piece(path, offset, piece))
             points = np.frombuffer(''.join(doc + '\n' for doc in docs).encode('utf-32-le'), '<u4')  # (n,)
         if not len(points):
             continue
-        ids = provisional[points]                       # (n,) BOS where '\n' was
-        if (ids == UNSEEN).any():                         # characters seen for the first time
-            present = np.flatnonzero(np.bincount(points))
-            new = present[provisional[present] == UNSEEN]
-            check_alphabet(path, len(first_seen) + len(new))
-            provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
-            first_seen += new.tolist()
-            ids = provisional[points]
-        ids = ids.astype(token_dtype(len(first_seen)), copy=False)
+        if text is not None and byte_ids and not text.translate(None, seen):
+            # every character seen before and every id a byte: bytes.translate, 8x faster than indexing
+            ids = np.frombuffer(text.translate(byte_ids), np.uint8)  # (n,) BOS where '\n' was
+        else:
+            ids = provisional[points]                       # (n,) BOS where '\n' was
+            if (ids == UNSEEN).any():                         # characters seen for the first time
+                present = np.flatnonzero(np.bincount(points))
+                new = present[provisional[present] == UNSEEN]
+                check_alphabet(path, len(first_seen) + len(new))
+                provisional[new] = np.arange(len(first_seen) + 1, len(first_seen) + 1 + len(new))
+                first_seen += new.tolist()
+                ids = provisional[points]
+                seen = bytes([BOS_SEPARATOR] + [c for c in first_seen if c < 128])
+                byte_ids = provisional[:256].astype(np.uint8).tobytes() if len(first_seen) < 256 else None
+            ids = ids.astype(token_dtype(len(first_seen)), copy=False)
         bos_at = np.flatnonzero(points == BOS_SEPARATOR)                           # (d,)
         bounds = written + bos_at                         # (d,) in the file's token positions
         sink.write(ids, bounds.astype(bound_dtype(written + len(ids)), copy=False))
@@ -182,6 +190,15 @@ def tokenise(path, sink, progress=None):
     rank = {ch: i for i, ch in enumerate(chars)}
     final[1:] = [rank[chr(c)] for c in first_seen]
     return sink.finish(final, written, chars, longest)
+
+
+def remapped(final, ids):
+    """final[ids]; bytes to bytes through bytes.translate, 8x faster than numpy's indexing."""
+    if ids.dtype != np.uint8 or final.dtype != np.uint8:
+        return final[ids]
+    table = np.zeros(256, np.uint8)
+    table[:len(final)] = final
+    return np.frombuffer(ids.tobytes().translate(table.tobytes()), np.uint8)
 
 
 def token_dtype(n_chars):
@@ -206,7 +223,7 @@ class _MemorySink:
         tokens = np.empty(total, final.dtype)  # (N,)
         at = 0
         for piece in self.pieces:
-            tokens[at:at + len(piece)] = final[piece]
+            tokens[at:at + len(piece)] = remapped(final, piece)
             at += len(piece)
         self.pieces = []
         bounds = np.concatenate(self.bound_pieces).astype(bound_dtype(total))  # (D + 1,)
@@ -245,7 +262,7 @@ class _FileSink:
             self.f.seek(start * itemsize)
             ids = np.frombuffer(self.f.read(min(SLICE, total - start) * itemsize), self.dtype)
             self.f.seek(start * itemsize)
-            self.f.write(final[ids].astype(self.dtype).tobytes())
+            self.f.write(remapped(final, ids).astype(self.dtype, copy=False).tobytes())
         self.f.seek(total * itemsize)
         self.f.write(b'\0' * (-(total * itemsize) % 8))
         bounds_at = self.f.tell()
