@@ -96,6 +96,20 @@ def test_more_than_255_characters_widen_the_cached_ids_to_uint16(tmp_path, monke
     assert_same(load_corpus(plain, min_cache_bytes=2**40), plain)
 
 
+def test_ascii_pieces_after_the_256th_character_keep_their_wide_ids(tmp_path, monkeypatch):
+    """ASCII pieces are mapped a byte at a time (bytes.translate) only while every id fits a byte: once 300 other
+    characters have ids, the ASCII pieces after them go through the wide ids, cached and in memory."""
+    monkeypatch.setattr(data, 'READ_BYTES', 4096)
+    wide = write_words(tmp_path / 'wide.txt', 200, ''.join(chr(c) for c in range(0x100, 0x100 + 300)))
+    with open(wide, 'a', encoding='utf-8') as f:
+        f.write(open(write_words(tmp_path / 'plain.txt', 3000, 'abcdefghijklmnopqrstuvwxyzABC'),
+                     encoding='utf-8').read())
+    corpus = load_corpus(wide, cache_dir=str(tmp_path / 'cache'), min_cache_bytes=0)
+    assert corpus.tokens.dtype == np.uint16 and len(corpus.chars) > 255, (corpus.tokens.dtype, len(corpus.chars))
+    assert_same(corpus, wide)
+    assert_same(load_corpus(wide, min_cache_bytes=2**40), wide)
+
+
 @pytest.fixture
 def cached_file(tmp_path):
     return write_words(tmp_path / 'words.txt', 5000), str(tmp_path / 'cache')
