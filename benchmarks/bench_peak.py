@@ -9,8 +9,18 @@ makemore size).
 It stops with an error if the chains' machine code has no vector arithmetic: the figure would not be the kernels'
 (twelve chains, as this script had until 2026-11-30, compiled to scalar code in float32 once its multiply-adds
 were fused, and read 7.7 GFLOP/s on the 2-core AMD EPYC, where eight read 110).
+
+Then the CPU's own peak, which the kernels' form may not reach: twelve independent multiply-add chains of 256-bit
+vectors and, on a CPU with AVX-512, of 512-bit ones, in C (GCC's vector types, built with the system's `cc -O2
+-march=native`; skipped, with a line saying so, where there is no C compiler). On the Ice Lake server of
+2026-12-03, 88.7 GFLOP/s in float32 on 256-bit registers and 165.7 on 512-bit ones (a loop of intrinsics before it:
+97 and 178): two 512-bit FMA units, where LLVM's model of that core (bench_cpu_models.py) has one.
 """
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 
 import numpy as np
@@ -35,6 +45,61 @@ def chains(x, s, out, reps):
         store8(out[i], 0, c)
 
 
+C_PEAK = r"""
+#include <stdio.h>
+#include <time.h>
+#define CHAINS 12
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
+#define PEAK(name, type, bytes, label)                                                                                 \
+    static void name(void) {                                                                                      \
+        typedef type vector __attribute__((vector_size(bytes)));                                                  \
+        vector acc[CHAINS], x, y;                                                                                 \
+        for (int i = 0; i < (int)(bytes / sizeof(type)); i++) { x[i] = (type)1.0000001; y[i] = (type)1e-7; }      \
+        for (int c = 0; c < CHAINS; c++) acc[c] = x * (type)c;                                                    \
+        long reps = 5000000;  double best = 1e9;                                                                  \
+        for (int round = 0; round < 5; round++) {                                                                 \
+            double start = now();                                                                                 \
+            for (long r = 0; r < reps; r++) {                                                                     \
+                _Pragma("GCC unroll 12") for (int c = 0; c < CHAINS; c++) acc[c] = acc[c] * x + y;               \
+            }                                                                                                     \
+            double t = now() - start; if (t < best) best = t;                                                     \
+        }                                                                                                         \
+        type sum = 0; for (int c = 0; c < CHAINS; c++) sum += acc[c][0];                                          \
+        printf("%s %d-bit %.1f GFLOP/s on one core (checksum %g)\n", label,                                    \
+               bytes * 8, reps * CHAINS * (bytes / sizeof(type)) * 2.0 / best / 1e9, (double)sum);                \
+    }
+PEAK(float256, float, 32, "float32")
+PEAK(double256, double, 32, "float64")
+#ifdef __AVX512F__
+PEAK(float512, float, 64, "float32")
+PEAK(double512, double, 64, "float64")
+#endif
+int main(void) {
+    float256(); double256();
+#ifdef __AVX512F__
+    float512(); double512();
+#else
+    printf("no AVX-512: no 512-bit figures\n");
+#endif
+    return 0;
+}
+"""
+
+
+def c_peak():
+    """The CPU's multiply-add peak on one core by C's vectors (module docstring), as printed lines."""
+    cc = shutil.which('cc') or shutil.which('gcc')
+    if cc is None:
+        return ['the CPU\'s peak in C: skipped, no C compiler (cc or gcc) on PATH']
+    with tempfile.TemporaryDirectory() as folder:
+        source, program = os.path.join(folder, 'peak.c'), os.path.join(folder, 'peak')
+        with open(source, 'w') as file:
+            file.write(C_PEAK)
+        subprocess.run([cc, '-O2', '-march=native', '-o', program, source], check=True)
+        lines = subprocess.run([program], check=True, capture_output=True, text=True).stdout.splitlines()
+    return [f'the CPU\'s peak in C, {line}' for line in lines]
+
+
 def main():
     print('CPU:', cpu_name())
     for dtype in (np.float32, np.float64):
@@ -52,6 +117,8 @@ def main():
             best = min(best, time.perf_counter() - start)
         flops = reps * (x.size // 8) * CHAINS * 8 * 2
         print(np.dtype(dtype).name, f'{flops / best / 1e9:.1f} GFLOP/s on one core')
+    for line in c_peak():
+        print(line)
 
 
 if __name__ == '__main__':

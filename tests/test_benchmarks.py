@@ -270,10 +270,23 @@ def test_bench_cpu_models_gives_each_loops_work_per_cycle_on_each_cpu():
 
 
 @pytest.mark.slow(seconds=2)
-def test_bench_peak_prints_both_dtypes():
+def test_bench_peak_prints_both_dtypes_and_the_cpus_peak_in_c():
+    """The kernels' peak in both dtypes, then the CPU's own in C at 256 bits (and 512 where the CPU has AVX-512):
+    measured wherever a C compiler is, as in CI, which builds the C exports with one."""
     out = bench('bench_peak.py')
     for dtype in ('float32', 'float64'):
         assert float(re.search(rf'^{dtype} ({NUMBER}) GFLOP/s on one core$', out, re.M).group(1)) > 0, out
+        for width in (256, 512) if 'avx512f' in _cpu_flags() else (256,):
+            assert float(re.search(rf"^the CPU's peak in C, {dtype} {width}-bit ({NUMBER}) GFLOP/s on one core ",
+                                   out, re.M).group(1)) > 0, out
+
+
+def _cpu_flags():
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            return next((line for line in cpuinfo if line.startswith('flags')), '').split()
+    except OSError:
+        return []
 
 
 @pytest.mark.slow(seconds=4)
