@@ -475,12 +475,13 @@ def test_transpose_writes_the_first_n_columns_as_rows_and_nothing_else(dtype):
 
 @pytest.mark.slow(seconds=4)
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])  # compiling matmul: 3-4 s on a Zen 3
-def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
-    """`matmul` sums each out[r, j] in k order whatever its block: over 40 + 3 columns (blocks of 16 where the lanes
-    are float32: eight rows of them on a CPU with AVX-512, matmul.WIDE_FLOAT32, six with AVX2, SIX_ROWS_FLOAT32;
-    then 8, then 3 one at a time) and 13 rows (the last repeated), the bits of the same product taken 8 columns at a
-    time, and the float64 product within float32's rounding; `a` row-major, as a weight in the forward, and
-    transposed, as in the backward's w.T @ d, both through one compilation."""
+def test_matmul_blocks_of_16_and_32_columns_give_the_bits_of_blocks_of_8(dtype):
+    """`matmul` sums each out[r, j] in k order whatever its block: over 56 + 3 columns (where the lanes are float32,
+    on a CPU with AVX-512 (matmul.WIDE_FLOAT32) eight rows by 32 columns, LLVM vectors of 16 lanes, then by 16 as
+    8-lane tuples; with AVX2 six rows by 16, SIX_ROWS_FLOAT32; then 8, then 3 one at a time) and 13 rows (the last
+    repeated), the bits of the same product taken 8 columns at a time, and the float64 product within float32's
+    rounding; `a` row-major, as a weight in the forward, and transposed, as in the backward's w.T @ d, both through
+    one compilation."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.matmul import matmul
@@ -491,14 +492,14 @@ def test_matmul_blocks_of_16_columns_give_the_bits_of_blocks_of_8(dtype):
 
     with slp_vectorizer():  # numba compiles at the first call, in here
         rng = np.random.default_rng(7)
-        w, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 43)).astype(dtype)
+        w, b = rng.standard_normal((13, 37)).astype(dtype), rng.standard_normal((37, 59)).astype(dtype)
         for a in (w, np.ascontiguousarray(w.T).T):  # the same values, C and F order
-            whole, by_eight = np.zeros((13, 43), dtype), np.zeros((13, 43), dtype)
-            product(whole, a, b, 13, 43, 37)
-            for j in range(0, 43, 8):  # contiguous parts: one compiled signature per order of `a`
+            whole, by_eight = np.zeros((13, 59), dtype), np.zeros((13, 59), dtype)
+            product(whole, a, b, 13, 59, 37)
+            for j in range(0, 59, 8):  # contiguous parts: one compiled signature per order of `a`
                 part = np.zeros((13, 8), dtype)
-                product(part, a, np.ascontiguousarray(b[:, j:j + 8]), 13, min(8, 43 - j), 37)
-                by_eight[:, j:j + 8] = part[:, :min(8, 43 - j)]
+                product(part, a, np.ascontiguousarray(b[:, j:j + 8]), 13, min(8, 59 - j), 37)
+                by_eight[:, j:j + 8] = part[:, :min(8, 59 - j)]
             assert np.array_equal(whole, by_eight), a.flags
             np.testing.assert_allclose(whole, w.astype(np.float64) @ b, rtol=0,
                                        atol=1e-4 if dtype == 'float32' else 1e-12)

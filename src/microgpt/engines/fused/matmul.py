@@ -44,7 +44,7 @@ def matmul(out, a, b, n_rows, n_cols, n_inner):
 def eight_rows(out, a, b, n_rows, n8, n_inner):
     """matmul's first n8 columns, eight rows by 8 columns at a time. With a row count that is not a multiple of 8
     the last rows repeat (each row's loads all come before its stores: harmless). Where the lanes are float32 and
-    the CPU has 32 vector registers, the first columns 16 at a time (wide_block_columns)."""
+    the CPU has 32 vector registers, the first columns 32 and then 16 at a time (wide_block_columns)."""
     for r0 in range(0, n_rows, 8):
         rows = eight_from(r0, n_rows)
         for j in range(wide_block_columns(out, a, b, n8, n_inner, rows), n8, LANES):
@@ -149,14 +149,15 @@ def _row_blocks(out, a, b, n_rows, n8, n_inner):
 
 
 def wide_block_columns(out, a, b, n8, n_inner, rows):
-    """matmul's first columns, 16 at a time, of its 8 `rows`: how many it did (a multiple of 16, or 0).
+    """matmul's first columns, 32 and then 16 at a time, of its 8 `rows`: how many it did (a multiple of 16, or 0).
 
-    Eight rows by 16 columns take 16 chains and ten loads for 16 multiply-adds, against nine loads for 8 in the
-    8 x 8 block, the same sums in the same order. Their 16 accumulators, 2 operands and a broadcast need 19 vector
-    registers: float32 lanes (one 256-bit register each) on a CPU with AVX-512's 32 (WIDE_FLOAT32). Float64
-    lanes take two registers each and spilled (39 GFLOP/s against 53 alone, on the 2-core Zen 4), and AVX2 has 16:
-    elsewhere this is 0, and numba compiles no block of 8 rows by 16 columns (an overload, chosen by type; float32
-    on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead)."""
+    Float32 lanes on a CPU with AVX-512 (WIDE_FLOAT32) only: elsewhere this is 0, and numba compiles no wide block (an
+    overload, chosen by type; float32 on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead). Blocks of 8
+    rows by 32 columns first (`_eight_by_thirty_two`: two 512-bit registers a row), then, where 16 columns are left,
+    8 rows by 16 as 8-lane tuples: each row's 16 lanes loaded through one slice (lanes.load16_at_once), so that LLVM
+    makes them one 512-bit register where the CPU's model prefers 512-bit vectors (Zen 4 and 5) and two 256-bit
+    ones where it prefers 256 (Intel's server cores). Each sums in k order: the bits of the 8 x 8 block.
+    """
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
@@ -165,11 +166,13 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
     if not (WIDE_FLOAT32 and out.dtype == types.float32):
         return lambda out, a, b, n8, n_inner, rows: 0
 
-    def columns_16_at_a_time(out, a, b, n8, n_inner, rows):
+    def columns_32_then_16_at_a_time(out, a, b, n8, n_inner, rows):
         zero = out.dtype.type(0)
         r0, r1, r2, r3, r4, r5, r6, r7 = rows
-        n16 = n8 - n8 % (2 * LANES)
-        for j in range(0, n16, 2 * LANES):
+        n32, n16 = n8 - n8 % (4 * LANES), n8 - n8 % (2 * LANES)
+        for j in range(0, n32, 4 * LANES):
+            _eight_by_thirty_two(out, a, b, rows, j, n_inner)
+        for j in range(n32, n16, 2 * LANES):  # 16 columns left, or none
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = (fill8(zero), fill8(zero))
             for k in range(n_inner):
                 x = load16_at_once(b[k], j)
@@ -186,7 +189,65 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
             store16_at_once(out[r6], j, c6)
             store16_at_once(out[r7], j, c7)
         return n16
-    return columns_16_at_a_time
+    return columns_32_then_16_at_a_time
+
+
+@intrinsic
+def _eight_by_thirty_two(typingctx, out, a, b, rows, j, n_inner):
+    """out[rows, j:j + 32] = a[rows] @ b[:, j:j + 32], written as LLVM vectors of 16 lanes: per step of k two 16-lane
+    loads of b, and for each of the 8 rows a broadcast of a[row, k] and two 16-lane multiply-adds (LLVM's fmuladd, as
+    lanes.madd) into its two accumulators; the stores after the loop. The same sums in the same order as the 8 x 8
+    block: the same bits.
+
+    On an Ice Lake server core, which has two 512-bit FMA units (178 GFLOP/s of float32 on one core against 97 on
+    256-bit registers, `bench_peak.py`), the 8 x 16 block as tuples stays on 256-bit registers (LLVM's model of the
+    core prefers them), and as 16-lane vectors its 8 accumulators were too few: a multiply-add takes 4 cycles, and two
+    units need 8 in flight with nothing else in the way (0.8-0.9x the tuples' speed, 2026-12-03). Sixteen
+    accumulators, two loads and a broadcast take 19 of AVX-512's 32 registers; alone at the makemore size's shapes
+    this block ran 1.5-1.8x as fast as the 8 x 16 one there (rows of b 64-byte aligned; 1.1-1.4x when not)."""
+    if not (isinstance(out, types.Array) and isinstance(a, types.Array) and isinstance(b, types.Array)
+            and out.dtype == a.dtype == b.dtype and isinstance(out.dtype, types.Float) and out.ndim == a.ndim == b.ndim
+            == 2 and out.layout == b.layout == 'C' and isinstance(rows, types.UniTuple) and rows.count == LANES
+            and isinstance(rows.dtype, types.Integer)):
+        return None  # a typing error
+
+    def codegen(context, builder, signature, args):
+        out_type, a_type, b_type, rows_type, j_type, n_type = signature.args
+        out_, a_, b_, rows_, j_, n_inner_ = args
+        out_array, a_array, b_array = (context.make_array(kind)(context, builder, value)
+                                       for kind, value in ((out_type, out_), (a_type, a_), (b_type, b_)))
+        lane = context.get_value_type(out_type.dtype)
+        lane_size, vector = context.get_abi_sizeof(lane), ir.VectorType(lane, 2 * LANES)
+        fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
+                                                 f"llvm.fmuladd.v{2 * LANES}{'f32' if lane_size == 4 else 'f64'}")
+        j_ = context.cast(builder, j_, j_type, types.intp)
+        columns = (j_, builder.add(j_, ir.Constant(j_.type, 2 * LANES)))
+        rows = [context.cast(builder, builder.extract_value(rows_, i), rows_type.dtype, types.intp)
+                for i in range(LANES)]
+        # in memory here; LLVM's optimiser keeps them in registers
+        accumulators = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in columns]
+                        for _ in rows]
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), 2 * LANES), [0] * (2 * LANES))
+
+        def vector_at(array_type, array, row, column):
+            return builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, [row, column]),
+                                   vector.as_pointer())
+
+        with cgutils.for_range(builder, context.cast(builder, n_inner_, n_type, types.intp)) as loop:
+            k = loop.index
+            xs = [builder.load(vector_at(b_type, b_array, k, column), align=lane_size) for column in columns]
+            for row, row_accumulators in zip(rows, accumulators):
+                s = builder.load(cgutils.get_item_pointer(context, builder, a_type, a_array, [row, k]))
+                s = builder.shuffle_vector(builder.insert_element(ir.Constant(vector, ir.Undefined), s,
+                                                                  ir.Constant(ir.IntType(32), 0)),
+                                           ir.Constant(vector, ir.Undefined), broadcast)
+                for x, accumulator in zip(xs, row_accumulators):
+                    builder.store(builder.call(fmuladd, [s, x, builder.load(accumulator)]), accumulator)
+        for row, row_accumulators in zip(rows, accumulators):
+            for column, accumulator in zip(columns, row_accumulators):
+                builder.store(builder.load(accumulator), vector_at(out_type, out_array, row, column), align=lane_size)
+        return context.get_dummy_value()
+    return types.none(out, a, b, rows, j, n_inner), codegen
 
 
 @kernel
