@@ -6,7 +6,8 @@ makes of its hottest loops for each CPU, and LLVM's own model of that CPU's pipe
 
 For each CPU, a fresh process compiles, as numba would on a machine of that CPU (NUMBA_CPU_NAME), the inner loop of
 the matrix product (`matmul`: the 8 x 8 register block; on CPUs with AVX2's 16 vector registers the 4 x 8 one in
-float64 and the 6 x 16 one in float32, and in float32 on CPUs with AVX-512 the 8 x 16 one) and
+float64 and the 6 x 16 one in float32, and in float32 on CPUs with AVX-512 the wide one: 8 x 32 where LLVM's model
+of the CPU prefers 256-bit vectors (Intel's), 8 x 16 where it prefers 512 (Zen 4 and 5)) and
 Adam's update (`adam_parameters`), in both dtypes. llvm-mca then runs each loop's machine code through the
 scheduling model of that CPU and gives its cycles per iteration, so each row is work per clock cycle: a model, not
 a measurement (it knows ports, latencies and the front end, not clock speeds, caches or frequency drops under
@@ -27,7 +28,7 @@ LOOPS = (  # what, its code (worker's file name), dtypes, the instructions that 
     ('matmul 8 x 8', 'matmul_narrow', ('float64', 'float32'), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 64),
     ('matmul 4 x 8', 'matmul_four', ('float64',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 32),
     ('matmul 6 x 16', 'matmul_six', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 96),
-    ('matmul 8 x 16', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
+    ('matmul wide', 'matmul_wide', ('float32',), r'v(mul|fmadd\d*)p[sd]', 'multiply-adds', 128),
     ('adam', 'adam_narrow', ('float64', 'float32'), r'vsqrtp[sd]', 'parameters', 4),
 )
 
@@ -38,7 +39,7 @@ from microgpt.engines.fused import matmul as matmul_module
 from microgpt.engines.fused.adam import adam_parameters
 from microgpt.engines.fused.compile import slp_vectorizer
 
-# each block compiled on its own, so that its file holds no other block's loop: float32's 8 x 16 block (the
+# each block compiled on its own, so that its file holds no other block's loop: float32's wide block (the
 # overload gives it where matmul.WIDE_FLOAT32, set here as on an AVX-512 machine) in a process of its own
 matmul_module.WIDE_FLOAT32 = sys.argv[2] == 'wide'
 
@@ -88,8 +89,8 @@ with slp_vectorizer():
             f.write(function.inspect_asm(signature))
 '''
 
-# the CPUs with AVX-512 F and VL (32 vector registers), on which numba's float32 matmul takes the 8 x 16 block and
-# float64's the 8 x 8 one (matmul.WIDE_FLOAT32, matmul.FOUR_ROWS_FLOAT64)
+# the CPUs with AVX-512 F and VL (32 vector registers), on which numba's float32 matmul takes the wide block (8 x 32
+# or 8 x 16) and float64's the 8 x 8 one (matmul.WIDE_FLOAT32, matmul.FOUR_ROWS_FLOAT64)
 AVX512 = {'skylake-avx512', 'cascadelake', 'cooperlake', 'cannonlake', 'icelake-client', 'icelake-server',
           'tigerlake', 'rocketlake', 'sapphirerapids', 'emeraldrapids', 'graniterapids', 'graniterapids-d',
           'diamondrapids', 'x86-64-v4', 'znver4', 'znver5'}
@@ -170,7 +171,7 @@ def cycles(mca, cpu, body):
 
 def compile_for(cpu, folder):
     """Writes the loops' machine code for `cpu` into folder: the 8 x 8 block (on a CPU without AVX-512, the 4 x 8
-    one in float64 and the 6 x 16 one too in float32) and Adam, and on a CPU with AVX-512 the float32 8 x 16 block
+    one in float64 and the 6 x 16 one too in float32) and Adam, and on a CPU with AVX-512 the float32 wide block
     (numba compiles each kernel once per process: one process each)."""
     # no features named: LLVM's own for that CPU (numba would otherwise add this machine's)
     env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES='', NUMBA_CACHE_DIR=os.path.join(folder, 'cache'))

@@ -265,6 +265,19 @@ def _has_32_vector_registers():
 VECTOR_REGISTERS = 32 if _has_32_vector_registers() else 16
 
 
+def _cpu_name():
+    """The LLVM name of the CPU numba compiles for: NUMBA_CPU_NAME's, or this machine's."""
+    from llvmlite import binding
+    from numba.core import config
+    return binding.get_host_cpu_name() if config.CPU_NAME in (None, 'host') else config.CPU_NAME
+
+
+# LLVM's models of Intel's AVX-512 cores prefer 256-bit vectors (their tuning "prefer-256-bit"), so that its SLP
+# vectorizer keeps a row's 16 float32 lanes in two 256-bit registers there, though an Ice Lake server core has two
+# 512-bit FMA units; its models of AMD's Zen 4 and 5 prefer 512 (matmul.wide_block_columns)
+PREFERS_256_BIT_VECTORS = not _cpu_name().startswith('znver')
+
+
 @lanes
 def mac8(acc, a, b):
     """acc + a b, lane by lane."""

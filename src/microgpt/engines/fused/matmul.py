@@ -11,6 +11,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import lanes
 from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, any_layout, axpy8, axpy16, fill8, inlined, kernel,
                     load8, load16_at_once, store8, store16, store16_at_once)
 
@@ -149,14 +150,16 @@ def _row_blocks(out, a, b, n_rows, n8, n_inner):
 
 
 def wide_block_columns(out, a, b, n8, n_inner, rows):
-    """matmul's first columns, 32 and then 16 at a time, of its 8 `rows`: how many it did (a multiple of 16, or 0).
+    """matmul's first columns, 16 (or 32, then 16) at a time, of its 8 `rows`: how many it did (a multiple of 16, or
+    0).
 
     Float32 lanes on a CPU with AVX-512 (WIDE_FLOAT32) only: elsewhere this is 0, and numba compiles no wide block (an
     overload, chosen by type; float32 on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead). Blocks of 8
-    rows by 32 columns first (`_eight_by_thirty_two`: two 512-bit registers a row), then, where 16 columns are left,
-    8 rows by 16 as 8-lane tuples: each row's 16 lanes loaded through one slice (lanes.load16_at_once), so that LLVM
-    makes them one 512-bit register where the CPU's model prefers 512-bit vectors (Zen 4 and 5) and two 256-bit
-    ones where it prefers 256 (Intel's server cores). Each sums in k order: the bits of the 8 x 8 block.
+    rows by 16 columns as 8-lane tuples: each row's 16 lanes loaded through one slice (lanes.load16_at_once), so that
+    LLVM makes them one 512-bit register where its model of the CPU prefers 512-bit vectors (Zen 4 and 5). Where it
+    prefers 256 (Intel's server cores: lanes.PREFERS_256_BIT_VECTORS), it keeps two 256-bit registers a row, so there
+    the block is 8 rows by 32 columns written as 512-bit LLVM vectors (`_eight_by_thirty_two`), then 8 by 16 as
+    tuples where 16 columns are left. Each sums in k order: the bits of the 8 x 8 block.
     """
     raise TypeError("wide_block_columns is called from compiled code only")
 
@@ -165,14 +168,15 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
 def _wide_block_columns(out, a, b, n8, n_inner, rows):
     if not (WIDE_FLOAT32 and out.dtype == types.float32):
         return lambda out, a, b, n8, n_inner, rows: 0
+    by_32 = lanes.PREFERS_256_BIT_VECTORS  # read here, at compile time: bench_cpu_models.py compiles for other CPUs
 
     def columns_32_then_16_at_a_time(out, a, b, n8, n_inner, rows):
         zero = out.dtype.type(0)
         r0, r1, r2, r3, r4, r5, r6, r7 = rows
-        n32, n16 = n8 - n8 % (4 * LANES), n8 - n8 % (2 * LANES)
+        n32, n16 = (n8 - n8 % (4 * LANES) if by_32 else 0), n8 - n8 % (2 * LANES)
         for j in range(0, n32, 4 * LANES):
             _eight_by_thirty_two(out, a, b, rows, j, n_inner)
-        for j in range(n32, n16, 2 * LANES):  # 16 columns left, or none
+        for j in range(n32, n16, 2 * LANES):
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = (fill8(zero), fill8(zero))
             for k in range(n_inner):
                 x = load16_at_once(b[k], j)
@@ -197,14 +201,16 @@ def _eight_by_thirty_two(typingctx, out, a, b, rows, j, n_inner):
     """out[rows, j:j + 32] = a[rows] @ b[:, j:j + 32], written as LLVM vectors of 16 lanes: per step of k two 16-lane
     loads of b, and for each of the 8 rows a broadcast of a[row, k] and two 16-lane multiply-adds (LLVM's fmuladd, as
     lanes.madd) into its two accumulators; the stores after the loop. The same sums in the same order as the 8 x 8
-    block: the same bits.
+    block: the same bits. For CPUs whose LLVM model prefers 256-bit vectors (wide_block_columns).
 
-    On an Ice Lake server core, which has two 512-bit FMA units (178 GFLOP/s of float32 on one core against 97 on
-    256-bit registers, `bench_peak.py`), the 8 x 16 block as tuples stays on 256-bit registers (LLVM's model of the
-    core prefers them), and as 16-lane vectors its 8 accumulators were too few: a multiply-add takes 4 cycles, and two
-    units need 8 in flight with nothing else in the way (0.8-0.9x the tuples' speed, 2026-12-03). Sixteen
-    accumulators, two loads and a broadcast take 19 of AVX-512's 32 registers; alone at the makemore size's shapes
-    this block ran 1.5-1.8x as fast as the 8 x 16 one there (rows of b 64-byte aligned; 1.1-1.4x when not)."""
+    An Ice Lake server core has two 512-bit FMA units (`bench_peak.py`: 166-178 GFLOP/s of float32 on one core on
+    512-bit registers against 89-97 on 256-bit ones, 2026-12-03). Written as 16-lane vectors, the 8 x 16 block's 8
+    accumulators were too few for them: a multiply-add takes 4 cycles, and two units need 8 in flight with nothing
+    else in the way (0.8-0.9x the tuples' speed alone). Sixteen accumulators, two loads and a broadcast take 19 of
+    AVX-512's 32 registers; alone at the makemore size's shapes this block ran 1.5-1.8x as fast as the 8 x 16 tuples
+    there when the rows of b start on a cache line (the engine's workspace does), 1.1-1.4x when 16 bytes off. LLVM's
+    models of Zen 4 and 5 give it 0.70x the tuples' multiply-adds a cycle there (bench_cpu_models.py): not used
+    on them, as not measured on them."""
     if not (isinstance(out, types.Array) and isinstance(a, types.Array) and isinstance(b, types.Array)
             and out.dtype == a.dtype == b.dtype and isinstance(out.dtype, types.Float) and out.ndim == a.ndim == b.ndim
             == 2 and out.layout == b.layout == 'C' and isinstance(rows, types.UniTuple) and rows.count == LANES
