@@ -28,7 +28,7 @@ from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 # The workspace starts on a 64-byte boundary (a cache line; a 512-bit register), and so does each of its rows where
 # its column count is a multiple of 16 float32 lanes or 8 float64 ones (the makemore preset's 16 positions a document:
 # every batch; a batch of one document of 8 positions or fewer not). A 512-bit load across two cache lines costs two:
-# the matrix product's block of 8 rows by 32 columns ran 1.5-1.8x as fast as the 8 x 16 one on aligned rows, 1.1-1.4x
+# the matrix product's block of 8 rows by 32 columns ran 1.5-1.9x as fast as the 8 x 16 one on aligned rows, 1.1-1.4x
 # on rows 16 bytes off (an Ice Lake server, 2026-12-03), and numpy aligns its arrays to 16 bytes.
 ROW_BYTES = 64
 

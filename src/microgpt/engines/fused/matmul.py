@@ -207,7 +207,7 @@ def _eight_by_thirty_two(typingctx, out, a, b, rows, j, n_inner):
     512-bit registers against 89-97 on 256-bit ones, 2026-12-03). Written as 16-lane vectors, the 8 x 16 block's 8
     accumulators were too few for them: a multiply-add takes 4 cycles, and two units need 8 in flight with nothing
     else in the way (0.8-0.9x the tuples' speed alone). Sixteen accumulators, two loads and a broadcast take 19 of
-    AVX-512's 32 registers; alone at the makemore size's shapes this block ran 1.5-1.8x as fast as the 8 x 16 tuples
+    AVX-512's 32 registers; alone at the makemore size's shapes this block ran 1.5-1.9x as fast as the 8 x 16 tuples
     there when the rows of b start on a cache line (the engine's workspace does), 1.1-1.4x when 16 bytes off. LLVM's
     models of Zen 4 and 5 give it 0.70x the tuples' multiply-adds a cycle there (bench_cpu_models.py): not used
     on them, as not measured on them."""
