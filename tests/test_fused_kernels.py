@@ -474,37 +474,38 @@ def test_transpose_writes_the_first_n_columns_as_rows_and_nothing_else(dtype):
 
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
-def test_the_block_of_32_columns_as_llvm_vectors_gives_the_bits_of_blocks_of_8(dtype):
-    """matmul._eight_by_thirty_two, the wide block where LLVM's model of the CPU prefers 256-bit vectors (Intel's
+def test_the_block_of_two_512_bit_vectors_a_row_gives_the_bits_of_blocks_of_8(dtype):
+    """matmul._eight_by_two_vectors, the wide block where LLVM's model of the CPU prefers 256-bit vectors (Intel's
     AVX-512 cores), tested on every CPU (elsewhere matmul does not call it): 8 rows (some repeated, as at the last
-    block of a matrix) by 32 columns from column 8 of `out`, `a` row-major and transposed, inner sizes 0, 1 and 19;
-    the bits of matmul's 8 columns at a time, and nothing written outside those rows and columns."""
+    block of a matrix) by two 512-bit vectors of columns (32 float32, 16 float64) from column 8 of `out`, `a`
+    row-major and transposed, inner sizes 0, 1 and 19; the bits of matmul's 8 columns at a time, and nothing written
+    outside those rows and columns."""
     from numba import njit
     from microgpt.engines.fused.compile import slp_vectorizer
     from microgpt.engines.fused.lanes import borrowed
-    from microgpt.engines.fused.matmul import _eight_by_thirty_two, matmul
+    from microgpt.engines.fused.matmul import VECTOR_BYTES, _eight_by_two_vectors, matmul
 
     @njit(error_model='numpy')
     def block(out, a, b, rows, j, n_inner):
-        _eight_by_thirty_two(borrowed(out), a, borrowed(b), rows, j, n_inner)
+        _eight_by_two_vectors(borrowed(out), a, borrowed(b), rows, j, n_inner)
 
     @njit(error_model='numpy')
     def product(out, a, b, n_rows, n_cols, n_inner):
         matmul(borrowed(out), a, borrowed(b), n_rows, n_cols, n_inner)
 
     rng = np.random.default_rng(5)
-    rows = (0, 1, 2, 3, 4, 5, 5, 5)
+    rows, width = (0, 1, 2, 3, 4, 5, 5, 5), 2 * VECTOR_BYTES // np.dtype(dtype).itemsize
     with slp_vectorizer():
         for n_inner in (0, 1, 19):
-            w, b = rng.standard_normal((6, 19)).astype(dtype), rng.standard_normal((19, 48)).astype(dtype)
+            w, b = rng.standard_normal((6, 19)).astype(dtype), rng.standard_normal((19, width + 16)).astype(dtype)
             for a in (w, np.ascontiguousarray(w.T).T):
-                out = np.full((6, 48), np.nan, dtype)
+                out = np.full((6, width + 16), np.nan, dtype)
                 block(out, a, b, rows, 8, n_inner)
-                for j in range(8, 40, 8):
+                for j in range(8, 8 + width, 8):
                     part = np.zeros((6, 8), dtype)
                     product(part, a, np.ascontiguousarray(b[:, j:j + 8]), 6, 8, n_inner)
                     assert np.array_equal(out[:, j:j + 8], part), (n_inner, j, a.flags)
-                assert np.isnan(out[:, :8]).all() and np.isnan(out[:, 40:]).all()
+                assert np.isnan(out[:, :8]).all() and np.isnan(out[:, 8 + width:]).all()
 
 
 @pytest.mark.slow(seconds=4)

@@ -19,6 +19,7 @@ from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, any_layout, axpy8
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
 # tuple), float64's 4 x 8 one 11, float32's 6 x 16 one 15; AVX-512 has 32, AVX2 16
 WIDE_FLOAT32 = VECTOR_REGISTERS >= 32
+VECTOR_BYTES = 64  # _eight_by_two_vectors': an AVX-512 register
 FOUR_ROWS_FLOAT64 = SIX_ROWS_FLOAT32 = VECTOR_REGISTERS < 32
 
 
@@ -153,29 +154,37 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     """matmul's first columns, 16 (or 32, then 16) at a time, of its 8 `rows`: how many it did (a multiple of 16, or
     0).
 
-    Float32 lanes on a CPU with AVX-512 (WIDE_FLOAT32) only: elsewhere this is 0, and numba compiles no wide block (an
-    overload, chosen by type; float32 on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead). Blocks of 8
+    On a CPU with AVX-512 (WIDE_FLOAT32) only: elsewhere this is 0, and numba compiles no wide block (an overload,
+    chosen by type; float32 on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead). In float32, blocks of 8
     rows by 16 columns as 8-lane tuples: each row's 16 lanes loaded through one slice (lanes.load16_at_once), so that
     LLVM makes them one 512-bit register where its model of the CPU prefers 512-bit vectors (Zen 4 and 5). Where it
-    prefers 256 (Intel's server cores: lanes.PREFERS_256_BIT_VECTORS), it keeps two 256-bit registers a row, so there
-    the block is 8 rows by 32 columns written as 512-bit LLVM vectors (`_eight_by_thirty_two`), then 8 by 16 as
-    tuples where 16 columns are left. Each sums in k order: the bits of the 8 x 8 block.
+    prefers 256 (Intel's server cores: lanes.PREFERS_256_BIT_VECTORS) it keeps two 256-bit registers a row, so there
+    the block is 8 rows by two 512-bit LLVM vectors (`_eight_by_two_vectors`): 32 columns, then 8 by 16 as tuples
+    where 16 columns are left; in float64 16 columns (elsewhere float64 has none: 0). Each sums in k order: the bits
+    of the 8 x 8 block.
     """
     raise TypeError("wide_block_columns is called from compiled code only")
 
 
 @overload(wide_block_columns, jit_options=OVERLOAD_OPTIONS)  # compiled as a kernel
 def _wide_block_columns(out, a, b, n8, n_inner, rows):
+    by_vectors = lanes.PREFERS_256_BIT_VECTORS  # read here, at compile time: bench_cpu_models.py compiles for others
+    if WIDE_FLOAT32 and by_vectors and out.dtype == types.float64:
+        def columns_16_at_a_time(out, a, b, n8, n_inner, rows):
+            n16 = n8 - n8 % (2 * LANES)
+            for j in range(0, n16, 2 * LANES):
+                _eight_by_two_vectors(out, a, b, rows, j, n_inner)
+            return n16
+        return columns_16_at_a_time
     if not (WIDE_FLOAT32 and out.dtype == types.float32):
         return lambda out, a, b, n8, n_inner, rows: 0
-    by_32 = lanes.PREFERS_256_BIT_VECTORS  # read here, at compile time: bench_cpu_models.py compiles for other CPUs
 
     def columns_32_then_16_at_a_time(out, a, b, n8, n_inner, rows):
         zero = out.dtype.type(0)
         r0, r1, r2, r3, r4, r5, r6, r7 = rows
-        n32, n16 = (n8 - n8 % (4 * LANES) if by_32 else 0), n8 - n8 % (2 * LANES)
+        n32, n16 = (n8 - n8 % (4 * LANES) if by_vectors else 0), n8 - n8 % (2 * LANES)
         for j in range(0, n32, 4 * LANES):
-            _eight_by_thirty_two(out, a, b, rows, j, n_inner)
+            _eight_by_two_vectors(out, a, b, rows, j, n_inner)
         for j in range(n32, n16, 2 * LANES):
             c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = (fill8(zero), fill8(zero))
             for k in range(n_inner):
@@ -197,11 +206,12 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
 
 
 @intrinsic
-def _eight_by_thirty_two(typingctx, out, a, b, rows, j, n_inner):
-    """out[rows, j:j + 32] = a[rows] @ b[:, j:j + 32], written as LLVM vectors of 16 lanes: per step of k two 16-lane
-    loads of b, and for each of the 8 rows a broadcast of a[row, k] and two 16-lane multiply-adds (LLVM's fmuladd, as
-    lanes.madd) into its two accumulators; the stores after the loop. The same sums in the same order as the 8 x 8
-    block: the same bits. For CPUs whose LLVM model prefers 256-bit vectors (wide_block_columns).
+def _eight_by_two_vectors(typingctx, out, a, b, rows, j, n_inner):
+    """out[rows, j:j + 2 w] = a[rows] @ b[:, j:j + 2 w], written as LLVM vectors of w lanes, 512 bits (w 16 in float32,
+    8 in float64): per step of k two loads of b, and for each of the 8 rows a broadcast of a[row, k] and two
+    multiply-adds (LLVM's fmuladd, as lanes.madd) into its two accumulators; the stores after the loop. The same sums
+    in the same order as the 8 x 8 block: the same bits. For CPUs whose LLVM model prefers 256-bit vectors
+    (wide_block_columns).
 
     An Ice Lake server core has two 512-bit FMA units (`bench_peak.py`: 166-178 GFLOP/s of float32 on one core on
     512-bit registers against 89-97 on 256-bit ones, 2026-12-03). Written as 16-lane vectors, the 8 x 16 block's 8
@@ -223,17 +233,19 @@ def _eight_by_thirty_two(typingctx, out, a, b, rows, j, n_inner):
         out_array, a_array, b_array = (context.make_array(kind)(context, builder, value)
                                        for kind, value in ((out_type, out_), (a_type, a_), (b_type, b_)))
         lane = context.get_value_type(out_type.dtype)
-        lane_size, vector = context.get_abi_sizeof(lane), ir.VectorType(lane, 2 * LANES)
+        lane_size = context.get_abi_sizeof(lane)
+        width = VECTOR_BYTES // lane_size
+        vector = ir.VectorType(lane, width)
         fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vector, [vector] * 3),
-                                                 f"llvm.fmuladd.v{2 * LANES}{'f32' if lane_size == 4 else 'f64'}")
+                                                 f"llvm.fmuladd.v{width}{'f32' if lane_size == 4 else 'f64'}")
         j_ = context.cast(builder, j_, j_type, types.intp)
-        columns = (j_, builder.add(j_, ir.Constant(j_.type, 2 * LANES)))
+        columns = (j_, builder.add(j_, ir.Constant(j_.type, width)))
         rows = [context.cast(builder, builder.extract_value(rows_, i), rows_type.dtype, types.intp)
                 for i in range(LANES)]
         # in memory here; LLVM's optimiser keeps them in registers
         accumulators = [[cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for _ in columns]
                         for _ in rows]
-        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), 2 * LANES), [0] * (2 * LANES))
+        broadcast = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
 
         def vector_at(array_type, array, row, column):
             return builder.bitcast(cgutils.get_item_pointer(context, builder, array_type, array, [row, column]),
