@@ -18,7 +18,7 @@ from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, any_layout, axpy8
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
 # tuple), float64's 4 x 8 one 11, float32's 6 x 16 one 15; AVX-512 has 32, AVX2 16
-WIDE_FLOAT32 = VECTOR_REGISTERS >= 32
+WIDE_FLOAT32 = VECTOR_REGISTERS >= 32  # AVX-512: the wide blocks (float32's; float64's too on Intel's cores)
 VECTOR_BYTES = 64  # _eight_by_two_vectors': an AVX-512 register
 FOUR_ROWS_FLOAT64 = SIX_ROWS_FLOAT32 = VECTOR_REGISTERS < 32
 
@@ -45,8 +45,8 @@ def matmul(out, a, b, n_rows, n_cols, n_inner):
 @kernel
 def eight_rows(out, a, b, n_rows, n8, n_inner):
     """matmul's first n8 columns, eight rows by 8 columns at a time. With a row count that is not a multiple of 8
-    the last rows repeat (each row's loads all come before its stores: harmless). Where the lanes are float32 and
-    the CPU has 32 vector registers, the first columns 32 and then 16 at a time (wide_block_columns)."""
+    the last rows repeat (each row's loads all come before its stores: harmless). Where the CPU has 32 vector
+    registers, the first columns in wider blocks (wide_block_columns: float32 always, float64 on Intel's cores)."""
     for r0 in range(0, n_rows, 8):
         rows = eight_from(r0, n_rows)
         for j in range(wide_block_columns(out, a, b, n8, n_inner, rows), n8, LANES):
@@ -160,8 +160,9 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
     LLVM makes them one 512-bit register where its model of the CPU prefers 512-bit vectors (Zen 4 and 5). Where it
     prefers 256 (Intel's server cores: lanes.PREFERS_256_BIT_VECTORS) it keeps two 256-bit registers a row, so there
     the block is 8 rows by two 512-bit LLVM vectors (`_eight_by_two_vectors`): 32 columns, then 8 by 16 as tuples
-    where 16 columns are left; in float64 16 columns (elsewhere float64 has none: 0). Each sums in k order: the bits
-    of the 8 x 8 block.
+    where 16 columns are left; in float64 16 columns (elsewhere float64 has none: 0; as tuples its 16 columns took two
+    256-bit registers a lane tuple and spilled, 39 GFLOP/s against 53 alone on the 2-core Zen 4). Each sums in k
+    order: the bits of the 8 x 8 block.
     """
     raise TypeError("wide_block_columns is called from compiled code only")
 
