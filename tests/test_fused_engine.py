@@ -235,16 +235,17 @@ def test_the_workspace_starts_on_a_cache_line_and_so_do_its_rows(dtype):
     """The fused engine's workspace starts on a 64-byte boundary whatever numpy's allocator gives (16 bytes is all
     it promises), and with the makemore preset's 16 positions a document every row does: the matrix products'
     512-bit loads then never straddle two cache lines. aligned_zeros keeps np.zeros' shape, dtype and zeros."""
-    from microgpt.engines.fused.engine import ROW_BYTES, aligned_zeros
+    from microgpt.engines.fused.engine import aligned_zeros
+    from microgpt.engines.fused.matmul import VECTOR_BYTES
     for shape in ((1,), (3, 5), (2, 7, 9)):
         for _ in range(4):  # allocations at several addresses
             z = aligned_zeros(shape, dtype)
-            assert z.ctypes.data % ROW_BYTES == 0 and z.shape == shape and z.dtype == dtype and not z.any()
+            assert z.ctypes.data % VECTOR_BYTES == 0 and z.shape == shape and z.dtype == dtype and not z.any()
     cfg = ModelConfig(vocab_size=12, n_layer=1, block_size=16)
     tcfg = TrainConfig(steps=2, batch_size=4)
     docs = [[cfg.bos_id] + [1 + i % 10] * 15 + [cfg.bos_id] for i in range(8)]  # 16 positions each
     engine = make_engine('fused', cfg, random.Random(4), dtype=dtype)
     list(engine.train_steps(docs, 0, tcfg.steps, tcfg, [0.01] * tcfg.steps))
     wss = engine._wss  # (groups, rows, columns)
-    assert wss.ctypes.data % ROW_BYTES == 0 and wss.shape[2] * wss.itemsize % ROW_BYTES == 0, wss.shape
-    assert all(wss[g, r].ctypes.data % ROW_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))
+    assert wss.ctypes.data % VECTOR_BYTES == 0 and wss.shape[2] * wss.itemsize % VECTOR_BYTES == 0, wss.shape
+    assert all(wss[g, r].ctypes.data % VECTOR_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))

@@ -22,6 +22,7 @@ from .compile import compile_kernels, kernels_are_cached  # noqa: F401 (for call
 from .compile import compiled, compiled_here
 from .floating_point import flush_to_zero
 from .lanes import LANES
+from .matmul import VECTOR_BYTES
 from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 
 
@@ -30,15 +31,12 @@ from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 # every batch; a batch of one document of 8 positions or fewer not). A 512-bit load across two cache lines costs two:
 # the matrix product's block of 8 rows by 32 columns ran 1.5-1.9x as fast as the 8 x 16 one on aligned rows, 1.1-1.4x
 # on rows 16 bytes off (an Ice Lake server, 2026-12-03), and numpy aligns its arrays to 16 bytes.
-ROW_BYTES = 64
-
-
 def aligned_zeros(shape, dtype):
-    """np.zeros(shape, dtype) whose first element is on a ROW_BYTES boundary."""
+    """np.zeros(shape, dtype) whose first element is on a VECTOR_BYTES boundary (matmul's 512-bit vectors)."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape))
-    memory = np.zeros(size + ROW_BYTES // dtype.itemsize, dtype)
-    start = (-memory.ctypes.data % ROW_BYTES) // dtype.itemsize
+    memory = np.zeros(size + VECTOR_BYTES // dtype.itemsize, dtype)
+    start = (-memory.ctypes.data % VECTOR_BYTES) // dtype.itemsize
     return memory[start:start + size].reshape(shape)
 
 
