@@ -10,6 +10,7 @@ the tests ordered, the slowest first, handed out one at a time.
 """
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,6 +22,13 @@ sys.dont_write_bytecode = False
 import pytest
 
 from helpers import GOLDEN_PATH, NAMES_PATH, missing, require_file, run_cli_in_process, run_cli_subprocess
+
+# A suite started with SIGINT ignored (under nohup, or as `command &` from a script: the shell ignores it in background
+# jobs) would pass that on to every process a test starts, and the Ctrl-C tests would fail on a signal never
+# delivered. Python's own handler instead, which a started process gets back as the default: they test microgpt, not
+# how the suite was started.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # trio (selenium's) registers a Hypothesis plugin that imports the whole of trio wherever hypothesis is imported,
 # which pytest's Hypothesis plugin does at the end of every process: 0.3 s each, for strategies no test uses
