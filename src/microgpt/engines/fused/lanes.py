@@ -1,10 +1,11 @@
 """Eight lanes: tuples of 8 floats, one per column of a feature-major activation, for the fused kernels.
 
-Each helper is a small compiled function that LLVM inlines into the calling kernel, so it sees eight scalar
-chains side by side and its SLP vectorizer makes one SIMD register of them. That needs the lanes' loads
-before their stores (they are, in a tuple) and 8 consecutive addresses (load8 and store8 go through a
-slice, so that the lanes are constant offsets from one pointer, with no negative-index fix-up per lane).
-Inlining them in numba's IR instead (inline='always') gave the same speed for 6 s more of compilation.
+Each helper puts eight scalar chains side by side in the calling kernel, where LLVM's SLP vectorizer makes one
+SIMD register of them. That needs the lanes' loads before their stores (they are, in a tuple) and 8 consecutive
+addresses. The loads, stores and multiply-adds are numba intrinsics that write their LLVM instructions straight
+into the caller (`_lane_pointers`: the lanes are j + 0 .. j + 7 of one array, with no slice and no negative-index
+fix-up); the others are small compiled functions that LLVM inlines. Inlining those in numba's IR instead
+(inline='always') gave the same speed for 6 s more of compilation.
 """
 
 import math
@@ -13,6 +14,7 @@ from types import MethodType
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.registry import CPUDispatcher, cpu_target
 from numba.extending import intrinsic
 
@@ -192,29 +194,95 @@ lanes = kernel
 inlined = njit(error_model='numpy', inline='always')
 
 
-@lanes
-def load8(row, j):
+# The memory and multiply-add helpers as intrinsics (2026-12-03, an Ice Lake server): where they were kernels of a
+# slice (row[j:j + 8], then r[0] .. r[7]), LLVM vectorized the step differently; written as the loads and stores of
+# elements j .. j + 7, the makemore size in float32 ran 1.07x and 1.17x as fast (bench_fused.py --old, 8 and 6
+# rounds) and point 3a's ratio to PyTorch was 4.69-4.72x against 4.20-4.42x (three alternating runs each), with the
+# same bits. A type they do not take is numba's typing error, as for `madd`.
+
+def _is_row(row, j):
+    return isinstance(row, types.Array) and row.ndim == 1 and isinstance(j, types.Integer)
+
+
+def _lane_pointers(context, builder, row_type, row, j_type, j, count):
+    """The addresses of row[j], row[j + 1] .. row[j + count - 1] (unchecked, as the kernels index)."""
+    array = context.make_array(row_type)(context, builder, row)
+    j = context.cast(builder, j, j_type, types.intp)
+    return [cgutils.get_item_pointer(context, builder, row_type, array, [builder.add(j, ir.Constant(j.type, k))])
+            for k in range(count)]
+
+
+def _store_lanes(context, builder, row_type, row, j_type, j, tuple_types, tuples):
+    """Stores the lanes of `tuples` (8-lane tuples) at row[j], row[j + 1] .., each cast to the row's type."""
+    pointers = iter(_lane_pointers(context, builder, row_type, row, j_type, j, LANES * len(tuples)))
+    for kind, value in zip(tuple_types, tuples):
+        for lane in range(LANES):
+            builder.store(context.cast(builder, builder.extract_value(value, lane), kind.dtype, row_type.dtype),
+                          next(pointers))
+
+
+@intrinsic
+def load8(typingctx, row, j):
     """row[j:j + 8] as a tuple."""
-    r = row[j:j + LANES]
-    return r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]
+    if not _is_row(row, j):
+        return None
+    lanes_type = types.UniTuple(row.dtype, LANES)
+
+    def codegen(context, builder, signature, args):
+        values = [builder.load(p) for p in _lane_pointers(context, builder, row, args[0], j, args[1], LANES)]
+        return context.make_tuple(builder, lanes_type, values)
+    return lanes_type(row, j), codegen
 
 
-@lanes
-def store8(row, j, x):
-    r = row[j:j + LANES]
-    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] = x
+@intrinsic
+def store8(typingctx, row, j, x):
+    """row[j:j + 8] = x, an 8-lane tuple."""
+    if not (_is_row(row, j) and isinstance(x, types.UniTuple) and x.count == LANES):
+        return None
+
+    def codegen(context, builder, signature, args):
+        _store_lanes(context, builder, row, args[0], j, args[1], [x], [args[2]])
+        return context.get_dummy_value()
+    return types.none(row, j, x), codegen
 
 
-@lanes
-def fill8(s):
-    return s, s, s, s, s, s, s, s
+@intrinsic
+def fill8(typingctx, s):
+    """(s, s, s, s, s, s, s, s)."""
+    lanes_type = types.UniTuple(s, LANES)
+
+    def codegen(context, builder, signature, args):
+        return context.make_tuple(builder, lanes_type, [args[0]] * LANES)
+    return lanes_type(s), codegen
 
 
-@lanes
-def axpy8(acc, s, x):
-    """acc + s x, s a scalar."""
-    return (madd(acc[0], s, x[0]), madd(acc[1], s, x[1]), madd(acc[2], s, x[2]), madd(acc[3], s, x[3]),
-            madd(acc[4], s, x[4]), madd(acc[5], s, x[5]), madd(acc[6], s, x[6]), madd(acc[7], s, x[7]))
+def _fmuladd(builder, a, b, acc):
+    """acc + a b as LLVM's fmuladd (`madd`)."""
+    fmuladd = builder.module.declare_intrinsic('llvm.fmuladd', [acc.type], ir.FunctionType(acc.type, [acc.type] * 3))
+    return builder.call(fmuladd, [a, b, acc])
+
+
+def _is_lanes(*kinds):
+    """Whether these are one type of 8-lane float tuple."""
+    return (isinstance(kinds[0], types.UniTuple) and kinds[0].count == LANES and isinstance(kinds[0].dtype, types.Float)
+            and all(kind == kinds[0] for kind in kinds))
+
+
+def _lanewise(builder, combine, *tuples):
+    """combine(lane 0 of each tuple, ...) .. combine(lane 7 of each, ...)."""
+    return [combine(*(builder.extract_value(t, k) for t in tuples)) for k in range(LANES)]
+
+
+@intrinsic
+def axpy8(typingctx, acc, s, x):
+    """acc + s x, s a scalar of the lanes' type."""
+    if not (_is_lanes(acc, x) and s == acc.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_, s_, x_ = args
+        return context.make_tuple(builder, acc, _lanewise(builder, lambda a, b: _fmuladd(builder, s_, b, a), acc_, x_))
+    return acc(acc, s, x), codegen
 
 
 @lanes
@@ -230,21 +298,35 @@ def store16(row, j, x):
     store8(row, j + LANES, x[1])
 
 
-@lanes
-def load16_at_once(row, j):
-    """row[j:j + 16] as two 8-lane tuples, through one slice: LLVM sees 16 consecutive addresses and makes them one
+@intrinsic
+def load16_at_once(typingctx, row, j):
+    """row[j:j + 16] as two 8-lane tuples, loaded together: LLVM sees 16 consecutive addresses and makes them one
     512-bit register where the CPU prefers those (a Zen 5; as two load8 it saw two groups of 8). For AVX-512 blocks
     only: on AVX2, LLVM split the 16 lanes into pairs again with more moves than two load8 (the makemore size 0.92x)."""
-    r = row[j:j + 2 * LANES]
-    return (r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]), (r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15])
+    if not _is_row(row, j):
+        return None
+    half = types.UniTuple(row.dtype, LANES)
+    both = types.Tuple((half, half))
+
+    def codegen(context, builder, signature, args):
+        values = [builder.load(p) for p in _lane_pointers(context, builder, row, args[0], j, args[1], 2 * LANES)]
+        return context.make_tuple(builder, both, [context.make_tuple(builder, half, values[:LANES]),
+                                                  context.make_tuple(builder, half, values[LANES:])])
+    return both(row, j), codegen
 
 
-@lanes
-def store16_at_once(row, j, x):
-    """load16_at_once's converse: 16 consecutive stores through one slice."""
-    r = row[j:j + 2 * LANES]
-    r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] = x[0]
-    r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15] = x[1]
+@intrinsic
+def store16_at_once(typingctx, row, j, x):
+    """load16_at_once's converse: x, two 8-lane tuples, stored together at row[j:j + 16]."""
+    if not (_is_row(row, j) and isinstance(x, types.BaseTuple) and len(x) == 2
+            and all(isinstance(half, types.UniTuple) and half.count == LANES for half in x.types)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        halves = [builder.extract_value(args[2], 0), builder.extract_value(args[2], 1)]
+        _store_lanes(context, builder, row, args[0], j, args[1], list(x.types), halves)
+        return context.get_dummy_value()
+    return types.none(row, j, x), codegen
 
 
 def _has_32_vector_registers():
@@ -278,11 +360,16 @@ def _cpu_name():
 PREFERS_256_BIT_VECTORS = not _cpu_name().startswith('znver')
 
 
-@lanes
-def mac8(acc, a, b):
+@intrinsic
+def mac8(typingctx, acc, a, b):
     """acc + a b, lane by lane."""
-    return (madd(acc[0], a[0], b[0]), madd(acc[1], a[1], b[1]), madd(acc[2], a[2], b[2]), madd(acc[3], a[3], b[3]),
-            madd(acc[4], a[4], b[4]), madd(acc[5], a[5], b[5]), madd(acc[6], a[6], b[6]), madd(acc[7], a[7], b[7]))
+    if not _is_lanes(acc, a, b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lanes_ = _lanewise(builder, lambda c, x, y: _fmuladd(builder, x, y, c), *args)
+        return context.make_tuple(builder, acc, lanes_)
+    return acc(acc, a, b), codegen
 
 
 @intrinsic
@@ -297,15 +384,19 @@ def madd(typingctx, acc, a, b):
 
     def codegen(context, builder, signature, args):
         acc_, a_, b_ = args
-        fmuladd = builder.module.declare_intrinsic('llvm.fmuladd', [acc_.type],
-                                                   ir.FunctionType(acc_.type, [acc_.type] * 3))
-        return builder.call(fmuladd, [a_, b_, acc_])
+        return _fmuladd(builder, a_, b_, acc_)
     return acc(acc, a, b), codegen
 
 
-@lanes
-def add8(a, b):
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4], a[5] + b[5], a[6] + b[6], a[7] + b[7]
+@intrinsic
+def add8(typingctx, a, b):
+    """a + b, lane by lane."""
+    if not _is_lanes(a, b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.make_tuple(builder, a, _lanewise(builder, builder.fadd, *args))
+    return a(a, b), codegen
 
 
 @lanes
@@ -314,9 +405,15 @@ def max8(a, b):
             max(a[4], b[4]), max(a[5], b[5]), max(a[6], b[6]), max(a[7], b[7]))
 
 
-@lanes
-def mul8(a, b):
-    return a[0] * b[0], a[1] * b[1], a[2] * b[2], a[3] * b[3], a[4] * b[4], a[5] * b[5], a[6] * b[6], a[7] * b[7]
+@intrinsic
+def mul8(typingctx, a, b):
+    """a b, lane by lane."""
+    if not _is_lanes(a, b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.make_tuple(builder, a, _lanewise(builder, builder.fmul, *args))
+    return a(a, b), codegen
 
 
 @lanes
