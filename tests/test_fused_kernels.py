@@ -317,6 +317,56 @@ def test_madd_fuses_in_both_dtypes():
         assert float(got) == 2.0 ** (-2 * k), (real, float(got))
 
 
+
+@pytest.mark.slow(seconds=2)  # compiles a function of every helper
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(dtype):
+    """load8 and load16_at_once read row[j:j + 8] and row[j:j + 16], store8 and store16_at_once write them (a float64
+    tuple cast to a float32 row), also on a row with a stride (a matrix's column); fill8, add8, mul8, axpy8 and mac8
+    compute lane by lane, their multiply-adds the bits of lanes.madd (fused: test_madd_fuses_in_both_dtypes)."""
+    from numba import njit
+    from numba.core.errors import TypingError
+    from microgpt.engines.fused.lanes import (add8, axpy8, fill8, load8, load16_at_once, mac8, madd, mul8, store8,
+                                              store16_at_once)
+
+    @njit
+    def run(row, column, out, j, s):
+        a, b = load8(row, j), load8(column, 1)
+        low, high = load16_at_once(row, j)
+        store8(out[0], 2, mac8(axpy8(add8(a, b), s, mul8(a, b)), low, high))
+        store16_at_once(out[1], 1, (fill8(s), low))
+        store8(out[2], 0, (1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5))  # float64 lanes
+        store8(column, 0, a)  # a strided row
+        return a, high
+
+    @njit
+    def lane_by_lane(p, s, q, lo, hi):
+        out = np.empty_like(p)
+        for i in range(p.size):
+            out[i] = madd(madd(p[i], s, q[i]), lo[i], hi[i])
+        return out
+
+    rng = np.random.default_rng(0)
+    row, matrix = rng.standard_normal(40).astype(dtype), rng.standard_normal((12, 3)).astype(dtype)
+    column, out, j, s = matrix[:, 1], np.zeros((3, 20), dtype), 5, rng.standard_normal(1).astype(dtype)[0]
+    matrix_before = matrix.copy()
+    a, high = run(row, column, out, j, s)
+    x, b = row[j:j + 8], matrix_before[1:9, 1]
+    assert np.array_equal(np.array(a), x) and np.array_equal(np.array(high), row[j + 8:j + 16]), (a, high)
+    want = lane_by_lane(x + b, s, x * b, row[j:j + 8], row[j + 8:j + 16])
+    assert np.array_equal(out[0, 2:10], want) and not out[0, :2].any() and not out[0, 10:].any(), (out[0], want)
+    assert np.array_equal(out[1, 1:17], np.concatenate([np.full(8, s, dtype), row[j:j + 8]])), out[1]
+    assert np.array_equal(out[2, :8], np.arange(8) + 1.5) and not out[2, 8:].any(), out[2]
+    assert np.array_equal(column[:8], x) and np.array_equal(column[8:], matrix_before[8:, 1]), column
+    assert np.array_equal(matrix[:, [0, 2]], matrix_before[:, [0, 2]]), matrix
+
+    @njit
+    def mixed(row32, row64):
+        return add8(load8(row32, 0), load8(row64, 0))
+
+    with pytest.raises(TypingError):  # the lanes' helpers take one float type, as lanes.madd
+        mixed(np.zeros(8, np.float32), np.zeros(8))
+
 def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references():
     """lanes.borrowed(a): a's data, shape and strides without its memory record, so that the views taken of it
     inside compiled code are not reference counted (an atomic add each); writes reach the caller's array."""
