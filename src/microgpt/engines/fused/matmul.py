@@ -156,7 +156,7 @@ def wide_block_columns(out, a, b, n8, n_inner, rows):
 
     On a CPU with AVX-512 (WIDE_FLOAT32) only: elsewhere this is 0, and numba compiles no wide block (an overload,
     chosen by type; float32 on AVX2 takes six_rows' blocks of 6 rows by 16 columns instead). In float32, blocks of 8
-    rows by 16 columns as 8-lane tuples: each row's 16 lanes loaded through one slice (lanes.load16_at_once), so that
+    rows by 16 columns as 8-lane tuples: each row's 16 lanes loaded together (lanes.load16_at_once), so that
     LLVM makes them one 512-bit register where its model of the CPU prefers 512-bit vectors (Zen 4 and 5). Where it
     prefers 256 (Intel's server cores: lanes.PREFERS_256_BIT_VECTORS) it keeps two 256-bit registers a row, so there
     the block is 8 rows by two 512-bit LLVM vectors (`_eight_by_two_vectors`): 32 columns, then 8 by 16 as tuples
