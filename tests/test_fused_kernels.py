@@ -332,7 +332,7 @@ def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(
     @njit
     def run(row, column, out, j, s):
         a, b = load8(row, j), load8(column, 1)
-        low, high = load16_at_once(row, j)
+        low, high = load16_at_once(row, j + 1)
         store8(out[0], 2, mac8(axpy8(add8(a, b), s, mul8(a, b)), low, high))
         store16_at_once(out[1], 1, (fill8(s), low))
         store8(out[2], 0, (1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5))  # float64 lanes
@@ -352,10 +352,11 @@ def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(
     matrix_before = matrix.copy()
     a, high = run(row, column, out, j, s)
     x, b = row[j:j + 8], matrix_before[1:9, 1]
-    assert np.array_equal(np.array(a), x) and np.array_equal(np.array(high), row[j + 8:j + 16]), (a, high)
-    want = lane_by_lane(x + b, s, x * b, row[j:j + 8], row[j + 8:j + 16])
+    assert np.array_equal(np.array(a), x) and np.array_equal(np.array(high), row[j + 9:j + 17]), (a, high)
+    want = lane_by_lane(x + b, s, x * b, row[j + 1:j + 9], row[j + 9:j + 17])
     assert np.array_equal(out[0, 2:10], want) and not out[0, :2].any() and not out[0, 10:].any(), (out[0], want)
-    assert np.array_equal(out[1, 1:17], np.concatenate([np.full(8, s, dtype), row[j:j + 8]])), out[1]
+    assert np.array_equal(out[1, 1:17], np.concatenate([np.full(8, s, dtype), row[j + 1:j + 9]])), out[1]
+    assert out[1, 0] == 0 and not out[1, 17:].any(), out[1]
     assert np.array_equal(out[2, :8], np.arange(8) + 1.5) and not out[2, 8:].any(), out[2]
     assert np.array_equal(column[:8], x) and np.array_equal(column[8:], matrix_before[8:, 1]), column
     assert np.array_equal(matrix[:, [0, 2]], matrix_before[:, [0, 2]]), matrix
@@ -366,6 +367,17 @@ def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(
 
     with pytest.raises(TypingError):  # the lanes' helpers take one float type, as lanes.madd
         mixed(np.zeros(8, np.float32), np.zeros(8))
+
+    @njit
+    def multiply_adds(acc, s, x):
+        return axpy8(fill8(acc), s, fill8(x)), mac8(fill8(acc), fill8(s), fill8(x))
+
+    # fused, each lane: test_madd_fuses_in_both_dtypes's operands, whose product rounded first would leave 0
+    real, k = np.dtype(dtype).type, {'float64': 27, 'float32': 12}[dtype]
+    one_plus = real(1) + real(2.0 ** -k)
+    for lanes in multiply_adds(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus):
+        assert set(lanes) == {2.0 ** (-2 * k)}, (dtype, lanes)
+
 
 def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references():
     """lanes.borrowed(a): a's data, shape and strides without its memory record, so that the views taken of it

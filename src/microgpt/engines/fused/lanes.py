@@ -201,7 +201,9 @@ inlined = njit(error_model='numpy', inline='always')
 # same bits. A type they do not take is numba's typing error, as for `madd`.
 
 def _is_row(row, j):
-    return isinstance(row, types.Array) and row.ndim == 1 and isinstance(j, types.Integer)
+    """Whether row is a 1-D array of numbers and j an integer."""
+    return (isinstance(row, types.Array) and row.ndim == 1 and isinstance(row.dtype, types.Number)
+            and isinstance(j, types.Integer))
 
 
 def _lane_pointers(context, builder, row_type, row, j_type, j, count):
@@ -249,6 +251,8 @@ def store8(typingctx, row, j, x):
 @intrinsic
 def fill8(typingctx, s):
     """(s, s, s, s, s, s, s, s)."""
+    if not isinstance(s, types.Number):
+        return None
     lanes_type = types.UniTuple(s, LANES)
 
     def codegen(context, builder, signature, args):
