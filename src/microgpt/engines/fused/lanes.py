@@ -392,15 +392,20 @@ def madd(typingctx, acc, a, b):
     return acc(acc, a, b), codegen
 
 
-@intrinsic
-def add8(typingctx, a, b):
-    """a + b, lane by lane."""
-    if not _is_lanes(a, b):
-        return None
+def _lane_by_lane(name, instruction):
+    """An intrinsic of two 8-lane tuples of one float type: LLVM's `instruction` (fadd, fmul) of each pair of lanes."""
+    def typer(typingctx, a, b):
+        if not _is_lanes(a, b):
+            return None
 
-    def codegen(context, builder, signature, args):
-        return context.make_tuple(builder, a, _lanewise(builder, builder.fadd, *args))
-    return a(a, b), codegen
+        def codegen(context, builder, signature, args):
+            return context.make_tuple(builder, a, _lanewise(builder, getattr(builder, instruction), *args))
+        return a(a, b), codegen
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
+
+
+add8 = _lane_by_lane('add8', 'fadd')  # a + b, lane by lane
 
 
 @lanes
@@ -409,15 +414,7 @@ def max8(a, b):
             max(a[4], b[4]), max(a[5], b[5]), max(a[6], b[6]), max(a[7], b[7]))
 
 
-@intrinsic
-def mul8(typingctx, a, b):
-    """a b, lane by lane."""
-    if not _is_lanes(a, b):
-        return None
-
-    def codegen(context, builder, signature, args):
-        return context.make_tuple(builder, a, _lanewise(builder, builder.fmul, *args))
-    return a(a, b), codegen
+mul8 = _lane_by_lane('mul8', 'fmul')  # a b, lane by lane
 
 
 @lanes
