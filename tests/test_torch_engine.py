@@ -5,6 +5,7 @@ are one-line errors. Tests that need a GPU say so in their name and skip without
 
 import os
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -489,7 +490,8 @@ def test_gpu_benchmark_without_a_gpu_says_so(torch):
     import subprocess
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    proc = subprocess.run(['bash', os.path.join(BENCHMARKS, 'gpu.sh')], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(['bash', os.path.join(BENCHMARKS, 'gpu.sh')], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'PYTHON': sys.executable})  # this interpreter, not PATH's python
     assert proc.returncode == 2 and 'PyTorch sees no CUDA GPU here' in proc.stderr, (proc.returncode, proc.stderr)
     assert proc.stdout == '', proc.stdout
 
