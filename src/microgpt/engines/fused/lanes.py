@@ -196,9 +196,9 @@ inlined = njit(error_model='numpy', inline='always')
 
 # The memory and multiply-add helpers as intrinsics (2026-12-03, an Ice Lake server): where they were kernels of a
 # slice (row[j:j + 8], then r[0] .. r[7]), LLVM vectorized the step differently; written as the loads and stores of
-# elements j .. j + 7, the makemore size in float32 ran 1.07x and 1.17x as fast (bench_fused.py --old, 8 and 6
-# rounds) and point 3a's ratio to PyTorch was 4.69-4.72x against 4.20-4.42x (three alternating runs each), with the
-# same bits. A type they do not take is numba's typing error, as for `madd`.
+# elements j .. j + 7, the makemore size in float32 ran 1.04-1.17x as fast (bench_fused.py --old, three runs) and
+# point 3a's ratio to PyTorch was 4.21-4.81x (median 4.70x) against 3.79-4.42x (4.20x) in seven alternating runs
+# each (docs/PERFORMANCE.md), with the same bits. A type they do not take is numba's typing error, as for `madd`.
 
 def _is_row(row, j):
     """Whether row is a 1-D array of numbers and j an integer."""
