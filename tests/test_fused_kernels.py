@@ -317,7 +317,6 @@ def test_madd_fuses_in_both_dtypes():
         assert float(got) == 2.0 ** (-2 * k), (real, float(got))
 
 
-
 @pytest.mark.slow(seconds=2)  # compiles a function of every helper
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(dtype):

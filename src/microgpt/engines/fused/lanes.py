@@ -200,6 +200,7 @@ inlined = njit(error_model='numpy', inline='always')
 # point 3a's ratio to PyTorch was 4.21-4.81x (median 4.70x) against 3.79-4.42x (4.20x) in seven alternating runs
 # each (docs/PERFORMANCE.md), with the same bits. A type they do not take is numba's typing error, as for `madd`.
 
+
 def _is_row(row, j):
     """Whether row is a 1-D array of numbers and j an integer."""
     return (isinstance(row, types.Array) and row.ndim == 1 and isinstance(row.dtype, types.Number)
