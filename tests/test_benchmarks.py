@@ -89,6 +89,24 @@ def test_bench_fused_compares_two_source_trees_taking_turns(names_path, tmp_path
     assert refused.returncode == 2 and 'holds no microgpt package' in refused.stderr, refused.stderr
 
 
+@pytest.mark.slow(seconds=30)  # two copies of the package: each compiles, unless its copy of numba's cache holds it
+def test_bench_interleaved_times_two_copies_of_a_tree_in_one_process(names_path, tmp_path):
+    """--old and --new: the package the suite imports against itself, both imported into one process under names of
+    their own, the smallest run; each dtype's step times and the median ratio of the rounds with its middle half. A
+    folder holding no package, and rounds or steps below 1, are refused."""
+    import microgpt
+    package_parent = Path(microgpt.__file__).parent.parent
+    out = bench('bench_interleaved.py', '--old', package_parent, '--new', package_parent, '--rounds', 2, '--steps', 1,
+                '--dtypes', 'float64', '--threads', 2, '--data', names_path)
+    assert 'in one process, 2 rounds of 1 steps each, taking turns; NUMBA_NUM_THREADS 2' in out, out
+    assert re.search(rf'float64 +{NUMBER} +{NUMBER} +{NUMBER} +\({NUMBER}-{NUMBER}\)', out), out
+    for bad, message in (([tmp_path], 'holds no microgpt package'),
+                         ([package_parent, '--rounds', 0], 'take 1 or more')):
+        refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_interleaved.py', '--old', *map(str, bad)],
+                                 capture_output=True, text=True, cwd=REPO_ROOT)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
 @pytest.mark.slow(seconds=3)
 def test_bench_cli_step_times_the_default_step_through_the_command_in_two_trees(tmp_path):
     """The default job's step through `microgpt train` in each tree, the long run's time less the 1,000-step run's;
