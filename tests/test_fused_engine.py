@@ -249,3 +249,29 @@ def test_the_workspace_starts_on_a_cache_line_and_so_do_its_rows(dtype):
     wss = engine._wss  # (groups, rows, columns)
     assert wss.ctypes.data % VECTOR_BYTES == 0 and wss.shape[2] * wss.itemsize % VECTOR_BYTES == 0, wss.shape
     assert all(wss[g, r].ctypes.data % VECTOR_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))
+
+
+@pytest.mark.parametrize('dtype', QUICK_DTYPES)
+def test_the_workspace_is_scratch_its_columns_past_a_batch_read_by_no_kernel(dtype):
+    """Every value a step reads from the workspace it wrote in the same step: filled with NaN between two calls, the
+    loss and gradients of a batch are the same bits. So the columns past a group's own may hold anything, which
+    lets float32's activation products run over them (matmul.product_columns: 56 columns as two blocks of 32, where
+    the CPU takes that block; here groups of 8 documents of 2 to 9 positions, in rows of 128 columns)."""
+    from numba import njit
+    from microgpt.engines.fused import lanes, matmul
+    cfg = ModelConfig(vocab_size=27, n_layer=2, n_embd=32, n_head=4, block_size=16)
+    rng = random.Random(5)
+    batch = [[26] + [rng.randrange(26) for _ in range(rng.randrange(1, 9))] + [26] for _ in range(31)]
+    batch.append([26] + list(range(15)) + [26])  # 16 positions: rows of 8 x 16 columns
+    engine = make_engine('fused', cfg, random.Random(3), dtype=dtype)
+    want, want_grads = engine.loss_and_grads(batch), engine.gradients()
+    assert engine._wss.shape[2] == 128, engine._wss.shape
+    engine._wss[...] = np.nan
+    assert engine.loss_and_grads(batch) == want
+    for name, grad in engine.gradients().items():
+        assert np.array_equal(grad, want_grads[name]), name
+    widens = matmul.WIDE_FLOAT32 and lanes.PREFERS_256_BIT_VECTORS and dtype == 'float32'
+    columns = njit(lambda out, nb, room: matmul.product_columns(out, nb, room))
+    ws = engine._wss[0]
+    assert [columns(ws, nb, room) for nb, room in ((56, 128), (56, 56), (64, 128), (8, 16))] == \
+        ([64, 56, 64, 8] if widens else [56, 56, 64, 8])

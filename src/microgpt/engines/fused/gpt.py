@@ -13,7 +13,7 @@ from .adam import adam_step
 from .lanes import LANES, borrowed, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, rmsnorm_backward, rmsnorm_forward)
-from .matmul import matmul, transpose
+from .matmul import matmul, product_columns, transpose
 from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, LOGITS, NORM_MICROGPT, NORM_NONE,
                    PROBS, QKV, ROWS, SCALES, SLOT_C, SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, SLOT_L, SLOT_LM_HEAD,
                    SLOT_NH, SLOT_NORM, SLOT_NP, SLOT_RELU2, SLOT_SPAN, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, XMID, XN1,
@@ -30,6 +30,7 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
     V, C, NH, L, T, norm = plan[SLOT_V], plan[SLOT_C], plan[SLOT_NH], plan[SLOT_L], plan[SLOT_T], plan[SLOT_NORM]
     FC = MLP_EXPANSION * C  # mlp_fc1's width (llm.c's 4*C)
     nb = n + (-n) % LANES   # the micro-kernels' columns; the padding columns stay zero
+    nw = product_columns(ws, nb, plan[SLOT_NP])  # the products' (matmul.product_columns)
     wte, wpe = pm[plan[SLOT_WTE]:plan[SLOT_WTE] + V], pm[plan[SLOT_WPE]:plan[SLOT_WPE] + T]
     scales = buffer(ws, plan, SCALES, 0, 2 * L + 1)                   # (2L + 1, NP)
     branch = buffer(ws, plan, BRANCH, 0, C)                           # (C, NP)
@@ -50,18 +51,18 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
         probs = buffer(ws, plan, PROBS, i, NH * (plan[SLOT_SPAN] + LANES - 1))      # (NH U, NP)
         if norm != NORM_NONE:
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
-        matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nb, C)  # (3C, NP)
+        matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nw, C)  # (3C, NP)
         attention_forward(y, probs, qkv, columns[3], nb, NH)                        # (C, NP)
         _add_branch(x_mid, x_in, w_o, y, C, branch, plan, columns, n, nb, 1 + 2 * i)  # x += attn_wo @ y
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
-        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nb, C)  # (4C, NP)
+        matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nw, C)  # (4C, NP)
         activation_forward(a, h, nb, plan[SLOT_RELU2] == 1)
         x_out = buffer(ws, plan, XS, i + 1, C)
         _add_branch(x_out, x_mid, w_fc2, a, FC, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
     logits = buffer(ws, plan, LOGITS, 0, V)                           # (V, NP)
     lm_head = pm[plan[SLOT_LM_HEAD]:plan[SLOT_LM_HEAD] + V]
-    matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nb, C)
+    matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nw, C)
     return cross_entropy_forward(logits, logits, columns[1], buffer(ws, plan, CE_STATS, 0, 2), n, nb, n_mean)
 
 
@@ -71,6 +72,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     reverse order."""
     V, C, NH, L, T, norm = plan[SLOT_V], plan[SLOT_C], plan[SLOT_NH], plan[SLOT_L], plan[SLOT_T], plan[SLOT_NORM]
     FC, NP, nb = MLP_EXPANSION * C, plan[SLOT_NP], n + (-n) % LANES
+    nw = product_columns(ws, nb, NP)
     scales = buffer(ws, plan, SCALES, 0, 2 * L + 1)
     dx, dtmp, dqkv = buffer(ws, plan, DX, 0, C), buffer(ws, plan, DTMP, 0, C), buffer(ws, plan, DQKV, 0, 3 * C)
     dy, dh = buffer(ws, plan, DY, 0, C), buffer(ws, plan, DH, 0, FC)
@@ -87,7 +89,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     if lm != wte:
         gm[wte:wte + V] = 0
     matmul(gm[lm:lm + V], d_logits, transpose(rows_c, buffer(ws, plan, XS, L, C), n), V, C, n)  # (V, C)
-    matmul(dx, pm[lm:lm + V].T, d_logits, C, nb, V)                                          # (C, NP)
+    matmul(dx, pm[lm:lm + V].T, d_logits, C, nw, V)                                          # (C, NP)
     for i in range(L - 1, -1, -1):
         w_qkv, w_o, w_fc1, w_fc2 = layer_weights(pm, plan, i)
         d_qkv, d_o, d_fc1, d_fc2 = layer_weights(gm, plan, i)
@@ -99,10 +101,10 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         # mlp block: x_out = mask * (mlp_fc2 @ act(mlp_fc1 @ xn2)) + x_mid; the branch's gradient is dx * mask
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 2 + 2 * i)
         matmul(d_fc2, d_branch, transpose(rows_h, a, n), C, FC, n)
-        matmul(dh, w_fc2.T, d_branch, FC, nb, C)                  # (4C, NP)
+        matmul(dh, w_fc2.T, d_branch, FC, nw, C)                  # (4C, NP)
         activation_backward(dh, h, nb, plan[SLOT_RELU2] == 1)
         matmul(d_fc1, dh, transpose(rows_c, xn2 if norm == NORM_MICROGPT else x_mid, n), FC, C, n)
-        matmul(dtmp, w_fc1.T, dh, C, nb, FC)                              # (C, NP)
+        matmul(dtmp, w_fc1.T, dh, C, nw, FC)                              # (C, NP)
         if norm == NORM_MICROGPT:
             rmsnorm_backward(dx, dtmp, xn2, scales[2 + 2 * i], nb, True)
         else:
@@ -110,10 +112,10 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
         # attention block: x_mid = mask * (attn_wo @ attention(w_qkv @ xn1)) + x_in
         d_branch = _branch_gradient(dtmp, dx, plan, columns, n, 1 + 2 * i)
         matmul(d_o, d_branch, transpose(rows_c, y, n), C, C, n)
-        matmul(dy, w_o.T, d_branch, C, nb, C)                        # (C, NP)
+        matmul(dy, w_o.T, d_branch, C, nw, C)                        # (C, NP)
         attention_backward(dqkv, dy, probs, dp, qkv, columns[3], nb, NH)    # (3C, NP)
         matmul(d_qkv, dqkv, transpose(rows_c, x_in if norm == NORM_NONE else xn1, n), 3 * C, C, n)
-        matmul(dtmp, w_qkv.T, dqkv, C, nb, 3 * C)                         # (C, NP)
+        matmul(dtmp, w_qkv.T, dqkv, C, nw, 3 * C)                         # (C, NP)
         if norm == NORM_NONE:
             add_columns(dx, dx, dtmp, nb)
         else:
@@ -141,7 +143,7 @@ def _dropout(out, x, plan, columns, n, site):
 def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, site):
     """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is multiplied by its mask
     of `site` first."""
-    matmul(branch, w, inputs, x_out.shape[0], nb, n_inner)
+    matmul(branch, w, inputs, x_out.shape[0], product_columns(branch, nb, plan[SLOT_NP]), n_inner)
     if plan[SLOT_DROP_THRESHOLD]:
         _dropout(branch, branch, plan, columns, n, site)
     add_columns(x_out, x_in, branch, nb)
