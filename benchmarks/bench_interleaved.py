@@ -75,8 +75,8 @@ def main():
     parser.add_argument('--dtypes', default='float32,float64', help='comma-separated (default: both)')
     parser.add_argument('--threads', type=int, help='NUMBA_NUM_THREADS (default: one per core)')
     args = parser.parse_args()
-    if args.rounds < 1 or args.steps < 1:
-        parser.error('--rounds and --steps take 1 or more')
+    if args.rounds < 1 or args.steps < 1 or (args.threads is not None and args.threads < 1):
+        parser.error('--rounds, --steps and --threads take 1 or more')
     if args.threads:
         os.environ['NUMBA_NUM_THREADS'] = str(args.threads)  # before numba is imported
     from microgpt.bench.benchmark import cpu_name, prepared_job, source_tree

@@ -101,7 +101,8 @@ def test_bench_interleaved_times_two_copies_of_a_tree_in_one_process(names_path,
     assert 'in one process, 2 rounds of 1 steps each, taking turns; NUMBA_NUM_THREADS 2' in out, out
     assert re.search(rf'float64 +{NUMBER} +{NUMBER} +{NUMBER} +\({NUMBER}-{NUMBER}\)', out), out
     for bad, message in (([tmp_path], 'holds no microgpt package'),
-                         ([package_parent, '--rounds', 0], 'take 1 or more')):
+                         ([package_parent, '--rounds', 0], 'take 1 or more'),
+                         ([package_parent, '--threads', 0], 'take 1 or more')):
         refused = subprocess.run([sys.executable, BENCHMARKS / 'bench_interleaved.py', '--old', *map(str, bad)],
                                  capture_output=True, text=True, cwd=REPO_ROOT)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr

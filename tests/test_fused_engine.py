@@ -256,13 +256,16 @@ def test_the_workspace_is_scratch_its_columns_past_a_batch_read_by_no_kernel(dty
     """Every value a step reads from the workspace it wrote in the same step: filled with NaN between two calls, the
     loss and gradients of a batch are the same bits. So the columns past a group's own may hold anything, which
     lets float32's activation products run over them (matmul.product_columns: 56 columns as two blocks of 32, where
-    the CPU takes that block; here groups of 8 documents of 2 to 9 positions, in rows of 128 columns)."""
+    the CPU takes that block, and only 24 past a multiple of 32; here groups of 8 documents of 2 to 9 positions, in
+    rows of 128 columns)."""
     from numba import njit
     from microgpt.engines.fused import lanes, matmul
     cfg = ModelConfig(vocab_size=27, n_layer=2, n_embd=32, n_head=4, block_size=16)
-    rng = random.Random(5)
+    rng = random.Random(6)
     batch = [[26] + [rng.randrange(26) for _ in range(rng.randrange(1, 9))] + [26] for _ in range(31)]
     batch.append([26] + list(range(15)) + [26])  # 16 positions: rows of 8 x 16 columns
+    group_columns = [sum(len(doc) - 1 for doc in batch[g:g + 8]) for g in range(0, 32, 8)]
+    assert [-(-n // 8) * 8 % 32 for n in group_columns] == [24, 8, 16, 0], group_columns  # widened: the first
     engine = make_engine('fused', cfg, random.Random(3), dtype=dtype)
     want, want_grads = engine.loss_and_grads(batch), engine.gradients()
     assert engine._wss.shape[2] == 128, engine._wss.shape
@@ -273,5 +276,6 @@ def test_the_workspace_is_scratch_its_columns_past_a_batch_read_by_no_kernel(dty
     widens = matmul.WIDE_FLOAT32 and lanes.PREFERS_256_BIT_VECTORS and dtype == 'float32'
     columns = njit(lambda out, nb, room: matmul.product_columns(out, nb, room))
     ws = engine._wss[0]
-    assert [columns(ws, nb, room) for nb, room in ((56, 128), (56, 56), (64, 128), (8, 16))] == \
-        ([64, 56, 64, 8] if widens else [56, 56, 64, 8])
+    cases = ((56, 128), (56, 56), (24, 32), (64, 128), (40, 128), (48, 128), (8, 16))
+    assert [columns(ws, nb, room) for nb, room in cases] == \
+        ([64, 56, 32, 64, 40, 48, 8] if widens else [56, 56, 24, 64, 40, 48, 8])

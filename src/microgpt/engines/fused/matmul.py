@@ -208,13 +208,15 @@ def _wide_block_columns(out, a, b, n8, n_inner, rows):
 
 def product_columns(out, nb, room):
     """The columns an activation's products run over: a batch's nb, or where the CPU takes float32's 8 x 32 block of
-    512-bit vectors (on AVX-512 where LLVM prefers 256-bit vectors: wide_block_columns) nb rounded up to a multiple
-    of 32 when the workspace's rows, `room` columns long, hold that many. The columns past nb hold values no kernel
-    reads (the workspace is scratch: test_fused_engine.py), and each column's sums are its own: the same bits in the
-    first nb. A group of 56 columns then runs one more block of 32 where it ran the 16-column tuples and the 8 x 8
-    block, which do half the 512-bit block's multiply-adds a cycle (a group of 8 names of the makemore data has 56
-    columns 45% of the time, 64 half). On an Ice Lake server the makemore size's float32 step ran 1.057x, 1.002x and
-    1.031x as fast (bench_interleaved.py, 2026-12-03); float64's 16-column blocks gained nothing (0.99x): nb there."""
+    512-bit vectors (on AVX-512 where LLVM prefers 256-bit vectors: wide_block_columns) and nb is 24 past a multiple
+    of 32, nb + 8, when the workspace's rows, `room` columns long, hold that many. The columns past nb hold values no
+    kernel reads (the workspace is scratch: test_fused_engine.py), and each column's sums are its own: the same bits
+    in the first nb. A group of 56 columns then runs one more block of 32 where it ran the 16-column tuples and the
+    8 x 8 block, which do half the 512-bit block's multiply-adds a cycle (a group of 8 names of the makemore data has
+    56 columns 45% of the time, 64 half). On an Ice Lake server the makemore size's float32 step ran 1.057x, 1.002x
+    and 1.031x as fast (bench_interleaved.py, 2026-12-03). Rounding 8 or 16 past a multiple up too made those
+    products 1.1-1.9x as long, and a batch of one document in a workspace grown to 64 columns 0.93x as fast (a
+    review's measurements); float64's 16-column blocks gained nothing (0.99x): nb there."""
     raise TypeError("product_columns is called from compiled code only")
 
 
@@ -222,8 +224,7 @@ def product_columns(out, nb, room):
 def _product_columns(out, nb, room):
     if WIDE_FLOAT32 and lanes.PREFERS_256_BIT_VECTORS and out.dtype == types.float32:
         def rounded_up(out, nb, room):
-            wide = nb + (-nb) % (4 * LANES)
-            return wide if wide <= room else nb
+            return nb + LANES if nb % (4 * LANES) == 3 * LANES and nb + LANES <= room else nb
         return rounded_up
     return lambda out, nb, room: nb
 
