@@ -53,13 +53,13 @@ def gpt_forward(pm, ws, plan, columns, n, n_mean):
             rmsnorm_forward(xn1, scales[1 + 2 * i], x_in, nb)
         matmul(qkv, w_qkv, x_in if norm == NORM_NONE else xn1, 3 * C, nw, C)  # (3C, NP)
         attention_forward(y, probs, qkv, columns[3], nb, NH)                        # (C, NP)
-        _add_branch(x_mid, x_in, w_o, y, C, branch, plan, columns, n, nb, 1 + 2 * i)  # x += attn_wo @ y
+        _add_branch(x_mid, x_in, w_o, y, C, branch, plan, columns, n, nb, nw, 1 + 2 * i)  # x += attn_wo @ y
         if norm == NORM_MICROGPT:
             rmsnorm_forward(xn2, scales[2 + 2 * i], x_mid, nb)
         matmul(h, w_fc1, xn2 if norm == NORM_MICROGPT else x_mid, FC, nw, C)  # (4C, NP)
         activation_forward(a, h, nb, plan[SLOT_RELU2] == 1)
         x_out = buffer(ws, plan, XS, i + 1, C)
-        _add_branch(x_out, x_mid, w_fc2, a, FC, branch, plan, columns, n, nb, 2 + 2 * i)  # x += mlp_fc2 @ a
+        _add_branch(x_out, x_mid, w_fc2, a, FC, branch, plan, columns, n, nb, nw, 2 + 2 * i)  # x += mlp_fc2 @ a
     logits = buffer(ws, plan, LOGITS, 0, V)                           # (V, NP)
     lm_head = pm[plan[SLOT_LM_HEAD]:plan[SLOT_LM_HEAD] + V]
     matmul(logits, lm_head, buffer(ws, plan, XS, L, C), V, nw, C)
@@ -140,10 +140,10 @@ def _dropout(out, x, plan, columns, n, site):
 
 
 @composite
-def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, site):
+def _add_branch(x_out, x_in, w, inputs, n_inner, branch, plan, columns, n, nb, nw, site):
     """x_out = x_in + w @ inputs, a residual branch; with dropout the branch (C, NP) is multiplied by its mask
-    of `site` first."""
-    matmul(branch, w, inputs, x_out.shape[0], product_columns(branch, nb, plan[SLOT_NP]), n_inner)
+    of `site` first; the product over nw columns (matmul.product_columns)."""
+    matmul(branch, w, inputs, x_out.shape[0], nw, n_inner)
     if plan[SLOT_DROP_THRESHOLD]:
         _dropout(branch, branch, plan, columns, n, site)
     add_columns(x_out, x_in, branch, nb)
