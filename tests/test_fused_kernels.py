@@ -2,6 +2,7 @@
 packed batch) and its forward-only loss."""
 
 import itertools
+import math
 import random
 import re
 import subprocess
@@ -376,6 +377,95 @@ def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(
     one_plus = real(1) + real(2.0 ** -k)
     for lanes in multiply_adds(-(real(1) + real(2.0 ** (1 - k))), one_plus, one_plus):
         assert set(lanes) == {2.0 ** (-2 * k)}, (dtype, lanes)
+
+
+@pytest.mark.slow(seconds=2)  # compiles two functions of every helper
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+def test_the_lanes_arithmetic_intrinsics_give_the_bits_of_the_python_they_replaced(dtype):
+    """max8, div8, dot8 and layers.py's _rsqrt8, _mask8, _positive8 and _weights8 were small kernels of Python
+    expressions, lane by lane; as intrinsics they must compute exactly those: max's NaN rule (b where b > a), dot8's
+    products rounded before each sum (never fused), the masks' signed comparisons. Each is checked here against the
+    expression it replaced, compiled by numba, on values with NaN, infinities, signed zeros and subnormals."""
+    from numba import njit
+    from numba.core.errors import TypingError
+    from microgpt.engines.fused.lanes import div8, dot8, load8, max8
+    from microgpt.engines.fused.layers import _mask8, _positive8, _rsqrt8, _weights8
+
+    @njit
+    def intrinsics(a, b, starts, j, n, u):
+        x, y, zero = load8(a, 0), load8(b, 0), a.dtype.type(0)
+        s = load8(starts, 0)
+        return (max8(x, y), div8(x, y), dot8(x, y), _rsqrt8(y, b[1], b[2]), _positive8(x, zero),
+                _mask8(x, b[3], a.dtype.type(-np.inf), u, s, j), _weights8(j, n, b[4], zero))
+
+    @njit(error_model='numpy')  # as the kernels were compiled: no ZeroDivisionError
+    def expressions(a, b, starts, j, n, u):
+        real = a.dtype.type
+        out = np.empty((6, 8), a.dtype)
+        dot = a[0] * b[0]
+        for k in range(8):
+            out[0, k] = max(a[k], b[k])
+            out[1, k] = a[k] / b[k]
+            out[2, k] = real(1) / math.sqrt(b[k] / b[1] + b[2])
+            out[3, k] = real(1) if a[k] > 0 else real(0)
+            out[4, k] = a[k] / b[3] if (starts[k] <= u) & (u <= j + k) else real(-np.inf)
+            out[5, k] = b[4] if j + k < n else real(0)
+            if k:
+                dot = dot + a[k] * b[k]
+        return out, dot
+
+    real = np.dtype(dtype).type
+    tiny = np.finfo(dtype).tiny / 4  # subnormal
+    rng = np.random.default_rng(1)
+    k = {'float64': 27, 'float32': 12}[dtype]
+    one_plus = real(1) + real(2.0 ** -k)
+    cases = [(rng.standard_normal(8), rng.standard_normal(8) + 3),
+             ([np.nan, 1, -0.0, 0.0, np.inf, -np.inf, tiny, -tiny], [1, np.nan, 0.0, -0.0, 2, -np.inf, -tiny, 5]),
+             # the first two products cancel to 0 rounded; fusing either into the sum would leave 2^-2k
+             ([one_plus, -one_plus, 0, 0, 0, 0, 0, 0], [one_plus, one_plus, 0.5, 2, 3, 4, 5, 6])]
+    starts = np.array([0, 0, 3, 3, 3, 9, 9, 9], np.int64)
+    for a, b in cases:
+        a, b = np.array(a, dtype), np.array(b, dtype)
+        with np.errstate(all='ignore'):
+            for j, n, u in ((0, 8, 0), (8, 13, 3), (16, 16, 9), (-4, 2, -1)):
+                got = intrinsics(a, b, starts, j, n, u)
+                want, dot = expressions(a, b, starts, j, n, u)
+                lanes = [np.array(got[i], dtype) for i in (0, 1, 3, 4, 5, 6)]
+                for name, lane, expected in zip(('max8', 'div8', '_rsqrt8', '_positive8', '_mask8', '_weights8'),
+                                                lanes, want):
+                    assert lane.tobytes() == expected.tobytes(), (dtype, name, j, n, u, lane, expected)
+                assert np.array([got[2]], dtype).tobytes() == np.array([dot], dtype).tobytes(), (dtype, got[2], dot)
+    assert intrinsics(np.array(cases[2][0], dtype), np.array(cases[2][1], dtype), starts, 0, 8, 0)[2] == 0
+
+    @njit
+    def mixed(a32, b64):
+        return max8(load8(a32, 0), load8(b64, 0))
+
+    with pytest.raises(TypingError):  # one float type, as the other helpers
+        mixed(np.zeros(8, np.float32), np.zeros(8))
+
+
+def test_as_rows_is_a_matrix_view_of_a_contiguous_array_in_compiled_code_and_in_python():
+    """lanes.as_rows(a, n_cols): the (size // n_cols, n_cols) view that a.reshape gives, without numba's reshape
+    (its helper's compilation and its C call); the same in Python. A non-contiguous array is a typing error."""
+    from numba import njit
+    from numba.core.errors import TypingError
+    from microgpt.engines.fused.lanes import as_rows
+
+    @njit
+    def write_through(flat, matrix):
+        rows, cols = as_rows(flat, 4), as_rows(matrix[1:4], 6)
+        rows[1, 2] = -1.0
+        cols[1, 5] = -2.0
+        return rows.shape, rows.strides, cols.shape, cols.strides
+
+    flat, matrix = np.arange(12.0), np.arange(24.0).reshape(6, 4)
+    assert write_through(flat, matrix) == ((3, 4), (32, 8), (2, 6), (48, 8))
+    assert flat[6] == -1.0 and matrix[3, 3] == -2.0 and (flat == -1).sum() == 1 and (matrix == -2).sum() == 1
+    view = as_rows(np.arange(10, dtype=np.int64), 5)
+    assert view.shape == (2, 5) and view[1, 0] == 5
+    with pytest.raises(TypingError):
+        njit(lambda m: as_rows(m.T, 2))(matrix)
 
 
 def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references():

@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, borrowed, composite, inlined, kernel
+from .lanes import LANES, as_rows, borrowed, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, rmsnorm_backward, rmsnorm_forward)
 from .matmul import matmul, product_columns, transpose
@@ -78,7 +78,7 @@ def gpt_backward(pm, gm, ws, plan, columns, n, n_mean):
     dy, dh = buffer(ws, plan, DY, 0, C), buffer(ws, plan, DH, 0, FC)
     dp = buffer(ws, plan, DP, 0, plan[SLOT_SPAN] + LANES - 1)
     rows = buffer(ws, plan, ROWS, 0, FC)
-    rows_c, rows_h = rows[:C].reshape((NP, C)), rows.reshape((NP, FC))  # activations transposed
+    rows_c, rows_h = as_rows(rows[:C], C), as_rows(rows, FC)  # activations transposed
     d_logits = buffer(ws, plan, DLOGITS, 0, V)
     cross_entropy_backward(d_logits, buffer(ws, plan, LOGITS, 0, V), columns[1], buffer(ws, plan, CE_STATS, 0, 2),
                            n, nb, n_mean)
@@ -162,14 +162,14 @@ def _branch_gradient(d_branch, dx, plan, columns, n, site):
 def group_loss(params, ws, plan, n, n_mean):
     """Forward only: the loss of the n columns packed in plan, summed and divided by n_mean."""
     C = plan[SLOT_C]
-    return gpt_forward(params.reshape((params.size // C, C)), ws, plan, columns_of(plan), n, n_mean)
+    return gpt_forward(as_rows(params, C), ws, plan, columns_of(plan), n, n_mean)
 
 
 @inlined
 def group_loss_and_grads(params, grads, ws, plan, n, n_mean):
     """The loss of the n columns packed in plan, summed and divided by n_mean; writes its gradient to grads."""
     C, columns = plan[SLOT_C], columns_of(plan)
-    pm, gm = params.reshape((params.size // C, C)), grads.reshape((grads.size // C, C))
+    pm, gm = as_rows(params, C), as_rows(grads, C)
     loss = gpt_forward(pm, ws, plan, columns, n, n_mean)
     gpt_backward(pm, gm, ws, plan, columns, n, n_mean)
     return loss

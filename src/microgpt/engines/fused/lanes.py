@@ -2,10 +2,11 @@
 
 Each helper puts eight scalar chains side by side in the calling kernel, where LLVM's SLP vectorizer makes one
 SIMD register of them. That needs the lanes' loads before their stores (they are, in a tuple) and 8 consecutive
-addresses. The loads, stores and multiply-adds are numba intrinsics that write their LLVM instructions straight
-into the caller (`_lane_pointers`: the lanes are j + 0 .. j + 7 of one array, with no slice and no negative-index
-fix-up); the others are small compiled functions that LLVM inlines. Inlining those in numba's IR instead
-(inline='always') gave the same speed for 6 s more of compilation.
+addresses. The loads, stores and arithmetic (add8, mul8, div8, max8, dot8, the multiply-adds; layers.py's masks
+likewise) are numba intrinsics that write their LLVM instructions straight into the caller (`_lane_pointers`: the
+lanes are j + 0 .. j + 7 of one array, with no slice and no negative-index fix-up). The few others (exp8, axpy16,
+store16) are small compiled functions that LLVM inlines: each such function costs numba about 0.05-0.1 s to
+compile, and inlining them in numba's IR instead (inline='always') gave the same speed for 6 s more.
 """
 
 import math
@@ -15,8 +16,10 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.core.registry import CPUDispatcher, cpu_target
-from numba.extending import intrinsic
+from numba.extending import intrinsic, lower_builtin, type_callable
+from numba.np.arrayobj import populate_array
 
 LANES = 8
 
@@ -199,6 +202,11 @@ inlined = njit(error_model='numpy', inline='always')
 # elements j .. j + 7, the makemore size in float32 ran 1.04-1.17x as fast (bench_fused.py --old, three runs) and
 # point 3a's ratio to PyTorch was 4.21-4.81x (median 4.70x) against 3.79-4.42x (4.20x) in seven alternating runs
 # each (docs/PERFORMANCE.md), with the same bits. A type they do not take is numba's typing error, as for `madd`.
+# The arithmetic ones that were still kernels (max8, div8, dot8, layers.py's _rsqrt8, _mask8, _positive8, _weights8)
+# became intrinsics later that day, the same instructions in the same order, to save their compilation: with
+# `as_rows` the default job compiled about a second sooner (alternating in-process compilations, 0.5-2.2 s in five
+# pairs of six), and the makemore step ran as before (bench_interleaved.py: 0.993x and 1.002x in float32, 1.004x in
+# float64).
 
 
 def _is_row(row, j):
@@ -393,14 +401,23 @@ def madd(typingctx, acc, a, b):
     return acc(acc, a, b), codegen
 
 
+def lane_by_lane(context, builder, signature, args, combine):
+    """The 8-lane tuple of signature's return type whose lane k is combine(k, ...), given lane k of each tuple
+    argument and each other argument as it is: the codegen of the lane-by-lane intrinsics."""
+    lanes_ = [combine(k, *(builder.extract_value(value, k) if isinstance(kind, types.UniTuple) else value
+                           for kind, value in zip(signature.args, args))) for k in range(LANES)]
+    return context.make_tuple(builder, signature.return_type, lanes_)
+
+
 def _lane_by_lane(name, instruction):
-    """An intrinsic of two 8-lane tuples of one float type: LLVM's `instruction` (fadd, fmul) of each pair of lanes."""
+    """An intrinsic of two 8-lane tuples of one float type: LLVM's `instruction` (fadd, fmul, fdiv) of each pair of
+    lanes."""
     def typer(typingctx, a, b):
         if not _is_lanes(a, b):
             return None
 
         def codegen(context, builder, signature, args):
-            return context.make_tuple(builder, a, _lanewise(builder, getattr(builder, instruction), *args))
+            return lane_by_lane(context, builder, signature, args, lambda k, x, y: getattr(builder, instruction)(x, y))
         return a(a, b), codegen
     typer.__name__ = typer.__qualname__ = name
     return intrinsic(typer)
@@ -409,25 +426,36 @@ def _lane_by_lane(name, instruction):
 add8 = _lane_by_lane('add8', 'fadd')  # a + b, lane by lane
 
 
-@lanes
-def max8(a, b):
-    return (max(a[0], b[0]), max(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]),
-            max(a[4], b[4]), max(a[5], b[5]), max(a[6], b[6]), max(a[7], b[7]))
+@intrinsic
+def max8(typingctx, a, b):
+    """max(a, b), lane by lane, as Python's max: b where b > a, else a (so a where either is NaN)."""
+    if not _is_lanes(a, b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return lane_by_lane(context, builder, signature, args,
+                            lambda k, x, y: builder.select(builder.fcmp_ordered('>', y, x), y, x))
+    return a(a, b), codegen
 
 
 mul8 = _lane_by_lane('mul8', 'fmul')  # a b, lane by lane
+div8 = _lane_by_lane('div8', 'fdiv')  # a / b, lane by lane
 
 
-@lanes
-def div8(a, b):
-    return a[0] / b[0], a[1] / b[1], a[2] / b[2], a[3] / b[3], a[4] / b[4], a[5] / b[5], a[6] / b[6], a[7] / b[7]
+@intrinsic
+def dot8(typingctx, a, b):
+    """sum_i a_i b_i, left to right, each product rounded (not fused): a[0] b[0] + a[1] b[1] + .. + a[7] b[7]."""
+    if not _is_lanes(a, b):
+        return None
 
-
-@lanes
-def dot8(a, b):
-    """sum_i a_i b_i, left to right."""
-    return (a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3] + a[4] * b[4] + a[5] * b[5] + a[6] * b[6]
-            + a[7] * b[7])
+    def codegen(context, builder, signature, args):
+        products = [builder.fmul(builder.extract_value(args[0], k), builder.extract_value(args[1], k))
+                    for k in range(LANES)]
+        total = products[0]
+        for product in products[1:]:
+            total = builder.fadd(total, product)
+        return total
+    return a.dtype(a, b), codegen
 
 
 @lanes
@@ -468,6 +496,35 @@ def borrowed(typingctx, array):
         view.parent = context.get_constant_null(types.pyobject)
         return view._getvalue()
     return array(array), codegen
+
+
+def as_rows(array, n_cols):
+    """A C-contiguous array's elements as a (size // n_cols, n_cols) matrix, a view: `array.reshape((size // n_cols,
+    n_cols))` for sizes n_cols divides (unchecked in compiled code). numba's reshape compiles a helper and calls a C
+    function to check the strides at each call; compiled code gets this view directly (`_type_as_rows`), and the
+    default job's kernels compiled in 0.2 s less."""
+    return array.reshape((array.size // n_cols, n_cols))
+
+
+@type_callable(as_rows)
+def _type_as_rows(context):
+    def typer(array, n_cols):
+        if isinstance(array, types.Array) and array.layout == 'C' and isinstance(n_cols, types.Integer):
+            return array.copy(ndim=2)
+        return None  # a typing error: a matrix view of a contiguous array only
+    return typer
+
+
+@lower_builtin(as_rows, types.Array, types.Integer)
+def _lower_as_rows(context, builder, signature, args):
+    array, n_cols = signature.args
+    source = context.make_array(array)(context, builder, value=args[0])
+    cols = context.cast(builder, args[1], n_cols, types.intp)
+    view = context.make_array(signature.return_type)(context, builder)
+    populate_array(view, data=source.data, shape=[builder.sdiv(source.nitems, cols), cols],
+                   strides=[builder.mul(cols, source.itemsize), source.itemsize], itemsize=source.itemsize,
+                   meminfo=source.meminfo, parent=source.parent)
+    return impl_ret_borrowed(context, builder, signature.return_type, view._getvalue())
 
 
 @intrinsic

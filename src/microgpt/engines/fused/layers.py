@@ -13,11 +13,14 @@ numpy/layers.py: C channels, NH heads, HS head size, V vocabulary, T block size,
 import math
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ... import dropout as _dropout
 from ...config import RMSNORM_EPS
-from .lanes import (LANES, add8, axpy8, cast_like, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lanes, load8,
-                    mac8, max8, mul8, store8)
+from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lane_by_lane,
+                    load8, mac8, max8, mul8, store8)
 
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 
@@ -38,13 +41,19 @@ def rmsnorm_forward(out, scale, x, nb):
             store8(out[c], j, mul8(load8(x[c], j), s))
 
 
-@lanes
-def _rsqrt8(ms, n, eps):
-    """(ms / n + eps)^-1/2 as 1 / sqrt (no call to pow), in the float type of n and eps."""
-    one = cast_like(1.0, n)
-    return (one / math.sqrt(ms[0] / n + eps), one / math.sqrt(ms[1] / n + eps), one / math.sqrt(ms[2] / n + eps),
-            one / math.sqrt(ms[3] / n + eps), one / math.sqrt(ms[4] / n + eps), one / math.sqrt(ms[5] / n + eps),
-            one / math.sqrt(ms[6] / n + eps), one / math.sqrt(ms[7] / n + eps))
+@intrinsic
+def _rsqrt8(typingctx, ms, n, eps):
+    """(ms / n + eps)^-1/2 as 1 / sqrt (math.sqrt's code; no call to pow), lane by lane, in the lanes' float type."""
+    if not (isinstance(ms, types.UniTuple) and isinstance(ms.dtype, types.Float) and n == eps == ms.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        sqrt, one = context.get_function(math.sqrt, ms.dtype(ms.dtype)), context.get_constant(ms.dtype, 1.0)
+
+        def lane(k, m, n_, eps_):
+            return builder.fdiv(one, sqrt(builder, [builder.fadd(builder.fdiv(m, n_), eps_)]))
+        return lane_by_lane(context, builder, signature, args, lane)
+    return ms(ms, n, eps), codegen
 
 
 @kernel
@@ -102,17 +111,23 @@ def attention_forward(y, probs, qkv, first, nb, n_head):
                 store8(y[q + d], j, acc)
 
 
-@lanes
-def _mask8(score, sqrt_hs, minus_inf, u, starts, j):
-    """score / sqrt(HS) where query j + i attends to key u (starts[i] <= u <= j + i), else -inf."""
-    return (score[0] / sqrt_hs if (starts[0] <= u) & (u <= j) else minus_inf,
-            score[1] / sqrt_hs if (starts[1] <= u) & (u <= j + 1) else minus_inf,
-            score[2] / sqrt_hs if (starts[2] <= u) & (u <= j + 2) else minus_inf,
-            score[3] / sqrt_hs if (starts[3] <= u) & (u <= j + 3) else minus_inf,
-            score[4] / sqrt_hs if (starts[4] <= u) & (u <= j + 4) else minus_inf,
-            score[5] / sqrt_hs if (starts[5] <= u) & (u <= j + 5) else minus_inf,
-            score[6] / sqrt_hs if (starts[6] <= u) & (u <= j + 6) else minus_inf,
-            score[7] / sqrt_hs if (starts[7] <= u) & (u <= j + 7) else minus_inf)
+@intrinsic
+def _mask8(typingctx, score, sqrt_hs, minus_inf, u, starts, j):
+    """score / sqrt(HS) where query j + k attends to key u (starts[k] <= u <= j + k), else -inf, lane by lane."""
+    integers = all(isinstance(kind, types.Integer) for kind in (u, getattr(starts, 'dtype', None), j))
+    if not (isinstance(score, types.UniTuple) and score.dtype == sqrt_hs == minus_inf and integers
+            and isinstance(starts, types.UniTuple)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        def lane(k, s, sqrt_hs_, minus_inf_, u_, start, j_):
+            u_, start, j_ = (context.cast(builder, value, kind, types.int64)
+                             for value, kind in ((u_, u), (start, starts.dtype), (j_, j)))
+            attends = builder.and_(builder.icmp_signed('<=', start, u_),
+                                   builder.icmp_signed('<=', u_, builder.add(j_, ir.Constant(j_.type, k))))
+            return builder.select(attends, builder.fdiv(s, sqrt_hs_), minus_inf_)
+        return lane_by_lane(context, builder, signature, args, lane)
+    return score(score, sqrt_hs, minus_inf, u, starts, j), codegen
 
 
 @kernel
@@ -175,13 +190,17 @@ def activation_backward(dh, h, nb, relu2):
             store8(dh[c], j, mul8(load8(dh[c], j), slope))
 
 
-@lanes
-def _positive8(r, zero):
-    """1 where r > 0, else 0, in zero's float type."""
-    one = cast_like(1.0, zero)
-    return (one if r[0] > 0 else zero, one if r[1] > 0 else zero, one if r[2] > 0 else zero,
-            one if r[3] > 0 else zero, one if r[4] > 0 else zero, one if r[5] > 0 else zero,
-            one if r[6] > 0 else zero, one if r[7] > 0 else zero)
+@intrinsic
+def _positive8(typingctx, r, zero):
+    """1 where r > 0, else 0, lane by lane, in zero's float type (r's)."""
+    if not (isinstance(r, types.UniTuple) and r.dtype == zero and isinstance(zero, types.Float)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        one = context.get_constant(zero, 1.0)
+        return lane_by_lane(context, builder, signature, args,
+                            lambda k, x, zero_: builder.select(builder.fcmp_ordered('>', x, zero_), one, zero_))
+    return r(r, zero), codegen
 
 
 @kernel
@@ -226,12 +245,19 @@ def cross_entropy_backward(d_logits, probs, targets, stats, n, nb, n_mean):
         d_logits[targets[t], t] = (exp_nonpositive(stats[1, t]) / stats[0, t] - 1.0) * weight
 
 
-@lanes
-def _weights8(j, n, weight, zero):
-    """weight on the columns below n, 0 on the padding."""
-    return (weight if j < n else zero, weight if j + 1 < n else zero, weight if j + 2 < n else zero,
-            weight if j + 3 < n else zero, weight if j + 4 < n else zero, weight if j + 5 < n else zero,
-            weight if j + 6 < n else zero, weight if j + 7 < n else zero)
+@intrinsic
+def _weights8(typingctx, j, n, weight, zero):
+    """weight on the columns below n, 0 on the padding: lane k is weight where j + k < n, else zero."""
+    if not (isinstance(j, types.Integer) and isinstance(n, types.Integer) and isinstance(weight, types.Float)
+            and weight == zero):
+        return None
+    lanes_type = types.UniTuple(weight, LANES)
+
+    def codegen(context, builder, signature, args):
+        j_, n_ = context.cast(builder, args[0], j, types.int64), context.cast(builder, args[1], n, types.int64)
+        return lane_by_lane(context, builder, signature, args, lambda k, _j, _n, weight_, zero_: builder.select(
+            builder.icmp_signed('<', builder.add(j_, ir.Constant(j_.type, k)), n_), weight_, zero_))
+    return lanes_type(j, n, weight, zero), codegen
 
 
 @kernel

@@ -11,7 +11,7 @@ batch. `build_plan` writes it for a model and a column capacity; `pack_columns` 
 import numpy as np
 
 from ...config import MLP_EXPANSION, NORM_PLACEMENTS, parameter_table
-from .lanes import LANES, counting, inlined, kernel
+from .lanes import LANES, as_rows, counting, inlined, kernel
 
 SLOT_V, SLOT_C, SLOT_NH, SLOT_L, SLOT_T = range(5)  # vocabulary, channels, heads, layers, block size
 SLOT_NORM, SLOT_RELU2, SLOT_CAUSAL = range(5, 8)   # NORM_MICROGPT ..., squared ReLU, causal attention (1/0)
@@ -115,14 +115,14 @@ def layer_weights(pm, plan, i):
     C, at = plan[SLOT_C], LAYERS_AT + len(LAYER_MATRICES) * i
     FC = MLP_EXPANSION * C
     wq, wo, fc1, fc2 = plan[at], plan[at + 1], plan[at + 2], plan[at + 3]
-    return pm[wq:wq + 3 * C], pm[wo:wo + C], pm[fc1:fc1 + FC], pm[fc2:fc2 + FC].reshape((C, FC))
+    return pm[wq:wq + 3 * C], pm[wo:wo + C], pm[fc1:fc1 + FC], as_rows(pm[fc2:fc2 + FC], FC)
 
 
 @counting
 def columns_of(plan):
     """The plan's (COLUMN_ROWS, NP) columns."""
     at, NP = columns_at(plan[SLOT_L]), plan[SLOT_NP]
-    return plan[at:at + COLUMN_ROWS * NP].reshape((COLUMN_ROWS, NP))
+    return as_rows(plan[at:at + COLUMN_ROWS * NP], NP)
 
 
 @kernel
