@@ -445,6 +445,20 @@ def test_the_lanes_arithmetic_intrinsics_give_the_bits_of_the_python_they_replac
         mixed(np.zeros(8, np.float32), np.zeros(8))
 
 
+def test_min2_and_max2_are_numbas_min_and_max_of_two_numbers():
+    """lanes.min2 and max2 compile as numba's min and max of two numbers (without a function of their own): the
+    same type and value, NaN and signed zeros as Python's rule (b where b < a for min, b > a for max, else a)."""
+    from numba import njit
+    from microgpt.engines.fused.lanes import max2, min2
+
+    ours, numbas = njit(lambda a, b: (min2(a, b), max2(a, b))), njit(lambda a, b: (min(a, b), max(a, b)))
+    for a, b in [(1, 2), (2, 1), (-3, -3), (1.5, np.nan), (np.nan, 1.5), (-0.0, 0.0), (0.0, -0.0),
+                 (np.float32(1.5), 2.0), (3, 2.5), (np.int64(-7), 1)]:
+        got, want = ours(a, b), numbas(a, b)
+        assert [type(x) for x in got] == [type(x) for x in want], (a, b, got, want)
+        assert np.array(got).tobytes() == np.array(want).tobytes(), (a, b, got, want)
+
+
 def test_as_rows_is_a_matrix_view_of_a_contiguous_array_in_compiled_code_and_in_python():
     """lanes.as_rows(a, n_cols): the (size // n_cols, n_cols) view that a.reshape gives, without numba's reshape
     (its helper's compilation and its C call); the same in Python. A non-contiguous array is a typing error."""

@@ -1,14 +1,14 @@
 """The fused engine's Adam: one pass over the parameters, in the reference's operation order.
 
 `adam` is the float64 array of Adam's settings (TrainConfig's), indexed by BETA1 ... GRAD_CLIP; the update of
-each parameter is independent of the others' (`adam_parameter`), so parallel.py runs it in parallel.
+each parameter is independent of the others' (`adam_parameters`' loop), so parallel.py runs it in parallel.
 """
 
 import math
 
 import numpy as np
 
-from .lanes import kernel
+from .lanes import kernel, min2
 
 BETA1, BETA2, EPS, WEIGHT_DECAY, GRAD_CLIP = range(5)
 
@@ -32,7 +32,7 @@ def clip_gradients(g, adam):
         total = 0.0
         for i in range(g.size):
             total += g[i] * g[i]
-        g *= min(1.0, adam[GRAD_CLIP] / (math.sqrt(total) + 1e-6))
+        g *= min2(1.0, adam[GRAD_CLIP] / (math.sqrt(total) + 1e-6))
 
 
 @kernel
@@ -52,18 +52,12 @@ def adam_parameters(state, first, stop, settings):
     size's float32 step, one thread."""
     p, g, m, v = state[0, first:stop], state[1, first:stop], state[2, first:stop], state[3, first:stop]
     real = state.dtype.type  # each factor in the parameters' float type: float32 runs update in float32
-    settings = (real(settings[0]), real(settings[1]), real(settings[2]), real(settings[3]), real(settings[4]),
-                real(settings[5]), real(settings[6]), real(settings[7]))
-    for i in range(p.size):
-        adam_parameter(p, g, m, v, i, settings)
-
-
-@kernel
-def adam_parameter(p, g, m, v, i, settings):
-    """Adam on parameter i (params p, grads g, moments m and v): independent of every other parameter's update."""
-    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inverse_bias2, decay = settings
-    m[i] = m[i] * beta1 + g[i] * one_minus_beta1
-    v[i] = v[i] * beta2 + g[i] * g[i] * one_minus_beta2
-    if decay:
-        p[i] -= p[i] * decay  # decoupled (AdamW) decay
-    p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, inverse_bias2, decay = (
+        real(settings[0]), real(settings[1]), real(settings[2]), real(settings[3]), real(settings[4]),
+        real(settings[5]), real(settings[6]), real(settings[7]))
+    for i in range(p.size):  # each parameter's update independent of every other's
+        m[i] = m[i] * beta1 + g[i] * one_minus_beta1
+        v[i] = v[i] * beta2 + g[i] * g[i] * one_minus_beta2
+        if decay:
+            p[i] -= p[i] * decay  # decoupled (AdamW) decay
+        p[i] -= m[i] * step_size / (math.sqrt(v[i] * inverse_bias2) + eps)

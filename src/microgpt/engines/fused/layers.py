@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 from ... import dropout as _dropout
 from ...config import RMSNORM_EPS
 from .lanes import (LANES, add8, axpy8, div8, dot8, exp8, exp_nonpositive, fill8, kernel, lane_by_lane,
-                    load8, mac8, max8, mul8, store8)
+                    load8, mac8, max8, min2, mul8, store8)
 
 _draw, _group_index, _keep_scale = kernel(_dropout.draw), kernel(_dropout.group_index), kernel(_dropout.keep_scale)
 
@@ -272,7 +272,7 @@ def dropout_columns(out, x, rows, n, site, n_sites, key, threshold):
     for j in range(n):
         for chunk in range(n_chunks):
             bits = _draw(key_bits, np.uint64(_group_index(rows[j], site, chunk, n_sites, n_chunks)))
-            for k in range(min(_dropout.CHUNKS, C_ - chunk * _dropout.CHUNKS)):
+            for k in range(min2(_dropout.CHUNKS, C_ - chunk * _dropout.CHUNKS)):
                 c = chunk * _dropout.CHUNKS + k
                 kept = (bits >> np.uint64(_dropout.CHUNK_BITS * k)) & np.uint64(0xFFFF) >= threshold
                 out[c, j] = x[c, j] * (scale if kept else zero)

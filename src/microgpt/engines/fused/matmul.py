@@ -13,7 +13,7 @@ from numba.extending import intrinsic, overload
 
 from . import lanes
 from .lanes import (LANES, OVERLOAD_OPTIONS, VECTOR_REGISTERS, any_layout, axpy8, axpy16, fill8, inlined, kernel,
-                    load8, load16_at_once, store8, store16, store16_at_once)
+                    load8, load16_at_once, min2, store8, store16, store16_at_once)
 
 # the blocks the CPU's vector registers hold (module globals, so that benchmarks/bench_cpu_models.py can pick
 # another CPU's): float32's 8 x 16 block needs 19 registers, float64's 8 x 8 one 19 (two 256-bit registers a lane
@@ -57,8 +57,8 @@ def eight_rows(out, a, b, n_rows, n8, n_inner):
 def eight_from(r0, n_rows):
     """Rows r0 .. r0 + 7, those past the last row repeating it."""
     last = n_rows - 1
-    return (r0, min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last), min(r0 + 4, last), min(r0 + 5, last),
-            min(r0 + 6, last), min(r0 + 7, last))
+    return (r0, min2(r0 + 1, last), min2(r0 + 2, last), min2(r0 + 3, last), min2(r0 + 4, last), min2(r0 + 5, last),
+            min2(r0 + 6, last), min2(r0 + 7, last))
 
 
 @inlined  # in numba's IR: as a kernel, a call a block, it was 1.08-1.29x slower at the default job's shapes
@@ -91,7 +91,7 @@ def four_rows(out, a, b, n_rows, n8, n_inner):
     zero = out.dtype.type(0)
     last = n_rows - 1
     for r0 in range(0, n_rows, 4):
-        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
+        r1, r2, r3 = min2(r0 + 1, last), min2(r0 + 2, last), min2(r0 + 3, last)
         for j in range(0, n8, LANES):
             c0 = c1 = c2 = c3 = fill8(zero)
             for k in range(n_inner):
@@ -116,8 +116,8 @@ def six_rows(out, a, b, n_rows, n8, n_inner):
     last = n_rows - 1
     n16 = n8 - n8 % (2 * LANES)
     for r0 in range(0, n_rows if n16 else 0, 6):
-        r1, r2, r3 = min(r0 + 1, last), min(r0 + 2, last), min(r0 + 3, last)
-        r4, r5 = min(r0 + 4, last), min(r0 + 5, last)
+        r1, r2, r3 = min2(r0 + 1, last), min2(r0 + 2, last), min2(r0 + 3, last)
+        r4, r5 = min2(r0 + 4, last), min2(r0 + 5, last)
         for j in range(0, n16, 2 * LANES):
             c0 = c1 = c2 = c3 = c4 = c5 = (fill8(zero), fill8(zero))
             for k in range(n_inner):

@@ -11,7 +11,7 @@ batch. `build_plan` writes it for a model and a column capacity; `pack_columns` 
 import numpy as np
 
 from ...config import MLP_EXPANSION, NORM_PLACEMENTS, parameter_table
-from .lanes import LANES, as_rows, counting, inlined, kernel
+from .lanes import LANES, as_rows, counting, inlined, kernel, max2, min2
 
 SLOT_V, SLOT_C, SLOT_NH, SLOT_L, SLOT_T = range(5)  # vocabulary, channels, heads, layers, block size
 SLOT_NORM, SLOT_RELU2, SLOT_CAUSAL = range(5, 8)   # NORM_MICROGPT ..., squared ReLU, causal attention (1/0)
@@ -153,13 +153,13 @@ def checked_positions(plan, doc):
     """The positions document `doc` (its tokens) predicts: min(T, len - 1). Raises on a token id outside the
     vocabulary (the kernels index with them unchecked), or past the workspace's span (the engine sizes it first:
     never)."""
-    V, n = plan[SLOT_V], min(plan[SLOT_T], doc.size - 1)
+    V, n = plan[SLOT_V], min2(plan[SLOT_T], doc.size - 1)
     if n > plan[SLOT_SPAN]:
         raise ValueError("a document predicts more positions than the workspace holds")
     for p in range(n):
         if not (0 <= doc[p] < V and 0 <= doc[p + 1] < V):
             raise ValueError("a token id is outside the vocabulary")
-    return max(n, 0)
+    return max2(n, 0)
 
 
 def pack_documents(documents, keep):
