@@ -382,27 +382,26 @@ def test_the_lanes_intrinsics_load_store_and_combine_the_elements_j_to_j_plus_7(
 @pytest.mark.slow(seconds=2)  # compiles two functions of every helper
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 def test_the_lanes_arithmetic_intrinsics_give_the_bits_of_the_python_they_replaced(dtype):
-    """max8, div8, dot8 and layers.py's _rsqrt8, _mask8, _positive8 and _weights8 were small kernels of Python
-    expressions, lane by lane; as intrinsics they must compute exactly those: max's NaN rule (b where b > a), dot8's
-    products rounded before each sum (never fused), the masks' signed comparisons. Each is checked here against the
-    expression it replaced, compiled by numba, on values with NaN, infinities, signed zeros and subnormals."""
+    """max8, div8 and layers.py's _rsqrt8, _mask8, _positive8 and _weights8 were small kernels of Python expressions,
+    lane by lane; as intrinsics they must compute exactly those: max's NaN rule (b where b > a), the masks' signed
+    comparisons. Each is checked here against the expression it replaced, compiled by numba, on values with NaN,
+    infinities, signed zeros and subnormals."""
     from numba import njit
     from numba.core.errors import TypingError
-    from microgpt.engines.fused.lanes import div8, dot8, load8, max8
+    from microgpt.engines.fused.lanes import div8, load8, max8
     from microgpt.engines.fused.layers import _mask8, _positive8, _rsqrt8, _weights8
 
     @njit
     def intrinsics(a, b, starts, j, n, u):
         x, y, zero = load8(a, 0), load8(b, 0), a.dtype.type(0)
         s = load8(starts, 0)
-        return (max8(x, y), div8(x, y), dot8(x, y), _rsqrt8(y, b[1], b[2]), _positive8(x, zero),
+        return (max8(x, y), div8(x, y), _rsqrt8(y, b[1], b[2]), _positive8(x, zero),
                 _mask8(x, b[3], a.dtype.type(-np.inf), u, s, j), _weights8(j, n, b[4], zero))
 
     @njit(error_model='numpy')  # as the kernels were compiled: no ZeroDivisionError
     def expressions(a, b, starts, j, n, u):
         real = a.dtype.type
         out = np.empty((6, 8), a.dtype)
-        dot = a[0] * b[0]
         for k in range(8):
             out[0, k] = max(a[k], b[k])
             out[1, k] = a[k] / b[k]
@@ -410,32 +409,22 @@ def test_the_lanes_arithmetic_intrinsics_give_the_bits_of_the_python_they_replac
             out[3, k] = real(1) if a[k] > 0 else real(0)
             out[4, k] = a[k] / b[3] if (starts[k] <= u) & (u <= j + k) else real(-np.inf)
             out[5, k] = b[4] if j + k < n else real(0)
-            if k:
-                dot = dot + a[k] * b[k]
-        return out, dot
+        return out
 
-    real = np.dtype(dtype).type
     tiny = np.finfo(dtype).tiny / 4  # subnormal
     rng = np.random.default_rng(1)
-    k = {'float64': 27, 'float32': 12}[dtype]
-    one_plus = real(1) + real(2.0 ** -k)
     cases = [(rng.standard_normal(8), rng.standard_normal(8) + 3),
-             ([np.nan, 1, -0.0, 0.0, np.inf, -np.inf, tiny, -tiny], [1, np.nan, 0.0, -0.0, 2, -np.inf, -tiny, 5]),
-             # the first two products cancel to 0 rounded; fusing either into the sum would leave 2^-2k
-             ([one_plus, -one_plus, 0, 0, 0, 0, 0, 0], [one_plus, one_plus, 0.5, 2, 3, 4, 5, 6])]
+             ([np.nan, 1, -0.0, 0.0, np.inf, -np.inf, tiny, -tiny], [1, np.nan, 0.0, -0.0, 2, -np.inf, -tiny, 5])]
     starts = np.array([0, 0, 3, 3, 3, 9, 9, 9], np.int64)
     for a, b in cases:
         a, b = np.array(a, dtype), np.array(b, dtype)
         with np.errstate(all='ignore'):
             for j, n, u in ((0, 8, 0), (8, 13, 3), (16, 16, 9), (-4, 2, -1)):
-                got = intrinsics(a, b, starts, j, n, u)
-                want, dot = expressions(a, b, starts, j, n, u)
-                lanes = [np.array(got[i], dtype) for i in (0, 1, 3, 4, 5, 6)]
-                for name, lane, expected in zip(('max8', 'div8', '_rsqrt8', '_positive8', '_mask8', '_weights8'),
-                                                lanes, want):
-                    assert lane.tobytes() == expected.tobytes(), (dtype, name, j, n, u, lane, expected)
-                assert np.array([got[2]], dtype).tobytes() == np.array([dot], dtype).tobytes(), (dtype, got[2], dot)
-    assert intrinsics(np.array(cases[2][0], dtype), np.array(cases[2][1], dtype), starts, 0, 8, 0)[2] == 0
+                got = [np.array(lanes, dtype) for lanes in intrinsics(a, b, starts, j, n, u)]
+                want = expressions(a, b, starts, j, n, u)
+                for name, lanes, expected in zip(('max8', 'div8', '_rsqrt8', '_positive8', '_mask8', '_weights8'),
+                                                 got, want):
+                    assert lanes.tobytes() == expected.tobytes(), (dtype, name, j, n, u, lanes, expected)
 
     @njit
     def mixed(a32, b64):
@@ -443,6 +432,48 @@ def test_the_lanes_arithmetic_intrinsics_give_the_bits_of_the_python_they_replac
 
     with pytest.raises(TypingError):  # one float type, as the other helpers
         mixed(np.zeros(8, np.float32), np.zeros(8))
+
+
+@pytest.mark.slow(seconds=2)  # compiles the kernel and its reference
+@pytest.mark.parametrize('dtype', ['float64', 'float32'])
+def test_keys_gradient_sums_each_key_over_the_queries_in_lane_order_with_products_rounded(dtype):
+    """layers._keys_gradient: out[at + d, u] += sum_t weights[u - lo, j + t] x[x_at + d, j + t] for keys lo <= u < hi,
+    the sum over the block's 8 queries t in lane order, each product rounded before it is added (the dot product it
+    replaced, one key at a time), but 8 keys at a time; keys past a multiple of 8 in a last group that overlaps the
+    one before, whose lanes must keep their values. Nothing else in `out` changes."""
+    from numba import njit
+    from microgpt.engines.fused.lanes import borrowed
+    from microgpt.engines.fused.layers import _keys_gradient
+
+    @njit
+    def eight_at_a_time(out, at, weights, lo, hi, x, x_at, j, hs):
+        _keys_gradient(borrowed(out), at, borrowed(weights)[:hi - lo], lo, hi, borrowed(x), x_at, j, hs)
+
+    @njit(error_model='numpy')
+    def one_at_a_time(out, at, weights, lo, hi, x, x_at, j, hs):
+        for u in range(lo, hi):
+            for d in range(hs):
+                total = weights[u - lo, j] * x[x_at + d, j]
+                for t in range(1, 8):
+                    total = total + weights[u - lo, j + t] * x[x_at + d, j + t]
+                out[at + d, u] += total
+
+    real = np.dtype(dtype).type
+    k = {'float64': 27, 'float32': 12}[dtype]
+    one_plus = real(1) + real(2.0 ** -k)
+    rng = np.random.default_rng(2)
+    for lo, hi in ((0, 8), (3, 12), (2, 17), (8, 24), (5, 26)):
+        out = rng.standard_normal((12, 40)).astype(dtype)
+        weights, x = rng.standard_normal((hi - lo + 3, 40)).astype(dtype), rng.standard_normal((9, 40)).astype(dtype)
+        # the first key's two products cancel to 0 rounded (its other weights 0); fusing either into the sum would
+        # leave 2^-2k
+        weights[0, 16:24], x[1, 16:18], out[2, lo] = (one_plus, -one_plus, 0, 0, 0, 0, 0, 0), (one_plus, one_plus), 0
+        got, want = out.copy(), out.copy()
+        eight_at_a_time(got, 2, weights, lo, hi, x, 1, 16, 7)
+        one_at_a_time(want, 2, weights, lo, hi, x, 1, 16, 7)
+        assert got.tobytes() == want.tobytes(), (dtype, lo, hi, np.argwhere(got != want))
+        assert not np.array_equal(got, out) and np.array_equal(got[[0, 1, 9, 10, 11]], out[[0, 1, 9, 10, 11]])
+        assert np.array_equal(got[:, :lo], out[:, :lo]) and np.array_equal(got[:, hi:], out[:, hi:])
 
 
 def test_min2_and_max2_are_numbas_min_and_max_of_two_numbers():

@@ -2,7 +2,7 @@
 
 Each helper puts eight scalar chains side by side in the calling kernel, where LLVM's SLP vectorizer makes one
 SIMD register of them. That needs the lanes' loads before their stores (they are, in a tuple) and 8 consecutive
-addresses. The loads, stores and arithmetic (add8, mul8, div8, max8, dot8, the multiply-adds; layers.py's masks
+addresses. The loads, stores and arithmetic (add8, mul8, div8, max8, the multiply-adds; layers.py's masks
 likewise) are numba intrinsics that write their LLVM instructions straight into the caller (`_lane_pointers`: the
 lanes are j + 0 .. j + 7 of one array, with no slice and no negative-index fix-up). The few others (exp8, axpy16,
 store16) are small compiled functions that LLVM inlines: each such function costs numba about 0.05-0.1 s to
@@ -207,7 +207,7 @@ inlined = njit(error_model='numpy', inline='always')
 # became intrinsics later that day, the same instructions in the same order, to save their compilation: with
 # `as_rows` the default job compiled about a second sooner (alternating in-process compilations, 0.5-2.2 s in five
 # pairs of six), and the makemore step ran as before (bench_interleaved.py: 0.993x and 1.002x in float32, 1.004x in
-# float64).
+# float64). dot8 (attention's key and value gradients, a sum across the lanes) then gave way to layers._keys_gradient.
 
 
 def _is_row(row, j):
@@ -244,6 +244,24 @@ def load8(typingctx, row, j):
         values = [builder.load(p) for p in _lane_pointers(context, builder, row, args[0], j, args[1], LANES)]
         return context.make_tuple(builder, lanes_type, values)
     return lanes_type(row, j), codegen
+
+
+@intrinsic
+def column8(typingctx, matrix, r, c):
+    """matrix[r:r + 8, c], 8 elements down a column, as a tuple (unchecked, as load8)."""
+    if not (isinstance(matrix, types.Array) and matrix.ndim == 2 and isinstance(matrix.dtype, types.Number)
+            and isinstance(r, types.Integer) and isinstance(c, types.Integer)):
+        return None
+    lanes_type = types.UniTuple(matrix.dtype, LANES)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(matrix)(context, builder, args[0])
+        r_, c_ = context.cast(builder, args[1], r, types.intp), context.cast(builder, args[2], c, types.intp)
+        values = [builder.load(cgutils.get_item_pointer(context, builder, matrix, array,
+                                                        [builder.add(r_, ir.Constant(r_.type, k)), c_]))
+                  for k in range(LANES)]
+        return context.make_tuple(builder, lanes_type, values)
+    return lanes_type(matrix, r, c), codegen
 
 
 @intrinsic
@@ -463,22 +481,6 @@ def max8(typingctx, a, b):
 
 mul8 = _lane_by_lane('mul8', 'fmul')  # a b, lane by lane
 div8 = _lane_by_lane('div8', 'fdiv')  # a / b, lane by lane
-
-
-@intrinsic
-def dot8(typingctx, a, b):
-    """sum_i a_i b_i, left to right, each product rounded (not fused): a[0] b[0] + a[1] b[1] + .. + a[7] b[7]."""
-    if not _is_lanes(a, b):
-        return None
-
-    def codegen(context, builder, signature, args):
-        products = [builder.fmul(builder.extract_value(args[0], k), builder.extract_value(args[1], k))
-                    for k in range(LANES)]
-        total = products[0]
-        for product in products[1:]:
-            total = builder.fadd(total, product)
-        return total
-    return a.dtype(a, b), codegen
 
 
 @lanes
