@@ -79,7 +79,8 @@ def test_kernels_get_no_machine_code_composites_no_optimisation_and_callers_run_
     emitted, add_module = [], codegen._add_module
     monkeypatch.setattr(codegen, '_add_module', lambda module: emitted.append(module.name) or add_module(module))
     optimised, optimise = [], CPUCodeLibrary._optimize_final_module
-    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module', lambda self: optimised.append(self.name) or optimise(self))
+    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module',
+                        lambda self: optimised.append(self.name) or optimise(self))
 
     @kernel
     def twice_plus_one(x):

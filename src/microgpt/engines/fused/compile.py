@@ -203,7 +203,8 @@ def _on_a_new_stack(function, *args):
             if not holding.is_set():
                 raise interrupt  # the thread gives up once it has the lock
             passed_on = True  # once: a second one could land in the thread's own clean-up
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                       ctypes.py_object(KeyboardInterrupt))
         if thread.is_alive():
             deadline = None
         elif deadline is None:  # not running yet, or gone without a word: a second's grace

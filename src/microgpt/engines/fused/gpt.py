@@ -199,7 +199,7 @@ def train_steps(state, ws, plan, adam, docs, doc_starts, batch_size, lrs, keys, 
     dropout key keys[i] (used when plan's SLOT_DROP_THRESHOLD is not 0), as Adam step first_t + i; losses[i]
     is its loss before the update."""
     state, ws, plan, adam, docs, doc_starts = (borrowed(state), borrowed(ws), borrowed(plan), borrowed(adam),
-                                              borrowed(docs), borrowed(doc_starts))
+                                               borrowed(docs), borrowed(doc_starts))
     lrs, keys, losses = borrowed(lrs), borrowed(keys), borrowed(losses)
     for i in range(losses.size):
         plan[SLOT_DROP_KEY] = keys[i]

@@ -93,8 +93,9 @@ def _kernel_pipeline():
         from numba.core.compiler_machinery import LoweringPass, register_pass
         from numba.core.typed_passes import AnnotateTypes
         from numba.core.codegen import CPUCodeLibrary
-        if not all(hasattr(CPUCodeLibrary, name) for name in ('_finalize_final_module', '_finalize_dynamic_globals',
-                                                                '_verify_declare_only_symbols', 'enable_object_caching')):
+        needed = ('_finalize_final_module', '_finalize_dynamic_globals', '_verify_declare_only_symbols',
+                  'enable_object_caching')
+        if not all(hasattr(CPUCodeLibrary, name) for name in needed):
             return None
     except ImportError:
         return None
