@@ -493,7 +493,8 @@ def test_min2_and_max2_are_numbas_min_and_max_of_two_numbers():
 
 def test_as_rows_is_a_matrix_view_of_a_contiguous_array_in_compiled_code_and_in_python():
     """lanes.as_rows(a, n_cols): the (size // n_cols, n_cols) view that a.reshape gives, without numba's reshape
-    (its helper's compilation and its C call); the same in Python. A non-contiguous array is a typing error."""
+    (its helper's compilation and its C call); the same in Python. A non-contiguous array is a typing error (in
+    Python a TypeError), n_cols 0 a ZeroDivisionError."""
     from numba import njit
     from numba.core.errors import TypingError
     from microgpt.engines.fused.lanes import as_rows
@@ -512,6 +513,11 @@ def test_as_rows_is_a_matrix_view_of_a_contiguous_array_in_compiled_code_and_in_
     assert view.shape == (2, 5) and view[1, 0] == 5
     with pytest.raises(TypingError):
         njit(lambda m: as_rows(m.T, 2))(matrix)
+    with pytest.raises(TypeError, match='C-contiguous'):
+        as_rows(matrix.T, 2)
+    for function in (as_rows, njit(lambda m, n: as_rows(m, n))):  # an error, not SIGFPE (a review)
+        with pytest.raises(ZeroDivisionError):
+            function(flat, 0)
 
 
 def test_a_borrowed_array_is_the_same_memory_and_its_views_count_no_references():

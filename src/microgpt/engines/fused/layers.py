@@ -169,12 +169,13 @@ def attention_backward(dqkv, dy, probs, dp, qkv, first, nb, n_head):
 
 @kernel
 def _keys_gradient(out, at, weights, lo, hi, x, x_at, j, hs):
-    """out[at + d, u] += dot8(weights[u - lo, j:j + 8], x[x_at + d, j:j + 8]) for keys lo <= u < hi (hi - lo >= 8)
-    and d < hs: the keys' value (or key) gradients from the block of queries j .. j + 7, each a sum over the 8
-    queries in lane order with its products rounded (dot8's bits). Computed 8 keys at a time, the keys in the
-    lanes: 8 products and 7 sums of 8 lanes a feature, where dot8 makes them one lane at a time (attention's
-    backward 1.4x as fast, the makemore step 1.05x). The last keys, past a multiple of 8, come in a group that
-    overlaps the one before, its first lanes left as they are."""
+    """out[at + d, u] += sum_t weights[u - lo, j + t] x[x_at + d, j + t] for keys lo <= u < hi (hi - lo >= 8) and
+    d < hs: the keys' value (or key) gradients from the block of queries j .. j + 7, each a sum over the 8 queries t
+    in lane order with its products rounded. That is what a dot product across the lanes gave, one key at a time
+    (lanes.dot8, before 2026-12-03), bit for bit except a NaN's sign. Here 8 keys are in the lanes: 8 products and
+    7 sums of 8 lanes a feature, where the dot product made them one lane at a time (attention's backward 1.65x as
+    fast at the makemore size's shapes, docs/PERFORMANCE.md). The last keys, past a multiple of 8, come in a group
+    that overlaps the one before, its first lanes left as they are."""
     for u in range(lo, hi, LANES):
         first = min2(u, hi - LANES)  # the group's first key: a last group of fewer than 8 keys starts 8 before hi
         w0, w1, w2, w3 = (column8(weights, first - lo, j), column8(weights, first - lo, j + 1),
