@@ -301,9 +301,12 @@ def _is_lanes(*kinds):
             and all(kind == kinds[0] for kind in kinds))
 
 
-def _lanewise(builder, combine, *tuples):
-    """combine(lane 0 of each tuple, ...) .. combine(lane 7 of each, ...)."""
-    return [combine(*(builder.extract_value(t, k) for t in tuples)) for k in range(LANES)]
+def lane_by_lane(context, builder, signature, args, combine):
+    """The 8-lane tuple of signature's return type whose lane k is combine(k, ...), given lane k of each tuple
+    argument and each other argument as it is: the codegen of the lane-by-lane intrinsics."""
+    lanes_ = [combine(k, *(builder.extract_value(value, k) if isinstance(kind, types.UniTuple) else value
+                           for kind, value in zip(signature.args, args))) for k in range(LANES)]
+    return context.make_tuple(builder, signature.return_type, lanes_)
 
 
 @intrinsic
@@ -313,8 +316,7 @@ def axpy8(typingctx, acc, s, x):
         return None
 
     def codegen(context, builder, signature, args):
-        acc_, s_, x_ = args
-        return context.make_tuple(builder, acc, _lanewise(builder, lambda a, b: _fmuladd(builder, s_, b, a), acc_, x_))
+        return lane_by_lane(context, builder, signature, args, lambda k, a, s_, b: _fmuladd(builder, s_, b, a))
     return acc(acc, s, x), codegen
 
 
@@ -400,8 +402,7 @@ def mac8(typingctx, acc, a, b):
         return None
 
     def codegen(context, builder, signature, args):
-        lanes_ = _lanewise(builder, lambda c, x, y: _fmuladd(builder, x, y, c), *args)
-        return context.make_tuple(builder, acc, lanes_)
+        return lane_by_lane(context, builder, signature, args, lambda k, c, x, y: _fmuladd(builder, x, y, c))
     return acc(acc, a, b), codegen
 
 
@@ -419,14 +420,6 @@ def madd(typingctx, acc, a, b):
         acc_, a_, b_ = args
         return _fmuladd(builder, a_, b_, acc_)
     return acc(acc, a, b), codegen
-
-
-def lane_by_lane(context, builder, signature, args, combine):
-    """The 8-lane tuple of signature's return type whose lane k is combine(k, ...), given lane k of each tuple
-    argument and each other argument as it is: the codegen of the lane-by-lane intrinsics."""
-    lanes_ = [combine(k, *(builder.extract_value(value, k) if isinstance(kind, types.UniTuple) else value
-                           for kind, value in zip(signature.args, args))) for k in range(LANES)]
-    return context.make_tuple(builder, signature.return_type, lanes_)
 
 
 def _lane_by_lane(name, instruction):

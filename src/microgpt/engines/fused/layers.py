@@ -114,9 +114,8 @@ def attention_forward(y, probs, qkv, first, nb, n_head):
 @intrinsic
 def _mask8(typingctx, score, sqrt_hs, minus_inf, u, starts, j):
     """score / sqrt(HS) where query j + k attends to key u (starts[k] <= u <= j + k), else -inf, lane by lane."""
-    integers = all(isinstance(kind, types.Integer) for kind in (u, getattr(starts, 'dtype', None), j))
-    if not (isinstance(score, types.UniTuple) and score.dtype == sqrt_hs == minus_inf and integers
-            and isinstance(starts, types.UniTuple)):
+    if not (isinstance(score, types.UniTuple) and isinstance(starts, types.UniTuple) and score.dtype == sqrt_hs
+            == minus_inf and all(isinstance(kind, types.Integer) for kind in (u, starts.dtype, j))):
         return None
 
     def codegen(context, builder, signature, args):
@@ -178,10 +177,11 @@ def _keys_gradient(out, at, weights, lo, hi, x, x_at, j, hs):
     that overlaps the one before, its first lanes left as they are."""
     for u in range(lo, hi, LANES):
         first = min2(u, hi - LANES)  # the group's first key: a last group of fewer than 8 keys starts 8 before hi
-        w0, w1, w2, w3 = (column8(weights, first - lo, j), column8(weights, first - lo, j + 1),
-                          column8(weights, first - lo, j + 2), column8(weights, first - lo, j + 3))
-        w4, w5, w6, w7 = (column8(weights, first - lo, j + 4), column8(weights, first - lo, j + 5),
-                          column8(weights, first - lo, j + 6), column8(weights, first - lo, j + 7))
+        r = first - lo  # its row of weights
+        w0, w1, w2, w3 = column8(weights, r, j), column8(weights, r, j + 1), column8(weights, r, j + 2), \
+            column8(weights, r, j + 3)
+        w4, w5, w6, w7 = column8(weights, r, j + 4), column8(weights, r, j + 5), column8(weights, r, j + 6), \
+            column8(weights, r, j + 7)
         for d in range(hs):
             x_d, before = load8(x[x_at + d], j), load8(out[at + d], first)
             total = add8(add8(add8(mul8(w0, fill8(x_d[0])), mul8(w1, fill8(x_d[1]))), mul8(w2, fill8(x_d[2]))),
