@@ -231,24 +231,33 @@ def test_chunks_grow_for_one_document_a_step_and_change_no_bits(monkeypatch):
 
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
-def test_the_workspace_starts_on_a_cache_line_and_so_do_its_rows(dtype):
+def test_the_workspace_starts_on_a_cache_line_and_its_rows_are_an_odd_number_of_lines_apart(dtype):
     """The fused engine's workspace starts on a 64-byte boundary whatever numpy's allocator gives (16 bytes is all
-    it promises), and with the makemore preset's 16 positions a document every row does: the matrix products'
-    512-bit loads then never straddle two cache lines. aligned_zeros keeps np.zeros' shape, dtype and zeros."""
-    from microgpt.engines.fused.engine import aligned_zeros
+    it promises), and so does every row: the matrix products' 512-bit loads then never straddle two cache lines.
+    Its rows are an odd number of cache lines long, so that a product's column block, read row after row, spreads
+    over every set of the L1 cache (engine.row_length: rows of 128 float32 columns fit 8 of its 64 sets).
+    aligned_zeros keeps np.zeros' shape, dtype and zeros."""
+    from microgpt.engines.fused.engine import aligned_zeros, row_length
     from microgpt.engines.fused.matmul import VECTOR_BYTES
     for shape in ((1,), (3, 5), (2, 7, 9)):
         for _ in range(4):  # allocations at several addresses
             z = aligned_zeros(shape, dtype)
             assert z.ctypes.data % VECTOR_BYTES == 0 and z.shape == shape and z.dtype == dtype and not z.any()
+    itemsize = np.dtype(dtype).itemsize
+    for columns in range(1, 300):
+        length = row_length(columns, itemsize)
+        assert length >= columns and length * itemsize % 128 == 64, (columns, length)
+        assert (length - 2 * 64 // itemsize < columns), (columns, length)  # the next odd number of lines, no more
+    assert (row_length(128, 4), row_length(128, 8), row_length(16, 4), row_length(16, 8)) == (144, 136, 16, 24)
     cfg = ModelConfig(vocab_size=12, n_layer=1, block_size=16)
     tcfg = TrainConfig(steps=2, batch_size=4)
-    docs = [[cfg.bos_id] + [1 + i % 10] * 15 + [cfg.bos_id] for i in range(8)]  # 16 positions each
-    engine = make_engine('fused', cfg, random.Random(4), dtype=dtype)
-    list(engine.train_steps(docs, 0, tcfg.steps, tcfg, [0.01] * tcfg.steps))
-    wss = engine._wss  # (groups, rows, columns)
-    assert wss.ctypes.data % VECTOR_BYTES == 0 and wss.shape[2] * wss.itemsize % VECTOR_BYTES == 0, wss.shape
-    assert all(wss[g, r].ctypes.data % VECTOR_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))
+    for lengths in ((16,) * 8, (3, 5, 2, 9, 4, 1, 7, 6)):  # positions a document
+        docs = [[cfg.bos_id] + [1 + i % 10] * (n - 1) + [cfg.bos_id] for i, n in enumerate(lengths)]
+        engine = make_engine('fused', cfg, random.Random(4), dtype=dtype)
+        list(engine.train_steps(docs, 0, tcfg.steps, tcfg, [0.01] * tcfg.steps))
+        wss = engine._wss  # (groups, rows, columns)
+        assert wss.ctypes.data % VECTOR_BYTES == 0 and wss.shape[2] * wss.itemsize % 128 == 64, wss.shape
+        assert all(wss[g, r].ctypes.data % VECTOR_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))
 
 
 @pytest.mark.parametrize('dtype', QUICK_DTYPES)
@@ -257,7 +266,7 @@ def test_the_workspace_is_scratch_its_columns_past_a_batch_read_by_no_kernel(dty
     loss and gradients of a batch are the same bits. So the columns past a group's own may hold anything, which
     lets float32's activation products run over them (matmul.product_columns: 56 columns as two blocks of 32, where
     the CPU takes that block, and only 24 past a multiple of 32; here groups of 8 documents of 2 to 9 positions, in
-    rows of 128 columns)."""
+    rows of 144 float32 or 136 float64 columns)."""
     from numba import njit
     from microgpt.engines.fused import lanes, matmul
     cfg = ModelConfig(vocab_size=27, n_layer=2, n_embd=32, n_head=4, block_size=16)
@@ -268,7 +277,7 @@ def test_the_workspace_is_scratch_its_columns_past_a_batch_read_by_no_kernel(dty
     assert [-(-n // 8) * 8 % 32 for n in group_columns] == [24, 8, 16, 0], group_columns  # widened: the first
     engine = make_engine('fused', cfg, random.Random(3), dtype=dtype)
     want, want_grads = engine.loss_and_grads(batch), engine.gradients()
-    assert engine._wss.shape[2] == 128, engine._wss.shape
+    assert engine._wss.shape[2] == {'float32': 144, 'float64': 136}[dtype], engine._wss.shape
     engine._wss[...] = np.nan
     assert engine.loss_and_grads(batch) == want
     for name, grad in engine.gradients().items():

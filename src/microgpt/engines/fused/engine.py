@@ -26,11 +26,10 @@ from .matmul import VECTOR_BYTES
 from .plan import SLOT_DROP_KEY, SLOT_DROP_THRESHOLD, build_plan, pack_documents
 
 
-# The workspace starts on a 64-byte boundary (a cache line; a 512-bit register), and so does each of its rows where
-# its column count is a multiple of 16 float32 lanes or 8 float64 ones (the makemore preset's 16 positions a document:
-# every batch; a batch of one document of 8 positions or fewer not). A 512-bit load across two cache lines costs two:
-# the matrix product's block of 8 rows by 32 columns ran 1.5-1.9x as fast as the 8 x 16 one on aligned rows, 1.1-1.4x
-# on rows 16 bytes off (an Ice Lake server, 2026-12-03), and numpy aligns its arrays to 16 bytes.
+# The workspace starts on a 64-byte boundary (a cache line; a 512-bit register), and so does each of its rows: a
+# 512-bit load across two cache lines costs two. The matrix product's block of 8 rows by 32 columns ran 1.5-1.9x as
+# fast as the 8 x 16 one on aligned rows, 1.1-1.4x on rows 16 bytes off (an Ice Lake server, 2026-12-03), and numpy
+# aligns its arrays to 16 bytes.
 def aligned_zeros(shape, dtype):
     """np.zeros(shape, dtype) whose first element is on a VECTOR_BYTES boundary (matmul's 512-bit vectors)."""
     dtype = np.dtype(dtype)
@@ -38,6 +37,22 @@ def aligned_zeros(shape, dtype):
     memory = np.zeros(size + VECTOR_BYTES // dtype.itemsize, dtype)
     start = (-memory.ctypes.data % VECTOR_BYTES) // dtype.itemsize
     return memory[start:start + size].reshape(shape)
+
+
+CACHE_LINE = 64  # bytes
+
+
+# A matrix product's block reads a column block of its `b`, rows of the workspace, one row after another: the
+# makemore size's forward products 64 rows of 16 float32 columns. An address's set in the L1 cache (64 sets of 64-byte
+# lines) is its line number modulo 64, so rows 2^m lines apart share 64 / 2^m sets, and rows of 128 float32 columns
+# (8 lines) fit only 8 sets x 8 ways (a Zen 3's) = 64 lines: the block's own rows, with nothing else beside them.
+# Rows an odd number of lines apart use every set. Padded from 128 to 144 columns (float32; float64 from 128 to 136),
+# the makemore size's step ran 1.05-1.14x as fast in float32 (five runs) and 1.03x in float64 on a Zen 3
+# (bench_interleaved.py, 2026-12-03; docs/PERFORMANCE.md).
+def row_length(columns, itemsize):
+    """The length of a workspace row that holds `columns` columns: whole cache lines, an odd number of them."""
+    lines = -(-columns * itemsize // CACHE_LINE)
+    return (lines + 1 - lines % 2) * CACHE_LINE // itemsize
 
 
 class FusedEngine(ParameterBuffers):
@@ -72,7 +87,7 @@ class FusedEngine(ParameterBuffers):
         if groups <= self._groups and group_size <= self._group_size and span <= self._span:
             return
         groups, group_size, span = max(groups, self._groups), max(group_size, self._group_size), max(span, self._span)
-        capacity = -(-group_size * span // LANES) * LANES                # columns: every predicted position
+        capacity = row_length(group_size * span, np.dtype(self.dtype).itemsize)  # columns: every predicted position
         plan, rows = build_plan(self.cfg, capacity, span)
         self._plans = np.tile(plan, (groups, 1))                          # (G, plan)
         self._wss = aligned_zeros((groups, rows, capacity), self.dtype)   # (G, rows, NP) activations, feature-major
