@@ -250,12 +250,13 @@ def test_the_workspace_starts_on_a_cache_line_and_its_rows_are_an_odd_number_of_
         assert (length - 2 * 64 // itemsize < columns), (columns, length)  # the next odd number of lines, no more
     assert (row_length(128, 4), row_length(128, 8), row_length(16, 4), row_length(16, 8)) == (144, 136, 16, 24)
     cfg = ModelConfig(vocab_size=12, n_layer=1, block_size=16)
-    tcfg = TrainConfig(steps=2, batch_size=4)
+    tcfg = TrainConfig(steps=2, batch_size=8)  # groups of 2 documents: rows of 32 columns, 2 float32 lines, then 3
     for lengths in ((16,) * 8, (3, 5, 2, 9, 4, 1, 7, 6)):  # positions a document
         docs = [[cfg.bos_id] + [1 + i % 10] * (n - 1) + [cfg.bos_id] for i, n in enumerate(lengths)]
         engine = make_engine('fused', cfg, random.Random(4), dtype=dtype)
         list(engine.train_steps(docs, 0, tcfg.steps, tcfg, [0.01] * tcfg.steps))
         wss = engine._wss  # (groups, rows, columns)
+        assert wss.shape[2] == row_length(32, itemsize) == {'float32': 48, 'float64': 40}[dtype], wss.shape
         assert wss.ctypes.data % VECTOR_BYTES == 0 and wss.shape[2] * wss.itemsize % 128 == 64, wss.shape
         assert all(wss[g, r].ctypes.data % VECTOR_BYTES == 0 for g in range(wss.shape[0]) for r in range(wss.shape[1]))
 

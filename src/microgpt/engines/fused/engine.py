@@ -45,10 +45,10 @@ CACHE_LINE = 64  # bytes
 # A matrix product's block reads a column block of its `b`, rows of the workspace, one row after another: the
 # makemore size's forward products 64 rows of 16 float32 columns. An address's set in the L1 cache (64 sets of 64-byte
 # lines) is its line number modulo 64, so rows 2^m lines apart share 64 / 2^m sets, and rows of 128 float32 columns
-# (8 lines) fit only 8 sets x 8 ways (a Zen 3's) = 64 lines: the block's own rows, with nothing else beside them.
-# Rows an odd number of lines apart use every set. Padded from 128 to 144 columns (float32; float64 from 128 to 136),
-# the makemore size's step ran 1.05-1.14x as fast in float32 (five runs) and 1.03x in float64 on a Zen 3
-# (bench_interleaved.py, 2026-12-03; docs/PERFORMANCE.md).
+# (8 lines) fit only 8 sets x 8 ways (a Zen 3's) = 64 lines: the block's own rows, with nothing else beside them, so
+# (the likely cause; no cache misses were counted) they evict each other. Rows an odd number of lines apart use every
+# set. Padded from 128 to 144 columns (float32; float64 from 128 to 136), the makemore size's step ran 1.05-1.14x as
+# fast in float32 (four runs) and 1.03x in float64 on a Zen 3 (bench_interleaved.py, 2026-12-03; docs/PERFORMANCE.md).
 def row_length(columns, itemsize):
     """The length of a workspace row that holds `columns` columns: whole cache lines, an odd number of them."""
     lines = -(-columns * itemsize // CACHE_LINE)
