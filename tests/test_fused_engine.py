@@ -24,7 +24,9 @@ from helpers import QUICK_DTYPES, flat, random_batch
 def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
     """Batches of 2+ documents run in groups on threads (parallel.py); the split depends on the batch size alone,
     and a dropout mask on the document alone, so one thread, two and three (4 groups: unevenly shared) give the
-    same losses, evaluations and parameters, bit for bit."""
+    same losses, evaluations and parameters, bit for bit. A thread runs its groups one after another in the
+    workspace of its first group, and the other groups' workspaces are never written (half the memory a step
+    touches on two threads: faster, docs/PERFORMANCE.md)."""
     from microgpt.engines.fused import threads as fused_threads
     cfg = ModelConfig(vocab_size=12, n_layer=2, block_size=7)
     tcfg = TrainConfig(steps=20, batch_size=9, weight_decay=0.1, grad_clip=1.0, dropout=dropout)
@@ -37,6 +39,9 @@ def test_split_batches_give_the_same_bits_on_any_number_of_threads(dropout):
             engine = make_engine('fused', cfg, random.Random(11))
             losses = list(engine.train_steps(docs, 0, tcfg.steps, tcfg, lrs))
             results.append((losses + [engine.loss(docs), engine.loss_and_grads(docs[:5])], flat(engine.weights())))
+            written = [bool(engine._wss[g].any()) for g in range(engine._wss.shape[0])]
+            assert written == {1: [True, False, False, False], 2: [True, False, True, False],
+                               3: [True, True, True, False]}[n], (n, written)
     finally:
         fused_threads.set_threads(None)
     (want_losses, want_weights), *others = results
