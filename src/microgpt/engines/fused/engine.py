@@ -78,9 +78,9 @@ class FusedEngine(ParameterBuffers):
 
     def _reserve(self, batch_size, span):
         """Size the workspaces and plans for batches of `batch_size` documents predicting up to `span` positions
-        each (parallel.py splits batches of 2 or more into groups, each with its own plan, workspace and
-        gradients; one document uses group 0's). Memory follows the data: a --block-size far above the longest
-        document costs nothing here."""
+        each (parallel.py splits batches of 2 or more into groups, each with its own plan and gradients, a thread's
+        groups sharing the workspace of its first: the others are never written; one document uses group 0's).
+        Memory follows the data: a --block-size far above the longest document costs nothing here."""
         bounds = parallel.group_bounds(batch_size)
         groups, group_size = len(bounds) - 1, max(b - a for a, b in zip(bounds, bounds[1:]))
         span = min(self.cfg.block_size, -(-max(span, 1) // LANES) * LANES)  # by 8s: a run regrows a few times

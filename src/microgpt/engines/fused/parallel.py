@@ -77,12 +77,13 @@ def steps(thread, threads, cells, group_losses, state, group_grads, wss, plans, 
     adam, docs, doc_starts, lrs, keys, losses = (borrowed(adam), borrowed(docs), borrowed(doc_starts), borrowed(lrs),
                                                  borrowed(keys), borrowed(losses))
     groups = plans.shape[0]
-    own_groups = range(thread * groups // threads, (thread + 1) * groups // threads)
+    first_group = thread * groups // threads
+    own_groups = range(first_group, (thread + 1) * groups // threads)
     # one workspace for all of the thread's groups, where each group had its own: a step touches half the memory on
     # two threads (at the makemore size 3 MB of float32 activations a thread, not 6), and ran 1.10-1.13x as fast in
     # float32 and 1.02-1.11x in float64 on a Zen 3 (bench_interleaved.py, 2026-12-03); the others are never written
     # (a large np.zeros array's pages are mapped when first written)
-    ws = wss[thread * groups // threads]
+    ws = wss[first_group]
     params_first, params_stop = thread * state.shape[1] // threads, (thread + 1) * state.shape[1] // threads
     totals = _check_batches(plans[0], docs, doc_starts, batch_size, losses.size)  # (steps,): all raise, or none
     saved = start_flushing()  # MXCSR is per thread: see floating_point.py
@@ -132,8 +133,9 @@ def forward(thread, threads, cells, group_losses, state, wss, plans, docs, doc_s
     docs, doc_starts = borrowed(docs), borrowed(doc_starts)
     groups, total = plans.shape[0], _check_batches(plans[0], docs, doc_starts, doc_starts.size - 1, 1)[0]
     saved = start_flushing()
-    ws = wss[thread * groups // threads]
-    for g in range(thread * groups // threads, (thread + 1) * groups // threads):
+    first_group = thread * groups // threads
+    ws = wss[first_group]  # the thread's groups' workspace, as in `steps`
+    for g in range(first_group, (thread + 1) * groups // threads):
         n = _pack_group(plans, g, docs, doc_starts, 0, doc_starts.size - 1, plans[g, SLOT_DROP_KEY])
         group_losses[g] = group_loss(state[0], ws, plans[g], n, total) if n else 0.0
     done = barrier(cells, threads)
