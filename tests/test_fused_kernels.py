@@ -106,6 +106,55 @@ def test_kernels_get_no_machine_code_composites_no_optimisation_and_callers_run_
     assert not any('sum_of_two' in name for name in optimised), optimised
 
 
+def test_an_entry_point_optimises_its_composites_and_small_kernels_and_links_the_other_kernels_after(monkeypatch):
+    """An entry point's library (lanes._finalize_entry) runs LLVM's O3 over its own code, its composites' and the
+    kernels small enough to be inlined into them; the bigger kernels, optimised in their own modules already, are
+    linked after it, and the machine code calls them. An njit function of your own calling the same composite links
+    all of it, as numba does, and both give the same results and errors."""
+    from numba import njit
+    from numba.core.codegen import CPUCodeLibrary
+    from microgpt.engines.fused import lanes
+    from microgpt.engines.fused.lanes import ENTRY_OPTIONS, composite, kernel
+    assert 'pipeline_class' in ENTRY_OPTIONS  # numba's internals as lanes.py expects them
+    monkeypatch.setattr(lanes, '_size', lambda library: 1000 if 'big_step' in library.name else 10)
+    defined_at_o3, optimise = {}, CPUCodeLibrary._optimize_final_module
+    monkeypatch.setattr(CPUCodeLibrary, '_optimize_final_module', lambda self: defined_at_o3.setdefault(
+        self.name, [f.name for f in self._final_module.functions if not f.is_declaration]) and optimise(self))
+
+    @kernel
+    def small_step(x):
+        return 2 * x + 1
+
+    @kernel
+    def big_step(x):
+        if x < 0:
+            raise ValueError("negative")
+        return x * x
+
+    @composite
+    def both_steps(x):
+        return small_step(x) + big_step(x)
+
+    def entry_point(x):
+        return both_steps(x)
+
+    def plain_caller(x):
+        return both_steps(x)
+
+    entry, plain = njit(**{name: value for name, value in ENTRY_OPTIONS.items() if name != 'cache'})(entry_point), \
+        njit(plain_caller)
+    assert entry(3.0) == plain(3.0) == 16.0
+    for caller in (entry, plain):
+        with pytest.raises(ValueError, match='negative'):
+            caller(-3.0)
+    at_o3 = ' '.join(next(names for library, names in defined_at_o3.items() if library.endswith('.entry_point')))
+    plain_at_o3 = ' '.join(next(names for library, names in defined_at_o3.items() if library.endswith('plain_caller')))
+    assert 'big_step' in plain_at_o3, plain_at_o3
+    assert 'both_steps' in at_o3 and 'small_step' in at_o3 and 'big_step' not in at_o3, at_o3
+    final = next(iter(entry.overloads.values())).library._final_module
+    assert any('big_step' in f.name and not f.is_declaration for f in final.functions)
+
+
 def test_compiling_runs_on_a_new_thread_and_gives_back_its_result_or_error():
     """compile._on_a_new_stack runs the compiler from the top of a new thread's stack (fewer system calls for
     CPython's frame chunks) and hands its result, or its exception, to the caller."""

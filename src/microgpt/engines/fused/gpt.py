@@ -10,7 +10,7 @@ from numba import njit
 
 from ...config import MLP_EXPANSION, NOTHING_TO_PREDICT
 from .adam import adam_step
-from .lanes import LANES, as_rows, borrowed, composite, inlined, kernel
+from .lanes import ENTRY_OPTIONS, LANES, as_rows, borrowed, composite, inlined, kernel
 from .layers import (activation_backward, activation_forward, add_columns, attention_backward, attention_forward,
                      cross_entropy_backward, cross_entropy_forward, dropout_columns, rmsnorm_backward, rmsnorm_forward)
 from .matmul import matmul, product_columns, transpose
@@ -19,7 +19,7 @@ from .plan import (A, BRANCH, CE_STATS, DH, DLOGITS, DP, DQKV, DTMP, DX, DY, H, 
                    SLOT_NH, SLOT_NORM, SLOT_NP, SLOT_RELU2, SLOT_SPAN, SLOT_T, SLOT_V, SLOT_WPE, SLOT_WTE, XMID, XN1,
                    XN2, XS, Y, buffer, columns_of, layer_weights, pack_columns)
 
-entry_point = njit(cache=True, error_model='numpy')
+entry_point = njit(**ENTRY_OPTIONS)
 
 
 @composite

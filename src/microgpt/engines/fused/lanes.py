@@ -14,7 +14,7 @@ import operator
 from types import MethodType
 
 import numpy as np
-from llvmlite import ir
+from llvmlite import binding as ll, ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
@@ -81,48 +81,140 @@ def _left_to_the_caller(library):
     """A composite kernel's module is not optimised on its own (see `composite`)."""
 
 
+def _finalize_composite(library):
+    """numba's finalize of a composite kernel's library, which links its callees' modules into its own, after
+    keeping its own code apart (microgpt_own_module), ready to link: an entry point links that and the callees
+    itself (`_finalize_entry`). Other callers (an njit function of your own) link the whole module, as numba does."""
+    library.microgpt_own_module = _ready_to_link(library._final_module.clone())
+    type(library).finalize(library)
+
+
+def _ready_to_link(module):
+    """A module's functions as numba's CPUCodeLibrary._get_module_for_linking makes them (linkonce_odr: each
+    caller's copy may be inlined and dropped)."""
+    for function in module.functions:
+        if not function.is_declaration and function.linkage == ll.Linkage.external:
+            function.linkage = 'linkonce_odr'
+    return module
+
+
+# instructions: a kernel whose module (its callees' code included) has fewer may be inlined into a composite, and is
+# linked into the entry point before its optimisation (`_finalize_entry`). In the entry points' optimised modules (the
+# default job and batches of 2+, both dtypes, 2026-12-03), LLVM had inlined the kernels of up to 150 instructions
+# (clip_gradients) and adam_step (float32, 200-odd), and kept every other one of 190 or more (dropout_columns) a call.
+INLINED_BELOW = 180
+
+
+def _size(library):
+    """The instructions in the module a library gives its callers (computed once)."""
+    if not hasattr(library, 'microgpt_size'):
+        library.microgpt_size = sum(1 for function in library._get_module_for_linking().functions
+                                    for block in function.blocks for _ in block.instructions)
+    return library.microgpt_size
+
+
+def _entry_links(library):
+    """(before, after): the modules an entry point links before its module's optimisation and after it. Before: the
+    composites' own code and whatever they and the entry point call that is not a kernel of INLINED_BELOW
+    instructions or more; after: those kernels, optimised in their own modules already."""
+    before, after, seen = [], [], set()
+
+    def visit(caller):
+        for callee in caller._linking_libraries:
+            if callee in seen:
+                continue
+            seen.add(callee)
+            if hasattr(callee, 'microgpt_own_module'):
+                before.append((callee, callee.microgpt_own_module))
+                visit(callee)
+            elif getattr(callee, 'microgpt_kernel', False) and _size(callee) >= INLINED_BELOW:
+                after.append((callee, callee._get_module_for_linking()))
+            else:
+                before.append((callee, callee._get_module_for_linking()))
+    visit(library)
+    return before, after
+
+
+def _finalize_entry(library):
+    """numba's CPUCodeLibrary.finalize for an entry point, whose module links every kernel in: its LLVM optimisation
+    (O3) runs over the entry point's own code, the composites' and the small kernels' only. The other kernels, each
+    optimised in its own module, are linked after it: LLVM kept them calls anyway, and optimising each again, as
+    numba's finalize would, took 1.1 s of the default job's train_steps O3 (1.57 s against 0.47 s; a Zen 3,
+    2026-12-03) and changed no call but one (float32's adam_step, called once a step). Compiling the default job took
+    9.8 s against 11.5 in-process, the makemore preset 12.2 against 13.9 (float64) and 11.6-14.1 against 14.4-15.9
+    (float32), with the same bits and the same speed (docs/PERFORMANCE.md, 2026-12-04)."""
+    from numba.core.compiler_lock import require_global_compiler_lock
+    require_global_compiler_lock()
+    library._codegen._check_llvm_bugs()
+    library._raise_if_finalized()
+    before, after = _entry_links(library)
+    for links, optimise in ((before, library._optimize_final_module), (after, lambda: None)):
+        for callee, module in links:
+            library._reload_init.update(callee._reload_init)
+            library._final_module.link_in(module, preserve=True)
+        optimise()
+    library._final_module.verify()
+    library._finalize_final_module()
+
+
 _COMPOSITES = set()  # the code objects of the composite kernels
 
 
-def _kernel_pipeline():
-    """numba's nopython pipeline with one pass more before the lowering: it creates the kernel's code library
-    (which the lowering would create) finalised for linking only. numba's compiler is not public API: where its
-    pieces are missing, kernels get numba's own pipeline, and machine code."""
+def _pipelines():
+    """(kernels', entry points') pipelines: numba's nopython pipeline with one pass more before the lowering, which
+    creates the function's code library (which the lowering would create). A kernel's is finalised for linking only,
+    an entry point's by `_finalize_entry`. numba's compiler is not public API: where its pieces are missing, both
+    get numba's own pipeline (kernels get machine code, and entry points optimise every kernel again)."""
     try:
         from numba.core.compiler import CompilerBase, DefaultPassBuilder
         from numba.core.compiler_machinery import LoweringPass, register_pass
         from numba.core.typed_passes import AnnotateTypes
         from numba.core.codegen import CPUCodeLibrary
         needed = ('_finalize_final_module', '_finalize_dynamic_globals', '_verify_declare_only_symbols',
-                  'enable_object_caching')
-        if not all(hasattr(CPUCodeLibrary, name) for name in needed):
-            return None
+                  'enable_object_caching', '_optimize_final_module', '_get_module_for_linking', '_raise_if_finalized')
+        probe = cpu_target.target_context.codegen().create_library('microgpt_probe')
+        if not (all(hasattr(CPUCodeLibrary, name) for name in needed)
+                and all(hasattr(probe, name) for name in ('_linking_libraries', '_reload_init', '_final_module'))
+                and hasattr(probe._codegen, '_check_llvm_bugs')):
+            return None, None
     except ImportError:
-        return None
+        return None, None
 
-    @register_pass(mutates_CFG=False, analysis_only=True)  # it leaves numba's IR as it is
-    class LibraryForLinking(LoweringPass):  # a lowering pass: the IR holds numba's `del`s by now
-        _name = 'microgpt_library_for_linking'
+    def library_pass(name, make_ready):
+        @register_pass(mutates_CFG=False, analysis_only=True)  # it leaves numba's IR as it is
+        class Library(LoweringPass):  # a lowering pass: the IR holds numba's `del`s by now
+            _name = name
 
-        def __init__(self):
-            LoweringPass.__init__(self)
+            def __init__(self):
+                LoweringPass.__init__(self)
 
-        def run_pass(self, state):
-            state.library = state.targetctx.codegen().create_library(state.func_id.func_qualname)
-            state.library.enable_object_caching()
-            state.library._finalize_final_module = MethodType(_finalize_for_linking, state.library)
-            if state.func_id.func.__code__ in _COMPOSITES:
-                state.library._optimize_final_module = MethodType(_left_to_the_caller, state.library)
-            return False  # the IR did not change
+            def run_pass(self, state):
+                state.library = state.targetctx.codegen().create_library(state.func_id.func_qualname)
+                state.library.enable_object_caching()
+                make_ready(state.library, state.func_id.func)
+                return False  # the IR did not change
 
-    class KernelCompiler(CompilerBase):
-        def define_pipelines(self):
-            pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
-            pipeline.add_pass_after(LibraryForLinking, AnnotateTypes)
-            pipeline.finalize()
-            return [pipeline]
+        class Compiler(CompilerBase):
+            def define_pipelines(self):
+                pipeline = DefaultPassBuilder.define_nopython_pipeline(self.state)
+                pipeline.add_pass_after(Library, AnnotateTypes)
+                pipeline.finalize()
+                return [pipeline]
 
-    return KernelCompiler
+        return Compiler
+
+    def kernel_library(library, func):
+        library._finalize_final_module = MethodType(_finalize_for_linking, library)
+        library.microgpt_kernel = True
+        if func.__code__ in _COMPOSITES:
+            library._optimize_final_module = MethodType(_left_to_the_caller, library)
+            library.finalize = MethodType(_finalize_composite, library)
+
+    def entry_library(library, func):
+        library.finalize = MethodType(_finalize_entry, library)
+
+    return (library_pass('microgpt_library_for_linking', kernel_library),
+            library_pass('microgpt_entry_library', entry_library))
 
 
 def _set_env_once_emitted(codegen):
@@ -141,19 +233,22 @@ def _set_env_once_emitted(codegen):
     codegen.set_env = set_env_if_emitted
 
 
-_KERNEL_PIPELINE = _kernel_pipeline()
+_KERNEL_PIPELINE, _ENTRY_PIPELINE = _pipelines()
 if _KERNEL_PIPELINE is not None:
     _codegen = cpu_target.target_context.codegen()
     if hasattr(_codegen, 'set_env') and hasattr(getattr(_codegen, '_engine', None), 'get_global_value_address'):
         _set_env_once_emitted(_codegen)
     else:
-        _KERNEL_PIPELINE = None
+        _KERNEL_PIPELINE = _ENTRY_PIPELINE = None
 
 
 # numpy's error model: no ZeroDivisionError branches. _nrt=False: no reference counts (`kernel`)
 _KERNEL_OPTIONS = dict(nopython=True, error_model='numpy', no_cpython_wrapper=True, no_cfunc_wrapper=True, _nrt=False)
 # an overload's implementation compiled as a kernel is: for numba's `overload(..., jit_options=OVERLOAD_OPTIONS)`
 OVERLOAD_OPTIONS = dict(_KERNEL_OPTIONS, **({} if _KERNEL_PIPELINE is None else {'pipeline_class': _KERNEL_PIPELINE}))
+# the entry points' (gpt.py's, parallel.py's): numba's disk cache, numpy's error model, `_finalize_entry`
+ENTRY_OPTIONS = dict(cache=True, error_model='numpy',
+                     **({} if _ENTRY_PIPELINE is None else {'pipeline_class': _ENTRY_PIPELINE}))
 
 
 def kernel(func, options=_KERNEL_OPTIONS):
@@ -184,12 +279,12 @@ def composite(func):
     """A kernel made of calls to other kernels (gpt_forward, gpt_backward, the small steps around them). numba
     optimises each library's module (LLVM's O3 pipeline, twice over) once its callees are linked in, and the
     caller's module again with it linked in: the entry point's O3 does everything the composite's own would, and
-    more, as it inlines across the whole model. Left to it, compiling the default job took 8.75 s of CPU against
-    10.35-10.62 (float64; float32 9.2-9.3 against 10.8-10.9; the makemore preset 10.1 against 11.7), with the
-    same bits and the same speed (default step 16.1-16.2 us against 16.2-16.4; makemore size 76,000-76,400
-    tokens/s against 74,600-75,100), one process each, alternating, on the 2-core AMD EPYC. The composite's
-    functions still get LLVM's function passes as numba adds them. Kernels that compute (the layers, the 8-lane
-    helpers) keep their own O3: with it at O1, steps took 1.7x as long."""
+    more, as it inlines across the composites (`_finalize_entry`). Left to it, compiling the default job took
+    8.75 s of CPU against 10.35-10.62 (float64; float32 9.2-9.3 against 10.8-10.9; the makemore preset 10.1 against
+    11.7), with the same bits and the same speed (default step 16.1-16.2 us against 16.2-16.4; makemore size
+    76,000-76,400 tokens/s against 74,600-75,100), one process each, alternating, on the 2-core AMD EPYC. The
+    composite's functions still get LLVM's function passes as numba adds them. Kernels that compute (the layers,
+    the 8-lane helpers) keep their own O3: with it at O1, steps took 1.7x as long."""
     _COMPOSITES.add(func.__code__)
     return kernel(func)
 

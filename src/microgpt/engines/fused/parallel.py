@@ -18,14 +18,14 @@ from ...config import NOTHING_TO_PREDICT
 from .adam import GRAD_CLIP, adam_parameters, adam_settings, clip_gradients
 from .floating_point import start_flushing, stop_flushing
 from .gpt import group_loss, group_loss_and_grads
-from .lanes import LANES, add8, borrowed, composite, counting, kernel, load8, store8
+from .lanes import ENTRY_OPTIONS, LANES, add8, borrowed, composite, counting, kernel, load8, store8
 from .plan import SLOT_DROP_KEY, checked_positions, pack_columns
 from .threads import barrier, run_on_threads, thread_count
 
 GROUPS = 4  # at most; enough for 4 cores, and a group of a 32-document batch still fills the kernels' lanes
 
 # an entry point that lets go of the GIL, so that Python threads run it at once
-threaded_entry_point = njit(cache=True, error_model='numpy', nogil=True)
+threaded_entry_point = njit(nogil=True, **ENTRY_OPTIONS)
 
 
 def group_bounds(batch_size):
